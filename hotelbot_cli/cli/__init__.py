@@ -1,0 +1,1 @@
+"""The Typer/Rich command-line interface: parses, calls one library function, renders."""

@@ -1,0 +1,62 @@
+"""One table from library exceptions to a message and an exit code (the huggingface_hub CLI pattern).
+
+Applied per command with :func:`handle_errors`: Typer re-raises inside CliRunner, so a global handler
+would not see them in tests. ``HOTELBOT_DEBUG=1`` re-raises to show the traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from typing import Any, Callable, TypeVar
+
+import typer
+
+from ..errors import HotelbotError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# (exception type, exit code, prefix); first match wins. Library errors carry their own exit code.
+ERROR_TABLE: list[tuple[type[BaseException], int | None, str]] = [
+    (HotelbotError, None, "error"),
+    (PermissionError, 1, "error: permission denied"),
+    (OSError, 1, "error"),
+]
+
+
+def _debug() -> bool:
+    return os.environ.get("HOTELBOT_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def error_line(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def handle_errors(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            error_line("interrupted")
+            raise typer.Exit(130) from None
+        except Exception as exc:  # noqa: BLE001 - this IS the one place that turns errors into exits
+            if _debug():
+                raise
+            for kind, code, prefix in ERROR_TABLE:
+                if isinstance(exc, kind):
+                    exit_code = code if code is not None else getattr(exc, "exit_code", 1)
+                    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    error_line(f"{prefix}: {detail}")
+                    raise typer.Exit(exit_code) from None
+            error_line(f"internal error: {type(exc).__name__}: {exc} (set HOTELBOT_DEBUG=1 for the traceback)")
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def is_tty_stderr() -> bool:
+    return sys.stderr.isatty()

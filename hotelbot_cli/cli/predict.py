@@ -1,0 +1,54 @@
+"""hotelbot predict"""
+
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+import typer
+from typing_extensions import Annotated
+
+from ._errors import handle_errors
+from ._options import RegistryOpt, JsonOpt, settings_from
+from ._render import out, print_json
+
+
+@handle_errors
+def predict_cmd(
+    texts: Annotated[List[str], typer.Argument(help="Texts to classify; '-' reads one text per stdin line.",
+                                               show_default=False)],
+    version: Annotated[Optional[str], typer.Option("--version", "-v", help="Version to use (e.g. v0003, latest) "
+                                                   "[env: MODEL_VERSION; default: deployed, else newest].",
+                                                   show_default=False)] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many ranked intents to show.")] = 3,
+    registry: RegistryOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Classify texts with a registry version.
+
+    Examples:
+
+        hotelbot predict "quiero ver las noticias"
+
+        hotelbot predict "hola" "¿a qué hora es el desayuno?" --top-k 2 --json
+
+        cat messages.txt | hotelbot predict - --json
+    """
+    from ..errors import DataError
+    from ..inference import Predictor
+    from ..registry import ModelRegistry
+
+    if "-" in texts:
+        stdin_texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        texts = [t for t in texts if t != "-"] + stdin_texts
+    if not texts:
+        raise DataError("no text to classify", hint="pass TEXT arguments or '-' with lines on stdin")
+    settings = settings_from(registry=registry)
+    predictor = Predictor.from_registry(ModelRegistry(settings.paths.registry), version or settings.model_version)
+    predictions = predictor.predict(texts, top_k=top_k)
+    if json_out:
+        print_json({"model_version": predictor.version, "predictions": [p.to_dict() for p in predictions]})
+        return
+    for p in predictions:
+        others = ", ".join(f"{r['intent']} {r['confidence']:.2f}" for r in p.top_k[1:])
+        out.print(f"{p.text}\t{p.intent}\t{p.confidence:.3f}" + (f"\t({others})" if others else ""))

@@ -1,0 +1,148 @@
+"""hotelbot train"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, Optional
+
+import typer
+from typing_extensions import Annotated
+
+from ._errors import handle_errors
+from ._options import ConfigOpt, DataDirOpt, JsonOpt, ProfileOpt, RegistryOpt, settings_from
+from ._render import err, log_to, message, out, print_json
+
+
+class ModelType(str, Enum):
+    classifier = "classifier"
+    embeddings = "embeddings"
+    generator = "generator"
+    all = "all"
+
+
+BUILT = {ModelType.classifier}
+
+
+class RichProgress:
+    """Renders the library's TrainingEvents as a live Rich progress bar on stderr."""
+
+    def __init__(self) -> None:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self.progress = Progress(
+            SpinnerColumn(), TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            TextColumn("CPU {task.fields[cpu]} RAM {task.fields[ram]}"),
+            console=err, transient=False,
+        )
+        self.task: Any = None
+
+    def __enter__(self) -> "RichProgress":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.stop()
+
+    def __call__(self, event: Any) -> None:
+        if event.kind == "status":
+            self.progress.console.log(event.message)
+        elif event.kind == "begin":
+            self.task = self.progress.add_task("train", total=event.total_steps, epoch=f"0/{event.total_epochs}",
+                                               loss="-", cpu="-", ram="-")
+        elif self.task is not None and event.kind == "step":
+            fields: dict[str, Any] = {"epoch": f"{event.epoch:.2f}/{event.total_epochs}"}
+            if event.loss is not None:
+                fields["loss"] = f"{event.loss:.4f}"
+            if event.system:
+                fields["cpu"] = f"{event.system.get('system/cpu_percent', 0):.0f}%"
+                fields["ram"] = f"{event.system.get('system/process_rss_mb', 0):.0f}MB"
+            self.progress.update(self.task, completed=event.step, **fields)
+        elif event.kind == "evaluate":
+            m = event.metrics
+            self.progress.console.log(
+                f"epoch {event.epoch:.0f}: eval loss {m.get('loss', float('nan')):.4f}  "
+                f"accuracy {m.get('accuracy', 0):.4f}  macro-F1 {m.get('macro_f1', 0):.4f}"
+                + (f"  ({event.message})" if event.message else ""))
+        elif event.kind == "end" and self.task is not None:
+            self.progress.update(self.task, completed=event.step)
+
+
+@handle_errors
+def train_cmd(
+    model_type: Annotated[ModelType, typer.Option("--model-type", "-t", help="What to train.")] = ModelType.classifier,
+    base_model: Annotated[Optional[str], typer.Option(help="packaged:multilingual-e5-small (default), "
+                          "packaged:all-minilm-l6-v2, a local model directory, or a hub id "
+                          "[env: HOTELBOT_BASE_MODEL].", show_default=False)] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="[env: TRAINING_EPOCHS; default 4]", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="[env: TRAINING_BATCH_SIZE; default 16]",
+                                                      show_default=False)] = None,
+    learning_rate: Annotated[Optional[float], typer.Option(help="Encoder learning rate "
+                             "[env: TRAINING_LEARNING_RATE; default 1e-4].", show_default=False)] = None,
+    head_learning_rate: Annotated[Optional[float], typer.Option(help="Learning rate of the new classification "
+                                  "head [default 3e-3].", show_default=False)] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="Max tokens per text [default 64].",
+                                                      show_default=False)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="[env: TRAINING_SEED; default 42]", show_default=False)] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Early-stopping patience in epochs on validation "
+                        "macro-F1; 0 turns it off [default 2].", show_default=False)] = None,
+    train_embeddings: Annotated[Optional[bool], typer.Option("--train-embeddings/--freeze-embeddings",
+                                help="Train or freeze the word-embedding matrix [default: frozen for "
+                                "vocabularies of 100k+ tokens].", show_default=False)] = None,
+    force: Annotated[bool, typer.Option("--force", help="Train even when a version with the same data "
+                                        "and config exists.")] = False,
+    data: DataDirOpt = None,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    registry: RegistryOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Fine-tune a pretrained encoder plus a linear head; publish a new registry version.
+
+    Uses the Hugging Face Trainer with early stopping on validation macro-F1 (best epoch kept), logs
+    params, per-step metrics and CPU/RAM/GPU metrics to MLflow, and shows live progress on stderr.
+
+    Examples:
+
+        hotelbot train
+
+        hotelbot train --base-model packaged:all-minilm-l6-v2 --epochs 3 --json
+
+        TRAINING_EPOCHS=1 hotelbot train --profile dev --registry /tmp/reg
+    """
+    from ..errors import NotImplementedYetError
+
+    if model_type not in BUILT:
+        missing = ["embeddings", "generator"] if model_type is ModelType.all else [model_type.value]
+        raise NotImplementedYetError(f"--model-type {model_type.value}: not implemented yet ({', '.join(missing)}); "
+                                     "use --model-type classifier")
+    from ..registry import ModelRegistry
+    from ..training import AlreadyTrainedError, train_classifier
+
+    freeze = None if train_embeddings is None else ("no" if train_embeddings else "yes")
+    settings = settings_from(config, profile, registry, data, overrides={"training_config": {
+        "base_model": base_model, "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
+        "head_learning_rate": head_learning_rate, "max_length": max_length, "seed": seed,
+        "early_stopping_patience": patience, "freeze_embeddings": freeze}})
+    store = ModelRegistry(settings.paths.registry)
+    try:
+        with log_to(settings.paths.logs / "training.log"), RichProgress() as progress:
+            result = train_classifier(settings, settings.paths.data, store, listener=progress, force=force)
+    except AlreadyTrainedError as exc:
+        if json_out:
+            print_json({"version": exc.version, "skipped": True, "reason": exc.message})
+        else:
+            message(exc.message)
+        return
+    m = result.metrics
+    if json_out:
+        print_json({"version": result.version.name, "skipped": False, "duration_seconds": round(result.duration_seconds, 2),
+                    "mlflow_run_id": result.mlflow_run_id, "overall_score": m["overall_score"],
+                    "metrics": {k: m[k] for k in ("accuracy", "macro_f1", "macro_precision", "macro_recall",
+                                                  "weighted_f1", "overall_score")},
+                    "history": result.history})
+        return
+    out.print(f"trained {result.version.name} in {result.duration_seconds:.1f}s: accuracy {m['accuracy']:.4f}, "
+              f"macro-F1 {m['macro_f1']:.4f} on {m['num_examples']} validation texts")
+    message(f"saved to {result.version.path}; MLflow run {result.mlflow_run_id}")

@@ -1,0 +1,84 @@
+"""hotelbot validate"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typing_extensions import Annotated
+
+from ._errors import handle_errors
+from ._options import ConfigOpt, JsonOpt, ProfileOpt, RegistryOpt, settings_from
+from ._render import log_to, message, out, print_json
+
+
+@handle_errors
+def validate_cmd(
+    version: Annotated[Optional[str], typer.Argument(help="Version to validate (v0003, latest, current) "
+                                                     "[env: MODEL_VERSION; default: deployed, else newest].",
+                                                     show_default=False)] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Prepared data directory to validate on "
+                                                 "[default: the version's own validation split].",
+                                                 show_default=False)] = None,
+    min_score: Annotated[Optional[float], typer.Option("--min-score", help="Gate: fail (exit 3) below this "
+                                                       "overall_score [env: MIN_VALIDATION_SCORE; default 0.8].",
+                                                       show_default=False)] = None,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    registry: RegistryOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Score a version: accuracy, macro and per-intent precision/recall/F1, confusion matrix.
+
+    Compares with the deployed version when there is one. Exits 3 when overall_score (macro-F1 unless
+    configured) is below MIN_VALIDATION_SCORE.
+
+    Examples:
+
+        hotelbot validate
+
+        hotelbot validate v0002 --min-score 0.9 --json
+    """
+    from ..evaluation import top_confusions, validate_version
+    from ..registry import ModelRegistry
+
+    settings = settings_from(config, profile, registry,
+                             overrides={"validation_config": {"min_validation_score": min_score}})
+    with log_to(settings.paths.logs / "validation.log"):
+        result = validate_version(ModelRegistry(settings.paths.registry), version, settings, data)
+        import logging
+
+        logging.getLogger("hotelbot.validation").info(
+            "%s %s=%.4f min=%.2f passed=%s", result.version, result.metrics["metric"], result.overall_score,
+            result.min_score, result.passed)
+    if json_out:
+        print_json(result.to_dict())
+    else:
+        _render(result, top_confusions(result.metrics))
+    if not result.passed:
+        message(f"gate failed: {result.metrics['metric']} {result.overall_score:.4f} < {result.min_score:.4f}")
+        raise typer.Exit(3)
+
+
+def _render(result, confusions) -> None:
+    from rich.table import Table
+
+    m = result.metrics
+    out.print(f"[bold]{result.version}[/bold] on {m['num_examples']} texts ({result.data_source})")
+    out.print(f"accuracy {m['accuracy']:.4f}  macro P/R/F1 {m['macro_precision']:.4f}/{m['macro_recall']:.4f}/"
+              f"{m['macro_f1']:.4f}  overall_score ({m['metric']}) {result.overall_score:.4f}  "
+              f"gate {result.min_score:.2f}: {'PASS' if result.passed else 'FAIL'}")
+    if m.get("in_scope_accuracy") is not None:
+        out.print(f"in-scope accuracy {m['in_scope_accuracy']:.4f}  out-of-scope recall "
+                  f"{m.get('out_of_scope_recall') or 0:.4f}")
+    table = Table("intent", "precision", "recall", "F1", "support", title="per intent (worst F1 first)")
+    for label, s in sorted(m["per_intent"].items(), key=lambda kv: (kv[1]["f1"], kv[0])):
+        table.add_row(label, f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}", str(s["support"]))
+    out.print(table)
+    if confusions:
+        out.print("most frequent confusions: " + "; ".join(f"{t} -> {p} ({n})" for t, p, n in confusions))
+    if result.comparison:
+        d = result.comparison.deltas
+        out.print(f"vs deployed {result.comparison.reference_version}: "
+                  + ", ".join(f"{k} {v:+.4f}" for k, v in d.items()))

@@ -1,0 +1,57 @@
+"""hotelbot versions"""
+
+from __future__ import annotations
+
+import typer
+
+from ._errors import handle_errors
+from ._options import JsonOpt, RegistryOpt, settings_from
+from ._render import out, print_json
+
+
+@handle_errors
+def versions_cmd(registry: RegistryOpt = None, json_out: JsonOpt = False) -> None:
+    """List registry versions with their scores; marks the deployed one.
+
+    Examples:
+
+        hotelbot versions
+
+        hotelbot versions --json | jq -r '.current'
+    """
+    from ..registry import ModelRegistry
+
+    settings = settings_from(registry=registry)
+    store = ModelRegistry(settings.paths.registry)
+    current = store.current_name()
+    rows = []
+    for info in store.list_versions():
+        meta = info.metadata
+        validation = store.validation_of(info.name)
+        rows.append({
+            "version": info.name,
+            "created_at": meta.get("created_at"),
+            "base_model": (meta.get("base_model") or {}).get("spec"),
+            "components": meta.get("components", []),
+            "overall_score": (meta.get("metrics") or {}).get("overall_score"),
+            "validated_score": validation.get("overall_score") if validation else None,
+            "validated_passed": validation.get("passed") if validation else None,
+            "current": info.name == current,
+            "corrupt": bool(meta.get("corrupt")),
+        })
+    if json_out:
+        print_json({"registry": str(store.root), "current": current, "versions": rows})
+        return
+    if not rows:
+        out.print(f"no versions in {store.root} (run `hotelbot train`)")
+        return
+    from rich.table import Table
+
+    table = Table("", "version", "created", "base model", "score", "validated")
+    for r in rows:
+        score = "-" if r["overall_score"] is None else f"{r['overall_score']:.4f}"
+        checked = "-" if r["validated_score"] is None else (
+            f"{r['validated_score']:.4f} " + ("pass" if r["validated_passed"] else "FAIL"))
+        table.add_row("*" if r["current"] else "", r["version"], r["created_at"] or "?", r["base_model"] or "?",
+                      score, checked)
+    out.print(table)

@@ -1,0 +1,333 @@
+"""Settings: defaults < JSON config file < environment < flags.
+
+The config file has the seed's shape::
+
+    {
+      "training_config":   {"epochs": 4, "batch_size": 16, "learning_rate": 1e-4, ...},
+      "data_config":       {"validation_split": 0.2, "seed": 42, ...},
+      "validation_config": {"min_validation_score": 0.8, "metric": "macro_f1"}
+    }
+
+Every section is a dataclass that validates itself in ``__post_init__`` and round-trips through
+``to_dict``/``from_dict``. :func:`load_settings` layers the sources; the CLI passes its flags as the
+last layer, so a flag always wins.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+DEFAULT_BASE_MODEL = "packaged:multilingual-e5-small"
+POOLING_CHOICES = ("mean", "cls")
+METRIC_CHOICES = ("macro_f1", "accuracy", "weighted_f1")
+
+
+def _check_range(name: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
+    if value < low or value > high or (low_open and value == low):
+        bracket = "(" if low_open else "["
+        raise ConfigError(f"{name} must be in {bracket}{low}, {high}], got {value!r}")
+
+
+@dataclass
+class _Section:
+    """Shared to_dict/from_dict for the config sections."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> "_Section":
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown key(s) in {source}: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**{k: _coerce(known[k].type, v, f"{source}.{k}") for k, v in data.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def merged(self, overrides: Mapping[str, Any], *, source: str) -> "_Section":
+        known = {f.name: f for f in fields(self)}
+        unknown = sorted(set(overrides) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown key(s) in {source}: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        clean = {k: _coerce(known[k].type, v, f"{source} {k}") for k, v in overrides.items() if v is not None}
+        return replace(self, **clean)
+
+
+def _coerce(type_name: Any, value: Any, where: str) -> Any:
+    """Turn strings (environment) and JSON numbers into the field's type, with a clear error."""
+    kind = str(type_name).replace("Optional[", "").replace(" | None", "")
+    if value is None:
+        return None
+    try:
+        if kind.startswith("bool"):
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if kind.startswith("int"):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(str(value).strip()) if isinstance(value, str) else int(value)
+        if kind.startswith("float"):
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if kind.startswith("str"):
+            if not isinstance(value, str):
+                raise ValueError(value)
+            return value
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected {kind.split('[')[0]}, got {value!r}") from None
+    return value
+
+
+@dataclass
+class TrainingConfig(_Section):
+    base_model: str = DEFAULT_BASE_MODEL
+    epochs: int = 4
+    batch_size: int = 16
+    learning_rate: float = 1e-4
+    head_learning_rate: float = 3e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_length: int = 64
+    seed: int = 42
+    early_stopping_patience: int = 2
+    dropout: float = 0.1
+    pooling: str = ""  # "" = what the base model needs (mean for the packaged models)
+    freeze_embeddings: str = "auto"  # auto (freeze for large vocabularies) | yes | no
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        _check_range("learning_rate", self.learning_rate, 0.0, 1.0, low_open=True)
+        _check_range("head_learning_rate", self.head_learning_rate, 0.0, 1.0, low_open=True)
+        _check_range("weight_decay", self.weight_decay, 0.0, 1.0)
+        _check_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        _check_range("dropout", self.dropout, 0.0, 0.9)
+        if not 8 <= self.max_length <= 512:
+            raise ConfigError(f"max_length must be between 8 and 512, got {self.max_length}")
+        if self.early_stopping_patience < 0:
+            raise ConfigError("early_stopping_patience must be >= 0 (0 turns early stopping off)")
+        if self.pooling not in ("",) + POOLING_CHOICES:
+            raise ConfigError(f"pooling must be one of {', '.join(POOLING_CHOICES)}, got {self.pooling!r}")
+        if self.freeze_embeddings not in ("auto", "yes", "no"):
+            raise ConfigError(f"freeze_embeddings must be auto, yes or no, got {self.freeze_embeddings!r}")
+        if not self.base_model.strip():
+            raise ConfigError("base_model must not be empty")
+
+
+@dataclass
+class DataConfig(_Section):
+    validation_split: float = 0.2
+    seed: int = 42
+    min_examples_per_intent: int = 10
+    imbalance_ratio_warning: float = 3.0
+
+    def __post_init__(self) -> None:
+        _check_range("validation_split", self.validation_split, 0.0, 0.5, low_open=True)
+        if self.min_examples_per_intent < 1:
+            raise ConfigError("min_examples_per_intent must be >= 1")
+        if self.imbalance_ratio_warning < 1:
+            raise ConfigError("imbalance_ratio_warning must be >= 1")
+
+
+@dataclass
+class ValidationConfig(_Section):
+    min_validation_score: float = 0.8
+    metric: str = "macro_f1"
+
+    def __post_init__(self) -> None:
+        _check_range("min_validation_score", self.min_validation_score, 0.0, 1.0)
+        if self.metric not in METRIC_CHOICES:
+            raise ConfigError(f"metric must be one of {', '.join(METRIC_CHOICES)}, got {self.metric!r}")
+
+
+@dataclass
+class Paths:
+    """Where things live. Relative defaults resolve against the working directory."""
+
+    home: Path = field(default_factory=lambda: Path(".hotelbot"))
+    registry: Path = field(default_factory=lambda: Path("registry"))
+    reports: Path = field(default_factory=lambda: Path("reports"))
+    logs: Path = field(default_factory=lambda: Path("logs"))
+    data: Path = field(default_factory=lambda: Path("data/processed"))
+    model_cache: Path | None = None
+    mlflow_tracking_uri: str | None = None
+
+    @property
+    def models_dir(self) -> Path:
+        return self.model_cache if self.model_cache is not None else self.home / "models"
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "home": str(self.home),
+            "registry": str(self.registry),
+            "reports": str(self.reports),
+            "logs": str(self.logs),
+            "data": str(self.data),
+            "model_cache": str(self.models_dir),
+            "mlflow_tracking_uri": self.tracking_uri,
+        }
+
+
+@dataclass
+class Settings:
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    paths: Paths = field(default_factory=Paths)
+    model_version: str | None = None
+    sources: list[str] = field(default_factory=lambda: ["defaults"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "training_config": self.training.to_dict(),
+            "data_config": self.data.to_dict(),
+            "validation_config": self.validation.to_dict(),
+            "paths": self.paths.to_dict(),
+            "model_version": self.model_version,
+            "sources": list(self.sources),
+        }
+
+
+# The documented development/production values (README: "Profiles").
+PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    "dev": {
+        "training_config": {"epochs": 1, "batch_size": 16, "max_length": 48, "early_stopping_patience": 0},
+        "validation_config": {"min_validation_score": 0.5},
+    },
+    "prod": {
+        "training_config": {"epochs": 8, "batch_size": 16, "max_length": 64, "early_stopping_patience": 2},
+        "validation_config": {"min_validation_score": 0.85},
+    },
+}
+
+# Environment variables the product promises (README: "Environment variables").
+ENV_TRAINING = {
+    "TRAINING_EPOCHS": "epochs",
+    "TRAINING_BATCH_SIZE": "batch_size",
+    "TRAINING_LEARNING_RATE": "learning_rate",
+    "TRAINING_SEED": "seed",
+    "TRAINING_MAX_LENGTH": "max_length",
+    "HOTELBOT_BASE_MODEL": "base_model",
+}
+ENV_DATA = {"TRAINING_VALIDATION_SPLIT": "validation_split"}
+ENV_VALIDATION = {"MIN_VALIDATION_SCORE": "min_validation_score", "VALIDATION_METRIC": "metric"}
+ENV_PATHS = {
+    "HOTELBOT_HOME": "home",
+    "HOTELBOT_REGISTRY": "registry",
+    "HOTELBOT_REPORTS": "reports",
+    "HOTELBOT_LOGS": "logs",
+    "HOTELBOT_DATA": "data",
+    "HOTELBOT_MODEL_CACHE": "model_cache",
+}
+SECTIONS = ("training_config", "data_config", "validation_config")
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid JSON: line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object with {', '.join(SECTIONS)}")
+    unknown = sorted(set(data) - set(SECTIONS) - {"paths", "model_version"})
+    if unknown:
+        raise ConfigError(f"unknown section(s) in {path}: {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+    for section in SECTIONS:
+        if section in data and not isinstance(data[section], dict):
+            raise ConfigError(f"{section} in {path} must be a JSON object")
+    return data
+
+
+def _apply_layer(settings: Settings, layer: Mapping[str, Any], source: str) -> Settings:
+    training = settings.training.merged(layer.get("training_config", {}), source=f"{source}: training_config")
+    data = settings.data.merged(layer.get("data_config", {}), source=f"{source}: data_config")
+    validation = settings.validation.merged(layer.get("validation_config", {}), source=f"{source}: validation_config")
+    return replace(settings, training=training, data=data, validation=validation)
+
+
+def load_settings(
+    *,
+    config_file: Path | None = None,
+    profile: str | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    path_overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings: defaults < profile < JSON file < environment < flags (``overrides``).
+
+    ``overrides`` has the config-file shape, with ``None`` meaning "flag not given".
+    A profile is a named set of defaults, so an explicit config file or variable still beats it.
+    """
+    env = os.environ if env is None else env
+    settings = Settings()
+    sources = ["defaults"]
+    if profile:
+        if profile not in PROFILES:
+            raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+        settings = _apply_layer(settings, PROFILES[profile], f"profile {profile}")
+        sources.append(f"profile:{profile}")
+    config_file = config_file or (Path(env["HOTELBOT_CONFIG"]) if env.get("HOTELBOT_CONFIG") else None)
+    file_paths: dict[str, Any] = {}
+    if config_file:
+        data = read_config_file(config_file)
+        settings = _apply_layer(settings, data, str(config_file))
+        file_paths = dict(data.get("paths") or {})
+        if data.get("model_version"):
+            settings.model_version = str(data["model_version"])
+        sources.append(f"file:{config_file}")
+
+    env_layer = {
+        "training_config": {key: env[name] for name, key in ENV_TRAINING.items() if env.get(name)},
+        "data_config": {key: env[name] for name, key in ENV_DATA.items() if env.get(name)},
+        "validation_config": {key: env[name] for name, key in ENV_VALIDATION.items() if env.get(name)},
+    }
+    if any(env_layer.values()):
+        settings = _apply_layer(settings, env_layer, "environment")
+        sources.append("env")
+    if env.get("MODEL_VERSION"):
+        settings.model_version = env["MODEL_VERSION"]
+
+    if overrides and any(v is not None for section in overrides.values() for v in section.values()):
+        settings = _apply_layer(settings, overrides, "flag")
+        sources.append("flags")
+
+    paths = Paths()
+    for key, value in file_paths.items():
+        if key not in {f.name for f in fields(Paths)}:
+            raise ConfigError(f"unknown key in paths: {key}")
+    layered: dict[str, Any] = {**file_paths}
+    layered.update({key: env[name] for name, key in ENV_PATHS.items() if env.get(name)})
+    if env.get("MLFLOW_TRACKING_URI"):
+        layered["mlflow_tracking_uri"] = env["MLFLOW_TRACKING_URI"]
+    layered.update({k: v for k, v in (path_overrides or {}).items() if v is not None})
+    for key, value in layered.items():
+        setattr(paths, key, value if key == "mlflow_tracking_uri" else Path(value))
+    settings.paths = paths
+    settings.sources = sources
+    return settings

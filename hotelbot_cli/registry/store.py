@@ -1,0 +1,260 @@
+"""The model registry: immutable versions on the local filesystem.
+
+Layout under ``root`` (names are the constants below)::
+
+    versions/v0001/        immutable once published: metadata.json + the version's files
+    current -> versions/vNNNN   a symlink, swapped atomically by deploy/rollback
+    validations/v0001.json latest ``hotelbot validate`` result per version (versions stay immutable)
+    history.jsonl          append-only audit of deploys, rollbacks and failed gates
+    .staging/              versions being built; a crash leaves only garbage here, never a half version
+    .lock                  OS file lock serialising writers
+
+A version is built in ``.staging/<random>/`` and published with one ``rename`` to ``versions/vNNNN``:
+readers never see a partial version. Names given by users are validated against ``VERSION_RE``
+before any path is built, so they can never escape ``root``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .._atomic import atomic_write_json, fsync_dir
+from ..errors import IntegrityError, RegistryError, VersionNotFoundError
+
+VERSIONS_DIR = "versions"
+CURRENT_LINK = "current"
+VALIDATIONS_DIR = "validations"
+HISTORY_FILE = "history.jsonl"
+STAGING_DIR = ".staging"
+LOCK_FILE = ".lock"
+METADATA_FILE = "metadata.json"
+VERSION_RE = re.compile(r"^v(\d{4,6})$")
+ALIASES = ("latest", "current")
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checksum_tree(root: Path, exclude: tuple[str, ...] = (METADATA_FILE,)) -> dict[str, str]:
+    """sha256 of every regular file below ``root``, keyed by POSIX relative path."""
+    sums = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_file() and rel not in exclude:
+            sums[rel] = sha256_file(path)
+    return sums
+
+
+def check_version_name(name: str) -> str:
+    if not isinstance(name, str) or not VERSION_RE.match(name):
+        raise RegistryError(f"invalid version name {name!r}: expected v followed by 4 to 6 digits, e.g. v0003")
+    return name
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    name: str
+    path: Path
+    metadata: dict[str, Any]
+
+    @property
+    def number(self) -> int:
+        return int(self.name[1:])
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.metadata.get("metrics") or {}
+
+
+class ModelRegistry:
+    """A versioned model store rooted at ``root`` (created on first write)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    # ------------------------------------------------------------ paths
+    @property
+    def versions_dir(self) -> Path:
+        return self.root / VERSIONS_DIR
+
+    def version_path(self, name: str) -> Path:
+        return self.versions_dir / check_version_name(name)
+
+    # ------------------------------------------------------------ locking
+    @contextlib.contextmanager
+    def lock(self, blocking: bool = True) -> Iterator[None]:
+        """Exclusive OS lock over the registry's writers (released by the kernel if the process dies)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / LOCK_FILE, "a+b") as handle:
+            flags = fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB)
+            try:
+                fcntl.flock(handle.fileno(), flags)
+            except BlockingIOError:
+                raise RegistryError(
+                    f"another hotelbot process is changing the registry {self.root}; try again when it finishes"
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    # ------------------------------------------------------------ reading
+    def _read_metadata(self, path: Path) -> dict[str, Any]:
+        try:
+            return json.loads((path / METADATA_FILE).read_text("utf-8"))
+        except FileNotFoundError:
+            raise IntegrityError(f"{path.name}: metadata.json is missing") from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise IntegrityError(f"{path.name}: metadata.json is unreadable: {exc}") from None
+
+    def list_versions(self) -> list[VersionInfo]:
+        if not self.versions_dir.is_dir():
+            return []
+        out = []
+        for path in sorted(self.versions_dir.iterdir()):
+            if path.is_dir() and VERSION_RE.match(path.name):
+                try:
+                    metadata = self._read_metadata(path)
+                except IntegrityError:
+                    metadata = {"version": path.name, "corrupt": True}
+                out.append(VersionInfo(path.name, path, metadata))
+        return sorted(out, key=lambda v: v.number)
+
+    def get(self, name: str) -> VersionInfo:
+        path = self.version_path(name)
+        if not path.is_dir():
+            known = ", ".join(v.name for v in self.list_versions()) or "none"
+            raise VersionNotFoundError(f"version {name} not found in {self.root} (versions: {known})")
+        return VersionInfo(name, path, self._read_metadata(path))
+
+    def current_name(self) -> str | None:
+        link = self.root / CURRENT_LINK
+        if not link.is_symlink():
+            return None
+        target = Path(os.readlink(link)).name
+        return target if VERSION_RE.match(target) and (self.versions_dir / target).is_dir() else None
+
+    def latest(self) -> VersionInfo | None:
+        versions = self.list_versions()
+        return versions[-1] if versions else None
+
+    def resolve(self, spec: str | None = None) -> VersionInfo:
+        """``None`` -> the deployed version, else the newest; or a name / alias ('latest', 'current')."""
+        if spec in (None, "", "current"):
+            current = self.current_name()
+            if current:
+                return self.get(current)
+            if spec == "current":
+                raise VersionNotFoundError("no version is deployed yet", hint="run `hotelbot deploy`")
+            spec = "latest"
+        if spec == "latest":
+            latest = self.latest()
+            if latest is None:
+                raise VersionNotFoundError(
+                    f"the registry {self.root} has no versions yet",
+                    hint="run `hotelbot prepare DATA` then `hotelbot train`",
+                )
+            return self.get(latest.name)
+        return self.get(spec)
+
+    # ------------------------------------------------------------ writing
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A fresh directory to build a version in; removed if the block raises."""
+        base = self.root / STAGING_DIR
+        base.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(dir=base, prefix="build-"))
+        try:
+            yield path
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+
+    def publish(self, staged: Path, metadata: dict[str, Any]) -> VersionInfo:
+        """Checksum ``staged``, write its metadata, and rename it to the next version number."""
+        staged = Path(staged)
+        metadata = dict(metadata)
+        metadata["files"] = checksum_tree(staged)
+        with self.lock():
+            self.versions_dir.mkdir(parents=True, exist_ok=True)
+            numbers = [int(m.group(1)) for p in self.versions_dir.iterdir() if (m := VERSION_RE.match(p.name))]
+            name = f"v{(max(numbers) + 1 if numbers else 1):04d}"
+            metadata["version"] = name
+            metadata.setdefault("created_at", utc_now())
+            atomic_write_json(staged / METADATA_FILE, metadata)
+            os.rename(staged, self.versions_dir / name)
+            fsync_dir(self.versions_dir)
+        return self.get(name)
+
+    def verify(self, name: str) -> list[str]:
+        """Problems with a version's files against its recorded checksums (empty list: intact)."""
+        info = self.get(name)
+        recorded: dict[str, str] = info.metadata.get("files") or {}
+        problems = []
+        for rel, expected in sorted(recorded.items()):
+            path = info.path / rel
+            if not path.is_file():
+                problems.append(f"{name}/{rel}: missing")
+            elif sha256_file(path) != expected:
+                problems.append(f"{name}/{rel}: checksum mismatch (corrupt or modified)")
+        actual = set(checksum_tree(info.path))
+        for rel in sorted(actual - set(recorded)):
+            problems.append(f"{name}/{rel}: not recorded in metadata (added after publishing)")
+        return problems
+
+    def require_intact(self, name: str) -> VersionInfo:
+        problems = self.verify(name)
+        if problems:
+            raise IntegrityError(f"version {name} failed its checksum check: {problems[0]}",
+                                 hint="run `hotelbot verify` for the full list")
+        return self.get(name)
+
+    # ------------------------------------------------------------ validation results
+    def record_validation(self, name: str, result: dict[str, Any]) -> Path:
+        path = self.root / VALIDATIONS_DIR / f"{check_version_name(name)}.json"
+        atomic_write_json(path, result)
+        return path
+
+    def validation_of(self, name: str) -> dict[str, Any] | None:
+        path = self.root / VALIDATIONS_DIR / f"{check_version_name(name)}.json"
+        try:
+            return json.loads(path.read_text("utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    # ------------------------------------------------------------ history
+    def append_history(self, event: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"at": utc_now(), "user": os.environ.get("USER", "unknown"), **event},
+                          ensure_ascii=False)
+        with open(self.root / HISTORY_FILE, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def find_matching(self, data_fingerprint: str, config: dict[str, Any]) -> VersionInfo | None:
+        for info in reversed(self.list_versions()):
+            meta = info.metadata
+            if meta.get("dataset_fingerprint") == data_fingerprint and meta.get("config") == config:
+                return info
+        return None

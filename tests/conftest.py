@@ -1,0 +1,133 @@
+"""Shared fixtures. Every test runs in its own working directory with HOTELBOT_* pointing into tmp, so
+nothing touches the repo's registry/ or the user's home. Models are tiny BERTs built here: the real
+from_pretrained / Trainer code paths, in seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+# Tests never touch the network; set before transformers/huggingface_hub read their constants.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "datasets" / "hotel_intents_es.json"
+HOLDOUT = REPO / "datasets" / "hotel_intents_es_holdout.json"
+ENV_TO_CLEAR = (
+    "TRAINING_EPOCHS", "TRAINING_BATCH_SIZE", "TRAINING_LEARNING_RATE", "TRAINING_VALIDATION_SPLIT",
+    "TRAINING_SEED", "TRAINING_MAX_LENGTH", "MIN_VALIDATION_SCORE", "VALIDATION_METRIC", "MODEL_VERSION",
+    "HOTELBOT_CONFIG", "HOTELBOT_BASE_MODEL", "HOTELBOT_DEBUG",
+)
+
+# Small hand-written intent set for fast tests (4 intents, 12 each).
+TINY_INTENTS = {
+    "greeting": ["hola", "buenos días", "buenas tardes", "hola qué tal", "saludos", "hola buenas",
+                 "buenas noches", "qué tal", "hola hola", "buen día", "hey hola", "holaa"],
+    "get_news": ["quiero las noticias", "ponme las noticias", "noticias de hoy", "qué noticias hay",
+                 "titulares del día", "dime las noticias", "últimas noticias", "noticias por favor",
+                 "las noticias de hoy", "qué pasa en el mundo noticias", "leer noticias", "noticias recientes"],
+    "wifi_info": ["cuál es la clave del wifi", "contraseña wifi", "no funciona el wifi", "wifi por favor",
+                  "cómo me conecto al wifi", "red wifi del hotel", "clave de internet", "el wifi va lento",
+                  "password del wifi", "hay wifi gratis", "wifi en la habitación", "conectar wifi"],
+    "breakfast_info": ["a qué hora es el desayuno", "dónde se sirve el desayuno", "desayuno incluido",
+                       "horario del desayuno", "qué hay de desayuno", "el desayuno está incluido",
+                       "hasta qué hora desayuno", "desayuno buffet", "desayuno en la habitación horario",
+                       "cuándo abre el desayuno", "desayuno mañana", "hay desayuno vegano"],
+}
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path, monkeypatch, mlflow_uri, model_cache):
+    for name in ENV_TO_CLEAR:
+        monkeypatch.delenv(name, raising=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HOTELBOT_HOME", str(work / ".hotelbot"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
+    monkeypatch.setenv("HOTELBOT_MODEL_CACHE", str(model_cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    return work
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(tmp_path_factory) -> str:
+    # One sqlite store for the whole session: creating a store runs migrations (seconds).
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def model_cache() -> Path:
+    # Converted packaged models are kept between runs (git-ignored): conversion is done once per machine.
+    path = Path(os.environ.get("HOTELBOT_TEST_MODEL_CACHE", REPO / ".cache" / "models"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def build_tiny_model(out_dir: Path, sentences: list[str], hidden: int = 64, layers: int = 2) -> Path:
+    """A few-layer BERT with a WordPiece tokenizer trained on ``sentences``, saved as a HF directory."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(sentences, trainers.WordPieceTrainer(vocab_size=2000, special_tokens=special))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=128)
+    import torch
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=4, intermediate_size=hidden * 2, max_position_embeddings=128)
+    BertModel(config, add_pooling_layer=False).save_pretrained(out_dir)
+    fast.save_pretrained(out_dir)
+    return out_dir
+
+
+def shipped_sentences() -> list[str]:
+    texts = [t for texts in TINY_INTENTS.values() for t in texts]
+    if SHIPPED.exists():
+        texts += [t for ts in json.loads(SHIPPED.read_text("utf-8"))["intents"].values() for t in ts]
+    if HOLDOUT.exists():
+        texts += [r["text"] for r in json.loads(HOLDOUT.read_text("utf-8"))]
+    return texts
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-bert"), shipped_sentences())
+
+
+@pytest.fixture
+def tiny_data(tmp_path) -> Path:
+    path = tmp_path / "tiny_intents.json"
+    path.write_text(json.dumps({"intents": TINY_INTENTS}, ensure_ascii=False), "utf-8")
+    return path
+
+
+@pytest.fixture
+def fast_train_env(monkeypatch, tiny_model):
+    """Training settings that make a tiny model learn the tiny set in seconds."""
+    monkeypatch.setenv("HOTELBOT_BASE_MODEL", str(tiny_model))
+    monkeypatch.setenv("TRAINING_EPOCHS", "12")
+    monkeypatch.setenv("TRAINING_BATCH_SIZE", "8")
+    monkeypatch.setenv("TRAINING_LEARNING_RATE", "0.002")
+    monkeypatch.setenv("MIN_VALIDATION_SCORE", "0.0")
+    return tiny_model
+
+
+def seeded_shuffle(items: list, seed: int = 0) -> list:
+    items = list(items)
+    random.Random(seed).shuffle(items)
+    return items

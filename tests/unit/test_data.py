@@ -1,0 +1,152 @@
+import json
+
+import pytest
+
+from hotelbot_cli.data import (
+    Example, clean_text, fingerprint, load_examples, near_duplicate_key, prepare, read_prepared,
+    stratified_split, write_prepared,
+)
+from hotelbot_cli.errors import DataError
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text, "utf-8")
+    return path
+
+
+def test_loads_all_four_formats_to_the_same_examples(tmp_path):
+    records = [{"text": "hola", "intent": "greeting"}, {"text": "adiós", "intent": "goodbye"}]
+    as_list = write(tmp_path, "a.json", json.dumps(records, ensure_ascii=False))
+    as_dict = write(tmp_path, "b.json", json.dumps({"intents": {"greeting": ["hola"], "goodbye": ["adiós"]}}))
+    as_jsonl = write(tmp_path, "c.jsonl", "\n".join(json.dumps(r) for r in records) + "\n\n")
+    as_csv = write(tmp_path, "d.csv", "text,intent\nhola,greeting\n\"adiós\",goodbye\n")
+    expected = {("hola", "greeting"), ("adiós", "goodbye")}
+    for path in (as_list, as_dict, as_jsonl, as_csv):
+        assert {(e.text, e.intent) for _, e in load_examples(path)} == expected, path
+
+
+@pytest.mark.parametrize("name,content,fragment", [
+    ("bad.jsonl", '{"text": "hola", "intent": "greeting"}\n{"text": "x", "intent": "a"}\n{not json}\n', "line 3"),
+    ("bad.json", '[{"text": "hola", "intent": "greeting"},\n {"text": }]', "line 2"),
+    ("bad2.json", '[{"text": "hola"}]', 'item 1: missing field(s) intent'),
+    ("bad.csv", "texto,etiqueta\nhola,greeting\n", "row 1"),
+    ("bad2.csv", "text,intent\nhola,greeting\nuna,dos,tres\n", "row 3"),
+    ("num.jsonl", '{"text": 5, "intent": "greeting"}\n', '"text" must be a string'),
+    ("data.txt", "hola", "unsupported format .txt"),
+    ("shape.json", '{"foo": 1}', "expected a JSON list"),
+])
+def test_malformed_input_names_file_and_location(tmp_path, name, content, fragment):
+    path = write(tmp_path, name, content)
+    with pytest.raises(DataError) as err:
+        load_examples(path)
+    assert str(path) in str(err.value)
+    assert fragment in str(err.value)
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        load_examples(tmp_path / "nope.json")
+    with pytest.raises(DataError, match="is a directory"):
+        load_examples(tmp_path)
+
+
+def test_non_utf8_is_refused(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("text,intent\nhabitación,book_room\n".encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8"):
+        load_examples(path)
+
+
+def test_empty_text_rejected_with_location(tmp_path):
+    path = write(tmp_path, "e.jsonl", '{"text": "hola", "intent": "greeting"}\n{"text": "   ", "intent": "goodbye"}\n')
+    with pytest.raises(DataError, match="line 2: empty text"):
+        prepare(path)
+
+
+def test_text_with_two_labels_rejected_naming_both(tmp_path):
+    path = write(tmp_path, "c.jsonl", '{"text": "hola", "intent": "greeting"}\n{"text": "adiós", "intent": "goodbye"}\n'
+                 '{"text": "hola ", "intent": "goodbye"}\n')
+    with pytest.raises(DataError) as err:
+        prepare(path)
+    assert "line 3" in str(err.value) and "'goodbye'" in str(err.value) and "'greeting'" in str(err.value)
+
+
+def test_fewer_than_two_labels_rejected(tmp_path):
+    path = write(tmp_path, "one.json", json.dumps({"intents": {"greeting": ["hola", "buenas"]}}))
+    with pytest.raises(DataError, match="at least 2 are needed"):
+        prepare(path)
+
+
+def test_invalid_label_rejected(tmp_path):
+    path = write(tmp_path, "l.jsonl", '{"text": "hola", "intent": "Greeting!"}\n')
+    with pytest.raises(DataError, match="invalid intent"):
+        prepare(path)
+
+
+def test_clean_keeps_accents_case_emoji_and_collapses_space():
+    assert clean_text("  ¿A  qué\thora\u200b es el Desayuno? 😊 ") == "¿A qué hora es el Desayuno? 😊"
+    # NFD input (e + combining accent) is composed, so identical texts compare equal
+    assert clean_text("habitacio\u0301n") == "habitación"
+
+
+def test_exact_duplicates_removed_with_a_warning(tmp_path):
+    path = write(tmp_path, "d.json", json.dumps({"intents": {"greeting": ["hola", "hola", " hola"],
+                                                             "goodbye": ["adiós", "chao"]}}))
+    prepared = prepare(path, validation_split=0.5)
+    assert prepared.summary["examples"] == 3
+    assert any(w.code == "duplicates_removed" for w in prepared.warnings)
+
+
+def test_split_is_stratified_deterministic_and_disjoint():
+    examples = [Example(f"{label} texto {i}", label) for label in ("a_x", "b_y", "c_z") for i in range(10)]
+    train, val = stratified_split(examples, 0.2, seed=1)
+    assert sorted(e.intent for e in val) == ["a_x"] * 2 + ["b_y"] * 2 + ["c_z"] * 2
+    assert not {e.text for e in train} & {e.text for e in val}
+    assert len(train) + len(val) == 30
+    again = stratified_split(examples, 0.2, seed=1)
+    assert (train, val) == again
+    other = stratified_split(examples, 0.2, seed=2)
+    assert {e.text for e in other[1]} != {e.text for e in val}
+
+
+def test_fingerprint_depends_on_content_not_order():
+    a = [Example("hola", "greeting"), Example("adiós", "goodbye")]
+    assert fingerprint(a, []) == fingerprint(list(reversed(a)), [])
+    assert fingerprint(a, []) != fingerprint(a[:1], a[1:])
+    assert fingerprint(a, []) != fingerprint([Example("hola", "goodbye"), a[1]], [])
+
+
+def test_quality_warnings(tmp_path):
+    intents = {"big_one": [f"frase número {i}" for i in range(40)], "small_one": ["uno", "dos", "tres", "Uno!"]}
+    prepared = prepare(write(tmp_path, "w.json", json.dumps({"intents": intents})), validation_split=0.5, seed=3)
+    codes = {w.code for w in prepared.warnings}
+    assert {"few_examples", "class_imbalance"} <= codes
+    assert near_duplicate_key("¿Úno?") == near_duplicate_key("uno")
+
+
+def test_near_duplicates_across_split_are_reported(tmp_path):
+    intents = {"greeting": ["hola", "¡Hola!", "HOLA", "buenas", "qué tal", "saludos"],
+               "goodbye": ["adiós", "chao", "hasta luego", "nos vemos", "bye", "me voy"]}
+    prepared = prepare(write(tmp_path, "n.json", json.dumps({"intents": intents})), validation_split=0.5, seed=0)
+    keys_train = {near_duplicate_key(e.text) for e in prepared.train}
+    has_near = any(near_duplicate_key(e.text) in keys_train for e in prepared.validation)
+    assert has_near == any(w.code == "near_duplicates_across_split" for w in prepared.warnings)
+
+
+def test_write_and_read_prepared_roundtrip_and_tamper_detection(tmp_path, tiny_data):
+    prepared = prepare(tiny_data)
+    out = write_prepared(prepared, tmp_path / "processed")
+    again = read_prepared(out)
+    assert again.fingerprint == prepared.fingerprint
+    assert again.train == prepared.train and again.validation == prepared.validation
+    with open(out / "train.jsonl", "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"text": "intruso", "intent": "greeting"}) + "\n")
+    with pytest.raises(DataError, match="fingerprint mismatch"):
+        read_prepared(out)
+
+
+def test_read_prepared_missing_says_what_to_run(tmp_path):
+    with pytest.raises(DataError) as err:
+        read_prepared(tmp_path / "nothing")
+    assert "hotelbot prepare" in str(err.value)
