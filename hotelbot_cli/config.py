@@ -155,6 +155,31 @@ class ValidationConfig(_Section):
 
 
 @dataclass
+class DeploymentConfig(_Section):
+    enable_model_backup: bool = True
+    enable_auto_rollback: bool = True
+    auto_deploy_on_success: bool = False
+    backups_to_keep: int = 5
+    regression_tolerance: float = 0.05
+    smoke_texts: int = 20
+    lock_timeout_seconds: float = 60.0
+    notify_webhook: str = ""
+    notify_command: str = ""
+    notify_timeout_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.backups_to_keep < 1:
+            raise ConfigError("backups_to_keep must be >= 1")
+        _check_range("regression_tolerance", self.regression_tolerance, 0.0, 1.0)
+        if self.smoke_texts < 1:
+            raise ConfigError("smoke_texts must be >= 1")
+        if self.lock_timeout_seconds < 0:
+            raise ConfigError("lock_timeout_seconds must be >= 0")
+        if self.notify_webhook and not self.notify_webhook.startswith(("http://", "https://")):
+            raise ConfigError(f"notify_webhook must be an http(s) URL, got {self.notify_webhook!r}")
+
+
+@dataclass
 class Paths:
     """Where things live. Relative defaults resolve against the working directory."""
 
@@ -193,6 +218,7 @@ class Settings:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     data: DataConfig = field(default_factory=DataConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    deployment: DeploymentConfig = field(default_factory=DeploymentConfig)
     paths: Paths = field(default_factory=Paths)
     model_version: str | None = None
     sources: list[str] = field(default_factory=lambda: ["defaults"])
@@ -202,6 +228,7 @@ class Settings:
             "training_config": self.training.to_dict(),
             "data_config": self.data.to_dict(),
             "validation_config": self.validation.to_dict(),
+            "deployment_config": self.deployment.to_dict(),
             "paths": self.paths.to_dict(),
             "model_version": self.model_version,
             "sources": list(self.sources),
@@ -231,6 +258,16 @@ ENV_TRAINING = {
 }
 ENV_DATA = {"TRAINING_VALIDATION_SPLIT": "validation_split"}
 ENV_VALIDATION = {"MIN_VALIDATION_SCORE": "min_validation_score", "VALIDATION_METRIC": "metric"}
+ENV_DEPLOYMENT = {
+    "ENABLE_MODEL_BACKUP": "enable_model_backup",
+    "ENABLE_AUTO_ROLLBACK": "enable_auto_rollback",
+    "AUTO_DEPLOY_ON_SUCCESS": "auto_deploy_on_success",
+    "HOTELBOT_BACKUPS_TO_KEEP": "backups_to_keep",
+    "HOTELBOT_REGRESSION_TOLERANCE": "regression_tolerance",
+    "HOTELBOT_LOCK_TIMEOUT": "lock_timeout_seconds",
+    "HOTELBOT_NOTIFY_WEBHOOK": "notify_webhook",
+    "HOTELBOT_NOTIFY_COMMAND": "notify_command",
+}
 ENV_PATHS = {
     "HOTELBOT_HOME": "home",
     "HOTELBOT_REGISTRY": "registry",
@@ -239,7 +276,40 @@ ENV_PATHS = {
     "HOTELBOT_DATA": "data",
     "HOTELBOT_MODEL_CACHE": "model_cache",
 }
-SECTIONS = ("training_config", "data_config", "validation_config")
+SECTIONS = ("training_config", "data_config", "validation_config", "deployment_config")
+
+# Keys of the seed's config shape, accepted as aliases (README: "Configuration").
+SEED_ALIASES: dict[str, dict[str, str]] = {
+    "training_config": {"patience": "early_stopping_patience"},
+    "validation_config": {"min_score": "min_validation_score"},
+}
+# Seed keys that are accepted and ignored because hotelbot decides them elsewhere.
+SEED_IGNORED: dict[str, set[str]] = {
+    "training_config": {"model_type", "validation_split"},
+    "data_config": {"documents_dir", "preprocessing"},
+    "validation_config": {"metrics"},
+}
+
+
+def _from_seed_shape(data: dict[str, Any]) -> dict[str, Any]:
+    """Map the seed's keys onto ours (patience, min_score, early_stopping, auto_rollback, ...)."""
+    out = {section: dict(values) for section, values in data.items() if isinstance(values, dict)}
+    for section, aliases in SEED_ALIASES.items():
+        for old, new in aliases.items():
+            if old in out.get(section, {}):
+                out[section].setdefault(new, out[section].pop(old))
+    training = out.get("training_config", {})
+    if "validation_split" in training:
+        out.setdefault("data_config", {}).setdefault("validation_split", training["validation_split"])
+    if training.pop("early_stopping", True) is False:
+        training["early_stopping_patience"] = 0
+    validation = out.get("validation_config", {})
+    if "auto_rollback" in validation:
+        out.setdefault("deployment_config", {}).setdefault("enable_auto_rollback", validation.pop("auto_rollback"))
+    for section, ignored in SEED_IGNORED.items():
+        for key in ignored:
+            out.get(section, {}).pop(key, None)
+    return out
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -268,7 +338,8 @@ def _apply_layer(settings: Settings, layer: Mapping[str, Any], source: str) -> S
     training = settings.training.merged(layer.get("training_config", {}), source=f"{source}: training_config")
     data = settings.data.merged(layer.get("data_config", {}), source=f"{source}: data_config")
     validation = settings.validation.merged(layer.get("validation_config", {}), source=f"{source}: validation_config")
-    return replace(settings, training=training, data=data, validation=validation)
+    deployment = settings.deployment.merged(layer.get("deployment_config", {}), source=f"{source}: deployment_config")
+    return replace(settings, training=training, data=data, validation=validation, deployment=deployment)
 
 
 def load_settings(
@@ -296,7 +367,7 @@ def load_settings(
     file_paths: dict[str, Any] = {}
     if config_file:
         data = read_config_file(config_file)
-        settings = _apply_layer(settings, data, str(config_file))
+        settings = _apply_layer(settings, _from_seed_shape(data), str(config_file))
         file_paths = dict(data.get("paths") or {})
         if data.get("model_version"):
             settings.model_version = str(data["model_version"])
@@ -306,6 +377,7 @@ def load_settings(
         "training_config": {key: env[name] for name, key in ENV_TRAINING.items() if env.get(name)},
         "data_config": {key: env[name] for name, key in ENV_DATA.items() if env.get(name)},
         "validation_config": {key: env[name] for name, key in ENV_VALIDATION.items() if env.get(name)},
+        "deployment_config": {key: env[name] for name, key in ENV_DEPLOYMENT.items() if env.get(name)},
     }
     if any(env_layer.values()):
         settings = _apply_layer(settings, env_layer, "environment")

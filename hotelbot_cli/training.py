@@ -142,6 +142,8 @@ class MlflowTracker:
     def run(self, run_name: str, tags: dict[str, str] | None = None) -> Iterator["MlflowTracker"]:
         import mlflow
 
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "Creating initial MLflow database tables"
+        logging.getLogger("alembic").setLevel(logging.WARNING)
         if self.tracking_uri.startswith("sqlite:///"):
             Path(self.tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -291,7 +293,9 @@ def hardware(monitor: SystemMonitor) -> dict[str, Any]:
 
 def _tokenized(examples, tokenizer, prefix: str, max_length: int, label_to_id: dict[str, int]):
     from datasets import Dataset
+    from datasets.utils.logging import disable_progress_bar
 
+    disable_progress_bar()  # the Rich bar is the progress display; stderr stays readable in CI logs
     ds = Dataset.from_dict({"text": [prefix + e.text for e in examples],
                             "label": [label_to_id[e.intent] for e in examples]})
     return ds.map(lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length),

@@ -21,7 +21,10 @@ HOLDOUT = REPO / "datasets" / "hotel_intents_es_holdout.json"
 ENV_TO_CLEAR = (
     "TRAINING_EPOCHS", "TRAINING_BATCH_SIZE", "TRAINING_LEARNING_RATE", "TRAINING_VALIDATION_SPLIT",
     "TRAINING_SEED", "TRAINING_MAX_LENGTH", "MIN_VALIDATION_SCORE", "VALIDATION_METRIC", "MODEL_VERSION",
-    "HOTELBOT_CONFIG", "HOTELBOT_BASE_MODEL", "HOTELBOT_DEBUG",
+    "HOTELBOT_CONFIG", "HOTELBOT_BASE_MODEL", "HOTELBOT_DEBUG", "ENABLE_MODEL_BACKUP", "ENABLE_AUTO_ROLLBACK",
+    "AUTO_DEPLOY_ON_SUCCESS", "HOTELBOT_BACKUPS_TO_KEEP", "HOTELBOT_REGRESSION_TOLERANCE", "HOTELBOT_LOCK_TIMEOUT",
+    "HOTELBOT_NOTIFY_WEBHOOK", "HOTELBOT_NOTIFY_COMMAND", "HOTELBOT_TEST_CRASH_AT", "HOTELBOT_REGISTRY",
+    "HOTELBOT_DATA", "HOTELBOT_REPORTS", "HOTELBOT_LOGS",
 )
 
 # Small hand-written intent set for fast tests (4 intents, 12 each).
@@ -131,3 +134,54 @@ def seeded_shuffle(items: list, seed: int = 0) -> list:
     items = list(items)
     random.Random(seed).shuffle(items)
     return items
+
+
+@pytest.fixture(scope="session")
+def trained_template(tmp_path_factory, tiny_model, mlflow_uri) -> Path:
+    """A registry holding one tiny trained version (v0001), built once per session. Copy it, don't use it."""
+    from hotelbot_cli.config import load_settings
+    from hotelbot_cli.data import prepare_dataset
+    from hotelbot_cli.registry import ModelRegistry
+    from hotelbot_cli.training import train_classifier
+
+    root = tmp_path_factory.mktemp("template")
+    data = root / "tiny.json"
+    data.write_text(json.dumps({"intents": TINY_INTENTS}, ensure_ascii=False), "utf-8")
+    settings = load_settings(env={"HOTELBOT_HOME": str(root / "home"), "MLFLOW_TRACKING_URI": mlflow_uri,
+                                  "HOTELBOT_BASE_MODEL": str(tiny_model), "TRAINING_EPOCHS": "12",
+                                  "TRAINING_BATCH_SIZE": "8", "TRAINING_LEARNING_RATE": "0.002"},
+                             path_overrides={"registry": root / "registry", "data": root / "processed"})
+    prepare_dataset(data, settings.paths.data, settings.data)
+    train_classifier(settings, settings.paths.data, ModelRegistry(settings.paths.registry), force=True)
+    return root / "registry"
+
+
+def clone_version(registry, source: str, mutate=None):
+    """Publish a copy of ``source`` as a new version; ``mutate(staged_dir)`` may change files first."""
+    import shutil
+
+    info = registry.get(source)
+    with registry.staging() as staged:
+        shutil.rmtree(staged)
+        shutil.copytree(info.path, staged)
+        (staged / "metadata.json").unlink()
+        if mutate:
+            mutate(staged)
+        meta = {k: v for k, v in info.metadata.items() if k not in ("version", "files", "created_at")}
+        return registry.publish(staged, meta)
+
+
+@pytest.fixture
+def registry_copy(trained_template, isolated_env, monkeypatch):
+    """A private copy of the template registry at ./registry, with v0001 and a clone v0002."""
+    import shutil
+
+    from hotelbot_cli.registry import ModelRegistry
+
+    root = isolated_env / "registry"
+    shutil.copytree(trained_template, root, symlinks=True)
+    monkeypatch.setenv("HOTELBOT_REGISTRY", str(root))
+    monkeypatch.setenv("MIN_VALIDATION_SCORE", "0.0")
+    registry = ModelRegistry(root)
+    clone_version(registry, "v0001")
+    return registry

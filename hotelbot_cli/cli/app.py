@@ -7,6 +7,7 @@ import typer
 
 from .. import __version__
 from .config_cmd import config_cmd
+from .deploy import deploy_cmd, history_cmd, rollback_cmd, verify_cmd
 from .models import models_cmd
 from .predict import predict_cmd
 from .prepare import prepare_cmd
@@ -43,7 +44,11 @@ app.command("prepare")(prepare_cmd)
 app.command("train")(train_cmd)
 app.command("validate")(validate_cmd)
 app.command("predict")(predict_cmd)
+app.command("deploy")(deploy_cmd)
+app.command("rollback")(rollback_cmd)
 app.command("versions")(versions_cmd)
+app.command("verify")(verify_cmd)
+app.command("history")(history_cmd)
 app.command("models")(models_cmd)
 app.command("config")(config_cmd)
 

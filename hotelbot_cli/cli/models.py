@@ -39,11 +39,9 @@ def models_cmd(json_out: JsonOpt = False) -> None:
     if json_out:
         print_json({"cache": str(cache), "models": rows})
         return
-    from rich.table import Table
-
-    table = Table("name", "languages", "package", "size", "cached", title=f"packaged base models (cache: {cache})")
+    out.print(f"packaged base models (cache: {cache})")
     for r in rows:
-        table.add_row(r["name"] + (" (default)" if r["default"] else ""), r["languages"], r["source_package"],
-                      _mb(r["source_size_bytes"]),
-                      f"yes ({_mb(r['cached_size_bytes'])})" if r["cached"] else "no")
-    out.print(table)
+        cached = f"yes ({_mb(r['cached_size_bytes'])})" if r["cached"] else "no (converted on first use)"
+        out.print(f"[bold]{r['name']}[/bold]" + (" (default)" if r["default"] else ""))
+        out.print(f"  languages: {r['languages']}; package: {r['source_package']} ({_mb(r['source_size_bytes'])}); "
+                  f"cached: {cached}")

@@ -10,7 +10,7 @@ from typing_extensions import Annotated
 
 from ._errors import handle_errors
 from ._options import ConfigOpt, DataDirOpt, JsonOpt, ProfileOpt, RegistryOpt, settings_from
-from ._render import err, log_to, message, out, print_json
+from ._render import err, log_to, message, out, print_json, warn
 
 
 class ModelType(str, Enum):
@@ -113,10 +113,12 @@ def train_cmd(
     """
     from ..errors import NotImplementedYetError
 
-    if model_type not in BUILT:
-        missing = ["embeddings", "generator"] if model_type is ModelType.all else [model_type.value]
-        raise NotImplementedYetError(f"--model-type {model_type.value}: not implemented yet ({', '.join(missing)}); "
+    if model_type is not ModelType.all and model_type not in BUILT:
+        raise NotImplementedYetError(f"--model-type {model_type.value}: not implemented yet; "
                                      "use --model-type classifier")
+    if model_type is ModelType.all:
+        skipped = sorted(t.value for t in ModelType if t not in BUILT and t is not ModelType.all)
+        warn(f"--model-type all: {', '.join(skipped)} not implemented yet, skipped; training the classifier")
     from ..registry import ModelRegistry
     from ..training import AlreadyTrainedError, train_classifier
 
@@ -135,14 +137,22 @@ def train_cmd(
         else:
             message(exc.message)
         return
+    deployed = None
+    if settings.deployment.auto_deploy_on_success:
+        from ..deployment import deploy
+
+        message(f"AUTO_DEPLOY_ON_SUCCESS: deploying {result.version.name}")
+        deployed = deploy(store, settings, result.version.name, reason="auto deploy after training").to_dict()
     m = result.metrics
     if json_out:
         print_json({"version": result.version.name, "skipped": False, "duration_seconds": round(result.duration_seconds, 2),
                     "mlflow_run_id": result.mlflow_run_id, "overall_score": m["overall_score"],
                     "metrics": {k: m[k] for k in ("accuracy", "macro_f1", "macro_precision", "macro_recall",
                                                   "weighted_f1", "overall_score")},
-                    "history": result.history})
+                    "history": result.history, "deployed": deployed})
         return
     out.print(f"trained {result.version.name} in {result.duration_seconds:.1f}s: accuracy {m['accuracy']:.4f}, "
               f"macro-F1 {m['macro_f1']:.4f} on {m['num_examples']} validation texts")
     message(f"saved to {result.version.path}; MLflow run {result.mlflow_run_id}")
+    if deployed:
+        out.print(f"deployed {deployed['version']} (was {deployed['previous'] or 'none'})")

@@ -23,7 +23,10 @@ def versions_cmd(registry: RegistryOpt = None, json_out: JsonOpt = False) -> Non
 
     settings = settings_from(registry=registry)
     store = ModelRegistry(settings.paths.registry)
-    current = store.current_name()
+    state = store.current_state()
+    current = state.get("version")
+    backups = store.list_backups()
+    backed_up = {b["version"] for b in backups}
     rows = []
     for info in store.list_versions():
         meta = info.metadata
@@ -37,21 +40,27 @@ def versions_cmd(registry: RegistryOpt = None, json_out: JsonOpt = False) -> Non
             "validated_score": validation.get("overall_score") if validation else None,
             "validated_passed": validation.get("passed") if validation else None,
             "current": info.name == current,
+            "previously_deployed": info.name in state.get("previous", []),
+            "backup": info.name in backed_up,
             "corrupt": bool(meta.get("corrupt")),
         })
     if json_out:
-        print_json({"registry": str(store.root), "current": current, "versions": rows})
+        print_json({"registry": str(store.root), "current": current, "previous": state.get("previous", []),
+                    "versions": rows,
+                    "backups": [{k: b[k] for k in ("id", "version", "created_at", "archive", "size_bytes")}
+                                for b in backups]})
         return
     if not rows:
         out.print(f"no versions in {store.root} (run `hotelbot train`)")
         return
     from rich.table import Table
 
-    table = Table("", "version", "created", "base model", "score", "validated")
+    table = Table("", "version", "created", "base model", "score", "validated", "backup")
     for r in rows:
         score = "-" if r["overall_score"] is None else f"{r['overall_score']:.4f}"
         checked = "-" if r["validated_score"] is None else (
             f"{r['validated_score']:.4f} " + ("pass" if r["validated_passed"] else "FAIL"))
         table.add_row("*" if r["current"] else "", r["version"], r["created_at"] or "?", r["base_model"] or "?",
-                      score, checked)
+                      score, checked, "yes" if r["backup"] else "")
     out.print(table)
+    out.print("* deployed" + (f"; rollback goes to {state['previous'][-1]}" if state.get("previous") else ""))

@@ -3,7 +3,11 @@
 Layout under ``root`` (names are the constants below)::
 
     versions/v0001/        immutable once published: metadata.json + the version's files
-    current -> versions/vNNNN   a symlink, swapped atomically by deploy/rollback
+    current.json           THE deployed state: {"version", "previous": [...], "event_id", ...},
+                           replaced atomically (one os.replace) by deploy and rollback
+    current -> versions/vNNNN   a symlink derived from current.json for tools that want a path;
+                           re-pointed right after each switch and repaired by the next writer
+    backup/                compressed archives (.tar.gz + .json metadata) of previously deployed versions
     validations/v0001.json latest ``hotelbot validate`` result per version (versions stay immutable)
     history.jsonl          append-only audit of deploys, rollbacks and failed gates
     .staging/              versions being built; a crash leaves only garbage here, never a half version
@@ -25,6 +29,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -34,6 +39,8 @@ from ..errors import IntegrityError, RegistryError, VersionNotFoundError
 
 VERSIONS_DIR = "versions"
 CURRENT_LINK = "current"
+CURRENT_STATE = "current.json"
+BACKUP_DIR = "backup"
 VALIDATIONS_DIR = "validations"
 HISTORY_FILE = "history.jsonl"
 STAGING_DIR = ".staging"
@@ -41,6 +48,18 @@ LOCK_FILE = ".lock"
 METADATA_FILE = "metadata.json"
 VERSION_RE = re.compile(r"^v(\d{4,6})$")
 ALIASES = ("latest", "current")
+
+
+def crashpoint(name: str) -> None:
+    """Test hook: ``HOTELBOT_TEST_CRASH_AT=name`` kills this process here with SIGKILL.
+
+    The crash-safety tests kill real deploy/rollback subprocesses at every named point; in normal
+    use the variable is unset and this is one dictionary lookup.
+    """
+    if os.environ.get("HOTELBOT_TEST_CRASH_AT") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def utc_now() -> str:
@@ -102,17 +121,27 @@ class ModelRegistry:
 
     # ------------------------------------------------------------ locking
     @contextlib.contextmanager
-    def lock(self, blocking: bool = True) -> Iterator[None]:
-        """Exclusive OS lock over the registry's writers (released by the kernel if the process dies)."""
+    def lock(self, blocking: bool = True, timeout: float | None = None) -> Iterator[None]:
+        """Exclusive OS lock over the registry's writers (released by the kernel if the process dies).
+
+        ``blocking=False`` fails at once when another process holds it; ``timeout`` waits that many
+        seconds, then fails with a clear RegistryError.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / LOCK_FILE, "a+b") as handle:
-            flags = fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB)
-            try:
-                fcntl.flock(handle.fileno(), flags)
-            except BlockingIOError:
-                raise RegistryError(
-                    f"another hotelbot process is changing the registry {self.root}; try again when it finishes"
-                ) from None
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                try:
+                    flags = fcntl.LOCK_EX | (0 if blocking and deadline is None else fcntl.LOCK_NB)
+                    fcntl.flock(handle.fileno(), flags)
+                    break
+                except BlockingIOError:
+                    if deadline is None or time.monotonic() >= deadline:
+                        waited = "" if deadline is None else f" (waited {timeout:g}s)"
+                        raise RegistryError(
+                            f"another hotelbot process is changing the registry {self.root}{waited}; "
+                            "try again when it finishes") from None
+                    time.sleep(0.1)
             try:
                 yield
             finally:
@@ -147,12 +176,74 @@ class ModelRegistry:
             raise VersionNotFoundError(f"version {name} not found in {self.root} (versions: {known})")
         return VersionInfo(name, path, self._read_metadata(path))
 
+    def current_state(self) -> dict[str, Any]:
+        """The deployed state: {"version": str | None, "previous": [older currents, newest last], ...}."""
+        try:
+            state = json.loads((self.root / CURRENT_STATE).read_text("utf-8"))
+        except FileNotFoundError:
+            return {"version": None, "previous": []}
+        except (OSError, json.JSONDecodeError) as exc:
+            raise IntegrityError(f"{self.root / CURRENT_STATE} is unreadable: {exc}") from None
+        if state.get("version") is not None:
+            check_version_name(state["version"])
+        for name in state.get("previous", []):
+            check_version_name(name)
+        state.setdefault("previous", [])
+        return state
+
     def current_name(self) -> str | None:
+        return self.current_state().get("version")
+
+    def write_current_state(self, state: dict[str, Any]) -> None:
+        """Switch the deployed version: ONE atomic replace of current.json, then re-point the symlink.
+
+        A crash between the two leaves a stale symlink that :meth:`repair` fixes; every reader in
+        hotelbot goes through current.json, so no reader ever sees a mix.
+        """
+        if state.get("version") is not None:
+            check_version_name(state["version"])
+        atomic_write_json(self.root / CURRENT_STATE, state)
+        crashpoint("after-state-switch")
+        self._point_symlink(state.get("version"))
+
+    def _point_symlink(self, name: str | None) -> None:
         link = self.root / CURRENT_LINK
-        if not link.is_symlink():
-            return None
-        target = Path(os.readlink(link)).name
-        return target if VERSION_RE.match(target) and (self.versions_dir / target).is_dir() else None
+        if name is None:
+            if link.is_symlink():
+                link.unlink()
+            return
+        target = f"{VERSIONS_DIR}/{name}"
+        if link.is_symlink() and os.readlink(link) == target:
+            return
+        tmp = self.root / f".{CURRENT_LINK}.{os.getpid()}.tmp"
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        os.symlink(target, tmp)
+        os.replace(tmp, link)
+        fsync_dir(self.root)
+
+    def repair(self) -> list[str]:
+        """Undo what a killed writer may have left: stale symlink, temp files, staging dirs.
+
+        Call with the lock held. Returns what was fixed (for the log).
+        """
+        fixed = []
+        version = self.current_name()
+        link = self.root / CURRENT_LINK
+        want = None if version is None else f"{VERSIONS_DIR}/{version}"
+        have = os.readlink(link) if link.is_symlink() else None
+        if have != want:
+            self._point_symlink(version)
+            fixed.append(f"current symlink -> {version}")
+        for leftover in list(self.root.glob(".*.tmp")) + list((self.root / BACKUP_DIR).glob("*.tmp")):
+            leftover.unlink(missing_ok=True)
+            fixed.append(f"removed {leftover.name}")
+        staging = self.root / STAGING_DIR
+        if staging.is_dir():
+            for build in staging.iterdir():
+                shutil.rmtree(build, ignore_errors=True)
+                fixed.append(f"removed staging {build.name}")
+        return fixed
 
     def latest(self) -> VersionInfo | None:
         versions = self.list_versions()
@@ -258,3 +349,80 @@ class ModelRegistry:
             if meta.get("dataset_fingerprint") == data_fingerprint and meta.get("config") == config:
                 return info
         return None
+
+    # ------------------------------------------------------------ backups
+    @property
+    def backup_dir(self) -> Path:
+        return self.root / BACKUP_DIR
+
+    def list_backups(self) -> list[dict[str, Any]]:
+        """Backup records, oldest first (each: id, version, created_at, archive, sha256, size_bytes)."""
+        if not self.backup_dir.is_dir():
+            return []
+        records = []
+        for meta in sorted(self.backup_dir.glob("*.json")):
+            try:
+                record = json.loads(meta.read_text("utf-8"))
+            except (OSError, json.JSONDecodeError):
+                continue
+            if (self.backup_dir / record.get("archive", "")).is_file():
+                records.append(record)
+        return sorted(records, key=lambda r: r["id"])
+
+    def create_backup(self, name: str, reason: str, keep: int) -> dict[str, Any]:
+        """Compress version ``name`` into backup/ (archive first, its .json record last, both atomic).
+
+        Keeps the newest ``keep`` backups. A crash mid-way leaves only a *.tmp file that repair() removes.
+        """
+        import tarfile
+
+        info = self.get(name)
+        self.backup_dir.mkdir(parents=True, exist_ok=True)
+        existing = [r["id"] for r in self.list_backups()]
+        backup_id = f"b{(max(int(i[1:]) for i in existing) + 1 if existing else 1):05d}"
+        archive = f"{backup_id}-{name}.tar.gz"
+        fd, tmp = tempfile.mkstemp(dir=self.backup_dir, prefix=f".{archive}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz", compresslevel=1) as tar:
+                tar.add(info.path, arcname=name)
+                crashpoint("mid-backup")
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.backup_dir / archive)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        record = {"id": backup_id, "version": name, "created_at": utc_now(), "reason": reason,
+                  "archive": archive, "sha256": sha256_file(self.backup_dir / archive),
+                  "size_bytes": (self.backup_dir / archive).stat().st_size,
+                  "files": info.metadata.get("files", {}), "metrics": info.metadata.get("metrics", {})}
+        atomic_write_json(self.backup_dir / f"{backup_id}-{name}.json", record)
+        for old in self.list_backups()[:-keep] if keep > 0 else []:
+            (self.backup_dir / f"{old['id']}-{old['version']}.json").unlink(missing_ok=True)
+            (self.backup_dir / old["archive"]).unlink(missing_ok=True)
+        return record
+
+    def restore_from_backup(self, name: str) -> VersionInfo:
+        """Rebuild versions/``name`` from its newest intact backup (used when the version is corrupt or gone)."""
+        import tarfile
+
+        candidates = [r for r in reversed(self.list_backups()) if r["version"] == name]
+        for record in candidates:
+            archive = self.backup_dir / record["archive"]
+            if sha256_file(archive) != record["sha256"]:
+                continue
+            with self.staging() as staged:
+                with tarfile.open(archive, "r:gz") as tar:
+                    tar.extractall(staged, filter="data")  # "data" filter: no absolute paths, links or devices
+                restored = staged / name
+                if not restored.is_dir() or checksum_tree(restored) != record["files"]:
+                    shutil.rmtree(staged, ignore_errors=True)
+                    continue
+                target = self.version_path(name)
+                if target.exists():
+                    os.rename(target, staged / "corrupt")
+                os.rename(restored, target)
+                fsync_dir(self.versions_dir)
+                shutil.rmtree(staged, ignore_errors=True)
+            return self.get(name)
+        raise IntegrityError(f"version {name} is corrupt or missing and no intact backup of it exists")

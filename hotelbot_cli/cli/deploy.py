@@ -1,0 +1,157 @@
+"""hotelbot deploy / rollback / verify / history"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from typing_extensions import Annotated
+
+from ._errors import handle_errors
+from ._options import ConfigOpt, JsonOpt, ProfileOpt, RegistryOpt, settings_from
+from ._render import message, out, print_json, warn
+
+ReasonOpt = Annotated[str, typer.Option("--reason", "-r", help="Why (recorded in history.jsonl and notifications).")]
+
+
+def _report(result, json_out: bool) -> None:
+    if json_out:
+        print_json(result.to_dict())
+        return
+    for note in result.repaired:
+        message(f"repaired after an interrupted operation: {note}")
+    for note in result.notifications:
+        warn(f"notification failed (the {result.action} stands): {note}")
+    if not result.changed:
+        out.print(f"{result.version} is already deployed; nothing to do")
+        return
+    extra = ""
+    if result.gate:
+        extra = f" ({result.gate['metric']} {result.gate['overall_score']:.4f})"
+    if result.restored_from_backup:
+        extra += " (restored from backup)"
+    out.print(f"{result.action}: {result.previous or '(none)'} -> {result.version}{extra}")
+    if result.backup:
+        message(f"backed up {result.backup['version']} to backup/{result.backup['archive']}")
+
+
+@handle_errors
+def deploy_cmd(
+    version: Annotated[Optional[str], typer.Argument(help="Version to deploy [default: newest validated].",
+                                                     show_default=False)] = None,
+    reason: ReasonOpt = "",
+    min_score: Annotated[Optional[float], typer.Option("--min-score", help="Gate threshold "
+                                                       "[env: MIN_VALIDATION_SCORE; default 0.8].",
+                                                       show_default=False)] = None,
+    tolerance: Annotated[Optional[float], typer.Option("--tolerance", help="Largest allowed per-intent F1 drop "
+                                                       "vs the deployed model [env: HOTELBOT_REGRESSION_TOLERANCE; "
+                                                       "default 0.05].", show_default=False)] = None,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    registry: RegistryOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Gate a version, back up the current one, switch, and verify the new one predicts.
+
+    Gate: overall_score >= MIN_VALIDATION_SCORE and no intent's F1 drops more than the tolerance
+    against the deployed model on the same texts. Gate failure: nothing changes, exit 3. If the
+    switched model fails its smoke test and ENABLE_AUTO_ROLLBACK is true, the previous one is
+    restored and the exit code is 4.
+
+    Examples:
+
+        hotelbot deploy
+
+        hotelbot deploy v0004 --reason "more late_checkout examples" --json
+    """
+    from ..deployment import deploy
+    from ..registry import ModelRegistry
+
+    settings = settings_from(config, profile, registry, overrides={
+        "validation_config": {"min_validation_score": min_score},
+        "deployment_config": {"regression_tolerance": tolerance}})
+    _report(deploy(ModelRegistry(settings.paths.registry), settings, version, reason), json_out)
+
+
+@handle_errors
+def rollback_cmd(
+    to: Annotated[Optional[str], typer.Option("--to", help="Version to restore [default: the previously "
+                                              "deployed one].", show_default=False)] = None,
+    reason: ReasonOpt = "",
+    config: ConfigOpt = None,
+    registry: RegistryOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Restore the previously deployed version (or --to VERSION) after checking checksums and loading it.
+
+    A corrupt or missing version is rebuilt from its backup when one exists. Exit 1 when there is
+    nothing to roll back to.
+
+    Examples:
+
+        hotelbot rollback --reason "guests report wrong answers about breakfast"
+
+        hotelbot rollback --to v0002 --json
+    """
+    from ..deployment import rollback
+    from ..registry import ModelRegistry
+
+    settings = settings_from(config, None, registry)
+    _report(rollback(ModelRegistry(settings.paths.registry), settings, to, reason), json_out)
+
+
+@handle_errors
+def verify_cmd(registry: RegistryOpt = None, json_out: JsonOpt = False) -> None:
+    """Recompute every checksum of every version and backup; exit 1 if anything is corrupt or missing.
+
+    Examples:
+
+        hotelbot verify
+
+        hotelbot verify --json
+    """
+    from ..deployment import verify_registry
+    from ..registry import ModelRegistry
+
+    settings = settings_from(registry=registry)
+    report = verify_registry(ModelRegistry(settings.paths.registry))
+    problems = [p for items in report.values() for p in items]
+    if json_out:
+        print_json({"ok": not problems, "checked": sorted(report), "problems": problems})
+    else:
+        for name in sorted(report):
+            out.print(f"{name}: " + ("ok" if not report[name] else f"{len(report[name])} problem(s)"))
+        for p in problems:
+            out.print(f"  {p}")
+    if problems:
+        message(f"{len(problems)} problem(s) found")
+        raise typer.Exit(1)
+
+
+@handle_errors
+def history_cmd(
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Show the last N events.")] = 20,
+    registry: RegistryOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show the audit log of deploys, rollbacks and failed gates (registry/history.jsonl).
+
+    Examples:
+
+        hotelbot history -n 5
+
+        hotelbot history --json
+    """
+    from ..deployment import history
+    from ..registry import ModelRegistry
+
+    settings = settings_from(registry=registry)
+    events = history(ModelRegistry(settings.paths.registry), limit)
+    if json_out:
+        print_json({"events": events})
+        return
+    if not events:
+        out.print("no deploys, rollbacks or failed gates yet")
+    for e in events:
+        out.print(f"{e.get('at')}  {e.get('event'):<17} {e.get('from') or '-'} -> {e.get('to') or '-'}  "
+                  f"by {e.get('user')}" + (f"  ({e['reason']})" if e.get("reason") else ""))

@@ -1,0 +1,287 @@
+"""Deploy, rollback, backups, verification and notifications over the registry.
+
+Every operation takes the registry's OS lock (so two deploys never interleave), first repairs what a
+killed writer may have left, and switches the deployed version with ONE atomic replace of
+``current.json``. A SIGKILL at any point therefore leaves the old state or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import subprocess
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import Settings
+from .errors import GateFailedError, HotelbotError, IntegrityError, RegistryError, RolledBackError
+from .registry import ModelRegistry, VersionInfo
+from .registry.store import crashpoint, utc_now
+
+log = logging.getLogger("hotelbot.deployment")
+
+
+class DeployVerificationError(HotelbotError):
+    """The new current failed its smoke test and auto-rollback is off: it stays deployed."""
+
+
+@dataclass
+class OperationResult:
+    action: str                      # deploy | rollback | noop
+    version: str | None
+    previous: str | None
+    changed: bool = True
+    backup: dict[str, Any] | None = None
+    gate: dict[str, Any] | None = None
+    smoke: dict[str, Any] | None = None
+    restored_from_backup: bool = False
+    notifications: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+    event_id: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+# ---------------------------------------------------------------- notifications
+
+
+def notify(settings: Settings, event: dict[str, Any]) -> list[str]:
+    """Send ``event`` to the configured webhook and/or shell command. Failures are returned and logged,
+    never raised: a broken notifier must not block or undo a deploy."""
+    cfg = settings.deployment
+    problems = []
+    body = json.dumps(event, ensure_ascii=False).encode("utf-8")
+    if cfg.notify_webhook:
+        request = urllib.request.Request(cfg.notify_webhook, data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=cfg.notify_timeout_seconds) as response:
+                if response.status >= 300:
+                    problems.append(f"webhook answered HTTP {response.status}")
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            problems.append(f"webhook failed: {exc}")
+    if cfg.notify_command:
+        try:
+            done = subprocess.run(cfg.notify_command, shell=True, input=body, capture_output=True,
+                                  timeout=cfg.notify_timeout_seconds, check=False)
+            if done.returncode != 0:
+                problems.append(f"notify command exited {done.returncode}: "
+                                f"{done.stderr.decode(errors='replace').strip()[:200]}")
+        except (subprocess.TimeoutExpired, OSError) as exc:
+            problems.append(f"notify command failed: {exc}")
+    for problem in problems:
+        log.warning("notification for %s failed: %s", event.get("event"), problem)
+    return problems
+
+
+def _record(registry: ModelRegistry, settings: Settings, event: dict[str, Any]) -> list[str]:
+    """Append to history.jsonl, then notify (the history line is written even if notifying fails)."""
+    event = {"event_id": event.get("event_id") or uuid.uuid4().hex[:12], **event}
+    registry.append_history(event)
+    return notify(settings, {**event, "at": utc_now(), "registry": str(registry.root)})
+
+
+# ---------------------------------------------------------------- checks
+
+
+def smoke_check(info: VersionInfo, texts_count: int) -> dict[str, Any]:
+    """Load ``info`` exactly as predict/serve do and classify a few of its validation texts.
+
+    Raises IntegrityError/ModelError when it cannot load, HotelbotError when predictions are unusable.
+    """
+    from .data import read_jsonl_examples
+    from .inference import Predictor
+
+    examples = read_jsonl_examples(info.path / "data" / "validation.jsonl")[:texts_count]
+    texts = [e.text for e in examples] or ["hola"]
+    predictor = Predictor.from_version(info)
+    predictions = predictor.predict(texts, top_k=1)
+    labels = set(predictor.labels)
+    for p in predictions:
+        if p.intent not in labels or not (0.0 <= p.confidence <= 1.0) or math.isnan(p.confidence):
+            raise HotelbotError(f"{info.name} returned an unusable prediction for {p.text!r}: "
+                                f"{p.intent} {p.confidence}")
+    correct = sum(p.intent == e.intent for p, e in zip(predictions, examples))
+    return {"texts": len(texts), "correct": correct if examples else None}
+
+
+def _gate(registry: ModelRegistry, settings: Settings, name: str) -> dict[str, Any]:
+    from .evaluation import validate_version
+
+    result = validate_version(registry, name, settings)
+    failures = []
+    if not result.passed:
+        failures.append(f"{result.metrics['metric']} {result.overall_score:.4f} < "
+                        f"MIN_VALIDATION_SCORE {result.min_score:.4f}")
+    regressions: dict[str, float] = {}
+    if result.comparison is not None:
+        regressions = result.comparison.regressions(settings.deployment.regression_tolerance)
+        if regressions:
+            worst = sorted(regressions.items(), key=lambda kv: kv[1])[:5]
+            failures.append(f"per-intent F1 regressions vs {result.comparison.reference_version} beyond "
+                            f"{settings.deployment.regression_tolerance:.2f}: "
+                            + ", ".join(f"{k} {v:+.3f}" for k, v in worst))
+    return {"version": name, "overall_score": result.overall_score, "metric": result.metrics["metric"],
+            "min_validation_score": result.min_score, "passed": not failures, "failures": failures,
+            "regressions": regressions,
+            "compared_with": result.comparison.reference_version if result.comparison else None}
+
+
+def newest_validated(registry: ModelRegistry) -> VersionInfo:
+    for info in reversed(registry.list_versions()):
+        record = registry.validation_of(info.name)
+        if record and record.get("passed"):
+            return info
+    raise RegistryError("no validated version to deploy",
+                        hint="run `hotelbot validate [VERSION]` first, or name the version: `hotelbot deploy v0003`")
+
+
+# ---------------------------------------------------------------- operations
+
+
+def backup_current(registry: ModelRegistry, settings: Settings, reason: str = "manual backup") -> dict[str, Any]:
+    with registry.lock(timeout=settings.deployment.lock_timeout_seconds):
+        registry.repair()
+        current = registry.current_name()
+        if current is None:
+            raise RegistryError("nothing is deployed, so there is nothing to back up")
+        registry.require_intact(current)
+        return registry.create_backup(current, reason, settings.deployment.backups_to_keep)
+
+
+def deploy(registry: ModelRegistry, settings: Settings, version: str | None = None, reason: str = "") -> OperationResult:
+    """Gate, back up current, switch, verify; auto-rollback (exit 4) when verification fails."""
+    cfg = settings.deployment
+    with registry.lock(timeout=cfg.lock_timeout_seconds):
+        repaired = registry.repair()
+        old_state = registry.current_state()
+        current = old_state.get("version")
+        target = registry.get(version) if version else newest_validated(registry)
+        if target.name == current:
+            return OperationResult("noop", target.name, current, changed=False, repaired=repaired)
+        registry.require_intact(target.name)
+        event_id = uuid.uuid4().hex[:12]
+
+        gate = _gate(registry, settings, target.name)
+        if not gate["passed"]:
+            _record(registry, settings, {"event_id": event_id, "event": "gate_failed", "from": current,
+                                         "to": target.name, "reason": reason, "scores": gate})
+            raise GateFailedError(f"{target.name} not deployed: " + "; ".join(gate["failures"]))
+
+        backup = None
+        if current and cfg.enable_model_backup:
+            backup = registry.create_backup(current, f"before deploying {target.name}", cfg.backups_to_keep)
+        crashpoint("before-switch")
+        new_state = {"version": target.name,
+                     "previous": [*old_state.get("previous", []), current] if current else old_state.get("previous", []),
+                     "deployed_at": utc_now(), "event_id": event_id, "action": "deploy"}
+        registry.write_current_state(new_state)
+        crashpoint("after-switch")
+
+        try:
+            smoke = smoke_check(registry.get(target.name), cfg.smoke_texts)
+        except HotelbotError as exc:
+            if cfg.enable_auto_rollback:
+                registry.write_current_state(old_state)
+                _record(registry, settings, {"event_id": event_id, "event": "auto_rollback",
+                                                     "from": target.name, "to": current, "reason": str(exc),
+                                                     "scores": gate})
+                raise RolledBackError(f"deployed {target.name} but it failed verification ({exc}); "
+                                      f"restored {current or 'the empty state'}") from None
+            _record(registry, settings, {"event_id": event_id, "event": "deploy_unverified", "from": current,
+                                         "to": target.name, "reason": str(exc), "scores": gate})
+            raise DeployVerificationError(f"deployed {target.name} but it failed verification ({exc}); "
+                                          "ENABLE_AUTO_ROLLBACK is off: run `hotelbot rollback`") from None
+
+        notes = _record(registry, settings, {"event_id": event_id, "event": "deploy", "from": current,
+                                             "to": target.name, "reason": reason, "scores": gate})
+        crashpoint("after-history")
+        return OperationResult("deploy", target.name, current, True, backup, gate, smoke, False, notes, repaired,
+                               event_id)
+
+
+def rollback(registry: ModelRegistry, settings: Settings, to: str | None = None, reason: str = "") -> OperationResult:
+    """Restore the previous deployed version (or ``to``) after checking its checksums and that it loads."""
+    cfg = settings.deployment
+    with registry.lock(timeout=cfg.lock_timeout_seconds):
+        repaired = registry.repair()
+        state = registry.current_state()
+        current = state.get("version")
+        previous = [v for v in state.get("previous", [])]
+        if to is None:
+            candidates = [v for v in reversed(previous) if v != current]
+            if not candidates:
+                raise RegistryError("nothing to roll back to: no earlier deployed version is recorded",
+                                    hint="name one with `hotelbot rollback --to VERSION`")
+            target_name = candidates[0]
+        else:
+            from .registry.store import check_version_name
+
+            target_name = check_version_name(to)
+            if target_name == current:
+                raise RegistryError(f"{target_name} is already the deployed version")
+
+        restored = False
+        try:
+            target = registry.require_intact(target_name)
+        except IntegrityError:
+            target = registry.restore_from_backup(target_name)
+            restored = True
+        except RegistryError:
+            if not any(r["version"] == target_name for r in registry.list_backups()):
+                raise
+            target = registry.restore_from_backup(target_name)
+            restored = True
+        smoke = smoke_check(target, cfg.smoke_texts)
+
+        if target_name in previous:
+            cut = len(previous) - 1 - previous[::-1].index(target_name)
+            new_previous = previous[:cut]
+        else:
+            new_previous = [*previous, current] if current else previous
+        event_id = uuid.uuid4().hex[:12]
+        crashpoint("before-switch")
+        registry.write_current_state({"version": target_name, "previous": new_previous, "deployed_at": utc_now(),
+                                      "event_id": event_id, "action": "rollback"})
+        crashpoint("after-switch")
+        notes = _record(registry, settings, {"event_id": event_id, "event": "rollback", "from": current,
+                                             "to": target_name, "reason": reason,
+                                             "restored_from_backup": restored})
+        return OperationResult("rollback", target_name, current, True, None, None, smoke, restored, notes, repaired,
+                               event_id)
+
+
+def verify_registry(registry: ModelRegistry) -> dict[str, list[str]]:
+    """Recompute every checksum of every version and backup archive; {name: problems} (empty lists: intact)."""
+    from .registry.store import sha256_file
+
+    report: dict[str, list[str]] = {}
+    for info in registry.list_versions():
+        report[info.name] = ([f"{info.name}/metadata.json: missing or unreadable"]
+                             if info.metadata.get("corrupt") else registry.verify(info.name))
+    for record in registry.list_backups():
+        archive = registry.backup_dir / record["archive"]
+        report[f"backup/{record['archive']}"] = (
+            [] if sha256_file(archive) == record["sha256"] else [f"backup/{record['archive']}: checksum mismatch"])
+    state_version = registry.current_name()
+    if state_version and state_version not in report:
+        report["current"] = [f"current.json points to {state_version}, which does not exist"]
+    return report
+
+
+def history(registry: ModelRegistry, limit: int | None = None) -> list[dict[str, Any]]:
+    path = registry.root / "history.jsonl"
+    if not path.exists():
+        return []
+    events = []
+    for line in path.read_text("utf-8").splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash mid-append is skipped, never fatal
+    return events[-limit:] if limit else events

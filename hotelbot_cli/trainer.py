@@ -1,0 +1,141 @@
+"""``ModelTrainer``: the seed's Python API as a thin facade over the hotelbot library.
+
+The seed's quick-start runs unchanged apart from its import line::
+
+    from hotelbot_cli.trainer import ModelTrainer
+
+    trainer = ModelTrainer()
+    trainer.prepare_training_data("datasets/")
+    trainer.train_models("all")
+    results = trainer.validate_models()
+    if results['overall_score'] > 0.8:
+        trainer.deploy_models()
+    else:
+        ...
+    # on an exception: trainer.rollback_to_previous_version()
+
+Every method calls the same library functions as the CLI; errors are HotelbotError subclasses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .config import Settings, load_settings
+from .data import SUPPORTED_SUFFIXES, prepare_dataset
+from .errors import DataError, NotImplementedYetError
+from .registry import ModelRegistry
+
+BUILT_MODEL_TYPES = ("classifier",)
+ALL_MODEL_TYPES = ("classifier", "embeddings", "generator")
+INTENT_FILE_NAMES = ("hotel_intents_es.json", "intents.json", "intents.jsonl", "intents.csv")
+
+
+class ModelTrainer:
+    """The seed's ModelTrainer over hotelbot: prepare, train, validate, deploy, back up, roll back."""
+
+    def __init__(self, config_path: str | Path | None = None, *, registry: str | Path | None = None,
+                 profile: str | None = None, settings: Settings | None = None) -> None:
+        self.settings = settings or load_settings(
+            config_file=Path(config_path) if config_path else None, profile=profile,
+            path_overrides={"registry": registry})
+        self.registry = ModelRegistry(self.settings.paths.registry)
+        self.last_version: str | None = None
+        self.last_validation: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------ data
+    @staticmethod
+    def _intent_file(path: Path) -> Path:
+        if path.is_file():
+            return path
+        if not path.is_dir():
+            raise DataError(f"{path}: no such file or directory")
+        for name in INTENT_FILE_NAMES:
+            if (path / name).is_file():
+                return path / name
+        found = sorted(p for p in path.iterdir() if p.suffix.lower() in SUPPORTED_SUFFIXES and "holdout" not in p.name)
+        if len(found) == 1:
+            return found[0]
+        raise DataError(f"{path}: found {len(found)} candidate intent files; name one "
+                        f"({', '.join(INTENT_FILE_NAMES)}) or pass the file itself")
+
+    def prepare_training_data(self, documents_dir: str | Path = "datasets/") -> dict[str, Any]:
+        """Validate, clean and split the intent data found at ``documents_dir`` (a file or a directory)."""
+        prepared = prepare_dataset(self._intent_file(Path(documents_dir)), self.settings.paths.data,
+                                   self.settings.data)
+        return prepared.to_summary()
+
+    # ------------------------------------------------------------ training
+    def train_models(self, model_type: str = "all", *, force: bool = False) -> dict[str, Any]:
+        """Train ``model_type`` ("classifier", or "all" = every component built so far)."""
+        from .training import AlreadyTrainedError, train_classifier
+
+        if model_type not in ALL_MODEL_TYPES + ("all",):
+            raise DataError(f"unknown model_type {model_type!r}; use one of {', '.join(ALL_MODEL_TYPES)} or all")
+        if model_type != "all" and model_type not in BUILT_MODEL_TYPES:
+            raise NotImplementedYetError(f"model_type {model_type}: not implemented yet")
+        try:
+            result = train_classifier(self.settings, self.settings.paths.data, self.registry, force=force)
+        except AlreadyTrainedError as exc:
+            self.last_version = exc.version
+            return {"version": exc.version, "skipped": True}
+        self.last_version = result.version.name
+        skipped = [t for t in ALL_MODEL_TYPES if t not in BUILT_MODEL_TYPES] if model_type == "all" else []
+        return {"version": result.version.name, "skipped": False, "metrics": result.metrics,
+                "not_implemented": skipped}
+
+    # ------------------------------------------------------------ validation
+    def validate_models(self, version: str | None = None) -> dict[str, Any]:
+        """Validation metrics of ``version`` (default: the one just trained, else the newest) with 'overall_score'."""
+        from .evaluation import validate_version
+
+        name = version or self.last_version or "latest"
+        result = validate_version(self.registry, name, self.settings)
+        self.last_validation = result.to_dict()
+        return {**result.metrics, "overall_score": result.overall_score, "passed": result.passed,
+                "version": result.version,
+                "comparison": result.comparison.to_dict() if result.comparison else None}
+
+    # ------------------------------------------------------------ deployment
+    def deploy_models(self, version: str | None = None, reason: str = "") -> dict[str, Any]:
+        from .deployment import deploy
+
+        return deploy(self.registry, self.settings, version or self.last_version, reason).to_dict()
+
+    def backup_current_models(self, reason: str = "manual backup") -> dict[str, Any]:
+        from .deployment import backup_current
+
+        return backup_current(self.registry, self.settings, reason)
+
+    def rollback_to_previous_version(self, reason: str = "", to: str | None = None) -> dict[str, Any]:
+        from .deployment import rollback
+
+        return rollback(self.registry, self.settings, to, reason).to_dict()
+
+    # ------------------------------------------------------------ reports
+    def generate_training_report(self, version: str | None = None) -> dict[str, Any]:
+        """A structured summary of a version: metrics, weakest intents, comparison with the deployed one.
+
+        (The HTML/Markdown report with plots is `hotelbot report`, a separate issue.)
+        """
+        from .evaluation import top_confusions
+
+        info = self.registry.resolve(version or self.last_version or "latest")
+        import json
+
+        metrics = json.loads((info.path / "metrics.json").read_text("utf-8"))
+        worst = sorted(metrics["per_intent"].items(), key=lambda kv: kv[1]["f1"])[:5]
+        current = self.registry.current_name()
+        current_metrics = self.registry.get(current).metrics if current and current != info.name else None
+        return {
+            "version": info.name,
+            "created_at": info.metadata.get("created_at"),
+            "training": info.metadata.get("training"),
+            "metrics": {k: metrics[k] for k in ("accuracy", "macro_f1", "weighted_f1", "overall_score")},
+            "weakest_intents": [{"intent": k, **v} for k, v in worst],
+            "top_confusions": [{"true": t, "predicted": p, "count": n} for t, p, n in top_confusions(metrics)],
+            "deployed_version": current,
+            "delta_vs_deployed": ({k: metrics[k] - current_metrics[k] for k in ("accuracy", "macro_f1")
+                                   if k in current_metrics} if current_metrics else None),
+        }

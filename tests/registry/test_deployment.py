@@ -1,0 +1,246 @@
+"""deploy / rollback / verify / history / backups / notifications, through the CLI and the library."""
+
+import json
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import clone_version
+from hotelbot_cli.cli.app import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def doc(result):
+    assert result.stdout.strip(), result.output
+    return json.loads(result.stdout)
+
+
+def history(registry):
+    path = registry.root / "history.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def break_head(staged):
+    """Make every prediction the same intent: same files, valid checksums, a much worse model."""
+    from safetensors.torch import load_file, save_file
+
+    path = staged / "model" / "model.safetensors"
+    state = load_file(str(path))
+    state["head.weight"].zero_()
+    state["head.bias"].zero_()
+    state["head.bias"][0] = 10.0
+    save_file(state, str(path))
+
+
+def test_deploy_switches_and_predict_follows(registry_copy):
+    result = run("deploy", "v0001", "--reason", "first", "--json")
+    assert result.exit_code == 0, result.output
+    d = doc(result)
+    assert (d["action"], d["version"], d["previous"]) == ("deploy", "v0001", None)
+    assert d["gate"]["passed"] and d["smoke"]["texts"] > 0
+    assert registry_copy.current_name() == "v0001"
+    assert (registry_copy.root / "current").resolve() == (registry_copy.root / "versions/v0001").resolve()
+    assert doc(run("predict", "hola", "--json"))["model_version"] == "v0001"
+    events = history(registry_copy)
+    assert [e["event"] for e in events] == ["deploy"]
+    assert events[0]["from"] is None and events[0]["to"] == "v0001" and events[0]["reason"] == "first"
+    assert events[0]["user"] and events[0]["at"] and events[0]["scores"]["overall_score"] >= 0
+
+
+def test_deploy_backs_up_previous_and_rollback_restores(registry_copy):
+    assert run("deploy", "v0001").exit_code == 0
+    result = run("deploy", "v0002", "--json")
+    assert result.exit_code == 0, result.output
+    d = doc(result)
+    assert d["previous"] == "v0001" and d["backup"]["version"] == "v0001"
+    assert (registry_copy.backup_dir / d["backup"]["archive"]).is_file()
+    listing = doc(run("versions", "--json"))
+    assert listing["current"] == "v0002" and listing["previous"] == ["v0001"]
+    assert [b["version"] for b in listing["backups"]] == ["v0001"]
+
+    result = run("rollback", "--reason", "guests complain", "--json")
+    assert result.exit_code == 0, result.output
+    d = doc(result)
+    assert (d["action"], d["version"], d["previous"]) == ("rollback", "v0001", "v0002")
+    assert registry_copy.current_name() == "v0001"
+    assert doc(run("predict", "hola", "--json"))["model_version"] == "v0001"
+    assert [e["event"] for e in history(registry_copy)] == ["deploy", "deploy", "rollback"]
+    assert history(registry_copy)[-1]["reason"] == "guests complain"
+
+    # the stack is now empty: nothing more to roll back to
+    result = run("rollback")
+    assert result.exit_code == 1 and "nothing to roll back to" in result.stderr
+
+
+def test_rollback_with_nothing_deployed(registry_copy):
+    result = run("rollback")
+    assert result.exit_code == 1 and "nothing to roll back to" in result.stderr
+    assert history(registry_copy) == []
+
+
+def test_rollback_to_named_version_and_bad_names(registry_copy):
+    assert run("deploy", "v0002").exit_code == 0
+    assert doc(run("rollback", "--to", "v0001", "--json"))["version"] == "v0001"
+    for bad in ("../versions/v0001", "v1", "/etc"):
+        result = run("rollback", "--to", bad)
+        assert result.exit_code == 1 and "invalid version name" in result.stderr
+    assert registry_copy.current_name() == "v0001"
+
+
+def test_deploy_defaults_to_newest_validated(registry_copy):
+    result = run("deploy")
+    assert result.exit_code == 1 and "no validated version" in result.stderr
+    assert run("validate", "v0001").exit_code == 0
+    assert doc(run("deploy", "--json"))["version"] == "v0001"
+    again = doc(run("deploy", "v0001", "--json"))
+    assert again["action"] == "noop" and again["changed"] is False
+
+
+def test_gate_failure_changes_nothing_and_exits_3(registry_copy, monkeypatch):
+    assert run("deploy", "v0001").exit_code == 0
+    before = (registry_copy.root / "current.json").read_text()
+    monkeypatch.setenv("MIN_VALIDATION_SCORE", "1.0")
+    result = run("deploy", "v0002")
+    if json.loads((registry_copy.root / "validations/v0002.json").read_text())["overall_score"] < 1.0:
+        assert result.exit_code == 3 and "not deployed" in result.stderr
+        assert (registry_copy.root / "current.json").read_text() == before
+        assert registry_copy.list_backups() == []
+        assert history(registry_copy)[-1]["event"] == "gate_failed"
+
+
+def test_per_intent_regression_blocks_deploy(registry_copy):
+    assert run("deploy", "v0001").exit_code == 0
+    bad = clone_version(registry_copy, "v0001", break_head)
+    result = run("deploy", bad.name, "--min-score", "0")
+    assert result.exit_code == 3
+    assert "regressions vs v0001" in result.stderr
+    assert registry_copy.current_name() == "v0001"
+    # a generous tolerance lets it through
+    assert run("deploy", bad.name, "--min-score", "0", "--tolerance", "1.0").exit_code == 0
+
+
+def test_failed_verification_auto_rolls_back_with_exit_4(registry_copy, monkeypatch):
+    import hotelbot_cli.deployment as deployment
+    from hotelbot_cli.errors import ModelError
+
+    assert run("deploy", "v0001").exit_code == 0
+
+    def broken_smoke(info, count):
+        raise ModelError(f"{info.name} does not load")
+
+    monkeypatch.setattr(deployment, "smoke_check", broken_smoke)
+    result = run("deploy", "v0002")
+    assert result.exit_code == 4 and "restored v0001" in result.stderr
+    assert registry_copy.current_name() == "v0001"
+    assert registry_copy.current_state()["previous"] == []
+    assert history(registry_copy)[-1]["event"] == "auto_rollback"
+
+    monkeypatch.setenv("ENABLE_AUTO_ROLLBACK", "false")
+    result = run("deploy", "v0002")
+    assert result.exit_code == 1 and "hotelbot rollback" in result.stderr
+    assert registry_copy.current_name() == "v0002"
+
+
+def test_corruption_is_detected_and_refused(registry_copy):
+    assert run("deploy", "v0001").exit_code == 0
+    assert doc(run("verify", "--json"))["ok"] is True
+    weights = registry_copy.root / "versions/v0002/model/model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    result = run("verify", "--json")
+    assert result.exit_code == 1
+    assert any("v0002/model/model.safetensors: checksum mismatch" in p for p in doc(result)["problems"])
+    for args in (("deploy", "v0002"), ("predict", "hola", "--version", "v0002"), ("rollback", "--to", "v0002")):
+        result = run(*args)
+        assert result.exit_code == 1 and ("checksum" in result.stderr or "corrupt" in result.stderr), args
+    assert registry_copy.current_name() == "v0001"
+
+
+def test_rollback_rebuilds_a_corrupt_version_from_its_backup(registry_copy):
+    assert run("deploy", "v0001").exit_code == 0
+    assert run("deploy", "v0002").exit_code == 0  # backs up v0001
+    weights = registry_copy.root / "versions/v0001/intent_classifier.pt"
+    weights.write_bytes(b"garbage")
+    result = run("rollback", "--json")
+    assert result.exit_code == 0, result.output
+    d = doc(result)
+    assert d["version"] == "v0001" and d["restored_from_backup"] is True
+    assert registry_copy.verify("v0001") == []
+
+
+def test_backups_are_pruned_to_the_configured_count(registry_copy, monkeypatch):
+    monkeypatch.setenv("HOTELBOT_BACKUPS_TO_KEEP", "2")
+    clone_version(registry_copy, "v0001")
+    clone_version(registry_copy, "v0001")
+    for version in ("v0001", "v0002", "v0003", "v0004"):
+        assert run("deploy", version).exit_code == 0
+    assert [b["version"] for b in registry_copy.list_backups()] == ["v0002", "v0003"]
+
+
+def test_notifications_command_gets_json_and_failures_never_block(registry_copy, tmp_path, monkeypatch):
+    sink = tmp_path / "events.jsonl"
+    monkeypatch.setenv("HOTELBOT_NOTIFY_COMMAND", f"cat >> {sink}; echo >> {sink}")
+    assert run("deploy", "v0001").exit_code == 0
+    event = json.loads(sink.read_text().splitlines()[0])
+    assert event["event"] == "deploy" and event["to"] == "v0001" and "registry" in event
+
+    monkeypatch.setenv("HOTELBOT_NOTIFY_COMMAND", "exit 7")
+    monkeypatch.setenv("HOTELBOT_NOTIFY_WEBHOOK", "http://127.0.0.1:9/unreachable")
+    result = run("deploy", "v0002")
+    assert result.exit_code == 0 and "notification failed" in result.stderr
+    assert registry_copy.current_name() == "v0002"
+    result = run("rollback", "--json")
+    assert result.exit_code == 0 and len(doc(result)["notifications"]) == 2
+
+
+def test_history_command(registry_copy):
+    assert run("deploy", "v0001", "--reason", "go").exit_code == 0
+    events = doc(run("history", "--json"))["events"]
+    assert [e["event"] for e in events] == ["deploy"]
+    assert "deploy" in run("history").stdout
+
+
+def test_auto_deploy_on_success(registry_copy, tiny_data, fast_train_env, monkeypatch):
+    monkeypatch.setenv("AUTO_DEPLOY_ON_SUCCESS", "true")
+    assert run("prepare", tiny_data).exit_code == 0
+    result = run("train", "--json", "--force")
+    assert result.exit_code == 0, result.output
+    d = doc(result)
+    assert d["deployed"]["version"] == d["version"] and registry_copy.current_name() == d["version"]
+
+
+def test_a_second_deploy_waits_for_the_lock_then_fails_clearly(registry_copy, monkeypatch):
+    import subprocess
+
+    monkeypatch.setenv("HOTELBOT_LOCK_TIMEOUT", "0.5")
+    with registry_copy.lock():
+        done = subprocess.run([sys.executable, "-m", "hotelbot_cli", "deploy", "v0001"], capture_output=True,
+                              text=True, timeout=120)
+    assert done.returncode == 1
+    assert "another hotelbot process is changing the registry" in done.stderr
+    assert registry_copy.current_name() is None
+
+
+def test_facade_runs_the_seed_quick_start(registry_copy, tiny_data, fast_train_env):
+    from hotelbot_cli.trainer import ModelTrainer
+
+    trainer = ModelTrainer()
+    trainer.prepare_training_data(str(tiny_data))
+    trained = trainer.train_models("all", force=True)
+    assert trained["not_implemented"] == ["embeddings", "generator"]
+    results = trainer.validate_models()
+    assert 0 <= results["overall_score"] <= 1 and results["version"] == trained["version"]
+    deployed = trainer.deploy_models()
+    assert deployed["version"] == trained["version"]
+    report = trainer.generate_training_report()
+    assert report["version"] == trained["version"] and report["weakest_intents"]
+    assert trainer.backup_current_models()["version"] == trained["version"]
+    rolled = trainer.rollback_to_previous_version(reason="test", to="v0001")
+    assert rolled["version"] == "v0001"
