@@ -7,6 +7,7 @@ killed writer may have left, and switches the deployed version with ONE atomic r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -15,7 +16,7 @@ import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from .config import Settings
 from .errors import GateFailedError, HotelbotError, IntegrityError, RegistryError, RolledBackError
@@ -144,10 +145,17 @@ def newest_validated(registry: ModelRegistry) -> VersionInfo:
 # ---------------------------------------------------------------- operations
 
 
-def backup_current(registry: ModelRegistry, settings: Settings, reason: str = "manual backup") -> dict[str, Any]:
+@contextlib.contextmanager
+def _exclusive(registry: ModelRegistry, settings: Settings) -> Iterator[tuple[list[str], dict[str, Any]]]:
+    """Hold the registry lock; first repair what a killed writer left; yield (repairs, deployed state)."""
     with registry.lock(timeout=settings.deployment.lock_timeout_seconds):
-        registry.repair()
-        current = registry.current_name()
+        repaired = registry.repair()
+        yield repaired, registry.current_state()
+
+
+def backup_current(registry: ModelRegistry, settings: Settings, reason: str = "manual backup") -> dict[str, Any]:
+    with _exclusive(registry, settings) as (_, state):
+        current = state.get("version")
         if current is None:
             raise RegistryError("nothing is deployed, so there is nothing to back up")
         registry.require_intact(current)
@@ -157,9 +165,7 @@ def backup_current(registry: ModelRegistry, settings: Settings, reason: str = "m
 def deploy(registry: ModelRegistry, settings: Settings, version: str | None = None, reason: str = "") -> OperationResult:
     """Gate, back up current, switch, verify; auto-rollback (exit 4) when verification fails."""
     cfg = settings.deployment
-    with registry.lock(timeout=cfg.lock_timeout_seconds):
-        repaired = registry.repair()
-        old_state = registry.current_state()
+    with _exclusive(registry, settings) as (repaired, old_state):
         current = old_state.get("version")
         target = registry.get(version) if version else newest_validated(registry)
         if target.name == current:
@@ -208,11 +214,9 @@ def deploy(registry: ModelRegistry, settings: Settings, version: str | None = No
 def rollback(registry: ModelRegistry, settings: Settings, to: str | None = None, reason: str = "") -> OperationResult:
     """Restore the previous deployed version (or ``to``) after checking its checksums and that it loads."""
     cfg = settings.deployment
-    with registry.lock(timeout=cfg.lock_timeout_seconds):
-        repaired = registry.repair()
-        state = registry.current_state()
+    with _exclusive(registry, settings) as (repaired, state):
         current = state.get("version")
-        previous = [v for v in state.get("previous", [])]
+        previous = list(state.get("previous", []))
         if to is None:
             candidates = [v for v in reversed(previous) if v != current]
             if not candidates:
