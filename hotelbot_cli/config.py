@@ -105,6 +105,8 @@ class TrainingConfig(_Section):
     dropout: float = 0.1
     pooling: str = ""  # "" = what the base model needs (mean for the packaged models)
     freeze_embeddings: str = "auto"  # auto (freeze for large vocabularies) | yes | no
+    class_weights: bool = False  # weight the loss by inverse class frequency
+    calibrate_oos_threshold: bool = True  # choose the out-of-scope confidence threshold on validation
 
     def __post_init__(self) -> None:
         if self.epochs < 1:

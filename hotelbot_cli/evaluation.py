@@ -142,6 +142,11 @@ def validate_version(registry: Any, version: str | None, settings: Any, data_dir
     predictor = Predictor.from_version(info)
     metrics = classification_metrics(truth, predictor.predict_labels(texts), predictor.labels,
                                      settings.validation.metric)
+    metrics["out_of_scope_threshold"] = predictor.threshold
+    if predictor.threshold is not None:
+        argmax = classification_metrics(truth, predictor.predict_labels(texts, apply_threshold=False),
+                                        predictor.labels, settings.validation.metric)
+        metrics["argmax"] = {k: argmax[k] for k in CV_METRICS if k in argmax}
     comparison = None
     current = registry.current_name()
     if current and current != info.name:
@@ -155,3 +160,67 @@ def validate_version(registry: Any, version: str | None, settings: Any, data_dir
     stamp = result.validated_at.replace(":", "").replace("-", "").replace("+0000", "Z")
     atomic_write_json(Path(settings.paths.reports) / "validation_reports" / f"{info.name}-{stamp}.json", result.to_dict())
     return result
+
+
+CV_METRICS = METRIC_KEYS + ("in_scope_accuracy", "out_of_scope_recall")
+
+
+def cross_validate(registry: Any, version: str | None, settings: Any, folds: int, listener: Any = None) -> dict[str, Any]:
+    """Stratified K-fold CV with the version's training config over its full data (train + validation).
+
+    Each fold fine-tunes a fresh model from the base model (nothing is published). Returns the mean and
+    standard deviation of every metric, per-fold scores, and the confusion matrix summed over folds.
+    """
+    import numpy as np
+    from sklearn.model_selection import StratifiedKFold
+
+    from .config import TrainingConfig
+    from .data import read_jsonl_examples
+    from .errors import DataError
+    from .training import MlflowTracker, TrainingEvent, fit_classifier
+
+    if folds < 2:
+        raise DataError("--cv needs at least 2 folds")
+    info = registry.resolve(version or settings.model_version)
+    examples = read_jsonl_examples(info.path / "data" / "train.jsonl") + \
+        read_jsonl_examples(info.path / "data" / "validation.jsonl")
+    y = [e.intent for e in examples]
+    smallest = min(y.count(label) for label in set(y))
+    if smallest < folds:
+        raise DataError(f"--cv {folds}: the smallest intent has only {smallest} examples; use at most {smallest} folds")
+    cfg = TrainingConfig.from_dict((info.metadata.get("config") or {}).get("training_config")
+                                   or settings.training.to_dict())
+    labels = sorted(set(y))
+    emit = listener or (lambda event: None)
+    per_fold: list[dict[str, Any]] = []
+    matrix = np.zeros((len(labels), len(labels)), dtype=int)
+    tracker = MlflowTracker(settings.paths.tracking_uri)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=cfg.seed)
+    with tracker.run(run_name=f"cv{folds}-{info.name}", tags={"hotelbot.component": "classifier-cv"}):
+        tracker.log_params({**cfg.to_dict(), "folds": folds, "version": info.name})
+        for fold, (train_idx, val_idx) in enumerate(splitter.split(np.zeros(len(y)), y)):
+            emit(TrainingEvent("status", message=f"fold {fold + 1}/{folds}"))
+            train = [examples[i] for i in train_idx]
+            validation = [examples[i] for i in val_idx]
+            fit = fit_classifier(cfg, settings.validation.metric, train, validation, labels,
+                                 settings.paths.models_dir, listener=listener)
+            cm = fit.metrics["confusion_matrix"]
+            index = {label: i for i, label in enumerate(cm["labels"])}
+            for a, true in enumerate(labels):
+                for b, pred in enumerate(labels):
+                    if true in index and pred in index:
+                        matrix[a, b] += cm["matrix"][index[true]][index[pred]]
+            row = {k: fit.metrics.get(k) for k in CV_METRICS + ("overall_score",)}
+            row["out_of_scope_threshold"] = fit.threshold
+            per_fold.append(row)
+            tracker.log_metrics({f"fold_{k}": v for k, v in row.items() if isinstance(v, float)}, step=fold)
+        summary = {}
+        for key in CV_METRICS + ("overall_score",):
+            values = [r[key] for r in per_fold if r.get(key) is not None]
+            if values:
+                summary[key] = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                                "min": float(np.min(values)), "max": float(np.max(values))}
+        tracker.log_metrics({f"cv_mean_{k}": v["mean"] for k, v in summary.items()}, step=folds)
+    return {"version": info.name, "folds": folds, "examples": len(examples), "metric": settings.validation.metric,
+            "summary": summary, "per_fold": per_fold,
+            "confusion_matrix": {"labels": labels, "matrix": matrix.tolist()}, "mlflow_run_id": tracker.run_id}

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .data import clean_text
+from .data import OUT_OF_SCOPE, clean_text
 from .errors import DataError
 from .registry import ModelRegistry, VersionInfo
 
@@ -19,9 +19,11 @@ class Prediction:
     intent: str
     confidence: float
     top_k: list[dict[str, Any]] = field(default_factory=list)
+    fallback: bool = False  # True when the confidence was below the version's out-of-scope threshold
 
     def to_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "intent": self.intent, "confidence": self.confidence, "top_k": self.top_k}
+        return {"text": self.text, "intent": self.intent, "confidence": self.confidence, "top_k": self.top_k,
+                "fallback": self.fallback}
 
 
 class Predictor:
@@ -72,15 +74,25 @@ class Predictor:
         probs = self.probabilities(texts, batch_size)
         k = max(1, min(top_k, len(self.labels)))
         values, indices = probs.topk(k, dim=-1)
+        threshold = self.threshold
         out = []
         for text, vals, idxs in zip(texts, values.tolist(), indices.tolist()):
             ranked = [{"intent": self.labels[i], "confidence": round(float(v), 6)} for v, i in zip(vals, idxs)]
-            out.append(Prediction(text, ranked[0]["intent"], ranked[0]["confidence"], ranked))
+            fallback = threshold is not None and vals[0] < threshold
+            intent = OUT_OF_SCOPE if fallback else ranked[0]["intent"]
+            out.append(Prediction(text, intent, ranked[0]["confidence"], ranked, fallback))
         return out
 
-    def predict_labels(self, texts: Sequence[str], batch_size: int = 32) -> list[str]:
+    @property
+    def threshold(self) -> float | None:
+        return getattr(self.config, "oos_threshold", None)
+
+    def predict_labels(self, texts: Sequence[str], batch_size: int = 32, apply_threshold: bool = True) -> list[str]:
         probs = self.probabilities(texts, batch_size)
-        return [self.labels[i] for i in probs.argmax(dim=-1).tolist()]
+        confidence, best = probs.max(dim=-1)
+        threshold = self.threshold if apply_threshold else None
+        return [OUT_OF_SCOPE if threshold is not None and c < threshold else self.labels[i]
+                for c, i in zip(confidence.tolist(), best.tolist())]
 
 
 def model_dir(info: VersionInfo) -> Path:

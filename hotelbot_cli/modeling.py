@@ -95,6 +95,7 @@ class ClassifierConfig:
     max_length: int = 64
     dropout: float = 0.1
     base_model: str = ""
+    oos_threshold: float | None = None  # below this confidence the answer is out_of_scope
     format: str = PT_FORMAT
 
     @property

@@ -8,20 +8,22 @@ those events with Rich, tests collect them in a list. Nothing here prints.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
 import platform
-import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ._atomic import atomic_write_json
-from .config import Settings
-from .data import read_prepared, write_prepared
-from .errors import ConfigError, HotelbotError
+from .config import Settings, TrainingConfig
+from .data import (TRAIN_FILE, VALIDATION_FILE, Example, PreparedData, read_jsonl_examples, read_prepared,
+                   write_prepared)
+from .data import fingerprint as fingerprint_examples
+from .errors import ConfigError, DataError, HotelbotError
 from .registry import ModelRegistry, VersionInfo
 
 log = logging.getLogger("hotelbot.training")
@@ -139,7 +141,7 @@ class MlflowTracker:
         self._mlflow: Any = None
 
     @contextlib.contextmanager
-    def run(self, run_name: str, tags: dict[str, str] | None = None) -> Iterator["MlflowTracker"]:
+    def run(self, run_name: str, tags: dict[str, str] | None = None, nested: bool = False) -> Iterator["MlflowTracker"]:
         import mlflow
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "Creating initial MLflow database tables"
@@ -147,9 +149,10 @@ class MlflowTracker:
         if self.tracking_uri.startswith("sqlite:///"):
             Path(self.tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         try:
-            mlflow.set_tracking_uri(self.tracking_uri)
-            mlflow.set_experiment(self.experiment)
-            active = mlflow.start_run(run_name=run_name, tags=tags or {})
+            if not nested:
+                mlflow.set_tracking_uri(self.tracking_uri)
+                mlflow.set_experiment(self.experiment)
+            active = mlflow.start_run(run_name=run_name, tags=tags or {}, nested=nested)
         except Exception as exc:  # noqa: BLE001 - mlflow raises many types for a bad URI
             raise ConfigError(f"cannot use MLflow tracking store {self.tracking_uri}: {str(exc).splitlines()[0]}",
                               hint="set MLFLOW_TRACKING_URI or HOTELBOT_HOME") from None
@@ -334,65 +337,154 @@ def _make_trainer_class():
     return HotelbotTrainer
 
 
-def train_classifier(
-    settings: Settings,
-    data_dir: Path,
-    registry: ModelRegistry,
-    listener: Listener | None = None,
-    *,
-    force: bool = False,
-) -> TrainResult:
-    """Fine-tune ``settings.training.base_model`` on the prepared data; publish a new registry version."""
-    prepared = read_prepared(data_dir)
-    cfg = settings.training
-    config_record = {"training_config": cfg.to_dict(), "validation_metric": settings.validation.metric}
-    if not force:
-        match = registry.find_matching(prepared.fingerprint, config_record)
-        if match is not None:
-            raise AlreadyTrainedError(match.name)
-    emit = listener or (lambda event: None)
+# ---------------------------------------------------------------- out-of-scope threshold
 
+
+def calibrate_threshold(probs: Any, y_true: list[str], labels: list[str], metric: str) -> tuple[float | None, dict]:
+    """Choose the confidence threshold that maximises ``metric`` over all intents, out_of_scope included.
+
+    Below the threshold a prediction becomes out_of_scope. Only meaningful when the validation split
+    has out_of_scope examples; otherwise returns (None, argmax metrics). Ties go to the lowest threshold.
+    """
+    import numpy as np
+
+    from .data import OUT_OF_SCOPE
+    from .evaluation import classification_metrics
+
+    probs = np.asarray(probs)
+    argmax = [labels[i] for i in probs.argmax(axis=1)]
+    base = classification_metrics(y_true, argmax, labels, metric)
+    if OUT_OF_SCOPE not in labels or OUT_OF_SCOPE not in y_true:
+        return None, base
+    confidence = probs.max(axis=1)
+    best_t, best_score = 0.0, base[metric]
+    for t in np.unique(np.round(confidence, 3)):
+        if t <= 0 or t >= 1:
+            continue
+        pred = [OUT_OF_SCOPE if c < t else p for p, c in zip(argmax, confidence)]
+        score = classification_metrics(y_true, pred, labels, metric)[metric]
+        if score > best_score + 1e-12:
+            best_t, best_score = float(t), score
+    return (best_t if best_t > 0 else None), base
+
+
+def apply_threshold(probs: Any, labels: list[str], threshold: float | None) -> list[str]:
+    import numpy as np
+
+    from .data import OUT_OF_SCOPE
+
+    probs = np.asarray(probs)
+    argmax = [labels[i] for i in probs.argmax(axis=1)]
+    if threshold is None:
+        return argmax
+    return [OUT_OF_SCOPE if c < threshold else p for p, c in zip(argmax, probs.max(axis=1))]
+
+
+# ---------------------------------------------------------------- fitting
+
+
+@dataclass
+class FitResult:
+    model: Any
+    tokenizer: Any
+    resolved: Any
+    labels: list[str]
+    metrics: dict[str, Any]            # with the out-of-scope threshold applied
+    argmax_metrics: dict[str, Any]     # plain argmax, for comparison
+    threshold: float | None
+    history: list[dict[str, Any]]
+    log_history: list[dict[str, Any]]
+    steps: int
+    epochs_run: float
+    best_epoch: float
+    duration: float
+    frozen: int
+    trainable: int
+
+
+def _softmax(logits: Any) -> Any:
+    import numpy as np
+
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _initial_model(cfg: TrainingConfig, labels: list[str], models_dir: Path, parent_dir: Path | None):
+    """A fresh classifier on the base model, or (incremental) the parent's weights with its head extended."""
+    import torch
+
+    from .modeling import (ClassifierConfig, SentenceClassifier, load_base_encoder, load_classifier,
+                           resolve_base_model)
+
+    if parent_dir is not None:
+        parent, tokenizer = load_classifier(parent_dir)
+        old = parent.classifier_config
+        missing = [label for label in old.labels if label not in labels]
+        if missing:
+            raise DataError(f"incremental training keeps every intent of the parent; missing from the data: "
+                            f"{', '.join(missing)}")
+        new_labels = list(old.labels) + [label for label in labels if label not in old.labels]
+        model = SentenceClassifier(parent.encoder, ClassifierConfig(
+            labels=new_labels, pooling=old.pooling, query_prefix=old.query_prefix, max_length=cfg.max_length,
+            dropout=cfg.dropout, base_model=old.base_model))
+        with torch.no_grad():  # old rows kept, new rows freshly initialised
+            model.head.weight[: len(old.labels)] = parent.head.weight
+            model.head.bias[: len(old.labels)] = parent.head.bias
+        resolved = {"spec": old.base_model, "location": str(parent_dir), "query_prefix": old.query_prefix,
+                    "pooling": old.pooling}
+        return model, tokenizer, resolved
+    base = resolve_base_model(cfg.base_model, models_dir)
+    tokenizer, encoder = load_base_encoder(base)
+    model = SentenceClassifier(encoder, ClassifierConfig(
+        labels=list(labels), pooling=cfg.pooling or base.pooling, query_prefix=base.query_prefix,
+        max_length=cfg.max_length, dropout=cfg.dropout, base_model=cfg.base_model))
+    resolved = {"spec": cfg.base_model, "location": base.location, "query_prefix": base.query_prefix,
+                "pooling": cfg.pooling or base.pooling}
+    return model, tokenizer, resolved
+
+
+def fit_classifier(cfg: TrainingConfig, metric: str, train: list[Example], validation: list[Example],
+                   labels: list[str], models_dir: Path, *, listener: Listener | None = None,
+                   tracker: MlflowTracker | None = None, monitor: SystemMonitor | None = None,
+                   parent_dir: Path | None = None) -> FitResult:
+    """Fine-tune one classifier (no registry involved): used by train, HPO trials and CV folds."""
+    import tempfile
+
+    import numpy as np
     import torch
     from transformers import DataCollatorWithPadding, PrinterCallback, TrainingArguments, set_seed
 
     from .evaluation import classification_metrics
-    from .modeling import ClassifierConfig, SentenceClassifier, load_base_encoder, resolve_base_model, save_classifier, save_torch_file, should_freeze
+    from .modeling import should_freeze
 
-    emit(TrainingEvent("status", message=f"resolving base model {cfg.base_model}"))
-    resolved = resolve_base_model(cfg.base_model, settings.paths.models_dir)
+    emit = listener or (lambda event: None)
+    monitor = monitor or SystemMonitor()
     set_seed(cfg.seed)
-    tokenizer, encoder = load_base_encoder(resolved)
-    pooling = cfg.pooling or resolved.pooling
-    labels = list(prepared.labels)
+    model, tokenizer, resolved = _initial_model(cfg, labels, models_dir, parent_dir)
+    labels = list(model.classifier_config.labels)
     label_to_id = {label: i for i, label in enumerate(labels)}
-    model = SentenceClassifier(
-        encoder,
-        ClassifierConfig(labels=labels, pooling=pooling, query_prefix=resolved.query_prefix,
-                         max_length=cfg.max_length, dropout=cfg.dropout, base_model=cfg.base_model),
-    )
-    frozen = model.freeze_word_embeddings() if should_freeze(cfg.freeze_embeddings, encoder) else 0
+    frozen = model.freeze_word_embeddings() if should_freeze(cfg.freeze_embeddings, model.encoder) else 0
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    train_ds = _tokenized(prepared.train, tokenizer, resolved.query_prefix, cfg.max_length, label_to_id)
-    val_ds = _tokenized(prepared.validation, tokenizer, resolved.query_prefix, cfg.max_length, label_to_id)
+    if cfg.class_weights:
+        counts = np.bincount([label_to_id[e.intent] for e in train], minlength=len(labels)).astype("float64")
+        weights = len(train) / (len(labels) * np.maximum(counts, 1.0))
+        model.class_weights = torch.tensor(weights, dtype=torch.float32)
+    prefix = model.classifier_config.query_prefix
+    train_ds = _tokenized(train, tokenizer, prefix, cfg.max_length, label_to_id)
+    val_ds = _tokenized(validation, tokenizer, prefix, cfg.max_length, label_to_id)
 
     def compute_metrics(pred) -> dict[str, float]:
         y_pred = [labels[i] for i in pred.predictions.argmax(axis=-1)]
         y_true = [labels[i] for i in pred.label_ids]
-        full = classification_metrics(y_true, y_pred, labels, settings.validation.metric)
+        full = classification_metrics(y_true, y_pred, labels, metric)
         return {k: full[k] for k in SCALAR_METRICS}
 
-    monitor = SystemMonitor()
-    tracker = MlflowTracker(settings.paths.tracking_uri)
     start = time.monotonic()
-    with registry.staging() as staged, tracker.run(run_name=f"classifier-{prepared.fingerprint[:8]}",
-                                                   tags={"hotelbot.component": "classifier"}):
-        tracker.log_params({**cfg.to_dict(), "num_labels": len(labels), "train_size": len(prepared.train),
-                            "validation_size": len(prepared.validation), "dataset_fingerprint": prepared.fingerprint,
-                            "frozen_parameters": frozen, "trainable_parameters": trainable,
-                            "base_model_location": resolved.location})
-        steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
+    with tempfile.TemporaryDirectory(prefix="hotelbot-trainer-") as scratch:
         args = TrainingArguments(
-            output_dir=str(staged / ".trainer"),
+            output_dir=scratch,
             num_train_epochs=cfg.epochs,
             per_device_train_batch_size=cfg.batch_size,
             per_device_eval_batch_size=max(cfg.batch_size, 32),
@@ -411,8 +503,7 @@ def train_classifier(
             dataloader_num_workers=0,
             dataloader_pin_memory=torch.cuda.is_available(),
         )
-        callbacks = _callbacks(listener, tracker, monitor, settings.validation.metric,
-                               cfg.early_stopping_patience, cfg.epochs)
+        callbacks = _callbacks(listener, tracker, monitor, metric, cfg.early_stopping_patience, cfg.epochs)
         trainer_cls = _make_trainer_class()
         trainer_cls.head_learning_rate = cfg.head_learning_rate
         trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
@@ -425,50 +516,156 @@ def train_classifier(
         best.restore(model)
         duration = time.monotonic() - start
         model.eval()
-
-        emit(TrainingEvent("status", message="evaluating the best epoch and saving the version"))
+        emit(TrainingEvent("status", message="evaluating the best epoch"))
         with torch.inference_mode():
             output = trainer.predict(val_ds)
-        y_pred = [labels[i] for i in output.predictions.argmax(axis=-1)]
-        y_true = [labels[i] for i in output.label_ids]
-        metrics = classification_metrics(y_true, y_pred, labels, settings.validation.metric)
-        tracker.log_metrics({f"final_{k}": metrics[k] for k in SCALAR_METRICS}, step=trainer.state.global_step)
+    probs = _softmax(np.asarray(output.predictions, dtype="float64"))
+    y_true = [labels[i] for i in output.label_ids]
+    threshold, argmax_metrics = (calibrate_threshold(probs, y_true, labels, metric) if cfg.calibrate_oos_threshold
+                                 else (None, classification_metrics(y_true, apply_threshold(probs, labels, None),
+                                                                    labels, metric)))
+    model.classifier_config.oos_threshold = threshold
+    metrics = classification_metrics(y_true, apply_threshold(probs, labels, threshold), labels, metric)
+    metrics["out_of_scope_threshold"] = threshold
+    return FitResult(model, tokenizer, resolved, labels, metrics, argmax_metrics, threshold, best.history,
+                     trainer.state.log_history, trainer.state.global_step, trainer.state.epoch or 0.0,
+                     best.best_epoch, duration, frozen, trainable)
 
-        shutil.rmtree(staged / ".trainer", ignore_errors=True)
-        save_classifier(model, tokenizer, staged / "model")
-        save_torch_file(model, staged / "intent_classifier.pt")
-        write_prepared(prepared, staged / "data")
-        atomic_write_json(staged / "metrics.json", metrics)
-        atomic_write_json(staged / "training_history.json", {"epochs": best.history,
-                                                             "log": trainer.state.log_history})
-        metadata = {
-            "kind": "intent-classifier",
-            "components": ["classifier"],
-            "parent": None,
-            "base_model": {"spec": cfg.base_model, "location": resolved.location,
-                           "query_prefix": resolved.query_prefix, "pooling": pooling},
-            "labels": labels,
-            "dataset_fingerprint": prepared.fingerprint,
-            "dataset": {k: prepared.summary.get(k) for k in ("source", "train_size", "validation_size", "num_labels")},
-            "config": config_record,
-            "metrics": {**{k: metrics[k] for k in SCALAR_METRICS}, "overall_score": metrics["overall_score"],
-                        "metric": metrics["metric"], "best_epoch": best.best_epoch,
-                        **{k: metrics[k] for k in ("in_scope_accuracy", "out_of_scope_recall") if k in metrics}},
-            "training": {"duration_seconds": round(duration, 2), "epochs_run": trainer.state.epoch,
-                         "steps": trainer.state.global_step, "frozen_parameters": frozen,
-                         "trainable_parameters": trainable},
-            "mlflow_run_id": tracker.run_id,
-            "mlflow_tracking_uri": settings.paths.tracking_uri,
-            "library_versions": library_versions(),
-            "hardware": hardware(monitor),
-        }
-        info = registry.publish(staged, metadata)
+
+# ---------------------------------------------------------------- the train command
+
+
+def _merge_with_parent(prepared: PreparedData, parent: VersionInfo) -> tuple[list[Example], list[Example]]:
+    """New data added to the parent's: union by text; a text may not change its intent."""
+    parent_train = read_jsonl_examples(parent.path / "data" / TRAIN_FILE)
+    parent_val = read_jsonl_examples(parent.path / "data" / VALIDATION_FILE)
+    known = {e.text: e.intent for e in parent_train + parent_val}
+    for e in prepared.train + prepared.validation:
+        if e.text in known and known[e.text] != e.intent:
+            raise DataError(f"text {e.text!r} is {e.intent!r} in the new data but {known[e.text]!r} in "
+                            f"{parent.name}'s data; fix one of them")
+    seen = set(known)
+    train = parent_train + [e for e in prepared.train if e.text not in seen]
+    seen |= {e.text for e in prepared.train}
+    validation = parent_val + [e for e in prepared.validation if e.text not in seen]
+    return train, validation
+
+
+def best_config_path(settings: Settings, fingerprint: str) -> Path:
+    base = settings.training.base_model.replace("/", "_").replace(":", "_")
+    return settings.paths.home / "hpo" / f"best-{fingerprint[:16]}-{base}.json"
+
+
+def train_classifier(
+    settings: Settings,
+    data_dir: Path,
+    registry: ModelRegistry,
+    listener: Listener | None = None,
+    *,
+    force: bool = False,
+    incremental_from: str | None = None,
+    hpo_trials: int = 0,
+    use_best_config: bool = True,
+) -> TrainResult:
+    """Fine-tune on the prepared data (optionally from a parent version, optionally with HPO) and publish."""
+    emit = listener or (lambda event: None)
+    prepared = read_prepared(data_dir)
+    cfg = settings.training
+    parent = None
+    train, validation, fingerprint = prepared.train, prepared.validation, prepared.fingerprint
+    if incremental_from is not None:
+        parent = registry.require_intact(registry.resolve(incremental_from or None).name)
+        train, validation = _merge_with_parent(prepared, parent)
+        fingerprint = fingerprint_examples(train, validation)
+    labels = sorted({e.intent for e in train + validation})
+
+    best_file = best_config_path(settings, fingerprint)
+    if use_best_config and not hpo_trials and best_file.exists():
+        best = json.loads(best_file.read_text("utf-8"))
+        cfg = replace(cfg, **{k: v for k, v in best["params"].items() if k in cfg.to_dict()})
+        emit(TrainingEvent("status", message=f"using the HPO best config from {best_file}"))
+
+    config_record = {"training_config": cfg.to_dict(), "validation_metric": settings.validation.metric,
+                     "parent": parent.name if parent else None, "hpo_trials": hpo_trials}
+    if not force:
+        match = registry.find_matching(fingerprint, config_record)
+        if match is not None:
+            raise AlreadyTrainedError(match.name)
+
+    metric = settings.validation.metric
+    monitor = SystemMonitor()
+    tracker = MlflowTracker(settings.paths.tracking_uri)
+    parent_dir = parent.path / "model" if parent else None
+    hpo_summary = None
+    with tracker.run(run_name=f"classifier-{fingerprint[:8]}", tags={"hotelbot.component": "classifier"}):
+        tracker.log_params({**cfg.to_dict(), "num_labels": len(labels), "train_size": len(train),
+                            "validation_size": len(validation), "dataset_fingerprint": fingerprint,
+                            "parent": parent.name if parent else "", "hpo_trials": hpo_trials})
+        if hpo_trials:
+            from .hpo import run_hpo
+
+            fit, cfg, hpo_summary = run_hpo(cfg, metric, train, validation, labels, settings.paths.models_dir,
+                                            hpo_trials, listener=listener, tracker=tracker, monitor=monitor,
+                                            parent_dir=parent_dir)
+            atomic_write_json(best_file, {"fingerprint": fingerprint, "base_model": cfg.base_model,
+                                          "params": hpo_summary["best_params"], "score": hpo_summary["best_score"],
+                                          "metric": metric})
+            hpo_summary["saved_to"] = str(best_file)
+            config_record["training_config"] = cfg.to_dict()
+        else:
+            fit = fit_classifier(cfg, metric, train, validation, labels, settings.paths.models_dir,
+                                 listener=listener, tracker=tracker, monitor=monitor, parent_dir=parent_dir)
+        metrics = fit.metrics
+        tracker.log_metrics({f"final_{k}": metrics[k] for k in SCALAR_METRICS}, step=fit.steps)
+        if fit.threshold is not None:
+            tracker.log_metrics({"out_of_scope_threshold": fit.threshold}, step=fit.steps)
+
+        emit(TrainingEvent("status", message="saving the version"))
+        from .modeling import save_classifier, save_torch_file
+
+        with registry.staging() as staged:
+            save_classifier(fit.model, fit.tokenizer, staged / "model")
+            save_torch_file(fit.model, staged / "intent_classifier.pt")
+            split = PreparedData(train, validation, fit.labels, fingerprint,
+                                 {**prepared.summary, "train_size": len(train), "validation_size": len(validation),
+                                  "examples": len(train) + len(validation)}, prepared.warnings)
+            write_prepared(split, staged / "data")
+            atomic_write_json(staged / "metrics.json", {**metrics, "argmax": {
+                k: fit.argmax_metrics[k] for k in SCALAR_METRICS + ("in_scope_accuracy", "out_of_scope_recall")
+                if k in fit.argmax_metrics}})
+            atomic_write_json(staged / "training_history.json", {"epochs": fit.history, "log": fit.log_history,
+                                                                 "hpo": hpo_summary})
+            metadata = {
+                "kind": "intent-classifier",
+                "components": ["classifier"],
+                "parent": parent.name if parent else None,
+                "base_model": fit.resolved,
+                "labels": fit.labels,
+                "out_of_scope_threshold": fit.threshold,
+                "dataset_fingerprint": fingerprint,
+                "dataset": {"source": prepared.summary.get("source"), "train_size": len(train),
+                            "validation_size": len(validation), "num_labels": len(fit.labels)},
+                "config": config_record,
+                "metrics": {**{k: metrics[k] for k in SCALAR_METRICS}, "overall_score": metrics["overall_score"],
+                            "metric": metrics["metric"], "best_epoch": fit.best_epoch,
+                            **{k: metrics[k] for k in ("in_scope_accuracy", "out_of_scope_recall") if k in metrics}},
+                "training": {"duration_seconds": round(fit.duration, 2), "epochs_run": fit.epochs_run,
+                             "steps": fit.steps, "frozen_parameters": fit.frozen,
+                             "trainable_parameters": fit.trainable, "class_weights": cfg.class_weights,
+                             "hpo": hpo_summary},
+                "mlflow_run_id": tracker.run_id,
+                "mlflow_tracking_uri": settings.paths.tracking_uri,
+                "library_versions": library_versions(),
+                "hardware": hardware(monitor),
+            }
+            info = registry.publish(staged, metadata)
         tracker.set_tags({"hotelbot.version": info.name})
     monitor.close()
-    log.info("trained %s: %s=%.4f in %.1fs", info.name, metrics["metric"], metrics["overall_score"], duration)
-    emit(TrainingEvent("end", trainer.state.global_step, trainer.state.max_steps, trainer.state.epoch or 0.0,
-                       cfg.epochs, metrics={k: metrics[k] for k in SCALAR_METRICS}, message=info.name))
-    return TrainResult(info, metrics, duration, tracker.run_id, best.history)
+    log.info("trained %s: %s=%.4f in %.1fs", info.name, metrics["metric"], metrics["overall_score"], fit.duration)
+    emit(TrainingEvent("end", fit.steps, fit.steps, fit.epochs_run, cfg.epochs,
+                       metrics={k: metrics[k] for k in SCALAR_METRICS}, message=info.name))
+    return TrainResult(info, metrics, fit.duration, tracker.run_id, fit.history)
 
 
-__all__ = ["TrainingEvent", "TrainResult", "train_classifier", "AlreadyTrainedError"]
+__all__ = ["TrainingEvent", "TrainResult", "train_classifier", "fit_classifier", "AlreadyTrainedError",
+           "calibrate_threshold", "apply_threshold"]

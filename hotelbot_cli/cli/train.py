@@ -92,6 +92,18 @@ def train_cmd(
                                 "vocabularies of 100k+ tokens].", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Train even when a version with the same data "
                                         "and config exists.")] = False,
+    incremental: Annotated[bool, typer.Option("--incremental", help="Start from a version's weights and data: "
+                                              "the new data is added to its data, new intents extend its head.")] = False,
+    from_version: Annotated[Optional[str], typer.Option("--from", help="Parent version for --incremental "
+                                                        "[default: deployed, else newest].", show_default=False)] = None,
+    hpo: Annotated[bool, typer.Option("--hpo", help="Search hyperparameters with Optuna first; the best trial "
+                                      "becomes the version and its config is saved for later runs.")] = False,
+    trials: Annotated[int, typer.Option("--trials", min=1, help="Optuna trials for --hpo.")] = 10,
+    class_weights: Annotated[Optional[bool], typer.Option("--class-weights/--no-class-weights",
+                             help="Weight the loss by inverse intent frequency (for imbalanced data).",
+                             show_default=False)] = None,
+    ignore_best_config: Annotated[bool, typer.Option("--ignore-best-config", help="Do not reuse a saved HPO "
+                                                     "best config for this data and base model.")] = False,
     data: DataDirOpt = None,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
@@ -110,6 +122,10 @@ def train_cmd(
         hotelbot train --base-model packaged:all-minilm-l6-v2 --epochs 3 --json
 
         TRAINING_EPOCHS=1 hotelbot train --profile dev --registry /tmp/reg
+
+        hotelbot prepare new_intents.json && hotelbot train --incremental
+
+        hotelbot train --hpo --trials 8 --json
     """
     from ..errors import NotImplementedYetError
 
@@ -126,11 +142,15 @@ def train_cmd(
     settings = settings_from(config, profile, registry, data, overrides={"training_config": {
         "base_model": base_model, "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
         "head_learning_rate": head_learning_rate, "max_length": max_length, "seed": seed,
-        "early_stopping_patience": patience, "freeze_embeddings": freeze}})
+        "early_stopping_patience": patience, "freeze_embeddings": freeze, "class_weights": class_weights}})
+    if from_version and not incremental:
+        raise typer.BadParameter("--from goes with --incremental")
     store = ModelRegistry(settings.paths.registry)
     try:
         with log_to(settings.paths.logs / "training.log"), RichProgress() as progress:
-            result = train_classifier(settings, settings.paths.data, store, listener=progress, force=force)
+            result = train_classifier(settings, settings.paths.data, store, listener=progress, force=force,
+                                      incremental_from=(from_version or "") if incremental else None,
+                                      hpo_trials=trials if hpo else 0, use_best_config=not ignore_best_config)
     except AlreadyTrainedError as exc:
         if json_out:
             print_json({"version": exc.version, "skipped": True, "reason": exc.message})
@@ -149,10 +169,19 @@ def train_cmd(
                     "mlflow_run_id": result.mlflow_run_id, "overall_score": m["overall_score"],
                     "metrics": {k: m[k] for k in ("accuracy", "macro_f1", "macro_precision", "macro_recall",
                                                   "weighted_f1", "overall_score")},
-                    "history": result.history, "deployed": deployed})
+                    "history": result.history, "deployed": deployed,
+                    "parent": result.version.metadata.get("parent"),
+                    "out_of_scope_threshold": result.version.metadata.get("out_of_scope_threshold"),
+                    "hpo": (result.version.metadata.get("training") or {}).get("hpo")})
         return
     out.print(f"trained {result.version.name} in {result.duration_seconds:.1f}s: accuracy {m['accuracy']:.4f}, "
               f"macro-F1 {m['macro_f1']:.4f} on {m['num_examples']} validation texts")
+    meta = result.version.metadata
+    if meta.get("parent"):
+        out.print(f"incremental: started from {meta['parent']}")
+    if meta.get("out_of_scope_threshold") is not None:
+        out.print(f"out-of-scope threshold {meta['out_of_scope_threshold']:.3f}: in-scope accuracy "
+                  f"{m.get('in_scope_accuracy') or 0:.4f}, out-of-scope recall {m.get('out_of_scope_recall') or 0:.4f}")
     message(f"saved to {result.version.path}; MLflow run {result.mlflow_run_id}")
     if deployed:
         out.print(f"deployed {deployed['version']} (was {deployed['previous'] or 'none'})")

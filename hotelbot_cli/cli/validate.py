@@ -24,6 +24,9 @@ def validate_cmd(
     min_score: Annotated[Optional[float], typer.Option("--min-score", help="Gate: fail (exit 3) below this "
                                                        "overall_score [env: MIN_VALIDATION_SCORE; default 0.8].",
                                                        show_default=False)] = None,
+    cv: Annotated[Optional[int], typer.Option("--cv", min=2, help="Stratified K-fold cross-validation with the "
+                                              "version's config over its data (trains K models).",
+                                              show_default=False)] = None,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
     registry: RegistryOpt = None,
@@ -39,12 +42,17 @@ def validate_cmd(
         hotelbot validate
 
         hotelbot validate v0002 --min-score 0.9 --json
+
+        hotelbot validate --cv 5 --json
     """
     from ..evaluation import top_confusions, validate_version
     from ..registry import ModelRegistry
 
     settings = settings_from(config, profile, registry,
                              overrides={"validation_config": {"min_validation_score": min_score}})
+    if cv is not None:
+        _cross_validate(settings, version, cv, json_out)
+        return
     with log_to(settings.paths.logs / "validation.log"):
         result = validate_version(ModelRegistry(settings.paths.registry), version, settings, data)
         import logging
@@ -82,3 +90,19 @@ def _render(result, confusions) -> None:
         d = result.comparison.deltas
         out.print(f"vs deployed {result.comparison.reference_version}: "
                   + ", ".join(f"{k} {v:+.4f}" for k, v in d.items()))
+
+
+def _cross_validate(settings, version, folds: int, json_out: bool) -> None:
+    from ..evaluation import cross_validate
+    from ..registry import ModelRegistry
+    from .train import RichProgress
+
+    with log_to(settings.paths.logs / "validation.log"), RichProgress() as progress:
+        result = cross_validate(ModelRegistry(settings.paths.registry), version, settings, folds, progress)
+    if json_out:
+        print_json(result)
+        return
+    out.print(f"[bold]{result['version']}[/bold]: {folds}-fold stratified cross-validation on "
+              f"{result['examples']} texts (mean ± std over folds)")
+    for key, stats in result["summary"].items():
+        out.print(f"  {key:<22} {stats['mean']:.4f} ± {stats['std']:.4f}   (min {stats['min']:.4f}, max {stats['max']:.4f})")

@@ -24,7 +24,7 @@ def test_help_lists_every_command_and_examples():
     result = run("--help")
     assert result.exit_code == 0
     commands = ("prepare", "train", "validate", "predict", "deploy", "rollback", "versions", "verify", "history",
-                "models", "config")
+                "models", "config", "serve")
     for command in commands:
         assert command in result.output
     for command in commands:
@@ -184,7 +184,8 @@ def test_train_json_validate_predict_versions(trained, isolated_env):
     assert doc["model_version"] == "v0001"
     assert [p["text"] for p in doc["predictions"]] == ["dime las noticias", "clave del wifi"]
     for p in doc["predictions"]:
-        assert set(p) == {"text", "intent", "confidence", "top_k"} and len(p["top_k"]) == 2
+        assert set(p) == {"text", "intent", "confidence", "top_k", "fallback"} and len(p["top_k"]) == 2
+        assert p["fallback"] is False  # the tiny set has no out_of_scope intent: no threshold
         assert p["intent"] == p["top_k"][0]["intent"] and 0 < p["confidence"] <= 1
 
     result = run("predict", "-", "--json", input="hola\n\nbuenos días\n")

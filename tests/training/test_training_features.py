@@ -1,0 +1,210 @@
+"""Out-of-scope threshold, incremental training, HPO, cross-validation, class weights, reproducibility."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import TINY_INTENTS, clone_version
+from hotelbot_cli.cli.app import app
+from hotelbot_cli.training import apply_threshold, calibrate_threshold
+
+runner = CliRunner()
+
+OOS = ["cuánto es 2 más 2", "escríbeme un poema", "quién ganó el mundial de 1986", "receta de tortilla",
+       "precio del bitcoin", "cómo arreglo mi coche", "traduce esto al inglés", "qué es la fotosíntesis",
+       "cuéntame un chiste de programadores", "capital de mongolia", "mejor lenguaje de programación",
+       "haz mis deberes de física"]
+
+
+def run(*args, input=None):
+    return runner.invoke(app, [str(a) for a in args], input=input)
+
+
+def doc(result):
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def write_intents(path, intents):
+    path.write_text(json.dumps({"intents": intents}, ensure_ascii=False), "utf-8")
+    return path
+
+
+# ------------------------------------------------------------------ out-of-scope threshold
+
+def test_calibration_picks_a_threshold_that_catches_unsure_out_of_scope():
+    labels = ["greeting", "out_of_scope", "wifi_info"]
+    # confident in-scope rows, and out_of_scope rows the argmax gets wrong with low confidence
+    probs = np.array([[0.9, 0.05, 0.05], [0.05, 0.05, 0.9], [0.85, 0.1, 0.05], [0.1, 0.1, 0.8],
+                      [0.5, 0.1, 0.4], [0.3, 0.25, 0.45], [0.45, 0.2, 0.35]])
+    truth = ["greeting", "wifi_info", "greeting", "wifi_info", "out_of_scope", "out_of_scope", "out_of_scope"]
+    threshold, argmax = calibrate_threshold(probs, truth, labels, "macro_f1")
+    assert argmax["out_of_scope_recall"] == 0.0
+    assert threshold is not None and 0.5 < threshold <= 0.8
+    predicted = apply_threshold(probs, labels, threshold)
+    assert predicted == truth
+
+
+def test_no_threshold_without_out_of_scope_examples():
+    probs = np.array([[0.6, 0.4], [0.3, 0.7]])
+    threshold, _ = calibrate_threshold(probs, ["a_a", "b_b"], ["a_a", "b_b"], "macro_f1")
+    assert threshold is None
+
+
+def test_train_with_out_of_scope_label_reports_separate_scores(tmp_path, isolated_env, fast_train_env):
+    data = write_intents(tmp_path / "oos.json", {**TINY_INTENTS, "out_of_scope": OOS})
+    assert run("prepare", data).exit_code == 0
+    trained = doc(run("train", "--json"))
+    meta = json.loads((isolated_env / "registry/versions/v0001/metadata.json").read_text())
+    assert "out_of_scope_threshold" in meta and trained["out_of_scope_threshold"] == meta["out_of_scope_threshold"]
+    model_config = json.loads((isolated_env / "registry/versions/v0001/model/classifier.json").read_text())
+    assert model_config["oos_threshold"] == meta["out_of_scope_threshold"]
+    validated = doc(run("validate", "--json"))
+    assert validated["metrics"]["in_scope_accuracy"] is not None
+    assert validated["metrics"]["out_of_scope_recall"] is not None
+    assert validated["overall_score"] == pytest.approx(trained["overall_score"])
+
+
+def test_predict_applies_the_versions_threshold(registry_copy):
+    def high_threshold(staged):
+        path = staged / "model" / "classifier.json"
+        config = json.loads(path.read_text())
+        config["oos_threshold"] = 0.999
+        path.write_text(json.dumps(config))
+
+    strict = clone_version(registry_copy, "v0001", high_threshold)
+    result = doc(run("predict", "hola", "--version", strict.name, "--json"))["predictions"][0]
+    assert result["fallback"] is True and result["intent"] == "out_of_scope"
+    assert result["top_k"][0]["intent"] != "out_of_scope"  # the ranking is still the model's
+    normal = doc(run("predict", "hola", "--version", "v0001", "--json"))["predictions"][0]
+    assert normal["fallback"] is False
+
+
+# ------------------------------------------------------------------ incremental
+
+def test_incremental_extends_the_head_and_beats_a_full_retrain_to_its_score(tmp_path, isolated_env, fast_train_env,
+                                                                           monkeypatch):
+    monkeypatch.setenv("TRAINING_EPOCHS", "10")
+    monkeypatch.setenv("TRAINING_LEARNING_RATE", "0.0001")  # slow enough that starting point matters
+    old = {k: v for k, v in TINY_INTENTS.items() if k != "breakfast_info"}
+    assert run("prepare", write_intents(tmp_path / "old.json", old)).exit_code == 0
+    parent = doc(run("train", "--json", "--patience", "0"))["version"]
+
+    assert run("prepare", write_intents(tmp_path / "new.json", TINY_INTENTS)).exit_code == 0
+    inc = doc(run("train", "--incremental", "--from", parent, "--json", "--patience", "0"))
+    assert inc["parent"] == parent
+    inc_dir = isolated_env / "registry/versions" / inc["version"]
+    labels = json.loads((inc_dir / "model/classifier.json").read_text())["labels"]
+    parent_labels = json.loads((isolated_env / "registry/versions" / parent / "model/classifier.json").read_text())["labels"]
+    assert labels[: len(parent_labels)] == parent_labels and labels[-1] == "breakfast_info"
+
+    # a full retrain from the base model on exactly the same split
+    full = doc(run("train", "--data", inc_dir / "data", "--force", "--json", "--patience", "0"))
+    target = max(e["macro_f1"] for e in full["history"])
+
+    def steps_to(history, score):
+        return next((e["step"] for e in history if e["macro_f1"] >= score - 1e-9), None)
+
+    inc_steps, full_steps = steps_to(inc["history"], target), steps_to(full["history"], target)
+    assert inc_steps is not None, (inc["history"], target)
+    print("incremental", [(e["step"], e["macro_f1"]) for e in inc["history"]])
+    print("full", [(e["step"], e["macro_f1"]) for e in full["history"]])
+    assert inc_steps < full_steps
+
+
+def test_incremental_refuses_dropping_an_intent_or_relabelling(tmp_path, isolated_env, fast_train_env):
+    assert run("prepare", write_intents(tmp_path / "a.json", TINY_INTENTS)).exit_code == 0
+    parent = doc(run("train", "--json", "--epochs", "1"))["version"]
+    smaller = {k: v for k, v in TINY_INTENTS.items() if k != "wifi_info"}
+    assert run("prepare", write_intents(tmp_path / "b.json", smaller)).exit_code == 0
+    # the parent's wifi_info data is merged in, so nothing is dropped: allowed
+    assert run("train", "--incremental", "--epochs", "1").exit_code == 0
+    relabel = dict(TINY_INTENTS)
+    relabel["greeting"] = ["contraseña wifi"] + TINY_INTENTS["greeting"][1:]
+    relabel["wifi_info"] = [t for t in TINY_INTENTS["wifi_info"] if t != "contraseña wifi"]
+    assert run("prepare", write_intents(tmp_path / "c.json", relabel)).exit_code == 0
+    result = run("train", "--incremental", "--from", parent, "--epochs", "1")
+    assert result.exit_code == 1 and "fix one of them" in result.stderr and "contraseña wifi" in result.stderr
+
+
+# ------------------------------------------------------------------ HPO
+
+def test_hpo_trials_are_nested_runs_and_the_best_config_is_reused(tiny_data, isolated_env, fast_train_env,
+                                                                 mlflow_uri, monkeypatch):
+    monkeypatch.setenv("TRAINING_EPOCHS", "2")
+    assert run("prepare", tiny_data).exit_code == 0
+    trained = doc(run("train", "--hpo", "--trials", "2", "--json"))
+    hpo = trained["hpo"]
+    assert len(hpo["trials"]) == 2 and hpo["best_score"] == max(t["score"] for t in hpo["trials"])
+    assert trained["overall_score"] == pytest.approx(hpo["best_score"])
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_uri)
+    parent_run = client.get_run(trained["mlflow_run_id"])
+    children = client.search_runs([parent_run.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent_run.info.run_id}'")
+    assert len(children) == 2
+
+    saved = json.loads(open(hpo["saved_to"]).read())
+    assert saved["params"] == hpo["best_params"]
+    again = run("train", "--force", "--json")
+    assert "using the HPO best config" in again.stderr
+    meta = json.loads((isolated_env / "registry/versions" / doc(again)["version"] / "metadata.json").read_text())
+    for key, value in hpo["best_params"].items():
+        assert meta["config"]["training_config"][key] == pytest.approx(value)
+
+
+# ------------------------------------------------------------------ cross-validation
+
+def test_cross_validation_reports_mean_spread_and_summed_confusion(tiny_data, isolated_env, fast_train_env,
+                                                                 monkeypatch):
+    monkeypatch.setenv("TRAINING_EPOCHS", "3")
+    assert run("prepare", tiny_data).exit_code == 0
+    assert run("train").exit_code == 0
+    result = doc(run("validate", "--cv", "3", "--json"))
+    assert result["folds"] == 3 and len(result["per_fold"]) == 3
+    for key in ("accuracy", "macro_f1", "macro_precision", "macro_recall", "weighted_f1"):
+        stats = result["summary"][key]
+        assert stats["min"] <= stats["mean"] <= stats["max"] and stats["std"] >= 0
+        assert stats["mean"] == pytest.approx(np.mean([f[key] for f in result["per_fold"]]))
+    assert np.sum(result["confusion_matrix"]["matrix"]) == result["examples"] == 48
+    too_many = run("validate", "--cv", "13")
+    assert too_many.exit_code == 1 and "at most 12 folds" in too_many.stderr
+
+
+# ------------------------------------------------------------------ class weights, reproducibility
+
+def test_class_weights_follow_inverse_frequency(tmp_path, tiny_model):
+    from hotelbot_cli.config import TrainingConfig
+    from hotelbot_cli.data import Example
+    from hotelbot_cli.training import fit_classifier
+
+    train = [Example(t, "greeting") for t in TINY_INTENTS["greeting"]] + \
+        [Example(t, "get_news") for t in TINY_INTENTS["get_news"][:4]]
+    validation = [Example("hola amigo", "greeting"), Example("noticias ya", "get_news")]
+    cfg = TrainingConfig(base_model=str(tiny_model), epochs=1, batch_size=8, class_weights=True)
+    fit = fit_classifier(cfg, "macro_f1", train, validation, ["get_news", "greeting"], tmp_path)
+    weights = fit.model.class_weights.tolist()
+    assert weights == pytest.approx([16 / (2 * 4), 16 / (2 * 12)])
+
+
+def test_same_data_config_and_seed_give_the_same_metrics(tiny_data, isolated_env, fast_train_env, monkeypatch):
+    monkeypatch.setenv("TRAINING_EPOCHS", "3")
+    assert run("prepare", tiny_data).exit_code == 0
+    first = doc(run("train", "--json"))
+    second = doc(run("train", "--json", "--force"))
+    assert first["version"] != second["version"]
+    timing = ("runtime", "samples_per_second", "steps_per_second")
+
+    def curve(result):
+        return [{k: v for k, v in e.items() if k not in timing} for e in result["history"]]
+
+    assert first["metrics"] == second["metrics"] and curve(first) == curve(second)
+    m1 = json.loads((isolated_env / "registry/versions" / first["version"] / "metrics.json").read_text())
+    m2 = json.loads((isolated_env / "registry/versions" / second["version"] / "metrics.json").read_text())
+    assert m1["per_intent"] == m2["per_intent"]
+    skipped = run("train")
+    assert skipped.exit_code == 0 and second["version"] in skipped.stderr  # the newest match is named
