@@ -1,0 +1,304 @@
+"""Load test: `hotelbot serve` (micro-batching) against the naive one-forward-pass-per-request server.
+
+Both servers serve the same registry version (the deployed `current`) on 127.0.0.1, each in its own
+process. They are measured one at a time (never sharing the cores), in interleaved rounds so that
+background load on the machine hits both alike. N concurrent keep-alive clients (asyncio + httpx)
+post single texts to /classify for a bounded time after a warm-up. The script prints requests/s,
+p50/p95/p99 latency, errors, texts per forward pass and CPU per request (server and client; the
+client shares the machine, so its CPU caps what any server can show), side by side, and whether the
+targets are met: >= 3x the naive server's requests/s, p99 < 100 ms, zero errors. It measures and
+prints; it never fails on a timing (exit 0 unless the benchmark itself cannot run).
+
+    python benchmarks/serve_load.py --registry registry/ [--clients 32] [--duration 20] [--rounds 2]
+
+The naive server is the seed's design: one FastAPI endpoint that calls the PyTorch model for each
+request, in FastAPI's thread pool, without batching.
+"""
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+HOLDOUT = REPO / "datasets" / "hotel_intents_es_holdout.json"
+FALLBACK_TEXTS = [
+    "hola buenas tardes", "¿a qué hora es el desayuno?", "cuál es la clave del wifi", "quiero ver las noticias",
+    "¿puedo hacer el check-out más tarde?", "necesito toallas limpias en la habitación 204",
+    "¿hay parking en el hotel?", "gracias por todo, hasta luego", "el aire acondicionado no funciona",
+    "¿me pueden pedir un taxi para el aeropuerto mañana a las siete?",
+]
+TARGET_SPEEDUP = 3.0
+TARGET_P99_MS = 100.0
+
+
+# ------------------------------------------------------------------------------------------ servers
+def naive_app(registry_root: Path, version: str):
+    """The seed's design: one endpoint, one forward pass per request, no batching."""
+    from fastapi import FastAPI
+    from pydantic import BaseModel
+
+    from hotelbot_cli.inference import Predictor
+    from hotelbot_cli.registry import ModelRegistry
+
+    predictor = Predictor.from_registry(ModelRegistry(registry_root), version)
+    app = FastAPI()
+
+    class Query(BaseModel):
+        text: str
+
+    @app.post("/classify")
+    def classify(query: Query) -> dict:
+        prediction = predictor.predict([query.text], top_k=3)[0]
+        return {"intent": prediction.intent, "confidence": prediction.confidence, "top_k": prediction.top_k,
+                "model_version": predictor.version, "fallback": False}
+
+    @app.get("/ready")
+    def ready() -> dict:
+        return {"ready": True, "model_version": predictor.version}
+
+    return app
+
+
+def run_child(kind: str, fd: int, registry_root: Path, version: str) -> None:
+    import uvicorn
+
+    if kind == "batched":
+        from hotelbot_cli.registry import ModelRegistry
+        from hotelbot_cli.serving import ServeSettings, create_app
+
+        app = create_app(ModelRegistry(registry_root), ServeSettings.from_env())
+    else:
+        app = naive_app(registry_root, version)
+    sock = socket.socket(fileno=fd)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+
+
+class Server:
+    """A server subprocess on a free loopback port (the listening socket is handed over, no race)."""
+
+    def __init__(self, kind: str, registry_root: Path, version: str) -> None:
+        self.kind = kind
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(512)
+        self.base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--fd", str(sock.fileno()),
+             "--registry", str(registry_root), "--version", version],
+            pass_fds=[sock.fileno()], env={**os.environ, "PYTHONPATH": str(REPO)})
+        sock.close()
+
+    def wait_ready(self, timeout: float = 120.0) -> str:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the {self.kind} server exited with {self.proc.returncode}")
+            try:
+                response = httpx.get(f"{self.base}/ready", timeout=2)
+                if response.status_code == 200:
+                    return response.json()["model_version"]
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise SystemExit(f"the {self.kind} server did not become ready in {timeout:.0f}s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# ------------------------------------------------------------------------------------------ load
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system) of a process and its threads so far; this process when pid is None."""
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+class Tally:
+    """What one server did across its measured windows."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.errors: list[str] = []
+        self.seconds = 0.0
+        self.server_cpu = 0.0
+        self.client_cpu = 0.0
+
+    def summary(self) -> dict:
+        latencies = sorted(self.latencies)
+
+        def pct(p: float) -> float:
+            return 1000 * latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] if latencies else math.nan
+
+        done = max(1, len(latencies))
+        return {"requests": len(latencies), "errors": len(self.errors), "error_kinds": sorted(set(self.errors))[:5],
+                "rps": len(latencies) / self.seconds if self.seconds else 0.0,
+                "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
+                "server_cpu_ms": 1000 * self.server_cpu / done, "client_cpu_ms": 1000 * self.client_cpu / done}
+
+
+async def drive(base: str, texts: list[str], clients: int, duration: float, server_pid: int,
+                tally: Tally | None) -> None:
+    """``clients`` closed-loop users post single texts for ``duration`` s; recorded in ``tally`` if given."""
+    import httpx
+
+    stop_at = time.perf_counter() + duration
+
+    async def client(i: int, http: httpx.AsyncClient) -> None:
+        n = i
+        while True:
+            sent = time.perf_counter()
+            if sent >= stop_at:
+                return
+            n += clients
+            try:
+                response = await http.post("/classify", json={"text": texts[n % len(texts)]})
+                problem = "" if response.status_code == 200 else f"HTTP {response.status_code}"
+            except httpx.HTTPError as exc:
+                problem = type(exc).__name__
+            if tally is not None:
+                if problem:
+                    tally.errors.append(problem)
+                else:
+                    tally.latencies.append(time.perf_counter() - sent)
+
+    # One single-connection client per simulated user: a shared httpx pool serialises on its own lock
+    # and becomes the bottleneck.
+    https = [httpx.AsyncClient(base_url=base, timeout=30, limits=httpx.Limits(max_connections=1))
+             for _ in range(clients)]
+    server_before, client_before, began = cpu_seconds(server_pid), cpu_seconds(), time.perf_counter()
+    try:
+        await asyncio.gather(*(client(i, http) for i, http in enumerate(https)))
+    finally:
+        await asyncio.gather(*(http.aclose() for http in https))
+    if tally is not None:  # requests in flight at stop_at finish a little later: count the real window
+        tally.seconds += time.perf_counter() - began
+        tally.server_cpu += cpu_seconds(server_pid) - server_before
+        tally.client_cpu += cpu_seconds() - client_before
+
+
+def batch_stats(base: str) -> str:
+    import httpx
+
+    text = httpx.get(f"{base}/metrics", timeout=5).text
+    count = re.search(r"^hotelbot_microbatch_size_count (\S+)$", text, re.M)
+    total = re.search(r"^hotelbot_microbatch_size_sum (\S+)$", text, re.M)
+    if not (count and total) or float(count.group(1)) == 0:
+        return "-"
+    return f"{float(total.group(1)) / float(count.group(1)):.1f}"
+
+
+def load_texts() -> list[str]:
+    if HOLDOUT.exists():
+        texts = [r["text"] for r in json.loads(HOLDOUT.read_text("utf-8"))]
+        if texts:
+            return texts
+    return FALLBACK_TEXTS
+
+
+# ------------------------------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--registry", type=Path, default=None,
+                        help="registry root [env: HOTELBOT_REGISTRY; default: registry/]; its deployed version is used")
+    parser.add_argument("--clients", type=int, default=32, help="concurrent clients (default 32)")
+    parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per server (default 20)")
+    parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds per server first (default 3)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="split each server's measured time into this many rounds, interleaved (default 2)")
+    parser.add_argument("--only", choices=("naive", "batched"), help="run one server only")
+    parser.add_argument("--child", choices=("naive", "batched"), help=argparse.SUPPRESS)
+    parser.add_argument("--fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--version", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    sys.path.insert(0, str(REPO))
+    from hotelbot_cli.config import load_settings
+    from hotelbot_cli.registry import ModelRegistry
+
+    root = (args.registry or load_settings().paths.registry).resolve()
+    if args.child:
+        run_child(args.child, args.fd, root, args.version)
+        return 0
+    if args.clients < 1 or args.duration <= 0 or args.warmup < 0 or args.rounds < 1:
+        parser.error("--clients and --rounds must be >= 1, --duration > 0 and --warmup >= 0")
+    version = ModelRegistry(root).current_name()
+    if version is None:
+        print(f"error: nothing is deployed in {root}: run `hotelbot train` then `hotelbot deploy`", file=sys.stderr)
+        return 1
+
+    texts = load_texts()
+    kinds = [args.only] if args.only else ["naive", "batched"]
+    print(f"registry {root}, deployed version {version}; {args.clients} clients; per server {args.duration:g} s "
+          f"measured in {args.rounds} interleaved round(s) after {args.warmup:g} s warm-up; "
+          f"{os.cpu_count()} CPU cores", file=sys.stderr)
+    servers = {}
+    try:
+        for kind in kinds:  # both up at once (an idle server costs nothing); measured one at a time
+            servers[kind] = Server(kind, root, version)
+        for kind, server in servers.items():
+            served = server.wait_ready()
+            if served != version:
+                raise SystemExit(f"the {kind} server serves {served}, expected {version}")
+            asyncio.run(drive(server.base, texts, args.clients, args.warmup, server.proc.pid, None))
+        tallies = {kind: Tally() for kind in kinds}
+        for round_ in range(args.rounds):  # alternate the order so background load hits both alike
+            for kind in (kinds if round_ % 2 == 0 else kinds[::-1]):
+                print(f"round {round_ + 1}/{args.rounds}: {kind} ...", file=sys.stderr)
+                asyncio.run(drive(servers[kind].base, texts, args.clients, args.duration / args.rounds,
+                                  servers[kind].proc.pid, tallies[kind]))
+        results = {kind: tallies[kind].summary() for kind in kinds}
+        for kind in kinds:
+            results[kind]["mean_batch"] = batch_stats(servers[kind].base) if kind == "batched" else "1.0"
+    finally:
+        for server in servers.values():
+            server.stop()
+
+    rows = [("requests/s", "rps", "{:.1f}"), ("p50 latency (ms)", "p50_ms", "{:.1f}"),
+            ("p95 latency (ms)", "p95_ms", "{:.1f}"), ("p99 latency (ms)", "p99_ms", "{:.1f}"),
+            ("errors", "errors", "{}"), ("requests measured", "requests", "{}"),
+            ("mean texts per forward pass", "mean_batch", "{}"),
+            ("server CPU per request (ms)", "server_cpu_ms", "{:.2f}"),
+            ("client CPU per request (ms)", "client_cpu_ms", "{:.2f}")]
+    print(f"\n{'':30}" + "".join(f"{k:>12}" for k in kinds))
+    for label, key, fmt in rows:
+        print(f"{label:30}" + "".join(f"{fmt.format(results[k][key]):>12}" for k in kinds))
+    for kind in kinds:
+        if results[kind]["error_kinds"]:
+            print(f"{kind} errors: {', '.join(results[kind]['error_kinds'])}")
+
+    if "batched" in results:
+        batched = results["batched"]
+        checks = []
+        if "naive" in results and results["naive"]["rps"] > 0:
+            speedup = batched["rps"] / results["naive"]["rps"]
+            checks.append((f">= {TARGET_SPEEDUP:g}x the naive server's requests/s (got {speedup:.2f}x)",
+                           speedup >= TARGET_SPEEDUP))
+        checks.append((f"p99 < {TARGET_P99_MS:g} ms (got {batched['p99_ms']:.1f} ms)", batched["p99_ms"] < TARGET_P99_MS))
+        checks.append((f"zero errors (got {batched['errors']})", batched["errors"] == 0))
+        print("\ntargets for `hotelbot serve`:")
+        for text, met in checks:
+            print(f"  {'MET    ' if met else 'NOT MET'}  {text}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
