@@ -566,6 +566,7 @@ def train_classifier(
     incremental_from: str | None = None,
     hpo_trials: int = 0,
     use_best_config: bool = True,
+    write_report: bool = True,
 ) -> TrainResult:
     """Fine-tune on the prepared data (optionally from a parent version, optionally with HPO) and publish."""
     emit = listener or (lambda event: None)
@@ -658,8 +659,24 @@ def train_classifier(
                 "library_versions": library_versions(),
                 "hardware": hardware(monitor),
             }
+            report = None
+            if write_report:
+                from .reporting import build_report_from_dir, write_report_files
+
+                emit(TrainingEvent("status", message="writing the training report"))
+                try:
+                    report = build_report_from_dir(staged, metadata, registry,
+                                                   min_score=settings.validation.min_validation_score)
+                    write_report_files(report, staged / "report")
+                except Exception as exc:  # noqa: BLE001 - a report must never lose a trained model
+                    log.warning("training report failed: %s", exc)
+                    report = None
             info = registry.publish(staged, metadata)
         tracker.set_tags({"hotelbot.version": info.name})
+        if report is not None:
+            from .reporting import write_training_report
+
+            write_training_report(registry, info.name, settings.paths.reports, report=report)
     monitor.close()
     log.info("trained %s: %s=%.4f in %.1fs", info.name, metrics["metric"], metrics["overall_score"], fit.duration)
     emit(TrainingEvent("end", fit.steps, fit.steps, fit.epochs_run, cfg.epochs,

@@ -11,6 +11,7 @@ from .deploy import deploy_cmd, history_cmd, rollback_cmd, verify_cmd
 from .models import models_cmd
 from .predict import predict_cmd
 from .prepare import prepare_cmd
+from .report import report_cmd
 from .serve import serve_cmd
 from .train import train_cmd
 from .validate import validate_cmd
@@ -48,6 +49,7 @@ app.command("predict")(predict_cmd)
 app.command("deploy")(deploy_cmd)
 app.command("rollback")(rollback_cmd)
 app.command("versions")(versions_cmd)
+app.command("report")(report_cmd)
 app.command("serve")(serve_cmd)
 app.command("verify")(verify_cmd)
 app.command("history")(history_cmd)

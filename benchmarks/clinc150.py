@@ -1,0 +1,121 @@
+"""CLINC150 ("Full" split) through hotelbot's own training library, beside the paper's Table 2.
+
+Protocol (../shared/benchmarks/clinc150/README.md): train on train + oos_train; choose every setting
+(epochs kept by early stopping, the out-of-scope confidence threshold) on val + oos_val only; report
+test + oos_test once. In-scope accuracy counts a test query right only when its exact intent is
+predicted; out-of-scope recall is the share of oos_test predicted as out_of_scope.
+
+    .venv/bin/python benchmarks/clinc150.py [--epochs 3] [--base-model packaged:multilingual-e5-small]
+
+A benchmark, not a test: it takes tens of minutes on 2 CPU cores; CI never runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from hotelbot_cli.config import TrainingConfig, load_settings  # noqa: E402
+from hotelbot_cli.data import OUT_OF_SCOPE, Example  # noqa: E402
+
+DATA = REPO.parent / "shared" / "benchmarks" / "clinc150" / "data_full.json"
+PAPER = [  # Larson et al. 2019, Table 2, "Full" column
+    ("oos-train", "SVM", 91.0, 14.5),
+    ("oos-train", "Rasa", 91.5, 45.3),
+    ("oos-train", "MLP (USE)", 93.5, 47.4),
+    ("oos-train", "BERT-large", 96.9, 40.3),
+    ("oos-threshold", "MLP (USE)", 93.4, 49.1),
+    ("oos-threshold", "BERT-large", 96.2, 52.3),
+]
+
+
+def load(path: Path) -> dict[str, list[Example]]:
+    raw = json.loads(path.read_text("utf-8"))
+
+    def convert(rows):
+        return [Example(text, OUT_OF_SCOPE if intent == "oos" else intent) for text, intent in rows]
+
+    return {"train": convert(raw["train"] + raw["oos_train"]), "val": convert(raw["val"] + raw["oos_val"]),
+            "test": convert(raw["test"]), "oos_test": convert(raw["oos_test"])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--base-model", default="packaged:multilingual-e5-small")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--head-learning-rate", type=float, default=3e-3)
+    parser.add_argument("--max-length", type=int, default=48)
+    parser.add_argument("--limit", type=int, default=0, help="use only N training examples (smoke runs)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    from hotelbot_cli.inference import Predictor
+    from hotelbot_cli.training import fit_classifier
+
+    split = load(args.data)
+    train = split["train"][: args.limit] if args.limit else split["train"]
+    labels = sorted({e.intent for e in train + split["val"]})
+    settings = load_settings()
+    cfg = TrainingConfig(base_model=args.base_model, epochs=args.epochs, batch_size=args.batch_size,
+                         learning_rate=args.learning_rate, head_learning_rate=args.head_learning_rate,
+                         max_length=args.max_length, early_stopping_patience=1, seed=42)
+    start = time.monotonic()
+    fit = fit_classifier(cfg, "macro_f1", train, split["val"], labels, settings.paths.models_dir)
+    wall = time.monotonic() - start
+
+    predictor = Predictor(fit.model, fit.tokenizer, "clinc150")
+    test_pred = predictor.predict_labels([e.text for e in split["test"]], batch_size=128)
+    oos_pred = predictor.predict_labels([e.text for e in split["oos_test"]], batch_size=128)
+    argmax_test = predictor.predict_labels([e.text for e in split["test"]], batch_size=128, apply_threshold=False)
+    argmax_oos = predictor.predict_labels([e.text for e in split["oos_test"]], batch_size=128, apply_threshold=False)
+
+    def scores(in_pred, out_pred):
+        in_acc = 100 * sum(p == e.intent for p, e in zip(in_pred, split["test"])) / len(split["test"])
+        oos_rec = 100 * sum(p == OUT_OF_SCOPE for p in out_pred) / len(out_pred)
+        return in_acc, oos_rec
+
+    in_acc, oos_rec = scores(test_pred, oos_pred)
+    arg_in, arg_oos = scores(argmax_test, argmax_oos)
+    train_runtime = next((e["train_runtime"] for e in reversed(fit.log_history) if "train_runtime" in e), fit.duration)
+    examples_per_s = len(train) * fit.epochs_run / train_runtime  # optimisation steps only, not evaluation
+
+    print(f"\nCLINC150 full: {len(train)} train (incl. oos_train), {len(split['val'])} val, "
+          f"{len(split['test'])} test + {len(split['oos_test'])} oos_test")
+    print(f"hotelbot: {args.base_model}, epochs run {fit.epochs_run:.0f} (best {fit.best_epoch:.0f}), "
+          f"batch {args.batch_size}, lr {args.learning_rate:g}/{args.head_learning_rate:g}, max length "
+          f"{args.max_length}, threshold {fit.threshold}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+          f"{dt.date.today().isoformat()}\n")
+    print(f"{'method':<15} {'classifier':<34} {'in-scope acc':>12} {'oos recall':>10} {'train time':>11} {'ex/s':>7}")
+    print("-" * 94)
+    for method, clf, a, r in PAPER:
+        print(f"{method:<15} {clf + ' (paper)':<34} {a:>12.1f} {r:>10.1f} {'':>11} {'':>7}")
+    name = "hotelbot " + args.base_model.split(":")[-1]
+    print(f"{'oos-train':<15} {name + ' argmax':<34} {arg_in:>12.1f} {arg_oos:>10.1f} {wall / 60:>9.1f}m "
+          f"{examples_per_s:>7.1f}")
+    print(f"{'oos-threshold':<15} {name + ' + threshold':<34} {in_acc:>12.1f} {oos_rec:>10.1f} {wall / 60:>9.1f}m "
+          f"{examples_per_s:>7.1f}")
+    target = in_acc >= 96.9 and oos_rec > 60 and wall < 30 * 60
+    print(f"\ntarget (in-scope >= 96.9, oos recall > 60, training < 30 min): {'met' if target else 'NOT met'}")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "in_scope_accuracy": in_acc, "oos_recall": oos_rec, "argmax_in_scope_accuracy": arg_in,
+            "argmax_oos_recall": arg_oos, "threshold": fit.threshold, "train_seconds": wall,
+            "fit_seconds": fit.duration, "examples_per_second": examples_per_s, "epochs_run": fit.epochs_run,
+            "config": cfg.to_dict(), "date": dt.date.today().isoformat()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
