@@ -32,6 +32,11 @@ DataDirOpt = Annotated[
 ]
 
 
+# Paths given as root options (`hotelbot --reports DIR train ...`). Reset by the root callback on every
+# invocation, so nothing leaks between commands run in one process (tests, the Python API).
+ROOT_PATHS: dict[str, Any] = {}
+
+
 def settings_from(
     config: Path | None = None,
     profile: str | None = None,
@@ -40,4 +45,5 @@ def settings_from(
     overrides: dict[str, dict[str, Any]] | None = None,
 ) -> Settings:
     return load_settings(config_file=config, profile=profile, overrides=overrides,
-                         path_overrides={"registry": registry, "data": data})
+                         path_overrides={**ROOT_PATHS, "registry": registry or ROOT_PATHS.get("registry"),
+                                         "data": data})

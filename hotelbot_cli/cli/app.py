@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import typer
 
 from .. import __version__
@@ -37,9 +40,25 @@ def _version_callback(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
-                                       help="Show the version and exit.")) -> None:
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                 help="Show the version and exit."),
+    home: Optional[Path] = typer.Option(None, "--home", help="Project home: MLflow store, model cache "
+                                        "[env: HOTELBOT_HOME; default: .hotelbot].", show_default=False),
+    reports: Optional[Path] = typer.Option(None, "--reports", help="Reports directory [env: HOTELBOT_REPORTS; "
+                                           "default: reports].", show_default=False),
+    logs: Optional[Path] = typer.Option(None, "--logs", help="Logs directory [env: HOTELBOT_LOGS; default: logs].",
+                                        show_default=False),
+    mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="MLflow tracking URI "
+                                             "[env: MLFLOW_TRACKING_URI; default: sqlite in the home].",
+                                             show_default=False),
+) -> None:
     """Train, validate and ship the intent classifier of a Spanish-speaking hotel chatbot."""
+    from . import _options
+
+    _options.ROOT_PATHS.clear()
+    _options.ROOT_PATHS.update({k: v for k, v in {"home": home, "reports": reports, "logs": logs,
+                                                  "mlflow_tracking_uri": mlflow_uri}.items() if v is not None})
 
 
 app.command("prepare")(prepare_cmd)

@@ -208,3 +208,14 @@ def test_gate_failure_exits_3(trained, monkeypatch):
     doc = json.loads(result.stdout)
     assert (result.exit_code == 3) == (doc["overall_score"] < 1.0)
     assert doc["passed"] is (doc["overall_score"] >= 1.0)
+
+
+def test_root_path_options_override_env_and_do_not_leak(tmp_path, isolated_env, monkeypatch):
+    monkeypatch.setenv("HOTELBOT_REPORTS", "from-env")
+    doc = json.loads(run("--reports", tmp_path / "r", "--logs", tmp_path / "l", "--home", tmp_path / "h",
+                         "config", "--json").stdout)
+    assert doc["paths"]["reports"] == str(tmp_path / "r") and doc["paths"]["logs"] == str(tmp_path / "l")
+    assert doc["paths"]["mlflow_tracking_uri"] != f"sqlite:///{tmp_path / 'h' / 'mlflow.db'}"  # env URI wins
+    assert json.loads(run("config", "--json").stdout)["paths"]["reports"] == "from-env"
+    uri = json.loads(run("--mlflow-uri", "sqlite:///x.db", "config", "--json").stdout)["paths"]["mlflow_tracking_uri"]
+    assert uri == "sqlite:///x.db"
