@@ -149,7 +149,9 @@ def validate_version(registry: Any, version: str | None, settings: Any, data_dir
         metrics["argmax"] = {k: argmax[k] for k in CV_METRICS if k in argmax}
     comparison = None
     current = registry.current_name()
-    if current and current != info.name:
+    from .components import has_component
+
+    if current and current != info.name and has_component(registry.get(current), "classifier"):
         reference = Predictor.from_version(registry.require_intact(current))
         ref_metrics = classification_metrics(truth, reference.predict_labels(texts), predictor.labels,
                                              settings.validation.metric)

@@ -251,9 +251,10 @@ def out_of_scope_threshold(metadata: Mapping[str, Any]) -> float | None:
 class LoadedModel:
     """One loaded version. Immutable: a hot swap replaces the whole object, never its fields."""
 
-    predictor: Any  # hotelbot_cli.inference.Predictor
+    predictor: Any  # hotelbot_cli.inference.Predictor; None for a version holding only a knowledge base
     version: str
     threshold: float | None = None
+    knowledge: Any = None  # hotelbot_cli.knowledge.KnowledgeBase when the version has one
     loaded_at: float = field(default_factory=time.time)
 
     def answer(self, prediction: Any) -> dict[str, Any]:
@@ -343,13 +344,24 @@ class ModelHolder:
     def _load(self, name: str) -> LoadedModel:
         info = self.registry.require_intact(name)
         threshold = out_of_scope_threshold(info.metadata)
-        predictor = self._loader(info)
+        from .components import components_of
+
+        components = components_of(info)
+        predictor = self._loader(info) if "classifier" in components else None
         if self.settings.torch_threads and getattr(predictor, "_torch", None) is not None:
             predictor._torch.set_num_threads(self.settings.torch_threads)
-        model = LoadedModel(predictor, info.name, threshold)
-        smoke = predictor.predict([SMOKE_TEXT], top_k=self.settings.top_k)
-        if len(smoke) != 1 or not 0.0 <= float(smoke[0].confidence) <= 1.0:
-            raise ModelError(f"version {name} gave a malformed smoke prediction")
+        knowledge = None
+        if "knowledge" in components:
+            from .knowledge import KnowledgeBase
+
+            knowledge = KnowledgeBase.from_version(info)
+            if not knowledge.search(SMOKE_TEXT, top_k=1):  # also loads the query encoder before the swap
+                raise ModelError(f"version {name}'s knowledge base returned nothing for a smoke search")
+        model = LoadedModel(predictor, info.name, threshold, knowledge)
+        if predictor is not None:
+            smoke = predictor.predict([SMOKE_TEXT], top_k=self.settings.top_k)
+            if len(smoke) != 1 or not 0.0 <= float(smoke[0].confidence) <= 1.0:
+                raise ModelError(f"version {name} gave a malformed smoke prediction")
         return model
 
     def unavailable(self) -> ServeError:
@@ -537,6 +549,31 @@ class BatchClassifyRequest(BaseModel):
     texts: list[Text] = Field(min_length=1, description="1 to max_batch_size non-empty messages.")
 
 
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"query": "¿aceptan perros?", "top_k": 3}]})
+
+    query: Text = Field(description="The guest's question (non-empty; at most max_text_length characters).")
+    top_k: int = Field(5, ge=1, le=50, description="How many ranked chunks to return.")
+
+
+class SearchHitModel(BaseModel):
+    rank: int
+    score: float = Field(description="Cosine similarity of the query and the chunk.")
+    id: str
+    doc: str = Field(description="Source file, relative to the documents folder.")
+    heading: str
+    headings: list[str]
+    start: int = Field(description="Character offset of the chunk in the original file.")
+    end: int
+    text: str
+
+
+class SearchResults(BaseModel):
+    model_version: str
+    query: str
+    results: list[SearchHitModel]
+
+
 class RankedIntent(BaseModel):
     intent: str
     confidence: float
@@ -675,12 +712,15 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
     app.state.models = holder
     app.state.batcher = batcher
     app.add_middleware(_MetricsMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes,
-                       post_paths=frozenset({"/classify", "/classify/batch"}))
+                       post_paths=frozenset({"/classify", "/classify/batch", "/search"}))
 
     def require_model() -> LoadedModel:
         model = holder.model
         if model is None:
             raise holder.unavailable()
+        if model.predictor is None:
+            raise ServeError(503, "no classifier", f"version {model.version} holds only a knowledge base; "
+                             "train a classifier (hotelbot train) and deploy it")
         return model
 
     def check_length(text: str, where: str) -> None:
@@ -722,6 +762,19 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
         model = require_model()
         answers = await batcher.classify(model, body.texts)
         return _json({"model_version": model.version, "predictions": answers})
+
+    @app.post("/search", tags=["search"], response_model=SearchResults, responses=ERROR_RESPONSES,
+              summary="Search the hotel knowledge base of the deployed version")
+    async def search(body: SearchRequest) -> Any:
+        check_length(body.query, "query")
+        model = holder.model
+        if model is None:
+            raise holder.unavailable()
+        if model.knowledge is None:
+            raise ServeError(503, "no knowledge base", f"version {model.version} has none: run `hotelbot prepare "
+                             "--documents DIR`, `hotelbot train --model-type embeddings`, then deploy")
+        hits = await asyncio.to_thread(model.knowledge.search, body.query, body.top_k)
+        return _json({"model_version": model.version, "query": body.query, "results": [h.to_dict() for h in hits]})
 
     @app.get("/metrics", tags=["probes"], response_class=PlainTextResponse, summary="Prometheus metrics")
     async def prometheus_metrics() -> PlainTextResponse:

@@ -636,9 +636,14 @@ def train_classifier(
                 if k in fit.argmax_metrics}})
             atomic_write_json(staged / "training_history.json", {"epochs": fit.history, "log": fit.log_history,
                                                                  "hpo": hpo_summary})
+            from .components import carry_over
+
+            carried = carry_over(registry, staged, "classifier")  # a version is a snapshot of every component
             metadata = {
                 "kind": "intent-classifier",
-                "components": ["classifier"],
+                "components": carried["components"],
+                "carried_over": carried["carried_over"],
+                **{k: v for k, v in carried.items() if k not in ("components", "carried_over", "parent")},
                 "parent": parent.name if parent else None,
                 "base_model": fit.resolved,
                 "labels": fit.labels,

@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Any, Callable, TypeVar
 
+import click
 import typer
 
 from ..errors import HotelbotError
@@ -38,8 +39,8 @@ def handle_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, SystemExit):
-            raise
+        except (typer.Exit, typer.Abort, SystemExit, click.ClickException):
+            raise  # Click's own usage errors (BadParameter...) keep their exit code 2 and message
         except KeyboardInterrupt:
             error_line("interrupted")
             raise typer.Exit(130) from None

@@ -14,6 +14,7 @@ from .deploy import deploy_cmd, history_cmd, rollback_cmd, verify_cmd
 from .models import models_cmd
 from .predict import predict_cmd
 from .prepare import prepare_cmd
+from .search import search_cmd
 from .report import report_cmd
 from .serve import serve_cmd
 from .train import train_cmd
@@ -65,6 +66,7 @@ app.command("prepare")(prepare_cmd)
 app.command("train")(train_cmd)
 app.command("validate")(validate_cmd)
 app.command("predict")(predict_cmd)
+app.command("search")(search_cmd)
 app.command("deploy")(deploy_cmd)
 app.command("rollback")(rollback_cmd)
 app.command("versions")(versions_cmd)

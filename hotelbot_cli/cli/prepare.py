@@ -8,39 +8,63 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from ._errors import handle_errors
+from ._errors import error_line, handle_errors
 from ._options import ConfigOpt, JsonOpt, ProfileOpt, settings_from
 from ._render import message, out, print_json, warn
 
 
 @handle_errors
 def prepare_cmd(
-    data: Annotated[Path, typer.Argument(help="Intent data: .json ({'intents': {label: [texts]}} or a list of "
-                                         "{text, intent}), .jsonl, or .csv with text,intent columns.",
-                                         show_default=False)],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the split "
-                                                   "[env: HOTELBOT_DATA; default: data/processed].",
+    data: Annotated[Optional[Path], typer.Argument(help="Intent data: .json ({'intents': {label: [texts]}} or a "
+                                                   "list of {text, intent}), .jsonl, or .csv with text,intent "
+                                                   "columns. Give DATA or --documents.", show_default=False)] = None,
+    documents: Annotated[Optional[Path], typer.Option("--documents", help="A folder of hotel documents (.md, .txt) "
+                                                      "to chunk for the knowledge base, instead of DATA.",
+                                                      show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write: the intent split "
+                                                   "[env: HOTELBOT_DATA; default: data/processed], or with "
+                                                   "--documents the chunks [default: data/documents].",
                                                    show_default=False)] = None,
     validation_split: Annotated[Optional[float], typer.Option(help="Share of each intent held out for "
                                                               "validation [env: TRAINING_VALIDATION_SPLIT; default 0.2].",
                                                               show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the split [default 42].", show_default=False)] = None,
+    chunk_size: Annotated[int, typer.Option("--chunk-size", min=50, help="With --documents: maximum characters "
+                                            "per chunk.")] = 800,
+    chunk_overlap: Annotated[int, typer.Option("--chunk-overlap", min=0, help="With --documents: characters a "
+                                               "chunk repeats from the previous one in a long section.")] = 150,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and report; write nothing.")] = False,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Load, validate, clean, de-duplicate and split intent data.
+    """Load, validate, clean, de-duplicate and split intent data; or chunk hotel documents.
 
     Bad input (unreadable file, malformed line, empty text, a text with two labels, fewer than 2 intents)
     exits 1 naming the file and line/row, and writes nothing.
+
+    With --documents DIR: every .md/.txt file below DIR is split into chunks on headings and paragraphs
+    (overlapping inside long sections), each with its file, heading and character offsets into the
+    original text; writes chunks.jsonl and documents.json (sha256 per file). Any other file type, an
+    empty file or an empty folder exits 1 naming it. Hidden files are skipped.
 
     Examples:
 
         hotelbot prepare datasets/hotel_intents_es.json
 
         hotelbot prepare intents.csv --validation-split 0.25 --seed 7 --json
+
+        hotelbot prepare --documents datasets/documentos
+
+        hotelbot prepare --documents docs/ --chunk-size 600 --output /tmp/chunks --json
     """
+    if (data is None) == (documents is None):
+        _usage("give either DATA (intent data) or --documents DIR (hotel documents)")
+    if documents is not None:
+        if validation_split is not None or seed is not None:
+            _usage("--validation-split and --seed apply to intent data, not to --documents")
+        _prepare_documents(documents, output, chunk_size, chunk_overlap, dry_run, json_out)
+        return
     from ..data import prepare_dataset
 
     settings = settings_from(config, profile, data=output,
@@ -60,3 +84,30 @@ def prepare_cmd(
     out.print(f"fingerprint {prepared.fingerprint}")
     if target is not None:
         message(f"wrote {target}/ (train.jsonl, validation.jsonl, dataset.json)")
+
+
+def _usage(problem: str) -> None:
+    """Exit 2 like Click's own usage errors (typer.BadParameter raised here would become an internal error)."""
+    error_line(f"usage error: {problem} (see `hotelbot prepare --help`)")
+    raise typer.Exit(2)
+
+
+def _prepare_documents(directory: Path, output: Path | None, chunk_size: int, chunk_overlap: int, dry_run: bool,
+                       json_out: bool) -> None:
+    from ..knowledge import DEFAULT_DOCUMENTS_OUTPUT, prepare_documents, write_prepared_documents
+
+    prepared = prepare_documents(directory, max_chars=chunk_size, overlap_chars=chunk_overlap)
+    target = None if dry_run else (output or DEFAULT_DOCUMENTS_OUTPUT)
+    if target is not None:
+        write_prepared_documents(prepared, target)
+    summary = {**prepared.to_summary(), "output": None if target is None else str(target)}
+    if json_out:
+        print_json(summary)
+        return
+    out.print(f"{len(prepared.documents)} documents, {len(prepared.chunks)} chunks "
+              f"(at most {chunk_size} characters, overlap {chunk_overlap})")
+    for d in prepared.documents:
+        out.print(f"  {d.doc}\t{d.chunks} chunks\t{d.chars} characters\tsha256 {d.sha256[:12]}")
+    out.print(f"fingerprint {prepared.fingerprint}")
+    if target is not None:
+        message(f"wrote {target}/ (chunks.jsonl, documents.json)")

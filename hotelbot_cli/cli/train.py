@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 from typing import Any, Optional
 
 import typer
@@ -20,7 +21,7 @@ class ModelType(str, Enum):
     all = "all"
 
 
-BUILT = {ModelType.classifier}
+BUILT = {ModelType.classifier, ModelType.embeddings}
 
 
 class RichProgress:
@@ -92,10 +93,16 @@ def train_cmd(
                                 "vocabularies of 100k+ tokens].", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Train even when a version with the same data "
                                         "and config exists.")] = False,
-    incremental: Annotated[bool, typer.Option("--incremental", help="Start from a version's weights and data: "
-                                              "the new data is added to its data, new intents extend its head.")] = False,
-    from_version: Annotated[Optional[str], typer.Option("--from", help="Parent version for --incremental "
-                                                        "[default: deployed, else newest].", show_default=False)] = None,
+    incremental: Annotated[bool, typer.Option("--incremental", help="Classifier: start from a version's weights "
+                                              "and data (new data added, new intents extend its head). Embeddings: "
+                                              "embed only new or changed documents.")] = False,
+    documents: Annotated[Optional[Path], typer.Option("--documents", help="Embeddings: prepared documents "
+                         "(hotelbot prepare --documents) or a folder of .md/.txt files [default: data/documents].",
+                         show_default=False)] = None,
+    from_version: Annotated[Optional[str], typer.Option("--from", help="Parent version for --incremental; for "
+                                                        "embeddings, the version whose other components are carried "
+                                                        "over [default: deployed, else newest].",
+                                                        show_default=False)] = None,
     hpo: Annotated[bool, typer.Option("--hpo", help="Search hyperparameters with Optuna first; the best trial "
                                       "becomes the version and its config is saved for later runs.")] = False,
     trials: Annotated[int, typer.Option("--trials", min=1, help="Optuna trials for --hpo.")] = 10,
@@ -126,15 +133,20 @@ def train_cmd(
         hotelbot prepare new_intents.json && hotelbot train --incremental
 
         hotelbot train --hpo --trials 8 --json
+
+        hotelbot prepare --documents datasets/documentos && hotelbot train --model-type embeddings
+
+        hotelbot train --model-type embeddings --incremental --json
     """
     from ..errors import NotImplementedYetError
 
     if model_type is not ModelType.all and model_type not in BUILT:
         raise NotImplementedYetError(f"--model-type {model_type.value}: not implemented yet; "
-                                     "use --model-type classifier")
+                                     "use --model-type classifier or embeddings")
     if model_type is ModelType.all:
         skipped = sorted(t.value for t in ModelType if t not in BUILT and t is not ModelType.all)
-        warn(f"--model-type all: {', '.join(skipped)} not implemented yet, skipped; training the classifier")
+        warn(f"--model-type all: {', '.join(skipped)} not implemented yet, skipped; training the classifier, "
+             "then the knowledge base when documents are prepared")
     from ..registry import ModelRegistry
     from ..training import AlreadyTrainedError, train_classifier
 
@@ -143,9 +155,17 @@ def train_cmd(
         "base_model": base_model, "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
         "head_learning_rate": head_learning_rate, "max_length": max_length, "seed": seed,
         "early_stopping_patience": patience, "freeze_embeddings": freeze, "class_weights": class_weights}})
-    if from_version and not incremental:
+    if from_version and not incremental and model_type is not ModelType.embeddings:
         raise typer.BadParameter("--from goes with --incremental")
     store = ModelRegistry(settings.paths.registry)
+    if model_type is ModelType.embeddings:
+        knowledge = _train_knowledge(settings, store, documents, incremental, from_version, json_out)
+        deployed = _auto_deploy(settings, store, knowledge["version"])
+        if json_out:
+            print_json({**knowledge, "deployed": deployed})
+        elif deployed:
+            out.print(f"deployed {deployed['version']} (was {deployed['previous'] or 'none'})")
+        return
     try:
         with log_to(settings.paths.logs / "training.log"), RichProgress() as progress:
             result = train_classifier(settings, settings.paths.data, store, listener=progress, force=force,
@@ -157,12 +177,15 @@ def train_cmd(
         else:
             message(exc.message)
         return
-    deployed = None
-    if settings.deployment.auto_deploy_on_success:
-        from ..deployment import deploy
+    knowledge = None
+    if model_type is ModelType.all:
+        from ..knowledge import DEFAULT_DOCUMENTS_OUTPUT
 
-        message(f"AUTO_DEPLOY_ON_SUCCESS: deploying {result.version.name}")
-        deployed = deploy(store, settings, result.version.name, reason="auto deploy after training").to_dict()
+        if documents is not None or (DEFAULT_DOCUMENTS_OUTPUT / "documents.json").exists():
+            knowledge = _train_knowledge(settings, store, documents, False, result.version.name, json_out)
+        else:
+            warn("--model-type all: no prepared documents (hotelbot prepare --documents DIR); knowledge base skipped")
+    deployed = _auto_deploy(settings, store, knowledge["version"] if knowledge else result.version.name)
     m = result.metrics
     if json_out:
         print_json({"version": result.version.name, "skipped": False, "duration_seconds": round(result.duration_seconds, 2),
@@ -172,7 +195,8 @@ def train_cmd(
                     "history": result.history, "deployed": deployed,
                     "parent": result.version.metadata.get("parent"),
                     "out_of_scope_threshold": result.version.metadata.get("out_of_scope_threshold"),
-                    "hpo": (result.version.metadata.get("training") or {}).get("hpo")})
+                    "hpo": (result.version.metadata.get("training") or {}).get("hpo"),
+                    **({"knowledge": knowledge} if model_type is ModelType.all else {})})
         return
     out.print(f"trained {result.version.name} in {result.duration_seconds:.1f}s: accuracy {m['accuracy']:.4f}, "
               f"macro-F1 {m['macro_f1']:.4f} on {m['num_examples']} validation texts")
@@ -185,3 +209,29 @@ def train_cmd(
     message(f"saved to {result.version.path}; MLflow run {result.mlflow_run_id}")
     if deployed:
         out.print(f"deployed {deployed['version']} (was {deployed['previous'] or 'none'})")
+
+
+def _auto_deploy(settings: Any, store: Any, version: str) -> dict[str, Any] | None:
+    if not settings.deployment.auto_deploy_on_success:
+        return None
+    from ..deployment import deploy
+
+    message(f"AUTO_DEPLOY_ON_SUCCESS: deploying {version}")
+    return deploy(store, settings, version, reason="auto deploy after training").to_dict()
+
+
+def _train_knowledge(settings: Any, store: Any, documents: Path | None, incremental: bool, source: str | None,
+                     json_out: bool) -> dict[str, Any]:
+    """Build the knowledge base: a new version carrying over the source version's other components."""
+    from ..knowledge import DEFAULT_DOCUMENTS_OUTPUT, train_knowledge_base
+
+    with log_to(settings.paths.logs / "training.log"), RichProgress() as progress:
+        result = train_knowledge_base(settings, documents or DEFAULT_DOCUMENTS_OUTPUT, store, listener=progress,
+                                      incremental=incremental, source=source)
+    if not json_out:
+        out.print(f"knowledge base {result.version.name}: {result.documents} documents, {result.chunks} chunks "
+                  f"({result.embedded_chunks} embedded, {result.reused_chunks} reused"
+                  f"{', incremental' if result.incremental else ''}) in {result.build_seconds:.1f}s")
+        message(f"carried over the other components of {result.source}" if result.source
+                else "the registry was empty: this version holds only the knowledge base")
+    return result.to_dict()

@@ -10,7 +10,7 @@ from typing_extensions import Annotated
 
 from ._errors import handle_errors
 from ._options import ConfigOpt, JsonOpt, ProfileOpt, RegistryOpt, settings_from
-from ._render import log_to, message, out, print_json
+from ._render import log_to, message, out, print_json, warn
 
 
 @handle_errors
@@ -27,6 +27,10 @@ def validate_cmd(
     cv: Annotated[Optional[int], typer.Option("--cv", min=2, help="Stratified K-fold cross-validation with the "
                                               "version's config over its data (trains K models).",
                                               show_default=False)] = None,
+    kb_eval: Annotated[Optional[Path], typer.Option("--kb-eval", help="Retrieval questions (JSONL: question, doc, "
+                                                    "section) for a version with a knowledge base "
+                                                    "[default: datasets/kb_eval_es.jsonl when present].",
+                                                    show_default=False)] = None,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
     registry: RegistryOpt = None,
@@ -44,6 +48,8 @@ def validate_cmd(
         hotelbot validate v0002 --min-score 0.9 --json
 
         hotelbot validate --cv 5 --json
+
+        hotelbot validate --kb-eval my_questions.jsonl --json
     """
     from ..evaluation import top_confusions, validate_version
     from ..registry import ModelRegistry
@@ -53,17 +59,35 @@ def validate_cmd(
     if cv is not None:
         _cross_validate(settings, version, cv, json_out)
         return
+    store = ModelRegistry(settings.paths.registry)
+    info = store.require_intact(store.resolve(version or settings.model_version).name)
+    from ..components import components_of
+
+    components = components_of(info)
+    retrieval = _retrieval(info, kb_eval, settings) if "knowledge" in components else None
+    if "classifier" not in components:  # a knowledge base only: retrieval metrics, no classifier gate
+        from ..registry.store import utc_now
+
+        store.record_validation(info.name, {"version": info.name, "passed": True, "retrieval": retrieval,
+                                            "validated_at": utc_now()})
+        if json_out:
+            print_json({"version": info.name, "retrieval": retrieval})
+        elif retrieval:
+            _render_retrieval(retrieval)
+        return
     with log_to(settings.paths.logs / "validation.log"):
-        result = validate_version(ModelRegistry(settings.paths.registry), version, settings, data)
+        result = validate_version(store, info.name, settings, data)
         import logging
 
         logging.getLogger("hotelbot.validation").info(
             "%s %s=%.4f min=%.2f passed=%s", result.version, result.metrics["metric"], result.overall_score,
             result.min_score, result.passed)
     if json_out:
-        print_json(result.to_dict())
+        print_json({**result.to_dict(), "retrieval": retrieval})
     else:
         _render(result, top_confusions(result.metrics))
+        if retrieval:
+            _render_retrieval(retrieval)
     if not result.passed:
         message(f"gate failed: {result.metrics['metric']} {result.overall_score:.4f} < {result.min_score:.4f}")
         raise typer.Exit(3)
@@ -106,3 +130,28 @@ def _cross_validate(settings, version, folds: int, json_out: bool) -> None:
               f"{result['examples']} texts (mean ± std over folds)")
     for key, stats in result["summary"].items():
         out.print(f"  {key:<22} {stats['mean']:.4f} ± {stats['std']:.4f}   (min {stats['min']:.4f}, max {stats['max']:.4f})")
+
+
+DEFAULT_KB_EVAL = Path("datasets/kb_eval_es.jsonl")
+
+
+def _retrieval(info, kb_eval: Path | None, settings) -> dict | None:
+    """Retrieval metrics of the version's knowledge base (dense vs BM25), or None without questions."""
+    if kb_eval is None and not DEFAULT_KB_EVAL.exists():
+        warn(f"{info.name} has a knowledge base but no retrieval questions ({DEFAULT_KB_EVAL}); pass --kb-eval")
+        return None
+    from ..knowledge import evaluate_retrieval
+
+    return evaluate_retrieval(info, kb_eval or DEFAULT_KB_EVAL, k=5, models_dir=settings.paths.models_dir)
+
+
+def _render_retrieval(r: dict) -> None:
+    k = r["k"]
+    out.print(f"[bold]{r['version']}[/bold] knowledge base: {r['questions']} questions ({r['eval_path']}), "
+              f"{r['chunks']} chunks")
+    for name, key in ((f"dense ({r['embedding_model']})", "dense"), ("BM25 baseline", "bm25")):
+        m = r[key]
+        out.print(f"  {name:<48} hit@1 {m['hit@1']:.3f}  hit@{k} {m[f'hit@{k}']:.3f}  MRR {m['mrr']:.3f}   "
+                  f"document: hit@1 {m['doc_hit@1']:.3f}  hit@{k} {m[f'doc_hit@{k}']:.3f}  MRR {m['doc_mrr']:.3f}")
+    if r["unknown_targets"]:
+        warn(f"questions naming a section that is not in the index: {', '.join(r['unknown_targets'][:5])}")

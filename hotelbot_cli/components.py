@@ -1,0 +1,197 @@
+"""Registry components: which files and metadata keys make up each trained part of a version.
+
+A registry version is a FULL SNAPSHOT of the bot: every component it holds (intent classifier, knowledge
+base, entity extractor, sentiment classifier, ...) is in its directory, and ``metadata["components"]``
+lists them. Training one component therefore builds a NEW version that carries over the other
+components of a source version (the deployed one, else the newest) byte for byte, so deploy and
+rollback always move all components together.
+
+:func:`carry_over` is the one generic helper for that: it copies the other components' files into the
+staged version after checking them against the source's recorded checksums, and returns the metadata
+those components own (to merge into the new version's metadata).
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import IntegrityError
+from .registry.store import METADATA_FILE, sha256_file
+
+if TYPE_CHECKING:
+    from .registry import ModelRegistry, VersionInfo
+
+# Paths (relative to the version directory) owned by each component. The FIRST path is required: a
+# component listed in metadata["components"] whose first path is missing is an integrity error; the
+# others are copied when present (the classifier's report/ is optional).
+COMPONENT_PATHS: dict[str, tuple[str, ...]] = {
+    "classifier": ("model", "intent_classifier.pt", "metrics.json", "training_history.json", "data", "report"),
+    "knowledge": ("knowledge",),
+    "entities": ("entities",),
+    "sentiment": ("sentiment",),
+    "generator": ("generator",),
+}
+
+# Metadata keys owned by each component. The classifier predates components, so its summary lives in
+# top-level keys; every later component keeps its summary under its own name.
+COMPONENT_METADATA_KEYS: dict[str, tuple[str, ...]] = {
+    "classifier": ("labels", "base_model", "out_of_scope_threshold", "dataset_fingerprint", "dataset", "config",
+                   "metrics", "training", "mlflow_run_id", "mlflow_tracking_uri", "kind"),
+    "knowledge": ("knowledge",),
+    "entities": ("entities",),
+    "sentiment": ("sentiment",),
+    "generator": ("generator",),
+}
+
+
+def component_paths(component: str) -> tuple[str, ...]:
+    """The paths a component owns (an unknown component owns the directory named after it)."""
+    return COMPONENT_PATHS.get(component, (component,))
+
+
+def component_metadata_keys(component: str) -> tuple[str, ...]:
+    return COMPONENT_METADATA_KEYS.get(component, (component,))
+
+
+def components_of(info: "VersionInfo") -> list[str]:
+    """The components a version holds: ``metadata["components"]``, or for a version written before that
+    key existed, the known components whose required path is present."""
+    listed = info.metadata.get("components")
+    if isinstance(listed, list):
+        return [str(c) for c in listed]
+    return [name for name, paths in COMPONENT_PATHS.items() if (info.path / paths[0]).exists()]
+
+
+def has_component(info: "VersionInfo", component: str) -> bool:
+    return component in components_of(info)
+
+
+def source_version(registry: "ModelRegistry", name: str | None = None) -> "VersionInfo | None":
+    """The version a new component build carries over from: ``name``, else the deployed version, else the
+    newest; None for an empty registry. Its files are NOT checked here: :func:`carry_over` checks exactly
+    the files it copies, so a corrupt copy of the component being replaced does not block a rebuild."""
+    name = name or registry.current_name()
+    if name is None:
+        latest = registry.latest()
+        name = latest.name if latest is not None else None
+    return None if name is None else registry.get(name)
+
+
+def _check_component_files(source: "VersionInfo", component: str) -> list[str]:
+    """Relative paths of the component's files in ``source``, each checked against the recorded sha256.
+
+    Raises IntegrityError for a changed, missing or unrecorded file, or a missing required path."""
+    recorded: dict[str, str] = source.metadata.get("files") or {}
+    paths = component_paths(component)
+    present: set[str] = set()
+    expected: set[str] = set()
+    for rel in paths:
+        target = source.path / rel
+        if target.is_dir():
+            present |= {p.relative_to(source.path).as_posix() for p in target.rglob("*") if p.is_file()}
+        elif target.is_file():
+            present.add(rel)
+        expected |= {r for r in recorded if r == rel or r.startswith(rel + "/")}
+    if not (source.path / paths[0]).exists():
+        raise IntegrityError(f"cannot carry over the {component} of {source.name}: {paths[0]} is missing",
+                             hint="deploy or roll back to an intact version first")
+    for rel in sorted(expected | present):
+        if rel not in expected:
+            problem = "is not recorded in its metadata (added after publishing)"
+        elif rel not in present:
+            problem = "is missing"
+        elif sha256_file(source.path / rel) != recorded[rel]:
+            problem = "fails its checksum"
+        else:
+            continue
+        raise IntegrityError(f"cannot carry over the {component} of {source.name}: {rel} {problem}",
+                             hint="deploy or roll back to an intact version first")
+    return sorted(present)
+
+
+def carry_over(registry: "ModelRegistry", staged: Path, replacing: str, *, source: str | None = None) -> dict[str, Any]:
+    """Copy every component of the source version except ``replacing`` into ``staged``.
+
+    The source is ``source``, else the deployed version, else the newest (:func:`source_version`). Each
+    copied file is first checked against the source's ``metadata["files"]``. Returns the metadata to merge
+    into the new version's: ``components`` (the carried ones in the source's order, then ``replacing``),
+    the carried components' own metadata keys (see :data:`COMPONENT_METADATA_KEYS`; a dict-valued
+    component summary gains ``carried_from``), ``parent`` (the source's name, or None) and
+    ``carried_over`` ({"from", "components"}). Nothing is copied from an empty registry.
+    """
+    staged = Path(staged)
+    src = source_version(registry, source)
+    if src is None:
+        return {"components": [replacing], "parent": None, "carried_over": {"from": None, "components": []}}
+    others = [c for c in components_of(src) if c != replacing]
+    checked = {c: _check_component_files(src, c) for c in others}  # all checks before any copy
+    for component in others:
+        for rel in component_paths(component):
+            origin = src.path / rel
+            if rel == METADATA_FILE or not origin.exists():
+                continue
+            if origin.is_dir():
+                shutil.copytree(origin, staged / rel, symlinks=False)
+            else:
+                (staged / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(origin, staged / rel)
+        copied = {p.relative_to(staged).as_posix() for rel in component_paths(component)
+                  for p in ([staged / rel] if (staged / rel).is_file() else (staged / rel).rglob("*"))
+                  if p.is_file()}
+        if copied != set(checked[component]):  # the source changed between the check and the copy
+            raise IntegrityError(f"the {component} of {src.name} changed while it was being carried over")
+    merged: dict[str, Any] = {"components": others + [replacing], "parent": src.name,
+                              "carried_over": {"from": src.name, "components": others}}
+    for component in others:
+        for key in component_metadata_keys(component):
+            if key not in src.metadata:
+                continue
+            value = copy.deepcopy(src.metadata[key])
+            if component != "classifier" and isinstance(value, dict):
+                value["carried_from"] = src.name
+            merged[key] = value
+    return merged
+
+
+@dataclass
+class ComponentTrainResult:
+    """What train_entities / train_sentiment return (the CLI renders it)."""
+
+    component: str
+    version: "VersionInfo"
+    metrics: dict[str, Any]
+    duration_seconds: float
+    mlflow_run_id: str | None
+    history: list[dict[str, Any]]
+    carried_from: str | None
+    carried_components: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        scalar = {k: v for k, v in self.metrics.items() if isinstance(v, (int, float, str)) or v is None}
+        return {"component": self.component, "version": self.version.name, "skipped": False,
+                "duration_seconds": round(self.duration_seconds, 2), "mlflow_run_id": self.mlflow_run_id,
+                "overall_score": self.metrics.get("overall_score"), "metric": self.metrics.get("metric"),
+                "metrics": scalar, "per_type": self.metrics.get("per_type"),
+                "per_label": self.metrics.get("per_intent"), "history": self.history,
+                "components": self.version.metadata.get("components"), "carried_from": self.carried_from,
+                "carried_components": self.carried_components}
+
+
+def find_component_match(registry: "ModelRegistry", component: str, fingerprint: str,
+                         config: dict[str, Any]) -> "VersionInfo | None":
+    """The newest version whose ``component`` was trained on the same data fingerprint and config."""
+    for info in reversed(registry.list_versions()):
+        summary = info.metadata.get(component)
+        if isinstance(summary, dict) and summary.get("dataset_fingerprint") == fingerprint \
+                and summary.get("config") == config:
+            return info
+    return None
+
+
+__all__ = ["COMPONENT_PATHS", "COMPONENT_METADATA_KEYS", "ComponentTrainResult", "carry_over",
+           "component_metadata_keys", "component_paths", "components_of", "find_component_match", "has_component",
+           "source_version"]
