@@ -607,17 +607,10 @@ class EmbeddingModel:
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """No weight-loading progress bar or load report on stderr (a search prints results, not noise)."""
-    from transformers.utils import logging as hf_logging
+    from .modeling import quiet_transformers
 
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
+    with quiet_transformers():
         yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 _E5_NAME_RE = re.compile(r"(^|[/_.-])e5([/_.-]|$)", re.IGNORECASE)

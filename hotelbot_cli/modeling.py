@@ -14,11 +14,12 @@ self-contained file for ``torch.load(path, weights_only=True)``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -70,14 +71,31 @@ def _no_pooler_kwargs(config: Any) -> dict[str, Any]:
     return {"add_pooling_layer": False} if getattr(config, "model_type", "") in ("bert", "roberta", "xlm-roberta") else {}
 
 
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No weight-loading progress bar or load report on stderr while loading (the CLI shows its own)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_base_encoder(resolved: ResolvedBaseModel) -> tuple[Any, Any]:
     """(tokenizer, encoder) from a resolved base model; a clear ModelError when it cannot load."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     try:
-        config = AutoConfig.from_pretrained(resolved.location)
-        tokenizer = AutoTokenizer.from_pretrained(resolved.location)
-        encoder = AutoModel.from_pretrained(resolved.location, config=config, **_no_pooler_kwargs(config))
+        with quiet_transformers():
+            config = AutoConfig.from_pretrained(resolved.location)
+            tokenizer = AutoTokenizer.from_pretrained(resolved.location)
+            encoder = AutoModel.from_pretrained(resolved.location, config=config, **_no_pooler_kwargs(config))
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(
