@@ -88,32 +88,56 @@ def compare(candidate: dict[str, Any], reference: dict[str, Any], reference_vers
 
 @dataclass
 class ValidationResult:
+    """``metrics`` are the intent classifier's ({} for a version without one); ``components`` hold the other
+    scored components' metrics (entities, sentiment), each on its own validation split. Every one of them
+    must reach ``min_score`` to pass."""
+
     version: str
     metrics: dict[str, Any]
     min_score: float
     data_source: str
     comparison: Comparison | None = None
     validated_at: str = ""
+    components: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def overall_score(self) -> float:
-        return float(self.metrics["overall_score"])
+        """The classifier's overall_score; without a classifier, the lowest component score."""
+        if self.metrics:
+            return float(self.metrics["overall_score"])
+        return min(float(m["overall_score"]) for m in self.components.values())
+
+    @property
+    def classifier_passed(self) -> bool:
+        return not self.metrics or float(self.metrics["overall_score"]) >= self.min_score
+
+    @property
+    def failures(self) -> list[str]:
+        out = [] if self.classifier_passed else [
+            f"{self.metrics['metric']} {self.overall_score:.4f} < MIN_VALIDATION_SCORE {self.min_score:.4f}"]
+        out += [f"{name} {m['metric']} {m['overall_score']:.4f} < MIN_VALIDATION_SCORE {self.min_score:.4f}"
+                for name, m in self.components.items() if m["overall_score"] < self.min_score]
+        return out
 
     @property
     def passed(self) -> bool:
-        return self.overall_score >= self.min_score
+        return not self.failures
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": self.version,
             "overall_score": self.overall_score,
-            "metric": self.metrics["metric"],
+            "metric": self.metrics["metric"] if self.metrics else "lowest component score",
             "min_validation_score": self.min_score,
             "passed": self.passed,
+            "failures": self.failures,
             "data_source": self.data_source,
             "validated_at": self.validated_at,
             "metrics": self.metrics,
             "comparison": self.comparison.to_dict() if self.comparison else None,
+            "components": {name: {"metric": m["metric"], "overall_score": m["overall_score"],
+                                  "passed": m["overall_score"] >= self.min_score, "metrics": m}
+                           for name, m in self.components.items()},
         }
 
 
@@ -121,16 +145,27 @@ def validate_version(registry: Any, version: str | None, settings: Any, data_dir
     """Evaluate a saved version on a validation split; compare with the deployed version if any.
 
     The split is the version's own (stored at train time) unless ``data_dir`` names a prepared directory.
+    The entity and sentiment models, when present, are scored on their own stored validation splits.
     The result is recorded in the registry (``validations/``) and under ``reports/validation_reports/``.
     """
     from pathlib import Path
 
     from ._atomic import atomic_write_json
+    from .analysis import validate_components
+    from .components import components_of
     from .data import read_jsonl_examples, read_prepared
+    from .errors import RegistryError
     from .inference import Predictor
     from .registry.store import utc_now
 
     info = registry.require_intact(registry.resolve(version or settings.model_version).name)
+    components = validate_components(info, settings.validation.metric)
+    if "classifier" not in components_of(info):
+        if not components:
+            raise RegistryError(f"version {info.name} has no classifier, entity or sentiment model to validate")
+        result = ValidationResult(info.name, {}, settings.validation.min_validation_score,
+                                  f"{info.name}: each component's own validation split", None, utc_now(), components)
+        return _record(registry, settings, result)
     if data_dir is not None:
         examples = read_prepared(Path(data_dir)).validation
         source = str(data_dir)
@@ -157,10 +192,19 @@ def validate_version(registry: Any, version: str | None, settings: Any, data_dir
                                              settings.validation.metric)
         comparison = compare(metrics, ref_metrics, current)
     result = ValidationResult(info.name, metrics, settings.validation.min_validation_score, source, comparison,
-                              utc_now())
-    registry.record_validation(info.name, result.to_dict())
+                              utc_now(), components)
+    return _record(registry, settings, result)
+
+
+def _record(registry: Any, settings: Any, result: ValidationResult) -> ValidationResult:
+    from pathlib import Path
+
+    from ._atomic import atomic_write_json
+
+    registry.record_validation(result.version, result.to_dict())
     stamp = result.validated_at.replace(":", "").replace("-", "").replace("+0000", "Z")
-    atomic_write_json(Path(settings.paths.reports) / "validation_reports" / f"{info.name}-{stamp}.json", result.to_dict())
+    atomic_write_json(Path(settings.paths.reports) / "validation_reports" / f"{result.version}-{stamp}.json",
+                      result.to_dict())
     return result
 
 

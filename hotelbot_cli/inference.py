@@ -1,16 +1,26 @@
-"""Predictor: load a registry version and classify texts (batch first)."""
+"""Predictor: load a registry version and classify texts (batch first).
+
+Two predictors share one interface (``version``, ``labels``, ``config``, ``threshold``,
+``probabilities``, ``predict``, ``predict_labels``): :class:`Predictor` on PyTorch, and
+:class:`~hotelbot_cli.onnx_runtime.OnnxPredictor` on onnxruntime + tokenizers. :func:`load_predictor`
+and :func:`predictor_from_registry` pick the one the version's ``model/runtime.json`` names (override:
+``HOTELBOT_RUNTIME=torch|onnx-fp32|onnx-int8``). Importing this module imports neither torch nor
+onnxruntime: each is imported inside the code that needs it.
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, Union
 
 from .data import OUT_OF_SCOPE, clean_text
 from .errors import DataError
 from .registry import ModelRegistry, VersionInfo
 
 MODEL_SUBDIR = "model"
+log = logging.getLogger("hotelbot.inference")
 
 
 @dataclass
@@ -38,6 +48,7 @@ class Predictor:
         self.config = model.classifier_config
         self.labels = list(self.config.labels)
         self._torch = torch
+        self.runtime = "torch"
 
     @classmethod
     def from_version(cls, info: VersionInfo) -> "Predictor":
@@ -87,6 +98,14 @@ class Predictor:
     def threshold(self) -> float | None:
         return getattr(self.config, "oos_threshold", None)
 
+    @property
+    def query_prefix(self) -> str:
+        return self.config.query_prefix
+
+    @property
+    def max_length(self) -> int:
+        return self.config.max_length
+
     def predict_labels(self, texts: Sequence[str], batch_size: int = 32, apply_threshold: bool = True) -> list[str]:
         probs = self.probabilities(texts, batch_size)
         confidence, best = probs.max(dim=-1)
@@ -97,3 +116,70 @@ class Predictor:
 
 def model_dir(info: VersionInfo) -> Path:
     return info.path / MODEL_SUBDIR
+
+
+AnyPredictor = Union[Predictor, "OnnxPredictor"]  # noqa: F821 - hotelbot_cli.onnx_runtime.OnnxPredictor
+
+
+def _plan(info: VersionInfo, runtime: str | None) -> tuple[str, bool]:
+    """(runtime to load, whether it was asked for explicitly) for a version."""
+    from . import onnx_runtime as rt
+
+    asked = rt.requested_runtime(runtime)
+    if asked is not None:
+        return asked, True
+    spec = rt.read_runtime_spec(info.path / MODEL_SUBDIR)
+    return (spec["runtime"] if spec else rt.TORCH), False
+
+
+def _onnx_usable(info: VersionInfo, runtime: str, explicit: bool) -> bool:
+    from . import onnx_runtime as rt
+
+    if runtime == rt.TORCH:
+        return False
+    if not (info.path / MODEL_SUBDIR / rt.ONNX_FILES[runtime]).is_file():
+        if explicit:
+            log.warning("%s has no %s model; using torch", info.name, runtime)
+        return False
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        log.warning("onnxruntime is not installed; %s runs on torch", info.name)
+        return False
+    return True
+
+
+def load_predictor(info: VersionInfo, runtime: str | None = None) -> AnyPredictor:
+    """The predictor for an (already verified) version: ONNX when its runtime.json (or ``runtime`` /
+    ``HOTELBOT_RUNTIME``) names an ONNX runtime whose file exists, else the PyTorch one."""
+    from . import onnx_runtime as rt
+
+    chosen, explicit = _plan(info, runtime)
+    if _onnx_usable(info, chosen, explicit):
+        return rt.OnnxPredictor.from_version(info, chosen)
+    return Predictor.from_version(info)
+
+
+def predictor_from_registry(registry: ModelRegistry, version: str | None = None, verify: bool = True,
+                            runtime: str | None = None) -> AnyPredictor:
+    """Load ``version`` (default: deployed, else newest) for predict/serve, refusing corrupt versions.
+
+    With an ONNX runtime only the files it reads are checksummed (runtime.json, classifier.json,
+    tokenizer.json, tokenizer_config.json, tokenizer.unigram.bin, the .onnx file and its .data), not the ~470 MB
+    of PyTorch weights it never opens; the torch runtime checks the whole version as before.
+    """
+    from . import onnx_runtime as rt
+
+    info = registry.resolve(version)
+    if verify and info.metadata.get("corrupt"):
+        info = registry.require_intact(info.name)  # raises with the reason
+    explicit = rt.requested_runtime(runtime) is not None
+    if verify and not explicit:
+        # runtime.json decides what gets loaded: check it before believing it.
+        rt.require_files_intact(info, [f"{MODEL_SUBDIR}/{rt.RUNTIME_FILE}"])
+    chosen, explicit = _plan(info, runtime)
+    if _onnx_usable(info, chosen, explicit):
+        return rt.OnnxPredictor.from_version(info, chosen, verify=verify)
+    if verify:
+        info = registry.require_intact(info.name)
+    return Predictor.from_version(info)

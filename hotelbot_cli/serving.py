@@ -255,6 +255,7 @@ class LoadedModel:
     version: str
     threshold: float | None = None
     knowledge: Any = None  # hotelbot_cli.knowledge.KnowledgeBase when the version has one
+    analyzer: Any = None  # hotelbot_cli.analysis.Analyzer: classifier + entity + sentiment models (those present)
     loaded_at: float = field(default_factory=time.time)
 
     def answer(self, prediction: Any) -> dict[str, Any]:
@@ -274,6 +275,25 @@ def _load_version(info: VersionInfo) -> Any:
     from .inference import Predictor
 
     return Predictor.from_version(info)
+
+
+def _load_analyzer(info: VersionInfo, predictor: Any, components: Sequence[str]) -> Any:
+    """An Analyzer around the loaded classifier plus the version's entity/sentiment models; None when the
+    version has none of the three (a knowledge base only)."""
+    from .analysis import Analyzer
+
+    entities = sentiment = None
+    if "entities" in components:
+        from .entities import EntityExtractor
+
+        entities = EntityExtractor.from_version(info)
+    if "sentiment" in components:
+        from .sentiment import SentimentClassifier
+
+        sentiment = SentimentClassifier.from_version(info)
+    if predictor is None and entities is None and sentiment is None:
+        return None
+    return Analyzer(info.name, predictor, entities, sentiment)
 
 
 class ModelHolder:
@@ -357,11 +377,14 @@ class ModelHolder:
             knowledge = KnowledgeBase.from_version(info)
             if not knowledge.search(SMOKE_TEXT, top_k=1):  # also loads the query encoder before the swap
                 raise ModelError(f"version {name}'s knowledge base returned nothing for a smoke search")
-        model = LoadedModel(predictor, info.name, threshold, knowledge)
+        analyzer = _load_analyzer(info, predictor, components)
+        model = LoadedModel(predictor, info.name, threshold, knowledge, analyzer)
         if predictor is not None:
             smoke = predictor.predict([SMOKE_TEXT], top_k=self.settings.top_k)
             if len(smoke) != 1 or not 0.0 <= float(smoke[0].confidence) <= 1.0:
                 raise ModelError(f"version {name} gave a malformed smoke prediction")
+        if analyzer is not None and len(analyzer.analyze([SMOKE_TEXT], top_k=self.settings.top_k)) != 1:
+            raise ModelError(f"version {name} gave a malformed smoke analysis")
         return model
 
     def unavailable(self) -> ServeError:
@@ -456,6 +479,12 @@ class MicroBatcher:
 
     async def classify(self, model: LoadedModel, texts: Sequence[str]) -> list[dict[str, Any]]:
         return list(await asyncio.gather(*self.submit(model, texts)))
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` in the model worker thread (not batched), so torch never runs two passes at once."""
+        if self._executor is None:
+            raise ServeError(503, "the server is not accepting work", "the micro-batcher is not running")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def _run(self) -> None:
         assert self._wakeup is not None and self._full is not None
@@ -574,6 +603,25 @@ class SearchResults(BaseModel):
     results: list[SearchHitModel]
 
 
+class AnalyzeRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"texts": ["Soy Ana, de la 305: llegamos el 15/08"]}]})
+
+    texts: list[Text] = Field(min_length=1, description="1 to max_batch_size non-empty messages.")
+
+
+class Entity(BaseModel):
+    type: str
+    text: str = Field(description="text[start:end] of the message as sent")
+    start: int
+    end: int
+    confidence: float = Field(description="Mean probability of the entity's tokens' tags.")
+
+
+class Sentiment(BaseModel):
+    label: str = Field(description="positive, neutral or negative")
+    confidence: float
+
+
 class RankedIntent(BaseModel):
     intent: str
     confidence: float
@@ -590,6 +638,21 @@ class Classification(BaseModel):
 class BatchClassification(BaseModel):
     model_version: str
     predictions: list[Classification]
+
+
+class Analysis(BaseModel):
+    text: str
+    intent: str | None = Field(description="As /classify; null when the version has no intent classifier.")
+    confidence: float | None
+    top_k: list[RankedIntent]
+    fallback: bool | None
+    entities: list[Entity] = Field(description="[] when the version has no entity model.")
+    sentiment: Sentiment | None = Field(description="null when the version has no sentiment model.")
+
+
+class BatchAnalysis(BaseModel):
+    model_version: str
+    predictions: list[Analysis]
 
 
 class Readiness(BaseModel):
@@ -712,7 +775,7 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
     app.state.models = holder
     app.state.batcher = batcher
     app.add_middleware(_MetricsMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes,
-                       post_paths=frozenset({"/classify", "/classify/batch", "/search"}))
+                       post_paths=frozenset({"/classify", "/classify/batch", "/search", "/analyze"}))
 
     def require_model() -> LoadedModel:
         model = holder.model
@@ -761,6 +824,22 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
             check_length(text, f"texts[{i}]")
         model = require_model()
         answers = await batcher.classify(model, body.texts)
+        return _json({"model_version": model.version, "predictions": answers})
+
+    @app.post("/analyze", tags=["analyze"], response_model=BatchAnalysis, responses=ERROR_RESPONSES,
+              summary="Intent, entities and sentiment of messages, with one model version")
+    async def analyze(body: AnalyzeRequest) -> Any:
+        if len(body.texts) > settings.max_batch_size:
+            raise ServeError(413, "batch too large", f"{len(body.texts)} texts; the limit is {settings.max_batch_size}")
+        for i, text in enumerate(body.texts):
+            check_length(text, f"texts[{i}]")
+        model = holder.model
+        if model is None:
+            raise holder.unavailable()
+        if model.analyzer is None:
+            raise ServeError(503, "nothing to analyze with", f"version {model.version} has no classifier, entity or "
+                             "sentiment model")
+        answers = await batcher.run(model.analyzer.analyze, body.texts, settings.top_k)
         return _json({"model_version": model.version, "predictions": answers})
 
     @app.post("/search", tags=["search"], response_model=SearchResults, responses=ERROR_RESPONSES,

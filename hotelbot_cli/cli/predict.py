@@ -24,7 +24,7 @@ def predict_cmd(
     registry: RegistryOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Classify texts with a registry version.
+    """Classify texts with a registry version; with its entity and sentiment models when it has them.
 
     Examples:
 
@@ -35,7 +35,7 @@ def predict_cmd(
         cat messages.txt | hotelbot predict - --json
     """
     from ..errors import DataError
-    from ..inference import Predictor
+    from ..inference import predictor_from_registry
     from ..registry import ModelRegistry
 
     if "-" in texts:
@@ -43,12 +43,29 @@ def predict_cmd(
         texts = [t for t in texts if t != "-"] + stdin_texts
     if not texts:
         raise DataError("no text to classify", hint="pass TEXT arguments or '-' with lines on stdin")
+    from ..components import components_of
+
     settings = settings_from(registry=registry)
-    predictor = Predictor.from_registry(ModelRegistry(settings.paths.registry), version or settings.model_version)
-    predictions = predictor.predict(texts, top_k=top_k)
+    store = ModelRegistry(settings.paths.registry)
+    info = store.resolve(version or settings.model_version)
+    if {"entities", "sentiment"} & set(components_of(info)):
+        from ..analysis import Analyzer
+        from ..inference import load_predictor
+
+        analyzer = Analyzer.from_registry(store, info.name, classifier_loader=load_predictor)
+        name, rows = analyzer.version, analyzer.analyze(texts, top_k=top_k)
+    else:
+        # ONNX when the version has it (torch is then never imported); HOTELBOT_RUNTIME overrides.
+        predictor = predictor_from_registry(store, info.name)
+        name = predictor.version
+        rows = [{**p.to_dict(), "entities": [], "sentiment": None} for p in predictor.predict(texts, top_k=top_k)]
     if json_out:
-        print_json({"model_version": predictor.version, "predictions": [p.to_dict() for p in predictions]})
+        print_json({"model_version": name, "predictions": rows})
         return
-    for p in predictions:
-        others = ", ".join(f"{r['intent']} {r['confidence']:.2f}" for r in p.top_k[1:])
-        out.print(f"{p.text}\t{p.intent}\t{p.confidence:.3f}" + (f"\t({others})" if others else ""))
+    for r in rows:
+        others = ", ".join(f"{t['intent']} {t['confidence']:.2f}" for t in r["top_k"][1:])
+        intent = "-" if r["intent"] is None else f"{r['intent']}\t{r['confidence']:.3f}"
+        extra = "".join(f"\t{e['type']}={e['text']!r}" for e in r["entities"])
+        if r["sentiment"] is not None:
+            extra += f"\tsentiment={r['sentiment']['label']} {r['sentiment']['confidence']:.2f}"
+        out.print(f"{r['text']}\t{intent}" + (f"\t({others})" if others else "") + extra)

@@ -21,6 +21,14 @@ def prepare_cmd(
     documents: Annotated[Optional[Path], typer.Option("--documents", help="A folder of hotel documents (.md, .txt) "
                                                       "to chunk for the knowledge base, instead of DATA.",
                                                       show_default=False)] = None,
+    entities: Annotated[Optional[Path], typer.Option("--entities", help="Entity data (.jsonl of {text, entities: "
+                                                     "[{start, end, label}]}) to validate and split, instead of "
+                                                     "DATA [default output: data/entities].",
+                                                     show_default=False)] = None,
+    sentiment: Annotated[Optional[Path], typer.Option("--sentiment", help="Sentiment data (.jsonl of {text, "
+                                                      "label}: positive/neutral/negative), instead of DATA "
+                                                      "[default output: data/sentiment].",
+                                                      show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write: the intent split "
                                                    "[env: HOTELBOT_DATA; default: data/processed], or with "
                                                    "--documents the chunks [default: data/documents].",
@@ -57,9 +65,17 @@ def prepare_cmd(
         hotelbot prepare --documents datasets/documentos
 
         hotelbot prepare --documents docs/ --chunk-size 600 --output /tmp/chunks --json
+
+        hotelbot prepare --entities datasets/entidades_es.jsonl
+
+        hotelbot prepare --sentiment datasets/sentimiento_es.jsonl --json
     """
-    if (data is None) == (documents is None):
-        _usage("give either DATA (intent data) or --documents DIR (hotel documents)")
+    if sum(x is not None for x in (data, documents, entities, sentiment)) != 1:
+        _usage("give exactly one of DATA (intent data), --documents DIR, --entities FILE or --sentiment FILE")
+    if entities is not None or sentiment is not None:
+        _prepare_component("entities" if entities is not None else "sentiment", entities or sentiment, output,
+                           validation_split, seed, dry_run, json_out, config, profile)
+        return
     if documents is not None:
         if validation_split is not None or seed is not None:
             _usage("--validation-split and --seed apply to intent data, not to --documents")
@@ -111,3 +127,31 @@ def _prepare_documents(directory: Path, output: Path | None, chunk_size: int, ch
     out.print(f"fingerprint {prepared.fingerprint}")
     if target is not None:
         message(f"wrote {target}/ (chunks.jsonl, documents.json)")
+
+
+def _prepare_component(component: str, path: Path, output: Path | None, validation_split: float | None,
+                       seed: int | None, dry_run: bool, json_out: bool, config: Path | None,
+                       profile: str | None) -> None:
+    from ..entities import default_data_dir, prepare_entities, write_prepared_entities
+    from ..sentiment import prepare_sentiment, write_prepared_sentiment
+
+    settings = settings_from(config, profile,
+                             overrides={"data_config": {"validation_split": validation_split, "seed": seed}})
+    prepare, write = ((prepare_entities, write_prepared_entities) if component == "entities"
+                      else (prepare_sentiment, write_prepared_sentiment))
+    prepared = prepare(path, settings.data.validation_split, settings.data.seed)
+    target = None if dry_run else (output or default_data_dir(settings, component))
+    if target is not None:
+        write(prepared, target)
+    summary = {**prepared.to_summary(), "component": component, "output": None if target is None else str(target)}
+    if json_out:
+        print_json(summary)
+        return
+    for w in prepared.warnings:
+        warn(w["message"])
+    per = summary.get("entities_per_type") or summary.get("examples_per_label") or {}
+    out.print(f"{summary['examples']} {component} examples: {summary['train_size']} train, "
+              f"{summary['validation_size']} validation; " + ", ".join(f"{k} {v}" for k, v in per.items()))
+    out.print(f"fingerprint {prepared.fingerprint}")
+    if target is not None:
+        message(f"wrote {target}/ (train.jsonl, validation.jsonl, dataset.json)")

@@ -16,12 +16,15 @@ from ._render import err, log_to, message, out, print_json, warn
 
 class ModelType(str, Enum):
     classifier = "classifier"
+    entities = "entities"
+    sentiment = "sentiment"
     embeddings = "embeddings"
     generator = "generator"
     all = "all"
 
 
-BUILT = {ModelType.classifier, ModelType.embeddings}
+BUILT = {ModelType.classifier, ModelType.embeddings, ModelType.entities, ModelType.sentiment}
+COMPONENT_TYPES = (ModelType.entities, ModelType.sentiment)  # trained on their own data, carrying the rest over
 
 
 class RichProgress:
@@ -65,6 +68,7 @@ class RichProgress:
             self.progress.console.log(
                 f"epoch {event.epoch:.0f}: eval loss {m.get('loss', float('nan')):.4f}  "
                 f"accuracy {m.get('accuracy', 0):.4f}  macro-F1 {m.get('macro_f1', 0):.4f}"
+                + (f"  micro-F1 {m['micro_f1']:.4f}" if "micro_f1" in m else "")
                 + (f"  ({event.message})" if event.message else ""))
         elif event.kind == "end" and self.task is not None:
             self.progress.update(self.task, completed=event.step)
@@ -142,7 +146,7 @@ def train_cmd(
 
     if model_type is not ModelType.all and model_type not in BUILT:
         raise NotImplementedYetError(f"--model-type {model_type.value}: not implemented yet; "
-                                     "use --model-type classifier or embeddings")
+                                     "use --model-type classifier, entities, sentiment or embeddings")
     if model_type is ModelType.all:
         skipped = sorted(t.value for t in ModelType if t not in BUILT and t is not ModelType.all)
         warn(f"--model-type all: {', '.join(skipped)} not implemented yet, skipped; training the classifier, "
@@ -151,13 +155,26 @@ def train_cmd(
     from ..training import AlreadyTrainedError, train_classifier
 
     freeze = None if train_embeddings is None else ("no" if train_embeddings else "yes")
-    settings = settings_from(config, profile, registry, data, overrides={"training_config": {
+    # --data names the component's own data for entities/sentiment, not the intent split
+    settings = settings_from(config, profile, registry, None if model_type in COMPONENT_TYPES else data,
+                             overrides={"training_config": {
         "base_model": base_model, "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
         "head_learning_rate": head_learning_rate, "max_length": max_length, "seed": seed,
         "early_stopping_patience": patience, "freeze_embeddings": freeze, "class_weights": class_weights}})
-    if from_version and not incremental and model_type is not ModelType.embeddings:
+    if from_version and not incremental and model_type not in (ModelType.embeddings, *COMPONENT_TYPES):
         raise typer.BadParameter("--from goes with --incremental")
     store = ModelRegistry(settings.paths.registry)
+    if model_type in COMPONENT_TYPES:
+        if incremental or hpo:
+            raise typer.BadParameter(f"--incremental and --hpo apply to the classifier, not --model-type "
+                                     f"{model_type.value}")
+        doc = _train_component(model_type.value, settings, store, data, force, from_version, json_out)
+        deployed = None if doc["skipped"] else _auto_deploy(settings, store, doc["version"])
+        if json_out:
+            print_json({**doc, "deployed": deployed})
+        elif deployed:
+            out.print(f"deployed {deployed['version']} (was {deployed['previous'] or 'none'})")
+        return
     if model_type is ModelType.embeddings:
         knowledge = _train_knowledge(settings, store, documents, incremental, from_version, json_out)
         deployed = _auto_deploy(settings, store, knowledge["version"])
@@ -235,3 +252,40 @@ def _train_knowledge(settings: Any, store: Any, documents: Path | None, incremen
         message(f"carried over the other components of {result.source}" if result.source
                 else "the registry was empty: this version holds only the knowledge base")
     return result.to_dict()
+
+
+def _train_component(component: str, settings: Any, store: Any, data: Path | None, force: bool,
+                     source: str | None, json_out: bool) -> dict[str, Any]:
+    """Train the entity extractor or the sentiment model: a new version carrying over the other components of
+    ``source`` (default: deployed, else newest). ``data`` (--data) is a prepared directory or a .jsonl file;
+    default: what `hotelbot prepare --entities/--sentiment` wrote (data/entities, data/sentiment)."""
+    from ..entities import default_data_dir
+    from ..errors import DataError
+    from ..training import AlreadyTrainedError
+
+    if component == "entities":
+        from ..entities import train_entities as train_fn
+    else:
+        from ..sentiment import train_sentiment as train_fn
+    path = Path(data) if data is not None else default_data_dir(settings, component)
+    if not path.exists():
+        sample = "entidades_es" if component == "entities" else "sentimiento_es"
+        raise DataError(f"no {component} data in {path}",
+                        hint=f"run `hotelbot prepare --{component} datasets/{sample}.jsonl` or pass --data")
+    try:
+        with log_to(settings.paths.logs / "training.log"), RichProgress() as progress:
+            result = train_fn(settings, path, store, listener=progress, force=force, source=source)
+    except AlreadyTrainedError as exc:
+        if not json_out:
+            message(exc.message)
+        return {"component": component, "version": exc.version, "skipped": True, "reason": exc.message}
+    doc = result.to_dict()
+    if not json_out:
+        m = result.metrics
+        out.print(f"trained {component} {result.version.name} in {result.duration_seconds:.1f}s: "
+                  f"{m['metric']} {m['overall_score']:.4f}; components {', '.join(doc['components'])}"
+                  + (f" (carried over from {result.carried_from})" if result.carried_from else ""))
+        if component == "entities":
+            out.print("  F1 per type: " + "  ".join(f"{k} {v['f1']:.3f}" for k, v in m["per_type"].items()))
+        message(f"saved to {result.version.path}; MLflow run {result.mlflow_run_id}")
+    return doc

@@ -65,7 +65,7 @@ def validate_cmd(
 
     components = components_of(info)
     retrieval = _retrieval(info, kb_eval, settings) if "knowledge" in components else None
-    if "classifier" not in components:  # a knowledge base only: retrieval metrics, no classifier gate
+    if not {"classifier", "entities", "sentiment"} & set(components):  # a knowledge base only: retrieval metrics
         from ..registry.store import utc_now
 
         store.record_validation(info.name, {"version": info.name, "passed": True, "retrieval": retrieval,
@@ -80,17 +80,40 @@ def validate_cmd(
         import logging
 
         logging.getLogger("hotelbot.validation").info(
-            "%s %s=%.4f min=%.2f passed=%s", result.version, result.metrics["metric"], result.overall_score,
-            result.min_score, result.passed)
+            "%s %s=%.4f min=%.2f passed=%s%s", result.version, result.to_dict()["metric"], result.overall_score,
+            result.min_score, result.passed,
+            "".join(f" {k}={v['overall_score']:.4f}" for k, v in result.components.items()))
     if json_out:
         print_json({**result.to_dict(), "retrieval": retrieval})
     else:
-        _render(result, top_confusions(result.metrics))
+        if result.metrics:
+            _render(result, top_confusions(result.metrics))
+        _render_components(result)
         if retrieval:
             _render_retrieval(retrieval)
     if not result.passed:
-        message(f"gate failed: {result.metrics['metric']} {result.overall_score:.4f} < {result.min_score:.4f}")
+        message("gate failed: " + "; ".join(result.failures))
         raise typer.Exit(3)
+
+
+def _render_components(result) -> None:
+    from rich.table import Table
+
+    for name, m in result.components.items():
+        ok = "PASS" if m["overall_score"] >= result.min_score else "FAIL"
+        if name == "entities":
+            out.print(f"[bold]entities[/bold] on {m['num_sentences']} sentences ({m['data_source']}): micro P/R/F1 "
+                      f"{m['micro_precision']:.4f}/{m['micro_recall']:.4f}/{m['micro_f1']:.4f}  macro-F1 "
+                      f"{m['macro_f1']:.4f}  gate {result.min_score:.2f}: {ok}")
+            table = Table("entity type", "precision", "recall", "F1", "support", title="per entity type (exact match)")
+            for label, s in m["per_type"].items():
+                table.add_row(label, f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}", str(s["support"]))
+            out.print(table)
+        else:
+            out.print(f"[bold]{name}[/bold] on {m['num_examples']} texts ({m['data_source']}): accuracy "
+                      f"{m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  overall_score ({m['metric']}) "
+                      f"{m['overall_score']:.4f}  gate {result.min_score:.2f}: {ok}  per label: "
+                      + ", ".join(f"{k} {v['f1']:.3f}" for k, v in m["per_intent"].items()))
 
 
 def _render(result, confusions) -> None:

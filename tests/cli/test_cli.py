@@ -184,7 +184,8 @@ def test_train_json_validate_predict_versions(trained, isolated_env):
     assert doc["model_version"] == "v0001"
     assert [p["text"] for p in doc["predictions"]] == ["dime las noticias", "clave del wifi"]
     for p in doc["predictions"]:
-        assert set(p) == {"text", "intent", "confidence", "top_k", "fallback"} and len(p["top_k"]) == 2
+        assert set(p) == {"text", "intent", "confidence", "top_k", "fallback", "entities", "sentiment"}
+        assert len(p["top_k"]) == 2 and p["entities"] == [] and p["sentiment"] is None  # classifier-only version
         assert p["fallback"] is False  # the tiny set has no out_of_scope intent: no threshold
         assert p["intent"] == p["top_k"][0]["intent"] and 0 < p["confidence"] <= 1
 

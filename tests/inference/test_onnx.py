@@ -1,0 +1,417 @@
+"""ONNX export, the onnxruntime predictor, runtime choice, and the torch-free predict path.
+
+A session template registry holds the tiny trained v0001 (as training made it), v0002 = v0001 with
+the ONNX export (exported here when training does not already do it), and v0003 = v0001 without any
+ONNX file (a version from before the export existed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import REPO, clone_version
+from hotelbot_cli.errors import ConfigError, IntegrityError
+from hotelbot_cli.onnx_runtime import (ONNX_FP32, ONNX_INT8, RUNTIME_FILE, RUNTIMES, TORCH, OnnxPredictor,
+                                       choose_runtime, compare_runtimes)
+
+WITH_ONNX, WITHOUT_ONNX = "v0002", "v0003"
+ONNX_NAMES = ("model.onnx", "model.onnx.data", "model.int8.onnx", "model.int8.onnx.data", RUNTIME_FILE)
+TEXTS = ["hola", "quiero ver las noticias de hoy", "¿cuál es la CLAVE del wifi? 😀", "desayuno   buffet\tmañana",
+         " ".join(["noticias del día y la clave del wifi"] * 20),  # longer than max_length: truncated
+         "ñandú ¡olé! çà et là"]
+HEAVY = ("torch", "transformers", "sklearn", "mlflow", "datasets", "onnx")
+
+
+def _add_onnx(staged: Path) -> None:
+    from hotelbot_cli import onnx_runtime
+    from hotelbot_cli.data import read_jsonl_examples
+    from hotelbot_cli.modeling import load_classifier
+
+    if (staged / "model" / RUNTIME_FILE).exists():  # training already exported it
+        return
+    model, tokenizer = load_classifier(staged / "model")
+    threshold = onnx_runtime.EXTERNAL_DATA_THRESHOLD
+    onnx_runtime.EXTERNAL_DATA_THRESHOLD = 64 * 1024  # the tiny model's embeddings go to model.onnx.data too
+    try:
+        onnx_runtime.export_onnx(model, tokenizer, staged / "model",
+                                 read_jsonl_examples(staged / "data" / "validation.jsonl"), latency_runs=5)
+    finally:
+        onnx_runtime.EXTERNAL_DATA_THRESHOLD = threshold
+
+
+def _drop_onnx(staged: Path) -> None:
+    from hotelbot_cli.onnx_runtime import drop_export
+
+    drop_export(staged / "model")
+    assert not [p for p in (staged / "model").iterdir() if ".onnx" in p.name or p.name == RUNTIME_FILE]
+
+
+@pytest.fixture(scope="session")
+def onnx_template(trained_template, tmp_path_factory) -> Path:
+    from hotelbot_cli.registry import ModelRegistry
+
+    root = tmp_path_factory.mktemp("onnx-template") / "registry"
+    shutil.copytree(trained_template, root, symlinks=True)
+    registry = ModelRegistry(root)
+    assert clone_version(registry, "v0001", _add_onnx).name == WITH_ONNX
+    assert clone_version(registry, "v0001", _drop_onnx).name == WITHOUT_ONNX
+    return root
+
+
+@pytest.fixture
+def onnx_registry(onnx_template, isolated_env, monkeypatch):
+    from hotelbot_cli.registry import ModelRegistry
+
+    root = isolated_env / "registry"
+    shutil.copytree(onnx_template, root, symlinks=True)
+    monkeypatch.setenv("HOTELBOT_REGISTRY", str(root))
+    monkeypatch.delenv("HOTELBOT_RUNTIME", raising=False)
+    return ModelRegistry(root)
+
+
+def _torch_predictor(registry, name):
+    from hotelbot_cli.inference import Predictor
+
+    return Predictor.from_version(registry.get(name))
+
+
+# ------------------------------------------------------------------ export
+
+
+def test_export_writes_both_graphs_with_dynamic_axes_and_records_the_choice(onnx_registry):
+    import onnxruntime as ort
+
+    info = onnx_registry.get(WITH_ONNX)
+    model = info.path / "model"
+    spec = json.loads((model / RUNTIME_FILE).read_text("utf-8"))
+    assert spec["runtime"] in RUNTIMES and spec["tolerance_points"] == 0.5
+    assert set(spec["runtimes"]) == set(RUNTIMES)
+    assert spec["runtime"] == choose_runtime(spec["runtimes"], spec["tolerance_points"])
+    assert spec["runtimes"][ONNX_FP32]["max_abs_prob_diff_vs_torch"] < 1e-4
+    assert spec["validation_examples"] > 0 and spec["runtimes"][TORCH]["accuracy"] is not None
+    assert spec["runtimes"][ONNX_INT8]["size_bytes"] < spec["runtimes"][ONNX_FP32]["size_bytes"]
+    # Immutable versions: everything the export wrote is checksummed like the rest.
+    written = {f"model/{n}" for n in ONNX_NAMES if (model / n).exists()}
+    assert {"model/model.onnx", "model/model.int8.onnx", f"model/{RUNTIME_FILE}"} <= written
+    assert written <= set(info.metadata["files"])
+    assert onnx_registry.verify(WITH_ONNX) == []
+    for name in ("model.onnx", "model.int8.onnx"):
+        session = ort.InferenceSession(str(model / name), providers=["CPUExecutionProvider"])
+        inputs = {i.name: i.shape for i in session.get_inputs()}
+        assert set(inputs) == {"input_ids", "attention_mask"}
+        assert all(isinstance(d, str) for shape in inputs.values() for d in shape)  # batch, sequence: dynamic
+        out = session.get_outputs()[0]
+        assert out.name == "logits" and out.shape[1] == len(info.metadata["labels"])
+
+
+def test_export_refuses_a_directory_without_the_saved_classifier(tmp_path):
+    from hotelbot_cli.errors import ModelError
+    from hotelbot_cli.onnx_runtime import export_onnx
+
+    with pytest.raises(ModelError, match="save_classifier"):
+        export_onnx(object(), object(), tmp_path, [])
+
+
+# ------------------------------------------------------------------ same ids, same probabilities
+
+
+def test_tokenizers_only_ids_equal_the_hf_tokenizer(onnx_registry):
+    model_dir = onnx_registry.get(WITH_ONNX).path / "model"
+    torch_p = _torch_predictor(onnx_registry, WITH_ONNX)
+    onnx_p = OnnxPredictor.from_model_dir(model_dir, ONNX_FP32)
+    for batch in (TEXTS, TEXTS[:1], TEXTS[4:5]):
+        ids, mask = onnx_p.encode(batch)
+        enc = torch_p.tokenizer([torch_p.config.query_prefix + t for t in map(_clean, batch)], padding=True,
+                                truncation=True, max_length=torch_p.config.max_length, return_tensors="np")
+        assert ids.tolist() == enc["input_ids"].tolist()
+        assert mask.tolist() == enc["attention_mask"].tolist()
+    assert ids.shape[1] == torch_p.config.max_length  # the long text really was truncated
+
+
+def _clean(text):
+    from hotelbot_cli.data import clean_text
+
+    return clean_text(text)
+
+
+def _unigram_tokenizer_dir(out: Path, padding_side: str = "right") -> Path:
+    """A small SentencePiece-style Unigram tokenizer (the kind e5 uses), saved as HF saves it."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from conftest import shipped_sentences
+
+    special = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace("  ", " ")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.train_from_iterator(shipped_sentences(), trainers.UnigramTrainer(vocab_size=300, special_tokens=special,
+                                                                        unk_token="<unk>"))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>", mask_token="<mask>", padding_side=padding_side)
+    fast.save_pretrained(str(out))
+    return out
+
+
+UNIGRAM_TEXTS = TEXTS + ["query: xyz ☃ 漢字 ᚠᛇ 😀😀 q", "hola <mask> mundo", "w" * 40, "a", "¿¡?!...",
+                         "ñandú ÇÀ ﬁ ①②"]
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_unigram_subset_tokenizer_gives_the_hf_ids(tmp_path, padding_side):
+    """The fast Unigram path (a per-batch model of only the pieces in the batch) is exact: the same ids
+    and mask as the HF tokenizer, from tokenizer.json and from the export's index, unknown characters,
+    added tokens typed in the text, truncation and either padding side included."""
+    from transformers import AutoTokenizer
+
+    from hotelbot_cli.onnx_runtime import UnigramSubsetEncoder, load_text_encoder, write_unigram_index
+
+    model_dir = _unigram_tokenizer_dir(tmp_path, padding_side)
+    hf = AutoTokenizer.from_pretrained(str(model_dir))
+    from_json = load_text_encoder(model_dir, 12)
+    assert write_unigram_index(model_dir)
+    from_index = load_text_encoder(model_dir, 12)
+    assert isinstance(from_json, UnigramSubsetEncoder) and isinstance(from_index, UnigramSubsetEncoder)
+    texts = [_clean(t) for t in UNIGRAM_TEXTS]
+    for batch in [texts, texts[:1], texts[6:7], texts[2:5]] + [[t] for t in texts]:
+        want = hf(batch, padding=True, truncation=True, max_length=12, return_tensors="np")
+        for encoder in (from_json, from_index):
+            ids, mask = encoder.encode(batch)
+            assert ids.tolist() == want["input_ids"].tolist(), batch
+            assert mask.tolist() == want["attention_mask"].tolist(), batch
+    assert from_index._full is not None  # "<mask>" in a text went through the whole tokenizer
+
+
+def test_e5_unigram_subset_equals_the_whole_tokenizer(model_cache):
+    """The default model's tokenizer (250k pieces, e5's normalizer and pre-tokenizer): same ids as the
+    whole `tokenizers` tokenizer the HF tokenizer wraps."""
+    e5 = Path(model_cache) / "multilingual-e5-small"
+    if not (e5 / "tokenizer.json").is_file():
+        pytest.skip("the converted packaged e5 is not in the model cache")
+    from hotelbot_cli.onnx_runtime import FullEncoder, UnigramSubsetEncoder, load_fast_tokenizer, load_text_encoder
+
+    fast = load_text_encoder(e5, 16)
+    assert isinstance(fast, UnigramSubsetEncoder)
+    whole = FullEncoder(load_fast_tokenizer(e5, 16))
+    texts = ["query: " + _clean(t) for t in UNIGRAM_TEXTS]
+    for batch in (texts, texts[:1], texts[-4:]):
+        got, want = fast.encode(batch), whole.encode(batch)
+        assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()
+
+
+def test_onnx_probabilities_and_predictions_match_torch(onnx_registry):
+    info = onnx_registry.get(WITH_ONNX)
+    torch_p = _torch_predictor(onnx_registry, WITH_ONNX)
+    fp32 = OnnxPredictor.from_version(info, ONNX_FP32)
+    int8 = OnnxPredictor.from_version(info, ONNX_INT8)
+    expected = torch_p.probabilities(TEXTS, batch_size=4).numpy()
+    got = fp32.probabilities(TEXTS, batch_size=4)
+    assert got.shape == expected.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    np.testing.assert_allclose(int8.probabilities(TEXTS), expected, atol=0.1)
+    for got, want in zip(fp32.predict(TEXTS, top_k=2), torch_p.predict(TEXTS, top_k=2)):
+        assert (got.text, got.intent, got.fallback) == (want.text, want.intent, want.fallback)
+        assert [r["intent"] for r in got.top_k] == [r["intent"] for r in want.top_k]
+        assert [r["confidence"] for r in got.top_k] == pytest.approx([r["confidence"] for r in want.top_k], abs=1e-4)
+    assert fp32.predict_labels(TEXTS) == torch_p.predict_labels(TEXTS)
+    assert (fp32.labels, fp32.version, fp32.threshold, fp32.query_prefix, fp32.max_length) == \
+        (torch_p.labels, torch_p.version, torch_p.threshold, torch_p.query_prefix, torch_p.max_length)
+    assert fp32.probabilities([]).shape == (0, len(fp32.labels))
+
+
+def test_out_of_scope_threshold_applies_as_in_torch(onnx_registry):
+    from hotelbot_cli.data import OUT_OF_SCOPE
+    from hotelbot_cli.errors import DataError
+
+    info = onnx_registry.get(WITH_ONNX)
+    torch_p = _torch_predictor(onnx_registry, WITH_ONNX)
+    onnx_p = OnnxPredictor.from_version(info, ONNX_FP32)
+    top = onnx_p.probabilities(TEXTS).max(axis=1)
+    threshold = float(np.median(top))  # some texts above, some below
+    torch_p.config.oos_threshold = onnx_p.config.oos_threshold = threshold
+    got, want = onnx_p.predict(TEXTS), torch_p.predict(TEXTS)
+    assert [(p.intent, p.fallback) for p in got] == [(p.intent, p.fallback) for p in want]
+    assert any(p.fallback and p.intent == OUT_OF_SCOPE for p in got) and not all(p.fallback for p in got)
+    assert all(p.top_k[0]["intent"] != OUT_OF_SCOPE for p in got)  # the ranking still names the real intents
+    assert onnx_p.predict_labels(TEXTS) == torch_p.predict_labels(TEXTS)
+    assert OUT_OF_SCOPE not in onnx_p.predict_labels(TEXTS, apply_threshold=False)
+    with pytest.raises(DataError, match="text 2 is empty"):
+        onnx_p.predict(["hola", "  \t"])
+
+
+# ------------------------------------------------------------------ choosing the runtime
+
+
+def _m(acc, ms, **extra):
+    return {"accuracy": acc, "latency_ms_p50": ms, **extra}
+
+
+@pytest.mark.parametrize("measurements,tolerance,expected", [
+    ({TORCH: _m(0.90, 20), ONNX_FP32: _m(0.90, 8), ONNX_INT8: _m(0.897, 3)}, 0.5, ONNX_INT8),   # -0.3 points
+    ({TORCH: _m(0.90, 20), ONNX_FP32: _m(0.90, 8), ONNX_INT8: _m(0.89, 3)}, 0.5, ONNX_FP32),    # -1.0 point
+    ({TORCH: _m(0.90, 20), ONNX_FP32: _m(0.90, 8), ONNX_INT8: _m(0.89, 3)}, 1.0, ONNX_INT8),    # looser tolerance
+    ({TORCH: _m(0.90, 20), ONNX_FP32: _m(0.90, 8, usable=False), ONNX_INT8: _m(0.80, 3)}, 0.5, TORCH),
+    ({TORCH: _m(0.90, 2), ONNX_FP32: _m(0.90, 8), ONNX_INT8: _m(0.90, 3)}, 0.5, TORCH),         # torch fastest
+    ({TORCH: _m(0.90, 20), ONNX_FP32: _m(0.95, 8), ONNX_INT8: _m(0.95, 8)}, 0.0, ONNX_INT8),    # tie: smaller
+    ({TORCH: _m(0.90, 20), ONNX_FP32: _m(0.90, 6.6), ONNX_INT8: _m(0.90, 7.0)}, 0.5, ONNX_INT8),  # within 10 %
+    ({TORCH: _m(0.90, 20), ONNX_FP32: _m(0.90, 6.0), ONNX_INT8: _m(0.90, 7.0)}, 0.5, ONNX_FP32),  # 17 % slower
+    ({TORCH: _m(0.90, 7.5), ONNX_FP32: _m(0.90, 8), ONNX_INT8: _m(0.85, 3)}, 0.5, ONNX_FP32),   # fp32 ties torch
+    ({TORCH: _m(None, 20), ONNX_FP32: _m(None, 8), ONNX_INT8: _m(None, 3)}, 0.5, ONNX_FP32),    # nothing to check int8 on
+    ({TORCH: _m(0.90, 20)}, 0.5, TORCH),
+])
+def test_choose_runtime_is_the_fastest_within_tolerance(measurements, tolerance, expected):
+    assert choose_runtime(measurements, tolerance) == expected
+
+
+def test_compare_runtimes_records_int8_against_fp32(onnx_registry):
+    from hotelbot_cli.data import read_jsonl_examples
+
+    info = onnx_registry.get(WITH_ONNX)
+    examples = read_jsonl_examples(info.path / "data" / "validation.jsonl")
+    result = compare_runtimes(info, examples, include_torch=True)
+    assert result["available"] and result["examples"] == len(examples)
+    assert set(result["accuracy"]) == {TORCH, ONNX_FP32, ONNX_INT8}
+    assert result["accuracy"][ONNX_FP32] == result["accuracy"][TORCH]
+    delta = 100 * (result["accuracy"][ONNX_INT8] - result["accuracy"][ONNX_FP32])
+    assert result["int8_minus_fp32_points"] == pytest.approx(delta)
+    assert result["int8_within_tolerance"] == (-delta <= result["tolerance_points"])
+    assert 0.0 <= result["int8_agreement_with_fp32"] <= 1.0
+    plain = compare_runtimes(onnx_registry.get(WITHOUT_ONNX), examples)
+    assert plain["available"] is False and plain["runtime"] == TORCH and plain["accuracy"] == {}
+
+
+# ------------------------------------------------------------------ the factory and the fast checksum path
+
+
+def test_factory_follows_runtime_json_and_the_env_override(onnx_registry, monkeypatch):
+    from hotelbot_cli.inference import Predictor, load_predictor, predictor_from_registry
+
+    recorded = json.loads((onnx_registry.get(WITH_ONNX).path / "model" / RUNTIME_FILE).read_text())["runtime"]
+    chosen = predictor_from_registry(onnx_registry, WITH_ONNX)
+    assert chosen.runtime == recorded and chosen.version == WITH_ONNX
+    assert isinstance(chosen, Predictor) == (recorded == TORCH)
+    for runtime, kind in ((ONNX_FP32, OnnxPredictor), (ONNX_INT8, OnnxPredictor), (TORCH, Predictor)):
+        monkeypatch.setenv("HOTELBOT_RUNTIME", runtime)
+        predictor = predictor_from_registry(onnx_registry, WITH_ONNX)
+        assert isinstance(predictor, kind) and predictor.runtime == runtime
+        assert load_predictor(onnx_registry.get(WITH_ONNX)).runtime == runtime
+    # A version without ONNX files runs on torch, whatever is asked.
+    assert isinstance(predictor_from_registry(onnx_registry, WITHOUT_ONNX), Predictor)
+    monkeypatch.setenv("HOTELBOT_RUNTIME", ONNX_INT8)
+    assert isinstance(predictor_from_registry(onnx_registry, WITHOUT_ONNX), Predictor)
+    monkeypatch.setenv("HOTELBOT_RUNTIME", "tensorflow")
+    with pytest.raises(ConfigError, match="HOTELBOT_RUNTIME"):
+        predictor_from_registry(onnx_registry, WITH_ONNX)
+
+
+def _corrupt(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name", ["model.int8.onnx", "model.int8.onnx.data", "model.onnx", "model.onnx.data",
+                                  "tokenizer.json", "classifier.json", RUNTIME_FILE])
+def test_onnx_path_refuses_a_version_whose_read_files_are_corrupt(onnx_registry, monkeypatch, name):
+    from hotelbot_cli.inference import predictor_from_registry
+
+    runtime = ONNX_FP32 if name.startswith("model.onnx") else ONNX_INT8
+    monkeypatch.setenv("HOTELBOT_RUNTIME", runtime)
+    path = onnx_registry.get(WITH_ONNX).path / "model" / name
+    if not path.exists():
+        pytest.skip(f"this export has no {name}")
+    _corrupt(path)
+    if name == RUNTIME_FILE:
+        monkeypatch.delenv("HOTELBOT_RUNTIME")  # runtime.json is what decides: it is checked before it is read
+    with pytest.raises(IntegrityError, match=f"model/{name}: checksum mismatch"):
+        predictor_from_registry(onnx_registry, WITH_ONNX)
+
+
+def test_onnx_path_hashes_only_what_it_reads(onnx_registry, monkeypatch):
+    from hotelbot_cli.inference import predictor_from_registry
+
+    monkeypatch.setenv("HOTELBOT_RUNTIME", ONNX_INT8)
+    _corrupt(onnx_registry.get(WITH_ONNX).path / "model" / "model.safetensors")
+    assert predictor_from_registry(onnx_registry, WITH_ONNX).runtime == ONNX_INT8  # never opens the weights
+    (onnx_registry.get(WITH_ONNX).path / "model" / "model.int8.onnx.bak").write_bytes(b"x")
+    assert predictor_from_registry(onnx_registry, WITH_ONNX).runtime == ONNX_INT8
+    monkeypatch.setenv("HOTELBOT_RUNTIME", TORCH)  # torch reads the weights: the full check refuses
+    with pytest.raises(IntegrityError):
+        predictor_from_registry(onnx_registry, WITH_ONNX)
+
+
+def test_an_unrecorded_onnx_file_is_refused(onnx_registry, monkeypatch):
+    """ONNX files dropped into a published version (not in its checksums) are never loaded."""
+    from hotelbot_cli.inference import predictor_from_registry
+
+    src = onnx_registry.get(WITH_ONNX).path / "model"
+    dst = onnx_registry.get(WITHOUT_ONNX).path / "model"
+    for name in ONNX_NAMES:
+        if (src / name).exists():
+            shutil.copy(src / name, dst / name)
+    with pytest.raises(IntegrityError, match="not recorded"):
+        predictor_from_registry(onnx_registry, WITHOUT_ONNX)
+
+
+# ------------------------------------------------------------------ the CLI
+
+
+def test_cli_predict_json_is_the_same_on_onnx_and_torch(onnx_registry, monkeypatch):
+    from hotelbot_cli.cli.app import app
+
+    docs = {}
+    for runtime in (ONNX_FP32, TORCH):
+        monkeypatch.setenv("HOTELBOT_RUNTIME", runtime)
+        result = CliRunner().invoke(app, ["predict", *TEXTS[:3], "--version", WITH_ONNX, "--top-k", "2", "--json"])
+        assert result.exit_code == 0, result.output
+        docs[runtime] = json.loads(result.stdout)
+    onnx_doc, torch_doc = docs[ONNX_FP32], docs[TORCH]
+    assert onnx_doc["model_version"] == WITH_ONNX and set(onnx_doc) == {"model_version", "predictions"}
+    for got, want in zip(onnx_doc["predictions"], torch_doc["predictions"]):
+        assert set(got) == {"text", "intent", "confidence", "top_k", "fallback", "entities", "sentiment"}
+        assert (got["text"], got["intent"], got["fallback"]) == (want["text"], want["intent"], want["fallback"])
+        assert [r["intent"] for r in got["top_k"]] == [r["intent"] for r in want["top_k"]]
+        assert got["confidence"] == pytest.approx(want["confidence"], abs=1e-4)
+
+
+def _python(code: str, **env) -> str:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=os.getcwd(),
+                         env={**os.environ, **env}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_predict_on_onnx_never_imports_torch_or_transformers(onnx_registry):
+    code = ("import sys, json\nfrom typer.testing import CliRunner\nfrom hotelbot_cli.cli.app import app\n"
+            f"r = CliRunner().invoke(app, ['predict', 'quiero ver las noticias', '--version', '{WITH_ONNX}', '--json'])\n"
+            "assert r.exit_code == 0, r.output\n"
+            f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
+            "print(json.dumps({'doc': json.loads(r.stdout), 'heavy': heavy, "
+            "'ort': 'onnxruntime' in sys.modules}))")
+    result = json.loads(_python(code, HOTELBOT_RUNTIME=ONNX_INT8).strip().splitlines()[-1])
+    assert result["heavy"] == [] and result["ort"] is True
+    assert result["doc"]["model_version"] == WITH_ONNX
+    assert result["doc"]["predictions"][0]["intent"] in json.loads(
+        (onnx_registry.get(WITH_ONNX).path / "model" / "classifier.json").read_text())["labels"]
+
+
+def test_help_versions_and_library_imports_stay_light(isolated_env):
+    """`hotelbot --help` / `versions` and importing the inference modules load no ML runtime at all."""
+    code = ("import sys\nfrom hotelbot_cli.cli.app import app\n"
+            "import hotelbot_cli.inference, hotelbot_cli.onnx_runtime\n"
+            "for args in (['--help'], ['versions', '--json'], ['predict', '--help']):\n"
+            "    try:\n        app(args)\n    except SystemExit as e:\n        assert e.code == 0, (args, e.code)\n"
+            f"print('LOADED=' + ','.join(m for m in {HEAVY + ('onnxruntime', 'tokenizers', 'numpy')!r} "
+            "if m in sys.modules))")
+    assert _python(code).strip().splitlines()[-1] == "LOADED="
