@@ -112,6 +112,13 @@ def smoke_check(info: VersionInfo, texts_count: int, models_dir: Any = None) -> 
     from .analysis import smoke_check_components
 
     result.update(smoke_check_components(info, texts_count))  # entities, sentiment
+    if has_component(info, "generator"):
+        from .generation import Responder
+
+        answer = Responder.from_version(info, models_dir).reply(["¿a qué hora es el desayuno?"])[0]
+        if not str(answer.get("reply", "")).strip():
+            raise HotelbotError(f"{info.name}'s response generator returned an empty reply")
+        result["generator"] = {"reply_chars": len(answer["reply"])}
     return result
 
 

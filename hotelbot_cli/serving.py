@@ -256,6 +256,7 @@ class LoadedModel:
     threshold: float | None = None
     knowledge: Any = None  # hotelbot_cli.knowledge.KnowledgeBase when the version has one
     analyzer: Any = None  # hotelbot_cli.analysis.Analyzer: classifier + entity + sentiment models (those present)
+    responder: Any = None  # hotelbot_cli.generation.Responder when the version has a response generator
     loaded_at: float = field(default_factory=time.time)
 
     def answer(self, prediction: Any) -> dict[str, Any]:
@@ -378,7 +379,14 @@ class ModelHolder:
             if not knowledge.search(SMOKE_TEXT, top_k=1):  # also loads the query encoder before the swap
                 raise ModelError(f"version {name}'s knowledge base returned nothing for a smoke search")
         analyzer = _load_analyzer(info, predictor, components)
-        model = LoadedModel(predictor, info.name, threshold, knowledge, analyzer)
+        responder = None
+        if "generator" in components:
+            from .generation import Responder
+
+            responder = Responder.from_version(info, knowledge=knowledge)
+            if not responder.reply([SMOKE_TEXT])[0].get("reply", "").strip():
+                raise ModelError(f"version {name}'s response generator returned an empty reply")
+        model = LoadedModel(predictor, info.name, threshold, knowledge, analyzer, responder)
         if predictor is not None:
             smoke = predictor.predict([SMOKE_TEXT], top_k=self.settings.top_k)
             if len(smoke) != 1 or not 0.0 <= float(smoke[0].confidence) <= 1.0:
@@ -578,6 +586,12 @@ class BatchClassifyRequest(BaseModel):
     texts: list[Text] = Field(min_length=1, description="1 to max_batch_size non-empty messages.")
 
 
+class ReplyRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"text": "¿a qué hora cierra la piscina?"}]})
+
+    text: Text = Field(description="The guest's message (non-empty; at most max_text_length characters).")
+
+
 class SearchRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"query": "¿aceptan perros?", "top_k": 3}]})
 
@@ -775,7 +789,7 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
     app.state.models = holder
     app.state.batcher = batcher
     app.add_middleware(_MetricsMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes,
-                       post_paths=frozenset({"/classify", "/classify/batch", "/search", "/analyze"}))
+                       post_paths=frozenset({"/classify", "/classify/batch", "/search", "/analyze", "/reply"}))
 
     def require_model() -> LoadedModel:
         model = holder.model
@@ -854,6 +868,18 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
                              "--documents DIR`, `hotelbot train --model-type embeddings`, then deploy")
         hits = await asyncio.to_thread(model.knowledge.search, body.query, body.top_k)
         return _json({"model_version": model.version, "query": body.query, "results": [h.to_dict() for h in hits]})
+
+    @app.post("/reply", tags=["reply"], responses=ERROR_RESPONSES, summary="Answer a guest message")
+    async def reply(body: ReplyRequest) -> Any:
+        check_length(body.text, "text")
+        model = holder.model
+        if model is None:
+            raise holder.unavailable()
+        if model.responder is None:
+            raise ServeError(503, "no response generator", f"version {model.version} has none: run "
+                             "`hotelbot train --model-type generator`, then deploy")
+        (answer,) = await asyncio.to_thread(model.responder.reply, [body.text])
+        return _json({"reply": answer["reply"], "sources": answer.get("sources", []), "model_version": model.version})
 
     @app.get("/metrics", tags=["probes"], response_class=PlainTextResponse, summary="Prometheus metrics")
     async def prometheus_metrics() -> PlainTextResponse:

@@ -15,6 +15,7 @@ from .models import models_cmd
 from .predict import predict_cmd
 from .prepare import prepare_cmd
 from .search import search_cmd
+from .reply import reply_cmd
 from .report import report_cmd
 from .serve import serve_cmd
 from .train import train_cmd
@@ -71,6 +72,7 @@ app.command("deploy")(deploy_cmd)
 app.command("rollback")(rollback_cmd)
 app.command("versions")(versions_cmd)
 app.command("report")(report_cmd)
+app.command("reply")(reply_cmd)
 app.command("serve")(serve_cmd)
 app.command("verify")(verify_cmd)
 app.command("history")(history_cmd)

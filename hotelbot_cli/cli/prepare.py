@@ -29,6 +29,10 @@ def prepare_cmd(
                                                       "label}: positive/neutral/negative), instead of DATA "
                                                       "[default output: data/sentiment].",
                                                       show_default=False)] = None,
+    replies: Annotated[Optional[Path], typer.Option("--replies", help="Generator data (.jsonl of {message, "
+                                                    "reply, intent?, source?}) to validate and split, instead of "
+                                                    "DATA [default output: data/generator].",
+                                                    show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write: the intent split "
                                                    "[env: HOTELBOT_DATA; default: data/processed], or with "
                                                    "--documents the chunks [default: data/documents].",
@@ -69,9 +73,15 @@ def prepare_cmd(
         hotelbot prepare --entities datasets/entidades_es.jsonl
 
         hotelbot prepare --sentiment datasets/sentimiento_es.jsonl --json
+
+        hotelbot prepare --replies datasets/respuestas_es.jsonl
     """
-    if sum(x is not None for x in (data, documents, entities, sentiment)) != 1:
-        _usage("give exactly one of DATA (intent data), --documents DIR, --entities FILE or --sentiment FILE")
+    if sum(x is not None for x in (data, documents, entities, sentiment, replies)) != 1:
+        _usage("give exactly one of DATA (intent data), --documents DIR, --entities FILE, --sentiment FILE "
+               "or --replies FILE")
+    if replies is not None:
+        _prepare_replies(replies, output, validation_split, seed, dry_run, json_out, config, profile)
+        return
     if entities is not None or sentiment is not None:
         _prepare_component("entities" if entities is not None else "sentiment", entities or sentiment, output,
                            validation_split, seed, dry_run, json_out, config, profile)
@@ -155,3 +165,27 @@ def _prepare_component(component: str, path: Path, output: Path | None, validati
     out.print(f"fingerprint {prepared.fingerprint}")
     if target is not None:
         message(f"wrote {target}/ (train.jsonl, validation.jsonl, dataset.json)")
+
+
+def _prepare_replies(path: Path, output: Path | None, validation_split: float | None, seed: int | None,
+                     dry_run: bool, json_out: bool, config: Path | None, profile: str | None) -> None:
+    from ..generation import prepare_replies, write_prepared_replies
+
+    settings = settings_from(config, profile,
+                             overrides={"data_config": {"validation_split": validation_split, "seed": seed}})
+    prepared = prepare_replies(path, settings.data.validation_split, settings.data.seed)
+    target = None if dry_run else (output or Path(settings.paths.data).parent / "generator")
+    if target is not None:
+        write_prepared_replies(prepared, target)
+    summary = {**prepared.summary, "component": "generator", "fingerprint": prepared.fingerprint,
+               "train_size": len(prepared.train), "validation_size": len(prepared.validation),
+               "warnings": list(prepared.warnings), "output": None if target is None else str(target)}
+    if json_out:
+        print_json(summary)
+        return
+    for w in prepared.warnings:
+        warn(str(w))
+    out.print(f"{len(prepared.train) + len(prepared.validation)} reply pairs: {len(prepared.train)} train, "
+              f"{len(prepared.validation)} validation; fingerprint {prepared.fingerprint}")
+    if target is not None:
+        message(f"wrote {target}/")

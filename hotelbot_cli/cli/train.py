@@ -23,7 +23,7 @@ class ModelType(str, Enum):
     all = "all"
 
 
-BUILT = {ModelType.classifier, ModelType.embeddings, ModelType.entities, ModelType.sentiment}
+BUILT = {ModelType.classifier, ModelType.embeddings, ModelType.entities, ModelType.sentiment, ModelType.generator}
 COMPONENT_TYPES = (ModelType.entities, ModelType.sentiment)  # trained on their own data, carrying the rest over
 
 
@@ -148,20 +148,21 @@ def train_cmd(
         raise NotImplementedYetError(f"--model-type {model_type.value}: not implemented yet; "
                                      "use --model-type classifier, entities, sentiment or embeddings")
     if model_type is ModelType.all:
-        skipped = sorted(t.value for t in ModelType if t not in BUILT and t is not ModelType.all)
-        warn(f"--model-type all: {', '.join(skipped)} not implemented yet, skipped; training the classifier, "
-             "then the knowledge base when documents are prepared")
+        message("--model-type all: the classifier, then every other component whose data is prepared "
+                "(knowledge base, entities, sentiment, generator), each carrying the previous one over")
     from ..registry import ModelRegistry
     from ..training import AlreadyTrainedError, train_classifier
 
     freeze = None if train_embeddings is None else ("no" if train_embeddings else "yes")
     # --data names the component's own data for entities/sentiment, not the intent split
-    settings = settings_from(config, profile, registry, None if model_type in COMPONENT_TYPES else data,
+    settings = settings_from(config, profile, registry,
+                             None if model_type in (*COMPONENT_TYPES, ModelType.generator) else data,
                              overrides={"training_config": {
         "base_model": base_model, "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
         "head_learning_rate": head_learning_rate, "max_length": max_length, "seed": seed,
         "early_stopping_patience": patience, "freeze_embeddings": freeze, "class_weights": class_weights}})
-    if from_version and not incremental and model_type not in (ModelType.embeddings, *COMPONENT_TYPES):
+    if from_version and not incremental and model_type not in (ModelType.embeddings, ModelType.generator,
+                                                               *COMPONENT_TYPES):
         raise typer.BadParameter("--from goes with --incremental")
     store = ModelRegistry(settings.paths.registry)
     if model_type in COMPONENT_TYPES:
@@ -174,6 +175,12 @@ def train_cmd(
             print_json({**doc, "deployed": deployed})
         elif deployed:
             out.print(f"deployed {deployed['version']} (was {deployed['previous'] or 'none'})")
+        return
+    if model_type is ModelType.generator:
+        doc = _train_generator(settings, store, data, force, from_version, json_out)
+        deployed = None if doc.get("skipped") else _auto_deploy(settings, store, doc["version"])
+        if json_out:
+            print_json({**doc, "deployed": deployed})
         return
     if model_type is ModelType.embeddings:
         knowledge = _train_knowledge(settings, store, documents, incremental, from_version, json_out)
@@ -195,14 +202,31 @@ def train_cmd(
             message(exc.message)
         return
     knowledge = None
+    others: dict[str, Any] = {}
+    last = result.version.name
     if model_type is ModelType.all:
+        from ..entities import default_data_dir
+        from ..generation import default_data_path
         from ..knowledge import DEFAULT_DOCUMENTS_OUTPUT
 
         if documents is not None or (DEFAULT_DOCUMENTS_OUTPUT / "documents.json").exists():
-            knowledge = _train_knowledge(settings, store, documents, False, result.version.name, json_out)
+            knowledge = _train_knowledge(settings, store, documents, False, last, json_out)
+            last = knowledge["version"]
         else:
             warn("--model-type all: no prepared documents (hotelbot prepare --documents DIR); knowledge base skipped")
-    deployed = _auto_deploy(settings, store, knowledge["version"] if knowledge else result.version.name)
+        for component in ("entities", "sentiment"):
+            if (default_data_dir(settings, component) / "dataset.json").exists():
+                others[component] = _train_component(component, settings, store, None, force, last, json_out)
+                last = others[component]["version"]
+            else:
+                warn(f"--model-type all: no prepared {component} data (hotelbot prepare --{component} FILE); skipped")
+        generator_data = default_data_path(settings)
+        if generator_data.is_dir():
+            others["generator"] = _train_generator(settings, store, generator_data, force, last, json_out)
+            last = others["generator"]["version"]
+        else:
+            warn("--model-type all: no prepared generator data (hotelbot prepare --replies FILE); skipped")
+    deployed = _auto_deploy(settings, store, last)
     m = result.metrics
     if json_out:
         print_json({"version": result.version.name, "skipped": False, "duration_seconds": round(result.duration_seconds, 2),
@@ -213,7 +237,8 @@ def train_cmd(
                     "parent": result.version.metadata.get("parent"),
                     "out_of_scope_threshold": result.version.metadata.get("out_of_scope_threshold"),
                     "hpo": (result.version.metadata.get("training") or {}).get("hpo"),
-                    **({"knowledge": knowledge} if model_type is ModelType.all else {})})
+                    **({"knowledge": knowledge, **others, "final_version": last}
+                       if model_type is ModelType.all else {})})
         return
     out.print(f"trained {result.version.name} in {result.duration_seconds:.1f}s: accuracy {m['accuracy']:.4f}, "
               f"macro-F1 {m['macro_f1']:.4f} on {m['num_examples']} validation texts")
@@ -288,4 +313,28 @@ def _train_component(component: str, settings: Any, store: Any, data: Path | Non
         if component == "entities":
             out.print("  F1 per type: " + "  ".join(f"{k} {v['f1']:.3f}" for k, v in m["per_type"].items()))
         message(f"saved to {result.version.path}; MLflow run {result.mlflow_run_id}")
+    return doc
+
+
+def _train_generator(settings: Any, store: Any, data: Path | None, force: bool, source: str | None,
+                     json_out: bool) -> dict[str, Any]:
+    """Train the response generator: a new version carrying over the source version's other components."""
+    from ..generation import default_data_path, train_generator
+    from ..training import AlreadyTrainedError
+
+    try:
+        with log_to(settings.paths.logs / "training.log"), RichProgress() as progress:
+            result = train_generator(settings, Path(data) if data else default_data_path(settings), store,
+                                     listener=progress, force=force, source=source)
+    except AlreadyTrainedError as exc:
+        if not json_out:
+            message(exc.message)
+        return {"component": "generator", "version": exc.version, "skipped": True, "reason": exc.message}
+    doc = result.to_dict()
+    if not json_out:
+        g, b = result.metrics["generator"], result.metrics["retrieval_baseline"]
+        out.print(f"trained generator {result.version.name} in {result.duration_seconds:.1f}s: BLEU {g['bleu']:.2f} "
+                  f"ROUGE-L {g['rouge_l']:.4f} perplexity {g['perplexity']:.2f} relevance {g['relevance']:.4f} "
+                  f"(retrieval-only baseline: BLEU {b['bleu']:.2f} ROUGE-L {b['rouge_l']:.4f} "
+                  f"relevance {b['relevance']:.4f})")
     return doc

@@ -65,13 +65,14 @@ def validate_cmd(
 
     components = components_of(info)
     retrieval = _retrieval(info, kb_eval, settings) if "knowledge" in components else None
-    if not {"classifier", "entities", "sentiment"} & set(components):  # a knowledge base only: retrieval metrics
+    generation = _generation(info, settings) if "generator" in components else None
+    if not {"classifier", "entities", "sentiment"} & set(components):  # knowledge base / generator only
         from ..registry.store import utc_now
 
         store.record_validation(info.name, {"version": info.name, "passed": True, "retrieval": retrieval,
-                                            "validated_at": utc_now()})
+                                            "generator": generation, "validated_at": utc_now()})
         if json_out:
-            print_json({"version": info.name, "retrieval": retrieval})
+            print_json({"version": info.name, "retrieval": retrieval, "generator": generation})
         elif retrieval:
             _render_retrieval(retrieval)
         return
@@ -84,7 +85,7 @@ def validate_cmd(
             result.min_score, result.passed,
             "".join(f" {k}={v['overall_score']:.4f}" for k, v in result.components.items()))
     if json_out:
-        print_json({**result.to_dict(), "retrieval": retrieval})
+        print_json({**result.to_dict(), "retrieval": retrieval, "generator": generation})
     else:
         if result.metrics:
             _render(result, top_confusions(result.metrics))
@@ -178,3 +179,16 @@ def _render_retrieval(r: dict) -> None:
                   f"document: hit@1 {m['doc_hit@1']:.3f}  hit@{k} {m[f'doc_hit@{k}']:.3f}  MRR {m['doc_mrr']:.3f}")
     if r["unknown_targets"]:
         warn(f"questions naming a section that is not in the index: {', '.join(r['unknown_targets'][:5])}")
+
+
+def _generation(info, settings) -> dict:
+    """BLEU, ROUGE-L, perplexity and relevance of the version's generator beside the retrieval-only baseline
+    (re-generates the validation replies; reported, not gated)."""
+    from ..generation import evaluate_version
+
+    result = evaluate_version(info, models_dir=settings.paths.models_dir)
+    g, b = result["generator"], result["retrieval_baseline"]
+    message(f"generator: BLEU {g['bleu']:.2f} ROUGE-L {g['rouge_l']:.4f} perplexity {g['perplexity']:.2f} "
+            f"relevance {g['relevance']:.4f} (retrieval-only: BLEU {b['bleu']:.2f} ROUGE-L {b['rouge_l']:.4f} "
+            f"relevance {b['relevance']:.4f})")
+    return result
