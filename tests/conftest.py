@@ -14,6 +14,9 @@ import pytest
 # Tests never touch the network; set before transformers/huggingface_hub read their constants.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# Tiny models: one torch thread is as fast as two on a quiet machine and many times faster on a busy
+# one (thread contention); subprocesses the tests start inherit it through the environment.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "datasets" / "hotel_intents_es.json"
