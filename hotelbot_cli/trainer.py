@@ -27,8 +27,8 @@ from .data import SUPPORTED_SUFFIXES, prepare_dataset
 from .errors import DataError, NotImplementedYetError
 from .registry import ModelRegistry
 
-BUILT_MODEL_TYPES = ("classifier",)
-ALL_MODEL_TYPES = ("classifier", "embeddings", "generator")
+BUILT_MODEL_TYPES = ("classifier",)  # what this facade trains; the CLI's `train --model-type all` trains the rest
+ALL_MODEL_TYPES = ("classifier", "embeddings", "entities", "sentiment", "generator")
 INTENT_FILE_NAMES = ("hotel_intents_es.json", "intents.json", "intents.jsonl", "intents.csv")
 
 
@@ -68,13 +68,15 @@ class ModelTrainer:
 
     # ------------------------------------------------------------ training
     def train_models(self, model_type: str = "all", *, force: bool = False) -> dict[str, Any]:
-        """Train ``model_type`` ("classifier", or "all" = every component built so far)."""
+        """Train ``model_type``: "classifier", or "all" (= the classifier here; the other components are
+        trained by the CLI's `hotelbot train --model-type all`, and the result names them)."""
         from .training import AlreadyTrainedError, train_classifier
 
         if model_type not in ALL_MODEL_TYPES + ("all",):
             raise DataError(f"unknown model_type {model_type!r}; use one of {', '.join(ALL_MODEL_TYPES)} or all")
         if model_type != "all" and model_type not in BUILT_MODEL_TYPES:
-            raise NotImplementedYetError(f"model_type {model_type}: not implemented yet")
+            raise NotImplementedYetError(f"model_type {model_type}: not available in the Python facade yet; "
+                                         f"use `hotelbot train --model-type {model_type}`")
         try:
             result = train_classifier(self.settings, self.settings.paths.data, self.registry, force=force)
         except AlreadyTrainedError as exc:
@@ -83,7 +85,7 @@ class ModelTrainer:
         self.last_version = result.version.name
         skipped = [t for t in ALL_MODEL_TYPES if t not in BUILT_MODEL_TYPES] if model_type == "all" else []
         return {"version": result.version.name, "skipped": False, "metrics": result.metrics,
-                "not_implemented": skipped}
+                "not_trained_here": skipped}
 
     # ------------------------------------------------------------ validation
     def validate_models(self, version: str | None = None) -> dict[str, Any]:
