@@ -328,8 +328,10 @@ def test_grounding_gives_passages_and_the_reply_cites_them(gen_registry):
     for message, answer in zip(messages, answers):
         assert set(answer) == {"message", "reply", "sources"} and answer["message"] == message
         assert isinstance(answer["reply"], str) and answer["reply"]
-        expected = [(h.chunk.doc, h.chunk.heading, round(h.score, 6)) for h in kb.search(message, top_k=2)]
-        assert [(s["doc"], s["heading"], s["score"]) for s in answer["sources"]] == expected
+        hits = kb.search(message, top_k=2)
+        assert [(s["doc"], s["heading"]) for s in answer["sources"]] == [(h.chunk.doc, h.chunk.heading) for h in hits]
+        # batched vs single-query embedding may differ in the last float digit
+        assert [s["score"] for s in answer["sources"]] == pytest.approx([h.score for h in hits], abs=1e-5)
     # the passages really are the encoder's input: other passages give a different source sequence
     from hotelbot_cli.generation import passages_text
 
