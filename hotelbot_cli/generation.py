@@ -615,18 +615,11 @@ class GeneratorConfig:
 
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
-    """No weight-loading bars or config-overwrite notices on stderr."""
-    from transformers.utils import logging as hf_logging
+    """No weight-loading bars or config-overwrite notices on stderr (modeling.quiet_transformers)."""
+    from .modeling import quiet_transformers
 
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
+    with quiet_transformers():
         yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 _ENCODER_ONLY = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "camembert", "deberta", "deberta-v2",
