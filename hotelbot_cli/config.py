@@ -149,9 +149,12 @@ class DataConfig(_Section):
 class ValidationConfig(_Section):
     min_validation_score: float = 0.8
     metric: str = "macro_f1"
+    # ONNX int8/fp32 may replace torch when its validation accuracy is within this many points of torch's
+    runtime_tolerance_points: float = 0.5
 
     def __post_init__(self) -> None:
         _check_range("min_validation_score", self.min_validation_score, 0.0, 1.0)
+        _check_range("runtime_tolerance_points", self.runtime_tolerance_points, 0.0, 100.0)
         if self.metric not in METRIC_CHOICES:
             raise ConfigError(f"metric must be one of {', '.join(METRIC_CHOICES)}, got {self.metric!r}")
 
@@ -259,7 +262,8 @@ ENV_TRAINING = {
     "HOTELBOT_BASE_MODEL": "base_model",
 }
 ENV_DATA = {"TRAINING_VALIDATION_SPLIT": "validation_split"}
-ENV_VALIDATION = {"MIN_VALIDATION_SCORE": "min_validation_score", "VALIDATION_METRIC": "metric"}
+ENV_VALIDATION = {"MIN_VALIDATION_SCORE": "min_validation_score", "VALIDATION_METRIC": "metric",
+                  "HOTELBOT_RUNTIME_TOLERANCE": "runtime_tolerance_points"}
 ENV_DEPLOYMENT = {
     "ENABLE_MODEL_BACKUP": "enable_model_backup",
     "ENABLE_AUTO_ROLLBACK": "enable_auto_rollback",

@@ -124,11 +124,11 @@ def smoke_check(info: VersionInfo, texts_count: int, models_dir: Any = None) -> 
 
 def _smoke_classifier(info: VersionInfo, texts_count: int) -> dict[str, Any]:
     from .data import read_jsonl_examples
-    from .inference import Predictor
+    from .inference import load_predictor
 
     examples = read_jsonl_examples(info.path / "data" / "validation.jsonl")[:texts_count]
     texts = [e.text for e in examples] or ["hola"]
-    predictor = Predictor.from_version(info)
+    predictor = load_predictor(info)
     predictions = predictor.predict(texts, top_k=1)
     labels = set(predictor.labels)
     for p in predictions:

@@ -155,7 +155,8 @@ def validate_version(registry: Any, version: str | None, settings: Any, data_dir
     from .components import components_of
     from .data import read_jsonl_examples, read_prepared
     from .errors import RegistryError
-    from .inference import Predictor
+    from .inference import load_predictor
+    from .onnx_runtime import compare_runtimes
     from .registry.store import utc_now
 
     info = registry.require_intact(registry.resolve(version or settings.model_version).name)
@@ -174,10 +175,14 @@ def validate_version(registry: Any, version: str | None, settings: Any, data_dir
         source = f"{info.name}/data/validation.jsonl"
     texts = [e.text for e in examples]
     truth = [e.intent for e in examples]
-    predictor = Predictor.from_version(info)
+    predictor = load_predictor(info)  # the runtime predict/serve use (model/runtime.json, HOTELBOT_RUNTIME)
     metrics = classification_metrics(truth, predictor.predict_labels(texts), predictor.labels,
                                      settings.validation.metric)
     metrics["out_of_scope_threshold"] = predictor.threshold
+    metrics["runtime"] = predictor.runtime
+    # int8 against fp32 (and their difference in points vs the tolerance) on the same texts
+    metrics["runtimes"] = compare_runtimes(info, examples,
+                                           tolerance_points=settings.validation.runtime_tolerance_points)
     if predictor.threshold is not None:
         argmax = classification_metrics(truth, predictor.predict_labels(texts, apply_threshold=False),
                                         predictor.labels, settings.validation.metric)
@@ -187,7 +192,7 @@ def validate_version(registry: Any, version: str | None, settings: Any, data_dir
     from .components import has_component
 
     if current and current != info.name and has_component(registry.get(current), "classifier"):
-        reference = Predictor.from_version(registry.require_intact(current))
+        reference = load_predictor(registry.require_intact(current))
         ref_metrics = classification_metrics(truth, reference.predict_labels(texts), predictor.labels,
                                              settings.validation.metric)
         comparison = compare(metrics, ref_metrics, current)

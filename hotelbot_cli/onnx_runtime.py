@@ -576,6 +576,7 @@ class OnnxPredictor:
         self.runtime = runtime
         self.labels = list(config.labels)
         self._inputs = {i.name for i in session.get_inputs()}
+        self.batch_invariant = runtime == ONNX_INT8  # see probabilities()
 
     @classmethod
     def from_model_dir(cls, model_dir: Path, runtime: str = ONNX_INT8, version: str = "",
@@ -650,9 +651,16 @@ class OnnxPredictor:
         return self.session.run(["logits"], {k: v for k, v in feed.items() if k in self._inputs})[0]
 
     def probabilities(self, texts: Sequence[str], batch_size: int = 32) -> Any:
+        """Softmax over the labels, one row per text (a numpy array; the torch Predictor returns a tensor).
+
+        The int8 model runs one text at a time: dynamic quantization scales each activation tensor by
+        its own range, so in a padded batch a text's answer would depend on the other texts in it (on
+        e5, 4 % of the labels changed between batch-32 and one-by-one). fp32 batches (same answers to 1e-6).
+        """
         import numpy as np
 
-        rows = [softmax(self.logits(texts[start:start + batch_size])) for start in range(0, len(texts), batch_size)]
+        step = 1 if self.batch_invariant else max(1, batch_size)
+        rows = [softmax(self.logits(texts[start:start + step])) for start in range(0, len(texts), step)]
         return np.concatenate(rows) if rows else np.empty((0, len(self.labels)), dtype=np.float32)
 
     def predict(self, texts: Sequence[str], top_k: int = 3, batch_size: int = 32) -> list["Prediction"]:
@@ -1074,7 +1082,7 @@ def export_onnx(model: Any, tokenizer: Any, model_dir: Path, validation_examples
         "tolerance_points": tolerance_points,
         "selection": (f"fastest single-text p50 among the runtimes within {tolerance_points} accuracy points of "
                       f"torch; latencies within {SPEED_TIE:.0%} of the fastest are ties, won by the smaller model"),
-        "files": {name: [f, f + ".data"] for name, f in ONNX_FILES.items()},
+        "files": {name: [n for n in (f, f + ".data") if (model_dir / n).exists()] for name, f in ONNX_FILES.items()},
         "inputs": ["input_ids", "attention_mask"],
         "output": "logits",
         "exporter": exporter,

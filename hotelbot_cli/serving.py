@@ -12,8 +12,9 @@ Three parts, all owned by one app (no module-level state; everything hangs off `
 - :class:`Metrics` renders Prometheus text: request counts and latency per endpoint, model version,
   micro-batch sizes, forward passes, swaps and failed loads.
 
-torch and transformers are imported through :class:`~hotelbot_cli.inference.Predictor` only, when a
-model is loaded.
+The model is loaded with :func:`~hotelbot_cli.inference.load_predictor`: a version with an ONNX export
+is served by onnxruntime + tokenizers and torch/transformers are never imported; otherwise they are
+imported through :class:`~hotelbot_cli.inference.Predictor` when the model is loaded.
 """
 
 from __future__ import annotations
@@ -251,7 +252,7 @@ def out_of_scope_threshold(metadata: Mapping[str, Any]) -> float | None:
 class LoadedModel:
     """One loaded version. Immutable: a hot swap replaces the whole object, never its fields."""
 
-    predictor: Any  # hotelbot_cli.inference.Predictor; None for a version holding only a knowledge base
+    predictor: Any  # inference.Predictor or onnx_runtime.OnnxPredictor; None for a version holding only a knowledge base
     version: str
     threshold: float | None = None
     knowledge: Any = None  # hotelbot_cli.knowledge.KnowledgeBase when the version has one
@@ -273,9 +274,10 @@ class LoadedModel:
 
 
 def _load_version(info: VersionInfo) -> Any:
-    from .inference import Predictor
+    """The version's runtime (runtime.json / HOTELBOT_RUNTIME): ONNX serves without importing torch."""
+    from .inference import load_predictor
 
-    return Predictor.from_version(info)
+    return load_predictor(info)
 
 
 def _load_analyzer(info: VersionInfo, predictor: Any, components: Sequence[str]) -> Any:
@@ -952,5 +954,6 @@ def serve(registry_root: Path, settings: ServeSettings | None = None, *, host: s
     # Each worker is a separate process: split the cores between them unless told otherwise.
     threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // workers)
     os.environ.update(settings.merged({"torch_threads": threads}, source="serve").to_env())
+    os.environ.setdefault("HOTELBOT_ONNX_THREADS", str(threads))  # the same share for onnxruntime
     os.environ["HOTELBOT_REGISTRY"] = str(root)
     uvicorn.run(f"{__name__}:app_factory", factory=True, workers=workers, **common)

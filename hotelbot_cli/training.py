@@ -551,6 +551,20 @@ def _merge_with_parent(prepared: PreparedData, parent: VersionInfo) -> tuple[lis
     return train, validation
 
 
+def export_inference(fit: FitResult, model_dir: Path, validation: list[Example], tolerance_points: float) -> dict[str, Any]:
+    """ONNX fp32 + int8 export of the staged model and the runtime choice (onnx_runtime.export_onnx).
+
+    The PyTorch weights stay the source of truth: an export failure is logged and the version runs on torch.
+    """
+    from .onnx_runtime import export_onnx
+
+    try:
+        return export_onnx(fit.model, fit.tokenizer, model_dir, validation, tolerance_points)
+    except (HotelbotError, ImportError) as exc:
+        log.warning("ONNX export failed (%s); the version runs on torch", exc)
+        return {"runtime": "torch", "error": str(exc)}
+
+
 def best_config_path(settings: Settings, fingerprint: str) -> Path:
     base = settings.training.base_model.replace("/", "_").replace(":", "_")
     return settings.paths.home / "hpo" / f"best-{fingerprint[:16]}-{base}.json"
@@ -636,6 +650,8 @@ def train_classifier(
                 if k in fit.argmax_metrics}})
             atomic_write_json(staged / "training_history.json", {"epochs": fit.history, "log": fit.log_history,
                                                                  "hpo": hpo_summary})
+            emit(TrainingEvent("status", message="exporting ONNX (fp32 + int8) and choosing the runtime"))
+            inference = export_inference(fit, staged / "model", validation, settings.validation.runtime_tolerance_points)
             from .components import carry_over
 
             carried = carry_over(registry, staged, "classifier")  # a version is a snapshot of every component
@@ -659,6 +675,7 @@ def train_classifier(
                              "steps": fit.steps, "frozen_parameters": fit.frozen,
                              "trainable_parameters": fit.trainable, "class_weights": cfg.class_weights,
                              "hpo": hpo_summary},
+                "inference": inference,
                 "mlflow_run_id": tracker.run_id,
                 "mlflow_tracking_uri": settings.paths.tracking_uri,
                 "library_versions": library_versions(),

@@ -36,7 +36,8 @@ def test_help_does_not_import_heavy_libraries():
     code = ("import sys\nfrom typer.testing import CliRunner\nfrom hotelbot_cli.cli.app import app\n"
             "r = CliRunner().invoke(app, ['--help'])\nassert r.exit_code == 0\n"
             "r = CliRunner().invoke(app, ['versions', '--json'])\nassert r.exit_code == 0, r.output\n"
-            "heavy = [m for m in ('torch', 'transformers', 'mlflow', 'sklearn', 'datasets') if m in sys.modules]\n"
+            "heavy = [m for m in ('torch', 'transformers', 'mlflow', 'sklearn', 'datasets', 'onnxruntime', 'onnx') "
+            "if m in sys.modules]\n"
             "print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
@@ -187,7 +188,9 @@ def test_train_json_validate_predict_versions(trained, isolated_env):
 
 
 def test_predict_refuses_a_corrupt_version(trained, isolated_env):
-    weights = isolated_env / "registry/versions/v0001/model/model.safetensors"
+    # tokenizer.json is read by the torch and the ONNX runtime alike (an ONNX predict never hashes
+    # model.safetensors: see tests/inference/test_onnx.py for the files each runtime checks).
+    weights = isolated_env / "registry/versions/v0001/model/tokenizer.json"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))

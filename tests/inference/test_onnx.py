@@ -230,6 +230,16 @@ def test_onnx_probabilities_and_predictions_match_torch(onnx_registry):
     assert fp32.probabilities([]).shape == (0, len(fp32.labels))
 
 
+def test_int8_answers_do_not_depend_on_the_other_texts_of_a_batch(onnx_registry):
+    """Dynamic int8 scales activations per tensor: batched, a text's answer would depend on its batch-mates
+    (what serve's micro-batching puts together). The int8 predictor must answer each text alone."""
+    int8 = OnnxPredictor.from_version(onnx_registry.get(WITH_ONNX), ONNX_INT8)
+    together = int8.probabilities(TEXTS, batch_size=32)
+    alone = np.concatenate([int8.probabilities([t]) for t in TEXTS])
+    np.testing.assert_allclose(together, alone, atol=1e-6)
+    assert [p.to_dict() for p in int8.predict(TEXTS)] == [int8.predict([t])[0].to_dict() for t in TEXTS]
+
+
 def test_out_of_scope_threshold_applies_as_in_torch(onnx_registry):
     from hotelbot_cli.data import OUT_OF_SCOPE
     from hotelbot_cli.errors import DataError

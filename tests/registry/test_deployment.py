@@ -36,6 +36,9 @@ def break_head(staged):
     state["head.bias"].zero_()
     state["head.bias"][0] = 10.0
     save_file(state, str(path))
+    from hotelbot_cli.onnx_runtime import drop_export
+
+    drop_export(staged / "model")  # the ONNX export was made from the old weights: this clone runs on torch
 
 
 def test_deploy_switches_and_predict_follows(registry_copy):
@@ -150,13 +153,15 @@ def test_failed_verification_auto_rolls_back_with_exit_4(registry_copy, monkeypa
 def test_corruption_is_detected_and_refused(registry_copy):
     assert run("deploy", "v0001").exit_code == 0
     assert doc(run("verify", "--json"))["ok"] is True
-    weights = registry_copy.root / "versions/v0002/model/model.safetensors"
+    # tokenizer.json: read by every runtime (an ONNX predict hashes only the files it reads, never
+    # model.safetensors; tests/inference/test_onnx.py covers which files each runtime checks).
+    weights = registry_copy.root / "versions/v0002/model/tokenizer.json"
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0x01
     weights.write_bytes(bytes(data))
     result = run("verify", "--json")
     assert result.exit_code == 1
-    assert any("v0002/model/model.safetensors: checksum mismatch" in p for p in doc(result)["problems"])
+    assert any("v0002/model/tokenizer.json: checksum mismatch" in p for p in doc(result)["problems"])
     for args in (("deploy", "v0002"), ("predict", "hola", "--version", "v0002"), ("rollback", "--to", "v0002")):
         result = run(*args)
         assert result.exit_code == 1 and ("checksum" in result.stderr or "corrupt" in result.stderr), args
