@@ -16,7 +16,7 @@ import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, TypeVar
 
 from ._atomic import atomic_write_bytes, atomic_write_json
 from .errors import DataError
@@ -30,6 +30,7 @@ DATASET_FILE = "dataset.json"
 SUPPORTED_SUFFIXES = (".json", ".jsonl", ".csv")
 LABEL_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 OUT_OF_SCOPE = "out_of_scope"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -230,16 +231,21 @@ def validate_and_clean(path: Path, records: list[tuple[str, Example]]) -> tuple[
 # ---------------------------------------------------------------- splitting
 
 
-def stratified_split(examples: list[Example], validation_split: float, seed: int) -> tuple[list[Example], list[Example]]:
-    """Per-intent shuffle with a seeded RNG; each intent with >= 2 examples gives >= 1 to validation."""
-    by_label: dict[str, list[Example]] = defaultdict(list)
+def stratified_split(examples: Sequence[T], validation_split: float, seed: int,
+                     key: Callable[[T], str] = lambda e: e.intent) -> tuple[list[T], list[T]]:
+    """Per-stratum shuffle with a seeded RNG; each stratum with >= 2 examples gives >= 1 to validation.
+
+    Strata are intents by default; ``key`` chooses another (entities use each sentence's rarest type).
+    Items need a ``text`` attribute, which fixes the order before shuffling.
+    """
+    by_key: dict[str, list[T]] = defaultdict(list)
     for example in examples:
-        by_label[example.intent].append(example)
+        by_key[key(example)].append(example)
     rng = random.Random(seed)
-    train: list[Example] = []
-    validation: list[Example] = []
-    for label in sorted(by_label):
-        items = sorted(by_label[label], key=lambda e: e.text)
+    train: list[T] = []
+    validation: list[T] = []
+    for label in sorted(by_key):
+        items = sorted(by_key[label], key=lambda e: e.text)
         rng.shuffle(items)
         n_val = int(round(len(items) * validation_split))
         if len(items) >= 2:

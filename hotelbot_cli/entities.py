@@ -38,9 +38,8 @@ import hashlib
 import json
 import logging
 import math
-import random
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
@@ -237,21 +236,10 @@ def split_entities(examples: Sequence[EntityExample], validation_split: float,
                    seed: int) -> tuple[list[EntityExample], list[EntityExample]]:
     """Seeded split stratified by each sentence's rarest entity type (sentences without entities apart);
     every stratum of 2+ sentences gives at least one to validation."""
+    from .data import stratified_split
+
     counts = Counter(s.label for e in examples for s in e.entities)
-    groups: dict[str, list[EntityExample]] = defaultdict(list)
-    for example in examples:
-        groups[_stratum(example, counts)].append(example)
-    rng = random.Random(seed)
-    train: list[EntityExample] = []
-    validation: list[EntityExample] = []
-    for key in sorted(groups):
-        items = sorted(groups[key], key=lambda e: e.text)
-        rng.shuffle(items)
-        n_val = min(max(int(round(len(items) * validation_split)), 1), len(items) - 1) if len(items) >= 2 else 0
-        validation.extend(items[:n_val])
-        train.extend(items[n_val:])
-    rng.shuffle(train)
-    return train, validation
+    return stratified_split(examples, validation_split, seed, key=lambda e: _stratum(e, counts))
 
 
 def entity_fingerprint(train: Iterable[EntityExample], validation: Iterable[EntityExample]) -> str:
