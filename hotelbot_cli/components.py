@@ -157,6 +157,40 @@ def carry_over(registry: "ModelRegistry", staged: Path, replacing: str, *, sourc
     return merged
 
 
+def adopt_component(registry: "ModelRegistry", base: str, component: str, donor: str) -> "VersionInfo":
+    """A version holding ``base``'s components with ``donor``'s copy of ``component``, without training.
+
+    Used by `train --model-type all` when a component is unchanged since an older version that is not the
+    chain's current one: its trained files are copied (checksums checked first) instead of training it again.
+    Returns ``base`` itself when its copy of ``component`` already has the donor's exact files."""
+    base_info, donor_info = registry.get(base), registry.get(donor)
+    donor_files: dict[str, str] = donor_info.metadata.get("files") or {}
+    wanted = {rel: donor_files[rel] for rel in _check_component_files(donor_info, component)}
+    if has_component(base_info, component):
+        recorded: dict[str, str] = base_info.metadata.get("files") or {}
+        owned = component_paths(component)
+        mine = {r: sha for r, sha in recorded.items() if any(r == p or r.startswith(p + "/") for p in owned)}
+        if mine == wanted:
+            return base_info
+    with registry.staging() as staged:
+        merged = carry_over(registry, staged, component, source=base)
+        for rel in wanted:
+            (staged / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(donor_info.path / rel, staged / rel)
+        if {rel: sha256_file(staged / rel) for rel in wanted} != wanted:
+            raise IntegrityError(f"the {component} of {donor} changed while it was being copied")
+        metadata = {**merged, "adopted": {"component": component, "from": donor},
+                    "library_versions": donor_info.metadata.get("library_versions"),
+                    "hardware": donor_info.metadata.get("hardware")}
+        for key in component_metadata_keys(component):
+            if key in donor_info.metadata:
+                value = copy.deepcopy(donor_info.metadata[key])
+                if component != "classifier" and isinstance(value, dict):
+                    value.setdefault("carried_from", donor)
+                metadata[key] = value
+        return registry.publish(staged, metadata)
+
+
 @dataclass
 class ComponentTrainResult:
     """What train_entities / train_sentiment return (the CLI renders it)."""
@@ -192,6 +226,6 @@ def find_component_match(registry: "ModelRegistry", component: str, fingerprint:
     return None
 
 
-__all__ = ["COMPONENT_PATHS", "COMPONENT_METADATA_KEYS", "ComponentTrainResult", "carry_over",
+__all__ = ["COMPONENT_PATHS", "COMPONENT_METADATA_KEYS", "ComponentTrainResult", "adopt_component", "carry_over",
            "component_metadata_keys", "component_paths", "components_of", "find_component_match", "has_component",
            "source_version"]

@@ -45,10 +45,6 @@ class IntegrityError(RegistryError):
     """A version's files do not match their recorded checksums."""
 
 
-class NotImplementedYetError(HotelbotError):
-    """A feature that is planned but not built yet."""
-
-
 class GateFailedError(HotelbotError):
     """A validation gate failed: the model is not deployed."""
 

@@ -24,11 +24,12 @@ from typing import Any
 
 from .config import Settings, load_settings
 from .data import SUPPORTED_SUFFIXES, prepare_dataset
-from .errors import DataError, NotImplementedYetError
+from .errors import DataError
 from .registry import ModelRegistry
 
-BUILT_MODEL_TYPES = ("classifier",)  # what this facade trains; the CLI's `train --model-type all` trains the rest
 ALL_MODEL_TYPES = ("classifier", "embeddings", "entities", "sentiment", "generator")
+COMPONENT_OF = {"classifier": "classifier", "embeddings": "knowledge", "entities": "entities",
+                "sentiment": "sentiment", "generator": "generator"}
 INTENT_FILE_NAMES = ("hotel_intents_es.json", "intents.json", "intents.jsonl", "intents.csv")
 
 
@@ -68,24 +69,23 @@ class ModelTrainer:
 
     # ------------------------------------------------------------ training
     def train_models(self, model_type: str = "all", *, force: bool = False) -> dict[str, Any]:
-        """Train ``model_type``: "classifier", or "all" (= the classifier here; the other components are
-        trained by the CLI's `hotelbot train --model-type all`, and the result names them)."""
-        from .training import AlreadyTrainedError, train_classifier
+        """Train ``model_type`` (classifier, embeddings, entities, sentiment, generator) on its prepared
+        data, or "all": the classifier then every component whose data is prepared, under one MLflow parent
+        run (:func:`hotelbot_cli.pipeline.train_all`, the same code as `hotelbot train --model-type all`)."""
+        from .pipeline import train_all, train_one
 
         if model_type not in ALL_MODEL_TYPES + ("all",):
             raise DataError(f"unknown model_type {model_type!r}; use one of {', '.join(ALL_MODEL_TYPES)} or all")
-        if model_type != "all" and model_type not in BUILT_MODEL_TYPES:
-            raise NotImplementedYetError(f"model_type {model_type}: not available in the Python facade yet; "
-                                         f"use `hotelbot train --model-type {model_type}`")
-        try:
-            result = train_classifier(self.settings, self.settings.paths.data, self.registry, force=force)
-        except AlreadyTrainedError as exc:
-            self.last_version = exc.version
-            return {"version": exc.version, "skipped": True}
-        self.last_version = result.version.name
-        skipped = [t for t in ALL_MODEL_TYPES if t not in BUILT_MODEL_TYPES] if model_type == "all" else []
-        return {"version": result.version.name, "skipped": False, "metrics": result.metrics,
-                "not_trained_here": skipped}
+        if model_type == "all":
+            result = train_all(self.settings, self.registry, force=force)
+            steps = result.steps
+        else:
+            steps = [train_one(self.settings, self.registry, COMPONENT_OF[model_type], force=force)]
+        self.last_version = steps[-1].version if model_type != "all" else result.final_version
+        classifier = next((s.result for s in steps if s.component == "classifier" and s.result is not None), None)
+        return {"version": self.last_version, "skipped": all(s.status != "trained" for s in steps),
+                "steps": [s.to_dict() for s in steps],
+                **({"metrics": classifier.metrics} if classifier is not None else {})}
 
     # ------------------------------------------------------------ validation
     def validate_models(self, version: str | None = None) -> dict[str, Any]:

@@ -132,7 +132,8 @@ class SystemMonitor:
 
 
 class MlflowTracker:
-    """A thin wrapper: one run per training; logging failures are logged, never fatal."""
+    """A thin wrapper: one run per training; logging failures are logged, never fatal. A run started while
+    another is active is nested under it (a child run in the parent's experiment)."""
 
     def __init__(self, tracking_uri: str, experiment: str = EXPERIMENT) -> None:
         self.tracking_uri = tracking_uri
@@ -149,6 +150,8 @@ class MlflowTracker:
         if self.tracking_uri.startswith("sqlite:///"):
             Path(self.tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         try:
+            # inside another run (train --model-type all, HPO): a child run in the parent's experiment
+            nested = nested or mlflow.active_run() is not None
             if not nested:
                 mlflow.set_tracking_uri(self.tracking_uri)
                 mlflow.set_experiment(self.experiment)

@@ -23,7 +23,6 @@ class ModelType(str, Enum):
     all = "all"
 
 
-BUILT = {ModelType.classifier, ModelType.embeddings, ModelType.entities, ModelType.sentiment, ModelType.generator}
 COMPONENT_TYPES = (ModelType.entities, ModelType.sentiment)  # trained on their own data, carrying the rest over
 
 
@@ -142,11 +141,6 @@ def train_cmd(
 
         hotelbot train --model-type embeddings --incremental --json
     """
-    from ..errors import NotImplementedYetError
-
-    if model_type is not ModelType.all and model_type not in BUILT:
-        raise NotImplementedYetError(f"--model-type {model_type.value}: not implemented yet; "
-                                     "use --model-type classifier, entities, sentiment or embeddings")
     if model_type is ModelType.all:
         message("--model-type all: the classifier, then every other component whose data is prepared "
                 "(knowledge base, entities, sentiment, generator), each carrying the previous one over")
@@ -190,65 +184,93 @@ def train_cmd(
         elif deployed:
             out.print(f"deployed {deployed['version']} (was {deployed['previous'] or 'none'})")
         return
+    classifier_options = {"incremental_from": (from_version or "") if incremental else None,
+                          "hpo_trials": trials if hpo else 0, "use_best_config": not ignore_best_config}
+    if model_type is ModelType.all:
+        _train_all(settings, store, documents, force, classifier_options, json_out)
+        return
     try:
         with log_to(settings.paths.logs / "training.log"), RichProgress() as progress:
             result = train_classifier(settings, settings.paths.data, store, listener=progress, force=force,
-                                      incremental_from=(from_version or "") if incremental else None,
-                                      hpo_trials=trials if hpo else 0, use_best_config=not ignore_best_config)
+                                      **classifier_options)
     except AlreadyTrainedError as exc:
         if json_out:
             print_json({"version": exc.version, "skipped": True, "reason": exc.message})
         else:
             message(exc.message)
         return
-    knowledge = None
-    others: dict[str, Any] = {}
-    last = result.version.name
-    if model_type is ModelType.all:
-        from ..entities import default_data_dir
-        from ..generation import default_data_path
-        from ..knowledge import DEFAULT_DOCUMENTS_OUTPUT
-
-        if documents is not None or (DEFAULT_DOCUMENTS_OUTPUT / "documents.json").exists():
-            knowledge = _train_knowledge(settings, store, documents, False, last, json_out)
-            last = knowledge["version"]
-        else:
-            warn("--model-type all: no prepared documents (hotelbot prepare --documents DIR); knowledge base skipped")
-        for component in ("entities", "sentiment"):
-            if (default_data_dir(settings, component) / "dataset.json").exists():
-                others[component] = _train_component(component, settings, store, None, force, last, json_out)
-                last = others[component]["version"]
-            else:
-                warn(f"--model-type all: no prepared {component} data (hotelbot prepare --{component} FILE); skipped")
-        generator_data = default_data_path(settings)
-        if generator_data.is_dir():
-            others["generator"] = _train_generator(settings, store, generator_data, force, last, json_out)
-            last = others["generator"]["version"]
-        else:
-            warn("--model-type all: no prepared generator data (hotelbot prepare --replies FILE); skipped")
-    deployed = _auto_deploy(settings, store, last)
-    m = result.metrics
+    deployed = _auto_deploy(settings, store, result.version.name)
     if json_out:
-        print_json({"version": result.version.name, "skipped": False, "duration_seconds": round(result.duration_seconds, 2),
-                    "mlflow_run_id": result.mlflow_run_id, "overall_score": m["overall_score"],
-                    "metrics": {k: m[k] for k in ("accuracy", "macro_f1", "macro_precision", "macro_recall",
-                                                  "weighted_f1", "overall_score")},
-                    "history": result.history, "deployed": deployed,
-                    "parent": result.version.metadata.get("parent"),
-                    "out_of_scope_threshold": result.version.metadata.get("out_of_scope_threshold"),
-                    "hpo": (result.version.metadata.get("training") or {}).get("hpo"),
-                    **({"knowledge": knowledge, **others, "final_version": last}
-                       if model_type is ModelType.all else {})})
+        print_json({**_classifier_doc(result), "deployed": deployed})
         return
+    _render_classifier(result)
+    if deployed:
+        out.print(f"deployed {deployed['version']} (was {deployed['previous'] or 'none'})")
+
+
+def _classifier_doc(result: Any) -> dict[str, Any]:
+    m, meta = result.metrics, result.version.metadata
+    return {"version": result.version.name, "skipped": False, "duration_seconds": round(result.duration_seconds, 2),
+            "mlflow_run_id": result.mlflow_run_id, "overall_score": m["overall_score"],
+            "metrics": {k: m[k] for k in ("accuracy", "macro_f1", "macro_precision", "macro_recall",
+                                          "weighted_f1", "overall_score")},
+            "history": result.history, "parent": meta.get("parent"),
+            "out_of_scope_threshold": meta.get("out_of_scope_threshold"),
+            "hpo": (meta.get("training") or {}).get("hpo")}
+
+
+def _render_classifier(result: Any) -> None:
+    m, meta = result.metrics, result.version.metadata
     out.print(f"trained {result.version.name} in {result.duration_seconds:.1f}s: accuracy {m['accuracy']:.4f}, "
               f"macro-F1 {m['macro_f1']:.4f} on {m['num_examples']} validation texts")
-    meta = result.version.metadata
     if meta.get("parent"):
         out.print(f"incremental: started from {meta['parent']}")
     if meta.get("out_of_scope_threshold") is not None:
         out.print(f"out-of-scope threshold {meta['out_of_scope_threshold']:.3f}: in-scope accuracy "
                   f"{m.get('in_scope_accuracy') or 0:.4f}, out-of-scope recall {m.get('out_of_scope_recall') or 0:.4f}")
     message(f"saved to {result.version.path}; MLflow run {result.mlflow_run_id}")
+
+
+def _train_all(settings: Any, store: Any, documents: Path | None, force: bool, classifier_options: dict[str, Any],
+               json_out: bool) -> None:
+    """--model-type all: the library's pipeline (one MLflow parent run), rendered step by step."""
+    from contextlib import ExitStack, contextmanager
+
+    from ..pipeline import train_all
+
+    @contextmanager
+    def progress(component: str):
+        with ExitStack() as stack:
+            stack.enter_context(log_to(settings.paths.logs / "training.log"))
+            if not json_out:
+                message(f"--model-type all: training {component}")
+            yield stack.enter_context(RichProgress())
+
+    def on_step(step: Any) -> None:
+        if json_out:
+            return
+        if step.status == "skipped":
+            warn(f"--model-type all: {step.component} skipped: {step.message}")
+        elif step.status == "unchanged":
+            message(f"{step.component}: {step.message}")
+        elif step.component == "classifier":
+            _render_classifier(step.result)
+        elif step.component == "knowledge":
+            _render_knowledge(step.result)
+        elif step.component == "generator":
+            _render_generator(step.result)
+        else:
+            _render_component(step.result)
+
+    result = train_all(settings, store, documents=documents, force=force, classifier_options=classifier_options,
+                       progress=progress, on_step=on_step)
+    deployed = _auto_deploy(settings, store, result.final_version) if result.final_version else None
+    if json_out:
+        print_json({**result.to_dict(), "version": result.final_version, "deployed": deployed})
+        return
+    out.print(f"final version {result.final_version}: "
+              + ", ".join(f"{s.component} {s.status}" for s in result.steps)
+              + f"; MLflow parent run {result.mlflow_run_id}")
     if deployed:
         out.print(f"deployed {deployed['version']} (was {deployed['previous'] or 'none'})")
 
@@ -271,12 +293,16 @@ def _train_knowledge(settings: Any, store: Any, documents: Path | None, incremen
         result = train_knowledge_base(settings, documents or DEFAULT_DOCUMENTS_OUTPUT, store, listener=progress,
                                       incremental=incremental, source=source)
     if not json_out:
-        out.print(f"knowledge base {result.version.name}: {result.documents} documents, {result.chunks} chunks "
-                  f"({result.embedded_chunks} embedded, {result.reused_chunks} reused"
-                  f"{', incremental' if result.incremental else ''}) in {result.build_seconds:.1f}s")
-        message(f"carried over the other components of {result.source}" if result.source
-                else "the registry was empty: this version holds only the knowledge base")
+        _render_knowledge(result)
     return result.to_dict()
+
+
+def _render_knowledge(result: Any) -> None:
+    out.print(f"knowledge base {result.version.name}: {result.documents} documents, {result.chunks} chunks "
+              f"({result.embedded_chunks} embedded, {result.reused_chunks} reused"
+              f"{', incremental' if result.incremental else ''}) in {result.build_seconds:.1f}s")
+    message(f"carried over the other components of {result.source}" if result.source
+            else "the registry was empty: this version holds only the knowledge base")
 
 
 def _train_component(component: str, settings: Any, store: Any, data: Path | None, force: bool,
@@ -304,16 +330,20 @@ def _train_component(component: str, settings: Any, store: Any, data: Path | Non
         if not json_out:
             message(exc.message)
         return {"component": component, "version": exc.version, "skipped": True, "reason": exc.message}
-    doc = result.to_dict()
     if not json_out:
-        m = result.metrics
-        out.print(f"trained {component} {result.version.name} in {result.duration_seconds:.1f}s: "
-                  f"{m['metric']} {m['overall_score']:.4f}; components {', '.join(doc['components'])}"
-                  + (f" (carried over from {result.carried_from})" if result.carried_from else ""))
-        if component == "entities":
-            out.print("  F1 per type: " + "  ".join(f"{k} {v['f1']:.3f}" for k, v in m["per_type"].items()))
-        message(f"saved to {result.version.path}; MLflow run {result.mlflow_run_id}")
-    return doc
+        _render_component(result)
+    return result.to_dict()
+
+
+def _render_component(result: Any) -> None:
+    m = result.metrics
+    out.print(f"trained {result.component} {result.version.name} in {result.duration_seconds:.1f}s: "
+              f"{m['metric']} {m['overall_score']:.4f}; components "
+              f"{', '.join(result.version.metadata.get('components') or [])}"
+              + (f" (carried over from {result.carried_from})" if result.carried_from else ""))
+    if result.component == "entities":
+        out.print("  F1 per type: " + "  ".join(f"{k} {v['f1']:.3f}" for k, v in m["per_type"].items()))
+    message(f"saved to {result.version.path}; MLflow run {result.mlflow_run_id}")
 
 
 def _train_generator(settings: Any, store: Any, data: Path | None, force: bool, source: str | None,
@@ -330,11 +360,14 @@ def _train_generator(settings: Any, store: Any, data: Path | None, force: bool, 
         if not json_out:
             message(exc.message)
         return {"component": "generator", "version": exc.version, "skipped": True, "reason": exc.message}
-    doc = result.to_dict()
     if not json_out:
-        g, b = result.metrics["generator"], result.metrics["retrieval_baseline"]
-        out.print(f"trained generator {result.version.name} in {result.duration_seconds:.1f}s: BLEU {g['bleu']:.2f} "
-                  f"ROUGE-L {g['rouge_l']:.4f} perplexity {g['perplexity']:.2f} relevance {g['relevance']:.4f} "
-                  f"(retrieval-only baseline: BLEU {b['bleu']:.2f} ROUGE-L {b['rouge_l']:.4f} "
-                  f"relevance {b['relevance']:.4f})")
-    return doc
+        _render_generator(result)
+    return result.to_dict()
+
+
+def _render_generator(result: Any) -> None:
+    g, b = result.metrics["generator"], result.metrics["retrieval_baseline"]
+    out.print(f"trained generator {result.version.name} in {result.duration_seconds:.1f}s: BLEU {g['bleu']:.2f} "
+              f"ROUGE-L {g['rouge_l']:.4f} perplexity {g['perplexity']:.2f} relevance {g['relevance']:.4f} "
+              f"(retrieval-only baseline: BLEU {b['bleu']:.2f} ROUGE-L {b['rouge_l']:.4f} "
+              f"relevance {b['relevance']:.4f})")
