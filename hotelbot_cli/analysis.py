@@ -170,13 +170,25 @@ def smoke_check_components(info: "VersionInfo", texts_count: int = 20) -> dict[s
 
 
 def component_report(path: "Path", metadata: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """For ``hotelbot report``: the entity and sentiment components of the version files in ``path``
-    (published or staged) with ``metadata``: headline metrics, per-label table rows, data sizes, base
-    model, training time, where it was carried over from. {} when the version has neither."""
+    """For ``hotelbot report``: the components other than the intent classifier in the version files in
+    ``path`` (published or staged) with ``metadata``. {} when the version has none of them.
+
+    Every entry has ``kind`` ("labels" for entities / sentiment, "generation", "retrieval"), ``headline``,
+    ``rows``, ``dataset``, ``base_model``, ``training``, ``carried_from`` and ``mlflow_run_id``; a generator
+    adds ``baseline`` (the retrieval-only baseline measured in the same run), ``grounding``, ``generation``
+    (decoding settings) and ``samples`` (validation messages with reference, generated and baseline reply)."""
     import json
     from pathlib import Path
 
     out: dict[str, dict[str, Any]] = {}
+
+    def common(summary: dict[str, Any]) -> dict[str, Any]:
+        base = summary.get("base_model")
+        return {"dataset": summary.get("dataset") or {},
+                "base_model": base.get("spec") if isinstance(base, dict) else base,
+                "training": summary.get("training") or {}, "carried_from": summary.get("carried_from"),
+                "mlflow_run_id": summary.get("mlflow_run_id")}
+
     for name, per_key in (("entities", "per_type"), ("sentiment", "per_intent")):
         summary = metadata.get(name)
         metrics_path = Path(path) / name / "metrics.json"
@@ -187,14 +199,39 @@ def component_report(path: "Path", metadata: dict[str, Any]) -> dict[str, dict[s
                                                  "micro_f1", "macro_precision", "macro_recall", "macro_f1",
                                                  "accuracy", "weighted_f1") if metrics.get(k) is not None}
         out[name] = {
-            "headline": headline,
+            "kind": "labels", "headline": headline,
             "rows": [{"label": label, **{k: s.get(k) for k in ("precision", "recall", "f1", "support")}}
                      for label, s in (metrics.get(per_key) or {}).items()],
-            "dataset": summary.get("dataset") or {},
-            "base_model": (summary.get("base_model") or {}).get("spec"),
-            "training": summary.get("training") or {},
-            "carried_from": summary.get("carried_from"),
-            "mlflow_run_id": summary.get("mlflow_run_id"),
+            **common(summary),
+        }
+    knowledge = metadata.get("knowledge")
+    if isinstance(knowledge, dict):
+        out["knowledge"] = {
+            "kind": "retrieval",
+            "headline": {k: knowledge.get(k) for k in ("documents", "chunks", "dim", "embedded_chunks",
+                                                       "reused_chunks", "incremental")},
+            "rows": [], **common({**knowledge, "base_model": knowledge.get("embedding_model"),
+                                  "training": {"duration_seconds": knowledge.get("build_seconds")}}),
+        }
+    generator = metadata.get("generator")
+    metrics_path = Path(path) / "generator" / "metrics.json"
+    if isinstance(generator, dict) and metrics_path.is_file():
+        metrics = json.loads(metrics_path.read_text("utf-8"))
+        g, b = metrics.get("generator") or {}, metrics.get("retrieval_baseline") or {}
+        names = (("bleu", "BLEU"), ("rouge_l", "ROUGE-L"), ("relevance", "relevance"),
+                 ("exact_match", "exact match"), ("perplexity", "perplexity"))
+        out["generator"] = {
+            "kind": "generation",
+            "headline": {k: g.get(k) for k, _ in names if g.get(k) is not None},
+            "baseline": {k: b.get(k) for k, _ in names if b.get(k) is not None},
+            "rows": [{"metric": label, "generator": g.get(k), "baseline": b.get(k)} for k, label in names
+                     if g.get(k) is not None],
+            "architecture": generator.get("architecture"), "grounded": generator.get("grounded"),
+            "knowledge_version": generator.get("knowledge_version"), "grounding": metrics.get("grounding"),
+            "generation": metrics.get("generation") or generator.get("generation"),
+            "num_examples": metrics.get("num_examples"), "bleu_signature": metrics.get("bleu_signature"),
+            "samples": (metrics.get("samples") or [])[:5],
+            **common(generator),
         }
     return out
 

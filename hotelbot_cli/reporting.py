@@ -1305,6 +1305,47 @@ def _cls_delta(value: float | None) -> _Raw:
     return _Raw(f'<span class="{cls}">{_e(_delta(value))}</span>')
 
 
+def _component_facts(c: dict[str, Any]) -> list[tuple[str, str]]:
+    """Key facts of one component of the report (see analysis.component_report), for HTML and Markdown."""
+    h, kind = c["headline"], c.get("kind", "labels")
+    carried = ("carried over from", c["carried_from"] or "- (built for this version)")
+    sizes = ("train / validation", f"{c['dataset'].get('train_size', '-')} / {c['dataset'].get('validation_size', '-')}")
+    seconds = c["training"].get("duration_seconds")
+    took = ("training time", f"{seconds} s" if seconds is not None else "-")
+    if kind == "retrieval":
+        return [("documents / chunks", f"{h.get('documents', '-')} / {h.get('chunks', '-')}"),
+                ("embedding model", c["base_model"] or "-"), ("dimensions", str(h.get("dim", "-"))),
+                ("build time", f"{seconds} s" if seconds is not None else "-"),
+                ("embedded / reused chunks", f"{h.get('embedded_chunks', '-')} / {h.get('reused_chunks', '-')}"),
+                ("retrieval quality", "hotelbot validate --kb-eval"), carried]
+    if kind == "generation":
+        grounding = c.get("grounding") or {}
+        generation = c.get("generation") or {}
+        decoding = ", ".join(f"{k} {v}" for k, v in generation.items() if v not in (None, False)) or "-"
+        facts = [("overall", f"BLEU {_f(h.get('bleu'), 2)} vs {_f(c['baseline'].get('bleu'), 2)} for the "
+                             f"retrieval-only baseline (same {c.get('num_examples', '-')} validation pairs)"),
+                 ("architecture", c.get("architecture") or "-"), ("base model", c["base_model"] or "-"), sizes, took,
+                 ("grounding", f"top {grounding.get('passages')} passages of {c.get('knowledge_version')}; the "
+                               f"reference's document retrieved for {_pct(grounding.get('source_hit_rate'))} of "
+                               "the pairs" if c.get("grounded") and grounding else "none (no knowledge base)"),
+                 ("decoding", decoding), carried]
+        if c.get("bleu_signature"):
+            facts.append(("BLEU signature", c["bleu_signature"]))
+        return facts
+    return [("overall score", f"{_f(h.get('overall_score'))} ({h.get('metric')})"),
+            ("base model", c["base_model"] or "-"), sizes, took, carried]
+
+
+def _component_table(c: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]], tuple[int, ...]]:
+    if c.get("kind") == "generation":
+        return (["metric", "generator", "retrieval baseline"],
+                [(row["metric"], _f(row["generator"]), _f(row["baseline"]) if row["baseline"] is not None else "-")
+                 for row in c["rows"]], (1, 2))
+    return (["label", "precision", "recall", "F1", "support"],
+            [(row["label"], _f(row["precision"]), _f(row["recall"]), _f(row["f1"]), row["support"])
+             for row in c["rows"]], (1, 2, 3, 4))
+
+
 def render_html(report: Report) -> str:
     """One self-contained HTML document (inline CSS, PNG data URIs; well-formed XML as well)."""
     h = report.headline
@@ -1332,17 +1373,15 @@ def render_html(report: Report) -> str:
     if report.components:
         doc.add('<section id="components"><h2>Other components</h2>')
         for cname, c in report.components.items():
-            h = c["headline"]
             doc.add(f"<h3>{_e(cname)}</h3>")
-            doc.kv([("overall score", f"{_f(h.get('overall_score'))} ({h.get('metric')})"),
-                    ("base model", c["base_model"] or "-"),
-                    ("train / validation", f"{c['dataset'].get('train_size', '-')} / "
-                                           f"{c['dataset'].get('validation_size', '-')}"),
-                    ("training time", f"{c['training'].get('duration_seconds', '-')} s"),
-                    ("carried over from", c["carried_from"] or "- (trained for this version)")])
-            doc.table(["label", "precision", "recall", "F1", "support"],
-                      [(row["label"], _f(row["precision"]), _f(row["recall"]), _f(row["f1"]), row["support"])
-                       for row in c["rows"]], numeric=(1, 2, 3, 4))
+            doc.kv(_component_facts(c))
+            header, rows, numeric = _component_table(c)
+            if rows:
+                doc.table(header, rows, numeric=numeric)
+            if c.get("samples"):
+                doc.add("<h4>Sample replies (validation)</h4>")
+                doc.table(["message", "reference", "generated", "retrieval baseline"],
+                          [(x["message"], x["reference"], x["generated"], x["baseline"]) for x in c["samples"]])
         doc.add("</section>")
     doc.add("</main><footer>")
     for note in report.notes:
@@ -1703,15 +1742,14 @@ def render_markdown(report: Report, figures_dir: str | None = None) -> str:
     if r.components:
         out += ['<a id="components"></a>', "", "## Other components", ""]
         for cname, c in r.components.items():
-            h = c["headline"]
-            out += [f"### {cname}", "",
-                    f"- overall score {_f(h.get('overall_score'))} ({h.get('metric')}), base model "
-                    f"{c['base_model'] or '-'}, {c['dataset'].get('train_size', '-')} train / "
-                    f"{c['dataset'].get('validation_size', '-')} validation"
-                    + (f", carried over from {c['carried_from']}" if c["carried_from"] else ""), ""]
-            out += _md_table(["label", "precision", "recall", "F1", "support"],
-                             [(row["label"], _f(row["precision"]), _f(row["recall"]), _f(row["f1"]), row["support"])
-                              for row in c["rows"]], numeric=(1, 2, 3, 4))
+            out += [f"### {cname}", ""] + [f"- {key}: {value}" for key, value in _component_facts(c)] + [""]
+            header, rows, numeric = _component_table(c)
+            if rows:
+                out += _md_table(header, rows, numeric=numeric)
+            if c.get("samples"):
+                out += ["Sample replies (validation):", ""]
+                out += _md_table(["message", "reference", "generated", "retrieval baseline"],
+                                 [(x["message"], x["reference"], x["generated"], x["baseline"]) for x in c["samples"]])
     if r.notes:
         out += ["---", ""] + [f"- note: {n}" for n in r.notes] + [""]
     out += [f"_Generated by hotelbot from {r.source} at {r.generated_at}._", ""]

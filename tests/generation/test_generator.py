@@ -498,3 +498,25 @@ def test_hub_style_seq2seq_and_causal_base_models(kind, tiny_model, tmp_path):
     model, tokenizer, spec, generation, vocab = load_generator(tmp_path / "gen")
     assert spec.architecture == kind and vocab is None
     assert Responder(model, tokenizer, spec, generation).reply([p.message for p in pairs]) == answers
+
+
+def test_the_report_has_a_generator_and_a_knowledge_section(gen_registry):
+    from hotelbot_cli.reporting import build_report, render_html, render_markdown
+
+    report = build_report(gen_registry, "v0003", measure_latency=False, figures=False, min_score=0.0)
+    doc = report.to_dict()
+    assert set(doc["components"]) == {"knowledge", "generator"}
+    gen = doc["components"]["generator"]
+    recorded = json.loads((gen_registry.get("v0003").path / GENERATOR_DIR / "metrics.json").read_text("utf-8"))
+    assert gen["kind"] == "generation" and gen["headline"]["bleu"] == recorded["generator"]["bleu"]
+    assert gen["baseline"]["bleu"] == recorded["retrieval_baseline"]["bleu"]
+    assert {r["metric"] for r in gen["rows"]} >= {"BLEU", "ROUGE-L", "relevance", "perplexity"}
+    assert gen["samples"] and set(gen["samples"][0]) >= {"message", "reference", "generated", "baseline"}
+    assert gen["grounded"] is True and gen["knowledge_version"] == "v0002"
+    assert doc["components"]["knowledge"]["kind"] == "retrieval"
+    assert doc["components"]["knowledge"]["headline"]["chunks"] >= 1
+    markdown, html = render_markdown(report), render_html(report)
+    for text in (markdown, html):
+        assert "generator" in text and "retrieval baseline" in text
+        assert f"{recorded['generator']['rouge_l']:.4f}" in text and f"{recorded['retrieval_baseline']['rouge_l']:.4f}" in text
+        assert "Sample replies" in text
