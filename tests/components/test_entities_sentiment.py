@@ -379,51 +379,7 @@ def test_e5_tokenizer_keeps_almost_every_shipped_entity(model_cache):
 
 
 # ---------------------------------------------------------------------------------------- CLI, validate, serve, report
-# These exercise the wiring in existing modules (train/prepare/predict/validate CLI, deploy gate, serve, report);
-# each is skipped until that wiring exists.
-
-
-def _wired(check) -> bool:
-    try:
-        return bool(check())
-    except Exception:  # noqa: BLE001 - not wired yet
-        return False
-
-
-def _cli_wired() -> bool:
-    import inspect
-
-    from hotelbot_cli.cli import prepare, train
-
-    return "entities" in train.ModelType.__members__ and "--entities" in inspect.getsource(prepare)
-
-
-def _validate_wired() -> bool:
-    from hotelbot_cli.evaluation import ValidationResult
-
-    return "components" in ValidationResult.__dataclass_fields__
-
-
-def _serve_wired() -> bool:
-    import inspect
-
-    from hotelbot_cli import serving
-
-    return '"/analyze"' in inspect.getsource(serving)
-
-
-def _report_wired() -> bool:
-    from hotelbot_cli.reporting import Report
-
-    return "components" in Report.__dataclass_fields__
-
-
-def _predict_wired() -> bool:
-    import inspect
-
-    from hotelbot_cli.cli import predict
-
-    return "Analyzer" in inspect.getsource(predict)
+# The wiring in the CLI (prepare/train/predict/validate/deploy), serve and report.
 
 
 def invoke(*args):
@@ -434,8 +390,6 @@ def invoke(*args):
     return CliRunner().invoke(app, list(args))
 
 
-@pytest.mark.skipif(not _wired(_cli_wired) or not _wired(_validate_wired) or not _wired(_predict_wired),
-                    reason="train/prepare/predict/validate CLI not component-aware yet")
 def test_cli_prepare_train_predict_validate_deploy_without_a_classifier(fast_train_env, monkeypatch, tmp_path):
     monkeypatch.setenv("TRAINING_EPOCHS", "2")  # quality does not matter here (gate 0)
     sentiment = [json.loads(line) for line in SHIPPED_SENTIMENT.read_text("utf-8").splitlines()]
@@ -481,7 +435,6 @@ def test_cli_prepare_train_predict_validate_deploy_without_a_classifier(fast_tra
     assert set(doc["smoke"]) == {"entities", "sentiment"}
 
 
-@pytest.mark.skipif(not _wired(_predict_wired), reason="predict CLI not component-aware yet")
 def test_cli_predict_keeps_its_keys_and_adds_entities_and_sentiment(registry):
     keys = {"text", "intent", "confidence", "top_k", "fallback", "entities", "sentiment"}
     result = invoke("predict", "Soy Ana de la habitación 305", "--version", "v0004", "--json")
@@ -495,7 +448,6 @@ def test_cli_predict_keeps_its_keys_and_adds_entities_and_sentiment(registry):
     assert "sentiment=" in text
 
 
-@pytest.mark.skipif(not _wired(_validate_wired), reason="validate not component-aware yet")
 def test_validate_scores_every_component_and_gates_on_each(registry, monkeypatch):
     result = invoke("validate", "v0004", "--json")
     assert result.exit_code == 0, result.output
@@ -514,7 +466,6 @@ def test_validate_scores_every_component_and_gates_on_each(registry, monkeypatch
         assert (f"{name} {c['metric']}" in " ".join(doc["failures"])) == (not c["passed"])
 
 
-@pytest.mark.skipif(not _wired(_serve_wired), reason="serve has no /analyze yet")
 def test_serve_analyze_returns_components_and_classify_is_unchanged(registry):
     from fastapi.testclient import TestClient
 
@@ -537,7 +488,6 @@ def test_serve_analyze_returns_components_and_classify_is_unchanged(registry):
         assert client.post("/analyze", json={"texts": [" "]}).status_code == 422
 
 
-@pytest.mark.skipif(not _wired(_report_wired), reason="report not component-aware yet")
 def test_report_shows_the_other_components(registry):
     from hotelbot_cli.reporting import build_report, render_html, render_markdown
 
@@ -547,5 +497,9 @@ def test_report_shows_the_other_components(registry):
     entities = doc["components"]["entities"]
     assert entities["headline"]["metric"] == "micro_f1" and {r["label"] for r in entities["rows"]} == set(VALUES)
     assert doc["components"]["sentiment"]["carried_from"] is None and entities["carried_from"] == "v0003"
-    assert "## Other components" in render_markdown(report) and 'id="components"' in render_html(report)
+    assert {c["kind"] for c in doc["components"].values()} == {"labels"}
+    markdown, html = render_markdown(report), render_html(report)
+    assert "## Other components" in markdown and 'id="components"' in html
+    for row in entities["rows"]:  # every label's F1, as recorded, in both renderings
+        assert f"| {row['label']} |" in markdown and f"{row['f1']:.4f}" in markdown and f"{row['f1']:.4f}" in html
     assert build_report(registry, "v0002", measure_latency=False, figures=False).to_dict()["components"] == {}

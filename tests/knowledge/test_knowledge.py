@@ -361,14 +361,6 @@ def test_search_cli_and_retrieval_metrics(registry_copy, kb_settings, tmp_path):
         evaluate_retrieval(registry_copy.get("v0001"), eval_path)
 
 
-def _cli_wired() -> bool:
-    from hotelbot_cli.cli import train as train_cli
-
-    return (train_cli.ModelType.embeddings in train_cli.BUILT
-            and any(c.name == "search" for c in app.registered_commands))
-
-
-@pytest.mark.skipif(not _cli_wired(), reason="train --model-type embeddings / search not wired into the app yet")
 def test_train_cli_builds_and_updates_the_knowledge_base(kb_settings, tmp_path):
     docs = write_corpus(tmp_path / "docs")
     assert runner.invoke(app, ["prepare", "--documents", str(docs)]).exit_code == 0
@@ -383,15 +375,6 @@ def test_train_cli_builds_and_updates_the_knowledge_base(kb_settings, tmp_path):
     assert result.exit_code == 0 and json.loads(result.stdout)["model_version"] == "v0002"
 
 
-def _deploy_and_training_wired() -> bool:
-    from hotelbot_cli import deployment, training
-
-    deploy_source = open(deployment.__file__, encoding="utf-8").read()
-    training_source = open(training.__file__, encoding="utf-8").read()
-    return 'has_component(info, "knowledge")' in deploy_source and "carry_over(" in training_source
-
-
-@pytest.mark.skipif(not _deploy_and_training_wired(), reason="deploy/train_classifier not knowledge-aware yet")
 def test_knowledge_only_deploy_then_a_classifier_keeps_the_knowledge_base(kb_settings, tmp_path, fast_train_env,
                                                                           tiny_data, monkeypatch):
     from hotelbot_cli.data import prepare_dataset
