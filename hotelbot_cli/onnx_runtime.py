@@ -27,7 +27,9 @@ import contextlib
 import json
 import logging
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
@@ -537,16 +539,28 @@ def _check_texts(texts: Sequence[str]) -> None:
             raise DataError(f"text {i + 1} is empty")
 
 
+def _threads_env() -> int:
+    try:
+        threads = int(os.environ.get(THREADS_ENV, "0") or 0)
+    except ValueError:
+        raise ConfigError(f"{THREADS_ENV} must be a whole number of threads (0: one per core)") from None
+    if threads < 0:
+        raise ConfigError(f"{THREADS_ENV} must be a whole number of threads (0: one per core)")
+    return threads
+
+
+def thread_budget() -> int:
+    """Threads onnxruntime may use: HOTELBOT_ONNX_THREADS, else one per core."""
+    return _threads_env() or os.cpu_count() or 1
+
+
 def _session(path: Path, threads: int | None = None) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: no "Removing initializer" chatter on stderr
-    try:
-        threads = threads if threads is not None else int(os.environ.get(THREADS_ENV, "0") or 0)
-    except ValueError:
-        raise ConfigError(f"{THREADS_ENV} must be a whole number of threads (0: one per core)") from None
+    threads = threads if threads is not None else _threads_env()
     if threads > 0:
         options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -568,7 +582,7 @@ class OnnxPredictor:
     """A version's ONNX model on onnxruntime: the interface of :class:`inference.Predictor`, without torch."""
 
     def __init__(self, session: Any, tokenizer: Any, config: RuntimeClassifierConfig, version: str,
-                 runtime: str = ONNX_INT8) -> None:
+                 runtime: str = ONNX_INT8, lanes: int = 1) -> None:
         self.session = session
         self.tokenizer = tokenizer  # FullEncoder or UnigramSubsetEncoder: .encode(texts) -> (ids, mask)
         self.config = config
@@ -577,6 +591,9 @@ class OnnxPredictor:
         self.labels = list(config.labels)
         self._inputs = {i.name for i in session.get_inputs()}
         self.batch_invariant = runtime == ONNX_INT8  # see probabilities()
+        self.lanes = lanes  # int8: parallel one-text session calls
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     @classmethod
     def from_model_dir(cls, model_dir: Path, runtime: str = ONNX_INT8, version: str = "",
@@ -596,6 +613,13 @@ class OnnxPredictor:
         encoder = load_text_encoder(model_dir, config.max_length, tokenizer)
         if before_session is not None:
             before_session()
+        if runtime == ONNX_INT8:
+            # One short text is too little work to split across threads (on 2 cores, e5-small int8: 4.5 ms
+            # per text with 2 intra-op threads, 3.5 ms with 1), so the int8 model runs single-threaded
+            # calls side by side, one lane per core of the thread budget: 2.4x the texts/s on 2 cores
+            # (benchmarks/latency.py).
+            lanes = thread_budget()
+            return cls(_session(path, threads=1), encoder, config, version or model_dir.parent.name, runtime, lanes)
         return cls(_session(path), encoder, config, version or model_dir.parent.name, runtime)
 
     @classmethod
@@ -656,30 +680,77 @@ class OnnxPredictor:
         The int8 model runs one text at a time: dynamic quantization scales each activation tensor by
         its own range, so in a padded batch a text's answer would depend on the other texts in it (on
         e5, 4 % of the labels changed between batch-32 and one-by-one). fp32 batches (same answers to 1e-6).
+        The int8 texts are tokenized together, then run in ``lanes`` parallel single-threaded
+        session calls (see :meth:`from_model_dir`).
         """
         import numpy as np
 
-        step = 1 if self.batch_invariant else max(1, batch_size)
+        if self.batch_invariant:
+            return self._one_by_one(texts)
+        step = max(1, batch_size)
         rows = [softmax(self.logits(texts[start:start + step])) for start in range(0, len(texts), step)]
         return np.concatenate(rows) if rows else np.empty((0, len(self.labels)), dtype=np.float32)
 
-    def predict(self, texts: Sequence[str], top_k: int = 3, batch_size: int = 32) -> list["Prediction"]:
+    def _one_by_one(self, texts: Sequence[str]) -> Any:
+        import numpy as np
+
+        if not texts:
+            return np.empty((0, len(self.labels)), dtype=np.float32)
+        ids, mask = self.encode(texts)
+        if self.lanes > 1 and len(texts) > 1:
+            logits = list(self._lane_pool().map(lambda row: self._row_logits(ids, mask, row), range(len(texts))))
+        else:
+            logits = [self._row_logits(ids, mask, row) for row in range(len(texts))]
+        return softmax(np.concatenate(logits))
+
+    def _row_logits(self, ids: Any, mask: Any, row: int) -> Any:
+        """One text of an encoded batch, run alone: its own tokens only, exactly its one-text encoding."""
+        keep = mask[row].astype(bool)
+        feed = {"input_ids": ids[row:row + 1, keep], "attention_mask": mask[row:row + 1, keep]}
+        return self.session.run(["logits"], {k: v for k, v in feed.items() if k in self._inputs})[0]
+
+    def _lane_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            with self._pool_lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="hotelbot-onnx")
+        return self._pool
+
+    @property
+    def streams(self) -> bool:
+        """True when :meth:`submit_each` can answer texts independently on parallel lanes (int8)."""
+        return self.batch_invariant and self.lanes > 1
+
+    def submit_each(self, texts: Sequence[str], top_k: int = 3) -> list[Any]:
+        """int8: one concurrent.futures.Future per text, each resolving to its Prediction as soon as that
+        text has run. The texts are tokenized together here; their passes queue on the lanes, first in
+        first out. The answers equal :meth:`predict`'s."""
+        _check_texts(texts)
+        ids, mask = self.encode(texts)
+        pool = self._lane_pool()
+        k = max(1, min(top_k, len(self.labels)))
+
+        def one(row: int) -> "Prediction":
+            return self._prediction(texts[row], softmax(self._row_logits(ids, mask, row))[0], k)
+
+        return [pool.submit(one, row) for row in range(len(texts))]
+
+    def _prediction(self, text: str, row: Any, k: int) -> "Prediction":
         import numpy as np
 
         from .inference import Prediction
 
+        idxs = np.argsort(-row, kind="stable")[:k]
+        ranked = [{"intent": self.labels[i], "confidence": round(float(row[i]), 6)} for i in idxs]
+        fallback = self.threshold is not None and float(row[idxs[0]]) < self.threshold
+        intent = OUT_OF_SCOPE if fallback else ranked[0]["intent"]
+        return Prediction(text, intent, ranked[0]["confidence"], ranked, fallback)
+
+    def predict(self, texts: Sequence[str], top_k: int = 3, batch_size: int = 32) -> list["Prediction"]:
         _check_texts(texts)
         probs = self.probabilities(texts, batch_size)
         k = max(1, min(top_k, len(self.labels)))
-        order = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
-        threshold = self.threshold
-        out = []
-        for text, row, idxs in zip(texts, probs, order):
-            ranked = [{"intent": self.labels[i], "confidence": round(float(row[i]), 6)} for i in idxs]
-            fallback = threshold is not None and float(row[idxs[0]]) < threshold
-            intent = OUT_OF_SCOPE if fallback else ranked[0]["intent"]
-            out.append(Prediction(text, intent, ranked[0]["confidence"], ranked, fallback))
-        return out
+        return [self._prediction(text, row, k) for text, row in zip(texts, probs)]
 
     def predict_labels(self, texts: Sequence[str], batch_size: int = 32, apply_threshold: bool = True) -> list[str]:
         probs = self.probabilities(texts, batch_size)

@@ -179,11 +179,17 @@ class Metrics:
             self.requests[(endpoint, status)] = self.requests.get((endpoint, status), 0) + 1
             self.latency.setdefault(endpoint, _Histogram(self.LATENCY_BUCKETS)).observe(seconds)
 
-    def observe_batch(self, size: int, out_of_scope: int = 0) -> None:
+    def observe_batch(self, size: int, out_of_scope: int = 0, passes: int = 1) -> None:
+        """A micro-batch of ``size`` texts, run as ``passes`` forward passes (1, or one per text for a
+        predictor that answers texts independently)."""
         with self._lock:
             self.batch_sizes.observe(size)
-            self.forward_passes += 1
+            self.forward_passes += passes
             self.out_of_scope += out_of_scope
+
+    def observe_out_of_scope(self, count: int) -> None:
+        with self._lock:
+            self.out_of_scope += count
 
     def model_loaded(self, version: str) -> None:
         with self._lock:
@@ -441,6 +447,7 @@ class MicroBatcher:
         self.texts = 0
         self._pending: deque[_Item] = deque()
         self._inflight: list[_Item] = []
+        self._streaming: set[_Item] = set()  # handed to a streaming predictor, not answered yet
         self._wakeup: asyncio.Event | None = None
         self._full: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -463,11 +470,12 @@ class MicroBatcher:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for item in [*self._inflight, *self._pending]:
+        for item in [*self._inflight, *self._streaming, *self._pending]:
             if not item.future.done():
                 item.future.set_exception(ServeError(503, "the server is shutting down"))
         self._pending.clear()
         self._inflight = []
+        self._streaming.clear()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
@@ -528,6 +536,8 @@ class MicroBatcher:
         self._inflight = batch
         try:
             for model, items in groups.values():
+                if getattr(model.predictor, "streams", False) and await self._stream(loop, model, items):
+                    continue
                 try:
                     outcomes = await loop.run_in_executor(self._executor, self._forward, model,
                                                           [i.text for i in items])
@@ -547,6 +557,49 @@ class MicroBatcher:
                         item.future.set_result(outcome)
         finally:
             self._inflight = []
+
+    async def _stream(self, loop: asyncio.AbstractEventLoop, model: LoadedModel, items: list[_Item]) -> bool:
+        """A predictor that answers texts independently (the int8 ONNX model on parallel lanes): tokenize
+        the group at once, hand its texts to the lanes and return without waiting, so the next group forms
+        while these run and each request is answered as soon as its own text is done (no batch barrier).
+        False when the group could not be handed over (then it runs through :meth:`_forward`)."""
+        try:
+            futures = await loop.run_in_executor(self._executor, model.predictor.submit_each,
+                                                 [i.text for i in items], self.top_k)
+        except Exception:  # noqa: BLE001 - e.g. one bad text: _forward isolates it
+            return False
+        self.forward_passes += len(items)  # one pass per text
+        self.texts += len(items)
+        if self.metrics is not None:
+            self.metrics.observe_batch(len(items), passes=len(items))
+
+        def deliver(item: _Item, done: Any) -> None:
+            self._streaming.discard(item)
+            if item.future.done():
+                return
+            error = done.exception()
+            if error is not None:
+                item.future.set_exception(error)
+                return
+            answer = model.answer(done.result())
+            if self.metrics is not None and answer["fallback"]:
+                self.metrics.observe_out_of_scope(1)
+            item.future.set_result(answer)
+
+        def hand_back(item: _Item, done: Any) -> None:  # on a lane thread
+            with contextlib.suppress(RuntimeError):  # the loop closed at shutdown: the item already has its 503
+                loop.call_soon_threadsafe(deliver, item, done)
+
+        for item, future in zip(items, futures):
+            self._streaming.add(item)
+            future.add_done_callback(lambda done, item=item: hand_back(item, done))
+        # Keep the lanes fed, not flooded: come back for the next group when about one text per lane is
+        # left, so that group holds everything that arrived meanwhile (fewer, larger tokenizer calls).
+        lanes = max(1, int(getattr(model.predictor, "lanes", 1)))
+        if len(futures) > lanes:
+            with contextlib.suppress(Exception):
+                await asyncio.wrap_future(futures[-lanes - 1])
+        return True
 
     def _forward(self, model: LoadedModel, texts: list[str]) -> list[Any]:
         """Runs in the worker thread. One bad text must not fail its neighbours: retry one by one."""

@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import REPO, clone_version
-from hotelbot_cli.errors import ConfigError, IntegrityError
+from hotelbot_cli.errors import ConfigError, DataError, IntegrityError
 from hotelbot_cli.onnx_runtime import (ONNX_FP32, ONNX_INT8, RUNTIME_FILE, RUNTIMES, TORCH, OnnxPredictor,
                                        choose_runtime, compare_runtimes)
 
@@ -238,6 +238,26 @@ def test_int8_answers_do_not_depend_on_the_other_texts_of_a_batch(onnx_registry)
     alone = np.concatenate([int8.probabilities([t]) for t in TEXTS])
     np.testing.assert_allclose(together, alone, atol=1e-6)
     assert [p.to_dict() for p in int8.predict(TEXTS)] == [int8.predict([t])[0].to_dict() for t in TEXTS]
+
+
+def test_int8_parallel_lanes_and_per_text_futures_give_the_same_answers(onnx_registry, monkeypatch):
+    """int8 runs its texts as single-threaded passes side by side (one lane per core of the thread budget);
+    serve's streaming path takes one future per text. Neither may change an answer."""
+    monkeypatch.setenv("HOTELBOT_ONNX_THREADS", "3")
+    int8 = OnnxPredictor.from_version(onnx_registry.get(WITH_ONNX), ONNX_INT8)
+    assert int8.lanes == 3 and int8.streams
+    serial = OnnxPredictor.from_version(onnx_registry.get(WITH_ONNX), ONNX_INT8)
+    serial.lanes = 1
+    texts = TEXTS * 3
+    np.testing.assert_array_equal(int8.probabilities(texts), serial.probabilities(texts))
+    futures = int8.submit_each(texts, top_k=2)
+    assert [f.result(timeout=30).to_dict() for f in futures] == [p.to_dict() for p in serial.predict(texts, top_k=2)]
+    with pytest.raises(DataError):
+        int8.submit_each(["hola", "  "])
+    assert not OnnxPredictor.from_version(onnx_registry.get(WITH_ONNX), ONNX_FP32).streams  # fp32 batches
+    monkeypatch.setenv("HOTELBOT_ONNX_THREADS", "-1")
+    with pytest.raises(ConfigError):
+        OnnxPredictor.from_version(onnx_registry.get(WITH_ONNX), ONNX_INT8)
 
 
 def test_out_of_scope_threshold_applies_as_in_torch(onnx_registry):

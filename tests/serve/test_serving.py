@@ -173,7 +173,10 @@ def test_every_endpoint_with_a_model(client, registry, labels):
     assert metric(text, 'hotelbot_requests_total{endpoint="/classify/batch",status="200"}') >= 1
     assert metric(text, 'hotelbot_request_duration_seconds_count{endpoint="/classify"}') >= 3
     assert metric(text, "hotelbot_microbatch_size_count") >= 4
-    assert metric(text, "hotelbot_forward_passes_total") == metric(text, "hotelbot_microbatch_size_count")
+    if predictor_from_registry(registry, "v0001").streams:  # int8: one pass per text, on parallel lanes
+        assert metric(text, "hotelbot_forward_passes_total") == metric(text, "hotelbot_microbatch_size_sum") == 6
+    else:  # a batching runtime: one pass per micro-batch
+        assert metric(text, "hotelbot_forward_passes_total") == metric(text, "hotelbot_microbatch_size_count")
 
     docs = client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
@@ -329,7 +332,11 @@ def test_failed_loads_keep_the_old_model_and_are_counted(registry):
 
 
 # ------------------------------------------------------------------------------------------ micro-batching
-def test_concurrent_requests_share_forward_passes(registry, labels):
+@pytest.mark.parametrize("runtime", ["onnx-fp32", "onnx-int8"])
+def test_concurrent_requests_share_forward_passes(registry, labels, runtime, monkeypatch):
+    """Concurrent requests form one micro-batch: with fp32 it is one forward pass; int8 (whose answers
+    would depend on batch neighbours) runs the group's texts as parallel single-text passes."""
+    monkeypatch.setenv("HOTELBOT_RUNTIME", runtime)
     deploy(registry, "v0001")
     n = 8
     # A batch leaves when `max_micro_batch` texts wait (the long wait is only an upper bound).
@@ -350,8 +357,10 @@ def test_concurrent_requests_share_forward_passes(registry, labels):
         assert all(r is not None and r.status_code == 200 for r in results)
         assert all(r.json()["intent"] in labels for r in results)
         batcher = app.state.batcher
-        assert batcher.texts == n and batcher.forward_passes == 1 < n
+        streams = runtime == "onnx-int8"
+        assert batcher.texts == n and batcher.forward_passes == (n if streams else 1)
         text = c.get("/metrics").text
+        assert metric(text, "hotelbot_microbatch_size_count") == 1  # one group either way
         assert metric(text, 'hotelbot_microbatch_size_bucket{le="4"}') == 0
         assert metric(text, 'hotelbot_microbatch_size_bucket{le="8"}') == 1
 
@@ -400,6 +409,67 @@ def test_batcher_groups_by_model_sizes_and_isolates_failures():
             await batcher.stop()
         with pytest.raises(ServeError) as info:
             await pending[0]
+        assert info.value.status_code == 503
+
+    asyncio.run(scenario())
+
+
+class FakeStreamingPredictor:
+    """Answers each text on its own lane thread; a text in ``gates`` waits for that event; 'boom' fails alone."""
+
+    streams, lanes = True, 2
+
+    def __init__(self, gates):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.gates, self.groups = gates, []
+        self.pool = ThreadPoolExecutor(4)
+
+    def submit_each(self, texts, top_k=3):
+        self.groups.append(list(texts))
+
+        def one(text):
+            if text in self.gates:
+                self.gates[text].wait(30)
+            if text == "boom":
+                raise RuntimeError("boom")
+            return _Pred(f"s:{text}", 0.9)
+        return [self.pool.submit(one, t) for t in texts]
+
+
+def test_a_streaming_predictor_answers_each_request_when_its_text_is_done():
+    async def scenario():
+        gates = {"slow": threading.Event(), "stuck": threading.Event()}
+        predictor = FakeStreamingPredictor(gates)
+        model = LoadedModel(predictor, "v0001")
+        batcher = MicroBatcher(max_batch=8, wait_s=0.05, top_k=1)
+        batcher.start()
+        try:
+            slow = asyncio.ensure_future(batcher.classify(model, ["slow"]))
+            others = [asyncio.ensure_future(batcher.classify(model, [t])) for t in ("fast", "boom", "quick")]
+            # No batch barrier: the other texts of the group are answered while "slow" is still held
+            # (with a barrier this would time out).
+            outcomes = await asyncio.wait_for(asyncio.gather(*others, return_exceptions=True), timeout=20)
+            assert not slow.done()
+            assert predictor.groups == [["slow", "fast", "boom", "quick"]]  # one group, one tokenizer call
+            assert isinstance(outcomes[1], RuntimeError)  # a failing text fails alone
+            assert [outcomes[i][0]["intent"] for i in (0, 2)] == ["s:fast", "s:quick"]
+            gates["slow"].set()
+            assert (await asyncio.wait_for(slow, timeout=20))[0]["intent"] == "s:slow"
+            assert batcher.forward_passes == 4 and batcher.texts == 4
+
+            # a text still running at shutdown fails with a 503 instead of hanging
+            late = batcher.submit(model, ["stuck"])
+            for _ in range(2000):  # until the batcher has handed it to a lane (bounded)
+                if predictor.groups[-1] == ["stuck"]:
+                    break
+                await asyncio.sleep(0.01)
+            assert predictor.groups[-1] == ["stuck"]
+        finally:
+            await batcher.stop()
+            gates["stuck"].set()
+        with pytest.raises(ServeError) as info:
+            await late[0]
         assert info.value.status_code == 503
 
     asyncio.run(scenario())
