@@ -28,10 +28,16 @@ def test_shipped_dataset_end_to_end_beats_chance_widely(tmp_path, isolated_env, 
     assert result.exit_code == 0, result.output
     trained = json.loads(result.stdout)
 
+    # validate re-scores the version on the runtime it serves with (chosen at train time by speed among
+    # those within the accuracy tolerance, so it can differ run to run); on torch it reproduces train's
+    # own figure exactly, on ONNX it stays within the tolerance.
+    result = runner.invoke(app, ["validate", "--min-score", "0.3", "--json"], env={"HOTELBOT_RUNTIME": "torch"})
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["overall_score"] == trained["overall_score"]
     result = runner.invoke(app, ["validate", "--min-score", "0.3", "--json"])
     assert result.exit_code == 0, result.output
     validation = json.loads(result.stdout)
-    assert validation['overall_score'] == trained["overall_score"]
+    assert abs(validation["overall_score"] - trained["overall_score"]) <= 0.02
 
     holdout = json.loads(HOLDOUT.read_text("utf-8"))
     texts = [r["text"] for r in holdout]
