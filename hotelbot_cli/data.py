@@ -327,18 +327,48 @@ def prepare(path: Path, validation_split: float = 0.2, seed: int = 42, min_examp
 # ---------------------------------------------------------------- storage
 
 
-def _jsonl_bytes(examples: Iterable[Example]) -> bytes:
-    return "".join(json.dumps(asdict(e), ensure_ascii=False) + "\n" for e in examples).encode("utf-8")
+def jsonl_bytes(records: Iterable[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+
+
+def write_split(out_dir: Path, train: Iterable[dict[str, Any]], validation: Iterable[dict[str, Any]],
+                manifest: dict[str, Any]) -> Path:
+    """The storage of every prepared split (intents, entities, sentiment, replies): train.jsonl and
+    validation.jsonl, then ``manifest`` as dataset.json, the completion marker, written last; each
+    file atomically, so an interrupted prepare never leaves a directory that reads as complete."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_dir / TRAIN_FILE, jsonl_bytes(train))
+    atomic_write_bytes(out_dir / VALIDATION_FILE, jsonl_bytes(validation))
+    atomic_write_json(out_dir / DATASET_FILE, manifest)
+    return out_dir
+
+
+def read_manifest(directory: Path, data_format: str, what: str, hint: str) -> dict[str, Any]:
+    """dataset.json of a split written by :func:`write_split`; a one-line DataError when it is missing,
+    unreadable, or holds another kind of data (``data_format``)."""
+    path = Path(directory) / DATASET_FILE
+    try:
+        manifest = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"no prepared {what} data in {directory} ({DATASET_FILE} missing)", hint=hint) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path} is unreadable: {exc}", hint=hint) from None
+    if not isinstance(manifest, dict) or manifest.get("format") != data_format:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise DataError(f"{directory} does not hold prepared {what} data (format {found!r})", hint=hint)
+    return manifest
+
+
+def check_split_fingerprint(actual: str, manifest: dict[str, Any], directory: Path, what: str, hint: str) -> None:
+    if actual != manifest.get("fingerprint"):
+        raise DataError(f"prepared {what} data in {directory} was modified after prepare (fingerprint mismatch)",
+                        hint=hint)
 
 
 def write_prepared(prepared: PreparedData, out_dir: Path) -> Path:
     """Write the split and its summary into ``out_dir`` (each file atomically; summary last)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out_dir / TRAIN_FILE, _jsonl_bytes(prepared.train))
-    atomic_write_bytes(out_dir / VALIDATION_FILE, _jsonl_bytes(prepared.validation))
-    atomic_write_json(out_dir / DATASET_FILE, prepared.to_summary())
-    return out_dir
+    return write_split(out_dir, map(asdict, prepared.train), map(asdict, prepared.validation), prepared.to_summary())
 
 
 def read_jsonl_examples(path: Path) -> list[Example]:
@@ -361,9 +391,7 @@ def read_prepared(data_dir: Path) -> PreparedData:
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"prepared data in {data_dir} is unreadable: {exc}", hint="run `hotelbot prepare` again") from None
     actual = fingerprint(train, validation)
-    if actual != summary.get("fingerprint"):
-        raise DataError(f"prepared data in {data_dir} was modified after prepare (fingerprint mismatch)",
-                        hint="run `hotelbot prepare` again")
+    check_split_fingerprint(actual, summary, data_dir, "intent", "run `hotelbot prepare` again")
     warnings = [Warning_(**w) for w in summary.pop("warnings", [])]
     labels = summary.pop("labels")
     summary.pop("fingerprint")

@@ -44,7 +44,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from ._atomic import atomic_write_bytes, atomic_write_json
+from ._atomic import atomic_write_json
+from .data import check_split_fingerprint, read_manifest, write_split
 from .errors import DataError, ModelError
 
 if TYPE_CHECKING:
@@ -270,37 +271,22 @@ def prepare_entities(path: Path, validation_split: float = 0.2, seed: int = 42,
     return PreparedEntities(train, validation, used, entity_fingerprint(train, validation), summary, warnings)
 
 
-def _jsonl(examples: Iterable[EntityExample]) -> bytes:
-    return "".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in examples).encode("utf-8")
-
-
 def write_prepared_entities(prepared: PreparedEntities, out_dir: Path) -> Path:
     """train.jsonl, validation.jsonl, then dataset.json (the completion marker), each atomically."""
-    out_dir = Path(out_dir)
-    atomic_write_bytes(out_dir / TRAIN_FILE, _jsonl(prepared.train))
-    atomic_write_bytes(out_dir / VALIDATION_FILE, _jsonl(prepared.validation))
-    atomic_write_json(out_dir / DATASET_FILE, prepared.to_summary())
-    return out_dir
+    return write_split(out_dir, (e.to_dict() for e in prepared.train), (e.to_dict() for e in prepared.validation),
+                       prepared.to_summary())
 
 
 def read_prepared_entities(directory: Path) -> PreparedEntities:
     directory = Path(directory)
-    try:
-        summary = json.loads((directory / DATASET_FILE).read_text("utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"no prepared entity data in {directory} ({DATASET_FILE} missing)",
-                        hint="run `hotelbot prepare --entities datasets/entidades_es.jsonl`") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{directory / DATASET_FILE} is unreadable: {exc}") from None
-    if summary.get("format") != DATA_FORMAT:
-        raise DataError(f"{directory} does not hold prepared entity data (format {summary.get('format')!r})")
+    summary = read_manifest(directory, DATA_FORMAT, "entity",
+                            "run `hotelbot prepare --entities datasets/entidades_es.jsonl`")
     labels = list(summary.pop("labels"))
     known = tuple(dict.fromkeys([*ENTITY_TYPES, *labels]))
     train, _ = read_entity_file(directory / TRAIN_FILE, known, require_entities=False)
     validation, _ = read_entity_file(directory / VALIDATION_FILE, known, require_entities=False)
-    if entity_fingerprint(train, validation) != summary.get("fingerprint"):
-        raise DataError(f"prepared entity data in {directory} was modified after prepare (fingerprint mismatch)",
-                        hint="run `hotelbot prepare --entities` again")
+    check_split_fingerprint(entity_fingerprint(train, validation), summary, directory, "entity",
+                            "run `hotelbot prepare --entities` again")
     fingerprint = summary.pop("fingerprint")
     warnings = summary.pop("warnings", [])
     summary.pop("format", None)

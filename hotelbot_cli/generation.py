@@ -78,7 +78,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from ._atomic import atomic_write_bytes, atomic_write_json
-from .data import LABEL_RE, clean_text
+from .data import LABEL_RE, check_split_fingerprint, clean_text, read_manifest, write_split
 from .errors import ConfigError, DataError, ModelError, RegistryError
 
 if TYPE_CHECKING:
@@ -259,18 +259,11 @@ def prepare_replies(path: Path, validation_split: float = 0.2, seed: int = 42,
     return PreparedReplies(train, validation, pairs_fingerprint(train, validation), summary, warnings)
 
 
-def _pairs_bytes(pairs: Iterable[ReplyPair]) -> bytes:
-    return "".join(json.dumps(p.to_dict(), ensure_ascii=False) + "\n" for p in pairs).encode("utf-8")
-
-
 def write_prepared_replies(prepared: PreparedReplies, out_dir: Path) -> Path:
     """``train.jsonl``, ``validation.jsonl``, then ``dataset.json`` (the completion marker), each atomic."""
-    out_dir = Path(out_dir)
-    atomic_write_bytes(out_dir / TRAIN_FILE, _pairs_bytes(prepared.train))
-    atomic_write_bytes(out_dir / VALIDATION_FILE, _pairs_bytes(prepared.validation))
-    atomic_write_json(out_dir / DATASET_FILE, {"format": DATA_FORMAT, "fingerprint": prepared.fingerprint,
-                                               **prepared.summary, "warnings": prepared.warnings})
-    return out_dir
+    return write_split(out_dir, (p.to_dict() for p in prepared.train), (p.to_dict() for p in prepared.validation),
+                       {"format": DATA_FORMAT, "fingerprint": prepared.fingerprint, **prepared.summary,
+                        "warnings": prepared.warnings})
 
 
 def read_pairs_jsonl(path: Path, known_intents: Iterable[str] | None = None) -> list[ReplyPair]:
@@ -295,23 +288,13 @@ def read_pairs_jsonl(path: Path, known_intents: Iterable[str] | None = None) -> 
 
 def read_prepared_replies(directory: Path, known_intents: Iterable[str] | None = None) -> PreparedReplies:
     directory = Path(directory)
-    try:
-        manifest = json.loads((directory / DATASET_FILE).read_text("utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"no prepared reply data in {directory} ({DATASET_FILE} missing)",
-                        hint=f"give the .jsonl file instead, e.g. {DEFAULT_DATA}") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{directory / DATASET_FILE} is unreadable: {exc}") from None
-    if manifest.get("format") != DATA_FORMAT:
-        raise DataError(f"{directory / DATASET_FILE} is not prepared reply data (format {manifest.get('format')!r})")
+    manifest = read_manifest(directory, DATA_FORMAT, "reply", f"give the .jsonl file instead, e.g. {DEFAULT_DATA}")
     train = read_pairs_jsonl(directory / TRAIN_FILE, known_intents)
     validation = read_pairs_jsonl(directory / VALIDATION_FILE, known_intents)
     if not train or not validation:
         raise DataError(f"{directory}: the train and validation splits must both be non-empty")
     fp = pairs_fingerprint(train, validation)
-    if manifest.get("fingerprint") != fp:
-        raise DataError(f"{directory}: the splits do not match the fingerprint in {DATASET_FILE} (edited by hand?)",
-                        hint="prepare the reply data again")
+    check_split_fingerprint(fp, manifest, directory, "reply", "run `hotelbot prepare --replies FILE` again")
     summary = {k: v for k, v in manifest.items() if k not in ("format", "fingerprint", "warnings")}
     return PreparedReplies(train, validation, fp, summary, list(manifest.get("warnings") or []))
 

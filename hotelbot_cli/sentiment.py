@@ -18,10 +18,11 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from ._atomic import atomic_write_bytes, atomic_write_json
-from .data import Example, clean_text, fingerprint, stratified_split
+from ._atomic import atomic_write_json
+from .data import (Example, check_split_fingerprint, clean_text, fingerprint, read_manifest, stratified_split,
+                   write_split)
 from .errors import DataError, RegistryError
 
 if TYPE_CHECKING:
@@ -131,35 +132,21 @@ def prepare_sentiment(path: Path, validation_split: float = 0.2, seed: int = 42)
     return PreparedSentiment(train, validation, labels, fingerprint(train, validation), summary, warnings)
 
 
-def _jsonl(examples: Sequence[Example]) -> bytes:
-    return "".join(json.dumps({"text": e.text, "label": e.intent}, ensure_ascii=False) + "\n"
-                   for e in examples).encode("utf-8")
-
-
 def write_prepared_sentiment(prepared: PreparedSentiment, out_dir: Path) -> Path:
-    out_dir = Path(out_dir)
-    atomic_write_bytes(out_dir / TRAIN_FILE, _jsonl(prepared.train))
-    atomic_write_bytes(out_dir / VALIDATION_FILE, _jsonl(prepared.validation))
-    atomic_write_json(out_dir / DATASET_FILE, prepared.to_summary())
-    return out_dir
+    """train.jsonl, validation.jsonl, then dataset.json (the completion marker), each atomically."""
+    def records(examples: Sequence[Example]) -> Iterator[dict[str, str]]:
+        return ({"text": e.text, "label": e.intent} for e in examples)
+    return write_split(out_dir, records(prepared.train), records(prepared.validation), prepared.to_summary())
 
 
 def read_prepared_sentiment(directory: Path) -> PreparedSentiment:
     directory = Path(directory)
-    try:
-        summary = json.loads((directory / DATASET_FILE).read_text("utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"no prepared sentiment data in {directory} ({DATASET_FILE} missing)",
-                        hint="run `hotelbot prepare --sentiment datasets/sentimiento_es.jsonl`") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{directory / DATASET_FILE} is unreadable: {exc}") from None
-    if summary.get("format") != DATA_FORMAT:
-        raise DataError(f"{directory} does not hold prepared sentiment data (format {summary.get('format')!r})")
+    summary = read_manifest(directory, DATA_FORMAT, "sentiment",
+                            "run `hotelbot prepare --sentiment datasets/sentimiento_es.jsonl`")
     train, _ = read_sentiment_file(directory / TRAIN_FILE, require_labels=False)
     validation, _ = read_sentiment_file(directory / VALIDATION_FILE, require_labels=False)
-    if fingerprint(train, validation) != summary.get("fingerprint"):
-        raise DataError(f"prepared sentiment data in {directory} was modified after prepare (fingerprint mismatch)",
-                        hint="run `hotelbot prepare --sentiment` again")
+    check_split_fingerprint(fingerprint(train, validation), summary, directory, "sentiment",
+                            "run `hotelbot prepare --sentiment` again")
     labels = list(summary.pop("labels"))
     fp = summary.pop("fingerprint")
     warnings = summary.pop("warnings", [])
