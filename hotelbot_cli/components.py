@@ -17,8 +17,9 @@ import copy
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
+from ._atomic import atomic_write_json
 from .errors import IntegrityError
 from .registry.store import METADATA_FILE, sha256_file
 
@@ -35,6 +36,9 @@ COMPONENT_PATHS: dict[str, tuple[str, ...]] = {
     "sentiment": ("sentiment",),
     "generator": ("generator",),
 }
+
+COMPONENT_METRICS_FILE = "metrics.json"  # inside a component's directory (entities/, sentiment/, generator/)
+COMPONENT_HISTORY_FILE = "training_history.json"
 
 # Metadata keys owned by each component. The classifier predates components, so its summary lives in
 # top-level keys; every later component keeps its summary under its own name.
@@ -155,6 +159,45 @@ def carry_over(registry: "ModelRegistry", staged: Path, replacing: str, *, sourc
                 value["carried_from"] = src.name
             merged[key] = value
     return merged
+
+
+def publish_component(registry: "ModelRegistry", component: str, kind: str, *, source: str | None,
+                      write: Callable[[Path], None], metrics: dict[str, Any], history: dict[str, Any],
+                      summary: dict[str, Any], monitor: Any, tracker: Any = None,
+                      listener: Callable[[Any], None] | None = None) -> tuple["VersionInfo", dict[str, Any]]:
+    """Publish a freshly trained ``component`` as a new version carrying over ``source``'s other components.
+
+    The one publishing path of the entity, sentiment and generator trainings: in a staging directory,
+    carry the others over (checksums checked), let ``write(target)`` save the model and its data into
+    ``<component>/``, add ``metrics.json`` and ``training_history.json``, then publish with metadata
+    ``{"kind", <carried-over metadata>, component: summary, library_versions, hardware}`` and tag the
+    MLflow run with the version. Returns the version and the ``carried_over`` record {"from", "components"}."""
+    from .training import TrainingEvent, hardware, library_versions
+
+    emit = listener or (lambda event: None)
+    emit(TrainingEvent("status", message="saving the version"))
+    with registry.staging() as staged:
+        merged = carry_over(registry, staged, component, source=source)
+        carried = merged["carried_over"]
+        if carried["from"]:
+            emit(TrainingEvent("status", message=f"carrying over {', '.join(carried['components']) or 'nothing'} "
+                                                 f"from {carried['from']}"))
+        target = staged / component_paths(component)[0]
+        write(target)
+        atomic_write_json(target / COMPONENT_METRICS_FILE, metrics)
+        atomic_write_json(target / COMPONENT_HISTORY_FILE, history)
+        metadata = {"kind": kind, **merged, component: summary, "library_versions": library_versions(),
+                    "hardware": hardware(monitor)}
+        info = registry.publish(staged, metadata)
+    if tracker is not None:
+        tracker.set_tags({"hotelbot.version": info.name})
+    return info, carried
+
+
+def training_summary(fit: Any, **extra: Any) -> dict[str, Any]:
+    """The "training" block of a component's metadata, from a fit result."""
+    return {"duration_seconds": round(fit.duration, 2), "epochs_run": fit.epochs_run, "steps": fit.steps,
+            "frozen_parameters": fit.frozen, "trainable_parameters": fit.trainable, **extra}
 
 
 def adopt_component(registry: "ModelRegistry", base: str, component: str, donor: str) -> "VersionInfo":

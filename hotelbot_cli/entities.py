@@ -60,8 +60,6 @@ COMPONENT = "entities"
 ENTITIES_DIR = "entities"
 DATA_SUBDIR = "data"
 CONFIG_FILE = "entities.json"
-METRICS_FILE = "metrics.json"
-HISTORY_FILE = "training_history.json"
 WEIGHTS_FILE = "model.safetensors"
 ENCODER_CONFIG_FILE = "encoder_config.json"
 TRAIN_FILE = "train.jsonl"
@@ -747,9 +745,8 @@ def train_entities(settings: "Settings", data: Path, registry: "ModelRegistry", 
 
     One MLflow run (experiment ``hotelbot-entities``). Raises AlreadyTrainedError when a version's
     entity model was trained on the same data and config (``force`` trains anyway)."""
-    from .components import ComponentTrainResult, carry_over, find_component_match
-    from .training import (AlreadyTrainedError, MlflowTracker, SystemMonitor, TrainingEvent, hardware,
-                           library_versions)
+    from .components import ComponentTrainResult, find_component_match, publish_component, training_summary
+    from .training import AlreadyTrainedError, MlflowTracker, SystemMonitor, TrainingEvent
 
     emit = listener or (lambda event: None)
     prepared = load_entity_data(Path(data), settings.data)
@@ -770,37 +767,27 @@ def train_entities(settings: "Settings", data: Path, registry: "ModelRegistry", 
         metrics = fit.metrics
         tracker.log_metrics({f"final_{k}": metrics[k] for k in SCALARS}, step=fit.steps)
         tracker.log_metrics({f"final_f1_{label}": v["f1"] for label, v in metrics["per_type"].items()}, step=fit.steps)
-        emit(TrainingEvent("status", message="saving the version"))
-        with registry.staging() as staged:
-            merged = carry_over(registry, staged, COMPONENT, source=source)
-            carried = merged["carried_over"]
-            if carried["from"]:
-                emit(TrainingEvent("status", message=f"carrying over {', '.join(carried['components']) or 'nothing'} "
-                                                     f"from {carried['from']}"))
-            target = staged / ENTITIES_DIR
+        summary = {
+            "metrics": {**{k: metrics[k] for k in SCALARS}, "overall_score": metrics["overall_score"],
+                        "metric": METRIC, "best_epoch": fit.best_epoch,
+                        "per_type_f1": {k: v["f1"] for k, v in metrics["per_type"].items()}},
+            "labels": prepared.labels, "tags": bio_tags(prepared.labels),
+            "base_model": fit.resolved, "max_length": cfg.max_length, "prefix": "",
+            "dataset_fingerprint": prepared.fingerprint,
+            "dataset": {"source": prepared.summary.get("source"), "train_size": len(prepared.train),
+                        "validation_size": len(prepared.validation), "entities": prepared.summary.get("entities")},
+            "config": config_record,
+            "training": training_summary(fit, truncated_entities=fit.truncated_entities),
+            "mlflow_run_id": tracker.run_id,
+        }
+
+        def write(target: Path) -> None:
             save_entity_model(fit.model, fit.tokenizer, target)
             write_prepared_entities(prepared, target / DATA_SUBDIR)
-            atomic_write_json(target / METRICS_FILE, metrics)
-            atomic_write_json(target / HISTORY_FILE, {"epochs": fit.history, "log": fit.log_history})
-            summary = {
-                "metrics": {**{k: metrics[k] for k in SCALARS}, "overall_score": metrics["overall_score"],
-                            "metric": METRIC, "best_epoch": fit.best_epoch,
-                            "per_type_f1": {k: v["f1"] for k, v in metrics["per_type"].items()}},
-                "labels": prepared.labels, "tags": bio_tags(prepared.labels),
-                "base_model": fit.resolved, "max_length": cfg.max_length, "prefix": "",
-                "dataset_fingerprint": prepared.fingerprint,
-                "dataset": {"source": prepared.summary.get("source"), "train_size": len(prepared.train),
-                            "validation_size": len(prepared.validation), "entities": prepared.summary.get("entities")},
-                "config": config_record,
-                "training": {"duration_seconds": round(fit.duration, 2), "epochs_run": fit.epochs_run,
-                             "steps": fit.steps, "frozen_parameters": fit.frozen,
-                             "trainable_parameters": fit.trainable, "truncated_entities": fit.truncated_entities},
-                "mlflow_run_id": tracker.run_id,
-            }
-            metadata = {"kind": "entity-extractor", **merged, COMPONENT: summary,
-                        "library_versions": library_versions(), "hardware": hardware(monitor)}
-            info = registry.publish(staged, metadata)
-        tracker.set_tags({"hotelbot.version": info.name})
+
+        info, carried = publish_component(registry, COMPONENT, "entity-extractor", source=source, write=write,
+                                          metrics=metrics, history={"epochs": fit.history, "log": fit.log_history},
+                                          summary=summary, monitor=monitor, tracker=tracker, listener=listener)
     monitor.close()
     log.info("trained entities %s: micro-F1 %.4f in %.1fs", info.name, metrics["micro_f1"], fit.duration)
     emit(TrainingEvent("end", fit.steps, fit.steps, fit.epochs_run, cfg.epochs,

@@ -96,8 +96,6 @@ DATA_SUBDIR = "data"
 GENERATOR_FILE = "generator.json"
 GENERATION_FILE = "generation.json"
 VOCAB_FILE = "vocab_map.json"
-METRICS_FILE = "metrics.json"
-HISTORY_FILE = "training_history.json"
 WEIGHTS_FILE = "model.safetensors"
 MODEL_CONFIG_FILE = "config.json"
 TRAIN_FILE = "train.jsonl"
@@ -1652,9 +1650,8 @@ def train_generator(settings: "Settings", data_path: Path, registry: "ModelRegis
     be ones the source version's classifier knows (when it has one). One MLflow run (experiment
     ``hotelbot-generator``). Raises AlreadyTrainedError when a version's generator was trained on the same
     data, config and knowledge base (``force`` trains anyway)."""
-    from .components import carry_over, find_component_match
-    from .training import (AlreadyTrainedError, MlflowTracker, SystemMonitor, TrainingEvent, hardware,
-                           library_versions)
+    from .components import find_component_match, publish_component, training_summary
+    from .training import AlreadyTrainedError, MlflowTracker, SystemMonitor, TrainingEvent
 
     emit = listener or (lambda event: None)
     cfg = config or GeneratorConfig.from_settings(settings)
@@ -1693,43 +1690,34 @@ def train_generator(settings: "Settings", data_path: Path, registry: "ModelRegis
         tracker.log_metrics({**{f"final_{k}": g[k] for k in ("bleu", "rouge_l", "perplexity", "relevance")},
                              **{f"baseline_{k}": b[k] for k in ("bleu", "rouge_l", "relevance")}}, step=fit.steps)
 
-        emit(TrainingEvent("status", message="saving the version"))
-        with registry.staging() as staged:
-            merged = carry_over(registry, staged, COMPONENT, source=src.name if src else None)
-            carried = merged["carried_over"]
-            if carried["from"]:
-                emit(TrainingEvent("status", message=f"carrying over {', '.join(carried['components']) or 'nothing'} "
-                                                     f"from {carried['from']}"))
-            target = staged / GENERATOR_DIR
+        summary = {
+            "architecture": fit.spec.architecture,
+            "base_model": fit.spec.base_model,
+            "encoder_saved": fit.spec.encoder.get("saved", True),
+            "decoder_vocab_size": len(fit.vocab) if fit.vocab is not None else None,
+            "grounded": fit.spec.grounded,
+            "knowledge_version": knowledge.version if fit.spec.grounded else None,
+            "metrics": {**{k: g[k] for k in ("bleu", "rouge_l", "perplexity", "relevance", "exact_match")},
+                        "best_epoch": fit.best_epoch,
+                        "baseline": {k: b[k] for k in ("bleu", "rouge_l", "relevance", "exact_match")},
+                        "grounding_source_hit_rate": (metrics.get("grounding") or {}).get("source_hit_rate")},
+            "generation": cfg.generation.to_dict(),
+            "dataset_fingerprint": prepared.fingerprint,
+            "dataset": {"source": prepared.summary.get("source"), "train_size": len(prepared.train),
+                        "validation_size": len(prepared.validation)},
+            "config": config_record,
+            "training": training_summary(fit, cached_encoder_states=fit.cached_encoder),
+            "mlflow_run_id": tracker.run_id,
+        }
+
+        def write(target: Path) -> None:
             save_generator(fit.model, fit.tokenizer, fit.spec, cfg.generation, fit.vocab, target)
             write_prepared_replies(prepared, target / DATA_SUBDIR)
-            atomic_write_json(target / METRICS_FILE, metrics)
-            atomic_write_json(target / HISTORY_FILE, {"epochs": fit.history, "log": fit.log_history})
-            summary = {
-                "architecture": fit.spec.architecture,
-                "base_model": fit.spec.base_model,
-                "encoder_saved": fit.spec.encoder.get("saved", True),
-                "decoder_vocab_size": len(fit.vocab) if fit.vocab is not None else None,
-                "grounded": fit.spec.grounded,
-                "knowledge_version": knowledge.version if fit.spec.grounded else None,
-                "metrics": {**{k: g[k] for k in ("bleu", "rouge_l", "perplexity", "relevance", "exact_match")},
-                            "best_epoch": fit.best_epoch,
-                            "baseline": {k: b[k] for k in ("bleu", "rouge_l", "relevance", "exact_match")},
-                            "grounding_source_hit_rate": (metrics.get("grounding") or {}).get("source_hit_rate")},
-                "generation": cfg.generation.to_dict(),
-                "dataset_fingerprint": prepared.fingerprint,
-                "dataset": {"source": prepared.summary.get("source"), "train_size": len(prepared.train),
-                            "validation_size": len(prepared.validation)},
-                "config": config_record,
-                "training": {"duration_seconds": round(fit.duration, 2), "epochs_run": fit.epochs_run,
-                             "steps": fit.steps, "frozen_parameters": fit.frozen,
-                             "trainable_parameters": fit.trainable, "cached_encoder_states": fit.cached_encoder},
-                "mlflow_run_id": tracker.run_id,
-            }
-            metadata = {"kind": "response-generator", **merged, COMPONENT: summary,
-                        "library_versions": library_versions(), "hardware": hardware(monitor)}
-            info = registry.publish(staged, metadata)
-        tracker.set_tags({"hotelbot.version": info.name})
+
+        info, carried = publish_component(registry, COMPONENT, "response-generator",
+                                          source=src.name if src else None, write=write, metrics=metrics,
+                                          history={"epochs": fit.history, "log": fit.log_history},
+                                          summary=summary, monitor=monitor, tracker=tracker, listener=listener)
     monitor.close()
     log.info("trained generator %s: BLEU %.2f ROUGE-L %.4f (baseline BLEU %.2f) in %.1fs", info.name, g["bleu"],
              g["rouge_l"], b["bleu"], fit.duration)

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from ._atomic import atomic_write_json
 from .data import (Example, check_split_fingerprint, clean_text, fingerprint, read_manifest, stratified_split,
                    write_split)
 from .errors import DataError, RegistryError
@@ -36,8 +35,6 @@ log = logging.getLogger("hotelbot.sentiment")
 COMPONENT = "sentiment"
 SENTIMENT_DIR = "sentiment"
 DATA_SUBDIR = "data"
-METRICS_FILE = "metrics.json"
-HISTORY_FILE = "training_history.json"
 TRAIN_FILE = "train.jsonl"
 VALIDATION_FILE = "validation.jsonl"
 DATASET_FILE = "dataset.json"
@@ -170,10 +167,9 @@ def train_sentiment(settings: "Settings", data: Path, registry: "ModelRegistry",
 
     One MLflow run (experiment ``hotelbot-sentiment``); no out-of-scope threshold. Raises
     AlreadyTrainedError when a version's sentiment model was trained on the same data and config."""
-    from .components import ComponentTrainResult, carry_over, find_component_match
+    from .components import ComponentTrainResult, find_component_match, publish_component, training_summary
     from .modeling import save_classifier
-    from .training import (AlreadyTrainedError, MlflowTracker, SystemMonitor, TrainingEvent, fit_classifier,
-                           hardware, library_versions)
+    from .training import AlreadyTrainedError, MlflowTracker, SystemMonitor, TrainingEvent, fit_classifier
 
     emit = listener or (lambda event: None)
     prepared = load_sentiment_data(Path(data), settings.data)
@@ -194,36 +190,24 @@ def train_sentiment(settings: "Settings", data: Path, registry: "ModelRegistry",
                              settings.paths.models_dir, listener=listener, tracker=tracker, monitor=monitor)
         metrics = fit.metrics
         tracker.log_metrics({f"final_{k}": metrics[k] for k in SCALARS}, step=fit.steps)
-        emit(TrainingEvent("status", message="saving the version"))
-        with registry.staging() as staged:
-            merged = carry_over(registry, staged, COMPONENT, source=source)
-            carried = merged["carried_over"]
-            if carried["from"]:
-                emit(TrainingEvent("status", message=f"carrying over {', '.join(carried['components']) or 'nothing'} "
-                                                     f"from {carried['from']}"))
-            target = staged / SENTIMENT_DIR
+        summary = {
+            "metrics": {**{k: metrics[k] for k in SCALARS}, "overall_score": metrics["overall_score"],
+                        "metric": metrics["metric"], "best_epoch": fit.best_epoch,
+                        "per_label_f1": {k: v["f1"] for k, v in metrics["per_intent"].items()}},
+            "labels": fit.labels, "base_model": fit.resolved, "max_length": cfg.max_length,
+            "dataset_fingerprint": prepared.fingerprint,
+            "dataset": {"source": prepared.summary.get("source"), "train_size": len(prepared.train),
+                        "validation_size": len(prepared.validation)},
+            "config": config_record, "training": training_summary(fit), "mlflow_run_id": tracker.run_id,
+        }
+
+        def write(target: Path) -> None:
             save_classifier(fit.model, fit.tokenizer, target)
             write_prepared_sentiment(prepared, target / DATA_SUBDIR)
-            atomic_write_json(target / METRICS_FILE, metrics)
-            atomic_write_json(target / HISTORY_FILE, {"epochs": fit.history, "log": fit.log_history})
-            summary = {
-                "metrics": {**{k: metrics[k] for k in SCALARS}, "overall_score": metrics["overall_score"],
-                            "metric": metrics["metric"], "best_epoch": fit.best_epoch,
-                            "per_label_f1": {k: v["f1"] for k, v in metrics["per_intent"].items()}},
-                "labels": fit.labels, "base_model": fit.resolved, "max_length": cfg.max_length,
-                "dataset_fingerprint": prepared.fingerprint,
-                "dataset": {"source": prepared.summary.get("source"), "train_size": len(prepared.train),
-                            "validation_size": len(prepared.validation)},
-                "config": config_record,
-                "training": {"duration_seconds": round(fit.duration, 2), "epochs_run": fit.epochs_run,
-                             "steps": fit.steps, "frozen_parameters": fit.frozen,
-                             "trainable_parameters": fit.trainable},
-                "mlflow_run_id": tracker.run_id,
-            }
-            metadata = {"kind": "sentiment-classifier", **merged, COMPONENT: summary,
-                        "library_versions": library_versions(), "hardware": hardware(monitor)}
-            info = registry.publish(staged, metadata)
-        tracker.set_tags({"hotelbot.version": info.name})
+
+        info, carried = publish_component(registry, COMPONENT, "sentiment-classifier", source=source, write=write,
+                                          metrics=metrics, history={"epochs": fit.history, "log": fit.log_history},
+                                          summary=summary, monitor=monitor, tracker=tracker, listener=listener)
     monitor.close()
     log.info("trained sentiment %s: %s %.4f in %.1fs", info.name, metric, metrics["overall_score"], fit.duration)
     emit(TrainingEvent("end", fit.steps, fit.steps, fit.epochs_run, cfg.epochs,
