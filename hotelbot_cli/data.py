@@ -145,22 +145,29 @@ def _load_csv(path: Path, raw: str) -> list[tuple[str, Example]]:
     return out
 
 
-def load_examples(path: Path) -> list[tuple[str, Example]]:
-    """Read a data file; return (location, example) pairs. Raise DataError with file and line/row."""
+def read_data_text(path: Path, expected: str) -> str:
+    """The text of a user's data file (UTF-8, a BOM allowed), or a one-line DataError: not found, a
+    directory (``expected`` says what to give instead), not UTF-8, unreadable."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
     if path.is_dir():
-        raise DataError(f"{path}: is a directory; give a .json, .jsonl or .csv file")
-    suffix = path.suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
-        raise DataError(f"{path}: unsupported format {suffix or '(none)'}; use one of {', '.join(SUPPORTED_SUFFIXES)}")
+        raise DataError(f"{path}: is a directory; give {expected}")
     try:
-        raw = path.read_bytes().decode("utf-8-sig")
+        return path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def load_examples(path: Path) -> list[tuple[str, Example]]:
+    """Read a data file; return (location, example) pairs. Raise DataError with file and line/row."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if path.exists() and not path.is_dir() and suffix not in SUPPORTED_SUFFIXES:
+        raise DataError(f"{path}: unsupported format {suffix or '(none)'}; use one of {', '.join(SUPPORTED_SUFFIXES)}")
+    raw = read_data_text(path, "a .json, .jsonl or .csv file")
     loader = {".json": _load_json, ".jsonl": _load_jsonl, ".csv": _load_csv}[suffix]
     records = loader(path, raw)
     if not records:

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from ._atomic import atomic_write_json
-from .data import check_split_fingerprint, read_manifest, write_split
+from .data import check_split_fingerprint, read_data_text, read_manifest, write_split
 from .errors import DataError, ModelError
 
 if TYPE_CHECKING:
@@ -181,16 +181,7 @@ def read_entity_file(path: Path, labels: Sequence[str] = ENTITY_TYPES, *,
 
     ``require_entities`` refuses a file without any example or entity (False for a prepared split)."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory; give a .jsonl file of {{\"text\", \"entities\"}} lines")
-    try:
-        raw = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read: {exc.strerror}") from None
+    raw = read_data_text(path, 'a .jsonl file of {"text", "entities"} lines')
     examples: list[EntityExample] = []
     seen: dict[str, tuple[EntityExample, int]] = {}
     duplicates = trimmed = 0

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from .data import (Example, check_split_fingerprint, clean_text, fingerprint, read_manifest, stratified_split,
-                   write_split)
+from .data import (Example, check_split_fingerprint, clean_text, fingerprint, read_data_text, read_manifest,
+                   stratified_split, write_split)
 from .errors import DataError, RegistryError
 
 if TYPE_CHECKING:
@@ -64,16 +64,7 @@ def read_sentiment_file(path: Path, labels: Sequence[str] = SENTIMENT_LABELS, *,
                         require_labels: bool = True) -> tuple[list[Example], list[dict[str, str]]]:
     """Read, validate and clean a ``{"text", "label"}`` JSONL file. DataError names the file and line."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory; give a .jsonl file of {{\"text\", \"label\"}} lines")
-    try:
-        raw = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read: {exc.strerror}") from None
+    raw = read_data_text(path, 'a .jsonl file of {"text", "label"} lines')
     out: list[Example] = []
     seen: dict[str, tuple[str, int]] = {}
     duplicates = 0
