@@ -107,6 +107,7 @@ class TrainingConfig(_Section):
     freeze_embeddings: str = "auto"  # auto (freeze for large vocabularies) | yes | no
     class_weights: bool = False  # weight the loss by inverse class frequency
     calibrate_oos_threshold: bool = True  # choose the out-of-scope confidence threshold on validation
+    group_by_length: bool = True  # batches of similar-length texts: less padding, same examples per epoch
 
     def __post_init__(self) -> None:
         if self.epochs < 1:

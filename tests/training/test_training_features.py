@@ -191,6 +191,38 @@ def test_class_weights_follow_inverse_frequency(tmp_path, tiny_model):
     assert weights == pytest.approx([16 / (2 * 4), 16 / (2 * 12)])
 
 
+def test_group_by_length_trains_on_fewer_pad_tokens_with_the_same_examples(tmp_path, tiny_model, monkeypatch):
+    """Batches of similar-length texts: every training example still seen once per epoch, fewer pads."""
+    from hotelbot_cli.config import TrainingConfig
+    from hotelbot_cli.data import Example
+    from hotelbot_cli.modeling import SentenceClassifier
+    from hotelbot_cli.training import fit_classifier
+
+    words = "hola buenas quiero saber a qué hora abre el desayuno del hotel por favor gracias".split()
+    train = [Example(" ".join(words[: 1 + i % len(words)]) + f" {i}", "a" if i % 2 else "b") for i in range(64)]
+    validation = [Example("hola", "a"), Example("hola buenas quiero", "b")]
+    seen: list[tuple[int, int]] = []  # (real tokens, padded positions) per training batch
+    forward = SentenceClassifier.forward
+
+    def recording(self, input_ids, attention_mask, token_type_ids=None, labels=None):
+        if self.training:
+            seen.append((int(attention_mask.sum()), attention_mask.numel()))
+        return forward(self, input_ids, attention_mask, token_type_ids, labels)
+
+    monkeypatch.setattr(SentenceClassifier, "forward", recording)
+    padding, tokens = {}, {}
+    for grouped in (False, True):
+        seen.clear()
+        cfg = TrainingConfig(base_model=str(tiny_model), epochs=1, batch_size=8, group_by_length=grouped,
+                             calibrate_oos_threshold=False)
+        fit_classifier(cfg, "macro_f1", train, validation, ["a", "b"], tmp_path)
+        assert len(seen) == 8  # 64 examples, batches of 8, one epoch
+        real, padded = map(sum, zip(*seen))
+        padding[grouped], tokens[grouped] = padded / real, real
+    assert tokens[True] == tokens[False]  # the same texts were trained on
+    assert padding[True] < padding[False]
+
+
 def test_same_data_config_and_seed_give_the_same_metrics(tiny_data, isolated_env, fast_train_env, monkeypatch):
     monkeypatch.setenv("TRAINING_EPOCHS", "3")
     assert run("prepare", tiny_data).exit_code == 0
