@@ -140,6 +140,8 @@ def train_cmd(
         hotelbot prepare --documents datasets/documentos && hotelbot train --model-type embeddings
 
         hotelbot train --model-type embeddings --incremental --json
+
+        hotelbot train --model-type all --json   # every component whose data is prepared
     """
     if model_type is ModelType.all:
         message("--model-type all: the classifier, then every other component whose data is prepared "
