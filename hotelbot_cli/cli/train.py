@@ -64,11 +64,11 @@ class RichProgress:
             self.progress.update(self.task, completed=event.step, **fields)
         elif event.kind == "evaluate":
             m = event.metrics
-            self.progress.console.log(
-                f"epoch {event.epoch:.0f}: eval loss {m.get('loss', float('nan')):.4f}  "
-                f"accuracy {m.get('accuracy', 0):.4f}  macro-F1 {m.get('macro_f1', 0):.4f}"
-                + (f"  micro-F1 {m['micro_f1']:.4f}" if "micro_f1" in m else "")
-                + (f"  ({event.message})" if event.message else ""))
+            shown = [f"{label} {m[key]:.4f}" for key, label in (
+                ("loss", "eval loss"), ("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("micro_f1", "micro-F1"))
+                if isinstance(m.get(key), (int, float))]  # only what this model reports (the generator: loss)
+            self.progress.console.log(f"epoch {event.epoch:.0f}: " + "  ".join(shown)
+                                      + (f"  ({event.message})" if event.message else ""))
         elif event.kind == "end" and self.task is not None:
             self.progress.update(self.task, completed=event.step)
 

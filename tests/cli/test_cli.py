@@ -215,3 +215,17 @@ def test_root_path_options_override_env_and_do_not_leak(tmp_path, isolated_env, 
     assert json.loads(run("config", "--json").stdout)["paths"]["reports"] == "from-env"
     uri = json.loads(run("--mlflow-uri", "sqlite:///x.db", "config", "--json").stdout)["paths"]["mlflow_tracking_uri"]
     assert uri == "sqlite:///x.db"
+
+
+def test_live_progress_shows_only_the_metrics_a_model_reports():
+    from hotelbot_cli.cli.train import RichProgress
+    from hotelbot_cli.training import TrainingEvent
+
+    lines = []
+    progress = RichProgress()
+    progress.progress.console.log = lambda text, **kw: lines.append(text)
+    progress(TrainingEvent("evaluate", 10, 20, 1.0, 2, metrics={"loss": 2.5}))  # the generator: loss only
+    progress(TrainingEvent("evaluate", 20, 20, 2.0, 2, metrics={"loss": 0.5, "accuracy": 0.9, "macro_f1": 0.8},
+                           message="stopping early"))
+    assert lines == ["epoch 1: eval loss 2.5000",
+                     "epoch 2: eval loss 0.5000  accuracy 0.9000  macro-F1 0.8000  (stopping early)"]
