@@ -133,6 +133,31 @@ def choose_runtime(measurements: dict[str, dict[str, Any]], tolerance_points: fl
     return min((n for n in candidates if speed(n) <= fastest * (1.0 + SPEED_TIE)), key=lambda n: (order[n], speed(n)))
 
 
+def describe_choice(spec: dict[str, Any]) -> str:
+    """One line on the runtime a version got, and why int8 was not chosen when it was not (its accuracy
+    against torch's and the gate), since that decides how fast `serve` is."""
+    runtimes = spec.get("runtimes") or {}
+    chosen = spec.get("runtime") or TORCH
+    torch_acc = (runtimes.get(TORCH) or {}).get("accuracy")
+
+    def delta(name: str) -> str:
+        acc = (runtimes.get(name) or {}).get("accuracy")
+        return "" if acc is None or torch_acc is None else f"{100 * (acc - torch_acc):+.2f} points vs torch"
+
+    facts = []
+    ms = (runtimes.get(chosen) or {}).get("latency_ms_p50")
+    if ms is not None:
+        facts.append(f"{ms:.1f} ms per text")
+    if chosen != TORCH and delta(chosen):
+        facts.append(delta(chosen))
+    line = f"runtime {chosen}" + (f" ({', '.join(facts)})" if facts else "")
+    int8 = runtimes.get(ONNX_INT8)
+    if chosen != ONNX_INT8 and int8 and int8.get("accuracy") is not None and torch_acc is not None:
+        line += (f"; int8 was {delta(ONNX_INT8)}, outside the {spec.get('tolerance_points')}-point gate, so serve "
+                 f"runs {chosen} (slower); HOTELBOT_RUNTIME_TOLERANCE widens the gate")
+    return line
+
+
 # ------------------------------------------------------------------ tokenizer without transformers
 
 

@@ -663,6 +663,10 @@ def train_classifier(
                                                                  "hpo": hpo_summary})
             emit(TrainingEvent("status", message="exporting ONNX (fp32 + int8) and choosing the runtime"))
             inference = export_inference(fit, staged / "model", validation, settings.validation.runtime_tolerance_points)
+            if "runtimes" in inference:
+                from .onnx_runtime import describe_choice
+
+                emit(TrainingEvent("status", message=describe_choice(inference)))
             from .components import carry_over
 
             carried = carry_over(registry, staged, "classifier")  # a version is a snapshot of every component

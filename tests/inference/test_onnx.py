@@ -304,6 +304,20 @@ def test_choose_runtime_is_the_fastest_within_tolerance(measurements, tolerance,
     assert choose_runtime(measurements, tolerance) == expected
 
 
+def test_train_says_which_runtime_and_why_int8_was_not_chosen():
+    from hotelbot_cli.onnx_runtime import describe_choice
+
+    runtimes = {TORCH: {"accuracy": 0.9561, "latency_ms_p50": 12.3}, ONNX_FP32: {"accuracy": 0.9561, "latency_ms_p50": 8.2},
+                ONNX_INT8: {"accuracy": 0.9467, "latency_ms_p50": 3.2}}
+    gated = describe_choice({"runtime": ONNX_FP32, "tolerance_points": 0.5, "runtimes": runtimes})
+    assert gated.startswith("runtime onnx-fp32 (8.2 ms per text, +0.00 points vs torch); int8 was -0.94 points")
+    assert "0.5-point gate" in gated and "HOTELBOT_RUNTIME_TOLERANCE" in gated
+    chosen = describe_choice({"runtime": ONNX_INT8, "tolerance_points": 0.5,
+                              "runtimes": {**runtimes, ONNX_INT8: {"accuracy": 0.9592, "latency_ms_p50": 3.2}}})
+    assert chosen == "runtime onnx-int8 (3.2 ms per text, +0.31 points vs torch)"
+    assert describe_choice({"runtime": TORCH}) == "runtime torch"
+
+
 def test_compare_runtimes_records_int8_against_fp32(onnx_registry):
     from hotelbot_cli.data import read_jsonl_examples
 
