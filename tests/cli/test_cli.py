@@ -217,13 +217,14 @@ def test_root_path_options_override_env_and_do_not_leak(tmp_path, isolated_env, 
     assert uri == "sqlite:///x.db"
 
 
-def test_live_progress_shows_only_the_metrics_a_model_reports():
+def test_live_progress_shows_only_the_metrics_a_model_reports(monkeypatch):
     from hotelbot_cli.cli.train import RichProgress
     from hotelbot_cli.training import TrainingEvent
 
     lines = []
     progress = RichProgress()
-    progress.progress.console.log = lambda text, **kw: lines.append(text)
+    # the console is the CLI's shared stderr console: patch it for this test only
+    monkeypatch.setattr(progress.progress.console, "log", lambda text, **kw: lines.append(text))
     progress(TrainingEvent("evaluate", 10, 20, 1.0, 2, metrics={"loss": 2.5}))  # the generator: loss only
     progress(TrainingEvent("evaluate", 20, 20, 2.0, 2, metrics={"loss": 0.5, "accuracy": 0.9, "macro_f1": 0.8},
                            message="stopping early"))
