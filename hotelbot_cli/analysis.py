@@ -75,9 +75,7 @@ class Analyzer:
     def from_registry(cls, registry: "ModelRegistry", version: str | None = None, *, verify: bool = True,
                       classifier_loader: Callable[["VersionInfo"], Any] | None = None) -> "Analyzer":
         """``version`` None: the deployed version, else the newest; refuses a version whose checksums fail."""
-        info = registry.resolve(version)
-        if verify:
-            info = registry.require_intact(info.name)
+        info = registry.resolve(version, verify=verify)
         return cls.from_version(info, classifier_loader=classifier_loader)
 
     def analyze(self, texts: Sequence[str], top_k: int = 3, batch_size: int = 32) -> list[dict[str, Any]]:

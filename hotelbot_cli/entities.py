@@ -45,7 +45,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from ._atomic import atomic_write_json
-from .data import check_split_fingerprint, read_data_text, read_manifest, write_split
+from .data import (DATASET_FILE, TRAIN_FILE, VALIDATION_FILE, check_split_fingerprint, read_data_text, read_manifest,
+                   write_split)
 from .errors import DataError, ModelError
 
 if TYPE_CHECKING:
@@ -62,9 +63,7 @@ DATA_SUBDIR = "data"
 CONFIG_FILE = "entities.json"
 WEIGHTS_FILE = "model.safetensors"
 ENCODER_CONFIG_FILE = "encoder_config.json"
-TRAIN_FILE = "train.jsonl"
-VALIDATION_FILE = "validation.jsonl"
-DATASET_FILE = "dataset.json"
+# TRAIN_FILE, VALIDATION_FILE, DATASET_FILE: the prepared split's files, from data.write_split
 DATA_FORMAT = "hotelbot-entities-data/1"
 MODEL_FORMAT = "hotelbot-entity-tagger/1"
 EXPERIMENT = "hotelbot-entities"

@@ -78,7 +78,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from ._atomic import atomic_write_bytes, atomic_write_json
-from .data import LABEL_RE, check_split_fingerprint, clean_text, read_manifest, write_split
+from .data import (DATASET_FILE, LABEL_RE, TRAIN_FILE, VALIDATION_FILE, check_split_fingerprint, clean_text,
+                   read_manifest, write_split)
 from .errors import ConfigError, DataError, ModelError, RegistryError
 
 if TYPE_CHECKING:
@@ -98,9 +99,7 @@ GENERATION_FILE = "generation.json"
 VOCAB_FILE = "vocab_map.json"
 WEIGHTS_FILE = "model.safetensors"
 MODEL_CONFIG_FILE = "config.json"
-TRAIN_FILE = "train.jsonl"
-VALIDATION_FILE = "validation.jsonl"
-DATASET_FILE = "dataset.json"
+# TRAIN_FILE, VALIDATION_FILE, DATASET_FILE: the prepared split's files, from data.write_split
 DATA_FORMAT = "hotelbot-replies/1"
 GENERATOR_FORMAT = "hotelbot-generator/1"
 VOCAB_FORMAT = "hotelbot-vocab-map/1"
@@ -1172,9 +1171,7 @@ class Responder:
     def from_registry(cls, registry: "ModelRegistry", version: str | None = None, *, verify: bool = True,
                       models_dir: Path | None = None) -> "Responder":
         """``version`` None: the deployed version, else the newest (checksums checked unless ``verify`` is False)."""
-        info = registry.resolve(version)
-        if verify:
-            info = registry.require_intact(info.name)
+        info = registry.resolve(version, verify=verify)
         return cls.from_version(info, models_dir)
 
     @property

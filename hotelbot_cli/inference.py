@@ -60,9 +60,7 @@ class Predictor:
     @classmethod
     def from_registry(cls, registry: ModelRegistry, version: str | None = None, verify: bool = True) -> "Predictor":
         """Load ``version`` (default: the deployed one, else the newest), refusing corrupt versions."""
-        info = registry.resolve(version)
-        if verify:
-            info = registry.require_intact(info.name)
+        info = registry.resolve(version, verify=verify)
         return cls.from_version(info)
 
     def probabilities(self, texts: Sequence[str], batch_size: int = 32) -> Any:

@@ -940,9 +940,7 @@ class KnowledgeBase:
     def from_registry(cls, registry: "ModelRegistry", version: str | None = None, *, verify: bool = True,
                       models_dir: Path | None = None) -> "KnowledgeBase":
         """``version`` None: the deployed version, else the newest (checksums checked unless ``verify`` is False)."""
-        info = registry.resolve(version)
-        if verify:
-            info = registry.require_intact(info.name)
+        info = registry.resolve(version, verify=verify)
         return cls.from_version(info, models_dir)
 
     @property

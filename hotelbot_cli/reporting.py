@@ -173,9 +173,7 @@ def build_report(
 
     ``verify`` checks the version's checksums first (a corrupt model is refused, as ``predict`` does).
     """
-    info = registry.resolve(version)
-    if verify:
-        info = registry.require_intact(info.name)
+    info = registry.resolve(version, verify=verify)
     return build_report_from_dir(info.path, info.metadata, registry, version_name=info.name,
                                  previous_n=previous_n, measure_latency=measure_latency, figures=figures,
                                  min_score=min_score)

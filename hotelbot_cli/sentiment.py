@@ -20,8 +20,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from .data import (Example, check_split_fingerprint, clean_text, fingerprint, read_data_text, read_manifest,
-                   stratified_split, write_split)
+from .data import (DATASET_FILE, TRAIN_FILE, VALIDATION_FILE, Example, check_split_fingerprint, clean_text, fingerprint,
+                   read_data_text, read_manifest, stratified_split, write_split)
 from .errors import DataError, RegistryError
 
 if TYPE_CHECKING:
@@ -35,9 +35,7 @@ log = logging.getLogger("hotelbot.sentiment")
 COMPONENT = "sentiment"
 SENTIMENT_DIR = "sentiment"
 DATA_SUBDIR = "data"
-TRAIN_FILE = "train.jsonl"
-VALIDATION_FILE = "validation.jsonl"
-DATASET_FILE = "dataset.json"
+# TRAIN_FILE, VALIDATION_FILE, DATASET_FILE: the prepared split's files, from data.write_split
 DATA_FORMAT = "hotelbot-sentiment-data/1"
 EXPERIMENT = "hotelbot-sentiment"
 SENTIMENT_LABELS = ("negative", "neutral", "positive")

@@ -249,8 +249,13 @@ class ModelRegistry:
         versions = self.list_versions()
         return versions[-1] if versions else None
 
-    def resolve(self, spec: str | None = None) -> VersionInfo:
-        """``None`` -> the deployed version, else the newest; or a name / alias ('latest', 'current')."""
+    def resolve(self, spec: str | None = None, *, verify: bool = False) -> VersionInfo:
+        """``None`` -> the deployed version, else the newest; or a name / alias ('latest', 'current').
+        ``verify``: also check every file against its recorded checksum (IntegrityError if one fails)."""
+        info = self._resolve(spec)
+        return self.require_intact(info.name) if verify else info
+
+    def _resolve(self, spec: str | None) -> VersionInfo:
         if spec in (None, "", "current"):
             current = self.current_name()
             if current:
