@@ -77,11 +77,10 @@ class ModelTrainer:
         if model_type not in ALL_MODEL_TYPES + ("all",):
             raise DataError(f"unknown model_type {model_type!r}; use one of {', '.join(ALL_MODEL_TYPES)} or all")
         if model_type == "all":
-            result = train_all(self.settings, self.registry, force=force)
-            steps = result.steps
+            steps = train_all(self.settings, self.registry, force=force).steps
         else:
             steps = [train_one(self.settings, self.registry, COMPONENT_OF[model_type], force=force)]
-        self.last_version = steps[-1].version if model_type != "all" else result.final_version
+        self.last_version = steps[-1].version  # the end of the chain (train_all's final_version)
         classifier = next((s.result for s in steps if s.component == "classifier" and s.result is not None), None)
         return {"version": self.last_version, "skipped": all(s.status != "trained" for s in steps),
                 "steps": [s.to_dict() for s in steps],
