@@ -152,10 +152,13 @@ class ValidationConfig(_Section):
     metric: str = "macro_f1"
     # ONNX int8/fp32 may replace torch when its validation accuracy is within this many points of torch's
     runtime_tolerance_points: float = 0.5
+    # int8 answers this close to changing (probability) are re-run on fp32 (0: never); recorded per version
+    runtime_recheck_margin: float = 0.3
 
     def __post_init__(self) -> None:
         _check_range("min_validation_score", self.min_validation_score, 0.0, 1.0)
         _check_range("runtime_tolerance_points", self.runtime_tolerance_points, 0.0, 100.0)
+        _check_range("runtime_recheck_margin", self.runtime_recheck_margin, 0.0, 1.0)
         if self.metric not in METRIC_CHOICES:
             raise ConfigError(f"metric must be one of {', '.join(METRIC_CHOICES)}, got {self.metric!r}")
 
@@ -264,7 +267,8 @@ ENV_TRAINING = {
 }
 ENV_DATA = {"TRAINING_VALIDATION_SPLIT": "validation_split"}
 ENV_VALIDATION = {"MIN_VALIDATION_SCORE": "min_validation_score", "VALIDATION_METRIC": "metric",
-                  "HOTELBOT_RUNTIME_TOLERANCE": "runtime_tolerance_points"}
+                  "HOTELBOT_RUNTIME_TOLERANCE": "runtime_tolerance_points",
+                  "HOTELBOT_RUNTIME_RECHECK_MARGIN": "runtime_recheck_margin"}
 ENV_DEPLOYMENT = {
     "ENABLE_MODEL_BACKUP": "enable_model_backup",
     "ENABLE_AUTO_ROLLBACK": "enable_auto_rollback",

@@ -8,7 +8,9 @@ weights stay the source of truth)::
                                   and fused by onnxruntime's transformer optimizer (Attention,
                                   EmbedLayerNormalization, SkipLayerNormalization, BiasGelu); the word
                                   embeddings live in the memory-mapped .data file
-    model/model.int8.onnx(.data)  the same graph, dynamic int8 quantization with per-channel weights
+    model/model.int8.onnx(.data)  the same graph, dynamic int8 quantization with per-channel weights;
+                                  an int8 answer within ``recheck_margin`` of changing (top-2 gap or
+                                  distance to the out-of-scope threshold) is re-run on the fp32 graph
     model/tokenizer.unigram.bin   for a Unigram tokenizer (e5): a sorted index of its pieces that loads in
                                   milliseconds (see :class:`UnigramSubsetEncoder`)
     model/runtime.json            what was measured (accuracy on the validation split, single-text
@@ -64,6 +66,10 @@ ONNX_INT8 = "onnx-int8"
 RUNTIMES = (TORCH, ONNX_FP32, ONNX_INT8)
 ONNX_FILES = {ONNX_FP32: ONNX_FP32_FILE, ONNX_INT8: ONNX_INT8_FILE}
 DEFAULT_TOLERANCE_POINTS = 0.5
+# int8 answers this close (in probability) to changing are re-run on fp32; see OnnxPredictor._row_probs.
+# 0.3: on the shipped e5 model the int8 probabilities differ from fp32's by up to 0.30 (p99 0.21), and
+# every int8/fp32 disagreement on its validation split had a margin below 0.24 (README "Fast inference").
+DEFAULT_RECHECK_MARGIN = 0.3
 SPEED_TIE = 0.10  # latencies within 10 % of the fastest count as equally fast
 OPSET = 17
 RUNTIME_FORMAT = "hotelbot-runtime/1"
@@ -150,6 +156,9 @@ def describe_choice(spec: dict[str, Any]) -> str:
         facts.append(f"{ms:.1f} ms per text")
     if chosen != TORCH and delta(chosen):
         facts.append(delta(chosen))
+    recheck = (runtimes.get(chosen) or {}).get("recheck") if chosen == ONNX_INT8 else None
+    if recheck and recheck.get("rate") is not None:
+        facts.append(f"{100 * recheck['rate']:.1f}% of validation texts were close calls re-run on fp32")
     line = f"runtime {chosen}" + (f" ({', '.join(facts)})" if facts else "")
     int8 = runtimes.get(ONNX_INT8)
     if chosen != ONNX_INT8 and int8 and int8.get("accuracy") is not None and torch_acc is not None:
@@ -603,12 +612,63 @@ def _session(path: Path, threads: int | None = None) -> Any:
 # ------------------------------------------------------------------ the predictor
 
 
+class Recheck:
+    """The fp32 second opinion of an int8 model: texts whose int8 answer is within ``margin`` of changing
+    (the gap between its two best intents, or between its confidence and the out-of-scope threshold)
+    are re-run on the fp32 graph, whose answer is kept.
+
+    int8 and fp32 differ by up to ~0.3 in a probability, so int8 alone disagrees with fp32 on ~1-2 % of
+    texts, all of them close calls; re-running only those keeps int8's speed on the clear ones (most
+    texts) and fp32's answers on the close ones. The fp32 session (single-threaded: it runs on the int8
+    lanes) is opened on first use unless :meth:`open` is called; ``before_open`` (e.g. a checksum
+    check of the fp32 files) runs once, just before.
+    """
+
+    def __init__(self, path: Path, margin: float, before_open: Any = None) -> None:
+        if not margin > 0:
+            raise ConfigError(f"recheck margin must be > 0, got {margin}")
+        self.path = Path(path)
+        self.margin = float(margin)
+        self._before_open = before_open
+        self._session: Any = None
+        self._lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self.checked = 0  # texts looked at, and re-run on fp32 (serve's /metrics, export's rate)
+        self.rerun = 0
+
+    def open(self) -> Any:
+        if self._session is None:
+            with self._lock:
+                if self._session is None:
+                    if self._before_open is not None:
+                        self._before_open()
+                    self._session = _session(self.path, threads=1)
+        return self._session
+
+    def needed(self, probs: Any, threshold: float | None) -> bool:
+        """Whether an int8 probability row is a close call."""
+        import numpy as np
+
+        top2 = np.partition(probs, -2)[-2:] if probs.shape[-1] > 1 else np.array([0.0, probs[-1]])
+        best, second = float(top2.max()), float(top2.min())
+        close = best - second < self.margin or (threshold is not None and abs(best - threshold) < self.margin)
+        with self._count_lock:
+            self.checked += 1
+            self.rerun += close
+        return close
+
+    @property
+    def rate(self) -> float | None:
+        return self.rerun / self.checked if self.checked else None
+
+
 class OnnxPredictor:
     """A version's ONNX model on onnxruntime: the interface of :class:`inference.Predictor`, without torch."""
 
     def __init__(self, session: Any, tokenizer: Any, config: RuntimeClassifierConfig, version: str,
-                 runtime: str = ONNX_INT8, lanes: int = 1) -> None:
+                 runtime: str = ONNX_INT8, lanes: int = 1, recheck: Recheck | None = None) -> None:
         self.session = session
+        self.recheck = recheck  # int8 only: close calls re-run on fp32
         self.tokenizer = tokenizer  # FullEncoder or UnigramSubsetEncoder: .encode(texts) -> (ids, mask)
         self.config = config
         self.version = version
@@ -622,9 +682,15 @@ class OnnxPredictor:
 
     @classmethod
     def from_model_dir(cls, model_dir: Path, runtime: str = ONNX_INT8, version: str = "",
-                       tokenizer: str | None = None, *, before_session: Any = None) -> "OnnxPredictor":
+                       tokenizer: str | None = None, *, before_session: Any = None,
+                       recheck_margin: float | None = None, before_recheck: Any = None,
+                       open_recheck: bool = True) -> "OnnxPredictor":
         """``tokenizer``: "full" or "unigram-subset" (default: what runtime.json says, else the fastest).
-        ``before_session()`` runs after the tokenizer is loaded and before the ONNX file is opened."""
+        ``before_session()`` runs after the tokenizer is loaded and before the ONNX file is opened.
+
+        int8 only: ``recheck_margin`` (default: runtime.json's ``recheck``; 0: none) re-runs close calls on
+        the fp32 graph (:class:`Recheck`), opened now with ``open_recheck`` or else on the first close
+        call, after ``before_recheck()``."""
         if runtime not in ONNX_FILES:
             raise ConfigError(f"not an ONNX runtime: {runtime!r} (use {ONNX_FP32} or {ONNX_INT8})")
         model_dir = Path(model_dir)
@@ -633,8 +699,11 @@ class OnnxPredictor:
             raise ModelError(f"{path} does not exist: this version has no {runtime} model",
                              hint=f"unset {RUNTIME_ENV} or retrain with a hotelbot that exports ONNX")
         config = RuntimeClassifierConfig.from_file(model_dir / CLASSIFIER_FILE)
+        spec: dict[str, Any] = {}
+        if tokenizer is None or recheck_margin is None:
+            spec = read_runtime_spec(model_dir) or {}
         if tokenizer is None:
-            tokenizer = (read_runtime_spec(model_dir) or {}).get("tokenizer")
+            tokenizer = spec.get("tokenizer")
         encoder = load_text_encoder(model_dir, config.max_length, tokenizer)
         if before_session is not None:
             before_session()
@@ -644,7 +713,15 @@ class OnnxPredictor:
             # calls side by side, one lane per core of the thread budget: 2.4x the texts/s on 2 cores
             # (benchmarks/latency.py).
             lanes = thread_budget()
-            return cls(_session(path, threads=1), encoder, config, version or model_dir.parent.name, runtime, lanes)
+            if recheck_margin is None:
+                recheck_margin = float((spec.get("recheck") or {}).get("margin") or 0.0)
+            recheck = None
+            if recheck_margin > 0:
+                recheck = Recheck(model_dir / ONNX_FP32_FILE, recheck_margin, before_recheck)
+                if open_recheck:
+                    recheck.open()
+            return cls(_session(path, threads=1), encoder, config, version or model_dir.parent.name, runtime, lanes,
+                       recheck)
         return cls(_session(path), encoder, config, version or model_dir.parent.name, runtime)
 
     @classmethod
@@ -668,8 +745,13 @@ class OnnxPredictor:
             files = onnx_files_read(runtime)
             require_files_intact(info, files[:-2])
             check = _BackgroundCheck(info, files[-2:])
+        # With verify (the fast `predict` path) the fp32 graph of int8's recheck is checksummed and opened
+        # only if a close call needs it; without (serve, validate: the whole version was checked), now.
+        fp32_files = [f"{MODEL_SUBDIR}/{n}" for n in (ONNX_FP32_FILE, ONNX_FP32_FILE + ".data")]
         return cls.from_model_dir(model_dir, runtime, info.name,
-                                  before_session=check.require if check is not None else None)
+                                  before_session=check.require if check is not None else None,
+                                  before_recheck=(lambda: require_files_intact(info, fp32_files)) if verify else None,
+                                  open_recheck=not verify)
 
     @classmethod
     def from_registry(cls, registry: Any, version: str | None = None, verify: bool = True,
@@ -723,16 +805,23 @@ class OnnxPredictor:
             return np.empty((0, len(self.labels)), dtype=np.float32)
         ids, mask = self.encode(texts)
         if self.lanes > 1 and len(texts) > 1:
-            logits = list(self._lane_pool().map(lambda row: self._row_logits(ids, mask, row), range(len(texts))))
+            rows = list(self._lane_pool().map(lambda row: self._row_probs(ids, mask, row), range(len(texts))))
         else:
-            logits = [self._row_logits(ids, mask, row) for row in range(len(texts))]
-        return softmax(np.concatenate(logits))
+            rows = [self._row_probs(ids, mask, row) for row in range(len(texts))]
+        return np.stack(rows)
 
-    def _row_logits(self, ids: Any, mask: Any, row: int) -> Any:
+    def _row_logits(self, ids: Any, mask: Any, row: int, session: Any = None) -> Any:
         """One text of an encoded batch, run alone: its own tokens only, exactly its one-text encoding."""
         keep = mask[row].astype(bool)
         feed = {"input_ids": ids[row:row + 1, keep], "attention_mask": mask[row:row + 1, keep]}
-        return self.session.run(["logits"], {k: v for k, v in feed.items() if k in self._inputs})[0]
+        return (session or self.session).run(["logits"], {k: v for k, v in feed.items() if k in self._inputs})[0]
+
+    def _row_probs(self, ids: Any, mask: Any, row: int) -> Any:
+        """One text's probabilities on int8, or on fp32 when int8 made a close call (:class:`Recheck`)."""
+        probs = softmax(self._row_logits(ids, mask, row))[0]
+        if self.recheck is not None and self.recheck.needed(probs, self.threshold):
+            probs = softmax(self._row_logits(ids, mask, row, self.recheck.open()))[0]
+        return probs
 
     def _lane_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -756,7 +845,7 @@ class OnnxPredictor:
         k = max(1, min(top_k, len(self.labels)))
 
         def one(row: int) -> "Prediction":
-            return self._prediction(texts[row], softmax(self._row_logits(ids, mask, row))[0], k)
+            return self._prediction(texts[row], self._row_probs(ids, mask, row), k)
 
         return [pool.submit(one, row) for row in range(len(texts))]
 
@@ -1097,7 +1186,7 @@ def _check_tokenizers(model_dir: Path, hf_tokenizer: Any, cfg: Any, texts: Seque
 
 def export_onnx(model: Any, tokenizer: Any, model_dir: Path, validation_examples: Sequence[Any],
                 tolerance_points: float = DEFAULT_TOLERANCE_POINTS, *, latency_runs: int = 50,
-                opset: int = OPSET) -> dict[str, Any]:
+                opset: int = OPSET, recheck_margin: float = DEFAULT_RECHECK_MARGIN) -> dict[str, Any]:
     """Export a trained classifier to ONNX (fp32 and dynamic int8) into ``model_dir`` and choose a runtime.
 
     Call it on a *staged* version after :func:`modeling.save_classifier` wrote ``model_dir`` (it reads
@@ -1105,7 +1194,9 @@ def export_onnx(model: Any, tokenizer: Any, model_dir: Path, validation_examples
     threshold applied, as predict answers) of torch fp32, ONNX fp32 and ONNX int8 on
     ``validation_examples`` (objects with .text and .intent), and their single-text latency; chooses
     with :func:`choose_runtime`; writes ``model_dir/runtime.json``; returns the same dict (for
-    ``metadata["inference"]``).
+    ``metadata["inference"]``). int8 is measured as it will serve: with its close calls re-run on fp32
+    when ``recheck_margin`` > 0 and the fp32 export is usable (:class:`Recheck`); its accuracy without the
+    recheck is recorded beside.
     """
     import numpy as np
     import onnx
@@ -1148,13 +1239,22 @@ def export_onnx(model: Any, tokenizer: Any, model_dir: Path, validation_examples
         (model_dir / TOKENIZER_INDEX_FILE).unlink(missing_ok=True)
     predictors: dict[str, Any] = {TORCH: Predictor(model, tokenizer, model_dir.parent.name)}
     for name in ONNX_FILES:
-        predictors[name] = OnnxPredictor.from_model_dir(model_dir, name, model_dir.parent.name, tokenizer_kind)
+        predictors[name] = OnnxPredictor.from_model_dir(model_dir, name, model_dir.parent.name, tokenizer_kind,
+                                                        recheck_margin=0.0)
+    recheck: dict[str, Any] | None = None
     with torch.inference_mode():
         reference = predictors[TORCH].probabilities(probe).float().numpy()
         measurements: dict[str, dict[str, Any]] = {}
         predicted: dict[str, list[str]] = {}
-        for name, predictor in predictors.items():
+        for name, predictor in list(predictors.items()):
+            if name == ONNX_INT8 and recheck_margin > 0 and measurements[ONNX_FP32]["usable"]:
+                plain = predictor.predict_labels(texts) if texts else []
+                without = {"accuracy": _accuracy(plain, truth), "agreement_with_torch": _accuracy(plain, predicted[TORCH])}
+                predictor = predictors[name] = OnnxPredictor(
+                    predictor.session, predictor.tokenizer, predictor.config, predictor.version, ONNX_INT8,
+                    predictor.lanes, Recheck(model_dir / ONNX_FP32_FILE, recheck_margin))
             predicted[name] = predictor.predict_labels(texts) if texts else []
+            rate = predictor.recheck.rate if getattr(predictor, "recheck", None) is not None else None
             probs = reference if name == TORCH else predictor.probabilities(probe)
             entry: dict[str, Any] = {"accuracy": _accuracy(predicted[name], truth),
                                      "max_abs_prob_diff_vs_torch": round(float(np.abs(probs - reference).max()), 7)}
@@ -1168,6 +1268,10 @@ def export_onnx(model: Any, tokenizer: Any, model_dir: Path, validation_examples
                     entry["usable"] = entry["max_abs_prob_diff_vs_torch"] <= FP32_MAX_PROB_DIFF and tokenizer_ok
                 elif not tokenizer_ok:
                     entry["usable"] = False
+            if name == ONNX_INT8 and predictor.recheck is not None:
+                recheck = {"runtime": ONNX_FP32, "file": ONNX_FP32_FILE, "margin": recheck_margin}
+                entry["recheck"] = dict(recheck, rate=None if rate is None else round(rate, 4))
+                entry["without_recheck"] = without
             measurements[name] = entry
         for name, latency in _latencies_ms(predictors, probe, latency_runs).items():
             measurements[name].update(latency)
@@ -1186,6 +1290,7 @@ def export_onnx(model: Any, tokenizer: Any, model_dir: Path, validation_examples
         "attention": attention,
         "fused_operators": fused,
         "quantization": "dynamic int8, per-channel QInt8 weights (onnxruntime.quantization.quantize_dynamic)",
+        "recheck": recheck,
         "tokenizer": tokenizer_kind,
         "tokenizer_matches_hf": tokenizer_ok,
         "validation_examples": len(texts),
@@ -1228,6 +1333,12 @@ def compare_runtimes(info: "VersionInfo", examples: Sequence[Any], *, include_to
         probs[name] = predictor.probabilities(texts) if texts else None
         labels[name] = predictor.predict_labels(texts) if texts else []
         result["accuracy"][name] = _accuracy(labels[name], truth)
+        if predictor.recheck is not None:
+            # int8 as it serves (close calls re-run on fp32) above; int8 alone here, for comparison
+            plain = OnnxPredictor(predictor.session, predictor.tokenizer, predictor.config, info.name, ONNX_INT8)
+            labels["int8-alone"] = plain.predict_labels(texts) if texts else []
+            result["int8_recheck"] = {"margin": predictor.recheck.margin, "rate": predictor.recheck.rate,
+                                      "accuracy_without": _accuracy(labels["int8-alone"], truth)}
     if include_torch:
         predictor = Predictor.from_version(info)
         labels[TORCH] = predictor.predict_labels(texts) if texts else []
@@ -1240,5 +1351,7 @@ def compare_runtimes(info: "VersionInfo", examples: Sequence[Any], *, include_to
         result["int8_minus_fp32_points"] = round(delta, 4)
         result["int8_within_tolerance"] = -delta <= tolerance + 1e-9
         result["int8_agreement_with_fp32"] = _accuracy(labels[ONNX_INT8], labels[ONNX_FP32])
+        if "int8-alone" in labels:
+            result["int8_recheck"]["agreement_with_fp32_without"] = _accuracy(labels["int8-alone"], labels[ONNX_FP32])
         result["max_abs_prob_diff_int8_vs_fp32"] = round(float(np.abs(probs[ONNX_INT8] - probs[ONNX_FP32]).max()), 6)
     return result

@@ -200,7 +200,9 @@ class Metrics:
         with self._lock:
             self.load_failures += 1
 
-    def render(self) -> str:
+    def render(self, recheck: Any = None) -> str:
+        """The Prometheus text; ``recheck``: the loaded int8 model's :class:`~hotelbot_cli.onnx_runtime.Recheck`
+        (its counts since that model was loaded), if it has one."""
         with self._lock:
             lines = [
                 "# HELP hotelbot_requests_total HTTP requests by endpoint and status code.",
@@ -240,6 +242,14 @@ class Metrics:
                 "# TYPE hotelbot_microbatch_size histogram",
                 *self.batch_sizes.lines("hotelbot_microbatch_size"),
             ]
+        if recheck is not None:
+            lines += ["# HELP hotelbot_int8_rechecks_total int8 answers that were close calls, re-run on fp32 "
+                      "(since the model was loaded).",
+                      "# TYPE hotelbot_int8_rechecks_total counter",
+                      f"hotelbot_int8_rechecks_total {recheck.rerun}",
+                      "# HELP hotelbot_int8_texts_total Texts answered by the int8 model (since it was loaded).",
+                      "# TYPE hotelbot_int8_texts_total counter",
+                      f"hotelbot_int8_texts_total {recheck.checked}"]
         return "\n".join(lines) + "\n"
 
 
@@ -938,7 +948,9 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
 
     @app.get("/metrics", tags=["probes"], response_class=PlainTextResponse, summary="Prometheus metrics")
     async def prometheus_metrics() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        model = holder.model
+        recheck = getattr(model.predictor, "recheck", None) if model is not None else None
+        return PlainTextResponse(metrics.render(recheck), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.exception_handler(ServeError)
     async def serve_error(request: Request, exc: ServeError) -> JSONResponse:

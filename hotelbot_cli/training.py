@@ -562,15 +562,17 @@ def _merge_with_parent(prepared: PreparedData, parent: VersionInfo) -> tuple[lis
     return train, validation
 
 
-def export_inference(fit: FitResult, model_dir: Path, validation: list[Example], tolerance_points: float) -> dict[str, Any]:
+def export_inference(fit: FitResult, model_dir: Path, validation: list[Example], tolerance_points: float,
+                     recheck_margin: float | None = None) -> dict[str, Any]:
     """ONNX fp32 + int8 export of the staged model and the runtime choice (onnx_runtime.export_onnx).
 
     The PyTorch weights stay the source of truth: an export failure is logged and the version runs on torch.
     """
-    from .onnx_runtime import export_onnx
+    from .onnx_runtime import DEFAULT_RECHECK_MARGIN, export_onnx
 
+    margin = DEFAULT_RECHECK_MARGIN if recheck_margin is None else recheck_margin
     try:
-        return export_onnx(fit.model, fit.tokenizer, model_dir, validation, tolerance_points)
+        return export_onnx(fit.model, fit.tokenizer, model_dir, validation, tolerance_points, recheck_margin=margin)
     except (HotelbotError, ImportError) as exc:
         log.warning("ONNX export failed (%s); the version runs on torch", exc)
         return {"runtime": "torch", "error": str(exc)}
@@ -662,7 +664,8 @@ def train_classifier(
             atomic_write_json(staged / "training_history.json", {"epochs": fit.history, "log": fit.log_history,
                                                                  "hpo": hpo_summary})
             emit(TrainingEvent("status", message="exporting ONNX (fp32 + int8) and choosing the runtime"))
-            inference = export_inference(fit, staged / "model", validation, settings.validation.runtime_tolerance_points)
+            inference = export_inference(fit, staged / "model", validation, settings.validation.runtime_tolerance_points,
+                                         settings.validation.runtime_recheck_margin)
             if "runtimes" in inference:
                 from .onnx_runtime import describe_choice
 

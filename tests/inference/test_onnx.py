@@ -99,6 +99,12 @@ def test_export_writes_both_graphs_with_dynamic_axes_and_records_the_choice(onnx
     assert spec["runtimes"][ONNX_FP32]["max_abs_prob_diff_vs_torch"] < 1e-4
     assert spec["validation_examples"] > 0 and spec["runtimes"][TORCH]["accuracy"] is not None
     assert spec["runtimes"][ONNX_INT8]["size_bytes"] < spec["runtimes"][ONNX_FP32]["size_bytes"]
+    # int8 was measured as it serves: close calls re-run on fp32 (the default margin), int8 alone beside it
+    int8 = spec["runtimes"][ONNX_INT8]
+    assert spec["recheck"] == {"runtime": ONNX_FP32, "file": "model.onnx", "margin": 0.3}
+    assert int8["recheck"]["margin"] == 0.3 and 0.0 <= int8["recheck"]["rate"] <= 1.0
+    assert set(int8["without_recheck"]) == {"accuracy", "agreement_with_torch"}
+    assert OnnxPredictor.from_model_dir(model, ONNX_INT8).recheck.margin == 0.3  # what predict/serve load
     # Immutable versions: everything the export wrote is checksummed like the rest.
     written = {f"model/{n}" for n in ONNX_NAMES if (model / n).exists()}
     assert {"model/model.onnx", "model/model.int8.onnx", f"model/{RUNTIME_FILE}"} <= written
@@ -260,6 +266,56 @@ def test_int8_parallel_lanes_and_per_text_futures_give_the_same_answers(onnx_reg
         OnnxPredictor.from_version(onnx_registry.get(WITH_ONNX), ONNX_INT8)
 
 
+def test_int8_close_calls_are_rerun_on_fp32_and_clear_ones_are_not(onnx_registry, monkeypatch):
+    """int8 differs from fp32 by up to ~0.3 in a probability, so its answer can flip only when it is a
+    close call: such texts are re-run on fp32 (whose answer is kept), the rest keep int8's answer."""
+    from hotelbot_cli.onnx_runtime import Recheck
+
+    monkeypatch.setenv("HOTELBOT_ONNX_THREADS", "2")
+    model_dir = onnx_registry.get(WITH_ONNX).path / "model"
+    plain = OnnxPredictor.from_model_dir(model_dir, ONNX_INT8, recheck_margin=0)
+    fp32 = OnnxPredictor.from_model_dir(model_dir, ONNX_FP32)
+    assert plain.recheck is None
+    texts = TEXTS * 2
+    int8_p, fp32_p = plain.probabilities(texts), fp32.probabilities(texts)
+    top2 = np.sort(int8_p, axis=1)[:, -2:]
+    gap = top2[:, 1] - top2[:, 0]
+    margin = float(np.median(gap))  # about half the texts are close calls
+    close = gap < margin
+    assert close.any() and not close.all()
+    for threshold in (None, float(np.median(top2[:, 1]))):
+        plain.config.oos_threshold = fp32.config.oos_threshold = threshold
+        guarded = OnnxPredictor.from_model_dir(model_dir, ONNX_INT8, recheck_margin=margin)
+        guarded.config.oos_threshold = threshold
+        expect_close = close | (np.abs(top2[:, 1] - threshold) < margin if threshold is not None else False)
+        got = guarded.probabilities(texts)
+        np.testing.assert_allclose(got[expect_close], fp32_p[expect_close], atol=1e-5)  # fp32's answer
+        np.testing.assert_array_equal(got[~expect_close], int8_p[~expect_close])  # int8's own
+        assert (guarded.recheck.checked, guarded.recheck.rerun) == (len(texts), int(expect_close.sum()))
+        futures = guarded.submit_each(texts, top_k=2)  # serve's streaming path: the same answers
+        assert [f.result(timeout=30).to_dict() for f in futures] == [p.to_dict() for p in guarded.predict(texts, top_k=2)]
+    everything = OnnxPredictor.from_model_dir(model_dir, ONNX_INT8, recheck_margin=1.0)
+    np.testing.assert_allclose(everything.probabilities(texts), fp32_p, atol=1e-5)
+    assert everything.recheck.rate == 1.0
+    with pytest.raises(ConfigError):
+        Recheck(model_dir / "model.onnx", 0.0)
+
+
+@pytest.mark.parametrize("probs,threshold,margin,close", [
+    ([0.7, 0.2, 0.1], None, 0.3, False),   # gap 0.5
+    ([0.5, 0.3, 0.2], None, 0.3, True),    # gap 0.2
+    ([0.7, 0.2, 0.1], 0.5, 0.3, True),     # 0.2 from the out-of-scope threshold
+    ([0.9, 0.05, 0.05], 0.5, 0.3, False),
+    ([0.9, 0.05, 0.05], 0.65, 0.3, True),
+])
+def test_a_close_call_is_a_small_top2_gap_or_a_confidence_near_the_threshold(tmp_path, probs, threshold, margin, close):
+    from hotelbot_cli.onnx_runtime import Recheck
+
+    recheck = Recheck(tmp_path / "never-opened.onnx", margin)
+    assert recheck.needed(np.array(probs, dtype=np.float32), threshold) is close
+    assert (recheck.checked, recheck.rerun, recheck.rate) == (1, int(close), float(close))
+
+
 def test_out_of_scope_threshold_applies_as_in_torch(onnx_registry):
     from hotelbot_cli.data import OUT_OF_SCOPE
     from hotelbot_cli.errors import DataError
@@ -315,6 +371,10 @@ def test_train_says_which_runtime_and_why_int8_was_not_chosen():
     chosen = describe_choice({"runtime": ONNX_INT8, "tolerance_points": 0.5,
                               "runtimes": {**runtimes, ONNX_INT8: {"accuracy": 0.9592, "latency_ms_p50": 3.2}}})
     assert chosen == "runtime onnx-int8 (3.2 ms per text, +0.31 points vs torch)"
+    rechecked = describe_choice({"runtime": ONNX_INT8, "tolerance_points": 0.5, "runtimes": {
+        **runtimes, ONNX_INT8: {"accuracy": 0.9561, "latency_ms_p50": 3.4, "recheck": {"margin": 0.3, "rate": 0.044}}}})
+    assert rechecked == ("runtime onnx-int8 (3.4 ms per text, +0.00 points vs torch, 4.4% of validation texts were "
+                         "close calls re-run on fp32)")
     assert describe_choice({"runtime": TORCH}) == "runtime torch"
 
 
@@ -331,6 +391,10 @@ def test_compare_runtimes_records_int8_against_fp32(onnx_registry):
     assert result["int8_minus_fp32_points"] == pytest.approx(delta)
     assert result["int8_within_tolerance"] == (-delta <= result["tolerance_points"])
     assert 0.0 <= result["int8_agreement_with_fp32"] <= 1.0
+    recheck = result["int8_recheck"]  # int8 as it serves vs int8 alone
+    assert recheck["margin"] == 0.3 and 0.0 <= recheck["rate"] <= 1.0
+    assert 0.0 <= recheck["accuracy_without"] <= 1.0 and 0.0 <= recheck["agreement_with_fp32_without"] <= 1.0
+    assert result["int8_agreement_with_fp32"] >= recheck["agreement_with_fp32_without"]
     plain = compare_runtimes(onnx_registry.get(WITHOUT_ONNX), examples)
     assert plain["available"] is False and plain["runtime"] == TORCH and plain["accuracy"] == {}
 
@@ -380,6 +444,21 @@ def test_onnx_path_refuses_a_version_whose_read_files_are_corrupt(onnx_registry,
         monkeypatch.delenv("HOTELBOT_RUNTIME")  # runtime.json is what decides: it is checked before it is read
     with pytest.raises(IntegrityError, match=f"model/{name}: checksum mismatch"):
         predictor_from_registry(onnx_registry, WITH_ONNX)
+
+
+def test_predict_checks_and_opens_int8s_fp32_second_opinion_only_when_a_close_call_needs_it(onnx_registry, monkeypatch):
+    from hotelbot_cli.inference import predictor_from_registry
+    from hotelbot_cli.onnx_runtime import Recheck
+
+    monkeypatch.setenv("HOTELBOT_RUNTIME", ONNX_INT8)
+    _corrupt(onnx_registry.get(WITH_ONNX).path / "model" / "model.onnx")
+    predictor = predictor_from_registry(onnx_registry, WITH_ONNX)  # int8's files are intact
+    assert predictor.recheck is not None and predictor.recheck._session is None  # not opened, not hashed
+    monkeypatch.setattr(Recheck, "needed", lambda self, probs, threshold: False)
+    assert predictor.predict(["hola"])[0].intent  # a clear answer never touches the fp32 files
+    monkeypatch.setattr(Recheck, "needed", lambda self, probs, threshold: True)
+    with pytest.raises(IntegrityError, match="model/model.onnx: checksum mismatch"):
+        predictor.predict(["hola"])
 
 
 def test_onnx_path_hashes_only_what_it_reads(onnx_registry, monkeypatch):

@@ -363,6 +363,13 @@ def test_concurrent_requests_share_forward_passes(registry, labels, runtime, mon
         assert metric(text, "hotelbot_microbatch_size_count") == 1  # one group either way
         assert metric(text, 'hotelbot_microbatch_size_bucket{le="4"}') == 0
         assert metric(text, 'hotelbot_microbatch_size_bucket{le="8"}') == 1
+        recheck = getattr(app.state.models.model.predictor, "recheck", None)
+        if streams:  # int8's close calls re-run on fp32, counted since the model was loaded
+            assert recheck is not None
+            assert metric(text, "hotelbot_int8_texts_total") == recheck.checked >= n
+            assert 0 <= metric(text, "hotelbot_int8_rechecks_total") == recheck.rerun <= recheck.checked
+        else:
+            assert "hotelbot_int8_rechecks_total" not in text
 
 
 class FakePredictor:

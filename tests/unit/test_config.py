@@ -12,6 +12,8 @@ def test_defaults():
     assert s.data.validation_split == 0.2
     assert s.training.base_model == "packaged:multilingual-e5-small"
     assert s.sources == ["defaults"]
+    assert s.validation.runtime_recheck_margin == 0.3
+    assert load_settings(env={"HOTELBOT_RUNTIME_RECHECK_MARGIN": "0"}).validation.runtime_recheck_margin == 0.0
 
 
 def test_precedence_defaults_file_env_flags(tmp_path):
@@ -57,6 +59,8 @@ def test_config_file_from_env_and_paths(tmp_path):
     ({"TRAINING_LEARNING_RATE": "-1"}, "learning_rate"),
     ({"TRAINING_VALIDATION_SPLIT": "0.9"}, "validation_split"),
     ({"MIN_VALIDATION_SCORE": "1.5"}, "min_validation_score"),
+    ({"HOTELBOT_RUNTIME_RECHECK_MARGIN": "-0.1"}, "runtime_recheck_margin"),
+    ({"HOTELBOT_RUNTIME_RECHECK_MARGIN": "2"}, "runtime_recheck_margin"),
 ])
 def test_bad_values_are_config_errors(env, fragment):
     with pytest.raises(ConfigError, match=fragment):
