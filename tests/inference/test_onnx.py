@@ -119,6 +119,49 @@ def test_export_writes_both_graphs_with_dynamic_axes_and_records_the_choice(onnx
         assert out.name == "logits" and out.shape[1] == len(info.metadata["labels"])
 
 
+def test_outlier_inputs_are_measured_and_their_matmuls_kept_fp32_in_the_int8_graph(onnx_registry, tmp_path):
+    """Dynamic int8 gives an activation one scale set by its largest value: inputs with outlier features
+    (max/rms ~100 on e5's early FFN output projections) lose most of their precision, so those
+    MatMuls stay fp32."""
+    import onnx
+
+    from hotelbot_cli import onnx_runtime as rt
+    from hotelbot_cli.modeling import load_classifier
+
+    model_dir = onnx_registry.get(WITH_ONNX).path / "model"
+    spec = json.loads((model_dir / RUNTIME_FILE).read_text("utf-8"))
+    assert spec["outlier_ratio_cutoff"] == rt.OUTLIER_RATIO
+    assert all(ratio >= rt.OUTLIER_RATIO for ratio in spec["kept_fp32"].values())
+    fp32 = onnx.load(str(model_dir / "model.onnx"), load_external_data=False)
+    weighted = [n.name for n in fp32.graph.node if n.op_type in ("MatMul", "Attention")
+                and {n.input[1]} <= {i.name for i in fp32.graph.initializer}]
+    _, tokenizer = load_classifier(model_dir)
+    cfg = rt.RuntimeClassifierConfig.from_file(model_dir / "classifier.json")
+    work = tmp_path / "model.onnx"
+    shutil.copy(model_dir / "model.onnx", work)
+    if (model_dir / "model.onnx.data").exists():
+        shutil.copy(model_dir / "model.onnx.data", tmp_path / "model.onnx.data")
+    ratios = rt._outlier_inputs(work, [rt._probe_feed(tokenizer, cfg, [t]) for t in TEXTS])
+    assert set(ratios) == set(weighted) and all(r >= 1.0 for r in ratios.values())
+    assert not list(tmp_path.glob("*.tmp"))  # the probe graph is gone
+    keep = weighted[:1]
+    rt._quantize(work, tmp_path / "q.onnx", keep)
+    nodes = {n.name: n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
+    assert nodes.get(keep[0]) in ("MatMul", "Attention")  # left in fp32
+    assert not any(nodes.get(name) in ("MatMul", "Attention") for name in weighted[1:])  # quantized
+
+
+@pytest.mark.parametrize("ratios,expected", [
+    ({"a": 10.0, "b": 20.0, "c": 30.0, "d": 40.0}, []),
+    ({"a": 10.0, "b": 99.0, "c": 30.0, "d": 60.0}, ["b"]),           # at most a quarter of the nodes
+    ({f"n{i}": 100.0 + i for i in range(8)}, ["n6", "n7"]),          # the worst ones
+])
+def test_keep_fp32_takes_the_worst_outliers_up_to_a_share(ratios, expected):
+    from hotelbot_cli.onnx_runtime import _keep_fp32
+
+    assert _keep_fp32(ratios, cutoff=60.0, share=0.25) == expected
+
+
 def test_export_refuses_a_directory_without_the_saved_classifier(tmp_path):
     from hotelbot_cli.errors import ModelError
     from hotelbot_cli.onnx_runtime import export_onnx
