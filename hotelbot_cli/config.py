@@ -152,7 +152,8 @@ class ValidationConfig(_Section):
     metric: str = "macro_f1"
     # ONNX int8/fp32 may replace torch when its validation accuracy is within this many points of torch's
     runtime_tolerance_points: float = 0.5
-    # int8 answers this close to changing (probability) are re-run on fp32 (0: never); recorded per version
+    # when int8 alone misses the runtime gate: its answers this close to changing (probability) re-run on
+    # fp32 (0: never); recorded per version
     runtime_recheck_margin: float = 0.3
 
     def __post_init__(self) -> None:

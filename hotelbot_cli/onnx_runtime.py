@@ -8,9 +8,10 @@ weights stay the source of truth)::
                                   and fused by onnxruntime's transformer optimizer (Attention,
                                   EmbedLayerNormalization, SkipLayerNormalization, BiasGelu); the word
                                   embeddings live in the memory-mapped .data file
-    model/model.int8.onnx(.data)  the same graph, dynamic int8 quantization with per-channel weights;
-                                  an int8 answer within ``recheck_margin`` of changing (top-2 gap or
-                                  distance to the out-of-scope threshold) is re-run on the fp32 graph
+    model/model.int8.onnx(.data)  the same graph, dynamic int8 quantization with per-channel weights,
+                                  except the MatMuls fed by outlier activations (kept fp32). If int8
+                                  alone misses the accuracy gate, its close calls (top-2 gap or distance
+                                  to the out-of-scope threshold under ``recheck_margin``) re-run on fp32
     model/tokenizer.unigram.bin   for a Unigram tokenizer (e5): a sorted index of its pieces that loads in
                                   milliseconds (see :class:`UnigramSubsetEncoder`)
     model/runtime.json            what was measured (accuracy on the validation split, single-text
@@ -59,6 +60,7 @@ WORD_CACHE_SIZE = 100_000
 EXTERNAL_DATA_THRESHOLD = 1 << 20  # initializers of 1 MiB or more go to model*.onnx.data (memory-mapped)
 RUNTIME_ENV = "HOTELBOT_RUNTIME"
 THREADS_ENV = "HOTELBOT_ONNX_THREADS"
+RECHECK_ENV = "HOTELBOT_RUNTIME_RECHECK_MARGIN"
 SPIN_ENV = "HOTELBOT_ONNX_SPIN"
 TORCH = "torch"
 ONNX_FP32 = "onnx-fp32"
@@ -66,9 +68,9 @@ ONNX_INT8 = "onnx-int8"
 RUNTIMES = (TORCH, ONNX_FP32, ONNX_INT8)
 ONNX_FILES = {ONNX_FP32: ONNX_FP32_FILE, ONNX_INT8: ONNX_INT8_FILE}
 DEFAULT_TOLERANCE_POINTS = 0.5
-# int8 answers this close (in probability) to changing are re-run on fp32; see OnnxPredictor._row_probs.
-# 0.3: on the shipped e5 model the int8 probabilities differ from fp32's by up to 0.30 (p99 0.21), and
-# every int8/fp32 disagreement on its validation split had a margin below 0.24 (README "Fast inference").
+# When int8 alone misses the gate, its answers this close (in probability) to changing are re-run on
+# fp32 (Recheck). 0.3: on four e5 trainings every int8/fp32 disagreement on the validation split had a
+# margin below 0.27 (README "Fast inference").
 DEFAULT_RECHECK_MARGIN = 0.3
 # Weight MatMuls whose input's max|x| / rms(x) reaches OUTLIER_RATIO stay fp32 in the int8 graph (at
 # most OUTLIER_MAX_SHARE of them); see _outlier_inputs. 60: on e5-small the inputs of the FFN output
@@ -120,18 +122,7 @@ def choose_runtime(measurements: dict[str, dict[str, Any]], tolerance_points: fl
     """
     if tolerance_points < 0:
         raise ConfigError(f"tolerance_points must be >= 0, got {tolerance_points}")
-    reference = (measurements.get(TORCH) or {}).get("accuracy")
-    candidates = [TORCH]
-    for name in (ONNX_FP32, ONNX_INT8):
-        m = measurements.get(name)
-        if not m or m.get("usable") is False:
-            continue
-        if reference is None or m.get("accuracy") is None:
-            if name == ONNX_FP32 and reference is None:
-                candidates.append(name)
-            continue
-        if 100.0 * (reference - m["accuracy"]) <= tolerance_points + 1e-9:
-            candidates.append(name)
+    candidates = [TORCH] + [name for name in (ONNX_FP32, ONNX_INT8) if _qualifies(measurements, name, tolerance_points)]
 
     def speed(name: str) -> float:
         value = (measurements.get(name) or {}).get("latency_ms_p50")
@@ -142,6 +133,17 @@ def choose_runtime(measurements: dict[str, dict[str, Any]], tolerance_points: fl
     fastest = min(speed(n) for n in candidates)
     order = {ONNX_INT8: 0, ONNX_FP32: 1, TORCH: 2}
     return min((n for n in candidates if speed(n) <= fastest * (1.0 + SPEED_TIE)), key=lambda n: (order[n], speed(n)))
+
+
+def _qualifies(measurements: dict[str, dict[str, Any]], name: str, tolerance_points: float) -> bool:
+    """Whether runtime ``name`` may replace torch: usable, and its accuracy within the gate (see choose_runtime)."""
+    reference = (measurements.get(TORCH) or {}).get("accuracy")
+    m = measurements.get(name)
+    if not m or m.get("usable") is False:
+        return False
+    if reference is None or m.get("accuracy") is None:
+        return name == ONNX_FP32 and reference is None
+    return 100.0 * (reference - m["accuracy"]) <= tolerance_points + 1e-9
 
 
 def describe_choice(spec: dict[str, Any]) -> str:
@@ -588,6 +590,24 @@ def _threads_env() -> int:
     return threads
 
 
+def _recheck_margin(spec: dict[str, Any]) -> float:
+    """The margin of int8's fp32 recheck: the one recorded at export (none when int8 alone passed the
+    gate), unless HOTELBOT_RUNTIME_RECHECK_MARGIN is set (0: off), which applies to any version whose fp32
+    graph reproduced PyTorch at export."""
+    raw = os.environ.get(RECHECK_ENV, "").strip()
+    if not raw:
+        return float((spec.get("recheck") or {}).get("margin") or 0.0)
+    if not ((spec.get("runtimes") or {}).get(ONNX_FP32) or {}).get("usable"):
+        return 0.0
+    try:
+        margin = float(raw)
+    except ValueError:
+        margin = -1.0
+    if not 0.0 <= margin <= 1.0:
+        raise ConfigError(f"{RECHECK_ENV} must be a probability margin in [0, 1] (0: no recheck), got {raw!r}")
+    return margin
+
+
 def thread_budget() -> int:
     """Threads onnxruntime may use: HOTELBOT_ONNX_THREADS, else one per core."""
     return _threads_env() or os.cpu_count() or 1
@@ -622,11 +642,13 @@ class Recheck:
     (the gap between its two best intents, or between its confidence and the out-of-scope threshold)
     are re-run on the fp32 graph, whose answer is kept.
 
-    int8 and fp32 differ by up to ~0.3 in a probability, so int8 alone disagrees with fp32 on ~1-2 % of
-    texts, all of them close calls; re-running only those keeps int8's speed on the clear ones (most
-    texts) and fp32's answers on the close ones. The fp32 session (single-threaded: it runs on the int8
-    lanes) is opened on first use unless :meth:`open` is called; ``before_open`` (e.g. a checksum
-    check of the fp32 files) runs once, just before.
+    int8 and fp32 differ by up to ~0.2-0.3 in a probability, so int8 alone disagrees with fp32 on 0.3-1.6 %
+    of texts, nearly all of them close calls; re-running only those keeps int8's speed on the clear ones
+    and fp32's answers on the close ones. Export turns it on for a version only when int8 alone misses
+    the accuracy gate: each re-run costs an fp32 pass (~7 ms on one core for e5-small, vs ~3 ms for
+    int8), and serve's throughput drops with the share of close calls. The fp32 session
+    (single-threaded: it runs on the int8 lanes) is opened on first use unless :meth:`open` is called;
+    ``before_open`` (e.g. a checksum check of the fp32 files) runs once, just before.
     """
 
     def __init__(self, path: Path, margin: float, before_open: Any = None) -> None:
@@ -719,7 +741,7 @@ class OnnxPredictor:
             # (benchmarks/latency.py).
             lanes = thread_budget()
             if recheck_margin is None:
-                recheck_margin = float((spec.get("recheck") or {}).get("margin") or 0.0)
+                recheck_margin = _recheck_margin(spec)
             recheck = None
             if recheck_margin > 0:
                 recheck = Recheck(model_dir / ONNX_FP32_FILE, recheck_margin, before_recheck)
@@ -1241,9 +1263,10 @@ def export_onnx(model: Any, tokenizer: Any, model_dir: Path, validation_examples
     threshold applied, as predict answers) of torch fp32, ONNX fp32 and ONNX int8 on
     ``validation_examples`` (objects with .text and .intent), and their single-text latency; chooses
     with :func:`choose_runtime`; writes ``model_dir/runtime.json``; returns the same dict (for
-    ``metadata["inference"]``). int8 is measured as it will serve: with its close calls re-run on fp32
-    when ``recheck_margin`` > 0 and the fp32 export is usable (:class:`Recheck`); its accuracy without the
-    recheck is recorded beside.
+    ``metadata["inference"]``). When int8 alone is outside the gate and ``recheck_margin`` > 0 (and the
+    fp32 export is usable), int8 is measured again with its close calls re-run on fp32 (:class:`Recheck`)
+    and, if that passes, serves that way (``recheck`` in runtime.json; int8 alone is recorded beside):
+    slower than int8 alone (each re-run costs an fp32 pass), faster than fp32.
     """
     import numpy as np
     import onnx
@@ -1297,15 +1320,9 @@ def export_onnx(model: Any, tokenizer: Any, model_dir: Path, validation_examples
         reference = predictors[TORCH].probabilities(probe).float().numpy()
         measurements: dict[str, dict[str, Any]] = {}
         predicted: dict[str, list[str]] = {}
-        for name, predictor in list(predictors.items()):
-            if name == ONNX_INT8 and recheck_margin > 0 and measurements[ONNX_FP32]["usable"]:
-                plain = predictor.predict_labels(texts) if texts else []
-                without = {"accuracy": _accuracy(plain, truth), "agreement_with_torch": _accuracy(plain, predicted[TORCH])}
-                predictor = predictors[name] = OnnxPredictor(
-                    predictor.session, predictor.tokenizer, predictor.config, predictor.version, ONNX_INT8,
-                    predictor.lanes, Recheck(model_dir / ONNX_FP32_FILE, recheck_margin))
+
+        def measure(name: str, predictor: Any) -> dict[str, Any]:
             predicted[name] = predictor.predict_labels(texts) if texts else []
-            rate = predictor.recheck.rate if getattr(predictor, "recheck", None) is not None else None
             probs = reference if name == TORCH else predictor.probabilities(probe)
             entry: dict[str, Any] = {"accuracy": _accuracy(predicted[name], truth),
                                      "max_abs_prob_diff_vs_torch": round(float(np.abs(probs - reference).max()), 7)}
@@ -1315,15 +1332,30 @@ def export_onnx(model: Any, tokenizer: Any, model_dir: Path, validation_examples
                 entry["size_bytes"] = sum(p.stat().st_size for p in (model_dir / ONNX_FILES[name],
                                                                      model_dir / (ONNX_FILES[name] + ".data"))
                                           if p.exists())
-                if name == ONNX_FP32:
-                    entry["usable"] = entry["max_abs_prob_diff_vs_torch"] <= FP32_MAX_PROB_DIFF and tokenizer_ok
-                elif not tokenizer_ok:
-                    entry["usable"] = False
-            if name == ONNX_INT8 and predictor.recheck is not None:
-                recheck = {"runtime": ONNX_FP32, "file": ONNX_FP32_FILE, "margin": recheck_margin}
-                entry["recheck"] = dict(recheck, rate=None if rate is None else round(rate, 4))
-                entry["without_recheck"] = without
-            measurements[name] = entry
+            return entry
+
+        for name, predictor in predictors.items():
+            measurements[name] = measure(name, predictor)
+        measurements[ONNX_FP32]["usable"] = (measurements[ONNX_FP32]["max_abs_prob_diff_vs_torch"] <= FP32_MAX_PROB_DIFF
+                                             and tokenizer_ok)
+        if not tokenizer_ok:
+            measurements[ONNX_INT8]["usable"] = False
+        # int8 alone outside the gate: measure it with its close calls re-run on fp32 (what would then serve)
+        if (recheck_margin > 0 and measurements[ONNX_FP32]["usable"] and tokenizer_ok and texts
+                and not _qualifies(measurements, ONNX_INT8, tolerance_points)):
+            alone = measurements[ONNX_INT8]
+            plain = predictors[ONNX_INT8]
+            guarded = predictors[ONNX_INT8] = OnnxPredictor(plain.session, plain.tokenizer, plain.config, plain.version,
+                                                            ONNX_INT8, plain.lanes,
+                                                            Recheck(model_dir / ONNX_FP32_FILE, recheck_margin))
+            guarded.predict_labels(texts)
+            rate = guarded.recheck.rate  # on the validation texts only
+            entry = measure(ONNX_INT8, guarded)
+            recheck = {"runtime": ONNX_FP32, "file": ONNX_FP32_FILE, "margin": recheck_margin}
+            entry["recheck"] = dict(recheck, rate=None if rate is None else round(rate, 4))
+            entry["without_recheck"] = {k: alone[k] for k in ("accuracy", "agreement_with_torch",
+                                                              "max_abs_prob_diff_vs_torch")}
+            measurements[ONNX_INT8] = entry
         for name, latency in _latencies_ms(predictors, probe, latency_runs).items():
             measurements[name].update(latency)
     chosen = choose_runtime(measurements, tolerance_points)

@@ -99,12 +99,13 @@ def test_export_writes_both_graphs_with_dynamic_axes_and_records_the_choice(onnx
     assert spec["runtimes"][ONNX_FP32]["max_abs_prob_diff_vs_torch"] < 1e-4
     assert spec["validation_examples"] > 0 and spec["runtimes"][TORCH]["accuracy"] is not None
     assert spec["runtimes"][ONNX_INT8]["size_bytes"] < spec["runtimes"][ONNX_FP32]["size_bytes"]
-    # int8 was measured as it serves: close calls re-run on fp32 (the default margin), int8 alone beside it
+    # int8 alone within the gate serves alone; outside it, with its close calls re-run on fp32
     int8 = spec["runtimes"][ONNX_INT8]
-    assert spec["recheck"] == {"runtime": ONNX_FP32, "file": "model.onnx", "margin": 0.3}
-    assert int8["recheck"]["margin"] == 0.3 and 0.0 <= int8["recheck"]["rate"] <= 1.0
-    assert set(int8["without_recheck"]) == {"accuracy", "agreement_with_torch"}
-    assert OnnxPredictor.from_model_dir(model, ONNX_INT8).recheck.margin == 0.3  # what predict/serve load
+    if spec["recheck"] is None:
+        assert "recheck" not in int8 and OnnxPredictor.from_model_dir(model, ONNX_INT8).recheck is None
+    else:
+        assert 100 * (spec["runtimes"][TORCH]["accuracy"] - int8["without_recheck"]["accuracy"]) > 0.5
+        assert OnnxPredictor.from_model_dir(model, ONNX_INT8).recheck.margin == spec["recheck"]["margin"]
     # Immutable versions: everything the export wrote is checksummed like the rest.
     written = {f"model/{n}" for n in ONNX_NAMES if (model / n).exists()}
     assert {"model/model.onnx", "model/model.int8.onnx", f"model/{RUNTIME_FILE}"} <= written
@@ -160,6 +161,48 @@ def test_keep_fp32_takes_the_worst_outliers_up_to_a_share(ratios, expected):
     from hotelbot_cli.onnx_runtime import _keep_fp32
 
     assert _keep_fp32(ratios, cutoff=60.0, share=0.25) == expected
+
+
+@pytest.mark.parametrize("int8_alone_passes", [True, False])
+def test_int8_alone_serves_when_it_passes_the_gate_else_with_its_close_calls_rechecked(
+        onnx_registry, tmp_path, monkeypatch, int8_alone_passes):
+    from hotelbot_cli import onnx_runtime as rt
+    from hotelbot_cli.data import read_jsonl_examples
+    from hotelbot_cli.modeling import load_classifier
+
+    info = onnx_registry.get(WITH_ONNX)
+    model_dir = tmp_path / "v0099" / "model"
+    shutil.copytree(info.path / "model", model_dir)
+    rt.drop_export(model_dir)
+    real = rt._qualifies
+
+    def gate(measurements, name, tolerance):  # int8 alone: as the test says; with its recheck: the real gate
+        if name == ONNX_INT8 and "recheck" not in measurements.get(name, {}):
+            return int8_alone_passes
+        return real(measurements, name, tolerance)
+
+    monkeypatch.setattr(rt, "_qualifies", gate)
+    model, tokenizer = load_classifier(model_dir)
+    validation = read_jsonl_examples(info.path / "data" / "validation.jsonl")
+    spec = rt.export_onnx(model, tokenizer, model_dir, validation, latency_runs=2, recheck_margin=1.0)
+    int8 = spec["runtimes"][ONNX_INT8]
+    if int8_alone_passes:
+        assert spec["runtime"] in (ONNX_INT8, ONNX_FP32, TORCH) and spec["recheck"] is None and "recheck" not in int8
+        assert rt.OnnxPredictor.from_model_dir(model_dir, ONNX_INT8).recheck is None
+        return
+    # margin 1.0: every text is a close call, so the served int8 answers are fp32's
+    assert spec["recheck"] == {"runtime": ONNX_FP32, "file": "model.onnx", "margin": 1.0}
+    assert int8["recheck"]["rate"] == 1.0 and int8["agreement_with_torch"] == 1.0
+    assert int8["accuracy"] == spec["runtimes"][TORCH]["accuracy"]
+    assert set(int8["without_recheck"]) == {"accuracy", "agreement_with_torch", "max_abs_prob_diff_vs_torch"}
+    assert rt.OnnxPredictor.from_model_dir(model_dir, ONNX_INT8).recheck.margin == 1.0  # what predict/serve load
+    monkeypatch.setenv("HOTELBOT_RUNTIME_RECHECK_MARGIN", "0")  # the operator's override at load time
+    assert rt.OnnxPredictor.from_model_dir(model_dir, ONNX_INT8).recheck is None
+    monkeypatch.setenv("HOTELBOT_RUNTIME_RECHECK_MARGIN", "0.2")
+    assert rt.OnnxPredictor.from_model_dir(model_dir, ONNX_INT8).recheck.margin == 0.2
+    monkeypatch.setenv("HOTELBOT_RUNTIME_RECHECK_MARGIN", "lots")
+    with pytest.raises(ConfigError, match="HOTELBOT_RUNTIME_RECHECK_MARGIN"):
+        rt.OnnxPredictor.from_model_dir(model_dir, ONNX_INT8)
 
 
 def test_export_refuses_a_directory_without_the_saved_classifier(tmp_path):
@@ -421,7 +464,7 @@ def test_train_says_which_runtime_and_why_int8_was_not_chosen():
     assert describe_choice({"runtime": TORCH}) == "runtime torch"
 
 
-def test_compare_runtimes_records_int8_against_fp32(onnx_registry):
+def test_compare_runtimes_records_int8_against_fp32(onnx_registry, monkeypatch):
     from hotelbot_cli.data import read_jsonl_examples
 
     info = onnx_registry.get(WITH_ONNX)
@@ -434,10 +477,10 @@ def test_compare_runtimes_records_int8_against_fp32(onnx_registry):
     assert result["int8_minus_fp32_points"] == pytest.approx(delta)
     assert result["int8_within_tolerance"] == (-delta <= result["tolerance_points"])
     assert 0.0 <= result["int8_agreement_with_fp32"] <= 1.0
-    recheck = result["int8_recheck"]  # int8 as it serves vs int8 alone
-    assert recheck["margin"] == 0.3 and 0.0 <= recheck["rate"] <= 1.0
+    monkeypatch.setenv("HOTELBOT_RUNTIME_RECHECK_MARGIN", "1.0")  # int8 as it would serve with every text rechecked
+    recheck = compare_runtimes(info, examples)["int8_recheck"]
+    assert recheck["margin"] == 1.0 and recheck["rate"] == 1.0
     assert 0.0 <= recheck["accuracy_without"] <= 1.0 and 0.0 <= recheck["agreement_with_fp32_without"] <= 1.0
-    assert result["int8_agreement_with_fp32"] >= recheck["agreement_with_fp32_without"]
     plain = compare_runtimes(onnx_registry.get(WITHOUT_ONNX), examples)
     assert plain["available"] is False and plain["runtime"] == TORCH and plain["accuracy"] == {}
 
@@ -494,6 +537,7 @@ def test_predict_checks_and_opens_int8s_fp32_second_opinion_only_when_a_close_ca
     from hotelbot_cli.onnx_runtime import Recheck
 
     monkeypatch.setenv("HOTELBOT_RUNTIME", ONNX_INT8)
+    monkeypatch.setenv("HOTELBOT_RUNTIME_RECHECK_MARGIN", "0.3")  # as if int8 alone had missed the gate
     _corrupt(onnx_registry.get(WITH_ONNX).path / "model" / "model.onnx")
     predictor = predictor_from_registry(onnx_registry, WITH_ONNX)  # int8's files are intact
     assert predictor.recheck is not None and predictor.recheck._session is None  # not opened, not hashed
