@@ -57,6 +57,8 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--head-learning-rate", type=float, default=3e-3)
     parser.add_argument("--max-length", type=int, default=48)
+    parser.add_argument("--patience", type=int, default=1,
+                        help="early stopping: epochs without a better validation macro-F1 (0: off)")
     parser.add_argument("--train-embeddings", action="store_true",
                         help="also train the 250k-row word-embedding matrix (frozen by default)")
     parser.add_argument("--limit", type=int, default=0, help="use only N training examples (smoke runs)")
@@ -72,7 +74,7 @@ def main() -> None:
     settings = load_settings()
     cfg = TrainingConfig(base_model=args.base_model, epochs=args.epochs, batch_size=args.batch_size,
                          learning_rate=args.learning_rate, head_learning_rate=args.head_learning_rate,
-                         max_length=args.max_length, early_stopping_patience=1, seed=42,
+                         max_length=args.max_length, early_stopping_patience=args.patience, seed=42,
                          freeze_embeddings="no" if args.train_embeddings else "auto")
     start = time.monotonic()
     fit = fit_classifier(cfg, "macro_f1", train, split["val"], labels, settings.paths.models_dir)
@@ -97,7 +99,7 @@ def main() -> None:
     print(f"\nCLINC150 full: {len(train)} train (incl. oos_train), {len(split['val'])} val, "
           f"{len(split['test'])} test + {len(split['oos_test'])} oos_test")
     print(f"hotelbot: {args.base_model}, epochs run {fit.epochs_run:.0f} (best {fit.best_epoch:.0f}), "
-          f"batch {args.batch_size}, lr {args.learning_rate:g}/{args.head_learning_rate:g}, max length "
+          f"batch {args.batch_size}, lr {args.learning_rate:g}/{args.head_learning_rate:g}, patience {args.patience}, max length "
           f"{args.max_length}, embeddings {'trained' if args.train_embeddings else 'frozen'}, threshold {fit.threshold}")
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"{dt.date.today().isoformat()}\n")
