@@ -122,7 +122,7 @@ def train_all(settings: "Settings", registry: "ModelRegistry", *, documents: Pat
                               f"hotelbot.{component}.version": outcome.version or ""})
             score = _score(outcome)
             if score is not None:
-                tracker.log_metrics({f"{component}_overall_score": score}, step=len(result.steps))
+                tracker.log_metrics({score[0]: score[1]}, step=len(result.steps))
             notify(outcome)
         result.final_version = last
         tracker.set_tags({"hotelbot.version": last or ""})
@@ -143,14 +143,16 @@ def train_one(settings: "Settings", registry: "ModelRegistry", component: str, *
     return _run_step(component, settings, registry, data, source, force, listener, {})
 
 
-def _score(outcome: StepOutcome) -> float | None:
+def _score(outcome: StepOutcome) -> tuple[str, float] | None:
+    """(MLflow metric name, value) of a trained step's headline score: ``<component>_overall_score``, or
+    ``generator_relevance`` for the generator (which has no overall score)."""
     metrics = getattr(outcome.result, "metrics", None)
     if not isinstance(metrics, dict):
         return None
-    value = metrics.get("overall_score")
+    name, value = f"{outcome.component}_overall_score", metrics.get("overall_score")
     if value is None and isinstance(metrics.get("generator"), dict):
-        value = metrics["generator"].get("relevance")
-    return float(value) if isinstance(value, (int, float)) else None
+        name, value = "generator_relevance", metrics["generator"].get("relevance")
+    return (name, float(value)) if isinstance(value, (int, float)) else None
 
 
 def _run_step(component: str, settings: "Settings", registry: "ModelRegistry", data: Path | None,

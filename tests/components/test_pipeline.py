@@ -137,3 +137,18 @@ def test_adopt_refuses_a_corrupt_donor_and_publishes_nothing(two_lines):
         adopt_component(registry, "v0003", "sentiment", "v0002")
     assert len(registry.list_versions()) == 3
     assert not list((registry.root / ".staging").glob("build-*"))
+
+
+@pytest.mark.parametrize("component,metrics,expected", [
+    ("sentiment", {"overall_score": 0.93}, ("sentiment_overall_score", 0.93)),
+    ("generator", {"generator": {"relevance": 0.71, "bleu": 12.0}}, ("generator_relevance", 0.71)),
+    ("knowledge", {"chunks": 98}, None),
+])
+def test_the_parent_run_logs_each_steps_headline_score_under_its_own_name(component, metrics, expected):
+    from types import SimpleNamespace
+
+    from hotelbot_cli.pipeline import StepOutcome, _score
+
+    outcome = StepOutcome(component, "trained", "v0002", result=SimpleNamespace(metrics=metrics))
+    assert _score(outcome) == expected
+    assert _score(StepOutcome(component, "unchanged", "v0001")) is None
