@@ -194,7 +194,30 @@ def publish_component(registry: "ModelRegistry", component: str, kind: str, *, s
     return info, carried
 
 
-def training_summary(fit: Any, **extra: Any) -> dict[str, Any]:
+@dataclass
+class FitStats:
+    """What every component's fit (classifier, entities, sentiment, generator) reports about its Trainer
+    run; their result classes extend it, and :func:`training_summary` reads it."""
+
+    history: list[dict[str, Any]]      # per-epoch validation metrics
+    log_history: list[dict[str, Any]]  # the Trainer's log
+    steps: int
+    epochs_run: float
+    best_epoch: float
+    duration: float
+    frozen: int                        # parameters
+    trainable: int
+
+    @staticmethod
+    def of(trainer: Any, history: list[dict[str, Any]], best_epoch: float, duration: float, frozen: int,
+           trainable: int) -> dict[str, Any]:
+        """The FitStats fields of a finished ``trainer`` run, as keyword arguments for a result class."""
+        return {"history": history, "log_history": trainer.state.log_history, "steps": trainer.state.global_step,
+                "epochs_run": trainer.state.epoch or 0.0, "best_epoch": best_epoch, "duration": duration,
+                "frozen": frozen, "trainable": trainable}
+
+
+def training_summary(fit: FitStats, **extra: Any) -> dict[str, Any]:
     """The "training" block of a component's metadata, from a fit result."""
     return {"duration_seconds": round(fit.duration, 2), "epochs_run": fit.epochs_run, "steps": fit.steps,
             "frozen_parameters": fit.frozen, "trainable_parameters": fit.trainable, **extra}

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 from ._atomic import atomic_write_json
 from .data import (DATASET_FILE, TRAIN_FILE, VALIDATION_FILE, check_split_fingerprint, read_data_text, read_manifest,
                    write_split)
+from .components import FitStats
 from .errors import DataError, ModelError
 
 if TYPE_CHECKING:
@@ -583,20 +584,12 @@ def _require_fast(tokenizer: Any, what: str) -> None:
 
 
 @dataclass
-class EntityFitResult:
+class EntityFitResult(FitStats):
     model: Any
     tokenizer: Any
     resolved: dict[str, Any]
     labels: list[str]
     metrics: dict[str, Any]
-    history: list[dict[str, Any]]
-    log_history: list[dict[str, Any]]
-    steps: int
-    epochs_run: float
-    best_epoch: float
-    duration: float
-    frozen: int
-    trainable: int
     truncated_entities: int
 
 
@@ -717,9 +710,9 @@ def fit_entity_tagger(cfg: "TrainingConfig", train: Sequence[EntityExample], val
     metrics["truncated_entities"] = lost_val
     resolved = {"spec": cfg.base_model, "location": base.location, "prefix": config.prefix,
                 "model_query_prefix": base.query_prefix}
-    return EntityFitResult(model, tokenizer, resolved, list(labels), metrics, best.history, trainer.state.log_history,
-                           trainer.state.global_step, trainer.state.epoch or 0.0, best.best_epoch, duration, frozen,
-                           trainable, lost_train + lost_val)
+    return EntityFitResult(model=model, tokenizer=tokenizer, resolved=resolved, labels=list(labels), metrics=metrics,
+                           truncated_entities=lost_train + lost_val,
+                           **FitStats.of(trainer, best.history, best.best_epoch, duration, frozen, trainable))
 
 
 def default_data_dir(settings: "Settings", component: str) -> Path:

@@ -80,6 +80,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Se
 from ._atomic import atomic_write_bytes, atomic_write_json
 from .data import (DATASET_FILE, LABEL_RE, TRAIN_FILE, VALIDATION_FILE, check_split_fingerprint, clean_text,
                    read_manifest, write_split)
+from .components import FitStats
 from .errors import ConfigError, DataError, ModelError, RegistryError
 
 if TYPE_CHECKING:
@@ -1381,19 +1382,11 @@ def evaluate_version(info: "VersionInfo", *, models_dir: Path | None = None, dat
 
 
 @dataclass
-class GeneratorFit:
+class GeneratorFit(FitStats):
     model: Any
     tokenizer: Any
     spec: GeneratorSpec
     vocab: VocabMap | None
-    history: list[dict[str, Any]]
-    log_history: list[dict[str, Any]]
-    steps: int
-    epochs_run: float
-    best_epoch: float
-    duration: float
-    frozen: int
-    trainable: int
     cached_encoder: bool
     frozen_encoder: bool = False
 
@@ -1581,9 +1574,9 @@ def fit_generator(cfg: GeneratorConfig, train: Sequence[ReplyPair], validation: 
     duration = time.monotonic() - start
     model.eval()
     history = [{k: v for k, v in h.items() if k != "neg_loss"} for h in best.history]
-    fit = GeneratorFit(model, tokenizer, spec, vocab, history, trainer.state.log_history, trainer.state.global_step,
-                       trainer.state.epoch or 0.0, best.best_epoch, duration, frozen, trainable, cached,
-                       freeze and architecture == "encoder-decoder")
+    fit = GeneratorFit(model=model, tokenizer=tokenizer, spec=spec, vocab=vocab, cached_encoder=cached,
+                       frozen_encoder=freeze and architecture == "encoder-decoder",
+                       **FitStats.of(trainer, history, best.best_epoch, duration, frozen, trainable))
     return fit, val_hits
 
 

@@ -1139,7 +1139,7 @@ def _outlier_inputs(path: Path, feeds: Sequence[dict[str, Any]]) -> dict[str, fl
     Dynamic int8 quantizes an activation with one scale per tensor, set by its largest value; an input
     whose largest value is ~100x its typical one (the "outlier features" of transformer FFNs) keeps only
     a few of its 256 levels for everything else. On e5-small these are the FFN output projections of a
-    few early layers (ratios 70-110 where the other inputs are 4-45); they carry most of int8's error.
+    few early layers (ratios 64-111 where the other inputs are 4-52); they carry most of int8's error.
     """
     import numpy as np
     import onnx

@@ -23,6 +23,7 @@ from .config import Settings, TrainingConfig
 from .data import (TRAIN_FILE, VALIDATION_FILE, Example, PreparedData, read_jsonl_examples, read_prepared,
                    write_prepared)
 from .data import fingerprint as fingerprint_examples
+from .components import FitStats
 from .errors import ConfigError, DataError, HotelbotError
 from .registry import ModelRegistry, VersionInfo
 
@@ -391,7 +392,7 @@ def apply_threshold(probs: Any, labels: list[str], threshold: float | None) -> l
 
 
 @dataclass
-class FitResult:
+class FitResult(FitStats):
     model: Any
     tokenizer: Any
     resolved: Any
@@ -399,14 +400,6 @@ class FitResult:
     metrics: dict[str, Any]            # with the out-of-scope threshold applied
     argmax_metrics: dict[str, Any]     # plain argmax, for comparison
     threshold: float | None
-    history: list[dict[str, Any]]
-    log_history: list[dict[str, Any]]
-    steps: int
-    epochs_run: float
-    best_epoch: float
-    duration: float
-    frozen: int
-    trainable: int
 
 
 def _softmax(logits: Any) -> Any:
@@ -538,9 +531,9 @@ def fit_classifier(cfg: TrainingConfig, metric: str, train: list[Example], valid
     model.classifier_config.oos_threshold = threshold
     metrics = classification_metrics(y_true, apply_threshold(probs, labels, threshold), labels, metric)
     metrics["out_of_scope_threshold"] = threshold
-    return FitResult(model, tokenizer, resolved, labels, metrics, argmax_metrics, threshold, best.history,
-                     trainer.state.log_history, trainer.state.global_step, trainer.state.epoch or 0.0,
-                     best.best_epoch, duration, frozen, trainable)
+    return FitResult(model=model, tokenizer=tokenizer, resolved=resolved, labels=labels, metrics=metrics,
+                     argmax_metrics=argmax_metrics, threshold=threshold,
+                     **FitStats.of(trainer, best.history, best.best_epoch, duration, frozen, trainable))
 
 
 # ---------------------------------------------------------------- the train command
