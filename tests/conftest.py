@@ -78,16 +78,36 @@ def model_cache() -> Path:
     return path
 
 
+def tiny_vocab(sentences: list[str], normalizer, pre_tokenizer, special: list[str], size: int = 2000) -> dict[str, int]:
+    """A WordPiece vocabulary built deterministically from ``sentences``: the special tokens, every character
+    (alone and as a ``##`` continuation, so any word can be spelled), then whole words by frequency (ties
+    alphabetical). tokenizers' WordPieceTrainer breaks ties in hash order, which differs from process to
+    process: each test session got a different vocabulary, hence a different tiny model, and a test
+    that depends on how well it learns (the generator's BLEU) failed in about one session in five."""
+    from collections import Counter
+
+    counts: Counter[str] = Counter()
+    for sentence in sentences:
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(sentence)))
+    chars = sorted({c for word in counts for c in word})
+    tokens = list(dict.fromkeys(special + chars + ["##" + c for c in chars]))
+    known = set(tokens)
+    tokens += [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if w not in known]
+    return {token: i for i, token in enumerate(tokens[:size])}
+
+
 def build_tiny_model(out_dir: Path, sentences: list[str], hidden: int = 64, layers: int = 2) -> Path:
-    """A few-layer BERT with a WordPiece tokenizer trained on ``sentences``, saved as a HF directory."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    """A few-layer BERT with a WordPiece tokenizer over ``sentences`` (see :func:`tiny_vocab`), saved as a
+    HF directory. The same sentences give the same files, in every process."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(sentences, trainers.WordPieceTrainer(vocab_size=2000, special_tokens=special))
+    normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok = Tokenizer(models.WordPiece(tiny_vocab(sentences, normalizer, pre_tokenizer, special), unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
         special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
