@@ -774,11 +774,15 @@ class OnnxPredictor:
             check = _BackgroundCheck(info, files[-2:])
         # With verify (the fast `predict` path) the fp32 graph of int8's recheck is checksummed and opened
         # only if a close call needs it; without (serve, validate: the whole version was checked), now.
-        fp32_files = [f"{MODEL_SUBDIR}/{n}" for n in (ONNX_FP32_FILE, ONNX_FP32_FILE + ".data")]
+        fp32_files = onnx_files_read(ONNX_FP32)[-2:]  # the graph and its .data
         return cls.from_model_dir(model_dir, runtime, info.name,
                                   before_session=check.require if check is not None else None,
                                   before_recheck=(lambda: require_files_intact(info, fp32_files)) if verify else None,
                                   open_recheck=not verify)
+
+    def with_recheck(self, recheck: Recheck | None) -> "OnnxPredictor":
+        """This predictor (same session, tokenizer, lanes) with ``recheck`` instead of its own (None: int8 alone)."""
+        return OnnxPredictor(self.session, self.tokenizer, self.config, self.version, self.runtime, self.lanes, recheck)
 
     @classmethod
     def from_registry(cls, registry: Any, version: str | None = None, verify: bool = True,
@@ -1321,8 +1325,12 @@ def export_onnx(model: Any, tokenizer: Any, model_dir: Path, validation_examples
         measurements: dict[str, dict[str, Any]] = {}
         predicted: dict[str, list[str]] = {}
 
+        recheck_rates: dict[str, float | None] = {}
+
         def measure(name: str, predictor: Any) -> dict[str, Any]:
             predicted[name] = predictor.predict_labels(texts) if texts else []
+            if getattr(predictor, "recheck", None) is not None:
+                recheck_rates[name] = predictor.recheck.rate  # on the validation texts, before the probe texts
             probs = reference if name == TORCH else predictor.probabilities(probe)
             entry: dict[str, Any] = {"accuracy": _accuracy(predicted[name], truth),
                                      "max_abs_prob_diff_vs_torch": round(float(np.abs(probs - reference).max()), 7)}
@@ -1344,13 +1352,10 @@ def export_onnx(model: Any, tokenizer: Any, model_dir: Path, validation_examples
         if (recheck_margin > 0 and measurements[ONNX_FP32]["usable"] and tokenizer_ok and texts
                 and not _qualifies(measurements, ONNX_INT8, tolerance_points)):
             alone = measurements[ONNX_INT8]
-            plain = predictors[ONNX_INT8]
-            guarded = predictors[ONNX_INT8] = OnnxPredictor(plain.session, plain.tokenizer, plain.config, plain.version,
-                                                            ONNX_INT8, plain.lanes,
-                                                            Recheck(model_dir / ONNX_FP32_FILE, recheck_margin))
-            guarded.predict_labels(texts)
-            rate = guarded.recheck.rate  # on the validation texts only
+            guarded = predictors[ONNX_INT8] = predictors[ONNX_INT8].with_recheck(
+                Recheck(model_dir / ONNX_FP32_FILE, recheck_margin))
             entry = measure(ONNX_INT8, guarded)
+            rate = recheck_rates.get(ONNX_INT8)
             recheck = {"runtime": ONNX_FP32, "file": ONNX_FP32_FILE, "margin": recheck_margin}
             entry["recheck"] = dict(recheck, rate=None if rate is None else round(rate, 4))
             entry["without_recheck"] = {k: alone[k] for k in ("accuracy", "agreement_with_torch",
@@ -1420,7 +1425,7 @@ def compare_runtimes(info: "VersionInfo", examples: Sequence[Any], *, include_to
         result["accuracy"][name] = _accuracy(labels[name], truth)
         if predictor.recheck is not None:
             # int8 as it serves (close calls re-run on fp32) above; int8 alone here, for comparison
-            plain = OnnxPredictor(predictor.session, predictor.tokenizer, predictor.config, info.name, ONNX_INT8)
+            plain = predictor.with_recheck(None)
             labels["int8-alone"] = plain.predict_labels(texts) if texts else []
             result["int8_recheck"] = {"margin": predictor.recheck.margin, "rate": predictor.recheck.rate,
                                       "accuracy_without": _accuracy(labels["int8-alone"], truth)}
