@@ -48,6 +48,55 @@ def load(path: Path) -> dict[str, list[Example]]:
             "test": convert(raw["test"]), "oos_test": convert(raw["oos_test"])}
 
 
+def EpochSnapshots(out: Path):
+    """A Trainer callback writing each epoch's trainable weights (safetensors) for weight averaging."""
+    from safetensors.torch import save_file
+    from transformers import TrainerCallback
+
+    class Snapshots(TrainerCallback):
+        def on_evaluate(self, args, state, control, model=None, **kwargs):
+            out.mkdir(parents=True, exist_ok=True)
+            save_file({n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad},
+                      str(out / f"epoch{round(state.epoch)}.safetensors"))
+
+    return Snapshots()
+
+
+def encode_split(model, tokenizer, texts: list[str], batch_size: int = 128):
+    """(pooled embeddings, logits) of ``texts`` as numpy arrays, as the model sees them at inference."""
+    import numpy as np
+    import torch
+
+    from hotelbot_cli.modeling import pool
+
+    cfg = model.classifier_config
+    model.eval()
+    pooled, logits = [], []
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            enc = tokenizer([cfg.query_prefix + t for t in texts[i:i + batch_size]], padding=True, truncation=True,
+                            max_length=cfg.max_length, return_tensors="pt")
+            hidden = model.encoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+            p = pool(hidden, enc["attention_mask"], cfg.pooling)
+            pooled.append(p.numpy())
+            logits.append(model.head(p).numpy())
+    return np.concatenate(pooled), np.concatenate(logits)
+
+
+def dump(fit, split: dict[str, list[Example]], out: Path) -> None:
+    import numpy as np
+
+    from hotelbot_cli.modeling import save_classifier
+
+    save_classifier(fit.model, fit.tokenizer, out / "model")
+    arrays = {}
+    for name, examples in split.items():
+        arrays[f"{name}_emb"], arrays[f"{name}_logits"] = encode_split(fit.model, fit.tokenizer,
+                                                                       [e.text for e in examples])
+        arrays[f"{name}_y"] = np.array([e.intent for e in examples])
+    np.savez_compressed(out / "dump.npz", labels=np.array(fit.labels), **arrays)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
@@ -62,6 +111,10 @@ def main() -> None:
     parser.add_argument("--train-embeddings", action="store_true",
                         help="also train the 250k-row word-embedding matrix (frozen by default)")
     parser.add_argument("--limit", type=int, default=0, help="use only N training examples (smoke runs)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--dump", type=Path,
+                        help="also save, for analysis on val: the model, each epoch's trainable weights, and the "
+                             "pooled embeddings + logits of every split (dump.npz)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -74,11 +127,14 @@ def main() -> None:
     settings = load_settings()
     cfg = TrainingConfig(base_model=args.base_model, epochs=args.epochs, batch_size=args.batch_size,
                          learning_rate=args.learning_rate, head_learning_rate=args.head_learning_rate,
-                         max_length=args.max_length, early_stopping_patience=args.patience, seed=42,
+                         max_length=args.max_length, early_stopping_patience=args.patience, seed=args.seed,
                          freeze_embeddings="no" if args.train_embeddings else "auto")
     start = time.monotonic()
-    fit = fit_classifier(cfg, "macro_f1", train, split["val"], labels, settings.paths.models_dir)
+    fit = fit_classifier(cfg, "macro_f1", train, split["val"], labels, settings.paths.models_dir,
+                         extra_callbacks=[EpochSnapshots(args.dump)] if args.dump else ())
     wall = time.monotonic() - start
+    if args.dump:
+        dump(fit, split | {"train": train}, args.dump)
 
     predictor = Predictor(fit.model, fit.tokenizer, "clinc150")
     test_pred = predictor.predict_labels([e.text for e in split["test"]], batch_size=128)

@@ -16,7 +16,7 @@ import platform
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from ._atomic import atomic_write_json
 from .config import Settings, TrainingConfig
@@ -447,8 +447,11 @@ def _initial_model(cfg: TrainingConfig, labels: list[str], models_dir: Path, par
 def fit_classifier(cfg: TrainingConfig, metric: str, train: list[Example], validation: list[Example],
                    labels: list[str], models_dir: Path, *, listener: Listener | None = None,
                    tracker: MlflowTracker | None = None, monitor: SystemMonitor | None = None,
-                   parent_dir: Path | None = None) -> FitResult:
-    """Fine-tune one classifier (no registry involved): used by train, HPO trials and CV folds."""
+                   parent_dir: Path | None = None, extra_callbacks: Sequence[Any] = ()) -> FitResult:
+    """Fine-tune one classifier (no registry involved): used by train, HPO trials and CV folds.
+
+    ``extra_callbacks`` are further Trainer callbacks (benchmarks use one to snapshot each epoch).
+    """
     import tempfile
 
     import numpy as np
@@ -512,7 +515,7 @@ def fit_classifier(cfg: TrainingConfig, metric: str, train: list[Example], valid
         trainer_cls.head_learning_rate = cfg.head_learning_rate
         trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                               data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics,
-                              callbacks=callbacks)
+                              callbacks=callbacks + list(extra_callbacks))
         # The Trainer prints raw log dicts to stdout when tqdm is off: stdout is for results (--json).
         trainer.remove_callback(PrinterCallback)
         trainer.train()

@@ -195,6 +195,30 @@ def test_class_weights_follow_inverse_frequency(tmp_path, tiny_model):
     assert weights == pytest.approx([16 / (2 * 4), 16 / (2 * 12)])
 
 
+def test_extra_callbacks_see_every_epoch_evaluation_with_the_model(tmp_path, tiny_model):
+    """benchmarks/clinc150.py --dump snapshots each epoch's weights through this hook."""
+    from transformers import TrainerCallback
+
+    from hotelbot_cli.config import TrainingConfig
+    from hotelbot_cli.data import Example
+    from hotelbot_cli.training import fit_classifier
+
+    class Recorder(TrainerCallback):
+        epochs: list[float] = []
+
+        def on_evaluate(self, args, state, control, model=None, **kwargs):
+            assert model is not None and model.head.out_features == 2
+            self.epochs.append(state.epoch)
+
+    train = [Example(t, "greeting") for t in TINY_INTENTS["greeting"]] + \
+        [Example(t, "get_news") for t in TINY_INTENTS["get_news"]]
+    validation = [Example("hola amigo", "greeting"), Example("noticias ya", "get_news")]
+    cfg = TrainingConfig(base_model=str(tiny_model), epochs=2, batch_size=8, early_stopping_patience=0)
+    recorder = Recorder()
+    fit_classifier(cfg, "macro_f1", train, validation, ["get_news", "greeting"], tmp_path, extra_callbacks=[recorder])
+    assert recorder.epochs == [1.0, 2.0]
+
+
 def test_group_by_length_trains_on_fewer_pad_tokens_with_the_same_examples(tmp_path, tiny_model, monkeypatch):
     """Batches of similar-length texts: every training example still seen once per epoch, fewer pads."""
     from hotelbot_cli.config import TrainingConfig
