@@ -373,6 +373,17 @@ def check_split_fingerprint(actual: str, manifest: dict[str, Any], directory: Pa
                         hint=hint)
 
 
+def load_split(source: Path, data: "DataConfig | None", read_prepared: Callable[[Path], T],
+               prepare: Callable[[Path, float, int], T]) -> T:
+    """A prepared directory (has dataset.json) is read; a data file is validated and split now, with
+    the data config's validation share and seed (0.2 and 42 without one)."""
+    source = Path(source)
+    if source.is_dir():
+        return read_prepared(source)
+    split, seed = (data.validation_split, data.seed) if data is not None else (0.2, 42)
+    return prepare(source, split, seed)
+
+
 def write_prepared(prepared: PreparedData, out_dir: Path) -> Path:
     """Write the split and its summary into ``out_dir`` (each file atomically; summary last)."""
     return write_split(out_dir, map(asdict, prepared.train), map(asdict, prepared.validation), prepared.to_summary())

@@ -44,9 +44,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from ._atomic import atomic_write_json
-from .data import (DATASET_FILE, TRAIN_FILE, VALIDATION_FILE, check_split_fingerprint, read_data_text, read_manifest,
-                   write_split)
+from .data import (DATASET_FILE, TRAIN_FILE, VALIDATION_FILE, check_split_fingerprint, load_split, read_data_text,
+                   read_manifest, write_split)
 from .components import FitStats
 from .errors import DataError, ModelError
 
@@ -62,8 +61,6 @@ COMPONENT = "entities"
 ENTITIES_DIR = "entities"
 DATA_SUBDIR = "data"
 CONFIG_FILE = "entities.json"
-WEIGHTS_FILE = "model.safetensors"
-ENCODER_CONFIG_FILE = "encoder_config.json"
 # TRAIN_FILE, VALIDATION_FILE, DATASET_FILE: the prepared split's files, from data.write_split
 DATA_FORMAT = "hotelbot-entities-data/1"
 MODEL_FORMAT = "hotelbot-entity-tagger/1"
@@ -284,11 +281,7 @@ def read_prepared_entities(directory: Path) -> PreparedEntities:
 
 def load_entity_data(source: Path, data: "DataConfig | None" = None) -> PreparedEntities:
     """A prepared directory (has dataset.json) is read; a .jsonl file is validated and split now."""
-    source = Path(source)
-    if source.is_dir():
-        return read_prepared_entities(source)
-    split, seed = (data.validation_split, data.seed) if data is not None else (0.2, 42)
-    return prepare_entities(source, split, seed)
+    return load_split(source, data, read_prepared_entities, prepare_entities)
 
 
 # ============================================================================ alignment
@@ -533,45 +526,24 @@ def new_token_classifier(encoder: Any, config: EntityConfig) -> Any:
 
 def save_entity_model(model: Any, tokenizer: Any, out_dir: Path) -> None:
     """Weights (safetensors), encoder config, tokenizer and entities.json into ``out_dir``."""
-    from safetensors.torch import save_file
+    from .modeling import save_encoder_model
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(out_dir / WEIGHTS_FILE), metadata={"format": MODEL_FORMAT})
-    (out_dir / ENCODER_CONFIG_FILE).write_text(model.encoder.config.to_json_string(), encoding="utf-8")
-    atomic_write_json(out_dir / CONFIG_FILE, model.entity_config.to_dict())
-    tokenizer.save_pretrained(str(out_dir))
+    save_encoder_model(model, tokenizer, out_dir, CONFIG_FILE, model.entity_config.to_dict(), MODEL_FORMAT)
 
 
 def load_entity_model(model_dir: Path) -> tuple[Any, Any]:
     """(model, tokenizer) from a directory written by :func:`save_entity_model`."""
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from .modeling import encoder_from_config, load_weights, read_encoder_model
 
-    from .modeling import _no_pooler_kwargs
-
-    model_dir = Path(model_dir)
+    raw, encoder_config, state, tokenizer = read_encoder_model(model_dir, CONFIG_FILE, "entity model")
     try:
-        config = EntityConfig.from_dict(json.loads((model_dir / CONFIG_FILE).read_text("utf-8")))
-        encoder_config = json.loads((model_dir / ENCODER_CONFIG_FILE).read_text("utf-8"))
-        state = load_file(str(model_dir / WEIGHTS_FILE))
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    except (OSError, ValueError, TypeError, json.JSONDecodeError) as exc:
+        config = EntityConfig.from_dict(raw)
+    except TypeError as exc:
         raise ModelError(f"cannot load the entity model in {model_dir}: {exc}") from None
     if config.format != MODEL_FORMAT:
-        raise ModelError(f"{model_dir / CONFIG_FILE}: unknown format {config.format!r}")
+        raise ModelError(f"{Path(model_dir) / CONFIG_FILE}: unknown format {config.format!r}")
     _require_fast(tokenizer, str(model_dir))
-    model_type = encoder_config.pop("model_type", None)
-    if not model_type:
-        raise ModelError(f"{model_dir / ENCODER_CONFIG_FILE} has no model_type")
-    hf_config = AutoConfig.for_model(model_type, **encoder_config)
-    model = new_token_classifier(AutoModel.from_config(hf_config, **_no_pooler_kwargs(hf_config)), config)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ModelError(f"saved entity weights do not fit the saved architecture: {str(exc).splitlines()[0]}") from None
-    return model.eval(), tokenizer
+    return load_weights(new_token_classifier(encoder_from_config(encoder_config), config), state, "entity"), tokenizer
 
 
 def _require_fast(tokenizer: Any, what: str) -> None:

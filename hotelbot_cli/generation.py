@@ -79,7 +79,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Se
 
 from ._atomic import atomic_write_bytes, atomic_write_json
 from .data import (DATASET_FILE, LABEL_RE, TRAIN_FILE, VALIDATION_FILE, check_split_fingerprint, clean_text,
-                   read_manifest, write_split)
+                   load_split, read_manifest, write_split)
 from .components import FitStats
 from .errors import ConfigError, DataError, ModelError, RegistryError
 
@@ -307,11 +307,8 @@ def default_data_path(settings: "Settings") -> Path:
 def load_reply_data(source: Path, data: "DataConfig | None" = None,
                     known_intents: Iterable[str] | None = None) -> PreparedReplies:
     """A prepared directory (has dataset.json) is read; a .jsonl file is validated and split now."""
-    source = Path(source)
-    if source.is_dir():
-        return read_prepared_replies(source, known_intents)
-    split, seed = (data.validation_split, data.seed) if data is not None else (0.2, 42)
-    return prepare_replies(source, split, seed, known_intents)
+    return load_split(source, data, lambda directory: read_prepared_replies(directory, known_intents),
+                      lambda path, split, seed: prepare_replies(path, split, seed, known_intents))
 
 
 # ============================================================================ text metrics

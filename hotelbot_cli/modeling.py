@@ -174,18 +174,67 @@ def should_freeze(setting: str, encoder: nn.Module) -> bool:
 # ------------------------------------------------------------------ save / load
 
 
-def save_classifier(model: SentenceClassifier, tokenizer: Any, out_dir: Path) -> None:
-    """Write ``out_dir`` (weights as safetensors, encoder config, tokenizer, classifier.json)."""
+def save_encoder_model(model: nn.Module, tokenizer: Any, out_dir: Path, config_file: str, config: dict[str, Any],
+                       fmt: str) -> None:
+    """The on-disk shape shared by the classifier and the entity tagger (an encoder plus a head):
+    all weights as safetensors, the encoder's config, the head's JSON config and the tokenizer."""
     from safetensors.torch import save_file
+
+    from ._atomic import atomic_write_json
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(out_dir / WEIGHTS_FILE), metadata={"format": PT_FORMAT})
+    save_file(state, str(out_dir / WEIGHTS_FILE), metadata={"format": fmt})
     (out_dir / ENCODER_CONFIG_FILE).write_text(model.encoder.config.to_json_string(), encoding="utf-8")
-    (out_dir / CLASSIFIER_FILE).write_text(json.dumps(model.classifier_config.to_dict(), ensure_ascii=False, indent=2),
-                                           encoding="utf-8")
+    atomic_write_json(out_dir / config_file, config)
     tokenizer.save_pretrained(str(out_dir))
+
+
+def read_encoder_model(model_dir: Path, config_file: str, what: str) -> tuple[dict[str, Any], dict[str, Any], Any, Any]:
+    """(head config, encoder config, state dict, tokenizer) from a :func:`save_encoder_model` directory."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    model_dir = Path(model_dir)
+    try:
+        config = json.loads((model_dir / config_file).read_text("utf-8"))
+        encoder_config = json.loads((model_dir / ENCODER_CONFIG_FILE).read_text("utf-8"))
+        state = load_file(str(model_dir / WEIGHTS_FILE))
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelError(f"cannot load the {what} in {model_dir}: {exc}") from None
+    if not isinstance(config, dict) or not isinstance(encoder_config, dict):
+        raise ModelError(f"cannot load the {what} in {model_dir}: its JSON files are not objects")
+    return config, encoder_config, state, tokenizer
+
+
+def encoder_from_config(encoder_config: dict[str, Any]) -> nn.Module:
+    """An encoder with the saved architecture and untrained weights (built on the CPU, not the meta
+    device: non-persistent buffers such as position ids are not in the state dict and need real values)."""
+    from transformers import AutoConfig, AutoModel
+
+    cfg = dict(encoder_config)
+    model_type = cfg.pop("model_type", None)
+    if not model_type:
+        raise ModelError("saved encoder config has no model_type")
+    hf_config = AutoConfig.for_model(model_type, **cfg)
+    return AutoModel.from_config(hf_config, **_no_pooler_kwargs(hf_config))
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> nn.Module:
+    """Strictly load ``state`` into ``model`` and put it in eval mode; a ModelError on any mismatch."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelError(f"saved {what} weights do not fit the saved architecture: "
+                         f"{str(exc).splitlines()[0]}") from None
+    return model.eval()
+
+
+def save_classifier(model: SentenceClassifier, tokenizer: Any, out_dir: Path) -> None:
+    """Write ``out_dir`` (weights as safetensors, encoder config, tokenizer, classifier.json)."""
+    save_encoder_model(model, tokenizer, out_dir, CLASSIFIER_FILE, model.classifier_config.to_dict(), PT_FORMAT)
 
 
 def save_torch_file(model: SentenceClassifier, path: Path) -> None:
@@ -203,39 +252,13 @@ def save_torch_file(model: SentenceClassifier, path: Path) -> None:
 
 
 def _build(encoder_config: dict[str, Any], config: ClassifierConfig, state: dict[str, torch.Tensor]) -> SentenceClassifier:
-    from transformers import AutoConfig, AutoModel
-
-    cfg = dict(encoder_config)
-    model_type = cfg.pop("model_type", None)
-    if not model_type:
-        raise ModelError("saved encoder config has no model_type")
-    hf_config = AutoConfig.for_model(model_type, **cfg)
-    # Built on the CPU, not on the meta device: non-persistent buffers (position ids) are not in the
-    # state dict and must hold real values.
-    encoder = AutoModel.from_config(hf_config, **_no_pooler_kwargs(hf_config))
-    model = SentenceClassifier(encoder, config)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ModelError(f"saved weights do not fit the saved architecture: {str(exc).splitlines()[0]}") from None
-    model.eval()
-    return model
+    return load_weights(SentenceClassifier(encoder_from_config(encoder_config), config), state, "classifier")
 
 
 def load_classifier(model_dir: Path) -> tuple[SentenceClassifier, Any]:
     """(model, tokenizer) from a directory written by :func:`save_classifier`."""
-    from safetensors.torch import load_file
-    from transformers import AutoTokenizer
-
-    model_dir = Path(model_dir)
-    try:
-        config = ClassifierConfig.from_dict(json.loads((model_dir / CLASSIFIER_FILE).read_text("utf-8")))
-        encoder_config = json.loads((model_dir / ENCODER_CONFIG_FILE).read_text("utf-8"))
-        state = load_file(str(model_dir / WEIGHTS_FILE))
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    except (OSError, ValueError, json.JSONDecodeError) as exc:
-        raise ModelError(f"cannot load the model in {model_dir}: {exc}") from None
-    return _build(encoder_config, config, state), tokenizer
+    config, encoder_config, state, tokenizer = read_encoder_model(model_dir, CLASSIFIER_FILE, "model")
+    return _build(encoder_config, ClassifierConfig.from_dict(config), state), tokenizer
 
 
 def load_torch_file(path: Path) -> tuple[SentenceClassifier, dict[int, str]]:

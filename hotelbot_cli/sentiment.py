@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from .data import (DATASET_FILE, TRAIN_FILE, VALIDATION_FILE, Example, check_split_fingerprint, clean_text, fingerprint,
-                   read_data_text, read_manifest, stratified_split, write_split)
+                   load_split, read_data_text, read_manifest, stratified_split, write_split)
 from .errors import DataError, RegistryError
 
 if TYPE_CHECKING:
@@ -142,11 +142,7 @@ def read_prepared_sentiment(directory: Path) -> PreparedSentiment:
 
 def load_sentiment_data(source: Path, data: "DataConfig | None" = None) -> PreparedSentiment:
     """A prepared directory (has dataset.json) is read; a .jsonl file is validated and split now."""
-    source = Path(source)
-    if source.is_dir():
-        return read_prepared_sentiment(source)
-    split, seed = (data.validation_split, data.seed) if data is not None else (0.2, 42)
-    return prepare_sentiment(source, split, seed)
+    return load_split(source, data, read_prepared_sentiment, prepare_sentiment)
 
 
 def train_sentiment(settings: "Settings", data: Path, registry: "ModelRegistry", listener: "Listener | None" = None,
