@@ -13,18 +13,21 @@ those components own (to merge into the new version's metadata).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ._atomic import atomic_write_json
 from .errors import IntegrityError
 from .registry.store import METADATA_FILE, sha256_file
 
 if TYPE_CHECKING:
+    from .config import Settings
     from .registry import ModelRegistry, VersionInfo
+    from .training import MlflowTracker, SystemMonitor
 
 # Paths (relative to the version directory) owned by each component. The FIRST path is required: a
 # component listed in metadata["components"] whose first path is missing is an integrity error; the
@@ -292,6 +295,34 @@ def find_component_match(registry: "ModelRegistry", component: str, fingerprint:
     return None
 
 
+@contextlib.contextmanager
+def component_run(settings: "Settings", registry: "ModelRegistry", component: str, experiment: str, prepared: Any,
+                  config_record: dict[str, Any], params: dict[str, Any], *,
+                  force: bool) -> Iterator[tuple["MlflowTracker", "SystemMonitor"]]:
+    """The frame every component's ``train`` shares (entities, sentiment, generator).
+
+    Refuses a repeat first (AlreadyTrainedError naming the version whose ``component`` was trained on
+    ``prepared``'s fingerprint with ``config_record``) unless ``force``; then opens one MLflow run in
+    ``experiment`` named ``{component}-{fingerprint[:8]}``, logs ``params`` with the split's sizes and
+    fingerprint, and yields (tracker, system monitor). The monitor is closed however the block ends."""
+    from .training import AlreadyTrainedError, MlflowTracker, SystemMonitor
+
+    if not force:
+        match = find_component_match(registry, component, prepared.fingerprint, config_record)
+        if match is not None:
+            raise AlreadyTrainedError(match.name)
+    monitor = SystemMonitor()
+    tracker = MlflowTracker(settings.paths.tracking_uri, experiment=experiment)
+    try:
+        with tracker.run(run_name=f"{component}-{prepared.fingerprint[:8]}", tags={"hotelbot.component": component}):
+            tracker.log_params({**params, "component": component, "train_size": len(prepared.train),
+                                "validation_size": len(prepared.validation),
+                                "dataset_fingerprint": prepared.fingerprint})
+            yield tracker, monitor
+    finally:
+        monitor.close()
+
+
 __all__ = ["COMPONENT_PATHS", "COMPONENT_METADATA_KEYS", "ComponentTrainResult", "adopt_component", "carry_over",
-           "component_metadata_keys", "component_paths", "components_of", "find_component_match", "has_component",
+           "component_metadata_keys", "component_paths", "component_run", "components_of", "find_component_match", "has_component",
            "source_version"]

@@ -700,23 +700,15 @@ def train_entities(settings: "Settings", data: Path, registry: "ModelRegistry", 
 
     One MLflow run (experiment ``hotelbot-entities``). Raises AlreadyTrainedError when a version's
     entity model was trained on the same data and config (``force`` trains anyway)."""
-    from .components import ComponentTrainResult, find_component_match, publish_component, training_summary
-    from .training import AlreadyTrainedError, MlflowTracker, SystemMonitor, TrainingEvent
+    from .components import ComponentTrainResult, component_run, publish_component, training_summary
+    from .training import TrainingEvent
 
     emit = listener or (lambda event: None)
     prepared = load_entity_data(Path(data), settings.data)
     cfg = settings.training
     config_record = {"training_config": cfg.to_dict(), "metric": METRIC, "labels": prepared.labels}
-    if not force:
-        match = find_component_match(registry, COMPONENT, prepared.fingerprint, config_record)
-        if match is not None:
-            raise AlreadyTrainedError(match.name)
-    monitor = SystemMonitor()
-    tracker = MlflowTracker(settings.paths.tracking_uri, experiment=EXPERIMENT)
-    with tracker.run(run_name=f"entities-{prepared.fingerprint[:8]}", tags={"hotelbot.component": COMPONENT}):
-        tracker.log_params({**cfg.to_dict(), "component": COMPONENT, "labels": ",".join(prepared.labels),
-                            "train_size": len(prepared.train), "validation_size": len(prepared.validation),
-                            "dataset_fingerprint": prepared.fingerprint})
+    with component_run(settings, registry, COMPONENT, EXPERIMENT, prepared, config_record,
+                       {**cfg.to_dict(), "labels": ",".join(prepared.labels)}, force=force) as (tracker, monitor):
         fit = fit_entity_tagger(cfg, prepared.train, prepared.validation, prepared.labels, settings.paths.models_dir,
                                 listener=listener, tracker=tracker, monitor=monitor)
         metrics = fit.metrics
@@ -743,7 +735,6 @@ def train_entities(settings: "Settings", data: Path, registry: "ModelRegistry", 
         info, carried = publish_component(registry, COMPONENT, "entity-extractor", source=source, write=write,
                                           metrics=metrics, history={"epochs": fit.history, "log": fit.log_history},
                                           summary=summary, monitor=monitor, tracker=tracker, listener=listener)
-    monitor.close()
     log.info("trained entities %s: micro-F1 %.4f in %.1fs", info.name, metrics["micro_f1"], fit.duration)
     emit(TrainingEvent("end", fit.steps, fit.steps, fit.epochs_run, cfg.epochs,
                        metrics={k: metrics[k] for k in ("micro_f1", "macro_f1")}, message=info.name))

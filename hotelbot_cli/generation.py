@@ -1637,8 +1637,8 @@ def train_generator(settings: "Settings", data_path: Path, registry: "ModelRegis
     be ones the source version's classifier knows (when it has one). One MLflow run (experiment
     ``hotelbot-generator``). Raises AlreadyTrainedError when a version's generator was trained on the same
     data, config and knowledge base (``force`` trains anyway)."""
-    from .components import find_component_match, publish_component, training_summary
-    from .training import AlreadyTrainedError, MlflowTracker, SystemMonitor, TrainingEvent
+    from .components import component_run, publish_component, training_summary
+    from .training import TrainingEvent
 
     emit = listener or (lambda event: None)
     cfg = config or GeneratorConfig.from_settings(settings)
@@ -1649,20 +1649,11 @@ def train_generator(settings: "Settings", data_path: Path, registry: "ModelRegis
     kb_fingerprint = (knowledge.manifest.get("fingerprint") if knowledge is not None and cfg.grounding_passages
                       else None)
     config_record = {"generator_config": cfg.to_dict(), "knowledge_fingerprint": kb_fingerprint}
-    if not force:
-        match = find_component_match(registry, COMPONENT, prepared.fingerprint, config_record)
-        if match is not None:
-            raise AlreadyTrainedError(match.name)
-
-    monitor = SystemMonitor()
-    tracker = MlflowTracker(settings.paths.tracking_uri, experiment=EXPERIMENT)
-    with tracker.run(run_name=f"generator-{prepared.fingerprint[:8]}", tags={"hotelbot.component": COMPONENT}):
-        tracker.log_params({**{k: v for k, v in cfg.to_dict().items() if k != "generation"},
-                            **{f"generation_{k}": v for k, v in cfg.generation.to_dict().items()},
-                            "component": COMPONENT, "train_size": len(prepared.train),
-                            "validation_size": len(prepared.validation), "dataset_fingerprint": prepared.fingerprint,
-                            "knowledge_version": knowledge.version if knowledge else "",
-                            "source_version": src.name if src else ""})
+    params = {**{k: v for k, v in cfg.to_dict().items() if k != "generation"},
+              **{f"generation_{k}": v for k, v in cfg.generation.to_dict().items()},
+              "knowledge_version": knowledge.version if knowledge else "", "source_version": src.name if src else ""}
+    with component_run(settings, registry, COMPONENT, EXPERIMENT, prepared, config_record, params,
+                       force=force) as (tracker, monitor):
         fit, val_hits = fit_generator(cfg, prepared.train, prepared.validation, models_dir, knowledge=knowledge,
                                       listener=listener, tracker=tracker, monitor=monitor)
         emit(TrainingEvent("status", message=f"generating {len(prepared.validation)} validation replies and the "
@@ -1705,7 +1696,6 @@ def train_generator(settings: "Settings", data_path: Path, registry: "ModelRegis
                                           source=src.name if src else None, write=write, metrics=metrics,
                                           history={"epochs": fit.history, "log": fit.log_history},
                                           summary=summary, monitor=monitor, tracker=tracker, listener=listener)
-    monitor.close()
     log.info("trained generator %s: BLEU %.2f ROUGE-L %.4f (baseline BLEU %.2f) in %.1fs", info.name, g["bleu"],
              g["rouge_l"], b["bleu"], fit.duration)
     emit(TrainingEvent("end", fit.steps, fit.steps, fit.epochs_run, cfg.epochs,

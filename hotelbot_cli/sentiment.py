@@ -152,25 +152,17 @@ def train_sentiment(settings: "Settings", data: Path, registry: "ModelRegistry",
 
     One MLflow run (experiment ``hotelbot-sentiment``); no out-of-scope threshold. Raises
     AlreadyTrainedError when a version's sentiment model was trained on the same data and config."""
-    from .components import ComponentTrainResult, find_component_match, publish_component, training_summary
+    from .components import ComponentTrainResult, component_run, publish_component, training_summary
     from .modeling import save_classifier
-    from .training import AlreadyTrainedError, MlflowTracker, SystemMonitor, TrainingEvent, fit_classifier
+    from .training import TrainingEvent, fit_classifier
 
     emit = listener or (lambda event: None)
     prepared = load_sentiment_data(Path(data), settings.data)
     cfg = replace(settings.training, calibrate_oos_threshold=False)
     metric = settings.validation.metric
     config_record = {"training_config": cfg.to_dict(), "metric": metric, "labels": prepared.labels}
-    if not force:
-        match = find_component_match(registry, COMPONENT, prepared.fingerprint, config_record)
-        if match is not None:
-            raise AlreadyTrainedError(match.name)
-    monitor = SystemMonitor()
-    tracker = MlflowTracker(settings.paths.tracking_uri, experiment=EXPERIMENT)
-    with tracker.run(run_name=f"sentiment-{prepared.fingerprint[:8]}", tags={"hotelbot.component": COMPONENT}):
-        tracker.log_params({**cfg.to_dict(), "component": COMPONENT, "labels": ",".join(prepared.labels),
-                            "train_size": len(prepared.train), "validation_size": len(prepared.validation),
-                            "dataset_fingerprint": prepared.fingerprint})
+    with component_run(settings, registry, COMPONENT, EXPERIMENT, prepared, config_record,
+                       {**cfg.to_dict(), "labels": ",".join(prepared.labels)}, force=force) as (tracker, monitor):
         fit = fit_classifier(cfg, metric, prepared.train, prepared.validation, prepared.labels,
                              settings.paths.models_dir, listener=listener, tracker=tracker, monitor=monitor)
         metrics = fit.metrics
@@ -193,7 +185,6 @@ def train_sentiment(settings: "Settings", data: Path, registry: "ModelRegistry",
         info, carried = publish_component(registry, COMPONENT, "sentiment-classifier", source=source, write=write,
                                           metrics=metrics, history={"epochs": fit.history, "log": fit.log_history},
                                           summary=summary, monitor=monitor, tracker=tracker, listener=listener)
-    monitor.close()
     log.info("trained sentiment %s: %s %.4f in %.1fs", info.name, metric, metrics["overall_score"], fit.duration)
     emit(TrainingEvent("end", fit.steps, fit.steps, fit.epochs_run, cfg.epochs,
                        metrics={k: metrics[k] for k in SCALARS}, message=info.name))

@@ -503,3 +503,28 @@ def test_report_shows_the_other_components(registry):
     for row in entities["rows"]:  # every label's F1, as recorded, in both renderings
         assert f"| {row['label']} |" in markdown and f"{row['f1']:.4f}" in markdown and f"{row['f1']:.4f}" in html
     assert build_report(registry, "v0002", measure_latency=False, figures=False).to_dict()["components"] == {}
+
+
+def test_component_run_refuses_a_repeat_and_closes_the_monitor_when_training_fails(registry, monkeypatch):
+    """The frame entities, sentiment and the generator share: repeat check, one MLflow run, monitor closed."""
+    from types import SimpleNamespace
+
+    from hotelbot_cli.components import component_run
+    from hotelbot_cli.training import SystemMonitor
+
+    v4 = registry.get("v0004")
+    summary = v4.metadata["entities"]
+    same = SimpleNamespace(fingerprint=summary["dataset_fingerprint"], train=[1, 2], validation=[3])
+    with pytest.raises(AlreadyTrainedError, match="v0004"):
+        with component_run(load_settings(), registry, "entities", "hotelbot-entities", same, summary["config"], {},
+                           force=False):
+            raise AssertionError("a repeat must be refused before the run starts")
+
+    closed: list[bool] = []
+    monkeypatch.setattr(SystemMonitor, "close", lambda self: closed.append(True))
+    with pytest.raises(RuntimeError, match="boom"):
+        with component_run(load_settings(), registry, "entities", "hotelbot-entities", same, summary["config"],
+                           {"epochs": 1}, force=True) as (tracker, monitor):
+            assert tracker.run_id and isinstance(monitor, SystemMonitor)
+            raise RuntimeError("boom")
+    assert closed == [True]
