@@ -37,14 +37,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from .data import (DATASET_FILE, TRAIN_FILE, VALIDATION_FILE, check_split_fingerprint, load_split, read_data_text,
+from .data import (TRAIN_FILE, VALIDATION_FILE, check_split_fingerprint, load_split, read_data_text,
                    read_manifest, write_split)
 from .components import FitStats
 from .errors import DataError, ModelError
@@ -606,16 +604,13 @@ def fit_entity_tagger(cfg: "TrainingConfig", train: Sequence[EntityExample], val
     """Fine-tune one token classifier with the Trainer (no registry involved), keeping the best epoch by
     validation entity micro-F1, with the classifier's callbacks (progress, best epoch, early stopping,
     system metrics) and two learning rates (encoder, head)."""
-    import tempfile
-
     import numpy as np
-    import torch
     from datasets import Dataset
     from datasets.utils.logging import disable_progress_bar
-    from transformers import DataCollatorForTokenClassification, PrinterCallback, TrainingArguments, set_seed
+    from transformers import DataCollatorForTokenClassification, set_seed
 
     from .modeling import load_base_encoder, resolve_base_model, should_freeze
-    from .training import SystemMonitor, TrainingEvent, _callbacks, _make_trainer_class
+    from .training import SystemMonitor, TrainingEvent, train_best_epoch
 
     emit = listener or (lambda event: None)
     monitor = monitor or SystemMonitor()
@@ -650,33 +645,10 @@ def fit_entity_tagger(cfg: "TrainingConfig", train: Sequence[EntityExample], val
         token_acc = float((np.asarray(pred.predictions).argmax(-1)[mask] == ids[mask]).mean()) if mask.any() else 0.0
         return {**{k: full[k] for k in SCALARS}, "accuracy": token_acc}
 
-    start = time.monotonic()
-    steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
-    with tempfile.TemporaryDirectory(prefix="hotelbot-entities-") as scratch:
-        args = TrainingArguments(
-            output_dir=scratch, num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
-            per_device_eval_batch_size=max(cfg.batch_size, 32), learning_rate=cfg.learning_rate,
-            weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_ratio, lr_scheduler_type="linear",
-            eval_strategy="epoch", save_strategy="no", logging_strategy="steps",
-            logging_steps=max(1, min(10, steps_per_epoch // 2)), report_to="none", seed=cfg.seed,
-            data_seed=cfg.seed, disable_tqdm=True, dataloader_num_workers=0,
-            dataloader_pin_memory=torch.cuda.is_available(),
-        )
-        callbacks = _callbacks(listener, tracker, monitor, METRIC, cfg.early_stopping_patience, cfg.epochs)
-        trainer_cls = _make_trainer_class()
-        trainer_cls.head_learning_rate = cfg.head_learning_rate
-        trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
-                              data_collator=DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE),
-                              compute_metrics=compute_metrics, callbacks=callbacks)
-        trainer.remove_callback(PrinterCallback)  # stdout is for results (--json)
-        trainer.train()
-        best = callbacks[1]
-        best.restore(model)
-        duration = time.monotonic() - start
-        model.eval()
-        emit(TrainingEvent("status", message="evaluating the best epoch"))
-        with torch.inference_mode():
-            output = trainer.predict(val_ds)
+    run = train_best_epoch(cfg, model, "hotelbot-entities-", train_ds, val_ds,
+                           DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE), compute_metrics,
+                           METRIC, listener=listener, tracker=tracker, monitor=monitor)
+    output = run.validation
     decoded = _decode_logits(output.predictions, val_spans, tags, val_texts)
     metrics = entity_metrics(gold, [{(k, s, e) for k, s, e, _ in d} for d in decoded], labels)
     metrics["truncated_entities"] = lost_val
@@ -684,7 +656,8 @@ def fit_entity_tagger(cfg: "TrainingConfig", train: Sequence[EntityExample], val
                 "model_query_prefix": base.query_prefix}
     return EntityFitResult(model=model, tokenizer=tokenizer, resolved=resolved, labels=list(labels), metrics=metrics,
                            truncated_entities=lost_train + lost_val,
-                           **FitStats.of(trainer, best.history, best.best_epoch, duration, frozen, trainable))
+                           **FitStats.of(run.trainer, run.best.history, run.best.best_epoch, run.duration, frozen,
+                                         trainable))
 
 
 def default_data_dir(settings: "Settings", component: str) -> Path:

@@ -150,7 +150,6 @@ def validate_version(registry: Any, version: str | None, settings: Any, data_dir
     """
     from pathlib import Path
 
-    from ._atomic import atomic_write_json
     from .analysis import validate_components
     from .components import components_of
     from .data import read_jsonl_examples, read_prepared

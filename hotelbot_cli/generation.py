@@ -1466,10 +1466,9 @@ def fit_generator(cfg: GeneratorConfig, train: Sequence[ReplyPair], validation: 
     passages (reused by the evaluation)."""
     import tempfile
 
-    import torch
-    from transformers import PrinterCallback, TrainerCallback, TrainingArguments, set_seed
+    from transformers import PrinterCallback, TrainerCallback, set_seed
 
-    from .training import SystemMonitor, TrainingEvent, _callbacks
+    from .training import SystemMonitor, TrainingEvent, _callbacks, training_arguments
 
     emit = listener or (lambda event: None)
     monitor = monitor or SystemMonitor()
@@ -1546,18 +1545,9 @@ def fit_generator(cfg: GeneratorConfig, train: Sequence[ReplyPair], validation: 
                 metrics["eval_perplexity"] = math.exp(min(float(metrics["eval_loss"]), 50.0))
 
     start = time.monotonic()
-    steps_per_epoch = math.ceil(len(train_items) / cfg.batch_size)
     with tempfile.TemporaryDirectory(prefix="hotelbot-generator-") as scratch:
-        args = TrainingArguments(
-            output_dir=scratch, num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
-            per_device_eval_batch_size=max(cfg.batch_size, 32), learning_rate=cfg.learning_rate,
-            weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_ratio, lr_scheduler_type="linear",
-            eval_strategy="epoch", save_strategy="no", logging_strategy="steps",
-            logging_steps=max(1, min(10, steps_per_epoch)), report_to="none", seed=cfg.seed,
-            data_seed=cfg.seed, disable_tqdm=True, dataloader_num_workers=0,
-            dataloader_pin_memory=torch.cuda.is_available(), remove_unused_columns=False,
-            prediction_loss_only=True, max_grad_norm=1.0,
-        )
+        args = training_arguments(cfg, scratch, len(train_items), logs_per_epoch=1, remove_unused_columns=False,
+                                  prediction_loss_only=True, max_grad_norm=1.0)
         callbacks = _callbacks(listener, tracker, monitor, "neg_loss", cfg.early_stopping_patience, cfg.epochs)
         callbacks.insert(1, NegLoss())
         trainer_cls = _make_trainer_class(pretrained_ids, cfg.pretrained_learning_rate)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from .data import (DATASET_FILE, TRAIN_FILE, VALIDATION_FILE, Example, check_split_fingerprint, clean_text, fingerprint,
+from .data import (TRAIN_FILE, VALIDATION_FILE, Example, check_split_fingerprint, clean_text, fingerprint,
                    load_split, read_data_text, read_manifest, stratified_split, write_split)
 from .errors import DataError, RegistryError
 

@@ -345,6 +345,69 @@ def _make_trainer_class():
     return HotelbotTrainer
 
 
+def training_arguments(cfg: Any, output_dir: str, train_size: int, *, logs_per_epoch: int = 2,
+                       **overrides: Any) -> Any:
+    """The TrainingArguments every hotelbot fit shares (classifier, entities, generator): evaluation each
+    epoch, no checkpoints on disk (the best epoch is kept in memory), seeded data order, linear decay
+    after warmup, no tqdm and no reporters (the Rich display and MLflow get their own callbacks)."""
+    import torch
+    from transformers import TrainingArguments
+
+    steps_per_epoch = math.ceil(train_size / cfg.batch_size)
+    settings: dict[str, Any] = dict(
+        output_dir=output_dir, num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=max(cfg.batch_size, 32), learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_ratio, lr_scheduler_type="linear",
+        eval_strategy="epoch", save_strategy="no", logging_strategy="steps",
+        logging_steps=max(1, min(10, steps_per_epoch // logs_per_epoch)), report_to="none", seed=cfg.seed,
+        data_seed=cfg.seed, disable_tqdm=True, dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+    return TrainingArguments(**{**settings, **overrides})
+
+
+@dataclass
+class TrainedEncoder:
+    trainer: Any
+    best: Any            # the BestModelCallback: history, best_epoch
+    duration: float      # training only, seconds
+    validation: Any      # trainer.predict(validation) with the best epoch's weights
+
+
+def train_best_epoch(cfg: Any, model: Any, scratch_prefix: str, train_ds: Any, val_ds: Any, collator: Any,
+                     compute_metrics: Callable[[Any], dict[str, float]], metric: str, *,
+                     listener: "Listener | None", tracker: "MlflowTracker | None", monitor: "SystemMonitor",
+                     extra_callbacks: Sequence[Any] = (), **argument_overrides: Any) -> TrainedEncoder:
+    """Fine-tune an encoder with a new head (two learning rates), early stopping on validation ``metric``,
+    the best epoch's weights restored, then one prediction pass over the validation split."""
+    import tempfile
+
+    import torch
+    from transformers import PrinterCallback
+
+    emit = listener or (lambda event: None)
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=scratch_prefix) as scratch:
+        args = training_arguments(cfg, scratch, len(train_ds), **argument_overrides)
+        callbacks = _callbacks(listener, tracker, monitor, metric, cfg.early_stopping_patience, cfg.epochs)
+        trainer_cls = _make_trainer_class()
+        trainer_cls.head_learning_rate = cfg.head_learning_rate
+        trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+                              data_collator=collator, compute_metrics=compute_metrics,
+                              callbacks=callbacks + list(extra_callbacks))
+        # The Trainer prints raw log dicts to stdout when tqdm is off: stdout is for results (--json).
+        trainer.remove_callback(PrinterCallback)
+        trainer.train()
+        best = callbacks[1]
+        best.restore(model)
+        duration = time.monotonic() - start
+        model.eval()
+        emit(TrainingEvent("status", message="evaluating the best epoch"))
+        with torch.inference_mode():
+            output = trainer.predict(val_ds)
+    return TrainedEncoder(trainer, best, duration, output)
+
+
 # ---------------------------------------------------------------- out-of-scope threshold
 
 
@@ -452,16 +515,13 @@ def fit_classifier(cfg: TrainingConfig, metric: str, train: list[Example], valid
 
     ``extra_callbacks`` are further Trainer callbacks (benchmarks use one to snapshot each epoch).
     """
-    import tempfile
-
     import numpy as np
     import torch
-    from transformers import DataCollatorWithPadding, PrinterCallback, TrainingArguments, set_seed
+    from transformers import DataCollatorWithPadding, set_seed
 
     from .evaluation import classification_metrics
     from .modeling import should_freeze
 
-    emit = listener or (lambda event: None)
     monitor = monitor or SystemMonitor()
     set_seed(cfg.seed)
     model, tokenizer, resolved = _initial_model(cfg, labels, models_dir, parent_dir)
@@ -483,49 +543,13 @@ def fit_classifier(cfg: TrainingConfig, metric: str, train: list[Example], valid
         full = classification_metrics(y_true, y_pred, labels, metric)
         return {k: full[k] for k in SCALAR_METRICS}
 
-    start = time.monotonic()
-    steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
-    with tempfile.TemporaryDirectory(prefix="hotelbot-trainer-") as scratch:
-        args = TrainingArguments(
-            output_dir=scratch,
-            num_train_epochs=cfg.epochs,
-            per_device_train_batch_size=cfg.batch_size,
-            per_device_eval_batch_size=max(cfg.batch_size, 32),
-            learning_rate=cfg.learning_rate,
-            weight_decay=cfg.weight_decay,
-            warmup_steps=cfg.warmup_ratio,
-            lr_scheduler_type="linear",
-            eval_strategy="epoch",
-            save_strategy="no",
-            logging_strategy="steps",
-            logging_steps=max(1, min(10, steps_per_epoch // 2)),
-            report_to="none",
-            seed=cfg.seed,
-            data_seed=cfg.seed,
-            disable_tqdm=True,
-            dataloader_num_workers=0,
-            dataloader_pin_memory=torch.cuda.is_available(),
-            # Random batches padded to their longest text spend ~1.5x the real tokens on short chatbot
-            # messages; grouping similar lengths (still shuffled, seeded) trains on fewer pad tokens.
-            train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
-            length_column_name="length",
-        )
-        callbacks = _callbacks(listener, tracker, monitor, metric, cfg.early_stopping_patience, cfg.epochs)
-        trainer_cls = _make_trainer_class()
-        trainer_cls.head_learning_rate = cfg.head_learning_rate
-        trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
-                              data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics,
-                              callbacks=callbacks + list(extra_callbacks))
-        # The Trainer prints raw log dicts to stdout when tqdm is off: stdout is for results (--json).
-        trainer.remove_callback(PrinterCallback)
-        trainer.train()
-        best = callbacks[1]
-        best.restore(model)
-        duration = time.monotonic() - start
-        model.eval()
-        emit(TrainingEvent("status", message="evaluating the best epoch"))
-        with torch.inference_mode():
-            output = trainer.predict(val_ds)
+    run = train_best_epoch(
+        cfg, model, "hotelbot-trainer-", train_ds, val_ds, DataCollatorWithPadding(tokenizer), compute_metrics,
+        metric, listener=listener, tracker=tracker, monitor=monitor, extra_callbacks=extra_callbacks,
+        # Random batches padded to their longest text spend ~1.5x the real tokens on short chatbot
+        # messages; grouping similar lengths (still shuffled, seeded) trains on fewer pad tokens.
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random", length_column_name="length")
+    output = run.validation
     probs = _softmax(np.asarray(output.predictions, dtype="float64"))
     y_true = [labels[i] for i in output.label_ids]
     threshold, argmax_metrics = (calibrate_threshold(probs, y_true, labels, metric) if cfg.calibrate_oos_threshold
@@ -536,7 +560,8 @@ def fit_classifier(cfg: TrainingConfig, metric: str, train: list[Example], valid
     metrics["out_of_scope_threshold"] = threshold
     return FitResult(model=model, tokenizer=tokenizer, resolved=resolved, labels=labels, metrics=metrics,
                      argmax_metrics=argmax_metrics, threshold=threshold,
-                     **FitStats.of(trainer, best.history, best.best_epoch, duration, frozen, trainable))
+                     **FitStats.of(run.trainer, run.best.history, run.best.best_epoch, run.duration, frozen,
+                                   trainable))
 
 
 # ---------------------------------------------------------------- the train command

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import typer
-
 from ._errors import handle_errors
 from ._options import JsonOpt, RegistryOpt, settings_from
 from ._render import out, print_json
