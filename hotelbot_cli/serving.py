@@ -856,13 +856,25 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
     app.add_middleware(_MetricsMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes,
                        post_paths=frozenset({"/classify", "/classify/batch", "/search", "/analyze", "/reply"}))
 
-    def require_model() -> LoadedModel:
+    # What each endpoint needs from the loaded version, and the 503 it answers when the part is missing
+    # ("{version}" is filled in).
+    needs = {
+        "predictor": ("no classifier", "version {version} holds only a knowledge base; train a classifier "
+                      "(hotelbot train) and deploy it"),
+        "analyzer": ("nothing to analyze with", "version {version} has no classifier, entity or sentiment model"),
+        "knowledge": ("no knowledge base", "version {version} has none: run `hotelbot prepare --documents DIR`, "
+                      "`hotelbot train --model-type embeddings`, then deploy"),
+        "responder": ("no response generator", "version {version} has none: run `hotelbot train --model-type "
+                      "generator`, then deploy"),
+    }
+
+    def require_model(part: str = "predictor") -> LoadedModel:
         model = holder.model
         if model is None:
             raise holder.unavailable()
-        if model.predictor is None:
-            raise ServeError(503, "no classifier", f"version {model.version} holds only a knowledge base; "
-                             "train a classifier (hotelbot train) and deploy it")
+        if getattr(model, part) is None:
+            title, detail = needs[part]
+            raise ServeError(503, title, detail.format(version=model.version))
         return model
 
     def check_length(text: str, where: str) -> None:
@@ -912,12 +924,7 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
             raise ServeError(413, "batch too large", f"{len(body.texts)} texts; the limit is {settings.max_batch_size}")
         for i, text in enumerate(body.texts):
             check_length(text, f"texts[{i}]")
-        model = holder.model
-        if model is None:
-            raise holder.unavailable()
-        if model.analyzer is None:
-            raise ServeError(503, "nothing to analyze with", f"version {model.version} has no classifier, entity or "
-                             "sentiment model")
+        model = require_model("analyzer")
         answers = await batcher.run(model.analyzer.analyze, body.texts, settings.top_k)
         return _json({"model_version": model.version, "predictions": answers})
 
@@ -925,24 +932,14 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
               summary="Search the hotel knowledge base of the deployed version")
     async def search(body: SearchRequest) -> Any:
         check_length(body.query, "query")
-        model = holder.model
-        if model is None:
-            raise holder.unavailable()
-        if model.knowledge is None:
-            raise ServeError(503, "no knowledge base", f"version {model.version} has none: run `hotelbot prepare "
-                             "--documents DIR`, `hotelbot train --model-type embeddings`, then deploy")
+        model = require_model("knowledge")
         hits = await asyncio.to_thread(model.knowledge.search, body.query, body.top_k)
         return _json({"model_version": model.version, "query": body.query, "results": [h.to_dict() for h in hits]})
 
     @app.post("/reply", tags=["reply"], responses=ERROR_RESPONSES, summary="Answer a guest message")
     async def reply(body: ReplyRequest) -> Any:
         check_length(body.text, "text")
-        model = holder.model
-        if model is None:
-            raise holder.unavailable()
-        if model.responder is None:
-            raise ServeError(503, "no response generator", f"version {model.version} has none: run "
-                             "`hotelbot train --model-type generator`, then deploy")
+        model = require_model("responder")
         (answer,) = await asyncio.to_thread(model.responder.reply, [body.text])
         return _json({"reply": answer["reply"], "sources": answer.get("sources", []), "model_version": model.version})
 
