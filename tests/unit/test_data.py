@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from conftest import REPO
 from hotelbot_cli.data import (
     Example, clean_text, fingerprint, load_examples, near_duplicate_key, prepare, read_prepared,
     stratified_split, write_prepared,
@@ -150,3 +151,25 @@ def test_read_prepared_missing_says_what_to_run(tmp_path):
     with pytest.raises(DataError) as err:
         read_prepared(tmp_path / "nothing")
     assert "hotelbot prepare" in str(err.value)
+
+
+def test_the_clinc150_analysis_scores_macro_f1_as_hotelbot_does():
+    """benchmarks/clinc150_oos.py sweeps thresholds with a vectorised macro-F1; it must equal the product's."""
+    import sys
+
+    import numpy as np
+
+    from hotelbot_cli.evaluation import classification_metrics
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from clinc150_oos import macro_f1
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    rng = np.random.default_rng(0)
+    labels = [f"intent_{i}" for i in range(12)]
+    for _ in range(5):
+        y = rng.integers(0, 10, 200)  # labels 10 and 11 never true
+        pred = np.where(rng.random(200) < 0.7, y, rng.integers(0, 11, 200))  # label 11 never predicted either
+        expected = classification_metrics([labels[i] for i in y], [labels[i] for i in pred], labels)["macro_f1"]
+        assert macro_f1(y, pred, len(labels)) == pytest.approx(expected)
