@@ -48,7 +48,7 @@ def load(path: Path) -> dict[str, list[Example]]:
             "test": convert(raw["test"]), "oos_test": convert(raw["oos_test"])}
 
 
-def EpochSnapshots(out: Path):
+def epoch_snapshots(out: Path):
     """A Trainer callback writing each epoch's trainable weights (safetensors) for weight averaging."""
     from safetensors.torch import save_file
     from transformers import TrainerCallback
@@ -67,17 +67,16 @@ def encode_split(model, tokenizer, texts: list[str], batch_size: int = 128):
     import numpy as np
     import torch
 
-    from hotelbot_cli.modeling import pool
+    from hotelbot_cli.data import clean_text
 
     cfg = model.classifier_config
     model.eval()
     pooled, logits = [], []
     with torch.inference_mode():
         for i in range(0, len(texts), batch_size):
-            enc = tokenizer([cfg.query_prefix + t for t in texts[i:i + batch_size]], padding=True, truncation=True,
-                            max_length=cfg.max_length, return_tensors="pt")
-            hidden = model.encoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
-            p = pool(hidden, enc["attention_mask"], cfg.pooling)
+            enc = tokenizer([cfg.query_prefix + clean_text(t) for t in texts[i:i + batch_size]], padding=True,
+                            truncation=True, max_length=cfg.max_length, return_tensors="pt")
+            p = model.embed(enc["input_ids"], enc["attention_mask"])
             pooled.append(p.numpy())
             logits.append(model.head(p).numpy())
     return np.concatenate(pooled), np.concatenate(logits)
@@ -119,7 +118,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from hotelbot_cli.inference import Predictor
-    from hotelbot_cli.training import fit_classifier
+    from hotelbot_cli.training import apply_threshold, fit_classifier
 
     split = load(args.data)
     train = split["train"][: args.limit] if args.limit else split["train"]
@@ -131,16 +130,17 @@ def main() -> None:
                          freeze_embeddings="no" if args.train_embeddings else "auto")
     start = time.monotonic()
     fit = fit_classifier(cfg, "macro_f1", train, split["val"], labels, settings.paths.models_dir,
-                         extra_callbacks=[EpochSnapshots(args.dump)] if args.dump else ())
+                         extra_callbacks=[epoch_snapshots(args.dump)] if args.dump else ())
     wall = time.monotonic() - start
     if args.dump:
         dump(fit, split | {"train": train}, args.dump)
 
     predictor = Predictor(fit.model, fit.tokenizer, "clinc150")
-    test_pred = predictor.predict_labels([e.text for e in split["test"]], batch_size=128)
-    oos_pred = predictor.predict_labels([e.text for e in split["oos_test"]], batch_size=128)
-    argmax_test = predictor.predict_labels([e.text for e in split["test"]], batch_size=128, apply_threshold=False)
-    argmax_oos = predictor.predict_labels([e.text for e in split["oos_test"]], batch_size=128, apply_threshold=False)
+    # One encoding pass per split; the threshold is applied to the same probabilities as predict does.
+    probs = {name: predictor.probabilities([e.text for e in split[name]], batch_size=128).numpy()
+             for name in ("test", "oos_test")}
+    test_pred, oos_pred = (apply_threshold(probs[n], fit.labels, fit.threshold) for n in ("test", "oos_test"))
+    argmax_test, argmax_oos = (apply_threshold(probs[n], fit.labels, None) for n in ("test", "oos_test"))
 
     def scores(in_pred, out_pred):
         in_acc = 100 * sum(p == e.intent for p, e in zip(in_pred, split["test"])) / len(split["test"])

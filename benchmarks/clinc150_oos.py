@@ -95,10 +95,11 @@ def detectors(d: Dump) -> None:
     rows = [("softmax confidence (product)", softmax_confidence)] + [
         (f"kNN similarity, k={k}", lambda d, n, k=k: knn_similarity(d, n, k)) for k in (1, 5, 20)]
     for title, confidence_of in rows:
-        t, f1 = choose_threshold(d, confidence_of(d, "val"))
-        val_in, val_oos = d.scores("val", gate(d, "val", confidence_of(d, "val"), t))
-        test_in, _ = d.scores("test", gate(d, "test", confidence_of(d, "test"), t))
-        _, test_oos = d.scores("oos_test", gate(d, "oos_test", confidence_of(d, "oos_test"), t))
+        conf = {name: confidence_of(d, name) for name in ("val", "test", "oos_test")}
+        t, f1 = choose_threshold(d, conf["val"])
+        val_in, val_oos = d.scores("val", gate(d, "val", conf["val"], t))
+        test_in, _ = d.scores("test", gate(d, "test", conf["test"], t))
+        _, test_oos = d.scores("oos_test", gate(d, "oos_test", conf["oos_test"], t))
         print(f"{title:<28} {t:>9.3f} {f1:>12.4f} {val_in:>6.2f}/{val_oos:<5.1f} {test_in:>13.2f} {test_oos:>10.1f}")
 
 

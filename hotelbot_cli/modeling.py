@@ -148,13 +148,18 @@ class SentenceClassifier(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
-        logits = self.head(self.dropout(pool(hidden, attention_mask, self.classifier_config.pooling)))
+        logits = self.head(self.dropout(self.embed(input_ids, attention_mask, token_type_ids)))
         out = {"logits": logits}
         if labels is not None:
             out["loss"] = nn.functional.cross_entropy(logits, labels, weight=self.class_weights)
         return out
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The pooled sentence embedding the head reads."""
+        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        return pool(hidden, attention_mask, self.classifier_config.pooling)
 
     def freeze_word_embeddings(self) -> int:
         """Freeze the token-embedding matrix; returns how many parameters were frozen."""
