@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from hotelbot_cli.config import load_settings  # noqa: E402
 from hotelbot_cli.data import prepare_dataset  # noqa: E402
-from hotelbot_cli.evaluation import classification_metrics  # noqa: E402
+from hotelbot_cli.evaluation import classification_metrics
 from hotelbot_cli.registry import ModelRegistry  # noqa: E402
 
 DATA = REPO / "datasets" / "hotel_intents_es.json"
@@ -53,8 +53,8 @@ def tfidf_svm(prepared, holdout):
 
 
 def transformer(base_model, epochs, workdir, prepared_dir, holdout):
-    from hotelbot_cli.inference import Predictor
-    from hotelbot_cli.training import train_classifier
+    from hotelbot_cli.runtime import TorchPredictor
+    from hotelbot_cli.components.intents.train import train_classifier
 
     settings = load_settings(env={**os.environ, "HOTELBOT_HOME": str(workdir / "home"),
                                   "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}"},
@@ -62,7 +62,7 @@ def transformer(base_model, epochs, workdir, prepared_dir, holdout):
                              path_overrides={"registry": workdir / "registry", "data": prepared_dir})
     registry = ModelRegistry(settings.paths.registry)
     result = train_classifier(settings, prepared_dir, registry, force=True)
-    predictor = Predictor.from_version(result.version)
+    predictor = TorchPredictor.from_version(result.version)
     hold = predictor.predict_labels([r["text"] for r in holdout])
     return result.metrics, result.duration_seconds, sum(p == r["intent"] for p, r in zip(hold, holdout)) / len(holdout)
 

@@ -117,8 +117,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
-    from hotelbot_cli.inference import Predictor
-    from hotelbot_cli.training import apply_threshold, fit_classifier
+    from hotelbot_cli.runtime import TorchPredictor
+    from hotelbot_cli.training.calibration import apply_threshold
+    from hotelbot_cli.training.classify import fit_classifier
 
     split = load(args.data)
     train = split["train"][: args.limit] if args.limit else split["train"]
@@ -135,7 +136,7 @@ def main() -> None:
     if args.dump:
         dump(fit, split | {"train": train}, args.dump)
 
-    predictor = Predictor(fit.model, fit.tokenizer, "clinc150")
+    predictor = TorchPredictor(fit.model, fit.tokenizer, "clinc150")
     # One encoding pass per split; the threshold is applied to the same probabilities as predict does.
     probs = {name: predictor.probabilities([e.text for e in split[name]], batch_size=128).numpy()
              for name in ("test", "oos_test")}

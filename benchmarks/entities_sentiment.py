@@ -103,11 +103,10 @@ def main() -> int:
     from transformers import AutoTokenizer
 
     from hotelbot_cli.config import load_settings
-    from hotelbot_cli.entities import (ENTITY_TYPES, EntityExtractor, alignment_report, entity_metrics,
-                                       prepare_entities, train_entities)
+    from hotelbot_cli.components.entities.tagger import ENTITY_TYPES, EntityExtractor, alignment_report, entity_metrics, prepare_entities, train_entities
     from hotelbot_cli.modeling import resolve_base_model
     from hotelbot_cli.registry import ModelRegistry
-    from hotelbot_cli.sentiment import evaluate_sentiment, prepare_sentiment, train_sentiment
+    from hotelbot_cli.components.sentiment.classifier import evaluate_sentiment, prepare_sentiment, train_sentiment
 
     work = Path(tempfile.mkdtemp(prefix="hotelbot-bench-es-"))
     base_env = {k: v for k, v in os.environ.items() if k.startswith("HOTELBOT_MODEL_CACHE")}

@@ -35,8 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hotelbot_cli.config import load_settings  # noqa: E402
-from hotelbot_cli.generation import GeneratorConfig, read_reply_file, train_generator  # noqa: E402
-from hotelbot_cli.knowledge import train_knowledge_base  # noqa: E402
+from hotelbot_cli.components.generator.generation import GeneratorConfig, read_reply_file, train_generator
+from hotelbot_cli.components.knowledge.kb import train_knowledge_base
 from hotelbot_cli.registry import ModelRegistry  # noqa: E402
 
 PAIRS = REPO / "datasets" / "respuestas_es.jsonl"

@@ -96,7 +96,7 @@ def scratch_registry(source_root: Path, version: str, root: Path, tolerance: flo
         exported = None
     else:
         from hotelbot_cli.modeling import load_classifier
-        from hotelbot_cli.onnx_runtime import export_onnx
+        from hotelbot_cli.export import export_onnx
 
         say(f"{source.name} has no ONNX export: exporting a copy ...")
         with registry.staging() as staged:
@@ -207,9 +207,9 @@ def in_process(info, examples, runs: int) -> dict[str, dict]:
     import torch
 
     from hotelbot_cli.data import clean_text
-    from hotelbot_cli.inference import Predictor
-    from hotelbot_cli.onnx_runtime import (OnnxPredictor, RuntimeClassifierConfig, _session, load_fast_tokenizer,
-                                           load_text_encoder)
+    from hotelbot_cli.runtime import OnnxPredictor, RuntimeClassifierConfig, TorchPredictor
+    from hotelbot_cli.runtime.onnx import open_session
+    from hotelbot_cli.runtime.tokenizers import load_fast_tokenizer, load_text_encoder
 
     texts = [e.text for e in examples]
     truth = [e.intent for e in examples]
@@ -244,7 +244,7 @@ def in_process(info, examples, runs: int) -> dict[str, dict]:
 
     say("measuring torch fp32 ...")
     start = time.perf_counter()
-    torch_p = Predictor.from_version(info)
+    torch_p = TorchPredictor.from_version(info)
     load_s = time.perf_counter() - start
     with torch.inference_mode():
         results["torch fp32"] = {"load_s": load_s, **measure(lambda t: torch_p.predict([t]), torch_p.predict, texts, runs),
@@ -276,7 +276,7 @@ def in_process(info, examples, runs: int) -> dict[str, dict]:
         say(f"measuring {runtime} ...")
         name = "model.onnx" if runtime == "onnx-fp32" else "model.int8.onnx"
         start, cpu = time.perf_counter(), time.process_time()
-        _session(model_dir / name)
+        open_session(model_dir / name)
         session_s, session_cpu = time.perf_counter() - start, time.process_time() - cpu
         start = time.perf_counter()
         p = OnnxPredictor.from_version(info, runtime)
@@ -310,7 +310,7 @@ def serve_peak_rss(root: Path, env: dict[str, str], cwd: Path, runtime: str | No
         cmd = [hotelbot(), "serve", "--registry", str(root), "--port", str(port)]
     else:  # serving.py does not use the runtime factory yet: the same server with it plugged in
         cmd = [sys.executable, "-c",
-               "import sys; from hotelbot_cli import serving; from hotelbot_cli.inference import load_predictor\n"
+               "import sys; from hotelbot_cli import serving; from hotelbot_cli.runtime import load_predictor\n"
                "serving.ModelHolder.__init__.__defaults__ = (load_predictor,)\n"
                "from pathlib import Path; serving.serve(Path(sys.argv[1]), port=int(sys.argv[2]), log_level='warning')",
                str(root), str(port)]

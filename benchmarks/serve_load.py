@@ -47,10 +47,10 @@ def naive_app(registry_root: Path, version: str):
     from fastapi import FastAPI
     from pydantic import BaseModel
 
-    from hotelbot_cli.inference import Predictor
     from hotelbot_cli.registry import ModelRegistry
+    from hotelbot_cli.runtime import TorchPredictor
 
-    predictor = Predictor.from_registry(ModelRegistry(registry_root), version)
+    predictor = TorchPredictor.from_registry(ModelRegistry(registry_root), version)
     app = FastAPI()
 
     class Query(BaseModel):

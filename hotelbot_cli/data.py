@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, TypeVar
 
-from ._atomic import atomic_write_bytes, atomic_write_json
+from ._io import atomic_write_bytes, atomic_write_json, iter_jsonl
 from .errors import DataError
 
 if TYPE_CHECKING:
@@ -117,17 +117,7 @@ def _load_json(path: Path, raw: str) -> list[tuple[str, Example]]:
 
 
 def _load_jsonl(path: Path, raw: str) -> list[tuple[str, Example]]:
-    out = []
-    for number, line in enumerate(raw.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise _record_error(path, where, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
-        out.append((where, _from_record(path, where, record)))
-    return out
+    return [(f"line {number}", _from_record(path, f"line {number}", record)) for number, record in iter_jsonl(path, raw)]
 
 
 def _load_csv(path: Path, raw: str) -> list[tuple[str, Example]]:

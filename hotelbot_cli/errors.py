@@ -45,6 +45,18 @@ class IntegrityError(RegistryError):
     """A version's files do not match their recorded checksums."""
 
 
+class AlreadyTrainedError(HotelbotError):
+    """Same data fingerprint and config as an existing version (train --force retrains). Not a failure:
+    the CLI reports it and exits 0."""
+
+    exit_code = 0
+
+    def __init__(self, version: str) -> None:
+        super().__init__(f"version {version} was trained on the same data with the same config; "
+                         "nothing to do (use --force to train again)")
+        self.version = version
+
+
 class GateFailedError(HotelbotError):
     """A validation gate failed: the model is not deployed."""
 

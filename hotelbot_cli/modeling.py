@@ -185,7 +185,7 @@ def save_encoder_model(model: nn.Module, tokenizer: Any, out_dir: Path, config_f
     all weights as safetensors, the encoder's config, the head's JSON config and the tokenizer."""
     from safetensors.torch import save_file
 
-    from ._atomic import atomic_write_json
+    from ._io import atomic_write_json
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -12,9 +12,9 @@ Three parts, all owned by one app (no module-level state; everything hangs off `
 - :class:`Metrics` renders Prometheus text: request counts and latency per endpoint, model version,
   micro-batch sizes, forward passes, swaps and failed loads.
 
-The model is loaded with :func:`~hotelbot_cli.inference.load_predictor`: a version with an ONNX export
+The model is loaded with :func:`~hotelbot_cli.runtime.load_predictor`: a version with an ONNX export
 is served by onnxruntime + tokenizers and torch/transformers are never imported; otherwise they are
-imported through :class:`~hotelbot_cli.inference.Predictor` when the model is loaded.
+imported through :class:`~hotelbot_cli.runtime.TorchPredictor` when the model is loaded.
 """
 
 from __future__ import annotations
@@ -46,6 +46,10 @@ from .config import _Section
 from .data import clean_text
 from .errors import ConfigError, HotelbotError, ModelError
 from .registry import ModelRegistry, VersionInfo
+from .components import registered
+from .components.compose import components_of
+from .pipeline.analyze import Analyzer
+from .runtime import apply_fallback, load_predictor
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +59,10 @@ OUT_OF_SCOPE = "out_of_scope"
 THRESHOLD_KEY = "out_of_scope_threshold"
 TRAIN_AND_DEPLOY = "run `hotelbot train` then `hotelbot deploy`"
 SMOKE_TEXT = "hola"
+# The components whose answers /search and /reply return (the other endpoints serve the primary component
+# and every analyzing one).
+KNOWLEDGE = "knowledge"
+GENERATOR = "generator"
 
 # Environment variables read by app_factory() (how `hotelbot serve --workers N` configures its workers).
 ENV_SERVE = {
@@ -201,7 +209,7 @@ class Metrics:
             self.load_failures += 1
 
     def render(self, recheck: Any = None) -> str:
-        """The Prometheus text; ``recheck``: the loaded int8 model's :class:`~hotelbot_cli.onnx_runtime.Recheck`
+        """The Prometheus text; ``recheck``: the loaded int8 model's :class:`~hotelbot_cli.runtime.Recheck`
         (its counts since that model was loaded), if it has one."""
         with self._lock:
             lines = [
@@ -268,7 +276,7 @@ def out_of_scope_threshold(metadata: Mapping[str, Any]) -> float | None:
 class LoadedModel:
     """One loaded version. Immutable: a hot swap replaces the whole object, never its fields."""
 
-    predictor: Any  # inference.Predictor or onnx_runtime.OnnxPredictor; None for a version holding only a knowledge base
+    predictor: Any  # a runtime.Predictor (torch or ONNX); None for a version holding only a knowledge base
     version: str
     threshold: float | None = None
     knowledge: Any = None  # hotelbot_cli.knowledge.KnowledgeBase when the version has one
@@ -278,10 +286,12 @@ class LoadedModel:
 
     def answer(self, prediction: Any) -> dict[str, Any]:
         """The response object for one prediction, with the out-of-scope fallback applied."""
-        fallback = bool(getattr(prediction, "fallback", False)) or (
-            self.threshold is not None and prediction.confidence < self.threshold)
+        if getattr(prediction, "fallback", False):  # the predictor already applied the model's own threshold
+            intent, fallback = OUT_OF_SCOPE, True
+        else:
+            intent, fallback = apply_fallback(prediction.intent, prediction.confidence, self.threshold)
         return {
-            "intent": OUT_OF_SCOPE if fallback else prediction.intent,
+            "intent": intent,
             "confidence": prediction.confidence,
             "top_k": prediction.top_k,
             "model_version": self.version,
@@ -291,28 +301,7 @@ class LoadedModel:
 
 def _load_version(info: VersionInfo) -> Any:
     """The version's runtime (runtime.json / HOTELBOT_RUNTIME): ONNX serves without importing torch."""
-    from .inference import load_predictor
-
     return load_predictor(info)
-
-
-def _load_analyzer(info: VersionInfo, predictor: Any, components: Sequence[str]) -> Any:
-    """An Analyzer around the loaded classifier plus the version's entity/sentiment models; None when the
-    version has none of the three (a knowledge base only)."""
-    from .analysis import Analyzer
-
-    entities = sentiment = None
-    if "entities" in components:
-        from .entities import EntityExtractor
-
-        entities = EntityExtractor.from_version(info)
-    if "sentiment" in components:
-        from .sentiment import SentimentClassifier
-
-        sentiment = SentimentClassifier.from_version(info)
-    if predictor is None and entities is None and sentiment is None:
-        return None
-    return Analyzer(info.name, predictor, entities, sentiment)
 
 
 class ModelHolder:
@@ -381,32 +370,26 @@ class ModelHolder:
             logger.warning(message)
 
     def _load(self, name: str) -> LoadedModel:
+        """Load every registered component the version holds (the primary one through ``loader``), each
+        answering one smoke text before the swap (which also loads what loads lazily)."""
         info = self.registry.require_intact(name)
         threshold = out_of_scope_threshold(info.metadata)
-        from .components import components_of
-
-        components = components_of(info)
-        predictor = self._loader(info) if "classifier" in components else None
-        if self.settings.torch_threads and getattr(predictor, "_torch", None) is not None:
-            predictor._torch.set_num_threads(self.settings.torch_threads)
-        knowledge = None
-        if "knowledge" in components:
-            from .knowledge import KnowledgeBase
-
-            knowledge = KnowledgeBase.from_version(info)
-            if not knowledge.search(SMOKE_TEXT, top_k=1):  # also loads the query encoder before the swap
-                raise ModelError(f"version {name}'s knowledge base returned nothing for a smoke search")
-        analyzer = _load_analyzer(info, predictor, components)
-        responder = None
-        if "generator" in components:
-            from .generation import Responder
-
-            responder = Responder.from_version(info, knowledge=knowledge)
-            if not responder.reply([SMOKE_TEXT])[0].get("reply", "").strip():
-                raise ModelError(f"version {name}'s response generator returned an empty reply")
-        model = LoadedModel(predictor, info.name, threshold, knowledge, analyzer, responder)
-        if predictor is not None:
-            smoke = predictor.predict([SMOKE_TEXT], top_k=self.settings.top_k)
+        present = components_of(info)
+        parts: dict[str, Any] = {}
+        for component in registered():
+            if component.name not in present:
+                continue
+            loaded = self._loader(info) if component.primary else component.load(info, None, parts)
+            if component.primary and self.settings.torch_threads and getattr(loaded, "_torch", None) is not None:
+                loaded._torch.set_num_threads(self.settings.torch_threads)
+            component.warm_up(loaded, name, SMOKE_TEXT)
+            parts[component.name] = loaded
+        analyzing = {c: parts[c] for c in Analyzer.analyzing_components(info)}
+        analyzer = Analyzer(info.name, analyzing) if analyzing else None
+        primary = next((parts[c.name] for c in registered() if c.primary and c.name in parts), None)
+        model = LoadedModel(primary, info.name, threshold, parts.get(KNOWLEDGE), analyzer, parts.get(GENERATOR))
+        if primary is not None:
+            smoke = primary.predict([SMOKE_TEXT], top_k=self.settings.top_k)
             if len(smoke) != 1 or not 0.0 <= float(smoke[0].confidence) <= 1.0:
                 raise ModelError(f"version {name} gave a malformed smoke prediction")
         if analyzer is not None and len(analyzer.analyze([SMOKE_TEXT], top_k=self.settings.top_k)) != 1:

@@ -27,9 +27,6 @@ from .data import SUPPORTED_SUFFIXES, prepare_dataset
 from .errors import DataError
 from .registry import ModelRegistry
 
-ALL_MODEL_TYPES = ("classifier", "embeddings", "entities", "sentiment", "generator")
-COMPONENT_OF = {"classifier": "classifier", "embeddings": "knowledge", "entities": "entities",
-                "sentiment": "sentiment", "generator": "generator"}
 INTENT_FILE_NAMES = ("hotel_intents_es.json", "intents.json", "intents.jsonl", "intents.csv")
 
 
@@ -69,18 +66,14 @@ class ModelTrainer:
 
     # ------------------------------------------------------------ training
     def train_models(self, model_type: str = "all", *, force: bool = False) -> dict[str, Any]:
-        """Train ``model_type`` (classifier, embeddings, entities, sentiment, generator) on its prepared
-        data, or "all": the classifier then every component whose data is prepared, under one MLflow parent
-        run (:func:`hotelbot_cli.pipeline.train_all`, the same code as `hotelbot train --model-type all`)."""
-        from .pipeline import train_all, train_one
+        """Train ``model_type`` (a registered component's model type: classifier, embeddings, entities,
+        sentiment, generator, ...) on its data, or "all": the classifier then every component whose data is
+        prepared, under one MLflow parent run. The same library entry point as `hotelbot train --model-type`
+        (:func:`hotelbot_cli.pipeline.train.train`)."""
+        from .pipeline.train import train
 
-        if model_type not in ALL_MODEL_TYPES + ("all",):
-            raise DataError(f"unknown model_type {model_type!r}; use one of {', '.join(ALL_MODEL_TYPES)} or all")
-        if model_type == "all":
-            steps = train_all(self.settings, self.registry, force=force).steps
-        else:
-            steps = [train_one(self.settings, self.registry, COMPONENT_OF[model_type], force=force)]
-        self.last_version = steps[-1].version  # the end of the chain (train_all's final_version)
+        steps = train(self.settings, self.registry, model_type, force=force).steps
+        self.last_version = steps[-1].version  # the end of the chain (the pipeline's final_version)
         classifier = next((s.result for s in steps if s.component == "classifier" and s.result is not None), None)
         return {"version": self.last_version, "skipped": all(s.status != "trained" for s in steps),
                 "steps": [s.to_dict() for s in steps],
@@ -89,7 +82,7 @@ class ModelTrainer:
     # ------------------------------------------------------------ validation
     def validate_models(self, version: str | None = None) -> dict[str, Any]:
         """Validation metrics of ``version`` (default: the one just trained, else the newest) with 'overall_score'."""
-        from .evaluation import validate_version
+        from .pipeline.validate import validate_version
 
         name = version or self.last_version or "latest"
         result = validate_version(self.registry, name, self.settings)
@@ -100,17 +93,17 @@ class ModelTrainer:
 
     # ------------------------------------------------------------ deployment
     def deploy_models(self, version: str | None = None, reason: str = "") -> dict[str, Any]:
-        from .deployment import deploy
+        from .pipeline.deploy import deploy
 
         return deploy(self.registry, self.settings, version or self.last_version, reason).to_dict()
 
     def backup_current_models(self, reason: str = "manual backup") -> dict[str, Any]:
-        from .deployment import backup_current
+        from .pipeline.deploy import backup_current
 
         return backup_current(self.registry, self.settings, reason)
 
     def rollback_to_previous_version(self, reason: str = "", to: str | None = None) -> dict[str, Any]:
-        from .deployment import rollback
+        from .pipeline.deploy import rollback
 
         return rollback(self.registry, self.settings, to, reason).to_dict()
 

@@ -167,7 +167,7 @@ def trained_template(tmp_path_factory, tiny_model, mlflow_uri) -> Path:
     from hotelbot_cli.config import load_settings
     from hotelbot_cli.data import prepare_dataset
     from hotelbot_cli.registry import ModelRegistry
-    from hotelbot_cli.training import train_classifier
+    from hotelbot_cli.components.intents.train import train_classifier
 
     root = tmp_path_factory.mktemp("template")
     data = root / "tiny.json"

@@ -64,7 +64,7 @@ def deploy_cmd(
 
         hotelbot deploy v0004 --reason "more late_checkout examples" --json
     """
-    from ..deployment import deploy
+    from ..pipeline.deploy import deploy
     from ..registry import ModelRegistry
 
     settings = settings_from(config, profile, registry, overrides={
@@ -93,7 +93,7 @@ def rollback_cmd(
 
         hotelbot rollback --to v0002 --json
     """
-    from ..deployment import rollback
+    from ..pipeline.deploy import rollback
     from ..registry import ModelRegistry
 
     settings = settings_from(config, None, registry)
@@ -110,7 +110,7 @@ def verify_cmd(registry: RegistryOpt = None, json_out: JsonOpt = False) -> None:
 
         hotelbot verify --json
     """
-    from ..deployment import verify_registry
+    from ..pipeline.deploy import verify_registry
     from ..registry import ModelRegistry
 
     settings = settings_from(registry=registry)
@@ -142,7 +142,7 @@ def history_cmd(
 
         hotelbot history --json
     """
-    from ..deployment import history
+    from ..pipeline.deploy import history
     from ..registry import ModelRegistry
 
     settings = settings_from(registry=registry)

@@ -35,7 +35,7 @@ def predict_cmd(
         cat messages.txt | hotelbot predict - --json
     """
     from ..errors import DataError
-    from ..inference import predictor_from_registry
+    from ..pipeline.analyze import analyze_texts
     from ..registry import ModelRegistry
 
     if "-" in texts:
@@ -43,22 +43,9 @@ def predict_cmd(
         texts = [t for t in texts if t != "-"] + stdin_texts
     if not texts:
         raise DataError("no text to classify", hint="pass TEXT arguments or '-' with lines on stdin")
-    from ..components import components_of
-
     settings = settings_from(registry=registry)
-    store = ModelRegistry(settings.paths.registry)
-    info = store.resolve(version or settings.model_version)
-    if {"entities", "sentiment"} & set(components_of(info)):
-        from ..analysis import Analyzer
-        from ..inference import load_predictor
-
-        analyzer = Analyzer.from_registry(store, info.name, classifier_loader=load_predictor)
-        name, rows = analyzer.version, analyzer.analyze(texts, top_k=top_k)
-    else:
-        # ONNX when the version has it (torch is then never imported); HOTELBOT_RUNTIME overrides.
-        predictor = predictor_from_registry(store, info.name)
-        name = predictor.version
-        rows = [{**p.to_dict(), "entities": [], "sentiment": None} for p in predictor.predict(texts, top_k=top_k)]
+    name, rows = analyze_texts(ModelRegistry(settings.paths.registry), version or settings.model_version, texts,
+                               top_k=top_k)
     if json_out:
         print_json({"model_version": name, "predictions": rows})
         return

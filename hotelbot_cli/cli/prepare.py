@@ -120,7 +120,8 @@ def _usage(problem: str) -> None:
 
 def _prepare_documents(directory: Path, output: Path | None, chunk_size: int, chunk_overlap: int, dry_run: bool,
                        json_out: bool) -> None:
-    from ..knowledge import DEFAULT_DOCUMENTS_OUTPUT, prepare_documents, write_prepared_documents
+    from ..components.knowledge import DEFAULT_DOCUMENTS_OUTPUT
+    from ..components.knowledge.kb import prepare_documents, write_prepared_documents
 
     prepared = prepare_documents(directory, max_chars=chunk_size, overlap_chars=chunk_overlap)
     target = None if dry_run else (output or DEFAULT_DOCUMENTS_OUTPUT)
@@ -142,8 +143,9 @@ def _prepare_documents(directory: Path, output: Path | None, chunk_size: int, ch
 def _prepare_component(component: str, path: Path, output: Path | None, validation_split: float | None,
                        seed: int | None, dry_run: bool, json_out: bool, config: Path | None,
                        profile: str | None) -> None:
-    from ..entities import default_data_dir, prepare_entities, write_prepared_entities
-    from ..sentiment import prepare_sentiment, write_prepared_sentiment
+    from ..components.base import default_data_dir
+    from ..components.entities.tagger import prepare_entities, write_prepared_entities
+    from ..components.sentiment.classifier import prepare_sentiment, write_prepared_sentiment
 
     settings = settings_from(config, profile,
                              overrides={"data_config": {"validation_split": validation_split, "seed": seed}})
@@ -169,7 +171,7 @@ def _prepare_component(component: str, path: Path, output: Path | None, validati
 
 def _prepare_replies(path: Path, output: Path | None, validation_split: float | None, seed: int | None,
                      dry_run: bool, json_out: bool, config: Path | None, profile: str | None) -> None:
-    from ..generation import prepare_replies, write_prepared_replies
+    from ..components.generator.generation import prepare_replies, write_prepared_replies
 
     settings = settings_from(config, profile,
                              overrides={"data_config": {"validation_split": validation_split, "seed": seed}})

@@ -42,7 +42,7 @@ def reply_cmd(
         cat messages.txt | hotelbot reply - --json
     """
     from ..errors import DataError
-    from ..generation import Responder
+    from ..components.generator.generation import Responder
     from ..registry import ModelRegistry
 
     if "-" in messages:

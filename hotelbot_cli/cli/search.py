@@ -36,7 +36,7 @@ def search_cmd(
 
         hotelbot search "parking" --version v0004
     """
-    from ..knowledge import KnowledgeBase
+    from ..components.knowledge.kb import KnowledgeBase
     from ..registry import ModelRegistry
 
     settings = settings_from(registry=registry)

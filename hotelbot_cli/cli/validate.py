@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from typing_extensions import Annotated
@@ -51,7 +51,8 @@ def validate_cmd(
 
         hotelbot validate --kb-eval my_questions.jsonl --json
     """
-    from ..evaluation import top_confusions, validate_version
+    from ..evaluation import top_confusions
+    from ..pipeline.validate import validate
     from ..registry import ModelRegistry
 
     settings = settings_from(config, profile, registry,
@@ -59,62 +60,55 @@ def validate_cmd(
     if cv is not None:
         _cross_validate(settings, version, cv, json_out)
         return
-    store = ModelRegistry(settings.paths.registry)
-    info = store.require_intact(store.resolve(version or settings.model_version).name)
-    from ..components import components_of
-
-    components = components_of(info)
-    retrieval = _retrieval(info, kb_eval, settings) if "knowledge" in components else None
-    generation = _generation(info, settings) if "generator" in components else None
-    if not {"classifier", "entities", "sentiment"} & set(components):  # knowledge base / generator only
-        from ..registry.store import utc_now
-
-        store.record_validation(info.name, {"version": info.name, "passed": True, "retrieval": retrieval,
-                                            "generator": generation, "validated_at": utc_now()})
-        if json_out:
-            print_json({"version": info.name, "retrieval": retrieval, "generator": generation})
-        elif retrieval:
-            _render_retrieval(retrieval)
-        return
     with log_to(settings.paths.logs / "validation.log"):
-        result = validate_version(store, info.name, settings, data)
-        import logging
-
-        logging.getLogger("hotelbot.validation").info(
-            "%s %s=%.4f min=%.2f passed=%s%s", result.version, result.to_dict()["metric"], result.overall_score,
-            result.min_score, result.passed,
-            "".join(f" {k}={v['overall_score']:.4f}" for k, v in result.components.items()))
+        validation = validate(ModelRegistry(settings.paths.registry), settings, version, data, {"kb_eval": kb_eval})
+    lines = {key: get_evaluator(key).evaluation_lines(doc) for key, doc in validation.evaluations.items() if doc}
+    for shown in lines.values():
+        for line in shown["warnings"]:
+            warn(line)
+        for line in shown["stderr"]:
+            message(line)
+    for line in validation.warnings:
+        warn(line)
+    result = validation.result
     if json_out:
-        print_json({**result.to_dict(), "retrieval": retrieval, "generator": generation})
+        print_json(validation.to_dict())
     else:
-        if result.metrics:
+        if result is not None and result.metrics:
             _render(result, top_confusions(result.metrics))
-        _render_components(result)
-        if retrieval:
-            _render_retrieval(retrieval)
-    if not result.passed:
+        if result is not None:
+            _render_components(result)
+        for shown in lines.values():
+            for line in shown["stdout"]:
+                out.print(line)
+    if result is not None and not result.passed:
         message("gate failed: " + "; ".join(result.failures))
         raise typer.Exit(3)
 
 
+def get_evaluator(key: str) -> Any:
+    """The registered component whose evaluate() reports under ``key``."""
+    from ..components import registered
+
+    return next(c for c in registered() if c.evaluation_key == key)
+
+
 def _render_components(result) -> None:
+    """Each scored component as it describes itself: a line, and a table when it has one."""
     from rich.table import Table
 
+    from ..components import get
+
     for name, m in result.components.items():
-        ok = "PASS" if m["overall_score"] >= result.min_score else "FAIL"
-        if name == "entities":
-            out.print(f"[bold]entities[/bold] on {m['num_sentences']} sentences ({m['data_source']}): micro P/R/F1 "
-                      f"{m['micro_precision']:.4f}/{m['micro_recall']:.4f}/{m['micro_f1']:.4f}  macro-F1 "
-                      f"{m['macro_f1']:.4f}  gate {result.min_score:.2f}: {ok}")
-            table = Table("entity type", "precision", "recall", "F1", "support", title="per entity type (exact match)")
-            for label, s in m["per_type"].items():
-                table.add_row(label, f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}", str(s["support"]))
+        gate = f"gate {result.min_score:.2f}: {'PASS' if m['overall_score'] >= result.min_score else 'FAIL'}"
+        view = get(name).score_view(m, gate)
+        first, _, rest = view["line"].partition(" ")
+        out.print(f"[bold]{first}[/bold] {rest}")
+        if view["table"]:
+            table = Table(*view["table"]["columns"], title=view["table"]["title"])
+            for row in view["table"]["rows"]:
+                table.add_row(*row)
             out.print(table)
-        else:
-            out.print(f"[bold]{name}[/bold] on {m['num_examples']} texts ({m['data_source']}): accuracy "
-                      f"{m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  overall_score ({m['metric']}) "
-                      f"{m['overall_score']:.4f}  gate {result.min_score:.2f}: {ok}  per label: "
-                      + ", ".join(f"{k} {v['f1']:.3f}" for k, v in m["per_intent"].items()))
 
 
 def _render(result, confusions) -> None:
@@ -141,7 +135,7 @@ def _render(result, confusions) -> None:
 
 
 def _cross_validate(settings, version, folds: int, json_out: bool) -> None:
-    from ..evaluation import cross_validate
+    from ..pipeline.validate import cross_validate
     from ..registry import ModelRegistry
     from .train import RichProgress
 
@@ -154,41 +148,3 @@ def _cross_validate(settings, version, folds: int, json_out: bool) -> None:
               f"{result['examples']} texts (mean ± std over folds)")
     for key, stats in result["summary"].items():
         out.print(f"  {key:<22} {stats['mean']:.4f} ± {stats['std']:.4f}   (min {stats['min']:.4f}, max {stats['max']:.4f})")
-
-
-DEFAULT_KB_EVAL = Path("datasets/kb_eval_es.jsonl")
-
-
-def _retrieval(info, kb_eval: Path | None, settings) -> dict | None:
-    """Retrieval metrics of the version's knowledge base (dense vs BM25), or None without questions."""
-    if kb_eval is None and not DEFAULT_KB_EVAL.exists():
-        warn(f"{info.name} has a knowledge base but no retrieval questions ({DEFAULT_KB_EVAL}); pass --kb-eval")
-        return None
-    from ..knowledge import evaluate_retrieval
-
-    return evaluate_retrieval(info, kb_eval or DEFAULT_KB_EVAL, k=5, models_dir=settings.paths.models_dir)
-
-
-def _render_retrieval(r: dict) -> None:
-    k = r["k"]
-    out.print(f"[bold]{r['version']}[/bold] knowledge base: {r['questions']} questions ({r['eval_path']}), "
-              f"{r['chunks']} chunks")
-    for name, key in ((f"dense ({r['embedding_model']})", "dense"), ("BM25 baseline", "bm25")):
-        m = r[key]
-        out.print(f"  {name:<48} hit@1 {m['hit@1']:.3f}  hit@{k} {m[f'hit@{k}']:.3f}  MRR {m['mrr']:.3f}   "
-                  f"document: hit@1 {m['doc_hit@1']:.3f}  hit@{k} {m[f'doc_hit@{k}']:.3f}  MRR {m['doc_mrr']:.3f}")
-    if r["unknown_targets"]:
-        warn(f"questions naming a section that is not in the index: {', '.join(r['unknown_targets'][:5])}")
-
-
-def _generation(info, settings) -> dict:
-    """BLEU, ROUGE-L, perplexity and relevance of the version's generator beside the retrieval-only baseline
-    (re-generates the validation replies; reported, not gated)."""
-    from ..generation import evaluate_version
-
-    result = evaluate_version(info, models_dir=settings.paths.models_dir)
-    g, b = result["generator"], result["retrieval_baseline"]
-    message(f"generator: BLEU {g['bleu']:.2f} ROUGE-L {g['rouge_l']:.4f} perplexity {g['perplexity']:.2f} "
-            f"relevance {g['relevance']:.4f} (retrieval-only: BLEU {b['bleu']:.2f} ROUGE-L {b['rouge_l']:.4f} "
-            f"relevance {b['relevance']:.4f})")
-    return result

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -34,8 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .._atomic import atomic_write_json, fsync_dir
+from .._io import atomic_write_json, fsync_dir, sha256_file
 from ..errors import IntegrityError, RegistryError, VersionNotFoundError
+from .checksums import METADATA_FILE, checksum_tree, version_problems
 
 VERSIONS_DIR = "versions"
 CURRENT_LINK = "current"
@@ -45,7 +45,6 @@ VALIDATIONS_DIR = "validations"
 HISTORY_FILE = "history.jsonl"
 STAGING_DIR = ".staging"
 LOCK_FILE = ".lock"
-METADATA_FILE = "metadata.json"
 VERSION_RE = re.compile(r"^v(\d{4,6})$")
 ALIASES = ("latest", "current")
 
@@ -64,24 +63,6 @@ def crashpoint(name: str) -> None:
 
 def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def checksum_tree(root: Path, exclude: tuple[str, ...] = (METADATA_FILE,)) -> dict[str, str]:
-    """sha256 of every regular file below ``root``, keyed by POSIX relative path."""
-    sums = {}
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if path.is_file() and rel not in exclude:
-            sums[rel] = sha256_file(path)
-    return sums
 
 
 def check_version_name(name: str) -> str:
@@ -305,18 +286,7 @@ class ModelRegistry:
     def verify(self, name: str) -> list[str]:
         """Problems with a version's files against its recorded checksums (empty list: intact)."""
         info = self.get(name)
-        recorded: dict[str, str] = info.metadata.get("files") or {}
-        problems = []
-        for rel, expected in sorted(recorded.items()):
-            path = info.path / rel
-            if not path.is_file():
-                problems.append(f"{name}/{rel}: missing")
-            elif sha256_file(path) != expected:
-                problems.append(f"{name}/{rel}: checksum mismatch (corrupt or modified)")
-        actual = set(checksum_tree(info.path))
-        for rel in sorted(actual - set(recorded)):
-            problems.append(f"{name}/{rel}: not recorded in metadata (added after publishing)")
-        return problems
+        return version_problems(name, info.path, info.metadata.get("files") or {})
 
     def require_intact(self, name: str) -> VersionInfo:
         problems = self.verify(name)
@@ -347,13 +317,6 @@ class ModelRegistry:
             handle.write(line + "\n")
             handle.flush()
             os.fsync(handle.fileno())
-
-    def find_matching(self, data_fingerprint: str, config: dict[str, Any]) -> VersionInfo | None:
-        for info in reversed(self.list_versions()):
-            meta = info.metadata
-            if meta.get("dataset_fingerprint") == data_fingerprint and meta.get("config") == config:
-                return info
-        return None
 
     # ------------------------------------------------------------ backups
     @property

@@ -219,7 +219,7 @@ def test_root_path_options_override_env_and_do_not_leak(tmp_path, isolated_env, 
 
 def test_live_progress_shows_only_the_metrics_a_model_reports(monkeypatch):
     from hotelbot_cli.cli.train import RichProgress
-    from hotelbot_cli.training import TrainingEvent
+    from hotelbot_cli.training.events import TrainingEvent
 
     lines = []
     progress = RichProgress()

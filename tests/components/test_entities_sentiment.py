@@ -10,19 +10,22 @@ import re
 import shutil
 import unicodedata
 
+from dataclasses import replace
+
 import pytest
 
 from conftest import REPO, clone_version
-from hotelbot_cli.analysis import Analyzer, gate_components, smoke_check_components
-from hotelbot_cli.components import COMPONENT_PATHS, carry_over, components_of
+from hotelbot_cli.pipeline.analyze import Analyzer
+from hotelbot_cli.pipeline.validate import gate_components
+from hotelbot_cli.components import get as get_component, names as component_names
+from hotelbot_cli.pipeline.deploy import smoke_check
+from hotelbot_cli.components.compose import carry_over, components_of
 from hotelbot_cli.config import load_settings
-from hotelbot_cli.entities import (
-    Span, alignment_report, decode_tags, entity_metrics, evaluate_entities, prepare_entities,
-    read_prepared_entities, spans_to_tags, token_char_spans, train_entities, write_prepared_entities)
+from hotelbot_cli.components.entities.tagger import Span, alignment_report, decode_tags, entity_metrics, evaluate_entities, prepare_entities, read_prepared_entities, spans_to_tags, token_char_spans, train_entities, write_prepared_entities
 from hotelbot_cli.errors import DataError, IntegrityError
 from hotelbot_cli.registry import ModelRegistry
-from hotelbot_cli.sentiment import SENTIMENT_LABELS, evaluate_sentiment, prepare_sentiment, train_sentiment
-from hotelbot_cli.training import AlreadyTrainedError
+from hotelbot_cli.components.sentiment.classifier import SENTIMENT_LABELS, evaluate_sentiment, prepare_sentiment, train_sentiment
+from hotelbot_cli.errors import AlreadyTrainedError
 
 SHIPPED_ENTITIES = REPO / "datasets" / "entidades_es.jsonl"
 SHIPPED_SENTIMENT = REPO / "datasets" / "sentimiento_es.jsonl"
@@ -258,7 +261,7 @@ def test_versions_carry_over_the_classifier(built, registry):
     assert v4.metadata["entities"]["carried_from"] == "v0003" and v4.metadata["parent"] == "v0003"
     for key in ("labels", "metrics", "dataset_fingerprint", "config", "out_of_scope_threshold", "kind"):
         assert v4.metadata[key] == v3.metadata[key] == v2.metadata[key], key
-    classifier_files = {k: v for k, v in v2.metadata["files"].items() if k.split("/")[0] in COMPONENT_PATHS["classifier"]}
+    classifier_files = {k: v for k, v in v2.metadata["files"].items() if k.split("/")[0] in get_component("classifier").owned_paths()}
     assert classifier_files and all(v4.metadata["files"][k] == v for k, v in classifier_files.items())
     assert all(v4.metadata["files"][k] == v for k, v in v3.metadata["files"].items() if k.startswith("entities/"))
     assert registry.verify("v0003") == registry.verify("v0004") == []
@@ -344,7 +347,7 @@ def test_analyzer_answers_intent_entities_and_sentiment_with_raw_offsets(registr
 
 
 def test_deploy_and_rollback_move_the_components_together(registry):
-    from hotelbot_cli.deployment import deploy, rollback
+    from hotelbot_cli.pipeline.deploy import deploy, rollback
 
     settings = load_settings()
     deploy(registry, settings, "v0003")
@@ -352,8 +355,12 @@ def test_deploy_and_rollback_move_the_components_together(registry):
     result = deploy(registry, settings, "v0004")
     assert result.previous == "v0003" and registry.current_name() == "v0004"
     assert Analyzer.from_registry(registry).components == ["classifier", "entities", "sentiment"]
-    assert set(smoke_check_components(registry.get("v0004"), 5)) == {"entities", "sentiment"}
-    assert gate_components(registry.get("v0004"), 0.0)["passed"]
+    few = replace(settings, deployment=replace(settings.deployment, smoke_texts=5),
+                  validation=replace(settings.validation, min_validation_score=0.0))
+    smoke = smoke_check(registry.get("v0004"), few)
+    assert set(smoke) & set(component_names()) == {"entities", "sentiment"}
+    assert smoke["entities"]["texts"] == 5 and smoke["texts"] == 5  # the classifier's own figures are top level
+    assert gate_components(registry.get("v0004"), few)["passed"]
     rollback(registry, settings)
     current = registry.get(registry.current_name())
     assert current.name == "v0003" and components_of(current) == ["classifier", "entities"]
@@ -469,7 +476,7 @@ def test_validate_scores_every_component_and_gates_on_each(registry, monkeypatch
 def test_serve_analyze_returns_components_and_classify_is_unchanged(registry):
     from fastapi.testclient import TestClient
 
-    from hotelbot_cli.deployment import deploy
+    from hotelbot_cli.pipeline.deploy import deploy
     from hotelbot_cli.serving import ServeSettings, create_app
 
     deploy(registry, load_settings(), "v0004")
@@ -509,8 +516,8 @@ def test_component_run_refuses_a_repeat_and_closes_the_monitor_when_training_fai
     """The frame entities, sentiment and the generator share: repeat check, one MLflow run, monitor closed."""
     from types import SimpleNamespace
 
-    from hotelbot_cli.components import component_run
-    from hotelbot_cli.training import SystemMonitor
+    from hotelbot_cli.components.base import training_run as component_run
+    from hotelbot_cli.training.monitor import SystemMonitor
 
     v4 = registry.get("v0004")
     summary = v4.metadata["entities"]

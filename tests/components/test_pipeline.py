@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from conftest import REPO
 from hotelbot_cli.cli.app import app
-from hotelbot_cli.components import adopt_component, components_of
+from hotelbot_cli.components.compose import adopt_component, components_of
 from hotelbot_cli.errors import IntegrityError
 from hotelbot_cli.registry import ModelRegistry
 
@@ -91,7 +91,7 @@ def two_lines(trained_template, isolated_env, tiny_model, mlflow_uri, tmp_path, 
 
     from conftest import clone_version
     from hotelbot_cli.config import load_settings
-    from hotelbot_cli.sentiment import train_sentiment
+    from hotelbot_cli.components.sentiment.classifier import train_sentiment
 
     shutil.copytree(trained_template, isolated_env / "registry", symlinks=True)
     registry = ModelRegistry(isolated_env / "registry")
@@ -110,10 +110,11 @@ def two_lines(trained_template, isolated_env, tiny_model, mlflow_uri, tmp_path, 
 
 
 def test_pipeline_copies_an_unchanged_component_into_the_chain(two_lines):
-    from hotelbot_cli.pipeline import _run_step
+    from hotelbot_cli.components import TrainRequest, get
+    from hotelbot_cli.pipeline.train import _run_step
 
     registry, settings, data = two_lines
-    outcome = _run_step("sentiment", settings, registry, data, "v0003", False, None, {})
+    outcome = _run_step(get("sentiment"), TrainRequest(settings, registry, data, "v0003", False, None, {}))
     assert outcome.status == "unchanged" and outcome.reused_from == "v0002"
     new = registry.get(outcome.version)
     assert outcome.version == "v0004" and components_of(new) == ["classifier", "sentiment"]
@@ -139,16 +140,37 @@ def test_adopt_refuses_a_corrupt_donor_and_publishes_nothing(two_lines):
     assert not list((registry.root / ".staging").glob("build-*"))
 
 
-@pytest.mark.parametrize("component,metrics,expected", [
-    ("sentiment", {"overall_score": 0.93}, ("sentiment_overall_score", 0.93)),
-    ("generator", {"generator": {"relevance": 0.71, "bleu": 12.0}}, ("generator_relevance", 0.71)),
-    ("knowledge", {"chunks": 98}, None),
+def _sentiment_result(info):
+    from hotelbot_cli.components.base import scored_result
+
+    metrics = {"overall_score": 0.93, "metric": "macro_f1"}
+    return scored_result("sentiment", info, metrics, 1.0, None, [], {"from": None, "components": []})
+
+
+def _generator_result(info):
+    from hotelbot_cli.components.generator.generation import generator_result
+
+    scores = {"bleu": 12.0, "rouge_l": 0.2, "perplexity": 9.0, "relevance": 0.71, "exact_match": 0.0}
+    metrics = {"generator": scores, "retrieval_baseline": {k: v for k, v in scores.items() if k != "perplexity"}}
+    return generator_result(info, metrics, 1.0, None, [], {"from": None, "components": []})
+
+
+def _knowledge_result(info):
+    from hotelbot_cli.components import ComponentResult
+
+    return ComponentResult("knowledge", info, {"chunks": 98}, 1.0, None, [], {})
+
+
+@pytest.mark.parametrize("component,result,expected", [
+    ("sentiment", _sentiment_result, ("sentiment_overall_score", 0.93)),
+    ("generator", _generator_result, ("generator_relevance", 0.71)),
+    ("knowledge", _knowledge_result, None),
 ])
-def test_the_parent_run_logs_each_steps_headline_score_under_its_own_name(component, metrics, expected):
-    from types import SimpleNamespace
+def test_the_parent_run_logs_each_steps_headline_score_under_its_own_name(component, result, expected, tmp_path):
+    from hotelbot_cli.pipeline.train import StepOutcome, headline_score
+    from hotelbot_cli.registry import VersionInfo
 
-    from hotelbot_cli.pipeline import StepOutcome, _score
-
-    outcome = StepOutcome(component, "trained", "v0002", result=SimpleNamespace(metrics=metrics))
-    assert _score(outcome) == expected
-    assert _score(StepOutcome(component, "unchanged", "v0001")) is None
+    info = VersionInfo("v0002", tmp_path, {"components": [component]})
+    outcome = StepOutcome(component, "trained", "v0002", result=result(info))
+    assert headline_score(outcome) == expected
+    assert headline_score(StepOutcome(component, "unchanged", "v0001")) is None

@@ -18,10 +18,7 @@ from conftest import REPO, TINY_INTENTS
 from hotelbot_cli.cli.reply import reply_cmd
 from hotelbot_cli.config import load_settings
 from hotelbot_cli.errors import ConfigError, DataError, ModelError, RegistryError
-from hotelbot_cli.generation import (
-    GENERATOR_DIR, GenerationSettings, GeneratorConfig, ReplyPair, Responder, VocabMap, corpus_bleu,
-    corpus_rouge_l, detect_architecture, fit_generator, load_generator, load_reply_data, perplexity,
-    prepare_replies, read_reply_file, rouge_l, rouge_tokens, save_generator, split_pairs, train_generator)
+from hotelbot_cli.components.generator.generation import GENERATOR_DIR, GenerationSettings, GeneratorConfig, ReplyPair, Responder, VocabMap, corpus_bleu, corpus_rouge_l, detect_architecture, fit_generator, load_generator, load_reply_data, perplexity, prepare_replies, read_reply_file, rouge_l, rouge_tokens, save_generator, split_pairs, train_generator
 from hotelbot_cli.registry import ModelRegistry
 
 SHIPPED_PAIRS = REPO / "datasets" / "respuestas_es.jsonl"
@@ -78,7 +75,7 @@ def pair_objects(pairs=PAIRS):
 
 
 def write_prepared(directory):
-    from hotelbot_cli.generation import PreparedReplies, pairs_fingerprint, write_prepared_replies
+    from hotelbot_cli.components.generator.generation import PreparedReplies, pairs_fingerprint, write_prepared_replies
 
     train, validation = pair_objects(PAIRS), pair_objects(VAL_PAIRS)
     return write_prepared_replies(PreparedReplies(train, validation, pairs_fingerprint(train, validation),
@@ -105,7 +102,7 @@ def tiny_settings(root, tiny_model, mlflow_uri, **env):
 def gen_template(tmp_path_factory, trained_template, tiny_model, mlflow_uri):
     """v0001 classifier (the session template), v0002 + knowledge base, v0003 + grounded generator.
     Built once per module; copy it (``gen_registry``) to change anything."""
-    from hotelbot_cli.knowledge import train_knowledge_base
+    from hotelbot_cli.components.knowledge.kb import train_knowledge_base
 
     root = tmp_path_factory.mktemp("gen-template")
     shutil.copytree(trained_template, root / "registry", symlinks=True)
@@ -205,7 +202,7 @@ def test_the_shipped_pairs_validate_and_split_seeded_and_stratified(tmp_path):
     assert split_pairs(train + validation, 0.2, 42) == split_pairs(train + validation, 0.2, 42)
     assert split_pairs(train + validation, 0.2, 7)[1] != split_pairs(train + validation, 0.2, 42)[1]
     # written and read back as a prepared directory, with a fingerprint guarding the split
-    from hotelbot_cli.generation import write_prepared_replies
+    from hotelbot_cli.components.generator.generation import write_prepared_replies
 
     write_prepared_replies(prepared, tmp_path / "gen")
     again = load_reply_data(tmp_path / "gen")
@@ -306,7 +303,7 @@ def test_the_version_carries_over_the_other_components(gen_template):
     assert metrics["generator"]["perplexity"] > 1.0 and -1.0 <= metrics["generator"]["relevance"] <= 1.0
     assert GenerationSettings.from_dict(json.loads((gen / "generation.json").read_text("utf-8"))).num_beams == 2
     # the registry's newest version is the source: training the same again is a no-op unless forced
-    from hotelbot_cli.training import AlreadyTrainedError
+    from hotelbot_cli.errors import AlreadyTrainedError
 
     settings = gen_template["settings"]
     with pytest.raises(AlreadyTrainedError) as already:
@@ -316,7 +313,7 @@ def test_the_version_carries_over_the_other_components(gen_template):
 
 
 def test_grounding_gives_passages_and_the_reply_cites_them(gen_registry):
-    from hotelbot_cli.knowledge import KnowledgeBase
+    from hotelbot_cli.components.knowledge.kb import KnowledgeBase
 
     info = gen_registry.get("v0003")
     responder = Responder.from_version(info)
@@ -333,7 +330,7 @@ def test_grounding_gives_passages_and_the_reply_cites_them(gen_registry):
         # batched vs single-query embedding may differ in the last float digit
         assert [s["score"] for s in answer["sources"]] == pytest.approx([h.score for h in hits], abs=1e-5)
     # the passages really are the encoder's input: other passages give a different source sequence
-    from hotelbot_cli.generation import passages_text
+    from hotelbot_cli.components.generator.generation import passages_text
 
     hits = responder.retrieve(messages[:1])
     with_kb = responder.features.source(messages[:1], [passages_text(hits[0], 300)])[0]["input_ids"]
@@ -355,7 +352,7 @@ def test_responder_shape_errors_and_versions_without_a_generator(gen_registry):
 
 
 def test_rescoring_a_version_reproduces_its_recorded_metrics(gen_registry):
-    from hotelbot_cli.generation import evaluate_version
+    from hotelbot_cli.components.generator.generation import evaluate_version
 
     info = gen_registry.get("v0003")
     recorded = json.loads((info.path / GENERATOR_DIR / "metrics.json").read_text("utf-8"))
@@ -369,7 +366,7 @@ def test_rescoring_a_version_reproduces_its_recorded_metrics(gen_registry):
 
 
 def test_deploy_and_rollback_move_the_generator_with_the_rest(gen_registry):
-    from hotelbot_cli.deployment import deploy, rollback
+    from hotelbot_cli.pipeline.deploy import deploy, rollback
 
     settings = load_settings()
     deploy(gen_registry, settings, "v0002")
@@ -435,7 +432,7 @@ def test_a_frozen_packaged_encoder_is_referenced_not_copied(tiny_model, tmp_path
 def test_the_encoder_projection_starts_as_standardisation():
     import torch
 
-    from hotelbot_cli.generation import standardize_projection
+    from hotelbot_cli.components.generator.generation import standardize_projection
 
     class Model(torch.nn.Module):
         def __init__(self):

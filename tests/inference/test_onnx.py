@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 
 from conftest import REPO, clone_version
 from hotelbot_cli.errors import ConfigError, DataError, IntegrityError
-from hotelbot_cli.onnx_runtime import (ONNX_FP32, ONNX_INT8, RUNTIME_FILE, RUNTIMES, TORCH, OnnxPredictor,
-                                       choose_runtime, compare_runtimes)
+from hotelbot_cli.export import compare_runtimes
+from hotelbot_cli.runtime import ONNX_FP32, ONNX_INT8, RUNTIME_FILE, RUNTIMES, TORCH, OnnxPredictor, choose_runtime
 
 WITH_ONNX, WITHOUT_ONNX = "v0002", "v0003"
 ONNX_NAMES = ("model.onnx", "model.onnx.data", "model.int8.onnx", "model.int8.onnx.data", RUNTIME_FILE)
@@ -32,24 +32,24 @@ HEAVY = ("torch", "transformers", "sklearn", "mlflow", "datasets", "onnx")
 
 
 def _add_onnx(staged: Path) -> None:
-    from hotelbot_cli import onnx_runtime
     from hotelbot_cli.data import read_jsonl_examples
+    from hotelbot_cli.export import export_onnx, graph
     from hotelbot_cli.modeling import load_classifier
 
     if (staged / "model" / RUNTIME_FILE).exists():  # training already exported it
         return
     model, tokenizer = load_classifier(staged / "model")
-    threshold = onnx_runtime.EXTERNAL_DATA_THRESHOLD
-    onnx_runtime.EXTERNAL_DATA_THRESHOLD = 64 * 1024  # the tiny model's embeddings go to model.onnx.data too
+    threshold = graph.EXTERNAL_DATA_THRESHOLD
+    graph.EXTERNAL_DATA_THRESHOLD = 64 * 1024  # the tiny model's embeddings go to model.onnx.data too
     try:
-        onnx_runtime.export_onnx(model, tokenizer, staged / "model",
-                                 read_jsonl_examples(staged / "data" / "validation.jsonl"), latency_runs=5)
+        export_onnx(model, tokenizer, staged / "model",
+                    read_jsonl_examples(staged / "data" / "validation.jsonl"), latency_runs=5)
     finally:
-        onnx_runtime.EXTERNAL_DATA_THRESHOLD = threshold
+        graph.EXTERNAL_DATA_THRESHOLD = threshold
 
 
 def _drop_onnx(staged: Path) -> None:
-    from hotelbot_cli.onnx_runtime import drop_export
+    from hotelbot_cli.export import drop_export
 
     drop_export(staged / "model")
     assert not [p for p in (staged / "model").iterdir() if ".onnx" in p.name or p.name == RUNTIME_FILE]
@@ -79,9 +79,9 @@ def onnx_registry(onnx_template, isolated_env, monkeypatch):
 
 
 def _torch_predictor(registry, name):
-    from hotelbot_cli.inference import Predictor
+    from hotelbot_cli.runtime import TorchPredictor
 
-    return Predictor.from_version(registry.get(name))
+    return TorchPredictor.from_version(registry.get(name))
 
 
 # ------------------------------------------------------------------ export
@@ -126,27 +126,29 @@ def test_outlier_inputs_are_measured_and_their_matmuls_kept_fp32_in_the_int8_gra
     MatMuls stay fp32."""
     import onnx
 
-    from hotelbot_cli import onnx_runtime as rt
+    from hotelbot_cli.export.graph import _probe_feed
+    from hotelbot_cli.export.quantize import OUTLIER_RATIO, _outlier_inputs, _quantize
     from hotelbot_cli.modeling import load_classifier
+    from hotelbot_cli.runtime import RuntimeClassifierConfig
 
     model_dir = onnx_registry.get(WITH_ONNX).path / "model"
     spec = json.loads((model_dir / RUNTIME_FILE).read_text("utf-8"))
-    assert spec["outlier_ratio_cutoff"] == rt.OUTLIER_RATIO
-    assert all(ratio >= rt.OUTLIER_RATIO for ratio in spec["kept_fp32"].values())
+    assert spec["outlier_ratio_cutoff"] == OUTLIER_RATIO
+    assert all(ratio >= OUTLIER_RATIO for ratio in spec["kept_fp32"].values())
     fp32 = onnx.load(str(model_dir / "model.onnx"), load_external_data=False)
     weighted = [n.name for n in fp32.graph.node if n.op_type in ("MatMul", "Attention")
                 and {n.input[1]} <= {i.name for i in fp32.graph.initializer}]
     _, tokenizer = load_classifier(model_dir)
-    cfg = rt.RuntimeClassifierConfig.from_file(model_dir / "classifier.json")
+    cfg = RuntimeClassifierConfig.from_file(model_dir / "classifier.json")
     work = tmp_path / "model.onnx"
     shutil.copy(model_dir / "model.onnx", work)
     if (model_dir / "model.onnx.data").exists():
         shutil.copy(model_dir / "model.onnx.data", tmp_path / "model.onnx.data")
-    ratios = rt._outlier_inputs(work, [rt._probe_feed(tokenizer, cfg, [t]) for t in TEXTS])
+    ratios = _outlier_inputs(work, [_probe_feed(tokenizer, cfg, [t]) for t in TEXTS])
     assert set(ratios) == set(weighted) and all(r >= 1.0 for r in ratios.values())
     assert not list(tmp_path.glob("*.tmp"))  # the probe graph is gone
     keep = weighted[:1]
-    rt._quantize(work, tmp_path / "q.onnx", keep)
+    _quantize(work, tmp_path / "q.onnx", keep)
     nodes = {n.name: n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
     assert nodes.get(keep[0]) in ("MatMul", "Attention")  # left in fp32
     assert not any(nodes.get(name) in ("MatMul", "Attention") for name in weighted[1:])  # quantized
@@ -158,7 +160,7 @@ def test_outlier_inputs_are_measured_and_their_matmuls_kept_fp32_in_the_int8_gra
     ({f"n{i}": 100.0 + i for i in range(8)}, ["n6", "n7"]),          # the worst ones
 ])
 def test_keep_fp32_takes_the_worst_outliers_up_to_a_share(ratios, expected):
-    from hotelbot_cli.onnx_runtime import _keep_fp32
+    from hotelbot_cli.export.quantize import _keep_fp32
 
     assert _keep_fp32(ratios, cutoff=60.0, share=0.25) == expected
 
@@ -166,48 +168,49 @@ def test_keep_fp32_takes_the_worst_outliers_up_to_a_share(ratios, expected):
 @pytest.mark.parametrize("int8_alone_passes", [True, False])
 def test_int8_alone_serves_when_it_passes_the_gate_else_with_its_close_calls_rechecked(
         onnx_registry, tmp_path, monkeypatch, int8_alone_passes):
-    from hotelbot_cli import onnx_runtime as rt
     from hotelbot_cli.data import read_jsonl_examples
+    from hotelbot_cli.export import drop_export, export_onnx
     from hotelbot_cli.modeling import load_classifier
+    from hotelbot_cli.runtime import selection
 
     info = onnx_registry.get(WITH_ONNX)
     model_dir = tmp_path / "v0099" / "model"
     shutil.copytree(info.path / "model", model_dir)
-    rt.drop_export(model_dir)
-    real = rt._qualifies
+    drop_export(model_dir)
+    real = selection._qualifies
 
     def gate(measurements, name, tolerance):  # int8 alone: as the test says; with its recheck: the real gate
         if name == ONNX_INT8 and "recheck" not in measurements.get(name, {}):
             return int8_alone_passes
         return real(measurements, name, tolerance)
 
-    monkeypatch.setattr(rt, "_qualifies", gate)
+    monkeypatch.setattr(selection, "_qualifies", gate)
     model, tokenizer = load_classifier(model_dir)
     validation = read_jsonl_examples(info.path / "data" / "validation.jsonl")
-    spec = rt.export_onnx(model, tokenizer, model_dir, validation, latency_runs=2, recheck_margin=1.0)
+    spec = export_onnx(model, tokenizer, model_dir, validation, latency_runs=2, recheck_margin=1.0)
     int8 = spec["runtimes"][ONNX_INT8]
     if int8_alone_passes:
         assert spec["runtime"] in (ONNX_INT8, ONNX_FP32, TORCH) and spec["recheck"] is None and "recheck" not in int8
-        assert rt.OnnxPredictor.from_model_dir(model_dir, ONNX_INT8).recheck is None
+        assert OnnxPredictor.from_model_dir(model_dir, ONNX_INT8).recheck is None
         return
     # margin 1.0: every text is a close call, so the served int8 answers are fp32's
     assert spec["recheck"] == {"runtime": ONNX_FP32, "file": "model.onnx", "margin": 1.0}
     assert int8["recheck"]["rate"] == 1.0 and int8["agreement_with_torch"] == 1.0
     assert int8["accuracy"] == spec["runtimes"][TORCH]["accuracy"]
     assert set(int8["without_recheck"]) == {"accuracy", "agreement_with_torch", "max_abs_prob_diff_vs_torch"}
-    assert rt.OnnxPredictor.from_model_dir(model_dir, ONNX_INT8).recheck.margin == 1.0  # what predict/serve load
+    assert OnnxPredictor.from_model_dir(model_dir, ONNX_INT8).recheck.margin == 1.0  # what predict/serve load
     monkeypatch.setenv("HOTELBOT_RUNTIME_RECHECK_MARGIN", "0")  # the operator's override at load time
-    assert rt.OnnxPredictor.from_model_dir(model_dir, ONNX_INT8).recheck is None
+    assert OnnxPredictor.from_model_dir(model_dir, ONNX_INT8).recheck is None
     monkeypatch.setenv("HOTELBOT_RUNTIME_RECHECK_MARGIN", "0.2")
-    assert rt.OnnxPredictor.from_model_dir(model_dir, ONNX_INT8).recheck.margin == 0.2
+    assert OnnxPredictor.from_model_dir(model_dir, ONNX_INT8).recheck.margin == 0.2
     monkeypatch.setenv("HOTELBOT_RUNTIME_RECHECK_MARGIN", "lots")
     with pytest.raises(ConfigError, match="HOTELBOT_RUNTIME_RECHECK_MARGIN"):
-        rt.OnnxPredictor.from_model_dir(model_dir, ONNX_INT8)
+        OnnxPredictor.from_model_dir(model_dir, ONNX_INT8)
 
 
 def test_export_refuses_a_directory_without_the_saved_classifier(tmp_path):
     from hotelbot_cli.errors import ModelError
-    from hotelbot_cli.onnx_runtime import export_onnx
+    from hotelbot_cli.export import export_onnx
 
     with pytest.raises(ModelError, match="save_classifier"):
         export_onnx(object(), object(), tmp_path, [])
@@ -267,7 +270,7 @@ def test_unigram_subset_tokenizer_gives_the_hf_ids(tmp_path, padding_side):
     added tokens typed in the text, truncation and either padding side included."""
     from transformers import AutoTokenizer
 
-    from hotelbot_cli.onnx_runtime import UnigramSubsetEncoder, load_text_encoder, write_unigram_index
+    from hotelbot_cli.runtime.tokenizers import UnigramSubsetEncoder, load_text_encoder, write_unigram_index
 
     model_dir = _unigram_tokenizer_dir(tmp_path, padding_side)
     hf = AutoTokenizer.from_pretrained(str(model_dir))
@@ -291,7 +294,8 @@ def test_e5_unigram_subset_equals_the_whole_tokenizer(model_cache):
     e5 = Path(model_cache) / "multilingual-e5-small"
     if not (e5 / "tokenizer.json").is_file():
         pytest.skip("the converted packaged e5 is not in the model cache")
-    from hotelbot_cli.onnx_runtime import FullEncoder, UnigramSubsetEncoder, load_fast_tokenizer, load_text_encoder
+    from hotelbot_cli.runtime.tokenizers import (FullEncoder, UnigramSubsetEncoder, load_fast_tokenizer,
+                                                 load_text_encoder)
 
     fast = load_text_encoder(e5, 16)
     assert isinstance(fast, UnigramSubsetEncoder)
@@ -355,7 +359,7 @@ def test_int8_parallel_lanes_and_per_text_futures_give_the_same_answers(onnx_reg
 def test_int8_close_calls_are_rerun_on_fp32_and_clear_ones_are_not(onnx_registry, monkeypatch):
     """int8 differs from fp32 by up to ~0.3 in a probability, so its answer can flip only when it is a
     close call: such texts are re-run on fp32 (whose answer is kept), the rest keep int8's answer."""
-    from hotelbot_cli.onnx_runtime import Recheck
+    from hotelbot_cli.runtime import Recheck
 
     monkeypatch.setenv("HOTELBOT_ONNX_THREADS", "2")
     model_dir = onnx_registry.get(WITH_ONNX).path / "model"
@@ -395,7 +399,7 @@ def test_int8_close_calls_are_rerun_on_fp32_and_clear_ones_are_not(onnx_registry
     ([0.9, 0.05, 0.05], 0.65, 0.3, True),
 ])
 def test_a_close_call_is_a_small_top2_gap_or_a_confidence_near_the_threshold(tmp_path, probs, threshold, margin, close):
-    from hotelbot_cli.onnx_runtime import Recheck
+    from hotelbot_cli.runtime import Recheck
 
     recheck = Recheck(tmp_path / "never-opened.onnx", margin)
     assert recheck.needed(np.array(probs, dtype=np.float32), threshold) is close
@@ -447,7 +451,7 @@ def test_choose_runtime_is_the_fastest_within_tolerance(measurements, tolerance,
 
 
 def test_train_says_which_runtime_and_why_int8_was_not_chosen():
-    from hotelbot_cli.onnx_runtime import describe_choice
+    from hotelbot_cli.runtime import describe_choice
 
     runtimes = {TORCH: {"accuracy": 0.9561, "latency_ms_p50": 12.3}, ONNX_FP32: {"accuracy": 0.9561, "latency_ms_p50": 8.2},
                 ONNX_INT8: {"accuracy": 0.9467, "latency_ms_p50": 3.2}}
@@ -489,21 +493,21 @@ def test_compare_runtimes_records_int8_against_fp32(onnx_registry, monkeypatch):
 
 
 def test_factory_follows_runtime_json_and_the_env_override(onnx_registry, monkeypatch):
-    from hotelbot_cli.inference import Predictor, load_predictor, predictor_from_registry
+    from hotelbot_cli.runtime import TorchPredictor, load_predictor, predictor_from_registry
 
     recorded = json.loads((onnx_registry.get(WITH_ONNX).path / "model" / RUNTIME_FILE).read_text())["runtime"]
     chosen = predictor_from_registry(onnx_registry, WITH_ONNX)
     assert chosen.runtime == recorded and chosen.version == WITH_ONNX
-    assert isinstance(chosen, Predictor) == (recorded == TORCH)
-    for runtime, kind in ((ONNX_FP32, OnnxPredictor), (ONNX_INT8, OnnxPredictor), (TORCH, Predictor)):
+    assert isinstance(chosen, TorchPredictor) == (recorded == TORCH)
+    for runtime, kind in ((ONNX_FP32, OnnxPredictor), (ONNX_INT8, OnnxPredictor), (TORCH, TorchPredictor)):
         monkeypatch.setenv("HOTELBOT_RUNTIME", runtime)
         predictor = predictor_from_registry(onnx_registry, WITH_ONNX)
         assert isinstance(predictor, kind) and predictor.runtime == runtime
         assert load_predictor(onnx_registry.get(WITH_ONNX)).runtime == runtime
     # A version without ONNX files runs on torch, whatever is asked.
-    assert isinstance(predictor_from_registry(onnx_registry, WITHOUT_ONNX), Predictor)
+    assert isinstance(predictor_from_registry(onnx_registry, WITHOUT_ONNX), TorchPredictor)
     monkeypatch.setenv("HOTELBOT_RUNTIME", ONNX_INT8)
-    assert isinstance(predictor_from_registry(onnx_registry, WITHOUT_ONNX), Predictor)
+    assert isinstance(predictor_from_registry(onnx_registry, WITHOUT_ONNX), TorchPredictor)
     monkeypatch.setenv("HOTELBOT_RUNTIME", "tensorflow")
     with pytest.raises(ConfigError, match="HOTELBOT_RUNTIME"):
         predictor_from_registry(onnx_registry, WITH_ONNX)
@@ -518,7 +522,7 @@ def _corrupt(path: Path) -> None:
 @pytest.mark.parametrize("name", ["model.int8.onnx", "model.int8.onnx.data", "model.onnx", "model.onnx.data",
                                   "tokenizer.json", "classifier.json", RUNTIME_FILE])
 def test_onnx_path_refuses_a_version_whose_read_files_are_corrupt(onnx_registry, monkeypatch, name):
-    from hotelbot_cli.inference import predictor_from_registry
+    from hotelbot_cli.runtime import predictor_from_registry
 
     runtime = ONNX_FP32 if name.startswith("model.onnx") else ONNX_INT8
     monkeypatch.setenv("HOTELBOT_RUNTIME", runtime)
@@ -533,8 +537,7 @@ def test_onnx_path_refuses_a_version_whose_read_files_are_corrupt(onnx_registry,
 
 
 def test_predict_checks_and_opens_int8s_fp32_second_opinion_only_when_a_close_call_needs_it(onnx_registry, monkeypatch):
-    from hotelbot_cli.inference import predictor_from_registry
-    from hotelbot_cli.onnx_runtime import Recheck
+    from hotelbot_cli.runtime import Recheck, predictor_from_registry
 
     monkeypatch.setenv("HOTELBOT_RUNTIME", ONNX_INT8)
     monkeypatch.setenv("HOTELBOT_RUNTIME_RECHECK_MARGIN", "0.3")  # as if int8 alone had missed the gate
@@ -549,7 +552,7 @@ def test_predict_checks_and_opens_int8s_fp32_second_opinion_only_when_a_close_ca
 
 
 def test_onnx_path_hashes_only_what_it_reads(onnx_registry, monkeypatch):
-    from hotelbot_cli.inference import predictor_from_registry
+    from hotelbot_cli.runtime import predictor_from_registry
 
     monkeypatch.setenv("HOTELBOT_RUNTIME", ONNX_INT8)
     _corrupt(onnx_registry.get(WITH_ONNX).path / "model" / "model.safetensors")
@@ -563,7 +566,7 @@ def test_onnx_path_hashes_only_what_it_reads(onnx_registry, monkeypatch):
 
 def test_an_unrecorded_onnx_file_is_refused(onnx_registry, monkeypatch):
     """ONNX files dropped into a published version (not in its checksums) are never loaded."""
-    from hotelbot_cli.inference import predictor_from_registry
+    from hotelbot_cli.runtime import predictor_from_registry
 
     src = onnx_registry.get(WITH_ONNX).path / "model"
     dst = onnx_registry.get(WITHOUT_ONNX).path / "model"
@@ -619,7 +622,7 @@ def test_predict_on_onnx_never_imports_torch_or_transformers(onnx_registry):
 def test_help_versions_and_library_imports_stay_light(isolated_env):
     """`hotelbot --help` / `versions` and importing the inference modules load no ML runtime at all."""
     code = ("import sys\nfrom hotelbot_cli.cli.app import app\n"
-            "import hotelbot_cli.inference, hotelbot_cli.onnx_runtime\n"
+            "import hotelbot_cli.runtime, hotelbot_cli.export\n"
             "for args in (['--help'], ['versions', '--json'], ['predict', '--help']):\n"
             "    try:\n        app(args)\n    except SystemExit as e:\n        assert e.code == 0, (args, e.code)\n"
             f"print('LOADED=' + ','.join(m for m in {HEAVY + ('onnxruntime', 'tokenizers', 'numpy')!r} "

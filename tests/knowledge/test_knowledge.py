@@ -18,10 +18,7 @@ from hotelbot_cli.cli.prepare import prepare_cmd
 from hotelbot_cli.cli.search import search_cmd
 from hotelbot_cli.config import load_settings
 from hotelbot_cli.errors import DataError, IntegrityError, ModelError, RegistryError
-from hotelbot_cli.knowledge import (
-    BM25, Chunk, EvalQuestion, ExactIndex, KnowledgeBase, bm25_tokens, chunk_document,
-    clean_chunk_text, evaluate_retrieval, prepare_documents, ranking_metrics, read_prepared_documents,
-    train_knowledge_base)
+from hotelbot_cli.components.knowledge.kb import BM25, Chunk, EvalQuestion, ExactIndex, KnowledgeBase, bm25_tokens, chunk_document, clean_chunk_text, evaluate_retrieval, prepare_documents, ranking_metrics, read_prepared_documents, train_knowledge_base
 from hotelbot_cli.registry import ModelRegistry
 
 SHIPPED_DOCS = REPO / "datasets" / "documentos"
@@ -257,7 +254,7 @@ def test_new_version_carries_over_the_classifier(registry_copy, kb_settings, tmp
         registry_copy.get("v0001").metadata["files"]["metrics.json"])
 
     # The other direction: the shared helper every other builder uses carries knowledge/ and its metadata.
-    from hotelbot_cli.components import carry_over
+    from hotelbot_cli.components.compose import carry_over
 
     with registry_copy.staging() as staged:
         merged = carry_over(registry_copy, staged, "classifier")
@@ -312,7 +309,7 @@ def test_incremental_build_equals_a_full_rebuild(kb_settings, tmp_path):
 
 
 def test_rollback_restores_the_previous_knowledge_base(registry_copy, kb_settings, tmp_path):
-    from hotelbot_cli.deployment import deploy, rollback
+    from hotelbot_cli.pipeline.deploy import deploy, rollback
 
     docs = write_corpus(tmp_path / "docs")
     v_a = train_knowledge_base(kb_settings, docs, registry_copy).version
@@ -378,8 +375,8 @@ def test_train_cli_builds_and_updates_the_knowledge_base(kb_settings, tmp_path):
 def test_knowledge_only_deploy_then_a_classifier_keeps_the_knowledge_base(kb_settings, tmp_path, fast_train_env,
                                                                           tiny_data, monkeypatch):
     from hotelbot_cli.data import prepare_dataset
-    from hotelbot_cli.deployment import deploy, rollback
-    from hotelbot_cli.training import train_classifier
+    from hotelbot_cli.pipeline.deploy import deploy, rollback
+    from hotelbot_cli.components.intents.train import train_classifier
 
     registry = ModelRegistry(kb_settings.paths.registry)
     docs = write_corpus(tmp_path / "docs")

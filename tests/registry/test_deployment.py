@@ -36,7 +36,7 @@ def break_head(staged):
     state["head.bias"].zero_()
     state["head.bias"][0] = 10.0
     save_file(state, str(path))
-    from hotelbot_cli.onnx_runtime import drop_export
+    from hotelbot_cli.export import drop_export
 
     drop_export(staged / "model")  # the ONNX export was made from the old weights: this clone runs on torch
 
@@ -129,12 +129,12 @@ def test_per_intent_regression_blocks_deploy(registry_copy):
 
 
 def test_failed_verification_auto_rolls_back_with_exit_4(registry_copy, monkeypatch):
-    import hotelbot_cli.deployment as deployment
+    import hotelbot_cli.pipeline.deploy as deployment
     from hotelbot_cli.errors import ModelError
 
     assert run("deploy", "v0001").exit_code == 0
 
-    def broken_smoke(info, count):
+    def broken_smoke(info, settings):
         raise ModelError(f"{info.name} does not load")
 
     monkeypatch.setattr(deployment, "smoke_check", broken_smoke)

@@ -97,7 +97,7 @@ def registry(tmp_path_factory, tiny_model, mlflow_uri, model_cache) -> ModelRegi
     v0005: v0001 with an invalid threshold."""
     from hotelbot_cli.config import load_settings
     from hotelbot_cli.data import prepare_dataset
-    from hotelbot_cli.training import train_classifier
+    from hotelbot_cli.components.intents.train import train_classifier
 
     work = tmp_path_factory.mktemp("serve")
     data = work / "tiny.json"
@@ -136,7 +136,7 @@ def labels(registry) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ endpoints
 def test_every_endpoint_with_a_model(client, registry, labels):
-    from hotelbot_cli.inference import predictor_from_registry
+    from hotelbot_cli.runtime import predictor_from_registry
 
     assert client.get("/health").json() == {"status": "ok"}
     ready = client.get("/ready")

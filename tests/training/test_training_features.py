@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from conftest import TINY_INTENTS, clone_version
 from hotelbot_cli.cli.app import app
-from hotelbot_cli.training import apply_threshold, calibrate_threshold
+from hotelbot_cli.training.calibration import apply_threshold, calibrate_threshold
 
 runner = CliRunner()
 
@@ -184,7 +184,7 @@ def test_cross_validation_reports_mean_spread_and_summed_confusion(tiny_data, is
 def test_class_weights_follow_inverse_frequency(tmp_path, tiny_model):
     from hotelbot_cli.config import TrainingConfig
     from hotelbot_cli.data import Example
-    from hotelbot_cli.training import fit_classifier
+    from hotelbot_cli.training.classify import fit_classifier
 
     train = [Example(t, "greeting") for t in TINY_INTENTS["greeting"]] + \
         [Example(t, "get_news") for t in TINY_INTENTS["get_news"][:4]]
@@ -201,7 +201,7 @@ def test_extra_callbacks_see_every_epoch_evaluation_with_the_model(tmp_path, tin
 
     from hotelbot_cli.config import TrainingConfig
     from hotelbot_cli.data import Example
-    from hotelbot_cli.training import fit_classifier
+    from hotelbot_cli.training.classify import fit_classifier
 
     class Recorder(TrainerCallback):
         epochs: list[float] = []
@@ -224,7 +224,7 @@ def test_group_by_length_trains_on_fewer_pad_tokens_with_the_same_examples(tmp_p
     from hotelbot_cli.config import TrainingConfig
     from hotelbot_cli.data import Example
     from hotelbot_cli.modeling import SentenceClassifier
-    from hotelbot_cli.training import fit_classifier
+    from hotelbot_cli.training.classify import fit_classifier
 
     words = "hola buenas quiero saber a qué hora abre el desayuno del hotel por favor gracias".split()
     train = [Example(" ".join(words[: 1 + i % len(words)]) + f" {i}", "a" if i % 2 else "b") for i in range(64)]

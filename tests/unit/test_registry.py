@@ -5,7 +5,7 @@ import pytest
 
 from hotelbot_cli.errors import IntegrityError, RegistryError, VersionNotFoundError
 from hotelbot_cli.registry import ModelRegistry, check_version_name
-from hotelbot_cli._atomic import atomic_write_json
+from hotelbot_cli._io import atomic_write_json
 
 
 def publish(reg, payload=b"weights"):
@@ -82,7 +82,7 @@ def test_lock_is_exclusive(tmp_path):
 
 
 def test_atomic_write_failure_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
-    import hotelbot_cli._atomic as atomic
+    import hotelbot_cli._io as atomic
 
     folder = tmp_path / "meta"
     target = folder / "meta.json"

@@ -48,26 +48,31 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator, S
 
 import numpy as np
 
-from ._atomic import atomic_write_bytes, atomic_write_json
-from .data import clean_text
-from .errors import DataError, ModelError, RegistryError
+from ..._io import atomic_write_bytes, atomic_write_json, iter_jsonl
+from ...data import clean_text
+from ...errors import DataError, ModelError, RegistryError
+from ...registry.checksums import component_problems
+from ...training.events import TrainingEvent, emitter
+from ...training.monitor import library_versions
+from ...training.tracking import MlflowTracker
+from ..compose import has_component, publish_version, source_version
 
 if TYPE_CHECKING:
-    from .config import Settings
-    from .registry import ModelRegistry, VersionInfo
-    from .training import Listener
+    from ...config import Settings
+    from ...registry import ModelRegistry, VersionInfo
+    from ...training.events import Listener
 
 log = logging.getLogger("hotelbot.knowledge")
 
 KNOWLEDGE_DIR = "knowledge"
 COMPONENT = "knowledge"
+KIND = "knowledge-base"
 CHUNKS_FILE = "chunks.jsonl"
 DOCUMENTS_FILE = "documents.json"
 INDEX_FILE = "index.json"
 DOCUMENTS_FORMAT = "hotelbot-documents/1"
 KNOWLEDGE_FORMAT = "hotelbot-knowledge/1"
 SUPPORTED_DOCUMENT_SUFFIXES = (".md", ".txt")
-DEFAULT_DOCUMENTS_OUTPUT = Path("data/documents")
 DEFAULT_MAX_CHARS = 800
 DEFAULT_OVERLAP_CHARS = 150
 MAX_EMBED_TOKENS = 512
@@ -361,15 +366,14 @@ def write_prepared_documents(prepared: PreparedDocuments, out_dir: Path) -> Path
 def _read_chunks(path: Path) -> list[Chunk]:
     chunks = []
     try:
-        lines = path.read_text("utf-8").splitlines()
+        text = path.read_text("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
-    for number, line in enumerate(lines, 1):
-        if line.strip():
-            try:
-                chunks.append(Chunk.from_dict(json.loads(line)))
-            except (json.JSONDecodeError, DataError) as exc:
-                raise DataError(f"{path} line {number}: {exc}") from None
+    for number, record in iter_jsonl(path, text):
+        try:
+            chunks.append(Chunk.from_dict(record))
+        except DataError as exc:
+            raise DataError(f"{path}: line {number}: {exc}") from None
     return chunks
 
 
@@ -556,7 +560,7 @@ def model_fingerprint(location: str) -> str:
     """Identifies the embedding model's weights and tokenizer without hashing hundreds of MB:
     a packaged model by its source file's sha256 (from its conversion marker); a local directory by
     the content of its small files and the names and sizes of files above 64 MiB; a hub id by name."""
-    from .packaged import MARKER_NAME
+    from ...packaged import MARKER_NAME
 
     path = Path(location)
     if (path / MARKER_NAME).is_file():
@@ -607,7 +611,7 @@ class EmbeddingModel:
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """No weight-loading progress bar or load report on stderr (a search prints results, not noise)."""
-    from .modeling import quiet_transformers
+    from ...modeling import quiet_transformers
 
     with quiet_transformers():
         yield
@@ -619,7 +623,7 @@ _E5_NAME_RE = re.compile(r"(^|[/_.-])e5([/_.-]|$)", re.IGNORECASE)
 def _input_conventions(resolved: Any) -> tuple[str, str]:
     """(query prefix, pooling) of a resolved model. A directory is recognised as a packaged model by its
     conversion marker, and as an E5 model (which needs "query: "/"passage: ") by its name."""
-    from .packaged import MARKER_NAME, PACKAGED_MODELS
+    from ...packaged import MARKER_NAME, PACKAGED_MODELS
 
     if resolved.packaged or resolved.query_prefix:
         return resolved.query_prefix, resolved.pooling
@@ -647,7 +651,7 @@ class Embedder:
     @classmethod
     def load(cls, spec: str, models_dir: Path, pooling: str = "") -> "Embedder":
         """Resolve ``spec`` like ``--base-model`` (packaged name, local directory or hub id) and load it."""
-        from .modeling import load_base_encoder, resolve_base_model
+        from ...modeling import load_base_encoder, resolve_base_model
 
         resolved = resolve_base_model(spec, Path(models_dir))
         with _quiet_transformers():
@@ -673,7 +677,7 @@ class Embedder:
         packaged model converted into this machine's cache), refusing one whose weights changed since."""
         spec = recorded.location if Path(recorded.location).is_dir() else recorded.spec
         if models_dir is None and not Path(spec).is_dir():
-            from .config import load_settings
+            from ...config import load_settings
 
             models_dir = load_settings().paths.models_dir
         embedder = cls.load(spec, Path(models_dir or "."), recorded.pooling)
@@ -688,7 +692,7 @@ class Embedder:
         """(len(texts), dim) float32 normalized. ``kind`` is "query" or "passage" (picks the prefix)."""
         import torch
 
-        from .modeling import pool
+        from ...modeling import pool
 
         prefix = self.model.query_prefix if kind == "query" else self.model.passage_prefix
         out = np.zeros((len(texts), self.model.dim), dtype=np.float32)
@@ -735,14 +739,8 @@ class KnowledgeResult:
 
 def _knowledge_problems(info: "VersionInfo") -> list[str]:
     """Files of ``info``'s knowledge/ that are missing, unrecorded or fail their recorded sha256."""
-    from .registry.store import sha256_file
-
-    recorded = {rel: digest for rel, digest in (info.metadata.get("files") or {}).items()
-                if rel.startswith(KNOWLEDGE_DIR + "/")}
-    root = info.path / KNOWLEDGE_DIR
-    present = {p.relative_to(info.path).as_posix() for p in root.rglob("*") if p.is_file()} if root.is_dir() else set()
-    return sorted(rel for rel in recorded.keys() | present
-                  if rel not in recorded or rel not in present or sha256_file(info.path / rel) != recorded[rel])
+    _, problems = component_problems(info.path, info.metadata.get("files") or {}, (KNOWLEDGE_DIR,))
+    return problems
 
 
 @dataclass
@@ -791,10 +789,7 @@ def train_knowledge_base(
     ``settings.training.base_model``; ``incremental`` reuses the source's vectors of unchanged documents.
     ``source`` names the version to build on instead of the deployed one (else the newest), e.g. a
     classifier version just trained by ``train --model-type all``."""
-    from .components import carry_over, has_component, source_version
-    from .training import MlflowTracker, TrainingEvent, library_versions
-
-    emit = listener or (lambda event: None)
+    emit = emitter(listener)
     start = time.monotonic()
     prepared = load_documents(Path(documents_dir))
     source_info = source_version(registry, source)
@@ -842,56 +837,57 @@ def train_knowledge_base(
     emit(TrainingEvent("status", message=f"{len(prepared.documents)} documents, {len(prepared.chunks)} chunks: "
                                          f"embedding {len(todo)}, reusing {len(reusable)}"))
     tracker = MlflowTracker(settings.paths.tracking_uri, experiment=EXPERIMENT)
-    with registry.staging() as staged, tracker.run(run_name=f"knowledge-{prepared.fingerprint[:8]}",
-                                                   tags={"hotelbot.component": COMPONENT}):
-        merged = carry_over(registry, staged, COMPONENT, source=source_info.name if source_info else None)
-        carried = merged["carried_over"]
-        if carried["from"]:
-            emit(TrainingEvent("status", message=f"carrying over {', '.join(carried['components']) or 'nothing'} "
-                                                 f"from {carried['from']}"))
-        batch_size = 32
-        total = math.ceil(len(todo) / batch_size)
-        emit(TrainingEvent("begin", 0, total, 0.0, 1))
-        fresh = embedder.embed([c.passage() for c in todo], kind="passage", batch_size=batch_size,
-                               on_batch=lambda n, t: emit(TrainingEvent("step", n, t, n / t, 1)))
-        vectors = dict(zip((c.id for c in todo), fresh))
-        vectors.update(reusable)
-        index = ExactIndex(model.dim)
-        index.add([c.id for c in prepared.chunks], np.stack([vectors[c.id] for c in prepared.chunks]))
-        knowledge = staged / KNOWLEDGE_DIR
-        knowledge.mkdir()
-        index_files = index.save(knowledge)
-        atomic_write_bytes(knowledge / CHUNKS_FILE, _chunks_bytes(prepared.chunks))
-        by_doc: dict[str, list[str]] = {}
-        for c in prepared.chunks:
-            by_doc.setdefault(c.doc, []).append(c.id)
-        atomic_write_json(knowledge / INDEX_FILE, {
-            "format": KNOWLEDGE_FORMAT,
-            "index": {"type": index.kind, "files": index_files},
-            "embedding_model": model.to_dict(),
-            "chunking": prepared.chunking,
-            "num_chunks": len(prepared.chunks),
-            "documents": {d.doc: {"sha256": d.sha256, "title": d.title, "chars": d.chars,
-                                  "chunk_ids": by_doc[d.doc]} for d in prepared.documents},
-            "source": prepared.source,
-            "fingerprint": prepared.fingerprint,
-        })
-        build_seconds = time.monotonic() - start
+    with tracker.run(run_name=f"knowledge-{prepared.fingerprint[:8]}", tags={"hotelbot.component": COMPONENT}):
+        timing: dict[str, float] = {}
+
+        def build(staged: Path, merged: dict[str, Any]) -> dict[str, Any]:
+            batch_size = 32
+            total = math.ceil(len(todo) / batch_size)
+            timing["steps"] = total
+            emit(TrainingEvent("begin", 0, total, 0.0, 1))
+            fresh = embedder.embed([c.passage() for c in todo], kind="passage", batch_size=batch_size,
+                                   on_batch=lambda n, t: emit(TrainingEvent("step", n, t, n / t, 1)))
+            vectors = dict(zip((c.id for c in todo), fresh))
+            vectors.update(reusable)
+            index = ExactIndex(model.dim)
+            index.add([c.id for c in prepared.chunks], np.stack([vectors[c.id] for c in prepared.chunks]))
+            knowledge = staged / KNOWLEDGE_DIR
+            knowledge.mkdir()
+            index_files = index.save(knowledge)
+            atomic_write_bytes(knowledge / CHUNKS_FILE, _chunks_bytes(prepared.chunks))
+            by_doc: dict[str, list[str]] = {}
+            for c in prepared.chunks:
+                by_doc.setdefault(c.doc, []).append(c.id)
+            atomic_write_json(knowledge / INDEX_FILE, {
+                "format": KNOWLEDGE_FORMAT,
+                "index": {"type": index.kind, "files": index_files},
+                "embedding_model": model.to_dict(),
+                "chunking": prepared.chunking,
+                "num_chunks": len(prepared.chunks),
+                "documents": {d.doc: {"sha256": d.sha256, "title": d.title, "chars": d.chars,
+                                      "chunk_ids": by_doc[d.doc]} for d in prepared.documents},
+                "source": prepared.source,
+                "fingerprint": prepared.fingerprint,
+            })
+            build_seconds = timing["seconds"] = time.monotonic() - start
+            summary = {"documents": len(prepared.documents), "chunks": len(prepared.chunks),
+                       "embedding_model": spec, "build_seconds": round(build_seconds, 3),
+                       "incremental": used_incremental, "embedded_chunks": len(todo),
+                       "reused_chunks": len(reusable), "changes": changes, "dim": model.dim,
+                       "fingerprint": prepared.fingerprint, "mlflow_run_id": tracker.run_id}
+            tracker.log_params({"embedding_model": spec, "embedding_location": model.location,
+                                "pooling": model.pooling, "max_length": model.max_length,
+                                "incremental": used_incremental,
+                                "source_version": source_info.name if source_info else None, **prepared.chunking})
+            tracker.log_metrics({"documents": len(prepared.documents), "chunks": len(prepared.chunks),
+                                 "embedded_chunks": len(todo), "reused_chunks": len(reusable),
+                                 "build_seconds": build_seconds}, step=0)
+            return {"kind": KIND, **merged, COMPONENT: summary, "library_versions": library_versions()}
+
         used_incremental = incremental and not fallback
-        summary = {"documents": len(prepared.documents), "chunks": len(prepared.chunks),
-                   "embedding_model": spec, "build_seconds": round(build_seconds, 3),
-                   "incremental": used_incremental, "embedded_chunks": len(todo), "reused_chunks": len(reusable),
-                   "changes": changes, "dim": model.dim, "fingerprint": prepared.fingerprint,
-                   "mlflow_run_id": tracker.run_id}
-        tracker.log_params({"embedding_model": spec, "embedding_location": model.location, "pooling": model.pooling,
-                            "max_length": model.max_length, "incremental": used_incremental,
-                            "source_version": source_info.name if source_info else None, **prepared.chunking})
-        tracker.log_metrics({"documents": len(prepared.documents), "chunks": len(prepared.chunks),
-                             "embedded_chunks": len(todo), "reused_chunks": len(reusable),
-                             "build_seconds": build_seconds}, step=0)
-        metadata = {"kind": "knowledge-base", **merged, COMPONENT: summary, "library_versions": library_versions()}
-        info = registry.publish(staged, metadata)
-        tracker.set_tags({"hotelbot.version": info.name})
+        info, _ = publish_version(registry, COMPONENT, source=source_info.name if source_info else None, build=build,
+                                  tracker=tracker, listener=listener, status=None)
+    build_seconds, total = timing["seconds"], timing["steps"]
     log.info("knowledge base %s: %d documents, %d chunks (%d embedded) in %.1fs", info.name,
              len(prepared.documents), len(prepared.chunks), len(todo), build_seconds)
     emit(TrainingEvent("end", total, total, 1.0, 1, message=info.name))
@@ -1031,22 +1027,19 @@ def read_eval_questions(path: Path) -> list[EvalQuestion]:
     """``{"question", "doc", "section"}`` per line; a DataError names the line of a bad record."""
     path = Path(path)
     try:
-        lines = path.read_text("utf-8").splitlines()
+        text = path.read_text("utf-8")
     except FileNotFoundError:
         raise DataError(f"retrieval questions not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
     out = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for number, record in iter_jsonl(path, text):
         try:
-            record = json.loads(line)
             item = EvalQuestion(*(record[k] for k in ("question", "doc", "section")))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise DataError(f"{path} line {number}: expected {{\"question\", \"doc\", \"section\"}}: {exc}") from None
+        except (KeyError, TypeError) as exc:
+            raise DataError(f"{path}: line {number}: expected {{\"question\", \"doc\", \"section\"}}: {exc}") from None
         if not all(isinstance(v, str) and v.strip() for v in (item.question, item.doc, item.section)):
-            raise DataError(f"{path} line {number}: question, doc and section must be non-empty strings")
+            raise DataError(f"{path}: line {number}: question, doc and section must be non-empty strings")
         out.append(item)
     if not out:
         raise DataError(f"{path} holds no questions")

@@ -42,16 +42,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from .data import (TRAIN_FILE, VALIDATION_FILE, check_split_fingerprint, load_split, read_data_text,
-                   read_manifest, write_split)
-from .components import FitStats
-from .errors import DataError, ModelError
+from ..._io import iter_jsonl
+from ...data import (TRAIN_FILE, VALIDATION_FILE, check_split_fingerprint, load_split, read_data_text,
+                     read_manifest, write_split)
+from ...errors import DataError, ModelError, RegistryError
+from ...training.events import TrainingEvent, emitter
+from ...training.loop import FitStats, train_best_epoch, training_summary
+from ...training.monitor import SystemMonitor
+from ..base import ComponentResult, scored_result, training_run
+from ..compose import publish_component
 
 if TYPE_CHECKING:
-    from .config import DataConfig, Settings, TrainingConfig
-    from .components import ComponentTrainResult
-    from .registry import ModelRegistry, VersionInfo
-    from .training import Listener, MlflowTracker, SystemMonitor
+    from ...config import DataConfig, Settings, TrainingConfig
+    from ...registry import ModelRegistry, VersionInfo
+    from ...training.events import Listener
+    from ...training.tracking import MlflowTracker
 
 log = logging.getLogger("hotelbot.entities")
 
@@ -180,14 +185,8 @@ def read_entity_file(path: Path, labels: Sequence[str] = ENTITY_TYPES, *,
     examples: list[EntityExample] = []
     seen: dict[str, tuple[EntityExample, int]] = {}
     duplicates = trimmed = 0
-    for number, line in enumerate(raw.splitlines(), 1):
-        if not line.strip():
-            continue
+    for number, record in iter_jsonl(path, raw):
         where = f"{path}: line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from None
         example, fixed = parse_entity_record(record, where, labels)
         trimmed += fixed
         if example.text in seen:
@@ -221,7 +220,7 @@ def split_entities(examples: Sequence[EntityExample], validation_split: float,
                    seed: int) -> tuple[list[EntityExample], list[EntityExample]]:
     """Seeded split stratified by each sentence's rarest entity type (sentences without entities apart);
     every stratum of 2+ sentences gives at least one to validation."""
-    from .data import stratified_split
+    from ...data import stratified_split
 
     counts = Counter(s.label for e in examples for s in e.entities)
     return stratified_split(examples, validation_split, seed, key=lambda e: _stratum(e, counts))
@@ -524,14 +523,14 @@ def new_token_classifier(encoder: Any, config: EntityConfig) -> Any:
 
 def save_entity_model(model: Any, tokenizer: Any, out_dir: Path) -> None:
     """Weights (safetensors), encoder config, tokenizer and entities.json into ``out_dir``."""
-    from .modeling import save_encoder_model
+    from ...modeling import save_encoder_model
 
     save_encoder_model(model, tokenizer, out_dir, CONFIG_FILE, model.entity_config.to_dict(), MODEL_FORMAT)
 
 
 def load_entity_model(model_dir: Path) -> tuple[Any, Any]:
     """(model, tokenizer) from a directory written by :func:`save_entity_model`."""
-    from .modeling import encoder_from_config, load_weights, read_encoder_model
+    from ...modeling import encoder_from_config, load_weights, read_encoder_model
 
     raw, encoder_config, state, tokenizer = read_encoder_model(model_dir, CONFIG_FILE, "entity model")
     try:
@@ -609,10 +608,9 @@ def fit_entity_tagger(cfg: "TrainingConfig", train: Sequence[EntityExample], val
     from datasets.utils.logging import disable_progress_bar
     from transformers import DataCollatorForTokenClassification, set_seed
 
-    from .modeling import load_base_encoder, resolve_base_model, should_freeze
-    from .training import SystemMonitor, TrainingEvent, train_best_epoch
+    from ...modeling import load_base_encoder, resolve_base_model, should_freeze  # imports torch
 
-    emit = listener or (lambda event: None)
+    emit = emitter(listener)
     monitor = monitor or SystemMonitor()
     set_seed(cfg.seed)
     base = resolve_base_model(cfg.base_model, models_dir)
@@ -660,28 +658,19 @@ def fit_entity_tagger(cfg: "TrainingConfig", train: Sequence[EntityExample], val
                                          trainable))
 
 
-def default_data_dir(settings: "Settings", component: str) -> Path:
-    """Where ``prepare --entities`` / ``--sentiment`` write by default: beside the intent split
-    (data/processed -> data/entities, data/sentiment)."""
-    return Path(settings.paths.data).parent / component
-
-
 def train_entities(settings: "Settings", data: Path, registry: "ModelRegistry", listener: "Listener | None" = None,
-                   *, force: bool = False, source: str | None = None) -> "ComponentTrainResult":
+                   *, force: bool = False, source: str | None = None) -> ComponentResult:
     """Fine-tune the entity extractor on ``data`` (a .jsonl file or a prepared directory) and publish a
     new version carrying over the other components of ``source`` (default: deployed, else newest).
 
     One MLflow run (experiment ``hotelbot-entities``). Raises AlreadyTrainedError when a version's
     entity model was trained on the same data and config (``force`` trains anyway)."""
-    from .components import ComponentTrainResult, component_run, publish_component, training_summary
-    from .training import TrainingEvent
-
-    emit = listener or (lambda event: None)
+    emit = emitter(listener)
     prepared = load_entity_data(Path(data), settings.data)
     cfg = settings.training
     config_record = {"training_config": cfg.to_dict(), "metric": METRIC, "labels": prepared.labels}
-    with component_run(settings, registry, COMPONENT, EXPERIMENT, prepared, config_record,
-                       {**cfg.to_dict(), "labels": ",".join(prepared.labels)}, force=force) as (tracker, monitor):
+    with training_run(settings, registry, COMPONENT, EXPERIMENT, prepared, config_record,
+                      {**cfg.to_dict(), "labels": ",".join(prepared.labels)}, force=force) as (tracker, monitor):
         fit = fit_entity_tagger(cfg, prepared.train, prepared.validation, prepared.labels, settings.paths.models_dir,
                                 listener=listener, tracker=tracker, monitor=monitor)
         metrics = fit.metrics
@@ -711,8 +700,9 @@ def train_entities(settings: "Settings", data: Path, registry: "ModelRegistry", 
     log.info("trained entities %s: micro-F1 %.4f in %.1fs", info.name, metrics["micro_f1"], fit.duration)
     emit(TrainingEvent("end", fit.steps, fit.steps, fit.epochs_run, cfg.epochs,
                        metrics={k: metrics[k] for k in ("micro_f1", "macro_f1")}, message=info.name))
-    return ComponentTrainResult(COMPONENT, info, metrics, fit.duration, tracker.run_id, fit.history,
-                                carried["from"], carried["components"])
+    per_type = "  ".join(f"{k} {v['f1']:.3f}" for k, v in metrics["per_type"].items())
+    return scored_result(COMPONENT, info, metrics, fit.duration, tracker.run_id, fit.history, carried,
+                         extra_lines=[f"  F1 per type: {per_type}"])
 
 
 # ============================================================================ inference
@@ -740,8 +730,6 @@ class EntityExtractor:
     def from_version(cls, info: "VersionInfo") -> "EntityExtractor":
         path = info.path / ENTITIES_DIR
         if not (path / CONFIG_FILE).is_file():
-            from .errors import RegistryError
-
             raise RegistryError(f"version {info.name} has no entity model",
                                 hint="train one: hotelbot train --model-type entities")
         return cls.from_dir(path, info.name)

@@ -3,7 +3,7 @@
 The search space covers the encoder and head learning rates, epochs, batch size, warmup and weight
 decay; each trial calibrates its own out-of-scope threshold, so the score it reports already includes
 the threshold. The best trial's model is kept in memory and becomes the published version (no
-retraining), and its parameters are saved for later `train` runs on the same data (see training.py).
+retraining), and its parameters are saved for later `train` runs on the same data (see components/intents/train.py).
 """
 
 from __future__ import annotations
@@ -13,8 +13,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .config import TrainingConfig
-from .data import Example
+from ..config import TrainingConfig
+from ..data import Example
+from .classify import fit_classifier
+from .events import TrainingEvent, emitter
+from .tracking import MlflowTracker
 
 log = logging.getLogger("hotelbot.hpo")
 
@@ -33,12 +36,10 @@ def suggest(trial: Any, cfg: TrainingConfig) -> dict[str, Any]:
 def run_hpo(cfg: TrainingConfig, metric: str, train: list[Example], validation: list[Example], labels: list[str],
             models_dir: Path, trials: int, *, listener=None, tracker=None, monitor=None, parent_dir=None):
     """Run ``trials`` Optuna trials; return (best FitResult, best config, summary dict)."""
-    import optuna
-
-    from .training import MlflowTracker, TrainingEvent, fit_classifier
+    import optuna  # only an HPO run pays for importing optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    emit = listener or (lambda event: None)
+    emit = emitter(listener)
     best: dict[str, Any] = {"fit": None, "cfg": cfg}
     rows: list[dict[str, Any]] = []
 

@@ -77,17 +77,21 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from ._atomic import atomic_write_bytes, atomic_write_json
-from .data import (DATASET_FILE, LABEL_RE, TRAIN_FILE, VALIDATION_FILE, check_split_fingerprint, clean_text,
-                   load_split, read_manifest, write_split)
-from .components import FitStats
-from .errors import ConfigError, DataError, ModelError, RegistryError
+from ..._io import atomic_write_bytes, atomic_write_json, iter_jsonl
+from ...data import (DATASET_FILE, LABEL_RE, TRAIN_FILE, VALIDATION_FILE, check_split_fingerprint, clean_text,
+                     load_split, read_manifest, write_split)
+from ...errors import ConfigError, DataError, IntegrityError, ModelError, RegistryError
+from ...training.events import TrainingEvent, emitter
+from ...training.loop import FitStats, progress_callbacks, training_arguments, training_summary
+from ...training.monitor import SystemMonitor
+from ..base import ComponentResult, training_run
+from ..compose import publish_component, source_version
 
 if TYPE_CHECKING:
-    from .config import DataConfig, Settings
-    from .knowledge import Embedder, KnowledgeBase, SearchHit
-    from .registry import ModelRegistry, VersionInfo
-    from .training import Listener
+    from ...config import DataConfig, Settings
+    from ..knowledge.kb import Embedder, KnowledgeBase, SearchHit
+    from ...registry import ModelRegistry, VersionInfo
+    from ...training.events import Listener
 
 log = logging.getLogger("hotelbot.generation")
 
@@ -190,13 +194,7 @@ def read_reply_file(path: Path, known_intents: Iterable[str] | None = None) -> t
     pairs: list[ReplyPair] = []
     seen: dict[str, tuple[str, int]] = {}
     duplicates = 0
-    for number, line in enumerate(raw.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path} line {number}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+    for number, record in iter_jsonl(path, raw):
         pair = _pair_from_record(path, number, record, known)
         previous = seen.get(pair.message)
         if previous is not None:
@@ -268,20 +266,12 @@ def read_pairs_jsonl(path: Path, known_intents: Iterable[str] | None = None) -> 
     """One split file (no duplicate checks: prepare did them), with file + line errors."""
     known = frozenset(known_intents) if known_intents is not None else None
     try:
-        lines = Path(path).read_text("utf-8").splitlines()
+        text = Path(path).read_text("utf-8")
     except FileNotFoundError:
         raise DataError(f"{path} is missing", hint="prepare the reply data again") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
-    out = []
-    for number, line in enumerate(lines, 1):
-        if line.strip():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path} line {number}: invalid JSON: {exc.msg}") from None
-            out.append(_pair_from_record(Path(path), number, record, known))
-    return out
+    return [_pair_from_record(Path(path), number, record, known) for number, record in iter_jsonl(path, text)]
 
 
 def read_prepared_replies(directory: Path, known_intents: Iterable[str] | None = None) -> PreparedReplies:
@@ -570,7 +560,7 @@ class GeneratorConfig:
         when they differ from the CLASSIFIER's defaults (set by a file, a profile, the environment or a flag):
         the classifier's values (4 epochs, 1e-4) are wrong for a decoder trained from scratch, so left
         alone they give way to the generator's own defaults. Generation settings go in ``generation``."""
-        from .config import TrainingConfig
+        from ...config import TrainingConfig
 
         t, d = settings.training, TrainingConfig()
         values: dict[str, Any] = {"base_model": t.base_model, "seed": t.seed}
@@ -594,7 +584,7 @@ class GeneratorConfig:
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """No weight-loading bars or config-overwrite notices on stderr (modeling.quiet_transformers)."""
-    from .modeling import quiet_transformers
+    from ...modeling import quiet_transformers
 
     with quiet_transformers():
         yield
@@ -641,7 +631,7 @@ def _special_ids(tokenizer: Any) -> dict[str, int]:
 
 def _encoder_input_conventions(resolved: Any) -> tuple[str, str]:
     """(query prefix, passage prefix): e5 wants "query: " / "passage: "."""
-    from .knowledge import PASSAGE_PREFIXES, _input_conventions
+    from ..knowledge.kb import PASSAGE_PREFIXES, _input_conventions  # kb imports numpy
 
     query_prefix, _ = _input_conventions(resolved)
     return query_prefix, PASSAGE_PREFIXES.get(query_prefix, query_prefix)
@@ -792,7 +782,7 @@ def _build_new_model(cfg: GeneratorConfig, models_dir: Path, vocab_texts: Callab
     """(model, tokenizer, spec, vocab map) for a fresh training run."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from .modeling import load_base_encoder, resolve_base_model
+    from ...modeling import load_base_encoder, resolve_base_model
 
     resolved = resolve_base_model(cfg.base_model, Path(models_dir))
     try:
@@ -816,7 +806,7 @@ def _build_new_model(cfg: GeneratorConfig, models_dir: Path, vocab_texts: Callab
                                    eos=specials["eos"], unk=specials["unk"],
                                    full_vocab_size=int(encoder.config.vocab_size))
         model = _new_encoder_decoder(cfg, tokenizer, encoder, vocab)
-        from .knowledge import model_fingerprint
+        from ..knowledge.kb import model_fingerprint  # kb imports numpy
 
         encoder_record = {"spec": cfg.base_model, "location": resolved.location,
                           "fingerprint": model_fingerprint(resolved.location), "packaged": resolved.packaged}
@@ -891,7 +881,7 @@ def _load_encoder_decoder(gen_dir: Path, spec: GeneratorSpec, models_dir: Path |
     from safetensors.torch import load_file
     from transformers import AutoModel, AutoModelForCausalLM, EncoderDecoderConfig, EncoderDecoderModel
 
-    from .modeling import _no_pooler_kwargs
+    from ...modeling import _no_pooler_kwargs
 
     model_dir = gen_dir / MODEL_SUBDIR
     try:
@@ -925,14 +915,14 @@ def _load_encoder_decoder(gen_dir: Path, spec: GeneratorSpec, models_dir: Path |
 
 def load_referenced_encoder(spec: GeneratorSpec, models_dir: Path | None) -> Any:
     """The frozen packaged encoder a generator was trained on, re-materialised and fingerprint-checked."""
-    from .knowledge import model_fingerprint
-    from .modeling import load_base_encoder, resolve_base_model
+    from ..knowledge.kb import model_fingerprint  # kb imports numpy
+    from ...modeling import load_base_encoder, resolve_base_model
 
     record = spec.encoder
     location = record.get("location", "")
     target = location if location and Path(location).is_dir() else record["spec"]
     if models_dir is None and not Path(target).is_dir():
-        from .config import load_settings
+        from ...config import load_settings
 
         models_dir = load_settings().paths.models_dir
     resolved = resolve_base_model(target, Path(models_dir or "."))
@@ -1147,7 +1137,7 @@ class Responder:
         if knowledge is not None and knowledge.version != info.name:
             raise ValueError(f"the knowledge base of {knowledge.version} is not {info.name}'s")
         encoder = None
-        from .knowledge import INDEX_FILE, KNOWLEDGE_DIR, KnowledgeBase
+        from ..knowledge.kb import INDEX_FILE, KNOWLEDGE_DIR, KnowledgeBase  # kb imports numpy
 
         try:
             spec = GeneratorSpec.from_dict(json.loads((gen_dir / GENERATOR_FILE).read_text("utf-8")))
@@ -1268,7 +1258,7 @@ def relevance_embedder(spec: GeneratorSpec, knowledge: "KnowledgeBase | None", m
     one, the generator's base encoder (mean-pooled) for the encoder-decoder architecture (the packaged e5 by
     default), else the packaged multilingual-e5-small. ``frozen_encoder`` (+ its ``tokenizer``): an
     already loaded, UNCHANGED copy of that base encoder to reuse instead of loading it again."""
-    from .knowledge import MAX_EMBED_TOKENS, Embedder, EmbeddingModel
+    from ..knowledge.kb import MAX_EMBED_TOKENS, Embedder, EmbeddingModel  # kb imports numpy
 
     if knowledge is not None:
         return knowledge.embedder
@@ -1368,7 +1358,7 @@ def evaluate_version(info: "VersionInfo", *, models_dir: Path | None = None, dat
     if limit:
         validation = validation[:limit]
     if models_dir is None:
-        from .config import load_settings
+        from ...config import load_settings
 
         models_dir = load_settings().paths.models_dir
     embedder = relevance_embedder(responder.spec, responder.knowledge, Path(models_dir))
@@ -1468,9 +1458,7 @@ def fit_generator(cfg: GeneratorConfig, train: Sequence[ReplyPair], validation: 
 
     from transformers import PrinterCallback, TrainerCallback, set_seed
 
-    from .training import SystemMonitor, TrainingEvent, _callbacks, training_arguments
-
-    emit = listener or (lambda event: None)
+    emit = emitter(listener)
     monitor = monitor or SystemMonitor()
     set_seed(cfg.seed)
     grounded = knowledge is not None and cfg.grounding_passages > 0
@@ -1498,7 +1486,7 @@ def fit_generator(cfg: GeneratorConfig, train: Sequence[ReplyPair], validation: 
     frozen = _freeze_encoder(model, architecture) if freeze else 0
     encoder = _encoder_of(model, architecture)
     if architecture == "encoder-decoder" and not freeze:
-        from .modeling import should_freeze
+        from ...modeling import should_freeze
 
         if should_freeze("auto", encoder):  # a 250k-row embedding matrix: frozen, like the classifier's
             weight = encoder.get_input_embeddings().weight
@@ -1548,7 +1536,7 @@ def fit_generator(cfg: GeneratorConfig, train: Sequence[ReplyPair], validation: 
     with tempfile.TemporaryDirectory(prefix="hotelbot-generator-") as scratch:
         args = training_arguments(cfg, scratch, len(train_items), logs_per_epoch=1, remove_unused_columns=False,
                                   prediction_loss_only=True, max_grad_norm=1.0)
-        callbacks = _callbacks(listener, tracker, monitor, "neg_loss", cfg.early_stopping_patience, cfg.epochs)
+        callbacks = progress_callbacks(listener, tracker, monitor, "neg_loss", cfg.early_stopping_patience, cfg.epochs)
         callbacks.insert(1, NegLoss())
         trainer_cls = _make_trainer_class(pretrained_ids, cfg.pretrained_learning_rate)
         trainer = trainer_cls(model=model, args=args, train_dataset=_ListDataset(train_items),
@@ -1577,40 +1565,35 @@ def warnings_silenced() -> Iterator[None]:
         yield
 
 
-@dataclass
-class GeneratorTrainResult:
-    version: "VersionInfo"
-    metrics: dict[str, Any]
-    duration_seconds: float
-    mlflow_run_id: str | None
-    history: list[dict[str, Any]]
-    carried_from: str | None
-    carried_components: list[str]
-
-    def to_dict(self) -> dict[str, Any]:
-        g, b = self.metrics["generator"], self.metrics["retrieval_baseline"]
-        return {"version": self.version.name, "component": COMPONENT, "skipped": False,
-                "duration_seconds": round(self.duration_seconds, 2), "mlflow_run_id": self.mlflow_run_id,
+def generator_result(info: "VersionInfo", metrics: dict[str, Any], duration: float, run_id: str | None,
+                     history: list[dict[str, Any]], carried: dict[str, Any]) -> ComponentResult:
+    """The generator's training as the one result type: its JSON document and the line the CLI shows."""
+    g, b = metrics["generator"], metrics["retrieval_baseline"]
+    document = {"version": info.name, "component": COMPONENT, "skipped": False,
+                "duration_seconds": round(duration, 2), "mlflow_run_id": run_id,
                 "metrics": {k: g[k] for k in ("bleu", "rouge_l", "perplexity", "relevance", "exact_match")},
                 "retrieval_baseline": {k: b[k] for k in ("bleu", "rouge_l", "relevance", "exact_match")},
-                "grounding": self.metrics.get("grounding"), "history": self.history,
-                "carried_from": self.carried_from, "carried_components": self.carried_components}
+                "grounding": metrics.get("grounding"), "history": history,
+                "carried_from": carried.get("from"), "carried_components": carried.get("components")}
+    line = (f"trained generator {info.name} in {duration:.1f}s: BLEU {g['bleu']:.2f} ROUGE-L {g['rouge_l']:.4f} "
+            f"perplexity {g['perplexity']:.2f} relevance {g['relevance']:.4f} (retrieval-only baseline: "
+            f"BLEU {b['bleu']:.2f} ROUGE-L {b['rouge_l']:.4f} relevance {b['relevance']:.4f})")
+    return ComponentResult(COMPONENT, info, metrics, duration, run_id, history, document, [line],
+                           score=("generator_relevance", float(g["relevance"])), carried_from=carried.get("from"),
+                           carried_components=list(carried.get("components") or []))
 
 
 def _source_knowledge(registry: "ModelRegistry", source: str | None, models_dir: Path
                       ) -> tuple["VersionInfo | None", "KnowledgeBase | None"]:
     """The source version and its knowledge base (None without one); the KB's files are checked first, so
     a corrupt index never grounds a training run (carry_over checks them again when copying)."""
-    from .components import source_version
-    from .knowledge import INDEX_FILE, KNOWLEDGE_DIR, KnowledgeBase
+    from ..knowledge.kb import INDEX_FILE, KNOWLEDGE_DIR, KnowledgeBase  # kb imports numpy
 
     src = source_version(registry, source)
     if src is None or not (src.path / KNOWLEDGE_DIR / INDEX_FILE).is_file():
         return src, None
     bad = [p for p in registry.verify(src.name) if p.startswith(f"{src.name}/{KNOWLEDGE_DIR}/")]
     if bad:
-        from .errors import IntegrityError
-
         raise IntegrityError(f"the knowledge base of {src.name} is corrupt: {bad[0]}",
                              hint="deploy or roll back to an intact version first")
     return src, KnowledgeBase.from_version(src, models_dir)
@@ -1618,7 +1601,7 @@ def _source_knowledge(registry: "ModelRegistry", source: str | None, models_dir:
 
 def train_generator(settings: "Settings", data_path: Path, registry: "ModelRegistry",
                     listener: "Listener | None" = None, *, force: bool = False, source: str | None = None,
-                    config: GeneratorConfig | None = None) -> GeneratorTrainResult:
+                    config: GeneratorConfig | None = None) -> ComponentResult:
     """Train the response generator on ``data_path`` (a .jsonl file of pairs or a prepared directory) and
     publish a new version carrying over the other components of ``source`` (default: deployed, else newest).
 
@@ -1627,10 +1610,7 @@ def train_generator(settings: "Settings", data_path: Path, registry: "ModelRegis
     be ones the source version's classifier knows (when it has one). One MLflow run (experiment
     ``hotelbot-generator``). Raises AlreadyTrainedError when a version's generator was trained on the same
     data, config and knowledge base (``force`` trains anyway)."""
-    from .components import component_run, publish_component, training_summary
-    from .training import TrainingEvent
-
-    emit = listener or (lambda event: None)
+    emit = emitter(listener)
     cfg = config or GeneratorConfig.from_settings(settings)
     models_dir = settings.paths.models_dir
     src, knowledge = _source_knowledge(registry, source, models_dir)
@@ -1642,7 +1622,7 @@ def train_generator(settings: "Settings", data_path: Path, registry: "ModelRegis
     params = {**{k: v for k, v in cfg.to_dict().items() if k != "generation"},
               **{f"generation_{k}": v for k, v in cfg.generation.to_dict().items()},
               "knowledge_version": knowledge.version if knowledge else "", "source_version": src.name if src else ""}
-    with component_run(settings, registry, COMPONENT, EXPERIMENT, prepared, config_record, params,
+    with training_run(settings, registry, COMPONENT, EXPERIMENT, prepared, config_record, params,
                        force=force) as (tracker, monitor):
         fit, val_hits = fit_generator(cfg, prepared.train, prepared.validation, models_dir, knowledge=knowledge,
                                       listener=listener, tracker=tracker, monitor=monitor)
@@ -1691,12 +1671,11 @@ def train_generator(settings: "Settings", data_path: Path, registry: "ModelRegis
     emit(TrainingEvent("end", fit.steps, fit.steps, fit.epochs_run, cfg.epochs,
                        metrics={"bleu": g["bleu"], "rouge_l": g["rouge_l"], "perplexity": g["perplexity"]},
                        message=info.name))
-    return GeneratorTrainResult(info, metrics, fit.duration, tracker.run_id, fit.history, carried["from"],
-                                carried["components"])
+    return generator_result(info, metrics, fit.duration, tracker.run_id, fit.history, carried)
 
 
 __all__ = [
-    "GenerationSettings", "GeneratorConfig", "GeneratorSpec", "GeneratorTrainResult", "PreparedReplies", "ReplyPair",
+    "GenerationSettings", "GeneratorConfig", "GeneratorSpec", "PreparedReplies", "ReplyPair",
     "Responder", "VocabMap", "corpus_bleu", "corpus_rouge_l", "detect_architecture", "evaluate_generator",
     "evaluate_version", "fit_generator", "load_generator", "load_reply_data", "perplexity", "prepare_replies",
     "read_reply_file", "rouge_l", "save_generator", "split_pairs", "train_generator", "write_prepared_replies",

@@ -20,15 +20,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from .data import (TRAIN_FILE, VALIDATION_FILE, Example, check_split_fingerprint, clean_text, fingerprint,
-                   load_split, read_data_text, read_manifest, stratified_split, write_split)
-from .errors import DataError, RegistryError
+from ...data import (TRAIN_FILE, VALIDATION_FILE, Example, check_split_fingerprint, clean_text, fingerprint,
+                     load_split, read_data_text, read_manifest, stratified_split, write_split)
+from ...errors import DataError, RegistryError
+from ...evaluation import classification_metrics
+from ...runtime.reference import TorchPredictor
+from ...training.classify import fit_classifier
+from ...training.events import TrainingEvent, emitter
+from ...training.loop import training_summary
+from ..base import ComponentResult, scored_result, training_run
+from ..compose import publish_component
 
 if TYPE_CHECKING:
-    from .config import DataConfig, Settings
-    from .components import ComponentTrainResult
-    from .registry import ModelRegistry, VersionInfo
-    from .training import Listener
+    from ...config import DataConfig, Settings
+    from ...registry import ModelRegistry, VersionInfo
+    from ...training.events import Listener
 
 log = logging.getLogger("hotelbot.sentiment")
 
@@ -146,23 +152,21 @@ def load_sentiment_data(source: Path, data: "DataConfig | None" = None) -> Prepa
 
 
 def train_sentiment(settings: "Settings", data: Path, registry: "ModelRegistry", listener: "Listener | None" = None,
-                    *, force: bool = False, source: str | None = None) -> "ComponentTrainResult":
+                    *, force: bool = False, source: str | None = None) -> ComponentResult:
     """Fine-tune the sentiment classifier on ``data`` (a .jsonl file or a prepared directory) and publish a
     new version carrying over the other components of ``source`` (default: deployed, else newest).
 
     One MLflow run (experiment ``hotelbot-sentiment``); no out-of-scope threshold. Raises
     AlreadyTrainedError when a version's sentiment model was trained on the same data and config."""
-    from .components import ComponentTrainResult, component_run, publish_component, training_summary
-    from .modeling import save_classifier
-    from .training import TrainingEvent, fit_classifier
+    from ...modeling import save_classifier  # imports torch
 
-    emit = listener or (lambda event: None)
+    emit = emitter(listener)
     prepared = load_sentiment_data(Path(data), settings.data)
     cfg = replace(settings.training, calibrate_oos_threshold=False)
     metric = settings.validation.metric
     config_record = {"training_config": cfg.to_dict(), "metric": metric, "labels": prepared.labels}
-    with component_run(settings, registry, COMPONENT, EXPERIMENT, prepared, config_record,
-                       {**cfg.to_dict(), "labels": ",".join(prepared.labels)}, force=force) as (tracker, monitor):
+    with training_run(settings, registry, COMPONENT, EXPERIMENT, prepared, config_record,
+                      {**cfg.to_dict(), "labels": ",".join(prepared.labels)}, force=force) as (tracker, monitor):
         fit = fit_classifier(cfg, metric, prepared.train, prepared.validation, prepared.labels,
                              settings.paths.models_dir, listener=listener, tracker=tracker, monitor=monitor)
         metrics = fit.metrics
@@ -188,12 +192,11 @@ def train_sentiment(settings: "Settings", data: Path, registry: "ModelRegistry",
     log.info("trained sentiment %s: %s %.4f in %.1fs", info.name, metric, metrics["overall_score"], fit.duration)
     emit(TrainingEvent("end", fit.steps, fit.steps, fit.epochs_run, cfg.epochs,
                        metrics={k: metrics[k] for k in SCALARS}, message=info.name))
-    return ComponentTrainResult(COMPONENT, info, metrics, fit.duration, tracker.run_id, fit.history,
-                                carried["from"], carried["components"])
+    return scored_result(COMPONENT, info, metrics, fit.duration, tracker.run_id, fit.history, carried)
 
 
 class SentimentClassifier:
-    """A version's loaded sentiment model (an :class:`~hotelbot_cli.inference.Predictor` underneath)."""
+    """A version's loaded sentiment model (an :class:`~hotelbot_cli.runtime.TorchPredictor` underneath)."""
 
     def __init__(self, predictor: Any) -> None:
         self.predictor = predictor
@@ -202,15 +205,14 @@ class SentimentClassifier:
 
     @classmethod
     def from_version(cls, info: "VersionInfo") -> "SentimentClassifier":
-        from .inference import Predictor
-        from .modeling import CLASSIFIER_FILE, load_classifier
+        from ...modeling import CLASSIFIER_FILE, load_classifier  # imports torch
 
         path = info.path / SENTIMENT_DIR
         if not (path / CLASSIFIER_FILE).is_file():
             raise RegistryError(f"version {info.name} has no sentiment model",
                                 hint="train one: hotelbot train --model-type sentiment")
         model, tokenizer = load_classifier(path)
-        return cls(Predictor(model, tokenizer, info.name))
+        return cls(TorchPredictor(model, tokenizer, info.name))
 
     def predict(self, texts: Sequence[str], batch_size: int = 32) -> list[dict[str, Any]]:
         """Per text: {"label", "confidence"} (texts are cleaned like the training data)."""
@@ -226,8 +228,6 @@ class SentimentClassifier:
 def evaluate_sentiment(info: "VersionInfo", metric: str = "macro_f1", data: Path | None = None) -> dict[str, Any]:
     """classification_metrics of a version's saved sentiment model on its own validation split (or ``data``:
     a prepared directory's validation split, or all of a .jsonl file)."""
-    from .evaluation import classification_metrics
-
     if data is None:
         examples = read_prepared_sentiment(info.path / SENTIMENT_DIR / DATA_SUBDIR).validation
         source = f"{info.name}/{SENTIMENT_DIR}/{DATA_SUBDIR}/{VALIDATION_FILE}"

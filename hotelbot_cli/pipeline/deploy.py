@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import subprocess
 import urllib.error
 import urllib.request
@@ -18,10 +17,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from .config import Settings
-from .errors import GateFailedError, HotelbotError, IntegrityError, RegistryError, RolledBackError
-from .registry import ModelRegistry, VersionInfo
-from .registry.store import crashpoint, utc_now
+from .._io import sha256_file
+from ..components import registered
+from ..components.compose import components_of
+from ..config import Settings
+from ..errors import GateFailedError, HotelbotError, IntegrityError, RegistryError, RolledBackError
+from ..registry import ModelRegistry, VersionInfo
+from ..registry.store import check_version_name, crashpoint, utc_now
+from .validate import gate_components, primary_component, validate_version
 
 log = logging.getLogger("hotelbot.deployment")
 
@@ -90,66 +93,35 @@ def _record(registry: ModelRegistry, settings: Settings, event: dict[str, Any]) 
 # ---------------------------------------------------------------- checks
 
 
-def smoke_check(info: VersionInfo, texts_count: int, models_dir: Any = None) -> dict[str, Any]:
-    """Load ``info`` exactly as predict/serve do: classify a few of its validation texts, and search its
-    knowledge base when it has one.
+def smoke_check(info: VersionInfo, settings: Settings) -> dict[str, Any]:
+    """Load ``info``'s components exactly as predict/serve do and run each on a few texts (the classifier on
+    its validation texts, a search of the knowledge base, a reply of the generator, ...): every registered
+    component the version holds, through its ``smoke``. The primary component's figures are the top-level
+    keys, the others' are under their names.
 
-    Raises IntegrityError/ModelError when it cannot load, HotelbotError when predictions are unusable.
+    Raises IntegrityError/ModelError when one cannot load, HotelbotError when its answers are unusable.
     """
-    from .components import has_component
-
+    present = components_of(info)
     result: dict[str, Any] = {}
-    if has_component(info, "classifier"):
-        result.update(_smoke_classifier(info, texts_count))
-    if has_component(info, "knowledge"):
-        from .knowledge import KnowledgeBase
-
-        kb = KnowledgeBase.from_version(info, models_dir)
-        hits = kb.search("¿a qué hora es el check-in?", top_k=1)
-        if not hits or not math.isfinite(hits[0].score):
-            raise HotelbotError(f"{info.name}'s knowledge base returned no usable search result")
-        result["knowledge"] = {"chunks": len(kb.chunk_list), "top_score": round(hits[0].score, 4)}
-    from .analysis import smoke_check_components
-
-    result.update(smoke_check_components(info, texts_count))  # entities, sentiment
-    if has_component(info, "generator"):
-        from .generation import Responder
-
-        answer = Responder.from_version(info, models_dir).reply(["¿a qué hora es el desayuno?"])[0]
-        if not str(answer.get("reply", "")).strip():
-            raise HotelbotError(f"{info.name}'s response generator returned an empty reply")
-        result["generator"] = {"reply_chars": len(answer["reply"])}
+    for component in registered():
+        if component.name not in present:
+            continue
+        checked = component.smoke(info, settings, settings.deployment.smoke_texts)
+        if component.primary:
+            result.update(checked)
+        else:
+            result[component.name] = checked
     return result
 
 
-def _smoke_classifier(info: VersionInfo, texts_count: int) -> dict[str, Any]:
-    from .data import read_jsonl_examples
-    from .inference import load_predictor
-
-    examples = read_jsonl_examples(info.path / "data" / "validation.jsonl")[:texts_count]
-    texts = [e.text for e in examples] or ["hola"]
-    predictor = load_predictor(info)
-    predictions = predictor.predict(texts, top_k=1)
-    labels = set(predictor.labels)
-    for p in predictions:
-        if p.intent not in labels or not (0.0 <= p.confidence <= 1.0) or math.isnan(p.confidence):
-            raise HotelbotError(f"{info.name} returned an unusable prediction for {p.text!r}: "
-                                f"{p.intent} {p.confidence}")
-    correct = sum(p.intent == e.intent for p, e in zip(predictions, examples))
-    return {"texts": len(texts), "correct": correct if examples else None}
-
-
 def _gate(registry: ModelRegistry, settings: Settings, name: str) -> dict[str, Any]:
-    """Every scored component (classifier, entities, sentiment) must reach MIN_VALIDATION_SCORE on its own
-    validation split, and the classifier must not regress per intent against the deployed version. A
-    knowledge base has no score here: the smoke test checks it."""
-    from .analysis import gate_components
-    from .components import has_component
-    from .evaluation import validate_version
-
+    """Every gated component (classifier, entities, sentiment, ...) must reach MIN_VALIDATION_SCORE on its
+    own validation split, and the primary one (the classifier) must not regress per intent against the
+    deployed version. Components without a score (the knowledge base, the generator) are checked by the
+    smoke test."""
     info = registry.get(name)
-    if not has_component(info, "classifier"):
-        scored = gate_components(info, settings.validation.min_validation_score, settings.validation.metric)
+    if primary_component(info) is None:
+        scored = gate_components(info, settings)
         return {"version": name, "overall_score": None, "metric": None,
                 "min_validation_score": settings.validation.min_validation_score, "passed": scored["passed"],
                 "failures": scored["failures"], "regressions": {}, "compared_with": None,
@@ -229,7 +201,7 @@ def deploy(registry: ModelRegistry, settings: Settings, version: str | None = No
         crashpoint("after-switch")
 
         try:
-            smoke = smoke_check(registry.get(target.name), cfg.smoke_texts)
+            smoke = smoke_check(registry.get(target.name), settings)
         except HotelbotError as exc:
             if cfg.enable_auto_rollback:
                 registry.write_current_state(old_state)
@@ -263,8 +235,6 @@ def rollback(registry: ModelRegistry, settings: Settings, to: str | None = None,
                                     hint="name one with `hotelbot rollback --to VERSION`")
             target_name = candidates[0]
         else:
-            from .registry.store import check_version_name
-
             target_name = check_version_name(to)
             if target_name == current:
                 raise RegistryError(f"{target_name} is already the deployed version")
@@ -280,7 +250,7 @@ def rollback(registry: ModelRegistry, settings: Settings, to: str | None = None,
                 raise
             target = registry.restore_from_backup(target_name)
             restored = True
-        smoke = smoke_check(target, cfg.smoke_texts)
+        smoke = smoke_check(target, settings)
 
         if target_name in previous:
             cut = len(previous) - 1 - previous[::-1].index(target_name)
@@ -301,8 +271,6 @@ def rollback(registry: ModelRegistry, settings: Settings, to: str | None = None,
 
 def verify_registry(registry: ModelRegistry) -> dict[str, list[str]]:
     """Recompute every checksum of every version and backup archive; {name: problems} (empty lists: intact)."""
-    from .registry.store import sha256_file
-
     report: dict[str, list[str]] = {}
     for info in registry.list_versions():
         report[info.name] = ([f"{info.name}/metadata.json: missing or unreadable"]

@@ -1,0 +1,387 @@
+"""The component interface, the registration table's mechanics, and the one frame and result every
+component's training shares.
+
+A component is one trained part of the chatbot (the intent classifier, the knowledge base, the entity
+extractor, the sentiment classifier, the response generator, or a new one). Each is a subclass of
+:class:`Component` that declares, in one place:
+
+- who it is: ``name`` (its key in version metadata and its directory), ``model_type`` (the value of
+  ``train --model-type``), ``kind`` (the metadata "kind" of a version it publishes), ``experiment`` (MLflow);
+- what it owns inside a version: ``paths`` (the first is required) and ``metadata_keys``;
+- its config: ``config_section`` (the Settings section it reads) and :meth:`default_config`;
+- how it prepares its data and where ``train --model-type all`` finds it: ``prepare_hint``,
+  :meth:`prepared_data`;
+- how it fits and publishes: :meth:`train` (one frame: :func:`training_run`; one publish path:
+  :func:`~hotelbot_cli.components.compose.publish_component`; one "already trained" check:
+  :func:`find_trained`);
+- how it is judged: ``metric`` + ``greater_is_better`` (its primary metric), ``gated`` (whether
+  validate/deploy require ``overall_score >= MIN_VALIDATION_SCORE``), :meth:`score`;
+- how it is used: :meth:`smoke` (deploy's check that it loads and answers), :meth:`load` and
+  :meth:`analyze` (what it adds to predict/analyze and the server), :meth:`report_section` (the report).
+
+The list of components is :data:`hotelbot_cli.components.BUILTIN` (registration order = training order);
+:func:`register` adds one (a plugin, a test's toy component). Everything else iterates over
+:func:`registered`. Compare Rasa's GraphComponent (create/load, get_default_config), spaCy's pipeline
+components (one ``score`` contract) and sentence-transformers' Module (config keys + save/load).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence
+
+from ..errors import AlreadyTrainedError, DataError
+from ..training.monitor import SystemMonitor
+from ..training.tracking import MlflowTracker
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..registry import ModelRegistry, VersionInfo
+    from ..training.events import Listener
+
+
+@dataclass
+class TrainRequest:
+    """Everything a component's :meth:`Component.train` gets: what to train on and how."""
+
+    settings: "Settings"
+    registry: "ModelRegistry"
+    data: Path | None = None          # the component's prepared data (None: its default)
+    source: str | None = None         # the version whose other components are carried over
+    force: bool = False               # train even when the same data and config were trained before
+    listener: "Listener | None" = None
+    options: dict[str, Any] = field(default_factory=dict)  # component-specific (incremental, hpo_trials, ...)
+
+
+@dataclass
+class ComponentResult:
+    """What every component's training returns. ``document`` is the JSON the CLI prints for it (its shape is
+    the component's, unchanged across releases); ``lines`` go to stdout and ``notes`` to stderr."""
+
+    component: str
+    version: "VersionInfo"
+    metrics: dict[str, Any]
+    duration_seconds: float
+    mlflow_run_id: str | None
+    history: list[dict[str, Any]]
+    document: dict[str, Any]
+    lines: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    score: tuple[str, float] | None = None   # (MLflow metric name, value) of the headline score
+    carried_from: str | None = None
+    carried_components: list[str] = field(default_factory=list)
+    detail: Any = None                       # the component's own richer result, for Python callers
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.document
+
+
+class Component:
+    """One trained part of the bot; see the module docstring. Subclasses set the class attributes and
+    override the methods their component supports."""
+
+    name: ClassVar[str]
+    model_type: ClassVar[str]
+    kind: ClassVar[str]
+    experiment: ClassVar[str]
+    description: ClassVar[str] = ""
+    paths: ClassVar[tuple[str, ...]] = ()
+    metadata_keys: ClassVar[tuple[str, ...]] = ()
+    config_section: ClassVar[str] = "training"
+    prepare_hint: ClassVar[str | None] = None   # how to prepare its data (None: it needs none prepared)
+    required: ClassVar[bool] = False            # `train --model-type all` always trains it
+    metric: ClassVar[str | None] = None         # primary metric
+    greater_is_better: ClassVar[bool] = True
+    gated: ClassVar[bool] = False               # validate/deploy require its score >= MIN_VALIDATION_SCORE
+    analyzes: ClassVar[bool] = False            # contributes to predict/analyze
+    train_options: ClassVar[tuple[str, ...]] = ()  # `train` flags it takes besides the common ones
+    evaluation_key: ClassVar[str | None] = None    # the key of evaluate()'s document in `validate --json`
+    primary: ClassVar[bool] = False             # validate's headline metrics (the intent classifier)
+
+    # ---------------------------------------------------------------- layout in a version
+    def owned_paths(self) -> tuple[str, ...]:
+        return self.paths or (self.name,)
+
+    def owned_metadata_keys(self) -> tuple[str, ...]:
+        return self.metadata_keys or (self.name,)
+
+    def summary(self, metadata: dict[str, Any]) -> dict[str, Any]:
+        """The component's own summary in a version's metadata (``metadata[name]``)."""
+        value = metadata.get(self.name)
+        return value if isinstance(value, dict) else {}
+
+    # ---------------------------------------------------------------- config and data
+    def default_config(self) -> dict[str, Any]:
+        """The defaults of its config section."""
+        from .. import config as config_module
+
+        section = {"training": config_module.TrainingConfig, "data": config_module.DataConfig,
+                   "validation": config_module.ValidationConfig}.get(self.config_section)
+        return section().to_dict() if section is not None else {}
+
+    def prepared_data(self, settings: "Settings", documents: Path | None = None) -> Path | None:
+        """Where ``train --model-type all`` finds this component's prepared data; None when there is none."""
+        return None
+
+    # ---------------------------------------------------------------- training
+    def train(self, request: TrainRequest) -> ComponentResult:
+        raise NotImplementedError(f"{self.name} cannot be trained")
+
+    # ---------------------------------------------------------------- judging and using
+    def score(self, info: "VersionInfo", settings: "Settings") -> dict[str, Any] | None:
+        """Metrics on the component's own validation split, with "metric" and "overall_score"; None when
+        it has nothing to score."""
+        return None
+
+    def evaluate(self, info: "VersionInfo", settings: "Settings",
+                 options: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:
+        """What `hotelbot validate` measures and reports without gating on it (retrieval quality, generation
+        metrics): (its document under :attr:`evaluation_key` in `validate --json`, or None; warnings)."""
+        return None, []
+
+    def evaluation_lines(self, document: dict[str, Any]) -> dict[str, list[str]]:
+        """How `hotelbot validate` shows :meth:`evaluate`'s document, in plain text: {"stdout": [...] (results,
+        not with --json), "stderr": [...] (messages), "warnings": [...]}."""
+        return {"stdout": [], "stderr": [], "warnings": []}
+
+    def score_view(self, metrics: dict[str, Any], gate: str) -> dict[str, Any]:
+        """How `hotelbot validate` shows :meth:`score`'s metrics: {"line": one line (``gate`` is the gate's
+        "gate 0.80: PASS" text), "table": None or {"title", "columns", "rows"} of plain strings}."""
+        source = f" ({metrics['data_source']})" if metrics.get("data_source") else ""
+        return {"line": f"{self.name}{source}: overall_score ({metrics['metric']}) {metrics['overall_score']:.4f}  "
+                        f"{gate}", "table": None}
+
+    def smoke(self, info: "VersionInfo", settings: "Settings", texts_count: int) -> dict[str, Any]:
+        """Load the component as predict/serve do and run it on a few texts; raise when it cannot load
+        or answers something unusable. Returns what deploy records."""
+        return {}
+
+    def load(self, info: "VersionInfo", settings: "Settings | None" = None,
+             loaded: dict[str, Any] | None = None) -> Any:
+        """The component loaded for inference (predict/analyze/serve). ``loaded``: the version's components
+        loaded before this one (registration order), to share (the generator shares the knowledge base)."""
+        raise NotImplementedError(f"{self.name} has no runtime")
+
+    def warm_up(self, loaded: Any, version: str, text: str) -> None:
+        """Answer one text with the loaded component before the server swaps to its version (this also
+        loads what loads lazily); raise ModelError when the answer is unusable."""
+
+    def analyze(self, loaded: Any, texts: Sequence[str], rows: list[dict[str, Any]], *, top_k: int,
+                batch_size: int) -> None:
+        """Add this component's answer for each text to ``rows`` (one dict per text)."""
+
+    def empty_analysis(self) -> dict[str, Any]:
+        """The keys :meth:`analyze` fills, with their value when the component is absent."""
+        return {}
+
+    def report_section(self, path: Path, metadata: dict[str, Any]) -> dict[str, Any] | None:
+        """This component's entry in the report's "Other components" section (None: nothing to show), from
+        the version files in ``path`` (published or staged) and ``metadata``. The primary component has
+        the report's main sections instead."""
+        return None
+
+
+def report_common(summary: dict[str, Any]) -> dict[str, Any]:
+    """The facts every component's report section shows: data, base model, training, carried over, MLflow."""
+    base_model = summary.get("base_model")
+    return {"dataset": summary.get("dataset") or {},
+            "base_model": base_model.get("spec") if isinstance(base_model, dict) else base_model,
+            "training": summary.get("training") or {}, "carried_from": summary.get("carried_from"),
+            "mlflow_run_id": summary.get("mlflow_run_id")}
+
+
+def labels_report_section(path: Path, summary: Any, name: str, per_key: str) -> dict[str, Any] | None:
+    """A report section of kind "labels" (a component scored per label: entities, sentiment) from
+    ``<name>/metrics.json``."""
+    import json
+
+    metrics_path = Path(path) / name / "metrics.json"
+    if not isinstance(summary, dict) or not metrics_path.is_file():
+        return None
+    metrics = json.loads(metrics_path.read_text("utf-8"))
+    headline = {k: metrics.get(k) for k in ("overall_score", "metric", "micro_precision", "micro_recall",
+                                             "micro_f1", "macro_precision", "macro_recall", "macro_f1",
+                                             "accuracy", "weighted_f1") if metrics.get(k) is not None}
+    return {"kind": "labels", "headline": headline,
+            "rows": [{"label": label, **{k: s.get(k) for k in ("precision", "recall", "f1", "support")}}
+                     for label, s in (metrics.get(per_key) or {}).items()],
+            **report_common(summary)}
+
+
+def usable_confidence(value: Any) -> bool:
+    """A confidence a caller can use: a number in [0, 1]."""
+    import math
+
+    return 0.0 <= float(value) <= 1.0 and not math.isnan(float(value))
+
+
+def default_data_dir(settings: "Settings", component: str) -> Path:
+    """Where ``prepare --<component>`` writes by default: beside the intent split (data/processed ->
+    data/entities, data/sentiment, ...)."""
+    return Path(settings.paths.data).parent / component
+
+
+class SplitComponent(Component):
+    """A component trained on its own prepared split (``hotelbot prepare --<name> FILE`` writes it to
+    data/<name>/) or on a .jsonl file given with ``--data``: entities, sentiment. Subclasses set ``sample``
+    (the shipped example file's stem) and implement :meth:`fit_and_publish`."""
+
+    sample: ClassVar[str] = ""
+
+    def prepared_data(self, settings: "Settings", documents: Path | None = None) -> Path | None:
+        path = default_data_dir(settings, self.name)
+        return path if (path / "dataset.json").exists() else None
+
+    def train(self, request: TrainRequest) -> ComponentResult:
+        path = Path(request.data) if request.data is not None else default_data_dir(request.settings, self.name)
+        if not path.exists():
+            raise DataError(f"no {self.name} data in {path}",
+                            hint=f"run `hotelbot prepare --{self.name} datasets/{self.sample}.jsonl` or pass --data")
+        return self.fit_and_publish(request, path)
+
+    def fit_and_publish(self, request: TrainRequest, data: Path) -> ComponentResult:
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------- the registration table's mechanics
+
+_REGISTERED: dict[str, Component] = {}
+
+
+def register(component: Component) -> Component:
+    """Add a component (after the ones registered before it). Its name and model type must be new."""
+    if component.name in _REGISTERED:
+        raise ValueError(f"a component named {component.name!r} is already registered")
+    if any(c.model_type == component.model_type for c in _REGISTERED.values()):
+        raise ValueError(f"a component with model type {component.model_type!r} is already registered")
+    _REGISTERED[component.name] = component
+    return component
+
+
+def unregister(name: str) -> None:
+    _REGISTERED.pop(name, None)
+
+
+@contextlib.contextmanager
+def registered_temporarily(component: Component) -> Iterator[Component]:
+    """Register ``component`` for the duration of the block (tests, experiments)."""
+    register(component)
+    try:
+        yield component
+    finally:
+        unregister(component.name)
+
+
+def registered() -> list[Component]:
+    """Every registered component, in registration (= training) order."""
+    return list(_REGISTERED.values())
+
+
+def names() -> list[str]:
+    return list(_REGISTERED)
+
+
+def get(name: str) -> Component:
+    """The component called ``name``; DataError naming the known ones otherwise."""
+    try:
+        return _REGISTERED[name]
+    except KeyError:
+        raise DataError(f"unknown component {name!r}; use one of {', '.join(_REGISTERED)}") from None
+
+
+def by_model_type(model_type: str) -> Component:
+    """The component ``train --model-type MODEL_TYPE`` trains; DataError naming the known types otherwise."""
+    for component in _REGISTERED.values():
+        if component.model_type == model_type:
+            return component
+    raise DataError(f"unknown model type {model_type!r}; use one of {', '.join(model_types())} or all")
+
+
+def model_types() -> list[str]:
+    return [c.model_type for c in _REGISTERED.values()]
+
+
+def find(name: str) -> Component | None:
+    return _REGISTERED.get(name)
+
+
+# ---------------------------------------------------------------- "already trained": one check
+
+
+def _summary_of(component: Component | str, metadata: dict[str, Any]) -> dict[str, Any]:
+    found = find(component) if isinstance(component, str) else component
+    if found is not None:
+        return found.summary(metadata)
+    value = metadata.get(str(component))
+    return value if isinstance(value, dict) else {}
+
+
+def find_trained(registry: "ModelRegistry", component: Component | str, fingerprint: str,
+                 config: dict[str, Any]) -> "VersionInfo | None":
+    """The newest version whose ``component`` (an instance or a registered name) was trained on the same
+    data fingerprint and config: the one "already trained" check of every component."""
+    for info in reversed(registry.list_versions()):
+        summary = _summary_of(component, info.metadata)
+        if summary.get("dataset_fingerprint") == fingerprint and summary.get("config") == config:
+            return info
+    return None
+
+
+def refuse_repeat(registry: "ModelRegistry", component: Component | str, fingerprint: str, config: dict[str, Any],
+                  force: bool) -> None:
+    """AlreadyTrainedError naming the version that holds the same training, unless ``force``."""
+    if not force:
+        match = find_trained(registry, component, fingerprint, config)
+        if match is not None:
+            raise AlreadyTrainedError(match.name)
+
+
+@contextlib.contextmanager
+def training_run(settings: "Settings", registry: "ModelRegistry", component: str, experiment: str, prepared: Any,
+                 config_record: dict[str, Any], params: dict[str, Any], *,
+                 force: bool) -> Iterator[tuple[MlflowTracker, SystemMonitor]]:
+    """The frame a component's training shares: refuse a repeat (AlreadyTrainedError naming the version whose
+    ``component`` was trained on ``prepared``'s fingerprint with ``config_record``) unless ``force``; open one
+    MLflow run in ``experiment`` named ``{component}-{fingerprint[:8]}``, log ``params`` with the split's
+    sizes and fingerprint, and yield (tracker, system monitor). The monitor is closed however the block ends."""
+    refuse_repeat(registry, component, prepared.fingerprint, config_record, force)
+    monitor = SystemMonitor()
+    tracker = MlflowTracker(settings.paths.tracking_uri, experiment=experiment)
+    try:
+        with tracker.run(run_name=f"{component}-{prepared.fingerprint[:8]}", tags={"hotelbot.component": component}):
+            tracker.log_params({**params, "component": component, "train_size": len(prepared.train),
+                                "validation_size": len(prepared.validation),
+                                "dataset_fingerprint": prepared.fingerprint})
+            yield tracker, monitor
+    finally:
+        monitor.close()
+
+
+def scored_result(component: str, info: "VersionInfo", metrics: dict[str, Any], duration: float,
+                  run_id: str | None, history: list[dict[str, Any]], carried: dict[str, Any],
+                  extra_lines: Sequence[str] = ()) -> ComponentResult:
+    """The result of a component scored like a classifier (``metrics`` has "metric" and "overall_score";
+    entities and sentiment): its JSON document and the lines the CLI shows."""
+    scalar = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) or v is None}
+    components = info.metadata.get("components") or []
+    document = {"component": component, "version": info.name, "skipped": False,
+                "duration_seconds": round(duration, 2), "mlflow_run_id": run_id,
+                "overall_score": metrics.get("overall_score"), "metric": metrics.get("metric"),
+                "metrics": scalar, "per_type": metrics.get("per_type"), "per_label": metrics.get("per_intent"),
+                "history": history, "components": info.metadata.get("components"),
+                "carried_from": carried.get("from"), "carried_components": carried.get("components")}
+    lines = [f"trained {component} {info.name} in {duration:.1f}s: {metrics['metric']} "
+             f"{metrics['overall_score']:.4f}; components {', '.join(components)}"
+             + (f" (carried over from {carried['from']})" if carried.get("from") else ""), *extra_lines]
+    return ComponentResult(component, info, metrics, duration, run_id, history, document, lines,
+                           notes=[f"saved to {info.path}; MLflow run {run_id}"],
+                           score=(f"{component}_overall_score", float(metrics["overall_score"])),
+                           carried_from=carried.get("from"), carried_components=list(carried.get("components") or []))
+
+
+__all__ = ["Component", "ComponentResult", "SplitComponent", "TrainRequest", "default_data_dir", "by_model_type", "find", "find_trained", "get",
+           "model_types", "names", "refuse_repeat", "register", "registered", "registered_temporarily",
+           "labels_report_section", "report_common", "scored_result", "training_run", "unregister",
+           "usable_confidence"]

@@ -1,0 +1,79 @@
+"""The entity extractor: a BIO token classifier (dates, nights, guests, room type, ...) whose offsets index
+the guest's raw text. Its files live in ``entities/`` of a version, its summary in ``metadata["entities"]``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from ...errors import HotelbotError
+from ..base import ComponentResult, SplitComponent, TrainRequest, labels_report_section, usable_confidence
+from .tagger import (DATA_SUBDIR, ENTITIES_DIR, EXPERIMENT, METRIC, EntityExtractor, evaluate_entities,
+                     read_prepared_entities, train_entities)
+
+if TYPE_CHECKING:
+    from ...config import Settings
+    from ...registry import VersionInfo
+
+
+class EntityExtractorComponent(SplitComponent):
+    name = "entities"
+    model_type = "entities"
+    kind = "entity-extractor"
+    experiment = EXPERIMENT
+    description = "entity extractor (BIO token classifier)"
+    paths = (ENTITIES_DIR,)
+    prepare_hint = "hotelbot prepare --entities FILE"
+    sample = "entidades_es"
+    metric = METRIC
+    gated = True
+    analyzes = True
+
+    def fit_and_publish(self, request: TrainRequest, data: Path) -> ComponentResult:
+        return train_entities(request.settings, data, request.registry, listener=request.listener,
+                              force=request.force, source=request.source)
+
+    def score(self, info: "VersionInfo", settings: "Settings") -> dict[str, Any]:
+        return evaluate_entities(info)
+
+    def score_view(self, metrics: dict[str, Any], gate: str) -> dict[str, Any]:
+        m = metrics
+        return {"line": f"entities on {m['num_sentences']} sentences ({m['data_source']}): micro P/R/F1 "
+                        f"{m['micro_precision']:.4f}/{m['micro_recall']:.4f}/{m['micro_f1']:.4f}  macro-F1 "
+                        f"{m['macro_f1']:.4f}  {gate}",
+                "table": {"title": "per entity type (exact match)",
+                          "columns": ["entity type", "precision", "recall", "F1", "support"],
+                          "rows": [[label, f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}",
+                                    str(s["support"])] for label, s in m["per_type"].items()]}}
+
+    def smoke(self, info: "VersionInfo", settings: "Settings", texts_count: int) -> dict[str, Any]:
+        examples = read_prepared_entities(info.path / ENTITIES_DIR / DATA_SUBDIR).validation[:texts_count]
+        texts = [e.text for e in examples] or ["Soy Ana, de la habitación 305"]
+        extractor = EntityExtractor.from_version(info)
+        found = extractor.extract(texts)
+        for text, entities in zip(texts, found):
+            for ent in entities:
+                if not (0 <= ent["start"] < ent["end"] <= len(text)) or text[ent["start"]:ent["end"]] != ent["text"] \
+                        or ent["type"] not in extractor.config.labels or not usable_confidence(ent["confidence"]):
+                    raise HotelbotError(f"{info.name} returned an unusable entity for {text!r}: {ent}")
+        gold = sum(len(e.entities) for e in examples)
+        hits = sum(len(e.gold() & {(x["type"], x["start"], x["end"]) for x in f}) for e, f in zip(examples, found))
+        return {"texts": len(texts), "found": sum(map(len, found)), "gold": gold, "correct": hits}
+
+    def load(self, info: "VersionInfo", settings: "Settings | None" = None,
+             loaded: dict[str, Any] | None = None) -> Any:
+        return EntityExtractor.from_version(info)
+
+    def empty_analysis(self) -> dict[str, Any]:
+        return {"entities": []}
+
+    def analyze(self, loaded: Any, texts: Sequence[str], rows: list[dict[str, Any]], *, top_k: int,
+                batch_size: int) -> None:
+        for row, found in zip(rows, loaded.extract(texts, batch_size=batch_size)):
+            row["entities"] = found
+
+    def report_section(self, path: Path, metadata: dict[str, Any]) -> dict[str, Any] | None:
+        return labels_report_section(path, metadata.get(self.name), self.name, "per_type")
+
+
+__all__ = ["EntityExtractorComponent"]

@@ -1,0 +1,76 @@
+"""The intent classifier: an encoder + linear head over the hotel's intents, with the out-of-scope
+threshold calibrated on validation. Its files predate components and live at the top of a version
+(model/, intent_classifier.pt, metrics.json, training_history.json, data/, report/), and so does its
+summary in the metadata (labels, metrics, config, ...)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from ...data import VALIDATION_FILE, read_jsonl_examples
+from ...errors import HotelbotError
+from ...runtime import load_predictor
+from ..base import Component, ComponentResult, TrainRequest
+
+if TYPE_CHECKING:
+    from ...config import Settings
+    from ...registry import VersionInfo
+
+
+class IntentClassifier(Component):
+    name = "classifier"
+    model_type = "classifier"
+    kind = "intent-classifier"
+    experiment = "hotelbot-classifier"
+    description = "intent classifier (encoder + linear head, out-of-scope threshold)"
+    paths = ("model", "intent_classifier.pt", "metrics.json", "training_history.json", "data", "report")
+    metadata_keys = ("labels", "base_model", "out_of_scope_threshold", "dataset_fingerprint", "dataset", "config",
+                     "metrics", "training", "mlflow_run_id", "mlflow_tracking_uri", "kind")
+    train_options = ("incremental", "hpo")
+    prepare_hint = "hotelbot prepare FILE"
+    required = True
+    primary = True          # validate's headline metrics and per-intent regression check are the classifier's
+    metric = "macro_f1"     # settings.validation.metric chooses the one a training optimises
+    gated = True
+    analyzes = True
+
+    def summary(self, metadata: dict[str, Any]) -> dict[str, Any]:
+        return metadata  # top-level keys: the classifier predates per-component summaries
+
+    def prepared_data(self, settings: "Settings", documents: Path | None = None) -> Path | None:
+        return Path(settings.paths.data)
+
+    def train(self, request: TrainRequest) -> ComponentResult:
+        from .train import train  # imports the ONNX exporter (onnx, onnxscript) and optuna's search
+
+        return train(request)
+
+    def smoke(self, info: "VersionInfo", settings: "Settings", texts_count: int) -> dict[str, Any]:
+        examples = read_jsonl_examples(info.path / "data" / VALIDATION_FILE)[:texts_count]
+        texts = [e.text for e in examples] or ["hola"]
+        predictor = load_predictor(info)
+        predictions = predictor.predict(texts, top_k=1)
+        labels = set(predictor.labels)
+        for p in predictions:
+            if p.intent not in labels or not (0.0 <= p.confidence <= 1.0) or math.isnan(p.confidence):
+                raise HotelbotError(f"{info.name} returned an unusable prediction for {p.text!r}: "
+                                    f"{p.intent} {p.confidence}")
+        correct = sum(p.intent == e.intent for p, e in zip(predictions, examples))
+        return {"texts": len(texts), "correct": correct if examples else None}
+
+    def load(self, info: "VersionInfo", settings: "Settings | None" = None,
+             loaded: dict[str, Any] | None = None) -> Any:
+        return load_predictor(info)
+
+    def empty_analysis(self) -> dict[str, Any]:
+        return {"intent": None, "confidence": None, "top_k": [], "fallback": None}
+
+    def analyze(self, loaded: Any, texts: Sequence[str], rows: list[dict[str, Any]], *, top_k: int,
+                batch_size: int) -> None:
+        for row, p in zip(rows, loaded.predict(texts, top_k=top_k, batch_size=batch_size)):
+            row.update(intent=p.intent, confidence=p.confidence, top_k=p.top_k, fallback=p.fallback)
+
+
+__all__ = ["IntentClassifier"]

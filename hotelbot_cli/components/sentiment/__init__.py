@@ -1,0 +1,72 @@
+"""The sentiment classifier (negative / neutral / positive): a sentence classifier like the intent one,
+without an out-of-scope threshold. Its files live in ``sentiment/``, its summary in ``metadata["sentiment"]``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from ...errors import HotelbotError
+from ..base import ComponentResult, SplitComponent, TrainRequest, labels_report_section, usable_confidence
+from .classifier import (DATA_SUBDIR, EXPERIMENT, SENTIMENT_DIR, SentimentClassifier, evaluate_sentiment,
+                         read_prepared_sentiment, train_sentiment)
+
+if TYPE_CHECKING:
+    from ...config import Settings
+    from ...registry import VersionInfo
+
+
+class SentimentComponent(SplitComponent):
+    name = "sentiment"
+    model_type = "sentiment"
+    kind = "sentiment-classifier"
+    experiment = EXPERIMENT
+    description = "sentiment classifier (negative / neutral / positive)"
+    paths = (SENTIMENT_DIR,)
+    prepare_hint = "hotelbot prepare --sentiment FILE"
+    sample = "sentimiento_es"
+    metric = "macro_f1"  # settings.validation.metric
+    gated = True
+    analyzes = True
+
+    def fit_and_publish(self, request: TrainRequest, data: Path) -> ComponentResult:
+        return train_sentiment(request.settings, data, request.registry, listener=request.listener,
+                               force=request.force, source=request.source)
+
+    def score(self, info: "VersionInfo", settings: "Settings") -> dict[str, Any]:
+        return evaluate_sentiment(info, settings.validation.metric)
+
+    def score_view(self, metrics: dict[str, Any], gate: str) -> dict[str, Any]:
+        m = metrics
+        return {"line": f"sentiment on {m['num_examples']} texts ({m['data_source']}): accuracy {m['accuracy']:.4f}  "
+                        f"macro-F1 {m['macro_f1']:.4f}  overall_score ({m['metric']}) {m['overall_score']:.4f}  "
+                        f"{gate}  per label: " + ", ".join(f"{k} {v['f1']:.3f}" for k, v in m["per_intent"].items()),
+                "table": None}
+
+    def smoke(self, info: "VersionInfo", settings: "Settings", texts_count: int) -> dict[str, Any]:
+        examples = read_prepared_sentiment(info.path / SENTIMENT_DIR / DATA_SUBDIR).validation[:texts_count]
+        texts = [e.text for e in examples] or ["hola"]
+        model = SentimentClassifier.from_version(info)
+        answers = model.predict(texts)
+        for text, answer in zip(texts, answers):
+            if answer["label"] not in model.labels or not usable_confidence(answer["confidence"]):
+                raise HotelbotError(f"{info.name} returned an unusable sentiment for {text!r}: {answer}")
+        return {"texts": len(texts), "correct": sum(a["label"] == e.intent for a, e in zip(answers, examples))}
+
+    def load(self, info: "VersionInfo", settings: "Settings | None" = None,
+             loaded: dict[str, Any] | None = None) -> Any:
+        return SentimentClassifier.from_version(info)
+
+    def empty_analysis(self) -> dict[str, Any]:
+        return {"sentiment": None}
+
+    def analyze(self, loaded: Any, texts: Sequence[str], rows: list[dict[str, Any]], *, top_k: int,
+                batch_size: int) -> None:
+        for row, answer in zip(rows, loaded.predict(texts, batch_size=batch_size)):
+            row["sentiment"] = answer
+
+    def report_section(self, path: Path, metadata: dict[str, Any]) -> dict[str, Any] | None:
+        return labels_report_section(path, metadata.get(self.name), self.name, "per_intent")
+
+
+__all__ = ["SentimentComponent"]

@@ -1,0 +1,171 @@
+"""Writing the fp32 ONNX graph of a trained classifier: encoder + pooling + head in one graph,
+(input_ids, attention_mask) -> logits with dynamic batch and sequence axes, exported with eager attention,
+fused by onnxruntime's transformer optimizer (Attention, EmbedLayerNormalization, SkipLayerNormalization,
+BiasGelu), its large initializers (the word embeddings) moved to a memory-mapped ``.data`` file.
+
+torch, onnx, onnxruntime and numpy are imported inside the functions that use them: the CLI imports
+this package (train, validate) and must not pay for them before an export runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from ..data import clean_text
+from ..runtime.onnx import open_session
+
+log = logging.getLogger("hotelbot.onnx")
+
+EXTERNAL_DATA_THRESHOLD = 1 << 20  # initializers of 1 MiB or more go to model*.onnx.data (memory-mapped)
+OPSET = 17
+PROBE_TEXTS = ("hola", "quiero ver las noticias", "¿a qué hora es el desayuno?",
+               "la clave del wifi no funciona en mi habitación, ¿me ayudan por favor?")
+
+
+@contextlib.contextmanager
+def _quiet_export() -> Iterator[None]:
+    """Keep exporter/quantizer chatter (warnings, root-logger advice) off the CLI's stderr."""
+
+    class _Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return False
+
+    root = logging.getLogger()
+    drop = _Drop()
+    root.addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.removeFilter(drop)
+
+
+@contextlib.contextmanager
+def _eager_attention(model: Any) -> Iterator[str]:
+    """Export with the encoder's eager attention: its graph is the classic BERT pattern that
+    onnxruntime fuses into one Attention op (the SDPA graph is not recognised). Restored after."""
+    encoder = model.encoder
+    before = getattr(encoder.config, "_attn_implementation", None) or "sdpa"
+    try:
+        encoder.set_attn_implementation("eager")
+        now = "eager"
+    except Exception:  # noqa: BLE001 - an encoder without the switch: export what it has
+        now = before
+    try:
+        yield now
+    finally:
+        if now != before:
+            with contextlib.suppress(Exception):
+                encoder.set_attn_implementation(before)
+
+
+def _export_raw(model: Any, tokenizer: Any, path: Path, opset: int) -> str:
+    """Write encoder + pooling + head as one ONNX graph; returns the exporter used."""
+    import torch  # heavy: imported on use (module docstring)
+
+    class LogitsOnly(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask)["logits"]
+
+    wrapped = LogitsOnly(model).eval()
+    cfg = model.classifier_config
+    # Two texts of different lengths: the traced graph sees padding, so nothing is specialised to it.
+    enc = tokenizer([cfg.query_prefix + t for t in PROBE_TEXTS[2:]], padding=True, truncation=True,
+                    max_length=cfg.max_length, return_tensors="pt")
+    args = (enc["input_ids"], enc["attention_mask"])
+    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+            "logits": {0: "batch"}}
+    with _quiet_export(), torch.inference_mode(False), torch.no_grad():
+        try:
+            # The TorchScript exporter: seconds (dynamo takes several times longer) and its graph
+            # fuses and quantizes as is.
+            torch.onnx.export(wrapped, args, str(path), input_names=["input_ids", "attention_mask"],
+                              output_names=["logits"], dynamic_axes=axes, opset_version=opset,
+                              do_constant_folding=True, dynamo=False)
+            return "torchscript"
+        except Exception as exc:  # noqa: BLE001 - fall back to the dynamo exporter (a torch without the old one)
+            log.warning("TorchScript ONNX export failed (%s); trying the dynamo exporter", exc)
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        seq = torch.export.Dim("sequence", min=1, max=max(2, int(cfg.max_length)))
+        with contextlib.redirect_stdout(io.StringIO()):
+            program = torch.onnx.export(wrapped, args, None, input_names=["input_ids", "attention_mask"],
+                                        output_names=["logits"], dynamo=True, verbose=False, opset_version=18,
+                                        dynamic_shapes={"input_ids": {0: batch, 1: seq},
+                                                        "attention_mask": {0: batch, 1: seq}})
+            program.save(str(path), external_data=False)
+    import onnx  # heavy: imported on use (module docstring)
+
+    graph = onnx.load(str(path))
+    del graph.graph.value_info[:]  # dynamo's shape annotations trip the quantizer's shape inference
+    onnx.save(graph, str(path))
+    return "dynamo"
+
+
+def _probe_feed(tokenizer: Any, cfg: Any, texts: Sequence[str] = PROBE_TEXTS) -> dict[str, Any]:
+    enc = tokenizer([cfg.query_prefix + clean_text(t) for t in texts], padding=True, truncation=True,
+                    max_length=cfg.max_length, return_tensors="np")
+    return {"input_ids": enc["input_ids"].astype("int64"), "attention_mask": enc["attention_mask"].astype("int64")}
+
+
+def _run(path: Path, feed: dict[str, Any]) -> Any:
+    session = open_session(path)
+    names = {i.name for i in session.get_inputs()}
+    return session.run(["logits"], {k: v for k, v in feed.items() if k in names})[0]
+
+
+def _fuse(path: Path, encoder_config: Any, feed: dict[str, Any]) -> dict[str, int]:
+    """Fuse attention / layer norms / GELU with onnxruntime's transformer optimizer, in place.
+
+    Kept only when the fused graph gives the same logits as the plain one on the probe texts;
+    returns the fused-op counts ({} when nothing was fused or the fusion was rejected).
+    """
+    import numpy as np  # imported on use (module docstring)
+
+    tmp = path.with_name(path.name + ".fused.tmp")
+    try:
+        from onnxruntime.transformers.optimizer import optimize_model  # heavy: imported on use
+
+        with _quiet_export():
+            fused = optimize_model(str(path), model_type="bert",
+                                   num_heads=int(getattr(encoder_config, "num_attention_heads", 0) or 0),
+                                   hidden_size=int(getattr(encoder_config, "hidden_size", 0) or 0), opt_level=0)
+            stats = {k: int(v) for k, v in fused.get_fused_operator_statistics().items() if v}
+            if not stats:
+                return {}
+            fused.save_model_to_file(str(tmp))
+        if np.abs(_run(tmp, feed) - _run(path, feed)).max() > 1e-4:
+            log.warning("the fused ONNX graph does not reproduce the plain one; keeping the plain graph")
+            return {}
+        os.replace(tmp, path)
+        return stats
+    except Exception as exc:  # noqa: BLE001 - fusion is an optimisation: the plain graph still works
+        log.warning("ONNX graph fusion skipped: %s", exc)
+        return {}
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _externalize(path: Path) -> None:
+    """Move the large initializers (the word embeddings) of ``path`` into ``path.data``.
+
+    onnxruntime memory-maps that file instead of parsing ~100 MB of protobuf: a cold session is ~3x
+    faster to create, and only the embedding rows actually used are paged in.
+    """
+    import onnx  # heavy: imported on use (module docstring)
+
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)  # onnx appends to an existing data file
+    model = onnx.load(str(path))
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=EXTERNAL_DATA_THRESHOLD, convert_attribute=False)

@@ -1,0 +1,233 @@
+"""ONNX export at train time: :func:`export_onnx` writes, next to the PyTorch weights of a *staged*
+version (the weights stay the source of truth)::
+
+    model/model.onnx(.data)       encoder + pooling + head in one graph: (input_ids, attention_mask) ->
+                                  logits, batch and sequence axes dynamic; exported with eager attention
+                                  and fused by onnxruntime's transformer optimizer (Attention,
+                                  EmbedLayerNormalization, SkipLayerNormalization, BiasGelu); the word
+                                  embeddings live in the memory-mapped .data file (export.graph)
+    model/model.int8.onnx(.data)  the same graph, dynamic int8 quantization with per-channel weights,
+                                  except the MatMuls fed by outlier activations (kept fp32; export.quantize).
+                                  If int8 alone misses the accuracy gate, its close calls (top-2 gap or
+                                  distance to the out-of-scope threshold under ``recheck_margin``) re-run
+                                  on fp32
+    model/tokenizer.unigram.bin   for a Unigram tokenizer (e5): a sorted index of its pieces that loads in
+                                  milliseconds (see runtime.tokenizers.UnigramSubsetEncoder)
+    model/runtime.json            what was measured (accuracy on the validation split, single-text
+                                  latency) and the runtime chosen: the fastest of torch / onnx-fp32 /
+                                  onnx-int8 whose accuracy is within ``tolerance_points`` of PyTorch's
+
+torch, onnx, onnxruntime and numpy are imported inside the functions that use them (see export.graph).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from .._io import atomic_write_json
+from ..data import clean_text
+from ..errors import ModelError
+from ..runtime import selection
+from ..runtime.layout import (CLASSIFIER_FILE, ONNX_FILES, ONNX_FP32, ONNX_FP32_FILE, ONNX_INT8, ONNX_INT8_FILE,
+                              RUNTIME_FILE, TOKENIZER_FILE, TOKENIZER_INDEX_FILE, TORCH)
+from ..runtime.onnx import OnnxPredictor, Recheck
+from ..runtime.reference import TorchPredictor
+from ..runtime.selection import DEFAULT_TOLERANCE_POINTS, RUNTIME_FORMAT, SPEED_TIE, choose_runtime
+from ..runtime.tokenizers import TOKENIZER_FULL, TOKENIZER_SUBSET, load_text_encoder, write_unigram_index
+from .compare import _accuracy, _latencies_ms
+from .graph import OPSET, PROBE_TEXTS, _eager_attention, _export_raw, _externalize, _fuse, _probe_feed
+from .quantize import OUTLIER_RATIO, _keep_fp32, _outlier_inputs, _quantize
+
+log = logging.getLogger("hotelbot.onnx")
+
+# When int8 alone misses the gate, its answers this close (in probability) to changing are re-run on
+# fp32 (Recheck). 0.3: on four e5 trainings every int8/fp32 disagreement on the validation split had a
+# margin below 0.27 (README "Fast inference").
+DEFAULT_RECHECK_MARGIN = 0.3
+# fp32 ONNX must reproduce PyTorch's probabilities; past this the export is wrong and is not used.
+FP32_MAX_PROB_DIFF = 1e-3
+
+
+def drop_export(model_dir: Path) -> list[str]:
+    """Remove a model directory's ONNX export (graphs, data, tokenizer index, runtime.json).
+
+    For a *staged* copy whose PyTorch weights were changed: the export is derived from them and would
+    no longer match. Returns the names removed. (Published versions are immutable: never call this on one.)
+    """
+    model_dir = Path(model_dir)
+    names = [ONNX_FP32_FILE, ONNX_FP32_FILE + ".data", ONNX_INT8_FILE, ONNX_INT8_FILE + ".data",
+             TOKENIZER_INDEX_FILE, RUNTIME_FILE]
+    removed = []
+    for name in names:
+        if (model_dir / name).exists():
+            (model_dir / name).unlink()
+            removed.append(name)
+    return removed
+
+
+def _check_tokenizers(model_dir: Path, hf_tokenizer: Any, cfg: Any, texts: Sequence[str]) -> tuple[str, bool]:
+    """(tokenizer kind for runtime.json, whether it reproduces the HF tokenizer's ids on ``texts``).
+
+    The fast Unigram encoder is kept only when it gives exactly the HF ids; else the whole tokenizer.
+    """
+    import numpy as np  # imported on use (module docstring)
+
+    prepared = [cfg.query_prefix + clean_text(t) for t in texts if clean_text(t)]
+
+    def same(encoder: Any) -> bool:
+        for start in range(0, len(prepared), 32):
+            chunk = prepared[start:start + 32]
+            ids, mask = encoder.encode(chunk)
+            want = hf_tokenizer(chunk, padding=True, truncation=True, max_length=cfg.max_length, return_tensors="np")
+            if ids.shape != want["input_ids"].shape or not (np.array_equal(ids, want["input_ids"]) and
+                                                           np.array_equal(mask, want["attention_mask"])):
+                return False
+        return True
+
+    encoder = load_text_encoder(model_dir, cfg.max_length)
+    if same(encoder):
+        return encoder.kind, True
+    if encoder.kind != TOKENIZER_FULL:
+        log.warning("the fast Unigram tokenizer differs from the HF tokenizer; the ONNX runtime loads the whole one")
+        if same(load_text_encoder(model_dir, cfg.max_length, TOKENIZER_FULL)):
+            return TOKENIZER_FULL, True
+    log.warning("tokenizer.json does not reproduce the HF tokenizer's ids: the ONNX runtimes are not used")
+    return TOKENIZER_FULL, False
+
+
+def export_onnx(model: Any, tokenizer: Any, model_dir: Path, validation_examples: Sequence[Any],
+                tolerance_points: float = DEFAULT_TOLERANCE_POINTS, *, latency_runs: int = 50,
+                opset: int = OPSET, recheck_margin: float = DEFAULT_RECHECK_MARGIN) -> dict[str, Any]:
+    """Export a trained classifier to ONNX (fp32 and dynamic int8) into ``model_dir`` and choose a runtime.
+
+    Call it on a *staged* version after :func:`modeling.save_classifier` wrote ``model_dir`` (it reads
+    classifier.json and tokenizer.json from there, as predict will). Measures accuracy (out-of-scope
+    threshold applied, as predict answers) of torch fp32, ONNX fp32 and ONNX int8 on
+    ``validation_examples`` (objects with .text and .intent), and their single-text latency; chooses
+    with :func:`choose_runtime`; writes ``model_dir/runtime.json``; returns the same dict (for
+    ``metadata["inference"]``). When int8 alone is outside the gate and ``recheck_margin`` > 0 (and the
+    fp32 export is usable), int8 is measured again with its close calls re-run on fp32 (:class:`Recheck`)
+    and, if that passes, serves that way (``recheck`` in runtime.json; int8 alone is recorded beside):
+    slower than int8 alone (each re-run costs an fp32 pass), faster than fp32.
+    """
+    import numpy as np  # heavy: imported on use (module docstring)
+    import onnx
+    import onnxruntime
+    import torch
+
+    model_dir = Path(model_dir)
+    for needed in (CLASSIFIER_FILE, TOKENIZER_FILE):
+        if not (model_dir / needed).is_file():
+            raise ModelError(f"{model_dir / needed} is missing: call save_classifier before export_onnx")
+    if next(model.parameters()).device.type != "cpu":
+        model = model.to("cpu")
+    model.eval()
+    start = time.monotonic()
+    fp32_path, int8_path = model_dir / ONNX_FP32_FILE, model_dir / ONNX_INT8_FILE
+    try:
+        with _eager_attention(model) as attention:
+            exporter = _export_raw(model, tokenizer, fp32_path, opset)
+        fused = _fuse(fp32_path, model.encoder.config, _probe_feed(tokenizer, model.classifier_config))
+        _externalize(fp32_path)
+        cfg = model.classifier_config
+        stats_texts = [e.text for e in validation_examples[:64]] + list(PROBE_TEXTS)
+        ratios = _outlier_inputs(fp32_path, [_probe_feed(tokenizer, cfg, [t]) for t in stats_texts])
+        kept_fp32 = _keep_fp32(ratios)
+        _quantize(fp32_path, int8_path, kept_fp32)
+        _externalize(int8_path)
+    except Exception as exc:  # noqa: BLE001 - surface one clear line; the torch weights are still saved
+        for path in (fp32_path, int8_path):
+            path.unlink(missing_ok=True)
+            path.with_name(path.name + ".data").unlink(missing_ok=True)
+        raise ModelError(f"ONNX export failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+    export_seconds = time.monotonic() - start
+
+    texts = [e.text for e in validation_examples]
+    truth = [e.intent for e in validation_examples]
+    probe = texts[:64] or list(PROBE_TEXTS)
+    cfg = model.classifier_config
+    write_unigram_index(model_dir)
+    tokenizer_kind, tokenizer_ok = _check_tokenizers(model_dir, tokenizer, cfg, texts + list(PROBE_TEXTS))
+    if tokenizer_kind != TOKENIZER_SUBSET:
+        (model_dir / TOKENIZER_INDEX_FILE).unlink(missing_ok=True)
+    predictors: dict[str, Any] = {TORCH: TorchPredictor(model, tokenizer, model_dir.parent.name)}
+    for name in ONNX_FILES:
+        predictors[name] = OnnxPredictor.from_model_dir(model_dir, name, model_dir.parent.name, tokenizer_kind,
+                                                        recheck_margin=0.0)
+    recheck: dict[str, Any] | None = None
+    with torch.inference_mode():
+        reference = predictors[TORCH].probabilities(probe).float().numpy()
+        measurements: dict[str, dict[str, Any]] = {}
+        predicted: dict[str, list[str]] = {}
+
+        recheck_rates: dict[str, float | None] = {}
+
+        def measure(name: str, predictor: Any) -> dict[str, Any]:
+            predicted[name] = predictor.predict_labels(texts) if texts else []
+            if getattr(predictor, "recheck", None) is not None:
+                recheck_rates[name] = predictor.recheck.rate  # on the validation texts, before the probe texts
+            probs = reference if name == TORCH else predictor.probabilities(probe)
+            entry: dict[str, Any] = {"accuracy": _accuracy(predicted[name], truth),
+                                     "max_abs_prob_diff_vs_torch": round(float(np.abs(probs - reference).max()), 7)}
+            if name != TORCH:
+                entry["agreement_with_torch"] = _accuracy(predicted[name], predicted[TORCH])
+                entry["file"] = ONNX_FILES[name]
+                entry["size_bytes"] = sum(p.stat().st_size for p in (model_dir / ONNX_FILES[name],
+                                                                     model_dir / (ONNX_FILES[name] + ".data"))
+                                          if p.exists())
+            return entry
+
+        for name, predictor in predictors.items():
+            measurements[name] = measure(name, predictor)
+        measurements[ONNX_FP32]["usable"] = (measurements[ONNX_FP32]["max_abs_prob_diff_vs_torch"] <= FP32_MAX_PROB_DIFF
+                                             and tokenizer_ok)
+        if not tokenizer_ok:
+            measurements[ONNX_INT8]["usable"] = False
+        # int8 alone outside the gate: measure it with its close calls re-run on fp32 (what would then serve)
+        if (recheck_margin > 0 and measurements[ONNX_FP32]["usable"] and tokenizer_ok and texts
+                and not selection._qualifies(measurements, ONNX_INT8, tolerance_points)):
+            alone = measurements[ONNX_INT8]
+            guarded = predictors[ONNX_INT8] = predictors[ONNX_INT8].with_recheck(
+                Recheck(model_dir / ONNX_FP32_FILE, recheck_margin))
+            entry = measure(ONNX_INT8, guarded)
+            rate = recheck_rates.get(ONNX_INT8)
+            recheck = {"runtime": ONNX_FP32, "file": ONNX_FP32_FILE, "margin": recheck_margin}
+            entry["recheck"] = dict(recheck, rate=None if rate is None else round(rate, 4))
+            entry["without_recheck"] = {k: alone[k] for k in ("accuracy", "agreement_with_torch",
+                                                              "max_abs_prob_diff_vs_torch")}
+            measurements[ONNX_INT8] = entry
+        for name, latency in _latencies_ms(predictors, probe, latency_runs).items():
+            measurements[name].update(latency)
+    chosen = choose_runtime(measurements, tolerance_points)
+    result = {
+        "format": RUNTIME_FORMAT,
+        "runtime": chosen,
+        "tolerance_points": tolerance_points,
+        "selection": (f"fastest single-text p50 among the runtimes within {tolerance_points} accuracy points of "
+                      f"torch; latencies within {SPEED_TIE:.0%} of the fastest are ties, won by the smaller model"),
+        "files": {name: [n for n in (f, f + ".data") if (model_dir / n).exists()] for name, f in ONNX_FILES.items()},
+        "inputs": ["input_ids", "attention_mask"],
+        "output": "logits",
+        "exporter": exporter,
+        "opset": opset,
+        "attention": attention,
+        "fused_operators": fused,
+        "quantization": "dynamic int8, per-channel QInt8 weights (onnxruntime.quantization.quantize_dynamic)",
+        "kept_fp32": {name: ratios[name] for name in kept_fp32},
+        "outlier_ratio_cutoff": OUTLIER_RATIO,
+        "recheck": recheck,
+        "tokenizer": tokenizer_kind,
+        "tokenizer_matches_hf": tokenizer_ok,
+        "validation_examples": len(texts),
+        "runtimes": measurements,
+        "export_seconds": round(export_seconds, 2),
+        "cpu_threads": torch.get_num_threads(),
+        "library_versions": {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                             "torch": torch.__version__},
+    }
+    atomic_write_json(model_dir / RUNTIME_FILE, result)
+    return result
+

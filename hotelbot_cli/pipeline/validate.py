@@ -1,0 +1,285 @@
+"""Validation: every scored component of a version on its own validation split, the gate
+(MIN_VALIDATION_SCORE for each, no per-intent regression of the primary component against the deployed
+version), and K-fold cross-validation of the intent classifier.
+
+The components scored and gated are the registered ones with ``gated`` set
+(:mod:`hotelbot_cli.components`); the ``primary`` one (the intent classifier) is validated with its
+runtime comparison and its comparison with the deployed version, and its metrics are the result's
+headline ``metrics``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .._io import atomic_write_json
+from ..components import registered
+from ..components.compose import components_of
+from ..config import TrainingConfig
+from ..data import TRAIN_FILE, VALIDATION_FILE, read_jsonl_examples, read_prepared
+from ..errors import DataError, RegistryError
+from ..evaluation import METRIC_KEYS, Comparison, classification_metrics, compare
+from ..export import compare_runtimes
+from ..registry.store import utc_now
+from ..runtime import load_predictor
+from ..training.classify import fit_classifier
+from ..training.events import TrainingEvent, emitter
+from ..training.tracking import MlflowTracker
+
+if TYPE_CHECKING:
+    from ..registry import VersionInfo
+
+
+log = logging.getLogger("hotelbot.validation")
+CV_METRICS = METRIC_KEYS + ("in_scope_accuracy", "out_of_scope_recall")
+
+
+def validate_components(info: "VersionInfo", settings: Any) -> dict[str, dict[str, Any]]:
+    """Scores of the version's gated components other than the primary one (entities, sentiment, ...), each
+    on its own validation split, reloaded from disk: {name: metrics with "metric" and "overall_score"}."""
+    present = components_of(info)
+    out: dict[str, dict[str, Any]] = {}
+    for component in registered():
+        if component.gated and not component.primary and component.name in present:
+            scored = component.score(info, settings)
+            if scored is not None:
+                out[component.name] = scored
+    return out
+
+
+def gate_components(info: "VersionInfo", settings: Any) -> dict[str, Any]:
+    """The deploy gate for the components other than the primary one: each one's overall_score on its own
+    validation split must reach MIN_VALIDATION_SCORE."""
+    min_score = settings.validation.min_validation_score
+    scores = validate_components(info, settings)
+    failures = [f"{name} {m['metric']} {m['overall_score']:.4f} < MIN_VALIDATION_SCORE {min_score:.4f}"
+                for name, m in scores.items() if m["overall_score"] < min_score]
+    return {"components": {name: {"metric": m["metric"], "overall_score": m["overall_score"]}
+                           for name, m in scores.items()},
+            "failures": failures, "passed": not failures}
+
+
+def primary_component(info: "VersionInfo") -> Any:
+    """The version's primary component (the intent classifier) when it holds one, else None."""
+    present = components_of(info)
+    return next((c for c in registered() if c.primary and c.name in present), None)
+
+
+@dataclass
+class ValidationResult:
+    """``metrics`` are the intent classifier's ({} for a version without one); ``components`` hold the other
+    scored components' metrics (entities, sentiment), each on its own validation split. Every one of them
+    must reach ``min_score`` to pass."""
+
+    version: str
+    metrics: dict[str, Any]
+    min_score: float
+    data_source: str
+    comparison: Comparison | None = None
+    validated_at: str = ""
+    components: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def overall_score(self) -> float:
+        """The classifier's overall_score; without a classifier, the lowest component score."""
+        if self.metrics:
+            return float(self.metrics["overall_score"])
+        return min(float(m["overall_score"]) for m in self.components.values())
+
+    @property
+    def classifier_passed(self) -> bool:
+        return not self.metrics or float(self.metrics["overall_score"]) >= self.min_score
+
+    @property
+    def failures(self) -> list[str]:
+        out = [] if self.classifier_passed else [
+            f"{self.metrics['metric']} {self.overall_score:.4f} < MIN_VALIDATION_SCORE {self.min_score:.4f}"]
+        out += [f"{name} {m['metric']} {m['overall_score']:.4f} < MIN_VALIDATION_SCORE {self.min_score:.4f}"
+                for name, m in self.components.items() if m["overall_score"] < self.min_score]
+        return out
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "overall_score": self.overall_score,
+            "metric": self.metrics["metric"] if self.metrics else "lowest component score",
+            "min_validation_score": self.min_score,
+            "passed": self.passed,
+            "failures": self.failures,
+            "data_source": self.data_source,
+            "validated_at": self.validated_at,
+            "metrics": self.metrics,
+            "comparison": self.comparison.to_dict() if self.comparison else None,
+            "components": {name: {"metric": m["metric"], "overall_score": m["overall_score"],
+                                  "passed": m["overall_score"] >= self.min_score, "metrics": m}
+                           for name, m in self.components.items()},
+        }
+
+
+def validate_version(registry: Any, version: str | None, settings: Any, data_dir: Any = None) -> ValidationResult:
+    """Evaluate a saved version on a validation split; compare with the deployed version if any.
+
+    The split is the version's own (stored at train time) unless ``data_dir`` names a prepared directory.
+    The other gated components (entities, sentiment, ...), when present, are scored on their own stored
+    validation splits.
+    The result is recorded in the registry (``validations/``) and under ``reports/validation_reports/``.
+    """
+    info = registry.require_intact(registry.resolve(version or settings.model_version).name)
+    components = validate_components(info, settings)
+    if primary_component(info) is None:
+        if not components:
+            scored = ", ".join(c.name for c in registered() if c.gated)
+            raise RegistryError(f"version {info.name} has no component to validate (scored: {scored})")
+        result = ValidationResult(info.name, {}, settings.validation.min_validation_score,
+                                  f"{info.name}: each component's own validation split", None, utc_now(), components)
+        return _record(registry, settings, result)
+    if data_dir is not None:
+        examples = read_prepared(Path(data_dir)).validation
+        source = str(data_dir)
+    else:
+        examples = read_jsonl_examples(info.path / "data" / VALIDATION_FILE)
+        source = f"{info.name}/data/validation.jsonl"
+    texts = [e.text for e in examples]
+    truth = [e.intent for e in examples]
+    predictor = load_predictor(info)  # the runtime predict/serve use (model/runtime.json, HOTELBOT_RUNTIME)
+    metrics = classification_metrics(truth, predictor.predict_labels(texts), predictor.labels,
+                                     settings.validation.metric)
+    metrics["out_of_scope_threshold"] = predictor.threshold
+    metrics["runtime"] = predictor.runtime
+    # int8 against fp32 (and their difference in points vs the tolerance) on the same texts
+    metrics["runtimes"] = compare_runtimes(info, examples,
+                                           tolerance_points=settings.validation.runtime_tolerance_points)
+    if predictor.threshold is not None:
+        argmax = classification_metrics(truth, predictor.predict_labels(texts, apply_threshold=False),
+                                        predictor.labels, settings.validation.metric)
+        metrics["argmax"] = {k: argmax[k] for k in CV_METRICS if k in argmax}
+    comparison = None
+    current = registry.current_name()
+    if current and current != info.name and primary_component(registry.get(current)) is not None:
+        reference = load_predictor(registry.require_intact(current))
+        ref_metrics = classification_metrics(truth, reference.predict_labels(texts), predictor.labels,
+                                             settings.validation.metric)
+        comparison = compare(metrics, ref_metrics, current)
+    result = ValidationResult(info.name, metrics, settings.validation.min_validation_score, source, comparison,
+                              utc_now(), components)
+    return _record(registry, settings, result)
+
+
+@dataclass
+class VersionValidation:
+    """`hotelbot validate`: the gated scores (``result``; None when the version holds no gated component) and
+    what the other components measured without a gate (``evaluations``, by their evaluation_key)."""
+
+    version: str
+    result: ValidationResult | None
+    evaluations: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.result is None or self.result.passed
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.result is None:
+            return {"version": self.version, **self.evaluations}
+        return {**self.result.to_dict(), **self.evaluations}
+
+
+def validate(registry: Any, settings: Any, version: str | None = None, data: Any = None,
+             options: dict[str, Any] | None = None) -> VersionValidation:
+    """Everything `hotelbot validate` reports about a version: every component's ungated evaluation (each
+    registered component with an evaluation_key that the version holds; ``options`` such as kb_eval go to
+    them), then the gated scores (:func:`validate_version`). A version without a gated component passes and
+    its evaluations are recorded as its validation."""
+    info = registry.require_intact(registry.resolve(version or settings.model_version).name)
+    present = components_of(info)
+    evaluations: dict[str, Any] = {c.evaluation_key: None for c in registered() if c.evaluation_key}
+    warnings: list[str] = []
+    for component in registered():
+        if component.evaluation_key and component.name in present:
+            document, said = component.evaluate(info, settings, options or {})
+            evaluations[component.evaluation_key] = document
+            warnings += said
+    if not any(c.gated and c.name in present for c in registered()):
+        registry.record_validation(info.name, {"version": info.name, "passed": True, **evaluations,
+                                               "validated_at": utc_now()})
+        return VersionValidation(info.name, None, evaluations, warnings)
+    result = validate_version(registry, info.name, settings, data)
+    log.info("%s %s=%.4f min=%.2f passed=%s%s", result.version, result.to_dict()["metric"], result.overall_score,
+             result.min_score, result.passed,
+             "".join(f" {k}={v['overall_score']:.4f}" for k, v in result.components.items()))
+    return VersionValidation(info.name, result, evaluations, warnings)
+
+
+def _record(registry: Any, settings: Any, result: ValidationResult) -> ValidationResult:
+    registry.record_validation(result.version, result.to_dict())
+    stamp = result.validated_at.replace(":", "").replace("-", "").replace("+0000", "Z")
+    atomic_write_json(Path(settings.paths.reports) / "validation_reports" / f"{result.version}-{stamp}.json",
+                      result.to_dict())
+    return result
+
+
+CV_METRICS = METRIC_KEYS + ("in_scope_accuracy", "out_of_scope_recall")
+
+
+def cross_validate(registry: Any, version: str | None, settings: Any, folds: int, listener: Any = None) -> dict[str, Any]:
+    """Stratified K-fold CV with the version's training config over its full data (train + validation).
+
+    Each fold fine-tunes a fresh model from the base model (nothing is published). Returns the mean and
+    standard deviation of every metric, per-fold scores, and the confusion matrix summed over folds.
+    """
+    import numpy as np  # numpy and scikit-learn only for a cross-validation
+    from sklearn.model_selection import StratifiedKFold
+
+    if folds < 2:
+        raise DataError("--cv needs at least 2 folds")
+    info = registry.resolve(version or settings.model_version)
+    examples = read_jsonl_examples(info.path / "data" / TRAIN_FILE) + \
+        read_jsonl_examples(info.path / "data" / VALIDATION_FILE)
+    y = [e.intent for e in examples]
+    smallest = min(y.count(label) for label in set(y))
+    if smallest < folds:
+        raise DataError(f"--cv {folds}: the smallest intent has only {smallest} examples; use at most {smallest} folds")
+    cfg = TrainingConfig.from_dict((info.metadata.get("config") or {}).get("training_config")
+                                   or settings.training.to_dict())
+    labels = sorted(set(y))
+    emit = emitter(listener)
+    per_fold: list[dict[str, Any]] = []
+    matrix = np.zeros((len(labels), len(labels)), dtype=int)
+    tracker = MlflowTracker(settings.paths.tracking_uri)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=cfg.seed)
+    with tracker.run(run_name=f"cv{folds}-{info.name}", tags={"hotelbot.component": "classifier-cv"}):
+        tracker.log_params({**cfg.to_dict(), "folds": folds, "version": info.name})
+        for fold, (train_idx, val_idx) in enumerate(splitter.split(np.zeros(len(y)), y)):
+            emit(TrainingEvent("status", message=f"fold {fold + 1}/{folds}"))
+            train = [examples[i] for i in train_idx]
+            validation = [examples[i] for i in val_idx]
+            fit = fit_classifier(cfg, settings.validation.metric, train, validation, labels,
+                                 settings.paths.models_dir, listener=listener)
+            cm = fit.metrics["confusion_matrix"]
+            index = {label: i for i, label in enumerate(cm["labels"])}
+            for a, true in enumerate(labels):
+                for b, pred in enumerate(labels):
+                    if true in index and pred in index:
+                        matrix[a, b] += cm["matrix"][index[true]][index[pred]]
+            row = {k: fit.metrics.get(k) for k in CV_METRICS + ("overall_score",)}
+            row["out_of_scope_threshold"] = fit.threshold
+            per_fold.append(row)
+            tracker.log_metrics({f"fold_{k}": v for k, v in row.items() if isinstance(v, float)}, step=fold)
+        summary = {}
+        for key in CV_METRICS + ("overall_score",):
+            values = [r[key] for r in per_fold if r.get(key) is not None]
+            if values:
+                summary[key] = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                                "min": float(np.min(values)), "max": float(np.max(values))}
+        tracker.log_metrics({f"cv_mean_{k}": v["mean"] for k, v in summary.items()}, step=folds)
+    return {"version": info.name, "folds": folds, "examples": len(examples), "metric": settings.validation.metric,
+            "summary": summary, "per_fold": per_fold,
+            "confusion_matrix": {"labels": labels, "matrix": matrix.tolist()}, "mlflow_run_id": tracker.run_id}

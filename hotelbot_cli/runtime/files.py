@@ -1,0 +1,75 @@
+"""Partial checksum verification: the version files an ONNX predictor reads, checked against the
+version's recorded checksums without hashing the ~470 MB of PyTorch weights it never opens."""
+
+from __future__ import annotations
+
+import threading
+from typing import Sequence
+
+from .._io import sha256_file
+from ..errors import IntegrityError
+from ..registry import VersionInfo
+from .layout import (CLASSIFIER_FILE, MODEL_SUBDIR, ONNX_FILES, RUNTIME_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE,
+                     TOKENIZER_INDEX_FILE)
+
+
+def onnx_files_read(runtime: str) -> list[str]:
+    """The version files (relative to the version dir) that an ONNX predictor reads."""
+    onnx_file = ONNX_FILES[runtime]
+    return [f"{MODEL_SUBDIR}/{name}" for name in (RUNTIME_FILE, CLASSIFIER_FILE, TOKENIZER_FILE, TOKENIZER_CONFIG_FILE,
+                                                   TOKENIZER_INDEX_FILE, onnx_file, onnx_file + ".data")]
+
+
+def verify_files(info: VersionInfo, rels: Sequence[str]) -> list[str]:
+    """Problems with ``rels`` against the version's recorded checksums (the fast path of ``predict``:
+    hashing only what the ONNX runtime reads, not the ~470 MB of PyTorch weights it never opens).
+
+    A file that exists but has no recorded checksum is a problem (added after publishing); a file
+    that neither exists nor is recorded is fine (e.g. no tokenizer_config.json)."""
+    recorded: dict[str, str] = info.metadata.get("files") or {}
+    problems = []
+    for rel in rels:
+        path = info.path / rel
+        expected = recorded.get(rel)
+        if expected is None:
+            if path.exists():
+                problems.append(f"{info.name}/{rel}: not recorded in metadata (added after publishing)")
+        elif not path.is_file():
+            problems.append(f"{info.name}/{rel}: missing")
+        elif sha256_file(path) != expected:
+            problems.append(f"{info.name}/{rel}: checksum mismatch (corrupt or modified)")
+    return problems
+
+
+class BackgroundCheck:
+    """:func:`verify_files` in a thread; :meth:`require` waits for it and raises on a problem."""
+
+    def __init__(self, info: VersionInfo, rels: Sequence[str]) -> None:
+        self._info, self._problems, self._error = info, [], None
+
+        def run() -> None:
+            try:
+                self._problems = verify_files(info, rels)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in require()
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="hotelbot-verify", daemon=True)
+        self._thread.start()
+
+    def require(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        _raise_problems(self._info, self._problems)
+
+
+def _raise_problems(info: VersionInfo, problems: Sequence[str]) -> None:
+    if problems:
+        raise IntegrityError(f"version {info.name} failed its checksum check: {problems[0]}",
+                             hint="run `hotelbot verify` for the full list")
+
+
+def require_files_intact(info: VersionInfo, rels: Sequence[str]) -> None:
+    if info.metadata.get("corrupt"):
+        raise IntegrityError(f"version {info.name} failed its checksum check: metadata.json is unreadable")
+    _raise_problems(info, verify_files(info, rels))

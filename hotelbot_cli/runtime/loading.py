@@ -1,0 +1,73 @@
+"""Load a version's predictor: :func:`load_predictor` and :func:`predictor_from_registry` pick the one the
+version's ``model/runtime.json`` names (override: ``HOTELBOT_RUNTIME=torch|onnx-fp32|onnx-int8``), the
+ONNX one only when its file exists and onnxruntime is installed, else the PyTorch one."""
+
+from __future__ import annotations
+
+import logging
+
+from ..registry import ModelRegistry, VersionInfo
+from .files import require_files_intact
+from .layout import MODEL_SUBDIR, ONNX_FILES, RUNTIME_FILE, TORCH
+from .onnx import OnnxPredictor
+from .prediction import Predictor
+from .selection import read_runtime_spec, requested_runtime
+from .reference import TorchPredictor
+
+log = logging.getLogger("hotelbot.inference")
+
+
+def _plan(info: VersionInfo, runtime: str | None) -> tuple[str, bool]:
+    """(runtime to load, whether it was asked for explicitly) for a version."""
+    asked = requested_runtime(runtime)
+    if asked is not None:
+        return asked, True
+    spec = read_runtime_spec(info.path / MODEL_SUBDIR)
+    return (spec["runtime"] if spec else TORCH), False
+
+
+def _onnx_usable(info: VersionInfo, runtime: str, explicit: bool) -> bool:
+    if runtime == TORCH:
+        return False
+    if not (info.path / MODEL_SUBDIR / ONNX_FILES[runtime]).is_file():
+        if explicit:
+            log.warning("%s has no %s model; using torch", info.name, runtime)
+        return False
+    try:
+        import onnxruntime  # noqa: F401 - only whether it is installed; the session imports it anyway
+    except ImportError:
+        log.warning("onnxruntime is not installed; %s runs on torch", info.name)
+        return False
+    return True
+
+
+def load_predictor(info: VersionInfo, runtime: str | None = None) -> Predictor:
+    """The predictor for an (already verified) version: ONNX when its runtime.json (or ``runtime`` /
+    ``HOTELBOT_RUNTIME``) names an ONNX runtime whose file exists, else the PyTorch one."""
+    chosen, explicit = _plan(info, runtime)
+    if _onnx_usable(info, chosen, explicit):
+        return OnnxPredictor.from_version(info, chosen)
+    return TorchPredictor.from_version(info)
+
+
+def predictor_from_registry(registry: ModelRegistry, version: str | None = None, verify: bool = True,
+                            runtime: str | None = None) -> Predictor:
+    """Load ``version`` (default: deployed, else newest) for predict/serve, refusing corrupt versions.
+
+    With an ONNX runtime only the files it reads are checksummed (runtime.json, classifier.json,
+    tokenizer.json, tokenizer_config.json, tokenizer.unigram.bin, the .onnx file and its .data), not the ~470 MB
+    of PyTorch weights it never opens; the torch runtime checks the whole version as before.
+    """
+    info = registry.resolve(version)
+    if verify and info.metadata.get("corrupt"):
+        info = registry.require_intact(info.name)  # raises with the reason
+    explicit = requested_runtime(runtime) is not None
+    if verify and not explicit:
+        # runtime.json decides what gets loaded: check it before believing it.
+        require_files_intact(info, [f"{MODEL_SUBDIR}/{RUNTIME_FILE}"])
+    chosen, explicit = _plan(info, runtime)
+    if _onnx_usable(info, chosen, explicit):
+        return OnnxPredictor.from_version(info, chosen, verify=verify)
+    if verify:
+        info = registry.require_intact(info.name)
+    return TorchPredictor.from_version(info)

@@ -1,0 +1,215 @@
+"""The ONE Hugging Face Trainer loop every encoder fit shares (intent classifier, sentiment, entities; the
+generator shares its arguments): two learning rates (encoder and new head), evaluation each epoch, the best
+epoch's trainable weights kept in memory and restored, early stopping, progress events and MLflow metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from .events import Listener, TrainingEvent, emitter
+from .monitor import SystemMonitor
+from .tracking import MlflowTracker
+
+# The metrics an "evaluate" event carries to the progress display (besides the loss).
+EVENT_METRICS = ("accuracy", "macro_f1", "macro_precision", "macro_recall", "weighted_f1")
+
+
+def progress_callbacks(listener: Listener | None, tracker: MlflowTracker | None, monitor: SystemMonitor,
+               metric: str, patience: int, total_epochs: int) -> list[Any]:
+    from transformers import TrainerCallback
+
+    emit = emitter(listener)
+
+    class ProgressAndMetricsCallback(TrainerCallback):
+        """Progress events for the UI, per-step loss/lr and system metrics for MLflow."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            emit(TrainingEvent("begin", 0, state.max_steps, 0.0, total_epochs, system=monitor.sample()))
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = dict(logs or {})
+            system = monitor.sample()
+            if tracker is not None:
+                tracker.log_metrics({**{k: v for k, v in logs.items() if not k.startswith("eval_")}, **system},
+                                    step=state.global_step)
+            if "loss" in logs:
+                emit(TrainingEvent("step", state.global_step, state.max_steps, state.epoch or 0.0, total_epochs,
+                                   loss=float(logs["loss"]), system=system))
+
+        def on_step_end(self, args, state, control, **kwargs):
+            emit(TrainingEvent("step", state.global_step, state.max_steps, state.epoch or 0.0, total_epochs))
+
+    class BestModelCallback(TrainerCallback):
+        """Keep the best epoch's trainable weights in memory and stop after ``patience`` bad epochs.
+
+        Saving a full checkpoint each epoch would write hundreds of MB for a large-vocabulary model; the
+        frozen embeddings never change, so keeping a copy of only the trainable tensors is enough.
+        """
+
+        def __init__(self) -> None:
+            self.best_score = -math.inf
+            self.best_epoch = 0.0
+            self.best_state: dict[str, Any] | None = None
+            self.bad_epochs = 0
+            self.history: list[dict[str, Any]] = []
+
+        def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+            metrics = metrics or {}
+            score = float(metrics.get(f"eval_{metric}", -math.inf))
+            record = {"epoch": state.epoch, "step": state.global_step,
+                      **{k[5:]: float(v) for k, v in metrics.items() if k.startswith("eval_")}}
+            self.history.append(record)
+            if tracker is not None:
+                tracker.log_metrics({f"eval_{k}": v for k, v in record.items() if k not in ("epoch", "step")},
+                                    step=state.global_step)
+            if score > self.best_score:
+                self.best_score, self.best_epoch, self.bad_epochs = score, state.epoch, 0
+                self.best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            else:
+                self.bad_epochs += 1
+                if patience and self.bad_epochs >= patience:
+                    control.should_training_stop = True
+            emit(TrainingEvent("evaluate", state.global_step, state.max_steps, state.epoch or 0.0, total_epochs,
+                               metrics={k: v for k, v in record.items() if k in EVENT_METRICS + ("loss",)},
+                               message="stopping early" if control.should_training_stop else ""))
+
+        def restore(self, model: Any) -> None:
+            if self.best_state is None:
+                return
+            params = dict(model.named_parameters())
+            import torch
+
+            with torch.no_grad():
+                for name, value in self.best_state.items():
+                    params[name].copy_(value)
+
+    return [ProgressAndMetricsCallback(), BestModelCallback()]
+
+
+
+def _make_trainer_class():
+    from transformers import Trainer
+
+    class HotelbotTrainer(Trainer):
+        """Two learning rates: the pretrained encoder's and a larger one for the new head."""
+
+        head_learning_rate: float = 3e-3
+
+        def create_optimizer(self, model=None):
+            import torch
+
+            if self.optimizer is None:
+                model = self.model if model is None else model
+                decay = set(self.get_decay_parameter_names(model))
+                groups: dict[tuple[bool, bool], list[Any]] = {}
+                for name, param in model.named_parameters():
+                    if param.requires_grad:
+                        groups.setdefault((name.startswith("head."), name in decay), []).append(param)
+                self.optimizer = torch.optim.AdamW(
+                    [
+                        {"params": params,
+                         "lr": self.head_learning_rate if is_head else self.args.learning_rate,
+                         "weight_decay": self.args.weight_decay if decays else 0.0}
+                        for (is_head, decays), params in groups.items()
+                    ],
+                    lr=self.args.learning_rate,
+                )
+            return self.optimizer
+
+    return HotelbotTrainer
+
+
+def training_arguments(cfg: Any, output_dir: str, train_size: int, *, logs_per_epoch: int = 2,
+                       **overrides: Any) -> Any:
+    """The TrainingArguments every hotelbot fit shares (classifier, entities, generator): evaluation each
+    epoch, no checkpoints on disk (the best epoch is kept in memory), seeded data order, linear decay
+    after warmup, no tqdm and no reporters (the Rich display and MLflow get their own callbacks)."""
+    import torch
+    from transformers import TrainingArguments
+
+    steps_per_epoch = math.ceil(train_size / cfg.batch_size)
+    settings: dict[str, Any] = dict(
+        output_dir=output_dir, num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=max(cfg.batch_size, 32), learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_ratio, lr_scheduler_type="linear",
+        eval_strategy="epoch", save_strategy="no", logging_strategy="steps",
+        logging_steps=max(1, min(10, steps_per_epoch // logs_per_epoch)), report_to="none", seed=cfg.seed,
+        data_seed=cfg.seed, disable_tqdm=True, dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+    return TrainingArguments(**{**settings, **overrides})
+
+
+@dataclass
+class TrainedEncoder:
+    trainer: Any
+    best: Any            # the BestModelCallback: history, best_epoch
+    duration: float      # training only, seconds
+    validation: Any      # trainer.predict(validation) with the best epoch's weights
+
+
+def train_best_epoch(cfg: Any, model: Any, scratch_prefix: str, train_ds: Any, val_ds: Any, collator: Any,
+                     compute_metrics: Callable[[Any], dict[str, float]], metric: str, *,
+                     listener: "Listener | None", tracker: "MlflowTracker | None", monitor: "SystemMonitor",
+                     extra_callbacks: Sequence[Any] = (), **argument_overrides: Any) -> TrainedEncoder:
+    """Fine-tune an encoder with a new head (two learning rates), early stopping on validation ``metric``,
+    the best epoch's weights restored, then one prediction pass over the validation split."""
+    import tempfile
+
+    import torch
+    from transformers import PrinterCallback
+
+    emit = emitter(listener)
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=scratch_prefix) as scratch:
+        args = training_arguments(cfg, scratch, len(train_ds), **argument_overrides)
+        callbacks = progress_callbacks(listener, tracker, monitor, metric, cfg.early_stopping_patience, cfg.epochs)
+        trainer_cls = _make_trainer_class()
+        trainer_cls.head_learning_rate = cfg.head_learning_rate
+        trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+                              data_collator=collator, compute_metrics=compute_metrics,
+                              callbacks=callbacks + list(extra_callbacks))
+        # The Trainer prints raw log dicts to stdout when tqdm is off: stdout is for results (--json).
+        trainer.remove_callback(PrinterCallback)
+        trainer.train()
+        best = callbacks[1]
+        best.restore(model)
+        duration = time.monotonic() - start
+        model.eval()
+        emit(TrainingEvent("status", message="evaluating the best epoch"))
+        with torch.inference_mode():
+            output = trainer.predict(val_ds)
+    return TrainedEncoder(trainer, best, duration, output)
+
+
+@dataclass
+class FitStats:
+    """What every component's fit (classifier, entities, sentiment, generator) reports about its Trainer
+    run; their result classes extend it, and :func:`training_summary` reads it."""
+
+    history: list[dict[str, Any]]      # per-epoch validation metrics
+    log_history: list[dict[str, Any]]  # the Trainer's log
+    steps: int
+    epochs_run: float
+    best_epoch: float
+    duration: float
+    frozen: int                        # parameters
+    trainable: int
+
+    @staticmethod
+    def of(trainer: Any, history: list[dict[str, Any]], best_epoch: float, duration: float, frozen: int,
+           trainable: int) -> dict[str, Any]:
+        """The FitStats fields of a finished ``trainer`` run, as keyword arguments for a result class."""
+        return {"history": history, "log_history": trainer.state.log_history, "steps": trainer.state.global_step,
+                "epochs_run": trainer.state.epoch or 0.0, "best_epoch": best_epoch, "duration": duration,
+                "frozen": frozen, "trainable": trainable}
+
+
+def training_summary(fit: FitStats, **extra: Any) -> dict[str, Any]:
+    """The "training" block of a component's metadata, from a fit result."""
+    return {"duration_seconds": round(fit.duration, 2), "epochs_run": fit.epochs_run, "steps": fit.steps,
+            "frozen_parameters": fit.frozen, "trainable_parameters": fit.trainable, **extra}
