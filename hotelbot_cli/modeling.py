@@ -24,6 +24,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from . import packaged
+from ._io import atomic_write_json
 from .errors import ModelError
 
 CLASSIFIER_FILE = "classifier.json"
@@ -46,8 +48,6 @@ class ResolvedBaseModel:
 
 def resolve_base_model(spec: str, cache_dir: Path) -> ResolvedBaseModel:
     """Turn ``--base-model`` into something ``from_pretrained`` can load, without touching the network."""
-    from . import packaged
-
     name = packaged.parse_packaged(spec)
     if name is not None:
         info = packaged.PACKAGED_MODELS[name]
@@ -184,8 +184,6 @@ def save_encoder_model(model: nn.Module, tokenizer: Any, out_dir: Path, config_f
     """The on-disk shape shared by the classifier and the entity tagger (an encoder plus a head):
     all weights as safetensors, the encoder's config, the head's JSON config and the tokenizer."""
     from safetensors.torch import save_file
-
-    from ._io import atomic_write_json
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,8 @@ from typing import Any
 from .config import Settings, load_settings
 from .data import SUPPORTED_SUFFIXES, prepare_dataset
 from .errors import DataError
+from .components import registered
+from .pipeline.train import train
 from .registry import ModelRegistry
 
 INTENT_FILE_NAMES = ("hotel_intents_es.json", "intents.json", "intents.jsonl", "intents.csv")
@@ -70,11 +72,10 @@ class ModelTrainer:
         sentiment, generator, ...) on its data, or "all": the classifier then every component whose data is
         prepared, under one MLflow parent run. The same library entry point as `hotelbot train --model-type`
         (:func:`hotelbot_cli.pipeline.train.train`)."""
-        from .pipeline.train import train
-
         steps = train(self.settings, self.registry, model_type, force=force).steps
         self.last_version = steps[-1].version  # the end of the chain (the pipeline's final_version)
-        classifier = next((s.result for s in steps if s.component == "classifier" and s.result is not None), None)
+        primary = {c.name for c in registered() if c.primary}
+        classifier = next((s.result for s in steps if s.component in primary and s.result is not None), None)
         return {"version": self.last_version, "skipped": all(s.status != "trained" for s in steps),
                 "steps": [s.to_dict() for s in steps],
                 **({"metrics": classifier.metrics} if classifier is not None else {})}
@@ -124,7 +125,7 @@ class ModelTrainer:
         current_metrics = self.registry.get(current).metrics if current and current != info.name else None
         return {
             "version": info.name,
-            "created_at": info.metadata.get("created_at"),
+            "created_at": info.manifest.created_at,
             "training": info.metadata.get("training"),
             "metrics": {k: metrics[k] for k in ("accuracy", "macro_f1", "weighted_f1", "overall_score")},
             "weakest_intents": [{"intent": k, **v} for k, v in worst],

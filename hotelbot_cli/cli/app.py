@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from .. import __version__
+from . import _options
 from .config_cmd import config_cmd
 from .deploy import deploy_cmd, history_cmd, rollback_cmd, verify_cmd
 from .models import models_cmd
@@ -56,8 +57,6 @@ def _root(
                                              show_default=False),
 ) -> None:
     """Train, validate and ship the intent classifier of a Spanish-speaking hotel chatbot."""
-    from . import _options
-
     _options.ROOT_PATHS.clear()
     _options.ROOT_PATHS.update({k: v for k, v in {"home": home, "reports": reports, "logs": logs,
                                                   "mlflow_tracking_uri": mlflow_uri}.items() if v is not None})

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
+from ..registry import ModelRegistry
 from ._errors import handle_errors
 from ._options import ConfigOpt, JsonOpt, ProfileOpt, RegistryOpt, settings_from
 from ._render import message, out, print_json, warn
@@ -64,8 +65,7 @@ def deploy_cmd(
 
         hotelbot deploy v0004 --reason "more late_checkout examples" --json
     """
-    from ..pipeline.deploy import deploy
-    from ..registry import ModelRegistry
+    from ..pipeline.deploy import deploy  # loads the component table: kept off `hotelbot --help`'s path
 
     settings = settings_from(config, profile, registry, overrides={
         "validation_config": {"min_validation_score": min_score},
@@ -93,8 +93,7 @@ def rollback_cmd(
 
         hotelbot rollback --to v0002 --json
     """
-    from ..pipeline.deploy import rollback
-    from ..registry import ModelRegistry
+    from ..pipeline.deploy import rollback  # loads the component table: kept off `hotelbot --help`'s path
 
     settings = settings_from(config, None, registry)
     _report(rollback(ModelRegistry(settings.paths.registry), settings, to, reason), json_out)
@@ -110,8 +109,7 @@ def verify_cmd(registry: RegistryOpt = None, json_out: JsonOpt = False) -> None:
 
         hotelbot verify --json
     """
-    from ..pipeline.deploy import verify_registry
-    from ..registry import ModelRegistry
+    from ..pipeline.deploy import verify_registry  # loads the component table: kept off `hotelbot --help`'s path
 
     settings = settings_from(registry=registry)
     report = verify_registry(ModelRegistry(settings.paths.registry))
@@ -142,8 +140,7 @@ def history_cmd(
 
         hotelbot history --json
     """
-    from ..pipeline.deploy import history
-    from ..registry import ModelRegistry
+    from ..pipeline.deploy import history  # loads the component table: kept off `hotelbot --help`'s path
 
     settings = settings_from(registry=registry)
     events = history(ModelRegistry(settings.paths.registry), limit)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..config import DEFAULT_BASE_MODEL
 from ._errors import handle_errors
 from ._options import JsonOpt, settings_from
 from ._render import out, print_json
@@ -24,8 +25,7 @@ def models_cmd(json_out: JsonOpt = False) -> None:
 
         hotelbot models --json
     """
-    from ..config import DEFAULT_BASE_MODEL
-    from ..packaged import PACKAGED_MODELS, PACKAGED_SCHEME, cached_size_bytes, is_cached, source_size_bytes
+    from ..packaged import PACKAGED_MODELS, PACKAGED_SCHEME, cached_size_bytes, is_cached, source_size_bytes  # imports numpy
 
     cache = settings_from().paths.models_dir
     rows = []

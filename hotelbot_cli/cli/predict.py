@@ -8,6 +8,8 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
+from ..errors import DataError
+from ..registry import ModelRegistry
 from ._errors import handle_errors
 from ._options import RegistryOpt, JsonOpt, settings_from
 from ._render import out, print_json
@@ -34,9 +36,7 @@ def predict_cmd(
 
         cat messages.txt | hotelbot predict - --json
     """
-    from ..errors import DataError
-    from ..pipeline.analyze import analyze_texts
-    from ..registry import ModelRegistry
+    from ..pipeline.analyze import analyze_texts  # loads the component table: kept off `hotelbot --help`'s path
 
     if "-" in texts:
         stdin_texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
@@ -49,10 +49,8 @@ def predict_cmd(
     if json_out:
         print_json({"model_version": name, "predictions": rows})
         return
-    for r in rows:
-        others = ", ".join(f"{t['intent']} {t['confidence']:.2f}" for t in r["top_k"][1:])
-        intent = "-" if r["intent"] is None else f"{r['intent']}\t{r['confidence']:.3f}"
-        extra = "".join(f"\t{e['type']}={e['text']!r}" for e in r["entities"])
-        if r["sentiment"] is not None:
-            extra += f"\tsentiment={r['sentiment']['label']} {r['sentiment']['confidence']:.2f}"
-        out.print(f"{r['text']}\t{intent}" + (f"\t({others})" if others else "") + extra)
+    from ..components import registered  # loads the component table: kept off `hotelbot --help`'s path
+
+    analyzing = [c for c in registered() if c.analyzes]
+    for r in rows:  # each analyzing component shows its own answer: tab-separated fields after the text
+        out.print(r["text"] + "".join(c.analysis_text(r) for c in analyzing))

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
+from ..data import prepare_dataset
 from ._errors import error_line, handle_errors
 from ._options import ConfigOpt, JsonOpt, ProfileOpt, settings_from
 from ._render import message, out, print_json, warn
@@ -91,7 +92,6 @@ def prepare_cmd(
             _usage("--validation-split and --seed apply to intent data, not to --documents")
         _prepare_documents(documents, output, chunk_size, chunk_overlap, dry_run, json_out)
         return
-    from ..data import prepare_dataset
 
     settings = settings_from(config, profile, data=output,
                              overrides={"data_config": {"validation_split": validation_split, "seed": seed}})
@@ -120,8 +120,8 @@ def _usage(problem: str) -> None:
 
 def _prepare_documents(directory: Path, output: Path | None, chunk_size: int, chunk_overlap: int, dry_run: bool,
                        json_out: bool) -> None:
-    from ..components.knowledge import DEFAULT_DOCUMENTS_OUTPUT
-    from ..components.knowledge.kb import prepare_documents, write_prepared_documents
+    from ..components.knowledge import DEFAULT_DOCUMENTS_OUTPUT  # loads the component table: kept off `hotelbot --help`'s path
+    from ..components.knowledge.kb import prepare_documents, write_prepared_documents  # loads the component table: kept off `hotelbot --help`'s path
 
     prepared = prepare_documents(directory, max_chars=chunk_size, overlap_chars=chunk_overlap)
     target = None if dry_run else (output or DEFAULT_DOCUMENTS_OUTPUT)
@@ -143,9 +143,9 @@ def _prepare_documents(directory: Path, output: Path | None, chunk_size: int, ch
 def _prepare_component(component: str, path: Path, output: Path | None, validation_split: float | None,
                        seed: int | None, dry_run: bool, json_out: bool, config: Path | None,
                        profile: str | None) -> None:
-    from ..components.base import default_data_dir
-    from ..components.entities.tagger import prepare_entities, write_prepared_entities
-    from ..components.sentiment.classifier import prepare_sentiment, write_prepared_sentiment
+    from ..components.base import default_data_dir  # loads the component table: kept off `hotelbot --help`'s path
+    from ..components.entities.tagger import prepare_entities, write_prepared_entities  # loads the component table: kept off `hotelbot --help`'s path
+    from ..components.sentiment.classifier import prepare_sentiment, write_prepared_sentiment  # loads the component table: kept off `hotelbot --help`'s path
 
     settings = settings_from(config, profile,
                              overrides={"data_config": {"validation_split": validation_split, "seed": seed}})
@@ -171,7 +171,7 @@ def _prepare_component(component: str, path: Path, output: Path | None, validati
 
 def _prepare_replies(path: Path, output: Path | None, validation_split: float | None, seed: int | None,
                      dry_run: bool, json_out: bool, config: Path | None, profile: str | None) -> None:
-    from ..components.generator.generation import prepare_replies, write_prepared_replies
+    from ..components.generator.generation import prepare_replies, write_prepared_replies  # loads the component table: kept off `hotelbot --help`'s path
 
     settings = settings_from(config, profile,
                              overrides={"data_config": {"validation_split": validation_split, "seed": seed}})

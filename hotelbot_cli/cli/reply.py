@@ -8,6 +8,8 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
+from ..errors import DataError
+from ..registry import ModelRegistry
 from ._errors import handle_errors
 from ._options import JsonOpt, RegistryOpt, settings_from
 from ._render import out, print_json
@@ -41,9 +43,7 @@ def reply_cmd(
 
         cat messages.txt | hotelbot reply - --json
     """
-    from ..errors import DataError
-    from ..components.generator.generation import Responder
-    from ..registry import ModelRegistry
+    from ..components.generator.generation import Responder  # loads the component table: kept off `hotelbot --help`'s path
 
     if "-" in messages:
         messages = [m for m in messages if m != "-"] + [line.rstrip("\n") for line in sys.stdin if line.strip()]

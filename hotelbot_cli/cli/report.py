@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
+from ..registry import ModelRegistry
 from ._errors import handle_errors
 from ._options import RegistryOpt, settings_from
 from ._render import message, print_json
@@ -54,8 +55,7 @@ def report_cmd(
 
         hotelbot report --format json | jq '.recommendations'
     """
-    from ..registry import ModelRegistry
-    from ..reporting import build_report, training_report_dir, write_report
+    from ..reporting import build_report, training_report_dir, write_report  # loads the component table: kept off `hotelbot --help`'s path
 
     settings = settings_from(registry=registry)
     store = ModelRegistry(settings.paths.registry)

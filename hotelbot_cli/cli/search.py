@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
+from ..registry import ModelRegistry
 from ._errors import handle_errors
 from ._options import JsonOpt, RegistryOpt, settings_from
 from ._render import out, print_json
@@ -36,8 +37,7 @@ def search_cmd(
 
         hotelbot search "parking" --version v0004
     """
-    from ..components.knowledge.kb import KnowledgeBase
-    from ..registry import ModelRegistry
+    from ..components.knowledge.kb import KnowledgeBase  # loads the component table: kept off `hotelbot --help`'s path
 
     settings = settings_from(registry=registry)
     kb = KnowledgeBase.from_registry(ModelRegistry(settings.paths.registry), version or settings.model_version,

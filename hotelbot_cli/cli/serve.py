@@ -51,7 +51,7 @@ def serve_cmd(
 
         curl -s localhost:8000/classify -H 'content-type: application/json' -d '{"text": "hola"}'
     """
-    from ..serving import ServeSettings, serve
+    from ..serving import ServeSettings, serve  # fastapi + pydantic: only `serve` pays for them
 
     settings = settings_from(registry=registry)
     limits = ServeSettings.from_env().merged(

@@ -8,6 +8,7 @@ from typing import Any, Iterator, Optional
 import typer
 from typing_extensions import Annotated
 
+from ..registry import ModelRegistry
 from ._errors import handle_errors
 from ._options import ConfigOpt, JsonOpt, ProfileOpt, RegistryOpt, settings_from
 from ._render import err, log_to, message, out, print_json, warn
@@ -16,7 +17,7 @@ from ._render import err, log_to, message, out, print_json, warn
 def model_type_choice(value: str) -> str:
     """``--model-type``: a registered component's model type, or ``all``. Checked against the component table
     when the command runs, so `hotelbot --help` does not import the components."""
-    from ..components import model_types
+    from ..components import model_types  # loads the component table: kept off `hotelbot --help`'s path
 
     choices = [*model_types(), ALL]
     if value not in choices:
@@ -151,9 +152,8 @@ def train_cmd(
 
         hotelbot train --model-type all --json   # every component whose data is prepared
     """
-    from ..components import by_model_type, registered
-    from ..pipeline.train import train
-    from ..registry import ModelRegistry
+    from ..components import by_model_type, registered  # loads the component table: kept off `hotelbot --help`'s path
+    from ..pipeline.train import train  # loads the component table: kept off `hotelbot --help`'s path
 
     component = None if model_type == ALL else by_model_type(model_type)
     primary = component is not None and component.primary
@@ -224,7 +224,7 @@ def _step_document(step: Any, deployed: dict[str, Any] | None) -> dict[str, Any]
 
 
 def _primary_name() -> str | None:
-    from ..components import registered
+    from ..components import registered  # loads the component table: kept off `hotelbot --help`'s path
 
     return next((c.name for c in registered() if c.primary), None)
 
@@ -248,7 +248,7 @@ def _step_renderer(model_type: str) -> Any:
 def _auto_deploy(settings: Any, store: Any, version: str) -> dict[str, Any] | None:
     if not settings.deployment.auto_deploy_on_success:
         return None
-    from ..pipeline.deploy import deploy
+    from ..pipeline.deploy import deploy  # loads the component table: kept off `hotelbot --help`'s path
 
     message(f"AUTO_DEPLOY_ON_SUCCESS: deploying {version}")
     return deploy(store, settings, version, reason="auto deploy after training").to_dict()

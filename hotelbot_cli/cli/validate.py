@@ -8,6 +8,9 @@ from typing import Any, Optional
 import typer
 from typing_extensions import Annotated
 
+from ..evaluation import top_confusions
+from ..registry import ModelRegistry
+from .train import RichProgress
 from ._errors import handle_errors
 from ._options import ConfigOpt, JsonOpt, ProfileOpt, RegistryOpt, settings_from
 from ._render import log_to, message, out, print_json, warn
@@ -51,9 +54,7 @@ def validate_cmd(
 
         hotelbot validate --kb-eval my_questions.jsonl --json
     """
-    from ..evaluation import top_confusions
-    from ..pipeline.validate import validate
-    from ..registry import ModelRegistry
+    from ..pipeline.validate import validate  # loads the component table: kept off `hotelbot --help`'s path
 
     settings = settings_from(config, profile, registry,
                              overrides={"validation_config": {"min_validation_score": min_score}})
@@ -88,7 +89,7 @@ def validate_cmd(
 
 def get_evaluator(key: str) -> Any:
     """The registered component whose evaluate() reports under ``key``."""
-    from ..components import registered
+    from ..components import registered  # loads the component table: kept off `hotelbot --help`'s path
 
     return next(c for c in registered() if c.evaluation_key == key)
 
@@ -97,7 +98,7 @@ def _render_components(result) -> None:
     """Each scored component as it describes itself: a line, and a table when it has one."""
     from rich.table import Table
 
-    from ..components import get
+    from ..components import get  # loads the component table: kept off `hotelbot --help`'s path
 
     for name, m in result.components.items():
         gate = f"gate {result.min_score:.2f}: {'PASS' if m['overall_score'] >= result.min_score else 'FAIL'}"
@@ -135,9 +136,7 @@ def _render(result, confusions) -> None:
 
 
 def _cross_validate(settings, version, folds: int, json_out: bool) -> None:
-    from ..pipeline.validate import cross_validate
-    from ..registry import ModelRegistry
-    from .train import RichProgress
+    from ..pipeline.validate import cross_validate  # loads the component table: kept off `hotelbot --help`'s path
 
     with log_to(settings.paths.logs / "validation.log"), RichProgress() as progress:
         result = cross_validate(ModelRegistry(settings.paths.registry), version, settings, folds, progress)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..registry import ModelRegistry
 from ._errors import handle_errors
 from ._options import JsonOpt, RegistryOpt, settings_from
 from ._render import out, print_json
@@ -17,7 +18,6 @@ def versions_cmd(registry: RegistryOpt = None, json_out: JsonOpt = False) -> Non
 
         hotelbot versions --json | jq -r '.current'
     """
-    from ..registry import ModelRegistry
 
     settings = settings_from(registry=registry)
     store = ModelRegistry(settings.paths.registry)

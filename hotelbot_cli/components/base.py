@@ -32,7 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence
 
+from .. import config as config_module
 from ..errors import AlreadyTrainedError, DataError
+from ..registry.manifest import Manifest
 from ..training.monitor import SystemMonitor
 from ..training.tracking import MlflowTracker
 
@@ -109,14 +111,11 @@ class Component:
 
     def summary(self, metadata: dict[str, Any]) -> dict[str, Any]:
         """The component's own summary in a version's metadata (``metadata[name]``)."""
-        value = metadata.get(self.name)
-        return value if isinstance(value, dict) else {}
+        return Manifest(metadata).summary(self.name)
 
     # ---------------------------------------------------------------- config and data
     def default_config(self) -> dict[str, Any]:
         """The defaults of its config section."""
-        from .. import config as config_module
-
         section = {"training": config_module.TrainingConfig, "data": config_module.DataConfig,
                    "validation": config_module.ValidationConfig}.get(self.config_section)
         return section().to_dict() if section is not None else {}
@@ -175,6 +174,10 @@ class Component:
     def empty_analysis(self) -> dict[str, Any]:
         """The keys :meth:`analyze` fills, with their value when the component is absent."""
         return {}
+
+    def analysis_text(self, row: dict[str, Any]) -> str:
+        """How `hotelbot predict` shows this component's answer in ``row``: tab-prefixed fields ("" for none)."""
+        return ""
 
     def report_section(self, path: Path, metadata: dict[str, Any]) -> dict[str, Any] | None:
         """This component's entry in the report's "Other components" section (None: nothing to show), from
@@ -312,10 +315,7 @@ def find(name: str) -> Component | None:
 
 def _summary_of(component: Component | str, metadata: dict[str, Any]) -> dict[str, Any]:
     found = find(component) if isinstance(component, str) else component
-    if found is not None:
-        return found.summary(metadata)
-    value = metadata.get(str(component))
-    return value if isinstance(value, dict) else {}
+    return found.summary(metadata) if found is not None else Manifest(metadata).summary(str(component))
 
 
 def find_trained(registry: "ModelRegistry", component: Component | str, fingerprint: str,
@@ -365,7 +365,7 @@ def scored_result(component: str, info: "VersionInfo", metrics: dict[str, Any], 
     """The result of a component scored like a classifier (``metrics`` has "metric" and "overall_score";
     entities and sentiment): its JSON document and the lines the CLI shows."""
     scalar = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) or v is None}
-    components = info.metadata.get("components") or []
+    components = info.manifest.components or []
     document = {"component": component, "version": info.name, "skipped": False,
                 "duration_seconds": round(duration, 2), "mlflow_run_id": run_id,
                 "overall_score": metrics.get("overall_score"), "metric": metrics.get("metric"),

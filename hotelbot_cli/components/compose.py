@@ -51,9 +51,9 @@ def component_metadata_keys(component: str) -> tuple[str, ...]:
 def components_of(info: "VersionInfo") -> list[str]:
     """The components a version holds: ``metadata["components"]``, or for a version written before that
     key existed, the known components whose required path is present."""
-    listed = info.metadata.get("components")
-    if isinstance(listed, list):
-        return [str(c) for c in listed]
+    listed = info.manifest.components
+    if listed is not None:
+        return listed
     return [c.name for c in registered() if (info.path / c.owned_paths()[0]).exists()]
 
 
@@ -80,7 +80,7 @@ def _check_component_files(source: "VersionInfo", component: str) -> list[str]:
     if not (source.path / paths[0]).exists():
         raise IntegrityError(f"cannot carry over the {component} of {source.name}: {paths[0]} is missing",
                              hint="deploy or roll back to an intact version first")
-    present, problems = component_problems(source.path, source.metadata.get("files") or {}, paths)
+    present, problems = component_problems(source.path, source.manifest.files, paths)
     if problems:
         raise IntegrityError(f"cannot carry over the {component} of {source.name}: {problems[0]}",
                              hint="deploy or roll back to an intact version first")
@@ -185,10 +185,10 @@ def adopt_component(registry: "ModelRegistry", base: str, component: str, donor:
     chain's current one: its trained files are copied (checksums checked first) instead of training it again.
     Returns ``base`` itself when its copy of ``component`` already has the donor's exact files."""
     base_info, donor_info = registry.get(base), registry.get(donor)
-    donor_files: dict[str, str] = donor_info.metadata.get("files") or {}
+    donor_files: dict[str, str] = donor_info.manifest.files
     wanted = {rel: donor_files[rel] for rel in _check_component_files(donor_info, component)}
     if has_component(base_info, component):
-        recorded: dict[str, str] = base_info.metadata.get("files") or {}
+        recorded: dict[str, str] = base_info.manifest.files
         owned = component_paths(component)
         mine = {r: sha for r, sha in recorded.items() if any(r == p or r.startswith(p + "/") for p in owned)}
         if mine == wanted:

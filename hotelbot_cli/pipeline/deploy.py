@@ -274,7 +274,7 @@ def verify_registry(registry: ModelRegistry) -> dict[str, list[str]]:
     report: dict[str, list[str]] = {}
     for info in registry.list_versions():
         report[info.name] = ([f"{info.name}/metadata.json: missing or unreadable"]
-                             if info.metadata.get("corrupt") else registry.verify(info.name))
+                             if info.manifest.corrupt else registry.verify(info.name))
     for record in registry.list_backups():
         archive = registry.backup_dir / record["archive"]
         report[f"backup/{record['archive']}"] = (

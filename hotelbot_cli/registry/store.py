@@ -36,6 +36,7 @@ from typing import Any, Iterator
 from .._io import atomic_write_json, fsync_dir, sha256_file
 from ..errors import IntegrityError, RegistryError, VersionNotFoundError
 from .checksums import METADATA_FILE, checksum_tree, version_problems
+from .manifest import Manifest
 
 VERSIONS_DIR = "versions"
 CURRENT_LINK = "current"
@@ -84,6 +85,11 @@ class VersionInfo:
     @property
     def metrics(self) -> dict[str, Any]:
         return self.metadata.get("metrics") or {}
+
+    @property
+    def manifest(self) -> Manifest:
+        """The typed view of ``metadata`` (files, components, carried over, ...)."""
+        return Manifest(self.metadata)
 
 
 class ModelRegistry:
@@ -286,7 +292,7 @@ class ModelRegistry:
     def verify(self, name: str) -> list[str]:
         """Problems with a version's files against its recorded checksums (empty list: intact)."""
         info = self.get(name)
-        return version_problems(name, info.path, info.metadata.get("files") or {})
+        return version_problems(name, info.path, info.manifest.files)
 
     def require_intact(self, name: str) -> VersionInfo:
         problems = self.verify(name)

@@ -348,7 +348,7 @@ def _comparison_section(registry: ModelRegistry | None, name: str, metrics: dict
     if registry is None:
         out["note"] = "no registry given: nothing to compare with"
         return out
-    versions = [v for v in registry.list_versions() if not v.metadata.get("corrupt")]
+    versions = [v for v in registry.list_versions() if not v.manifest.corrupt]
     this_number = int(name[1:]) if name[:1] == "v" and name[1:].isdigit() else None
     older = [v for v in versions if v.name != name and (this_number is None or v.number < this_number)]
     picked: dict[str, list[str]] = {}
@@ -377,7 +377,7 @@ def _comparison_section(registry: ModelRegistry | None, name: str, metrics: dict
         out["references"].append({
             "version": ref_name,
             "roles": picked[ref_name],
-            "created_at": info.metadata.get("created_at"),
+            "created_at": info.manifest.created_at,
             "same_data": info.metadata.get("dataset_fingerprint") == metadata.get("dataset_fingerprint"),
             "per_intent_available": full,
             "overall": overall,

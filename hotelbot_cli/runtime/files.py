@@ -26,7 +26,7 @@ def verify_files(info: VersionInfo, rels: Sequence[str]) -> list[str]:
 
     A file that exists but has no recorded checksum is a problem (added after publishing); a file
     that neither exists nor is recorded is fine (e.g. no tokenizer_config.json)."""
-    recorded: dict[str, str] = info.metadata.get("files") or {}
+    recorded: dict[str, str] = info.manifest.files
     problems = []
     for rel in rels:
         path = info.path / rel
@@ -70,6 +70,6 @@ def _raise_problems(info: VersionInfo, problems: Sequence[str]) -> None:
 
 
 def require_files_intact(info: VersionInfo, rels: Sequence[str]) -> None:
-    if info.metadata.get("corrupt"):
+    if info.manifest.corrupt:
         raise IntegrityError(f"version {info.name} failed its checksum check: metadata.json is unreadable")
     _raise_problems(info, verify_files(info, rels))

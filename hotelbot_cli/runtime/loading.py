@@ -59,7 +59,7 @@ def predictor_from_registry(registry: ModelRegistry, version: str | None = None,
     of PyTorch weights it never opens; the torch runtime checks the whole version as before.
     """
     info = registry.resolve(version)
-    if verify and info.metadata.get("corrupt"):
+    if verify and info.manifest.corrupt:
         info = registry.require_intact(info.name)  # raises with the reason
     explicit = requested_runtime(runtime) is not None
     if verify and not explicit:

@@ -67,6 +67,9 @@ class EntityExtractorComponent(SplitComponent):
     def empty_analysis(self) -> dict[str, Any]:
         return {"entities": []}
 
+    def analysis_text(self, row: dict[str, Any]) -> str:
+        return "".join(f"\t{e['type']}={e['text']!r}" for e in row["entities"])
+
     def analyze(self, loaded: Any, texts: Sequence[str], rows: list[dict[str, Any]], *, top_k: int,
                 batch_size: int) -> None:
         for row, found in zip(rows, loaded.extract(texts, batch_size=batch_size)):

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from ..._io import iter_jsonl
 from ...data import (TRAIN_FILE, VALIDATION_FILE, check_split_fingerprint, load_split, read_data_text,
-                     read_manifest, write_split)
+                     read_manifest, stratified_split, write_split)
 from ...errors import DataError, ModelError, RegistryError
 from ...training.events import TrainingEvent, emitter
 from ...training.loop import FitStats, train_best_epoch, training_summary
@@ -220,8 +220,6 @@ def split_entities(examples: Sequence[EntityExample], validation_split: float,
                    seed: int) -> tuple[list[EntityExample], list[EntityExample]]:
     """Seeded split stratified by each sentence's rarest entity type (sentences without entities apart);
     every stratum of 2+ sentences gives at least one to validation."""
-    from ...data import stratified_split
-
     counts = Counter(s.label for e in examples for s in e.entities)
     return stratified_split(examples, validation_split, seed, key=lambda e: _stratum(e, counts))
 
@@ -523,14 +521,14 @@ def new_token_classifier(encoder: Any, config: EntityConfig) -> Any:
 
 def save_entity_model(model: Any, tokenizer: Any, out_dir: Path) -> None:
     """Weights (safetensors), encoder config, tokenizer and entities.json into ``out_dir``."""
-    from ...modeling import save_encoder_model
+    from ...modeling import save_encoder_model  # modeling imports torch
 
     save_encoder_model(model, tokenizer, out_dir, CONFIG_FILE, model.entity_config.to_dict(), MODEL_FORMAT)
 
 
 def load_entity_model(model_dir: Path) -> tuple[Any, Any]:
     """(model, tokenizer) from a directory written by :func:`save_entity_model`."""
-    from ...modeling import encoder_from_config, load_weights, read_encoder_model
+    from ...modeling import encoder_from_config, load_weights, read_encoder_model  # modeling imports torch
 
     raw, encoder_config, state, tokenizer = read_encoder_model(model_dir, CONFIG_FILE, "entity model")
     try:

@@ -13,6 +13,7 @@ from ...data import VALIDATION_FILE, read_jsonl_examples
 from ...errors import HotelbotError
 from ...runtime import load_predictor
 from ..base import Component, ComponentResult, TrainRequest
+from .train import train
 
 if TYPE_CHECKING:
     from ...config import Settings
@@ -43,8 +44,6 @@ class IntentClassifier(Component):
         return Path(settings.paths.data)
 
     def train(self, request: TrainRequest) -> ComponentResult:
-        from .train import train  # imports the ONNX exporter (onnx, onnxscript) and optuna's search
-
         return train(request)
 
     def smoke(self, info: "VersionInfo", settings: "Settings", texts_count: int) -> dict[str, Any]:
@@ -66,6 +65,11 @@ class IntentClassifier(Component):
 
     def empty_analysis(self) -> dict[str, Any]:
         return {"intent": None, "confidence": None, "top_k": [], "fallback": None}
+
+    def analysis_text(self, row: dict[str, Any]) -> str:
+        others = ", ".join(f"{t['intent']} {t['confidence']:.2f}" for t in row["top_k"][1:])
+        intent = "-" if row["intent"] is None else f"{row['intent']}\t{row['confidence']:.3f}"
+        return f"\t{intent}" + (f"\t({others})" if others else "")
 
     def analyze(self, loaded: Any, texts: Sequence[str], rows: list[dict[str, Any]], *, top_k: int,
                 batch_size: int) -> None:

@@ -227,11 +227,11 @@ def classifier_result(info: VersionInfo, metrics: dict[str, Any], duration: floa
         lines.append(f"out-of-scope threshold {meta['out_of_scope_threshold']:.3f}: in-scope accuracy "
                      f"{metrics.get('in_scope_accuracy') or 0:.4f}, out-of-scope recall "
                      f"{metrics.get('out_of_scope_recall') or 0:.4f}")
-    carried = meta.get("carried_over") or {}
+    carried = info.manifest.carried_over
     return ComponentResult(COMPONENT, info, metrics, duration, run_id, history, document, lines,
                            notes=[f"saved to {info.path}; MLflow run {run_id}"],
                            score=(f"{COMPONENT}_overall_score", float(metrics["overall_score"])),
-                           carried_from=carried.get("from"), carried_components=list(carried.get("components") or []))
+                           carried_from=carried.source, carried_components=list(carried.components))
 
 
 def train(request: TrainRequest) -> ComponentResult:

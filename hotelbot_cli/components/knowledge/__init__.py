@@ -47,11 +47,11 @@ class KnowledgeBaseComponent(Component):
                 f"{', incremental' if result.incremental else ''}) in {result.build_seconds:.1f}s")
         note = (f"carried over the other components of {result.source}" if result.source
                 else "the registry was empty: this version holds only the knowledge base")
-        carried = result.version.metadata.get("carried_over") or {}
+        carried = result.version.manifest.carried_over
         return ComponentResult(self.name, result.version, {"chunks": result.chunks, "documents": result.documents},
                                result.build_seconds, result.mlflow_run_id, [], result.to_dict(), [line], [note],
-                               carried_from=carried.get("from"),
-                               carried_components=list(carried.get("components") or []), detail=result)
+                               carried_from=carried.source, carried_components=list(carried.components),
+                               detail=result)
 
     def evaluate(self, info: "VersionInfo", settings: "Settings",
                  options: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:

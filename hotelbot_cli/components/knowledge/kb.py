@@ -50,7 +50,9 @@ import numpy as np
 
 from ..._io import atomic_write_bytes, atomic_write_json, iter_jsonl
 from ...data import clean_text
+from ...config import load_settings
 from ...errors import DataError, ModelError, RegistryError
+from ...packaged import MARKER_NAME, PACKAGED_MODELS
 from ...registry.checksums import component_problems
 from ...training.events import TrainingEvent, emitter
 from ...training.monitor import library_versions
@@ -560,8 +562,6 @@ def model_fingerprint(location: str) -> str:
     """Identifies the embedding model's weights and tokenizer without hashing hundreds of MB:
     a packaged model by its source file's sha256 (from its conversion marker); a local directory by
     the content of its small files and the names and sizes of files above 64 MiB; a hub id by name."""
-    from ...packaged import MARKER_NAME
-
     path = Path(location)
     if (path / MARKER_NAME).is_file():
         marker = json.loads((path / MARKER_NAME).read_text("utf-8"))
@@ -611,7 +611,7 @@ class EmbeddingModel:
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """No weight-loading progress bar or load report on stderr (a search prints results, not noise)."""
-    from ...modeling import quiet_transformers
+    from ...modeling import quiet_transformers  # modeling imports torch
 
     with quiet_transformers():
         yield
@@ -623,8 +623,6 @@ _E5_NAME_RE = re.compile(r"(^|[/_.-])e5([/_.-]|$)", re.IGNORECASE)
 def _input_conventions(resolved: Any) -> tuple[str, str]:
     """(query prefix, pooling) of a resolved model. A directory is recognised as a packaged model by its
     conversion marker, and as an E5 model (which needs "query: "/"passage: ") by its name."""
-    from ...packaged import MARKER_NAME, PACKAGED_MODELS
-
     if resolved.packaged or resolved.query_prefix:
         return resolved.query_prefix, resolved.pooling
     marker = Path(resolved.location) / MARKER_NAME
@@ -651,7 +649,7 @@ class Embedder:
     @classmethod
     def load(cls, spec: str, models_dir: Path, pooling: str = "") -> "Embedder":
         """Resolve ``spec`` like ``--base-model`` (packaged name, local directory or hub id) and load it."""
-        from ...modeling import load_base_encoder, resolve_base_model
+        from ...modeling import load_base_encoder, resolve_base_model  # modeling imports torch
 
         resolved = resolve_base_model(spec, Path(models_dir))
         with _quiet_transformers():
@@ -677,8 +675,6 @@ class Embedder:
         packaged model converted into this machine's cache), refusing one whose weights changed since."""
         spec = recorded.location if Path(recorded.location).is_dir() else recorded.spec
         if models_dir is None and not Path(spec).is_dir():
-            from ...config import load_settings
-
             models_dir = load_settings().paths.models_dir
         embedder = cls.load(spec, Path(models_dir or "."), recorded.pooling)
         if embedder.model.fingerprint != recorded.fingerprint:
@@ -692,7 +688,7 @@ class Embedder:
         """(len(texts), dim) float32 normalized. ``kind`` is "query" or "passage" (picks the prefix)."""
         import torch
 
-        from ...modeling import pool
+        from ...modeling import pool  # modeling imports torch
 
         prefix = self.model.query_prefix if kind == "query" else self.model.passage_prefix
         out = np.zeros((len(texts), self.model.dim), dtype=np.float32)
@@ -739,7 +735,7 @@ class KnowledgeResult:
 
 def _knowledge_problems(info: "VersionInfo") -> list[str]:
     """Files of ``info``'s knowledge/ that are missing, unrecorded or fail their recorded sha256."""
-    _, problems = component_problems(info.path, info.metadata.get("files") or {}, (KNOWLEDGE_DIR,))
+    _, problems = component_problems(info.path, info.manifest.files, (KNOWLEDGE_DIR,))
     return problems
 
 

@@ -60,6 +60,10 @@ class SentimentComponent(SplitComponent):
     def empty_analysis(self) -> dict[str, Any]:
         return {"sentiment": None}
 
+    def analysis_text(self, row: dict[str, Any]) -> str:
+        s = row["sentiment"]
+        return "" if s is None else f"\tsentiment={s['label']} {s['confidence']:.2f}"
+
     def analyze(self, loaded: Any, texts: Sequence[str], rows: list[dict[str, Any]], *, top_k: int,
                 batch_size: int) -> None:
         for row, answer in zip(rows, loaded.predict(texts, batch_size=batch_size)):
