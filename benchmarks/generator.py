@@ -35,7 +35,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hotelbot_cli.config import load_settings  # noqa: E402
-from hotelbot_cli.components.generator.generation import GeneratorConfig, read_reply_file, train_generator
+from hotelbot_cli.components.generator.data import read_reply_file
+from hotelbot_cli.components.generator.model import GeneratorConfig
+from hotelbot_cli.components.generator.training import train_generator
 from hotelbot_cli.components.knowledge.kb import train_knowledge_base
 from hotelbot_cli.registry import ModelRegistry  # noqa: E402
 

@@ -171,7 +171,7 @@ def _prepare_component(component: str, path: Path, output: Path | None, validati
 
 def _prepare_replies(path: Path, output: Path | None, validation_split: float | None, seed: int | None,
                      dry_run: bool, json_out: bool, config: Path | None, profile: str | None) -> None:
-    from ..components.generator.generation import prepare_replies, write_prepared_replies  # loads the component table: kept off `hotelbot --help`'s path
+    from ..components.generator.data import prepare_replies, write_prepared_replies  # loads the component table: kept off `hotelbot --help`'s path
 
     settings = settings_from(config, profile,
                              overrides={"data_config": {"validation_split": validation_split, "seed": seed}})

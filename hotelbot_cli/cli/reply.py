@@ -43,7 +43,7 @@ def reply_cmd(
 
         cat messages.txt | hotelbot reply - --json
     """
-    from ..components.generator.generation import Responder  # loads the component table: kept off `hotelbot --help`'s path
+    from ..components.generator.responder import Responder  # loads the component table: kept off `hotelbot --help`'s path
 
     if "-" in messages:
         messages = [m for m in messages if m != "-"] + [line.rstrip("\n") for line in sys.stdin if line.strip()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -158,8 +159,10 @@ def train_cmd(
     component = None if model_type == ALL else by_model_type(model_type)
     primary = component is not None and component.primary
     if model_type == ALL:
-        message("--model-type all: the classifier, then every other component whose data is prepared "
-                "(knowledge base, entities, sentiment, generator), each carrying the previous one over")
+        required = ", ".join(c.name for c in registered() if c.required)
+        others = ", ".join(c.name for c in registered() if not c.required)
+        message(f"--model-type all: the {required}, then every other component whose data is prepared "
+                f"({others}), each carrying the previous one over")
     for flag, given in (("incremental", incremental), ("hpo", hpo)):
         if given and component is not None and flag not in component.train_options:
             takers = [c.model_type for c in registered() if flag in c.train_options]
@@ -202,7 +205,6 @@ def train_cmd(
 
 def _progress(model_type: str, json_out: bool) -> Any:
     """The pipeline's progress factory: live Rich progress on stderr around each component's training."""
-    from contextlib import contextmanager
 
     @contextmanager
     def progress(component: str) -> Iterator[RichProgress]:

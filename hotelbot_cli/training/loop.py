@@ -1,6 +1,10 @@
-"""The ONE Hugging Face Trainer loop every encoder fit shares (intent classifier, sentiment, entities; the
-generator shares its arguments): two learning rates (encoder and new head), evaluation each epoch, the best
-epoch's trainable weights kept in memory and restored, early stopping, progress events and MLflow metrics.
+"""The ONE Hugging Face Trainer loop every fit shares (intent classifier, sentiment, entities, generator):
+two learning rates (pretrained weights and new ones), evaluation each epoch, the best epoch's trainable
+weights kept in memory and restored, early stopping, progress events and MLflow metrics.
+
+The defaults are the encoder fits' (a new ``head.`` with ``cfg.head_learning_rate``, the model's own loss,
+the highest validation metric wins, one prediction pass at the end); the generator overrides them (its
+token NLL, the lowest validation loss wins, a second learning rate for its pretrained weights).
 """
 
 from __future__ import annotations
@@ -8,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 from .events import Listener, TrainingEvent, emitter
 from .monitor import SystemMonitor
@@ -18,8 +22,27 @@ from .tracking import MlflowTracker
 EVENT_METRICS = ("accuracy", "macro_f1", "macro_precision", "macro_recall", "weighted_f1")
 
 
+# derive_metrics(eval metrics) -> further "eval_..." metrics, added before the best epoch is judged.
+DeriveMetrics = Callable[[Mapping[str, Any]], Mapping[str, float]]
+# learning_rate_of(parameter name, parameter) -> its own learning rate, None for ``args.learning_rate``.
+LearningRateOf = Callable[[str, Any], "float | None"]
+# batch_loss(model, inputs) -> the batch's mean loss (a scalar tensor), instead of the model's own loss.
+BatchLoss = Callable[[Any, Mapping[str, Any]], Any]
+
+
+class LoopCallbacks(NamedTuple):
+    """The loop's own Trainer callbacks; iterating gives them in the order the Trainer must call them."""
+
+    progress: Any  # progress events and per-step MLflow metrics
+    best: Any      # BestModelCallback: history, best_epoch, best_score, restore(model)
+
+
 def progress_callbacks(listener: Listener | None, tracker: MlflowTracker | None, monitor: SystemMonitor,
-               metric: str, patience: int, total_epochs: int) -> list[Any]:
+                       metric: str, patience: int, total_epochs: int, *, greater_is_better: bool = True,
+                       derive_metrics: DeriveMetrics | None = None) -> LoopCallbacks:
+    """``metric``: the validation metric (without "eval_") whose best epoch is kept: the highest, or the
+    lowest when not ``greater_is_better`` (ties keep the earlier epoch). ``derive_metrics`` adds metrics
+    to each evaluation's (in place) before they are judged and recorded."""
     from transformers import TrainerCallback
 
     emit = emitter(listener)
@@ -51,22 +74,27 @@ def progress_callbacks(listener: Listener | None, tracker: MlflowTracker | None,
         """
 
         def __init__(self) -> None:
-            self.best_score = -math.inf
+            self.best_score = -math.inf if greater_is_better else math.inf
             self.best_epoch = 0.0
             self.best_state: dict[str, Any] | None = None
             self.bad_epochs = 0
             self.history: list[dict[str, Any]] = []
 
+        def improves(self, score: float) -> bool:
+            return score > self.best_score if greater_is_better else score < self.best_score
+
         def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+            if derive_metrics is not None and metrics is not None:
+                metrics.update(derive_metrics(metrics))
             metrics = metrics or {}
-            score = float(metrics.get(f"eval_{metric}", -math.inf))
+            score = float(metrics.get(f"eval_{metric}", -math.inf if greater_is_better else math.inf))
             record = {"epoch": state.epoch, "step": state.global_step,
                       **{k[5:]: float(v) for k, v in metrics.items() if k.startswith("eval_")}}
             self.history.append(record)
             if tracker is not None:
                 tracker.log_metrics({f"eval_{k}": v for k, v in record.items() if k not in ("epoch", "step")},
                                     step=state.global_step)
-            if score > self.best_score:
+            if self.improves(score):
                 self.best_score, self.best_epoch, self.bad_epochs = score, state.epoch, 0
                 self.best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
             else:
@@ -87,17 +115,19 @@ def progress_callbacks(listener: Listener | None, tracker: MlflowTracker | None,
                 for name, value in self.best_state.items():
                     params[name].copy_(value)
 
-    return [ProgressAndMetricsCallback(), BestModelCallback()]
+    return LoopCallbacks(ProgressAndMetricsCallback(), BestModelCallback())
 
 
+def head_learning_rate(rate: float) -> LearningRateOf:
+    """The encoder fits' rule: the new head's parameters (``head.*``) learn at ``rate``."""
+    return lambda name, param: rate if name.startswith("head.") else None
 
-def _make_trainer_class():
+
+def _make_trainer_class(learning_rate_of: LearningRateOf, batch_loss: BatchLoss | None = None):
     from transformers import Trainer
 
     class HotelbotTrainer(Trainer):
-        """Two learning rates: the pretrained encoder's and a larger one for the new head."""
-
-        head_learning_rate: float = 3e-3
+        """Two learning rates: ``args.learning_rate`` and the one ``learning_rate_of`` gives a parameter."""
 
         def create_optimizer(self, model=None):
             import torch
@@ -105,22 +135,36 @@ def _make_trainer_class():
             if self.optimizer is None:
                 model = self.model if model is None else model
                 decay = set(self.get_decay_parameter_names(model))
-                groups: dict[tuple[bool, bool], list[Any]] = {}
+                # One group per (own learning rate or None, decays), in the order parameters first appear.
+                groups: dict[tuple[float | None, bool], list[Any]] = {}
                 for name, param in model.named_parameters():
                     if param.requires_grad:
-                        groups.setdefault((name.startswith("head."), name in decay), []).append(param)
+                        groups.setdefault((learning_rate_of(name, param), name in decay), []).append(param)
                 self.optimizer = torch.optim.AdamW(
                     [
                         {"params": params,
-                         "lr": self.head_learning_rate if is_head else self.args.learning_rate,
+                         "lr": self.args.learning_rate if rate is None else rate,
                          "weight_decay": self.args.weight_decay if decays else 0.0}
-                        for (is_head, decays), params in groups.items()
+                        for (rate, decays), params in groups.items()
                     ],
                     lr=self.args.learning_rate,
                 )
             return self.optimizer
 
-    return HotelbotTrainer
+    if batch_loss is None:
+        return HotelbotTrainer
+
+    class OwnLossTrainer(HotelbotTrainer):
+        """The loss is ``batch_loss(model, inputs)``: a mean over the batch, not normalised by
+        ``num_items_in_batch``, so the Trainer scales it for gradient accumulation itself."""
+
+        loss_is_scaled_for_ga = False
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = batch_loss(model, inputs)
+            return (loss, {"loss": loss}) if return_outputs else loss
+
+    return OwnLossTrainer
 
 
 def training_arguments(cfg: Any, output_dir: str, train_size: int, *, logs_per_epoch: int = 2,
@@ -149,15 +193,24 @@ class TrainedEncoder:
     trainer: Any
     best: Any            # the BestModelCallback: history, best_epoch
     duration: float      # training only, seconds
-    validation: Any      # trainer.predict(validation) with the best epoch's weights
+    validation: Any      # trainer.predict(validation) with the best epoch's weights; None without that pass
 
 
 def train_best_epoch(cfg: Any, model: Any, scratch_prefix: str, train_ds: Any, val_ds: Any, collator: Any,
-                     compute_metrics: Callable[[Any], dict[str, float]], metric: str, *,
+                     compute_metrics: Callable[[Any], dict[str, float]] | None, metric: str, *,
                      listener: "Listener | None", tracker: "MlflowTracker | None", monitor: "SystemMonitor",
-                     extra_callbacks: Sequence[Any] = (), **argument_overrides: Any) -> TrainedEncoder:
-    """Fine-tune an encoder with a new head (two learning rates), early stopping on validation ``metric``,
-    the best epoch's weights restored, then one prediction pass over the validation split."""
+                     extra_callbacks: Sequence[Any] = (), greater_is_better: bool = True,
+                     derive_metrics: DeriveMetrics | None = None, learning_rate_of: LearningRateOf | None = None,
+                     batch_loss: BatchLoss | None = None, predict_validation: bool = True,
+                     **argument_overrides: Any) -> TrainedEncoder:
+    """Fine-tune ``model`` with two learning rates, early stopping on validation ``metric`` (the highest
+    wins, the lowest when not ``greater_is_better``), the best epoch's weights restored, then (with
+    ``predict_validation``) one prediction pass over the validation split.
+
+    ``learning_rate_of`` defaults to :func:`head_learning_rate` with ``cfg.head_learning_rate``;
+    ``batch_loss`` (default: the model's own loss) and ``derive_metrics`` are described at their types.
+    ``argument_overrides`` go to :func:`training_arguments` (``greater_is_better`` is the loop's rule, not
+    a TrainingArguments one: no ``metric_for_best_model`` is set)."""
     import tempfile
 
     import torch
@@ -167,23 +220,25 @@ def train_best_epoch(cfg: Any, model: Any, scratch_prefix: str, train_ds: Any, v
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=scratch_prefix) as scratch:
         args = training_arguments(cfg, scratch, len(train_ds), **argument_overrides)
-        callbacks = progress_callbacks(listener, tracker, monitor, metric, cfg.early_stopping_patience, cfg.epochs)
-        trainer_cls = _make_trainer_class()
-        trainer_cls.head_learning_rate = cfg.head_learning_rate
+        callbacks = progress_callbacks(listener, tracker, monitor, metric, cfg.early_stopping_patience, cfg.epochs,
+                                       greater_is_better=greater_is_better, derive_metrics=derive_metrics)
+        rule = learning_rate_of if learning_rate_of is not None else head_learning_rate(cfg.head_learning_rate)
+        trainer_cls = _make_trainer_class(rule, batch_loss)
         trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                               data_collator=collator, compute_metrics=compute_metrics,
-                              callbacks=callbacks + list(extra_callbacks))
+                              callbacks=[*callbacks, *extra_callbacks])
         # The Trainer prints raw log dicts to stdout when tqdm is off: stdout is for results (--json).
         trainer.remove_callback(PrinterCallback)
         trainer.train()
-        best = callbacks[1]
-        best.restore(model)
+        callbacks.best.restore(model)
         duration = time.monotonic() - start
         model.eval()
-        emit(TrainingEvent("status", message="evaluating the best epoch"))
-        with torch.inference_mode():
-            output = trainer.predict(val_ds)
-    return TrainedEncoder(trainer, best, duration, output)
+        output = None
+        if predict_validation:
+            emit(TrainingEvent("status", message="evaluating the best epoch"))
+            with torch.inference_mode():
+                output = trainer.predict(val_ds)
+    return TrainedEncoder(trainer, callbacks.best, duration, output)
 
 
 @dataclass

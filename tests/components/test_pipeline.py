@@ -148,7 +148,7 @@ def _sentiment_result(info):
 
 
 def _generator_result(info):
-    from hotelbot_cli.components.generator.generation import generator_result
+    from hotelbot_cli.components.generator.training import generator_result
 
     scores = {"bleu": 12.0, "rouge_l": 0.2, "perplexity": 9.0, "relevance": 0.71, "exact_match": 0.0}
     metrics = {"generator": scores, "retrieval_baseline": {k: v for k, v in scores.items() if k != "perplexity"}}

@@ -18,7 +18,12 @@ from conftest import REPO, TINY_INTENTS
 from hotelbot_cli.cli.reply import reply_cmd
 from hotelbot_cli.config import load_settings
 from hotelbot_cli.errors import ConfigError, DataError, ModelError, RegistryError
-from hotelbot_cli.components.generator.generation import GENERATOR_DIR, GenerationSettings, GeneratorConfig, ReplyPair, Responder, VocabMap, corpus_bleu, corpus_rouge_l, detect_architecture, fit_generator, load_generator, load_reply_data, perplexity, prepare_replies, read_reply_file, rouge_l, rouge_tokens, save_generator, split_pairs, train_generator
+from hotelbot_cli.components.generator.data import ReplyPair, load_reply_data, prepare_replies, read_reply_file, split_pairs
+from hotelbot_cli.components.generator.metrics import corpus_bleu, corpus_rouge_l, perplexity, rouge_l, rouge_tokens
+from hotelbot_cli.components.generator.model import (GENERATOR_DIR, GenerationSettings, GeneratorConfig, VocabMap, detect_architecture,
+                                                  load_generator, save_generator)
+from hotelbot_cli.components.generator.responder import Responder
+from hotelbot_cli.components.generator.training import fit_generator, train_generator
 from hotelbot_cli.registry import ModelRegistry
 
 SHIPPED_PAIRS = REPO / "datasets" / "respuestas_es.jsonl"
@@ -75,7 +80,7 @@ def pair_objects(pairs=PAIRS):
 
 
 def write_prepared(directory):
-    from hotelbot_cli.components.generator.generation import PreparedReplies, pairs_fingerprint, write_prepared_replies
+    from hotelbot_cli.components.generator.data import PreparedReplies, pairs_fingerprint, write_prepared_replies
 
     train, validation = pair_objects(PAIRS), pair_objects(VAL_PAIRS)
     return write_prepared_replies(PreparedReplies(train, validation, pairs_fingerprint(train, validation),
@@ -202,7 +207,7 @@ def test_the_shipped_pairs_validate_and_split_seeded_and_stratified(tmp_path):
     assert split_pairs(train + validation, 0.2, 42) == split_pairs(train + validation, 0.2, 42)
     assert split_pairs(train + validation, 0.2, 7)[1] != split_pairs(train + validation, 0.2, 42)[1]
     # written and read back as a prepared directory, with a fingerprint guarding the split
-    from hotelbot_cli.components.generator.generation import write_prepared_replies
+    from hotelbot_cli.components.generator.data import write_prepared_replies
 
     write_prepared_replies(prepared, tmp_path / "gen")
     again = load_reply_data(tmp_path / "gen")
@@ -330,7 +335,7 @@ def test_grounding_gives_passages_and_the_reply_cites_them(gen_registry):
         # batched vs single-query embedding may differ in the last float digit
         assert [s["score"] for s in answer["sources"]] == pytest.approx([h.score for h in hits], abs=1e-5)
     # the passages really are the encoder's input: other passages give a different source sequence
-    from hotelbot_cli.components.generator.generation import passages_text
+    from hotelbot_cli.components.generator.inputs import passages_text
 
     hits = responder.retrieve(messages[:1])
     with_kb = responder.features.source(messages[:1], [passages_text(hits[0], 300)])[0]["input_ids"]
@@ -352,7 +357,7 @@ def test_responder_shape_errors_and_versions_without_a_generator(gen_registry):
 
 
 def test_rescoring_a_version_reproduces_its_recorded_metrics(gen_registry):
-    from hotelbot_cli.components.generator.generation import evaluate_version
+    from hotelbot_cli.components.generator.responder import evaluate_version
 
     info = gen_registry.get("v0003")
     recorded = json.loads((info.path / GENERATOR_DIR / "metrics.json").read_text("utf-8"))
@@ -432,7 +437,7 @@ def test_a_frozen_packaged_encoder_is_referenced_not_copied(tiny_model, tmp_path
 def test_the_encoder_projection_starts_as_standardisation():
     import torch
 
-    from hotelbot_cli.components.generator.generation import standardize_projection
+    from hotelbot_cli.components.generator.model import standardize_projection
 
     class Model(torch.nn.Module):
         def __init__(self):

@@ -1,6 +1,10 @@
 """The response generator: an encoder-decoder trained on (message, reply) pairs, grounded on the knowledge
 base's passages when the version has one. Its files live in ``generator/``, its summary in
-``metadata["generator"]``. It has no gate score: deploy checks that it loads and replies."""
+``metadata["generator"]``. It has no gate score: deploy checks that it loads and replies.
+
+Modules: data.py (reply pairs: validation, split, storage), metrics.py (BLEU, ROUGE-L, perplexity),
+model.py (settings, spec, restricted vocabulary, building/saving/loading the model), inputs.py (model
+inputs, batches, token NLL), responder.py (the Responder and evaluation), training.py (fit + publish)."""
 
 from __future__ import annotations
 
@@ -10,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import HotelbotError, ModelError
 from ..base import Component, ComponentResult, TrainRequest, report_common
-from .generation import (COMPONENT, EXPERIMENT, GENERATOR_DIR, Responder, default_data_path, evaluate_version,
-                         train_generator)
+from .data import COMPONENT, default_data_path
+from .model import GENERATOR_DIR
+from .responder import Responder, evaluate_version
+from .training import EXPERIMENT, train_generator
 
 if TYPE_CHECKING:
     from ...config import Settings

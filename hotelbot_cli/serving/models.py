@@ -1,0 +1,190 @@
+"""The deployed model: :class:`LoadedModel` (one loaded version), :class:`ModelHolder` (loads every
+component of the registry's deployed version and swaps it in when ``current`` moves) and the watcher
+task that polls the registry.
+
+The new version is loaded beside the old one, checked (checksums + one smoke prediction), then the
+reference is swapped; a request that already took the old model finishes with it. A failed load keeps
+the old model, is logged, and is counted in ``/metrics``. The primary component is loaded with
+:func:`~hotelbot_cli.runtime.load_predictor`: a version with an ONNX export is served by onnxruntime +
+tokenizers and torch/transformers are never imported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from ..components import registered
+from ..components.compose import components_of
+from ..data import OUT_OF_SCOPE
+from ..errors import HotelbotError, ModelError
+from ..pipeline.analyze import Analyzer
+from ..registry import ModelRegistry, VersionInfo
+from ..runtime import apply_fallback, load_predictor
+from .errors import ServeError
+from .metrics import Metrics
+from .settings import ServeSettings
+
+logger = logging.getLogger(__name__)
+
+THRESHOLD_KEY = "out_of_scope_threshold"
+TRAIN_AND_DEPLOY = "run `hotelbot train` then `hotelbot deploy`"
+SMOKE_TEXT = "hola"
+# The components whose answers /search and /reply return (the other endpoints serve the primary component
+# and every analyzing one).
+KNOWLEDGE = "knowledge"
+GENERATOR = "generator"
+
+
+def out_of_scope_threshold(metadata: Mapping[str, Any]) -> float | None:
+    """The version's ``out_of_scope_threshold`` (a number in [0, 1]), or None when it has none."""
+    value = metadata.get(THRESHOLD_KEY)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ModelError(f"{THRESHOLD_KEY} in the version's metadata must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """One loaded version. Immutable: a hot swap replaces the whole object, never its fields."""
+
+    predictor: Any  # a runtime.Predictor (torch or ONNX); None for a version holding only a knowledge base
+    version: str
+    threshold: float | None = None
+    knowledge: Any = None  # hotelbot_cli.knowledge.KnowledgeBase when the version has one
+    analyzer: Any = None  # hotelbot_cli.analysis.Analyzer: classifier + entity + sentiment models (those present)
+    responder: Any = None  # hotelbot_cli.generation.Responder when the version has a response generator
+    loaded_at: float = field(default_factory=time.time)
+
+    def answer(self, prediction: Any) -> dict[str, Any]:
+        """The response object for one prediction, with the out-of-scope fallback applied."""
+        if getattr(prediction, "fallback", False):  # the predictor already applied the model's own threshold
+            intent, fallback = OUT_OF_SCOPE, True
+        else:
+            intent, fallback = apply_fallback(prediction.intent, prediction.confidence, self.threshold)
+        return {
+            "intent": intent,
+            "confidence": prediction.confidence,
+            "top_k": prediction.top_k,
+            "model_version": self.version,
+            "fallback": fallback,
+        }
+
+
+def _load_version(info: VersionInfo) -> Any:
+    """The version's runtime (runtime.json / HOTELBOT_RUNTIME): ONNX serves without importing torch."""
+    return load_predictor(info)
+
+
+class ModelHolder:
+    """The deployed model, reloaded when the registry's ``current`` moves.
+
+    ``model`` is a plain attribute read (atomic under the GIL); only :meth:`refresh` writes it, under a
+    lock, after the new version has loaded and answered a smoke prediction.
+    """
+
+    def __init__(self, registry: ModelRegistry, settings: ServeSettings, metrics: Metrics,
+                 loader: Callable[[VersionInfo], Any] = _load_version) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.metrics = metrics
+        self._loader = loader
+        self._lock = threading.Lock()
+        self.model: LoadedModel | None = None
+        self.last_error: str | None = None
+        self._failed: str | None = None  # the target that failed to load: not retried until current moves
+        self._warned: str | None = None
+
+    def refresh(self) -> bool:
+        """Load the deployed version if it is not the one loaded. True when the model was replaced."""
+        with self._lock:
+            loaded = self.model.version if self.model else None
+            try:
+                target = self.registry.current_name()
+            except (HotelbotError, OSError) as exc:  # e.g. unreadable deployed state: keep what we have
+                self._warn_once(f"cannot read the deployed version of {self.registry.root} ({exc}); "
+                                f"{'still serving ' + loaded if loaded else 'no model is loaded'}")
+                if self.model is None:
+                    self.last_error = f"cannot read the deployed version: {exc}"
+                return False
+            if target == loaded:  # includes a rollback to the loaded version after a failed deploy
+                self._failed = None
+                self._warned = None
+                self.last_error = None
+                return False
+            if target is None:  # nothing deployed (any more): keep answering with what we have, if anything
+                if loaded:
+                    self._warn_once(f"the registry {self.registry.root} has no deployed version any more; "
+                                    f"still serving {loaded}")
+                return False
+            if target == self._failed:
+                return False
+            try:
+                new = self._load(target)
+            except Exception as exc:  # noqa: BLE001 - any failure keeps the old model
+                self._failed = target
+                self.last_error = f"version {target} failed to load: {exc}"
+                self.metrics.load_failed()
+                logger.error("could not load %s (%s); %s", target, exc,
+                             f"still serving {loaded}" if loaded else "no model is loaded")
+                return False
+            self.model = new
+            self._failed = None
+            self._warned = None
+            self.last_error = None
+            self.metrics.model_loaded(target)
+            logger.info("serving model %s%s", target, f" (was {loaded})" if loaded else "")
+            return True
+
+    def _warn_once(self, message: str) -> None:
+        if message != self._warned:  # the watcher polls every second: say it once, not every second
+            self._warned = message
+            logger.warning(message)
+
+    def _load(self, name: str) -> LoadedModel:
+        """Load every registered component the version holds (the primary one through ``loader``), each
+        answering one smoke text before the swap (which also loads what loads lazily)."""
+        info = self.registry.require_intact(name)
+        threshold = out_of_scope_threshold(info.metadata)
+        present = components_of(info)
+        parts: dict[str, Any] = {}
+        for component in registered():
+            if component.name not in present:
+                continue
+            loaded = self._loader(info) if component.primary else component.load(info, None, parts)
+            if component.primary and self.settings.torch_threads and getattr(loaded, "_torch", None) is not None:
+                loaded._torch.set_num_threads(self.settings.torch_threads)
+            component.warm_up(loaded, name, SMOKE_TEXT)
+            parts[component.name] = loaded
+        analyzing = {c: parts[c] for c in Analyzer.analyzing_components(info)}
+        analyzer = Analyzer(info.name, analyzing) if analyzing else None
+        primary = next((parts[c.name] for c in registered() if c.primary and c.name in parts), None)
+        model = LoadedModel(primary, info.name, threshold, parts.get(KNOWLEDGE), analyzer, parts.get(GENERATOR))
+        if primary is not None:
+            smoke = primary.predict([SMOKE_TEXT], top_k=self.settings.top_k)
+            if len(smoke) != 1 or not 0.0 <= float(smoke[0].confidence) <= 1.0:
+                raise ModelError(f"version {name} gave a malformed smoke prediction")
+        if analyzer is not None and len(analyzer.analyze([SMOKE_TEXT], top_k=self.settings.top_k)) != 1:
+            raise ModelError(f"version {name} gave a malformed smoke analysis")
+        return model
+
+    def unavailable(self) -> ServeError:
+        detail = (self.last_error + f"; deploy a working version ({TRAIN_AND_DEPLOY})" if self.last_error else
+                  f"no version is deployed in the registry {self.registry.root}: {TRAIN_AND_DEPLOY}")
+        return ServeError(503, "no model is loaded", detail)
+
+
+async def watch_registry(holder: ModelHolder, interval: float) -> None:
+    """Poll the registry every ``interval`` seconds and swap in a newly deployed version (until cancelled)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await asyncio.to_thread(holder.refresh)
+        except Exception:  # noqa: BLE001 - the watcher must outlive a bad poll
+            logger.exception("model watcher: polling the registry failed")

@@ -1,0 +1,171 @@
+"""The HTTP routes: small handlers that read the app's state (``request.app.state``: ``settings``,
+``models``, ``batcher``, ``metrics``) and answer JSON in the shapes of :mod:`.schemas`.
+
+Each handler is declared with :func:`route` and put on an app by :func:`add_routes`, as plain routes of
+the app itself (what ``@app.get``/``@app.post`` would make), rather than through an included
+``APIRouter``, which this FastAPI version serves through an extra lazily-built routing layer."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable, Sequence
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from .errors import ServeError
+from .models import LoadedModel, ModelHolder
+from .schemas import (
+    ERROR_RESPONSES,
+    AnalyzeRequest,
+    BatchAnalysis,
+    BatchClassification,
+    BatchClassifyRequest,
+    Classification,
+    ClassifyRequest,
+    ErrorBody,
+    Readiness,
+    ReplyRequest,
+    SearchRequest,
+    SearchResults,
+)
+from .settings import ServeSettings
+
+# (method, path, handler, FastAPI route options) of every route, in declaration order.
+ROUTES: list[tuple[str, str, Callable[..., Any], dict[str, Any]]] = []
+
+
+def route(method: str, path: str, **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare a handler (``options``: what ``app.get``/``app.post`` take)."""
+    def declare(handler: Callable[..., Any]) -> Callable[..., Any]:
+        ROUTES.append((method, path, handler, options))
+        return handler
+    return declare
+
+
+def add_routes(app: FastAPI) -> None:
+    for method, path, handler, options in ROUTES:
+        app.add_api_route(path, handler, methods=[method], **options)
+
+
+# The POST routes: the metrics middleware labels a request answered before routing (413) by its path when
+# it is one of these, else "unmatched".
+POST_PATHS = frozenset({"/classify", "/classify/batch", "/search", "/analyze", "/reply"})
+
+# What each endpoint needs from the loaded version, and the 503 it answers when the part is missing
+# ("{version}" is filled in).
+NEEDS = {
+    "predictor": ("no classifier", "version {version} holds only a knowledge base; train a classifier "
+                  "(hotelbot train) and deploy it"),
+    "analyzer": ("nothing to analyze with", "version {version} has no classifier, entity or sentiment model"),
+    "knowledge": ("no knowledge base", "version {version} has none: run `hotelbot prepare --documents DIR`, "
+                  "`hotelbot train --model-type embeddings`, then deploy"),
+    "responder": ("no response generator", "version {version} has none: run `hotelbot train --model-type "
+                  "generator`, then deploy"),
+}
+
+
+def require_model(holder: ModelHolder, part: str = "predictor") -> LoadedModel:
+    """The loaded version, if it has ``part``; else the 503 that says what is missing."""
+    model = holder.model
+    if model is None:
+        raise holder.unavailable()
+    if getattr(model, part) is None:
+        title, detail = NEEDS[part]
+        raise ServeError(503, title, detail.format(version=model.version))
+    return model
+
+
+def check_length(settings: ServeSettings, text: str, where: str) -> None:
+    if len(text) > settings.max_text_length:
+        raise ServeError(413, "text too long",
+                         f"{where} has {len(text)} characters; the limit is {settings.max_text_length}")
+
+
+def check_batch(settings: ServeSettings, texts: Sequence[str]) -> None:
+    if len(texts) > settings.max_batch_size:
+        raise ServeError(413, "batch too large", f"{len(texts)} texts; the limit is {settings.max_batch_size}")
+    for i, text in enumerate(texts):
+        check_length(settings, text, f"texts[{i}]")
+
+
+def json_response(document: Any) -> Response:
+    """Answers are built by us in the declared shape: serialise them directly (orjson), skipping
+    FastAPI's re-validation of the response model, which costs more than the rest of the request."""
+    return Response(orjson.dumps(document), media_type="application/json")
+
+
+@route("GET", "/health", tags=["probes"], summary="The process is up (always 200)")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@route("GET", "/ready", tags=["probes"], response_model=Readiness, summary="200 when a model is loaded, else 503",
+       responses={503: {"model": ErrorBody, "description": "No model is loaded"}})
+async def ready(request: Request) -> Any:
+    holder: ModelHolder = request.app.state.models
+    model = holder.model
+    if model is None:
+        problem = holder.unavailable()
+        return JSONResponse({"ready": False, "model_version": None, "error": problem.message,
+                             "detail": problem.detail}, status_code=503)
+    return {"ready": True, "model_version": model.version, "out_of_scope_threshold": model.threshold,
+            "last_load_error": holder.last_error}
+
+
+@route("POST", "/classify", tags=["classify"], response_model=Classification, responses=ERROR_RESPONSES,
+       summary="Classify one message")
+async def classify(body: ClassifyRequest, request: Request) -> Any:
+    state = request.app.state
+    check_length(state.settings, body.text, "text")
+    model = require_model(state.models)
+    (answer,) = await state.batcher.classify(model, [body.text])
+    return json_response(answer)
+
+
+@route("POST", "/classify/batch", tags=["classify"], response_model=BatchClassification,
+       responses=ERROR_RESPONSES, summary="Classify many messages with one model version")
+async def classify_batch(body: BatchClassifyRequest, request: Request) -> Any:
+    state = request.app.state
+    check_batch(state.settings, body.texts)
+    model = require_model(state.models)
+    answers = await state.batcher.classify(model, body.texts)
+    return json_response({"model_version": model.version, "predictions": answers})
+
+
+@route("POST", "/analyze", tags=["analyze"], response_model=BatchAnalysis, responses=ERROR_RESPONSES,
+       summary="Intent, entities and sentiment of messages, with one model version")
+async def analyze(body: AnalyzeRequest, request: Request) -> Any:
+    state = request.app.state
+    check_batch(state.settings, body.texts)
+    model = require_model(state.models, "analyzer")
+    answers = await state.batcher.run(model.analyzer.analyze, body.texts, state.settings.top_k)
+    return json_response({"model_version": model.version, "predictions": answers})
+
+
+@route("POST", "/search", tags=["search"], response_model=SearchResults, responses=ERROR_RESPONSES,
+       summary="Search the hotel knowledge base of the deployed version")
+async def search(body: SearchRequest, request: Request) -> Any:
+    check_length(request.app.state.settings, body.query, "query")
+    model = require_model(request.app.state.models, "knowledge")
+    hits = await asyncio.to_thread(model.knowledge.search, body.query, body.top_k)
+    return json_response({"model_version": model.version, "query": body.query,
+                          "results": [h.to_dict() for h in hits]})
+
+
+@route("POST", "/reply", tags=["reply"], responses=ERROR_RESPONSES, summary="Answer a guest message")
+async def reply(body: ReplyRequest, request: Request) -> Any:
+    check_length(request.app.state.settings, body.text, "text")
+    model = require_model(request.app.state.models, "responder")
+    (answer,) = await asyncio.to_thread(model.responder.reply, [body.text])
+    return json_response({"reply": answer["reply"], "sources": answer.get("sources", []),
+                          "model_version": model.version})
+
+
+@route("GET", "/metrics", tags=["probes"], response_class=PlainTextResponse, summary="Prometheus metrics")
+async def prometheus_metrics(request: Request) -> PlainTextResponse:
+    model = request.app.state.models.model
+    recheck = getattr(model.predictor, "recheck", None) if model is not None else None
+    return PlainTextResponse(request.app.state.metrics.render(recheck),
+                             media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,137 @@
+"""The HTTP API's pydantic models: request bodies (with their text validation) and the documented
+response shapes (the OpenAPI schema at /docs), plus the error responses each POST route declares."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr
+from pydantic_core import PydanticCustomError
+
+from ..data import OUT_OF_SCOPE, clean_text
+
+
+def _non_blank(value: str) -> str:
+    if not clean_text(value):
+        raise PydanticCustomError("blank_text", "text is empty or only whitespace/control characters")
+    return value
+
+
+# A JSON string (never a number or null) that is not blank once cleaned like the training data.
+Text = Annotated[StrictStr, AfterValidator(_non_blank)]
+
+
+class ClassifyRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"text": "¿a qué hora es el desayuno?"}]})
+
+    text: Text = Field(description="The guest's message (non-empty; at most max_text_length characters).")
+
+
+class BatchClassifyRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"texts": ["hola", "¿cuál es la clave del wifi?"]}]})
+
+    texts: list[Text] = Field(min_length=1, description="1 to max_batch_size non-empty messages.")
+
+
+class ReplyRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"text": "¿a qué hora cierra la piscina?"}]})
+
+    text: Text = Field(description="The guest's message (non-empty; at most max_text_length characters).")
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"query": "¿aceptan perros?", "top_k": 3}]})
+
+    query: Text = Field(description="The guest's question (non-empty; at most max_text_length characters).")
+    top_k: int = Field(5, ge=1, le=50, description="How many ranked chunks to return.")
+
+
+class SearchHitModel(BaseModel):
+    rank: int
+    score: float = Field(description="Cosine similarity of the query and the chunk.")
+    id: str
+    doc: str = Field(description="Source file, relative to the documents folder.")
+    heading: str
+    headings: list[str]
+    start: int = Field(description="Character offset of the chunk in the original file.")
+    end: int
+    text: str
+
+
+class SearchResults(BaseModel):
+    model_version: str
+    query: str
+    results: list[SearchHitModel]
+
+
+class AnalyzeRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"texts": ["Soy Ana, de la 305: llegamos el 15/08"]}]})
+
+    texts: list[Text] = Field(min_length=1, description="1 to max_batch_size non-empty messages.")
+
+
+class Entity(BaseModel):
+    type: str
+    text: str = Field(description="text[start:end] of the message as sent")
+    start: int
+    end: int
+    confidence: float = Field(description="Mean probability of the entity's tokens' tags.")
+
+
+class Sentiment(BaseModel):
+    label: str = Field(description="positive, neutral or negative")
+    confidence: float
+
+
+class RankedIntent(BaseModel):
+    intent: str
+    confidence: float
+
+
+class Classification(BaseModel):
+    intent: str = Field(description=f"The predicted intent, or {OUT_OF_SCOPE!r} below the version's threshold.")
+    confidence: float = Field(description="The model's confidence in its top-ranked intent.")
+    top_k: list[RankedIntent] = Field(description="The model's ranking (unchanged by the fallback).")
+    model_version: str
+    fallback: bool = Field(description="True when the out-of-scope threshold replaced the intent.")
+
+
+class BatchClassification(BaseModel):
+    model_version: str
+    predictions: list[Classification]
+
+
+class Analysis(BaseModel):
+    text: str
+    intent: str | None = Field(description="As /classify; null when the version has no intent classifier.")
+    confidence: float | None
+    top_k: list[RankedIntent]
+    fallback: bool | None
+    entities: list[Entity] = Field(description="[] when the version has no entity model.")
+    sentiment: Sentiment | None = Field(description="null when the version has no sentiment model.")
+
+
+class BatchAnalysis(BaseModel):
+    model_version: str
+    predictions: list[Analysis]
+
+
+class Readiness(BaseModel):
+    ready: bool
+    model_version: str | None = None
+    out_of_scope_threshold: float | None = None
+    last_load_error: str | None = Field(None, description="Why the newest deploy is not served (old model kept).")
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: Any = None
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text} for code, text in (
+        (413, "A text or the batch is over the server's limit"),
+        (422, "Missing, empty or non-string text; body is not JSON"),
+        (503, "No model is loaded: train and deploy one"),
+    )
+}
