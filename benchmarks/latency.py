@@ -308,7 +308,7 @@ def serve_peak_rss(root: Path, env: dict[str, str], cwd: Path, runtime: str | No
     native = "load_predictor" in inspect.getsource(serving._load_version)
     if native:
         cmd = [hotelbot(), "serve", "--registry", str(root), "--port", str(port)]
-    else:  # serving.py does not use the runtime factory yet: the same server with it plugged in
+    else:  # serving/ does not use the runtime factory yet: the same server with it plugged in
         cmd = [sys.executable, "-c",
                "import sys; from hotelbot_cli import serving; from hotelbot_cli.runtime import load_predictor\n"
                "serving.ModelHolder.__init__.__defaults__ = (load_predictor,)\n"
@@ -472,7 +472,7 @@ def report(f: dict) -> None:
         print("\nhotelbot serve (after load + 20 /classify + 3 batches of 35)")
         for name, s in f["serve"].items():
             print(f"  {name:16s} peak RSS {s['peak_rss_mb']:7.1f} MB, RSS {s['rss_mb']:7.1f} MB, ready in {s['ready_s']:.1f} s"
-                  + ("" if s["native"] else "  (serving.py with the load_predictor factory plugged in)"))
+                  + ("" if s["native"] else "  (serving/ with the load_predictor factory plugged in)"))
         peak = f["serve"]["recorded runtime"]["peak_rss_mb"]
         checks.append(("serve peak RSS < 600 MB", peak < TARGETS["serve_rss_mb"], f"{peak:.0f} MB"))
     print("\ntargets")
