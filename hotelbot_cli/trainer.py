@@ -19,14 +19,18 @@ Every method calls the same library functions as the CLI; errors are HotelbotErr
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+from .components import registered
 from .config import Settings, load_settings
 from .data import SUPPORTED_SUFFIXES, prepare_dataset
 from .errors import DataError
-from .components import registered
+from .evaluation import top_confusions
+from .pipeline.deploy import backup_current, deploy, rollback
 from .pipeline.train import train
+from .pipeline.validate import validate_version
 from .registry import ModelRegistry
 
 INTENT_FILE_NAMES = ("hotel_intents_es.json", "intents.json", "intents.jsonl", "intents.csv")
@@ -83,8 +87,6 @@ class ModelTrainer:
     # ------------------------------------------------------------ validation
     def validate_models(self, version: str | None = None) -> dict[str, Any]:
         """Validation metrics of ``version`` (default: the one just trained, else the newest) with 'overall_score'."""
-        from .pipeline.validate import validate_version
-
         name = version or self.last_version or "latest"
         result = validate_version(self.registry, name, self.settings)
         self.last_validation = result.to_dict()
@@ -94,18 +96,12 @@ class ModelTrainer:
 
     # ------------------------------------------------------------ deployment
     def deploy_models(self, version: str | None = None, reason: str = "") -> dict[str, Any]:
-        from .pipeline.deploy import deploy
-
         return deploy(self.registry, self.settings, version or self.last_version, reason).to_dict()
 
     def backup_current_models(self, reason: str = "manual backup") -> dict[str, Any]:
-        from .pipeline.deploy import backup_current
-
         return backup_current(self.registry, self.settings, reason)
 
     def rollback_to_previous_version(self, reason: str = "", to: str | None = None) -> dict[str, Any]:
-        from .pipeline.deploy import rollback
-
         return rollback(self.registry, self.settings, to, reason).to_dict()
 
     # ------------------------------------------------------------ reports
@@ -114,11 +110,7 @@ class ModelTrainer:
 
         (The HTML/Markdown report with plots is `hotelbot report`, a separate issue.)
         """
-        from .evaluation import top_confusions
-
         info = self.registry.resolve(version or self.last_version or "latest")
-        import json
-
         metrics = json.loads((info.path / "metrics.json").read_text("utf-8"))
         worst = sorted(metrics["per_intent"].items(), key=lambda kv: kv[1]["f1"])[:5]
         current = self.registry.current_name()

@@ -5,9 +5,10 @@ the ONNX runtime's partial check) compares files on disk with that record here."
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 from .._io import sha256_file
+from ..errors import IntegrityError
 
 METADATA_FILE = "metadata.json"
 
@@ -59,15 +60,34 @@ def component_problems(root: Path, recorded: Mapping[str, str],
     return sorted(present), problems
 
 
-def version_problems(name: str, root: Path, recorded: Mapping[str, str]) -> list[str]:
-    """Every problem of a whole version against its record, as ``hotelbot verify`` lists them."""
+def listed_problems(name: str, root: Path, recorded: Mapping[str, str], rels: Iterable[str]) -> list[str]:
+    """Problems of the files ``rels`` of version ``name`` against its record, as ``hotelbot verify`` words
+    them. A file that exists but is not recorded is a problem (added after publishing); a file that is
+    neither there nor recorded is not (an optional file)."""
     problems = []
-    for rel, expected in sorted(recorded.items()):
+    for rel in rels:
         path = Path(root) / rel
-        if not path.is_file():
+        expected = recorded.get(rel)
+        if expected is None:
+            if path.exists():
+                problems.append(f"{name}/{rel}: not recorded in metadata (added after publishing)")
+        elif not path.is_file():
             problems.append(f"{name}/{rel}: missing")
         elif sha256_file(path) != expected:
             problems.append(f"{name}/{rel}: checksum mismatch (corrupt or modified)")
+    return problems
+
+
+def version_problems(name: str, root: Path, recorded: Mapping[str, str]) -> list[str]:
+    """Every problem of a whole version against its record, as ``hotelbot verify`` lists them."""
+    problems = listed_problems(name, root, recorded, sorted(recorded))
     for rel in sorted(set(checksum_tree(root)) - set(recorded)):
         problems.append(f"{name}/{rel}: not recorded in metadata (added after publishing)")
     return problems
+
+
+def require_no_problems(name: str, problems: Sequence[str]) -> None:
+    """IntegrityError naming the first problem (deploy, rollback, predict and serve refuse such a version)."""
+    if problems:
+        raise IntegrityError(f"version {name} failed its checksum check: {problems[0]}",
+                             hint="run `hotelbot verify` for the full list")

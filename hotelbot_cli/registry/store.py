@@ -35,7 +35,7 @@ from typing import Any, Iterator
 
 from .._io import atomic_write_json, fsync_dir, sha256_file
 from ..errors import IntegrityError, RegistryError, VersionNotFoundError
-from .checksums import METADATA_FILE, checksum_tree, version_problems
+from .checksums import METADATA_FILE, checksum_tree, require_no_problems, version_problems
 from .manifest import Manifest
 
 VERSIONS_DIR = "versions"
@@ -295,10 +295,7 @@ class ModelRegistry:
         return version_problems(name, info.path, info.manifest.files)
 
     def require_intact(self, name: str) -> VersionInfo:
-        problems = self.verify(name)
-        if problems:
-            raise IntegrityError(f"version {name} failed its checksum check: {problems[0]}",
-                                 hint="run `hotelbot verify` for the full list")
+        require_no_problems(name, self.verify(name))
         return self.get(name)
 
     # ------------------------------------------------------------ validation results

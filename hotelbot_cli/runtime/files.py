@@ -6,9 +6,9 @@ from __future__ import annotations
 import threading
 from typing import Sequence
 
-from .._io import sha256_file
 from ..errors import IntegrityError
 from ..registry import VersionInfo
+from ..registry.checksums import listed_problems, require_no_problems
 from .layout import (CLASSIFIER_FILE, MODEL_SUBDIR, ONNX_FILES, RUNTIME_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE,
                      TOKENIZER_INDEX_FILE)
 
@@ -26,19 +26,7 @@ def verify_files(info: VersionInfo, rels: Sequence[str]) -> list[str]:
 
     A file that exists but has no recorded checksum is a problem (added after publishing); a file
     that neither exists nor is recorded is fine (e.g. no tokenizer_config.json)."""
-    recorded: dict[str, str] = info.manifest.files
-    problems = []
-    for rel in rels:
-        path = info.path / rel
-        expected = recorded.get(rel)
-        if expected is None:
-            if path.exists():
-                problems.append(f"{info.name}/{rel}: not recorded in metadata (added after publishing)")
-        elif not path.is_file():
-            problems.append(f"{info.name}/{rel}: missing")
-        elif sha256_file(path) != expected:
-            problems.append(f"{info.name}/{rel}: checksum mismatch (corrupt or modified)")
-    return problems
+    return listed_problems(info.name, info.path, info.manifest.files, rels)
 
 
 class BackgroundCheck:
@@ -64,9 +52,7 @@ class BackgroundCheck:
 
 
 def _raise_problems(info: VersionInfo, problems: Sequence[str]) -> None:
-    if problems:
-        raise IntegrityError(f"version {info.name} failed its checksum check: {problems[0]}",
-                             hint="run `hotelbot verify` for the full list")
+    require_no_problems(info.name, problems)
 
 
 def require_files_intact(info: VersionInfo, rels: Sequence[str]) -> None:
