@@ -143,18 +143,16 @@ def _prepare_documents(directory: Path, output: Path | None, chunk_size: int, ch
 def _prepare_component(component: str, path: Path, output: Path | None, validation_split: float | None,
                        seed: int | None, dry_run: bool, json_out: bool, config: Path | None,
                        profile: str | None) -> None:
-    from ..components.base import default_data_dir  # loads the component table: kept off `hotelbot --help`'s path
-    from ..components.entities.tagger import prepare_entities, write_prepared_entities  # loads the component table: kept off `hotelbot --help`'s path
-    from ..components.sentiment.classifier import prepare_sentiment, write_prepared_sentiment  # loads the component table: kept off `hotelbot --help`'s path
+    from ..components import get  # loads the component table: kept off `hotelbot --help`'s path
+    from ..components.base import default_data_dir  # (the same)
 
     settings = settings_from(config, profile,
                              overrides={"data_config": {"validation_split": validation_split, "seed": seed}})
-    prepare, write = ((prepare_entities, write_prepared_entities) if component == "entities"
-                      else (prepare_sentiment, write_prepared_sentiment))
-    prepared = prepare(path, settings.data.validation_split, settings.data.seed)
+    split_component = get(component)  # entities or sentiment: a SplitComponent
+    prepared = split_component.prepare_split(path, settings.data.validation_split, settings.data.seed)
     target = None if dry_run else (output or default_data_dir(settings, component))
     if target is not None:
-        write(prepared, target)
+        split_component.write_split(prepared, target)
     summary = {**prepared.to_summary(), "component": component, "output": None if target is None else str(target)}
     if json_out:
         print_json(summary)

@@ -247,6 +247,14 @@ class SplitComponent(Component):
     def fit_and_publish(self, request: TrainRequest, data: Path) -> ComponentResult:
         raise NotImplementedError
 
+    def prepare_split(self, path: Path, validation_split: float, seed: int) -> Any:
+        """`hotelbot prepare --<name> FILE`: validate and split the file (a prepared split with
+        ``to_summary()``, ``warnings`` and ``fingerprint``)."""
+        raise NotImplementedError
+
+    def write_split(self, prepared: Any, target: Path) -> None:
+        raise NotImplementedError
+
 
 # ---------------------------------------------------------------- the registration table's mechanics
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from ...errors import HotelbotError
 from ..base import ComponentResult, SplitComponent, TrainRequest, labels_report_section, usable_confidence
 from .tagger import (DATA_SUBDIR, ENTITIES_DIR, EXPERIMENT, METRIC, EntityExtractor, evaluate_entities,
-                     read_prepared_entities, train_entities)
+                     prepare_entities, read_prepared_entities, train_entities, write_prepared_entities)
 
 if TYPE_CHECKING:
     from ...config import Settings
@@ -28,6 +28,12 @@ class EntityExtractorComponent(SplitComponent):
     metric = METRIC
     gated = True
     analyzes = True
+
+    def prepare_split(self, path: Path, validation_split: float, seed: int) -> Any:
+        return prepare_entities(path, validation_split, seed)
+
+    def write_split(self, prepared: Any, target: Path) -> None:
+        write_prepared_entities(prepared, target)
 
     def fit_and_publish(self, request: TrainRequest, data: Path) -> ComponentResult:
         return train_entities(request.settings, data, request.registry, listener=request.listener,

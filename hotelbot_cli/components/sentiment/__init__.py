@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from ...errors import HotelbotError
 from ..base import ComponentResult, SplitComponent, TrainRequest, labels_report_section, usable_confidence
 from .classifier import (DATA_SUBDIR, EXPERIMENT, SENTIMENT_DIR, SentimentClassifier, evaluate_sentiment,
-                         read_prepared_sentiment, train_sentiment)
+                         prepare_sentiment, read_prepared_sentiment, train_sentiment, write_prepared_sentiment)
 
 if TYPE_CHECKING:
     from ...config import Settings
@@ -28,6 +28,12 @@ class SentimentComponent(SplitComponent):
     metric = "macro_f1"  # settings.validation.metric
     gated = True
     analyzes = True
+
+    def prepare_split(self, path: Path, validation_split: float, seed: int) -> Any:
+        return prepare_sentiment(path, validation_split, seed)
+
+    def write_split(self, prepared: Any, target: Path) -> None:
+        write_prepared_sentiment(prepared, target)
 
     def fit_and_publish(self, request: TrainRequest, data: Path) -> ComponentResult:
         return train_sentiment(request.settings, data, request.registry, listener=request.listener,
