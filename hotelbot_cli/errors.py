@@ -6,6 +6,8 @@ The CLI maps each class to one line on stderr and an exit code (see ``cli/_error
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class HotelbotError(Exception):
     """Base class of every error a user can cause or fix. ``exit_code`` is what the CLI exits with."""
@@ -67,3 +69,20 @@ class RolledBackError(HotelbotError):
     """A deploy switched the model, its verification failed, and it was rolled back."""
 
     exit_code = 4
+
+
+class DeployVerificationError(HotelbotError):
+    """The new current failed its smoke test and auto-rollback is off: it stays deployed."""
+
+
+class ReportError(HotelbotError):
+    """A report cannot be built or written (missing version files, bad format, unwritable output)."""
+
+
+class ServeError(HotelbotError):
+    """A request the server answers with a 4xx/5xx JSON body ``{"error": ..., "detail": ...}``."""
+
+    def __init__(self, status_code: int, message: str, detail: Any = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.detail = detail

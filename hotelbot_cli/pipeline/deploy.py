@@ -21,16 +21,13 @@ from .._io import sha256_file
 from ..components import registered
 from ..components.compose import components_of
 from ..config import Settings
-from ..errors import GateFailedError, HotelbotError, IntegrityError, RegistryError, RolledBackError
+from ..errors import (DeployVerificationError, GateFailedError, HotelbotError, IntegrityError, RegistryError,
+                      RolledBackError)
 from ..registry import ModelRegistry, VersionInfo
 from ..registry.store import check_version_name, crashpoint, utc_now
 from .validate import gate_components, primary_component, validate_version
 
 log = logging.getLogger("hotelbot.deployment")
-
-
-class DeployVerificationError(HotelbotError):
-    """The new current failed its smoke test and auto-rollback is off: it stays deployed."""
 
 
 @dataclass

@@ -23,13 +23,14 @@ the section list), ``formatting`` (number and text helpers of the renderers), ``
 ``files`` (formats, paths, writing report files).
 """
 
+from ..errors import ReportError
 from .advice import recommendations
 from .build import build_report, build_report_from_dir
 from .files import (FORMATS, figures_dir_for, render, training_report_dir, write_report, write_report_files,
                     write_training_report)
 from .html import render_html
 from .markdown import render_markdown
-from .report import METRIC_DIGITS, SECTION_KEYS, SECTIONS, Report, ReportError, render_json
+from .report import METRIC_DIGITS, SECTION_KEYS, SECTIONS, Report, render_json
 from .sections import confusion_order
 from .tracking import log_report_artifacts
 

@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from ..data import read_jsonl_examples
-from ..errors import HotelbotError
+from ..errors import HotelbotError, ReportError
 from ..evaluation import classification_metrics
 from ..registry import ModelRegistry, VersionInfo
 from ..runtime import TorchPredictor
 from .advice import recommendations
 from .figures import make_figures
 from .other_components import component_report
-from .report import METRIC_DIGITS, Report, ReportError
+from .report import METRIC_DIGITS, Report
 from .sections import (_comparison_section, _confidence_section, _confusion_section, _data_section, _headline,
                        _per_intent_section, _performance_section, _resources_section, _training_section)
 

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from .._io import atomic_write_bytes
+from ..errors import ReportError
 from ..registry import ModelRegistry, check_version_name
 from .build import build_report
 from .html import render_html
 from .markdown import render_markdown
-from .report import Report, ReportError, render_json
+from .report import Report, render_json
 from .tracking import log_report_artifacts
 
 log = logging.getLogger("hotelbot.reporting")

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import HotelbotError
 
 SCHEMA_VERSION = 1
 
@@ -36,10 +35,6 @@ SYSTEM_SERIES = {
     "system/ram_percent": "RAM %",
     "system/process_rss_mb": "process RSS (MB)",
 }
-
-
-class ReportError(HotelbotError):
-    """A report cannot be built or written (missing version files, bad format, unwritable output)."""
 
 
 @dataclass

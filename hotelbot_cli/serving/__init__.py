@@ -25,9 +25,9 @@ metrics, body-size limit), ``routes`` (the endpoints), ``app`` (create_app), ``r
 from __future__ import annotations
 
 from ..data import OUT_OF_SCOPE
+from ..errors import ServeError
 from .app import create_app
 from .batching import MicroBatcher
-from .errors import ServeError
 from .metrics import Metrics
 from .models import (
     GENERATOR,

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from .errors import ServeError
+from ..errors import ServeError
 from .metrics import Metrics
 from .models import LoadedModel
 

@@ -11,18 +11,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import HotelbotError
+from ..errors import ServeError
 
 logger = logging.getLogger(__name__)
-
-
-class ServeError(HotelbotError):
-    """A request the server answers with a 4xx/5xx JSON body ``{"error": ..., "detail": ...}``."""
-
-    def __init__(self, status_code: int, message: str, detail: Any = None) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.detail = detail
 
 
 def error_response(status: int, message: str, detail: Any = None,

@@ -21,11 +21,10 @@ from typing import Any, Callable, Mapping
 from ..components import registered
 from ..components.compose import components_of
 from ..data import OUT_OF_SCOPE
-from ..errors import HotelbotError, ModelError
+from ..errors import HotelbotError, ModelError, ServeError
 from ..pipeline.analyze import Analyzer
 from ..registry import ModelRegistry, VersionInfo
 from ..runtime import apply_fallback, load_predictor
-from .errors import ServeError
 from .metrics import Metrics
 from .settings import ServeSettings
 

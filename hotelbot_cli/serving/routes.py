@@ -14,7 +14,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from .errors import ServeError
+from ..errors import ServeError
 from .models import LoadedModel, ModelHolder
 from .schemas import (
     ERROR_RESPONSES,
