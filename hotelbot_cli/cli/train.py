@@ -181,7 +181,8 @@ def train_cmd(
     options: dict[str, Any] = {"incremental_from": (from_version or "") if incremental else None,
                                "hpo_trials": trials if hpo else 0, "use_best_config": not ignore_best_config,
                                "incremental": incremental}
-    own_data = None if component is None or primary else data
+    # --data is the component's own data; the knowledge base's is --documents (its "incremental" option)
+    own_data = None if component is None or primary or "incremental" in component.train_options else data
     source = None if component is None or primary else from_version
     with log_to(settings.paths.logs / "training.log"):
         result = train(settings, store, model_type, data=own_data, documents=documents, source=source,

@@ -160,8 +160,10 @@ def _train_all(settings: "Settings", registry: "ModelRegistry", documents: Path 
                                       f"no prepared {component.name} data ({component.prepare_hint})")
             else:
                 with progress(component.name) as listener:
+                    # --incremental in `all` is the classifier's (its parent version), never the others'
+                    own = options if component.primary else {**options, "incremental": False}
                     outcome = _run_step(component, TrainRequest(settings, registry, data[component.name], last,
-                                                                force, listener, options))
+                                                                force, listener, own))
             last = outcome.version
             result.steps.append(outcome)
             tracker.set_tags({f"hotelbot.{component.name}.status": outcome.status,
