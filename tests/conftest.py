@@ -196,15 +196,30 @@ def clone_version(registry, source: str, mutate=None):
         return registry.publish(staged, meta)
 
 
+def flip_byte(path: Path, mask: int = 0x01) -> None:
+    """Corrupt one version's file: the same bytes with one flipped, written as a NEW file at ``path`` (the
+    blob it was linked to, which other versions may share, is left intact)."""
+    data = bytearray(Path(path).read_bytes())
+    data[len(data) // 2] ^= mask
+    Path(path).unlink()
+    Path(path).write_bytes(bytes(data))
+
+
+def copy_registry(source: Path, target: Path) -> None:
+    """Copy a registry keeping its hard links (a version's files and their blobs stay one inode), as
+    ``cp -a`` does; shutil.copytree would turn every link into an independent copy."""
+    import subprocess
+
+    subprocess.run(["cp", "-a", str(source), str(target)], check=True)
+
+
 @pytest.fixture
 def registry_copy(trained_template, isolated_env, monkeypatch):
     """A private copy of the template registry at ./registry, with v0001 and a clone v0002."""
-    import shutil
-
     from hotelbot_cli.registry import ModelRegistry
 
     root = isolated_env / "registry"
-    shutil.copytree(trained_template, root, symlinks=True)
+    copy_registry(trained_template, root)
     monkeypatch.setenv("HOTELBOT_REGISTRY", str(root))
     monkeypatch.setenv("MIN_VALIDATION_SCORE", "0.0")
     registry = ModelRegistry(root)

@@ -32,8 +32,11 @@ def _report(result, json_out: bool) -> None:
     if result.restored_from_backup:
         extra += " (restored from backup)"
     out.print(f"{result.action}: {result.previous or '(none)'} -> {result.version}{extra}")
-    if result.backup:
-        message(f"backed up {result.backup['version']} to backup/{result.backup['archive']}")
+    if result.backup and result.backup.get("skipped"):
+        warn(f"no backup of {result.backup['version']}: {result.backup['skipped']}")
+    elif result.backup:
+        message(f"backed up {result.backup['version']}: backup/{result.backup['record']} pins its files "
+                "(stored once in the registry)")
 
 
 @handle_errors

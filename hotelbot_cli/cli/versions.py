@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..registry import ModelRegistry
+from ..registry.backups import list_backups
 from ._errors import handle_errors
 from ._options import JsonOpt, RegistryOpt, settings_from
 from ._render import out, print_json
@@ -23,7 +24,7 @@ def versions_cmd(registry: RegistryOpt = None, json_out: JsonOpt = False) -> Non
     store = ModelRegistry(settings.paths.registry)
     state = store.current_state()
     current = state.get("version")
-    backups = store.list_backups()
+    backups = list_backups(store)
     backed_up = {b["version"] for b in backups}
     rows = []
     for info in store.list_versions():
@@ -45,8 +46,8 @@ def versions_cmd(registry: RegistryOpt = None, json_out: JsonOpt = False) -> Non
     if json_out:
         print_json({"registry": str(store.root), "current": current, "previous": state.get("previous", []),
                     "versions": rows,
-                    "backups": [{k: b[k] for k in ("id", "version", "created_at", "archive", "size_bytes")}
-                                for b in backups]})
+                    "backups": [{k: b.get(k) for k in ("id", "version", "created_at", "kind", "record", "archive",
+                                                       "size_bytes")} for b in backups]})
         return
     if not rows:
         out.print(f"no versions in {store.root} (run `hotelbot train`)")

@@ -4,9 +4,10 @@ A registry version is a FULL SNAPSHOT of the bot: every component it holds (inte
 base, entity extractor, sentiment classifier, ...) is in its directory, and ``metadata["components"]``
 lists them. Training one component therefore builds a NEW version that carries over the other
 components of a source version (the deployed one, else the newest) byte for byte, so deploy and
-rollback always move all components together.
+rollback always move all components together. Carrying over costs no space: the files are hard links to
+the blobs the source already holds (:mod:`hotelbot_cli.registry.blobs`).
 
-:func:`carry_over` is the one generic helper for that: it copies the other components' files into the
+:func:`carry_over` is the one generic helper for that: it links the other components' files into the
 staged version after checking them against the source's recorded checksums, and returns the metadata
 those components own (to merge into the new version's metadata).
 """
@@ -14,12 +15,12 @@ those components own (to merge into the new version's metadata).
 from __future__ import annotations
 
 import copy
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .._io import atomic_write_json
 from ..errors import IntegrityError
+from ..registry.blobs import link_or_copy, link_tree
 from ..registry.checksums import component_problems, sha256_file
 from ..registry.store import METADATA_FILE
 from ..training.events import TrainingEvent, emitter
@@ -108,11 +109,7 @@ def carry_over(registry: "ModelRegistry", staged: Path, replacing: str, *, sourc
             origin = src.path / rel
             if rel == METADATA_FILE or not origin.exists():
                 continue
-            if origin.is_dir():
-                shutil.copytree(origin, staged / rel, symlinks=False)
-            else:
-                (staged / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(origin, staged / rel)
+            link_tree(origin, staged / rel)  # hard links: the same blobs, no byte copied
         copied = {p.relative_to(staged).as_posix() for rel in component_paths(component)
                   for p in ([staged / rel] if (staged / rel).is_file() else (staged / rel).rglob("*"))
                   if p.is_file()}
@@ -196,8 +193,7 @@ def adopt_component(registry: "ModelRegistry", base: str, component: str, donor:
     with registry.staging() as staged:
         merged = carry_over(registry, staged, component, source=base)
         for rel in wanted:
-            (staged / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(donor_info.path / rel, staged / rel)
+            link_or_copy(donor_info.path / rel, staged / rel)
         if {rel: sha256_file(staged / rel) for rel in wanted} != wanted:
             raise IntegrityError(f"the {component} of {donor} changed while it was being copied")
         metadata = {**merged, "adopted": {"component": component, "from": donor},

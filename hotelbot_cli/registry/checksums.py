@@ -23,6 +23,12 @@ def checksum_tree(root: Path, exclude: tuple[str, ...] = (METADATA_FILE,)) -> di
     return sums
 
 
+def tree_files(root: Path, exclude: tuple[str, ...] = (METADATA_FILE,)) -> list[str]:
+    """POSIX relative path of every regular file below ``root`` (sorted), without reading them."""
+    return [rel for path in sorted(Path(root).rglob("*"))
+            if (rel := path.relative_to(root).as_posix()) not in exclude and path.is_file()]
+
+
 def _under(rel: str, prefixes: Iterable[str]) -> bool:
     return any(rel == p or rel.startswith(p + "/") for p in prefixes)
 
@@ -81,7 +87,7 @@ def listed_problems(name: str, root: Path, recorded: Mapping[str, str], rels: It
 def version_problems(name: str, root: Path, recorded: Mapping[str, str]) -> list[str]:
     """Every problem of a whole version against its record, as ``hotelbot verify`` lists them."""
     problems = listed_problems(name, root, recorded, sorted(recorded))
-    for rel in sorted(set(checksum_tree(root)) - set(recorded)):
+    for rel in sorted(set(tree_files(root)) - set(recorded)):
         problems.append(f"{name}/{rel}: not recorded in metadata (added after publishing)")
     return problems
 

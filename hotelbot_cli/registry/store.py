@@ -7,21 +7,24 @@ Layout under ``root`` (names are the constants below)::
                            replaced atomically (one os.replace) by deploy and rollback
     current -> versions/vNNNN   a symlink derived from current.json for tools that want a path;
                            re-pointed right after each switch and repaired by the next writer
-    backup/                compressed archives (.tar.gz + .json metadata) of previously deployed versions
+    blobs/ab/ab12...       every file of every version, stored ONCE by sha256 (read-only); version
+                           directories hold hard links to them (see registry.blobs)
+    backup/                pinned backup records (bNNNNN-vNNNN.json: the version's file list, metadata and
+                           validation; its blobs are kept by them) and legacy .tar.gz archives
     validations/v0001.json latest ``hotelbot validate`` result per version (versions stay immutable)
     history.jsonl          append-only audit of deploys, rollbacks and failed gates
     .staging/              versions being built; a crash leaves only garbage here, never a half version
     .lock                  OS file lock serialising writers
 
-A version is built in ``.staging/<random>/`` and published with one ``rename`` to ``versions/vNNNN``:
-readers never see a partial version. Names given by users are validated against ``VERSION_RE``
+A version is built in ``.staging/<random>/`` (its builder holds ``.staging/<random>.owner`` locked, so
+another writer's repair never removes a live build), its files are linked into ``blobs/`` under the lock,
+and it is published with one ``rename`` to ``versions/vNNNN``: readers never see a partial version. Names given by users are validated against ``VERSION_RE``
 before any path is built, so they can never escape ``root``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import fcntl
 import json
 import os
@@ -33,9 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .._io import atomic_write_json, fsync_dir, sha256_file
+from .._io import atomic_write_json, fsync_dir
 from ..errors import IntegrityError, RegistryError, VersionNotFoundError
+from .blobs import BlobStore, IngestStats
 from .checksums import METADATA_FILE, checksum_tree, require_no_problems, version_problems
+from .hooks import crashpoint, utc_now
 from .manifest import Manifest
 
 VERSIONS_DIR = "versions"
@@ -45,25 +50,10 @@ BACKUP_DIR = "backup"
 VALIDATIONS_DIR = "validations"
 HISTORY_FILE = "history.jsonl"
 STAGING_DIR = ".staging"
+OWNER_SUFFIX = ".owner"
 LOCK_FILE = ".lock"
 VERSION_RE = re.compile(r"^v(\d{4,6})$")
 ALIASES = ("latest", "current")
-
-
-def crashpoint(name: str) -> None:
-    """Test hook: ``HOTELBOT_TEST_CRASH_AT=name`` kills this process here with SIGKILL.
-
-    The crash-safety tests kill real deploy/rollback subprocesses at every named point; in normal
-    use the variable is unset and this is one dictionary lookup.
-    """
-    if os.environ.get("HOTELBOT_TEST_CRASH_AT") == name:
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def check_version_name(name: str) -> str:
@@ -97,6 +87,8 @@ class ModelRegistry:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self.blobs = BlobStore(self.root)
+        self.last_ingest = IngestStats()  # what the last publish stored and shared (for the log and --json)
 
     # ------------------------------------------------------------ paths
     @property
@@ -225,11 +217,19 @@ class ModelRegistry:
         for leftover in list(self.root.glob(".*.tmp")) + list((self.root / BACKUP_DIR).glob("*.tmp")):
             leftover.unlink(missing_ok=True)
             fixed.append(f"removed {leftover.name}")
+        for leftover in self.blobs.temp_files():
+            leftover.unlink(missing_ok=True)
+            fixed.append(f"removed {leftover.parent.name}/{leftover.name}")
         staging = self.root / STAGING_DIR
         if staging.is_dir():
-            for build in staging.iterdir():
-                shutil.rmtree(build, ignore_errors=True)
+            for build in sorted(staging.iterdir()):
+                if build.name.endswith(OWNER_SUFFIX) or _owner_alive(staging / (build.name + OWNER_SUFFIX)):
+                    continue  # an owner file, or a build another process is still writing
+                shutil.rmtree(build, ignore_errors=True) if build.is_dir() else build.unlink(missing_ok=True)
                 fixed.append(f"removed staging {build.name}")
+            for owner in staging.glob("*" + OWNER_SUFFIX):
+                if not (staging / owner.name[:-len(OWNER_SUFFIX)]).exists() and not _owner_alive(owner):
+                    owner.unlink(missing_ok=True)
         return fixed
 
     def latest(self) -> VersionInfo | None:
@@ -266,19 +266,29 @@ class ModelRegistry:
         """A fresh directory to build a version in; removed if the block raises."""
         base = self.root / STAGING_DIR
         base.mkdir(parents=True, exist_ok=True)
-        path = Path(tempfile.mkdtemp(dir=base, prefix="build-"))
+        # the owner file first, locked for the build's lifetime: repair() skips a build whose owner is alive
+        fd, owner = tempfile.mkstemp(dir=base, prefix="build-", suffix=OWNER_SUFFIX)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        path = Path(owner[:-len(OWNER_SUFFIX)])
         try:
+            path.mkdir()
             yield path
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
             raise
+        finally:
+            Path(owner).unlink(missing_ok=True)
+            os.close(fd)
 
     def publish(self, staged: Path, metadata: dict[str, Any]) -> VersionInfo:
-        """Checksum ``staged``, write its metadata, and rename it to the next version number."""
+        """Checksum ``staged``, link its files into the blob store (each content stored once), write its
+        metadata, and rename it to the next version number. ``last_ingest`` says what was stored and shared."""
         staged = Path(staged)
         metadata = dict(metadata)
         metadata["files"] = checksum_tree(staged)
         with self.lock():
+            self.last_ingest = self.blobs.ingest_tree(staged, metadata["files"])
+            crashpoint("before-publish")
             self.versions_dir.mkdir(parents=True, exist_ok=True)
             numbers = [int(m.group(1)) for p in self.versions_dir.iterdir() if (m := VERSION_RE.match(p.name))]
             name = f"v{(max(numbers) + 1 if numbers else 1):04d}"
@@ -326,74 +336,17 @@ class ModelRegistry:
     def backup_dir(self) -> Path:
         return self.root / BACKUP_DIR
 
-    def list_backups(self) -> list[dict[str, Any]]:
-        """Backup records, oldest first (each: id, version, created_at, archive, sha256, size_bytes)."""
-        if not self.backup_dir.is_dir():
-            return []
-        records = []
-        for meta in sorted(self.backup_dir.glob("*.json")):
-            try:
-                record = json.loads(meta.read_text("utf-8"))
-            except (OSError, json.JSONDecodeError):
-                continue
-            if (self.backup_dir / record.get("archive", "")).is_file():
-                records.append(record)
-        return sorted(records, key=lambda r: r["id"])
 
-    def create_backup(self, name: str, reason: str, keep: int) -> dict[str, Any]:
-        """Compress version ``name`` into backup/ (archive first, its .json record last, both atomic).
-
-        Keeps the newest ``keep`` backups. A crash mid-way leaves only a *.tmp file that repair() removes.
-        """
-        import tarfile
-
-        info = self.get(name)
-        self.backup_dir.mkdir(parents=True, exist_ok=True)
-        existing = [r["id"] for r in self.list_backups()]
-        backup_id = f"b{(max(int(i[1:]) for i in existing) + 1 if existing else 1):05d}"
-        archive = f"{backup_id}-{name}.tar.gz"
-        fd, tmp = tempfile.mkstemp(dir=self.backup_dir, prefix=f".{archive}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz", compresslevel=1) as tar:
-                tar.add(info.path, arcname=name)
-                crashpoint("mid-backup")
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.backup_dir / archive)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        record = {"id": backup_id, "version": name, "created_at": utc_now(), "reason": reason,
-                  "archive": archive, "sha256": sha256_file(self.backup_dir / archive),
-                  "size_bytes": (self.backup_dir / archive).stat().st_size,
-                  "files": info.metadata.get("files", {}), "metrics": info.metadata.get("metrics", {})}
-        atomic_write_json(self.backup_dir / f"{backup_id}-{name}.json", record)
-        for old in self.list_backups()[:-keep] if keep > 0 else []:
-            (self.backup_dir / f"{old['id']}-{old['version']}.json").unlink(missing_ok=True)
-            (self.backup_dir / old["archive"]).unlink(missing_ok=True)
-        return record
-
-    def restore_from_backup(self, name: str) -> VersionInfo:
-        """Rebuild versions/``name`` from its newest intact backup (used when the version is corrupt or gone)."""
-        import tarfile
-
-        candidates = [r for r in reversed(self.list_backups()) if r["version"] == name]
-        for record in candidates:
-            archive = self.backup_dir / record["archive"]
-            if sha256_file(archive) != record["sha256"]:
-                continue
-            with self.staging() as staged:
-                with tarfile.open(archive, "r:gz") as tar:
-                    tar.extractall(staged, filter="data")  # "data" filter: no absolute paths, links or devices
-                restored = staged / name
-                if not restored.is_dir() or checksum_tree(restored) != record["files"]:
-                    shutil.rmtree(staged, ignore_errors=True)
-                    continue
-                target = self.version_path(name)
-                if target.exists():
-                    os.rename(target, staged / "corrupt")
-                os.rename(restored, target)
-                fsync_dir(self.versions_dir)
-                shutil.rmtree(staged, ignore_errors=True)
-            return self.get(name)
-        raise IntegrityError(f"version {name} is corrupt or missing and no intact backup of it exists")
+def _owner_alive(owner: Path) -> bool:
+    """Whether a live process holds the lock of a staging build's owner file."""
+    try:
+        fd = os.open(owner, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock we just took
+    return False

@@ -6,8 +6,9 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from conftest import clone_version
+from conftest import clone_version, flip_byte
 from hotelbot_cli.cli.app import app
+from hotelbot_cli.registry.backups import list_backups
 
 runner = CliRunner()
 
@@ -62,7 +63,7 @@ def test_deploy_backs_up_previous_and_rollback_restores(registry_copy):
     assert result.exit_code == 0, result.output
     d = doc(result)
     assert d["previous"] == "v0001" and d["backup"]["version"] == "v0001"
-    assert (registry_copy.backup_dir / d["backup"]["archive"]).is_file()
+    assert (registry_copy.backup_dir / d["backup"]["record"]).is_file() and d["backup"]["kind"] == "pinned"
     listing = doc(run("versions", "--json"))
     assert listing["current"] == "v0002" and listing["previous"] == ["v0001"]
     assert [b["version"] for b in listing["backups"]] == ["v0001"]
@@ -113,7 +114,7 @@ def test_gate_failure_changes_nothing_and_exits_3(registry_copy, monkeypatch):
     if json.loads((registry_copy.root / "validations/v0002.json").read_text())["overall_score"] < 1.0:
         assert result.exit_code == 3 and "not deployed" in result.stderr
         assert (registry_copy.root / "current.json").read_text() == before
-        assert registry_copy.list_backups() == []
+        assert list_backups(registry_copy) == []
         assert history(registry_copy)[-1]["event"] == "gate_failed"
 
 
@@ -155,10 +156,7 @@ def test_corruption_is_detected_and_refused(registry_copy):
     assert doc(run("verify", "--json"))["ok"] is True
     # tokenizer.json: read by every runtime (an ONNX predict hashes only the files it reads, never
     # model.safetensors; tests/inference/test_onnx.py covers which files each runtime checks).
-    weights = registry_copy.root / "versions/v0002/model/tokenizer.json"
-    data = bytearray(weights.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    weights.write_bytes(bytes(data))
+    flip_byte(registry_copy.root / "versions/v0002/model/tokenizer.json")
     result = run("verify", "--json")
     assert result.exit_code == 1
     assert any("v0002/model/tokenizer.json: checksum mismatch" in p for p in doc(result)["problems"])
@@ -171,13 +169,33 @@ def test_corruption_is_detected_and_refused(registry_copy):
 def test_rollback_rebuilds_a_corrupt_version_from_its_backup(registry_copy):
     assert run("deploy", "v0001").exit_code == 0
     assert run("deploy", "v0002").exit_code == 0  # backs up v0001
-    weights = registry_copy.root / "versions/v0001/intent_classifier.pt"
-    weights.write_bytes(b"garbage")
+    weights = registry_copy.root / "versions/v0001/model/model.safetensors"
+    weights.unlink()
+    weights.write_bytes(b"garbage")  # the file replaced (a new file, as editors and copies write them)
     result = run("rollback", "--json")
     assert result.exit_code == 0, result.output
     d = doc(result)
     assert d["version"] == "v0001" and d["restored_from_backup"] is True
     assert registry_copy.verify("v0001") == []
+
+
+def test_a_blob_changed_in_place_is_refused_everywhere_it_is_shared(registry_copy):
+    """Versions share identical files (hard links to one stored blob): bytes changed IN PLACE change every
+    version holding them, and no backup can bring them back (README: what a backup does not protect
+    against). Every command refuses them with one clear line."""
+    assert run("deploy", "v0001").exit_code == 0
+    assert run("deploy", "v0002").exit_code == 0  # backs up v0001
+    weights = registry_copy.root / "versions/v0001/model/model.safetensors"
+    weights.chmod(0o644)  # blobs are read-only; a user with the rights can still write into one
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    problems = doc(run("verify", "--json"))["problems"]
+    assert "v0001/model/model.safetensors: checksum mismatch (corrupt or modified)" in problems
+    assert "v0002/model/model.safetensors: checksum mismatch (corrupt or modified)" in problems
+    result = run("rollback")
+    assert result.exit_code == 1 and "no backup can rebuild it" in result.stderr and "corrupt" in result.stderr
+    assert registry_copy.current_name() == "v0002"
 
 
 def test_backups_are_pruned_to_the_configured_count(registry_copy, monkeypatch):
@@ -186,7 +204,7 @@ def test_backups_are_pruned_to_the_configured_count(registry_copy, monkeypatch):
     clone_version(registry_copy, "v0001")
     for version in ("v0001", "v0002", "v0003", "v0004"):
         assert run("deploy", version).exit_code == 0
-    assert [b["version"] for b in registry_copy.list_backups()] == ["v0002", "v0003"]
+    assert [b["version"] for b in list_backups(registry_copy)] == ["v0002", "v0003"]
 
 
 def test_notifications_command_gets_json_and_failures_never_block(registry_copy, tmp_path, monkeypatch):

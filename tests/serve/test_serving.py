@@ -23,7 +23,7 @@ import typer
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from conftest import ENV_TO_CLEAR, TINY_INTENTS
+from conftest import ENV_TO_CLEAR, TINY_INTENTS, flip_byte
 from hotelbot_cli.errors import ConfigError, ModelError
 from hotelbot_cli.registry import ModelRegistry
 from hotelbot_cli.serving import (
@@ -60,9 +60,7 @@ def clone(registry: ModelRegistry, source: str, extra_metadata: dict | None = No
         published = registry.publish(staged, {**meta, **(extra_metadata or {})})
     if corrupt:  # modified after publishing: the checksum check must refuse it
         weights = max((p for p in (published.path / "model").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
-        data = bytearray(weights.read_bytes())
-        data[len(data) // 2] ^= 0xFF
-        weights.write_bytes(bytes(data))
+        flip_byte(weights, 0xFF)
     return published.name
 
 
