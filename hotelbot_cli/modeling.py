@@ -6,10 +6,11 @@ A base model is named three ways:
 * a local directory holding a Hugging Face model (``config.json`` + weights + tokenizer);
 * a hub id (``org/name``), loaded with ``from_pretrained`` where a hub is reachable.
 
-A saved classifier (``model/`` in a registry version) holds the encoder config, all weights as
-safetensors, the tokenizer, and ``classifier.json`` (labels, pooling, input prefix, max length), so
-predict and serve apply exactly what training used. ``intent_classifier.pt`` is the same model as one
-self-contained file for ``torch.load(path, weights_only=True)``.
+A saved classifier (``model/`` in a registry version) holds the encoder config, the weights as safetensors
+(the word-embedding matrix in its own ``embeddings.safetensors``, shared by every version that kept it
+frozen), the tokenizer, and ``classifier.json`` (labels, pooling, input prefix, max length), so predict and
+serve apply exactly what training used. ``intent_classifier.pt`` is the same model as one self-contained
+file for ``torch.load(path, weights_only=True)``; ``hotelbot export --format pt`` writes it.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from torch import nn
 from . import packaged
 from ._io import atomic_write_json
 from .errors import ModelError
+from .runtime.layout import EMBEDDINGS_FILE
 
 CLASSIFIER_FILE = "classifier.json"
 ENCODER_CONFIG_FILE = "encoder_config.json"
 WEIGHTS_FILE = "model.safetensors"
+EMBEDDINGS_FORMAT = "hotelbot-word-embeddings/1"
 PT_FILE = "intent_classifier.pt"
 PT_FORMAT = "hotelbot-intent-classifier/1"
 LARGE_VOCAB = 100_000
@@ -188,22 +191,46 @@ def save_encoder_model(model: nn.Module, tokenizer: Any, out_dir: Path, config_f
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    embeddings = split_word_embeddings(model, state)
     save_file(state, str(out_dir / WEIGHTS_FILE), metadata={"format": fmt})
+    if embeddings:
+        save_file(embeddings, str(out_dir / EMBEDDINGS_FILE), metadata={"format": EMBEDDINGS_FORMAT})
     (out_dir / ENCODER_CONFIG_FILE).write_text(model.encoder.config.to_json_string(), encoding="utf-8")
     atomic_write_json(out_dir / config_file, config)
     tokenizer.save_pretrained(str(out_dir))
 
 
+def split_word_embeddings(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Take the word-embedding matrix out of ``state`` (returned alone, under its own key).
+
+    It is saved in its own file, ``embeddings.safetensors``, with a fixed header: a model that did not
+    train it (frozen by default: 384 MB of e5-small's 470) writes the same bytes as every other model
+    built on the same base, so the registry's content-addressed store keeps ONE copy for all of them."""
+    weight = model.encoder.get_input_embeddings().weight
+    key = next((name for name, param in model.named_parameters() if param is weight), None)
+    return {} if key is None or key not in state else {key: state.pop(key)}
+
+
+def load_model_weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    """The whole state dict of a saved encoder model: ``model.safetensors`` plus, when the word embeddings
+    were saved apart (:func:`split_word_embeddings`), ``embeddings.safetensors``."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(Path(model_dir) / WEIGHTS_FILE))
+    if (Path(model_dir) / EMBEDDINGS_FILE).is_file():
+        state.update(load_file(str(Path(model_dir) / EMBEDDINGS_FILE)))
+    return state
+
+
 def read_encoder_model(model_dir: Path, config_file: str, what: str) -> tuple[dict[str, Any], dict[str, Any], Any, Any]:
     """(head config, encoder config, state dict, tokenizer) from a :func:`save_encoder_model` directory."""
-    from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
     model_dir = Path(model_dir)
     try:
         config = json.loads((model_dir / config_file).read_text("utf-8"))
         encoder_config = json.loads((model_dir / ENCODER_CONFIG_FILE).read_text("utf-8"))
-        state = load_file(str(model_dir / WEIGHTS_FILE))
+        state = load_model_weights(model_dir)
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     except (OSError, ValueError, TypeError) as exc:
         raise ModelError(f"cannot load the {what} in {model_dir}: {exc}") from None
@@ -212,9 +239,23 @@ def read_encoder_model(model_dir: Path, config_file: str, what: str) -> tuple[di
     return config, encoder_config, state, tokenizer
 
 
+@contextlib.contextmanager
+def _weights_not_initialised() -> Iterator[None]:
+    """Build a model whose weights are about to be replaced without drawing random ones: transformers'
+    ``no_init_weights`` where this version has it (the parameters are allocated, never written, so they
+    take no memory until :func:`load_weights` drops them), else an ordinary random init."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # another transformers release: correct, only slower and heavier
+        no_init_weights = contextlib.nullcontext
+    with no_init_weights():
+        yield
+
+
 def encoder_from_config(encoder_config: dict[str, Any]) -> nn.Module:
-    """An encoder with the saved architecture and untrained weights (built on the CPU, not the meta
-    device: non-persistent buffers such as position ids are not in the state dict and need real values)."""
+    """An encoder with the saved architecture, for :func:`load_weights` to fill: its weights are not
+    initialised (built on the CPU, not the meta device: non-persistent buffers such as position ids are not
+    in the state dict and need real values)."""
     from transformers import AutoConfig, AutoModel
 
     cfg = dict(encoder_config)
@@ -222,13 +263,18 @@ def encoder_from_config(encoder_config: dict[str, Any]) -> nn.Module:
     if not model_type:
         raise ModelError("saved encoder config has no model_type")
     hf_config = AutoConfig.for_model(model_type, **cfg)
-    return AutoModel.from_config(hf_config, **_no_pooler_kwargs(hf_config))
+    with _weights_not_initialised():
+        return AutoModel.from_config(hf_config, **_no_pooler_kwargs(hf_config))
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> nn.Module:
-    """Strictly load ``state`` into ``model`` and put it in eval mode; a ModelError on any mismatch."""
+    """Strictly load ``state`` into ``model`` and put it in eval mode; a ModelError on any mismatch.
+
+    The model takes the tensors of ``state`` themselves (``assign``), not copies: tensors read with
+    safetensors are copy-on-write memory maps of the version's files, so a frozen 384 MB word-embedding
+    matrix costs memory only for the rows a text actually looks up, and the files are never written."""
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
         raise ModelError(f"saved {what} weights do not fit the saved architecture: "
                          f"{str(exc).splitlines()[0]}") from None

@@ -4,8 +4,9 @@ version (the weights stay the source of truth)::
     model/model.onnx(.data)       encoder + pooling + head in one graph: (input_ids, attention_mask) ->
                                   logits, batch and sequence axes dynamic; exported with eager attention
                                   and fused by onnxruntime's transformer optimizer (Attention,
-                                  EmbedLayerNormalization, SkipLayerNormalization, BiasGelu); the word
-                                  embeddings live in the memory-mapped .data file (export.graph)
+                                  EmbedLayerNormalization, SkipLayerNormalization, BiasGelu); large
+                                  weights live in the memory-mapped .data file, the word embeddings in
+                                  their own .embeddings.data (shared across versions; export.graph)
     model/model.int8.onnx(.data)  the same graph, dynamic int8 quantization with per-channel weights,
                                   except the MatMuls fed by outlier activations (kept fp32; export.quantize).
                                   If int8 alone misses the accuracy gate, its close calls (top-2 gap or
@@ -32,13 +33,13 @@ from ..data import clean_text
 from ..errors import ModelError
 from ..runtime import selection
 from ..runtime.layout import (CLASSIFIER_FILE, ONNX_FILES, ONNX_FP32, ONNX_FP32_FILE, ONNX_INT8, ONNX_INT8_FILE,
-                              RUNTIME_FILE, TOKENIZER_FILE, TOKENIZER_INDEX_FILE, TORCH)
+                              RUNTIME_FILE, TOKENIZER_FILE, TOKENIZER_INDEX_FILE, TORCH, onnx_graph_files)
 from ..runtime.onnx import OnnxPredictor, Recheck
 from ..runtime.reference import TorchPredictor
 from ..runtime.selection import DEFAULT_TOLERANCE_POINTS, RUNTIME_FORMAT, SPEED_TIE, choose_runtime
 from ..runtime.tokenizers import TOKENIZER_FULL, TOKENIZER_SUBSET, load_text_encoder, write_unigram_index
 from .compare import _accuracy, _latencies_ms
-from .graph import OPSET, PROBE_TEXTS, _eager_attention, _export_raw, _externalize, _fuse, _probe_feed
+from .graph import OPSET, PROBE_TEXTS, _eager_attention, _export_raw, _externalize, _fuse, _probe_feed, graph_files
 from .quantize import OUTLIER_RATIO, _keep_fp32, _outlier_inputs, _quantize
 
 log = logging.getLogger("hotelbot.onnx")
@@ -58,8 +59,7 @@ def drop_export(model_dir: Path) -> list[str]:
     no longer match. Returns the names removed. (Published versions are immutable: never call this on one.)
     """
     model_dir = Path(model_dir)
-    names = [ONNX_FP32_FILE, ONNX_FP32_FILE + ".data", ONNX_INT8_FILE, ONNX_INT8_FILE + ".data",
-             TOKENIZER_INDEX_FILE, RUNTIME_FILE]
+    names = [*onnx_graph_files(ONNX_FP32_FILE), *onnx_graph_files(ONNX_INT8_FILE), TOKENIZER_INDEX_FILE, RUNTIME_FILE]
     removed = []
     for name in names:
         if (model_dir / name).exists():
@@ -140,8 +140,8 @@ def export_onnx(model: Any, tokenizer: Any, model_dir: Path, validation_examples
         _externalize(int8_path)
     except Exception as exc:  # noqa: BLE001 - surface one clear line; the torch weights are still saved
         for path in (fp32_path, int8_path):
-            path.unlink(missing_ok=True)
-            path.with_name(path.name + ".data").unlink(missing_ok=True)
+            for name in onnx_graph_files(path.name):
+                path.with_name(name).unlink(missing_ok=True)
         raise ModelError(f"ONNX export failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
     export_seconds = time.monotonic() - start
 
@@ -153,6 +153,7 @@ def export_onnx(model: Any, tokenizer: Any, model_dir: Path, validation_examples
     tokenizer_kind, tokenizer_ok = _check_tokenizers(model_dir, tokenizer, cfg, texts + list(PROBE_TEXTS))
     if tokenizer_kind != TOKENIZER_SUBSET:
         (model_dir / TOKENIZER_INDEX_FILE).unlink(missing_ok=True)
+    read_files = {name: graph_files(model_dir / f) for name, f in ONNX_FILES.items()}
     predictors: dict[str, Any] = {TORCH: TorchPredictor(model, tokenizer, model_dir.parent.name)}
     for name in ONNX_FILES:
         predictors[name] = OnnxPredictor.from_model_dir(model_dir, name, model_dir.parent.name, tokenizer_kind,
@@ -175,9 +176,7 @@ def export_onnx(model: Any, tokenizer: Any, model_dir: Path, validation_examples
             if name != TORCH:
                 entry["agreement_with_torch"] = _accuracy(predicted[name], predicted[TORCH])
                 entry["file"] = ONNX_FILES[name]
-                entry["size_bytes"] = sum(p.stat().st_size for p in (model_dir / ONNX_FILES[name],
-                                                                     model_dir / (ONNX_FILES[name] + ".data"))
-                                          if p.exists())
+                entry["size_bytes"] = sum((model_dir / n).stat().st_size for n in read_files[name])
             return entry
 
         for name, predictor in predictors.items():
@@ -208,7 +207,7 @@ def export_onnx(model: Any, tokenizer: Any, model_dir: Path, validation_examples
         "tolerance_points": tolerance_points,
         "selection": (f"fastest single-text p50 among the runtimes within {tolerance_points} accuracy points of "
                       f"torch; latencies within {SPEED_TIE:.0%} of the fastest are ties, won by the smaller model"),
-        "files": {name: [n for n in (f, f + ".data") if (model_dir / n).exists()] for name, f in ONNX_FILES.items()},
+        "files": read_files,  # what each graph reads (a reader checks these): the graph, its data, shared files
         "inputs": ["input_ids", "attention_mask"],
         "output": "logits",
         "exporter": exporter,

@@ -306,7 +306,8 @@ class _HtmlSections:
                 ("batch throughput (validation split)", f"{p['batch_texts_per_second']:.0f} texts/s"
                  if p["batch_texts_per_second"] else "-"),
                 ("model/ size", _bytes(p["size_bytes"]["model_dir"])),
-                ("intent_classifier.pt size", _bytes(p["size_bytes"]["intent_classifier_pt"])),
+                *([("intent_classifier.pt size", _bytes(p["size_bytes"]["intent_classifier_pt"]))]
+                  if p["size_bytes"]["intent_classifier_pt"] else []),
                 ("parameters trainable / frozen", f"{_num(p['trainable_parameters'])} / {_num(p['frozen_parameters'])}")])
 
     @staticmethod

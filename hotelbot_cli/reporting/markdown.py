@@ -133,8 +133,9 @@ def render_markdown(report: Report, figures_dir: str | None = None) -> str:
              + f" over {lat['texts']} texts") if lat["measured"] else "- inference latency: not measured",
             f"- batch throughput: {p['batch_texts_per_second']:.0f} texts/s" if p["batch_texts_per_second"]
             else "- batch throughput: -",
-            f"- model size: model/ {_bytes(p['size_bytes']['model_dir'])}, intent_classifier.pt "
-            f"{_bytes(p['size_bytes']['intent_classifier_pt'])}",
+            f"- model size: model/ {_bytes(p['size_bytes']['model_dir'])}"
+            + (f", intent_classifier.pt {_bytes(p['size_bytes']['intent_classifier_pt'])}"
+               if p["size_bytes"]["intent_classifier_pt"] else ""),
             f"- parameters trainable / frozen: {_num(p['trainable_parameters'])} / {_num(p['frozen_parameters'])}", ""]
 
     cmp_ = r.comparison

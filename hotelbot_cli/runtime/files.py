@@ -10,14 +10,20 @@ from ..errors import IntegrityError
 from ..registry import VersionInfo
 from ..registry.checksums import listed_problems, require_no_problems
 from .layout import (CLASSIFIER_FILE, MODEL_SUBDIR, ONNX_FILES, RUNTIME_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE,
-                     TOKENIZER_INDEX_FILE)
+                     TOKENIZER_INDEX_FILE, onnx_referenced_files)
 
 
-def onnx_files_read(runtime: str) -> list[str]:
-    """The version files (relative to the version dir) that an ONNX predictor reads."""
-    onnx_file = ONNX_FILES[runtime]
+def onnx_files_read(runtime: str, spec: dict | None = None) -> list[str]:
+    """The version files (relative to the version dir) that an ONNX predictor reads (``spec``: the version's
+    runtime.json, which names the files each graph references)."""
     return [f"{MODEL_SUBDIR}/{name}" for name in (RUNTIME_FILE, CLASSIFIER_FILE, TOKENIZER_FILE, TOKENIZER_CONFIG_FILE,
-                                                   TOKENIZER_INDEX_FILE, onnx_file, onnx_file + ".data")]
+                                                   TOKENIZER_INDEX_FILE)] + onnx_graph_files_read(runtime, spec)
+
+
+def onnx_graph_files_read(runtime: str, spec: dict | None = None) -> list[str]:
+    """The last entries of :func:`onnx_files_read`: the graph and the external data it reads, its own or shared
+    with the PyTorch weights (hashed in the background)."""
+    return [f"{MODEL_SUBDIR}/{name}" for name in onnx_referenced_files(ONNX_FILES[runtime], spec)]
 
 
 def verify_files(info: VersionInfo, rels: Sequence[str]) -> list[str]:

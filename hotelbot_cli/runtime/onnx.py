@@ -21,7 +21,7 @@ from typing import Any, Sequence
 from ..data import clean_text
 from ..errors import ConfigError, ModelError
 from ..registry import VersionInfo
-from .files import BackgroundCheck, onnx_files_read, require_files_intact
+from .files import BackgroundCheck, onnx_files_read, onnx_graph_files_read, require_files_intact
 from .layout import CLASSIFIER_FILE, MODEL_SUBDIR, ONNX_FILES, ONNX_FP32, ONNX_FP32_FILE, ONNX_INT8, RUNTIME_FILE
 from .prediction import Prediction, apply_fallback, apply_fallback_labels, check_texts
 from .selection import RUNTIME_ENV, read_runtime_spec
@@ -251,19 +251,19 @@ class OnnxPredictor:
         model_dir = info.path / MODEL_SUBDIR
         if verify:
             require_files_intact(info, [f"{MODEL_SUBDIR}/{RUNTIME_FILE}"])
+        spec = read_runtime_spec(model_dir) or {}
         if runtime is None:
-            spec = read_runtime_spec(model_dir) or {}
             runtime = spec.get("runtime") if spec.get("runtime") in ONNX_FILES else ONNX_INT8
         if runtime not in ONNX_FILES:
             raise ConfigError(f"not an ONNX runtime: {runtime!r} (use {ONNX_FP32} or {ONNX_INT8})")
         check = None
         if verify:
-            files = onnx_files_read(runtime)
-            require_files_intact(info, files[:-2])
-            check = BackgroundCheck(info, files[-2:])
+            graph = onnx_graph_files_read(runtime, spec)
+            require_files_intact(info, [f for f in onnx_files_read(runtime, spec) if f not in graph])
+            check = BackgroundCheck(info, graph)
         # With verify (the fast `predict` path) the fp32 graph of int8's recheck is checksummed and opened
         # only if a close call needs it; without (serve, validate: the whole version was checked), now.
-        fp32_files = onnx_files_read(ONNX_FP32)[-2:]  # the graph and its .data
+        fp32_files = onnx_graph_files_read(ONNX_FP32, spec)  # the graph and the external data it reads
         return cls.from_model_dir(model_dir, runtime, info.name,
                                   before_session=check.require if check is not None else None,
                                   before_recheck=(lambda: require_files_intact(info, fp32_files)) if verify else None,

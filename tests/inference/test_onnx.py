@@ -18,13 +18,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import REPO, clone_version
+from conftest import REPO, clone_version, flip_byte
 from hotelbot_cli.errors import ConfigError, DataError, IntegrityError
 from hotelbot_cli.export import compare_runtimes
+from hotelbot_cli.export.graph import graph_files
 from hotelbot_cli.runtime import ONNX_FP32, ONNX_INT8, RUNTIME_FILE, RUNTIMES, TORCH, OnnxPredictor, choose_runtime
 
 WITH_ONNX, WITHOUT_ONNX = "v0002", "v0003"
-ONNX_NAMES = ("model.onnx", "model.onnx.data", "model.int8.onnx", "model.int8.onnx.data", RUNTIME_FILE)
+ONNX_NAMES = ("model.onnx", "model.onnx.data", "model.int8.onnx", "model.int8.onnx.data",
+              "model.int8.onnx.embeddings.data", RUNTIME_FILE)
 TEXTS = ["hola", "quiero ver las noticias de hoy", "¿cuál es la CLAVE del wifi? 😀", "desayuno   buffet\tmañana",
          " ".join(["noticias del día y la clave del wifi"] * 20),  # longer than max_length: truncated
          "ñandú ¡olé! çà et là"]
@@ -40,7 +42,7 @@ def _add_onnx(staged: Path) -> None:
         return
     model, tokenizer = load_classifier(staged / "model")
     threshold = graph.EXTERNAL_DATA_THRESHOLD
-    graph.EXTERNAL_DATA_THRESHOLD = 64 * 1024  # the tiny model's embeddings go to model.onnx.data too
+    graph.EXTERNAL_DATA_THRESHOLD = 64 * 1024  # the tiny model's larger weights go to model.onnx.data too
     try:
         export_onnx(model, tokenizer, staged / "model",
                     read_jsonl_examples(staged / "data" / "validation.jsonl"), latency_runs=5)
@@ -88,6 +90,7 @@ def _torch_predictor(registry, name):
 
 
 def test_export_writes_both_graphs_with_dynamic_axes_and_records_the_choice(onnx_registry):
+    import onnx
     import onnxruntime as ort
 
     info = onnx_registry.get(WITH_ONNX)
@@ -109,6 +112,17 @@ def test_export_writes_both_graphs_with_dynamic_axes_and_records_the_choice(onnx
     # Immutable versions: everything the export wrote is checksummed like the rest.
     written = {f"model/{n}" for n in ONNX_NAMES if (model / n).exists()}
     assert {"model/model.onnx", "model/model.int8.onnx", f"model/{RUNTIME_FILE}"} <= written
+    # the word embeddings: the fp32 graph reads them in place from the PyTorch weights' embeddings.safetensors
+    # (the same bytes: stored once, one blob for every version that froze them); int8's quantized matrix is
+    # alone in its own data file. runtime.json names every file each graph reads.
+    for name, place in (("model.onnx", "embeddings.safetensors"), ("model.int8.onnx", "model.int8.onnx.embeddings.data")):
+        graph = onnx.load(str(model / name), load_external_data=False)
+        places = {i.name: {e.key: e.value for e in i.external_data}.get("location") for i in graph.graph.initializer}
+        assert {k for k, v in places.items() if v == place} == {
+            k for k in places if "word_embeddings" in k and not k.endswith(("_scale", "_zero_point"))}, places
+        runtime = ONNX_FP32 if name == "model.onnx" else ONNX_INT8
+        assert set(spec["files"][runtime]) == {name} | {v for v in places.values() if v}
+    assert not (model / "model.onnx.embeddings.data").exists()
     assert written <= set(info.metadata["files"])
     assert onnx_registry.verify(WITH_ONNX) == []
     for name in ("model.onnx", "model.int8.onnx"):
@@ -142,8 +156,8 @@ def test_outlier_inputs_are_measured_and_their_matmuls_kept_fp32_in_the_int8_gra
     cfg = RuntimeClassifierConfig.from_file(model_dir / "classifier.json")
     work = tmp_path / "model.onnx"
     shutil.copy(model_dir / "model.onnx", work)
-    if (model_dir / "model.onnx.data").exists():
-        shutil.copy(model_dir / "model.onnx.data", tmp_path / "model.onnx.data")
+    for data in graph_files(model_dir / "model.onnx")[1:]:  # every external data file the graph reads
+        shutil.copy(model_dir / data, tmp_path / data)
     ratios = _outlier_inputs(work, [_probe_feed(tokenizer, cfg, [t]) for t in TEXTS])
     assert set(ratios) == set(weighted) and all(r >= 1.0 for r in ratios.values())
     assert not list(tmp_path.glob("*.tmp"))  # the probe graph is gone
@@ -514,17 +528,18 @@ def test_factory_follows_runtime_json_and_the_env_override(onnx_registry, monkey
 
 
 def _corrupt(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
+    flip_byte(path, 0xFF)
 
 
-@pytest.mark.parametrize("name", ["model.int8.onnx", "model.int8.onnx.data", "model.onnx", "model.onnx.data",
+@pytest.mark.parametrize("name", ["model.int8.onnx", "model.int8.onnx.data", "model.int8.onnx.embeddings.data",
+                                  "model.onnx", "model.onnx.data", "embeddings.safetensors",
                                   "tokenizer.json", "classifier.json", RUNTIME_FILE])
 def test_onnx_path_refuses_a_version_whose_read_files_are_corrupt(onnx_registry, monkeypatch, name):
+    """Every file a graph reads is checked, its own and the word embeddings it shares with the PyTorch
+    weights (embeddings.safetensors, read in place by the fp32 graph)."""
     from hotelbot_cli.runtime import predictor_from_registry
 
-    runtime = ONNX_FP32 if name.startswith("model.onnx") else ONNX_INT8
+    runtime = ONNX_FP32 if name.startswith(("model.onnx", "embeddings")) else ONNX_INT8
     monkeypatch.setenv("HOTELBOT_RUNTIME", runtime)
     path = onnx_registry.get(WITH_ONNX).path / "model" / name
     if not path.exists():

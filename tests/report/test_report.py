@@ -198,8 +198,11 @@ def test_comparison_recommendations_threshold_and_latency(built):
     assert latency["measured"] and latency["texts"] == min(50, metrics["num_examples"])
     assert 0 < latency["p50_ms"] <= latency["p95_ms"]
     sizes = doc["performance"]["size_bytes"]
-    pt = Path(report.source) / "intent_classifier.pt"
-    assert sizes["intent_classifier_pt"] == pt.stat().st_size and sizes["model_dir"] > 0
+    # versions no longer hold intent_classifier.pt (`hotelbot export --format pt` writes it): 0 bytes
+    model_dir = Path(report.source) / "model"
+    assert not (Path(report.source) / "intent_classifier.pt").exists() and sizes["intent_classifier_pt"] == 0
+    assert sizes["model_dir"] == sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file()) > 0
+    assert sizes["total"] == sizes["model_dir"]
     # the template was trained with MLflow: its system metrics are in the report
     assert doc["resources"]["available"], doc["resources"]["note"]
     assert "system/cpu_percent" in doc["resources"]["series"]

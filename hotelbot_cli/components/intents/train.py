@@ -147,10 +147,9 @@ def train_classifier(
             tracker.log_metrics({"out_of_scope_threshold": fit.threshold}, step=fit.steps)
 
         def build(staged: Path, carried: dict[str, Any]) -> dict[str, Any]:
-            from ...modeling import save_classifier, save_torch_file  # modeling imports torch
+            from ...modeling import save_classifier  # modeling imports torch
 
-            save_classifier(fit.model, fit.tokenizer, staged / "model")
-            save_torch_file(fit.model, staged / "intent_classifier.pt")
+            save_classifier(fit.model, fit.tokenizer, staged / "model")  # the .pt: `hotelbot export --format pt`
             split = PreparedData(train, validation, fit.labels, fingerprint,
                                  {**prepared.summary, "train_size": len(train), "validation_size": len(validation),
                                   "examples": len(train) + len(validation)}, prepared.warnings)
