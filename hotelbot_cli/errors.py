@@ -79,6 +79,16 @@ class ReportError(HotelbotError):
     """A report cannot be built or written (missing version files, bad format, unwritable output)."""
 
 
+class ExportError(HotelbotError):
+    """An export cannot be written (a non-empty target without --force, a target inside the registry, a
+    component or format the version does not have); nothing was written."""
+
+
+class ExportUnavailable(ExportError):
+    """One component has nothing to export in the format asked for (e.g. a classifier trained without its ONNX
+    export): `hotelbot export` lists it as skipped with this message as the reason."""
+
+
 class ServeError(HotelbotError):
     """A request the server answers with a 4xx/5xx JSON body ``{"error": ..., "detail": ...}``."""
 

@@ -12,6 +12,8 @@ from .. import __version__
 from . import _options
 from .config_cmd import config_cmd
 from .deploy import deploy_cmd, history_cmd, rollback_cmd, verify_cmd
+from .export import export_cmd
+from .maintenance import gc_cmd, migrate_cmd
 from .models import models_cmd
 from .predict import predict_cmd
 from .prepare import prepare_cmd
@@ -75,6 +77,9 @@ app.command("reply")(reply_cmd)
 app.command("serve")(serve_cmd)
 app.command("verify")(verify_cmd)
 app.command("history")(history_cmd)
+app.command("export")(export_cmd)
+app.command("gc")(gc_cmd)
+app.command("migrate")(migrate_cmd)
 app.command("models")(models_cmd)
 app.command("config")(config_cmd)
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from ...errors import HotelbotError
 from ..base import ComponentResult, SplitComponent, TrainRequest, labels_report_section, usable_confidence
+from ..exporting import save_encoder_with_head, token_classifier_card
 from .tagger import (DATA_SUBDIR, ENTITIES_DIR, EXPERIMENT, METRIC, EntityExtractor, evaluate_entities,
                      prepare_entities, read_prepared_entities, train_entities, write_prepared_entities)
 
@@ -28,6 +29,7 @@ class EntityExtractorComponent(SplitComponent):
     metric = METRIC
     gated = True
     analyzes = True
+    export_formats = ("hf",)
 
     def prepare_split(self, path: Path, validation_split: float, seed: int) -> Any:
         return prepare_entities(path, validation_split, seed)
@@ -69,6 +71,17 @@ class EntityExtractorComponent(SplitComponent):
     def load(self, info: "VersionInfo", settings: "Settings | None" = None,
              loaded: dict[str, Any] | None = None) -> Any:
         return EntityExtractor.from_version(info)
+
+    def export(self, info: "VersionInfo", fmt: str, target: Path, settings: "Settings") -> dict[str, Any]:
+        extractor = EntityExtractor.from_version(info)
+        model, config = extractor.model, extractor.config
+        head = {"task": "token-classification", "labels": list(config.labels), "tags": list(config.tags),
+                "max_length": config.max_length, "prefix": config.prefix, "alignment": config.alignment,
+                "base_model": config.base_model, "version": info.name}
+        model_type = model.encoder.config.model_type
+        return save_encoder_with_head(target, model.encoder, extractor.tokenizer, model.head, head,
+                                      token_classifier_card("entity extractor", target.name, head, model_type,
+                                                            info.name))
 
     def empty_analysis(self) -> dict[str, Any]:
         return {"entities": []}

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import HotelbotError, ModelError
 from ..base import Component, ComponentResult, TrainRequest, report_common
 from .data import COMPONENT, default_data_path
-from .model import GENERATOR_DIR
+from .model import GENERATOR_DIR, export_generator
 from .responder import Responder, evaluate_version
 from .training import EXPERIMENT, train_generator
 
@@ -38,6 +38,7 @@ class GeneratorComponent(Component):
     prepare_hint = "hotelbot prepare --replies FILE"
     metric = "relevance"
     evaluation_key = "generator"
+    export_formats = ("hf",)
 
     def prepared_data(self, settings: "Settings", documents: Path | None = None) -> Path | None:
         path = default_data_path(settings)
@@ -75,6 +76,9 @@ class GeneratorComponent(Component):
     def warm_up(self, loaded: Any, version: str, text: str) -> None:
         if not loaded.reply([text])[0].get("reply", "").strip():
             raise ModelError(f"version {version}'s response generator returned an empty reply")
+
+    def export(self, info: "VersionInfo", fmt: str, target: Path, settings: "Settings") -> dict[str, Any]:
+        return export_generator(info.path / GENERATOR_DIR, settings.paths.models_dir, target, info.name)
 
     def report_section(self, path: Path, metadata: dict[str, Any]) -> dict[str, Any] | None:
         generator = metadata.get(self.name)

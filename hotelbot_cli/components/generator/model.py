@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Se
 from ..._io import atomic_write_bytes, atomic_write_json
 from ...config import TrainingConfig, load_settings
 from ...errors import ConfigError, ModelError
+from ..exporting import CLEAN_SNIPPET, MODEL_CARD, TEXT_CLEANING, card
 
 if TYPE_CHECKING:
     from ...config import Settings
@@ -652,3 +653,120 @@ def load_generator(gen_dir: Path, models_dir: Path | None = None, *, encoder: An
     else:
         raise ModelError(f"unknown generator architecture {spec.architecture!r}")
     return model, tokenizer, spec, generation, vocab
+
+
+# ------------------------------------------------------------------------------------------------ export
+
+_EXPORT_CLASSES = {"encoder-decoder": "EncoderDecoderModel", "seq2seq": "AutoModelForSeq2SeqLM",
+                   "causal": "AutoModelForCausalLM"}
+
+
+def _prefixed(prefix: str, what: str) -> str:
+    return f"the prefix {prefix!r} + {what}" if prefix else f"{what} (no prefix)"
+
+
+def _generator_card(spec: GeneratorSpec, directory: str, version: str, restricted: bool) -> str:
+    """How to reproduce `hotelbot reply`'s decoding from the exported generator (the snippet runs without
+    grounding passages; step 2 says how a grounded generator gets them)."""
+    cls = _EXPORT_CLASSES[spec.architecture]
+    causal = spec.architecture == "causal"
+    grounding = (f" Grounded (`grounded` in `{GENERATOR_FILE}`): the passages are the top {spec.grounding_passages} "
+                 "chunks of the version's knowledge base for the message (its own export shows how to search them), "
+                 f"each as \"HEADING: TEXT\" cut to {spec.passage_chars} characters, joined by spaces"
+                 if spec.grounded else "")
+    if causal:
+        inputs = ("Build the prompt: the bos token, then `Contexto: PASSAGES\\n` when grounded, then "
+                  f"`Cliente: MESSAGE\\nRespuesta:`, within `max_source_length` = {spec.max_source_length} tokens."
+                  + (grounding + "." if grounding else ""))
+    else:
+        inputs = (f"Encoder input: {_prefixed(spec.query_prefix, 'the message')}, truncated at `max_source_length` = "
+                  f"{spec.max_source_length}."
+                  + (grounding + f"; they are the second segment, {_prefixed(spec.passage_prefix, 'the passages')}, "
+                     "the pair truncated longest-first." if grounding else ""))
+    steps = [f"Clean the guest's message: {TEXT_CLEANING} (`clean` below).", inputs,
+             f"Generate with the decoding settings of `{GENERATION_FILE}` (beam search unless `do_sample`)"
+             + (": the decoder's vocabulary is restricted, so the unknown and padding ids are suppressed."
+                if restricted else "."),
+             (f"Map the generated ids through `{VOCAB_FILE}` (`ids[i]` is the tokenizer id of decoder id i), "
+              if restricted else "") + "decode skipping special tokens, and clean the text."]
+    if causal:
+        build = ('passages = ""  # grounded: the knowledge-base passages for the message (step 2)\n'
+                 'context = tokenizer(f"Contexto: {passages}\\n", add_special_tokens=False)["input_ids"] if passages '
+                 'else []\n'
+                 'bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []\n'
+                 'ids = bos + context + tokenizer(f"Cliente: {message}\\nRespuesta:", add_special_tokens=False)'
+                 '["input_ids"]\n'
+                 'enc = {"input_ids": torch.tensor([ids])}\n'
+                 'enc["attention_mask"] = torch.ones_like(enc["input_ids"])\n')
+        limit = 'g["max_new_tokens"]'
+    else:
+        build = ('passages = ""  # grounded: the knowledge-base passages for the message (step 2)\n'
+                 'pair = [spec["passage_prefix"] + passages] if passages else []\n'
+                 'enc = tokenizer(spec["query_prefix"] + message, *pair, truncation="longest_first",\n'
+                 '                max_length=spec["max_source_length"], return_tensors="pt")\n')
+        limit = ('min(g["max_new_tokens"], model.config.decoder.max_position_embeddings - 1)'
+                 if spec.architecture == "encoder-decoder" else 'g["max_new_tokens"]')
+    snippet = CLEAN_SNIPPET + f"""
+import json
+
+import torch
+from transformers import AutoTokenizer, {cls}
+
+path = "{directory}"
+spec = json.load(open(f"{{path}}/{GENERATOR_FILE}", encoding="utf-8"))
+g = json.load(open(f"{{path}}/{GENERATION_FILE}", encoding="utf-8"))
+tokenizer = AutoTokenizer.from_pretrained(path)
+model = {cls}.from_pretrained(path).eval()
+
+message = clean("¿a qué hora es el desayuno?")
+{build}kwargs = {{"max_new_tokens": {limit},
+          "no_repeat_ngram_size": g["no_repeat_ngram_size"], "repetition_penalty": g["repetition_penalty"]}}
+kwargs["min_new_tokens"] = min(g["min_new_tokens"], kwargs["max_new_tokens"])
+if g["do_sample"]:
+    kwargs.update(do_sample=True, top_p=g["top_p"], temperature=g["temperature"], num_beams=1)
+else:
+    kwargs.update(do_sample=False, num_beams=g["num_beams"], early_stopping=g["num_beams"] > 1,
+                  length_penalty=g["length_penalty"] if g["num_beams"] > 1 else 1.0)
+"""
+    if restricted:
+        snippet += f"""vocab = json.load(open(f"{{path}}/{VOCAB_FILE}", encoding="utf-8"))
+kwargs["suppress_tokens"] = [vocab["specials"]["unk"], vocab["specials"]["pad"]]
+"""
+    snippet += ('with torch.no_grad():\n'
+                '    out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],\n'
+                '                         **kwargs)[0]\n')
+    if causal:
+        snippet += 'out = out[enc["input_ids"].shape[1]:]\n'
+    snippet += ('ids = [vocab["ids"][int(i)] for i in out]\n' if restricted else "ids = out.tolist()\n")
+    snippet += "reply = clean(tokenizer.decode(ids, skip_special_tokens=True))\nprint(reply)\n"
+    return card(f"hotelbot response generator ({version})", "text-generation" if causal else "text2text-generation",
+                f"The response generator of hotelbot version {version}: a complete `{cls}` (every weight saved here, "
+                f"the encoder included) with its tokenizer; `{GENERATOR_FILE}` records how inputs are built and "
+                f"`{GENERATION_FILE}` the decoding settings.", steps, snippet)
+
+
+def export_generator(gen_dir: Path, models_dir: Path | None, target: Path, version: str) -> dict[str, Any]:
+    """`hotelbot export --format hf` of a version's generator: loaded with :func:`load_generator` (a referenced
+    encoder is re-materialised from its package and fingerprint-checked), saved with ``save_pretrained`` as a
+    complete model (``EncoderDecoderModel.from_pretrained`` / the Auto class of its architecture loads it), with
+    its tokenizer, ``generator.json``, ``generation.json``, ``vocab_map.json`` (restricted vocabulary) and the
+    model card. Returns the export record's facts."""
+    model, tokenizer, spec, generation, vocab = load_generator(gen_dir, models_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    with quiet_transformers():
+        model.save_pretrained(str(target))
+        tokenizer.save_pretrained(str(target))
+    record = spec.to_dict()  # without this machine's paths
+    record["base_model"] = {k: v for k, v in spec.base_model.items() if k != "location"}
+    if spec.architecture == "encoder-decoder":
+        record["encoder"] = {**{k: v for k, v in spec.encoder.items() if k != "location"}, "saved": True,
+                             "in_version": "saved" if spec.encoder.get("saved", True) else "referenced"}
+    atomic_write_json(target / GENERATOR_FILE, record)
+    atomic_write_json(target / GENERATION_FILE, generation.to_dict())
+    if vocab is not None:
+        atomic_write_json(target / VOCAB_FILE, vocab.to_dict())
+    (target / MODEL_CARD).write_text(_generator_card(spec, target.name, version, vocab is not None), encoding="utf-8")
+    return {"loads_with": f"{_EXPORT_CLASSES[spec.architecture]}.from_pretrained + AutoTokenizer ({MODEL_CARD} shows "
+                          "how to build inputs and decode)", "architecture": spec.architecture,
+            "encoder_in_version": "saved" if spec.encoder.get("saved", True) else "referenced",
+            "restricted_vocab": vocab is not None}

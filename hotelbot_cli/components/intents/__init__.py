@@ -1,7 +1,8 @@
 """The intent classifier: an encoder + linear head over the hotel's intents, with the out-of-scope
 threshold calibrated on validation. Its files predate components and live at the top of a version
-(model/, intent_classifier.pt, metrics.json, training_history.json, data/, report/), and so does its
-summary in the metadata (labels, metrics, config, ...)."""
+(model/, metrics.json, training_history.json, data/, report/; versions written before
+``hotelbot export`` also hold intent_classifier.pt), and so does its summary in the metadata (labels,
+metrics, config, ...)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ...data import VALIDATION_FILE, read_jsonl_examples
-from ...errors import HotelbotError
-from ...runtime import load_predictor
+from ...errors import ExportUnavailable, HotelbotError
+from ...runtime import TorchPredictor, load_predictor
+from ...runtime.layout import (CLASSIFIER_FILE, MODEL_SUBDIR, ONNX_FILES, RUNTIME_FILE, TOKENIZER_CONFIG_FILE,
+                               TOKENIZER_FILE, TOKENIZER_INDEX_FILE)
 from ..base import Component, ComponentResult, TrainRequest
+from ..exporting import copy_onnx_runtime, onnx_classifier_card, sentence_classifier_hf
 from .train import train
 
 if TYPE_CHECKING:
@@ -36,6 +40,7 @@ class IntentClassifier(Component):
     metric = "macro_f1"     # settings.validation.metric chooses the one a training optimises
     gated = True
     analyzes = True
+    export_formats = ("pt", "hf", "onnx")
 
     def summary(self, metadata: dict[str, Any]) -> dict[str, Any]:
         return metadata  # top-level keys: the classifier predates per-component summaries
@@ -62,6 +67,26 @@ class IntentClassifier(Component):
     def load(self, info: "VersionInfo", settings: "Settings | None" = None,
              loaded: dict[str, Any] | None = None) -> Any:
         return load_predictor(info)
+
+    def export(self, info: "VersionInfo", fmt: str, target: Path, settings: "Settings") -> dict[str, Any]:
+        if fmt == "onnx":
+            graphs = list(ONNX_FILES.values())
+            written = copy_onnx_runtime(info.path / MODEL_SUBDIR, target, graphs,
+                                        [RUNTIME_FILE, CLASSIFIER_FILE, TOKENIZER_FILE, TOKENIZER_CONFIG_FILE,
+                                         TOKENIZER_INDEX_FILE, "special_tokens_map.json"])
+            exported = [g for g in graphs if g in written]
+            if not exported:
+                raise ExportUnavailable(f"the intent classifier of {info.name} has no ONNX export (it runs on torch)")
+            return onnx_classifier_card(target, exported, info.name)
+        predictor = TorchPredictor.from_version(info)  # modeling.load_classifier of the version's model
+        if fmt == "pt":
+            from ...modeling import PT_FILE, save_torch_file  # modeling imports torch
+
+            target.mkdir(parents=True, exist_ok=True)
+            save_torch_file(predictor.model, target / PT_FILE)
+            return {"loads_with": f"torch.load('{PT_FILE}', weights_only=True) (the seed's format; "
+                                  "hotelbot_cli.modeling.load_torch_file builds the model)"}
+        return sentence_classifier_hf(predictor.model, predictor.tokenizer, target, "intent classifier", info.name)
 
     def empty_analysis(self) -> dict[str, Any]:
         return {"intent": None, "confidence": None, "top_k": [], "fallback": None}

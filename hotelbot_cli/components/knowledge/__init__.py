@@ -30,6 +30,7 @@ class KnowledgeBaseComponent(Component):
     train_options = ("incremental",)
     prepare_hint = "hotelbot prepare --documents DIR"
     evaluation_key = "retrieval"
+    export_formats = ("hf",)
 
     def prepared_data(self, settings: "Settings", documents: Path | None = None) -> Path | None:
         if documents is not None:
@@ -93,6 +94,13 @@ class KnowledgeBaseComponent(Component):
     def warm_up(self, loaded: Any, version: str, text: str) -> None:
         if not loaded.search(text, top_k=1):  # also loads the query encoder
             raise ModelError(f"version {version}'s knowledge base returned nothing for a smoke search")
+
+    def export(self, info: "VersionInfo", fmt: str, target: Path, settings: "Settings") -> dict[str, Any]:
+        """Its embedding model (which the version references, not stores: re-materialised and checked against
+        the index's fingerprint) as an HF directory, with the chunks, their vectors and how queries are embedded."""
+        from .kb import KnowledgeBase, export_knowledge  # kb imports numpy
+
+        return export_knowledge(KnowledgeBase.from_version(info, settings.paths.models_dir), target)
 
     def report_section(self, path: Path, metadata: dict[str, Any]) -> dict[str, Any] | None:
         knowledge = metadata.get(self.name)

@@ -58,6 +58,8 @@ from ...training.events import TrainingEvent, emitter
 from ...training.monitor import library_versions
 from ...training.tracking import MlflowTracker
 from ..compose import has_component, publish_version, source_version
+from ..exporting import (EXPORT_KNOWLEDGE_FORMAT, EXPORT_VECTORS_FILE, EXPORT_CONFIG_FILE, MODEL_CARD, retrieval_card,
+                         save_encoder)
 
 if TYPE_CHECKING:
     from ...config import Settings
@@ -956,6 +958,32 @@ class KnowledgeBase:
         return self.search_many([query], top_k)[0]
 
 
+# ============================================================================ export
+
+
+def export_knowledge(kb: KnowledgeBase, target: Path) -> dict[str, Any]:
+    """`hotelbot export --format hf` of a loaded knowledge base into ``target``: its embedding model as a
+    Hugging Face directory (the one the index was built with, fingerprint-checked by :attr:`KnowledgeBase.embedder`),
+    ``chunks.jsonl``, ``embeddings.npy`` (row i: line i of chunks.jsonl), ``knowledge.json`` (how a query is
+    embedded) and the model card. Returns the export record's facts."""
+    embedder = kb.embedder
+    save_encoder(embedder.encoder, embedder.tokenizer, target)
+    atomic_write_bytes(target / CHUNKS_FILE, _chunks_bytes(kb.chunk_list))
+    with open(target / EXPORT_VECTORS_FILE, "wb") as handle:
+        np.save(handle, kb.index.vectors([c.id for c in kb.chunk_list]).astype(np.float32), allow_pickle=False)
+    model = kb.model
+    config = {"format": EXPORT_KNOWLEDGE_FORMAT, "embedding_model": model.spec, "fingerprint": model.fingerprint,
+              "query_prefix": model.query_prefix, "passage_prefix": model.passage_prefix, "pooling": model.pooling,
+              "max_length": model.max_length, "dim": model.dim, "normalized": True,
+              "similarity": "dot product of L2-normalized vectors (cosine)", "chunks": len(kb.chunk_list),
+              "chunking": kb.manifest.get("chunking"), "version": kb.version}
+    atomic_write_json(target / EXPORT_CONFIG_FILE, config)
+    model_type = getattr(embedder.encoder.config, "model_type", "")
+    (target / MODEL_CARD).write_text(retrieval_card(target.name, config, model_type, kb.version, CHUNKS_FILE), encoding="utf-8")
+    return {"loads_with": f"AutoModel/AutoTokenizer (the query encoder) + {EXPORT_VECTORS_FILE} + {CHUNKS_FILE} "
+                          f"({MODEL_CARD} shows how)", "model_type": model_type, "chunks": len(kb.chunk_list)}
+
+
 # ============================================================================ BM25 and retrieval metrics
 
 _STOPWORDS = frozenset("""
@@ -1103,6 +1131,7 @@ def evaluate_retrieval(version_info: "VersionInfo", eval_path: Path, k: int = 5,
 __all__ = [
     "BM25", "Chunk", "DocumentInfo", "Embedder", "EmbeddingModel", "ExactIndex", "KnowledgeBase", "KnowledgeResult",
     "PreparedDocuments", "SearchHit", "VectorIndex", "bm25_tokens", "chunk_document", "evaluate_retrieval",
+    "export_knowledge",
     "load_documents", "prepare_documents", "read_prepared_documents", "train_knowledge_base",
     "write_prepared_documents",
 ]

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from ...errors import HotelbotError
 from ..base import ComponentResult, SplitComponent, TrainRequest, labels_report_section, usable_confidence
+from ..exporting import sentence_classifier_hf
 from .classifier import (DATA_SUBDIR, EXPERIMENT, SENTIMENT_DIR, SentimentClassifier, evaluate_sentiment,
                          prepare_sentiment, read_prepared_sentiment, train_sentiment, write_prepared_sentiment)
 
@@ -28,6 +29,7 @@ class SentimentComponent(SplitComponent):
     metric = "macro_f1"  # settings.validation.metric
     gated = True
     analyzes = True
+    export_formats = ("hf",)
 
     def prepare_split(self, path: Path, validation_split: float, seed: int) -> Any:
         return prepare_sentiment(path, validation_split, seed)
@@ -62,6 +64,10 @@ class SentimentComponent(SplitComponent):
     def load(self, info: "VersionInfo", settings: "Settings | None" = None,
              loaded: dict[str, Any] | None = None) -> Any:
         return SentimentClassifier.from_version(info)
+
+    def export(self, info: "VersionInfo", fmt: str, target: Path, settings: "Settings") -> dict[str, Any]:
+        predictor = SentimentClassifier.from_version(info).predictor
+        return sentence_classifier_hf(predictor.model, predictor.tokenizer, target, "sentiment classifier", info.name)
 
     def empty_analysis(self) -> dict[str, Any]:
         return {"sentiment": None}
