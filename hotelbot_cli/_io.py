@@ -7,6 +7,8 @@ file. A reader sees the old file or the new one, never a half-written one.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import os
@@ -57,12 +59,38 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_bytes(path, dumps_json(data))
 
 
+_HASHED: contextvars.ContextVar[dict[tuple[int, ...], str] | None] = contextvars.ContextVar("hashed", default=None)
+
+
+@contextlib.contextmanager
+def hashing_once() -> Iterator[None]:
+    """Inside this block :func:`sha256_file` hashes each file once: a file seen again with the same device,
+    inode, size, mtime and ctime returns the digest it had. One operation (a deploy: the target's checksum
+    check, then the gate and the smoke test loading its components, each checking what it reads) runs under
+    the registry lock for seconds, and registry files are content-addressed and read-only, so re-reading
+    the same gigabyte three times proves nothing more. Outside the block every call reads the file."""
+    token = _HASHED.set({} if _HASHED.get() is None else _HASHED.get())
+    try:
+        yield
+    finally:
+        _HASHED.reset(token)
+
+
 def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
+    """Hex sha256 of a file, read in 1 MiB blocks (once per :func:`hashing_once` block)."""
+    memo = _HASHED.get()
+    key = None
+    if memo is not None:
+        st = os.stat(path)
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if key in memo:
+            return memo[key]
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
+    if memo is not None:
+        memo[key] = digest.hexdigest()
     return digest.hexdigest()
 
 

@@ -17,7 +17,8 @@ extractor, the sentiment classifier, the response generator, or a new one). Each
 - how it is judged: ``metric`` + ``greater_is_better`` (its primary metric), ``gated`` (whether
   validate/deploy require ``overall_score >= MIN_VALIDATION_SCORE``), :meth:`score`;
 - how it is used: :meth:`smoke` (deploy's check that it loads and answers), :meth:`load` and
-  :meth:`analyze` (what it adds to predict/analyze and the server), :meth:`report_section` (the report).
+  :meth:`analyze` (what it adds to predict/analyze and the server), :meth:`report_section` (the report);
+- how it leaves the registry: ``export_formats`` and :meth:`export` (`hotelbot export`).
 
 The list of components is :data:`hotelbot_cli.components.BUILTIN` (registration order = training order);
 :func:`register` adds one (a plugin, a test's toy component). Everything else iterates over
@@ -28,6 +29,7 @@ components (one ``score`` contract) and sentence-transformers' Module (config ke
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence
@@ -101,6 +103,7 @@ class Component:
     train_options: ClassVar[tuple[str, ...]] = ()  # `train` flags it takes besides the common ones
     evaluation_key: ClassVar[str | None] = None    # the key of evaluate()'s document in `validate --json`
     primary: ClassVar[bool] = False             # validate's headline metrics (the intent classifier)
+    export_formats: ClassVar[tuple[str, ...]] = ()  # what `hotelbot export --format` writes of it: pt, hf, onnx
 
     # ---------------------------------------------------------------- layout in a version
     def owned_paths(self) -> tuple[str, ...]:
@@ -132,6 +135,12 @@ class Component:
     def score(self, info: "VersionInfo", settings: "Settings") -> dict[str, Any] | None:
         """Metrics on the component's own validation split, with "metric" and "overall_score"; None when
         it has nothing to score."""
+        return None
+
+    def recorded_score(self, info: "VersionInfo") -> dict[str, Any] | None:
+        """The score its training measured on the same validation split with the same (checksummed) files, as
+        :meth:`score` returns it; None when none was recorded. The deploy gate reads it instead of loading the
+        model a second time (the smoke test after the switch loads and runs it)."""
         return None
 
     def evaluate(self, info: "VersionInfo", settings: "Settings",
@@ -178,6 +187,13 @@ class Component:
     def analysis_text(self, row: dict[str, Any]) -> str:
         """How `hotelbot predict` shows this component's answer in ``row``: tab-prefixed fields ("" for none)."""
         return ""
+
+    def export(self, info: "VersionInfo", fmt: str, target: Path, settings: "Settings") -> dict[str, Any]:
+        """`hotelbot export --format FMT` (one of :attr:`export_formats`): write this component of the (verified)
+        version ``info`` into the new directory ``target`` (hf, onnx: ``DIR/<name>/``; pt: ``DIR`` itself), loaded
+        with the component's own loaders, so the export does not depend on how a version lays out its files.
+        Returns facts for the export's record: at least ``loads_with`` (how an outside program loads it)."""
+        raise NotImplementedError(f"{self.name} has no {fmt} export")
 
     def report_section(self, path: Path, metadata: dict[str, Any]) -> dict[str, Any] | None:
         """This component's entry in the report's "Other components" section (None: nothing to show), from
@@ -246,6 +262,17 @@ class SplitComponent(Component):
 
     def fit_and_publish(self, request: TrainRequest, data: Path) -> ComponentResult:
         raise NotImplementedError
+
+    def recorded_score(self, info: "VersionInfo") -> dict[str, Any] | None:
+        """``<name>/metrics.json``: what training measured on the version's own stored validation split."""
+        try:
+            metrics = json.loads((info.path / self.name / "metrics.json").read_text("utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(metrics, dict) or not isinstance(metrics.get("metric"), str) \
+                or not isinstance(metrics.get("overall_score"), (int, float)):
+            return None
+        return metrics
 
     def prepare_split(self, path: Path, validation_split: float, seed: int) -> Any:
         """`hotelbot prepare --<name> FILE`: validate and split the file (a prepared split with

@@ -8,6 +8,7 @@ killed writer may have left, and switches the deployed version with ONE atomic r
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import subprocess
@@ -17,13 +18,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from .._io import sha256_file
+from .._io import hashing_once
 from ..components import registered
 from ..components.compose import components_of
 from ..config import Settings
 from ..errors import (DeployVerificationError, GateFailedError, HotelbotError, IntegrityError, RegistryError,
                       RolledBackError)
 from ..registry import ModelRegistry, VersionInfo
+from ..registry.backups import backup_problems, create_backup, list_backups, record_name, restore_from_backup
 from ..registry.store import check_version_name, crashpoint, utc_now
 from .validate import gate_components, primary_component, validate_version
 
@@ -90,6 +92,18 @@ def _record(registry: ModelRegistry, settings: Settings, event: dict[str, Any]) 
 # ---------------------------------------------------------------- checks
 
 
+def _release_memory() -> None:
+    """Free what the last component loaded, and hand glibc's freed heap back to the system (without it the
+    next component's model lands beside the freed one instead of in its place)."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
 def smoke_check(info: VersionInfo, settings: Settings) -> dict[str, Any]:
     """Load ``info``'s components exactly as predict/serve do and run each on a few texts (the classifier on
     its validation texts, a search of the knowledge base, a reply of the generator, ...): every registered
@@ -108,6 +122,7 @@ def smoke_check(info: VersionInfo, settings: Settings) -> dict[str, Any]:
             result.update(checked)
         else:
             result[component.name] = checked
+        _release_memory()  # one component's model at a time: the next one reuses its memory
     return result
 
 
@@ -123,7 +138,7 @@ def _gate(registry: ModelRegistry, settings: Settings, name: str) -> dict[str, A
                 "min_validation_score": settings.validation.min_validation_score, "passed": scored["passed"],
                 "failures": scored["failures"], "regressions": {}, "compared_with": None,
                 "skipped": "no classifier component", "components": scored["components"]}
-    result = validate_version(registry, name, settings)
+    result = validate_version(registry, name, settings, gate=True)
     failures = list(result.failures)
     regressions: dict[str, float] = {}
     if result.comparison is not None:
@@ -137,6 +152,7 @@ def _gate(registry: ModelRegistry, settings: Settings, name: str) -> dict[str, A
             "min_validation_score": result.min_score, "passed": not failures, "failures": failures,
             "regressions": regressions,
             "compared_with": result.comparison.reference_version if result.comparison else None,
+            "not_compared": result.not_compared,
             "components": {k: {"metric": m["metric"], "overall_score": m["overall_score"]}
                            for k, m in result.components.items()}}
 
@@ -155,8 +171,9 @@ def newest_validated(registry: ModelRegistry) -> VersionInfo:
 
 @contextlib.contextmanager
 def _exclusive(registry: ModelRegistry, settings: Settings) -> Iterator[tuple[list[str], dict[str, Any]]]:
-    """Hold the registry lock; first repair what a killed writer left; yield (repairs, deployed state)."""
-    with registry.lock(timeout=settings.deployment.lock_timeout_seconds):
+    """Hold the registry lock; first repair what a killed writer left; yield (repairs, deployed state).
+    Each file is hashed once in the block (checked, gated, smoke-tested: one read, see ``hashing_once``)."""
+    with registry.lock(timeout=settings.deployment.lock_timeout_seconds), hashing_once():
         repaired = registry.repair()
         yield repaired, registry.current_state()
 
@@ -167,7 +184,7 @@ def backup_current(registry: ModelRegistry, settings: Settings, reason: str = "m
         if current is None:
             raise RegistryError("nothing is deployed, so there is nothing to back up")
         registry.require_intact(current)
-        return registry.create_backup(current, reason, settings.deployment.backups_to_keep)
+        return create_backup(registry, current, reason, settings.deployment.backups_to_keep)
 
 
 def deploy(registry: ModelRegistry, settings: Settings, version: str | None = None, reason: str = "") -> OperationResult:
@@ -189,7 +206,11 @@ def deploy(registry: ModelRegistry, settings: Settings, version: str | None = No
 
         backup = None
         if current and cfg.enable_model_backup:
-            backup = registry.create_backup(current, f"before deploying {target.name}", cfg.backups_to_keep)
+            try:
+                backup = create_backup(registry, current, f"before deploying {target.name}", cfg.backups_to_keep)
+            except IntegrityError as exc:  # replacing a corrupt version must stay possible: say so, go on
+                backup = {"version": current, "skipped": str(exc)}
+                log.warning("no backup of %s: %s", current, exc)
         crashpoint("before-switch")
         new_state = {"version": target.name,
                      "previous": [*old_state.get("previous", []), current] if current else old_state.get("previous", []),
@@ -240,12 +261,12 @@ def rollback(registry: ModelRegistry, settings: Settings, to: str | None = None,
         try:
             target = registry.require_intact(target_name)
         except IntegrityError:
-            target = registry.restore_from_backup(target_name)
+            target = restore_from_backup(registry, target_name)
             restored = True
         except RegistryError:
-            if not any(r["version"] == target_name for r in registry.list_backups()):
+            if not any(r["version"] == target_name for r in list_backups(registry)):
                 raise
-            target = registry.restore_from_backup(target_name)
+            target = restore_from_backup(registry, target_name)
             restored = True
         smoke = smoke_check(target, settings)
 
@@ -267,15 +288,15 @@ def rollback(registry: ModelRegistry, settings: Settings, to: str | None = None,
 
 
 def verify_registry(registry: ModelRegistry) -> dict[str, list[str]]:
-    """Recompute every checksum of every version and backup archive; {name: problems} (empty lists: intact)."""
+    """Recompute every checksum of every version and backup (a pinned backup: every blob it refers to; a legacy
+    archive: its own sha256); {name: problems} (empty lists: intact)."""
     report: dict[str, list[str]] = {}
     for info in registry.list_versions():
         report[info.name] = ([f"{info.name}/metadata.json: missing or unreadable"]
                              if info.manifest.corrupt else registry.verify(info.name))
-    for record in registry.list_backups():
-        archive = registry.backup_dir / record["archive"]
-        report[f"backup/{record['archive']}"] = (
-            [] if sha256_file(archive) == record["sha256"] else [f"backup/{record['archive']}: checksum mismatch"])
+    checked: dict[str, bool] = {}
+    for record in list_backups(registry):
+        report[f"backup/{record.get('archive') or record_name(record)}"] = backup_problems(registry, record, checked)
     state_version = registry.current_name()
     if state_version and state_version not in report:
         report["current"] = [f"current.json points to {state_version}, which does not exist"]

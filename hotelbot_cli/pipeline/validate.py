@@ -20,7 +20,7 @@ from ..components import registered
 from ..components.compose import components_of
 from ..config import TrainingConfig
 from ..data import TRAIN_FILE, VALIDATION_FILE, read_jsonl_examples, read_prepared
-from ..errors import DataError, RegistryError
+from ..errors import DataError, IntegrityError, RegistryError
 from ..evaluation import METRIC_KEYS, Comparison, classification_metrics, compare
 from ..export import compare_runtimes
 from ..registry.store import utc_now
@@ -37,14 +37,17 @@ log = logging.getLogger("hotelbot.validation")
 CV_METRICS = METRIC_KEYS + ("in_scope_accuracy", "out_of_scope_recall")
 
 
-def validate_components(info: "VersionInfo", settings: Any) -> dict[str, dict[str, Any]]:
+def validate_components(info: "VersionInfo", settings: Any, recorded: bool = False) -> dict[str, dict[str, Any]]:
     """Scores of the version's gated components other than the primary one (entities, sentiment, ...), each
-    on its own validation split, reloaded from disk: {name: metrics with "metric" and "overall_score"}."""
+    on its own validation split, reloaded from disk: {name: metrics with "metric" and "overall_score"}.
+    With ``recorded`` (the deploy gate), the score training recorded for the same split and files where
+    there is one (``Component.recorded_score``), marked ``"source": "recorded"``."""
     present = components_of(info)
     out: dict[str, dict[str, Any]] = {}
     for component in registered():
         if component.gated and not component.primary and component.name in present:
-            scored = component.score(info, settings)
+            kept = component.recorded_score(info) if recorded else None
+            scored = {**kept, "source": "recorded"} if kept is not None else component.score(info, settings)
             if scored is not None:
                 out[component.name] = scored
     return out
@@ -52,9 +55,9 @@ def validate_components(info: "VersionInfo", settings: Any) -> dict[str, dict[st
 
 def gate_components(info: "VersionInfo", settings: Any) -> dict[str, Any]:
     """The deploy gate for the components other than the primary one: each one's overall_score on its own
-    validation split must reach MIN_VALIDATION_SCORE."""
+    validation split (as training recorded it) must reach MIN_VALIDATION_SCORE."""
     min_score = settings.validation.min_validation_score
-    scores = validate_components(info, settings)
+    scores = validate_components(info, settings, recorded=True)
     failures = [f"{name} {m['metric']} {m['overall_score']:.4f} < MIN_VALIDATION_SCORE {min_score:.4f}"
                 for name, m in scores.items() if m["overall_score"] < min_score]
     return {"components": {name: {"metric": m["metric"], "overall_score": m["overall_score"]}
@@ -81,6 +84,7 @@ class ValidationResult:
     comparison: Comparison | None = None
     validated_at: str = ""
     components: dict[str, dict[str, Any]] = field(default_factory=dict)
+    not_compared: str | None = None  # why the deployed version could not be compared with
 
     @property
     def overall_score(self) -> float:
@@ -117,22 +121,26 @@ class ValidationResult:
             "validated_at": self.validated_at,
             "metrics": self.metrics,
             "comparison": self.comparison.to_dict() if self.comparison else None,
+            "not_compared": self.not_compared,
             "components": {name: {"metric": m["metric"], "overall_score": m["overall_score"],
                                   "passed": m["overall_score"] >= self.min_score, "metrics": m}
                            for name, m in self.components.items()},
         }
 
 
-def validate_version(registry: Any, version: str | None, settings: Any, data_dir: Any = None) -> ValidationResult:
+def validate_version(registry: Any, version: str | None, settings: Any, data_dir: Any = None,
+                     gate: bool = False) -> ValidationResult:
     """Evaluate a saved version on a validation split; compare with the deployed version if any.
 
     The split is the version's own (stored at train time) unless ``data_dir`` names a prepared directory.
     The other gated components (entities, sentiment, ...), when present, are scored on their own stored
-    validation splits.
+    validation splits. ``gate`` (deploy): what the gate needs and nothing more: the classifier evaluated
+    with the runtime it serves with and compared with the deployed one, the other components' recorded
+    scores, no int8-vs-fp32 comparison (``hotelbot validate`` reports it).
     The result is recorded in the registry (``validations/``) and under ``reports/validation_reports/``.
     """
     info = registry.require_intact(registry.resolve(version or settings.model_version).name)
-    components = validate_components(info, settings)
+    components = validate_components(info, settings, recorded=gate)
     if primary_component(info) is None:
         if not components:
             scored = ", ".join(c.name for c in registered() if c.gated)
@@ -154,21 +162,25 @@ def validate_version(registry: Any, version: str | None, settings: Any, data_dir
     metrics["out_of_scope_threshold"] = predictor.threshold
     metrics["runtime"] = predictor.runtime
     # int8 against fp32 (and their difference in points vs the tolerance) on the same texts
-    metrics["runtimes"] = compare_runtimes(info, examples,
-                                           tolerance_points=settings.validation.runtime_tolerance_points)
-    if predictor.threshold is not None:
+    metrics["runtimes"] = None if gate else compare_runtimes(
+        info, examples, tolerance_points=settings.validation.runtime_tolerance_points)
+    if predictor.threshold is not None and not gate:  # the gate judges the answers as served
         argmax = classification_metrics(truth, predictor.predict_labels(texts, apply_threshold=False),
                                         predictor.labels, settings.validation.metric)
         metrics["argmax"] = {k: argmax[k] for k in CV_METRICS if k in argmax}
-    comparison = None
+    comparison, not_compared = None, None
     current = registry.current_name()
     if current and current != info.name and primary_component(registry.get(current)) is not None:
-        reference = load_predictor(registry.require_intact(current))
-        ref_metrics = classification_metrics(truth, reference.predict_labels(texts), predictor.labels,
-                                             settings.validation.metric)
-        comparison = compare(metrics, ref_metrics, current)
+        try:
+            reference = load_predictor(registry.require_intact(current))
+        except IntegrityError as exc:  # a corrupt deployed model must not block deploying a good one
+            not_compared = f"the deployed {current} fails its checksums ({exc}); not compared"
+        else:
+            ref_metrics = classification_metrics(truth, reference.predict_labels(texts), predictor.labels,
+                                                 settings.validation.metric)
+            comparison = compare(metrics, ref_metrics, current)
     result = ValidationResult(info.name, metrics, settings.validation.min_validation_score, source, comparison,
-                              utc_now(), components)
+                              utc_now(), components, not_compared)
     return _record(registry, settings, result)
 
 
