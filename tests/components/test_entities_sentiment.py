@@ -473,6 +473,32 @@ def test_validate_scores_every_component_and_gates_on_each(registry, monkeypatch
         assert (f"{name} {c['metric']}" in " ".join(doc["failures"])) == (not c["passed"])
 
 
+def test_deploy_gate_takes_the_scores_training_recorded_and_still_fails_below_the_threshold(registry, monkeypatch):
+    """The deploy gate does not load entities/sentiment a second time to re-score them: it reads the score
+    their training measured on the same (checksummed) split; `validate` re-measures and gets the same."""
+    from hotelbot_cli.components.entities import EntityExtractorComponent
+    from hotelbot_cli.components.sentiment import SentimentComponent
+    from hotelbot_cli.pipeline.deploy import _gate
+
+    info = registry.get("v0004")
+    recorded = {name: json.loads((info.path / name / "metrics.json").read_text()) for name in ("entities", "sentiment")}
+    assert recorded["entities"]["overall_score"] == pytest.approx(evaluate_entities(info)["micro_f1"])
+    assert recorded["sentiment"]["overall_score"] == pytest.approx(evaluate_sentiment(info)["macro_f1"])
+    for cls in (EntityExtractorComponent, SentimentComponent):
+        monkeypatch.setattr(cls, "score", lambda *a, **k: pytest.fail("the gate re-scored a component"))
+    monkeypatch.setenv("MIN_VALIDATION_SCORE", "0.0")
+    gate = _gate(registry, load_settings(), "v0004")
+    assert gate["passed"], gate["failures"]
+    for name, metrics in recorded.items():
+        assert gate["components"][name] == {"metric": metrics["metric"], "overall_score": metrics["overall_score"]}
+    worst = min(m["overall_score"] for m in recorded.values())
+    monkeypatch.setenv("MIN_VALIDATION_SCORE", str(min(1.0, worst + 1e-6)))
+    blocked = _gate(registry, load_settings(), "v0004")
+    assert not blocked["passed"] and any(
+        f"{name} {m['metric']}" in " ".join(blocked["failures"]) for name, m in recorded.items()
+        if m["overall_score"] == worst)
+
+
 def test_serve_analyze_returns_components_and_classify_is_unchanged(registry):
     from fastapi.testclient import TestClient
 
