@@ -19,11 +19,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Sequence
 
 from .._io import atomic_write_json
 from ..data import OUT_OF_SCOPE
 from ..errors import ModelError
+from ..export.graph import external_entries
 from ..runtime.layout import CLASSIFIER_FILE
 from ..runtime.onnx import RuntimeClassifierConfig
 from ..runtime.selection import read_runtime_spec
@@ -337,38 +338,6 @@ print([(chunks[i]["doc"], chunks[i]["heading"], float(scores[i])) for i in top])
 # ------------------------------------------------------------------------------------------------ ONNX
 
 
-def _node_tensors(nodes: Iterable[Any]) -> Iterator[Any]:
-    for node in nodes:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            if attr.HasField("g"):
-                yield from _graph_tensors(attr.g)
-            for graph in attr.graphs:
-                yield from _graph_tensors(graph)
-
-
-def _graph_tensors(graph: Any) -> Iterator[Any]:
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    yield from _node_tensors(graph.node)
-
-
-def _external_entries(model: Any) -> Iterator[Any]:
-    """The ``location`` entry of every tensor of ``model`` (graph, subgraphs, functions) stored outside it."""
-    import onnx  # heavy: imported on use
-
-    tensors = list(_graph_tensors(model.graph))
-    for function in model.functions:
-        tensors += list(_node_tensors(function.node))
-    for tensor in tensors:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            yield from (entry for entry in tensor.external_data if entry.key == "location")
-
-
 def _inside(location: str) -> bool:
     """A location that names a file below the graph's own directory (copied to the same relative path)."""
     parts = Path(location).parts
@@ -387,7 +356,7 @@ def copy_onnx_graph(source: Path, target_dir: Path) -> list[str]:
     except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError and others for a bad file
         raise ModelError(f"cannot read the ONNX graph {source}: {exc}") from None
     written, renamed = [], {}
-    for entry in _external_entries(model):
+    for entry in external_entries(model):
         location = entry.value
         origin = Path(location) if Path(location).is_absolute() else source.parent / location
         if location not in renamed:

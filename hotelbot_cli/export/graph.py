@@ -15,7 +15,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from ..data import clean_text
 from ..runtime.layout import EMBEDDINGS_DATA_SUFFIX, EMBEDDINGS_FILE
@@ -244,12 +244,41 @@ def _externalize(path: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def _node_tensors(nodes: Iterable[Any]) -> Iterator[Any]:
+    for node in nodes:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _graph_tensors(attr.g)
+            for graph in attr.graphs:
+                yield from _graph_tensors(graph)
+
+
+def _graph_tensors(graph: Any) -> Iterator[Any]:
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    yield from _node_tensors(graph.node)
+
+
+def external_entries(model: Any) -> Iterator[Any]:
+    """The ``location`` entry of every tensor of ``model`` (graph, subgraphs, functions) stored outside it."""
+    import onnx  # heavy: imported on use
+
+    tensors = list(_graph_tensors(model.graph))
+    for function in model.functions:
+        tensors += list(_node_tensors(function.node))
+    for tensor in tensors:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            yield from (entry for entry in tensor.external_data if entry.key == "location")
+
+
 def graph_files(path: Path) -> list[str]:
     """The graph's file name and every external data file it references (file names in its directory)."""
     import onnx  # heavy: imported on use (module docstring)
 
     model = onnx.load(str(path), load_external_data=False)
-    names = {entry.value for tensor in model.graph.initializer
-             if tensor.data_location == onnx.TensorProto.EXTERNAL
-             for entry in tensor.external_data if entry.key == "location"}
-    return [path.name, *sorted(names)]
+    return [path.name, *sorted({entry.value for entry in external_entries(model)})]

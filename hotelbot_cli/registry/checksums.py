@@ -15,12 +15,7 @@ METADATA_FILE = "metadata.json"
 
 def checksum_tree(root: Path, exclude: tuple[str, ...] = (METADATA_FILE,)) -> dict[str, str]:
     """sha256 of every regular file below ``root``, keyed by POSIX relative path."""
-    sums = {}
-    for path in sorted(Path(root).rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if path.is_file() and rel not in exclude:
-            sums[rel] = sha256_file(path)
-    return sums
+    return {rel: sha256_file(Path(root) / rel) for rel in tree_files(root, exclude)}
 
 
 def tree_files(root: Path, exclude: tuple[str, ...] = (METADATA_FILE,)) -> list[str]:
