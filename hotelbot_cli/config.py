@@ -108,6 +108,9 @@ class TrainingConfig(_Section):
     class_weights: bool = False  # weight the loss by inverse class frequency
     calibrate_oos_threshold: bool = True  # choose the out-of-scope confidence threshold on validation
     group_by_length: bool = True  # batches of similar-length texts: less padding, same examples per epoch
+    # `train --model-type all`: one joint NLU model (intents + entities + sentiment on one encoder) instead of
+    # three separate ones, when the entity and sentiment splits are prepared (README "The joint NLU model")
+    joint_nlu: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -264,6 +267,7 @@ ENV_TRAINING = {
     "TRAINING_LEARNING_RATE": "learning_rate",
     "TRAINING_SEED": "seed",
     "TRAINING_MAX_LENGTH": "max_length",
+    "TRAINING_JOINT_NLU": "joint_nlu",
     "HOTELBOT_BASE_MODEL": "base_model",
 }
 ENV_DATA = {"TRAINING_VALIDATION_SPLIT": "validation_split"}

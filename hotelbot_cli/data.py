@@ -182,6 +182,40 @@ def clean_text(text: str) -> str:
     return _SPACE_RE.sub(" ", text).strip()
 
 
+def clean_text_with_offsets(text: str) -> tuple[str, list[tuple[int, int]]]:
+    """:func:`clean_text` of ``text`` and, for each character of the result, the range of ``text`` it
+    comes from, so that a span found in the cleaned text maps back to the caller's string (the joint NLU
+    model reads cleaned text and answers entities with offsets into the raw text).
+
+    NFC is applied per run of a starter and its combining marks (where composition happens), each output
+    character mapped to its run's range; when that does not reproduce :func:`clean_text` exactly (a rare
+    composition across runs), the whole text is one range."""
+    runs: list[tuple[int, int]] = []
+    for i, ch in enumerate(text):
+        if runs and unicodedata.combining(ch):
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    chars: list[tuple[str, tuple[int, int]]] = []
+    for start, end in runs:
+        for ch in unicodedata.normalize("NFC", text[start:end]):
+            chars.append((" " if unicodedata.category(ch) in _CONTROL else ch, (start, end)))
+    out: list[tuple[str, tuple[int, int]]] = []
+    for ch, span in chars:  # collapse whitespace runs to one space, strip both ends
+        if ch.isspace() or _SPACE_RE.fullmatch(ch):
+            if out and out[-1][0] != " ":
+                out.append((" ", span))
+            continue
+        out.append((ch, span))
+    if out and out[-1][0] == " ":
+        out.pop()
+    cleaned = "".join(ch for ch, _ in out)
+    if cleaned != clean_text(text):
+        cleaned = clean_text(text)
+        return cleaned, [(0, len(text))] * len(cleaned)
+    return cleaned, [span for _, span in out]
+
+
 def near_duplicate_key(text: str) -> str:
     """A key equal for texts that differ only in case, accents, punctuation and spacing."""
     decomposed = unicodedata.normalize("NFKD", text.casefold())

@@ -118,13 +118,19 @@ class ClassifierConfig:
     base_model: str = ""
     oos_threshold: float | None = None  # below this confidence the answer is out_of_scope
     format: str = PT_FORMAT
+    # A joint (multi-task) model's other heads: {"sentiment": {"labels"}, "entities": {"labels", "tags"}} and
+    # "task_weights"; None for an intent-only classifier (see MultiTaskClassifier).
+    tasks: dict[str, Any] | None = None
 
     @property
     def id_to_intent(self) -> dict[int, str]:
         return dict(enumerate(self.labels))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if data["tasks"] is None:  # an intent-only classifier's classifier.json stays as it always was
+            del data["tasks"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ClassifierConfig":
@@ -169,6 +175,83 @@ class SentenceClassifier(nn.Module):
         weight = self.encoder.get_input_embeddings().weight
         weight.requires_grad_(False)
         return weight.numel()
+
+
+# The tasks of a joint model, by the id its training rows carry in ``task_ids``.
+TASK_INTENT, TASK_SENTIMENT, TASK_ENTITIES = 0, 1, 2
+TASK_NAMES = ("intents", "sentiment", "entities")
+IGNORE_INDEX = -100
+
+
+class MultiTaskClassifier(SentenceClassifier):
+    """The joint NLU model: ONE encoder pass feeds three heads.
+
+    - ``head``: the intents, on the pooled embedding (the intent classifier's head, same name, so every
+      classifier path, its ONNX ``logits`` output, the out-of-scope threshold and incremental training work);
+    - ``sentiment_head``: negative / neutral / positive, on the same pooled embedding;
+    - ``entity_head``: the BIO tag of every token (the entity extractor's tags), on the token states.
+
+    Training rows come from three data sets with different texts: each row carries ``task_ids`` (which
+    head it trains), ``labels`` (its intent or sentiment id; -100 for an entity row) and ``token_labels``
+    (its BIO ids; all -100 for a sentence row). The batch loss is the weighted sum, over the tasks present
+    in the batch, of each task's mean loss (``tasks["task_weights"]``, 1.0 each by default).
+    """
+
+    def __init__(self, encoder: nn.Module, config: ClassifierConfig) -> None:
+        super().__init__(encoder, config)
+        tasks = config.tasks or {}
+        try:
+            sentiment_labels, entity_tags = tasks["sentiment"]["labels"], tasks["entities"]["tags"]
+        except (KeyError, TypeError):
+            raise ModelError("a joint model's classifier.json needs tasks.sentiment.labels and "
+                             "tasks.entities.tags") from None
+        hidden = encoder.config.hidden_size
+        self.sentiment_head = nn.Linear(hidden, len(sentiment_labels))
+        self.entity_head = nn.Linear(hidden, len(entity_tags))
+        weights = tasks.get("task_weights") or {}
+        self.task_weights = [float(weights.get(name, 1.0)) for name in TASK_NAMES]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                task_ids: torch.Tensor | None = None, token_labels: torch.Tensor | None = None,
+                row_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``row_ids`` is not used: training passes each row's index through, as a label, to put the Trainer's
+        (length-grouped) evaluation predictions back in order."""
+        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        pooled = self.dropout(pool(hidden, attention_mask, self.classifier_config.pooling))
+        out = {"logits": self.head(pooled), "sentiment_logits": self.sentiment_head(pooled),
+               "token_logits": self.entity_head(self.dropout(hidden))}
+        if labels is not None and task_ids is not None:
+            out["loss"] = self.multitask_loss(out, labels, task_ids, token_labels)
+        return out
+
+    def multitask_loss(self, out: dict[str, torch.Tensor], labels: torch.Tensor, task_ids: torch.Tensor,
+                       token_labels: torch.Tensor | None) -> torch.Tensor:
+        losses = []
+        intent_rows, sentiment_rows = task_ids == TASK_INTENT, task_ids == TASK_SENTIMENT
+        if intent_rows.any():
+            weight = self.class_weights.to(out["logits"].device) if self.class_weights is not None else None
+            losses.append(self.task_weights[TASK_INTENT]
+                          * nn.functional.cross_entropy(out["logits"][intent_rows], labels[intent_rows], weight=weight))
+        if sentiment_rows.any():
+            losses.append(self.task_weights[TASK_SENTIMENT]
+                          * nn.functional.cross_entropy(out["sentiment_logits"][sentiment_rows], labels[sentiment_rows]))
+        entity_rows = task_ids == TASK_ENTITIES
+        if token_labels is not None and entity_rows.any():
+            logits = out["token_logits"][entity_rows]
+            targets = token_labels[entity_rows]
+            if (targets != IGNORE_INDEX).any():
+                losses.append(self.task_weights[TASK_ENTITIES] * nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX))
+        if not losses:  # a batch without any labelled row: a zero that still depends on the outputs
+            return out["logits"].sum() * 0.0
+        return torch.stack(losses).sum()
+
+
+def new_classifier(encoder: nn.Module, config: ClassifierConfig) -> SentenceClassifier:
+    """A :class:`MultiTaskClassifier` when ``config.tasks`` names other heads, else a :class:`SentenceClassifier`."""
+    return MultiTaskClassifier(encoder, config) if config.tasks else SentenceClassifier(encoder, config)
 
 
 def should_freeze(setting: str, encoder: nn.Module) -> bool:
@@ -301,7 +384,7 @@ def save_torch_file(model: SentenceClassifier, path: Path) -> None:
 
 
 def _build(encoder_config: dict[str, Any], config: ClassifierConfig, state: dict[str, torch.Tensor]) -> SentenceClassifier:
-    return load_weights(SentenceClassifier(encoder_from_config(encoder_config), config), state, "classifier")
+    return load_weights(new_classifier(encoder_from_config(encoder_config), config), state, "classifier")
 
 
 def load_classifier(model_dir: Path) -> tuple[SentenceClassifier, Any]:

@@ -29,7 +29,7 @@ ENV_TO_CLEAR = (
     "HOTELBOT_NOTIFY_WEBHOOK", "HOTELBOT_NOTIFY_COMMAND", "HOTELBOT_TEST_CRASH_AT", "HOTELBOT_REGISTRY",
     "HOTELBOT_DATA", "HOTELBOT_REPORTS", "HOTELBOT_LOGS", "HOTELBOT_RUNTIME", "HOTELBOT_RUNTIME_TOLERANCE",
     "HOTELBOT_RUNTIME_RECHECK_MARGIN",
-    "HOTELBOT_ONNX_THREADS", "HOTELBOT_ONNX_SPIN",
+    "HOTELBOT_ONNX_THREADS", "HOTELBOT_ONNX_SPIN", "TRAINING_JOINT_NLU",
 )
 
 # Small hand-written intent set for fast tests (4 intents, 12 each).
@@ -62,6 +62,18 @@ def isolated_env(tmp_path, monkeypatch, mlflow_uri, model_cache):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     return work
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch intra-op thread for a module's tiny-model trainings: two threads on a busy 2-core machine
+    make tiny-model steps ~10x slower (spin-waiting). Restored after the module."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -68,7 +68,9 @@ class RichProgress:
         elif event.kind == "evaluate":
             m = event.metrics
             shown = [f"{label} {m[key]:.4f}" for key, label in (
-                ("loss", "eval loss"), ("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("micro_f1", "micro-F1"))
+                ("loss", "eval loss"), ("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("micro_f1", "micro-F1"),
+                ("sentiment_macro_f1", "sentiment macro-F1"), ("entities_micro_f1", "entities micro-F1"),
+                ("nlu_score", "NLU score"))
                 if isinstance(m.get(key), (int, float))]  # only what this model reports (the generator: loss)
             self.progress.console.log(f"epoch {event.epoch:.0f}: " + "  ".join(shown)
                                       + (f"  ({event.message})" if event.message else ""))
@@ -79,9 +81,9 @@ class RichProgress:
 @handle_errors
 def train_cmd(
     model_type: Annotated[str, typer.Option("--model-type", "-t", parser=model_type_choice, metavar="TYPE",
-                                            help="What to train: a component's model type (classifier, embeddings "
-                                            "= the knowledge base, entities, sentiment, generator, or a registered "
-                                            "plugin's), or all.")] = "classifier",
+                                            help="What to train: a component's model type (classifier, nlu = "
+                                            "the joint intent + entity + sentiment model, embeddings = the knowledge "
+                                            "base, entities, sentiment, generator, or a registered plugin's), or all.")] = "classifier",
     base_model: Annotated[Optional[str], typer.Option(help="packaged:multilingual-e5-small (default), "
                           "packaged:all-minilm-l6-v2, a local model directory, or a hub id "
                           "[env: HOTELBOT_BASE_MODEL].", show_default=False)] = None,
@@ -152,17 +154,15 @@ def train_cmd(
         hotelbot train --model-type embeddings --incremental --json
 
         hotelbot train --model-type all --json   # every component whose data is prepared
+
+        hotelbot train --model-type nlu   # intents + entities + sentiment: one encoder, three heads
     """
     from ..components import by_model_type, registered  # loads the component table: kept off `hotelbot --help`'s path
     from ..pipeline.train import train  # loads the component table: kept off `hotelbot --help`'s path
 
     component = None if model_type == ALL else by_model_type(model_type)
-    primary = component is not None and component.primary
-    if model_type == ALL:
-        required = ", ".join(c.name for c in registered() if c.required)
-        others = ", ".join(c.name for c in registered() if not c.required)
-        message(f"--model-type all: the {required}, then every other component whose data is prepared "
-                f"({others}), each carrying the previous one over")
+    # the classifier, or a component that trains it (the joint NLU model): --data is the intent split
+    primary = component is not None and any(c.primary for c in registered() if c.name in component.provides())
     for flag, given in (("incremental", incremental), ("hpo", hpo)):
         if given and component is not None and flag not in component.train_options:
             takers = [c.model_type for c in registered() if flag in c.train_options]
@@ -177,6 +177,11 @@ def train_cmd(
         "base_model": base_model, "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
         "head_learning_rate": head_learning_rate, "max_length": max_length, "seed": seed,
         "early_stopping_patience": patience, "freeze_embeddings": freeze, "class_weights": class_weights}})
+    if model_type == ALL:
+        required = ", ".join(c.name for c in registered() if c.required and c.in_all(settings))
+        others = ", ".join(c.name for c in registered() if not c.required and c.in_all(settings))
+        message(f"--model-type all: the {required}, then every other component whose data is prepared "
+                f"({others}), each carrying the previous one over")
     store = ModelRegistry(settings.paths.registry)
     options: dict[str, Any] = {"incremental_from": (from_version or "") if incremental else None,
                                "hpo_trials": trials if hpo else 0, "use_best_config": not ignore_best_config,
@@ -237,6 +242,8 @@ def _step_renderer(model_type: str) -> Any:
         """One finished step on the terminal: the component's own lines (stdout) and notes (stderr)."""
         if step.status == "skipped":
             warn(f"--model-type all: {step.component} skipped: {step.message}")
+        elif step.status == "provided":
+            message(f"--model-type all: {step.component}: {step.message}")
         elif step.status == "unchanged":
             message(f"{step.component}: {step.message}" if model_type == ALL else step.message)
         else:

@@ -15,10 +15,12 @@ from .entities import EntityExtractorComponent
 from .generator import GeneratorComponent
 from .intents import IntentClassifier
 from .knowledge import KnowledgeBaseComponent
+from .nlu import NluComponent
 from .sentiment import SentimentComponent
 
 BUILTIN: tuple[Component, ...] = (
     IntentClassifier(),
+    NluComponent(),
     KnowledgeBaseComponent(),
     EntityExtractorComponent(),
     SentimentComponent(),

@@ -116,6 +116,21 @@ class Component:
         """The component's own summary in a version's metadata (``metadata[name]``)."""
         return Manifest(metadata).summary(self.name)
 
+    def provides(self) -> tuple[str, ...]:
+        """The components a version gets from this one's training (its own name; the joint NLU model: the
+        classifier, entities and sentiment). Carry-over replaces all of them."""
+        return (self.name,)
+
+    def in_all(self, settings: "Settings") -> bool:
+        """Whether `train --model-type all` has a step for it (the joint NLU model: only when
+        ``training_config.joint_nlu`` chooses it over the three separate models)."""
+        return True
+
+    def runs_on(self, info: "VersionInfo") -> str | None:
+        """The component whose model this one's answers come from in ``info`` (a head of the joint NLU model:
+        "classifier"), None when it has its own. It cannot be carried over into a version that replaces that one."""
+        return None
+
     # ---------------------------------------------------------------- config and data
     def default_config(self) -> dict[str, Any]:
         """The defaults of its config section."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .._io import atomic_write_json
-from ..errors import IntegrityError
+from ..errors import DataError, IntegrityError
 from ..registry.blobs import link_or_copy, link_tree
 from ..registry.checksums import component_problems, sha256_file
 from ..registry.store import METADATA_FILE
@@ -55,7 +55,8 @@ def components_of(info: "VersionInfo") -> list[str]:
     listed = info.manifest.components
     if listed is not None:
         return listed
-    return [c.name for c in registered() if (info.path / c.owned_paths()[0]).exists()]
+    # (a training-only component, the joint NLU model, is never held itself: it provides others)
+    return [c.name for c in registered() if c.name in c.provides() and (info.path / c.owned_paths()[0]).exists()]
 
 
 def has_component(info: "VersionInfo", component: str) -> bool:
@@ -88,7 +89,43 @@ def _check_component_files(source: "VersionInfo", component: str) -> list[str]:
     return present
 
 
-def carry_over(registry: "ModelRegistry", staged: Path, replacing: str, *, source: str | None = None) -> dict[str, Any]:
+def provided_by(component: str) -> list[str]:
+    """The components a training of ``component`` gives a version (its own name; the joint NLU model: three)."""
+    found = find_component(component)
+    return list(found.provides()) if found is not None else [component]
+
+
+def orphaned(src: "VersionInfo", replacing: str) -> list[str]:
+    """The components of ``src`` that run on a component that training ``replacing`` replaces (the joint NLU
+    model's entity and sentiment heads when the classifier is trained alone): they cannot be carried over."""
+    provided = provided_by(replacing)
+    out = []
+    for name in components_of(src):
+        found = find_component(name)
+        if name not in provided and found is not None and found.runs_on(src) in provided:
+            out.append(name)
+    return out
+
+
+def _orphan_error(src: "VersionInfo", replacing: str, orphans: list[str]) -> DataError:
+    base = find_component(orphans[0]).runs_on(src)  # type: ignore[union-attr]
+    return DataError(f"the {' and '.join(orphans)} of {src.name} are heads of its joint NLU model's {base}: training "
+                     f"the {replacing} alone would leave them without their encoder",
+                     hint="train --model-type nlu (all three again), or train "
+                          + " and ".join(f"--model-type {o}" for o in orphans) + " separately first")
+
+
+def refuse_orphans(registry: "ModelRegistry", replacing: str, source: str | None = None) -> None:
+    """Raise, before any training, the DataError :func:`carry_over` would raise after it (see :func:`orphaned`)."""
+    src = source_version(registry, source)
+    if src is not None:
+        orphans = orphaned(src, replacing)
+        if orphans:
+            raise _orphan_error(src, replacing, orphans)
+
+
+def carry_over(registry: "ModelRegistry", staged: Path, replacing: str, *, source: str | None = None,
+               drop_orphans: bool = False) -> dict[str, Any]:
     """Copy every component of the source version except ``replacing`` into ``staged``.
 
     The source is ``source``, else the deployed version, else the newest (:func:`source_version`). Each
@@ -96,13 +133,19 @@ def carry_over(registry: "ModelRegistry", staged: Path, replacing: str, *, sourc
     into the new version's: ``components`` (the carried ones in the source's order, then ``replacing``),
     the carried components' own metadata keys (:func:`component_metadata_keys`; a summary under the
     component's own name gains ``carried_from``), ``parent`` (the source's name, or None) and
-    ``carried_over`` ({"from", "components"}). Nothing is copied from an empty registry.
+    ``carried_over`` ({"from", "components"}, and "dropped": components left out because they ran on the
+    component being replaced, which ``drop_orphans`` allows; else that is a DataError, see :func:`orphaned`).
+    Nothing is copied from an empty registry.
     """
     staged = Path(staged)
     src = source_version(registry, source)
+    provided = provided_by(replacing)
     if src is None:
-        return {"components": [replacing], "parent": None, "carried_over": {"from": None, "components": []}}
-    others = [c for c in components_of(src) if c != replacing]
+        return {"components": provided, "parent": None, "carried_over": {"from": None, "components": []}}
+    orphans = orphaned(src, replacing)
+    if orphans and not drop_orphans:
+        raise _orphan_error(src, replacing, orphans)
+    others = [c for c in components_of(src) if c != replacing and c not in provided and c not in orphans]
     checked = {c: _check_component_files(src, c) for c in others}  # all checks before any copy
     for component in others:
         for rel in component_paths(component):
@@ -115,8 +158,9 @@ def carry_over(registry: "ModelRegistry", staged: Path, replacing: str, *, sourc
                   if p.is_file()}
         if copied != set(checked[component]):  # the source changed between the check and the copy
             raise IntegrityError(f"the {component} of {src.name} changed while it was being carried over")
-    merged: dict[str, Any] = {"components": others + [replacing], "parent": src.name,
-                              "carried_over": {"from": src.name, "components": others}}
+    merged: dict[str, Any] = {"components": others + provided, "parent": src.name,
+                              "carried_over": {"from": src.name, "components": others,
+                                               **({"dropped": orphans} if orphans else {})}}
     for component in others:
         for key in component_metadata_keys(component):
             if key not in src.metadata:
@@ -130,8 +174,8 @@ def carry_over(registry: "ModelRegistry", staged: Path, replacing: str, *, sourc
 
 def publish_version(registry: "ModelRegistry", component: str, *, source: str | None,
                     build: Callable[[Path, dict[str, Any]], dict[str, Any]], tracker: Any = None,
-                    listener: "Listener | None" = None,
-                    status: str | None = "saving the version") -> tuple["VersionInfo", dict[str, Any]]:
+                    listener: "Listener | None" = None, status: str | None = "saving the version",
+                    drop_orphans: bool = False) -> tuple["VersionInfo", dict[str, Any]]:
     """THE publishing path of every component: a new version holding the freshly trained ``component`` and
     every other component of ``source`` (default: deployed, else newest).
 
@@ -144,7 +188,7 @@ def publish_version(registry: "ModelRegistry", component: str, *, source: str | 
     if status:
         emit(TrainingEvent("status", message=status))
     with registry.staging() as staged:
-        merged = carry_over(registry, staged, component, source=source)
+        merged = carry_over(registry, staged, component, source=source, drop_orphans=drop_orphans)
         carried = merged["carried_over"]
         if carried["from"]:
             emit(TrainingEvent("status", message=f"carrying over {', '.join(carried['components']) or 'nothing'} "

@@ -71,13 +71,16 @@ def _export_raw(model: Any, tokenizer: Any, path: Path, opset: int) -> str:
     """Write encoder + pooling + head as one ONNX graph; returns the exporter used."""
     import torch  # heavy: imported on use (module docstring)
 
+    outputs = output_names(model)
+
     class LogitsOnly(torch.nn.Module):
         def __init__(self, inner: Any) -> None:
             super().__init__()
             self.inner = inner
 
         def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask)["logits"]
+            out = self.inner(input_ids=input_ids, attention_mask=attention_mask)
+            return tuple(out[name] for name in outputs) if len(outputs) > 1 else out["logits"]
 
     wrapped = LogitsOnly(model).eval()
     cfg = model.classifier_config
@@ -86,13 +89,14 @@ def _export_raw(model: Any, tokenizer: Any, path: Path, opset: int) -> str:
                     max_length=cfg.max_length, return_tensors="pt")
     args = (enc["input_ids"], enc["attention_mask"])
     axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-            "logits": {0: "batch"}}
+            "logits": {0: "batch"}, "sentiment_logits": {0: "batch"}, "token_logits": {0: "batch", 1: "sequence"}}
+    axes = {k: v for k, v in axes.items() if k in ("input_ids", "attention_mask", *outputs)}
     with _quiet_export(), torch.inference_mode(False), torch.no_grad():
         try:
             # The TorchScript exporter: seconds (dynamo takes several times longer) and its graph
             # fuses and quantizes as is.
             torch.onnx.export(wrapped, args, str(path), input_names=["input_ids", "attention_mask"],
-                              output_names=["logits"], dynamic_axes=axes, opset_version=opset,
+                              output_names=list(outputs), dynamic_axes=axes, opset_version=opset,
                               do_constant_folding=True, dynamo=False)
             return "torchscript"
         except Exception as exc:  # noqa: BLE001 - fall back to the dynamo exporter (a torch without the old one)
@@ -101,7 +105,7 @@ def _export_raw(model: Any, tokenizer: Any, path: Path, opset: int) -> str:
         seq = torch.export.Dim("sequence", min=1, max=max(2, int(cfg.max_length)))
         with contextlib.redirect_stdout(io.StringIO()):
             program = torch.onnx.export(wrapped, args, None, input_names=["input_ids", "attention_mask"],
-                                        output_names=["logits"], dynamo=True, verbose=False, opset_version=18,
+                                        output_names=list(outputs), dynamo=True, verbose=False, opset_version=18,
                                         dynamic_shapes={"input_ids": {0: batch, 1: seq},
                                                         "attention_mask": {0: batch, 1: seq}})
             program.save(str(path), external_data=False)
@@ -113,6 +117,14 @@ def _export_raw(model: Any, tokenizer: Any, path: Path, opset: int) -> str:
     return "dynamo"
 
 
+def output_names(model: Any) -> tuple[str, ...]:
+    """The graph's outputs: ``logits`` (the intents), and a joint NLU model's ``sentiment_logits`` (batch,
+    labels) and ``token_logits`` (batch, sequence, BIO tags)."""
+    if getattr(model.classifier_config, "tasks", None):
+        return ("logits", "sentiment_logits", "token_logits")
+    return ("logits",)
+
+
 def _probe_feed(tokenizer: Any, cfg: Any, texts: Sequence[str] = PROBE_TEXTS) -> dict[str, Any]:
     enc = tokenizer([cfg.query_prefix + clean_text(t) for t in texts], padding=True, truncation=True,
                     max_length=cfg.max_length, return_tensors="np")
@@ -120,9 +132,10 @@ def _probe_feed(tokenizer: Any, cfg: Any, texts: Sequence[str] = PROBE_TEXTS) ->
 
 
 def _run(path: Path, feed: dict[str, Any]) -> Any:
+    """The graph's first output (a classifier's ``logits``, a sentence encoder's ``embedding``) on ``feed``."""
     session = open_session(path)
     names = {i.name for i in session.get_inputs()}
-    return session.run(["logits"], {k: v for k, v in feed.items() if k in names})[0]
+    return session.run([session.get_outputs()[0].name], {k: v for k, v in feed.items() if k in names})[0]
 
 
 def _fuse(path: Path, encoder_config: Any, feed: dict[str, Any]) -> dict[str, int]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from .._io import atomic_write_json
 from ..data import clean_text
@@ -39,7 +39,8 @@ from ..runtime.reference import TorchPredictor
 from ..runtime.selection import DEFAULT_TOLERANCE_POINTS, RUNTIME_FORMAT, SPEED_TIE, choose_runtime
 from ..runtime.tokenizers import TOKENIZER_FULL, TOKENIZER_SUBSET, load_text_encoder, write_unigram_index
 from .compare import _accuracy, _latencies_ms
-from .graph import OPSET, PROBE_TEXTS, _eager_attention, _export_raw, _externalize, _fuse, _probe_feed, graph_files
+from .graph import (OPSET, PROBE_TEXTS, _eager_attention, _export_raw, _externalize, _fuse, _probe_feed, graph_files,
+                    output_names)
 from .quantize import OUTLIER_RATIO, _keep_fp32, _outlier_inputs, _quantize
 
 log = logging.getLogger("hotelbot.onnx")
@@ -100,7 +101,8 @@ def _check_tokenizers(model_dir: Path, hf_tokenizer: Any, cfg: Any, texts: Seque
 
 def export_onnx(model: Any, tokenizer: Any, model_dir: Path, validation_examples: Sequence[Any],
                 tolerance_points: float = DEFAULT_TOLERANCE_POINTS, *, latency_runs: int = 50,
-                opset: int = OPSET, recheck_margin: float = DEFAULT_RECHECK_MARGIN) -> dict[str, Any]:
+                opset: int = OPSET, recheck_margin: float = DEFAULT_RECHECK_MARGIN,
+                task_checks: Callable[[Any], dict[str, float]] | None = None) -> dict[str, Any]:
     """Export a trained classifier to ONNX (fp32 and dynamic int8) into ``model_dir`` and choose a runtime.
 
     Call it on a *staged* version after :func:`modeling.save_classifier` wrote ``model_dir`` (it reads
@@ -112,6 +114,10 @@ def export_onnx(model: Any, tokenizer: Any, model_dir: Path, validation_examples
     fp32 export is usable), int8 is measured again with its close calls re-run on fp32 (:class:`Recheck`)
     and, if that passes, serves that way (``recheck`` in runtime.json; int8 alone is recorded beside):
     slower than int8 alone (each re-run costs an fp32 pass), faster than fp32.
+
+    ``task_checks(predictor)`` (a joint NLU model): the scores of its other tasks ({"sentiment_macro_f1": ..,
+    "entities_micro_f1": ..}) with that predictor; an ONNX runtime more than ``tolerance_points`` below
+    torch on any of them is not usable (recorded under ``tasks`` of each runtime).
     """
     import numpy as np  # heavy: imported on use (module docstring)
     import onnx
@@ -198,6 +204,16 @@ def export_onnx(model: Any, tokenizer: Any, model_dir: Path, validation_examples
             entry["without_recheck"] = {k: alone[k] for k in ("accuracy", "agreement_with_torch",
                                                               "max_abs_prob_diff_vs_torch")}
             measurements[ONNX_INT8] = entry
+        if task_checks is not None:
+            scores = {name: task_checks(predictor) for name, predictor in predictors.items()}
+            for name in ONNX_FILES:
+                measurements[name]["tasks"] = scores[name]
+                worse = [task for task, value in scores[name].items()
+                         if 100.0 * (scores[TORCH][task] - value) > tolerance_points + 1e-9]
+                if worse:
+                    measurements[name]["usable"] = False
+                    measurements[name]["unusable_because"] = f"{', '.join(worse)} more than {tolerance_points} points below torch"
+            measurements[TORCH]["tasks"] = scores[TORCH]
         for name, latency in _latencies_ms(predictors, probe, latency_runs).items():
             measurements[name].update(latency)
     chosen = choose_runtime(measurements, tolerance_points)
@@ -210,6 +226,7 @@ def export_onnx(model: Any, tokenizer: Any, model_dir: Path, validation_examples
         "files": read_files,  # what each graph reads (a reader checks these): the graph, its data, shared files
         "inputs": ["input_ids", "attention_mask"],
         "output": "logits",
+        "outputs": list(output_names(model)),
         "exporter": exporter,
         "opset": opset,
         "attention": attention,

@@ -63,10 +63,11 @@ class Analyzer:
                                 f"(components: {', '.join(components_of(info)) or 'none'})",
                                 hint="train one: hotelbot train --model-type "
                                      + "|".join(c.model_type for c in analyzing))
-        preloaded = preloaded or {}
-        loaded = {c.name: preloaded[c.name] if c.name in preloaded else c.load(info, settings)
-                  for c in registered() if c.name in names}
-        return cls(info.name, loaded)
+        loaded: dict[str, Any] = dict(preloaded or {})
+        for c in registered():  # in order, each seeing the ones before (a joint model's heads share the classifier)
+            if c.name in names and c.name not in loaded:
+                loaded[c.name] = c.load(info, settings, loaded)
+        return cls(info.name, {name: loaded[name] for name in names})
 
     @classmethod
     def from_registry(cls, registry: "ModelRegistry", version: str | None = None, *, verify: bool = True,

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ContextManager
 
 from ..components import Component, TrainRequest, by_model_type, registered
-from ..components.compose import adopt_component
+from ..components.compose import adopt_component, orphaned, refuse_orphans, source_version
 from ..errors import AlreadyTrainedError
 from ..reporting import build_report_from_dir, write_report_files, write_training_report
 from ..training.tracking import MlflowTracker
@@ -46,8 +46,9 @@ ProgressFactory = Callable[[str], ContextManager["Listener | None"]]
 
 @dataclass
 class StepOutcome:
-    """One component's step: ``status`` is "trained", "unchanged" (data and config match ``reused_from``)
-    or "skipped" (no prepared data); ``version`` is the chain's version after the step."""
+    """One component's step: ``status`` is "trained", "unchanged" (data and config match ``reused_from``),
+    "skipped" (no prepared data) or "provided" (trained by another step: the joint NLU model's heads);
+    ``version`` is the chain's version after the step."""
 
     component: str
     status: str
@@ -108,8 +109,8 @@ class TrainingReporter:
 
 
 def available_data(settings: "Settings", documents: Path | None = None) -> dict[str, Path | None]:
-    """Per registered component: the prepared data `all` would train it on, or None."""
-    return {c.name: c.prepared_data(settings, documents) for c in registered()}
+    """Per registered component that `all` trains (:meth:`Component.in_all`): its prepared data, or None."""
+    return {c.name: c.prepared_data(settings, documents) for c in registered() if c.in_all(settings)}
 
 
 def train(settings: "Settings", registry: "ModelRegistry", model_type: str = ALL, *, data: Path | None = None,
@@ -132,6 +133,7 @@ def train(settings: "Settings", registry: "ModelRegistry", model_type: str = ALL
     options = {"reporter": TrainingReporter(settings), **(options or {})}
     if model_type != ALL:
         component = by_model_type(model_type)
+        refuse_orphans(registry, component.name, source)  # before the training, not after it
         if data is None:
             data = component.prepared_data(settings, documents)
         with progress(component.name) as listener:
@@ -151,17 +153,29 @@ def _train_all(settings: "Settings", registry: "ModelRegistry", documents: Path 
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     with tracker.run(run_name=f"all-{stamp}", tags={"hotelbot.component": ALL}):
         result.mlflow_run_id = tracker.run_id
-        tracker.log_params({"components": ",".join(c.name for c in registered() if c.required or data.get(c.name)),
+        steps = [c for c in registered() if c.name in data]
+        tracker.log_params({"components": ",".join(c.name for c in steps if c.required or data.get(c.name)),
                             "force": force, "base_model": settings.training.base_model})
         last: str | None = None
-        for component in registered():
-            if not component.required and data[component.name] is None:
+        # A component trained as part of another's training (the joint NLU model's heads) is not trained alone.
+        provided_by = {name: c.name for c in steps if data.get(c.name) is not None
+                       for name in c.provides() if name != c.name}
+        for component in steps:
+            if component.name in provided_by:
+                outcome = StepOutcome(component.name, "provided", last,
+                                      f"trained by the {provided_by[component.name]} step")
+            elif not component.required and data[component.name] is None:
                 outcome = StepOutcome(component.name, "skipped", last,
                                       f"no prepared {component.name} data ({component.prepare_hint})")
             else:
                 with progress(component.name) as listener:
                     # --incremental in `all` is the classifier's (its parent version), never the others'
                     own = options if component.primary else {**options, "incremental": False}
+                    # the source's joint-model heads that training this one orphans: left out when this chain
+                    # trains them next (their data is prepared), else the step refuses (compose.orphaned)
+                    src = source_version(registry, last)
+                    orphans = orphaned(src, component.name) if src is not None else []
+                    own = {**own, "drop_joint_heads": bool(orphans) and all(data.get(o) is not None for o in orphans)}
                     outcome = _run_step(component, TrainRequest(settings, registry, data[component.name], last,
                                                                 force, listener, own))
             last = outcome.version

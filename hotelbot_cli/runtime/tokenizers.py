@@ -81,11 +81,16 @@ class FullEncoder:
         self.tokenizer = tokenizer
 
     def encode(self, texts: Sequence[str]) -> tuple[Any, Any]:
+        return self.encode_with_offsets(texts)[:2]
+
+    def encode_with_offsets(self, texts: Sequence[str]) -> tuple[Any, Any, list[list[tuple[int, int]]], list[list[int]]]:
+        """(input_ids, attention_mask, each token's character offsets in its text, special-token masks)."""
         import numpy as np  # imported on use: importing the runtime stays light (see runtime/__init__)
 
         batch = self.tokenizer.encode_batch(list(texts))
         return (np.array([e.ids for e in batch], dtype=np.int64),
-                np.array([e.attention_mask for e in batch], dtype=np.int64))
+                np.array([e.attention_mask for e in batch], dtype=np.int64),
+                [list(e.offsets) for e in batch], [list(e.special_tokens_mask) for e in batch])
 
 
 class UnigramSubsetEncoder:
@@ -225,6 +230,11 @@ class UnigramSubsetEncoder:
         return any(token in text for token in self._added)
 
     def encode(self, texts: Sequence[str]) -> tuple[Any, Any]:
+        return self.encode_with_offsets(texts)[:2]
+
+    def encode_with_offsets(self, texts: Sequence[str]) -> tuple[Any, Any, list[list[tuple[int, int]]], list[list[int]]]:
+        """(input_ids, attention_mask, each token's character offsets in its text, special-token masks); the
+        offsets and masks are the unpadded tokens' (the segmentation is the whole tokenizer's, so are they)."""
         import numpy as np  # imported on use (see FullEncoder.encode)
         from tokenizers import models  # imported on use (see load_fast_tokenizer)
 
@@ -234,7 +244,7 @@ class UnigramSubsetEncoder:
             with self._lock:
                 if self._full is None:
                     self._full = FullEncoder(load_fast_tokenizer(self._model_dir, self._max_length))
-            return self._full.encode(texts)
+            return self._full.encode_with_offsets(texts)
         found: dict[int, str] = {}
         cache = self._word_cache
         for text in normalized:
@@ -270,7 +280,7 @@ class UnigramSubsetEncoder:
             cols = slice(width - len(tokens), width) if self._pad_left else slice(0, len(tokens))
             ids[row, cols] = tokens
             mask[row, cols] = np.asarray(e.attention_mask, dtype=np.int64)
-        return ids, mask
+        return ids, mask, [list(e.offsets) for e in batch], [list(e.special_tokens_mask) for e in batch]
 
     def _piece_at(self, piece_id: int) -> str:
         """The piece with ``piece_id`` (only for the few always-kept ids; a linear scan, then cached)."""

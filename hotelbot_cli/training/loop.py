@@ -19,7 +19,8 @@ from .monitor import SystemMonitor
 from .tracking import MlflowTracker
 
 # The metrics an "evaluate" event carries to the progress display (besides the loss).
-EVENT_METRICS = ("accuracy", "macro_f1", "macro_precision", "macro_recall", "weighted_f1")
+EVENT_METRICS = ("accuracy", "macro_f1", "macro_precision", "macro_recall", "weighted_f1", "sentiment_macro_f1",
+                 "entities_micro_f1", "nlu_score")
 
 
 # derive_metrics(eval metrics) -> further "eval_..." metrics, added before the best epoch is judged.

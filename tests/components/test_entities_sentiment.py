@@ -39,6 +39,8 @@ VALUES = {
 TEMPLATES = ["Soy {PERSON} de la habitación {ROOM_NUMBER}", "Quiero reservar {NIGHTS} para {GUESTS}",
              "Llegamos el {DATE} a {TIME}", "Una {ROOM_TYPE} por {MONEY} por favor"]
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def tiny_entity_lines(n=30, seed=0):
     rng, lines, seen = random.Random(seed), [], set()
@@ -58,17 +60,6 @@ def tiny_entity_lines(n=30, seed=0):
 def write_jsonl(path, records):
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), "utf-8")
     return path
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Two intra-op threads on a busy 2-core machine make tiny-model steps ~10x slower (spin-waiting)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

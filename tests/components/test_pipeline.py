@@ -21,16 +21,6 @@ def run(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-@pytest.fixture
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_sentiment(path, per_label=10):
     rows = [json.loads(line) for line in SHIPPED_SENTIMENT.read_text("utf-8").splitlines()]
     picked = [r for label in ("positive", "neutral", "negative") for r in [x for x in rows if x["label"] == label][:per_label]]

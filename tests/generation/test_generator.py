@@ -67,6 +67,8 @@ TINY_CONFIG = {"epochs": 60, "batch_size": 6, "learning_rate": 4e-3, "decoder_la
                "early_stopping_patience": 0, "max_source_length": 96, "max_target_length": 40,
                "generation": {"num_beams": 2, "max_new_tokens": 40}}
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def write_pairs(path, pairs=PAIRS, extra=None):
     lines = [json.dumps({"message": m, "reply": r, "intent": i, "source": s}, ensure_ascii=False)
@@ -85,16 +87,6 @@ def write_prepared(directory):
     train, validation = pair_objects(PAIRS), pair_objects(VAL_PAIRS)
     return write_prepared_replies(PreparedReplies(train, validation, pairs_fingerprint(train, validation),
                                                   {"source": "test"}), directory)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_settings(root, tiny_model, mlflow_uri, **env):

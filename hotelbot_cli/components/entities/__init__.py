@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ...errors import HotelbotError
+from ...errors import ExportUnavailable, HotelbotError
 from ..base import ComponentResult, SplitComponent, TrainRequest, labels_report_section, usable_confidence
 from ..exporting import save_encoder_with_head, token_classifier_card
 from .tagger import (DATA_SUBDIR, ENTITIES_DIR, EXPERIMENT, METRIC, EntityExtractor, evaluate_entities,
@@ -42,7 +42,7 @@ class EntityExtractorComponent(SplitComponent):
                               force=request.force, source=request.source)
 
     def score(self, info: "VersionInfo", settings: "Settings") -> dict[str, Any]:
-        return evaluate_entities(info)
+        return evaluate_entities(info, extractor=self.load(info, settings))
 
     def score_view(self, metrics: dict[str, Any], gate: str) -> dict[str, Any]:
         m = metrics
@@ -57,7 +57,7 @@ class EntityExtractorComponent(SplitComponent):
     def smoke(self, info: "VersionInfo", settings: "Settings", texts_count: int) -> dict[str, Any]:
         examples = read_prepared_entities(info.path / ENTITIES_DIR / DATA_SUBDIR).validation[:texts_count]
         texts = [e.text for e in examples] or ["Soy Ana, de la habitación 305"]
-        extractor = EntityExtractor.from_version(info)
+        extractor = self.load(info, settings)
         found = extractor.extract(texts)
         for text, entities in zip(texts, found):
             for ent in entities:
@@ -70,9 +70,26 @@ class EntityExtractorComponent(SplitComponent):
 
     def load(self, info: "VersionInfo", settings: "Settings | None" = None,
              loaded: dict[str, Any] | None = None) -> Any:
+        """Its own model, or in a joint NLU version the classifier's entities head (on the classifier already
+        in ``loaded`` when there is one: one model in memory, one pass for the three components)."""
+        # on use, and only a joint version needs them (nlu.runtime imports the entity tagger)
+        from ..nlu import joint_head, joint_runner
+        from ..nlu.runtime import JointEntities  # a joint version only
+
+        if joint_head(info, self.name) is not None:
+            return JointEntities(joint_runner(info, loaded))
         return EntityExtractor.from_version(info)
 
+    def runs_on(self, info: "VersionInfo") -> str | None:
+        from ..nlu import joint_head  # the nlu package imports the component table's modules on use only
+
+        return "classifier" if joint_head(info, self.name) is not None else None
+
     def export(self, info: "VersionInfo", fmt: str, target: Path, settings: "Settings") -> dict[str, Any]:
+        if self.runs_on(info) is not None:
+            raise ExportUnavailable(f"the {self.name} of {info.name} is a head of its joint NLU model, which is "
+                                    "exported whole with the classifier",
+                                    hint=f"hotelbot export {info.name} --component classifier --format {fmt} DIR")
         extractor = EntityExtractor.from_version(info)
         model, config = extractor.model, extractor.config
         head = {"task": "token-classification", "labels": list(config.labels), "tags": list(config.tags),

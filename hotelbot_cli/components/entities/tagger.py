@@ -726,6 +726,7 @@ class EntityExtractor:
 
     @classmethod
     def from_version(cls, info: "VersionInfo") -> "EntityExtractor":
+        """The version's own entity model (a joint NLU version's head: the component's ``load``)."""
         path = info.path / ENTITIES_DIR
         if not (path / CONFIG_FILE).is_file():
             raise RegistryError(f"version {info.name} has no entity model",
@@ -763,9 +764,10 @@ class EntityExtractor:
                 for text, spans in zip(texts, self.extract_spans(texts, batch_size))]
 
 
-def evaluate_entities(info: "VersionInfo", data: Path | None = None) -> dict[str, Any]:
-    """Entity metrics of a version's saved model on its own validation split (or ``data``: a prepared
-    directory or a .jsonl file, all of it scored)."""
+def evaluate_entities(info: "VersionInfo", data: Path | None = None, extractor: Any = None) -> dict[str, Any]:
+    """Entity metrics of a version's saved model (or ``extractor``: the one the component loads, e.g. a joint
+    model's head) on its own validation split (or ``data``: a prepared directory or a .jsonl file, all of it
+    scored)."""
     if data is None:
         examples = read_prepared_entities(info.path / ENTITIES_DIR / DATA_SUBDIR).validation
         source = f"{info.name}/{ENTITIES_DIR}/{DATA_SUBDIR}/{VALIDATION_FILE}"
@@ -775,7 +777,7 @@ def evaluate_entities(info: "VersionInfo", data: Path | None = None) -> dict[str
     else:
         examples, _ = read_entity_file(Path(data))
         source = str(data)
-    extractor = EntityExtractor.from_version(info)
+    extractor = extractor if extractor is not None else EntityExtractor.from_version(info)
     predicted = [{(k, s, e) for k, s, e, _ in spans} for spans in extractor.extract_spans([e.text for e in examples])]
     metrics = entity_metrics([e.gold() for e in examples], predicted, extractor.config.labels)
     metrics["data_source"] = source

@@ -32,7 +32,7 @@ class IntentClassifier(Component):
     description = "intent classifier (encoder + linear head, out-of-scope threshold)"
     paths = ("model", "intent_classifier.pt", "metrics.json", "training_history.json", "data", "report")
     metadata_keys = ("labels", "base_model", "out_of_scope_threshold", "dataset_fingerprint", "dataset", "config",
-                     "metrics", "training", "mlflow_run_id", "mlflow_tracking_uri", "kind")
+                     "metrics", "training", "mlflow_run_id", "mlflow_tracking_uri", "kind", "nlu", "inference")
     train_options = ("incremental", "hpo")
     prepare_hint = "hotelbot prepare FILE"
     required = True
@@ -86,7 +86,11 @@ class IntentClassifier(Component):
             save_torch_file(predictor.model, target / PT_FILE)
             return {"loads_with": f"torch.load('{PT_FILE}', weights_only=True) (the seed's format; "
                                   "hotelbot_cli.modeling.load_torch_file builds the model)"}
-        return sentence_classifier_hf(predictor.model, predictor.tokenizer, target, "intent classifier", info.name)
+        facts = sentence_classifier_hf(predictor.model, predictor.tokenizer, target, "intent classifier", info.name)
+        if getattr(predictor.config, "tasks", None):  # a joint NLU model: the hf layout has one head
+            facts["note"] = ("the joint model's sentiment and entity heads are not in this format; "
+                             "--format pt and --format onnx carry all three")
+        return facts
 
     def empty_analysis(self) -> dict[str, Any]:
         return {"intent": None, "confidence": None, "top_k": [], "fallback": None}
@@ -98,7 +102,12 @@ class IntentClassifier(Component):
 
     def analyze(self, loaded: Any, texts: Sequence[str], rows: list[dict[str, Any]], *, top_k: int,
                 batch_size: int) -> None:
-        for row, p in zip(rows, loaded.predict(texts, top_k=top_k, batch_size=batch_size)):
+        from ..nlu.runtime import JointRunner  # on use: it imports the entity tagger
+
+        runner = JointRunner.attached(loaded)  # a joint model whose other heads are loaded: one pass for all
+        predictions = ([a.prediction for a in runner.run(texts, top_k)] if runner is not None
+                       else loaded.predict(texts, top_k=top_k, batch_size=batch_size))
+        for row, p in zip(rows, predictions):
             row.update(intent=p.intent, confidence=p.confidence, top_k=p.top_k, fallback=p.fallback)
 
 

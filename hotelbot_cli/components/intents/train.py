@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -63,17 +63,94 @@ def _merge_with_parent(prepared: PreparedData, parent: VersionInfo) -> tuple[lis
 
 
 def export_inference(fit: FitResult, model_dir: Path, validation: list[Example], tolerance_points: float,
-                     recheck_margin: float | None = None) -> dict[str, Any]:
+                     recheck_margin: float | None = None, *, task_checks: Any = None) -> dict[str, Any]:
     """ONNX fp32 + int8 export of the staged model and the runtime choice (export.export_onnx).
 
     The PyTorch weights stay the source of truth: an export failure is logged and the version runs on torch.
     """
     margin = DEFAULT_RECHECK_MARGIN if recheck_margin is None else recheck_margin
     try:
-        return export_onnx(fit.model, fit.tokenizer, model_dir, validation, tolerance_points, recheck_margin=margin)
+        return export_onnx(fit.model, fit.tokenizer, model_dir, validation, tolerance_points, recheck_margin=margin,
+                           task_checks=task_checks)
     except (HotelbotError, ImportError) as exc:
         log.warning("ONNX export failed (%s); the version runs on torch", exc)
         return {"runtime": "torch", "error": str(exc)}
+
+
+@dataclass
+class ClassifierBuild:
+    """What :func:`write_classifier` writes: a fitted classifier (intent-only or joint) and its training's facts."""
+
+    fit: Any                        # FitResult (or the joint model's JointFitResult)
+    train: list[Example]
+    validation: list[Example]
+    prepared: PreparedData
+    fingerprint: str
+    config_record: dict[str, Any]
+    hpo_summary: dict[str, Any] | None
+    parent: str | None
+    cfg: Any                        # the TrainingConfig used
+    settings: Settings
+    tracker: Any
+    monitor: Any
+    kind: str = KIND
+    task_checks: Any = None         # export_onnx's per-task gate (the joint model's sentiment and entities)
+    extra_metadata: dict[str, Any] | None = None
+
+
+def write_classifier(staged: Path, carried: dict[str, Any], b: ClassifierBuild, registry: ModelRegistry,
+                     reporter: "Reporter | None", report_box: dict[str, Any], emit: Any) -> dict[str, Any]:
+    """The classifier's files in a staged version (model/ with its ONNX export and runtime choice, data/,
+    metrics.json, training_history.json, the training report) and the version's metadata."""
+    from ...modeling import save_classifier  # modeling imports torch
+
+    fit, metrics, cfg, settings = b.fit, b.fit.metrics, b.cfg, b.settings
+    save_classifier(fit.model, fit.tokenizer, staged / "model")  # the .pt: `hotelbot export --format pt`
+    split = PreparedData(b.train, b.validation, fit.labels, b.fingerprint,
+                         {**b.prepared.summary, "train_size": len(b.train), "validation_size": len(b.validation),
+                          "examples": len(b.train) + len(b.validation)}, b.prepared.warnings)
+    write_prepared(split, staged / "data")
+    atomic_write_json(staged / "metrics.json", {**metrics, "argmax": {
+        k: fit.argmax_metrics[k] for k in SCALAR_METRICS + ("in_scope_accuracy", "out_of_scope_recall")
+        if k in fit.argmax_metrics}})
+    atomic_write_json(staged / "training_history.json", {"epochs": fit.history, "log": fit.log_history,
+                                                         "hpo": b.hpo_summary})
+    emit(TrainingEvent("status", message="exporting ONNX (fp32 + int8) and choosing the runtime"))
+    inference = export_inference(fit, staged / "model", b.validation, settings.validation.runtime_tolerance_points,
+                                 settings.validation.runtime_recheck_margin, task_checks=b.task_checks)
+    if "runtimes" in inference:
+        emit(TrainingEvent("status", message=describe_choice(inference)))
+    metadata = {
+        "kind": b.kind,
+        "components": carried["components"],
+        "carried_over": carried["carried_over"],
+        **{k: v for k, v in carried.items() if k not in ("components", "carried_over", "parent")},
+        "parent": b.parent,
+        "base_model": fit.resolved,
+        "labels": fit.labels,
+        "out_of_scope_threshold": fit.threshold,
+        "dataset_fingerprint": b.fingerprint,
+        "dataset": {"source": b.prepared.summary.get("source"), "train_size": len(b.train),
+                    "validation_size": len(b.validation), "num_labels": len(fit.labels)},
+        "config": b.config_record,
+        "metrics": {**{k: metrics[k] for k in SCALAR_METRICS}, "overall_score": metrics["overall_score"],
+                    "metric": metrics["metric"], "best_epoch": fit.best_epoch,
+                    **{k: metrics[k] for k in ("in_scope_accuracy", "out_of_scope_recall") if k in metrics}},
+        "training": {"duration_seconds": round(fit.duration, 2), "epochs_run": fit.epochs_run,
+                     "steps": fit.steps, "frozen_parameters": fit.frozen,
+                     "trainable_parameters": fit.trainable, "class_weights": cfg.class_weights,
+                     "hpo": b.hpo_summary},
+        "inference": inference,
+        "mlflow_run_id": b.tracker.run_id,
+        "mlflow_tracking_uri": settings.paths.tracking_uri,
+        "library_versions": library_versions(),
+        "hardware": hardware(b.monitor),
+        **(b.extra_metadata or {}),
+    }
+    if reporter is not None:
+        emit(TrainingEvent("status", message="writing the training report"))
+        report_box["report"] = reporter.staged(staged, metadata, registry)
+    return metadata
 
 
 def best_config_path(settings: Settings, fingerprint: str) -> Path:
@@ -92,12 +169,14 @@ def train_classifier(
     hpo_trials: int = 0,
     use_best_config: bool = True,
     reporter: "Reporter | None" = None,
+    drop_joint_heads: bool = False,
 ) -> ComponentResult:
     """Fine-tune on the prepared data (optionally from a parent version, optionally with HPO) and publish.
 
     ``reporter`` writes the training report into the staged version before it is published and under
     reports/ after (the pipeline passes :class:`hotelbot_cli.pipeline.train.TrainingReporter`; the report
-    reads every component's section, so the component cannot import it itself)."""
+    reads every component's section, so the component cannot import it itself). ``drop_joint_heads``: leave out
+    the source's joint-model heads (entities, sentiment) instead of refusing (`all` retrains them next)."""
     emit = emitter(listener)
     prepared = read_prepared(data_dir)
     cfg = settings.training
@@ -147,56 +226,13 @@ def train_classifier(
             tracker.log_metrics({"out_of_scope_threshold": fit.threshold}, step=fit.steps)
 
         def build(staged: Path, carried: dict[str, Any]) -> dict[str, Any]:
-            from ...modeling import save_classifier  # modeling imports torch
+            return write_classifier(staged, carried, ClassifierBuild(
+                fit=fit, train=train, validation=validation, prepared=prepared, fingerprint=fingerprint,
+                config_record=config_record, hpo_summary=hpo_summary, parent=parent.name if parent else None,
+                cfg=cfg, settings=settings, tracker=tracker, monitor=monitor), registry, reporter, report_box, emit)
 
-            save_classifier(fit.model, fit.tokenizer, staged / "model")  # the .pt: `hotelbot export --format pt`
-            split = PreparedData(train, validation, fit.labels, fingerprint,
-                                 {**prepared.summary, "train_size": len(train), "validation_size": len(validation),
-                                  "examples": len(train) + len(validation)}, prepared.warnings)
-            write_prepared(split, staged / "data")
-            atomic_write_json(staged / "metrics.json", {**metrics, "argmax": {
-                k: fit.argmax_metrics[k] for k in SCALAR_METRICS + ("in_scope_accuracy", "out_of_scope_recall")
-                if k in fit.argmax_metrics}})
-            atomic_write_json(staged / "training_history.json", {"epochs": fit.history, "log": fit.log_history,
-                                                                 "hpo": hpo_summary})
-            emit(TrainingEvent("status", message="exporting ONNX (fp32 + int8) and choosing the runtime"))
-            inference = export_inference(fit, staged / "model", validation,
-                                         settings.validation.runtime_tolerance_points,
-                                         settings.validation.runtime_recheck_margin)
-            if "runtimes" in inference:
-                emit(TrainingEvent("status", message=describe_choice(inference)))
-            metadata = {
-                "kind": KIND,
-                "components": carried["components"],
-                "carried_over": carried["carried_over"],
-                **{k: v for k, v in carried.items() if k not in ("components", "carried_over", "parent")},
-                "parent": parent.name if parent else None,
-                "base_model": fit.resolved,
-                "labels": fit.labels,
-                "out_of_scope_threshold": fit.threshold,
-                "dataset_fingerprint": fingerprint,
-                "dataset": {"source": prepared.summary.get("source"), "train_size": len(train),
-                            "validation_size": len(validation), "num_labels": len(fit.labels)},
-                "config": config_record,
-                "metrics": {**{k: metrics[k] for k in SCALAR_METRICS}, "overall_score": metrics["overall_score"],
-                            "metric": metrics["metric"], "best_epoch": fit.best_epoch,
-                            **{k: metrics[k] for k in ("in_scope_accuracy", "out_of_scope_recall") if k in metrics}},
-                "training": {"duration_seconds": round(fit.duration, 2), "epochs_run": fit.epochs_run,
-                             "steps": fit.steps, "frozen_parameters": fit.frozen,
-                             "trainable_parameters": fit.trainable, "class_weights": cfg.class_weights,
-                             "hpo": hpo_summary},
-                "inference": inference,
-                "mlflow_run_id": tracker.run_id,
-                "mlflow_tracking_uri": settings.paths.tracking_uri,
-                "library_versions": library_versions(),
-                "hardware": hardware(monitor),
-            }
-            if reporter is not None:
-                emit(TrainingEvent("status", message="writing the training report"))
-                report_box["report"] = reporter.staged(staged, metadata, registry)
-            return metadata
-
-        info, _ = publish_version(registry, COMPONENT, source=None, build=build, tracker=tracker, listener=listener)
+        info, _ = publish_version(registry, COMPONENT, source=None, build=build, tracker=tracker, listener=listener,
+                                  drop_orphans=drop_joint_heads)
         if reporter is not None and report_box.get("report") is not None:
             reporter.published(registry, info.name, report_box["report"])
     monitor.close()
@@ -241,7 +277,8 @@ def train(request: TrainRequest) -> ComponentResult:
                             incremental_from=options.get("incremental_from"),
                             hpo_trials=int(options.get("hpo_trials") or 0),
                             use_best_config=bool(options.get("use_best_config", True)),
-                            reporter=options.get("reporter"))
+                            reporter=options.get("reporter"),
+                            drop_joint_heads=bool(options.get("drop_joint_heads")))
 
 
 __all__ = ["COMPONENT", "EXPERIMENT", "best_config_path", "classifier_result", "export_inference", "train",

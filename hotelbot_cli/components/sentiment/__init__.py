@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ...errors import HotelbotError
+from ...errors import ExportUnavailable, HotelbotError
 from ..base import ComponentResult, SplitComponent, TrainRequest, labels_report_section, usable_confidence
 from ..exporting import sentence_classifier_hf
 from .classifier import (DATA_SUBDIR, EXPERIMENT, SENTIMENT_DIR, SentimentClassifier, evaluate_sentiment,
@@ -42,7 +42,7 @@ class SentimentComponent(SplitComponent):
                                force=request.force, source=request.source)
 
     def score(self, info: "VersionInfo", settings: "Settings") -> dict[str, Any]:
-        return evaluate_sentiment(info, settings.validation.metric)
+        return evaluate_sentiment(info, settings.validation.metric, model=self.load(info, settings))
 
     def score_view(self, metrics: dict[str, Any], gate: str) -> dict[str, Any]:
         m = metrics
@@ -54,7 +54,7 @@ class SentimentComponent(SplitComponent):
     def smoke(self, info: "VersionInfo", settings: "Settings", texts_count: int) -> dict[str, Any]:
         examples = read_prepared_sentiment(info.path / SENTIMENT_DIR / DATA_SUBDIR).validation[:texts_count]
         texts = [e.text for e in examples] or ["hola"]
-        model = SentimentClassifier.from_version(info)
+        model = self.load(info, settings)
         answers = model.predict(texts)
         for text, answer in zip(texts, answers):
             if answer["label"] not in model.labels or not usable_confidence(answer["confidence"]):
@@ -63,9 +63,26 @@ class SentimentComponent(SplitComponent):
 
     def load(self, info: "VersionInfo", settings: "Settings | None" = None,
              loaded: dict[str, Any] | None = None) -> Any:
+        """Its own model, or in a joint NLU version the classifier's sentiment head (on the classifier already
+        in ``loaded`` when there is one: one model in memory, one pass for the three components)."""
+        # on use, and only a joint version needs them (nlu.runtime imports the entity tagger)
+        from ..nlu import joint_head, joint_runner
+        from ..nlu.runtime import JointSentiment  # imports the entity tagger
+
+        if joint_head(info, self.name) is not None:
+            return JointSentiment(joint_runner(info, loaded))
         return SentimentClassifier.from_version(info)
 
+    def runs_on(self, info: "VersionInfo") -> str | None:
+        from ..nlu import joint_head  # the nlu package imports the component table's modules on use only
+
+        return "classifier" if joint_head(info, self.name) is not None else None
+
     def export(self, info: "VersionInfo", fmt: str, target: Path, settings: "Settings") -> dict[str, Any]:
+        if self.runs_on(info) is not None:
+            raise ExportUnavailable(f"the {self.name} of {info.name} is a head of its joint NLU model, which is "
+                                    "exported whole with the classifier",
+                                    hint=f"hotelbot export {info.name} --component classifier --format {fmt} DIR")
         predictor = SentimentClassifier.from_version(info).predictor
         return sentence_classifier_hf(predictor.model, predictor.tokenizer, target, "sentiment classifier", info.name)
 

@@ -205,6 +205,7 @@ class SentimentClassifier:
 
     @classmethod
     def from_version(cls, info: "VersionInfo") -> "SentimentClassifier":
+        """The version's own sentiment model (a joint NLU version's head: the component's ``load``)."""
         from ...modeling import CLASSIFIER_FILE, load_classifier  # imports torch
 
         path = info.path / SENTIMENT_DIR
@@ -225,7 +226,8 @@ class SentimentClassifier:
         return [p["label"] for p in self.predict(texts, batch_size)]
 
 
-def evaluate_sentiment(info: "VersionInfo", metric: str = "macro_f1", data: Path | None = None) -> dict[str, Any]:
+def evaluate_sentiment(info: "VersionInfo", metric: str = "macro_f1", data: Path | None = None,
+                       model: Any = None) -> dict[str, Any]:
     """classification_metrics of a version's saved sentiment model on its own validation split (or ``data``:
     a prepared directory's validation split, or all of a .jsonl file)."""
     if data is None:
@@ -235,7 +237,7 @@ def evaluate_sentiment(info: "VersionInfo", metric: str = "macro_f1", data: Path
         examples, source = read_prepared_sentiment(Path(data)).validation, str(data)
     else:
         examples, source = read_sentiment_file(Path(data))[0], str(data)
-    model = SentimentClassifier.from_version(info)
+    model = model if model is not None else SentimentClassifier.from_version(info)
     metrics = classification_metrics([e.intent for e in examples], model.predict_labels([e.text for e in examples]),
                                      model.labels, metric)
     metrics["data_source"] = source
