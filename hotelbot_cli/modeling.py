@@ -90,15 +90,78 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_base_encoder(resolved: ResolvedBaseModel) -> tuple[Any, Any]:
-    """(tokenizer, encoder) from a resolved base model; a clear ModelError when it cannot load."""
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                       "BOOL": torch.bool}
+
+
+def mapped_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file as a view of a private (copy-on-write) memory map of it: pages are
+    read when a tensor's bytes are touched, never written back. (safetensors' own ``load_file`` reads them
+    all into memory.) The layout: 8-byte little-endian header length, JSON header, then the data."""
+    import mmap
+    import struct
+
+    with open(path, "rb") as handle:
+        (size,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(size))
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+    base = 8 + size
+    out = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+        start, end = entry["data_offsets"]
+        count = (end - start) // torch.empty((), dtype=dtype).element_size()
+        tensor = torch.frombuffer(mapped, dtype=dtype, count=count, offset=base + start) if count else \
+            torch.empty(0, dtype=dtype)
+        out[name] = tensor.reshape(entry["shape"])
+    return out
+
+
+def _mapped_encoder(location: str, config: Any) -> nn.Module | None:
+    """The encoder of a local ``model.safetensors`` whose tensors the model takes as they are read (memory
+    maps, ``assign``), so weights a text never touches (most of a 250k-row word-embedding matrix) are never
+    resident; None when the directory has no such file or its keys do not fit the architecture."""
+    path = Path(location) / WEIGHTS_FILE
+    if not path.is_file():
+        return None
+    encoder = encoder_from_config({**config.to_dict(), "model_type": config.model_type})
+    try:
+        state = mapped_safetensors(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot read {path}: {exc}") from None
+    expected = set(encoder.state_dict())
+    state = {k: v for k, v in state.items() if k in expected}  # e5's file also holds an unused pooler
+    if set(state) != expected:
+        return None
+    encoder = load_weights(encoder, state, "base model")
+    # As from_pretrained marks what it loaded: a model built around this encoder (the generator's
+    # EncoderDecoderModel) must not "initialise" these weights again in its post_init.
+    for module in encoder.modules():
+        module._is_hf_initialized = True
+        for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+            tensor._is_hf_initialized = True
+    return encoder
+
+
+def load_base_encoder(resolved: ResolvedBaseModel, *, frozen: bool = False, tokenizer: bool = True) -> tuple[Any, Any]:
+    """(tokenizer, encoder) from a resolved base model; a clear ModelError when it cannot load.
+
+    ``frozen``: the encoder only runs (the knowledge base's passages, a generator's frozen encoder), so a local
+    model is loaded memory-mapped (:func:`_mapped_encoder`: the word-embedding rows no text uses are never
+    resident), not copied. ``tokenizer`` False: (None, encoder), for a caller with its own tokenizer (e5's
+    Hugging Face tokenizer holds ~300 MB)."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     try:
         with quiet_transformers():
             config = AutoConfig.from_pretrained(resolved.location)
-            tokenizer = AutoTokenizer.from_pretrained(resolved.location)
-            encoder = AutoModel.from_pretrained(resolved.location, config=config, **_no_pooler_kwargs(config))
+            tokenizer = AutoTokenizer.from_pretrained(resolved.location) if tokenizer else None
+            encoder = _mapped_encoder(resolved.location, config) if frozen else None
+            if encoder is None:
+                encoder = AutoModel.from_pretrained(resolved.location, config=config, **_no_pooler_kwargs(config))
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(

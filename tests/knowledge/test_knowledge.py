@@ -6,6 +6,7 @@ packaged multilingual-e5-small on the shipped documents."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -419,3 +420,40 @@ def test_e5_finds_the_right_shipped_document(isolated_env, model_cache, tmp_path
                            "cuanto cuesta aparcar el coche"], top_k=1)
     assert [h[0].chunk.doc for h in hits] == ["mascotas.md", "wifi-y-tecnologia.txt", "restaurante-la-lonja.md",
                                               "parking-y-traslados.md"]
+
+
+def test_queries_run_on_the_cached_onnx_encoder_without_torch(kb_settings, tmp_path, monkeypatch):
+    """The build exports the base encoder to ONNX once into the model cache; search embeds queries with it
+    (same vectors as torch), in a process that never imports torch or transformers."""
+    import os
+    import subprocess
+    import sys
+
+    from hotelbot_cli.runtime.encoder import ENCODER_FILE, OnnxSentenceEncoder, encoder_cache_dir
+
+    registry = ModelRegistry(kb_settings.paths.registry)
+    info = train_knowledge_base(kb_settings, write_corpus(tmp_path / "docs"), registry).version
+    kb = KnowledgeBase.from_version(info, kb_settings.paths.models_dir)
+    cache = encoder_cache_dir(kb_settings.paths.models_dir, Path(kb.model.location).name, kb.model.fingerprint)
+    record = json.loads((cache / ENCODER_FILE).read_text("utf-8"))
+    assert record["fingerprint"] == kb.model.fingerprint and record["max_abs_diff_vs_torch"] <= 1e-4
+    assert isinstance(kb.query_encoder, OnnxSentenceEncoder)
+    queries = [c.passage() for c in kb.chunk_list] + ["¿aceptan perros?"]
+    onnx_vectors = kb.query_encoder.embed(queries, kind="query")
+    torch_vectors = kb.embedder.embed(queries, kind="query")
+    assert np.abs(onnx_vectors - torch_vectors).max() < 1e-4
+    monkeypatch.setenv("HOTELBOT_RUNTIME", "torch")
+    torch_kb = KnowledgeBase.from_version(info, kb_settings.paths.models_dir)
+    assert torch_kb.query_encoder is torch_kb.embedder  # the override (and a generator's shared copy) stay on torch
+    monkeypatch.delenv("HOTELBOT_RUNTIME")
+    assert [h.chunk.id for h in KnowledgeBase.from_version(info, kb_settings.paths.models_dir).search("piscina", 3)] \
+        == [h.chunk.id for h in torch_kb.search("piscina", 3)]
+    code = ("import sys, json\nfrom typer.testing import CliRunner\nfrom hotelbot_cli.cli.app import app\n"
+            "r = CliRunner().invoke(app, ['search', 'piscina', '--json'])\nassert r.exit_code == 0, r.output\n"
+            "print(json.dumps({'top': json.loads(r.stdout)['results'][0]['id'], "
+            "'heavy': [m for m in ('torch', 'transformers') if m in sys.modules]}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ),
+                         cwd=os.getcwd(), timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["heavy"] == [] and result["top"] == torch_kb.search("piscina", 1)[0].chunk.id

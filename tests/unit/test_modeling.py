@@ -78,3 +78,26 @@ def test_unreachable_hub_id_is_a_clear_error(tmp_path, monkeypatch):
     resolved = resolve_base_model("someorg/some-model-that-is-not-here", tmp_path)
     with pytest.raises(ModelError, match="cannot load base model"):
         load_base_encoder(resolved)
+
+
+def test_a_frozen_base_encoder_is_memory_mapped_and_answers_like_from_pretrained(tiny_model):
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from hotelbot_cli.modeling import load_base_encoder, mapped_safetensors, resolve_base_model
+
+    mapped = mapped_safetensors(Path(tiny_model) / "model.safetensors")
+    loaded = load_file(str(Path(tiny_model) / "model.safetensors"))
+    assert set(mapped) == set(loaded) and all(torch.equal(mapped[k], loaded[k]) for k in loaded)
+    resolved = resolve_base_model(str(tiny_model), Path("."))
+    tokenizer, copied = load_base_encoder(resolved)
+    none, frozen = load_base_encoder(resolved, frozen=True, tokenizer=False)
+    assert none is None
+    batch = tokenizer(["hola qué tal", "la clave del wifi"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(copied(**batch).last_hidden_state, frozen(**batch).last_hidden_state)
+    before = bytes(Path(tiny_model, "model.safetensors").read_bytes())
+    with torch.no_grad():  # the map is private: writing a weight never reaches the file
+        frozen.get_input_embeddings().weight[0, 0] += 1.0
+    assert Path(tiny_model, "model.safetensors").read_bytes() == before

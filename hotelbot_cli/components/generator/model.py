@@ -619,7 +619,7 @@ def load_referenced_encoder(spec: GeneratorSpec, models_dir: Path | None) -> Any
     if model_fingerprint(resolved.location) != record.get("fingerprint"):
         raise ModelError(f"the encoder {record.get('spec')} ({resolved.location}) is not the one the generator was "
                          "trained with", hint="retrain it: hotelbot train --model-type generator")
-    _, encoder = load_base_encoder(resolved)
+    _, encoder = load_base_encoder(resolved, frozen=True, tokenizer=False)
     return encoder
 
 

@@ -75,8 +75,11 @@ class Responder:
         elif knowledge is None and (info.path / KNOWLEDGE_DIR / INDEX_FILE).is_file():
             knowledge = KnowledgeBase.from_version(info, models_dir)
         if knowledge is not None:
-            # The same frozen e5 embeds queries for the KB and encodes messages for the generator: load it once.
-            if (not spec.encoder.get("saved", True)
+            # The same frozen e5 embeds the KB's queries and encodes the generator's messages: when the knowledge
+            # base has its torch copy loaded (HOTELBOT_RUNTIME=torch, no ONNX export), share it. Otherwise the KB
+            # queries on ONNX and load_generator loads the encoder alone, memory-mapped, without a second
+            # Hugging Face tokenizer (~300 MB for e5's 250k pieces).
+            if (not spec.encoder.get("saved", True) and knowledge.torch_embedder_loaded
                     and knowledge.model.fingerprint == spec.encoder.get("fingerprint")):
                 encoder = knowledge.embedder.encoder
         model, tokenizer, spec, generation, vocab = load_generator(gen_dir, models_dir, encoder=encoder)

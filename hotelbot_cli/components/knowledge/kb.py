@@ -655,7 +655,7 @@ class Embedder:
 
         resolved = resolve_base_model(spec, Path(models_dir))
         with _quiet_transformers():
-            tokenizer, encoder = load_base_encoder(resolved)
+            tokenizer, encoder = load_base_encoder(resolved, frozen=True)
         config = encoder.config
         limit = int(getattr(config, "max_position_embeddings", MAX_EMBED_TOKENS) or MAX_EMBED_TOKENS)
         if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
@@ -708,6 +708,17 @@ class Embedder:
                 if on_batch is not None:
                     on_batch(n, len(batches))
         return normalize_rows(out) if len(texts) else out
+
+
+def ensure_onnx_encoder(embedder: "Embedder", models_dir: Path, probe_texts: Sequence[str] = ()) -> Path | None:
+    """The model-cache directory of ``embedder``'s ONNX export, written now when missing (export.encoder)."""
+    from ...export.encoder import export_sentence_encoder  # imports torch
+
+    model = embedder.model
+    return export_sentence_encoder(embedder.encoder, embedder.tokenizer, Path(models_dir),
+                                   name=Path(model.location).name or model.spec, fingerprint=model.fingerprint,
+                                   pooling=model.pooling, max_length=model.max_length, query_prefix=model.query_prefix,
+                                   passage_prefix=model.passage_prefix, probe_texts=probe_texts)
 
 
 # ============================================================================ building a version
@@ -885,6 +896,9 @@ def train_knowledge_base(
         used_incremental = incremental and not fallback
         info, _ = publish_version(registry, COMPONENT, source=source_info.name if source_info else None, build=build,
                                   tracker=tracker, listener=listener, status=None)
+    # The query encoder serve and predict use (ONNX, in the model cache: once per machine and base model).
+    emit(TrainingEvent("status", message="exporting the ONNX query encoder (once per base model)"))
+    ensure_onnx_encoder(embedder, settings.paths.models_dir, [c.passage() for c in prepared.chunks[:16]])
     build_seconds, total = timing["seconds"], timing["steps"]
     log.info("knowledge base %s: %d documents, %d chunks (%d embedded) in %.1fs", info.name,
              len(prepared.documents), len(prepared.chunks), len(todo), build_seconds)
@@ -921,6 +935,8 @@ class KnowledgeBase:
         self.model = loaded.model
         self._models_dir = models_dir
         self._embedder: Embedder | None = None
+        self._onnx: Any = None
+        self._onnx_tried = False
 
     @classmethod
     def from_version(cls, info: "VersionInfo", models_dir: Path | None = None) -> "KnowledgeBase":
@@ -939,9 +955,46 @@ class KnowledgeBase:
 
     @property
     def embedder(self) -> Embedder:
+        """The torch encoder the index was built with (the generator shares it)."""
         if self._embedder is None:
             self._embedder = Embedder.for_index(self.model, self._models_dir)
         return self._embedder
+
+    @property
+    def torch_embedder_loaded(self) -> bool:
+        return self._embedder is not None
+
+    @property
+    def query_encoder(self) -> Any:
+        """What search embeds queries with: the ONNX export of the index's encoder in the model cache
+        (:class:`~hotelbot_cli.runtime.encoder.OnnxSentenceEncoder`, no torch), exported on first need on a
+        machine whose cache lacks it; the torch :attr:`embedder` when it is loaded already, with
+        HOTELBOT_RUNTIME=torch, or when the export failed."""
+        import os
+
+        if self._embedder is not None or os.environ.get("HOTELBOT_RUNTIME", "").strip() == "torch":
+            return self.embedder
+        if not self._onnx_tried:
+            self._onnx_tried = True
+            self._onnx = self._onnx_encoder()
+        return self._onnx if self._onnx is not None else self.embedder
+
+    def _onnx_encoder(self) -> Any:
+        from ...runtime.encoder import OnnxSentenceEncoder  # on use: the ONNX session's module, for search only
+
+        models_dir = Path(self._models_dir) if self._models_dir is not None else load_settings().paths.models_dir
+        name = Path(self.model.location).name or self.model.spec
+        try:
+            found = OnnxSentenceEncoder.find(models_dir, name, self.model.fingerprint)
+        except ModelError as exc:
+            log.warning("the cached ONNX query encoder is unusable (%s); exporting it again", exc)
+            found = None
+        if found is not None:
+            return found
+        log.warning("no ONNX query encoder for %s in %s yet: exporting it once (the knowledge base searches on "
+                    "torch until then)", self.model.spec, models_dir)
+        ensure_onnx_encoder(self.embedder, models_dir, [c.passage() for c in self.chunk_list[:16]])
+        return None  # this process keeps the torch encoder it just loaded; the next one opens the export
 
     def search_many(self, queries: Sequence[str], top_k: int = 5) -> list[list[SearchHit]]:
         if top_k < 1:
@@ -950,7 +1003,7 @@ class KnowledgeBase:
         empty = next((q for q, c in zip(queries, cleaned) if not c), None)
         if empty is not None:
             raise DataError("empty search query", hint="give a question, e.g. \"¿aceptan perros?\"")
-        vectors = self.embedder.embed(cleaned, kind="query")
+        vectors = self.query_encoder.embed(cleaned, kind="query")
         return [[SearchHit(rank, score, self.chunks[cid]) for rank, (cid, score) in enumerate(hits, 1)]
                 for hits in self.index.search(vectors, top_k)]
 

@@ -1,0 +1,84 @@
+"""The ONNX sentence encoder: a base model's query encoder on onnxruntime + tokenizers (no torch), from the
+model-cache directory :mod:`hotelbot_cli.export.encoder` writes. The knowledge base embeds its queries
+with it when the cache holds the export of the exact model its index was built with (same fingerprint).
+
+Importing this module imports neither torch nor onnxruntime nor numpy (they are imported on use)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import ModelError
+from .onnx import open_session, thread_budget
+from .tokenizers import load_text_encoder
+
+ENCODER_FILE = "encoder.json"
+ENCODER_GRAPH = "encoder.onnx"
+ENCODER_FORMAT = "hotelbot-sentence-encoder/1"
+CACHE_SUBDIR = "onnx"
+
+
+def encoder_cache_dir(models_dir: Path, name: str, fingerprint: str) -> Path:
+    """Where the ONNX export of the encoder ``name`` with ``fingerprint`` lives in the model cache."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(str(name)).name or "encoder")[:60].strip("._") or "encoder"
+    digest = hashlib.sha256(fingerprint.encode("utf-8")).hexdigest()[:16]
+    return Path(models_dir) / CACHE_SUBDIR / f"{safe}-{digest}"
+
+
+class OnnxSentenceEncoder:
+    """``embed(texts, kind="query"|"passage")`` -> (n, dim) float32 L2-normalised vectors, as the knowledge
+    base's torch Embedder computes them; ``hidden(texts)`` -> the last hidden states and attention mask."""
+
+    def __init__(self, session: Any, tokenizer: Any, record: dict[str, Any], directory: Path) -> None:
+        self.session = session
+        self.tokenizer = tokenizer
+        self.record = record
+        self.directory = directory
+        self.runtime = "onnx-fp32"
+        self._inputs = {i.name for i in session.get_inputs()}
+
+    @classmethod
+    def load(cls, directory: Path, fingerprint: str) -> "OnnxSentenceEncoder":
+        directory = Path(directory)
+        try:
+            record = json.loads((directory / ENCODER_FILE).read_text("utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot read {directory / ENCODER_FILE}: {exc}") from None
+        if record.get("format") != ENCODER_FORMAT or record.get("fingerprint") != fingerprint:
+            raise ModelError(f"{directory} is not the ONNX export of the encoder {fingerprint}")
+        tokenizer = load_text_encoder(directory, int(record["max_length"]))
+        return cls(open_session(directory / ENCODER_GRAPH, threads=thread_budget()), tokenizer, record, directory)
+
+    @classmethod
+    def find(cls, models_dir: Path, name: str, fingerprint: str) -> "OnnxSentenceEncoder | None":
+        """The cached export for (name, fingerprint), or None when there is none."""
+        directory = encoder_cache_dir(models_dir, name, fingerprint)
+        if not (directory / ENCODER_FILE).is_file():
+            return None
+        return cls.load(directory, fingerprint)
+
+    def _run(self, texts: Sequence[str], kind: str, outputs: list[str]) -> list[Any]:
+        prefix = self.record["query_prefix"] if kind == "query" else self.record["passage_prefix"]
+        ids, mask = self.tokenizer.encode([prefix + t for t in texts])
+        feed = {k: v for k, v in {"input_ids": ids, "attention_mask": mask}.items() if k in self._inputs}
+        return [*self.session.run(outputs, feed), mask]
+
+    def embed(self, texts: Sequence[str], *, kind: str, batch_size: int = 32, **_: Any) -> Any:
+        import numpy as np
+
+        rows = [self._run(texts[i:i + batch_size], kind, ["embedding"])[0] for i in range(0, len(texts), batch_size)]
+        return (np.concatenate(rows).astype(np.float32) if rows
+                else np.zeros((0, int(self.record["dim"])), dtype=np.float32))
+
+    def hidden(self, texts: Sequence[str], kind: str = "query") -> tuple[Any, Any]:
+        """(last_hidden_state (n, tokens, dim), attention_mask (n, tokens)) for ``texts`` with ``kind``'s prefix."""
+        hidden, mask = self._run(list(texts), kind, ["last_hidden_state"])
+        return hidden, mask
+
+
+__all__ = ["CACHE_SUBDIR", "ENCODER_FILE", "ENCODER_FORMAT", "ENCODER_GRAPH", "OnnxSentenceEncoder",
+           "encoder_cache_dir"]
