@@ -11,6 +11,11 @@ prints; it never fails on a timing (exit 0 unless the benchmark itself cannot ru
 
     python benchmarks/serve_load.py --registry registry/ [--clients 32] [--duration 20] [--rounds 2]
 
+With ``--endpoint analyze --baseline-code DIR [--baseline-registry R]`` the comparison is instead an earlier
+hotelbot (a checkout in DIR, e.g. ``git archive REF | tar -x -C DIR``) serving R's deployed version against
+this checkout serving --registry's, both on POST /analyze (intent + entities + sentiment); for each server
+it also prints seconds to ready, RSS after the load, peak RSS and one client's p50.
+
 The naive server is the seed's design: one FastAPI endpoint that calls the PyTorch model for each
 request, in FastAPI's thread pool, without batching.
 """
@@ -39,6 +44,8 @@ FALLBACK_TEXTS = [
 ]
 TARGET_SPEEDUP = 3.0
 TARGET_P99_MS = 100.0
+TARGET_ANALYZE_P50_MS = 25.0  # issue 20: /analyze, one text, one client
+TARGET_READY_S = 8.0          # issue 20: a version with every component
 
 
 # ------------------------------------------------------------------------------------------ servers
@@ -72,7 +79,7 @@ def naive_app(registry_root: Path, version: str):
 def run_child(kind: str, fd: int, registry_root: Path, version: str) -> None:
     import uvicorn
 
-    if kind == "batched":
+    if kind in ("batched", "baseline"):
         from hotelbot_cli.registry import ModelRegistry
         from hotelbot_cli.serving import ServeSettings, create_app
 
@@ -86,17 +93,25 @@ def run_child(kind: str, fd: int, registry_root: Path, version: str) -> None:
 class Server:
     """A server subprocess on a free loopback port (the listening socket is handed over, no race)."""
 
-    def __init__(self, kind: str, registry_root: Path, version: str) -> None:
+    def __init__(self, kind: str, registry_root: Path, version: str, code: Path = REPO) -> None:
         self.kind = kind
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
         sock.listen(512)
         self.base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        self.started = time.monotonic()
+        self.ready_s = math.nan
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--fd", str(sock.fileno()),
-             "--registry", str(registry_root), "--version", version],
-            pass_fds=[sock.fileno()], env={**os.environ, "PYTHONPATH": str(REPO)})
+             "--registry", str(registry_root), "--version", version, "--code", str(code)],
+            pass_fds=[sock.fileno()], env={**os.environ, "PYTHONPATH": str(code)})
         sock.close()
+
+    def memory_mb(self) -> tuple[float, float]:
+        """(RSS, peak RSS) of the server process now, in MB."""
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return tuple(int(re.search(rf"{key}:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[return-value]
+                     for key in ("VmRSS", "VmHWM"))
 
     def wait_ready(self, timeout: float = 120.0) -> str:
         import httpx
@@ -108,6 +123,7 @@ class Server:
             try:
                 response = httpx.get(f"{self.base}/ready", timeout=2)
                 if response.status_code == 200:
+                    self.ready_s = time.monotonic() - self.started
                     return response.json()["model_version"]
             except httpx.TransportError:
                 pass
@@ -216,9 +232,15 @@ class HttpxClient:
         await self.http.aclose()
 
 
+ENDPOINTS = {"classify": ("/classify", lambda text: {"text": text}),
+             "analyze": ("/analyze", lambda text: {"texts": [text]})}
+
+
 async def drive(base: str, texts: list[str], clients: int, duration: float, server_pid: int,
-                tally: Tally | None, kind: str = "raw") -> None:
-    """``clients`` closed-loop users post single texts for ``duration`` s; recorded in ``tally`` if given."""
+                tally: Tally | None, kind: str = "raw", endpoint: str = "classify") -> None:
+    """``clients`` closed-loop users post single texts to ``endpoint`` for ``duration`` s; recorded in
+    ``tally`` if given."""
+    path, body_of = ENDPOINTS[endpoint]
     stop_at = time.perf_counter() + duration
 
     async def client(i: int, http) -> None:
@@ -229,7 +251,7 @@ async def drive(base: str, texts: list[str], clients: int, duration: float, serv
                 return
             n += clients
             try:
-                status, body = await http.post("/classify", {"text": texts[n % len(texts)]})
+                status, body = await http.post(path, body_of(texts[n % len(texts)]))
                 problem = "" if status == 200 and b'"intent"' in body else f"HTTP {status}"
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError,
                     StopIteration) as exc:
@@ -271,6 +293,24 @@ def load_texts() -> list[str]:
     return FALLBACK_TEXTS
 
 
+async def one_client_p50(base: str, texts: list[str], endpoint: str, requests: int = 60) -> float:
+    """p50 (ms) of one client posting single texts one after another (after 10 unmeasured requests)."""
+    path, body_of = ENDPOINTS[endpoint]
+    http = RawHttpClient(base)
+    times = []
+    try:
+        for i in range(requests + 10):
+            sent = time.perf_counter()
+            status, _ = await http.post(path, body_of(texts[i % len(texts)]))
+            if status != 200:
+                raise SystemExit(f"{path} answered HTTP {status}")
+            if i >= 10:
+                times.append(1000 * (time.perf_counter() - sent))
+    finally:
+        await http.aclose()
+    return sorted(times)[len(times) // 2]
+
+
 # ------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -285,12 +325,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client", choices=("raw", "httpx"), default="raw",
                         help="load generator: raw asyncio HTTP/1.1 (default, ~0.2 ms CPU per request) or httpx "
                              "(~0.9 ms); both servers always get the same one")
-    parser.add_argument("--child", choices=("naive", "batched"), help=argparse.SUPPRESS)
+    parser.add_argument("--endpoint", choices=tuple(ENDPOINTS), default="classify",
+                        help="what the clients post one text to: /classify (default) or /analyze (every analyzing "
+                             "component; the naive server has no /analyze, so --baseline-code is the comparison)")
+    parser.add_argument("--baseline-code", type=Path, default=None,
+                        help="a checkout of an earlier hotelbot (e.g. `git archive REF | tar -x -C DIR`) whose "
+                             "`hotelbot serve` is measured as \"baseline\" beside this one, on --baseline-registry")
+    parser.add_argument("--baseline-registry", type=Path, default=None,
+                        help="the registry the baseline serves (its deployed version; default: --registry)")
+    parser.add_argument("--child", choices=("naive", "batched", "baseline"), help=argparse.SUPPRESS)
     parser.add_argument("--fd", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--version", help=argparse.SUPPRESS)
+    parser.add_argument("--code", type=Path, default=REPO, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(args.code if args.child else REPO))
     from hotelbot_cli.config import load_settings
     from hotelbot_cli.registry import ModelRegistry
 
@@ -306,33 +355,52 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     texts = load_texts()
-    kinds = [args.only] if args.only else ["naive", "batched"]
+    kinds = [args.only] if args.only else (["baseline", "batched"] if args.baseline_code else ["naive", "batched"])
+    if args.endpoint == "analyze" and "naive" in kinds:
+        parser.error("the naive server has no /analyze: give --baseline-code (and --only batched or not)")
+    baseline_root = (args.baseline_registry or root).resolve()
+    baseline_version = ModelRegistry(baseline_root).current_name() if args.baseline_code else None
     print(f"registry {root}, deployed version {version}; {args.clients} clients; per server {args.duration:g} s "
           f"measured in {args.rounds} interleaved round(s) after {args.warmup:g} s warm-up; {args.client} "
           f"client; {os.cpu_count()} CPU cores", file=sys.stderr)
     servers = {}
     try:
-        for kind in kinds:  # both up at once (an idle server costs nothing); measured one at a time
-            servers[kind] = Server(kind, root, version)
+        for kind in kinds:  # started and timed to ready one at a time; both stay up (idle costs nothing)
+            if kind == "baseline":
+                servers[kind] = Server(kind, baseline_root, baseline_version, args.baseline_code.resolve())
+                expected = baseline_version
+            else:
+                servers[kind] = Server(kind, root, version)
+                expected = version
+            served = servers[kind].wait_ready(300.0)
+            if served != expected:
+                raise SystemExit(f"the {kind} server serves {served}, expected {expected}")
+        single: dict[str, float] = {}
         for kind, server in servers.items():
-            served = server.wait_ready()
-            if served != version:
-                raise SystemExit(f"the {kind} server serves {served}, expected {version}")
-            asyncio.run(drive(server.base, texts, args.clients, args.warmup, server.proc.pid, None, args.client))
+            single[kind] = asyncio.run(one_client_p50(server.base, texts, args.endpoint))
+            asyncio.run(drive(server.base, texts, args.clients, args.warmup, server.proc.pid, None, args.client,
+                              args.endpoint))
         tallies = {kind: Tally() for kind in kinds}
         for round_ in range(args.rounds):  # alternate the order so background load hits both alike
             for kind in (kinds if round_ % 2 == 0 else kinds[::-1]):
                 print(f"round {round_ + 1}/{args.rounds}: {kind} ...", file=sys.stderr)
                 asyncio.run(drive(servers[kind].base, texts, args.clients, args.duration / args.rounds,
-                                  servers[kind].proc.pid, tallies[kind], args.client))
+                                  servers[kind].proc.pid, tallies[kind], args.client, args.endpoint))
         results = {kind: tallies[kind].summary() for kind in kinds}
         for kind in kinds:
-            results[kind]["mean_batch"] = batch_stats(servers[kind].base) if kind == "batched" else "1.0"
+            results[kind]["mean_batch"] = batch_stats(servers[kind].base) if kind != "naive" else "1.0"
+            results[kind]["ready_s"] = servers[kind].ready_s
+            results[kind]["rss_mb"], results[kind]["peak_rss_mb"] = servers[kind].memory_mb()
+            results[kind]["single_p50_ms"] = single[kind]
     finally:
         for server in servers.values():
             server.stop()
 
-    rows = [("requests/s", "rps", "{:.1f}"), ("p50 latency (ms)", "p50_ms", "{:.1f}"),
+    print(f"\n/{args.endpoint}; baseline: {args.baseline_code} serving {baseline_root} ({baseline_version}); "
+          f"this checkout serving {root} ({version})" if args.baseline_code else "")
+    rows = [("seconds to ready", "ready_s", "{:.2f}"), ("RSS after the load (MB)", "rss_mb", "{:.0f}"),
+            ("peak RSS (MB)", "peak_rss_mb", "{:.0f}"), ("one client: p50 (ms)", "single_p50_ms", "{:.1f}"),
+            ("requests/s", "rps", "{:.1f}"), ("p50 latency (ms)", "p50_ms", "{:.1f}"),
             ("p95 latency (ms)", "p95_ms", "{:.1f}"), ("p99 latency (ms)", "p99_ms", "{:.1f}"),
             ("errors", "errors", "{}"), ("requests measured", "requests", "{}"),
             ("mean texts per micro-batch", "mean_batch", "{}"),
@@ -348,11 +416,19 @@ def main(argv: list[str] | None = None) -> int:
     if "batched" in results:
         batched = results["batched"]
         checks = []
-        if "naive" in results and results["naive"]["rps"] > 0:
-            speedup = batched["rps"] / results["naive"]["rps"]
-            checks.append((f">= {TARGET_SPEEDUP:g}x the naive server's requests/s (got {speedup:.2f}x)",
+        reference = "naive" if "naive" in results else "baseline"
+        if reference in results and results[reference]["rps"] > 0:
+            speedup = batched["rps"] / results[reference]["rps"]
+            checks.append((f">= {TARGET_SPEEDUP:g}x the {reference} server's requests/s (got {speedup:.2f}x)",
                            speedup >= TARGET_SPEEDUP))
-        checks.append((f"p99 < {TARGET_P99_MS:g} ms (got {batched['p99_ms']:.1f} ms)", batched["p99_ms"] < TARGET_P99_MS))
+        if args.endpoint == "classify":  # /classify's latency target; /analyze has its own (one client's p50)
+            checks.append((f"p99 < {TARGET_P99_MS:g} ms (got {batched['p99_ms']:.1f} ms)",
+                           batched["p99_ms"] < TARGET_P99_MS))
+        else:
+            checks.append((f"one client's p50 <= {TARGET_ANALYZE_P50_MS:g} ms (got {batched['single_p50_ms']:.1f} ms)",
+                           batched["single_p50_ms"] <= TARGET_ANALYZE_P50_MS))
+            checks.append((f"ready in <= {TARGET_READY_S:g} s (got {batched['ready_s']:.2f} s)",
+                           batched["ready_s"] <= TARGET_READY_S))
         checks.append((f"zero errors (got {batched['errors']})", batched["errors"] == 0))
         print("\ntargets for `hotelbot serve`:")
         for text, met in checks:
