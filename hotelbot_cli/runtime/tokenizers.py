@@ -136,6 +136,11 @@ class UnigramSubsetEncoder:
                              if len(p) == 6 and p.startswith("<0x") and p.endswith(">")}
         added = {t["content"]: int(t["id"]) for t in skeleton.get("added_tokens") or [] if t.get("content")}
         self._added = list(added)
+        self._added_by_id = {i: content for content, i in added.items()}
+        self._special_ids = {int(t["id"]) for t in skeleton.get("added_tokens") or [] if t.get("special")}
+        self._inverse: Any = None
+        self._truncation_side = hf.get("truncation_side", "right")
+        self._clean_up_spaces = bool(hf.get("clean_up_tokenization_spaces", False))
         self._word_cache: dict[str, dict[int, str]] = {}
         stub = dict(skeleton)
         stub["model"] = {**model, "vocab": [["<unk>", 0.0]], "unk_id": 0}
@@ -282,6 +287,87 @@ class UnigramSubsetEncoder:
             mask[row, cols] = np.asarray(e.attention_mask, dtype=np.int64)
         return ids, mask, [list(e.offsets) for e in batch], [list(e.special_tokens_mask) for e in batch]
 
+    # --- single texts and pairs, ids out and back (the generator's tokenizer: :class:`LightTextTokenizer`)
+    def encode_ids(self, text: str, pair: str | None = None, *, add_special_tokens: bool = True,
+                   max_length: int | None = None) -> list[int]:
+        """The whole tokenizer's ids for ``text`` (and ``pair``, with the saved pair template), truncated
+        longest-first to ``max_length`` tokens when given (as ``tokenizer(text, pair, truncation=...,
+        max_length=...)``), with or without the special tokens."""
+        import numpy as np  # imported on use (see FullEncoder.encode)
+        from tokenizers import models  # imported on use (see load_fast_tokenizer)
+
+        texts = [text] + ([pair] if pair is not None else [])
+        if any(self._has_added(t) or self._has_added(self._normalize(t)) for t in texts):
+            tokenizer = self._whole()
+            local_to_global = None
+        else:
+            found: dict[int, str] = {}
+            for t in texts:
+                for word in self._words(self._normalize(t)):
+                    hit = self._word_cache.get(word)
+                    if hit is None:
+                        hit = self._word_cache[word] = self._pieces_in(word)
+                    found.update(hit)
+            for piece_id in self._always:
+                found.setdefault(piece_id, self._piece_at(piece_id))
+            order = sorted(found)
+            unk = order.index(self._unk_id) if self._unk_id is not None else None
+            model = models.Unigram([(found[i], float(self._scores[i])) for i in order], unk, self._byte_fallback)
+            tokenizer = self._tokenizer
+            local_to_global = np.asarray(order, dtype=np.int64)
+        with self._lock:
+            if local_to_global is not None:
+                tokenizer.model = model
+            before = tokenizer.truncation
+            if max_length is not None:
+                tokenizer.enable_truncation(max_length=int(max_length), strategy="longest_first",
+                                            direction=self._truncation_side)
+            else:
+                tokenizer.no_truncation()
+            try:
+                e = tokenizer.encode(text, pair, add_special_tokens=add_special_tokens)
+            finally:
+                if before:
+                    tokenizer.enable_truncation(**{k: before[k] for k in ("max_length", "stride", "strategy", "direction")})
+                else:
+                    tokenizer.no_truncation()
+        if local_to_global is None:
+            return list(e.ids)
+        ids = np.asarray(e.ids, dtype=np.int64)
+        special = np.asarray(e.special_tokens_mask, dtype=bool)
+        return np.where(special, ids, local_to_global[np.where(special, 0, ids)]).tolist()
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        """Text of ``ids`` through the saved decoder, as the Hugging Face tokenizer's ``decode``."""
+        pieces = [self._id_piece(int(i)) for i in ids
+                  if not (skip_special_tokens and int(i) in self._special_ids)]
+        decoder = self._tokenizer.decoder
+        text = decoder.decode(pieces) if decoder is not None else " ".join(pieces)
+        if self._clean_up_spaces:  # tokenizer_config.json's clean_up_tokenization_spaces, as transformers does it
+            for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                         (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+                text = text.replace(a, b)
+        return text
+
+    def _id_piece(self, piece_id: int) -> str:
+        if piece_id in self._added_by_id:
+            return self._added_by_id[piece_id]
+        if self._inverse is None:
+            import numpy as np  # imported on use (see FullEncoder.encode)
+
+            inverse = np.empty(len(self._sorted_ids), dtype=np.int64)
+            inverse[np.asarray(self._sorted_ids, dtype=np.int64)] = np.arange(len(self._sorted_ids))
+            self._inverse = inverse
+        return self._sorted[int(self._inverse[piece_id])]
+
+    def _whole(self) -> Any:
+        with self._lock:
+            if self._full is None:
+                self._full = FullEncoder(load_fast_tokenizer(self._model_dir, self._max_length))
+        tokenizer = self._full.tokenizer
+        tokenizer.no_padding()
+        return tokenizer
+
     def _piece_at(self, piece_id: int) -> str:
         """The piece with ``piece_id`` (only for the few always-kept ids; a linear scan, then cached)."""
         if self._id_to_piece is None:
@@ -289,6 +375,40 @@ class UnigramSubsetEncoder:
         if piece_id not in self._id_to_piece:
             self._id_to_piece[piece_id] = self._sorted[self._sorted_ids.index(piece_id)]
         return self._id_to_piece[piece_id]
+
+
+class LightTextTokenizer:
+    """What the response generator needs of a Hugging Face tokenizer (``tokenizer(text, pair, truncation=...,
+    max_length=..., add_special_tokens=...)["input_ids"]``, ``decode(ids, skip_special_tokens=...)`` and the
+    special token ids) on a :class:`UnigramSubsetEncoder`: the same ids and text, without building e5's
+    250k-piece model (~300 MB and ~1 s for the Hugging Face tokenizer)."""
+
+    def __init__(self, encoder: UnigramSubsetEncoder, hf: dict[str, Any]) -> None:
+        self.encoder = encoder
+        added = {content: i for i, content in encoder._added_by_id.items()}
+        for role in ("bos", "eos", "pad", "unk"):
+            token = _token_content(hf.get(f"{role}_token"))
+            setattr(self, f"{role}_token_id", None if token is None else added.get(token, encoder._lookup(token)))
+
+    @classmethod
+    def load(cls, model_dir: Path) -> "LightTextTokenizer | None":
+        """The light tokenizer of a saved Unigram tokenizer (tokenizer.json), None for any other kind."""
+        model_dir = Path(model_dir)
+        data = _read_tokenizer_json(model_dir)
+        if not UnigramSubsetEncoder.eligible(data):
+            return None
+        hf = _read_hf_config(model_dir)
+        limit = int(hf.get("model_max_length") or 512)
+        return cls(UnigramSubsetEncoder.from_tokenizer_json(data, model_dir, min(limit, 100_000), hf), hf)
+
+    def __call__(self, text: str, text_pair: str | None = None, *, add_special_tokens: bool = True,
+                 truncation: Any = False, max_length: int | None = None) -> dict[str, list[int]]:
+        limit = max_length if truncation and max_length is not None else None
+        return {"input_ids": self.encoder.encode_ids(text, text_pair, add_special_tokens=add_special_tokens,
+                                                     max_length=limit)}
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        return self.encoder.decode(ids, skip_special_tokens)
 
 
 UNIGRAM_INDEX_MAGIC = b"HOTELBOT-UNIGRAM-INDEX/1\n"

@@ -82,7 +82,8 @@ class Responder:
             if (not spec.encoder.get("saved", True) and knowledge.torch_embedder_loaded
                     and knowledge.model.fingerprint == spec.encoder.get("fingerprint")):
                 encoder = knowledge.embedder.encoder
-        model, tokenizer, spec, generation, vocab = load_generator(gen_dir, models_dir, encoder=encoder)
+        model, tokenizer, spec, generation, vocab = load_generator(gen_dir, models_dir, encoder=encoder,
+                                                                   light_tokenizer=True)
         return cls(model, tokenizer, spec, generation, vocab, knowledge, info.name)
 
     @classmethod
