@@ -74,6 +74,13 @@ class OnnxSentenceEncoder:
         return (np.concatenate(rows).astype(np.float32) if rows
                 else np.zeros((0, int(self.record["dim"])), dtype=np.float32))
 
+    def hidden_from_ids(self, input_ids: Any, attention_mask: Any) -> Any:
+        """last_hidden_state (n, tokens, dim) of already tokenized inputs (int64 arrays), e.g. a generator's."""
+        import numpy as np
+
+        feed = {"input_ids": np.asarray(input_ids, dtype=np.int64), "attention_mask": np.asarray(attention_mask, dtype=np.int64)}
+        return self.session.run(["last_hidden_state"], {k: v for k, v in feed.items() if k in self._inputs})[0]
+
     def hidden(self, texts: Sequence[str], kind: str = "query") -> tuple[Any, Any]:
         """(last_hidden_state (n, tokens, dim), attention_mask (n, tokens)) for ``texts`` with ``kind``'s prefix."""
         hidden, mask = self._run(list(texts), kind, ["last_hidden_state"])

@@ -9,6 +9,7 @@ torch runs single-threaded in this module (tiny ops on two shared cores are far 
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import typer
@@ -424,6 +425,28 @@ def test_a_frozen_packaged_encoder_is_referenced_not_copied(tiny_model, tmp_path
     (tmp_path / "gen" / "generator.json").write_text(json.dumps(record), "utf-8")
     with pytest.raises(ModelError, match="not the one the generator was trained with"):
         load_generator(tmp_path / "gen", tmp_path / "models")
+
+
+def test_generation_reads_the_shared_onnx_encoders_states_and_replies_the_same(tiny_model, tmp_path):
+    """A frozen encoder that the knowledge base has on ONNX is not run on torch: generation takes the ONNX
+    session's states (encoder_outputs) and gives the torch encoder's replies."""
+    from hotelbot_cli.components.knowledge.kb import Embedder, ensure_onnx_encoder
+    from hotelbot_cli.runtime.encoder import OnnxSentenceEncoder
+
+    cfg = GeneratorConfig(base_model=str(tiny_model), epochs=2, batch_size=4, decoder_layers=1, decoder_hidden=32,
+                          early_stopping_patience=0, freeze_encoder="yes", generation={"num_beams": 2})
+    fit, _ = fit_generator(cfg, pair_objects()[:8], pair_objects()[8:], tmp_path / "models")
+    embedder = Embedder.load(str(tiny_model), tmp_path / "models")
+    assert fit.spec.encoder["fingerprint"] == embedder.model.fingerprint
+    ensure_onnx_encoder(embedder, tmp_path / "models")
+    onnx = OnnxSentenceEncoder.find(tmp_path / "models", Path(embedder.model.location).name, embedder.model.fingerprint)
+    messages = [p.message for p in pair_objects()]
+    torch_replies = Responder(fit.model, fit.tokenizer, fit.spec, cfg.generation, fit.vocab).reply(messages)
+    shared = Responder(fit.model, fit.tokenizer, fit.spec, cfg.generation, fit.vocab, onnx_encoder=onnx)
+    calls = []
+    original = onnx.hidden_from_ids
+    onnx.hidden_from_ids = lambda ids, mask: calls.append(ids.shape) or original(ids, mask)
+    assert shared.reply(messages) == torch_replies and calls
 
 
 def test_the_encoder_projection_starts_as_standardisation():

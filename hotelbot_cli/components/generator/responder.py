@@ -34,7 +34,10 @@ class Responder:
     ``reply(messages)`` -> ``[{"message", "reply", "sources": [{"doc", "heading", "score"}]}]``."""
 
     def __init__(self, model: Any, tokenizer: Any, spec: GeneratorSpec, generation: GenerationSettings,
-                 vocab: VocabMap | None = None, knowledge: "KnowledgeBase | None" = None, version: str = "") -> None:
+                 vocab: VocabMap | None = None, knowledge: "KnowledgeBase | None" = None, version: str = "",
+                 onnx_encoder: Any = None) -> None:
+        """``onnx_encoder``: the knowledge base's ONNX export of this generator's frozen encoder (same
+        fingerprint): generation reads its states, so the torch encoder's memory-mapped weights are never read."""
         import torch  # heavy: imported when a generator is loaded
 
         self.model = model.eval()
@@ -44,6 +47,7 @@ class Responder:
         self.vocab = vocab
         self.knowledge = knowledge if spec.grounding_passages > 0 else None
         self.version = version
+        self.onnx_encoder = onnx_encoder if spec.architecture == "encoder-decoder" else None
         self.features = Features(tokenizer, spec, vocab)
         self._torch = torch
         ids = spec.special_ids
@@ -63,7 +67,7 @@ class Responder:
                                 hint="train one: hotelbot train --model-type generator")
         if knowledge is not None and knowledge.version != info.name:
             raise ValueError(f"the knowledge base of {knowledge.version} is not {info.name}'s")
-        encoder = None
+        encoder = onnx_encoder = None
         from ..knowledge.kb import INDEX_FILE, KNOWLEDGE_DIR, KnowledgeBase  # kb imports numpy
 
         try:
@@ -79,12 +83,14 @@ class Responder:
             # base has its torch copy loaded (HOTELBOT_RUNTIME=torch, no ONNX export), share it. Otherwise the KB
             # queries on ONNX and load_generator loads the encoder alone, memory-mapped, without a second
             # Hugging Face tokenizer (~300 MB for e5's 250k pieces).
-            if (not spec.encoder.get("saved", True) and knowledge.torch_embedder_loaded
-                    and knowledge.model.fingerprint == spec.encoder.get("fingerprint")):
+            same = not spec.encoder.get("saved", True) and knowledge.model.fingerprint == spec.encoder.get("fingerprint")
+            if same and knowledge.torch_embedder_loaded:
                 encoder = knowledge.embedder.encoder
+            elif same:  # the knowledge base's ONNX export of it, when it has one: the e5 runs once for both
+                onnx_encoder = knowledge.onnx_query_encoder
         model, tokenizer, spec, generation, vocab = load_generator(gen_dir, models_dir, encoder=encoder,
                                                                    light_tokenizer=True)
-        return cls(model, tokenizer, spec, generation, vocab, knowledge, info.name)
+        return cls(model, tokenizer, spec, generation, vocab, knowledge, info.name, onnx_encoder)
 
     @classmethod
     def from_registry(cls, registry: "ModelRegistry", version: str | None = None, *, verify: bool = True,
@@ -150,7 +156,14 @@ class Responder:
                     else:
                         ids[i, :n] = torch.tensor(s["input_ids"])
                         mask[i, :n] = 1
-                out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+                if self.onnx_encoder is not None:  # the shared ONNX encoder's states; the decoder on torch
+                    from transformers.modeling_outputs import BaseModelOutput  # heavy: with the generator only
+
+                    hidden = self.onnx_encoder.hidden_from_ids(ids.numpy(), mask.numpy())
+                    states = BaseModelOutput(last_hidden_state=torch.from_numpy(hidden).to(device))
+                    out = self.model.generate(encoder_outputs=states, attention_mask=mask.to(device), **kwargs)
+                else:
+                    out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
                 if self.spec.architecture == "causal":
                     out = out[:, length:]
                 replies.extend(self.features.decode(row.tolist()) for row in out)

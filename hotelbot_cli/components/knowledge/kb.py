@@ -965,6 +965,14 @@ class KnowledgeBase:
         return self._embedder is not None
 
     @property
+    def onnx_query_encoder(self) -> Any:
+        """The ONNX query encoder when :attr:`query_encoder` is it (never loads the torch one), else None."""
+        from ...runtime.encoder import OnnxSentenceEncoder  # on use: the ONNX session's module
+
+        encoder = self.query_encoder if self._embedder is None else None
+        return encoder if isinstance(encoder, OnnxSentenceEncoder) else None
+
+    @property
     def query_encoder(self) -> Any:
         """What search embeds queries with: the ONNX export of the index's encoder in the model cache
         (:class:`~hotelbot_cli.runtime.encoder.OnnxSentenceEncoder`, no torch), exported on first need on a
