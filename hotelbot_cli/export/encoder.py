@@ -26,9 +26,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..runtime.encoder import ENCODER_FILE, ENCODER_FORMAT, ENCODER_GRAPH, OnnxSentenceEncoder, encoder_cache_dir
+from ..runtime.encoder import (ENCODER_FILE, ENCODER_FORMAT, ENCODER_GRAPH, ENCODER_INT8_GRAPH, OnnxSentenceEncoder,
+                               encoder_cache_dir)
 from ..runtime.tokenizers import write_unigram_index
 from .graph import OPSET, PROBE_TEXTS, _eager_attention, _externalize, _fuse, _quiet_export, graph_files
+from .quantize import _keep_fp32, _outlier_inputs, _quantize
 
 log = logging.getLogger("hotelbot.onnx")
 
@@ -78,6 +80,16 @@ def export_sentence_encoder(encoder: Any, tokenizer: Any, models_dir: Path, *, n
                 "attention_mask": feed_enc["attention_mask"].astype("int64")}
         fused = _fuse(path, encoder.config, feed)
         _externalize(path)
+        int8: dict[str, Any] = {}
+        try:  # dynamic int8 beside it, outlier-fed MatMuls kept fp32 (as the classifier's); chosen per knowledge base
+            one = [{k: v[i:i + 1, : int(feed["attention_mask"][i].sum())] for k, v in feed.items()}
+                   for i in range(len(probe))]
+            kept = _keep_fp32(_outlier_inputs(path, one))
+            _quantize(path, scratch / ENCODER_INT8_GRAPH, kept)
+            _externalize(scratch / ENCODER_INT8_GRAPH)
+            int8 = {"files": graph_files(scratch / ENCODER_INT8_GRAPH), "kept_fp32": kept}
+        except Exception as exc:  # noqa: BLE001 - fp32 still serves
+            log.warning("int8 quantization of the query encoder failed (%s); fp32 only", exc)
         tokenizer.save_pretrained(str(scratch))
         write_unigram_index(scratch)
         with torch.inference_mode():
@@ -85,7 +97,9 @@ def export_sentence_encoder(encoder: Any, tokenizer: Any, models_dir: Path, *, n
         record = {"format": ENCODER_FORMAT, "name": name, "fingerprint": fingerprint, "pooling": pooling,
                   "max_length": max_length, "dim": int(want.shape[-1]), "query_prefix": query_prefix,
                   "passage_prefix": passage_prefix, "opset": OPSET, "attention": attention, "fused_operators": fused,
-                  "files": graph_files(path), "outputs": ["embedding", "last_hidden_state"]}
+                  "files": graph_files(path), "outputs": ["embedding", "last_hidden_state"],
+                  "int8": int8 or None,
+                  "quantization": "dynamic int8, per-channel weights, outlier-fed MatMuls in fp32" if int8 else None}
         (scratch / ENCODER_FILE).write_text(json.dumps(record, indent=2), "utf-8")
         got = OnnxSentenceEncoder.load(scratch, fingerprint).embed(probe, kind="query")
         diff = float(np.abs(got - want).max())

@@ -18,7 +18,9 @@ from .tokenizers import load_text_encoder
 
 ENCODER_FILE = "encoder.json"
 ENCODER_GRAPH = "encoder.onnx"
-ENCODER_FORMAT = "hotelbot-sentence-encoder/1"
+ENCODER_INT8_GRAPH = "encoder.int8.onnx"
+GRAPHS = {"onnx-fp32": ENCODER_GRAPH, "onnx-int8": ENCODER_INT8_GRAPH}
+ENCODER_FORMAT = "hotelbot-sentence-encoder/2"  # /2: with the int8 graph
 CACHE_SUBDIR = "onnx"
 
 
@@ -26,40 +28,50 @@ def encoder_cache_dir(models_dir: Path, name: str, fingerprint: str) -> Path:
     """Where the ONNX export of the encoder ``name`` with ``fingerprint`` lives in the model cache."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(str(name)).name or "encoder")[:60].strip("._") or "encoder"
     digest = hashlib.sha256(fingerprint.encode("utf-8")).hexdigest()[:16]
-    return Path(models_dir) / CACHE_SUBDIR / f"{safe}-{digest}"
+    version = ENCODER_FORMAT.rsplit("/", 1)[-1]  # a new format is a new directory: old exports are never misread
+    return Path(models_dir) / CACHE_SUBDIR / f"{safe}-{digest}-v{version}"
 
 
 class OnnxSentenceEncoder:
     """``embed(texts, kind="query"|"passage")`` -> (n, dim) float32 L2-normalised vectors, as the knowledge
     base's torch Embedder computes them; ``hidden(texts)`` -> the last hidden states and attention mask."""
 
-    def __init__(self, session: Any, tokenizer: Any, record: dict[str, Any], directory: Path) -> None:
+    def __init__(self, session: Any, tokenizer: Any, record: dict[str, Any], directory: Path,
+                 runtime: str = "onnx-fp32") -> None:
         self.session = session
         self.tokenizer = tokenizer
         self.record = record
         self.directory = directory
-        self.runtime = "onnx-fp32"
+        self.runtime = runtime
         self._inputs = {i.name for i in session.get_inputs()}
 
     @classmethod
-    def load(cls, directory: Path, fingerprint: str) -> "OnnxSentenceEncoder":
+    def load(cls, directory: Path, fingerprint: str, runtime: str = "onnx-fp32") -> "OnnxSentenceEncoder":
+        """``runtime``: "onnx-fp32" or "onnx-int8" (ModelError when this export has no int8 graph)."""
         directory = Path(directory)
+        if runtime not in GRAPHS:
+            raise ModelError(f"not a query-encoder runtime: {runtime!r} (use {', '.join(GRAPHS)})")
         try:
             record = json.loads((directory / ENCODER_FILE).read_text("utf-8"))
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot read {directory / ENCODER_FILE}: {exc}") from None
         if record.get("format") != ENCODER_FORMAT or record.get("fingerprint") != fingerprint:
             raise ModelError(f"{directory} is not the ONNX export of the encoder {fingerprint}")
+        if runtime == "onnx-int8" and not record.get("int8"):
+            raise ModelError(f"{directory} has no int8 query encoder")
         tokenizer = load_text_encoder(directory, int(record["max_length"]))
-        return cls(open_session(directory / ENCODER_GRAPH, threads=thread_budget()), tokenizer, record, directory)
+        # int8 runs one text per call (dynamic quantization scales a padded batch as a whole), single-threaded
+        threads = 1 if runtime == "onnx-int8" else thread_budget()
+        return cls(open_session(directory / GRAPHS[runtime], threads=threads), tokenizer, record, directory, runtime)
 
     @classmethod
-    def find(cls, models_dir: Path, name: str, fingerprint: str) -> "OnnxSentenceEncoder | None":
-        """The cached export for (name, fingerprint), or None when there is none."""
+    def find(cls, models_dir: Path, name: str, fingerprint: str,
+             runtime: str = "onnx-fp32") -> "OnnxSentenceEncoder | None":
+        """The cached export for (name, fingerprint) on ``runtime``, or None when there is none."""
         directory = encoder_cache_dir(models_dir, name, fingerprint)
         if not (directory / ENCODER_FILE).is_file():
             return None
-        return cls.load(directory, fingerprint)
+        return cls.load(directory, fingerprint, runtime)
 
     def _run(self, texts: Sequence[str], kind: str, outputs: list[str]) -> list[Any]:
         prefix = self.record["query_prefix"] if kind == "query" else self.record["passage_prefix"]
@@ -70,7 +82,8 @@ class OnnxSentenceEncoder:
     def embed(self, texts: Sequence[str], *, kind: str, batch_size: int = 32, **_: Any) -> Any:
         import numpy as np
 
-        rows = [self._run(texts[i:i + batch_size], kind, ["embedding"])[0] for i in range(0, len(texts), batch_size)]
+        step = 1 if self.runtime == "onnx-int8" else batch_size
+        rows = [self._run(texts[i:i + step], kind, ["embedding"])[0] for i in range(0, len(texts), step)]
         return (np.concatenate(rows).astype(np.float32) if rows
                 else np.zeros((0, int(self.record["dim"])), dtype=np.float32))
 
@@ -87,5 +100,5 @@ class OnnxSentenceEncoder:
         return hidden, mask
 
 
-__all__ = ["CACHE_SUBDIR", "ENCODER_FILE", "ENCODER_FORMAT", "ENCODER_GRAPH", "OnnxSentenceEncoder",
-           "encoder_cache_dir"]
+__all__ = ["CACHE_SUBDIR", "ENCODER_FILE", "ENCODER_FORMAT", "ENCODER_GRAPH", "ENCODER_INT8_GRAPH", "GRAPHS",
+           "OnnxSentenceEncoder", "encoder_cache_dir"]

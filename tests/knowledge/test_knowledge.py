@@ -437,17 +437,27 @@ def test_queries_run_on_the_cached_onnx_encoder_without_torch(kb_settings, tmp_p
     cache = encoder_cache_dir(kb_settings.paths.models_dir, Path(kb.model.location).name, kb.model.fingerprint)
     record = json.loads((cache / ENCODER_FILE).read_text("utf-8"))
     assert record["fingerprint"] == kb.model.fingerprint and record["max_abs_diff_vs_torch"] <= 1e-4
-    assert isinstance(kb.query_encoder, OnnxSentenceEncoder)
+    chosen = json.loads((info.path / "knowledge" / "index.json").read_text("utf-8"))["query_encoder"]
+    assert chosen["runtime"] in ("onnx-fp32", "onnx-int8") and chosen["cache"] == cache.name
+    assert set(chosen["runtimes"]) == {"onnx-fp32", "onnx-int8"} and chosen["runtimes"]["onnx-int8"]["usable"]
+    assert isinstance(kb.query_encoder, OnnxSentenceEncoder) and kb.query_encoder.runtime == chosen["runtime"]
+    if chosen["runtime"] == "onnx-int8":  # chosen only when it agrees with fp32's first hit (no questions here)
+        assert chosen["runtimes"]["onnx-int8"]["agreement_at_1_with_fp32"] >= 1 - chosen["tolerance_points"] / 100
     queries = [c.passage() for c in kb.chunk_list] + ["¿aceptan perros?"]
-    onnx_vectors = kb.query_encoder.embed(queries, kind="query")
+    fp32 = OnnxSentenceEncoder.load(cache, kb.model.fingerprint, "onnx-fp32")
     torch_vectors = kb.embedder.embed(queries, kind="query")
-    assert np.abs(onnx_vectors - torch_vectors).max() < 1e-4
+    assert np.abs(fp32.embed(queries, kind="query") - torch_vectors).max() < 1e-4
     monkeypatch.setenv("HOTELBOT_RUNTIME", "torch")
     torch_kb = KnowledgeBase.from_version(info, kb_settings.paths.models_dir)
-    assert torch_kb.query_encoder is torch_kb.embedder  # the override (and a generator's shared copy) stay on torch
+    assert torch_kb.query_encoder is torch_kb.embedder  # the override stays on torch
+    monkeypatch.setenv("HOTELBOT_RUNTIME", "onnx-fp32")
+    fp32_kb = KnowledgeBase.from_version(info, kb_settings.paths.models_dir)
+    assert fp32_kb.query_encoder.runtime == "onnx-fp32"
+    assert [h.chunk.id for h in fp32_kb.search("piscina", 3)] == [h.chunk.id for h in torch_kb.search("piscina", 3)]
     monkeypatch.delenv("HOTELBOT_RUNTIME")
-    assert [h.chunk.id for h in KnowledgeBase.from_version(info, kb_settings.paths.models_dir).search("piscina", 3)] \
-        == [h.chunk.id for h in torch_kb.search("piscina", 3)]
+    shared = KnowledgeBase.from_version(info, kb_settings.paths.models_dir)
+    shared.shares_encoder = True  # a generator reads the fp32 states: the queries use the same session
+    assert shared.query_encoder.runtime == "onnx-fp32"
     code = ("import sys, json\nfrom typer.testing import CliRunner\nfrom hotelbot_cli.cli.app import app\n"
             "r = CliRunner().invoke(app, ['search', 'piscina', '--json'])\nassert r.exit_code == 0, r.output\n"
             "print(json.dumps({'top': json.loads(r.stdout)['results'][0]['id'], "

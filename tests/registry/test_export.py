@@ -304,6 +304,9 @@ def test_hf_knowledge_base_card_searches_like_the_version(built, hf_all, monkeyp
     from hotelbot_cli.components.knowledge.kb import KnowledgeBase
 
     ns = run_card(hf_all["dir"], "knowledge", monkeypatch)
+    # The card embeds with the fp32 encoder; a build may have chosen int8 queries (knowledge/index.json
+    # query_encoder), which approximate those vectors: compare with the version's fp32 queries.
+    monkeypatch.setenv("HOTELBOT_RUNTIME", "onnx-fp32")
     kb = KnowledgeBase.from_version(built["registry"].get("v0006"), built["settings"].paths.models_dir)
     hits = kb.search(ns["question"], top_k=len(kb.chunk_list))
     assert len(ns["chunks"]) == len(kb.chunk_list) and ns["vectors"].shape == (len(kb.chunk_list), kb.model.dim)

@@ -87,7 +87,10 @@ class Responder:
             if same and knowledge.torch_embedder_loaded:
                 encoder = knowledge.embedder.encoder
             elif same:  # the knowledge base's ONNX export of it, when it has one: the e5 runs once for both
+                knowledge.shares_encoder = True  # fp32: the states generation was trained on
                 onnx_encoder = knowledge.onnx_query_encoder
+                if onnx_encoder is not None and onnx_encoder.runtime != "onnx-fp32":
+                    onnx_encoder = None  # loaded as int8 before the generator: generation keeps its torch encoder
         model, tokenizer, spec, generation, vocab = load_generator(gen_dir, models_dir, encoder=encoder,
                                                                    light_tokenizer=True)
         return cls(model, tokenizer, spec, generation, vocab, knowledge, info.name, onnx_encoder)

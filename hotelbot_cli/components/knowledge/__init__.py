@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import HotelbotError, ModelError
 from ..base import Component, ComponentResult, TrainRequest, report_common
+from ..compose import has_component
 
 if TYPE_CHECKING:
     from ...config import Settings
@@ -42,7 +43,8 @@ class KnowledgeBaseComponent(Component):
 
         result = train_knowledge_base(request.settings, Path(request.data or DEFAULT_DOCUMENTS_OUTPUT),
                                       request.registry, listener=request.listener,
-                                      incremental=bool(request.options.get("incremental")), source=request.source)
+                                      incremental=bool(request.options.get("incremental")), source=request.source,
+                                      eval_questions=DEFAULT_KB_EVAL if DEFAULT_KB_EVAL.is_file() else None)
         line = (f"knowledge base {result.version.name}: {result.documents} documents, {result.chunks} chunks "
                 f"({result.embedded_chunks} embedded, {result.reused_chunks} reused"
                 f"{', incremental' if result.incremental else ''}) in {result.build_seconds:.1f}s")
@@ -89,7 +91,9 @@ class KnowledgeBaseComponent(Component):
              loaded: dict[str, Any] | None = None) -> Any:
         from .kb import KnowledgeBase  # kb imports numpy
 
-        return KnowledgeBase.from_version(info, settings.paths.models_dir if settings is not None else None)
+        kb = KnowledgeBase.from_version(info, settings.paths.models_dir if settings is not None else None)
+        kb.shares_encoder = has_component(info, "generator")  # its generator reads the fp32 encoder's states
+        return kb
 
     def warm_up(self, loaded: Any, version: str, text: str) -> None:
         if not loaded.search(text, top_k=1):  # also loads the query encoder

@@ -710,6 +710,50 @@ class Embedder:
         return normalize_rows(out) if len(texts) else out
 
 
+def choose_query_runtime(cache: Path, fingerprint: str, index: "VectorIndex", chunks: Sequence[Chunk],
+                         questions_path: Path | None, tolerance_points: float, k: int = 5) -> dict[str, Any]:
+    """Which ONNX query encoder this index searches with: int8 when its retrieval is within
+    ``tolerance_points`` of fp32's (hit@1 on the retrieval questions when there are some; else agreement
+    with fp32's first result on the chunks' headings as queries), else fp32. Returns the record index.json
+    keeps (the measurements of both)."""
+    from ...runtime.encoder import OnnxSentenceEncoder  # on use: the ONNX session's module
+
+    questions = read_eval_questions(questions_path) if questions_path is not None and Path(questions_path).is_file() \
+        else []
+    queries = [q.question for q in questions] or sorted({c.heading for c in chunks if c.heading.strip()})
+    by_id = {c.id: c for c in chunks}
+    measured: dict[str, Any] = {}
+    firsts: dict[str, list[str]] = {}
+    for runtime in ("onnx-fp32", "onnx-int8"):
+        try:
+            encoder = OnnxSentenceEncoder.load(cache, fingerprint, runtime)
+        except ModelError as exc:
+            measured[runtime] = {"usable": False, "reason": str(exc)}
+            continue
+        start = time.perf_counter()
+        vectors = encoder.embed([clean_text(q) for q in queries], kind="query")
+        seconds = time.perf_counter() - start
+        ranked = [[by_id[cid] for cid, _ in hits] for hits in index.search(vectors, k)]
+        firsts[runtime] = [r[0].id if r else "" for r in ranked]
+        entry: dict[str, Any] = {"usable": True, "ms_per_query": round(1000 * seconds / max(len(queries), 1), 3)}
+        if questions:
+            entry.update(ranking_metrics(ranked, questions, k))
+        measured[runtime] = entry
+    chosen = "onnx-fp32"
+    if measured.get("onnx-int8", {}).get("usable") and "onnx-fp32" in firsts:
+        agreement = sum(a == b for a, b in zip(firsts["onnx-int8"], firsts["onnx-fp32"])) / max(len(queries), 1)
+        measured["onnx-int8"]["agreement_at_1_with_fp32"] = round(agreement, 4)
+        if questions:
+            loss = 100.0 * (measured["onnx-fp32"]["hit@1"] - measured["onnx-int8"]["hit@1"])
+        else:
+            loss = 100.0 * (1.0 - agreement)
+        if loss <= tolerance_points + 1e-9:
+            chosen = "onnx-int8"
+    return {"runtime": chosen, "cache": cache.name, "queries": len(queries),
+            "judged_on": "retrieval questions (hit@1)" if questions else "chunk headings (agreement with fp32 at 1)",
+            "tolerance_points": tolerance_points, "runtimes": measured}
+
+
 def ensure_onnx_encoder(embedder: "Embedder", models_dir: Path, probe_texts: Sequence[str] = ()) -> Path | None:
     """The model-cache directory of ``embedder``'s ONNX export, written now when missing (export.encoder)."""
     from ...export.encoder import export_sentence_encoder  # imports torch
@@ -791,13 +835,15 @@ def train_knowledge_base(
     *,
     incremental: bool = False,
     source: str | None = None,
+    eval_questions: Path | None = None,
 ) -> KnowledgeResult:
     """Embed the documents' chunks and publish a new version carrying over the source version's other
     components (see the module docstring). ``documents_dir`` is a prepared directory (``hotelbot prepare
     --documents``) or a folder of .md/.txt documents. The embedding model is
     ``settings.training.base_model``; ``incremental`` reuses the source's vectors of unchanged documents.
     ``source`` names the version to build on instead of the deployed one (else the newest), e.g. a
-    classifier version just trained by ``train --model-type all``."""
+    classifier version just trained by ``train --model-type all``. ``eval_questions`` (the retrieval questions,
+    when there are some) judge the int8 query encoder (:func:`choose_query_runtime`)."""
     emit = emitter(listener)
     start = time.monotonic()
     prepared = load_documents(Path(documents_dir))
@@ -867,8 +913,16 @@ def train_knowledge_base(
             by_doc: dict[str, list[str]] = {}
             for c in prepared.chunks:
                 by_doc.setdefault(c.doc, []).append(c.id)
+            # The query encoder search uses: ONNX (exported into the model cache once per machine and base
+            # model), int8 where this index's retrieval keeps within the tolerance of fp32's.
+            emit(TrainingEvent("status", message="ONNX query encoder: exporting (once per base model) and choosing"))
+            cache = ensure_onnx_encoder(embedder, settings.paths.models_dir, [c.passage() for c in prepared.chunks[:16]])
+            query_encoder = (choose_query_runtime(cache, model.fingerprint, index, prepared.chunks, eval_questions,
+                                                  settings.validation.runtime_tolerance_points)
+                             if cache is not None else {"runtime": "torch", "reason": "the ONNX export failed"})
             atomic_write_json(knowledge / INDEX_FILE, {
                 "format": KNOWLEDGE_FORMAT,
+                "query_encoder": query_encoder,
                 "index": {"type": index.kind, "files": index_files},
                 "embedding_model": model.to_dict(),
                 "chunking": prepared.chunking,
@@ -896,9 +950,6 @@ def train_knowledge_base(
         used_incremental = incremental and not fallback
         info, _ = publish_version(registry, COMPONENT, source=source_info.name if source_info else None, build=build,
                                   tracker=tracker, listener=listener, status=None)
-    # The query encoder serve and predict use (ONNX, in the model cache: once per machine and base model).
-    emit(TrainingEvent("status", message="exporting the ONNX query encoder (once per base model)"))
-    ensure_onnx_encoder(embedder, settings.paths.models_dir, [c.passage() for c in prepared.chunks[:16]])
     build_seconds, total = timing["seconds"], timing["steps"]
     log.info("knowledge base %s: %d documents, %d chunks (%d embedded) in %.1fs", info.name,
              len(prepared.documents), len(prepared.chunks), len(todo), build_seconds)
@@ -937,6 +988,8 @@ class KnowledgeBase:
         self._embedder: Embedder | None = None
         self._onnx: Any = None
         self._onnx_tried = False
+        # A generator generating from this encoder's states reads the fp32 graph: then queries use it too (one e5).
+        self.shares_encoder = False
 
     @classmethod
     def from_version(cls, info: "VersionInfo", models_dir: Path | None = None) -> "KnowledgeBase":
@@ -987,13 +1040,24 @@ class KnowledgeBase:
             self._onnx = self._onnx_encoder()
         return self._onnx if self._onnx is not None else self.embedder
 
+    def query_runtime(self) -> str:
+        """onnx-int8 or onnx-fp32: the build's choice (index.json ``query_encoder``; fp32 for an index built
+        before it was recorded), fp32 when a generator shares the encoder, or HOTELBOT_RUNTIME's ONNX runtime."""
+        import os
+
+        forced = os.environ.get("HOTELBOT_RUNTIME", "").strip()
+        if forced in ("onnx-fp32", "onnx-int8"):
+            return forced
+        recorded = (self.manifest.get("query_encoder") or {}).get("runtime")
+        return "onnx-int8" if recorded == "onnx-int8" and not self.shares_encoder else "onnx-fp32"
+
     def _onnx_encoder(self) -> Any:
         from ...runtime.encoder import OnnxSentenceEncoder  # on use: the ONNX session's module, for search only
 
         models_dir = Path(self._models_dir) if self._models_dir is not None else load_settings().paths.models_dir
         name = Path(self.model.location).name or self.model.spec
         try:
-            found = OnnxSentenceEncoder.find(models_dir, name, self.model.fingerprint)
+            found = OnnxSentenceEncoder.find(models_dir, name, self.model.fingerprint, self.query_runtime())
         except ModelError as exc:
             log.warning("the cached ONNX query encoder is unusable (%s); exporting it again", exc)
             found = None
