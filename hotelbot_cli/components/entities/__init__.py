@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ...errors import ExportUnavailable, HotelbotError
+from ...errors import HotelbotError
 from ..base import ComponentResult, SplitComponent, TrainRequest, labels_report_section, usable_confidence
 from ..exporting import save_encoder_with_head, token_classifier_card
+from ..nlu import JointHead
 from .tagger import (DATA_SUBDIR, ENTITIES_DIR, EXPERIMENT, METRIC, EntityExtractor, evaluate_entities,
                      prepare_entities, read_prepared_entities, train_entities, write_prepared_entities)
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from ...registry import VersionInfo
 
 
-class EntityExtractorComponent(SplitComponent):
+class EntityExtractorComponent(JointHead, SplitComponent):
     name = "entities"
     model_type = "entities"
     kind = "entity-extractor"
@@ -68,28 +69,16 @@ class EntityExtractorComponent(SplitComponent):
         hits = sum(len(e.gold() & {(x["type"], x["start"], x["end"]) for x in f}) for e, f in zip(examples, found))
         return {"texts": len(texts), "found": sum(map(len, found)), "gold": gold, "correct": hits}
 
-    def load(self, info: "VersionInfo", settings: "Settings | None" = None,
-             loaded: dict[str, Any] | None = None) -> Any:
-        """Its own model, or in a joint NLU version the classifier's entities head (on the classifier already
-        in ``loaded`` when there is one: one model in memory, one pass for the three components)."""
-        # on use, and only a joint version needs them (nlu.runtime imports the entity tagger)
-        from ..nlu import joint_head, joint_runner
-        from ..nlu.runtime import JointEntities  # a joint version only
-
-        if joint_head(info, self.name) is not None:
-            return JointEntities(joint_runner(info, loaded))
+    def load_own(self, info: "VersionInfo") -> Any:
         return EntityExtractor.from_version(info)
 
-    def runs_on(self, info: "VersionInfo") -> str | None:
-        from ..nlu import joint_head  # the nlu package imports the component table's modules on use only
+    def joint_view(self, runner: Any) -> Any:
+        from ..nlu.runtime import JointEntities  # on use: a joint version only (it imports the entity tagger)
 
-        return "classifier" if joint_head(info, self.name) is not None else None
+        return JointEntities(runner)
 
     def export(self, info: "VersionInfo", fmt: str, target: Path, settings: "Settings") -> dict[str, Any]:
-        if self.runs_on(info) is not None:
-            raise ExportUnavailable(f"the {self.name} of {info.name} is a head of its joint NLU model, which is "
-                                    "exported whole with the classifier",
-                                    hint=f"hotelbot export {info.name} --component classifier --format {fmt} DIR")
+        self.refuse_joint_export(info, fmt)
         extractor = EntityExtractor.from_version(info)
         model, config = extractor.model, extractor.config
         head = {"task": "token-classification", "labels": list(config.labels), "tags": list(config.tags),

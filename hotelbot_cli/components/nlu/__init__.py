@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ...errors import ExportUnavailable
 from ..base import Component, ComponentResult, TrainRequest, default_data_dir, find
 
 if TYPE_CHECKING:
@@ -101,4 +102,37 @@ def joint_runner(info: "VersionInfo", loaded: dict[str, Any] | None = None) -> A
     return JointRunner.of(predictor if predictor is not None else load_predictor(info))
 
 
-__all__ = ["NluComponent", "PROVIDES", "joint_head", "joint_runner"]
+class JointHead:
+    """What a component that may be a head of the joint model shares (entities, sentiment; mixed in before
+    :class:`~..base.SplitComponent`): in a joint version it runs on the classifier (:meth:`runs_on`), loads as
+    a view of the classifier's :class:`~.runtime.JointRunner` (:meth:`joint_view`) and is exported whole with
+    the classifier; otherwise :meth:`load_own` and the component's own export."""
+
+    name: str
+
+    def runs_on(self, info: "VersionInfo") -> str | None:
+        return "classifier" if joint_head(info, self.name) is not None else None
+
+    def load(self, info: "VersionInfo", settings: "Settings | None" = None,
+             loaded: dict[str, Any] | None = None) -> Any:
+        """Its own model, or in a joint version the classifier's head (on the classifier already in ``loaded``
+        when there is one: one model in memory, one pass for the three components)."""
+        if self.runs_on(info) is not None:
+            return self.joint_view(joint_runner(info, loaded))
+        return self.load_own(info)
+
+    def joint_view(self, runner: Any) -> Any:
+        raise NotImplementedError
+
+    def load_own(self, info: "VersionInfo") -> Any:
+        raise NotImplementedError
+
+    def refuse_joint_export(self, info: "VersionInfo", fmt: str) -> None:
+        """ExportUnavailable for a head of the joint model (its weights are the classifier's)."""
+        if self.runs_on(info) is not None:
+            raise ExportUnavailable(f"the {self.name} of {info.name} is a head of its joint NLU model, which is "
+                                    "exported whole with the classifier",
+                                    hint=f"hotelbot export {info.name} --component classifier --format {fmt} DIR")
+
+
+__all__ = ["JointHead", "NluComponent", "PROVIDES", "joint_head", "joint_runner"]

@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ...errors import ExportUnavailable, HotelbotError
+from ...errors import HotelbotError
 from ..base import ComponentResult, SplitComponent, TrainRequest, labels_report_section, usable_confidence
 from ..exporting import sentence_classifier_hf
+from ..nlu import JointHead
 from .classifier import (DATA_SUBDIR, EXPERIMENT, SENTIMENT_DIR, SentimentClassifier, evaluate_sentiment,
                          prepare_sentiment, read_prepared_sentiment, train_sentiment, write_prepared_sentiment)
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from ...registry import VersionInfo
 
 
-class SentimentComponent(SplitComponent):
+class SentimentComponent(JointHead, SplitComponent):
     name = "sentiment"
     model_type = "sentiment"
     kind = "sentiment-classifier"
@@ -61,28 +62,16 @@ class SentimentComponent(SplitComponent):
                 raise HotelbotError(f"{info.name} returned an unusable sentiment for {text!r}: {answer}")
         return {"texts": len(texts), "correct": sum(a["label"] == e.intent for a, e in zip(answers, examples))}
 
-    def load(self, info: "VersionInfo", settings: "Settings | None" = None,
-             loaded: dict[str, Any] | None = None) -> Any:
-        """Its own model, or in a joint NLU version the classifier's sentiment head (on the classifier already
-        in ``loaded`` when there is one: one model in memory, one pass for the three components)."""
-        # on use, and only a joint version needs them (nlu.runtime imports the entity tagger)
-        from ..nlu import joint_head, joint_runner
-        from ..nlu.runtime import JointSentiment  # imports the entity tagger
-
-        if joint_head(info, self.name) is not None:
-            return JointSentiment(joint_runner(info, loaded))
+    def load_own(self, info: "VersionInfo") -> Any:
         return SentimentClassifier.from_version(info)
 
-    def runs_on(self, info: "VersionInfo") -> str | None:
-        from ..nlu import joint_head  # the nlu package imports the component table's modules on use only
+    def joint_view(self, runner: Any) -> Any:
+        from ..nlu.runtime import JointSentiment  # on use: a joint version only (it imports the entity tagger)
 
-        return "classifier" if joint_head(info, self.name) is not None else None
+        return JointSentiment(runner)
 
     def export(self, info: "VersionInfo", fmt: str, target: Path, settings: "Settings") -> dict[str, Any]:
-        if self.runs_on(info) is not None:
-            raise ExportUnavailable(f"the {self.name} of {info.name} is a head of its joint NLU model, which is "
-                                    "exported whole with the classifier",
-                                    hint=f"hotelbot export {info.name} --component classifier --format {fmt} DIR")
+        self.refuse_joint_export(info, fmt)
         predictor = SentimentClassifier.from_version(info).predictor
         return sentence_classifier_hf(predictor.model, predictor.tokenizer, target, "sentiment classifier", info.name)
 
