@@ -296,6 +296,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_ready(proc: subprocess.Popen, base: str, timeout: float = 180.0) -> float:
+    """Seconds until ``base``/ready answers 200; RuntimeError when the server exits or times out first."""
+    started = time.monotonic()
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"serve exited: {proc.stderr.read()[-800:] if proc.stderr else ''}")
+        try:
+            with urllib.request.urlopen(base + "/ready", timeout=2) as r:
+                if r.status == 200:
+                    return time.monotonic() - started
+        except OSError:
+            pass
+        if time.monotonic() - started > timeout:
+            raise RuntimeError(f"serve did not become ready in {timeout:.0f} s")
+        time.sleep(0.2)
+
+
 def serve_peak_rss(root: Path, env: dict[str, str], cwd: Path, runtime: str | None) -> dict:
     import inspect
 
@@ -317,21 +334,7 @@ def serve_peak_rss(root: Path, env: dict[str, str], cwd: Path, runtime: str | No
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        started = time.monotonic()
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"serve exited: {proc.stderr.read()[-800:]}")
-            try:
-                with urllib.request.urlopen(base + "/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("serve did not become ready in 180 s")
-            time.sleep(0.2)
-        ready_s = time.monotonic() - started
+        ready_s = wait_ready(proc, base)
         texts = ["hola", "¿a qué hora es el desayuno?", "la clave del wifi", TEXT, "necesito un taxi"]
 
         def post(path, body):

@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from latency import free_port, wait_ready  # noqa: E402 - the benchmarks directory is the script's own path
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO / "datasets"
@@ -112,32 +113,13 @@ def served_scores(env: dict[str, str], cwd: Path, version: str) -> dict[str, flo
             "holdout_intent_macro_f1": hold["macro_f1"], "holdout_intent_accuracy": hold["accuracy"]}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def serve_figures(env: dict[str, str], cwd: Path, texts: list[str], requests: int = 50) -> dict[str, float]:
     port = free_port()
     proc = subprocess.Popen([hotelbot(), "serve", "--port", str(port)], env=env, cwd=cwd,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        started = time.monotonic()
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"serve exited: {proc.stderr.read()[-800:]}")
-            try:
-                with urllib.request.urlopen(base + "/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() - started > 300:
-                raise RuntimeError("serve did not become ready in 300 s")
-            time.sleep(0.1)
-        ready = time.monotonic() - started
+        ready = wait_ready(proc, base, timeout=300)
         times = []
         for i in range(requests):
             body = json.dumps({"texts": [texts[i % len(texts)]]}).encode()
