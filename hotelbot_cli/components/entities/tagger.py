@@ -579,10 +579,10 @@ def _encode(examples: Sequence[EntityExample], tokenizer: Any, config: EntityCon
     return rows, spans_per_example, lost
 
 
-def _decode_logits(logits: Any, spans_per_example: Sequence[Sequence[Any]], tags: Sequence[str],
+def decode_token_logits(logits: Any, spans_per_example: Sequence[Sequence[Any]], tags: Sequence[str],
                    texts: Sequence[str]):
     """Per example: [(type, start, end, confidence)] from (N, L, C) logits (padding beyond each example's
-    tokens ignored), decoded exactly as :class:`EntityExtractor` does."""
+    tokens ignored), decoded exactly as :class:`EntityExtractor` does (and the joint NLU model's entity head)."""
     import numpy as np
 
     out = []
@@ -634,7 +634,7 @@ def fit_entity_tagger(cfg: "TrainingConfig", train: Sequence[EntityExample], val
     val_texts = [e.text for e in validation]
 
     def compute_metrics(pred) -> dict[str, float]:
-        decoded = _decode_logits(pred.predictions, val_spans, tags, val_texts)
+        decoded = decode_token_logits(pred.predictions, val_spans, tags, val_texts)
         full = entity_metrics(gold, [{(k, s, e) for k, s, e, _ in d} for d in decoded], labels)
         ids = np.asarray(pred.label_ids)
         mask = ids != IGNORE
@@ -645,7 +645,7 @@ def fit_entity_tagger(cfg: "TrainingConfig", train: Sequence[EntityExample], val
                            DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE), compute_metrics,
                            METRIC, listener=listener, tracker=tracker, monitor=monitor)
     output = run.validation
-    decoded = _decode_logits(output.predictions, val_spans, tags, val_texts)
+    decoded = decode_token_logits(output.predictions, val_spans, tags, val_texts)
     metrics = entity_metrics(gold, [{(k, s, e) for k, s, e, _ in d} for d in decoded], labels)
     metrics["truncated_entities"] = lost_val
     resolved = {"spec": cfg.base_model, "location": base.location, "prefix": config.prefix,
@@ -785,6 +785,6 @@ def evaluate_entities(info: "VersionInfo", data: Path | None = None, extractor: 
 
 
 __all__ = ["ENTITY_TYPES", "EntityConfig", "EntityExample", "EntityExtractor", "PreparedEntities", "Span",
-           "alignment_report", "bio_tags", "decode_tags", "entity_metrics", "evaluate_entities", "fit_entity_tagger",
+           "alignment_report", "bio_tags", "decode_tags", "decode_token_logits", "entity_metrics", "evaluate_entities", "fit_entity_tagger",
            "load_entity_data", "prepare_entities", "read_entity_file", "read_prepared_entities", "spans_to_tags",
            "split_entities", "token_char_spans", "train_entities", "write_prepared_entities"]

@@ -25,10 +25,10 @@ from ...data import Example, clean_text_with_offsets
 from ...errors import DataError
 from ...evaluation import classification_metrics
 from ...training.calibration import apply_threshold, calibrate_threshold
-from ...training.classify import FitResult, _initial_model
+from ...training.classify import FitResult, _initial_model, _softmax
 from ...training.loop import FitStats, train_best_epoch
 from ...training.monitor import SystemMonitor
-from ..entities.tagger import (EntityExample, Span, bio_tags, decode_tags, entity_metrics, spans_to_tags,
+from ..entities.tagger import (EntityExample, Span, bio_tags, decode_token_logits, entity_metrics, spans_to_tags,
                                token_char_spans)
 
 if TYPE_CHECKING:
@@ -138,26 +138,6 @@ class MultiTaskCollator:
                 "task_ids": torch.tensor([int(r["task_ids"]) for r in rows], dtype=torch.long)}
 
 
-def _softmax(logits: Any) -> Any:
-    import numpy as np
-
-    z = np.asarray(logits, dtype="float64")
-    z = np.exp(z - z.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
-
-
-def decode_token_logits(logits: Any, spans_per_example: Sequence[Sequence[Any]], tags: Sequence[str],
-                        texts: Sequence[str]) -> list[list[tuple[str, int, int, float]]]:
-    """Per example: [(type, start, end, confidence)] from (N, L, C) token logits (the entity extractor's
-    decoding: argmax tag per token, IOB2 reading, spans widened to whole words)."""
-    out = []
-    for row, spans, text in zip(logits, spans_per_example, texts):
-        probs = _softmax(row[: len(spans)])
-        best = probs.argmax(axis=-1)
-        out.append(decode_tags([tags[i] for i in best], spans, probs.max(axis=-1).tolist(), text=text))
-    return out
-
-
 def _initial_joint_model(cfg: "TrainingConfig", data: TaskData, models_dir: Path, parent_dir: Path | None,
                          task_weights: dict[str, float]) -> tuple[Any, Any, dict[str, Any]]:
     """The joint model on the base encoder, or (incremental) on the parent's: the parent's intent head
@@ -255,7 +235,7 @@ def fit_joint(cfg: "TrainingConfig", metric: str, data: TaskData, models_dir: Pa
         # The Trainer's evaluation batches are length-grouped too: put the rows back in order by their ids.
         order = np.argsort(np.asarray(pred.label_ids[-1]).reshape(-1), kind="stable")
         intent_logits, sentiment_logits, token_logits = (np.asarray(p)[order] for p in pred.predictions)
-        intent_probs = _softmax(np.asarray(intent_logits)[:n_int])
+        intent_probs = _softmax(np.asarray(intent_logits, dtype="float64")[:n_int])
         sentiment_pred = [data.sentiment_labels[i]
                           for i in np.asarray(sentiment_logits)[n_int:n_int + n_sent].argmax(axis=-1)]
         decoded = decode_token_logits(np.asarray(token_logits)[n_int + n_sent:], val_spans, tags, entity_texts)
@@ -297,4 +277,4 @@ def fit_joint(cfg: "TrainingConfig", metric: str, data: TaskData, models_dir: Pa
 
 
 __all__ = ["DEFAULT_TASK_WEIGHTS", "JointFitResult", "MIXING", "MultiTaskCollator", "SCORE", "TaskData",
-           "cleaned_entity_example", "decode_token_logits", "fit_joint"]
+           "cleaned_entity_example", "fit_joint"]

@@ -23,7 +23,7 @@ from ...errors import ModelError
 from ...runtime.layout import TORCH
 from ...runtime.onnx import softmax
 from ...runtime.prediction import Prediction, apply_fallback, check_texts
-from ..entities.tagger import decode_tags, token_char_spans
+from ..entities.tagger import decode_token_logits, token_char_spans
 
 OUTPUTS = ("logits", "sentiment_logits", "token_logits")
 JOINT_FILE = "joint.json"  # in entities/ and sentiment/ of a version whose heads live in the classifier's model
@@ -196,10 +196,8 @@ class JointRunner:
         prediction = Prediction(text, intent, ranked[0]["confidence"], ranked, fallback)
         best = int(np.argmax(sentiment_p))
         sentiment = {"label": self.sentiment_labels[best], "confidence": round(float(sentiment_p[best]), 6)}
-        token_p = _softmax(tokens)
         spans = token_char_spans(clean, token_offsets, special, prefix_len)
-        decoded = decode_tags([self.tags[i] for i in token_p.argmax(axis=-1)], spans, token_p.max(axis=-1).tolist(),
-                              text=clean)
+        decoded = decode_token_logits([tokens], [spans], self.tags, [clean])[0]
         entities = []
         for kind, start, end, confidence in decoded:
             raw_start, raw_end = offsets[start][0], offsets[end - 1][1]
