@@ -241,15 +241,32 @@ class UnigramSubsetEncoder:
         """(input_ids, attention_mask, each token's character offsets in its text, special-token masks); the
         offsets and masks are the unpadded tokens' (the segmentation is the whole tokenizer's, so are they)."""
         import numpy as np  # imported on use (see FullEncoder.encode)
-        from tokenizers import models  # imported on use (see load_fast_tokenizer)
 
         texts = list(texts)
         normalized = [self._normalize(t) for t in texts]
         if any(self._has_added(t) or self._has_added(n) for t, n in zip(texts, normalized)):
-            with self._lock:
-                if self._full is None:
-                    self._full = FullEncoder(load_fast_tokenizer(self._model_dir, self._max_length))
-            return self._full.encode_with_offsets(texts)
+            return self._full_encoder().encode_with_offsets(texts)
+        model, local_to_global = self._subset_model(normalized)
+        with self._lock:  # the model is swapped per call: one encode at a time on this tokenizer
+            self._tokenizer.model = model
+            # One by one: encode_batch's thread pool costs more than it saves on a few short texts.
+            batch = [self._tokenizer.encode(t) for t in texts]
+        width = max((len(e.ids) for e in batch), default=0)
+        ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        for row, e in enumerate(batch):
+            tokens = self._global_ids(e, local_to_global)
+            cols = slice(width - len(tokens), width) if self._pad_left else slice(0, len(tokens))
+            ids[row, cols] = tokens
+            mask[row, cols] = np.asarray(e.attention_mask, dtype=np.int64)
+        return ids, mask, [list(e.offsets) for e in batch], [list(e.special_tokens_mask) for e in batch]
+
+    def _subset_model(self, normalized: Sequence[str]) -> tuple[Any, Any]:
+        """(a Unigram model of only the pieces that occur in these normalized texts' words, plus the always-kept
+        ones; the array mapping its ids to the whole vocabulary's)."""
+        import numpy as np  # imported on use (see FullEncoder.encode)
+        from tokenizers import models  # imported on use (see load_fast_tokenizer)
+
         found: dict[int, str] = {}
         cache = self._word_cache
         for text in normalized:
@@ -267,25 +284,24 @@ class UnigramSubsetEncoder:
         order = sorted(found)
         vocab = [(found[i], float(self._scores[i])) for i in order]
         unk = order.index(self._unk_id) if self._unk_id is not None else None
-        model = models.Unigram(vocab, unk, self._byte_fallback)
-        with self._lock:  # the model is swapped per call: one encode at a time on this tokenizer
-            self._tokenizer.model = model
-            # One by one: encode_batch's thread pool costs more than it saves on a few short texts.
-            batch = [self._tokenizer.encode(t) for t in texts]
-        # Model tokens carry ids of the small model: map them back. Tokens the post-processor added
-        # (special_tokens_mask 1) already carry the full vocabulary's ids.
-        local_to_global = np.asarray(order, dtype=np.int64)
-        width = max((len(e.ids) for e in batch), default=0)
-        ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
-        mask = np.zeros((len(batch), width), dtype=np.int64)
-        for row, e in enumerate(batch):
-            local = np.asarray(e.ids, dtype=np.int64)
-            special = np.asarray(e.special_tokens_mask, dtype=bool)
-            tokens = np.where(special, local, local_to_global[np.where(special, 0, local)])
-            cols = slice(width - len(tokens), width) if self._pad_left else slice(0, len(tokens))
-            ids[row, cols] = tokens
-            mask[row, cols] = np.asarray(e.attention_mask, dtype=np.int64)
-        return ids, mask, [list(e.offsets) for e in batch], [list(e.special_tokens_mask) for e in batch]
+        return models.Unigram(vocab, unk, self._byte_fallback), np.asarray(order, dtype=np.int64)
+
+    @staticmethod
+    def _global_ids(encoding: Any, local_to_global: Any) -> Any:
+        """An encoding's ids in the whole vocabulary: model tokens carry the small model's ids, mapped back;
+        tokens the post-processor added (special_tokens_mask 1) already carry the whole vocabulary's."""
+        import numpy as np  # imported on use (see FullEncoder.encode)
+
+        local = np.asarray(encoding.ids, dtype=np.int64)
+        special = np.asarray(encoding.special_tokens_mask, dtype=bool)
+        return np.where(special, local, local_to_global[np.where(special, 0, local)])
+
+    def _full_encoder(self) -> FullEncoder:
+        """The whole tokenizer (for a text with an added token such as ``<s>``), loaded on first need."""
+        with self._lock:
+            if self._full is None:
+                self._full = FullEncoder(load_fast_tokenizer(self._model_dir, self._max_length))
+        return self._full
 
     # --- single texts and pairs, ids out and back (the generator's tokenizer: :class:`LightTextTokenizer`)
     def encode_ids(self, text: str, pair: str | None = None, *, add_special_tokens: bool = True,
@@ -293,49 +309,37 @@ class UnigramSubsetEncoder:
         """The whole tokenizer's ids for ``text`` (and ``pair``, with the saved pair template), truncated
         longest-first to ``max_length`` tokens when given (as ``tokenizer(text, pair, truncation=...,
         max_length=...)``), with or without the special tokens."""
-        import numpy as np  # imported on use (see FullEncoder.encode)
-        from tokenizers import models  # imported on use (see load_fast_tokenizer)
-
         texts = [text] + ([pair] if pair is not None else [])
+        local_to_global = None
         if any(self._has_added(t) or self._has_added(self._normalize(t)) for t in texts):
-            tokenizer = self._whole()
-            local_to_global = None
+            tokenizer = self._full_encoder().tokenizer
         else:
-            found: dict[int, str] = {}
-            for t in texts:
-                for word in self._words(self._normalize(t)):
-                    hit = self._word_cache.get(word)
-                    if hit is None:
-                        hit = self._word_cache[word] = self._pieces_in(word)
-                    found.update(hit)
-            for piece_id in self._always:
-                found.setdefault(piece_id, self._piece_at(piece_id))
-            order = sorted(found)
-            unk = order.index(self._unk_id) if self._unk_id is not None else None
-            model = models.Unigram([(found[i], float(self._scores[i])) for i in order], unk, self._byte_fallback)
+            model, local_to_global = self._subset_model([self._normalize(t) for t in texts])
             tokenizer = self._tokenizer
-            local_to_global = np.asarray(order, dtype=np.int64)
-        with self._lock:
+        with self._lock:  # this call's model, truncation and padding, restored after
             if local_to_global is not None:
                 tokenizer.model = model
-            before = tokenizer.truncation
+            truncation, padding = tokenizer.truncation, tokenizer.padding
             if max_length is not None:
                 tokenizer.enable_truncation(max_length=int(max_length), strategy="longest_first",
                                             direction=self._truncation_side)
             else:
                 tokenizer.no_truncation()
+            tokenizer.no_padding()
             try:
                 e = tokenizer.encode(text, pair, add_special_tokens=add_special_tokens)
             finally:
-                if before:
-                    tokenizer.enable_truncation(**{k: before[k] for k in ("max_length", "stride", "strategy", "direction")})
+                if truncation:
+                    tokenizer.enable_truncation(**{k: truncation[k] for k in ("max_length", "stride", "strategy",
+                                                                             "direction")})
                 else:
                     tokenizer.no_truncation()
+                if padding:
+                    tokenizer.enable_padding(**{k: padding[k] for k in ("direction", "pad_id", "pad_type_id",
+                                                                       "pad_token", "length", "pad_to_multiple_of")})
         if local_to_global is None:
             return list(e.ids)
-        ids = np.asarray(e.ids, dtype=np.int64)
-        special = np.asarray(e.special_tokens_mask, dtype=bool)
-        return np.where(special, ids, local_to_global[np.where(special, 0, ids)]).tolist()
+        return self._global_ids(e, local_to_global).tolist()
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         """Text of ``ids`` through the saved decoder, as the Hugging Face tokenizer's ``decode``."""
@@ -359,14 +363,6 @@ class UnigramSubsetEncoder:
             inverse[np.asarray(self._sorted_ids, dtype=np.int64)] = np.arange(len(self._sorted_ids))
             self._inverse = inverse
         return self._sorted[int(self._inverse[piece_id])]
-
-    def _whole(self) -> Any:
-        with self._lock:
-            if self._full is None:
-                self._full = FullEncoder(load_fast_tokenizer(self._model_dir, self._max_length))
-        tokenizer = self._full.tokenizer
-        tokenizer.no_padding()
-        return tokenizer
 
     def _piece_at(self, piece_id: int) -> str:
         """The piece with ``piece_id`` (only for the few always-kept ids; a linear scan, then cached)."""
