@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import ExportUnavailable
-from ..base import Component, ComponentResult, TrainRequest, default_data_dir, find
+from ..base import Component, ComponentResult, TrainRequest, find
 
 if TYPE_CHECKING:
     from ...config import Settings
     from ...registry import VersionInfo
 
 PROVIDES = ("classifier", "entities", "sentiment")
+HEADS = PROVIDES[1:]  # the components that are heads beside the classifier's, each trained on its own split
 
 
 class NluComponent(Component):
@@ -60,7 +61,7 @@ class NluComponent(Component):
     def prepared_data(self, settings: "Settings", documents: Path | None = None) -> Path | None:
         """The intent split, when the entity and sentiment splits are prepared too; else None."""
         intents = Path(settings.paths.data)
-        ready = all((default_data_dir(settings, task) / "dataset.json").exists() for task in ("entities", "sentiment"))
+        ready = all(self._component(task).prepared_data(settings) is not None for task in HEADS)
         return intents if ready and (intents / "dataset.json").exists() else None
 
     def train(self, request: TrainRequest) -> ComponentResult:

@@ -30,6 +30,7 @@ from ...training.loop import training_summary
 from ...training.monitor import SystemMonitor
 from ...training.tracking import MlflowTracker
 from ..base import ComponentResult, TrainRequest, default_data_dir, refuse_repeat
+from ..base import get as get_component
 from ..compose import COMPONENT_HISTORY_FILE, COMPONENT_METRICS_FILE, publish_version
 from ..entities.tagger import (DATA_SUBDIR as ENTITY_DATA, ENTITIES_DIR, SCALARS as ENTITY_SCALARS, bio_tags,
                                entity_metrics, load_entity_data, write_prepared_entities)
@@ -48,11 +49,13 @@ JOINT_FORMAT = "hotelbot-joint-head/1"
 
 
 def _load_task(settings: Any, name: str, loader: Any) -> Any:
-    path = default_data_dir(settings, name)
-    if not (path / "dataset.json").exists():
-        hint = "entidades_es" if name == "entities" else "sentimiento_es"
-        raise DataError(f"the joint NLU model needs the prepared {name} split; {path} has none",
-                        hint=f"run `hotelbot prepare --{name} datasets/{hint}.jsonl`")
+    """The head ``name``'s prepared split, found where that component's own training finds it."""
+    component = get_component(name)
+    path = component.prepared_data(settings)
+    if path is None:
+        raise DataError(f"the joint NLU model needs the prepared {name} split; "
+                        f"{default_data_dir(settings, name)} has none",
+                        hint=f"run `hotelbot prepare --{name} datasets/{component.sample}.jsonl`")
     return loader(path, settings.data)
 
 
