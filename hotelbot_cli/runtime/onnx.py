@@ -297,9 +297,7 @@ class OnnxPredictor:
         return self.tokenizer.encode([self.config.query_prefix + clean_text(t) for t in texts])
 
     def logits(self, texts: Sequence[str]) -> Any:
-        ids, mask = self.encode(texts)
-        feed = {"input_ids": ids, "attention_mask": mask}
-        return self.session.run(["logits"], {k: v for k, v in feed.items() if k in self._inputs})[0]
+        return self.session.run(["logits"], self.feed(*self.encode(texts)))[0]
 
     def probabilities(self, texts: Sequence[str], batch_size: int = 32) -> Any:
         """Softmax over the labels, one row per text (a numpy array; TorchPredictor returns a tensor).
@@ -330,11 +328,18 @@ class OnnxPredictor:
             rows = [self._row_probs(ids, mask, row) for row in range(len(texts))]
         return np.stack(rows)
 
-    def _row_logits(self, ids: Any, mask: Any, row: int, session: Any = None) -> Any:
-        """One text of an encoded batch, run alone: its own tokens only, exactly its one-text encoding."""
+    def feed(self, ids: Any, mask: Any) -> dict[str, Any]:
+        """The session's inputs for encoded ids and attention mask (those of them the graph takes)."""
+        return {k: v for k, v in {"input_ids": ids, "attention_mask": mask}.items() if k in self._inputs}
+
+    def run_row(self, ids: Any, mask: Any, row: int, outputs: Sequence[str], session: Any = None) -> list[Any]:
+        """``outputs`` for one text of an encoded batch, run alone: its own tokens only, exactly its one-text
+        encoding (``session``: another graph of the same model, e.g. the fp32 recheck)."""
         keep = mask[row].astype(bool)
-        feed = {"input_ids": ids[row:row + 1, keep], "attention_mask": mask[row:row + 1, keep]}
-        return (session or self.session).run(["logits"], {k: v for k, v in feed.items() if k in self._inputs})[0]
+        return (session or self.session).run(list(outputs), self.feed(ids[row:row + 1, keep], mask[row:row + 1, keep]))
+
+    def _row_logits(self, ids: Any, mask: Any, row: int, session: Any = None) -> Any:
+        return self.run_row(ids, mask, row, ["logits"], session)[0]
 
     def _row_probs(self, ids: Any, mask: Any, row: int) -> Any:
         """One text's probabilities on int8, or on fp32 when int8 made a close call (:class:`Recheck`)."""

@@ -128,39 +128,32 @@ class JointRunner:
 
         p = self.predictor
         ids, mask, offsets, special = p.tokenizer.encode_with_offsets(inputs)
-        names = {i.name for i in p.session.get_inputs()}
 
-        def own(row: int) -> tuple[Any, Any, list[Any], list[int]]:
-            keep = mask[row].astype(bool)
+        def own(row: int) -> tuple[list[Any], list[int]]:
+            """The text's own tokens' offsets and special marks (the whole tokenizer pads them too)."""
             offs, spec = offsets[row], special[row]
-            if len(offs) == len(keep):  # padded offsets (the whole tokenizer): keep the text's own tokens
+            if len(offs) == mask.shape[1]:
+                keep = mask[row].astype(bool)
                 offs = [o for o, m in zip(offs, keep) if m]
                 spec = [s for s, m in zip(spec, keep) if m]
-            return ids[row:row + 1, keep], mask[row:row + 1, keep], offs, spec
+            return offs, spec
 
         def one(row: int) -> tuple[Any, Any, Any, list[Any], list[int]]:
-            row_ids, row_mask, offs, spec = own(row)
-            feed = {k: v for k, v in {"input_ids": row_ids, "attention_mask": row_mask}.items() if k in names}
-            intent, sentiment, tokens = p.session.run(list(OUTPUTS), feed)
+            intent, sentiment, tokens = p.run_row(ids, mask, row, OUTPUTS)
             probs = softmax(intent)[0]  # the predictor's own (float32), so /classify and /analyze agree to the digit
             if p.recheck is not None and p.recheck.needed(probs, p.threshold):
-                intent, sentiment, tokens = p.recheck.open().run(list(OUTPUTS), feed)
+                intent, sentiment, tokens = p.run_row(ids, mask, row, OUTPUTS, p.recheck.open())
                 probs = softmax(intent)[0]
-            return probs, _softmax(sentiment)[0], tokens[0], offs, spec
+            return (probs, _softmax(sentiment)[0], tokens[0], *own(row))
 
         if p.batch_invariant:
             if p.lanes > 1 and len(inputs) > 1:
                 return list(p._lane_pool().map(one, range(len(inputs))))
             return [one(row) for row in range(len(inputs))]
-        feed = {k: v for k, v in {"input_ids": ids, "attention_mask": mask}.items() if k in names}
-        intent, sentiment, tokens = p.session.run(list(OUTPUTS), feed)
+        intent, sentiment, tokens = p.session.run(list(OUTPUTS), p.feed(ids, mask))
         intent_p, sentiment_p = softmax(intent), _softmax(sentiment)
-        out = []
-        for row in range(len(inputs)):
-            _, _, offs, spec = own(row)
-            keep = np.flatnonzero(mask[row])
-            out.append((intent_p[row], sentiment_p[row], tokens[row][keep], offs, spec))
-        return out
+        return [(intent_p[row], sentiment_p[row], tokens[row][np.flatnonzero(mask[row])], *own(row))
+                for row in range(len(inputs))]
 
     def _torch_rows(self, inputs: list[str]) -> list[tuple[Any, Any, Any, list[Any], list[int]]]:
         import numpy as np
