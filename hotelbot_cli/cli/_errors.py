@@ -26,6 +26,12 @@ ERROR_TABLE: list[tuple[type[BaseException], int | None, str]] = [
 ]
 
 
+# Click's usage errors: click's own, and those of the Click that Typer bundles (typer.BadParameter is one of
+# those, not a click.ClickException), so that a command's own BadParameter exits 2 with Click's message.
+CLICK_ERRORS: tuple[type[BaseException], ...] = tuple(
+    {click.ClickException, *(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")})
+
+
 def _debug() -> bool:
     return os.environ.get("HOTELBOT_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -39,7 +45,7 @@ def handle_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, SystemExit, click.ClickException):
+        except (typer.Exit, typer.Abort, SystemExit, *CLICK_ERRORS):
             raise  # Click's own usage errors (BadParameter...) keep their exit code 2 and message
         except KeyboardInterrupt:
             error_line("interrupted")
