@@ -158,9 +158,12 @@ class ValidationConfig(_Section):
     # when int8 alone misses the runtime gate: its answers this close to changing (probability) re-run on
     # fp32 (0: never); recorded per version
     runtime_recheck_margin: float = 0.3
+    # the reply pipeline's deploy gate: the share of evaluation replies stating a fact their sources lack
+    max_unsupported_fact_rate: float = 0.0
 
     def __post_init__(self) -> None:
         _check_range("min_validation_score", self.min_validation_score, 0.0, 1.0)
+        _check_range("max_unsupported_fact_rate", self.max_unsupported_fact_rate, 0.0, 1.0)
         _check_range("runtime_tolerance_points", self.runtime_tolerance_points, 0.0, 100.0)
         _check_range("runtime_recheck_margin", self.runtime_recheck_margin, 0.0, 1.0)
         if self.metric not in METRIC_CHOICES:
@@ -272,6 +275,7 @@ ENV_TRAINING = {
 }
 ENV_DATA = {"TRAINING_VALIDATION_SPLIT": "validation_split"}
 ENV_VALIDATION = {"MIN_VALIDATION_SCORE": "min_validation_score", "VALIDATION_METRIC": "metric",
+                  "MAX_UNSUPPORTED_FACT_RATE": "max_unsupported_fact_rate",
                   "HOTELBOT_RUNTIME_TOLERANCE": "runtime_tolerance_points",
                   "HOTELBOT_RUNTIME_RECHECK_MARGIN": "runtime_recheck_margin"}
 ENV_DEPLOYMENT = {

@@ -182,6 +182,18 @@ def clean_text(text: str) -> str:
     return _SPACE_RE.sub(" ", text).strip()
 
 
+def clean_messages(messages: Sequence[str]) -> list[str]:
+    """:func:`clean_text` of each guest message of a batch: TypeError for a bare string (a batch is a list),
+    DataError naming the first message that is empty once cleaned."""
+    if isinstance(messages, str):
+        raise TypeError("expected a list of messages, not one string")
+    cleaned = [clean_text(m) if isinstance(m, str) else "" for m in messages]
+    for m, c in zip(messages, cleaned):
+        if not c:
+            raise DataError(f"empty message {m!r}", hint='give a guest message, e.g. "¿a qué hora cierra la piscina?"')
+    return cleaned
+
+
 def clean_text_with_offsets(text: str) -> tuple[str, list[tuple[int, int]]]:
     """:func:`clean_text` of ``text`` and, for each character of the result, the range of ``text`` it
     comes from, so that a span found in the cleaned text maps back to the caller's string (the joint NLU

@@ -83,7 +83,7 @@ def train_cmd(
     model_type: Annotated[str, typer.Option("--model-type", "-t", parser=model_type_choice, metavar="TYPE",
                                             help="What to train: a component's model type (classifier, nlu = "
                                             "the joint intent + entity + sentiment model, embeddings = the knowledge "
-                                            "base, entities, sentiment, generator, or a registered plugin's), or all.")] = "classifier",
+                                            "base, entities, sentiment, generator, replies = grounded fact-checked replies, or a registered plugin's), or all.")] = "classifier",
     base_model: Annotated[Optional[str], typer.Option(help="packaged:multilingual-e5-small (default), "
                           "packaged:all-minilm-l6-v2, a local model directory, or a hub id "
                           "[env: HOTELBOT_BASE_MODEL].", show_default=False)] = None,
@@ -126,6 +126,12 @@ def train_cmd(
                     "directory [env: HOTELBOT_DATA; default: data/processed]; for entities, sentiment and the "
                     "generator a prepared directory or a .jsonl file [default: what `hotelbot prepare` wrote].",
                     show_default=False)] = None,
+    use_generator: Annotated[bool, typer.Option("--use-generator", help="Replies: phrase informational answers "
+                             "with the version's response generator (each generated reply is fact-checked and "
+                             "replaced by the extractive answer when it fails).")] = False,
+    reply_eval: Annotated[Optional[Path], typer.Option("--reply-eval", help="Replies: the evaluation set (JSONL "
+                          "with \"question\" and \"facts\") [default: datasets/reply_eval_es.jsonl].",
+                          show_default=False)] = None,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
     registry: RegistryOpt = None,
@@ -156,6 +162,8 @@ def train_cmd(
         hotelbot train --model-type all --json   # every component whose data is prepared
 
         hotelbot train --model-type nlu   # intents + entities + sentiment: one encoder, three heads
+
+        hotelbot train --model-type replies --json   # grounded replies: ranker + fact check, scored
     """
     from ..components import by_model_type, registered  # loads the component table: kept off `hotelbot --help`'s path
     from ..pipeline.train import train  # loads the component table: kept off `hotelbot --help`'s path
@@ -163,11 +171,14 @@ def train_cmd(
     component = None if model_type == ALL else by_model_type(model_type)
     # the classifier, or a component that trains it (the joint NLU model): --data is the intent split
     primary = component is not None and any(c.primary for c in registered() if c.name in component.provides())
-    for flag, given in (("incremental", incremental), ("hpo", hpo)):
+    for flag, given in (("incremental", incremental), ("hpo", hpo), ("use_generator", use_generator),
+                        ("reply_eval", reply_eval is not None)):
         if given and component is not None and flag not in component.train_options:
             takers = [c.model_type for c in registered() if flag in c.train_options]
-            raise typer.BadParameter(f"--{flag} applies to --model-type {' and '.join(takers)}, "
+            raise typer.BadParameter(f"--{flag.replace('_', '-')} applies to --model-type {' and '.join(takers)}, "
                                      f"not --model-type {model_type}")
+    if reply_eval is not None and not reply_eval.is_file():
+        raise typer.BadParameter(f"--reply-eval: no such file: {reply_eval}")
     if from_version and not incremental and (component is None or primary):
         raise typer.BadParameter("--from goes with --incremental")
     freeze = None if train_embeddings is None else ("no" if train_embeddings else "yes")
@@ -185,7 +196,8 @@ def train_cmd(
     store = ModelRegistry(settings.paths.registry)
     options: dict[str, Any] = {"incremental_from": (from_version or "") if incremental else None,
                                "hpo_trials": trials if hpo else 0, "use_best_config": not ignore_best_config,
-                               "incremental": incremental}
+                               "incremental": incremental, "use_generator": use_generator,
+                               "reply_eval": reply_eval}
     # --data is the component's own data; the knowledge base's is --documents (its "incremental" option)
     own_data = None if component is None or primary or "incremental" in component.train_options else data
     source = None if component is None or primary else from_version

@@ -16,6 +16,7 @@ from .generator import GeneratorComponent
 from .intents import IntentClassifier
 from .knowledge import KnowledgeBaseComponent
 from .nlu import NluComponent
+from .replies import RepliesComponent
 from .sentiment import SentimentComponent
 
 BUILTIN: tuple[Component, ...] = (
@@ -25,6 +26,7 @@ BUILTIN: tuple[Component, ...] = (
     EntityExtractorComponent(),
     SentimentComponent(),
     GeneratorComponent(),
+    RepliesComponent(),
 )
 
 for _component in BUILTIN:

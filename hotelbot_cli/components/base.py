@@ -169,6 +169,12 @@ class Component:
         not with --json), "stderr": [...] (messages), "warnings": [...]}."""
         return {"stdout": [], "stderr": [], "warnings": []}
 
+    def gate_failures(self, metrics: dict[str, Any], validation: "config_module.ValidationConfig") -> list[str]:
+        """Why :meth:`score`'s ``metrics`` fail the deploy gate (empty: they pass): by default overall_score
+        below ``validation.min_validation_score``. A component with other limits adds its own."""
+        score, limit = float(metrics["overall_score"]), validation.min_validation_score
+        return [f"{self.name} {metrics['metric']} {score:.4f} < MIN_VALIDATION_SCORE {limit:.4f}"] if score < limit else []
+
     def score_view(self, metrics: dict[str, Any], gate: str) -> dict[str, Any]:
         """How `hotelbot validate` shows :meth:`score`'s metrics: {"line": one line (``gate`` is the gate's
         "gate 0.80: PASS" text), "table": None or {"title", "columns", "rows"} of plain strings}."""

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._io import atomic_write_json
+from ..components import get as get_component
 from ..components import registered
 from ..components.compose import components_of
-from ..config import TrainingConfig
+from ..config import TrainingConfig, ValidationConfig
 from ..data import TRAIN_FILE, VALIDATION_FILE, read_jsonl_examples, read_prepared
 from ..errors import DataError, IntegrityError, RegistryError
 from ..evaluation import METRIC_KEYS, Comparison, classification_metrics, compare
@@ -56,10 +57,8 @@ def validate_components(info: "VersionInfo", settings: Any, recorded: bool = Fal
 def gate_components(info: "VersionInfo", settings: Any) -> dict[str, Any]:
     """The deploy gate for the components other than the primary one: each one's overall_score on its own
     validation split (as training recorded it) must reach MIN_VALIDATION_SCORE."""
-    min_score = settings.validation.min_validation_score
     scores = validate_components(info, settings, recorded=True)
-    failures = [f"{name} {m['metric']} {m['overall_score']:.4f} < MIN_VALIDATION_SCORE {min_score:.4f}"
-                for name, m in scores.items() if m["overall_score"] < min_score]
+    failures = [f for name, m in scores.items() for f in get_component(name).gate_failures(m, settings.validation)]
     return {"components": {name: {"metric": m["metric"], "overall_score": m["overall_score"]}
                            for name, m in scores.items()},
             "failures": failures, "passed": not failures}
@@ -85,6 +84,7 @@ class ValidationResult:
     validated_at: str = ""
     components: dict[str, dict[str, Any]] = field(default_factory=dict)
     not_compared: str | None = None  # why the deployed version could not be compared with
+    validation: Any = None  # the ValidationConfig whose limits the components' gates apply (default: min_score only)
 
     @property
     def overall_score(self) -> float:
@@ -101,8 +101,8 @@ class ValidationResult:
     def failures(self) -> list[str]:
         out = [] if self.classifier_passed else [
             f"{self.metrics['metric']} {self.overall_score:.4f} < MIN_VALIDATION_SCORE {self.min_score:.4f}"]
-        out += [f"{name} {m['metric']} {m['overall_score']:.4f} < MIN_VALIDATION_SCORE {self.min_score:.4f}"
-                for name, m in self.components.items() if m["overall_score"] < self.min_score]
+        limits = self.validation or ValidationConfig(min_validation_score=self.min_score)
+        out += [f for name, m in self.components.items() for f in get_component(name).gate_failures(m, limits)]
         return out
 
     @property
@@ -123,7 +123,9 @@ class ValidationResult:
             "comparison": self.comparison.to_dict() if self.comparison else None,
             "not_compared": self.not_compared,
             "components": {name: {"metric": m["metric"], "overall_score": m["overall_score"],
-                                  "passed": m["overall_score"] >= self.min_score, "metrics": m}
+                                  "passed": not get_component(name).gate_failures(
+                                      m, self.validation or ValidationConfig(min_validation_score=self.min_score)),
+                                  "metrics": m}
                            for name, m in self.components.items()},
         }
 
@@ -146,7 +148,8 @@ def validate_version(registry: Any, version: str | None, settings: Any, data_dir
             scored = ", ".join(c.name for c in registered() if c.gated)
             raise RegistryError(f"version {info.name} has no component to validate (scored: {scored})")
         result = ValidationResult(info.name, {}, settings.validation.min_validation_score,
-                                  f"{info.name}: each component's own validation split", None, utc_now(), components)
+                                  f"{info.name}: each component's own validation split", None, utc_now(), components,
+                                  validation=settings.validation)
         return _record(registry, settings, result)
     if data_dir is not None:
         examples = read_prepared(Path(data_dir)).validation
@@ -180,7 +183,7 @@ def validate_version(registry: Any, version: str | None, settings: Any, data_dir
                                                  settings.validation.metric)
             comparison = compare(metrics, ref_metrics, current)
     result = ValidationResult(info.name, metrics, settings.validation.min_validation_score, source, comparison,
-                              utc_now(), components, not_compared)
+                              utc_now(), components, not_compared, settings.validation)
     return _record(registry, settings, result)
 
 

@@ -37,6 +37,7 @@ SMOKE_TEXT = "hola"
 # and every analyzing one).
 KNOWLEDGE = "knowledge"
 GENERATOR = "generator"
+REPLIES = "replies"
 
 
 def out_of_scope_threshold(metadata: Mapping[str, Any]) -> float | None:
@@ -59,6 +60,7 @@ class LoadedModel:
     knowledge: Any = None  # hotelbot_cli.knowledge.KnowledgeBase when the version has one
     analyzer: Any = None  # hotelbot_cli.analysis.Analyzer: classifier + entity + sentiment models (those present)
     responder: Any = None  # hotelbot_cli.generation.Responder when the version has a response generator
+    replies: Any = None  # components.replies.ReplyPipeline when the version has a reply model (/reply)
     loaded_at: float = field(default_factory=time.time)
 
     def answer(self, prediction: Any) -> dict[str, Any]:
@@ -164,7 +166,8 @@ class ModelHolder:
         analyzing = {c: parts[c] for c in Analyzer.analyzing_components(info)}
         analyzer = Analyzer(info.name, analyzing) if analyzing else None
         primary = next((parts[c.name] for c in registered() if c.primary and c.name in parts), None)
-        model = LoadedModel(primary, info.name, threshold, parts.get(KNOWLEDGE), analyzer, parts.get(GENERATOR))
+        model = LoadedModel(primary, info.name, threshold, parts.get(KNOWLEDGE), analyzer, parts.get(GENERATOR),
+                            parts.get(REPLIES))
         if primary is not None:
             smoke = primary.predict([SMOKE_TEXT], top_k=self.settings.top_k)
             if len(smoke) != 1 or not 0.0 <= float(smoke[0].confidence) <= 1.0:

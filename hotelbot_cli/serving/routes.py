@@ -26,6 +26,7 @@ from .schemas import (
     ClassifyRequest,
     ErrorBody,
     Readiness,
+    ReplyAnswer,
     ReplyRequest,
     SearchRequest,
     SearchResults,
@@ -61,8 +62,8 @@ NEEDS = {
     "analyzer": ("nothing to analyze with", "version {version} has no classifier, entity or sentiment model"),
     "knowledge": ("no knowledge base", "version {version} has none: run `hotelbot prepare --documents DIR`, "
                   "`hotelbot train --model-type embeddings`, then deploy"),
-    "responder": ("no response generator", "version {version} has none: run `hotelbot train --model-type "
-                  "generator`, then deploy"),
+    "replies": ("no reply model", "version {version} has none: run `hotelbot train --model-type replies` (it "
+                "needs a knowledge base), then deploy"),
 }
 
 
@@ -154,13 +155,14 @@ async def search(body: SearchRequest, request: Request) -> Any:
                           "results": [h.to_dict() for h in hits]})
 
 
-@route("POST", "/reply", tags=["reply"], responses=ERROR_RESPONSES, summary="Answer a guest message")
+@route("POST", "/reply", tags=["reply"], response_model=ReplyAnswer, responses=ERROR_RESPONSES,
+       summary="Answer a guest message with a grounded, fact-checked reply")
 async def reply(body: ReplyRequest, request: Request) -> Any:
     check_length(request.app.state.settings, body.text, "text")
-    model = require_model(request.app.state.models, "responder")
-    (answer,) = await asyncio.to_thread(model.responder.reply, [body.text])
-    return json_response({"reply": answer["reply"], "sources": answer.get("sources", []),
-                          "model_version": model.version})
+    model = require_model(request.app.state.models, "replies")
+    (answer,) = await asyncio.to_thread(model.replies.reply, [body.text])
+    answer.pop("message", None)
+    return json_response({**answer, "model_version": model.version})
 
 
 @route("GET", "/metrics", tags=["probes"], response_class=PlainTextResponse, summary="Prometheus metrics")

@@ -116,6 +116,45 @@ class BatchAnalysis(BaseModel):
     predictions: list[Analysis]
 
 
+class ReplySource(BaseModel):
+    doc: str = Field(description="The document the cited passage comes from.")
+    heading: str
+    chunk_id: str
+    score: float = Field(description="The passage's retrieval score (cosine).")
+    sentences: list[str] = Field(description="The passage's sentences the reply quotes ([] for a generated reply).")
+
+
+class UnsupportedFact(BaseModel):
+    type: str = Field(description="number, time, email, phone, url or name")
+    text: str
+
+
+class RejectedReply(BaseModel):
+    reply: str
+    kind: str
+    unsupported: list[UnsupportedFact] = Field(description="Its facts that neither its sources nor the message hold.")
+
+
+class FactCheck(BaseModel):
+    passed: bool = Field(description="Always true for a sent reply: one that fails is replaced, see rejected.")
+    unsupported: list[UnsupportedFact]
+
+
+class ReplyAnswer(BaseModel):
+    reply: str = Field(description="What to send to the guest.")
+    kind: str = Field(description="grounded (document sentences), generated, action (intent template + how-to "
+                                  "sentence), social, fallback (out of scope) or no_answer")
+    intent: str | None = Field(description="The classifier's intent; null when the version has none.")
+    confidence: float | None
+    entities: list[Entity]
+    sources: list[ReplySource] = Field(description="The passages the reply cites; every fact in it is in them or "
+                                                   "in the message.")
+    check: FactCheck
+    rejected: list[RejectedReply] = Field([], description="Candidate replies not sent because they stated an "
+                                                          "unsupported fact.")
+    model_version: str
+
+
 class Readiness(BaseModel):
     ready: bool
     model_version: str | None = None

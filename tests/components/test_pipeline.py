@@ -40,7 +40,7 @@ def test_all_is_one_mlflow_parent_run_with_a_child_per_component(tiny_data, isol
     doc = json.loads(result.stdout)
     status = {s["component"]: s["status"] for s in doc["steps"]}
     assert status == {"classifier": "trained", "knowledge": "skipped", "entities": "skipped",
-                      "sentiment": "trained", "generator": "skipped"}
+                      "sentiment": "trained", "generator": "skipped", "replies": "skipped"}
     final = ModelRegistry(isolated_env / "registry").get(doc["final_version"])
     assert components_of(final) == ["classifier", "sentiment"]
 

@@ -376,18 +376,14 @@ def test_deploy_and_rollback_move_the_generator_with_the_rest(gen_registry):
         Responder.from_registry(gen_registry)
 
 
-def test_reply_cli_json_and_errors(gen_registry):
+def test_reply_cli_sends_no_unchecked_generator_reply(gen_registry):
+    """`hotelbot reply` answers through the reply pipeline (tests/replies), which fact-checks every reply: a
+    version with a generator but no reply model is refused with the command that adds one."""
     result = runner.invoke(reply_app, ["reply", "hola buenas", "no funciona el wifi", "--json"])
-    assert result.exit_code == 0, result.output
-    doc = json.loads(result.stdout)
-    assert doc["model_version"] == "v0003" and [r["message"] for r in doc["replies"]] == ["hola buenas",
-                                                                                           "no funciona el wifi"]
-    assert all(len(r["sources"]) == 2 for r in doc["replies"])
+    assert result.exit_code == 1 and "v0003 has no reply model" in result.stderr
+    assert "hotelbot train --model-type replies" in result.stderr and result.stdout == ""
     result = runner.invoke(reply_app, ["reply", "hola", "--version", "v0002"])
-    assert result.exit_code == 1 and "has no response generator" in result.stderr
-    assert result.stdout == ""
-    result = runner.invoke(reply_app, ["reply", "hola buenas"])
-    assert result.exit_code == 0 and "fuente:" in result.stdout
+    assert result.exit_code == 1 and "has no reply model" in result.stderr
 
 
 def test_a_corrupt_generator_is_refused(gen_registry):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ...config import load_settings
-from ...data import TRAIN_FILE, VALIDATION_FILE, clean_text
+from ...data import TRAIN_FILE, VALIDATION_FILE, clean_messages, clean_text
 from ...errors import DataError, ModelError, RegistryError
 from .data import ReplyPair, read_pairs_jsonl, read_prepared_replies, read_reply_file
 from .inputs import Collator, Features, passages_text, token_nll
@@ -112,13 +112,7 @@ class Responder:
         return self.knowledge.search_many(list(messages), top_k=self.spec.grounding_passages)
 
     def _clean(self, messages: Sequence[str]) -> list[str]:
-        if isinstance(messages, str):
-            raise TypeError("reply() takes a list of messages")
-        cleaned = [clean_text(m) if isinstance(m, str) else "" for m in messages]
-        for m, c in zip(messages, cleaned):
-            if not c:
-                raise DataError(f"empty message {m!r}", hint='give a guest message, e.g. "¿a qué hora cierra la piscina?"')
-        return cleaned
+        return clean_messages(messages)
 
     def _contexts(self, hits: Sequence[Sequence["SearchHit"]]) -> list[str] | None:
         if self.knowledge is None:

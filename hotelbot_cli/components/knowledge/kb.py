@@ -1068,16 +1068,25 @@ class KnowledgeBase:
         ensure_onnx_encoder(self.embedder, models_dir, [c.passage() for c in self.chunk_list[:16]])
         return None  # this process keeps the torch encoder it just loaded; the next one opens the export
 
-    def search_many(self, queries: Sequence[str], top_k: int = 5) -> list[list[SearchHit]]:
-        if top_k < 1:
-            raise DataError(f"top_k must be >= 1, got {top_k}")
+    def embed_queries(self, queries: Sequence[str]) -> np.ndarray:
+        """The normalized query vectors search uses (DataError for an empty query)."""
         cleaned = [clean_text(q) for q in queries]
         empty = next((q for q, c in zip(queries, cleaned) if not c), None)
         if empty is not None:
             raise DataError("empty search query", hint="give a question, e.g. \"¿aceptan perros?\"")
-        vectors = self.query_encoder.embed(cleaned, kind="query")
+        return self.query_encoder.embed(cleaned, kind="query")
+
+    def search_vectors(self, vectors: np.ndarray, top_k: int = 5) -> list[list[SearchHit]]:
+        """The top ``top_k`` chunks for each row of :meth:`embed_queries`'s vectors."""
+        if top_k < 1:
+            raise DataError(f"top_k must be >= 1, got {top_k}")
         return [[SearchHit(rank, score, self.chunks[cid]) for rank, (cid, score) in enumerate(hits, 1)]
                 for hits in self.index.search(vectors, top_k)]
+
+    def search_many(self, queries: Sequence[str], top_k: int = 5) -> list[list[SearchHit]]:
+        if top_k < 1:
+            raise DataError(f"top_k must be >= 1, got {top_k}")
+        return self.search_vectors(self.embed_queries(queries), top_k)
 
     def search(self, query: str, top_k: int = 5) -> list[SearchHit]:
         return self.search_many([query], top_k)[0]

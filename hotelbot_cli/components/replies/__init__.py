@@ -1,0 +1,136 @@
+"""Grounded replies: the reply pipeline (intent-aware, grounded in the knowledge base, fact-checked) and the
+sentence ranker it answers with. ``train --model-type replies`` trains the ranker on the prepared reply pairs
+and scores the pipeline on the reply evaluation set; its files live in ``replies/``, its summary in
+``metadata["replies"]``. Gated: deploy refuses a version whose unsupported-fact rate is above
+``validation_config.max_unsupported_fact_rate`` (default 0) or whose fact accuracy is below
+MIN_VALIDATION_SCORE.
+
+Modules: facts.py (facts and the check), ranking.py (sentences, features, the ranker), policy.py (what kind
+of reply each intent gets; templates), pipeline.py (:class:`ReplyPipeline`), training.py (fit, evaluate,
+publish)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ...errors import HotelbotError, ModelError
+from ..base import Component, ComponentResult, TrainRequest, report_common
+from ..generator.data import default_data_path  # the replies train on the generator's prepared reply pairs
+from ..knowledge import KnowledgeBaseComponent
+
+if TYPE_CHECKING:
+    from ...config import Settings
+    from ...registry import VersionInfo
+
+SMOKE_MESSAGE = "¿a qué hora es el desayuno?"
+REPORT_METRICS = (("fact_accuracy", "fact accuracy"), ("fact_recall", "fact recall"),
+                  ("unsupported_fact_rate", "unsupported-fact rate"))
+
+
+class RepliesComponent(Component):
+    name = "replies"
+    model_type = "replies"
+    kind = "replies"
+    experiment = "hotelbot-replies"
+    description = "grounded replies (intent-aware, sentence ranker over the knowledge base, fact-checked)"
+    paths = ("replies",)
+    prepare_hint = "hotelbot prepare --replies FILE (and --documents DIR)"
+    metric = "fact_accuracy"
+    gated = True
+    evaluation_key = "replies"
+    train_options = ("use_generator", "reply_eval")
+
+    def prepared_data(self, settings: "Settings", documents: Path | None = None) -> Path | None:
+        path = default_data_path(settings)
+        has_documents = KnowledgeBaseComponent().prepared_data(settings, documents) is not None
+        return path if path.is_dir() and has_documents else None
+
+    def train(self, request: TrainRequest) -> ComponentResult:
+        from .training import train_replies  # numpy, the encoders: on use
+
+        data = Path(request.data) if request.data else default_data_path(request.settings)
+        return train_replies(request.settings, data, request.registry, listener=request.listener, force=request.force,
+                             source=request.source, eval_file=request.options.get("reply_eval"),
+                             use_generator=bool(request.options.get("use_generator")))
+
+    def gate_failures(self, metrics: dict[str, Any], validation: Any) -> list[str]:
+        """Fact accuracy >= MIN_VALIDATION_SCORE, and unsupported-fact rate <= MAX_UNSUPPORTED_FACT_RATE."""
+        failures = super().gate_failures(metrics, validation)
+        limit = validation.max_unsupported_fact_rate
+        rate = metrics.get("unsupported_fact_rate")
+        if not isinstance(rate, (int, float)) or rate > limit:
+            failures.append(f"replies unsupported_fact_rate {rate} > MAX_UNSUPPORTED_FACT_RATE {limit:.4f}")
+        return failures
+
+    def _stale(self, info: "VersionInfo") -> bool:
+        summary = info.metadata.get(self.name) or {}
+        knowledge = info.metadata.get("knowledge") or {}
+        return summary.get("knowledge_fingerprint", "").split(":")[0] != str(knowledge.get("fingerprint"))
+
+    def recorded_score(self, info: "VersionInfo") -> dict[str, Any] | None:
+        """``replies/metrics.json``, unless the knowledge base changed since (what training measured no longer holds)."""
+        if self._stale(info):
+            return None
+        try:
+            metrics = json.loads((info.path / "replies" / "metrics.json").read_text("utf-8"))
+        except (OSError, ValueError):
+            return None
+        keys = ("overall_score", "unsupported_fact_rate")
+        ok = isinstance(metrics, dict) and all(isinstance(metrics.get(k), (int, float)) for k in keys)
+        return metrics if ok else None
+
+    def score(self, info: "VersionInfo", settings: "Settings") -> dict[str, Any] | None:
+        from .training import evaluate_version  # numpy, the encoders: on use
+
+        return evaluate_version(info, settings)
+
+    def score_view(self, metrics: dict[str, Any], gate: str) -> dict[str, Any]:
+        base = metrics.get("baseline") or {}
+        return {"line": f"replies: fact accuracy {metrics['fact_accuracy']:.4f}, unsupported-fact rate "
+                        f"{metrics['unsupported_fact_rate']:.4f} (nearest training reply: "
+                        f"{base.get('fact_accuracy', 0):.4f}, {base.get('unsupported_fact_rate', 0):.4f})  {gate}",
+                "table": None}
+
+    def smoke(self, info: "VersionInfo", settings: "Settings", texts_count: int) -> dict[str, Any]:
+        answer = self.load(info, settings).reply([SMOKE_MESSAGE])[0]
+        if not str(answer.get("reply", "")).strip():
+            raise HotelbotError(f"{info.name}'s reply pipeline returned an empty reply")
+        return {"reply_chars": len(answer["reply"]), "kind": answer["kind"]}
+
+    def load(self, info: "VersionInfo", settings: "Settings | None" = None,
+             loaded: dict[str, Any] | None = None) -> Any:
+        from .pipeline import ReplyPipeline  # numpy, the knowledge base: on use
+
+        return ReplyPipeline.from_version(info, settings, loaded)
+
+    def warm_up(self, loaded: Any, version: str, text: str) -> None:
+        if not loaded.reply([text])[0].get("reply", "").strip():
+            raise ModelError(f"version {version}'s reply pipeline returned an empty reply")
+
+    def report_section(self, path: Path, metadata: dict[str, Any]) -> dict[str, Any] | None:
+        summary = metadata.get(self.name)
+        metrics_path = Path(path) / "replies" / "metrics.json"
+        if not isinstance(summary, dict) or not metrics_path.is_file():
+            return None
+        metrics = json.loads(metrics_path.read_text("utf-8"))
+        base = metrics.get("baseline") or {}
+        rows = [{"metric": label, "replies": metrics.get(k), "baseline": base.get(k)} for k, label in REPORT_METRICS]
+        pairs = metrics.get("validation_pairs") or {}
+        if pairs:
+            rows += [{"metric": "relevance (validation pairs)", "replies": pairs.get("relevance"),
+                      "baseline": pairs.get("baseline_relevance")},
+                     {"metric": "ROUGE-L (validation pairs)", "replies": pairs.get("rouge_l"),
+                      "baseline": pairs.get("baseline_rouge_l")}]
+        return {"kind": "replies", "headline": {k: metrics.get(k) for k, _ in REPORT_METRICS},
+                "rows": rows, "ranker": metrics.get("ranker"), "kinds": metrics.get("kinds"),
+                "num_questions": metrics.get("num_questions"), "samples": (metrics.get("samples") or [])[:5],
+                **report_common(summary)}
+
+    def evaluate(self, info: "VersionInfo", settings: "Settings",
+                 options: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:
+        return None, []  # scored (and gated) through score()
+
+
+__all__ = ["RepliesComponent"]

@@ -1,0 +1,338 @@
+"""The reply pipeline: one grounded, checked reply per guest message.
+
+For each message: the version's analyzer gives the intent and the entities; the policy (:mod:`.policy`)
+picks the kind of reply; grounded answers come from the knowledge base (top chunks, their sentences ranked
+by the trained :class:`~.ranking.SentenceRanker`); a version's response generator may phrase informational
+answers when the replies were trained to use it. Every reply then passes the fact check
+(:func:`~.facts.unsupported_facts`) against the passages it cites and the message: a generated reply that
+fails is replaced by the extractive answer; anything else that fails is replaced by the policy's
+``no_answer``. Each answer says which path it took (``kind``), what it cites (``sources``) and the check.
+
+Files of the ``replies/`` directory of a version: ``ranker.json`` (weights, feature statistics, settings,
+the knowledge base's fingerprint), ``sentences.jsonl`` + ``sentence_vectors.npy`` (the knowledge base's
+sentences and their embeddings), ``policy.json``, ``eval.jsonl`` (the reply evaluation set it was scored
+on), ``metrics.json``, ``training_history.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+
+from ..._io import atomic_write_json
+from ...data import OUT_OF_SCOPE, clean_messages
+from ...errors import ModelError, RegistryError
+from .facts import unsupported_facts
+from .policy import Policy, ask_for, entity_slots, is_question, render
+from .ranking import CONTACT, FeatureBuilder, Sentence, SentenceRanker, sentences_of
+
+if TYPE_CHECKING:
+    from ...config import Settings
+    from ...registry import VersionInfo
+    from ..knowledge.kb import KnowledgeBase, SearchHit
+
+log = logging.getLogger("hotelbot.replies")
+
+REPLIES_DIR = "replies"
+RANKER_FILE = "ranker.json"
+SENTENCES_FILE = "sentences.jsonl"
+VECTORS_FILE = "sentence_vectors.npy"
+POLICY_FILE = "policy.json"
+EVAL_FILE = "eval.jsonl"
+RANKER_FORMAT = "hotelbot-replies/1"
+
+
+@dataclass(frozen=True)
+class ReplySettings:
+    """How answers are built (stored with the ranker; ``replies_config``-free defaults that training may tune)."""
+
+    candidate_chunks: int = 4        # chunks whose sentences compete
+    second_sentence_ratio: float = 0.5  # add a runner-up sentence when its probability is this close to the best's
+    max_sentences: int = 2           # training chooses both on the validation pairs (:func:`training.tune_selection`)
+    use_generator: bool = False      # phrase informational answers with the version's generator (fact-checked)
+    # A message the classifier sends to out_of_scope is answered from the documents anyway when its best chunk
+    # scores at least this (training sets it: the 95th percentile of the out-of-scope training messages' best
+    # scores, so that 1 in 20 of those would be answered); None: never.
+    out_of_scope_grounding: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"candidate_chunks": self.candidate_chunks, "second_sentence_ratio": self.second_sentence_ratio,
+                "max_sentences": self.max_sentences, "use_generator": self.use_generator,
+                "out_of_scope_grounding": self.out_of_scope_grounding}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ReplySettings":
+        threshold = data.get("out_of_scope_grounding")
+        return cls(int(data.get("candidate_chunks", 4)), float(data.get("second_sentence_ratio", 0.5)),
+                   int(data.get("max_sentences", 2)), bool(data.get("use_generator", False)),
+                   None if threshold is None else float(threshold))
+
+
+@dataclass
+class ReplyModel:
+    """What training stores: the ranker, its feature statistics, the sentences and their vectors, the policy."""
+
+    ranker: SentenceRanker
+    features: FeatureBuilder
+    sentences: list[Sentence]
+    vectors: np.ndarray
+    policy: Policy
+    settings: ReplySettings
+    knowledge_fingerprint: str
+
+    def save(self, target: Path, extra: Mapping[str, Any] | None = None) -> None:
+        target.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(target / RANKER_FILE, {"format": RANKER_FORMAT, "ranker": self.ranker.to_dict(),
+                                                 "features": self.features.to_dict(),
+                                                 "settings": self.settings.to_dict(),
+                                                 "knowledge_fingerprint": self.knowledge_fingerprint,
+                                                 **(extra or {})})
+        (target / SENTENCES_FILE).write_text("".join(json.dumps(s.to_dict(), ensure_ascii=False) + "\n"
+                                                     for s in self.sentences), "utf-8")
+        with open(target / VECTORS_FILE, "wb") as handle:
+            np.save(handle, self.vectors.astype(np.float32), allow_pickle=False)
+        atomic_write_json(target / POLICY_FILE, self.policy.raw)
+
+    @classmethod
+    def load(cls, directory: Path) -> "ReplyModel":
+        try:
+            record = json.loads((directory / RANKER_FILE).read_text("utf-8"))
+            if record.get("format") != RANKER_FORMAT:
+                raise ModelError(f"{directory / RANKER_FILE} is not a {RANKER_FORMAT} file",
+                                 hint="retrain it: hotelbot train --model-type replies")
+            sentences = [Sentence.from_dict(json.loads(line)) for line in
+                         (directory / SENTENCES_FILE).read_text("utf-8").splitlines() if line.strip()]
+            vectors = np.load(directory / VECTORS_FILE, allow_pickle=False)
+            ranker = SentenceRanker.from_dict(record["ranker"])
+        except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
+            raise ModelError(f"cannot read the reply model in {directory}: {exc}",
+                             hint="retrain it: hotelbot train --model-type replies") from None
+        if len(vectors) != len(sentences):
+            raise ModelError(f"{directory}: {len(sentences)} sentences but {len(vectors)} vectors")
+        return cls(ranker, FeatureBuilder.from_dict(record["features"]), sentences, vectors,
+                   Policy.load(directory / POLICY_FILE), ReplySettings.from_dict(record.get("settings") or {}),
+                   str(record.get("knowledge_fingerprint") or ""))
+
+
+def knowledge_fingerprint(kb: "KnowledgeBase") -> str:
+    """What the sentences depend on: the documents' chunks and the embedding model."""
+    return f"{kb.manifest.get('fingerprint')}:{kb.model.fingerprint}"
+
+
+def embed_sentences(kb: "KnowledgeBase", sentences: Sequence[Sentence]) -> np.ndarray:
+    return kb.embedder.embed([s.passage() for s in sentences], kind="passage") if sentences else \
+        np.zeros((0, kb.model.dim), dtype=np.float32)
+
+
+@dataclass
+class Candidates:
+    """One message's competing sentences with their features."""
+
+    hits: list["SearchHit"]
+    sentences: list[Sentence]
+    features: np.ndarray
+    chunk_of: dict[str, "SearchHit"]
+
+
+class ReplyPipeline:
+    """A version's reply path: analyzer (may be None), knowledge base, reply model, generator (optional)."""
+
+    def __init__(self, version: str, knowledge: "KnowledgeBase", model: ReplyModel, analyzer: Any = None,
+                 responder: Any = None) -> None:
+        self.version = version
+        self.knowledge = knowledge
+        self.model = model
+        self.analyzer = analyzer
+        self.responder = responder if model.settings.use_generator else None
+        self._rows = {s.id: i for i, s in enumerate(model.sentences)}
+        self._by_chunk: dict[str, list[int]] = {}
+        for i, s in enumerate(model.sentences):
+            self._by_chunk.setdefault(s.chunk_id, []).append(i)
+        if model.knowledge_fingerprint != knowledge_fingerprint(knowledge):
+            # The knowledge base was rebuilt after the ranker was trained: rank its current sentences.
+            log.warning("version %s: the knowledge base changed since the replies were trained; its sentences are "
+                        "embedded again (retrain: hotelbot train --model-type replies)", version)
+            sentences = sentences_of(knowledge.chunk_list)
+            model.sentences, model.vectors = sentences, embed_sentences(knowledge, sentences)
+            self._by_chunk = {}
+            for i, s in enumerate(sentences):
+                self._by_chunk.setdefault(s.chunk_id, []).append(i)
+        self._how_cache: dict[str, tuple[list["SearchHit"], list[Sentence]]] = {}
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_version(cls, info: "VersionInfo", settings: "Settings | None" = None,
+                     loaded: Mapping[str, Any] | None = None) -> "ReplyPipeline":
+        """``loaded``: the version's components already loaded (serve's knowledge base, analyzer parts)."""
+        from ...pipeline.analyze import Analyzer  # the analyzer loads the component table
+        from ..knowledge.kb import INDEX_FILE, KNOWLEDGE_DIR, KnowledgeBase  # kb imports the encoders
+
+        directory = info.path / REPLIES_DIR
+        if not (directory / RANKER_FILE).is_file():
+            raise RegistryError(f"version {info.name} has no reply model",
+                                hint="train one: hotelbot train --model-type replies")
+        loaded = dict(loaded or {})
+        models_dir = settings.paths.models_dir if settings is not None else None
+        knowledge = loaded.get("knowledge")
+        if knowledge is None:
+            if not (info.path / KNOWLEDGE_DIR / INDEX_FILE).is_file():
+                raise RegistryError(f"version {info.name} has replies but no knowledge base",
+                                    hint="hotelbot train --model-type embeddings, then --model-type replies")
+            knowledge = KnowledgeBase.from_version(info, models_dir)
+        model = ReplyModel.load(directory)
+        analyzing = {n: loaded[n] for n in Analyzer.analyzing_components(info) if n in loaded}
+        names = Analyzer.analyzing_components(info)
+        analyzer = None
+        if names:
+            analyzer = (Analyzer(info.name, analyzing) if set(analyzing) == set(names)
+                        else Analyzer.from_version(info, settings, preloaded=analyzing))
+        responder = loaded.get("generator")
+        if responder is None and model.settings.use_generator and (info.path / "generator").is_dir():
+            from ..generator.responder import Responder  # heavy: torch, only when the replies use it
+
+            responder = Responder.from_version(info, models_dir, knowledge=knowledge)
+        return cls(info.name, knowledge, model, analyzer, responder)
+
+    # ------------------------------------------------------------------ ranking
+    def candidates(self, message: str, intent: str | None, vector: np.ndarray) -> Candidates:
+        hits = self.knowledge.search_vectors(vector[None, :], self.model.settings.candidate_chunks)[0]
+        rows = [i for h in hits for i in self._by_chunk.get(h.chunk.id, [])]
+        sentences = [self.model.sentences[i] for i in rows]
+        chunk_of = {h.chunk.id: h for h in hits}
+        cosines = self.model.vectors[rows] @ vector if rows else np.zeros(0)
+        features = self.model.features.features(message, intent, sentences, cosines,
+                                                [chunk_of[s.chunk_id].score for s in sentences],
+                                                [chunk_of[s.chunk_id].rank for s in sentences])
+        return Candidates(hits, sentences, features, chunk_of)
+
+    def rank(self, found: Candidates) -> list[tuple[Sentence, float]]:
+        """Candidates, best first, with their softmax probability among the message's candidates."""
+        if not found.sentences:
+            return []
+        scores = self.model.ranker.scores(found.features)
+        p = np.exp(scores - scores.max())
+        p /= p.sum()
+        order = np.argsort(-p, kind="stable")
+        return [(found.sentences[i], float(p[i])) for i in order]
+
+    def select(self, ranked: Sequence[tuple[Sentence, float]], settings: ReplySettings | None = None) -> list[Sentence]:
+        """The best sentence, plus the next ones (up to ``max_sentences``) whose probability is at least
+        ``second_sentence_ratio`` of the best one's (guests often ask two things at once); grouped by chunk
+        in the best sentence's order, each chunk's sentences in document order."""
+        settings = settings or self.model.settings
+        if not ranked:
+            return []
+        best, p_best = ranked[0]
+        chosen = [best] + [s for s, p in ranked[1:settings.max_sentences]
+                           if p >= settings.second_sentence_ratio * p_best]
+        chunks = list(dict.fromkeys(s.chunk_id for s in chosen))
+        return sorted(chosen, key=lambda s: (chunks.index(s.chunk_id), s.index))
+
+    # ------------------------------------------------------------------ answers
+    def _sources(self, sentences: Sequence[Sentence], chunk_of: Mapping[str, "SearchHit"]) -> list[dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for s in sentences:
+            hit = chunk_of[s.chunk_id]
+            entry = out.setdefault(s.chunk_id, {"doc": s.doc, "heading": s.heading, "chunk_id": s.chunk_id,
+                                                "score": round(float(hit.score), 6), "sentences": []})
+            entry["sentences"].append(s.text)
+        return list(out.values())
+
+    def _how(self, intent: str, query: str) -> tuple[list[Sentence], dict[str, "SearchHit"]]:
+        """The document sentence that says how to do ``intent`` (its policy's ``how`` query): the best ranked
+        one that names a contact (an e-mail, a phone, "marque", recepción), else the best; once per intent."""
+        if intent not in self._how_cache:
+            vector = self.knowledge.embed_queries([query])[0]
+            found = self.candidates(query, intent, vector)
+            ranked = [s for s, _ in self.rank(found)]
+            contact = [s for s in ranked if CONTACT.search(s.text)]
+            self._how_cache[intent] = (found.hits, (contact or ranked)[:1])
+        hits, sentences = self._how_cache[intent]
+        return sentences, {h.chunk.id: h for h in hits}
+
+    def reply(self, messages: Sequence[str]) -> list[dict[str, Any]]:
+        """One answer per message: {"message", "reply", "kind", "intent", "confidence", "entities", "sources",
+        "check": {"passed", "unsupported"}} (+ "rejected" when a generated reply failed the check)."""
+        cleaned = clean_messages(messages)
+        rows = self.analyzer.analyze(list(messages)) if self.analyzer is not None else [{} for _ in messages]
+        vectors = self.knowledge.embed_queries(cleaned)
+        answers = [self._answer(m, c, row, vectors[i]) for i, (m, c, row) in enumerate(zip(messages, cleaned, rows))]
+        self._phrase_with_generator(answers, cleaned)
+        return answers
+
+    def _answer(self, message: str, cleaned: str, row: Mapping[str, Any], vector: np.ndarray) -> dict[str, Any]:
+        intent = row.get("intent")
+        entities = list(row.get("entities") or [])
+        policy = self.model.policy
+        rule = policy.of(intent)
+        out_of_scope = bool(row.get("fallback")) or intent == OUT_OF_SCOPE
+        kind = "fallback" if out_of_scope else rule.kind
+        if kind == "action" and rule.questions == "grounded" and is_question(message):
+            kind = "grounded"
+        threshold = self.model.settings.out_of_scope_grounding
+        if out_of_scope and threshold is not None and not rule.reply:
+            best = self.knowledge.search_vectors(vector[None, :], 1)[0]
+            if best and best[0].score >= threshold:  # about the hotel after all: answer from its documents
+                kind = "grounded"
+        slots = entity_slots(message, entities)
+        sentences: list[Sentence] = []
+        chunk_of: dict[str, "SearchHit"] = {}
+        found = None
+        if kind == "social":
+            text = render(rule.reply, slots)
+        elif kind == "fallback":
+            text = render(rule.reply, slots) if rule.reply else policy.fallback
+        elif kind == "action":
+            sentences, chunk_of = self._how(str(intent), rule.how)
+            parts = [render(rule.reply, slots), " ".join(s.text for s in sentences), ask_for(policy, rule.needs, slots)]
+            text = " ".join(p for p in parts if p)
+        else:
+            found = self.candidates(cleaned, intent, vector)
+            sentences = self.select(self.rank(found))
+            chunk_of = found.chunk_of
+            text = " ".join(s.text for s in sentences)
+            if not text:
+                kind, text = "no_answer", policy.no_answer
+        answer = {"message": message, "reply": text, "kind": kind, "intent": intent,
+                  "confidence": row.get("confidence"), "entities": entities,
+                  "sources": self._sources(sentences, chunk_of)}
+        answer["_hits"] = found.hits if found is not None else []
+        self._check(answer, cleaned, [chunk_of[c].chunk.passage() for c in {s.chunk_id for s in sentences}])
+        return answer
+
+    def _check(self, answer: dict[str, Any], message: str, passages: Sequence[str]) -> None:
+        bad = unsupported_facts(answer["reply"], [*passages, message])
+        if bad:  # never sent: say so and answer with the safe reply instead
+            answer["rejected"] = [{"reply": answer["reply"], "kind": answer["kind"],
+                                   "unsupported": [f.to_dict() for f in bad]}]
+            answer.update(reply=self.model.policy.no_answer, kind="no_answer", sources=[])
+        answer["check"] = {"passed": True, "unsupported": []}
+
+    def _phrase_with_generator(self, answers: list[dict[str, Any]], cleaned: Sequence[str]) -> None:
+        """With ``use_generator``: informational answers phrased by the generator, kept only when every fact
+        of the generated reply is in the passages it was given (or the message)."""
+        todo = [i for i, a in enumerate(answers) if a["kind"] == "grounded" and a["_hits"]]
+        if self.responder is not None and todo:
+            generated = self.responder.reply([answers[i]["message"] for i in todo],
+                                             hits=[answers[i]["_hits"] for i in todo])
+            for i, g in zip(todo, generated):
+                a = answers[i]
+                passages = [h.chunk.passage() for h in a["_hits"]]
+                bad = unsupported_facts(g["reply"], [*passages, cleaned[i]])
+                if not g["reply"].strip() or bad:
+                    a.setdefault("rejected", []).append({"reply": g["reply"], "kind": "generated",
+                                                         "unsupported": [f.to_dict() for f in bad]})
+                    continue
+                a.update(reply=g["reply"], kind="generated",
+                         sources=[{"doc": h.chunk.doc, "heading": h.chunk.heading, "chunk_id": h.chunk.id,
+                                   "score": round(float(h.score), 6), "sentences": []} for h in a["_hits"]])
+        for a in answers:
+            a.pop("_hits", None)
+
+
+__all__ = ["REPLIES_DIR", "ReplyModel", "ReplyPipeline", "ReplySettings", "embed_sentences", "knowledge_fingerprint"]

@@ -1,0 +1,367 @@
+"""Training and judging the reply pipeline.
+
+:func:`train_replies` fits the sentence ranker on the prepared reply pairs (the same split the generator
+uses: a pair's source document and reference reply say which retrieved sentence answers it, see
+:func:`~.ranking.answer_label`), scores the whole pipeline, and publishes a new version carrying over the
+source version's other components plus ``replies/``. The source version must hold a knowledge base; its
+analyzer (intent classifier, entities) is what the pipeline routes with.
+
+:func:`evaluate_pipeline` is what training records and `hotelbot validate` recomputes:
+
+- on the reply evaluation set (``datasets/reply_eval_es.jsonl``: questions written from the documents, each
+  with the facts a correct reply must contain): ``fact_accuracy`` (share of questions whose reply states
+  every expected fact), ``fact_recall`` (share of expected facts stated), ``unsupported_fact_rate`` (share of
+  replies stating a number, time, price, e-mail, phone, URL or name that neither the passages they cite nor
+  the message contain; recomputed here from the cited chunks, not taken from the pipeline's own check),
+  ``doc_accuracy`` (share of grounded replies citing the expected document), ``rejected_rate``, latency;
+- the same for the nearest-training-reply baseline (the reply of the most similar training message; its
+  "sources" are the passages retrieved for the question), computed in the same run;
+- on the reply pairs' validation split: ``relevance`` (cosine of reply and reference, embedded with the
+  knowledge base's query encoder) and ROUGE-L for both;
+- the ranker alone on the validation questions that have an answering sentence: top-1 accuracy and MRR,
+  beside ranking by embedding cosine only and taking the first sentence of the top chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from ..._io import iter_jsonl
+from ...data import OUT_OF_SCOPE
+from ...errors import DataError
+from ...training.events import TrainingEvent, emitter
+from ..base import ComponentResult, training_run
+from ..compose import has_component, publish_component, source_version
+from ..generator.data import ReplyPair, load_reply_data, read_prepared_replies, write_prepared_replies
+from ..generator.metrics import corpus_rouge_l
+from .facts import contains_fact, extract_facts, unsupported_facts
+from .pipeline import (EVAL_FILE, REPLIES_DIR, ReplyModel, ReplyPipeline, ReplySettings, embed_sentences,
+                       knowledge_fingerprint)
+from .policy import DEFAULT_POLICY, Policy
+from .ranking import FEATURES, FeatureBuilder, SentenceRanker, answer_label, sentences_of, stems
+
+if TYPE_CHECKING:
+    from ...config import Settings
+    from ...registry import ModelRegistry, VersionInfo
+    from ...training.events import Listener
+
+COMPONENT = "replies"
+EXPERIMENT = "hotelbot-replies"
+DEFAULT_EVAL = Path("datasets/reply_eval_es.jsonl")
+DATA_DIR = "data"  # the reply pairs the ranker was trained and scored on, inside replies/
+MAX_SAMPLES = 12
+
+
+@dataclass(frozen=True)
+class EvalQuestion:
+    question: str
+    facts: tuple[str, ...]
+    doc: str | None = None
+    intent: str | None = None
+
+
+def read_eval_file(path: Path) -> list[EvalQuestion]:
+    """The reply evaluation set: one JSON object per line with "question" and "facts" (non-empty strings)."""
+    path = Path(path)
+    rows: list[EvalQuestion] = []
+    try:
+        text = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read the reply evaluation set {path}: {exc}") from None
+    for number, record in iter_jsonl(path, text):
+        record = record if isinstance(record, dict) else {}
+        question, facts = record.get("question"), record.get("facts")
+        if not isinstance(question, str) or not question.strip() or not isinstance(facts, list) or not facts \
+                or not all(isinstance(f, str) and f.strip() for f in facts):
+            raise DataError(f"{path}: line {number}: expected {{\"question\": text, \"facts\": [text, ...]}}")
+        rows.append(EvalQuestion(question, tuple(facts), record.get("doc"), record.get("intent")))
+    if not rows:
+        raise DataError(f"{path} holds no question")
+    return rows
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------------------- ranker training data
+
+
+def ranking_groups(pipeline: ReplyPipeline, pairs: Sequence[ReplyPair]) -> tuple[list[tuple[np.ndarray, int]], list[Any]]:
+    """(features, answering index) per pair whose answer is among its candidates, and those Candidates."""
+    usable = [p for p in pairs if p.source]
+    vectors = pipeline.knowledge.embed_queries([p.message for p in usable]) if usable else []
+    groups, found_all = [], []
+    for pair, vector in zip(usable, vectors):
+        found = pipeline.candidates(pair.message, pair.intent, vector)
+        label = answer_label(pair.reply, found.sentences, pair.source)
+        if label is not None:
+            groups.append((found.features, label))
+            found_all.append(found)
+    return groups, found_all
+
+
+def ranker_metrics(ranker: SentenceRanker, groups: Sequence[tuple[np.ndarray, int]],
+                   found: Sequence[Any]) -> dict[str, Any]:
+    if not groups:
+        return {"questions": 0}
+    cos = FEATURES.index("cosine")
+    top1 = mrr = top1_cos = top1_first = 0.0
+    for (x, y), f in zip(groups, found):
+        order = list(np.argsort(-ranker.scores(x), kind="stable"))
+        top1 += order[0] == y
+        mrr += 1.0 / (order.index(y) + 1)
+        top1_cos += int(np.argmax(x[:, cos])) == y
+        first = next(i for i, s in enumerate(f.sentences) if s.chunk_id == f.hits[0].chunk.id) \
+            if any(s.chunk_id == f.hits[0].chunk.id for s in f.sentences) else -1
+        top1_first += first == y
+    n = len(groups)
+    return {"questions": n, "top1_accuracy": round(top1 / n, 6), "mrr": round(mrr / n, 6),
+            "baseline_cosine_top1": round(top1_cos / n, 6), "baseline_first_sentence_top1": round(top1_first / n, 6)}
+
+
+SELECTION_GRID = [(ratio, most) for most in (1, 2, 3) for ratio in (0.15, 0.3, 0.5, 0.7)]
+
+
+def _overlap_f1(reply: str, reference: str) -> float:
+    """Mean of the stem F1 and the fact F1 (numbers, times, e-mails...) of a reply against a reference reply."""
+    def f1(mine: set[str], theirs: set[str]) -> float:
+        common = len(mine & theirs)
+        return 2 * common / (len(mine) + len(theirs)) if common else float(not mine and not theirs)
+
+    facts = lambda text: {f"{f.kind}:{f.value}" for f in extract_facts(text) if f.kind != "name"}  # noqa: E731
+    return (f1(set(stems(reply)), set(stems(reference))) + f1(facts(reply), facts(reference))) / 2
+
+
+def tune_selection(pipeline: ReplyPipeline, pairs: Sequence[ReplyPair]) -> tuple[ReplySettings, dict[str, Any]]:
+    """How many sentences an answer quotes: the (second_sentence_ratio, max_sentences) of :data:`SELECTION_GRID`
+    whose answers best match the reference replies of ``pairs`` (those with a source: stem + fact F1)."""
+    usable = [p for p in pairs if p.source]
+    settings = pipeline.model.settings
+    if not usable:
+        return settings, {"pairs": 0}
+    vectors = pipeline.knowledge.embed_queries([p.message for p in usable])
+    ranked = [pipeline.rank(pipeline.candidates(p.message, p.intent, v)) for p, v in zip(usable, vectors)]
+    scores = {}
+    for ratio, most in SELECTION_GRID:
+        trial = replace(settings, second_sentence_ratio=ratio, max_sentences=most)
+        scores[(ratio, most)] = float(np.mean([_overlap_f1(" ".join(s.text for s in pipeline.select(r, trial)), p.reply)
+                                               for p, r in zip(usable, ranked)]))
+    ratio, most = max(SELECTION_GRID, key=lambda k: (round(scores[k], 6), -k[1], k[0]))
+    return replace(settings, second_sentence_ratio=ratio, max_sentences=most), {
+        "pairs": len(usable), "chosen": {"second_sentence_ratio": ratio, "max_sentences": most},
+        "scores": {f"{r}/{m}": round(v, 6) for (r, m), v in scores.items()}}
+
+
+def out_of_scope_grounding(kb: Any, train: Sequence[ReplyPair], quantile: float = 0.95) -> float | None:
+    """The best-chunk score above which a message classified out_of_scope is answered from the documents: the
+    ``quantile`` of the out-of-scope training messages' (no source) best scores; None with fewer than 5 of them."""
+    messages = [p.message for p in train if p.intent == OUT_OF_SCOPE and not p.source]
+    if len(messages) < 5:
+        return None
+    scores = [hits[0].score for hits in kb.search_many(messages, 1) if hits]
+    return round(float(np.quantile(scores, quantile)), 6)
+
+
+# ---------------------------------------------------------------------------- the pipeline's evaluation
+
+
+def _cited_passages(pipeline: ReplyPipeline, answer: dict[str, Any]) -> list[str]:
+    chunks = pipeline.knowledge.chunks
+    return [chunks[s["chunk_id"]].passage() for s in answer.get("sources", []) if s.get("chunk_id") in chunks]
+
+
+def _fact_block(replies: Sequence[str], questions: Sequence[EvalQuestion], sources: Sequence[Sequence[str]]) -> dict[str, Any]:
+    complete = recall = total = unsupported = 0
+    for reply, q, passages in zip(replies, questions, sources):
+        stated = [contains_fact(reply, f) for f in q.facts]
+        complete += all(stated)
+        recall += sum(stated)
+        total += len(stated)
+        unsupported += bool(unsupported_facts(reply, [*passages, q.question]))
+    n = max(len(questions), 1)
+    return {"fact_accuracy": round(complete / n, 6), "fact_recall": round(recall / max(total, 1), 6),
+            "unsupported_fact_rate": round(unsupported / n, 6)}
+
+
+def nearest_replies(pipeline: ReplyPipeline, messages: Sequence[str], train: Sequence[ReplyPair]) -> list[str]:
+    """The baseline: the reply of the training message nearest to each message (same query encoder)."""
+    train_vecs = pipeline.knowledge.embed_queries([p.message for p in train])
+    vecs = pipeline.knowledge.embed_queries(list(messages))
+    return [train[int(i)].reply for i in np.argmax(vecs @ train_vecs.T, axis=1)]
+
+
+def evaluate_pipeline(pipeline: ReplyPipeline, questions: Sequence[EvalQuestion], train: Sequence[ReplyPair],
+                      validation: Sequence[ReplyPair]) -> dict[str, Any]:
+    """See the module docstring. ``overall_score`` is ``fact_accuracy``."""
+    texts = [q.question for q in questions]
+    start = time.monotonic()
+    answers = pipeline.reply(texts)
+    seconds = (time.monotonic() - start) / max(len(texts), 1)
+    cited = [_cited_passages(pipeline, a) for a in answers]
+    ours = _fact_block([a["reply"] for a in answers], questions, cited)
+    grounded = [(a, q) for a, q in zip(answers, questions) if a["kind"] in ("grounded", "generated") and q.doc]
+    ours.update({
+        "doc_accuracy": round(sum(any(s["doc"] == q.doc for s in a["sources"]) for a, q in grounded)
+                              / max(len(grounded), 1), 6),
+        "rejected_rate": round(sum(bool(a.get("rejected")) for a in answers) / max(len(answers), 1), 6),
+        "kinds": {k: sum(a["kind"] == k for a in answers) for k in sorted({a["kind"] for a in answers})},
+        "seconds_per_reply": round(seconds, 4)})
+    retrieved = [[h.chunk.passage() for h in hs] for hs in pipeline.knowledge.search_many(
+        texts, pipeline.model.settings.candidate_chunks)]
+    base = _fact_block(nearest_replies(pipeline, texts, train), questions, retrieved)
+
+    relevance: dict[str, Any] = {}
+    if validation:
+        messages = [p.message for p in validation]
+        references = [p.reply for p in validation]
+        ours_val = [a["reply"] for a in pipeline.reply(messages)]
+        base_val = nearest_replies(pipeline, messages, train)
+        encode = pipeline.knowledge.embed_queries
+        ref = encode(references)
+        relevance = {"pairs": len(validation),
+                     "relevance": round(float(np.mean(np.sum(encode(ours_val) * ref, axis=1))), 6),
+                     "rouge_l": round(corpus_rouge_l(ours_val, references), 6),
+                     "baseline_relevance": round(float(np.mean(np.sum(encode(base_val) * ref, axis=1))), 6),
+                     "baseline_rouge_l": round(corpus_rouge_l(base_val, references), 6)}
+    return {"metric": "fact_accuracy", "overall_score": ours["fact_accuracy"], **ours,
+            "num_questions": len(questions), "baseline": base, "validation_pairs": relevance,
+            "generator_used": pipeline.responder is not None,
+            "samples": [{"message": a["message"], "reply": a["reply"], "kind": a["kind"], "intent": a["intent"],
+                         "expected_facts": list(q.facts),
+                         "missing_facts": [f for f in q.facts if not contains_fact(a["reply"], f)],
+                         "sources": [f"{s['doc']} > {s['heading']}" for s in a["sources"]]}
+                        for a, q in list(zip(answers, questions))[:MAX_SAMPLES]]}
+
+
+# ---------------------------------------------------------------------------- training
+
+
+@dataclass
+class _Prepared:
+    """What training_run's repeat check and MLflow parameters read."""
+
+    train: list[ReplyPair]
+    validation: list[ReplyPair]
+    fingerprint: str
+
+
+def train_replies(settings: "Settings", data: Path, registry: "ModelRegistry", *, listener: "Listener | None" = None,
+                  force: bool = False, source: str | None = None, eval_file: Path | None = None,
+                  policy_file: Path | None = None, use_generator: bool = False) -> ComponentResult:
+    from ...pipeline.analyze import Analyzer  # loads the component table
+    from ..knowledge.kb import KnowledgeBase  # imports the encoders
+
+    emit = emitter(listener)
+    start = time.monotonic()
+    source_info = source_version(registry, source)
+    if source_info is None or not has_component(source_info, "knowledge"):
+        raise DataError(f"the replies answer from a knowledge base, and {source_info.name if source_info else 'the registry'} "
+                        "has none", hint="hotelbot prepare --documents DIR && hotelbot train --model-type embeddings")
+    if use_generator and not has_component(source_info, "generator"):
+        raise DataError(f"--use-generator: {source_info.name} has no response generator",
+                        hint="hotelbot train --model-type generator first")
+    eval_file = Path(eval_file) if eval_file is not None else (DEFAULT_EVAL if DEFAULT_EVAL.is_file() else None)
+    if eval_file is None:
+        raise DataError(f"no reply evaluation set: {DEFAULT_EVAL} is missing",
+                        hint="give one with --eval FILE (JSONL: {\"question\", \"facts\": [...]})")
+    questions = read_eval_file(eval_file)
+    policy_path = Path(policy_file) if policy_file is not None else DEFAULT_POLICY
+    policy = Policy.load(policy_path)
+    prepared = load_reply_data(Path(data), settings.data)
+    kb = KnowledgeBase.from_version(source_info, settings.paths.models_dir)
+    reply_settings = ReplySettings(use_generator=use_generator)
+    fingerprint = hashlib.sha256("|".join([prepared.fingerprint, _sha(eval_file), _sha(policy_path),
+                                           knowledge_fingerprint(kb), json.dumps(reply_settings.to_dict())])
+                                 .encode()).hexdigest()
+    config = {"features": list(FEATURES), **reply_settings.to_dict()}
+    frame = _Prepared(prepared.train, prepared.validation, fingerprint)
+    with training_run(settings, registry, COMPONENT, EXPERIMENT, frame, config,
+                      {"knowledge_version": source_info.name, "eval_questions": len(questions), **config},
+                      force=force) as (tracker, monitor):
+        emit(TrainingEvent("status", message=f"cutting {len(kb.chunk_list)} chunks into sentences and embedding them"))
+        sentences = sentences_of(kb.chunk_list)
+        vectors = embed_sentences(kb, sentences)
+        builder = FeatureBuilder.fit(sentences, [(p.intent, p.source) for p in prepared.train])
+        reply_settings = replace(reply_settings, out_of_scope_grounding=out_of_scope_grounding(kb, prepared.train))
+        zero = SentenceRanker(np.zeros(len(FEATURES)), np.zeros(len(FEATURES)), np.ones(len(FEATURES)))
+        model = ReplyModel(zero, builder, sentences, vectors, policy, reply_settings, knowledge_fingerprint(kb))
+        names = Analyzer.analyzing_components(source_info)
+        analyzer = Analyzer.from_version(source_info, settings) if names else None
+        responder = None
+        if use_generator:
+            from ..generator.responder import Responder  # heavy: torch
+
+            responder = Responder.from_version(source_info, settings.paths.models_dir, knowledge=kb)
+        pipeline = ReplyPipeline(source_info.name, kb, model, analyzer, responder)
+        emit(TrainingEvent("status", message="labelling the answering sentence of each training question"))
+        train_groups, _ = ranking_groups(pipeline, prepared.train)
+        val_groups, val_found = ranking_groups(pipeline, prepared.validation)
+        if not train_groups:
+            raise DataError("no training question's answer is among its retrieved sentences",
+                            hint="the reply pairs need a \"source\" document that the knowledge base holds")
+        emit(TrainingEvent("status", message=f"fitting the sentence ranker on {len(train_groups)} questions"))
+        model.ranker = SentenceRanker.fit(train_groups)
+        ranking = ranker_metrics(model.ranker, val_groups, val_found)
+        model.settings, selection = tune_selection(pipeline, prepared.train)  # validation stays unseen
+        ranking["selection"] = selection
+        emit(TrainingEvent("status", message=f"scoring the replies on {len(questions)} evaluation questions"))
+        metrics = evaluate_pipeline(pipeline, questions, prepared.train, prepared.validation)
+        metrics["ranker"] = {**ranking, "train_questions": len(train_groups)}
+        duration = time.monotonic() - start
+        tracker.log_metrics({k: v for k, v in {
+            "fact_accuracy": metrics["fact_accuracy"], "fact_recall": metrics["fact_recall"],
+            "unsupported_fact_rate": metrics["unsupported_fact_rate"],
+            "baseline_fact_accuracy": metrics["baseline"]["fact_accuracy"],
+            "ranker_top1": ranking.get("top1_accuracy"), "ranker_mrr": ranking.get("mrr"),
+            "relevance": metrics["validation_pairs"].get("relevance")}.items() if v is not None}, step=0)
+        summary = {"dataset_fingerprint": fingerprint, "config": config, "knowledge_version": source_info.name,
+                   "knowledge_fingerprint": knowledge_fingerprint(kb), "sentences": len(sentences),
+                   "eval_file": str(eval_file), "eval_sha256": _sha(eval_file), "policy": str(policy_path),
+                   "train_questions": len(train_groups), "fact_accuracy": metrics["fact_accuracy"],
+                   "unsupported_fact_rate": metrics["unsupported_fact_rate"], "mlflow_run_id": tracker.run_id,
+                   "training_seconds": round(duration, 3)}
+
+        def write(target: Path) -> None:
+            model.save(target, {"trained_on": source_info.name})
+            shutil.copyfile(eval_file, target / EVAL_FILE)
+            write_prepared_replies(prepared, target / DATA_DIR)  # validate re-scores on the same pairs
+
+        info, carried = publish_component(registry, COMPONENT, "replies", source=source_info.name, write=write,
+                                          metrics=metrics, history={"ranker": ranking}, summary=summary,
+                                          monitor=monitor, tracker=tracker, listener=listener)
+    base = metrics["baseline"]
+    line = (f"trained replies {info.name} in {duration:.1f}s: fact accuracy {metrics['fact_accuracy']:.3f} "
+            f"(nearest training reply {base['fact_accuracy']:.3f}), unsupported-fact rate "
+            f"{metrics['unsupported_fact_rate']:.3f} ({base['unsupported_fact_rate']:.3f}); ranker top-1 "
+            f"{ranking.get('top1_accuracy', 0):.3f} (cosine only {ranking.get('baseline_cosine_top1', 0):.3f})")
+    document = {"component": COMPONENT, "version": info.name, "skipped": False, "duration_seconds": round(duration, 2),
+                "mlflow_run_id": tracker.run_id, "metric": "fact_accuracy", "overall_score": metrics["fact_accuracy"],
+                "metrics": {k: v for k, v in metrics.items() if k != "samples"},
+                "components": info.metadata.get("components"), "carried_from": carried.get("from"),
+                "carried_components": carried.get("components")}
+    return ComponentResult(COMPONENT, info, metrics, duration, tracker.run_id, [ranking], document, [line],
+                           notes=[f"saved to {info.path}; MLflow run {tracker.run_id}"],
+                           score=("replies_fact_accuracy", float(metrics["fact_accuracy"])),
+                           carried_from=carried.get("from"), carried_components=list(carried.get("components") or []))
+
+
+def evaluate_version(info: "VersionInfo", settings: "Settings", eval_file: Path | None = None) -> dict[str, Any]:
+    """Re-score a version's replies on the evaluation set and the reply pairs it was trained with (stored in
+    ``replies/``), or on ``eval_file``."""
+    pipeline = ReplyPipeline.from_version(info, settings)
+    questions = read_eval_file(Path(eval_file) if eval_file else info.path / REPLIES_DIR / EVAL_FILE)
+    pairs = read_prepared_replies(info.path / REPLIES_DIR / DATA_DIR)
+    return evaluate_pipeline(pipeline, questions, pairs.train, pairs.validation)
+
+
+__all__ = ["COMPONENT", "DEFAULT_EVAL", "EvalQuestion", "evaluate_pipeline", "evaluate_version", "read_eval_file",
+           "train_replies"]
