@@ -193,6 +193,11 @@ class Component:
         loaded before this one (registration order), to share (the generator shares the knowledge base)."""
         raise NotImplementedError(f"{self.name} has no runtime")
 
+    def served(self, info: "VersionInfo") -> bool:
+        """Whether `serve` loads it for ``info`` (the generator: not when the version's reply model answers
+        /reply without it)."""
+        return True
+
     def warm_up(self, loaded: Any, version: str, text: str) -> None:
         """Answer one text with the loaded component before the server swaps to its version (this also
         loads what loads lazily); raise ModelError when the answer is unusable."""

@@ -9,7 +9,7 @@ from typing import Any, Iterable, Sequence
 
 from .advice import FEW_EXAMPLES, LOW_RECALL
 from .formatting import _bytes, _delta, _errors_phrase, _f, _ms, _num, _pairs, _pct, _secs, _summary_lines
-from .other_components import _component_facts, _component_table
+from .other_components import _component_facts, _component_samples, _component_table
 from .report import METRIC_DIGITS, OVERALL_KEYS, SECTIONS, Report
 from .sections import DELTA_SHOWN, MAX_RIGHT_LOST
 
@@ -163,10 +163,10 @@ def render_html(report: Report) -> str:
             header, rows, numeric = _component_table(c)
             if rows:
                 doc.table(header, rows, numeric=numeric)
-            if c.get("samples"):
-                doc.add("<h4>Sample replies (validation)</h4>")
-                doc.table(["message", "reference", "generated", "retrieval baseline"],
-                          [(x["message"], x["reference"], x["generated"], x["baseline"]) for x in c["samples"]])
+            title, header, samples = _component_samples(c)
+            if samples:
+                doc.add(f"<h4>{_e(title)}</h4>")
+                doc.table(header, samples)
         doc.add("</section>")
     doc.add("</main><footer>")
     for note in report.notes:

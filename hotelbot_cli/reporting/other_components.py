@@ -16,7 +16,7 @@ def component_report(path: Path, metadata: dict[str, Any]) -> dict[str, dict[str
     that the version files in ``path`` (published or staged) with ``metadata`` hold, through its
     ``report_section``. {} when the version has none of them.
 
-    Every entry has ``kind`` ("labels" for entities / sentiment, "generation", "retrieval"), ``headline``,
+    Every entry has ``kind`` ("labels" for entities / sentiment, "generation", "retrieval", "replies"), ``headline``,
     ``rows``, ``dataset``, ``base_model``, ``training``, ``carried_from`` and ``mlflow_run_id``; a generator
     adds ``baseline`` (the retrieval-only baseline measured in the same run), ``grounding``, ``generation``
     (decoding settings) and ``samples`` (validation messages with reference, generated and baseline reply)."""
@@ -43,6 +43,17 @@ def _component_facts(c: dict[str, Any]) -> list[tuple[str, str]]:
                 ("build time", f"{seconds} s" if seconds is not None else "-"),
                 ("embedded / reused chunks", f"{h.get('embedded_chunks', '-')} / {h.get('reused_chunks', '-')}"),
                 ("retrieval quality", "hotelbot validate --kb-eval"), carried]
+    if kind == "replies":
+        ranker = c.get("ranker") or {}
+        kinds = ", ".join(f"{k} {v}" for k, v in (c.get("kinds") or {}).items()) or "-"
+        return [("overall", f"fact accuracy {_f(h.get('fact_accuracy'))}, unsupported-fact rate "
+                            f"{_f(h.get('unsupported_fact_rate'))} on {c.get('num_questions', '-')} evaluation "
+                            "questions (the nearest training reply beside it)"),
+                ("sentence ranker", f"top-1 {_f(ranker.get('top1_accuracy'))} (embedding cosine alone "
+                                    f"{_f(ranker.get('baseline_cosine_top1'))}), MRR {_f(ranker.get('mrr'))} on "
+                                    f"{ranker.get('questions', '-')} validation questions"),
+                ("replies by kind", kinds), ("knowledge base", c.get("knowledge_version") or "-"),
+                ("training time", f"{seconds} s" if seconds is not None else "-"), carried]
     if kind == "generation":
         grounding = c.get("grounding") or {}
         generation = c.get("generation") or {}
@@ -62,6 +73,10 @@ def _component_facts(c: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _component_table(c: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]], tuple[int, ...]]:
+    if c.get("kind") == "replies":
+        return (["metric", "replies", "nearest training reply"],
+                [(row["metric"], _f(row["replies"]), _f(row["baseline"]) if row["baseline"] is not None else "-")
+                 for row in c["rows"]], (1, 2))
     if c.get("kind") == "generation":
         return (["metric", "generator", "retrieval baseline"],
                 [(row["metric"], _f(row["generator"]), _f(row["baseline"]) if row["baseline"] is not None else "-")
@@ -69,3 +84,14 @@ def _component_table(c: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]
     return (["label", "precision", "recall", "F1", "support"],
             [(row["label"], _f(row["precision"]), _f(row["recall"]), _f(row["f1"]), row["support"])
              for row in c["rows"]], (1, 2, 3, 4))
+
+
+def _component_samples(c: dict[str, Any]) -> tuple[str, list[str], list[tuple[Any, ...]]]:
+    """(title, header, rows) of a component's sample replies ([] rows when it has none)."""
+    samples = c.get("samples") or []
+    if c.get("kind") == "replies":
+        return ("Sample replies (evaluation questions)", ["question", "reply", "kind", "missing facts"],
+                [(x["message"], x["reply"], x["kind"], ", ".join(x.get("missing_facts") or []) or "-")
+                 for x in samples])
+    return ("Sample replies (validation)", ["message", "reference", "generated", "retrieval baseline"],
+            [(x["message"], x["reference"], x["generated"], x["baseline"]) for x in samples])

@@ -156,7 +156,7 @@ class ModelHolder:
         present = components_of(info)
         parts: dict[str, Any] = {}
         for component in registered():
-            if component.name not in present:
+            if component.name not in present or not component.served(info):
                 continue
             loaded = self._loader(info) if component.primary else component.load(info, None, parts)
             if component.primary and self.settings.torch_threads and getattr(loaded, "_torch", None) is not None:

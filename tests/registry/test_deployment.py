@@ -259,7 +259,7 @@ def test_facade_runs_the_seed_quick_start(registry_copy, tiny_data, fast_train_e
     trained = trainer.train_models("all", force=True)
     assert [(s["component"], s["status"]) for s in trained["steps"]] == [
         ("classifier", "trained"), ("knowledge", "skipped"), ("entities", "skipped"), ("sentiment", "skipped"),
-        ("generator", "skipped")]  # only the intent data is prepared here
+        ("generator", "skipped"), ("replies", "skipped")]  # only the intent data is prepared here
     assert trained["metrics"]["overall_score"] >= 0
     results = trainer.validate_models()
     assert 0 <= results["overall_score"] <= 1 and results["version"] == trained["version"]

@@ -83,6 +83,8 @@ def test_the_packaged_policy_loads_and_templates_render_with_entities():
     ("Nuestro tren sale a las 6:40 y no quiero hacer cola. ¿Hay forma de irse sin pasar por el mostrador?", True),
     ("no quiero hacer cola, cómo hago el check-out", True),
     ("Necesito un taxi para mañana a las 8", False),
+    ("¿Podrían decirme a qué hora abre el spa, por favor?", True),
+    ("Quería bajar al spa después de cenar, todavía está abierto? en qué planta es", True),
 ])
 def test_questions_and_requests(text, question):
     assert is_question(text) is question

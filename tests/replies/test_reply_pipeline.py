@@ -293,3 +293,38 @@ def test_a_knowledge_base_rebuilt_after_the_replies_is_ranked_again_and_rescored
     pipeline = ReplyPipeline.from_version(info, load_settings())
     (answer,) = pipeline.reply(["¿a qué hora es el desayuno?"])
     assert "10:30" not in answer["reply"] and answer["check"]["passed"]
+
+
+def test_serve_loads_the_generator_only_for_replies_that_use_it(registry):
+    """/reply answers through the reply model: a generator it does not use is not loaded by serve."""
+    from conftest import clone_version
+
+    from hotelbot_cli.components.generator import GeneratorComponent
+
+    component = GeneratorComponent()
+    assert component.served(registry.get("v0003")) is False  # replies without the generator
+    assert component.served(registry.get("v0002")) is False  # no reply model: nothing serves a generator
+
+    def use_generator(staged):
+        path = staged / "replies" / "ranker.json"
+        record = json.loads(path.read_text("utf-8"))
+        record["settings"]["use_generator"] = True
+        path.unlink()  # a hard link into the blob store: replace, never write through
+        path.write_text(json.dumps(record), "utf-8")
+
+    assert component.served(clone_version(registry, "v0003", use_generator)) is True
+
+
+def test_report_shows_the_replies_beside_the_baseline(registry):
+    from hotelbot_cli.reporting import build_report, render_html, render_markdown
+
+    report = build_report(registry, "v0003", measure_latency=False, figures=False, min_score=0.0)
+    section = report.to_dict()["components"]["replies"]
+    recorded = json.loads((registry.get("v0003").path / "replies" / "metrics.json").read_text("utf-8"))
+    assert section["kind"] == "replies" and section["headline"]["fact_accuracy"] == recorded["fact_accuracy"]
+    assert section["rows"][0] == {"metric": "fact accuracy", "replies": recorded["fact_accuracy"],
+                                  "baseline": recorded["baseline"]["fact_accuracy"]}
+    markdown = render_markdown(report)
+    assert "### replies" in markdown and "| metric | replies | nearest training reply |" in markdown
+    assert "Sample replies (evaluation questions)" in markdown and EVAL[0]["question"] in markdown
+    assert "nearest training reply" in render_html(report)

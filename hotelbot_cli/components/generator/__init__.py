@@ -73,6 +73,18 @@ class GeneratorComponent(Component):
         return Responder.from_version(info, settings.paths.models_dir if settings is not None else None,
                                       knowledge=(loaded or {}).get("knowledge"))
 
+    def served(self, info: "VersionInfo") -> bool:
+        """/reply answers through the reply model, which uses the generator only when it was trained to
+        (``train --model-type replies --use-generator``): else nothing served reads it, and loading it would
+        cost seconds and hundreds of MB."""
+        replies = info.path / "replies" / "ranker.json"
+        if not replies.is_file():
+            return False
+        try:
+            return bool((json.loads(replies.read_text("utf-8")).get("settings") or {}).get("use_generator"))
+        except (OSError, ValueError):
+            return False
+
     def warm_up(self, loaded: Any, version: str, text: str) -> None:
         if not loaded.reply([text])[0].get("reply", "").strip():
             raise ModelError(f"version {version}'s response generator returned an empty reply")

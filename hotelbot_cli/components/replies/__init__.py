@@ -126,7 +126,8 @@ class RepliesComponent(Component):
         return {"kind": "replies", "headline": {k: metrics.get(k) for k, _ in REPORT_METRICS},
                 "rows": rows, "ranker": metrics.get("ranker"), "kinds": metrics.get("kinds"),
                 "num_questions": metrics.get("num_questions"), "samples": (metrics.get("samples") or [])[:5],
-                **report_common(summary)}
+                "knowledge_version": summary.get("knowledge_version"),
+                **report_common({**summary, "training": {"duration_seconds": summary.get("training_seconds")}})}
 
     def evaluate(self, info: "VersionInfo", settings: "Settings",
                  options: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:

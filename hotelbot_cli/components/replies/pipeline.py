@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -29,7 +30,7 @@ from ...data import OUT_OF_SCOPE, clean_messages
 from ...errors import ModelError, RegistryError
 from .facts import unsupported_facts
 from .policy import Policy, ask_for, entity_slots, is_question, render
-from .ranking import CONTACT, FeatureBuilder, Sentence, SentenceRanker, sentences_of
+from .ranking import CONTACT, FeatureBuilder, Intents, Sentence, SentenceRanker, sentences_of
 
 if TYPE_CHECKING:
     from ...config import Settings
@@ -45,6 +46,9 @@ VECTORS_FILE = "sentence_vectors.npy"
 POLICY_FILE = "policy.json"
 EVAL_FILE = "eval.jsonl"
 RANKER_FORMAT = "hotelbot-replies/1"
+HOW_CHUNKS = 10  # chunks searched for an action's how-to sentence (computed once per intent)
+HOW_TOP = 3      # of its best ranked sentences, the first with a contact is the how-to
+DIRECT_CONTACT = re.compile(r"@|\bmarque\b|\bmarcando\b|\+?\d[\d ]{6,}\d", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,8 @@ class ReplySettings:
 
     candidate_chunks: int = 4        # chunks whose sentences compete
     second_sentence_ratio: float = 0.5  # add a runner-up sentence when its probability is this close to the best's
-    max_sentences: int = 2           # training chooses both on the validation pairs (:func:`training.tune_selection`)
+    max_sentences: int = 2           # training chooses both on its pairs (:func:`training.tune_selection`)
+    max_chars: int = 320             # a runner-up is added only while the reply stays this short (a chat message)
     use_generator: bool = False      # phrase informational answers with the version's generator (fact-checked)
     # A message the classifier sends to out_of_scope is answered from the documents anyway when its best chunk
     # scores at least this (training sets it: the 95th percentile of the out-of-scope training messages' best
@@ -62,15 +67,15 @@ class ReplySettings:
 
     def to_dict(self) -> dict[str, Any]:
         return {"candidate_chunks": self.candidate_chunks, "second_sentence_ratio": self.second_sentence_ratio,
-                "max_sentences": self.max_sentences, "use_generator": self.use_generator,
+                "max_sentences": self.max_sentences, "max_chars": self.max_chars, "use_generator": self.use_generator,
                 "out_of_scope_grounding": self.out_of_scope_grounding}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ReplySettings":
         threshold = data.get("out_of_scope_grounding")
         return cls(int(data.get("candidate_chunks", 4)), float(data.get("second_sentence_ratio", 0.5)),
-                   int(data.get("max_sentences", 2)), bool(data.get("use_generator", False)),
-                   None if threshold is None else float(threshold))
+                   int(data.get("max_sentences", 2)), int(data.get("max_chars", 320)),
+                   bool(data.get("use_generator", False)), None if threshold is None else float(threshold))
 
 
 @dataclass
@@ -127,6 +132,11 @@ def knowledge_fingerprint(kb: "KnowledgeBase") -> str:
 def embed_sentences(kb: "KnowledgeBase", sentences: Sequence[Sentence]) -> np.ndarray:
     return kb.embedder.embed([s.passage() for s in sentences], kind="passage") if sentences else \
         np.zeros((0, kb.model.dim), dtype=np.float32)
+
+
+def intent_ranking(row: Mapping[str, Any]) -> list[tuple[str, float]]:
+    """The classifier's [(intent, confidence), ...] of an analysis row ([] without a classifier)."""
+    return [(str(r["intent"]), float(r["confidence"])) for r in row.get("top_k") or []]
 
 
 @dataclass
@@ -199,8 +209,11 @@ class ReplyPipeline:
         return cls(info.name, knowledge, model, analyzer, responder)
 
     # ------------------------------------------------------------------ ranking
-    def candidates(self, message: str, intent: str | None, vector: np.ndarray) -> Candidates:
-        hits = self.knowledge.search_vectors(vector[None, :], self.model.settings.candidate_chunks)[0]
+    def candidates(self, message: str, intent: "Intents", vector: np.ndarray, chunks: int | None = None) -> Candidates:
+        """The sentences of the top chunks (``chunks``, default the settings' candidate_chunks) for ``message``
+        (its query ``vector``), with their features; ``intent``: the intent or the classifier's ranking
+        [(intent, confidence), ...], for the document prior."""
+        hits = self.knowledge.search_vectors(vector[None, :], chunks or self.model.settings.candidate_chunks)[0]
         rows = [i for h in hits for i in self._by_chunk.get(h.chunk.id, [])]
         sentences = [self.model.sentences[i] for i in rows]
         chunk_of = {h.chunk.id: h for h in hits}
@@ -228,8 +241,11 @@ class ReplyPipeline:
         if not ranked:
             return []
         best, p_best = ranked[0]
-        chosen = [best] + [s for s, p in ranked[1:settings.max_sentences]
-                           if p >= settings.second_sentence_ratio * p_best]
+        chosen, length = [best], len(best.text)
+        for s, p in ranked[1:settings.max_sentences]:
+            if p >= settings.second_sentence_ratio * p_best and length + 1 + len(s.text) <= settings.max_chars:
+                chosen.append(s)
+                length += 1 + len(s.text)
         chunks = list(dict.fromkeys(s.chunk_id for s in chosen))
         return sorted(chosen, key=lambda s: (chunks.index(s.chunk_id), s.index))
 
@@ -244,14 +260,17 @@ class ReplyPipeline:
         return list(out.values())
 
     def _how(self, intent: str, query: str) -> tuple[list[Sentence], dict[str, "SearchHit"]]:
-        """The document sentence that says how to do ``intent`` (its policy's ``how`` query): the best ranked
-        one that names a contact (an e-mail, a phone, "marque", recepción), else the best; once per intent."""
+        """The document sentence that says how to do ``intent`` (its policy's ``how`` query, over the top
+        :data:`HOW_CHUNKS` chunks): of the :data:`HOW_TOP` best ranked, the first that gives a way to reach
+        someone (an e-mail or phone, "marque"/"marcando"), else the first naming one (recepción, "llame"),
+        else the best; once per intent."""
         if intent not in self._how_cache:
             vector = self.knowledge.embed_queries([query])[0]
-            found = self.candidates(query, intent, vector)
+            found = self.candidates(query, intent, vector, HOW_CHUNKS)
             ranked = [s for s, _ in self.rank(found)]
-            contact = [s for s in ranked if CONTACT.search(s.text)]
-            self._how_cache[intent] = (found.hits, (contact or ranked)[:1])
+            direct = [s for s in ranked[:HOW_TOP] if DIRECT_CONTACT.search(s.text)]
+            named = [s for s in ranked[:HOW_TOP] if CONTACT.search(s.text)]
+            self._how_cache[intent] = (found.hits, (direct or named or ranked)[:1])
         hits, sentences = self._how_cache[intent]
         return sentences, {h.chunk.id: h for h in hits}
 
@@ -292,7 +311,7 @@ class ReplyPipeline:
             parts = [render(rule.reply, slots), " ".join(s.text for s in sentences), ask_for(policy, rule.needs, slots)]
             text = " ".join(p for p in parts if p)
         else:
-            found = self.candidates(cleaned, intent, vector)
+            found = self.candidates(cleaned, intent_ranking(row) or intent, vector)
             sentences = self.select(self.rank(found))
             chunk_of = found.chunk_of
             text = " ".join(s.text for s in sentences)
@@ -335,4 +354,5 @@ class ReplyPipeline:
             a.pop("_hits", None)
 
 
-__all__ = ["REPLIES_DIR", "ReplyModel", "ReplyPipeline", "ReplySettings", "embed_sentences", "knowledge_fingerprint"]
+__all__ = ["REPLIES_DIR", "ReplyModel", "ReplyPipeline", "ReplySettings", "embed_sentences", "intent_ranking",
+           "knowledge_fingerprint"]

@@ -106,16 +106,17 @@ class Policy:
 
 def is_question(text: str) -> bool:
     """A question about the topic rather than a request to act ("¿hasta cuándo puedo cancelar gratis?" vs
-    "quiero cancelar la reserva 1234"). A message whose last sentence asks ("...?") is a question unless it is a
-    polite request ("¿me pueden cancelar la reserva, por favor?"); otherwise a request verb ("quiero",
-    "necesito", not "no quiero") makes it a request, and an interrogative (at the start, or accented
-    anywhere: "cómo", "cuánto") a question."""
+    "quiero cancelar la reserva 1234"). A polite request without an interrogative ("¿me pueden cancelar la
+    reserva, por favor?") is a request; so is a request verb ("quiero", "necesito", not "no quiero") unless
+    the message ends asking ("...?"); otherwise a question mark or an interrogative (at the start, or accented
+    anywhere: "cómo", "cuánto") makes it a question."""
     folded = fold(text)
-    if folded.rstrip().endswith("?"):
-        return not POLITE.search(folded)
-    if re.search(r"(?<!\bno )" + REQUEST.pattern, folded):
+    interrogative = bool(QUESTION_START.match(folded) or ACCENTED_QUESTION.search(text.lower()))
+    if POLITE.search(folded) and not interrogative:
         return False
-    return bool(QUESTION_START.match(folded) or ACCENTED_QUESTION.search(text.lower()))
+    if re.search(r"(?<!\bno )" + REQUEST.pattern, folded) and not folded.rstrip().endswith("?"):
+        return False
+    return "?" in text or interrogative
 
 
 def _entity_text(message: str, found: Sequence[Mapping[str, Any]], lead: bool) -> str:

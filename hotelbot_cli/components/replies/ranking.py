@@ -22,7 +22,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from .facts import WORD, extract_facts, fold
 
 if TYPE_CHECKING:
     from ..knowledge.kb import Chunk
+
+# What the doc prior reads: one intent, or the classifier's ranking [(intent, confidence), ...] (None: no intent)
+Intents = Union[str, Sequence[Tuple[str, float]], None]
 
 FEATURES = ("cosine", "chunk_score", "chunk_rank", "overlap", "idf_overlap", "heading_overlap",
             "time_answer", "price_answer", "number_answer", "contact_answer", "first_in_chunk",
@@ -115,24 +118,42 @@ def stems(text: str) -> list[str]:
     return [w[:5] for w in (fold(x) for x in WORD.findall(text)) if len(w) > 2 and w not in STOPWORDS]
 
 
-def answer_label(reply: str, candidates: Sequence[Sentence], source_doc: str | None) -> int | None:
-    """Index of the candidate that answers the question whose reference reply is ``reply``: among the source
-    document's candidates, the most facts shared with the reply, then the best stem F1; None when none
-    shares a fact or at least a quarter of its stems (the reply does not draw on the retrieved sentences)."""
-    reply_facts = {f"{f.kind}:{f.value}" for f in extract_facts(reply) if f.kind != "name"}
+def _fact_keys(text: str) -> set[str]:
+    return {f"{f.kind}:{f.value}" for f in extract_facts(text) if f.kind != "name"}
+
+
+def answer_labels(reply: str, candidates: Sequence[Sentence], source_doc: str | None) -> list[int]:
+    """Indexes of the candidates that answer the question whose reference reply is ``reply``, best first: among
+    the source document's candidates, the one sharing the most facts with the reply (then the best stem F1),
+    then, greedily, any other sharing a reply fact not yet covered (a reply often draws on two sentences).
+    Empty when none shares a fact or a quarter of its stems (the reply does not draw on these sentences)."""
+    reply_facts = _fact_keys(reply)
     reply_stems = set(stems(reply))
-    best, best_key = None, (0, 0.0)
+    scored = []
     for i, s in enumerate(candidates):
         if source_doc and s.doc != source_doc:
             continue
-        facts = len(reply_facts & {f"{f.kind}:{f.value}" for f in extract_facts(s.text) if f.kind != "name"})
+        facts = reply_facts & _fact_keys(s.text)
         mine = set(stems(s.text))
         common = len(mine & reply_stems)
         f1 = 2 * common / (len(mine) + len(reply_stems)) if common else 0.0
-        key = (facts, f1)
-        if (facts > 0 or f1 >= 0.25) and key > best_key:
-            best, best_key = i, key
-    return best
+        if facts or f1 >= 0.25:
+            scored.append(((len(facts), f1), i, facts))
+    if not scored:
+        return []
+    scored.sort(key=lambda item: (-item[0][0], -item[0][1], item[1]))
+    chosen, covered = [scored[0][1]], set(scored[0][2])
+    for _, i, facts in scored[1:]:
+        if facts - covered:
+            chosen.append(i)
+            covered |= facts
+    return chosen
+
+
+def answer_label(reply: str, candidates: Sequence[Sentence], source_doc: str | None) -> int | None:
+    """The best of :func:`answer_labels`, None when there is none."""
+    labels = answer_labels(reply, candidates, source_doc)
+    return labels[0] if labels else None
 
 
 class FeatureBuilder:
@@ -196,12 +217,17 @@ class FeatureBuilder:
         return {c: (bm25[c] / top, sum(self.idf.get(w, self._default_idf) for w in q_stems if bags[c][w]) / q_weight,
                     best[c]) for c in bags}
 
-    def prior(self, intent: str | None, doc: str) -> float:
-        table = self.doc_prior.get(intent or "")
+    def prior(self, intents: "Intents", doc: str) -> float:
+        """log P(doc | the message's intents) - log P(doc) (uniform): ``intents`` is one intent (certain) or the
+        classifier's ranking [(intent, confidence), ...], whose unassigned mass goes to the uniform prior."""
         uniform = 1.0 / max(len(self.docs), 1)
-        return math.log(table.get(doc, uniform) if table else uniform) - math.log(uniform)
+        ranking = [(intents, 1.0)] if isinstance(intents, str) else list(intents or [])
+        known = [(i, min(max(float(c), 0.0), 1.0)) for i, c in ranking if i in self.doc_prior]
+        mass = min(sum(c for _, c in known), 1.0)
+        p = sum(c * self.doc_prior[i].get(doc, uniform) for i, c in known) + (1.0 - mass) * uniform
+        return math.log(max(p, 1e-12)) - math.log(uniform)
 
-    def features(self, question: str, intent: str | None, candidates: Sequence[Sentence], cosines: np.ndarray,
+    def features(self, question: str, intent: "Intents", candidates: Sequence[Sentence], cosines: np.ndarray,
                  chunk_scores: Sequence[float], chunk_ranks: Sequence[int]) -> np.ndarray:
         q = fold(question)
         q_stems = set(stems(question))
@@ -266,9 +292,10 @@ class SentenceRanker:
                    np.asarray(data["scale"], dtype=np.float64))
 
     @classmethod
-    def fit(cls, groups: Sequence[tuple[np.ndarray, int]], *, l2: float = 1e-2, steps: int = 600,
+    def fit(cls, groups: Sequence[tuple[np.ndarray, int | Sequence[int]]], *, l2: float = 1e-2, steps: int = 600,
             learning_rate: float = 0.5) -> "SentenceRanker":
-        """Listwise training on ``groups``: (candidate features, index of the answering candidate)."""
+        """Listwise training on ``groups``: (candidate features, index or indexes of the answering candidates;
+        several share the target probability equally)."""
         if not groups:
             raise ValueError("no training question has an answering sentence among its candidates")
         stacked = np.concatenate([x for x, _ in groups])
@@ -281,7 +308,8 @@ class SentenceRanker:
         for i, (features, y) in enumerate(groups):
             x[i, :len(features)] = (features - mean) / scale
             mask[i, :len(features)] = True
-            target[i, y] = 1.0
+            answers = [y] if isinstance(y, (int, np.integer)) else list(y)
+            target[i, answers] = 1.0 / len(answers)
         w = np.zeros(len(FEATURES))
         for _ in range(steps):
             s = np.where(mask, x @ w, -np.inf)
@@ -291,5 +319,5 @@ class SentenceRanker:
         return cls(w, mean, scale)
 
 
-__all__ = ["FEATURES", "FeatureBuilder", "Sentence", "SentenceRanker", "answer_label", "sentences_of",
+__all__ = ["FEATURES", "FeatureBuilder", "Sentence", "SentenceRanker", "answer_label", "answer_labels", "sentences_of",
            "split_sentences", "stems"]

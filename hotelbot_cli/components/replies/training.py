@@ -44,9 +44,9 @@ from ..generator.data import ReplyPair, load_reply_data, read_prepared_replies, 
 from ..generator.metrics import corpus_rouge_l
 from .facts import contains_fact, extract_facts, unsupported_facts
 from .pipeline import (EVAL_FILE, REPLIES_DIR, ReplyModel, ReplyPipeline, ReplySettings, embed_sentences,
-                       knowledge_fingerprint)
+                       intent_ranking, knowledge_fingerprint)
 from .policy import DEFAULT_POLICY, Policy
-from .ranking import FEATURES, FeatureBuilder, SentenceRanker, answer_label, sentences_of, stems
+from .ranking import FEATURES, FeatureBuilder, SentenceRanker, answer_labels, sentences_of
 
 if TYPE_CHECKING:
     from ...config import Settings
@@ -95,27 +95,38 @@ def _sha(path: Path) -> str:
 # ---------------------------------------------------------------------------- ranker training data
 
 
-def ranking_groups(pipeline: ReplyPipeline, pairs: Sequence[ReplyPair]) -> tuple[list[tuple[np.ndarray, int]], list[Any]]:
-    """(features, answering index) per pair whose answer is among its candidates, and those Candidates."""
+def message_intents(pipeline: ReplyPipeline, pairs: Sequence[ReplyPair]) -> list[Any]:
+    """What the doc prior reads for each pair, as at inference: the classifier's ranking when the version has
+    one (its confidence, not the pair's label, so training sees the classifier's mistakes), else the label."""
+    if pipeline.analyzer is None or not pairs:
+        return [p.intent for p in pairs]
+    return [intent_ranking(row) or p.intent for p, row in zip(pairs, pipeline.analyzer.analyze([p.message for p in pairs]))]
+
+
+def ranking_groups(pipeline: ReplyPipeline, pairs: Sequence[ReplyPair]) -> tuple[list[tuple[np.ndarray, list[int]]], list[Any]]:
+    """(features, answering indexes, best first) per pair whose answer is among its candidates, and those Candidates."""
     usable = [p for p in pairs if p.source]
     vectors = pipeline.knowledge.embed_queries([p.message for p in usable]) if usable else []
+    intents = message_intents(pipeline, usable)
     groups, found_all = [], []
-    for pair, vector in zip(usable, vectors):
-        found = pipeline.candidates(pair.message, pair.intent, vector)
-        label = answer_label(pair.reply, found.sentences, pair.source)
-        if label is not None:
-            groups.append((found.features, label))
+    for pair, vector, intent in zip(usable, vectors, intents):
+        found = pipeline.candidates(pair.message, intent, vector)
+        labels = answer_labels(pair.reply, found.sentences, pair.source)
+        if labels:
+            groups.append((found.features, labels))
             found_all.append(found)
     return groups, found_all
 
 
-def ranker_metrics(ranker: SentenceRanker, groups: Sequence[tuple[np.ndarray, int]],
+def ranker_metrics(ranker: SentenceRanker, groups: Sequence[tuple[np.ndarray, list[int]]],
                    found: Sequence[Any]) -> dict[str, Any]:
+    """Top-1 accuracy and MRR of the best answering sentence, beside cosine-only and first-sentence ranking."""
     if not groups:
         return {"questions": 0}
     cos = FEATURES.index("cosine")
     top1 = mrr = top1_cos = top1_first = 0.0
-    for (x, y), f in zip(groups, found):
+    for (x, labels), f in zip(groups, found):
+        y = labels[0]
         order = list(np.argsort(-ranker.scores(x), kind="stable"))
         top1 += order[0] == y
         mrr += 1.0 / (order.index(y) + 1)
@@ -128,37 +139,43 @@ def ranker_metrics(ranker: SentenceRanker, groups: Sequence[tuple[np.ndarray, in
             "baseline_cosine_top1": round(top1_cos / n, 6), "baseline_first_sentence_top1": round(top1_first / n, 6)}
 
 
-SELECTION_GRID = [(ratio, most) for most in (1, 2, 3) for ratio in (0.15, 0.3, 0.5, 0.7)]
+SELECTION_GRID = [(ratio, most) for most in (1, 2, 3) for ratio in (0.0, 0.15, 0.3, 0.5, 0.7)]
+SHORT_REPLY_CHARS = 250  # "a short reply": the longest mean reply length the selection may choose
 
 
-def _overlap_f1(reply: str, reference: str) -> float:
-    """Mean of the stem F1 and the fact F1 (numbers, times, e-mails...) of a reply against a reference reply."""
-    def f1(mine: set[str], theirs: set[str]) -> float:
-        common = len(mine & theirs)
-        return 2 * common / (len(mine) + len(theirs)) if common else float(not mine and not theirs)
-
-    facts = lambda text: {f"{f.kind}:{f.value}" for f in extract_facts(text) if f.kind != "name"}  # noqa: E731
-    return (f1(set(stems(reply)), set(stems(reference))) + f1(facts(reply), facts(reference))) / 2
+def _fact_recall(reply: str, reference: str) -> float | None:
+    """Share of the reference reply's facts (numbers, times, e-mails...) the reply states; None when it has none."""
+    wanted = {f"{f.kind}:{f.value}" for f in extract_facts(reference) if f.kind != "name"}
+    if not wanted:
+        return None
+    stated = {f"{f.kind}:{f.value}" for f in extract_facts(reply) if f.kind != "name"}
+    return len(wanted & stated) / len(wanted)
 
 
 def tune_selection(pipeline: ReplyPipeline, pairs: Sequence[ReplyPair]) -> tuple[ReplySettings, dict[str, Any]]:
-    """How many sentences an answer quotes: the (second_sentence_ratio, max_sentences) of :data:`SELECTION_GRID`
-    whose answers best match the reference replies of ``pairs`` (those with a source: stem + fact F1)."""
+    """How many sentences an answer quotes: of the (second_sentence_ratio, max_sentences) of :data:`SELECTION_GRID`
+    whose replies to ``pairs`` (those with a source) average at most :data:`SHORT_REPLY_CHARS` characters, the one
+    stating most of the reference replies' facts (ties: the shorter)."""
     usable = [p for p in pairs if p.source]
     settings = pipeline.model.settings
     if not usable:
         return settings, {"pairs": 0}
     vectors = pipeline.knowledge.embed_queries([p.message for p in usable])
-    ranked = [pipeline.rank(pipeline.candidates(p.message, p.intent, v)) for p, v in zip(usable, vectors)]
-    scores = {}
+    ranked = [pipeline.rank(pipeline.candidates(p.message, i, v))
+              for p, v, i in zip(usable, vectors, message_intents(pipeline, usable))]
+    results = {}
     for ratio, most in SELECTION_GRID:
         trial = replace(settings, second_sentence_ratio=ratio, max_sentences=most)
-        scores[(ratio, most)] = float(np.mean([_overlap_f1(" ".join(s.text for s in pipeline.select(r, trial)), p.reply)
-                                               for p, r in zip(usable, ranked)]))
-    ratio, most = max(SELECTION_GRID, key=lambda k: (round(scores[k], 6), -k[1], k[0]))
+        replies = [" ".join(s.text for s in pipeline.select(r, trial)) for r in ranked]
+        recalls = [x for x in (_fact_recall(reply, p.reply) for reply, p in zip(replies, usable)) if x is not None]
+        results[(ratio, most)] = (float(np.mean(recalls)) if recalls else 0.0, float(np.mean([len(r) for r in replies])))
+    allowed = [k for k in SELECTION_GRID if results[k][1] <= SHORT_REPLY_CHARS] or [(0.7, 1)]
+    ratio, most = max(allowed, key=lambda k: (round(results[k][0], 6), -results[k][1]))
     return replace(settings, second_sentence_ratio=ratio, max_sentences=most), {
         "pairs": len(usable), "chosen": {"second_sentence_ratio": ratio, "max_sentences": most},
-        "scores": {f"{r}/{m}": round(v, 6) for (r, m), v in scores.items()}}
+        "short_reply_chars": SHORT_REPLY_CHARS,
+        "grid": {f"{r}/{m}": {"fact_recall": round(v[0], 6), "mean_chars": round(v[1], 1)}
+                 for (r, m), v in results.items()}}
 
 
 def out_of_scope_grounding(kb: Any, train: Sequence[ReplyPair], quantile: float = 0.95) -> float | None:
