@@ -8,6 +8,7 @@ from typing import Any, Optional
 import typer
 from typing_extensions import Annotated
 
+from ..config import ValidationConfig
 from ..evaluation import top_confusions
 from ..registry import ModelRegistry
 from .train import RichProgress
@@ -100,9 +101,11 @@ def _render_components(result) -> None:
 
     from ..components import get  # loads the component table: kept off `hotelbot --help`'s path
 
+    limits = result.validation or ValidationConfig(min_validation_score=result.min_score)
     for name, m in result.components.items():
-        gate = f"gate {result.min_score:.2f}: {'PASS' if m['overall_score'] >= result.min_score else 'FAIL'}"
-        view = get(name).score_view(m, gate)
+        component = get(name)
+        gate = f"{component.gate_label(limits)}: {'FAIL' if component.gate_failures(m, limits) else 'PASS'}"
+        view = component.score_view(m, gate)
         first, _, rest = view["line"].partition(" ")
         out.print(f"[bold]{first}[/bold] {rest}")
         if view["table"]:

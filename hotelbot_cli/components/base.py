@@ -175,6 +175,10 @@ class Component:
         score, limit = float(metrics["overall_score"]), validation.min_validation_score
         return [f"{self.name} {metrics['metric']} {score:.4f} < MIN_VALIDATION_SCORE {limit:.4f}"] if score < limit else []
 
+    def gate_label(self, validation: "config_module.ValidationConfig") -> str:
+        """How `hotelbot validate` names this component's gate ("gate 0.80")."""
+        return f"gate {validation.min_validation_score:.2f}"
+
     def score_view(self, metrics: dict[str, Any], gate: str) -> dict[str, Any]:
         """How `hotelbot validate` shows :meth:`score`'s metrics: {"line": one line (``gate`` is the gate's
         "gate 0.80: PASS" text), "table": None or {"title", "columns", "rows"} of plain strings}."""

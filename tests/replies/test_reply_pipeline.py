@@ -136,6 +136,12 @@ def test_replies_are_grounded_routed_by_intent_and_never_state_unsupported_facts
         passages = [chunks[s["chunk_id"]].passage() for s in a["sources"]]
         assert unsupported_facts(a["reply"], [*passages, a["message"]]) == [], a
         assert a["check"] == {"passed": True, "unsupported": []}
+    from dataclasses import replace
+
+    pipeline.model.settings = replace(pipeline.model.settings, min_grounding_score=2.0)  # nothing is covered
+    (uncovered,) = pipeline.reply(["¿a qué hora es el desayuno?"])
+    assert uncovered["kind"] == "no_answer" and uncovered["reply"] == pipeline.model.policy.no_answer
+    assert uncovered["sources"] == []
     with pytest.raises(DataError, match="empty message"):
         pipeline.reply(["hola", "  "])
     with pytest.raises(TypeError):
@@ -206,14 +212,17 @@ def test_the_gate_refuses_unsupported_facts_and_low_fact_accuracy(registry, monk
     assert failures == ["replies unsupported_fact_rate 0.05 > MAX_UNSUPPORTED_FACT_RATE 0.0000"]
     assert component.gate_failures({**metrics, "unsupported_fact_rate": 0.05},
                                    ValidationConfig(max_unsupported_fact_rate=0.1)) == []
-    assert "MIN_VALIDATION_SCORE" in component.gate_failures({**metrics, "overall_score": 0.5}, ValidationConfig())[0]
+    assert component.gate_failures({**metrics, "overall_score": 0.5}, ValidationConfig()) == [
+        "replies fact_accuracy 0.5000 < MIN_FACT_ACCURACY 0.6000"]
+    assert component.gate_failures({**metrics, "overall_score": 0.5}, ValidationConfig(min_fact_accuracy=0.4)) == []
+    assert component.gate_failures({**metrics, "overall_score": 0.7}, ValidationConfig(min_validation_score=0.9)) == []
     recorded = json.loads((registry.get("v0003").path / "replies" / "metrics.json").read_text("utf-8"))
     from hotelbot_cli.pipeline.validate import validate_components
 
     assert validate_components(registry.get("v0003"), load_settings(), recorded=True)["replies"]["source"] == "recorded"
     gate = _gate(registry, load_settings(), "v0003")
     assert gate["components"]["replies"] == {"metric": "fact_accuracy", "overall_score": recorded["fact_accuracy"]}
-    monkeypatch.setenv("MIN_VALIDATION_SCORE", str(min(1.0, recorded["fact_accuracy"] + 1e-6)))
+    monkeypatch.setenv("MIN_FACT_ACCURACY", str(min(1.0, recorded["fact_accuracy"] + 1e-6)))
     blocked = _gate(registry, load_settings(), "v0003")
     assert not blocked["passed"] and any(f.startswith("replies fact_accuracy") for f in blocked["failures"])
 

@@ -3,7 +3,7 @@ sentence ranker it answers with. ``train --model-type replies`` trains the ranke
 and scores the pipeline on the reply evaluation set; its files live in ``replies/``, its summary in
 ``metadata["replies"]``. Gated: deploy refuses a version whose unsupported-fact rate is above
 ``validation_config.max_unsupported_fact_rate`` (default 0) or whose fact accuracy is below
-MIN_VALIDATION_SCORE.
+``validation_config.min_fact_accuracy`` (default 0.6).
 
 Modules: facts.py (facts and the check), ranking.py (sentences, features, the ranker), policy.py (what kind
 of reply each intent gets; templates), pipeline.py (:class:`ReplyPipeline`), training.py (fit, evaluate,
@@ -56,13 +56,21 @@ class RepliesComponent(Component):
                              use_generator=bool(request.options.get("use_generator")))
 
     def gate_failures(self, metrics: dict[str, Any], validation: Any) -> list[str]:
-        """Fact accuracy >= MIN_VALIDATION_SCORE, and unsupported-fact rate <= MAX_UNSUPPORTED_FACT_RATE."""
-        failures = super().gate_failures(metrics, validation)
+        """Unsupported-fact rate <= MAX_UNSUPPORTED_FACT_RATE and fact accuracy >= MIN_FACT_ACCURACY (its own
+        floor: MIN_VALIDATION_SCORE is the classifiers')."""
+        failures = []
+        accuracy, floor = float(metrics["overall_score"]), validation.min_fact_accuracy
+        if accuracy < floor:
+            failures.append(f"replies fact_accuracy {accuracy:.4f} < MIN_FACT_ACCURACY {floor:.4f}")
         limit = validation.max_unsupported_fact_rate
         rate = metrics.get("unsupported_fact_rate")
         if not isinstance(rate, (int, float)) or rate > limit:
             failures.append(f"replies unsupported_fact_rate {rate} > MAX_UNSUPPORTED_FACT_RATE {limit:.4f}")
         return failures
+
+    def gate_label(self, validation: Any) -> str:
+        return (f"gate fact accuracy >= {validation.min_fact_accuracy:.2f}, unsupported-fact rate <= "
+                f"{validation.max_unsupported_fact_rate:.2f}")
 
     def _stale(self, info: "VersionInfo") -> bool:
         summary = info.metadata.get(self.name) or {}

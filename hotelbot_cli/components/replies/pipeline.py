@@ -64,18 +64,23 @@ class ReplySettings:
     # scores at least this (training sets it: the 95th percentile of the out-of-scope training messages' best
     # scores, so that 1 in 20 of those would be answered); None: never.
     out_of_scope_grounding: float | None = None
+    # A grounded answer whose best chunk scores below this is not given (the policy's no_answer instead): the
+    # documents do not cover the message. Training sets it to the 5th percentile of its answerable messages'
+    # best scores; None: always answer.
+    min_grounding_score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"candidate_chunks": self.candidate_chunks, "second_sentence_ratio": self.second_sentence_ratio,
                 "max_sentences": self.max_sentences, "max_chars": self.max_chars, "use_generator": self.use_generator,
-                "out_of_scope_grounding": self.out_of_scope_grounding}
+                "out_of_scope_grounding": self.out_of_scope_grounding, "min_grounding_score": self.min_grounding_score}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ReplySettings":
-        threshold = data.get("out_of_scope_grounding")
+        threshold, floor = data.get("out_of_scope_grounding"), data.get("min_grounding_score")
         return cls(int(data.get("candidate_chunks", 4)), float(data.get("second_sentence_ratio", 0.5)),
                    int(data.get("max_sentences", 2)), int(data.get("max_chars", 320)),
-                   bool(data.get("use_generator", False)), None if threshold is None else float(threshold))
+                   bool(data.get("use_generator", False)), None if threshold is None else float(threshold),
+                   None if floor is None else float(floor))
 
 
 @dataclass
@@ -312,10 +317,12 @@ class ReplyPipeline:
             text = " ".join(p for p in parts if p)
         else:
             found = self.candidates(cleaned, intent_ranking(row) or intent, vector)
-            sentences = self.select(self.rank(found))
+            floor = self.model.settings.min_grounding_score
+            covered = bool(found.hits) and (floor is None or found.hits[0].score >= floor)
+            sentences = self.select(self.rank(found)) if covered else []
             chunk_of = found.chunk_of
             text = " ".join(s.text for s in sentences)
-            if not text:
+            if not text:  # the documents do not cover it: say so rather than quote the nearest sentence
                 kind, text = "no_answer", policy.no_answer
         answer = {"message": message, "reply": text, "kind": kind, "intent": intent,
                   "confidence": row.get("confidence"), "entities": entities,

@@ -178,6 +178,16 @@ def tune_selection(pipeline: ReplyPipeline, pairs: Sequence[ReplyPair]) -> tuple
                  for (r, m), v in results.items()}}
 
 
+def min_grounding_score(kb: Any, train: Sequence[ReplyPair], quantile: float = 0.05) -> float | None:
+    """The best-chunk score below which a grounded answer is not given: the ``quantile`` of the best scores of
+    the training messages the documents answer (those with a source); None with fewer than 20 of them."""
+    messages = [p.message for p in train if p.source]
+    if len(messages) < 20:
+        return None
+    scores = [hits[0].score for hits in kb.search_many(messages, 1) if hits]
+    return round(float(np.quantile(scores, quantile)), 6)
+
+
 def out_of_scope_grounding(kb: Any, train: Sequence[ReplyPair], quantile: float = 0.95) -> float | None:
     """The best-chunk score above which a message classified out_of_scope is answered from the documents: the
     ``quantile`` of the out-of-scope training messages' (no source) best scores; None with fewer than 5 of them."""
@@ -308,7 +318,8 @@ def train_replies(settings: "Settings", data: Path, registry: "ModelRegistry", *
         sentences = sentences_of(kb.chunk_list)
         vectors = embed_sentences(kb, sentences)
         builder = FeatureBuilder.fit(sentences, [(p.intent, p.source) for p in prepared.train])
-        reply_settings = replace(reply_settings, out_of_scope_grounding=out_of_scope_grounding(kb, prepared.train))
+        reply_settings = replace(reply_settings, out_of_scope_grounding=out_of_scope_grounding(kb, prepared.train),
+                                 min_grounding_score=min_grounding_score(kb, prepared.train))
         zero = SentenceRanker(np.zeros(len(FEATURES)), np.zeros(len(FEATURES)), np.ones(len(FEATURES)))
         model = ReplyModel(zero, builder, sentences, vectors, policy, reply_settings, knowledge_fingerprint(kb))
         names = Analyzer.analyzing_components(source_info)
