@@ -225,6 +225,24 @@ def test_the_gate_refuses_unsupported_facts_and_low_fact_accuracy(registry, monk
     monkeypatch.setenv("MIN_FACT_ACCURACY", str(min(1.0, recorded["fact_accuracy"] + 1e-6)))
     blocked = _gate(registry, load_settings(), "v0003")
     assert not blocked["passed"] and any(f.startswith("replies fact_accuracy") for f in blocked["failures"])
+    monkeypatch.delenv("MIN_FACT_ACCURACY")
+
+    def one_unsupported_reply(staged):  # as if training had measured a reply stating an unsupported fact
+        path = staged / "replies" / "metrics.json"
+        metrics = json.loads(path.read_text("utf-8"))
+        path.unlink()  # a hard link into the blob store: replace, never write through
+        path.write_text(json.dumps({**metrics, "unsupported_fact_rate": 0.25}), "utf-8")
+
+    from conftest import clone_version
+
+    bad = clone_version(registry, "v0003", one_unsupported_reply)
+    assert "replies unsupported_fact_rate 0.25 > MAX_UNSUPPORTED_FACT_RATE" in " ".join(
+        _gate(registry, load_settings(), bad.name)["failures"])
+    before = registry.current_name()
+    result = runner.invoke(app, ["deploy", bad.name])
+    assert result.exit_code == 3 and "unsupported_fact_rate" in result.stderr and registry.current_name() == before
+    monkeypatch.setenv("MAX_UNSUPPORTED_FACT_RATE", "0.3")
+    assert _gate(registry, load_settings(), bad.name)["passed"]
 
 
 def test_validate_rescores_the_replies_like_training_did(registry):
