@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ...registry import VersionInfo
 
 SMOKE_MESSAGE = "¿a qué hora es el desayuno?"
+DEFAULT_EVAL = Path("datasets/reply_eval_es.jsonl")  # the reply evaluation set `train` scores with by default
 REPORT_METRICS = (("fact_accuracy", "fact accuracy"), ("fact_recall", "fact recall"),
                   ("unsupported_fact_rate", "unsupported-fact rate"))
 
@@ -36,7 +37,7 @@ class RepliesComponent(Component):
     experiment = "hotelbot-replies"
     description = "grounded replies (intent-aware, sentence ranker over the knowledge base, fact-checked)"
     paths = ("replies",)
-    prepare_hint = "hotelbot prepare --replies FILE (and --documents DIR)"
+    prepare_hint = f"hotelbot prepare --replies FILE (and --documents DIR), and the evaluation set {DEFAULT_EVAL}"
     metric = "fact_accuracy"
     gated = True
     evaluation_key = "replies"
@@ -45,7 +46,7 @@ class RepliesComponent(Component):
     def prepared_data(self, settings: "Settings", documents: Path | None = None) -> Path | None:
         path = default_data_path(settings)
         has_documents = KnowledgeBaseComponent().prepared_data(settings, documents) is not None
-        return path if path.is_dir() and has_documents else None
+        return path if path.is_dir() and has_documents and DEFAULT_EVAL.is_file() else None
 
     def train(self, request: TrainRequest) -> ComponentResult:
         from .training import train_replies  # numpy, the encoders: on use

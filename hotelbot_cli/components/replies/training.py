@@ -42,6 +42,7 @@ from ..base import ComponentResult, training_run
 from ..compose import has_component, publish_component, source_version
 from ..generator.data import ReplyPair, load_reply_data, read_prepared_replies, write_prepared_replies
 from ..generator.metrics import corpus_rouge_l
+from . import DEFAULT_EVAL
 from .facts import contains_fact, extract_facts, unsupported_facts
 from .pipeline import (EVAL_FILE, REPLIES_DIR, ReplyModel, ReplyPipeline, ReplySettings, embed_sentences,
                        intent_ranking, knowledge_fingerprint)
@@ -55,7 +56,6 @@ if TYPE_CHECKING:
 
 COMPONENT = "replies"
 EXPERIMENT = "hotelbot-replies"
-DEFAULT_EVAL = Path("datasets/reply_eval_es.jsonl")
 DATA_DIR = "data"  # the reply pairs the ranker was trained and scored on, inside replies/
 MAX_SAMPLES = 12
 
