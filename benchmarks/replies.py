@@ -65,7 +65,7 @@ def timed(fn, messages):
 def score(name, pipeline, questions, val_pairs, answer):
     """One row: facts on the eval questions, relevance and ROUGE-L on the validation pairs."""
     replies, passages, ms = timed(answer, [q.question for q in questions])
-    facts = _fact_block(replies, questions, passages)
+    facts = _fact_block(replies, questions, passages, pipeline.model.policy.texts())
     val_replies, _, _ = timed(answer, [p.message for p in val_pairs])
     encode = pipeline.knowledge.embed_queries
     ref = encode([p.reply for p in val_pairs])

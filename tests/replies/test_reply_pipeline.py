@@ -355,3 +355,20 @@ def test_report_shows_the_replies_beside_the_baseline(registry):
     assert "### replies" in markdown and "| metric | replies | nearest training reply |" in markdown
     assert "Sample replies (evaluation questions)" in markdown and EVAL[0]["question"] in markdown
     assert "nearest training reply" in render_html(report)
+
+
+def test_recorded_figures_do_not_count_once_the_analyzer_changed(registry):
+    """A retrained classifier (or entity/sentiment model) carried into a version changes how messages are
+    routed: the replies' recorded figures are stale, so the gate re-measures."""
+    from conftest import clone_version
+
+    component = RepliesComponent()
+    assert component.recorded_score(registry.get("v0003")) is not None
+
+    def retrained_classifier(staged):
+        path = next(p for p in sorted((staged / "model").iterdir()) if p.suffix == ".json")
+        text = path.read_text("utf-8")
+        path.unlink()  # a hard link into the blob store: replace, never write through
+        path.write_text(text + "\n", "utf-8")
+
+    assert component.recorded_score(clone_version(registry, "v0003", retrained_classifier)) is None

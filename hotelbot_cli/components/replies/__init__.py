@@ -74,9 +74,13 @@ class RepliesComponent(Component):
                 f"{validation.max_unsupported_fact_rate:.2f}")
 
     def _stale(self, info: "VersionInfo") -> bool:
+        """Whether the knowledge base (documents or embedding model) or the analyzer (classifier, entities,
+        sentiment) changed since the replies were trained and scored: their recorded figures no longer hold."""
+        from .training import analyzer_fingerprint, recorded_knowledge_fingerprint  # numpy: on use
+
         summary = info.metadata.get(self.name) or {}
-        knowledge = info.metadata.get("knowledge") or {}
-        return summary.get("knowledge_fingerprint", "").split(":")[0] != str(knowledge.get("fingerprint"))
+        return (summary.get("knowledge_fingerprint") != recorded_knowledge_fingerprint(info)
+                or summary.get("analyzer_fingerprint", "") != analyzer_fingerprint(info))
 
     def recorded_score(self, info: "VersionInfo") -> dict[str, Any] | None:
         """``replies/metrics.json``, unless the knowledge base changed since (what training measured no longer holds)."""

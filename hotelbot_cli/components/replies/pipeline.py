@@ -119,13 +119,14 @@ class ReplyModel:
                          (directory / SENTENCES_FILE).read_text("utf-8").splitlines() if line.strip()]
             vectors = np.load(directory / VECTORS_FILE, allow_pickle=False)
             ranker = SentenceRanker.from_dict(record["ranker"])
-        except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
+            features = FeatureBuilder.from_dict(record["features"])
+            settings = ReplySettings.from_dict(record.get("settings") or {})
+        except (OSError, KeyError, TypeError, ValueError, AttributeError, json.JSONDecodeError) as exc:
             raise ModelError(f"cannot read the reply model in {directory}: {exc}",
                              hint="retrain it: hotelbot train --model-type replies") from None
         if len(vectors) != len(sentences):
             raise ModelError(f"{directory}: {len(sentences)} sentences but {len(vectors)} vectors")
-        return cls(ranker, FeatureBuilder.from_dict(record["features"]), sentences, vectors,
-                   Policy.load(directory / POLICY_FILE), ReplySettings.from_dict(record.get("settings") or {}),
+        return cls(ranker, features, sentences, vectors, Policy.load(directory / POLICY_FILE), settings,
                    str(record.get("knowledge_fingerprint") or ""))
 
 

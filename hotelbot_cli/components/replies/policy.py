@@ -33,6 +33,7 @@ from ...errors import DataError
 from .facts import extract_facts, fold
 
 POLICY_FORMAT = "hotelbot-reply-policy/1"
+ASK_MISSING = "Indíquenos también {listed}, por favor."  # what an action reply asks for when entities are missing
 DEFAULT_POLICY = Path(__file__).with_name("policy_es.json")
 KINDS = ("social", "fallback", "action", "grounded")
 SLOT = re.compile(r"\{([A-Z_]+)\}")
@@ -100,6 +101,12 @@ class Policy:
             raise DataError(f"cannot read the reply policy {path}: {exc}") from None
         return cls.from_dict(data, str(path))
 
+    def texts(self) -> list[str]:
+        """The hotel's own wording: every template (slots removed), the fallback, no_answer and the request
+        for missing entities."""
+        return [SLOT.sub("", t) for t in [*(p.reply for p in self.intents.values()), self.fallback, self.no_answer,
+                                          *self.slots.values(), ASK_MISSING]]
+
     def of(self, intent: str | None) -> IntentPolicy:
         return self.intents.get(intent or "", IntentPolicy("grounded"))
 
@@ -159,7 +166,7 @@ def ask_for(policy: Policy, needs: Sequence[str], slots: Mapping[str, str]) -> s
     if not missing:
         return ""
     listed = missing[0] if len(missing) == 1 else ", ".join(missing[:-1]) + " y " + missing[-1]
-    return f"Indíquenos también {listed}, por favor."
+    return ASK_MISSING.replace("{listed}", listed)
 
 
 __all__ = ["DEFAULT_POLICY", "IntentPolicy", "Policy", "ask_for", "entity_slots", "is_question", "render"]

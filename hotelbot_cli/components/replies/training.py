@@ -12,7 +12,8 @@ analyzer (intent classifier, entities) is what the pipeline routes with.
   with the facts a correct reply must contain): ``fact_accuracy`` (share of questions whose reply states
   every expected fact), ``fact_recall`` (share of expected facts stated), ``unsupported_fact_rate`` (share of
   replies stating a number, time, price, e-mail, phone, URL or name that neither the passages they cite nor
-  the message contain; recomputed here from the cited chunks, not taken from the pipeline's own check),
+  the message contain; recomputed here from the cited chunks with the stricter check, which also counts
+  capitalised words opening a sentence, not taken from the pipeline's own answer),
   ``doc_accuracy`` (share of grounded replies citing the expected document), ``rejected_rate``, latency;
 - the same for the nearest-training-reply baseline (the reply of the most similar training message; its
   "sources" are the passages retrieved for the question), computed in the same run;
@@ -90,6 +91,27 @@ def read_eval_file(path: Path) -> list[EvalQuestion]:
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def analyzer_fingerprint(info: "VersionInfo") -> str:
+    """What the replies' routing depends on besides the knowledge base: the checksums of the version's
+    analyzing components' files (intent classifier, entities, sentiment), "" without any."""
+    from ...pipeline.analyze import Analyzer  # loads the component table
+    from ..compose import component_paths  # the table of component directories
+
+    owned = [p for name in Analyzer.analyzing_components(info) for p in component_paths(name)]
+    files = sorted((rel, sha) for rel, sha in (info.manifest.files or {}).items()
+                   if any(rel == o or rel.startswith(o + "/") for o in owned))
+    return hashlib.sha256(json.dumps(files).encode()).hexdigest() if files else ""
+
+
+def recorded_knowledge_fingerprint(info: "VersionInfo") -> str:
+    """:func:`~.pipeline.knowledge_fingerprint` of the version's knowledge base, from its index.json."""
+    try:
+        index = json.loads((info.path / "knowledge" / "index.json").read_text("utf-8"))
+        return f"{index.get('fingerprint')}:{(index.get('embedding_model') or {}).get('fingerprint')}"
+    except (OSError, ValueError):
+        return ""
 
 
 # ---------------------------------------------------------------------------- ranker training data
@@ -206,14 +228,18 @@ def _cited_passages(pipeline: ReplyPipeline, answer: dict[str, Any]) -> list[str
     return [chunks[s["chunk_id"]].passage() for s in answer.get("sources", []) if s.get("chunk_id") in chunks]
 
 
-def _fact_block(replies: Sequence[str], questions: Sequence[EvalQuestion], sources: Sequence[Sequence[str]]) -> dict[str, Any]:
+def _fact_block(replies: Sequence[str], questions: Sequence[EvalQuestion], sources: Sequence[Sequence[str]],
+                wording: Sequence[str] = ()) -> dict[str, Any]:
+    """Fact accuracy, recall and the unsupported-fact rate (strict oracle) of ``replies`` to ``questions``, each
+    reply judged against its ``sources`` (+ the question, + ``wording``: the policy's own texts, which the
+    policy check already keeps free of facts, so that their words do not count as names)."""
     complete = recall = total = unsupported = 0
     for reply, q, passages in zip(replies, questions, sources):
         stated = [contains_fact(reply, f) for f in q.facts]
         complete += all(stated)
         recall += sum(stated)
         total += len(stated)
-        unsupported += bool(unsupported_facts(reply, [*passages, q.question]))
+        unsupported += bool(unsupported_facts(reply, [*passages, q.question, *wording], strict=True))
     n = max(len(questions), 1)
     return {"fact_accuracy": round(complete / n, 6), "fact_recall": round(recall / max(total, 1), 6),
             "unsupported_fact_rate": round(unsupported / n, 6)}
@@ -234,7 +260,7 @@ def evaluate_pipeline(pipeline: ReplyPipeline, questions: Sequence[EvalQuestion]
     answers = pipeline.reply(texts)
     seconds = (time.monotonic() - start) / max(len(texts), 1)
     cited = [_cited_passages(pipeline, a) for a in answers]
-    ours = _fact_block([a["reply"] for a in answers], questions, cited)
+    ours = _fact_block([a["reply"] for a in answers], questions, cited, pipeline.model.policy.texts())
     grounded = [(a, q) for a, q in zip(answers, questions) if a["kind"] in ("grounded", "generated") and q.doc]
     ours.update({
         "doc_accuracy": round(sum(any(s["doc"] == q.doc for s in a["sources"]) for a, q in grounded)
@@ -307,8 +333,8 @@ def train_replies(settings: "Settings", data: Path, registry: "ModelRegistry", *
     kb = KnowledgeBase.from_version(source_info, settings.paths.models_dir)
     reply_settings = ReplySettings(use_generator=use_generator)
     fingerprint = hashlib.sha256("|".join([prepared.fingerprint, _sha(eval_file), _sha(policy_path),
-                                           knowledge_fingerprint(kb), json.dumps(reply_settings.to_dict())])
-                                 .encode()).hexdigest()
+                                           knowledge_fingerprint(kb), analyzer_fingerprint(source_info),
+                                           json.dumps(reply_settings.to_dict())]).encode()).hexdigest()
     config = {"features": list(FEATURES), **reply_settings.to_dict()}
     frame = _Prepared(prepared.train, prepared.validation, fingerprint)
     with training_run(settings, registry, COMPONENT, EXPERIMENT, frame, config,
@@ -353,6 +379,7 @@ def train_replies(settings: "Settings", data: Path, registry: "ModelRegistry", *
             "relevance": metrics["validation_pairs"].get("relevance")}.items() if v is not None}, step=0)
         summary = {"dataset_fingerprint": fingerprint, "config": config, "knowledge_version": source_info.name,
                    "knowledge_fingerprint": knowledge_fingerprint(kb), "sentences": len(sentences),
+                   "analyzer_fingerprint": analyzer_fingerprint(source_info),
                    "eval_file": str(eval_file), "eval_sha256": _sha(eval_file), "policy": str(policy_path),
                    "train_questions": len(train_groups), "fact_accuracy": metrics["fact_accuracy"],
                    "unsupported_fact_rate": metrics["unsupported_fact_rate"], "mlflow_run_id": tracker.run_id,
