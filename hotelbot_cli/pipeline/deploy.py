@@ -115,7 +115,7 @@ def smoke_check(info: VersionInfo, settings: Settings) -> dict[str, Any]:
     present = components_of(info)
     result: dict[str, Any] = {}
     for component in registered():
-        if component.name not in present:
+        if component.name not in present or not component.served(info):  # nothing loads what is not served
             continue
         checked = component.smoke(info, settings, settings.deployment.smoke_texts)
         if component.primary:

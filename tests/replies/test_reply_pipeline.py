@@ -340,6 +340,10 @@ def test_serve_loads_the_generator_only_for_replies_that_use_it(registry):
         path.write_text(json.dumps(record), "utf-8")
 
     assert component.served(clone_version(registry, "v0003", use_generator)) is True
+    from hotelbot_cli.pipeline.deploy import smoke_check
+
+    smoke = smoke_check(registry.get("v0003"), load_settings())  # deploy's check: the reply model's own files
+    assert smoke["replies"]["reply_chars"] > 0 and smoke["replies"]["kind"] == "grounded"  # no analyzer loaded
 
 
 def test_report_shows_the_replies_beside_the_baseline(registry):

@@ -107,7 +107,11 @@ class RepliesComponent(Component):
                 "table": None}
 
     def smoke(self, info: "VersionInfo", settings: "Settings", texts_count: int) -> dict[str, Any]:
-        answer = self.load(info, settings).reply([SMOKE_MESSAGE])[0]
+        """Load the reply model's own files with the knowledge base and answer from the documents; the analyzing
+        components it routes with are smoke-tested on their own (loading them twice cost deploy seconds)."""
+        from .pipeline import ReplyPipeline  # numpy, the knowledge base: on use
+
+        answer = ReplyPipeline.from_version(info, settings, analyzer=False).reply([SMOKE_MESSAGE])[0]
         if not str(answer.get("reply", "")).strip():
             raise HotelbotError(f"{info.name}'s reply pipeline returned an empty reply")
         return {"reply_chars": len(answer["reply"]), "kind": answer["kind"]}

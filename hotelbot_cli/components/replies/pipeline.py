@@ -183,8 +183,10 @@ class ReplyPipeline:
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_version(cls, info: "VersionInfo", settings: "Settings | None" = None,
-                     loaded: Mapping[str, Any] | None = None) -> "ReplyPipeline":
-        """``loaded``: the version's components already loaded (serve's knowledge base, analyzer parts)."""
+                     loaded: Mapping[str, Any] | None = None, *, analyzer: bool = True) -> "ReplyPipeline":
+        """``loaded``: the version's components already loaded (serve's knowledge base, analyzer parts).
+        ``analyzer`` False: route without intents (every message grounded), e.g. deploy's smoke test of the
+        reply model's own files, the analyzing components being smoke-tested on their own."""
         from ...pipeline.analyze import Analyzer  # the analyzer loads the component table
         from ..knowledge.kb import INDEX_FILE, KNOWLEDGE_DIR, KnowledgeBase  # kb imports the encoders
 
@@ -202,17 +204,17 @@ class ReplyPipeline:
             knowledge = KnowledgeBase.from_version(info, models_dir)
         model = ReplyModel.load(directory)
         analyzing = {n: loaded[n] for n in Analyzer.analyzing_components(info) if n in loaded}
-        names = Analyzer.analyzing_components(info)
-        analyzer = None
+        names = Analyzer.analyzing_components(info) if analyzer else []
+        routing = None
         if names:
-            analyzer = (Analyzer(info.name, analyzing) if set(analyzing) == set(names)
-                        else Analyzer.from_version(info, settings, preloaded=analyzing))
+            routing = (Analyzer(info.name, analyzing) if set(analyzing) == set(names)
+                       else Analyzer.from_version(info, settings, preloaded=analyzing))
         responder = loaded.get("generator")
         if responder is None and model.settings.use_generator and (info.path / "generator").is_dir():
             from ..generator.responder import Responder  # heavy: torch, only when the replies use it
 
             responder = Responder.from_version(info, models_dir, knowledge=knowledge)
-        return cls(info.name, knowledge, model, analyzer, responder)
+        return cls(info.name, knowledge, model, routing, responder)
 
     # ------------------------------------------------------------------ ranking
     def candidates(self, message: str, intent: "Intents", vector: np.ndarray, chunks: int | None = None) -> Candidates:
