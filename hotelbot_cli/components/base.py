@@ -232,6 +232,19 @@ class Component:
         return None
 
 
+def recorded_metrics(info: "VersionInfo", component: str, numbers: Sequence[str] = ("overall_score",)) -> dict[str, Any] | None:
+    """``<component>/metrics.json`` of ``info`` as its training wrote it, when it names its "metric" and holds
+    a number under each of ``numbers``; else None (not recorded, unreadable, or of another shape)."""
+    try:
+        metrics = json.loads((info.path / component / "metrics.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("metric"), str) \
+            or not all(isinstance(metrics.get(k), (int, float)) for k in numbers):
+        return None
+    return metrics
+
+
 def report_common(summary: dict[str, Any]) -> dict[str, Any]:
     """The facts every component's report section shows: data, base model, training, carried over, MLflow."""
     base_model = summary.get("base_model")
@@ -295,14 +308,7 @@ class SplitComponent(Component):
 
     def recorded_score(self, info: "VersionInfo") -> dict[str, Any] | None:
         """``<name>/metrics.json``: what training measured on the version's own stored validation split."""
-        try:
-            metrics = json.loads((info.path / self.name / "metrics.json").read_text("utf-8"))
-        except (OSError, ValueError):
-            return None
-        if not isinstance(metrics, dict) or not isinstance(metrics.get("metric"), str) \
-                or not isinstance(metrics.get("overall_score"), (int, float)):
-            return None
-        return metrics
+        return recorded_metrics(info, self.name)
 
     def prepare_split(self, path: Path, validation_split: float, seed: int) -> Any:
         """`hotelbot prepare --<name> FILE`: validate and split the file (a prepared split with
@@ -448,5 +454,5 @@ def scored_result(component: str, info: "VersionInfo", metrics: dict[str, Any], 
 
 __all__ = ["Component", "ComponentResult", "SplitComponent", "TrainRequest", "default_data_dir", "by_model_type", "find", "find_trained", "get",
            "model_types", "names", "refuse_repeat", "register", "registered", "registered_temporarily",
-           "labels_report_section", "report_common", "scored_result", "training_run", "unregister",
+           "labels_report_section", "recorded_metrics", "report_common", "scored_result", "training_run", "unregister",
            "usable_confidence"]

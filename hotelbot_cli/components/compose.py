@@ -59,6 +59,14 @@ def components_of(info: "VersionInfo") -> list[str]:
     return [c.name for c in registered() if c.name in c.provides() and (info.path / c.owned_paths()[0]).exists()]
 
 
+def recorded_files(info: "VersionInfo", component: str) -> dict[str, str]:
+    """{relative path: recorded sha256} of the files ``info``'s metadata lists under the component's paths
+    (nothing is read: what the checksums say the component is)."""
+    owned = component_paths(component)
+    return {rel: sha for rel, sha in (info.manifest.files or {}).items()
+            if any(rel == p or rel.startswith(p + "/") for p in owned)}
+
+
 def has_component(info: "VersionInfo", component: str) -> bool:
     return component in components_of(info)
 
@@ -228,12 +236,8 @@ def adopt_component(registry: "ModelRegistry", base: str, component: str, donor:
     base_info, donor_info = registry.get(base), registry.get(donor)
     donor_files: dict[str, str] = donor_info.manifest.files
     wanted = {rel: donor_files[rel] for rel in _check_component_files(donor_info, component)}
-    if has_component(base_info, component):
-        recorded: dict[str, str] = base_info.manifest.files
-        owned = component_paths(component)
-        mine = {r: sha for r, sha in recorded.items() if any(r == p or r.startswith(p + "/") for p in owned)}
-        if mine == wanted:
-            return base_info
+    if has_component(base_info, component) and recorded_files(base_info, component) == wanted:
+        return base_info
     with registry.staging() as staged:
         merged = carry_over(registry, staged, component, source=base)
         for rel in wanted:

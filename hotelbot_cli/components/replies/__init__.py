@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import HotelbotError, ModelError
-from ..base import Component, ComponentResult, TrainRequest, report_common
+from ..base import Component, ComponentResult, TrainRequest, recorded_metrics, report_common
 from ..generator.data import default_data_path  # the replies train on the generator's prepared reply pairs
 from ..knowledge import KnowledgeBaseComponent
 
@@ -86,13 +86,7 @@ class RepliesComponent(Component):
         """``replies/metrics.json``, unless the knowledge base changed since (what training measured no longer holds)."""
         if self._stale(info):
             return None
-        try:
-            metrics = json.loads((info.path / "replies" / "metrics.json").read_text("utf-8"))
-        except (OSError, ValueError):
-            return None
-        keys = ("overall_score", "unsupported_fact_rate")
-        ok = isinstance(metrics, dict) and all(isinstance(metrics.get(k), (int, float)) for k in keys)
-        return metrics if ok else None
+        return recorded_metrics(info, self.name, ("overall_score", "unsupported_fact_rate"))
 
     def score(self, info: "VersionInfo", settings: "Settings") -> dict[str, Any] | None:
         from .training import evaluate_version  # numpy, the encoders: on use

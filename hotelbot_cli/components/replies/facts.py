@@ -139,6 +139,11 @@ def extract_facts(text: str) -> list[Fact]:
     return [f for _, f in sorted(facts, key=lambda pair: pair[0])]
 
 
+def fact_keys(text: str) -> set[str]:
+    """The facts of ``text`` other than names, as comparable "kind:value" keys (what two texts share)."""
+    return {f"{f.kind}:{f.value}" for f in extract_facts(text) if f.kind != "name"}
+
+
 class Evidence:
     """What a set of source texts (cited passages + the guest's message) supports: their facts and words."""
 
@@ -159,8 +164,8 @@ class Evidence:
         """Whether the sources hold ``fact``; ``context``: the reply text just before it ("a las 7")."""
         if fact.kind == "name":
             return fact.value in self.words
-        if fact.kind == "token":  # as written, or the same token in the sources
-            return fact.value in self.tokens or any(fact.value in t for t in self.tokens)
+        if fact.kind == "token":  # as written, within a token of the sources ("(faro2024)" holds "faro2024")
+            return any(fact.value in t for t in self.tokens)
         if f"{fact.kind}:{fact.value}" in self.values:
             return True
         if fact.kind == "time" and not re.search(r"[:.]\d", fact.text) and fact.value.split(":")[0] in self.hours:
@@ -202,4 +207,4 @@ def contains_fact(reply: str, fact: str) -> bool:
     return bool(expected or words) and not missing
 
 
-__all__ = ["Evidence", "Fact", "contains_fact", "extract_facts", "fold", "unsupported_facts"]
+__all__ = ["Evidence", "Fact", "contains_fact", "extract_facts", "fact_keys", "fold", "unsupported_facts"]

@@ -130,9 +130,10 @@ class ReplyModel:
                    str(record.get("knowledge_fingerprint") or ""))
 
 
-def knowledge_fingerprint(kb: "KnowledgeBase") -> str:
-    """What the sentences depend on: the documents' chunks and the embedding model."""
-    return f"{kb.manifest.get('fingerprint')}:{kb.model.fingerprint}"
+def knowledge_fingerprint(index: Mapping[str, Any]) -> str:
+    """What the sentences depend on, from a knowledge base's index.json (a loaded one's ``manifest``): the
+    documents' chunks and the embedding model."""
+    return f"{index.get('fingerprint')}:{(index.get('embedding_model') or {}).get('fingerprint')}"
 
 
 def embed_sentences(kb: "KnowledgeBase", sentences: Sequence[Sentence]) -> np.ndarray:
@@ -165,11 +166,10 @@ class ReplyPipeline:
         self.model = model
         self.analyzer = analyzer
         self.responder = responder if model.settings.use_generator else None
-        self._rows = {s.id: i for i, s in enumerate(model.sentences)}
         self._by_chunk: dict[str, list[int]] = {}
         for i, s in enumerate(model.sentences):
             self._by_chunk.setdefault(s.chunk_id, []).append(i)
-        if model.knowledge_fingerprint != knowledge_fingerprint(knowledge):
+        if model.knowledge_fingerprint != knowledge_fingerprint(knowledge.manifest):
             # The knowledge base was rebuilt after the ranker was trained: rank its current sentences.
             log.warning("version %s: the knowledge base changed since the replies were trained; its sentences are "
                         "embedded again (retrain: hotelbot train --model-type replies)", version)

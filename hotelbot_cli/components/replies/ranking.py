@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 
-from .facts import WORD, extract_facts, fold
+from .facts import WORD, extract_facts, fact_keys, fold
 
 if TYPE_CHECKING:
     from ..knowledge.kb import Chunk
@@ -118,22 +118,18 @@ def stems(text: str) -> list[str]:
     return [w[:5] for w in (fold(x) for x in WORD.findall(text)) if len(w) > 2 and w not in STOPWORDS]
 
 
-def _fact_keys(text: str) -> set[str]:
-    return {f"{f.kind}:{f.value}" for f in extract_facts(text) if f.kind != "name"}
-
-
 def answer_labels(reply: str, candidates: Sequence[Sentence], source_doc: str | None) -> list[int]:
     """Indexes of the candidates that answer the question whose reference reply is ``reply``, best first: among
     the source document's candidates, the one sharing the most facts with the reply (then the best stem F1),
     then, greedily, any other sharing a reply fact not yet covered (a reply often draws on two sentences).
     Empty when none shares a fact or a quarter of its stems (the reply does not draw on these sentences)."""
-    reply_facts = _fact_keys(reply)
+    reply_facts = fact_keys(reply)
     reply_stems = set(stems(reply))
     scored = []
     for i, s in enumerate(candidates):
         if source_doc and s.doc != source_doc:
             continue
-        facts = reply_facts & _fact_keys(s.text)
+        facts = reply_facts & fact_keys(s.text)
         mine = set(stems(s.text))
         common = len(mine & reply_stems)
         f1 = 2 * common / (len(mine) + len(reply_stems)) if common else 0.0

@@ -35,16 +35,16 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from ..._io import iter_jsonl
+from ..._io import iter_jsonl, sha256_file
 from ...data import OUT_OF_SCOPE
 from ...errors import DataError
 from ...training.events import TrainingEvent, emitter
 from ..base import ComponentResult, training_run
-from ..compose import has_component, publish_component, source_version
+from ..compose import has_component, publish_component, recorded_files, source_version
 from ..generator.data import ReplyPair, load_reply_data, read_prepared_replies, write_prepared_replies
 from ..generator.metrics import corpus_rouge_l
 from . import DEFAULT_EVAL
-from .facts import contains_fact, extract_facts, unsupported_facts
+from .facts import contains_fact, fact_keys, unsupported_facts
 from .pipeline import (EVAL_FILE, REPLIES_DIR, ReplyModel, ReplyPipeline, ReplySettings, embed_sentences,
                        intent_ranking, knowledge_fingerprint)
 from .policy import DEFAULT_POLICY, Policy
@@ -89,27 +89,20 @@ def read_eval_file(path: Path) -> list[EvalQuestion]:
     return rows
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def analyzer_fingerprint(info: "VersionInfo") -> str:
     """What the replies' routing depends on besides the knowledge base: the checksums of the version's
     analyzing components' files (intent classifier, entities, sentiment), "" without any."""
     from ...pipeline.analyze import Analyzer  # loads the component table
-    from ..compose import component_paths  # the table of component directories
 
-    owned = [p for name in Analyzer.analyzing_components(info) for p in component_paths(name)]
-    files = sorted((rel, sha) for rel, sha in (info.manifest.files or {}).items()
-                   if any(rel == o or rel.startswith(o + "/") for o in owned))
+    files = sorted((rel, sha) for name in Analyzer.analyzing_components(info)
+                   for rel, sha in recorded_files(info, name).items())
     return hashlib.sha256(json.dumps(files).encode()).hexdigest() if files else ""
 
 
 def recorded_knowledge_fingerprint(info: "VersionInfo") -> str:
     """:func:`~.pipeline.knowledge_fingerprint` of the version's knowledge base, from its index.json."""
     try:
-        index = json.loads((info.path / "knowledge" / "index.json").read_text("utf-8"))
-        return f"{index.get('fingerprint')}:{(index.get('embedding_model') or {}).get('fingerprint')}"
+        return knowledge_fingerprint(json.loads((info.path / "knowledge" / "index.json").read_text("utf-8")))
     except (OSError, ValueError):
         return ""
 
@@ -167,10 +160,10 @@ SHORT_REPLY_CHARS = 250  # "a short reply": the longest mean reply length the se
 
 def _fact_recall(reply: str, reference: str) -> float | None:
     """Share of the reference reply's facts (numbers, times, e-mails...) the reply states; None when it has none."""
-    wanted = {f"{f.kind}:{f.value}" for f in extract_facts(reference) if f.kind != "name"}
+    wanted = fact_keys(reference)
     if not wanted:
         return None
-    stated = {f"{f.kind}:{f.value}" for f in extract_facts(reply) if f.kind != "name"}
+    stated = fact_keys(reply)
     return len(wanted & stated) / len(wanted)
 
 
@@ -245,11 +238,21 @@ def _fact_block(replies: Sequence[str], questions: Sequence[EvalQuestion], sourc
             "unsupported_fact_rate": round(unsupported / n, 6)}
 
 
-def nearest_replies(pipeline: ReplyPipeline, messages: Sequence[str], train: Sequence[ReplyPair]) -> list[str]:
-    """The baseline: the reply of the training message nearest to each message (same query encoder)."""
-    train_vecs = pipeline.knowledge.embed_queries([p.message for p in train])
-    vecs = pipeline.knowledge.embed_queries(list(messages))
-    return [train[int(i)].reply for i in np.argmax(vecs @ train_vecs.T, axis=1)]
+class NearestReply:
+    """The baseline: the reply of the training message nearest to a message by the knowledge base's query
+    encoder (the training messages are embedded once)."""
+
+    def __init__(self, knowledge: Any, train: Sequence[ReplyPair]) -> None:
+        self.knowledge = knowledge
+        self.train = list(train)
+        self.vectors = knowledge.embed_queries([p.message for p in self.train])
+
+    def for_vectors(self, vectors: np.ndarray) -> list[str]:
+        """The replies for messages already embedded with the same encoder."""
+        return [self.train[int(i)].reply for i in np.argmax(vectors @ self.vectors.T, axis=1)]
+
+    def __call__(self, messages: Sequence[str]) -> list[str]:
+        return self.for_vectors(self.knowledge.embed_queries(list(messages)))
 
 
 def evaluate_pipeline(pipeline: ReplyPipeline, questions: Sequence[EvalQuestion], train: Sequence[ReplyPair],
@@ -270,14 +273,15 @@ def evaluate_pipeline(pipeline: ReplyPipeline, questions: Sequence[EvalQuestion]
         "seconds_per_reply": round(seconds, 4)})
     retrieved = [[h.chunk.passage() for h in hs] for hs in pipeline.knowledge.search_many(
         texts, pipeline.model.settings.candidate_chunks)]
-    base = _fact_block(nearest_replies(pipeline, texts, train), questions, retrieved)
+    nearest = NearestReply(pipeline.knowledge, train)
+    base = _fact_block(nearest(texts), questions, retrieved)
 
     relevance: dict[str, Any] = {}
     if validation:
         messages = [p.message for p in validation]
         references = [p.reply for p in validation]
         ours_val = [a["reply"] for a in pipeline.reply(messages)]
-        base_val = nearest_replies(pipeline, messages, train)
+        base_val = nearest(messages)
         encode = pipeline.knowledge.embed_queries
         ref = encode(references)
         relevance = {"pairs": len(validation),
@@ -332,8 +336,8 @@ def train_replies(settings: "Settings", data: Path, registry: "ModelRegistry", *
     prepared = load_reply_data(Path(data), settings.data)
     kb = KnowledgeBase.from_version(source_info, settings.paths.models_dir)
     reply_settings = ReplySettings(use_generator=use_generator)
-    fingerprint = hashlib.sha256("|".join([prepared.fingerprint, _sha(eval_file), _sha(policy_path),
-                                           knowledge_fingerprint(kb), analyzer_fingerprint(source_info),
+    fingerprint = hashlib.sha256("|".join([prepared.fingerprint, sha256_file(eval_file), sha256_file(policy_path),
+                                           knowledge_fingerprint(kb.manifest), analyzer_fingerprint(source_info),
                                            json.dumps(reply_settings.to_dict())]).encode()).hexdigest()
     config = {"features": list(FEATURES), **reply_settings.to_dict()}
     frame = _Prepared(prepared.train, prepared.validation, fingerprint)
@@ -347,7 +351,7 @@ def train_replies(settings: "Settings", data: Path, registry: "ModelRegistry", *
         reply_settings = replace(reply_settings, out_of_scope_grounding=out_of_scope_grounding(kb, prepared.train),
                                  min_grounding_score=min_grounding_score(kb, prepared.train))
         zero = SentenceRanker(np.zeros(len(FEATURES)), np.zeros(len(FEATURES)), np.ones(len(FEATURES)))
-        model = ReplyModel(zero, builder, sentences, vectors, policy, reply_settings, knowledge_fingerprint(kb))
+        model = ReplyModel(zero, builder, sentences, vectors, policy, reply_settings, knowledge_fingerprint(kb.manifest))
         names = Analyzer.analyzing_components(source_info)
         analyzer = Analyzer.from_version(source_info, settings) if names else None
         responder = None
@@ -378,9 +382,9 @@ def train_replies(settings: "Settings", data: Path, registry: "ModelRegistry", *
             "ranker_top1": ranking.get("top1_accuracy"), "ranker_mrr": ranking.get("mrr"),
             "relevance": metrics["validation_pairs"].get("relevance")}.items() if v is not None}, step=0)
         summary = {"dataset_fingerprint": fingerprint, "config": config, "knowledge_version": source_info.name,
-                   "knowledge_fingerprint": knowledge_fingerprint(kb), "sentences": len(sentences),
+                   "knowledge_fingerprint": knowledge_fingerprint(kb.manifest), "sentences": len(sentences),
                    "analyzer_fingerprint": analyzer_fingerprint(source_info),
-                   "eval_file": str(eval_file), "eval_sha256": _sha(eval_file), "policy": str(policy_path),
+                   "eval_file": str(eval_file), "eval_sha256": sha256_file(eval_file), "policy": str(policy_path),
                    "train_questions": len(train_groups), "fact_accuracy": metrics["fact_accuracy"],
                    "unsupported_fact_rate": metrics["unsupported_fact_rate"], "mlflow_run_id": tracker.run_id,
                    "training_seconds": round(duration, 3)}
@@ -418,5 +422,5 @@ def evaluate_version(info: "VersionInfo", settings: "Settings", eval_file: Path 
     return evaluate_pipeline(pipeline, questions, pairs.train, pairs.validation)
 
 
-__all__ = ["COMPONENT", "DEFAULT_EVAL", "EvalQuestion", "evaluate_pipeline", "evaluate_version", "read_eval_file",
+__all__ = ["COMPONENT", "DEFAULT_EVAL", "EvalQuestion", "NearestReply", "evaluate_pipeline", "evaluate_version", "read_eval_file",
            "train_replies"]
