@@ -18,6 +18,7 @@ Targets (2 cores): `hotelbot --help` < 0.3 s, cold `hotelbot predict` < 1.0 s, w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -32,6 +33,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = REPO / "datasets" / "hotel_intents_es.json"
@@ -313,44 +315,16 @@ def wait_ready(proc: subprocess.Popen, base: str, timeout: float = 180.0) -> flo
         time.sleep(0.2)
 
 
-def serve_peak_rss(root: Path, env: dict[str, str], cwd: Path, runtime: str | None) -> dict:
-    import inspect
-
-    from hotelbot_cli import serving
-
+@contextlib.contextmanager
+def running_server(command: Callable[[int], list[str]], env: dict[str, str], cwd: Path, timeout: float = 180.0):
+    """The server ``command(port)`` starts on a free port, ready (/ready 200): yields (process, base URL, seconds
+    to ready); stopped with SIGINT (killed after 30 s) however the block ends."""
     port = free_port()
-    env = dict(env)
-    if runtime:
-        env["HOTELBOT_RUNTIME"] = runtime
-    native = "load_predictor" in inspect.getsource(serving._load_version)
-    if native:
-        cmd = [hotelbot(), "serve", "--registry", str(root), "--port", str(port)]
-    else:  # serving/ does not use the runtime factory yet: the same server with it plugged in
-        cmd = [sys.executable, "-c",
-               "import sys; from hotelbot_cli import serving; from hotelbot_cli.runtime import load_predictor\n"
-               "serving.ModelHolder.__init__.__defaults__ = (load_predictor,)\n"
-               "from pathlib import Path; serving.serve(Path(sys.argv[1]), port=int(sys.argv[2]), log_level='warning')",
-               str(root), str(port)]
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command(port), env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        ready_s = wait_ready(proc, base)
-        texts = ["hola", "¿a qué hora es el desayuno?", "la clave del wifi", TEXT, "necesito un taxi"]
-
-        def post(path, body):
-            req = urllib.request.Request(base + path, data=json.dumps(body).encode(), method="POST",
-                                         headers={"content-type": "application/json"})
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return json.loads(r.read())
-
-        for i in range(20):
-            post("/classify", {"text": texts[i % len(texts)]})
-        for _ in range(3):
-            post("/classify/batch", {"texts": texts * 7})
-        status = Path(f"/proc/{proc.pid}/status").read_text()
-        hwm = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
-        rss = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
-        return {"peak_rss_mb": hwm, "rss_mb": rss, "ready_s": ready_s, "native": native}
+        yield proc, base, wait_ready(proc, base, timeout=timeout)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -358,6 +332,50 @@ def serve_peak_rss(root: Path, env: dict[str, str], cwd: Path, runtime: str | No
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def post_json(base: str, path: str, body: dict, timeout: float = 60.0) -> bytes:
+    """POST ``body`` as JSON to ``base + path``; the response body (HTTPError for a non-2xx status)."""
+    req = urllib.request.Request(base + path, data=json.dumps(body).encode(), method="POST",
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.read()
+
+
+def process_rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """A process's ``field`` (VmRSS, VmHWM) from /proc, in MB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(rf"{field}:\s+(\d+) kB", status).group(1)) / 1024
+
+
+def serve_peak_rss(root: Path, env: dict[str, str], cwd: Path, runtime: str | None) -> dict:
+    import inspect
+
+    from hotelbot_cli import serving
+
+    env = dict(env)
+    if runtime:
+        env["HOTELBOT_RUNTIME"] = runtime
+    native = "load_predictor" in inspect.getsource(serving._load_version)
+
+    def command(port: int) -> list[str]:
+        if native:
+            return [hotelbot(), "serve", "--registry", str(root), "--port", str(port)]
+        # serving/ does not use the runtime factory yet: the same server with it plugged in
+        return [sys.executable, "-c",
+                "import sys; from hotelbot_cli import serving; from hotelbot_cli.runtime import load_predictor\n"
+                "serving.ModelHolder.__init__.__defaults__ = (load_predictor,)\n"
+                "from pathlib import Path; serving.serve(Path(sys.argv[1]), port=int(sys.argv[2]), log_level='warning')",
+                str(root), str(port)]
+
+    with running_server(command, env, cwd) as (proc, base, ready_s):
+        texts = ["hola", "¿a qué hora es el desayuno?", "la clave del wifi", TEXT, "necesito un taxi"]
+        for i in range(20):
+            post_json(base, "/classify", {"text": texts[i % len(texts)]}, timeout=30)
+        for _ in range(3):
+            post_json(base, "/classify/batch", {"texts": texts * 7}, timeout=30)
+        return {"peak_rss_mb": process_rss_mb(proc.pid, "VmHWM"), "rss_mb": process_rss_mb(proc.pid),
+                "ready_s": ready_s, "native": native}
 
 
 # ------------------------------------------------------------------ main

@@ -22,18 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-from latency import free_port, wait_ready  # noqa: E402 - the benchmarks directory is the script's own path
+from latency import post_json, process_rss_mb, running_server  # noqa: E402 - the benchmarks directory is the script's own path
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO / "datasets"
@@ -114,33 +111,16 @@ def served_scores(env: dict[str, str], cwd: Path, version: str) -> dict[str, flo
 
 
 def serve_figures(env: dict[str, str], cwd: Path, texts: list[str], requests: int = 50) -> dict[str, float]:
-    port = free_port()
-    proc = subprocess.Popen([hotelbot(), "serve", "--port", str(port)], env=env, cwd=cwd,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        ready = wait_ready(proc, base, timeout=300)
+    with running_server(lambda port: [hotelbot(), "serve", "--port", str(port)], env, cwd, timeout=300) \
+            as (proc, base, ready):
         times = []
         for i in range(requests):
-            body = json.dumps({"texts": [texts[i % len(texts)]]}).encode()
-            req = urllib.request.Request(base + "/analyze", data=body, method="POST",
-                                         headers={"content-type": "application/json"})
             t = time.perf_counter()
-            with urllib.request.urlopen(req, timeout=60) as r:
-                r.read()
+            post_json(base, "/analyze", {"texts": [texts[i % len(texts)]]})
             times.append((time.perf_counter() - t) * 1000)
-        status = Path(f"/proc/{proc.pid}/status").read_text()
-        rss = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
         torch_loaded = "torch" in Path(f"/proc/{proc.pid}/maps").read_text()
-        return {"ready_s": ready, "rss_mb": rss, "analyze_p50_ms": statistics.median(times[5:]),
+        return {"ready_s": ready, "rss_mb": process_rss_mb(proc.pid), "analyze_p50_ms": statistics.median(times[5:]),
                 "torch_loaded": torch_loaded}
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def train_variant(name: str, root: Path, epochs: int | None, base_model: str | None) -> dict:

@@ -35,18 +35,17 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency import free_port, hotelbot, say, wait_ready  # noqa: E402 - the benchmarks directory is the script's own path
+from latency import hotelbot, post_json, running_server, say  # noqa: E402 - the benchmarks directory is the script's own path
 
 from hotelbot_cli.components.generator.metrics import corpus_rouge_l  # noqa: E402
 from hotelbot_cli.components.replies.pipeline import EVAL_FILE, REPLIES_DIR, ReplyPipeline  # noqa: E402
-from hotelbot_cli.components.replies.training import DATA_DIR, _fact_block, read_eval_file  # noqa: E402
+from hotelbot_cli.components.replies.training import DATA_DIR, NearestReply, _fact_block, read_eval_file  # noqa: E402
 from hotelbot_cli.components.generator.data import read_prepared_replies  # noqa: E402
 from hotelbot_cli.config import load_settings  # noqa: E402
 from hotelbot_cli.registry import ModelRegistry  # noqa: E402
@@ -86,11 +85,11 @@ def quality(info, settings):
         (a,) = pipeline.reply([message])
         return a["reply"], [chunks[s["chunk_id"]].passage() for s in a["sources"]]
 
-    train_vecs = pipeline.knowledge.embed_queries([p.message for p in pairs.train])
+    baseline = NearestReply(pipeline.knowledge, pairs.train)
 
     def nearest(message):
         vec = pipeline.knowledge.embed_queries([message])
-        reply = pairs.train[int(np.argmax(vec @ train_vecs.T))].reply
+        (reply,) = baseline.for_vectors(vec)
         hits = pipeline.knowledge.search_vectors(vec, pipeline.model.settings.candidate_chunks)[0]
         return reply, [h.chunk.passage() for h in hits]
 
@@ -140,32 +139,16 @@ def serve_p50(code: Path | None, registry: Path, version: str, texts: list[str],
         if code is not None:
             env["PYTHONPATH"] = str(code)
             cmd = [sys.executable, "-m", "hotelbot_cli", "serve"]
-        port = free_port()
-        proc = subprocess.Popen([*cmd, "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True, cwd=tmp)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            ready = wait_ready(proc, base, timeout=300)
-            times, statuses = [], []
-            for i in range(requests):
-                body = json.dumps({"text": texts[i % len(texts)]}).encode()
-                req = urllib.request.Request(base + "/reply", data=body, method="POST",
-                                             headers={"content-type": "application/json"})
+        with running_server(lambda port: [*cmd, "--port", str(port)], env, Path(tmp), timeout=300) as (_, base, ready):
+            times = []
+            for i in range(requests):  # a non-2xx answer raises (HTTPError): every timed request succeeded
                 t = time.perf_counter()
-                with urllib.request.urlopen(req, timeout=120) as r:
-                    r.read()
-                    statuses.append(r.status)
+                post_json(base, "/reply", {"text": texts[i % len(texts)]}, timeout=120)
                 times.append((time.perf_counter() - t) * 1000)
             measured = sorted(times[5:])
             return {"version": version, "ready_s": round(ready, 2), "p50_ms": round(statistics.median(measured), 1),
                     "p95_ms": round(measured[int(0.95 * (len(measured) - 1))], 1), "requests": len(measured),
-                    "ok": statuses.count(200)}
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+                    "ok": len(times)}
 
 
 def main() -> int:
