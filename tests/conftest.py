@@ -225,6 +225,20 @@ def copy_registry(source: Path, target: Path) -> None:
     subprocess.run(["cp", "-a", str(source), str(target)], check=True)
 
 
+def private_registry(template: Path, root: Path, monkeypatch):
+    """An independent copy of the registry ``template`` at ``root`` (shutil.copytree: no hard link into the
+    template, so a test may corrupt a file in place), used by the commands (HOTELBOT_REGISTRY) with the
+    validation gate at 0 (MIN_VALIDATION_SCORE)."""
+    import shutil
+
+    from hotelbot_cli.registry import ModelRegistry
+
+    shutil.copytree(template, root, symlinks=True)
+    monkeypatch.setenv("HOTELBOT_REGISTRY", str(root))
+    monkeypatch.setenv("MIN_VALIDATION_SCORE", "0.0")
+    return ModelRegistry(root)
+
+
 @pytest.fixture
 def registry_copy(trained_template, isolated_env, monkeypatch):
     """A private copy of the template registry at ./registry, with v0001 and a clone v0002."""

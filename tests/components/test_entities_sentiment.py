@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import pytest
 
-from conftest import REPO, clone_version
+from conftest import REPO, clone_version, private_registry
 from hotelbot_cli.pipeline.analyze import Analyzer
 from hotelbot_cli.pipeline.validate import gate_components
 from hotelbot_cli.components import get as get_component, names as component_names
@@ -86,11 +86,7 @@ def built(trained_template, tiny_model, mlflow_uri, tmp_path_factory):
 
 @pytest.fixture
 def registry(built, isolated_env, monkeypatch):
-    root = isolated_env / "registry"
-    shutil.copytree(built["root"], root, symlinks=True)
-    monkeypatch.setenv("HOTELBOT_REGISTRY", str(root))
-    monkeypatch.setenv("MIN_VALIDATION_SCORE", "0.0")
-    return ModelRegistry(root)
+    return private_registry(built["root"], isolated_env / "registry", monkeypatch)
 
 
 # ---------------------------------------------------------------------------------------- data

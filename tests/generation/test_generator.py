@@ -15,7 +15,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from conftest import REPO, TINY_INTENTS
+from conftest import REPO, TINY_INTENTS, private_registry
 from hotelbot_cli.cli.reply import reply_cmd
 from hotelbot_cli.config import load_settings
 from hotelbot_cli.errors import ConfigError, DataError, ModelError, RegistryError
@@ -120,11 +120,7 @@ def gen_template(tmp_path_factory, trained_template, tiny_model, mlflow_uri):
 
 @pytest.fixture
 def gen_registry(gen_template, isolated_env, monkeypatch):
-    root = isolated_env / "registry"
-    shutil.copytree(gen_template["registry"], root, symlinks=True)
-    monkeypatch.setenv("HOTELBOT_REGISTRY", str(root))
-    monkeypatch.setenv("MIN_VALIDATION_SCORE", "0.0")
-    return ModelRegistry(root)
+    return private_registry(gen_template["registry"], isolated_env / "registry", monkeypatch)
 
 
 # ---------------------------------------------------------------------------------------- metrics

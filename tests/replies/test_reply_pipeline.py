@@ -11,6 +11,7 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
+from conftest import clone_version, private_registry
 from hotelbot_cli.cli.app import app
 from hotelbot_cli.components.generator.data import PreparedReplies, ReplyPair, pairs_fingerprint, write_prepared_replies
 from hotelbot_cli.components.replies import RepliesComponent
@@ -92,11 +93,7 @@ def replies_template(tmp_path_factory, trained_template, tiny_model, mlflow_uri)
 
 @pytest.fixture
 def registry(replies_template, isolated_env, monkeypatch):
-    root = isolated_env / "registry"
-    shutil.copytree(replies_template["registry"], root, symlinks=True)
-    monkeypatch.setenv("HOTELBOT_REGISTRY", str(root))
-    monkeypatch.setenv("MIN_VALIDATION_SCORE", "0.0")
-    return ModelRegistry(root)
+    return private_registry(replies_template["registry"], isolated_env / "registry", monkeypatch)
 
 
 def test_training_publishes_a_version_with_the_replies_and_their_scores(replies_template):
@@ -233,8 +230,6 @@ def test_the_gate_refuses_unsupported_facts_and_low_fact_accuracy(registry, monk
         path.unlink()  # a hard link into the blob store: replace, never write through
         path.write_text(json.dumps({**metrics, "unsupported_fact_rate": 0.25}), "utf-8")
 
-    from conftest import clone_version
-
     bad = clone_version(registry, "v0003", one_unsupported_reply)
     assert "replies unsupported_fact_rate 0.25 > MAX_UNSUPPORTED_FACT_RATE" in " ".join(
         _gate(registry, load_settings(), bad.name)["failures"])
@@ -324,8 +319,6 @@ def test_a_knowledge_base_rebuilt_after_the_replies_is_ranked_again_and_rescored
 
 def test_serve_loads_the_generator_only_for_replies_that_use_it(registry):
     """/reply answers through the reply model: a generator it does not use is not loaded by serve."""
-    from conftest import clone_version
-
     from hotelbot_cli.components.generator import GeneratorComponent
 
     component = GeneratorComponent()
@@ -364,8 +357,6 @@ def test_report_shows_the_replies_beside_the_baseline(registry):
 def test_recorded_figures_do_not_count_once_the_analyzer_changed(registry):
     """A retrained classifier (or entity/sentiment model) carried into a version changes how messages are
     routed: the replies' recorded figures are stale, so the gate re-measures."""
-    from conftest import clone_version
-
     component = RepliesComponent()
     assert component.recorded_score(registry.get("v0003")) is not None
 
