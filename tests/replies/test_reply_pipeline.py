@@ -20,6 +20,7 @@ from hotelbot_cli.components.replies.pipeline import ReplyPipeline
 from hotelbot_cli.components.replies.training import read_eval_file, train_replies
 from hotelbot_cli.config import ValidationConfig, load_settings
 from hotelbot_cli.errors import AlreadyTrainedError, DataError
+from hotelbot_cli.components.replies.ranking import FEATURES
 from hotelbot_cli.registry import ModelRegistry
 
 runner = CliRunner()
@@ -143,6 +144,26 @@ def test_replies_are_grounded_routed_by_intent_and_never_state_unsupported_facts
         pipeline.reply(["hola", "  "])
     with pytest.raises(TypeError):
         pipeline.reply("hola")
+
+
+def test_candidates_add_the_chunks_bm25_finds_beside_the_dense_ones(registry):
+    from dataclasses import replace
+
+    pipeline = ReplyPipeline.from_version(registry.get("v0003"), load_settings())
+    message = "el router"  # a word of one chunk only ("reinicie el router")
+    vector = pipeline.knowledge.embed_queries([message])[0]
+    router = next(c.id for c in pipeline.knowledge.chunk_list if "router" in c.text)
+    pipeline.model.settings = replace(pipeline.model.settings, candidate_chunks=1, lexical_chunks=0)
+    dense = pipeline.candidates(message, "wifi_info", vector)
+    assert len(dense.hits) == 1
+    pipeline.model.settings = replace(pipeline.model.settings, candidate_chunks=1, lexical_chunks=1)
+    both = pipeline.candidates(message, "wifi_info", vector)
+    ids = [h.chunk.id for h in both.hits]
+    assert ids[0] == dense.hits[0].chunk.id and router in ids and len(ids) == len(set(ids)) <= 2
+    assert all(h.chunk.id != router or h.rank >= 1 for h in both.hits)  # a lexical extra keeps its dense rank
+    assert both.features.shape == (len(both.sentences), len(FEATURES))
+    column = FEATURES.index("lexical_rank")
+    assert all(row[column] == 1.0 for s, row in zip(both.sentences, both.features) if s.chunk_id == router)
 
 
 def test_action_intents_use_the_entities_and_the_how_to_sentence(registry):

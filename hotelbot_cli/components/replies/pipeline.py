@@ -30,7 +30,8 @@ from ...data import OUT_OF_SCOPE, clean_messages
 from ...errors import ModelError, RegistryError
 from .facts import unsupported_facts
 from .policy import Policy, ask_for, entity_slots, is_question, render
-from .ranking import CONTACT, FeatureBuilder, Intents, Sentence, SentenceRanker, sentences_of
+from ..knowledge.lexical import BM25
+from .ranking import CONTACT, FeatureBuilder, Intents, Sentence, SentenceRanker, sentences_of, stems
 
 if TYPE_CHECKING:
     from ...config import Settings
@@ -55,7 +56,8 @@ DIRECT_CONTACT = re.compile(r"@|\bmarque\b|\bmarcando\b|\+?\d[\d ]{6,}\d", re.IG
 class ReplySettings:
     """How answers are built (stored with the ranker; ``replies_config``-free defaults that training may tune)."""
 
-    candidate_chunks: int = 4        # chunks whose sentences compete
+    candidate_chunks: int = 4        # chunks whose sentences compete: the dense retrieval's best ...
+    lexical_chunks: int = 2          # ... plus BM25's best that dense retrieval missed (0 in replies trained before it)
     second_sentence_ratio: float = 0.5  # add a runner-up sentence when its probability is this close to the best's
     max_sentences: int = 2           # training chooses both on its pairs (:func:`training.tune_selection`)
     max_chars: int = 320             # a runner-up is added only while the reply stays this short (a chat message)
@@ -70,14 +72,16 @@ class ReplySettings:
     min_grounding_score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"candidate_chunks": self.candidate_chunks, "second_sentence_ratio": self.second_sentence_ratio,
+        return {"candidate_chunks": self.candidate_chunks, "lexical_chunks": self.lexical_chunks,
+                "second_sentence_ratio": self.second_sentence_ratio,
                 "max_sentences": self.max_sentences, "max_chars": self.max_chars, "use_generator": self.use_generator,
                 "out_of_scope_grounding": self.out_of_scope_grounding, "min_grounding_score": self.min_grounding_score}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ReplySettings":
         threshold, floor = data.get("out_of_scope_grounding"), data.get("min_grounding_score")
-        return cls(int(data.get("candidate_chunks", 4)), float(data.get("second_sentence_ratio", 0.5)),
+        return cls(int(data.get("candidate_chunks", 4)), int(data.get("lexical_chunks", 0)),
+                   float(data.get("second_sentence_ratio", 0.5)),
                    int(data.get("max_sentences", 2)), int(data.get("max_chars", 320)),
                    bool(data.get("use_generator", False)), None if threshold is None else float(threshold),
                    None if floor is None else float(floor))
@@ -179,6 +183,7 @@ class ReplyPipeline:
             for i, s in enumerate(sentences):
                 self._by_chunk.setdefault(s.chunk_id, []).append(i)
         self._how_cache: dict[str, tuple[list["SearchHit"], list[Sentence]]] = {}
+        self._lexical = BM25([stems(c.passage()) for c in knowledge.chunk_list])
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -218,17 +223,33 @@ class ReplyPipeline:
 
     # ------------------------------------------------------------------ ranking
     def candidates(self, message: str, intent: "Intents", vector: np.ndarray, chunks: int | None = None) -> Candidates:
-        """The sentences of the top chunks (``chunks``, default the settings' candidate_chunks) for ``message``
-        (its query ``vector``), with their features; ``intent``: the intent or the classifier's ranking
+        """The sentences of the top chunks for ``message`` (its query ``vector``), with their features: the
+        dense retrieval's best ``chunks`` (default the settings' candidate_chunks), then the settings'
+        lexical_chunks best by BM25 over stems that dense retrieval ranked lower (a guest's exact word, e.g.
+        "consigna", that the embedding misses). ``intent``: the intent or the classifier's ranking
         [(intent, confidence), ...], for the document prior."""
-        hits = self.knowledge.search_vectors(vector[None, :], chunks or self.model.settings.candidate_chunks)[0]
+        settings = self.model.settings
+        every = self.knowledge.search_vectors(vector[None, :], len(self.knowledge.chunk_list))[0]
+        hits = every[:chunks or settings.candidate_chunks]
+        lexical = self._lexical.scores(stems(message))
+        best_lexical = float(lexical.max()) if len(lexical) else 0.0
+        lexical_rank = {self.knowledge.chunk_list[i].id: r for r, i in enumerate(np.argsort(-lexical, kind="stable"), 1)}
+        lexical_score = {c.id: float(s) / best_lexical if best_lexical > 0 else 0.0
+                         for c, s in zip(self.knowledge.chunk_list, lexical)}
+        if settings.lexical_chunks and best_lexical > 0:
+            taken = {h.chunk.id for h in hits}
+            by_id = {h.chunk.id: h for h in every}
+            order = sorted((c for c in lexical_rank if c not in taken and lexical_score[c] > 0), key=lexical_rank.get)
+            hits = hits + [by_id[c] for c in order[:settings.lexical_chunks]]
         rows = [i for h in hits for i in self._by_chunk.get(h.chunk.id, [])]
         sentences = [self.model.sentences[i] for i in rows]
         chunk_of = {h.chunk.id: h for h in hits}
         cosines = self.model.vectors[rows] @ vector if rows else np.zeros(0)
         features = self.model.features.features(message, intent, sentences, cosines,
                                                 [chunk_of[s.chunk_id].score for s in sentences],
-                                                [chunk_of[s.chunk_id].rank for s in sentences])
+                                                [chunk_of[s.chunk_id].rank for s in sentences],
+                                                [lexical_rank[s.chunk_id] for s in sentences],
+                                                [lexical_score[s.chunk_id] for s in sentences])
         return Candidates(hits, sentences, features, chunk_of)
 
     def rank(self, found: Candidates) -> list[tuple[Sentence, float]]:

@@ -37,7 +37,7 @@ Intents = Union[str, Sequence[Tuple[str, float]], None]
 FEATURES = ("cosine", "chunk_score", "chunk_rank", "overlap", "idf_overlap", "heading_overlap",
             "time_answer", "price_answer", "number_answer", "contact_answer", "first_in_chunk",
             "log_length", "doc_prior", "has_fact", "cosine_gap", "chunk_best_cosine_gap", "cosine_rank_in_chunk",
-            "chunk_bm25", "chunk_idf_overlap")
+            "chunk_bm25", "chunk_idf_overlap", "lexical_rank", "lexical_score")
 STOPWORDS = frozenset(fold(w) for w in """
 a al algo algun alguna alguno ante antes aqui asi como con cual cuales cuando de del desde donde el ella ellos
 en entre era es esa ese eso esta este esto estan estoy fue ha hay la las le les lo los mas me mi mis muy nada
@@ -224,7 +224,10 @@ class FeatureBuilder:
         return math.log(max(p, 1e-12)) - math.log(uniform)
 
     def features(self, question: str, intent: "Intents", candidates: Sequence[Sentence], cosines: np.ndarray,
-                 chunk_scores: Sequence[float], chunk_ranks: Sequence[int]) -> np.ndarray:
+                 chunk_scores: Sequence[float], chunk_ranks: Sequence[int], lexical_ranks: Sequence[int] | None = None,
+                 lexical_scores: Sequence[float] | None = None) -> np.ndarray:
+        """One row of :data:`FEATURES` per candidate. ``lexical_ranks``/``lexical_scores``: its chunk's rank and
+        score (over the best chunk's) by BM25 over every chunk (absent: rank 0 and score 0, as if unranked)."""
         q = fold(question)
         q_stems = set(stems(question))
         q_weight = sum(self.idf.get(w, self._default_idf) for w in q_stems) or 1.0
@@ -239,6 +242,8 @@ class FeatureBuilder:
             rank_in_chunk[c] = rank_in_chunk.get(c, 0) + 1
             order_in_chunk[i] = rank_in_chunk[c]
         rows = []
+        lexical_ranks = list(lexical_ranks) if lexical_ranks is not None else [0] * len(candidates)
+        lexical_scores = list(lexical_scores) if lexical_scores is not None else [0.0] * len(candidates)
         for i, (s, cos, score, rank) in enumerate(zip(candidates, cosines, chunk_scores, chunk_ranks)):
             bm25, chunk_overlap, chunk_best = chunk[s.chunk_id]
             s_stems = set(stems(s.text))
@@ -261,6 +266,7 @@ class FeatureBuilder:
                 float(bool(kinds - {"name"})),
                 float(cos) - top_cos, chunk_best - top_cos, 1.0 / order_in_chunk[i],
                 bm25, chunk_overlap,
+                1.0 / lexical_ranks[i] if lexical_ranks[i] else 0.0, float(lexical_scores[i]),
             ])
         return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(FEATURES))
 
@@ -272,20 +278,26 @@ class SentenceRanker:
     weights: np.ndarray
     bias_mean: np.ndarray
     scale: np.ndarray
+    names: tuple[str, ...] = FEATURES  # the features it reads, a subset of FEATURES (older rankers read fewer)
 
     def scores(self, x: np.ndarray) -> np.ndarray:
+        if self.names != FEATURES:
+            x = x[:, [FEATURES.index(n) for n in self.names]]
         return ((x - self.bias_mean) / self.scale) @ self.weights
 
     def to_dict(self) -> dict[str, Any]:
-        return {"features": list(FEATURES), "weights": self.weights.tolist(), "mean": self.bias_mean.tolist(),
+        return {"features": list(self.names), "weights": self.weights.tolist(), "mean": self.bias_mean.tolist(),
                 "scale": self.scale.tolist()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SentenceRanker":
-        if list(data.get("features") or []) != list(FEATURES):
-            raise ValueError("the ranker was trained on other features: retrain it (hotelbot train --model-type replies)")
+        names = tuple(data.get("features") or [])
+        unknown = [n for n in names if n not in FEATURES]
+        if not names or unknown:
+            raise ValueError(f"the ranker reads features this hotelbot does not compute ({', '.join(unknown) or 'none listed'}): "
+                             "retrain it (hotelbot train --model-type replies)")
         return cls(np.asarray(data["weights"], dtype=np.float64), np.asarray(data["mean"], dtype=np.float64),
-                   np.asarray(data["scale"], dtype=np.float64))
+                   np.asarray(data["scale"], dtype=np.float64), names)
 
     @classmethod
     def fit(cls, groups: Sequence[tuple[np.ndarray, int | Sequence[int]]], *, l2: float = 1e-2, steps: int = 600,
