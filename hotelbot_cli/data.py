@@ -345,11 +345,66 @@ def quality_warnings(
     return warnings
 
 
+# ---------------------------------------------------------------- the independent test set
+
+TEST_SET_SUFFIX = "_test.jsonl"
+
+
+def default_test_set(path: Path) -> Path | None:
+    """The independent test set that goes with the training file ``path``: ``<stem>_test.jsonl`` beside it
+    (datasets/hotel_intents_es.json -> datasets/hotel_intents_es_test.jsonl), when it exists."""
+    path = Path(path)
+    candidate = path.with_name(path.stem + TEST_SET_SUFFIX)
+    return candidate if candidate.is_file() and candidate != path else None
+
+
+@dataclass
+class TestSet:
+    """An intent test set that training never sees: its examples and where they come from."""
+
+    path: Path
+    examples: list[Example]
+    sha256: str
+
+    def to_summary(self) -> dict[str, Any]:
+        return {"path": str(self.path), "sha256": self.sha256, "examples": len(self.examples),
+                "per_intent": dict(sorted(Counter(e.intent for e in self.examples).items()))}
+
+
+def read_test_set(path: Path) -> TestSet:
+    """Load and validate a test set (any format :func:`load_examples` reads; exact duplicates dropped)."""
+    path = Path(path)
+    examples, _ = validate_and_clean(path, load_examples(path))
+    return TestSet(path, examples, hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+def check_test_overlap(path: Path, examples: Sequence[Example], test: TestSet) -> None:
+    """DataError when a training text equals a test text up to case, accents, punctuation and spacing: a
+    test set only measures what training never saw."""
+    held = {near_duplicate_key(e.text): e for e in test.examples}
+    shared = [(e, held[k]) for e in examples if (k := near_duplicate_key(e.text)) in held]
+    if shared:
+        sample = "; ".join(f"{e.text!r}" for e, _ in shared[:3])
+        raise DataError(f"{path}: {len(shared)} training text(s) also in the independent test set {test.path} "
+                        f"(case, accents and punctuation ignored): {sample}",
+                        hint="remove them from the training file (or write new test messages): the test set must "
+                             "stay unseen by training")
+
+
 def prepare(path: Path, validation_split: float = 0.2, seed: int = 42, min_examples: int = 10,
-            imbalance_ratio: float = 3.0) -> PreparedData:
-    """Load, validate, clean, de-duplicate and split ``path``. Raises DataError; writes nothing."""
+            imbalance_ratio: float = 3.0, test_set: Path | None = None) -> PreparedData:
+    """Load, validate, clean, de-duplicate and split ``path``. Raises DataError; writes nothing.
+    ``test_set``: the independent test set (default :func:`default_test_set`); a training text it holds
+    is refused, and the prepared data records which test set goes with it."""
     records = load_examples(path)
     examples, warnings = validate_and_clean(Path(path), records)
+    test_path = Path(test_set) if test_set is not None else default_test_set(Path(path))
+    test = read_test_set(test_path) if test_path is not None else None
+    if test is not None:
+        check_test_overlap(Path(path), examples, test)
+        unknown = sorted({e.intent for e in test.examples} - {e.intent for e in examples})
+        if unknown:
+            raise DataError(f"{test.path}: intent(s) the training file {path} lacks: {', '.join(unknown)}")
     train, validation = stratified_split(examples, validation_split, seed)
     warnings += quality_warnings(train, validation, min_examples, imbalance_ratio)
     labels = sorted({e.intent for e in examples})
@@ -363,6 +418,7 @@ def prepare(path: Path, validation_split: float = 0.2, seed: int = 42, min_examp
         "examples_per_intent": dict(sorted(counts.items())),
         "validation_split": validation_split,
         "seed": seed,
+        "test_set": test.to_summary() if test is not None else None,
     }
     return PreparedData(train, validation, labels, fingerprint(train, validation), summary, warnings)
 
@@ -452,10 +508,10 @@ def read_prepared(data_dir: Path) -> PreparedData:
     return PreparedData(train, validation, labels, actual, summary, warnings)
 
 
-def prepare_dataset(path: Path, out_dir: Path | None, config: "DataConfig") -> PreparedData:
+def prepare_dataset(path: Path, out_dir: Path | None, config: "DataConfig", test_set: Path | None = None) -> PreparedData:
     """prepare() with the settings' data config, then write the result (unless ``out_dir`` is None)."""
     prepared = prepare(path, config.validation_split, config.seed, config.min_examples_per_intent,
-                       config.imbalance_ratio_warning)
+                       config.imbalance_ratio_warning, test_set)
     if out_dir is not None:
         write_prepared(prepared, out_dir)
     return prepared

@@ -25,7 +25,7 @@ from typing import Any
 
 from .components import registered
 from .config import Settings, load_settings
-from .data import SUPPORTED_SUFFIXES, prepare_dataset
+from .data import SUPPORTED_SUFFIXES, TEST_SET_SUFFIX, prepare_dataset
 from .errors import DataError
 from .evaluation import top_confusions
 from .pipeline.deploy import backup_current, deploy, rollback
@@ -58,7 +58,8 @@ class ModelTrainer:
         for name in INTENT_FILE_NAMES:
             if (path / name).is_file():
                 return path / name
-        found = sorted(p for p in path.iterdir() if p.suffix.lower() in SUPPORTED_SUFFIXES and "holdout" not in p.name)
+        found = sorted(p for p in path.iterdir() if p.suffix.lower() in SUPPORTED_SUFFIXES and "holdout" not in p.name
+                       and not p.name.endswith(TEST_SET_SUFFIX))
         if len(found) == 1:
             return found[0]
         raise DataError(f"{path}: found {len(found)} candidate intent files; name one "

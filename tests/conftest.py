@@ -135,10 +135,15 @@ def build_tiny_model(out_dir: Path, sentences: list[str], hidden: int = 64, laye
     return out_dir
 
 
+TOKENIZER_PER_INTENT = 55  # the tiny tokenizer's vocabulary: the first 55 shipped texts per intent (the data
+                           # as it was when the tests' training figures were set), so adding data changes no test
+
+
 def shipped_sentences() -> list[str]:
     texts = [t for texts in TINY_INTENTS.values() for t in texts]
     if SHIPPED.exists():
-        texts += [t for ts in json.loads(SHIPPED.read_text("utf-8"))["intents"].values() for t in ts]
+        texts += [t for ts in json.loads(SHIPPED.read_text("utf-8"))["intents"].values()
+                  for t in ts[:TOKENIZER_PER_INTENT]]
     if HOLDOUT.exists():
         texts += [r["text"] for r in json.loads(HOLDOUT.read_text("utf-8"))]
     return texts

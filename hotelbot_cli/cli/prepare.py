@@ -46,6 +46,10 @@ def prepare_cmd(
                                             "per chunk.")] = 800,
     chunk_overlap: Annotated[int, typer.Option("--chunk-overlap", min=0, help="With --documents: characters a "
                                                "chunk repeats from the previous one in a long section.")] = 150,
+    test_set: Annotated[Optional[Path], typer.Option("--test-set", help="The independent intent test set that "
+                                                     "training must never see: a training text it holds is "
+                                                     "refused [default: DATA's <name>_test.jsonl when present].",
+                                                     show_default=False)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and report; write nothing.")] = False,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
@@ -61,9 +65,15 @@ def prepare_cmd(
     original text; writes chunks.jsonl and documents.json (sha256 per file). Any other file type, an
     empty file or an empty folder exits 1 naming it. Hidden files are skipped.
 
+    Intent data is checked against its independent test set (DATA's <name>_test.jsonl, or --test-set):
+    a training text equal to a test text (case, accents, punctuation ignored) exits 1; the prepared data
+    records the test set, which `hotelbot validate --test` scores.
+
     Examples:
 
         hotelbot prepare datasets/hotel_intents_es.json
+
+        hotelbot prepare my_intents.csv --test-set my_test.jsonl
 
         hotelbot prepare intents.csv --validation-split 0.25 --seed 7 --json
 
@@ -80,6 +90,8 @@ def prepare_cmd(
     if sum(x is not None for x in (data, documents, entities, sentiment, replies)) != 1:
         _usage("give exactly one of DATA (intent data), --documents DIR, --entities FILE, --sentiment FILE "
                "or --replies FILE")
+    if test_set is not None and data is None:
+        _usage("--test-set applies to intent data (DATA)")
     if replies is not None:
         _prepare_replies(replies, output, validation_split, seed, dry_run, json_out, config, profile)
         return
@@ -96,7 +108,7 @@ def prepare_cmd(
     settings = settings_from(config, profile, data=output,
                              overrides={"data_config": {"validation_split": validation_split, "seed": seed}})
     target = None if dry_run else settings.paths.data
-    prepared = prepare_dataset(data, target, settings.data)
+    prepared = prepare_dataset(data, target, settings.data, test_set)
     summary = prepared.to_summary()
     summary["output"] = None if target is None else str(target)
     if json_out:
@@ -107,6 +119,9 @@ def prepare_cmd(
     s = prepared.summary
     out.print(f"{s['examples']} examples, {s['num_labels']} intents: {s['train_size']} train / "
               f"{s['validation_size']} validation (split {s['validation_split']}, seed {s['seed']})")
+    test = s.get("test_set")
+    out.print(f"test set {test['path']}: {test['examples']} examples, none in the training data" if test
+              else "no independent test set (give one with --test-set, or put <name>_test.jsonl beside DATA)")
     out.print(f"fingerprint {prepared.fingerprint}")
     if target is not None:
         message(f"wrote {target}/ (train.jsonl, validation.jsonl, dataset.json)")

@@ -12,7 +12,7 @@ from ..config import ValidationConfig
 from ..evaluation import top_confusions
 from ..registry import ModelRegistry
 from .train import RichProgress
-from ._errors import handle_errors
+from ._errors import error_line, handle_errors
 from ._options import ConfigOpt, JsonOpt, ProfileOpt, RegistryOpt, settings_from
 from ._render import log_to, message, out, print_json, warn
 
@@ -35,12 +35,20 @@ def validate_cmd(
                                                     "section) for a version with a knowledge base "
                                                     "[default: datasets/kb_eval_es.jsonl when present].",
                                                     show_default=False)] = None,
+    test: Annotated[bool, typer.Option("--test", help="Also score the intent classifier on the independent test "
+                                       "set (the one its data was prepared with; never gated).")] = False,
+    test_set: Annotated[Optional[Path], typer.Option("--test-set", help="With --test: this test set instead "
+                                                     "(JSONL/JSON/CSV of text, intent).", show_default=False)] = None,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
     registry: RegistryOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Score a version: accuracy, macro and per-intent precision/recall/F1, confusion matrix.
+
+    With --test, also the independent test set (datasets/hotel_intents_es_test.jsonl, or the one
+    `prepare` recorded): accuracy, in-scope accuracy, out-of-scope recall and every miss, under "test" in
+    the JSON. It is reported, never gated: deciding by it would turn it into a second validation split.
 
     Compares with the deployed version when there is one. Exits 3 when overall_score (macro-F1 unless
     configured) is below MIN_VALIDATION_SCORE.
@@ -54,16 +62,28 @@ def validate_cmd(
         hotelbot validate --cv 5 --json
 
         hotelbot validate --kb-eval my_questions.jsonl --json
+
+        hotelbot validate v0004 --test
+
+        hotelbot validate --test --test-set my_test.jsonl --json
     """
     from ..pipeline.validate import validate  # loads the component table: kept off `hotelbot --help`'s path
 
     settings = settings_from(config, profile, registry,
                              overrides={"validation_config": {"min_validation_score": min_score}})
+    if test_set is not None and not test:
+        error_line("usage error: --test-set goes with --test (see `hotelbot validate --help`)")
+        raise typer.Exit(2)
     if cv is not None:
         _cross_validate(settings, version, cv, json_out)
         return
+    tested = None
     with log_to(settings.paths.logs / "validation.log"):
         validation = validate(ModelRegistry(settings.paths.registry), settings, version, data, {"kb_eval": kb_eval})
+        if test:
+            from ..pipeline.validate import evaluate_test_set  # (the same)
+
+            tested = evaluate_test_set(ModelRegistry(settings.paths.registry), settings, validation.version, test_set)
     lines = {key: get_evaluator(key).evaluation_lines(doc) for key, doc in validation.evaluations.items() if doc}
     for shown in lines.values():
         for line in shown["warnings"]:
@@ -73,8 +93,11 @@ def validate_cmd(
     for line in validation.warnings:
         warn(line)
     result = validation.result
+    if tested is not None:
+        for note in tested["notes"]:
+            warn(note)
     if json_out:
-        print_json(validation.to_dict())
+        print_json({**validation.to_dict(), **({"test": tested} if tested is not None else {})})
     else:
         if result is not None and result.metrics:
             _render(result, top_confusions(result.metrics))
@@ -83,9 +106,28 @@ def validate_cmd(
         for shown in lines.values():
             for line in shown["stdout"]:
                 out.print(line)
+        if tested is not None:
+            _render_test(tested)
     if result is not None and not result.passed:
         message("gate failed: " + "; ".join(result.failures))
         raise typer.Exit(3)
+
+
+def _render_test(m: dict[str, Any]) -> None:
+    from ..pipeline.validate import MISSES_SHOWN  # (the same)
+
+    out.print(f"[bold]test set[/bold] {m['test_set']}: {m['num_examples']} texts, accuracy {m['accuracy']:.4f}, "
+              f"macro-F1 {m['macro_f1']:.4f}" + (f", in-scope accuracy {m['in_scope_accuracy']:.4f}, out-of-scope "
+                                                  f"recall {m.get('out_of_scope_recall') or 0:.4f}"
+                                                  if m.get("in_scope_accuracy") is not None else "")
+              + f" ({m['runtime']}, not gated)")
+    confusions = top_confusions(m)
+    if confusions:
+        out.print("most frequent confusions: " + "; ".join(f"{t} -> {p} ({n})" for t, p, n in confusions))
+    for miss in m["misses"][:MISSES_SHOWN]:
+        out.print(f"  miss: {miss['intent']} -> {miss['predicted']}: {miss['text']}", markup=False)
+    if len(m["misses"]) > MISSES_SHOWN:
+        out.print(f"  ... {len(m['misses']) - MISSES_SHOWN} more (--json lists every one)")
 
 
 def get_evaluator(key: str) -> Any:

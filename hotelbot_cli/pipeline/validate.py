@@ -10,6 +10,7 @@ headline ``metrics``.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,8 @@ from ..components import get as get_component
 from ..components import registered
 from ..components.compose import components_of
 from ..config import TrainingConfig, ValidationConfig
-from ..data import TRAIN_FILE, VALIDATION_FILE, read_jsonl_examples, read_prepared
+from ..data import (DATASET_FILE, TRAIN_FILE, VALIDATION_FILE, near_duplicate_key, read_jsonl_examples, read_prepared,
+                    read_test_set)
 from ..errors import DataError, IntegrityError, RegistryError
 from ..evaluation import METRIC_KEYS, Comparison, classification_metrics, compare
 from ..export import compare_runtimes
@@ -35,7 +37,49 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger("hotelbot.validation")
+DEFAULT_TEST_SET = Path("datasets/hotel_intents_es_test.jsonl")
 CV_METRICS = METRIC_KEYS + ("in_scope_accuracy", "out_of_scope_recall")
+MISSES_SHOWN = 20  # test-set mistakes listed in `validate --test` (the JSON lists every one)
+
+
+def evaluate_test_set(registry: Any, settings: Any, version: str | None = None, path: Path | None = None) -> dict[str, Any]:
+    """`validate --test`: the version's intent classifier on the independent test set, as served (the runtime
+    and out-of-scope rule predict/serve use). The test set is ``path``, else the one its training data was
+    prepared with (recorded in the version's data/dataset.json), else the shipped default. Never recorded as
+    the version's validation and never gated: choosing a version by it would make it a second validation split.
+    Raises DataError when there is no test set or when the version was trained on any of its texts."""
+    info = registry.require_intact(registry.resolve(version or settings.model_version).name)
+    if primary_component(info) is None:
+        raise RegistryError(f"version {info.name} has no intent classifier to test")
+    recorded: dict[str, Any] = {}
+    try:
+        recorded = (json.loads((info.path / "data" / DATASET_FILE).read_text("utf-8")).get("test_set") or {})
+    except (OSError, ValueError):
+        pass
+    notes: list[str] = []
+    if path is None:
+        candidate = Path(recorded["path"]) if recorded.get("path") else DEFAULT_TEST_SET
+        if not candidate.is_file():
+            raise DataError(f"no independent test set for {info.name} ({candidate} not found)",
+                            hint="give one: hotelbot validate --test-set FILE (JSONL of {text, intent})")
+        path = candidate
+    test = read_test_set(Path(path))
+    if recorded.get("sha256") and Path(recorded.get("path", "")) == Path(path) and recorded["sha256"] != test.sha256:
+        notes.append(f"{path} changed since {info.name}'s data was prepared")
+    trained = {near_duplicate_key(e.text) for name in (TRAIN_FILE, VALIDATION_FILE)
+               for e in read_jsonl_examples(info.path / "data" / name)}
+    seen = [e.text for e in test.examples if near_duplicate_key(e.text) in trained]
+    if seen:
+        raise DataError(f"{info.name} was trained or validated on {len(seen)} text(s) of the test set {path}: "
+                        + "; ".join(repr(s) for s in seen[:3]),
+                        hint="a test set must stay unseen: retrain on data prepared against it (hotelbot prepare)")
+    predictor = load_predictor(info)
+    texts, truth = [e.text for e in test.examples], [e.intent for e in test.examples]
+    predicted = predictor.predict_labels(texts)
+    metrics = classification_metrics(truth, predicted, predictor.labels, settings.validation.metric)
+    misses = [{"text": x, "intent": y, "predicted": p} for x, y, p in zip(texts, truth, predicted) if y != p]
+    return {"version": info.name, "test_set": str(path), "sha256": test.sha256, "runtime": predictor.runtime,
+            "out_of_scope_threshold": predictor.threshold, "notes": notes, "misses": misses, **metrics}
 
 
 def validate_components(info: "VersionInfo", settings: Any, recorded: bool = False) -> dict[str, dict[str, Any]]:
@@ -241,7 +285,6 @@ def _record(registry: Any, settings: Any, result: ValidationResult) -> Validatio
     return result
 
 
-CV_METRICS = METRIC_KEYS + ("in_scope_accuracy", "out_of_scope_recall")
 
 
 def cross_validate(registry: Any, version: str | None, settings: Any, folds: int, listener: Any = None) -> dict[str, Any]:

@@ -189,6 +189,50 @@ def test_train_json_validate_predict_versions(trained, isolated_env):
 
 
 
+def test_validate_test_scores_the_independent_test_set_without_gating(trained, isolated_env, tmp_path):
+    test_set = tmp_path / "test.jsonl"
+    rows = [("hola amigos", "greeting"), ("noticias del mundo hoy", "get_news"), ("la red del wifi", "wifi_info"),
+            ("desayuno a qué hora", "breakfast_info"), ("buenísimas tardes", "greeting")]
+    test_set.write_text("".join(json.dumps({"text": x, "intent": y}, ensure_ascii=False) + "\n" for x, y in rows), "utf-8")
+    result = run("validate", "--test", "--test-set", str(test_set), "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    tested = doc["test"]
+    assert tested["version"] == "v0001" and tested["test_set"] == str(test_set) and tested["num_examples"] == 5
+    assert tested["accuracy"] == pytest.approx(1 - len(tested["misses"]) / 5)
+    assert all(m["intent"] != m["predicted"] for m in tested["misses"]) and tested["runtime"]
+    assert doc["overall_score"] == pytest.approx(trained["metrics"]["macro_f1"])  # the validation is unchanged
+    text = run("validate", "--test", "--test-set", str(test_set))
+    assert text.exit_code == 0 and "test set" in text.stdout and "not gated" in text.stdout
+
+    seen = tmp_path / "seen.jsonl"  # a text the version was trained on: not a test set
+    seen.write_text('{"text": "hola", "intent": "greeting"}\n{"text": "la red del wifi", "intent": "wifi_info"}\n')
+    result = run("validate", "--test", "--test-set", str(seen))
+    assert result.exit_code == 1 and "was trained or validated on 1 text(s) of the test set" in result.stderr
+    result = run("validate", "--test-set", str(test_set))
+    assert result.exit_code == 2 and "--test-set goes with --test" in result.stderr
+    result = run("validate", "--test")  # the tiny data was prepared without a test set; none shipped here
+    assert result.exit_code == 1 and "no independent test set" in result.stderr
+
+
+def test_prepare_refuses_data_overlapping_its_test_set_and_writes_nothing(tiny_data, isolated_env):
+    test_set = tiny_data.with_name("tiny_intents_test.jsonl")
+    test_set.write_text('{"text": "Hola, buenas!", "intent": "greeting"}\n{"text": "wifi roto", "intent": "wifi_info"}\n',
+                        "utf-8")
+    result = run("prepare", str(tiny_data))
+    assert result.exit_code == 1 and "1 training text(s) also in the independent test set" in result.stderr
+    assert not (isolated_env / "data").exists()
+    test_set.write_text('{"text": "hola a todos", "intent": "greeting"}\n{"text": "wifi roto", "intent": "wifi_info"}\n',
+                        "utf-8")
+    result = run("prepare", str(tiny_data), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["test_set"]["examples"] == 2
+    recorded = json.loads((isolated_env / "data/processed/dataset.json").read_text("utf-8"))
+    assert recorded["test_set"]["path"] == str(test_set)
+    result = run("prepare", "--documents", str(tiny_data.parent), "--test-set", str(test_set))
+    assert result.exit_code == 2 and "--test-set applies to intent data" in result.stderr
+
+
 def test_predict_refuses_a_corrupt_version(trained, isolated_env):
     # tokenizer.json is read by the torch and the ONNX runtime alike (an ONNX predict never hashes
     # model.safetensors: see tests/inference/test_onnx.py for the files each runtime checks).

@@ -48,3 +48,11 @@ def test_shipped_dataset_end_to_end_beats_chance_widely(tmp_path, isolated_env, 
     chance = 1 / 29
     print(f"held-out accuracy {accuracy:.3f}, validation macro-F1 {validation['overall_score']:.3f}")
     assert accuracy > 10 * chance, f"held-out accuracy {accuracy:.3f} vs chance {chance:.3f}"
+
+    # the independent test set that prepare found beside the shipped data, scored as served
+    assert prepared["test_set"]["examples"] >= 15 * 29
+    result = runner.invoke(app, ["validate", "--test", "--min-score", "0.3", "--json"])
+    assert result.exit_code == 0, result.output
+    tested = json.loads(result.stdout)["test"]
+    assert tested["num_examples"] == prepared["test_set"]["examples"] and tested["test_set"].endswith("_test.jsonl")
+    assert tested["accuracy"] > 10 * chance and len(tested["misses"]) == round((1 - tested["accuracy"]) * tested["num_examples"])

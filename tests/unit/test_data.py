@@ -173,3 +173,60 @@ def test_the_clinc150_analysis_scores_macro_f1_as_hotelbot_does():
         pred = np.where(rng.random(200) < 0.7, y, rng.integers(0, 11, 200))  # label 11 never predicted either
         expected = classification_metrics([labels[i] for i in y], [labels[i] for i in pred], labels)["macro_f1"]
         assert macro_f1(y, pred, len(labels)) == pytest.approx(expected)
+
+
+# ---------------------------------------------------------------- the independent test set
+
+
+def test_prepare_refuses_training_texts_of_the_test_set_and_records_it(tmp_path):
+    train = write(tmp_path, "intents.json", json.dumps({"intents": {
+        "greeting": ["hola", "buenos días", "qué tal"], "wifi_info": ["clave del wifi", "no va el wifi", "red wifi"]}},
+        ensure_ascii=False))
+    test = write(tmp_path, "intents_test.jsonl", '{"text": "buenas noches", "intent": "greeting"}\n'
+                                                 '{"text": "¿hay wifi en la piscina?", "intent": "wifi_info"}\n')
+    prepared = prepare(train)  # the sibling <name>_test.jsonl is found by default
+    assert prepared.summary["test_set"]["path"] == str(test) and prepared.summary["test_set"]["examples"] == 2
+    assert prepared.summary["test_set"]["per_intent"] == {"greeting": 1, "wifi_info": 1}
+    assert len(prepared.summary["test_set"]["sha256"]) == 64
+    leaked = write(tmp_path, "leaked.jsonl", '{"text": "Buenos Dias!", "intent": "greeting"}\n'
+                                             '{"text": "red wifi", "intent": "wifi_info"}\n')
+    with pytest.raises(DataError, match=r"2 training text\(s\) also in the independent test set .*leaked.jsonl") as err:
+        prepare(train, test_set=leaked)  # case, accents and punctuation do not hide an overlap
+    assert "stay unseen" in err.value.hint
+    other = write(tmp_path, "other.jsonl", '{"text": "quiero un taxi", "intent": "airport_transfer"}\n'
+                                           '{"text": "hola amigos", "intent": "greeting"}\n')
+    with pytest.raises(DataError, match="intent\\(s\\) the training file .* lacks: airport_transfer"):
+        prepare(train, test_set=other)
+    (tmp_path / "solo").mkdir()
+    solo = write(tmp_path / "solo", "intents.json", train.read_text("utf-8"))
+    assert prepare(solo).summary["test_set"] is None
+
+
+def test_the_shipped_intent_data_and_its_independent_test_set():
+    """>= 100 examples per intent, >= 15 test messages per intent, the test set unseen by the training data
+    (no shared text, no near-duplicate: character 3-5-gram TF-IDF cosine >= 0.8), and no near-duplicate
+    pair of training texts with different intents (cosine >= 0.9)."""
+    import numpy as np
+    from collections import Counter
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    intents = json.loads((REPO / "datasets/hotel_intents_es.json").read_text("utf-8"))["intents"]
+    assert min(len(v) for v in intents.values()) >= 100, {k: len(v) for k, v in intents.items() if len(v) < 100}
+    prepared = prepare(REPO / "datasets/hotel_intents_es.json")  # refuses any shared text
+    test = [json.loads(line) for line in (REPO / "datasets/hotel_intents_es_test.jsonl").read_text("utf-8").splitlines()]
+    counts = Counter(r["intent"] for r in test)
+    assert set(counts) == set(intents) and min(counts.values()) >= 15, counts
+    assert prepared.summary["test_set"]["examples"] == len(test)
+    texts = [t for v in intents.values() for t in v]
+    labels = [k for k, v in intents.items() for _ in v]
+    vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), preprocessor=near_duplicate_key).fit(texts)
+    x = vectorizer.transform(texts)
+    close_to_test = (vectorizer.transform([r["text"] for r in test]) @ x.T).max(axis=1).toarray().ravel()
+    assert [r["text"] for r, s in zip(test, close_to_test) if s >= 0.8] == []
+    similar = (x @ x.T).toarray()
+    np.fill_diagonal(similar, 0)
+    pairs = [(texts[i], texts[j]) for i, j in np.argwhere(np.triu(similar) >= 0.9) if labels[i] != labels[j]]
+    assert pairs == []
+    holdout = json.loads((REPO / "datasets/hotel_intents_es_holdout.json").read_text("utf-8"))
+    keys = {near_duplicate_key(t) for t in texts}
+    assert [h["text"] for h in holdout if near_duplicate_key(h["text"]) in keys] == []
