@@ -1,0 +1,200 @@
+"""What helps the intent classifier on messages it never saw: an ablation measured on the independent test set.
+
+Every row trains on the same prepared split of ``datasets/hotel_intents_es.json`` (seed 42, as ``make run``)
+and chooses its out-of-scope threshold and best epoch on the same validation split, as ``hotelbot train``
+does; then it is scored once on ``datasets/hotel_intents_es_test.jsonl`` (never used for any choice):
+
+* ``tfidf``: TF-IDF (char 2-5 + word 1-2) + LinearSVC, the floor;
+* ``data55``: e5 trained on the training texts that were in the 55-per-intent data (the first 55 of each
+  intent in the file), to measure what the data growth bought;
+* ``default``: e5 on the whole training split, the shipped settings (what ``make run`` trains);
+* ``augment``: ``default`` + one noised copy of each training text (accents stripped, one random typo:
+  a dropped, doubled or swapped letter), seeded;
+* ``class_weights``: ``default`` with the loss weighted by inverse class frequency (``class_weights``);
+* ``epochs6``: ``default`` with 6 epochs instead of 4 (early stopping, patience 2);
+* ``knn``: ``default``'s model with the nearest-neighbour out-of-scope detector instead of the softmax
+  threshold (cosine to the k-th nearest in-scope training text, k in 1/5/10 and its threshold chosen by
+  validation macro-F1, the intent still from the classifier; Sun et al., ICML 2022), from the same run.
+
+    .venv/bin/python benchmarks/intent_ablation.py [--rows tfidf,data55,default,augment,class_weights,epochs6,knn]
+        [--json out.json]
+
+A benchmark, not a test: it trains several models (about 4-8 minutes each on 2 CPUs) and never fails a build
+on a number. CLINC150 is measured by benchmarks/clinc150.py (about 30 minutes per model on 2 CPUs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+import unicodedata
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from clinc150 import encode_split  # noqa: E402 - the benchmarks directory
+
+from hotelbot_cli.config import load_settings  # noqa: E402
+from hotelbot_cli.data import OUT_OF_SCOPE, Example, near_duplicate_key, prepare, read_test_set  # noqa: E402
+from hotelbot_cli.evaluation import classification_metrics  # noqa: E402
+
+DATA = REPO / "datasets" / "hotel_intents_es.json"
+TEST = REPO / "datasets" / "hotel_intents_es_test.jsonl"
+ROWS = ("tfidf", "data55", "default", "augment", "class_weights", "epochs6", "knn")
+ORIGINAL_PER_INTENT = 55
+
+
+def strip_accents(text: str) -> str:
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c) or c == "\u0303")
+
+
+def noised(text: str, rng: random.Random) -> str:
+    """Accents stripped (ñ kept) and one typo: a letter dropped, doubled or swapped with the next one."""
+    out = unicodedata.normalize("NFC", strip_accents(text))
+    letters = [i for i, c in enumerate(out) if c.isalpha()]
+    if len(letters) < 4:
+        return out
+    i = rng.choice(letters[:-1])
+    op = rng.randrange(3)
+    if op == 0:
+        return out[:i] + out[i + 1:]
+    if op == 1:
+        return out[:i] + out[i] + out[i:]
+    return out[:i] + out[i + 1] + out[i] + out[i + 2:]
+
+
+def scores(truth: list[str], predicted: list[str], labels: list[str]) -> dict[str, float]:
+    m = classification_metrics(truth, predicted, labels, "macro_f1")
+    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "in_scope_accuracy": m.get("in_scope_accuracy"),
+            "out_of_scope_recall": m.get("out_of_scope_recall")}
+
+
+def tfidf_row(train, validation, test, labels):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import make_pipeline, make_union
+    from sklearn.svm import LinearSVC
+
+    start = time.monotonic()
+    model = make_pipeline(make_union(TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True),
+                                     TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True)),
+                          LinearSVC(C=1.0))
+    model.fit([e.text for e in train], [e.intent for e in train])
+    seconds = time.monotonic() - start
+    val = scores([e.intent for e in validation], list(model.predict([e.text for e in validation])), labels)
+    return {"val_macro_f1": val["macro_f1"], **scores([e.intent for e in test], list(model.predict([e.text for e in test])),
+                                                        labels), "train_texts": len(train), "seconds": round(seconds, 1)}
+
+
+def e5_row(cfg, train, validation, test, labels, models_dir):
+    from hotelbot_cli.runtime import TorchPredictor
+    from hotelbot_cli.training.classify import fit_classifier
+
+    start = time.monotonic()
+    fit = fit_classifier(cfg, "macro_f1", train, validation, labels, models_dir)
+    seconds = time.monotonic() - start
+    predictor = TorchPredictor(fit.model, fit.tokenizer, "ablation")
+    predicted = predictor.predict_labels([e.text for e in test])
+    row = {"val_macro_f1": fit.metrics["macro_f1"], **scores([e.intent for e in test], predicted, labels),
+           "threshold": fit.threshold, "best_epoch": fit.best_epoch, "train_texts": len(train),
+           "seconds": round(seconds, 1)}
+    return row, fit
+
+
+def knn_row(fit, train, validation, test, labels):
+    """The nearest-neighbour detector on ``fit``'s embeddings: k and threshold chosen on validation."""
+    def embed(examples):
+        pooled, logits = encode_split(fit.model, fit.tokenizer, [e.text for e in examples])
+        return pooled / np.linalg.norm(pooled, axis=1, keepdims=True), logits
+
+    bank, _ = embed([e for e in train if e.intent != OUT_OF_SCOPE])
+    val_emb, val_logits = embed(validation)
+    test_emb, test_logits = embed(test)
+    val_truth, test_truth = [e.intent for e in validation], [e.intent for e in test]
+
+    def kth(emb, k):
+        sims = emb @ bank.T
+        return -np.sort(-sims, axis=1)[:, k - 1]
+
+    def labelled(logits, similarity, threshold):
+        argmax = [labels[i] for i in logits.argmax(axis=1)]
+        return [OUT_OF_SCOPE if s < threshold else a for a, s in zip(argmax, similarity)]
+
+    best = None
+    for k in (1, 5, 10):
+        similarity = kth(val_emb, k)
+        for threshold in np.unique(np.round(similarity, 3)):
+            f1 = classification_metrics(val_truth, labelled(val_logits, similarity, threshold), labels,
+                                        "macro_f1")["macro_f1"]
+            if best is None or f1 > best[0] + 1e-12:
+                best = (f1, k, float(threshold))
+    f1, k, threshold = best
+    predicted = labelled(test_logits, kth(test_emb, k), threshold)
+    return {"val_macro_f1": f1, **scores(test_truth, predicted, labels), "k": k, "threshold": threshold,
+            "train_texts": len(train), "seconds": 0.0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {', '.join(ROWS)}")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        parser.error(f"unknown rows: {', '.join(unknown)}")
+
+    prepared = prepare(DATA)
+    train, validation, labels = prepared.train, prepared.validation, prepared.labels
+    test = read_test_set(TEST).examples
+    original = {near_duplicate_key(t) for texts in json.loads(DATA.read_text("utf-8"))["intents"].values()
+                for t in texts[:ORIGINAL_PER_INTENT]}
+    settings = load_settings()
+    cfg = replace(settings.training)
+    results, default_fit = {}, None
+    print(f"{len(train)} train / {len(validation)} validation texts, {len(test)} test texts, {len(labels)} intents",
+          file=sys.stderr)
+    for name in rows:
+        print(f"row {name} ...", file=sys.stderr, flush=True)
+        if name == "tfidf":
+            results[name] = tfidf_row(train, validation, test, labels)
+        elif name == "data55":
+            results[name], _ = e5_row(cfg, [e for e in train if near_duplicate_key(e.text) in original], validation,
+                                      test, labels, settings.paths.models_dir)
+        elif name == "default" or (name == "knn" and default_fit is None):
+            row, default_fit = e5_row(cfg, train, validation, test, labels, settings.paths.models_dir)
+            results["default"] = row
+            if name == "knn":
+                results[name] = knn_row(default_fit, train, validation, test, labels)
+        elif name == "knn":
+            results[name] = knn_row(default_fit, train, validation, test, labels)
+        elif name == "augment":
+            rng = random.Random(42)
+            extra = [Example(noised(e.text, rng), e.intent) for e in train]
+            keys = {near_duplicate_key(e.text) for e in test}
+            extra = [e for e in extra if near_duplicate_key(e.text) not in keys]  # never a test text
+            results[name], _ = e5_row(cfg, train + extra, validation, test, labels, settings.paths.models_dir)
+        elif name == "class_weights":
+            results[name], _ = e5_row(replace(cfg, class_weights=True), train, validation, test, labels,
+                                      settings.paths.models_dir)
+        elif name == "epochs6":
+            results[name], _ = e5_row(replace(cfg, epochs=6), train, validation, test, labels, settings.paths.models_dir)
+        print(json.dumps({name: results.get(name)}), file=sys.stderr, flush=True)
+
+    print(f"\n{'row':<16}{'train':>7}{'val F1':>9}{'test acc':>10}{'in-scope':>10}{'oos rec':>9}{'seconds':>9}")
+    for name, r in results.items():
+        print(f"{name:<16}{r['train_texts']:>7}{r['val_macro_f1']:>9.4f}{r['accuracy']:>10.4f}"
+              f"{r['in_scope_accuracy'] or 0:>10.4f}{r['out_of_scope_recall'] or 0:>9.4f}{r['seconds']:>9.1f}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1), "utf-8")
+
+
+if __name__ == "__main__":
+    main()
