@@ -375,7 +375,8 @@ def read_test_set(path: Path) -> TestSet:
     """Load and validate a test set (any format :func:`load_examples` reads; exact duplicates dropped)."""
     path = Path(path)
     examples, _ = validate_and_clean(path, load_examples(path))
-    return TestSet(path, examples, hashlib.sha256(path.read_bytes()).hexdigest())
+    # recorded absolute: `validate --test` may run from another directory than `prepare` did
+    return TestSet(path.resolve(), examples, hashlib.sha256(path.read_bytes()).hexdigest())
 
 
 def check_test_overlap(path: Path, examples: Sequence[Example], test: TestSet) -> None:

@@ -77,13 +77,17 @@ def validate_cmd(
     if cv is not None:
         _cross_validate(settings, version, cv, json_out)
         return
-    tested = None
+    tested, checked = None, None
+    if test:  # its own problems (no test set, unknown intents, a trained-on text) before anything is recorded
+        from ..pipeline.validate import check_test_set  # (the same)
+
+        checked = check_test_set(ModelRegistry(settings.paths.registry), settings, version, test_set)
     with log_to(settings.paths.logs / "validation.log"):
         validation = validate(ModelRegistry(settings.paths.registry), settings, version, data, {"kb_eval": kb_eval})
-        if test:
+        if checked is not None:
             from ..pipeline.validate import evaluate_test_set  # (the same)
 
-            tested = evaluate_test_set(ModelRegistry(settings.paths.registry), settings, validation.version, test_set)
+            tested = evaluate_test_set(ModelRegistry(settings.paths.registry), settings, checked=checked)
     lines = {key: get_evaluator(key).evaluation_lines(doc) for key, doc in validation.evaluations.items() if doc}
     for shown in lines.values():
         for line in shown["warnings"]:

@@ -42,12 +42,11 @@ CV_METRICS = METRIC_KEYS + ("in_scope_accuracy", "out_of_scope_recall")
 MISSES_SHOWN = 20  # test-set mistakes listed in `validate --test` (the JSON lists every one)
 
 
-def evaluate_test_set(registry: Any, settings: Any, version: str | None = None, path: Path | None = None) -> dict[str, Any]:
-    """`validate --test`: the version's intent classifier on the independent test set, as served (the runtime
-    and out-of-scope rule predict/serve use). The test set is ``path``, else the one its training data was
-    prepared with (recorded in the version's data/dataset.json), else the shipped default. Never recorded as
-    the version's validation and never gated: choosing a version by it would make it a second validation split.
-    Raises DataError when there is no test set or when the version was trained on any of its texts."""
+def check_test_set(registry: Any, settings: Any, version: str | None = None, path: Path | None = None) -> dict[str, Any]:
+    """What `validate --test` scores, checked before anything runs: the version, the test set (``path``, else
+    the one its training data was prepared with, recorded in its data/dataset.json, else the shipped default)
+    and notes. DataError when there is no test set, when it names an intent the classifier lacks, or when the
+    version was trained or validated on any of its texts."""
     info = registry.require_intact(registry.resolve(version or settings.model_version).name)
     if primary_component(info) is None:
         raise RegistryError(f"version {info.name} has no intent classifier to test")
@@ -61,11 +60,15 @@ def evaluate_test_set(registry: Any, settings: Any, version: str | None = None, 
         candidate = Path(recorded["path"]) if recorded.get("path") else DEFAULT_TEST_SET
         if not candidate.is_file():
             raise DataError(f"no independent test set for {info.name} ({candidate} not found)",
-                            hint="give one: hotelbot validate --test-set FILE (JSONL of {text, intent})")
+                            hint="give one: hotelbot validate --test --test-set FILE (JSONL of {text, intent})")
         path = candidate
     test = read_test_set(Path(path))
-    if recorded.get("sha256") and Path(recorded.get("path", "")) == Path(path) and recorded["sha256"] != test.sha256:
+    if recorded.get("sha256") and Path(recorded.get("path", "")).resolve() == test.path and recorded["sha256"] != test.sha256:
         notes.append(f"{path} changed since {info.name}'s data was prepared")
+    unknown = sorted({e.intent for e in test.examples} - set(info.metadata.get("labels") or []))
+    if info.metadata.get("labels") and unknown:
+        raise DataError(f"{path}: intent(s) {info.name}'s classifier does not know: {', '.join(unknown)}",
+                        hint="test a version trained on these intents, or drop them from the test set")
     trained = {near_duplicate_key(e.text) for name in (TRAIN_FILE, VALIDATION_FILE)
                for e in read_jsonl_examples(info.path / "data" / name)}
     seen = [e.text for e in test.examples if near_duplicate_key(e.text) in trained]
@@ -73,6 +76,17 @@ def evaluate_test_set(registry: Any, settings: Any, version: str | None = None, 
         raise DataError(f"{info.name} was trained or validated on {len(seen)} text(s) of the test set {path}: "
                         + "; ".join(repr(s) for s in seen[:3]),
                         hint="a test set must stay unseen: retrain on data prepared against it (hotelbot prepare)")
+    return {"info": info, "test": test, "path": Path(path), "notes": notes}
+
+
+def evaluate_test_set(registry: Any, settings: Any, version: str | None = None, path: Path | None = None,
+                      checked: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`validate --test`: the version's intent classifier on the independent test set (:func:`check_test_set`,
+    or ``checked``, its result), as served (the runtime and out-of-scope rule predict/serve use). Never
+    recorded as the version's validation and never gated: choosing a version by it would make it a second
+    validation split."""
+    checked = checked or check_test_set(registry, settings, version, path)
+    info, test, path, notes = checked["info"], checked["test"], checked["path"], checked["notes"]
     predictor = load_predictor(info)
     texts, truth = [e.text for e in test.examples], [e.intent for e in test.examples]
     predicted = predictor.predict_labels(texts)

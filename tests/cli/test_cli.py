@@ -209,6 +209,12 @@ def test_validate_test_scores_the_independent_test_set_without_gating(trained, i
     seen.write_text('{"text": "hola", "intent": "greeting"}\n{"text": "la red del wifi", "intent": "wifi_info"}\n')
     result = run("validate", "--test", "--test-set", str(seen))
     assert result.exit_code == 1 and "was trained or validated on 1 text(s) of the test set" in result.stderr
+    reports = sorted((isolated_env / "reports/validation_reports").glob("*.json"))
+    unknown = tmp_path / "unknown.jsonl"
+    unknown.write_text('{"text": "quiero un masaje", "intent": "spa_booking"}\n{"text": "hola amigos", "intent": "greeting"}\n')
+    result = run("validate", "--test", "--test-set", str(unknown))
+    assert result.exit_code == 1 and "does not know: spa_booking" in result.stderr
+    assert sorted((isolated_env / "reports/validation_reports").glob("*.json")) == reports  # checked first: nothing recorded
     result = run("validate", "--test-set", str(test_set))
     assert result.exit_code == 2 and "--test-set goes with --test" in result.stderr
     result = run("validate", "--test")  # the tiny data was prepared without a test set; none shipped here

@@ -165,5 +165,7 @@ def test_the_ranker_learns_which_feature_marks_the_answer():
     for bad in (["cosine", "a_feature_from_the_future"], []):
         with pytest.raises(ValueError, match="does not compute"):
             SentenceRanker.from_dict({**ranker.to_dict(), "features": bad})
+    with pytest.raises(ValueError, match="do not match"):
+        SentenceRanker.from_dict({**ranker.to_dict(), "features": ["cosine", "overlap"]})
     with pytest.raises(ValueError, match="no training question"):
         SentenceRanker.fit([])

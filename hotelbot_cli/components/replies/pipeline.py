@@ -233,13 +233,16 @@ class ReplyPipeline:
         hits = every[:chunks or settings.candidate_chunks]
         lexical = self._lexical.scores(stems(message))
         best_lexical = float(lexical.max()) if len(lexical) else 0.0
-        lexical_rank = {self.knowledge.chunk_list[i].id: r for r, i in enumerate(np.argsort(-lexical, kind="stable"), 1)}
+        # A chunk that shares no stem with the message is unranked (rank 0), not ranked by its place in the KB.
+        lexical_rank = {c.id: 0 for c in self.knowledge.chunk_list}
+        lexical_rank.update({self.knowledge.chunk_list[i].id: r for r, i in
+                             enumerate(np.argsort(-lexical, kind="stable"), 1) if lexical[i] > 0})
         lexical_score = {c.id: float(s) / best_lexical if best_lexical > 0 else 0.0
                          for c, s in zip(self.knowledge.chunk_list, lexical)}
         if settings.lexical_chunks and best_lexical > 0:
             taken = {h.chunk.id for h in hits}
             by_id = {h.chunk.id: h for h in every}
-            order = sorted((c for c in lexical_rank if c not in taken and lexical_score[c] > 0), key=lexical_rank.get)
+            order = sorted((c for c, r in lexical_rank.items() if r and c not in taken), key=lexical_rank.get)
             hits = hits + [by_id[c] for c in order[:settings.lexical_chunks]]
         rows = [i for h in hits for i in self._by_chunk.get(h.chunk.id, [])]
         sentences = [self.model.sentences[i] for i in rows]
@@ -351,7 +354,8 @@ class ReplyPipeline:
         answer = {"message": message, "reply": text, "kind": kind, "intent": intent,
                   "confidence": row.get("confidence"), "entities": entities,
                   "sources": self._sources(sentences, chunk_of)}
-        answer["_hits"] = found.hits if found is not None else []
+        # the generator reads the embedding search's passages, as it was trained (not the lexical extras)
+        answer["_hits"] = found.hits[:self.model.settings.candidate_chunks] if found is not None else []
         self._check(answer, cleaned, [chunk_of[c].chunk.passage() for c in {s.chunk_id for s in sentences}])
         return answer
 

@@ -296,6 +296,9 @@ class SentenceRanker:
         if not names or unknown:
             raise ValueError(f"the ranker reads features this hotelbot does not compute ({', '.join(unknown) or 'none listed'}): "
                              "retrain it (hotelbot train --model-type replies)")
+        if not len(data["weights"]) == len(data["mean"]) == len(data["scale"]) == len(names):
+            raise ValueError(f"the ranker's weights, means and scales do not match its {len(names)} features: "
+                             "retrain it (hotelbot train --model-type replies)")
         return cls(np.asarray(data["weights"], dtype=np.float64), np.asarray(data["mean"], dtype=np.float64),
                    np.asarray(data["scale"], dtype=np.float64), names)
 
