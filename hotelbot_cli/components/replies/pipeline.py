@@ -184,6 +184,7 @@ class ReplyPipeline:
                 self._by_chunk.setdefault(s.chunk_id, []).append(i)
         self._how_cache: dict[str, tuple[list["SearchHit"], list[Sentence]]] = {}
         self._lexical = BM25([stems(c.passage()) for c in knowledge.chunk_list])
+        self._chunk_index = {c.id: i for i, c in enumerate(knowledge.chunk_list)}
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -229,21 +230,21 @@ class ReplyPipeline:
         "consigna", that the embedding misses). ``intent``: the intent or the classifier's ranking
         [(intent, confidence), ...], for the document prior."""
         settings = self.model.settings
-        every = self.knowledge.search_vectors(vector[None, :], len(self.knowledge.chunk_list))[0]
-        hits = every[:chunks or settings.candidate_chunks]
+        chunk_list, k = self.knowledge.chunk_list, chunks or settings.candidate_chunks
+        every = self.knowledge.search_vectors(vector[None, :], len(chunk_list) if settings.lexical_chunks else k)[0]
+        hits = every[:k]
         lexical = self._lexical.scores(stems(message))
-        best_lexical = float(lexical.max()) if len(lexical) else 0.0
-        # A chunk that shares no stem with the message is unranked (rank 0), not ranked by its place in the KB.
-        lexical_rank = {c.id: 0 for c in self.knowledge.chunk_list}
-        lexical_rank.update({self.knowledge.chunk_list[i].id: r for r, i in
-                             enumerate(np.argsort(-lexical, kind="stable"), 1) if lexical[i] > 0})
-        lexical_score = {c.id: float(s) / best_lexical if best_lexical > 0 else 0.0
-                         for c, s in zip(self.knowledge.chunk_list, lexical)}
-        if settings.lexical_chunks and best_lexical > 0:
+        matched = lexical > 0  # a chunk sharing no stem with the message is unranked (0), not ranked by KB order
+        order = np.argsort(-lexical, kind="stable")
+        lexical_rank = np.zeros(len(chunk_list), dtype=np.int64)
+        lexical_rank[order] = np.arange(1, len(chunk_list) + 1)
+        lexical_rank[~matched] = 0
+        lexical_score = lexical / lexical.max() if matched.any() else np.zeros(len(chunk_list))
+        if settings.lexical_chunks and matched.any():
             taken = {h.chunk.id for h in hits}
             by_id = {h.chunk.id: h for h in every}
-            order = sorted((c for c, r in lexical_rank.items() if r and c not in taken), key=lexical_rank.get)
-            hits = hits + [by_id[c] for c in order[:settings.lexical_chunks]]
+            extra = [chunk_list[i].id for i in order if matched[i] and chunk_list[i].id not in taken]
+            hits = hits + [by_id[c] for c in extra[:settings.lexical_chunks]]
         rows = [i for h in hits for i in self._by_chunk.get(h.chunk.id, [])]
         sentences = [self.model.sentences[i] for i in rows]
         chunk_of = {h.chunk.id: h for h in hits}
@@ -251,8 +252,8 @@ class ReplyPipeline:
         features = self.model.features.features(message, intent, sentences, cosines,
                                                 [chunk_of[s.chunk_id].score for s in sentences],
                                                 [chunk_of[s.chunk_id].rank for s in sentences],
-                                                [lexical_rank[s.chunk_id] for s in sentences],
-                                                [lexical_score[s.chunk_id] for s in sentences])
+                                                [int(lexical_rank[self._chunk_index[s.chunk_id]]) for s in sentences],
+                                                [float(lexical_score[self._chunk_index[s.chunk_id]]) for s in sentences])
         return Candidates(hits, sentences, features, chunk_of)
 
     def rank(self, found: Candidates) -> list[tuple[Sentence, float]]:
