@@ -355,7 +355,7 @@ def default_test_set(path: Path) -> Path | None:
     (datasets/hotel_intents_es.json -> datasets/hotel_intents_es_test.jsonl), when it exists."""
     path = Path(path)
     candidate = path.with_name(path.stem + TEST_SET_SUFFIX)
-    return candidate if candidate.is_file() and candidate != path else None
+    return candidate if candidate.is_file() else None
 
 
 @dataclass
@@ -379,13 +379,18 @@ def read_test_set(path: Path) -> TestSet:
     return TestSet(path.resolve(), examples, hashlib.sha256(path.read_bytes()).hexdigest())
 
 
+def shared_texts(examples: Sequence[Example], others: Sequence[Example]) -> list[Example]:
+    """The ``examples`` whose text equals one of ``others``' up to case, accents, punctuation and spacing."""
+    held = {near_duplicate_key(e.text) for e in others}
+    return [e for e in examples if near_duplicate_key(e.text) in held]
+
+
 def check_test_overlap(path: Path, examples: Sequence[Example], test: TestSet) -> None:
     """DataError when a training text equals a test text up to case, accents, punctuation and spacing: a
     test set only measures what training never saw."""
-    held = {near_duplicate_key(e.text): e for e in test.examples}
-    shared = [(e, held[k]) for e in examples if (k := near_duplicate_key(e.text)) in held]
+    shared = shared_texts(examples, test.examples)
     if shared:
-        sample = "; ".join(f"{e.text!r}" for e, _ in shared[:3])
+        sample = "; ".join(f"{e.text!r}" for e in shared[:3])
         raise DataError(f"{path}: {len(shared)} training text(s) also in the independent test set {test.path} "
                         f"(case, accents and punctuation ignored): {sample}",
                         hint="remove them from the training file (or write new test messages): the test set must "

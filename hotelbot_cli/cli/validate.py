@@ -77,17 +77,18 @@ def validate_cmd(
     if cv is not None:
         _cross_validate(settings, version, cv, json_out)
         return
+    registry_ = ModelRegistry(settings.paths.registry)
     tested, checked = None, None
     if test:  # its own problems (no test set, unknown intents, a trained-on text) before anything is recorded
         from ..pipeline.validate import check_test_set  # (the same)
 
-        checked = check_test_set(ModelRegistry(settings.paths.registry), settings, version, test_set)
+        checked = check_test_set(registry_, settings, version, test_set)
     with log_to(settings.paths.logs / "validation.log"):
-        validation = validate(ModelRegistry(settings.paths.registry), settings, version, data, {"kb_eval": kb_eval})
+        validation = validate(registry_, settings, version, data, {"kb_eval": kb_eval})
         if checked is not None:
             from ..pipeline.validate import evaluate_test_set  # (the same)
 
-            tested = evaluate_test_set(ModelRegistry(settings.paths.registry), settings, checked=checked)
+            tested = evaluate_test_set(registry_, settings, checked=checked)
     lines = {key: get_evaluator(key).evaluation_lines(doc) for key, doc in validation.evaluations.items() if doc}
     for shown in lines.values():
         for line in shown["warnings"]:

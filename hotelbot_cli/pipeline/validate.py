@@ -21,8 +21,8 @@ from ..components import get as get_component
 from ..components import registered
 from ..components.compose import components_of
 from ..config import TrainingConfig, ValidationConfig
-from ..data import (DATASET_FILE, TRAIN_FILE, VALIDATION_FILE, near_duplicate_key, read_jsonl_examples, read_prepared,
-                    read_test_set)
+from ..data import (DATASET_FILE, TRAIN_FILE, VALIDATION_FILE, read_jsonl_examples, read_prepared, read_test_set,
+                    shared_texts)
 from ..errors import DataError, IntegrityError, RegistryError
 from ..evaluation import METRIC_KEYS, Comparison, classification_metrics, compare
 from ..export import compare_runtimes
@@ -69,9 +69,8 @@ def check_test_set(registry: Any, settings: Any, version: str | None = None, pat
     if info.metadata.get("labels") and unknown:
         raise DataError(f"{path}: intent(s) {info.name}'s classifier does not know: {', '.join(unknown)}",
                         hint="test a version trained on these intents, or drop them from the test set")
-    trained = {near_duplicate_key(e.text) for name in (TRAIN_FILE, VALIDATION_FILE)
-               for e in read_jsonl_examples(info.path / "data" / name)}
-    seen = [e.text for e in test.examples if near_duplicate_key(e.text) in trained]
+    trained = [e for name in (TRAIN_FILE, VALIDATION_FILE) for e in read_jsonl_examples(info.path / "data" / name)]
+    seen = [e.text for e in shared_texts(test.examples, trained)]
     if seen:
         raise DataError(f"{info.name} was trained or validated on {len(seen)} text(s) of the test set {path}: "
                         + "; ".join(repr(s) for s in seen[:3]),
