@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from base_models import tfidf_svm_model  # noqa: E402 - the benchmarks directory
 from clinc150 import encode_split  # noqa: E402 - the benchmarks directory
 
 from hotelbot_cli.config import load_settings  # noqa: E402
@@ -78,14 +79,8 @@ def scores(truth: list[str], predicted: list[str], labels: list[str]) -> dict[st
 
 
 def tfidf_row(train, validation, test, labels):
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.pipeline import make_pipeline, make_union
-    from sklearn.svm import LinearSVC
-
     start = time.monotonic()
-    model = make_pipeline(make_union(TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True),
-                                     TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True)),
-                          LinearSVC(C=1.0))
+    model = tfidf_svm_model()
     model.fit([e.text for e in train], [e.intent for e in train])
     seconds = time.monotonic() - start
     val = scores([e.intent for e in validation], list(model.predict([e.text for e in validation])), labels)
@@ -158,34 +153,38 @@ def main() -> None:
                 for t in texts[:ORIGINAL_PER_INTENT]}
     settings = load_settings()
     cfg = replace(settings.training)
-    results, default_fit = {}, None
+    results, fits = {}, {}
     print(f"{len(train)} train / {len(validation)} validation texts, {len(test)} test texts, {len(labels)} intents",
           file=sys.stderr)
+
+    def e5(config, texts):
+        return e5_row(config, texts, validation, test, labels, settings.paths.models_dir)
+
+    def default_fit():  # the shipped settings' model, trained once for the default and knn rows
+        if "default" not in fits:
+            results["default"], fits["default"] = e5(cfg, train)
+        return fits["default"]
+
     for name in rows:
         print(f"row {name} ...", file=sys.stderr, flush=True)
         if name == "tfidf":
             results[name] = tfidf_row(train, validation, test, labels)
         elif name == "data55":
-            results[name], _ = e5_row(cfg, [e for e in train if near_duplicate_key(e.text) in original], validation,
-                                      test, labels, settings.paths.models_dir)
-        elif name == "default" or (name == "knn" and default_fit is None):
-            row, default_fit = e5_row(cfg, train, validation, test, labels, settings.paths.models_dir)
-            results["default"] = row
-            if name == "knn":
-                results[name] = knn_row(default_fit, train, validation, test, labels)
+            results[name], _ = e5(cfg, [e for e in train if near_duplicate_key(e.text) in original])
+        elif name == "default":
+            default_fit()
         elif name == "knn":
-            results[name] = knn_row(default_fit, train, validation, test, labels)
+            results[name] = knn_row(default_fit(), train, validation, test, labels)
         elif name == "augment":
             rng = random.Random(42)
             extra = [Example(noised(e.text, rng), e.intent) for e in train]
             keys = {near_duplicate_key(e.text) for e in test}
             extra = [e for e in extra if near_duplicate_key(e.text) not in keys]  # never a test text
-            results[name], _ = e5_row(cfg, train + extra, validation, test, labels, settings.paths.models_dir)
+            results[name], _ = e5(cfg, train + extra)
         elif name == "class_weights":
-            results[name], _ = e5_row(replace(cfg, class_weights=True), train, validation, test, labels,
-                                      settings.paths.models_dir)
+            results[name], _ = e5(replace(cfg, class_weights=True), train)
         elif name == "epochs6":
-            results[name], _ = e5_row(replace(cfg, epochs=6), train, validation, test, labels, settings.paths.models_dir)
+            results[name], _ = e5(replace(cfg, epochs=6), train)
         print(json.dumps({name: results.get(name)}), file=sys.stderr, flush=True)
 
     print(f"\n{'row':<16}{'train':>7}{'val F1':>9}{'test acc':>10}{'in-scope':>10}{'oos rec':>9}{'seconds':>9}")
