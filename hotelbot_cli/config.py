@@ -107,6 +107,10 @@ class TrainingConfig(_Section):
     freeze_embeddings: str = "auto"  # auto (freeze for large vocabularies) | yes | no
     class_weights: bool = False  # weight the loss by inverse class frequency
     calibrate_oos_threshold: bool = True  # choose the out-of-scope confidence threshold on validation
+    # The out-of-scope detector (runtime.detector): auto (the better of the softmax threshold and nearest
+    # neighbours on validation) | softmax | knn; oos_knn_k: the kNN detector's k (0: chosen on validation)
+    oos_detector: str = "auto"
+    oos_knn_k: int = 0
     group_by_length: bool = True  # batches of similar-length texts: less padding, same examples per epoch
     # `train --model-type all`: one joint NLU model (intents + entities + sentiment on one encoder) instead of
     # three separate ones, when the entity and sentiment splits are prepared (README "The joint NLU model")
@@ -132,6 +136,10 @@ class TrainingConfig(_Section):
             raise ConfigError(f"freeze_embeddings must be auto, yes or no, got {self.freeze_embeddings!r}")
         if not self.base_model.strip():
             raise ConfigError("base_model must not be empty")
+        if self.oos_detector not in ("auto", "softmax", "knn"):
+            raise ConfigError(f"oos_detector must be auto, softmax or knn, got {self.oos_detector!r}")
+        if isinstance(self.oos_knn_k, bool) or not isinstance(self.oos_knn_k, int) or not 0 <= self.oos_knn_k <= 1000:
+            raise ConfigError(f"oos_knn_k must be a whole number from 0 (choose on validation) to 1000, got {self.oos_knn_k!r}")
 
 
 @dataclass
@@ -275,6 +283,8 @@ ENV_TRAINING = {
     "TRAINING_SEED": "seed",
     "TRAINING_MAX_LENGTH": "max_length",
     "TRAINING_JOINT_NLU": "joint_nlu",
+    "TRAINING_OOS_DETECTOR": "oos_detector",
+    "TRAINING_OOS_KNN_K": "oos_knn_k",
     "HOTELBOT_BASE_MODEL": "base_model",
 }
 ENV_DATA = {"TRAINING_VALIDATION_SPLIT": "validation_split"}

@@ -184,6 +184,9 @@ class ClassifierConfig:
     # A joint (multi-task) model's other heads: {"sentiment": {"labels"}, "entities": {"labels", "tags"}} and
     # "task_weights"; None for an intent-only classifier (see MultiTaskClassifier).
     tasks: dict[str, Any] | None = None
+    # The out-of-scope detector train chose ({"method": "knn", "threshold", "k", "memory"}, see
+    # runtime.detector); None: the softmax threshold above.
+    oos_detector: dict[str, Any] | None = None
 
     @property
     def id_to_intent(self) -> dict[int, str]:
@@ -191,8 +194,9 @@ class ClassifierConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        if data["tasks"] is None:  # an intent-only classifier's classifier.json stays as it always was
-            del data["tasks"]
+        for key in ("tasks", "oos_detector"):  # absent unless used: classifier.json stays as it always was
+            if data[key] is None:
+                del data[key]
         return data
 
     @classmethod
@@ -219,9 +223,13 @@ class SentenceClassifier(nn.Module):
         self.class_weights: torch.Tensor | None = None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        logits = self.head(self.dropout(self.embed(input_ids, attention_mask, token_type_ids)))
-        out = {"logits": logits}
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                return_embedding: bool = False) -> dict[str, torch.Tensor]:
+        """``return_embedding``: also the pooled ``embedding`` (what the kNN out-of-scope detector reads; not by
+        default, as the Trainer would take it for a second prediction)."""
+        pooled = self.embed(input_ids, attention_mask, token_type_ids)
+        logits = self.head(self.dropout(pooled))
+        out = {"logits": logits, **({"embedding": pooled} if return_embedding else {})}
         if labels is not None:
             out["loss"] = nn.functional.cross_entropy(logits, labels, weight=self.class_weights)
         return out
@@ -277,14 +285,17 @@ class MultiTaskClassifier(SentenceClassifier):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 task_ids: torch.Tensor | None = None, token_labels: torch.Tensor | None = None,
-                row_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                row_ids: torch.Tensor | None = None, return_embedding: bool = False) -> dict[str, torch.Tensor]:
         """``row_ids`` is not used: training passes each row's index through, as a label, to put the Trainer's
-        (length-grouped) evaluation predictions back in order."""
+        (length-grouped) evaluation predictions back in order. ``return_embedding``: as SentenceClassifier's."""
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
-        pooled = self.dropout(pool(hidden, attention_mask, self.classifier_config.pooling))
+        embedding = pool(hidden, attention_mask, self.classifier_config.pooling)
+        pooled = self.dropout(embedding)
         out = {"logits": self.head(pooled), "sentiment_logits": self.sentiment_head(pooled),
                "token_logits": self.entity_head(self.dropout(hidden))}
+        if return_embedding:
+            out["embedding"] = embedding
         if labels is not None and task_ids is not None:
             out["loss"] = self.multitask_loss(out, labels, task_ids, token_labels)
         return out

@@ -120,6 +120,11 @@ def train_cmd(
     class_weights: Annotated[Optional[bool], typer.Option("--class-weights/--no-class-weights",
                              help="Weight the loss by inverse intent frequency (for imbalanced data).",
                              show_default=False)] = None,
+    oos_detector: Annotated[Optional[str], typer.Option("--oos-detector", metavar="auto|softmax|knn",
+                            help="Classifier: the out-of-scope detector: auto = the better on validation of the "
+                            "softmax confidence threshold and nearest neighbours (similarity with the k-th nearest "
+                            "in-scope training message) [env: TRAINING_OOS_DETECTOR; default auto].",
+                            show_default=False)] = None,
     ignore_best_config: Annotated[bool, typer.Option("--ignore-best-config", help="Do not reuse a saved HPO "
                                                      "best config for this data and base model.")] = False,
     data: Annotated[Optional[Path], typer.Option("--data", help="The component's data: the classifier's prepared "
@@ -155,6 +160,8 @@ def train_cmd(
 
         hotelbot train --hpo --trials 8 --json
 
+        hotelbot train --oos-detector knn   # out of scope by nearest neighbours, not the softmax threshold
+
         hotelbot prepare --documents datasets/documentos && hotelbot train --model-type embeddings
 
         hotelbot train --model-type embeddings --incremental --json
@@ -187,7 +194,8 @@ def train_cmd(
                              overrides={"training_config": {
         "base_model": base_model, "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
         "head_learning_rate": head_learning_rate, "max_length": max_length, "seed": seed,
-        "early_stopping_patience": patience, "freeze_embeddings": freeze, "class_weights": class_weights}})
+        "early_stopping_patience": patience, "freeze_embeddings": freeze, "class_weights": class_weights,
+        "oos_detector": oos_detector}})
     if model_type == ALL:
         required = ", ".join(c.name for c in registered() if c.required and c.in_all(settings))
         others = ", ".join(c.name for c in registered() if not c.required and c.in_all(settings))

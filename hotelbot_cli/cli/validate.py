@@ -171,8 +171,13 @@ def _render(result, confusions) -> None:
               f"{m['macro_f1']:.4f}  overall_score ({m['metric']}) {result.overall_score:.4f}  "
               f"gate {result.min_score:.2f}: {'PASS' if result.passed else 'FAIL'}")
     if m.get("in_scope_accuracy") is not None:
+        detector = m.get("out_of_scope_detector") or {}
+        how = (f"kNN detector, k={detector.get('k')}, similarity threshold {detector['threshold']:.3f}"
+               if detector.get("method") == "knn" and detector.get("threshold") is not None else
+               f"softmax threshold {m['out_of_scope_threshold']:.3f}" if m.get("out_of_scope_threshold") is not None
+               else "no out-of-scope threshold")
         out.print(f"in-scope accuracy {m['in_scope_accuracy']:.4f}  out-of-scope recall "
-                  f"{m.get('out_of_scope_recall') or 0:.4f}")
+                  f"{m.get('out_of_scope_recall') or 0:.4f}  ({how})")
     table = Table("intent", "precision", "recall", "F1", "support", title="per intent (worst F1 first)")
     for label, s in sorted(m["per_intent"].items(), key=lambda kv: (kv[1]["f1"], kv[0])):
         table.add_row(label, f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}", str(s["support"]))

@@ -112,11 +112,14 @@ def _pooling_code(pooling: str) -> str:
 
 
 def sentence_classifier_head(config: Any, version: str) -> dict[str, Any]:
-    """``head.json`` of a sentence classifier (modeling.ClassifierConfig ``config``)."""
+    """``head.json`` of a sentence classifier (modeling.ClassifierConfig ``config``); a kNN out-of-scope detector's
+    spec under ``out_of_scope_detector`` (its memory is exported beside as ``oos_memory.npy``)."""
+    detector = getattr(config, "oos_detector", None)
     return {"task": "text-classification", "labels": list(config.labels), "pooling": config.pooling,
             "query_prefix": config.query_prefix, "max_length": config.max_length,
             "out_of_scope_threshold": config.oos_threshold,
-            "out_of_scope_label": OUT_OF_SCOPE if config.oos_threshold is not None else None,
+            "out_of_scope_label": OUT_OF_SCOPE if config.oos_threshold is not None or detector else None,
+            **({"out_of_scope_detector": detector} if detector else {}),
             "text_cleaning": TEXT_CLEANING, "base_model": config.base_model, "version": version}
 
 
@@ -124,6 +127,7 @@ def sentence_classifier_card(what: str, directory: str, head: dict[str, Any], mo
     """How to reproduce a sentence classifier's probabilities (and the out-of-scope answer) from the export."""
     prefix = head["query_prefix"]
     threshold = head["out_of_scope_threshold"]
+    detector = head.get("out_of_scope_detector") or {}
     steps = [f"Clean each text: {TEXT_CLEANING} (`clean` below).",
              f"Prepend the query prefix {prefix!r} (`query_prefix` in `{HEAD_CONFIG}`)." if prefix
              else f"No query prefix (`query_prefix` in `{HEAD_CONFIG}` is empty).",
@@ -133,6 +137,11 @@ def sentence_classifier_card(what: str, directory: str, head: dict[str, Any], mo
              f"Linear head: `logits = pooled @ weight.T + bias` (`{HEAD_WEIGHTS}`); one logit per label, in the "
              f"order of `labels` in `{HEAD_CONFIG}`.",
              "Softmax over the logits: the probabilities; the answer is the label with the highest one.",
+             (f"Out of scope (nearest neighbours): scale the pooled vector to length 1 and take its dot product "
+              f"with each row of `{detector.get('memory')}` (the in-scope training messages' pooled vectors, length 1); "
+              f"when the {detector.get('k')}-th largest is below `out_of_scope_detector.threshold` = "
+              f"{detector.get('threshold')}, the answer is `{OUT_OF_SCOPE}` (the probabilities are unchanged).")
+             if detector.get("method") == "knn" and detector.get("threshold") is not None else
              (f"Out of scope: when the highest probability is below `out_of_scope_threshold` = {threshold}, the "
               f"answer is `{OUT_OF_SCOPE}` (the probabilities are unchanged).") if threshold is not None
              else "No out-of-scope threshold: the answer is always the most probable label."]
@@ -158,8 +167,17 @@ with torch.no_grad():
     probs = torch.softmax(logits, dim=-1)
 confidence, best = probs.max(dim=-1)
 threshold = head["out_of_scope_threshold"]
-answers = [head["out_of_scope_label"] if threshold is not None and float(c) < threshold else head["labels"][int(i)]
-           for c, i in zip(confidence, best)]
+scores = confidence.tolist()
+detector = head.get("out_of_scope_detector") or {{}}
+if detector.get("method") == "knn":  # nearest neighbours: similarity with the k-th nearest training message
+    import numpy as np
+
+    memory = np.load(f"{{path}}/{{detector['memory']}}", allow_pickle=False)
+    unit = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+    scores = np.sort(unit @ memory.T, axis=1)[:, -min(detector["k"], len(memory))].tolist()
+    threshold = detector["threshold"]
+answers = [head["out_of_scope_label"] if threshold is not None and s < threshold else head["labels"][int(i)]
+           for s, i in zip(scores, best)]
 print(list(zip(texts, answers, confidence.tolist())))
 '''
     return card(f"hotelbot {what} ({version})", "text-classification",
@@ -194,7 +212,12 @@ def onnx_classifier_card(target: Path, graphs: Sequence[str], version: str) -> d
              f"out; pooling and the linear head are inside the graph. Labels are `labels` in `{CLASSIFIER_FILE}`.",
              "Softmax over the logits: the probabilities; the answer is the label with the highest one.",
              (f"Out of scope: when the highest probability is below `oos_threshold` = {threshold}, the answer is "
-              f"`{OUT_OF_SCOPE}`.") if threshold is not None else "No out-of-scope threshold."]
+              f"`{OUT_OF_SCOPE}`.") if threshold is not None else
+             (f"Out of scope (nearest neighbours, `oos_detector` in `{CLASSIFIER_FILE}`): the graph's second output "
+              f"`embedding` scaled to length 1, dot product with each row of `{(config.oos_detector or {}).get('memory')}`; "
+              f"below `threshold` = {(config.oos_detector or {}).get('threshold')} at the "
+              f"{(config.oos_detector or {}).get('k')}-th largest, the answer is `{OUT_OF_SCOPE}`.")
+             if (config.oos_detector or {}).get("method") == "knn" else "No out-of-scope threshold."]
     snippet = CLEAN_SNIPPET + f'''
 import json
 

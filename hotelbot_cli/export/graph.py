@@ -1,5 +1,5 @@
 """Writing the fp32 ONNX graph of a trained classifier: encoder + pooling + head in one graph,
-(input_ids, attention_mask) -> logits with dynamic batch and sequence axes, exported with eager attention,
+(input_ids, attention_mask) -> logits (+ the pooled embedding for a kNN out-of-scope detector) with dynamic batch and sequence axes, exported with eager attention,
 fused by onnxruntime's transformer optimizer (Attention, EmbedLayerNormalization, SkipLayerNormalization,
 BiasGelu), its large initializers (the word embeddings) moved to a memory-mapped ``.data`` file.
 
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from ..data import clean_text
+from ..runtime.detector import EMBEDDING_OUTPUT, KNN
 from ..runtime.layout import EMBEDDINGS_DATA_SUFFIX, EMBEDDINGS_FILE
 from ..runtime.onnx import open_session
 
@@ -79,7 +80,8 @@ def _export_raw(model: Any, tokenizer: Any, path: Path, opset: int) -> str:
             self.inner = inner
 
         def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-            out = self.inner(input_ids=input_ids, attention_mask=attention_mask)
+            out = self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                             **({"return_embedding": True} if EMBEDDING_OUTPUT in outputs else {}))
             return tuple(out[name] for name in outputs) if len(outputs) > 1 else out["logits"]
 
     wrapped = LogitsOnly(model).eval()
@@ -89,7 +91,8 @@ def _export_raw(model: Any, tokenizer: Any, path: Path, opset: int) -> str:
                     max_length=cfg.max_length, return_tensors="pt")
     args = (enc["input_ids"], enc["attention_mask"])
     axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-            "logits": {0: "batch"}, "sentiment_logits": {0: "batch"}, "token_logits": {0: "batch", 1: "sequence"}}
+            "logits": {0: "batch"}, "sentiment_logits": {0: "batch"}, "token_logits": {0: "batch", 1: "sequence"},
+            EMBEDDING_OUTPUT: {0: "batch"}}
     axes = {k: v for k, v in axes.items() if k in ("input_ids", "attention_mask", *outputs)}
     with _quiet_export(), torch.inference_mode(False), torch.no_grad():
         try:
@@ -118,11 +121,15 @@ def _export_raw(model: Any, tokenizer: Any, path: Path, opset: int) -> str:
 
 
 def output_names(model: Any) -> tuple[str, ...]:
-    """The graph's outputs: ``logits`` (the intents), and a joint NLU model's ``sentiment_logits`` (batch,
-    labels) and ``token_logits`` (batch, sequence, BIO tags)."""
-    if getattr(model.classifier_config, "tasks", None):
-        return ("logits", "sentiment_logits", "token_logits")
-    return ("logits",)
+    """The graph's outputs: ``logits`` (the intents), a joint NLU model's ``sentiment_logits`` (batch,
+    labels) and ``token_logits`` (batch, sequence, BIO tags), and, when the version's out-of-scope detector
+    is kNN, the pooled ``embedding`` (batch, hidden) it reads."""
+    cfg = model.classifier_config
+    outputs: tuple[str, ...] = ("logits", "sentiment_logits", "token_logits") if getattr(cfg, "tasks", None) \
+        else ("logits",)
+    if (getattr(cfg, "oos_detector", None) or {}).get("method") == KNN:
+        outputs += (EMBEDDING_OUTPUT,)
+    return outputs
 
 
 def _probe_feed(tokenizer: Any, cfg: Any, texts: Sequence[str] = PROBE_TEXTS) -> dict[str, Any]:

@@ -160,7 +160,7 @@ def export_onnx(model: Any, tokenizer: Any, model_dir: Path, validation_examples
     if tokenizer_kind != TOKENIZER_SUBSET:
         (model_dir / TOKENIZER_INDEX_FILE).unlink(missing_ok=True)
     read_files = {name: graph_files(model_dir / f) for name, f in ONNX_FILES.items()}
-    predictors: dict[str, Any] = {TORCH: TorchPredictor(model, tokenizer, model_dir.parent.name)}
+    predictors: dict[str, Any] = {TORCH: TorchPredictor(model, tokenizer, model_dir.parent.name, model_dir)}
     for name in ONNX_FILES:
         predictors[name] = OnnxPredictor.from_model_dir(model_dir, name, model_dir.parent.name, tokenizer_kind,
                                                         recheck_margin=0.0)

@@ -92,7 +92,8 @@ def evaluate_test_set(registry: Any, settings: Any, version: str | None = None, 
     metrics = classification_metrics(truth, predicted, predictor.labels, settings.validation.metric)
     misses = [{"text": x, "intent": y, "predicted": p} for x, y, p in zip(texts, truth, predicted) if y != p]
     return {"version": info.name, "test_set": str(path), "sha256": test.sha256, "runtime": predictor.runtime,
-            "out_of_scope_threshold": predictor.threshold, "notes": notes, "misses": misses, **metrics}
+            "out_of_scope_threshold": predictor.threshold, "out_of_scope_detector": predictor.detector.to_spec(),
+            "notes": notes, "misses": misses, **metrics}
 
 
 def validate_components(info: "VersionInfo", settings: Any, recorded: bool = False) -> dict[str, dict[str, Any]]:
@@ -220,6 +221,7 @@ def validate_version(registry: Any, version: str | None, settings: Any, data_dir
     metrics = classification_metrics(truth, predictor.predict_labels(texts), predictor.labels,
                                      settings.validation.metric)
     metrics["out_of_scope_threshold"] = predictor.threshold
+    metrics["out_of_scope_detector"] = predictor.detector.to_spec()
     metrics["runtime"] = predictor.runtime
     # int8 against fp32 (and their difference in points vs the tolerance) on the same texts
     metrics["runtimes"] = None if gate else compare_runtimes(

@@ -260,6 +260,8 @@ class _HtmlSections:
                 ("wrong predictions: median / 95th pct confidence",
                  f"{_f(c['wrong']['median'], 3)} / {_f(c['wrong']['p95'], 3)} ({c['wrong']['count']} texts)"),
                 ("out_of_scope threshold", f"{c['threshold']:.2f}" if c["threshold"] is not None else
+                 "not applied: " + r.headline["out_of_scope_detector"]
+                 if str(r.headline.get("out_of_scope_detector") or "").startswith("kNN") else
                  "not set (metadata key out_of_scope_threshold)")])
         at = c.get("at_threshold")
         if at:

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from ..data import OUT_OF_SCOPE
 from ..registry import ModelRegistry, VersionInfo
 from ..runtime import apply_fallback_labels
+from ..runtime.detector import describe as describe_detector
 from .report import OVERALL_KEYS, SYSTEM_SERIES
 from .tracking import _sqlite_path, _system_series
 
@@ -48,6 +49,7 @@ def _headline(name: str, metadata: dict[str, Any], metrics: dict[str, Any], depl
         "deployed_version": deployed,
         "is_deployed": deployed is not None and deployed == name,
         "out_of_scope_threshold": threshold,
+        "out_of_scope_detector": describe_detector(metadata.get("out_of_scope_detector")),
         "dataset_fingerprint": metadata.get("dataset_fingerprint"),
         "mlflow_run_id": metadata.get("mlflow_run_id"),
         "path": str(path),

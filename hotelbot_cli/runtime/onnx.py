@@ -23,7 +23,8 @@ from ..errors import ConfigError, ModelError
 from ..registry import VersionInfo
 from .files import BackgroundCheck, onnx_files_read, onnx_graph_files_read, require_files_intact
 from .layout import CLASSIFIER_FILE, MODEL_SUBDIR, ONNX_FILES, ONNX_FP32, ONNX_FP32_FILE, ONNX_INT8, RUNTIME_FILE
-from .prediction import Prediction, apply_fallback, apply_fallback_labels, check_texts
+from .detector import EMBEDDING_OUTPUT, OutOfScopeDetector
+from .prediction import Prediction, check_texts
 from .selection import RUNTIME_ENV, read_runtime_spec
 from .tokenizers import load_text_encoder
 
@@ -44,6 +45,7 @@ class RuntimeClassifierConfig:
     max_length: int = 64
     oos_threshold: float | None = None
     base_model: str = ""
+    oos_detector: dict[str, Any] | None = None  # the kNN detector's spec (runtime.detector); None: softmax
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -54,7 +56,7 @@ class RuntimeClassifierConfig:
             raise ModelError(f"cannot read {path}: {exc}") from None
         if not isinstance(data, dict) or not isinstance(data.get("labels"), list) or not data["labels"]:
             raise ModelError(f"{path} has no labels")
-        known = {"labels", "pooling", "query_prefix", "max_length", "oos_threshold", "base_model"}
+        known = {"labels", "pooling", "query_prefix", "max_length", "oos_threshold", "base_model", "oos_detector"}
         return cls(**{k: data[k] for k in known if k in data}, extra={k: v for k, v in data.items() if k not in known})
 
     @property
@@ -182,8 +184,13 @@ class OnnxPredictor:
     """A version's ONNX model on onnxruntime: the interface of :class:`~.reference.TorchPredictor`, without torch."""
 
     def __init__(self, session: Any, tokenizer: Any, config: RuntimeClassifierConfig, version: str,
-                 runtime: str = ONNX_INT8, lanes: int = 1, recheck: Recheck | None = None) -> None:
+                 runtime: str = ONNX_INT8, lanes: int = 1, recheck: Recheck | None = None,
+                 detector: OutOfScopeDetector | None = None) -> None:
+        """``detector``: the version's out-of-scope detector (default: the config's softmax threshold)."""
         self.session = session
+        self._detector = detector if detector is not None else OutOfScopeDetector.from_config(config, None)
+        # the kNN detector reads the graph's pooled embedding beside the logits
+        self._outputs = ["logits", EMBEDDING_OUTPUT] if self._detector.needs_embedding else ["logits"]
         self.recheck = recheck  # int8 only: close calls re-run on fp32
         self.tokenizer = tokenizer  # FullEncoder or UnigramSubsetEncoder: .encode(texts) -> (ids, mask)
         self.config = config
@@ -221,6 +228,7 @@ class OnnxPredictor:
         if tokenizer is None:
             tokenizer = spec.get("tokenizer")
         encoder = load_text_encoder(model_dir, config.max_length, tokenizer)
+        detector = OutOfScopeDetector.from_config(config, model_dir)
         if before_session is not None:
             before_session()
         if runtime == ONNX_INT8:
@@ -237,8 +245,8 @@ class OnnxPredictor:
                 if open_recheck:
                     recheck.open()
             return cls(open_session(path, threads=1), encoder, config, version or model_dir.parent.name, runtime, lanes,
-                       recheck)
-        return cls(open_session(path), encoder, config, version or model_dir.parent.name, runtime)
+                       recheck, detector)
+        return cls(open_session(path), encoder, config, version or model_dir.parent.name, runtime, detector=detector)
 
     @classmethod
     def from_version(cls, info: "VersionInfo", runtime: str | None = None, verify: bool = False) -> "OnnxPredictor":
@@ -271,7 +279,8 @@ class OnnxPredictor:
 
     def with_recheck(self, recheck: Recheck | None) -> "OnnxPredictor":
         """This predictor (same session, tokenizer, lanes) with ``recheck`` instead of its own (None: int8 alone)."""
-        return OnnxPredictor(self.session, self.tokenizer, self.config, self.version, self.runtime, self.lanes, recheck)
+        return OnnxPredictor(self.session, self.tokenizer, self.config, self.version, self.runtime, self.lanes, recheck,
+                             self._detector)
 
     @classmethod
     def from_registry(cls, registry: Any, version: str | None = None, verify: bool = True,
@@ -281,8 +290,13 @@ class OnnxPredictor:
 
     # --- the Predictor interface
     @property
+    def detector(self) -> OutOfScopeDetector:
+        """The version's out-of-scope detector (runtime.detector)."""
+        return self._detector.current(self.config)
+
+    @property
     def threshold(self) -> float | None:
-        return self.config.oos_threshold
+        return self.detector.softmax_threshold
 
     @property
     def query_prefix(self) -> str:
@@ -308,25 +322,37 @@ class OnnxPredictor:
         The int8 texts are tokenized together, then run in ``lanes`` parallel single-threaded
         session calls (see :meth:`from_model_dir`).
         """
+        return self.outputs(texts, batch_size)[0]
+
+    def outputs(self, texts: Sequence[str], batch_size: int = 32) -> tuple[Any, Any]:
+        """(the probabilities, as :meth:`probabilities`; the pooled embeddings when the kNN detector reads them,
+        else None)."""
         import numpy as np  # imported on use (see softmax)
 
         if self.batch_invariant:
-            return self._one_by_one(texts)
-        step = max(1, batch_size)
-        rows = [softmax(self.logits(texts[start:start + step])) for start in range(0, len(texts), step)]
-        return np.concatenate(rows) if rows else np.empty((0, len(self.labels)), dtype=np.float32)
+            rows = self._one_by_one(texts)
+        else:
+            step = max(1, batch_size)
+            rows = [self._batch_outputs(texts[start:start + step]) for start in range(0, len(texts), step)]
+        if not rows:
+            return np.empty((0, len(self.labels)), dtype=np.float32), None
+        probs = np.stack([r[0] for r in rows]) if self.batch_invariant else np.concatenate([r[0] for r in rows])
+        if len(self._outputs) == 1:
+            return probs, None
+        pooled = np.stack([r[1] for r in rows]) if self.batch_invariant else np.concatenate([r[1] for r in rows])
+        return probs, pooled
 
-    def _one_by_one(self, texts: Sequence[str]) -> Any:
-        import numpy as np  # imported on use (see softmax)
+    def _batch_outputs(self, texts: Sequence[str]) -> tuple[Any, Any]:
+        out = self.session.run(self._outputs, self.feed(*self.encode(texts)))
+        return softmax(out[0]), (out[1] if len(out) > 1 else None)
 
+    def _one_by_one(self, texts: Sequence[str]) -> list[tuple[Any, Any]]:
         if not texts:
-            return np.empty((0, len(self.labels)), dtype=np.float32)
+            return []
         ids, mask = self.encode(texts)
         if self.lanes > 1 and len(texts) > 1:
-            rows = list(self._lane_pool().map(lambda row: self._row_probs(ids, mask, row), range(len(texts))))
-        else:
-            rows = [self._row_probs(ids, mask, row) for row in range(len(texts))]
-        return np.stack(rows)
+            return list(self._lane_pool().map(lambda row: self._row_outputs(ids, mask, row), range(len(texts))))
+        return [self._row_outputs(ids, mask, row) for row in range(len(texts))]
 
     def feed(self, ids: Any, mask: Any) -> dict[str, Any]:
         """The session's inputs for encoded ids and attention mask (those of them the graph takes)."""
@@ -338,15 +364,15 @@ class OnnxPredictor:
         keep = mask[row].astype(bool)
         return (session or self.session).run(list(outputs), self.feed(ids[row:row + 1, keep], mask[row:row + 1, keep]))
 
-    def _row_logits(self, ids: Any, mask: Any, row: int, session: Any = None) -> Any:
-        return self.run_row(ids, mask, row, ["logits"], session)[0]
-
-    def _row_probs(self, ids: Any, mask: Any, row: int) -> Any:
-        """One text's probabilities on int8, or on fp32 when int8 made a close call (:class:`Recheck`)."""
-        probs = softmax(self._row_logits(ids, mask, row))[0]
+    def _row_outputs(self, ids: Any, mask: Any, row: int) -> tuple[Any, Any]:
+        """One text's (probabilities, pooled embedding or None) on int8, or on fp32 when int8 made a close call
+        on the intent or the softmax threshold (:class:`Recheck`)."""
+        out = self.run_row(ids, mask, row, self._outputs)
+        probs = softmax(out[0])[0]
         if self.recheck is not None and self.recheck.needed(probs, self.threshold):
-            probs = softmax(self._row_logits(ids, mask, row, self.recheck.open()))[0]
-        return probs
+            out = self.run_row(ids, mask, row, self._outputs, self.recheck.open())
+            probs = softmax(out[0])[0]
+        return probs, (out[1][0] if len(out) > 1 else None)
 
     def _lane_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -370,28 +396,34 @@ class OnnxPredictor:
         k = max(1, min(top_k, len(self.labels)))
 
         def one(row: int) -> Prediction:
-            return self._prediction(texts[row], self._row_probs(ids, mask, row), k)
+            probs, pooled = self._row_outputs(ids, mask, row)
+            return self._prediction(texts[row], probs, k, self._similarity(pooled))
 
         return [pool.submit(one, row) for row in range(len(texts))]
 
-    def _prediction(self, text: str, row: Any, k: int) -> Prediction:
+    def _similarity(self, pooled: Any) -> float | None:
+        return None if pooled is None else float(self.detector.similarity(pooled[None, :])[0])
+
+    def _prediction(self, text: str, row: Any, k: int, similarity: float | None = None) -> Prediction:
         import numpy as np  # imported on use (see softmax)
 
         idxs = np.argsort(-row, kind="stable")[:k]
         ranked = [{"intent": self.labels[i], "confidence": round(float(row[i]), 6)} for i in idxs]
-        intent, fallback = apply_fallback(ranked[0]["intent"], float(row[idxs[0]]), self.threshold)
-        return Prediction(text, intent, ranked[0]["confidence"], ranked, fallback)
+        intent, fallback = self.detector.decide(ranked[0]["intent"], float(row[idxs[0]]), similarity)
+        return Prediction(text, intent, ranked[0]["confidence"], ranked, fallback,
+                          None if similarity is None else round(similarity, 6))
 
     def predict(self, texts: Sequence[str], top_k: int = 3, batch_size: int = 32) -> list[Prediction]:
         check_texts(texts)
-        probs = self.probabilities(texts, batch_size)
+        probs, pooled = self.outputs(texts, batch_size)
         k = max(1, min(top_k, len(self.labels)))
-        return [self._prediction(text, row, k) for text, row in zip(texts, probs)]
+        sims = [None] * len(texts) if pooled is None else [float(x) for x in self.detector.similarity(pooled)]
+        return [self._prediction(text, row, k, sim) for text, row, sim in zip(texts, probs, sims)]
 
     def predict_labels(self, texts: Sequence[str], batch_size: int = 32, apply_threshold: bool = True) -> list[str]:
-        probs = self.probabilities(texts, batch_size)
-        threshold = self.threshold if apply_threshold else None
-        best = probs.argmax(axis=-1)
-        confidence = probs.max(axis=-1)
-        return apply_fallback_labels([self.labels[int(i)] for i in best], [float(c) for c in confidence], threshold)
-
+        probs, pooled = self.outputs(texts, batch_size)
+        intents = [self.labels[int(i)] for i in probs.argmax(axis=-1)]
+        if not apply_threshold:
+            return intents
+        sims = None if pooled is None else self.detector.similarity(pooled)
+        return self.detector.labels(intents, [float(c) for c in probs.max(axis=-1)], sims)

@@ -16,11 +16,16 @@ class Prediction:
     intent: str
     confidence: float
     top_k: list[dict[str, Any]] = field(default_factory=list)
-    fallback: bool = False  # True when the confidence was below the version's out-of-scope threshold
+    fallback: bool = False  # True when the version's out-of-scope detector answered out_of_scope
+    # kNN detector only: the similarity with the k-th nearest in-scope training message (None: softmax detector)
+    similarity: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "intent": self.intent, "confidence": self.confidence, "top_k": self.top_k,
-                "fallback": self.fallback}
+        out = {"text": self.text, "intent": self.intent, "confidence": self.confidence, "top_k": self.top_k,
+               "fallback": self.fallback}
+        if self.similarity is not None:
+            out["out_of_scope_similarity"] = self.similarity
+        return out
 
 
 class Predictor(Protocol):
@@ -33,8 +38,11 @@ class Predictor(Protocol):
     config: Any  # modeling.ClassifierConfig or onnx.RuntimeClassifierConfig
     runtime: str  # layout.TORCH, ONNX_FP32 or ONNX_INT8
 
+    detector: Any  # detector.OutOfScopeDetector: the softmax threshold or the kNN detector the version chose
+
     @property
-    def threshold(self) -> float | None: ...
+    def threshold(self) -> float | None:
+        """The softmax confidence threshold in use; None without one or with the kNN detector."""
 
     @property
     def query_prefix(self) -> str: ...

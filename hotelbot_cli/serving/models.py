@@ -69,13 +69,16 @@ class LoadedModel:
             intent, fallback = OUT_OF_SCOPE, True
         else:
             intent, fallback = apply_fallback(prediction.intent, prediction.confidence, self.threshold)
-        return {
+        out = {
             "intent": intent,
             "confidence": prediction.confidence,
             "top_k": prediction.top_k,
             "model_version": self.version,
             "fallback": fallback,
         }
+        if getattr(prediction, "similarity", None) is not None:  # the kNN detector's score
+            out["out_of_scope_similarity"] = prediction.similarity
+        return out
 
 
 def _load_version(info: VersionInfo) -> Any:

@@ -111,7 +111,9 @@ async def ready(request: Request) -> Any:
         problem = holder.unavailable()
         return JSONResponse({"ready": False, "model_version": None, "error": problem.message,
                              "detail": problem.detail}, status_code=503)
+    detector = getattr(model.predictor, "detector", None)
     return {"ready": True, "model_version": model.version, "out_of_scope_threshold": model.threshold,
+            "out_of_scope_detector": detector.to_spec() if detector is not None else None,
             "last_load_error": holder.last_error}
 
 

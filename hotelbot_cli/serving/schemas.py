@@ -89,11 +89,16 @@ class RankedIntent(BaseModel):
 
 
 class Classification(BaseModel):
-    intent: str = Field(description=f"The predicted intent, or {OUT_OF_SCOPE!r} below the version's threshold.")
+    intent: str = Field(description=f"The predicted intent, or {OUT_OF_SCOPE!r} when the version's out-of-scope "
+                                    "detector says so.")
     confidence: float = Field(description="The model's confidence in its top-ranked intent.")
     top_k: list[RankedIntent] = Field(description="The model's ranking (unchanged by the fallback).")
     model_version: str
-    fallback: bool = Field(description="True when the out-of-scope threshold replaced the intent.")
+    fallback: bool = Field(description="True when the out-of-scope detector (the softmax threshold, or the kNN "
+                                       "detector) replaced the intent.")
+    out_of_scope_similarity: float | None = Field(None, description="kNN detector only: the similarity with the "
+                                                  "k-th nearest in-scope training message (below its threshold: "
+                                                  "out of scope).")
 
 
 class BatchClassification(BaseModel):
@@ -159,6 +164,8 @@ class Readiness(BaseModel):
     ready: bool
     model_version: str | None = None
     out_of_scope_threshold: float | None = None
+    out_of_scope_detector: dict[str, Any] | None = Field(None, description="The detector the version chose on "
+                                                         "validation: {method: softmax|knn, threshold, k, ...}.")
     last_load_error: str | None = Field(None, description="Why the newest deploy is not served (old model kept).")
 
 

@@ -22,16 +22,25 @@ def calibrate_threshold(probs: Any, y_true: list[str], labels: list[str], metric
     base = classification_metrics(y_true, argmax, labels, metric)
     if OUT_OF_SCOPE not in labels or OUT_OF_SCOPE not in y_true:
         return None, base
-    confidence = probs.max(axis=1)
-    best_t, best_score = 0.0, base[metric]
-    for t in np.unique(np.round(confidence, 3)):
+    return best_threshold(probs.max(axis=1), argmax, y_true, labels, metric, base[metric]), base
+
+
+def best_threshold(scores: Any, argmax: list[str], y_true: list[str], labels: list[str], metric: str,
+                   base_score: float) -> float | None:
+    """The threshold on ``scores`` (a softmax confidence, a kNN similarity) below which an answer becomes
+    out_of_scope that maximises ``metric``: every score rounded to 3 decimals in (0, 1) is a candidate; ties go
+    to the lowest; None when none beats ``base_score`` (no threshold)."""
+    import numpy as np  # kept off the import path of the CLI
+
+    best_t, best_score = 0.0, base_score
+    for t in np.unique(np.round(np.asarray(scores), 3)):
         if t <= 0 or t >= 1:
             continue
-        pred = apply_fallback_labels(argmax, confidence, t)
+        pred = apply_fallback_labels(argmax, scores, t)
         score = classification_metrics(y_true, pred, labels, metric)[metric]
         if score > best_score + 1e-12:
             best_t, best_score = float(t), score
-    return (best_t if best_t > 0 else None), base
+    return best_t if best_t > 0 else None
 
 
 def apply_threshold(probs: Any, labels: list[str], threshold: float | None) -> list[str]:

@@ -7,12 +7,14 @@ metrics, config, ...)."""
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ...data import VALIDATION_FILE, read_jsonl_examples
 from ...errors import ExportUnavailable, HotelbotError
 from ...runtime import TorchPredictor, load_predictor
+from ...runtime.detector import MEMORY_FILE
 from ...runtime.layout import (CLASSIFIER_FILE, MODEL_SUBDIR, ONNX_FILES, RUNTIME_FILE, TOKENIZER_CONFIG_FILE,
                                TOKENIZER_FILE, TOKENIZER_INDEX_FILE)
 from ..base import Component, ComponentResult, TrainRequest
@@ -31,8 +33,9 @@ class IntentClassifier(Component):
     experiment = "hotelbot-classifier"
     description = "intent classifier (encoder + linear head, out-of-scope threshold)"
     paths = ("model", "intent_classifier.pt", "metrics.json", "training_history.json", "data", "report")
-    metadata_keys = ("labels", "base_model", "out_of_scope_threshold", "dataset_fingerprint", "dataset", "config",
-                     "metrics", "training", "mlflow_run_id", "mlflow_tracking_uri", "kind", "nlu", "inference")
+    metadata_keys = ("labels", "base_model", "out_of_scope_threshold", "out_of_scope_detector", "dataset_fingerprint",
+                     "dataset", "config", "metrics", "training", "mlflow_run_id", "mlflow_tracking_uri", "kind", "nlu",
+                     "inference")
     train_options = ("incremental", "hpo")
     prepare_hint = "hotelbot prepare FILE"
     required = True
@@ -73,7 +76,7 @@ class IntentClassifier(Component):
             graphs = list(ONNX_FILES.values())
             written = copy_onnx_runtime(info.path / MODEL_SUBDIR, target, graphs,
                                         [RUNTIME_FILE, CLASSIFIER_FILE, TOKENIZER_FILE, TOKENIZER_CONFIG_FILE,
-                                         TOKENIZER_INDEX_FILE, "special_tokens_map.json"])
+                                         TOKENIZER_INDEX_FILE, "special_tokens_map.json", MEMORY_FILE])
             exported = [g for g in graphs if g in written]
             if not exported:
                 raise ExportUnavailable(f"the intent classifier of {info.name} has no ONNX export (it runs on torch)")
@@ -85,8 +88,9 @@ class IntentClassifier(Component):
             target.mkdir(parents=True, exist_ok=True)
             save_torch_file(predictor.model, target / PT_FILE)
             return {"loads_with": f"torch.load('{PT_FILE}', weights_only=True) (the seed's format; "
-                                  "hotelbot_cli.modeling.load_torch_file builds the model)"}
+                                  "hotelbot_cli.modeling.load_torch_file builds the model)", **_knn_memory(info, target)}
         facts = sentence_classifier_hf(predictor.model, predictor.tokenizer, target, "intent classifier", info.name)
+        facts.update(_knn_memory(info, target))
         if getattr(predictor.config, "tasks", None):  # a joint NLU model: the hf layout has one head
             facts["note"] = ("the joint model's sentiment and entity heads are not in this format; "
                              "--format pt and --format onnx carry all three")
@@ -109,6 +113,15 @@ class IntentClassifier(Component):
                        else loaded.predict(texts, top_k=top_k, batch_size=batch_size))
         for row, p in zip(rows, predictions):
             row.update(intent=p.intent, confidence=p.confidence, top_k=p.top_k, fallback=p.fallback)
+
+
+def _knn_memory(info: "VersionInfo", target: Path) -> dict[str, Any]:
+    """A kNN out-of-scope detector's memory copied beside an export (its spec is in classifier.json / head.json)."""
+    source = info.path / MODEL_SUBDIR / MEMORY_FILE
+    if not source.is_file():
+        return {}
+    shutil.copyfile(source, target / MEMORY_FILE)
+    return {"out_of_scope_memory": MEMORY_FILE}
 
 
 __all__ = ["IntentClassifier"]

@@ -21,9 +21,12 @@ from ...errors import DataError, HotelbotError
 from ...export import DEFAULT_RECHECK_MARGIN, export_onnx
 from ...registry import ModelRegistry, VersionInfo
 from ...runtime import describe_choice
+from ...runtime.detector import KNN, MEMORY_FILE, SOFTMAX
+from ...runtime.detector import describe as describe_detector
 from ...training.classify import SCALAR_METRICS, FitResult, fit_classifier
 from ...training.events import Listener, TrainingEvent, emitter
 from ...training.hpo import run_hpo
+from ...training.oos_detector import DetectorChoice, check_mode, choose_detector
 from ...training.monitor import SystemMonitor, hardware, library_versions
 from ...training.tracking import MlflowTracker
 from ..base import ComponentResult, TrainRequest, refuse_repeat
@@ -96,6 +99,7 @@ class ClassifierBuild:
     kind: str = KIND
     task_checks: Any = None         # export_onnx's per-task gate (the joint model's sentiment and entities)
     extra_metadata: dict[str, Any] | None = None
+    detector: DetectorChoice | None = None  # the out-of-scope detector chosen on validation (None: softmax)
 
 
 def write_classifier(staged: Path, carried: dict[str, Any], b: ClassifierBuild, registry: ModelRegistry,
@@ -106,6 +110,11 @@ def write_classifier(staged: Path, carried: dict[str, Any], b: ClassifierBuild, 
 
     fit, metrics, cfg, settings = b.fit, b.fit.metrics, b.cfg, b.settings
     save_classifier(fit.model, fit.tokenizer, staged / "model")  # the .pt: `hotelbot export --format pt`
+    if b.detector is not None and b.detector.memory is not None:  # before the export, whose gate uses it
+        import numpy as np  # with torch loaded anyway
+
+        with open(staged / "model" / MEMORY_FILE, "wb") as handle:
+            np.save(handle, b.detector.memory, allow_pickle=False)
     split = PreparedData(b.train, b.validation, fit.labels, b.fingerprint,
                          {**b.prepared.summary, "train_size": len(b.train), "validation_size": len(b.validation),
                           "examples": len(b.train) + len(b.validation)}, b.prepared.warnings)
@@ -129,6 +138,8 @@ def write_classifier(staged: Path, carried: dict[str, Any], b: ClassifierBuild, 
         "base_model": fit.resolved,
         "labels": fit.labels,
         "out_of_scope_threshold": fit.threshold,
+        "out_of_scope_detector": b.detector.record if b.detector is not None else {
+            "method": SOFTMAX, "threshold": fit.threshold},
         "dataset_fingerprint": b.fingerprint,
         "dataset": {"source": b.prepared.summary.get("source"), "train_size": len(b.train),
                     "validation_size": len(b.validation), "num_labels": len(fit.labels)},
@@ -187,6 +198,7 @@ def train_classifier(
         train, validation = _merge_with_parent(prepared, parent)
         fingerprint = fingerprint_examples(train, validation)
     labels = sorted({e.intent for e in train + validation})
+    check_mode(cfg.oos_detector, validation)
 
     best_file = best_config_path(settings, fingerprint)
     if use_best_config and not hpo_trials and best_file.exists():
@@ -220,6 +232,13 @@ def train_classifier(
         else:
             fit = fit_classifier(cfg, metric, train, validation, labels, settings.paths.models_dir,
                                  listener=listener, tracker=tracker, monitor=monitor, parent_dir=parent_dir)
+        emit(TrainingEvent("status", message="choosing the out-of-scope detector on the validation split"))
+        detector = choose_detector(fit.model, fit.tokenizer, train, validation, fit.labels, metric, fit.threshold,
+                                   fit.metrics, cfg.oos_detector, cfg.oos_knn_k)
+        if detector.spec is not None:  # kNN: classifier.json names it; the softmax threshold is not applied
+            fit.model.classifier_config.oos_detector = detector.spec
+            fit.model.classifier_config.oos_threshold = None
+            fit.metrics, fit.threshold = detector.metrics, None
         metrics = fit.metrics
         tracker.log_metrics({f"final_{k}": metrics[k] for k in SCALAR_METRICS}, step=fit.steps)
         if fit.threshold is not None:
@@ -229,7 +248,8 @@ def train_classifier(
             return write_classifier(staged, carried, ClassifierBuild(
                 fit=fit, train=train, validation=validation, prepared=prepared, fingerprint=fingerprint,
                 config_record=config_record, hpo_summary=hpo_summary, parent=parent.name if parent else None,
-                cfg=cfg, settings=settings, tracker=tracker, monitor=monitor), registry, reporter, report_box, emit)
+                cfg=cfg, settings=settings, tracker=tracker, monitor=monitor, detector=detector), registry, reporter,
+                report_box, emit)
 
         info, _ = publish_version(registry, COMPONENT, source=None, build=build, tracker=tracker, listener=listener,
                                   drop_orphans=drop_joint_heads)
@@ -253,6 +273,7 @@ def classifier_result(info: VersionInfo, metrics: dict[str, Any], duration: floa
                                                     "weighted_f1", "overall_score")},
                 "history": history, "parent": meta.get("parent"),
                 "out_of_scope_threshold": meta.get("out_of_scope_threshold"),
+                "out_of_scope_detector": meta.get("out_of_scope_detector"),
                 "hpo": (meta.get("training") or {}).get("hpo")}
     lines = [f"trained {info.name} in {duration:.1f}s: accuracy {metrics['accuracy']:.4f}, "
              f"macro-F1 {metrics['macro_f1']:.4f} on {metrics['num_examples']} validation texts"]
@@ -260,6 +281,11 @@ def classifier_result(info: VersionInfo, metrics: dict[str, Any], duration: floa
         lines.append(f"incremental: started from {meta['parent']}")
     if meta.get("out_of_scope_threshold") is not None:
         lines.append(f"out-of-scope threshold {meta['out_of_scope_threshold']:.3f}: in-scope accuracy "
+                     f"{metrics.get('in_scope_accuracy') or 0:.4f}, out-of-scope recall "
+                     f"{metrics.get('out_of_scope_recall') or 0:.4f}")
+    detector = meta.get("out_of_scope_detector") or {}
+    if detector.get("method") == KNN:
+        lines.append(f"out-of-scope detector: {describe_detector(detector)}; in-scope accuracy "
                      f"{metrics.get('in_scope_accuracy') or 0:.4f}, out-of-scope recall "
                      f"{metrics.get('out_of_scope_recall') or 0:.4f}")
     carried = info.manifest.carried_over

@@ -28,6 +28,7 @@ from ...evaluation import classification_metrics
 from ...training.events import TrainingEvent, emitter
 from ...training.loop import training_summary
 from ...training.monitor import SystemMonitor
+from ...training.oos_detector import check_mode, choose_detector
 from ...training.tracking import MlflowTracker
 from ..base import ComponentResult, TrainRequest, default_data_dir, refuse_repeat
 from ..base import get as get_component
@@ -102,6 +103,7 @@ def train_nlu(request: TrainRequest) -> ComponentResult:
     config_record = {"training_config": cfg.to_dict(), "validation_metric": metric,
                      "parent": parent.name if parent else None, "task_weights": weights, "mixing": MIXING}
     refuse_repeat(registry, COMPONENT, fingerprint, config_record, request.force)
+    check_mode(cfg.oos_detector, validation, joint=True)
     data = TaskData(train, validation, labels, sentiment.train, sentiment.validation, sentiment.labels,
                     entities.train, entities.validation, entities.labels)
     monitor = SystemMonitor()
@@ -159,7 +161,9 @@ def train_nlu(request: TrainRequest) -> ComponentResult:
                     config_record=config_record, hpo_summary=None, parent=parent.name if parent else None, cfg=cfg,
                     settings=settings, tracker=tracker, monitor=monitor, kind=KIND,
                     task_checks=task_checks(entities.validation, sentiment.validation, entities.labels, metric),
-                    extra_metadata=extra), registry, reporter, report_box, emit)
+                    extra_metadata=extra, detector=choose_detector(
+                        fit.model, fit.tokenizer, train, validation, fit.labels, metric, fit.threshold, fit.metrics,
+                        cfg.oos_detector, joint=True)), registry, reporter, report_box, emit)
 
             info, carried = publish_version(registry, COMPONENT, source=request.source, build=build, tracker=tracker,
                                             listener=request.listener)

@@ -1,0 +1,249 @@
+"""The out-of-scope detector a version chooses on validation: softmax threshold or nearest neighbours (kNN)."""
+
+import json
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from conftest import TINY_INTENTS, clone_version
+from hotelbot_cli.cli.app import app
+from hotelbot_cli.data import OUT_OF_SCOPE, Example
+from hotelbot_cli.errors import DataError, ModelError
+from hotelbot_cli.runtime.detector import KNN, MEMORY_FILE, SOFTMAX, OutOfScopeDetector, kth_similarity, unit_rows
+from hotelbot_cli.training.oos_detector import check_mode
+
+runner = CliRunner()
+
+OOS = ["cuánto es 2 más 2", "escríbeme un poema", "quién ganó el mundial de 1986", "receta de tortilla",
+       "precio del bitcoin", "cómo arreglo mi coche", "traduce esto al inglés", "qué es la fotosíntesis",
+       "cuéntame un chiste de programadores", "capital de mongolia", "mejor lenguaje de programación",
+       "haz mis deberes de física"]
+FAR = ["zzzz qqqq xxxx", "el teorema de pitágoras demuestra", "hola", "¿tienen wifi gratis?"]
+PROBES = OOS[:4] + [t for ts in TINY_INTENTS.values() for t in ts[:2]] + FAR
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def doc(result):
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+# ------------------------------------------------------------------ the detector on its own
+
+
+def test_kth_similarity_is_the_kth_largest_cosine():
+    memory = unit_rows([[1, 0], [0, 1], [1, 1], [-1, 0]])
+    sims = kth_similarity(np.array([[2.0, 0.0]]), memory, 1)
+    assert sims[0] == pytest.approx(1.0)
+    assert kth_similarity(np.array([[2.0, 0.0]]), memory, 2)[0] == pytest.approx(np.sqrt(0.5))
+    assert kth_similarity(np.array([[2.0, 0.0]]), memory, 3)[0] == pytest.approx(0.0, abs=1e-7)
+    assert kth_similarity(np.array([[2.0, 0.0]]), memory, 99)[0] == pytest.approx(-1.0)  # k past the memory: the last
+
+
+def test_detector_decides_on_the_score_its_method_reads(tmp_path):
+    softmax = OutOfScopeDetector(SOFTMAX, 0.5)
+    assert softmax.decide("wifi_info", 0.4) == (OUT_OF_SCOPE, True)
+    assert softmax.decide("wifi_info", 0.6, similarity=0.0) == ("wifi_info", False)  # similarity ignored
+    assert not softmax.needs_embedding and softmax.softmax_threshold == 0.5
+    knn = OutOfScopeDetector(KNN, 0.8, 1, unit_rows([[1.0, 0.0]]))
+    assert knn.needs_embedding and knn.softmax_threshold is None
+    assert knn.decide("wifi_info", 0.99, similarity=0.7) == (OUT_OF_SCOPE, True)  # confident, but far from training
+    assert knn.decide("wifi_info", 0.10, similarity=0.9) == ("wifi_info", False)
+    with pytest.raises(ModelError):
+        knn.decide("wifi_info", 0.9)  # no embedding: refuses rather than guessing
+    assert knn.labels(["a", "b"], [0.9, 0.9], [0.9, 0.1]) == ["a", OUT_OF_SCOPE]
+    assert OutOfScopeDetector(SOFTMAX, None).decide("a", 0.0) == ("a", False)
+
+
+def test_detector_spec_is_read_strictly(tmp_path):
+    np.save(tmp_path / MEMORY_FILE, unit_rows([[1.0, 0.0], [0.0, 1.0]]), allow_pickle=False)
+    loaded = OutOfScopeDetector.from_spec({"method": KNN, "threshold": 0.7, "k": 2, "memory": MEMORY_FILE}, tmp_path)
+    assert loaded.memory.shape == (2, 2) and loaded.k == 2 and loaded.to_spec()["memory_size"] == 2
+    for bad in ({"method": "magic"}, {"method": KNN, "threshold": 0.7, "k": 0},
+                {"method": KNN, "threshold": "high", "k": 1},
+                {"method": KNN, "threshold": 0.7, "k": 1, "memory": "../outside.npy"},
+                {"method": KNN, "threshold": 0.7, "k": 1, "memory": "missing.npy"}):
+        with pytest.raises(ModelError):
+            OutOfScopeDetector.from_spec(bad, tmp_path)
+    (tmp_path / "pickled.npy").write_bytes(b"\x93NUMPY\x01\x00v\x00{'descr': '|O', 'fortran_order': False, 'shape': (1,), }"
+                                           + b" " * 50 + b"\n" + b"\x80\x04N.")
+    with pytest.raises(ModelError):  # an object array would need unpickling: refused
+        OutOfScopeDetector.from_spec({"method": KNN, "threshold": 0.7, "k": 1, "memory": "pickled.npy"}, tmp_path)
+
+
+def test_knn_needs_out_of_scope_validation_texts_and_a_known_mode():
+    inside = [Example("hola", "greeting")]
+    check_mode("auto", inside)
+    check_mode("softmax", inside)
+    with pytest.raises(DataError, match="out_of_scope texts in the validation"):
+        check_mode("knn", inside)
+    with pytest.raises(DataError, match="joint"):
+        check_mode("knn", inside + [Example("receta", OUT_OF_SCOPE)], joint=True)
+    with pytest.raises(DataError):
+        check_mode("nearest", inside)
+
+
+# ------------------------------------------------------------------ a version that chose kNN, end to end
+
+
+@pytest.fixture
+def knn_version(tmp_path, isolated_env, fast_train_env, monkeypatch):
+    """(v0001: trained with TRAINING_OOS_DETECTOR=knn, v0002: its copy whose kNN threshold is the median
+    similarity of the probe texts, so that some are out of scope and some not, train's --json)."""
+    from hotelbot_cli.registry import ModelRegistry
+    from hotelbot_cli.runtime import TorchPredictor
+
+    data = tmp_path / "oos.json"
+    data.write_text(json.dumps({"intents": {**TINY_INTENTS, "out_of_scope": OOS}}, ensure_ascii=False), "utf-8")
+    assert run("prepare", data).exit_code == 0
+    monkeypatch.setenv("TRAINING_OOS_DETECTOR", "knn")
+    trained = doc(run("train", "--json"))
+    registry = ModelRegistry(isolated_env / "registry")
+    predictor = TorchPredictor.from_version(registry.get(trained["version"]))
+    threshold = float(np.median([p.similarity for p in predictor.predict(PROBES)]))
+
+    def set_threshold(staged):
+        config = json.loads((staged / "model" / "classifier.json").read_text())
+        config["oos_detector"]["threshold"] = threshold
+        (staged / "model" / "classifier.json").write_text(json.dumps(config))
+
+    copy = clone_version(registry, trained["version"], set_threshold)
+    return registry.get(trained["version"]).path, copy.path, threshold, trained
+
+
+def test_a_knn_version_stores_its_memory_and_records_both_detectors(knn_version):
+    path, _, _, trained = knn_version
+    meta = json.loads((path / "metadata.json").read_text())
+    detector = meta["out_of_scope_detector"]
+    # forced: kNN even though on this tiny split no threshold beats the classifier's own out_of_scope answers
+    assert detector["method"] == KNN and detector["k"] in (1, 5, 10, 20) and "threshold" in detector
+    assert set(detector["validation"]) == {SOFTMAX, KNN} and "reason" in detector
+    assert meta["out_of_scope_threshold"] is None and trained["out_of_scope_threshold"] is None
+    assert trained["out_of_scope_detector"] == detector  # train --json tells scripts what was chosen
+    config = json.loads((path / "model" / "classifier.json").read_text())
+    assert config["oos_detector"] == {"method": KNN, "threshold": detector["threshold"], "k": detector["k"],
+                                      "memory": MEMORY_FILE}
+    memory = np.load(path / "model" / MEMORY_FILE, allow_pickle=False)
+    in_scope_train = sum(1 for line in (path / "data" / "train.jsonl").read_text().splitlines()
+                         if json.loads(line)["intent"] != OUT_OF_SCOPE)
+    assert memory.shape[0] == in_scope_train == detector["memory_size"]
+    assert np.allclose(np.linalg.norm(memory, axis=1), 1.0, atol=1e-5)
+    assert f"model/{MEMORY_FILE}" in meta["files"]  # checksummed like every file
+    runtime = json.loads((path / "model" / "runtime.json").read_text())
+    assert runtime["outputs"] == ["logits", "embedding"]
+    # the validation metrics recorded are the kNN detector's
+    assert meta["metrics"]["macro_f1"] == pytest.approx(detector["validation"][KNN]["macro_f1"])
+
+
+def test_every_runtime_applies_the_knn_detector(knn_version):
+    from hotelbot_cli.registry import VersionInfo
+    from hotelbot_cli.runtime import OnnxPredictor, TorchPredictor
+
+    _, path, threshold, _ = knn_version
+    info = VersionInfo(path.name, path, json.loads((path / "metadata.json").read_text()))
+    texts = PROBES
+    torch_p = TorchPredictor.from_version(info)
+    answers = {"torch": torch_p.predict(texts)}
+    for runtime in ("onnx-fp32", "onnx-int8"):
+        answers[runtime] = OnnxPredictor.from_version(info, runtime).predict(texts)
+    assert torch_p.detector.threshold == threshold
+    for name, predictions in answers.items():
+        for p in predictions:
+            assert p.similarity is not None and p.to_dict()["out_of_scope_similarity"] == p.similarity
+            assert p.fallback == (p.similarity < threshold), (name, p)
+            assert p.intent == (OUT_OF_SCOPE if p.fallback else p.top_k[0]["intent"])
+    fp32 = [p.similarity for p in answers["onnx-fp32"]]
+    np.testing.assert_allclose(fp32, [p.similarity for p in answers["torch"]], atol=1e-4)
+    np.testing.assert_allclose([p.similarity for p in answers["onnx-int8"]], fp32, atol=0.05)
+    assert torch_p.predict_labels(texts) == [p.intent for p in answers["torch"]]
+    assert 0 < sum(p.fallback for p in answers["torch"]) < len(texts)
+
+
+def test_predict_validate_report_and_serve_use_the_knn_detector(knn_version, tmp_path):
+    from hotelbot_cli.registry import ModelRegistry
+    from hotelbot_cli.serving import ServeSettings, create_app
+
+    _, path, threshold, trained = knn_version
+    predicted = doc(run("predict", "zzzz qqqq xxxx", "--version", path.name, "--json"))
+    row = predicted["predictions"][0] if "predictions" in predicted else predicted
+    assert "out_of_scope_similarity" in json.dumps(predicted)
+    validated = doc(run("validate", trained["version"], "--json"))
+    assert validated["metrics"]["out_of_scope_detector"]["method"] == KNN
+    assert validated["metrics"]["out_of_scope_threshold"] is None
+    assert validated["overall_score"] == pytest.approx(trained["overall_score"], abs=0.02)
+    shown = run("validate", path.name)
+    assert shown.exit_code == 0 and "kNN detector" in shown.output and f"{threshold:.3f}" in shown.output
+    report = tmp_path / "report.md"
+    assert run("report", trained["version"], "--format", "md", "--output", report).exit_code == 0
+    assert "out_of_scope detector: kNN" in report.read_text()
+    registry = ModelRegistry(path.parent.parent)
+    assert run("deploy", path.name).exit_code == 0
+    with TestClient(create_app(registry, ServeSettings(watch_interval_s=0))) as client:
+        ready = client.get("/ready").json()
+        assert ready["out_of_scope_detector"]["method"] == KNN and ready["out_of_scope_threshold"] is None
+        answer = client.post("/classify", json={"text": "zzzz qqqq xxxx"}).json()
+    assert answer["out_of_scope_similarity"] == pytest.approx(row.get("out_of_scope_similarity", answer[
+        "out_of_scope_similarity"]), abs=1e-3)
+    assert answer["fallback"] == (answer["out_of_scope_similarity"] < ready["out_of_scope_detector"]["threshold"])
+
+
+def test_auto_records_both_detectors_and_knn_without_out_of_scope_is_refused(tmp_path, isolated_env, fast_train_env,
+                                                                             monkeypatch):
+    data = tmp_path / "oos.json"
+    data.write_text(json.dumps({"intents": {**TINY_INTENTS, "out_of_scope": OOS}}, ensure_ascii=False), "utf-8")
+    assert run("prepare", data).exit_code == 0
+    trained = doc(run("train", "--json"))
+    meta = json.loads((isolated_env / "registry/versions" / trained["version"] / "metadata.json").read_text())
+    detector = meta["out_of_scope_detector"]
+    assert detector["mode"] == "auto" and set(detector["validation"]) == {SOFTMAX, KNN}
+    chosen, other = detector["validation"][detector["method"]], detector["validation"][
+        KNN if detector["method"] == SOFTMAX else SOFTMAX]
+    if detector["method"] == KNN:  # auto keeps kNN only when it scores higher; a tie keeps the softmax
+        assert chosen["macro_f1"] > other["macro_f1"]
+    else:
+        assert chosen["macro_f1"] >= other["macro_f1"] and "not above" in detector["reason"]
+    has_memory = (isolated_env / "registry/versions" / trained["version"] / "model" / MEMORY_FILE).exists()
+    assert has_memory == (detector["method"] == KNN)
+
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({"intents": TINY_INTENTS}, ensure_ascii=False), "utf-8")
+    assert run("prepare", plain).exit_code == 0
+    before = sorted(p.name for p in (isolated_env / "registry/versions").iterdir())
+    refused = run("train", "--oos-detector", "knn", "--force")
+    assert refused.exit_code != 0 and "out_of_scope texts in the validation" in refused.output
+    assert sorted(p.name for p in (isolated_env / "registry/versions").iterdir()) == before
+    bad = run("train", "--oos-detector", "nearest")
+    assert bad.exit_code != 0 and "oos_detector must be auto, softmax or knn" in bad.output
+
+
+
+def test_exports_carry_the_knn_detector(knn_version, tmp_path, monkeypatch):
+    import re
+
+    from hotelbot_cli.registry import ModelRegistry
+
+    _, path, threshold, _ = knn_version
+    registry = ModelRegistry(path.parent.parent)
+    for fmt in ("hf", "onnx", "pt"):
+        facts = doc(run("export", path.name, "--format", fmt, tmp_path / fmt, "--json"))
+        where = tmp_path / fmt if fmt == "pt" else tmp_path / fmt / "classifier"  # pt: one model, at the root
+        assert (where / MEMORY_FILE).is_file(), (fmt, facts)
+    head = json.loads((tmp_path / "hf" / "classifier" / "head.json").read_text("utf-8"))
+    assert head["out_of_scope_detector"]["threshold"] == threshold and head["out_of_scope_label"] == OUT_OF_SCOPE
+    card = (tmp_path / "hf" / "classifier" / "README.md").read_text("utf-8")
+    assert "nearest neighbours" in card
+    assert "embedding" in (tmp_path / "onnx" / "classifier" / "README.md").read_text("utf-8")
+    snippet = re.findall(r"```python\n(.*?)```", card, re.S)[0]
+    monkeypatch.chdir(tmp_path / "hf")
+    namespace = {}
+    exec(compile(snippet, "classifier/README.md", "exec"), namespace)  # the card's own code, as a user runs it
+    from hotelbot_cli.runtime import TorchPredictor
+
+    reference = TorchPredictor.from_version(registry.get(path.name)).predict(namespace["texts"])
+    assert namespace["answers"] == [p.intent for p in reference]
+    np.testing.assert_allclose(namespace["scores"], [p.similarity for p in reference], atol=1e-5)
