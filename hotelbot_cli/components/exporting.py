@@ -234,12 +234,20 @@ texts = ["quiero ver las noticias", "¿a qué hora es el desayuno?"]
 enc = tokenizer([config.get("query_prefix", "") + clean(t) for t in texts], padding=True, truncation=True,
                 max_length=config["max_length"], return_tensors="np")
 feed = {{i.name: enc[i.name].astype(np.int64) for i in session.get_inputs()}}
-logits = session.run(["logits"], feed)[0]
+detector = config.get("oos_detector") or {{}}
+knn = detector.get("method") == "knn"  # nearest neighbours: the graph also returns the pooled embedding
+outputs = session.run(["logits", "embedding"] if knn else ["logits"], feed)
+logits = outputs[0]
 probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
 probs /= probs.sum(axis=-1, keepdims=True)
-threshold = config.get("oos_threshold")
-answers = ["{OUT_OF_SCOPE}" if threshold is not None and p.max() < threshold else config["labels"][int(p.argmax())]
-           for p in probs]
+threshold, scores = config.get("oos_threshold"), probs.max(axis=-1)
+if knn:  # similarity with the k-th nearest in-scope training message
+    memory = np.load(f"{{path}}/{{detector['memory']}}", allow_pickle=False)
+    unit = outputs[1] / np.linalg.norm(outputs[1], axis=-1, keepdims=True)
+    scores = np.sort(unit @ memory.T, axis=1)[:, -min(detector["k"], len(memory))]
+    threshold = detector["threshold"]
+answers = ["{OUT_OF_SCOPE}" if threshold is not None and s < threshold else config["labels"][int(p.argmax())]
+           for s, p in zip(scores, probs)]
 print(list(zip(texts, answers, probs.max(axis=-1).tolist())))
 '''
     notes = [f"Graphs: {', '.join(f'`{g}`' for g in graphs)} (`model.int8.onnx`, when present: dynamic int8, the same "

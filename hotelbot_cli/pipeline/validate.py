@@ -226,7 +226,7 @@ def validate_version(registry: Any, version: str | None, settings: Any, data_dir
     # int8 against fp32 (and their difference in points vs the tolerance) on the same texts
     metrics["runtimes"] = None if gate else compare_runtimes(
         info, examples, tolerance_points=settings.validation.runtime_tolerance_points)
-    if predictor.threshold is not None and not gate:  # the gate judges the answers as served
+    if predictor.detector.threshold is not None and not gate:  # the gate judges the answers as served
         argmax = classification_metrics(truth, predictor.predict_labels(texts, apply_threshold=False),
                                         predictor.labels, settings.validation.metric)
         metrics["argmax"] = {k: argmax[k] for k in CV_METRICS if k in argmax}

@@ -146,7 +146,8 @@ def recommendations(report: Report, *, min_score: float = 0.8) -> list[dict[str,
     suggestion = c.get("suggested_threshold")
     if isinstance(oos, (int, float)) and oos < LOW_OOS_RECALL:
         tip = ""
-        if suggestion and c.get("threshold") is None:
+        knn = str(h.get("out_of_scope_detector") or "").startswith("kNN")  # no softmax threshold to suggest
+        if suggestion and c.get("threshold") is None and not knn:
             tip = (f", or set out_of_scope_threshold {suggestion['threshold']:.2f} (it turns "
                    f"{suggestion['wrong_rejected']} of {suggestion['wrong_total']} wrong answers into fallbacks and "
                    f"loses {suggestion['correct_rejected']} of {suggestion['correct_total']} right ones)")

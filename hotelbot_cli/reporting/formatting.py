@@ -81,7 +81,7 @@ def _summary_lines(report: Report) -> list[str]:
              f"overall_score = {h.get('metric')}"]
     if h.get("out_of_scope_threshold") is not None:
         lines.append(f"out_of_scope threshold: {h['out_of_scope_threshold']:.2f}")
-    if h.get("out_of_scope_detector"):
+    if str(h.get("out_of_scope_detector") or "").startswith("kNN"):  # softmax: the threshold line says it
         lines.append(f"out_of_scope detector: {h['out_of_scope_detector']}")
     if h.get("mlflow_run_id"):
         lines.append(f"MLflow run: {h['mlflow_run_id']}")

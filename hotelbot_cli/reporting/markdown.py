@@ -97,7 +97,10 @@ def render_markdown(report: Report, figures_dir: str | None = None) -> str:
             f"{_f(cf['correct']['p5'], 3)} ({cf['correct']['count']} texts)",
             f"- wrong predictions: median confidence {_f(cf['wrong']['median'], 3)}, 95th percentile "
             f"{_f(cf['wrong']['p95'], 3)} ({cf['wrong']['count']} texts)",
-            "- out_of_scope threshold: " + (f"{cf['threshold']:.2f}" if cf["threshold"] is not None else "not set")]
+            "- out_of_scope threshold: " + (f"{cf['threshold']:.2f}" if cf["threshold"] is not None else
+                                            "not applied: " + r.headline["out_of_scope_detector"]
+                                            if str(r.headline.get("out_of_scope_detector") or "").startswith("kNN")
+                                            else "not set")]
     at = cf.get("at_threshold")
     if at:
         out.append(f"- at the threshold: {at['wrong_rejected']} of {at['wrong_total']} wrong answers become fallbacks, "

@@ -44,12 +44,15 @@ def kth_similarity(embeddings: Any, memory: Any, k: int) -> Any:
     rows); k larger than the memory takes its least similar row."""
     import numpy as np  # imported on use (module docstring)
 
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    if not len(embeddings):
+        return np.zeros(0, dtype=np.float32)
     sims = unit_rows(embeddings) @ np.asarray(memory, dtype=np.float32).T
     k = max(1, min(int(k), sims.shape[1]))
     return -np.partition(-sims, k - 1, axis=1)[:, k - 1]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class OutOfScopeDetector:
     """How a version turns a classifier answer into out_of_scope. ``threshold`` None: never."""
 
@@ -78,6 +81,9 @@ class OutOfScopeDetector:
             spec = config.extra.get("oos_detector")
         if not spec:
             return cls(SOFTMAX, getattr(config, "oos_threshold", None))
+        if isinstance(spec, Mapping) and spec.get("method") == SOFTMAX:
+            raise ModelError("classifier.json's oos_detector names the softmax detector, whose threshold is "
+                             "oos_threshold: remove oos_detector", hint="retrain the version with this hotelbot")
         return cls.from_spec(spec, model_dir)
 
     @classmethod
@@ -97,17 +103,22 @@ class OutOfScopeDetector:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ModelError(f"the kNN out-of-scope detector's k must be a whole number >= 1, got {k!r}")
         if model_dir is None:
-            raise ModelError("a kNN out-of-scope detector needs its model directory (for its memory)")
-        path = Path(model_dir) / str(spec.get("memory") or MEMORY_FILE)
-        if path.parent != Path(model_dir):
-            raise ModelError(f"the kNN detector's memory must be a file of {model_dir}, got {spec.get('memory')!r}")
+            raise ModelError("a kNN out-of-scope detector needs its model directory (for its memory)",
+                             hint="load the version with TorchPredictor.from_version, or pass model_dir")
+        if spec.get("memory", MEMORY_FILE) != MEMORY_FILE:  # the checksum and export paths read this name only
+            raise ModelError(f"the kNN detector's memory must be {MEMORY_FILE} beside classifier.json, "
+                             f"got {spec.get('memory')!r}")
+        if threshold is not None and not -1.0 <= float(threshold) <= 1.0:
+            raise ModelError(f"the kNN detector's threshold is a cosine similarity in [-1, 1], got {threshold!r}")
+        path = Path(model_dir) / MEMORY_FILE
         try:
             memory = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot read the kNN detector's memory {path}: {exc}",
                              hint="verify the version (hotelbot verify) or retrain it") from None
-        if memory.ndim != 2 or not len(memory):
-            raise ModelError(f"{path} must hold a non-empty (examples, dimensions) matrix, got shape {memory.shape}")
+        if not isinstance(memory, np.ndarray) or memory.dtype.kind != "f" or memory.ndim != 2 or not len(memory):
+            raise ModelError(f"{path} must hold a non-empty (examples, dimensions) float matrix",
+                             hint="verify the version (hotelbot verify) or retrain it")
         return cls(KNN, None if threshold is None else float(threshold), k, memory.astype(np.float32, copy=False))
 
     def current(self, config: Any) -> "OutOfScopeDetector":

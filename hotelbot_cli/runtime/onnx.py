@@ -191,6 +191,9 @@ class OnnxPredictor:
         self._detector = detector if detector is not None else OutOfScopeDetector.from_config(config, None)
         # the kNN detector reads the graph's pooled embedding beside the logits
         self._outputs = ["logits", EMBEDDING_OUTPUT] if self._detector.needs_embedding else ["logits"]
+        if self._detector.needs_embedding and EMBEDDING_OUTPUT not in {o.name for o in session.get_outputs()}:
+            raise ModelError(f"version {version}: its out-of-scope detector is kNN but its ONNX graph has no "
+                             f"{EMBEDDING_OUTPUT!r} output", hint="retrain it, or serve it on torch: HOTELBOT_RUNTIME=torch")
         self.recheck = recheck  # int8 only: close calls re-run on fp32
         self.tokenizer = tokenizer  # FullEncoder or UnigramSubsetEncoder: .encode(texts) -> (ids, mask)
         self.config = config

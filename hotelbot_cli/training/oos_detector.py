@@ -42,11 +42,15 @@ def _summary(metrics: dict[str, Any], metric: str) -> dict[str, Any]:
     return {k: metrics.get(k) for k in (metric, "accuracy", "macro_f1", "in_scope_accuracy", "out_of_scope_recall")}
 
 
-def check_mode(mode: str, validation: Sequence[Example], *, joint: bool = False) -> None:
+def check_mode(mode: str, validation: Sequence[Example], *, joint: bool = False, calibrate: bool = True) -> None:
     """Refuse, before any training, a detector that cannot be chosen: an unknown one, kNN without out_of_scope
-    validation texts to calibrate it on, kNN on the joint NLU model (its runtime reads the softmax only)."""
+    validation texts to calibrate it on, kNN on the joint NLU model (its runtime reads the softmax only), kNN
+    with ``calibrate_oos_threshold: false`` (no out-of-scope threshold at all was asked for)."""
     if mode not in MODES:
         raise DataError(f"oos_detector must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == KNN and not calibrate:
+        raise DataError("oos_detector knn calibrates a threshold, and calibrate_oos_threshold is false",
+                        hint="set one of them differently in training_config")
     if mode == KNN and joint:
         raise DataError("the kNN out-of-scope detector is not available for the joint NLU model",
                         hint="set training_config.oos_detector to auto or softmax")
@@ -63,6 +67,8 @@ def embed_examples(model: Any, tokenizer: Any, texts: Sequence[str], batch_size:
 
     from ..runtime.reference import TorchPredictor  # torch
 
+    if next(model.parameters()).device.type != "cpu":  # trained on a GPU: the export moves it to CPU anyway
+        model.to("cpu")
     order = np.argsort([len(t) for t in texts], kind="stable")
     probs, pooled = TorchPredictor(model, tokenizer, "staged").outputs([texts[i] for i in order], batch_size,
                                                                         embeddings=True)
@@ -73,17 +79,19 @@ def embed_examples(model: Any, tokenizer: Any, texts: Sequence[str], batch_size:
 def choose_detector(model: Any, tokenizer: Any, train: Sequence[Example], validation: Sequence[Example],
                     labels: list[str], metric: str, softmax_threshold: float | None,
                     softmax_metrics: dict[str, Any], mode: str = "auto", k: int = 0,
-                    *, joint: bool = False) -> DetectorChoice:
+                    *, joint: bool = False, calibrate: bool = True) -> DetectorChoice:
     """See the module docstring. ``softmax_metrics``: the validation metrics training computed with
-    ``softmax_threshold``; ``k`` 0: choose it among :data:`K_CHOICES`."""
+    ``softmax_threshold``; ``k`` 0: choose it among :data:`K_CHOICES`; ``calibrate`` False
+    (``calibrate_oos_threshold: false``): no out-of-scope threshold of either kind."""
     import numpy as np  # with torch loaded anyway
 
     softmax_record = {"threshold": softmax_threshold, **_summary(softmax_metrics, metric)}
     base = {"mode": mode, "metric": metric, "validation": {SOFTMAX: softmax_record}}
     has_oos = OUT_OF_SCOPE in labels and any(e.intent == OUT_OF_SCOPE for e in validation)
-    if mode == SOFTMAX or joint or not has_oos:
+    if mode == SOFTMAX or joint or not has_oos or not calibrate:
         reason = ("asked for (training_config.oos_detector softmax)" if mode == SOFTMAX else
                   "the joint NLU model reads the softmax only" if joint else
+                  "calibrate_oos_threshold is false: no out-of-scope threshold" if not calibrate else
                   "no out_of_scope validation texts to calibrate a kNN detector on")
         return DetectorChoice(SOFTMAX, None, softmax_metrics, None,
                               {**base, "method": SOFTMAX, "threshold": softmax_threshold, "reason": reason})
@@ -112,8 +120,8 @@ def choose_detector(model: Any, tokenizer: Any, train: Sequence[Example], valida
             **base, "method": SOFTMAX, "threshold": softmax_threshold,
             "reason": f"kNN (k={kk}) scored {score:.4f} {metric} on validation, not above the softmax threshold's "
                       f"{softmax_metrics[metric]:.4f}"})
-    metrics = {**metrics, "out_of_scope_threshold": None, "out_of_scope_detector": KNN}
     spec = {"method": KNN, "threshold": threshold, "k": kk, "memory": MEMORY_FILE}
+    metrics = {**metrics, "out_of_scope_threshold": None, "out_of_scope_detector": spec}
     reason = (f"kNN (k={kk}) scored {score:.4f} {metric} on validation, above the softmax threshold's "
               f"{softmax_metrics[metric]:.4f}" if mode == "auto" else "asked for (training_config.oos_detector knn)")
     return DetectorChoice(KNN, spec, metrics, np.asarray(memory, dtype=np.float32),

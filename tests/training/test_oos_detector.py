@@ -20,7 +20,7 @@ OOS = ["cuánto es 2 más 2", "escríbeme un poema", "quién ganó el mundial de
        "precio del bitcoin", "cómo arreglo mi coche", "traduce esto al inglés", "qué es la fotosíntesis",
        "cuéntame un chiste de programadores", "capital de mongolia", "mejor lenguaje de programación",
        "haz mis deberes de física"]
-FAR = ["zzzz qqqq xxxx", "el teorema de pitágoras demuestra", "hola", "¿tienen wifi gratis?"]
+FAR = ["zzzz qqqq xxxx", "el teorema de pitágoras demuestra", "¿tienen wifi gratis?"]
 PROBES = OOS[:4] + [t for ts in TINY_INTENTS.values() for t in ts[:2]] + FAR
 
 
@@ -65,15 +65,18 @@ def test_detector_spec_is_read_strictly(tmp_path):
     loaded = OutOfScopeDetector.from_spec({"method": KNN, "threshold": 0.7, "k": 2, "memory": MEMORY_FILE}, tmp_path)
     assert loaded.memory.shape == (2, 2) and loaded.k == 2 and loaded.to_spec()["memory_size"] == 2
     for bad in ({"method": "magic"}, {"method": KNN, "threshold": 0.7, "k": 0},
-                {"method": KNN, "threshold": "high", "k": 1},
+                {"method": KNN, "threshold": "high", "k": 1}, {"method": KNN, "threshold": 3.0, "k": 1},
                 {"method": KNN, "threshold": 0.7, "k": 1, "memory": "../outside.npy"},
-                {"method": KNN, "threshold": 0.7, "k": 1, "memory": "missing.npy"}):
+                {"method": KNN, "threshold": 0.7, "k": 1, "memory": "other.npy"}):
         with pytest.raises(ModelError):
             OutOfScopeDetector.from_spec(bad, tmp_path)
-    (tmp_path / "pickled.npy").write_bytes(b"\x93NUMPY\x01\x00v\x00{'descr': '|O', 'fortran_order': False, 'shape': (1,), }"
-                                           + b" " * 50 + b"\n" + b"\x80\x04N.")
-    with pytest.raises(ModelError):  # an object array would need unpickling: refused
-        OutOfScopeDetector.from_spec({"method": KNN, "threshold": 0.7, "k": 1, "memory": "pickled.npy"}, tmp_path)
+    np.save(tmp_path / MEMORY_FILE, np.array([None, {"a": 1}], dtype=object), allow_pickle=True)
+    assert np.load(tmp_path / MEMORY_FILE, allow_pickle=True) is not None  # a real pickled array ...
+    with pytest.raises(ModelError, match="cannot read"):  # ... that the detector never unpickles
+        OutOfScopeDetector.from_spec({"method": KNN, "threshold": 0.7, "k": 1, "memory": MEMORY_FILE}, tmp_path)
+    np.save(tmp_path / MEMORY_FILE, np.array([["a", "b"]]), allow_pickle=False)
+    with pytest.raises(ModelError, match="float matrix"):
+        OutOfScopeDetector.from_spec({"method": KNN, "threshold": 0.7, "k": 1, "memory": MEMORY_FILE}, tmp_path)
 
 
 def test_knn_needs_out_of_scope_validation_texts_and_a_known_mode():
@@ -105,7 +108,9 @@ def knn_version(tmp_path, isolated_env, fast_train_env, monkeypatch):
     trained = doc(run("train", "--json"))
     registry = ModelRegistry(isolated_env / "registry")
     predictor = TorchPredictor.from_version(registry.get(trained["version"]))
-    threshold = float(np.median([p.similarity for p in predictor.predict(PROBES)]))
+    sims = sorted({round(p.similarity, 4) for p in predictor.predict(PROBES)})
+    middle = len(sims) // 2
+    threshold = (sims[middle - 1] + sims[middle]) / 2  # between two distinct similarities: no probe sits on it
 
     def set_threshold(staged):
         config = json.loads((staged / "model" / "classifier.json").read_text())
@@ -162,6 +167,11 @@ def test_every_runtime_applies_the_knn_detector(knn_version):
     np.testing.assert_allclose([p.similarity for p in answers["onnx-int8"]], fp32, atol=0.05)
     assert torch_p.predict_labels(texts) == [p.intent for p in answers["torch"]]
     assert 0 < sum(p.fallback for p in answers["torch"]) < len(texts)
+    int8 = OnnxPredictor.from_version(info, "onnx-int8")
+    streamed = [f.result(timeout=30).to_dict() for f in int8.submit_each(texts)]  # serve's streaming path
+    assert streamed == [p.to_dict() for p in int8.predict(texts)]
+    rechecked = OnnxPredictor.from_model_dir(path / "model", "onnx-int8", recheck_margin=1.0)  # every text on fp32
+    np.testing.assert_allclose([p.similarity for p in rechecked.predict(texts)], fp32, atol=1e-4)
 
 
 def test_predict_validate_report_and_serve_use_the_knn_detector(knn_version, tmp_path):
@@ -170,9 +180,9 @@ def test_predict_validate_report_and_serve_use_the_knn_detector(knn_version, tmp
 
     _, path, threshold, trained = knn_version
     predicted = doc(run("predict", "zzzz qqqq xxxx", "--version", path.name, "--json"))
-    row = predicted["predictions"][0] if "predictions" in predicted else predicted
-    assert "out_of_scope_similarity" in json.dumps(predicted)
-    validated = doc(run("validate", trained["version"], "--json"))
+    similarity = predicted["predictions"][0]["out_of_scope_similarity"]
+    assert doc(run("validate", path.name, "--json"))["metrics"]["argmax"]["accuracy"] is not None  # the plain-
+    validated = doc(run("validate", trained["version"], "--json"))  # argmax figures beside those with a threshold
     assert validated["metrics"]["out_of_scope_detector"]["method"] == KNN
     assert validated["metrics"]["out_of_scope_threshold"] is None
     assert validated["overall_score"] == pytest.approx(trained["overall_score"], abs=0.02)
@@ -187,8 +197,7 @@ def test_predict_validate_report_and_serve_use_the_knn_detector(knn_version, tmp
         ready = client.get("/ready").json()
         assert ready["out_of_scope_detector"]["method"] == KNN and ready["out_of_scope_threshold"] is None
         answer = client.post("/classify", json={"text": "zzzz qqqq xxxx"}).json()
-    assert answer["out_of_scope_similarity"] == pytest.approx(row.get("out_of_scope_similarity", answer[
-        "out_of_scope_similarity"]), abs=1e-3)
+    assert answer["out_of_scope_similarity"] == pytest.approx(similarity, abs=0.05)  # int8 serving vs predict
     assert answer["fallback"] == (answer["out_of_scope_similarity"] < ready["out_of_scope_detector"]["threshold"])
 
 
@@ -207,8 +216,11 @@ def test_auto_records_both_detectors_and_knn_without_out_of_scope_is_refused(tmp
         assert chosen["macro_f1"] > other["macro_f1"]
     else:
         assert chosen["macro_f1"] >= other["macro_f1"] and "not above" in detector["reason"]
-    has_memory = (isolated_env / "registry/versions" / trained["version"] / "model" / MEMORY_FILE).exists()
-    assert has_memory == (detector["method"] == KNN)
+    model_dir = isolated_env / "registry/versions" / trained["version"] / "model"
+    assert (model_dir / MEMORY_FILE).exists() == (detector["method"] == KNN)
+    assert ("oos_detector" in json.loads((model_dir / "classifier.json").read_text())) == (detector["method"] == KNN)
+    outputs = json.loads((model_dir / "runtime.json").read_text())["outputs"]
+    assert outputs == (["logits", "embedding"] if detector["method"] == KNN else ["logits"])
 
     plain = tmp_path / "plain.json"
     plain.write_text(json.dumps({"intents": TINY_INTENTS}, ensure_ascii=False), "utf-8")
@@ -235,15 +247,47 @@ def test_exports_carry_the_knn_detector(knn_version, tmp_path, monkeypatch):
         assert (where / MEMORY_FILE).is_file(), (fmt, facts)
     head = json.loads((tmp_path / "hf" / "classifier" / "head.json").read_text("utf-8"))
     assert head["out_of_scope_detector"]["threshold"] == threshold and head["out_of_scope_label"] == OUT_OF_SCOPE
-    card = (tmp_path / "hf" / "classifier" / "README.md").read_text("utf-8")
-    assert "nearest neighbours" in card
-    assert "embedding" in (tmp_path / "onnx" / "classifier" / "README.md").read_text("utf-8")
-    snippet = re.findall(r"```python\n(.*?)```", card, re.S)[0]
-    monkeypatch.chdir(tmp_path / "hf")
-    namespace = {}
-    exec(compile(snippet, "classifier/README.md", "exec"), namespace)  # the card's own code, as a user runs it
-    from hotelbot_cli.runtime import TorchPredictor
+    assert "nearest neighbours" in (tmp_path / "hf" / "classifier" / "README.md").read_text("utf-8")
+    from hotelbot_cli.runtime import OnnxPredictor, TorchPredictor
 
-    reference = TorchPredictor.from_version(registry.get(path.name)).predict(namespace["texts"])
-    assert namespace["answers"] == [p.intent for p in reference]
-    np.testing.assert_allclose(namespace["scores"], [p.similarity for p in reference], atol=1e-5)
+    info = registry.get(path.name)
+    for fmt, reference in (("hf", TorchPredictor.from_version(info)), ("onnx", OnnxPredictor.from_version(info))):
+        card = (tmp_path / fmt / "classifier" / "README.md").read_text("utf-8")
+        snippet = re.findall(r"```python\n(.*?)```", card, re.S)[0]
+        monkeypatch.chdir(tmp_path / fmt)
+        namespace = {}
+        exec(compile(snippet, f"{fmt}/README.md", "exec"), namespace)  # the card's own code, as a user runs it
+        expected = reference.predict(namespace["texts"])
+        assert namespace["answers"] == [p.intent for p in expected], fmt
+        np.testing.assert_allclose(namespace["scores"], [p.similarity for p in expected], atol=0.05)
+
+
+def test_choose_detector_keeps_knn_only_when_it_scores_higher(monkeypatch):
+    """choose_detector on crafted embeddings: out_of_scope texts far from every training text, in-scope ones near
+    theirs, and a classifier (the probabilities) that answers every text in scope."""
+    from hotelbot_cli.training import oos_detector
+
+    labels = ["a", "b", OUT_OF_SCOPE]
+    train = [Example(f"a{i}", "a") for i in range(3)] + [Example(f"b{i}", "b") for i in range(3)]
+    validation = [Example("va", "a"), Example("vb", "b"), Example("vo1", OUT_OF_SCOPE), Example("vo2", OUT_OF_SCOPE)]
+    vectors = {**{f"a{i}": [1.0, 0.1 * i, 0.0] for i in range(3)}, **{f"b{i}": [0.0, 1.0, 0.1 * i] for i in range(3)},
+               "va": [1.0, 0.05, 0.0], "vb": [0.0, 1.0, 0.05], "vo1": [0.1, 0.1, 1.0], "vo2": [0.0, 0.2, 1.0]}
+    probs = {"va": [0.9, 0.05, 0.05], "vb": [0.05, 0.9, 0.05], "vo1": [0.5, 0.45, 0.05], "vo2": [0.45, 0.5, 0.05]}
+
+    def fake_embed(model, tokenizer, texts, batch_size=64):
+        return (np.array([probs.get(t, [1 / 3] * 3) for t in texts]), np.array([vectors[t] for t in texts]))
+
+    monkeypatch.setattr(oos_detector, "embed_examples", fake_embed)
+    softmax_metrics = {"macro_f1": 0.4, "accuracy": 0.5, "in_scope_accuracy": 1.0, "out_of_scope_recall": 0.0}
+    chosen = oos_detector.choose_detector(None, None, train, validation, labels, "macro_f1", None, softmax_metrics)
+    assert chosen.method == KNN and chosen.spec["k"] in (1, 5) and chosen.metrics["out_of_scope_recall"] == 1.0
+    assert chosen.memory.shape == (6, 3) and chosen.metrics["out_of_scope_detector"] == chosen.spec
+    assert "above the softmax" in chosen.record["reason"]
+    tie = oos_detector.choose_detector(None, None, train, validation, labels, "macro_f1", 0.6,
+                                       {**softmax_metrics, "macro_f1": chosen.metrics["macro_f1"]})
+    assert tie.method == SOFTMAX and tie.spec is None and tie.memory is None  # a tie keeps the softmax
+    off = oos_detector.choose_detector(None, None, train, validation, labels, "macro_f1", None, softmax_metrics,
+                                       calibrate=False)
+    assert off.method == SOFTMAX and "calibrate_oos_threshold is false" in off.record["reason"]
+    with pytest.raises(DataError, match="calibrate_oos_threshold"):
+        check_mode(KNN, validation, calibrate=False)

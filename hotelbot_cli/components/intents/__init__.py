@@ -113,6 +113,8 @@ class IntentClassifier(Component):
                        else loaded.predict(texts, top_k=top_k, batch_size=batch_size))
         for row, p in zip(rows, predictions):
             row.update(intent=p.intent, confidence=p.confidence, top_k=p.top_k, fallback=p.fallback)
+            if getattr(p, "similarity", None) is not None:  # a kNN out-of-scope detector's score
+                row["out_of_scope_similarity"] = p.similarity
 
 
 def _knn_memory(info: "VersionInfo", target: Path) -> dict[str, Any]:

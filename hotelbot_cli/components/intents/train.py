@@ -198,7 +198,7 @@ def train_classifier(
         train, validation = _merge_with_parent(prepared, parent)
         fingerprint = fingerprint_examples(train, validation)
     labels = sorted({e.intent for e in train + validation})
-    check_mode(cfg.oos_detector, validation)
+    check_mode(cfg.oos_detector, validation, calibrate=cfg.calibrate_oos_threshold)
 
     best_file = best_config_path(settings, fingerprint)
     if use_best_config and not hpo_trials and best_file.exists():
@@ -234,7 +234,8 @@ def train_classifier(
                                  listener=listener, tracker=tracker, monitor=monitor, parent_dir=parent_dir)
         emit(TrainingEvent("status", message="choosing the out-of-scope detector on the validation split"))
         detector = choose_detector(fit.model, fit.tokenizer, train, validation, fit.labels, metric, fit.threshold,
-                                   fit.metrics, cfg.oos_detector, cfg.oos_knn_k)
+                                   fit.metrics, cfg.oos_detector, cfg.oos_knn_k,
+                                   calibrate=cfg.calibrate_oos_threshold)
         if detector.spec is not None:  # kNN: classifier.json names it; the softmax threshold is not applied
             fit.model.classifier_config.oos_detector = detector.spec
             fit.model.classifier_config.oos_threshold = None

@@ -66,6 +66,10 @@ class JointRunner:
         if tasks is None:
             raise ModelError(f"version {predictor.version}'s intent classifier is not a joint NLU model "
                              "(no sentiment and entity heads)", hint="train one: hotelbot train --model-type nlu")
+        if getattr(getattr(predictor, "detector", None), "method", "softmax") != "softmax":
+            raise ModelError(f"version {predictor.version}: the joint NLU model applies the softmax out-of-scope "
+                             "threshold only, and its classifier.json names another detector",
+                             hint="retrain it with this hotelbot (train --model-type nlu)")
         self.predictor = predictor
         self.sentiment_labels = list(tasks["sentiment"]["labels"])
         self.tags = list(tasks["entities"]["tags"])

@@ -103,7 +103,7 @@ def train_nlu(request: TrainRequest) -> ComponentResult:
     config_record = {"training_config": cfg.to_dict(), "validation_metric": metric,
                      "parent": parent.name if parent else None, "task_weights": weights, "mixing": MIXING}
     refuse_repeat(registry, COMPONENT, fingerprint, config_record, request.force)
-    check_mode(cfg.oos_detector, validation, joint=True)
+    check_mode(cfg.oos_detector, validation, joint=True, calibrate=cfg.calibrate_oos_threshold)
     data = TaskData(train, validation, labels, sentiment.train, sentiment.validation, sentiment.labels,
                     entities.train, entities.validation, entities.labels)
     monitor = SystemMonitor()
