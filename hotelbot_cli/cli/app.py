@@ -11,7 +11,7 @@ import typer
 from .. import __version__
 from . import _options
 from .config_cmd import config_cmd
-from .deploy import deploy_cmd, history_cmd, rollback_cmd, verify_cmd
+from .deploy import canary_app, deploy_cmd, history_cmd, rollback_cmd, verify_cmd
 from .export import export_cmd
 from .maintenance import gc_cmd, migrate_cmd
 from .models import models_cmd
@@ -71,6 +71,7 @@ app.command("predict")(predict_cmd)
 app.command("search")(search_cmd)
 app.command("deploy")(deploy_cmd)
 app.command("rollback")(rollback_cmd)
+app.add_typer(canary_app, name="canary")
 app.command("versions")(versions_cmd)
 app.command("report")(report_cmd)
 app.command("reply")(reply_cmd)

@@ -26,6 +26,9 @@ def _report(result, json_out: bool) -> None:
     if not result.changed:
         out.print(f"{result.version} is already deployed; nothing to do")
         return
+    if result.action.startswith("canary"):
+        _report_canary(result)
+        return
     extra = ""
     if result.gate:
         extra = f" ({result.gate['metric']} {result.gate['overall_score']:.4f})"
@@ -39,6 +42,19 @@ def _report(result, json_out: bool) -> None:
                 "(stored once in the registry)")
 
 
+def _report_canary(result) -> None:
+    if result.action == "canary_start":
+        score = (f" ({result.gate['metric']} {result.gate['overall_score']:.4f})"
+                 if result.gate and result.gate.get("overall_score") is not None else "")
+        out.print(f"canary: {result.version}{score} answers {result.canary['weight']}% of conversations beside "
+                  f"{result.previous}; `hotelbot canary status` shows it, `promote` or `abort` ends it")
+    elif result.action == "canary_promote":
+        out.print(f"canary promoted: {result.previous} -> {result.version} (all conversations)")
+    else:
+        out.print(f"canary aborted: {result.previous} stopped after answering {result.canary['weight']}% of "
+                  f"conversations since {result.canary.get('started_at')}; all conversations on {result.version}")
+
+
 @handle_errors
 def deploy_cmd(
     version: Annotated[Optional[str], typer.Argument(help="Version to deploy [default: newest validated].",
@@ -50,6 +66,10 @@ def deploy_cmd(
     tolerance: Annotated[Optional[float], typer.Option("--tolerance", help="Largest allowed per-intent F1 drop "
                                                        "vs the deployed model [env: HOTELBOT_REGRESSION_TOLERANCE; "
                                                        "default 0.05].", show_default=False)] = None,
+    canary: Annotated[Optional[int], typer.Option("--canary", metavar="PERCENT", help="Gradual deploy: after the "
+                      "same gate and smoke test, the version answers PERCENT (1-99) of conversations beside the "
+                      "deployed one until `hotelbot canary promote` or `abort` (or `rollback`).",
+                      show_default=False)] = None,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
     registry: RegistryOpt = None,
@@ -67,13 +87,25 @@ def deploy_cmd(
         hotelbot deploy
 
         hotelbot deploy v0004 --reason "more late_checkout examples" --json
-    """
-    from ..pipeline.deploy import deploy  # loads the component table: kept off `hotelbot --help`'s path
 
+        hotelbot deploy v0005 --canary 10 --reason "Friday: new spa intents"   # 10% of conversations
+    """
+    from ..pipeline.deploy import deploy, newest_validated  # loads the component table: kept off --help's path
+
+    if canary is not None:
+        from ..pipeline.canary import check_weight  # (the same)
+
+        check_weight(canary)  # a bad percent: one line, before anything is read
     settings = settings_from(config, profile, registry, overrides={
         "validation_config": {"min_validation_score": min_score},
         "deployment_config": {"regression_tolerance": tolerance}})
-    _report(deploy(ModelRegistry(settings.paths.registry), settings, version, reason), json_out)
+    store = ModelRegistry(settings.paths.registry)
+    if canary is None:
+        _report(deploy(store, settings, version, reason), json_out)
+        return
+    from ..pipeline.canary import start_canary  # (the same)
+
+    _report(start_canary(store, settings, version or newest_validated(store).name, canary, reason), json_out)
 
 
 @handle_errors
@@ -155,3 +187,68 @@ def history_cmd(
     for e in events:
         out.print(f"{e.get('at')}  {e.get('event'):<17} {e.get('from') or '-'} -> {e.get('to') or '-'}  "
                   f"by {e.get('user')}" + (f"  ({e['reason']})" if e.get("reason") else ""))
+
+
+canary_app = typer.Typer(help="A gradual deploy's canary: status, promote, abort (start one with "
+                              "`hotelbot deploy VERSION --canary PERCENT`).", no_args_is_help=True)
+
+
+@canary_app.command("status")
+@handle_errors
+def canary_status_cmd(registry: RegistryOpt = None, json_out: JsonOpt = False) -> None:
+    """Show the deployed (stable) version and the running canary: its version, share and start time.
+
+    Examples:
+
+        hotelbot canary status
+
+        hotelbot canary status --json
+    """
+    from ..pipeline.canary import canary_status  # loads the component table: kept off `hotelbot --help`'s path
+
+    settings = settings_from(registry=registry)
+    status = canary_status(ModelRegistry(settings.paths.registry))
+    if json_out:
+        print_json(status)
+        return
+    running = status["canary"]
+    out.print(f"stable: {status['stable'] or '(nothing deployed)'}")
+    if running is None:
+        out.print("canary: none running (start one: hotelbot deploy VERSION --canary 10)")
+    else:
+        out.print(f"canary: {running['version']} answers {running['weight']}% of conversations since "
+                  f"{running.get('started_at')}" + (f" ({running['reason']})" if running.get("reason") else ""))
+
+
+@canary_app.command("promote")
+@handle_errors
+def canary_promote_cmd(reason: ReasonOpt = "", config: ConfigOpt = None, registry: RegistryOpt = None,
+                       json_out: JsonOpt = False) -> None:
+    """Make the canary the deployed version for every conversation (the stable one is backed up and stays
+    the one `hotelbot rollback` returns to). Exit 1 when no canary runs.
+
+    Examples:
+
+        hotelbot canary promote --reason "24 h without a worse figure"
+    """
+    from ..pipeline.canary import promote_canary  # (the same)
+
+    settings = settings_from(config, None, registry)
+    _report(promote_canary(ModelRegistry(settings.paths.registry), settings, reason), json_out)
+
+
+@canary_app.command("abort")
+@handle_errors
+def canary_abort_cmd(reason: ReasonOpt = "", config: ConfigOpt = None, registry: RegistryOpt = None,
+                     json_out: JsonOpt = False) -> None:
+    """Stop the canary: every conversation goes back to the deployed version (the canary's version stays in
+    the registry). `hotelbot rollback` during a canary does the same. Exit 1 when no canary runs.
+
+    Examples:
+
+        hotelbot canary abort --reason "guests get out_of_scope for spa questions"
+    """
+    from ..pipeline.canary import abort_canary  # (the same)
+
+    settings = settings_from(config, None, registry)
+    _report(abort_canary(ModelRegistry(settings.paths.registry), settings, reason), json_out)

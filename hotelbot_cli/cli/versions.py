@@ -24,6 +24,7 @@ def versions_cmd(registry: RegistryOpt = None, json_out: JsonOpt = False) -> Non
     store = ModelRegistry(settings.paths.registry)
     state = store.current_state()
     current = state.get("version")
+    canary = (state.get("canary") or {}).get("version")  # a gradual deploy's second version
     backups = list_backups(store)
     backed_up = {b["version"] for b in backups}
     rows = []
@@ -39,12 +40,14 @@ def versions_cmd(registry: RegistryOpt = None, json_out: JsonOpt = False) -> Non
             "validated_score": validation.get("overall_score") if validation else None,
             "validated_passed": validation.get("passed") if validation else None,
             "current": info.name == current,
+            "canary": info.name == canary,
             "previously_deployed": info.name in state.get("previous", []),
             "backup": info.name in backed_up,
             "corrupt": bool(meta.get("corrupt")),
         })
     if json_out:
         print_json({"registry": str(store.root), "current": current, "previous": state.get("previous", []),
+                    "canary": state.get("canary"),
                     "versions": rows,
                     "backups": [{k: b.get(k) for k in ("id", "version", "created_at", "kind", "record", "archive",
                                                        "size_bytes")} for b in backups]})
@@ -59,7 +62,9 @@ def versions_cmd(registry: RegistryOpt = None, json_out: JsonOpt = False) -> Non
         score = "-" if r["overall_score"] is None else f"{r['overall_score']:.4f}"
         checked = "-" if r["validated_score"] is None else (
             f"{r['validated_score']:.4f} " + ("pass" if r["validated_passed"] else "FAIL"))
-        table.add_row("*" if r["current"] else "", r["version"], r["created_at"] or "?", r["base_model"] or "?",
+        table.add_row("*" if r["current"] else "~" if r["canary"] else "", r["version"], r["created_at"] or "?", r["base_model"] or "?",
                       score, checked, "yes" if r["backup"] else "")
     out.print(table)
-    out.print("* deployed" + (f"; rollback goes to {state['previous'][-1]}" if state.get("previous") else ""))
+    out.print("* deployed" + (f"; rollback goes to {state['previous'][-1]}" if state.get("previous") else "")
+              + (f"; ~ canary answering {state['canary']['weight']}% of conversations (rollback aborts it)"
+                 if canary else ""))

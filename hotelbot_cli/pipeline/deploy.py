@@ -45,6 +45,7 @@ class OperationResult:
     notifications: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
     event_id: str = ""
+    canary: dict[str, Any] | None = None  # the canary started, promoted or ended (pipeline.canary)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
@@ -82,7 +83,7 @@ def notify(settings: Settings, event: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _record(registry: ModelRegistry, settings: Settings, event: dict[str, Any]) -> list[str]:
+def record_event(registry: ModelRegistry, settings: Settings, event: dict[str, Any]) -> list[str]:
     """Append to history.jsonl, then notify (the history line is written even if notifying fails)."""
     event = {"event_id": event.get("event_id") or uuid.uuid4().hex[:12], **event}
     registry.append_history(event)
@@ -126,7 +127,7 @@ def smoke_check(info: VersionInfo, settings: Settings) -> dict[str, Any]:
     return result
 
 
-def _gate(registry: ModelRegistry, settings: Settings, name: str) -> dict[str, Any]:
+def gate_version(registry: ModelRegistry, settings: Settings, name: str) -> dict[str, Any]:
     """Every gated component (classifier, entities, sentiment, ...) must reach MIN_VALIDATION_SCORE on its
     own validation split, and the primary one (the classifier) must not regress per intent against the
     deployed version. Components without a score (the knowledge base, the generator) are checked by the
@@ -170,7 +171,7 @@ def newest_validated(registry: ModelRegistry) -> VersionInfo:
 
 
 @contextlib.contextmanager
-def _exclusive(registry: ModelRegistry, settings: Settings) -> Iterator[tuple[list[str], dict[str, Any]]]:
+def exclusive(registry: ModelRegistry, settings: Settings) -> Iterator[tuple[list[str], dict[str, Any]]]:
     """Hold the registry lock; first repair what a killed writer left; yield (repairs, deployed state).
     Each file is hashed once in the block (checked, gated, smoke-tested: one read, see ``hashing_once``)."""
     with registry.lock(timeout=settings.deployment.lock_timeout_seconds), hashing_once():
@@ -179,7 +180,7 @@ def _exclusive(registry: ModelRegistry, settings: Settings) -> Iterator[tuple[li
 
 
 def backup_current(registry: ModelRegistry, settings: Settings, reason: str = "manual backup") -> dict[str, Any]:
-    with _exclusive(registry, settings) as (_, state):
+    with exclusive(registry, settings) as (_, state):
         current = state.get("version")
         if current is None:
             raise RegistryError("nothing is deployed, so there is nothing to back up")
@@ -190,17 +191,21 @@ def backup_current(registry: ModelRegistry, settings: Settings, reason: str = "m
 def deploy(registry: ModelRegistry, settings: Settings, version: str | None = None, reason: str = "") -> OperationResult:
     """Gate, back up current, switch, verify; auto-rollback (exit 4) when verification fails."""
     cfg = settings.deployment
-    with _exclusive(registry, settings) as (repaired, old_state):
+    with exclusive(registry, settings) as (repaired, old_state):
         current = old_state.get("version")
         target = registry.get(version) if version else newest_validated(registry)
         if target.name == current:
             return OperationResult("noop", target.name, current, changed=False, repaired=repaired)
+        running = running_canary(old_state)
+        if running is not None:
+            raise RegistryError(f"a canary of {running['version']} ({running['weight']}%) is running beside "
+                                f"{current}", hint="hotelbot canary promote, or hotelbot canary abort, first")
         registry.require_intact(target.name)
         event_id = uuid.uuid4().hex[:12]
 
-        gate = _gate(registry, settings, target.name)
+        gate = gate_version(registry, settings, target.name)
         if not gate["passed"]:
-            _record(registry, settings, {"event_id": event_id, "event": "gate_failed", "from": current,
+            record_event(registry, settings, {"event_id": event_id, "event": "gate_failed", "from": current,
                                          "to": target.name, "reason": reason, "scores": gate})
             raise GateFailedError(f"{target.name} not deployed: " + "; ".join(gate["failures"]))
 
@@ -223,17 +228,17 @@ def deploy(registry: ModelRegistry, settings: Settings, version: str | None = No
         except HotelbotError as exc:
             if cfg.enable_auto_rollback:
                 registry.write_current_state(old_state)
-                _record(registry, settings, {"event_id": event_id, "event": "auto_rollback",
+                record_event(registry, settings, {"event_id": event_id, "event": "auto_rollback",
                                                      "from": target.name, "to": current, "reason": str(exc),
                                                      "scores": gate})
                 raise RolledBackError(f"deployed {target.name} but it failed verification ({exc}); "
                                       f"restored {current or 'the empty state'}") from None
-            _record(registry, settings, {"event_id": event_id, "event": "deploy_unverified", "from": current,
+            record_event(registry, settings, {"event_id": event_id, "event": "deploy_unverified", "from": current,
                                          "to": target.name, "reason": str(exc), "scores": gate})
             raise DeployVerificationError(f"deployed {target.name} but it failed verification ({exc}); "
                                           "ENABLE_AUTO_ROLLBACK is off: run `hotelbot rollback`") from None
 
-        notes = _record(registry, settings, {"event_id": event_id, "event": "deploy", "from": current,
+        notes = record_event(registry, settings, {"event_id": event_id, "event": "deploy", "from": current,
                                              "to": target.name, "reason": reason, "scores": gate})
         crashpoint("after-history")
         return OperationResult("deploy", target.name, current, True, backup, gate, smoke, False, notes, repaired,
@@ -241,10 +246,18 @@ def deploy(registry: ModelRegistry, settings: Settings, version: str | None = No
 
 
 def rollback(registry: ModelRegistry, settings: Settings, to: str | None = None, reason: str = "") -> OperationResult:
-    """Restore the previous deployed version (or ``to``) after checking its checksums and that it loads."""
+    """Restore the previous deployed version (or ``to``) after checking its checksums and that it loads.
+    While a canary runs, rolling back (without ``to``) aborts the canary: guests go back to the stable version."""
     cfg = settings.deployment
-    with _exclusive(registry, settings) as (repaired, state):
+    with exclusive(registry, settings) as (repaired, state):
         current = state.get("version")
+        running = running_canary(state)
+        if running is not None:
+            if to is not None:
+                raise RegistryError(f"a canary of {running['version']} is running: `hotelbot rollback` without --to "
+                                    "aborts it first")
+            return end_canary(registry, settings, state, running, reason or "rollback during the canary",
+                              "canary_abort", repaired)
         previous = list(state.get("previous", []))
         if to is None:
             candidates = [v for v in reversed(previous) if v != current]
@@ -280,11 +293,39 @@ def rollback(registry: ModelRegistry, settings: Settings, to: str | None = None,
         registry.write_current_state({"version": target_name, "previous": new_previous, "deployed_at": utc_now(),
                                       "event_id": event_id, "action": "rollback"})
         crashpoint("after-switch")
-        notes = _record(registry, settings, {"event_id": event_id, "event": "rollback", "from": current,
+        notes = record_event(registry, settings, {"event_id": event_id, "event": "rollback", "from": current,
                                              "to": target_name, "reason": reason,
                                              "restored_from_backup": restored})
         return OperationResult("rollback", target_name, current, True, None, None, smoke, restored, notes, repaired,
                                event_id)
+
+
+# ---------------------------------------------------------------- canaries (see pipeline.canary)
+
+CANARY = "canary"  # the key of current.json that holds a running canary
+
+
+def running_canary(state: dict[str, Any]) -> dict[str, Any] | None:
+    """The canary of a deployed state ({"version", "weight", "started_at", ...}), None when none runs."""
+    canary = state.get(CANARY)
+    return canary if isinstance(canary, dict) and canary.get("version") else None
+
+
+def end_canary(registry: ModelRegistry, settings: Settings, state: dict[str, Any], running: dict[str, Any],
+               reason: str, event: str, repaired: list[str]) -> OperationResult:
+    """(The lock held.) Back to the stable version alone: ``state`` without its canary, one atomic write;
+    ``event`` (canary_abort, canary_auto_abort) recorded and notified. The canary's version stays."""
+    event_id = uuid.uuid4().hex[:12]
+    stable = state.get("version")
+    crashpoint("before-switch")
+    registry.write_current_state({**{k: v for k, v in state.items() if k != CANARY}, "event_id": event_id,
+                                  "action": event})
+    crashpoint("after-switch")
+    notes = record_event(registry, settings, {"event_id": event_id, "event": event, "from": running["version"],
+                                              "to": stable, "canary": running.get("weight"), "reason": reason,
+                                              "canary_started_at": running.get("started_at")})
+    return OperationResult(event, stable, running["version"], True, None, None, None, False, notes, repaired,
+                           event_id, running)
 
 
 def verify_registry(registry: ModelRegistry) -> dict[str, list[str]]:

@@ -3,7 +3,8 @@
 Layout under ``root`` (names are the constants below)::
 
     versions/v0001/        immutable once published: metadata.json + the version's files
-    current.json           THE deployed state: {"version", "previous": [...], "event_id", ...},
+    current.json           THE deployed state: {"version", "previous": [...], "event_id", ...,
+                           "canary": {"version", "weight", ...} while a gradual deploy runs},
                            replaced atomically (one os.replace) by deploy and rollback
     current -> versions/vNNNN   a symlink derived from current.json for tools that want a path;
                            re-pointed right after each switch and repaired by the next writer
@@ -167,6 +168,11 @@ class ModelRegistry:
             check_version_name(state["version"])
         for name in state.get("previous", []):
             check_version_name(name)
+        canary = state.get("canary")  # a gradual deploy's second version (pipeline.canary)
+        if canary is not None:
+            if not isinstance(canary, dict) or not isinstance(canary.get("version"), str):
+                raise IntegrityError(f"{self.root / CURRENT_STATE}: its canary is not {{\"version\", \"weight\", ...}}")
+            check_version_name(canary["version"])
         state.setdefault("previous", [])
         return state
 

@@ -2,7 +2,9 @@
 component of the registry's deployed version and swaps it in when ``current`` moves) and the watcher
 task that polls the registry.
 
-The new version is loaded beside the old one, checked (checksums + one smoke prediction), then the
+While a gradual deploy runs (``hotelbot deploy VERSION --canary PERCENT``), the canary version is loaded too
+and :meth:`ModelHolder.pick` sends each conversation (by its key: the same key, the same model) to it or to
+the stable one. The new version is loaded beside the old one, checked (checksums + one smoke prediction), then the
 reference is swapped; a request that already took the old model finishes with it. A failed load keeps
 the old model, is logged, and is counted in ``/metrics``. The primary component is loaded with
 :func:`~hotelbot_cli.runtime.load_predictor`: a version with an ONNX export is served by onnxruntime +
@@ -12,7 +14,9 @@ tokenizers and torch/transformers are never imported.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -81,6 +85,13 @@ class LoadedModel:
         return out
 
 
+def conversation_bucket(key: str | None) -> int:
+    """0-99, the same for the same conversation key (sha256 of it); a random one without a key."""
+    if not key:
+        return secrets.randbelow(100)
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") % 100
+
+
 def _load_version(info: VersionInfo) -> Any:
     """The version's runtime (runtime.json / HOTELBOT_RUNTIME): ONNX serves without importing torch."""
     return load_predictor(info)
@@ -104,31 +115,41 @@ class ModelHolder:
         self.last_error: str | None = None
         self._failed: str | None = None  # the target that failed to load: not retried until current moves
         self._warned: str | None = None
+        self.canary: LoadedModel | None = None  # a gradual deploy's second version (pipeline.canary)
+        self.canary_weight = 0                  # percent of conversations it answers
+        self._canary_failed: str | None = None
 
     def refresh(self) -> bool:
-        """Load the deployed version if it is not the one loaded. True when the model was replaced."""
+        """Load the deployed version (and a running canary) if not the ones loaded. True when either changed."""
         with self._lock:
             loaded = self.model.version if self.model else None
             try:
-                target = self.registry.current_name()
+                state = self.registry.current_state()
             except (HotelbotError, OSError) as exc:  # e.g. unreadable deployed state: keep what we have
                 self._warn_once(f"cannot read the deployed version of {self.registry.root} ({exc}); "
                                 f"{'still serving ' + loaded if loaded else 'no model is loaded'}")
                 if self.model is None:
                     self.last_error = f"cannot read the deployed version: {exc}"
                 return False
-            if target == loaded:  # includes a rollback to the loaded version after a failed deploy
-                self._failed = None
-                self._warned = None
-                self.last_error = None
-                return False
-            if target is None:  # nothing deployed (any more): keep answering with what we have, if anything
-                if loaded:
-                    self._warn_once(f"the registry {self.registry.root} has no deployed version any more; "
-                                    f"still serving {loaded}")
-                return False
-            if target == self._failed:
-                return False
+            changed = self._refresh_stable(state.get("version"), loaded)
+            return self._refresh_canary(state.get("canary")) or changed
+
+    def _refresh_stable(self, target: str | None, loaded: str | None) -> bool:
+        if target == loaded:  # includes a rollback to the loaded version after a failed deploy
+            self._failed = None
+            self._warned = None
+            self.last_error = None
+            return False
+        if target is None:  # nothing deployed (any more): keep answering with what we have, if anything
+            if loaded:
+                self._warn_once(f"the registry {self.registry.root} has no deployed version any more; "
+                                f"still serving {loaded}")
+            return False
+        if target == self._failed:
+            return False
+        if self.canary is not None and self.canary.version == target:
+            new = self.canary  # a promoted canary: already loaded and answering, no second load
+        else:
             try:
                 new = self._load(target)
             except Exception as exc:  # noqa: BLE001 - any failure keeps the old model
@@ -138,13 +159,54 @@ class ModelHolder:
                 logger.error("could not load %s (%s); %s", target, exc,
                              f"still serving {loaded}" if loaded else "no model is loaded")
                 return False
-            self.model = new
-            self._failed = None
-            self._warned = None
-            self.last_error = None
-            self.metrics.model_loaded(target)
-            logger.info("serving model %s%s", target, f" (was {loaded})" if loaded else "")
-            return True
+        self.model = new
+        self._failed = None
+        self._warned = None
+        self.last_error = None
+        self.metrics.model_loaded(target)
+        logger.info("serving model %s%s", target, f" (was {loaded})" if loaded else "")
+        return True
+
+    def _refresh_canary(self, spec: Any) -> bool:
+        """Follow the deployed state's canary: load a new one beside the stable model, drop an ended one. A
+        canary that fails to load is not served (every conversation stays on the stable model) and logged."""
+        version = spec.get("version") if isinstance(spec, dict) else None
+        weight = int(spec.get("weight") or 0) if version else 0
+        if version is None or self.model is None or version == self.model.version:
+            changed = self.canary is not None
+            if changed:
+                logger.info("canary %s ended; every conversation on %s", self.canary.version,
+                            self.model.version if self.model else None)
+            self.canary, self.canary_weight, self._canary_failed = None, 0, None
+            return changed
+        if self.canary is not None and self.canary.version == version:
+            changed = weight != self.canary_weight
+            self.canary_weight = weight
+            return changed
+        if version == self._canary_failed:
+            return False
+        try:
+            canary = self._load(version)
+        except Exception as exc:  # noqa: BLE001 - a broken canary never takes traffic
+            self._canary_failed = version
+            self.canary, self.canary_weight = None, 0
+            self.last_error = f"canary {version} failed to load: {exc}"
+            self.metrics.load_failed()
+            logger.error("could not load the canary %s (%s); every conversation stays on %s", version, exc,
+                         self.model.version)
+            return False
+        self.canary, self.canary_weight, self._canary_failed = canary, weight, None
+        logger.info("canary %s answers %d%% of conversations beside %s", version, weight, self.model.version)
+        return True
+
+    def pick(self, key: str | None = None) -> "LoadedModel | None":
+        """The model that answers conversation ``key``: the canary for ``canary_weight`` percent of keys (the
+        same key always gets the same model while the canary runs), else the stable one; no key: a random
+        bucket. Read without the lock: ``model``, ``canary`` and ``canary_weight`` are plain attribute reads."""
+        canary, weight, stable = self.canary, self.canary_weight, self.model
+        if canary is None or stable is None or weight <= 0:
+            return stable
+        return canary if conversation_bucket(key) < weight else stable
 
     def _warn_once(self, message: str) -> None:
         if message != self._warned:  # the watcher polls every second: say it once, not every second

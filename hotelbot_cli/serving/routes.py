@@ -67,9 +67,18 @@ NEEDS = {
 }
 
 
-def require_model(holder: ModelHolder, part: str = "predictor") -> LoadedModel:
-    """The loaded version, if it has ``part``; else the 503 that says what is missing."""
-    model = holder.model
+CONVERSATION_HEADER = "X-Conversation-Id"
+
+
+def conversation_key(body: Any, request: Request) -> str | None:
+    """The request's conversation key: its ``conversation_id`` field, else the X-Conversation-Id header."""
+    return getattr(body, "conversation_id", None) or request.headers.get(CONVERSATION_HEADER) or None
+
+
+def require_model(holder: ModelHolder, part: str = "predictor", key: str | None = None) -> LoadedModel:
+    """The loaded version that answers conversation ``key`` (the canary's share of keys go to the canary), if it
+    has ``part``; else the 503 that says what is missing."""
+    model = holder.pick(key)
     if model is None:
         raise holder.unavailable()
     if getattr(model, part) is None:
@@ -112,8 +121,10 @@ async def ready(request: Request) -> Any:
         return JSONResponse({"ready": False, "model_version": None, "error": problem.message,
                              "detail": problem.detail}, status_code=503)
     detector = getattr(model.predictor, "detector", None)
+    canary = holder.canary
     return {"ready": True, "model_version": model.version, "out_of_scope_threshold": model.threshold,
             "out_of_scope_detector": detector.to_spec() if detector is not None else None,
+            "canary": {"version": canary.version, "weight": holder.canary_weight} if canary is not None else None,
             "last_load_error": holder.last_error}
 
 
@@ -122,7 +133,7 @@ async def ready(request: Request) -> Any:
 async def classify(body: ClassifyRequest, request: Request) -> Any:
     state = request.app.state
     check_length(state.settings, body.text, "text")
-    model = require_model(state.models)
+    model = require_model(state.models, key=conversation_key(body, request))
     (answer,) = await state.batcher.classify(model, [body.text])
     return json_response(answer)
 
@@ -132,7 +143,7 @@ async def classify(body: ClassifyRequest, request: Request) -> Any:
 async def classify_batch(body: BatchClassifyRequest, request: Request) -> Any:
     state = request.app.state
     check_batch(state.settings, body.texts)
-    model = require_model(state.models)
+    model = require_model(state.models, key=conversation_key(body, request))
     answers = await state.batcher.classify(model, body.texts)
     return json_response({"model_version": model.version, "predictions": answers})
 
@@ -142,7 +153,7 @@ async def classify_batch(body: BatchClassifyRequest, request: Request) -> Any:
 async def analyze(body: AnalyzeRequest, request: Request) -> Any:
     state = request.app.state
     check_batch(state.settings, body.texts)
-    model = require_model(state.models, "analyzer")
+    model = require_model(state.models, "analyzer", conversation_key(body, request))
     answers = await state.batcher.run(model.analyzer.analyze, body.texts, state.settings.top_k)
     return json_response({"model_version": model.version, "predictions": answers})
 
@@ -151,7 +162,7 @@ async def analyze(body: AnalyzeRequest, request: Request) -> Any:
        summary="Search the hotel knowledge base of the deployed version")
 async def search(body: SearchRequest, request: Request) -> Any:
     check_length(request.app.state.settings, body.query, "query")
-    model = require_model(request.app.state.models, "knowledge")
+    model = require_model(request.app.state.models, "knowledge", conversation_key(body, request))
     hits = await asyncio.to_thread(model.knowledge.search, body.query, body.top_k)
     return json_response({"model_version": model.version, "query": body.query,
                           "results": [h.to_dict() for h in hits]})
@@ -161,7 +172,7 @@ async def search(body: SearchRequest, request: Request) -> Any:
        summary="Answer a guest message with a grounded, fact-checked reply")
 async def reply(body: ReplyRequest, request: Request) -> Any:
     check_length(request.app.state.settings, body.text, "text")
-    model = require_model(request.app.state.models, "replies")
+    model = require_model(request.app.state.models, "replies", conversation_key(body, request))
     (answer,) = await asyncio.to_thread(model.replies.reply, [body.text])
     answer.pop("message", None)
     return json_response({**answer, "model_version": model.version})

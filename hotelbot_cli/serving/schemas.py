@@ -25,18 +25,27 @@ class ClassifyRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"text": "¿a qué hora es el desayuno?"}]})
 
     text: Text = Field(description="The guest's message (non-empty; at most max_text_length characters).")
+    conversation_id: str | None = Field(None, max_length=200, description="Keeps one guest's conversation on one "
+                                        "model version while a canary runs (also the X-Conversation-Id header; "
+                                        "random when absent).")
 
 
 class BatchClassifyRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"texts": ["hola", "¿cuál es la clave del wifi?"]}]})
 
     texts: list[Text] = Field(min_length=1, description="1 to max_batch_size non-empty messages.")
+    conversation_id: str | None = Field(None, max_length=200, description="Keeps one guest's conversation on one "
+                                        "model version while a canary runs (also the X-Conversation-Id header; "
+                                        "random when absent).")
 
 
 class ReplyRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"text": "¿a qué hora cierra la piscina?"}]})
 
     text: Text = Field(description="The guest's message (non-empty; at most max_text_length characters).")
+    conversation_id: str | None = Field(None, max_length=200, description="Keeps one guest's conversation on one "
+                                        "model version while a canary runs (also the X-Conversation-Id header; "
+                                        "random when absent).")
 
 
 class SearchRequest(BaseModel):
@@ -44,6 +53,9 @@ class SearchRequest(BaseModel):
 
     query: Text = Field(description="The guest's question (non-empty; at most max_text_length characters).")
     top_k: int = Field(5, ge=1, le=50, description="How many ranked chunks to return.")
+    conversation_id: str | None = Field(None, max_length=200, description="Keeps one guest's conversation on one "
+                                        "model version while a canary runs (also the X-Conversation-Id header; "
+                                        "random when absent).")
 
 
 class SearchHitModel(BaseModel):
@@ -68,6 +80,9 @@ class AnalyzeRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"texts": ["Soy Ana, de la 305: llegamos el 15/08"]}]})
 
     texts: list[Text] = Field(min_length=1, description="1 to max_batch_size non-empty messages.")
+    conversation_id: str | None = Field(None, max_length=200, description="Keeps one guest's conversation on one "
+                                        "model version while a canary runs (also the X-Conversation-Id header; "
+                                        "random when absent).")
 
 
 class Entity(BaseModel):
@@ -112,6 +127,7 @@ class Analysis(BaseModel):
     confidence: float | None
     top_k: list[RankedIntent]
     fallback: bool | None
+    out_of_scope_similarity: float | None = Field(None, description="As /classify (kNN detector only).")
     entities: list[Entity] = Field(description="[] when the version has no entity model.")
     sentiment: Sentiment | None = Field(description="null when the version has no sentiment model.")
 
@@ -166,6 +182,8 @@ class Readiness(BaseModel):
     out_of_scope_threshold: float | None = None
     out_of_scope_detector: dict[str, Any] | None = Field(None, description="The detector the version chose on "
                                                          "validation: {method: softmax|knn, threshold, k, ...}.")
+    canary: dict[str, Any] | None = Field(None, description="A running canary: {version, weight (percent of "
+                                          "conversations)}; null when none is served.")
     last_load_error: str | None = Field(None, description="Why the newest deploy is not served (old model kept).")
 
 

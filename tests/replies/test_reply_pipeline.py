@@ -224,7 +224,7 @@ def test_a_generated_reply_is_sent_only_when_its_sources_hold_every_fact(registr
 
 
 def test_the_gate_refuses_unsupported_facts_and_low_fact_accuracy(registry, monkeypatch):
-    from hotelbot_cli.pipeline.deploy import _gate
+    from hotelbot_cli.pipeline.deploy import gate_version as _gate
 
     component = RepliesComponent()
     metrics = {"metric": "fact_accuracy", "overall_score": 0.9, "unsupported_fact_rate": 0.0}

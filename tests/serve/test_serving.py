@@ -675,3 +675,103 @@ def test_hot_swap_under_load_on_a_real_server(on_v0001, live_server, registry):
     wait_for(lambda: metric(httpx.get(f"{base}/metrics").text,
                             'hotelbot_requests_total{endpoint="/classify",status="200"}') == answered,
              timeout=10, what="the request count to match")
+
+
+# ------------------------------------------------------------------------------------------ canary
+def set_canary(registry: ModelRegistry, name: str | None, weight: int = 0) -> None:
+    """Start (name) or end (None) a canary as `deploy --canary` / `canary abort` do: one atomic state write."""
+    state = {k: v for k, v in registry.current_state().items() if k != "canary"}
+    if name is not None:
+        state["canary"] = {"version": name, "weight": weight, "started_at": "2026-12-07T00:00:00Z"}
+    registry.write_current_state(state)
+
+
+def test_conversation_buckets_are_stable_and_spread():
+    from hotelbot_cli.serving.models import conversation_bucket
+
+    assert conversation_bucket("guest-42") == conversation_bucket("guest-42")
+    buckets = [conversation_bucket(f"guest-{i}") for i in range(2000)]
+    assert all(0 <= b < 100 for b in buckets)
+    share = sum(b < 20 for b in buckets) / len(buckets)  # 20 % of keys below 20: binomial sd ~0.9 points
+    assert abs(share - 0.20) < 0.04
+
+
+def test_a_canary_on_a_real_server_splits_by_conversation_and_ends_without_a_failed_request(
+        on_v0001, live_server, registry):
+    base = live_server
+    set_canary(registry, "v0002", 30)
+    wait_for(lambda: (httpx.get(f"{base}/ready").json().get("canary") or {}).get("version") == "v0002",
+             timeout=30, what="the server to load the canary")
+    assert httpx.get(f"{base}/ready").json()["canary"] == {"version": "v0002", "weight": 30}
+    with httpx.Client(base_url=base, timeout=30) as http:
+        served = [http.post("/classify", json={"text": "hola", "conversation_id": f"guest-{i}"}).json()["model_version"]
+                  for i in range(300)]
+        # 30 % of 300 conversations: binomial sd 7.9, so 4 sd either side
+        assert abs(served.count("v0002") - 90) <= 32, served.count("v0002")
+        assert set(served) == {"v0001", "v0002"}
+        for key in ("guest-1", "guest-2", "guest-3"):  # sticky: one conversation, one model
+            answers = {http.post("/classify", json={"text": t, "conversation_id": key}).json()["model_version"]
+                       for t in ("hola", "wifi", "desayuno", "gracias")}
+            by_header = {http.post("/classify", json={"text": "hola"}, headers={"X-Conversation-Id": key})
+                         .json()["model_version"]}
+            assert len(answers) == 1 and answers == by_header
+        batch = http.post("/classify/batch", json={"texts": ["hola", "wifi"], "conversation_id": "guest-1"}).json()
+        assert batch["model_version"] == served[1] and {p["model_version"] for p in batch["predictions"]} == {
+            served[1]}
+
+        failures: list[str] = []
+        stop = threading.Event()
+
+        def stream() -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                try:
+                    response = http.post("/classify", json={"text": "hola", "conversation_id": f"s-{n}"})
+                    if response.status_code != 200:
+                        failures.append(f"{response.status_code} {response.text}")
+                except Exception as exc:  # noqa: BLE001 - every failure is a test failure, recorded
+                    failures.append(repr(exc))
+
+        worker = threading.Thread(target=stream)
+        worker.start()
+        try:
+            time.sleep(0.5)
+            set_canary(registry, None)  # abort: every conversation back on the stable version
+            wait_for(lambda: httpx.get(f"{base}/ready").json().get("canary") is None, timeout=30,
+                     what="the server to drop the canary")
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            worker.join(timeout=60)
+        assert not failures, failures[:3]
+        after = {http.post("/classify", json={"text": "hola", "conversation_id": f"guest-{i}"}).json()["model_version"]
+                 for i in range(40)}
+        assert after == {"v0001"}
+        # promote: the canary becomes the deployed version, served by the object already loaded
+        set_canary(registry, "v0002", 50)
+        wait_for(lambda: (httpx.get(f"{base}/ready").json().get("canary") or {}).get("version") == "v0002",
+                 timeout=30, what="the canary again")
+        registry.write_current_state({"version": "v0002", "previous": ["v0001"]})
+        wait_for(lambda: httpx.get(f"{base}/ready").json()["model_version"] == "v0002", timeout=30,
+                 what="the promoted canary")
+        assert httpx.get(f"{base}/ready").json()["canary"] is None
+        assert {http.post("/classify", json={"text": "hola", "conversation_id": f"guest-{i}"}).json()["model_version"]
+                for i in range(40)} == {"v0002"}
+    deploy(registry, "v0001")
+
+
+def test_a_canary_that_cannot_load_takes_no_traffic(registry):
+    holder_registry = registry
+    deploy(holder_registry, "v0001")
+    set_canary(holder_registry, "v0004", 50)  # v0004 is corrupt
+    try:
+        with TestClient(create_app(holder_registry, NO_WATCH)) as client:
+            ready = client.get("/ready").json()
+            assert ready["model_version"] == "v0001" and ready["canary"] is None
+            assert "canary v0004 failed to load" in ready["last_load_error"]
+            versions = {client.post("/classify", json={"text": "hola", "conversation_id": f"g{i}"}).json()[
+                "model_version"] for i in range(30)}
+            assert versions == {"v0001"}
+    finally:
+        set_canary(holder_registry, None)

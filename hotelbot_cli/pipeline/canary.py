@@ -1,0 +1,126 @@
+"""Gradual deploys: a canary version beside the deployed (stable) one.
+
+The registry's deployed state (``current.json``) holds the stable version as always and, while a canary
+runs, ``canary``: {"version", "weight" (percent of conversations it answers), "started_at", "event_id",
+"reason"}. Every operation here is one atomic replace of that file under the registry lock (see
+:mod:`.deploy`), so a SIGKILL leaves the state before or after it, never a mix:
+
+- :func:`start_canary`: the usual gate and smoke test of the canary version, then stable + canary + weight
+  + start time written at once; refused when nothing is deployed, when a canary already runs, for the
+  deployed version itself, and for a weight outside 1-99 (before anything is read or written).
+- :func:`promote_canary`: the canary becomes the deployed version (the stable one backed up and recorded as
+  previous, as a deploy does).
+- :func:`abort_canary`: back to the stable version alone (``rollback`` during a canary does this).
+- :func:`canary_status`: the state, for ``hotelbot canary status``.
+
+Every step is appended to history.jsonl and notified like deploys.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from ..config import Settings
+from ..errors import ConfigError, GateFailedError, IntegrityError, RegistryError
+from ..registry import ModelRegistry
+from ..registry.backups import create_backup
+from ..registry.store import crashpoint, utc_now
+from .deploy import (CANARY, OperationResult, end_canary, exclusive, gate_version, log, record_event, running_canary,
+                     smoke_check)
+
+MIN_WEIGHT, MAX_WEIGHT = 1, 99
+
+
+def check_weight(weight: Any) -> int:
+    """A canary's share of conversations: a whole percent from 1 to 99."""
+    if isinstance(weight, bool) or not isinstance(weight, int) or not MIN_WEIGHT <= weight <= MAX_WEIGHT:
+        raise ConfigError(f"--canary takes a whole percent from {MIN_WEIGHT} to {MAX_WEIGHT}, got {weight!r}",
+                          hint="100 is a plain deploy: hotelbot deploy VERSION")
+    return weight
+
+
+def start_canary(registry: ModelRegistry, settings: Settings, version: str, weight: int,
+                 reason: str = "") -> OperationResult:
+    """Gate and smoke-test ``version``, then let it answer ``weight`` percent of conversations beside the
+    deployed version. Nothing changes when any check fails."""
+    weight = check_weight(weight)
+    with exclusive(registry, settings) as (repaired, state):
+        stable = state.get("version")
+        if stable is None:
+            raise RegistryError("nothing is deployed, so there is no stable version for a canary to run beside",
+                                hint=f"deploy it fully: hotelbot deploy {version}")
+        running = running_canary(state)
+        if running is not None:
+            raise RegistryError(f"a canary of {running['version']} ({running['weight']}%) is already running",
+                                hint="hotelbot canary promote, or hotelbot canary abort, first")
+        target = registry.get(version)
+        if target.name == stable:
+            raise RegistryError(f"{target.name} is the deployed version; a canary must be another version")
+        registry.require_intact(target.name)
+        event_id = uuid.uuid4().hex[:12]
+        gate = gate_version(registry, settings, target.name)
+        if not gate["passed"]:
+            record_event(registry, settings, {"event_id": event_id, "event": "gate_failed", "from": stable,
+                                         "to": target.name, "canary": weight, "reason": reason, "scores": gate})
+            raise GateFailedError(f"{target.name} not started as a canary: " + "; ".join(gate["failures"]))
+        smoke = smoke_check(target, settings)  # it must load and answer before any guest reaches it
+        canary = {"version": target.name, "weight": weight, "started_at": utc_now(), "event_id": event_id,
+                  "reason": reason}
+        crashpoint("before-switch")
+        registry.write_current_state({**state, CANARY: canary, "event_id": event_id, "action": "canary_start"})
+        crashpoint("after-switch")
+        notes = record_event(registry, settings, {"event_id": event_id, "event": "canary_start", "from": stable,
+                                             "to": target.name, "canary": weight, "reason": reason, "scores": gate})
+        return OperationResult("canary_start", target.name, stable, True, None, gate, smoke, False, notes, repaired,
+                               event_id, canary)
+
+
+def promote_canary(registry: ModelRegistry, settings: Settings, reason: str = "") -> OperationResult:
+    """The canary becomes the deployed version: the stable one is backed up and recorded as previous."""
+    cfg = settings.deployment
+    with exclusive(registry, settings) as (repaired, state):
+        running = running_canary(state)
+        if running is None:
+            raise RegistryError("no canary is running, so there is nothing to promote",
+                                hint="start one: hotelbot deploy VERSION --canary 10")
+        stable, target = state.get("version"), running["version"]
+        registry.require_intact(target)
+        backup = None
+        if stable and cfg.enable_model_backup:
+            try:
+                backup = create_backup(registry, stable, f"before promoting the canary {target}", cfg.backups_to_keep)
+            except IntegrityError as exc:
+                backup = {"version": stable, "skipped": str(exc)}
+                log.warning("no backup of %s: %s", stable, exc)
+        event_id = uuid.uuid4().hex[:12]
+        previous = [*state.get("previous", []), stable] if stable else list(state.get("previous", []))
+        crashpoint("before-switch")
+        registry.write_current_state({"version": target, "previous": previous, "deployed_at": utc_now(),
+                                      "event_id": event_id, "action": "canary_promote"})
+        crashpoint("after-switch")
+        notes = record_event(registry, settings, {"event_id": event_id, "event": "canary_promote", "from": stable,
+                                             "to": target, "canary": running["weight"], "reason": reason,
+                                             "canary_started_at": running.get("started_at")})
+        return OperationResult("canary_promote", target, stable, True, backup, None, None, False, notes, repaired,
+                               event_id, running)
+
+
+def abort_canary(registry: ModelRegistry, settings: Settings, reason: str = "",
+                 event: str = "canary_abort") -> OperationResult:
+    """Back to the stable version alone; the canary version stays in the registry."""
+    with exclusive(registry, settings) as (repaired, state):
+        running = running_canary(state)
+        if running is None:
+            raise RegistryError("no canary is running, so there is nothing to abort")
+        return end_canary(registry, settings, state, running, reason, event, repaired)
+
+
+def canary_status(registry: ModelRegistry) -> dict[str, Any]:
+    """{"stable", "canary": {"version", "weight", "started_at", ...} | None, "deployed_at"}."""
+    state = registry.current_state()
+    return {"stable": state.get("version"), CANARY: running_canary(state), "deployed_at": state.get("deployed_at")}
+
+
+__all__ = ["CANARY", "abort_canary", "canary_status", "check_weight", "promote_canary", "running_canary",
+           "start_canary"]
