@@ -145,12 +145,12 @@ class MicroBatcher:
                     fallbacks = sum(1 for o in outcomes if isinstance(o, dict) and o["fallback"])
                     self.metrics.observe_batch(len(items), fallbacks)
                 for item, outcome in zip(items, outcomes):
-                    if item.future.done():
-                        continue
-                    if isinstance(outcome, BaseException):
-                        item.future.set_exception(outcome)
-                    else:
-                        item.future.set_result(outcome)
+                    if not item.future.done():
+                        if isinstance(outcome, BaseException):
+                            item.future.set_exception(outcome)
+                        else:
+                            item.future.set_result(outcome)
+                    self._observe(model, outcome)
         finally:
             self._inflight = []
 
@@ -181,6 +181,7 @@ class MicroBatcher:
             if self.metrics is not None and answer["fallback"]:
                 self.metrics.observe_out_of_scope(1)
             item.future.set_result(answer)
+            self._observe(model, answer)
 
         def hand_back(item: _Item, done: Any) -> None:  # on a lane thread
             with contextlib.suppress(RuntimeError):  # the loop closed at shutdown: the item already has its 503
@@ -196,6 +197,12 @@ class MicroBatcher:
             with contextlib.suppress(Exception):
                 await asyncio.wrap_future(futures[-lanes - 1])
         return True
+
+    def _observe(self, model: LoadedModel, outcome: Any) -> None:
+        """One answer in its version's live metrics (an exception is counted by its request's status)."""
+        if self.metrics is not None and isinstance(outcome, dict):
+            self.metrics.versions.observe_answer(model.version, outcome.get("intent"), outcome.get("confidence"),
+                                                 bool(outcome.get("fallback")))  # never raises (see there)
 
     def _forward(self, model: LoadedModel, texts: list[str]) -> list[Any]:
         """Runs in the worker thread. One bad text must not fail its neighbours: retry one by one."""

@@ -1,11 +1,21 @@
-"""Prometheus text for ``/metrics``: request counts and latency per endpoint, model version, micro-batch
-sizes, forward passes, swaps and failed loads (a hand-written registry: see :class:`Metrics`)."""
+"""Prometheus text for ``/metrics``.
+
+- :class:`Metrics` (hand-written, per process): request counts and latency per endpoint, the loaded model
+  version, micro-batch sizes, forward passes, swaps and failed loads.
+- :class:`VersionMetrics` (prometheus_client): the live figures of each model version that answers
+  (``hotelbot_version_*``: requests, errors, latency, answers, out-of-scope fallbacks, confidence, intents),
+  which a canary is judged by. Under ``serve --workers N`` they use prometheus_client's multiprocess mode
+  (``PROMETHEUS_MULTIPROC_DIR``, which ``serve`` sets up): every worker writes its own file and a scrape of
+  any worker returns the sums over all of them.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import threading
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 
 def _escape(value: str) -> str:
@@ -63,6 +73,7 @@ class Metrics:
         self.model_loads = 0
         self.load_failures = 0
         self.model_version: str | None = None
+        self.versions = VersionMetrics()  # per model version, summed over workers (see the module docstring)
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -140,4 +151,98 @@ class Metrics:
                       "# HELP hotelbot_int8_texts_total Texts answered by the int8 model (since it was loaded).",
                       "# TYPE hotelbot_int8_texts_total counter",
                       f"hotelbot_int8_texts_total {recheck.checked}"]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + self.versions.render()
+
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+
+class VersionMetrics:
+    """Per model version live metrics with prometheus_client, on a registry of its own (not the library's
+    process-global default, so that every app built in one process starts from zero); in multiprocess mode
+    (``PROMETHEUS_MULTIPROC_DIR`` set before prometheus_client is imported, as ``serve --workers N`` does)
+    the values live in that directory's per-process files and :meth:`render` sums every worker's."""
+
+    def __init__(self) -> None:
+        import os
+
+        from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics  # serve only
+
+        disable_created_metrics()  # no *_created series: half the text, nothing a dashboard reads
+        self.multiprocess = bool(os.environ.get(MULTIPROCESS_ENV))
+        self._failed = False
+        self.registry = CollectorRegistry()
+        labels = ("model_version",)
+        common = {"registry": None if self.multiprocess else self.registry}
+        self.requests = Counter("hotelbot_version_requests", "Requests answered by a model version, by endpoint "
+                                "and status.", labels + ("endpoint", "status"), **common)
+        self.errors = Counter("hotelbot_version_errors", "Requests a model version failed (status 5xx).",
+                              labels + ("endpoint",), **common)
+        self.latency = Histogram("hotelbot_version_request_duration_seconds", "Request time by model version.",
+                                 labels + ("endpoint",), buckets=Metrics.LATENCY_BUCKETS, **common)
+        self.answers = Counter("hotelbot_version_answers", "Messages classified by a model version.", labels,
+                               **common)
+        self.fallbacks = Counter("hotelbot_version_fallbacks", "Answers its out-of-scope detector turned into "
+                                 "out_of_scope.", labels, **common)
+        self.confidence = Histogram("hotelbot_version_confidence", "The top intent's confidence.", labels,
+                                    buckets=CONFIDENCE_BUCKETS, **common)
+        self.intents = Counter("hotelbot_version_intents", "Answers by intent (out_of_scope included).",
+                               labels + ("intent",), **common)
+
+    def observe_request(self, version: str, endpoint: str, status: int, seconds: float) -> None:
+        with self._guard():
+            self.requests.labels(version, endpoint, str(status)).inc()
+            if status >= 500:
+                self.errors.labels(version, endpoint).inc()
+            self.latency.labels(version, endpoint).observe(seconds)
+
+    def observe_answer(self, version: str, intent: str | None, confidence: float | None, fallback: bool) -> None:
+        if intent is None:
+            return
+        with self._guard():
+            self.answers.labels(version).inc()
+            if fallback:
+                self.fallbacks.labels(version).inc()
+            if confidence is not None:
+                self.confidence.labels(version).observe(float(confidence))
+            self.intents.labels(version, intent).inc()
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """A metric that cannot be written (e.g. the multiprocess directory removed under a running server) is
+        logged once and skipped: counting must never fail or delay an answer."""
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - metrics are best effort
+            if not self._failed:
+                self._failed = True
+                logging.getLogger(__name__).error("per-version metrics cannot be written (%s); answers go on", exc)
+
+    def render(self) -> str:
+        from prometheus_client import CollectorRegistry, generate_latest  # on use: serve only
+
+        if not self.multiprocess:
+            return generate_latest(self.registry).decode("utf-8")
+        from prometheus_client import multiprocess
+
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        return generate_latest(merged).decode("utf-8")
+
+
+def prepare_multiprocess_dir() -> tuple[str, bool]:
+    """For ``serve --workers N``: the directory of prometheus_client's multiprocess files, emptied of an earlier
+    run's (its counters would carry over): ``PROMETHEUS_MULTIPROC_DIR`` when set, else a new temporary one;
+    (path, whether it was created here, so the caller removes it after the run)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    given = os.environ.get(MULTIPROCESS_ENV)
+    if given:
+        Path(given).mkdir(parents=True, exist_ok=True)
+        for stale in Path(given).glob("*.db"):
+            stale.unlink(missing_ok=True)
+        return given, False
+    return tempfile.mkdtemp(prefix="hotelbot-metrics-"), True

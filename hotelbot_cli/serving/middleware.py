@@ -1,5 +1,6 @@
-"""The raw ASGI middleware in front of every route: counts and times each HTTP request for ``/metrics``
-and refuses an oversized body (413) before it is read."""
+"""The raw ASGI middleware in front of every route: counts and times each HTTP request for ``/metrics`` (and,
+per model version, the requests a route says a version answered: ``request.state.model_version``) and
+refuses an oversized body (413) before it is read."""
 
 from __future__ import annotations
 
@@ -45,7 +46,11 @@ class MetricsMiddleware:
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or (scope["path"] if scope["path"] in self.post_paths
                                                         else "unmatched")
-            self.metrics.observe_request(endpoint, status, time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            self.metrics.observe_request(endpoint, status, seconds)
+            version = (scope.get("state") or {}).get("model_version")  # set by the route that picked the model
+            if version:
+                self.metrics.versions.observe_request(version, endpoint, status, seconds)
 
 
 def _content_length(scope: dict) -> int | None:

@@ -87,6 +87,12 @@ def require_model(holder: ModelHolder, part: str = "predictor", key: str | None 
     return model
 
 
+def served_by(request: Request, model: LoadedModel) -> LoadedModel:
+    """Note which version answers this request (the middleware counts it under that version)."""
+    request.state.model_version = model.version
+    return model
+
+
 def check_length(settings: ServeSettings, text: str, where: str) -> None:
     if len(text) > settings.max_text_length:
         raise ServeError(413, "text too long",
@@ -133,7 +139,7 @@ async def ready(request: Request) -> Any:
 async def classify(body: ClassifyRequest, request: Request) -> Any:
     state = request.app.state
     check_length(state.settings, body.text, "text")
-    model = require_model(state.models, key=conversation_key(body, request))
+    model = served_by(request, require_model(state.models, key=conversation_key(body, request)))
     (answer,) = await state.batcher.classify(model, [body.text])
     return json_response(answer)
 
@@ -143,7 +149,7 @@ async def classify(body: ClassifyRequest, request: Request) -> Any:
 async def classify_batch(body: BatchClassifyRequest, request: Request) -> Any:
     state = request.app.state
     check_batch(state.settings, body.texts)
-    model = require_model(state.models, key=conversation_key(body, request))
+    model = served_by(request, require_model(state.models, key=conversation_key(body, request)))
     answers = await state.batcher.classify(model, body.texts)
     return json_response({"model_version": model.version, "predictions": answers})
 
@@ -153,8 +159,11 @@ async def classify_batch(body: BatchClassifyRequest, request: Request) -> Any:
 async def analyze(body: AnalyzeRequest, request: Request) -> Any:
     state = request.app.state
     check_batch(state.settings, body.texts)
-    model = require_model(state.models, "analyzer", conversation_key(body, request))
+    model = served_by(request, require_model(state.models, "analyzer", conversation_key(body, request)))
     answers = await state.batcher.run(model.analyzer.analyze, body.texts, state.settings.top_k)
+    for row in answers:
+        state.metrics.versions.observe_answer(model.version, row.get("intent"), row.get("confidence"),
+                                              bool(row.get("fallback")))
     return json_response({"model_version": model.version, "predictions": answers})
 
 
@@ -162,7 +171,7 @@ async def analyze(body: AnalyzeRequest, request: Request) -> Any:
        summary="Search the hotel knowledge base of the deployed version")
 async def search(body: SearchRequest, request: Request) -> Any:
     check_length(request.app.state.settings, body.query, "query")
-    model = require_model(request.app.state.models, "knowledge", conversation_key(body, request))
+    model = served_by(request, require_model(request.app.state.models, "knowledge", conversation_key(body, request)))
     hits = await asyncio.to_thread(model.knowledge.search, body.query, body.top_k)
     return json_response({"model_version": model.version, "query": body.query,
                           "results": [h.to_dict() for h in hits]})
@@ -172,7 +181,7 @@ async def search(body: SearchRequest, request: Request) -> Any:
        summary="Answer a guest message with a grounded, fact-checked reply")
 async def reply(body: ReplyRequest, request: Request) -> Any:
     check_length(request.app.state.settings, body.text, "text")
-    model = require_model(request.app.state.models, "replies", conversation_key(body, request))
+    model = served_by(request, require_model(request.app.state.models, "replies", conversation_key(body, request)))
     (answer,) = await asyncio.to_thread(model.replies.reply, [body.text])
     answer.pop("message", None)
     return json_response({**answer, "model_version": model.version})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from ..config import load_settings
 from ..errors import ConfigError
 from ..registry import ModelRegistry
 from .app import create_app
+from .metrics import MULTIPROCESS_ENV, prepare_multiprocess_dir
 from .settings import DEFAULT_HOST, DEFAULT_PORT, ServeSettings
 
 # The package: its loggers (model loads, swaps, failed loads) and the import path of app_factory.
@@ -53,4 +55,15 @@ def serve(registry_root: Path, settings: ServeSettings | None = None, *, host: s
     os.environ.update(settings.merged({"torch_threads": threads}, source="serve").to_env())
     os.environ.setdefault("HOTELBOT_ONNX_THREADS", str(threads))  # the same share for onnxruntime
     os.environ["HOTELBOT_REGISTRY"] = str(root)
-    uvicorn.run(f"{PACKAGE}:app_factory", factory=True, workers=workers, **common)
+    # Per-version metrics summed over the workers: prometheus_client's multiprocess files, in a directory the
+    # workers learn before they import it (emptied of an earlier run's; a temporary one is removed after).
+    directory, created = prepare_multiprocess_dir()
+    before = os.environ.get(MULTIPROCESS_ENV)
+    os.environ[MULTIPROCESS_ENV] = directory
+    try:
+        uvicorn.run(f"{PACKAGE}:app_factory", factory=True, workers=workers, **common)
+    finally:
+        if before is None:
+            os.environ.pop(MULTIPROCESS_ENV, None)
+        if created:
+            shutil.rmtree(directory, ignore_errors=True)

@@ -5,6 +5,7 @@ versions are copies with edited metadata or corrupted files."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -325,8 +326,10 @@ def test_failed_loads_keep_the_old_model_and_are_counted(registry):
         wait_for(lambda: c.get("/ready").json().get("model_version") == "v0002", what="v0002 to load")
         assert c.get("/ready").json()["last_load_error"] is None
         text = c.get("/metrics").text
-        assert 'hotelbot_model_info{version="v0002"} 1' in text and 'version="v0001"' not in text
+        assert 'hotelbot_model_info{version="v0002"} 1' in text and 'hotelbot_model_info{version="v0001"}' not in text
         assert metric(text, "hotelbot_model_loads_total") == 2
+        # what each version answered stays counted under its name
+        assert metric(text, 'hotelbot_version_answers_total{model_version="v0001"}') >= 2
 
 
 # ------------------------------------------------------------------------------------------ micro-batching
@@ -570,6 +573,31 @@ uvicorn.Server(uvicorn.Config(app_factory, factory=True, log_level="warning")).r
 """
 
 
+@contextlib.contextmanager
+def running_server(args, env, base, tmp_path, pass_fds=(), timeout=60):
+    """A server process (``args``) answering /ready on ``base``; SIGTERM (then kill) when done."""
+    log = open(tmp_path / "server.log", "wb")
+    proc = subprocess.Popen(args, pass_fds=pass_fds, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        def up():
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()
+            try:
+                return httpx.get(f"{base}/ready", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(up, timeout=timeout, what="the server to start")
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
 @pytest.fixture
 def live_server(registry, tmp_path):
     """A real uvicorn process (built by app_factory from the environment) on a free loopback port."""
@@ -579,29 +607,11 @@ def live_server(registry, tmp_path):
     port = sock.getsockname()[1]
     env = {**os.environ, "HOTELBOT_REGISTRY": str(registry.root), "HOTELBOT_SERVE_WATCH_INTERVAL_S": "0.1",
            "PYTHONPATH": str(REPO)}
-    log = open(tmp_path / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, str(sock.fileno())], pass_fds=[sock.fileno()],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
-    sock.close()
     base = f"http://127.0.0.1:{port}"
-    try:
-        def up():
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()
-            try:
-                return httpx.get(f"{base}/ready", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(up, timeout=60, what="the server to start")
+    with running_server([sys.executable, "-c", SERVER_SCRIPT, str(sock.fileno())], env, base, tmp_path,
+                        pass_fds=[sock.fileno()]):
+        sock.close()
         yield base
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture
@@ -775,3 +785,45 @@ def test_a_canary_that_cannot_load_takes_no_traffic(registry):
             assert versions == {"v0001"}
     finally:
         set_canary(holder_registry, None)
+
+
+def test_per_version_counters_add_up_across_two_workers(on_v0001, registry, tmp_path):
+    """`hotelbot serve --workers 2`: each worker writes its own prometheus_client file and any worker's
+    /metrics returns the sums, so a scrape that reaches either worker counts every answer."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    shared = tmp_path / "prom"
+    env = {**os.environ, "HOTELBOT_REGISTRY": str(registry.root), "PYTHONPATH": str(REPO),
+           "PROMETHEUS_MULTIPROC_DIR": str(shared), "HOTELBOT_SERVE_WATCH_INTERVAL_S": "0"}
+    base = f"http://127.0.0.1:{port}"
+    args = [sys.executable, "-m", "hotelbot_cli", "serve", "--workers", "2", "--port", str(port)]
+    with running_server(args, env, base, tmp_path, timeout=90):
+        n_threads, each = 8, 15
+        errors: list[str] = []
+
+        def client() -> None:
+            for i in range(each):  # a new connection per request: the two workers share the accepts
+                try:
+                    r = httpx.post(f"{base}/classify", json={"text": "hola"}, headers={"Connection": "close"},
+                                   timeout=30)
+                    if r.status_code != 200:
+                        errors.append(r.text)
+                except Exception as exc:  # noqa: BLE001 - every failure is a test failure, recorded
+                    errors.append(repr(exc))
+
+        threads = [threading.Thread(target=client) for _ in range(n_threads)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors[:3]
+        total = n_threads * each
+        assert len(list(shared.glob("counter_*.db"))) >= 2  # both workers answered and wrote their own counts
+        for _ in range(10):  # whichever worker a scrape reaches, it reports every worker's answers
+            text = httpx.get(f"{base}/metrics", headers={"Connection": "close"}, timeout=10).text
+            assert metric(text, 'hotelbot_version_answers_total{model_version="v0001"}') == total
+        requests = 'hotelbot_version_requests_total{endpoint="/classify",model_version="v0001",status="200"}'
+        wait_for(lambda: metric(httpx.get(f"{base}/metrics", headers={"Connection": "close"}).text, requests) == total,
+                 timeout=10, what="every request counted (a count lands just after its response is sent)")
