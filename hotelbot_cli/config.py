@@ -194,8 +194,26 @@ class DeploymentConfig(_Section):
     notify_webhook: str = ""
     notify_command: str = ""
     notify_timeout_seconds: float = 10.0
+    # A running canary's automatic judgement by `serve` (serving.judge): once the canary and the stable version
+    # have each answered canary_min_requests messages, the canary is aborted (when enable_auto_rollback) if its
+    # fallback or error rate is higher beyond the tolerance AND Fisher's exact test (one-sided) gives
+    # p < canary_alpha, if its mean confidence is lower by more than canary_max_confidence_drop, or if its p95
+    # latency is above canary_max_latency_ratio times the stable one's.
+    canary_min_requests: int = 200
+    canary_alpha: float = 0.01
+    canary_max_fallback_increase: float = 0.05
+    canary_max_error_increase: float = 0.01
+    canary_max_confidence_drop: float = 0.05
+    canary_max_latency_ratio: float = 2.0
 
     def __post_init__(self) -> None:
+        if self.canary_min_requests < 1:
+            raise ConfigError("canary_min_requests must be >= 1")
+        _check_range("canary_alpha", self.canary_alpha, 0.0, 1.0, low_open=True)
+        for name in ("canary_max_fallback_increase", "canary_max_error_increase", "canary_max_confidence_drop"):
+            _check_range(name, getattr(self, name), 0.0, 1.0)
+        if self.canary_max_latency_ratio < 1.0:
+            raise ConfigError("canary_max_latency_ratio must be >= 1")
         if self.backups_to_keep < 1:
             raise ConfigError("backups_to_keep must be >= 1")
         _check_range("regression_tolerance", self.regression_tolerance, 0.0, 1.0)
@@ -301,6 +319,12 @@ ENV_DEPLOYMENT = {
     "HOTELBOT_LOCK_TIMEOUT": "lock_timeout_seconds",
     "HOTELBOT_NOTIFY_WEBHOOK": "notify_webhook",
     "HOTELBOT_NOTIFY_COMMAND": "notify_command",
+    "HOTELBOT_CANARY_MIN_REQUESTS": "canary_min_requests",
+    "HOTELBOT_CANARY_ALPHA": "canary_alpha",
+    "HOTELBOT_CANARY_MAX_FALLBACK_INCREASE": "canary_max_fallback_increase",
+    "HOTELBOT_CANARY_MAX_ERROR_INCREASE": "canary_max_error_increase",
+    "HOTELBOT_CANARY_MAX_CONFIDENCE_DROP": "canary_max_confidence_drop",
+    "HOTELBOT_CANARY_MAX_LATENCY_RATIO": "canary_max_latency_ratio",
 }
 ENV_PATHS = {
     "HOTELBOT_HOME": "home",

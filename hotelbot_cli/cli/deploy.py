@@ -70,6 +70,10 @@ def deploy_cmd(
                       "same gate and smoke test, the version answers PERCENT (1-99) of conversations beside the "
                       "deployed one until `hotelbot canary promote` or `abort` (or `rollback`).",
                       show_default=False)] = None,
+    auto_promote: Annotated[Optional[int], typer.Option("--auto-promote", metavar="N", min=1, help="With --canary: "
+                            "`serve` promotes the canary by itself after N of its answers without a worse figure "
+                            "than the stable version's (it aborts a worse one either way, with "
+                            "ENABLE_AUTO_ROLLBACK).", show_default=False)] = None,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
     registry: RegistryOpt = None,
@@ -89,9 +93,13 @@ def deploy_cmd(
         hotelbot deploy v0004 --reason "more late_checkout examples" --json
 
         hotelbot deploy v0005 --canary 10 --reason "Friday: new spa intents"   # 10% of conversations
+
+        hotelbot deploy v0005 --canary 10 --auto-promote 2000   # serve promotes it after 2000 healthy answers
     """
     from ..pipeline.deploy import deploy, newest_validated  # loads the component table: kept off --help's path
 
+    if auto_promote is not None and canary is None:
+        raise typer.BadParameter("--auto-promote goes with --canary PERCENT")
     if canary is not None:
         from ..pipeline.canary import check_weight  # (the same)
 
@@ -105,7 +113,8 @@ def deploy_cmd(
         return
     from ..pipeline.canary import start_canary  # (the same)
 
-    _report(start_canary(store, settings, version or newest_validated(store).name, canary, reason), json_out)
+    _report(start_canary(store, settings, version or newest_validated(store).name, canary, reason,
+                         auto_promote or 0), json_out)
 
 
 @handle_errors
@@ -189,6 +198,10 @@ def history_cmd(
                   f"by {e.get('user')}" + (f"  ({e['reason']})" if e.get("reason") else ""))
 
 
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 canary_app = typer.Typer(help="A gradual deploy's canary: status, promote, abort (start one with "
                               "`hotelbot deploy VERSION --canary PERCENT`).", no_args_is_help=True)
 
@@ -217,7 +230,20 @@ def canary_status_cmd(registry: RegistryOpt = None, json_out: JsonOpt = False) -
         out.print("canary: none running (start one: hotelbot deploy VERSION --canary 10)")
     else:
         out.print(f"canary: {running['version']} answers {running['weight']}% of conversations since "
-                  f"{running.get('started_at')}" + (f" ({running['reason']})" if running.get("reason") else ""))
+                  f"{running.get('started_at')}" + (f" ({running['reason']})" if running.get("reason") else "")
+                  + (f"; auto-promote after {running['auto_promote']} healthy answers" if running.get("auto_promote")
+                     else ""))
+        judgement = status.get("judgement")
+        if judgement is None:
+            out.print("judgement: none yet (`hotelbot serve` judges the canary once it serves it)")
+        else:
+            figures = judgement.get("figures") or {}
+            out.print(f"judgement ({judgement.get('at')}): {judgement['decision']}: " + "; ".join(judgement["reasons"]))
+            for side in ("canary", "stable"):
+                f = figures.get(side) or {}
+                out.print(f"  {side}: {f.get('answers')} answers, fallback rate {_num(f.get('fallback_rate'))}, "
+                          f"error rate {_num(f.get('error_rate'))}, mean confidence {_num(f.get('mean_confidence'))}, "
+                          f"p95 latency {_num(f.get('p95_latency_s'))} s")
 
 
 @canary_app.command("promote")

@@ -41,10 +41,13 @@ def check_weight(weight: Any) -> int:
 
 
 def start_canary(registry: ModelRegistry, settings: Settings, version: str, weight: int,
-                 reason: str = "") -> OperationResult:
+                 reason: str = "", auto_promote: int = 0) -> OperationResult:
     """Gate and smoke-test ``version``, then let it answer ``weight`` percent of conversations beside the
-    deployed version. Nothing changes when any check fails."""
+    deployed version (``auto_promote`` > 0: `serve` promotes it after that many healthy answers). Nothing
+    changes when any check fails."""
     weight = check_weight(weight)
+    if isinstance(auto_promote, bool) or not isinstance(auto_promote, int) or auto_promote < 0:
+        raise ConfigError(f"--auto-promote takes a number of canary answers (>= 1), got {auto_promote!r}")
     with exclusive(registry, settings) as (repaired, state):
         stable = state.get("version")
         if stable is None:
@@ -66,7 +69,7 @@ def start_canary(registry: ModelRegistry, settings: Settings, version: str, weig
             raise GateFailedError(f"{target.name} not started as a canary: " + "; ".join(gate["failures"]))
         smoke = smoke_check(target, settings)  # it must load and answer before any guest reaches it
         canary = {"version": target.name, "weight": weight, "started_at": utc_now(), "event_id": event_id,
-                  "reason": reason}
+                  "reason": reason, **({"auto_promote": auto_promote} if auto_promote else {})}
         crashpoint("before-switch")
         registry.write_current_state({**state, CANARY: canary, "event_id": event_id, "action": "canary_start"})
         crashpoint("after-switch")
@@ -76,7 +79,8 @@ def start_canary(registry: ModelRegistry, settings: Settings, version: str, weig
                                event_id, canary)
 
 
-def promote_canary(registry: ModelRegistry, settings: Settings, reason: str = "") -> OperationResult:
+def promote_canary(registry: ModelRegistry, settings: Settings, reason: str = "", event: str = "canary_promote",
+                   details: dict[str, Any] | None = None) -> OperationResult:
     """The canary becomes the deployed version: the stable one is backed up and recorded as previous."""
     cfg = settings.deployment
     with exclusive(registry, settings) as (repaired, state):
@@ -97,29 +101,46 @@ def promote_canary(registry: ModelRegistry, settings: Settings, reason: str = ""
         previous = [*state.get("previous", []), stable] if stable else list(state.get("previous", []))
         crashpoint("before-switch")
         registry.write_current_state({"version": target, "previous": previous, "deployed_at": utc_now(),
-                                      "event_id": event_id, "action": "canary_promote"})
+                                      "event_id": event_id, "action": event})
         crashpoint("after-switch")
-        notes = record_event(registry, settings, {"event_id": event_id, "event": "canary_promote", "from": stable,
-                                             "to": target, "canary": running["weight"], "reason": reason,
-                                             "canary_started_at": running.get("started_at")})
-        return OperationResult("canary_promote", target, stable, True, backup, None, None, False, notes, repaired,
+        notes = record_event(registry, settings, {"event_id": event_id, "event": event, "from": stable,
+                                                  "to": target, "canary": running["weight"], "reason": reason,
+                                                  "canary_started_at": running.get("started_at"),
+                                                  **({"judgement": details} if details else {})})
+        return OperationResult(event, target, stable, True, backup, None, None, False, notes, repaired,
                                event_id, running)
 
 
 def abort_canary(registry: ModelRegistry, settings: Settings, reason: str = "",
-                 event: str = "canary_abort") -> OperationResult:
+                 event: str = "canary_abort", details: dict[str, Any] | None = None) -> OperationResult:
     """Back to the stable version alone; the canary version stays in the registry."""
     with exclusive(registry, settings) as (repaired, state):
         running = running_canary(state)
         if running is None:
             raise RegistryError("no canary is running, so there is nothing to abort")
-        return end_canary(registry, settings, state, running, reason, event, repaired)
+        return end_canary(registry, settings, state, running, reason, event, repaired, details)
+
+
+JUDGEMENT_FILE = "canary_judgement.json"  # serve's latest verdict on the running canary (serving.judge)
 
 
 def canary_status(registry: ModelRegistry) -> dict[str, Any]:
-    """{"stable", "canary": {"version", "weight", "started_at", ...} | None, "deployed_at"}."""
+    """{"stable", "canary": {"version", "weight", "started_at", ...} | None, "deployed_at", "judgement": serve's
+    latest verdict on this canary ({"decision", "reasons", "figures", "at"}) | None}."""
+    import json
+
     state = registry.current_state()
-    return {"stable": state.get("version"), CANARY: running_canary(state), "deployed_at": state.get("deployed_at")}
+    running = running_canary(state)
+    judgement = None
+    if running is not None:
+        try:
+            judgement = json.loads((registry.root / JUDGEMENT_FILE).read_text("utf-8"))
+        except (OSError, ValueError):
+            judgement = None
+        if not isinstance(judgement, dict) or judgement.get("event_id") != running.get("event_id"):
+            judgement = None  # about an earlier canary, or none yet
+    return {"stable": state.get("version"), CANARY: running, "deployed_at": state.get("deployed_at"),
+            "judgement": judgement}
 
 
 __all__ = ["CANARY", "abort_canary", "canary_status", "check_weight", "promote_canary", "running_canary",

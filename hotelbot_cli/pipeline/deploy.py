@@ -312,7 +312,7 @@ def running_canary(state: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def end_canary(registry: ModelRegistry, settings: Settings, state: dict[str, Any], running: dict[str, Any],
-               reason: str, event: str, repaired: list[str]) -> OperationResult:
+               reason: str, event: str, repaired: list[str], details: dict[str, Any] | None = None) -> OperationResult:
     """(The lock held.) Back to the stable version alone: ``state`` without its canary, one atomic write;
     ``event`` (canary_abort, canary_auto_abort) recorded and notified. The canary's version stays."""
     event_id = uuid.uuid4().hex[:12]
@@ -323,7 +323,8 @@ def end_canary(registry: ModelRegistry, settings: Settings, state: dict[str, Any
     crashpoint("after-switch")
     notes = record_event(registry, settings, {"event_id": event_id, "event": event, "from": running["version"],
                                               "to": stable, "canary": running.get("weight"), "reason": reason,
-                                              "canary_started_at": running.get("started_at")})
+                                              "canary_started_at": running.get("started_at"),
+                                              **({"judgement": details} if details else {})})
     return OperationResult(event, stable, running["version"], True, None, None, None, False, notes, repaired,
                            event_id, running)
 

@@ -219,16 +219,47 @@ class VersionMetrics:
                 self._failed = True
                 logging.getLogger(__name__).error("per-version metrics cannot be written (%s); answers go on", exc)
 
-    def render(self) -> str:
-        from prometheus_client import CollectorRegistry, generate_latest  # on use: serve only
-
+    def _collected(self) -> Any:
+        """The registry to read: this app's, or (multiprocess) one merging every worker's files."""
         if not self.multiprocess:
-            return generate_latest(self.registry).decode("utf-8")
-        from prometheus_client import multiprocess
+            return self.registry
+        from prometheus_client import CollectorRegistry, multiprocess  # on use: serve only
 
         merged = CollectorRegistry()
         multiprocess.MultiProcessCollector(merged)
-        return generate_latest(merged).decode("utf-8")
+        return merged
+
+    def render(self) -> str:
+        from prometheus_client import generate_latest  # on use: serve only
+
+        return generate_latest(self._collected()).decode("utf-8")
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Per version (summed over workers): {"requests", "errors", "answers", "fallbacks", "confidence_sum",
+        "latency_buckets": [(upper bound, cumulative count), ...] over every endpoint} for the canary's judge."""
+        out: dict[str, dict[str, Any]] = {}
+
+        def entry(version: str) -> dict[str, Any]:
+            return out.setdefault(version, {"requests": 0.0, "errors": 0.0, "answers": 0.0, "fallbacks": 0.0,
+                                            "confidence_sum": 0.0, "latency_buckets": {}})
+
+        names = {"hotelbot_version_requests_total": "requests", "hotelbot_version_errors_total": "errors",
+                 "hotelbot_version_answers_total": "answers", "hotelbot_version_fallbacks_total": "fallbacks",
+                 "hotelbot_version_confidence_sum": "confidence_sum"}
+        for family in self._collected().collect():
+            for sample in family.samples:
+                version = sample.labels.get("model_version")
+                if not version:
+                    continue
+                if sample.name in names:
+                    entry(version)[names[sample.name]] += sample.value
+                elif sample.name == "hotelbot_version_request_duration_seconds_bucket":
+                    bound = float(sample.labels["le"])
+                    buckets = entry(version)["latency_buckets"]
+                    buckets[bound] = buckets.get(bound, 0.0) + sample.value
+        for figures in out.values():
+            figures["latency_buckets"] = sorted(figures["latency_buckets"].items())
+        return out
 
 
 def prepare_multiprocess_dir() -> tuple[str, bool]:

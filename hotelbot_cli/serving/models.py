@@ -14,20 +14,26 @@ tokenizers and torch/transformers are never imported.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
+import math
+import os
 import secrets
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from .._io import atomic_write_json
 from ..components import registered
 from ..components.compose import components_of
 from ..data import OUT_OF_SCOPE
 from ..errors import HotelbotError, ModelError, ServeError
 from ..pipeline.analyze import Analyzer
+from ..pipeline.canary import JUDGEMENT_FILE
 from ..registry import ModelRegistry, VersionInfo
+from ..registry.store import utc_now
 from ..runtime import apply_fallback, load_predictor
 from .metrics import Metrics
 from .settings import ServeSettings
@@ -42,6 +48,7 @@ SMOKE_TEXT = "hola"
 KNOWLEDGE = "knowledge"
 GENERATOR = "generator"
 REPLIES = "replies"
+JUDGEMENT_EVERY_S = 5.0  # how often a "wait" verdict is written for `canary status`
 
 
 def out_of_scope_threshold(metadata: Mapping[str, Any]) -> float | None:
@@ -118,6 +125,8 @@ class ModelHolder:
         self.canary: LoadedModel | None = None  # a gradual deploy's second version (pipeline.canary)
         self.canary_weight = 0                  # percent of conversations it answers
         self._canary_failed: str | None = None
+        self._deploy_settings: Any = None  # load_settings() on the first judgement
+        self._judged_at = -math.inf
 
     def refresh(self) -> bool:
         """Load the deployed version (and a running canary) if not the ones loaded. True when either changed."""
@@ -199,6 +208,34 @@ class ModelHolder:
         logger.info("canary %s answers %d%% of conversations beside %s", version, weight, self.model.version)
         return True
 
+    def judge_canary(self) -> str | None:
+        """The running canary's verdict on the live figures (serving.judge): written for `canary status`
+        (``canary_judgement.json`` in the registry, at most every JUDGEMENT_EVERY_S seconds) and carried out
+        (abort, or auto-promote); returns what was done, None when nothing was."""
+        canary, stable = self.canary, self.model
+        if canary is None or stable is None:
+            return None
+        from ..config import load_settings  # the deployment config: thresholds, auto-rollback, notifications
+        from .judge import act, judge
+
+        if self._deploy_settings is None:
+            self._deploy_settings = load_settings()
+        settings = self._deploy_settings
+        spec = self.registry.current_state().get("canary") or {}
+        if spec.get("version") != canary.version:
+            return None  # ended since the last refresh
+        snapshot = self.metrics.versions.snapshot()
+        verdict = judge(snapshot.get(stable.version, {}), snapshot.get(canary.version, {}), settings.deployment,
+                        int(spec.get("auto_promote") or 0))
+        now = time.monotonic()
+        if verdict.decision != "wait" or now - self._judged_at >= JUDGEMENT_EVERY_S:
+            self._judged_at = now
+            with contextlib.suppress(OSError):  # a read-only registry: the verdict still acts, status lacks it
+                atomic_write_json(self.registry.root / JUDGEMENT_FILE,
+                                  {**verdict.to_dict(), "canary": canary.version, "stable": stable.version,
+                                   "event_id": spec.get("event_id"), "at": utc_now(), "pid": os.getpid()})
+        return act(verdict, self.registry, settings, canary.version)
+
     def pick(self, key: str | None = None) -> "LoadedModel | None":
         """The model that answers conversation ``key``: the canary for ``canary_weight`` percent of keys (the
         same key always gets the same model while the canary runs), else the stable one; no key: a random
@@ -255,3 +292,8 @@ async def watch_registry(holder: ModelHolder, interval: float) -> None:
             await asyncio.to_thread(holder.refresh)
         except Exception:  # noqa: BLE001 - the watcher must outlive a bad poll
             logger.exception("model watcher: polling the registry failed")
+        try:
+            if holder.canary is not None and await asyncio.to_thread(holder.judge_canary):
+                await asyncio.to_thread(holder.refresh)  # follow the abort/promote at once
+        except Exception:  # noqa: BLE001 - a failed judgement must not stop the watcher
+            logger.exception("model watcher: judging the canary failed")

@@ -47,7 +47,7 @@ def test_deploy_canary_records_stable_canary_weight_and_start_at_once(canary_run
     assert now["canary"]["started_at"] and now["canary"]["reason"] == "friday"
     assert started["gate"]["passed"] and started["smoke"]  # the usual gate and smoke test ran
     status = doc(cli("canary", "status", "--json"))
-    assert status == {"stable": "v0001", "canary": now["canary"], "deployed_at": now["deployed_at"]}
+    assert status == {"stable": "v0001", "canary": now["canary"], "deployed_at": now["deployed_at"], "judgement": None}
     shown = cli("canary", "status")
     assert shown.exit_code == 0 and "v0002 answers 10% of conversations" in shown.output
     assert events(registry)[-1] == "canary_start"
@@ -95,6 +95,9 @@ def test_bad_canary_input_is_one_line_exit_1_and_changes_nothing(registry_copy):
     unchanged(registry_copy, before, cli("deploy", "v0001", "--canary", "10"), "is the deployed version")
     unchanged(registry_copy, before, cli("canary", "promote"), "no canary is running")
     unchanged(registry_copy, before, cli("canary", "abort"), "no canary is running")
+    lone = cli("deploy", "v0002", "--auto-promote", "100")
+    assert lone.exit_code == 2 and "--auto-promote goes with --canary" in lone.output
+    assert (registry_copy.root / "current.json").read_bytes() == before
     corrupt = registry_copy.get("v0002").path / "model" / "classifier.json"
     flip_byte(corrupt)
     unchanged(registry_copy, before, cli("deploy", "v0002", "--canary", "10"), "v0002")

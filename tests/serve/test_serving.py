@@ -696,6 +696,40 @@ def set_canary(registry: ModelRegistry, name: str | None, weight: int = 0) -> No
     registry.write_current_state(state)
 
 
+class Traffic:
+    """``threads`` clients sending /classify, a new conversation id each time, until the block ends: which
+    versions answered (in order) and every failure (a non-200 or an exception)."""
+
+    def __init__(self, base: str, threads: int = 1) -> None:
+        self.base, self.served, self.failures = base, [], []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
+
+    def __enter__(self) -> "Traffic":
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(60)
+
+    def _run(self, i: int) -> None:
+        with httpx.Client(base_url=self.base, timeout=30) as http:
+            n = 0
+            while not self._stop.is_set():
+                n += 1
+                try:
+                    r = http.post("/classify", json={"text": "hola", "conversation_id": f"{i}-{n}"})
+                    if r.status_code != 200:
+                        self.failures.append(f"{r.status_code} {r.text}")
+                    else:
+                        self.served.append(r.json()["model_version"])
+                except Exception as exc:  # noqa: BLE001 - every failure is a test failure, recorded
+                    self.failures.append(repr(exc))
+
+
 def test_conversation_buckets_are_stable_and_spread():
     from hotelbot_cli.serving.models import conversation_bucket
 
@@ -729,32 +763,13 @@ def test_a_canary_on_a_real_server_splits_by_conversation_and_ends_without_a_fai
         assert batch["model_version"] == served[1] and {p["model_version"] for p in batch["predictions"]} == {
             served[1]}
 
-        failures: list[str] = []
-        stop = threading.Event()
-
-        def stream() -> None:
-            n = 0
-            while not stop.is_set():
-                n += 1
-                try:
-                    response = http.post("/classify", json={"text": "hola", "conversation_id": f"s-{n}"})
-                    if response.status_code != 200:
-                        failures.append(f"{response.status_code} {response.text}")
-                except Exception as exc:  # noqa: BLE001 - every failure is a test failure, recorded
-                    failures.append(repr(exc))
-
-        worker = threading.Thread(target=stream)
-        worker.start()
-        try:
+        with Traffic(base) as traffic:
             time.sleep(0.5)
             set_canary(registry, None)  # abort: every conversation back on the stable version
             wait_for(lambda: httpx.get(f"{base}/ready").json().get("canary") is None, timeout=30,
                      what="the server to drop the canary")
             time.sleep(0.5)
-        finally:
-            stop.set()
-            worker.join(timeout=60)
-        assert not failures, failures[:3]
+        assert not traffic.failures, traffic.failures[:3]
         after = {http.post("/classify", json={"text": "hola", "conversation_id": f"guest-{i}"}).json()["model_version"]
                  for i in range(40)}
         assert after == {"v0001"}
@@ -827,3 +842,67 @@ def test_per_version_counters_add_up_across_two_workers(on_v0001, registry, tmp_
         requests = 'hotelbot_version_requests_total{endpoint="/classify",model_version="v0001",status="200"}'
         wait_for(lambda: metric(httpx.get(f"{base}/metrics", headers={"Connection": "close"}).text, requests) == total,
                  timeout=10, what="every request counted (a count lands just after its response is sent)")
+
+
+def test_a_bad_canary_is_aborted_automatically_with_no_failed_request(on_v0001, registry, tmp_path):
+    """v0003 answers everything out_of_scope (its threshold is 1.0): at 50 % of conversations, once each version
+    has answered 20 messages, serve's judge aborts it (Fisher's exact test on the fallback rates), records the
+    figures, and every conversation is back on v0001 without one failed request."""
+    set_canary(registry, "v0003", 50)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    env = {**os.environ, "HOTELBOT_REGISTRY": str(registry.root), "HOTELBOT_SERVE_WATCH_INTERVAL_S": "0.1",
+           "PYTHONPATH": str(REPO), "HOTELBOT_CANARY_MIN_REQUESTS": "20"}
+    try:
+        with running_server([sys.executable, "-c", SERVER_SCRIPT, str(sock.fileno())], env, base, tmp_path,
+                            pass_fds=[sock.fileno()]):
+            sock.close()
+            with Traffic(base, threads=3) as traffic:
+                wait_for(lambda: "canary" not in registry.current_state(), timeout=60, what="the automatic abort")
+                wait_for(lambda: httpx.get(f"{base}/ready").json()["canary"] is None, timeout=30,
+                         what="the server to drop the canary")
+                mark = len(traffic.served)
+                time.sleep(0.5)
+            failures, served = traffic.failures, traffic.served
+            assert not failures, failures[:3]
+            assert "v0003" in served[:mark] and set(served[mark:]) == {"v0001"}
+    finally:
+        set_canary(registry, None)
+    events = [json.loads(line) for line in (registry.root / "history.jsonl").read_text().splitlines()]
+    aborted = [e for e in events if e["event"] == "canary_auto_abort"]
+    assert len(aborted) == 1  # once, however often the judge ran
+    judgement = aborted[0]["judgement"]
+    assert judgement["decision"] == "abort" and "fallback rate" in judgement["reasons"][0]
+    assert judgement["figures"]["canary"]["fallback_rate"] == 1.0 and judgement["figures"]["stable"]["answers"] >= 20
+    assert aborted[0]["from"] == "v0003" and aborted[0]["to"] == "v0001"
+    written = json.loads((registry.root / "canary_judgement.json").read_text())  # what `canary status` showed
+    assert written["canary"] == "v0003" and written["decision"] == "abort"
+
+
+def test_a_healthy_canary_with_auto_promote_is_promoted_by_the_judge(registry, monkeypatch):
+    from hotelbot_cli.pipeline.canary import canary_status
+
+    monkeypatch.setenv("HOTELBOT_CANARY_MIN_REQUESTS", "5")
+    twin = clone(registry, "v0001")  # the same model: no figure can be worse (v0002, a weaker model, is aborted)
+    deploy(registry, "v0001")
+    state = {k: v for k, v in registry.current_state().items() if k != "canary"}
+    registry.write_current_state({**state, "canary": {"version": twin, "weight": 50, "auto_promote": 8,
+                                                      "event_id": "e1", "started_at": "2026-12-07T00:00:00Z"}})
+    try:
+        with TestClient(create_app(registry, NO_WATCH)) as client:
+            holder = client.app.state.models
+            for i in range(40):
+                client.post("/classify", json={"text": "hola", "conversation_id": f"g{i}"})
+            snap = client.app.state.metrics.versions.snapshot()
+            assert snap[twin]["answers"] >= 8 and snap["v0001"]["answers"] >= 5
+            status = canary_status(registry)
+            assert status["judgement"] is None  # nothing judged yet
+            assert holder.judge_canary() == "promote"
+            assert registry.current_state()["version"] == twin and "canary" not in registry.current_state()
+            assert holder.refresh() and holder.model.version == twin and holder.canary is None
+    finally:
+        deploy(registry, "v0001")
+    events = [json.loads(line)["event"] for line in (registry.root / "history.jsonl").read_text().splitlines()]
+    assert events[-1] == "canary_auto_promote"

@@ -1,0 +1,139 @@
+"""The canary's automatic judgement: compare the canary with the stable version on their live figures
+(:meth:`~.metrics.VersionMetrics.snapshot`, summed over workers) and abort it when it is worse, or promote it
+after enough healthy answers when its deploy asked for that (``deploy --canary P --auto-promote N``).
+
+:func:`judge` is pure (figures in, a :class:`Verdict` out); :func:`act` carries a verdict out through
+:mod:`hotelbot_cli.pipeline.canary` (the registry lock makes it happen once however many workers judge: the
+others find no canary any more), recording the figures in history.jsonl and the notifications.
+
+The rules (thresholds in ``deployment_config``, see :class:`~hotelbot_cli.config.DeploymentConfig`), applied
+once each version has answered ``canary_min_requests`` messages:
+
+- fallback rate (out-of-scope answers / answers) and error rate (5xx / requests): worse when the canary's rate
+  exceeds the stable one's by more than the tolerance AND Fisher's exact test, one-sided (the canary's rate
+  is higher), gives p < ``canary_alpha``;
+- mean confidence: worse when lower than the stable one's by more than ``canary_max_confidence_drop``;
+- p95 latency (from the histogram's buckets): worse when above ``canary_max_latency_ratio`` times the stable
+  one's (and at least one bucket higher).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+logger = logging.getLogger(__name__)
+
+WAIT, ABORT, PROMOTE = "wait", "abort", "promote"
+
+
+@dataclass
+class Verdict:
+    decision: str                     # wait | abort | promote
+    reasons: list[str] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"decision": self.decision, "reasons": self.reasons, "figures": self.figures}
+
+
+def fisher_greater(bad_a: int, n_a: int, bad_b: int, n_b: int) -> float:
+    """One-sided p-value of Fisher's exact test that a's rate of ``bad`` is higher than b's."""
+    from scipy.stats import fisher_exact  # on use
+
+    if n_a <= 0 or n_b <= 0:
+        return 1.0
+    return float(fisher_exact([[bad_a, n_a - bad_a], [bad_b, n_b - bad_b]], alternative="greater")[1])
+
+
+def p95(buckets: list[tuple[float, float]]) -> float | None:
+    """The upper bound of the histogram bucket holding the 95th percentile (None without observations)."""
+    total = buckets[-1][1] if buckets else 0.0
+    if total <= 0:
+        return None
+    for bound, count in buckets:
+        if count >= 0.95 * total:
+            return bound
+    return buckets[-1][0]
+
+
+def _rate(part: float, whole: float) -> float | None:
+    return part / whole if whole else None
+
+
+def judge(stable: Mapping[str, Any], canary: Mapping[str, Any], cfg: Any, auto_promote: int = 0) -> Verdict:
+    """The verdict on ``canary`` against ``stable`` (their :meth:`VersionMetrics.snapshot` entries); ``cfg``:
+    the deployment config; ``auto_promote``: promote after that many canary answers without a worse figure."""
+    n_c, n_s = int(canary.get("answers", 0)), int(stable.get("answers", 0))
+    r_c, r_s = int(canary.get("requests", 0)), int(stable.get("requests", 0))
+    f_c, f_s = int(canary.get("fallbacks", 0)), int(stable.get("fallbacks", 0))
+    e_c, e_s = int(canary.get("errors", 0)), int(stable.get("errors", 0))
+    figures: dict[str, Any] = {
+        "canary": {"answers": n_c, "requests": r_c, "fallback_rate": _rate(f_c, n_c), "error_rate": _rate(e_c, r_c),
+                   "mean_confidence": _rate(canary.get("confidence_sum", 0.0), n_c),
+                   "p95_latency_s": p95(list(canary.get("latency_buckets", [])))},
+        "stable": {"answers": n_s, "requests": r_s, "fallback_rate": _rate(f_s, n_s), "error_rate": _rate(e_s, r_s),
+                   "mean_confidence": _rate(stable.get("confidence_sum", 0.0), n_s),
+                   "p95_latency_s": p95(list(stable.get("latency_buckets", [])))},
+        "min_requests": cfg.canary_min_requests}
+    if min(n_c, n_s) < cfg.canary_min_requests:
+        return Verdict(WAIT, [f"waiting for {cfg.canary_min_requests} answers from each version "
+                              f"(canary {n_c}, stable {n_s})"], figures)
+    c, s = figures["canary"], figures["stable"]
+    reasons = []
+    for what, bad_c, total_c, bad_s, total_s, tolerance in (
+            ("fallback rate", f_c, n_c, f_s, n_s, cfg.canary_max_fallback_increase),
+            ("error rate", e_c, r_c, e_s, r_s, cfg.canary_max_error_increase)):
+        if not total_c or not total_s:
+            continue
+        rate_c, rate_s = bad_c / total_c, bad_s / total_s
+        p_value = fisher_greater(bad_c, total_c, bad_s, total_s)
+        figures[f"{what.replace(' ', '_')}_p_value"] = p_value
+        if rate_c - rate_s > tolerance and p_value < cfg.canary_alpha:
+            reasons.append(f"{what} {rate_c:.3f} vs {rate_s:.3f} (+{rate_c - rate_s:.3f} > {tolerance}; Fisher's exact "
+                           f"test, one-sided, p={p_value:.2g} < {cfg.canary_alpha})")
+    if c["mean_confidence"] is not None and s["mean_confidence"] is not None \
+            and s["mean_confidence"] - c["mean_confidence"] > cfg.canary_max_confidence_drop:
+        reasons.append(f"mean confidence {c['mean_confidence']:.3f} vs {s['mean_confidence']:.3f} "
+                       f"(-{s['mean_confidence'] - c['mean_confidence']:.3f} > {cfg.canary_max_confidence_drop})")
+    if c["p95_latency_s"] is not None and s["p95_latency_s"] is not None \
+            and c["p95_latency_s"] > cfg.canary_max_latency_ratio * s["p95_latency_s"]:
+        reasons.append(f"p95 latency {c['p95_latency_s']}s vs {s['p95_latency_s']}s (> {cfg.canary_max_latency_ratio}x)")
+    if reasons:
+        return Verdict(ABORT, reasons, figures)
+    if auto_promote and n_c >= auto_promote:
+        return Verdict(PROMOTE, [f"{n_c} canary answers without a worse figure (auto-promote after {auto_promote})"],
+                       figures)
+    return Verdict(WAIT, ["no worse figure so far"], figures)
+
+
+def act(verdict: Verdict, registry: Any, settings: Any, canary_version: str) -> str | None:
+    """Carry out an abort (only when ``enable_auto_rollback``) or a promote; returns what was done, None when
+    nothing was (waiting, auto-rollback off, or another worker acted first)."""
+    from ..errors import HotelbotError
+    from ..pipeline.canary import abort_canary, promote_canary  # the deploy pipeline (loads the components)
+
+    if verdict.decision == WAIT:
+        return None
+    if verdict.decision == ABORT and not settings.deployment.enable_auto_rollback:
+        logger.warning("canary %s is worse (%s) but ENABLE_AUTO_ROLLBACK is off: not aborted",
+                       canary_version, "; ".join(verdict.reasons))
+        return None
+    reason = f"automatic: {'; '.join(verdict.reasons)}"
+    try:
+        if registry.current_state().get("canary", {}).get("version") != canary_version:
+            return None  # another worker (or a person) already ended it
+        if verdict.decision == ABORT:
+            abort_canary(registry, settings, reason, event="canary_auto_abort", details=verdict.to_dict())
+        else:
+            promote_canary(registry, settings, reason, event="canary_auto_promote", details=verdict.to_dict())
+    except HotelbotError as exc:  # e.g. no canary any more: someone else acted between the read and the lock
+        logger.info("canary %s: %s not applied (%s)", canary_version, verdict.decision, exc)
+        return None
+    logger.warning("canary %s %s: %s", canary_version, "aborted" if verdict.decision == ABORT else "promoted",
+                   "; ".join(verdict.reasons))
+    return verdict.decision
+
+
+__all__ = ["ABORT", "PROMOTE", "Verdict", "WAIT", "act", "fisher_greater", "judge", "p95"]

@@ -1,0 +1,80 @@
+"""The canary's automatic judgement on live figures (serving.judge), without a server."""
+
+import pytest
+
+from hotelbot_cli.config import DeploymentConfig
+from hotelbot_cli.errors import ConfigError
+from hotelbot_cli.serving.judge import ABORT, PROMOTE, WAIT, fisher_greater, judge, p95
+from hotelbot_cli.serving.metrics import VersionMetrics
+
+CFG = DeploymentConfig(canary_min_requests=100)
+
+
+def figures(answers, fallbacks=0, errors=0, confidence=0.9, latency=0.01, requests=None):
+    buckets = [(0.005, 0.0), (0.01, 0.0), (0.025, 0.0), (0.1, 0.0), (float("inf"), 0.0)]
+    buckets = [(b, float(answers) if b >= latency else 0.0) for b, _ in buckets]
+    return {"answers": answers, "requests": requests if requests is not None else answers, "fallbacks": fallbacks,
+            "errors": errors, "confidence_sum": confidence * answers, "latency_buckets": buckets}
+
+
+def test_waits_for_enough_answers_from_both_versions():
+    verdict = judge(figures(500), figures(99, fallbacks=99), CFG)
+    assert verdict.decision == WAIT and "canary 99" in verdict.reasons[0]
+    assert judge(figures(99), figures(500, fallbacks=400), CFG).decision == WAIT
+
+
+def test_a_canary_that_falls_back_far_more_is_aborted_with_its_figures():
+    verdict = judge(figures(400, fallbacks=20), figures(200, fallbacks=60), CFG)
+    assert verdict.decision == ABORT and "fallback rate 0.300 vs 0.050" in verdict.reasons[0]
+    assert verdict.figures["fallback_rate_p_value"] < 1e-6
+    assert verdict.figures["canary"]["fallback_rate"] == pytest.approx(0.3)
+
+
+def test_a_small_or_not_significant_difference_is_not_an_abort():
+    assert judge(figures(400, fallbacks=20), figures(200, fallbacks=14), CFG).decision == WAIT  # +0.02 < 0.05
+    few = DeploymentConfig(canary_min_requests=10)
+    # +0.1 is beyond the tolerance, but 2 of 10 against 10 of 100 is what chance gives: p ~ 0.26
+    verdict = judge(figures(100, fallbacks=10), figures(10, fallbacks=2), few)
+    assert verdict.decision == WAIT and verdict.figures["fallback_rate_p_value"] > 0.1
+
+
+def test_errors_confidence_and_latency_each_abort():
+    assert "error rate" in judge(figures(300), figures(300, errors=30), CFG).reasons[0]
+    assert "mean confidence" in judge(figures(300, confidence=0.9), figures(300, confidence=0.7), CFG).reasons[0]
+    slow = judge(figures(300, latency=0.01), figures(300, latency=0.1), CFG)
+    assert slow.decision == ABORT and "p95 latency" in slow.reasons[0]
+
+
+def test_auto_promote_after_n_healthy_answers():
+    assert judge(figures(300), figures(150), CFG, auto_promote=200).decision == WAIT
+    verdict = judge(figures(300), figures(250), CFG, auto_promote=200)
+    assert verdict.decision == PROMOTE and "250 canary answers" in verdict.reasons[0]
+    assert judge(figures(300), figures(250, fallbacks=200), CFG, auto_promote=200).decision == ABORT
+
+
+def test_statistics_helpers():
+    assert fisher_greater(30, 100, 5, 100) < 1e-4 < fisher_greater(5, 100, 30, 100)
+    assert fisher_greater(0, 0, 1, 10) == 1.0
+    assert p95([(0.01, 90.0), (0.1, 96.0), (1.0, 100.0)]) == 0.1
+    assert p95([]) is None and p95([(0.1, 0.0)]) is None
+
+
+def test_version_metrics_snapshot_sums_what_was_observed():
+    metrics = VersionMetrics()
+    for _ in range(3):
+        metrics.observe_answer("v1", "wifi_info", 0.8, False)
+    metrics.observe_answer("v1", "out_of_scope", 0.3, True)
+    metrics.observe_request("v1", "/classify", 200, 0.004)
+    metrics.observe_request("v1", "/classify", 500, 0.2)
+    metrics.observe_answer("v2", None, None, False)  # no classifier: not an answer
+    snap = metrics.snapshot()
+    assert snap["v1"]["answers"] == 4 and snap["v1"]["fallbacks"] == 1 and snap["v1"]["errors"] == 1
+    assert snap["v1"]["requests"] == 2 and snap["v1"]["confidence_sum"] == pytest.approx(2.7)
+    assert p95(snap["v1"]["latency_buckets"]) == 0.25 and "v2" not in snap
+
+
+def test_judgement_thresholds_are_checked():
+    for bad in ({"canary_min_requests": 0}, {"canary_alpha": 0.0}, {"canary_max_latency_ratio": 0.5},
+                {"canary_max_fallback_increase": 1.5}):
+        with pytest.raises(ConfigError):
+            DeploymentConfig(**bad)
