@@ -205,8 +205,19 @@ class DeploymentConfig(_Section):
     canary_max_error_increase: float = 0.01
     canary_max_confidence_drop: float = 0.05
     canary_max_latency_ratio: float = 2.0
+    # Drift (serving.drift): after drift_min_answers answers of the served version, a drift_alert is recorded and
+    # notified once when its intents' PSI against its validation split is above drift_max_psi, or its fallback
+    # rate exceeds the validation split's out_of_scope share by more than drift_max_fallback_increase.
+    drift_min_answers: int = 500
+    drift_max_psi: float = 0.25
+    drift_max_fallback_increase: float = 0.10
 
     def __post_init__(self) -> None:
+        if self.drift_min_answers < 1:
+            raise ConfigError("drift_min_answers must be >= 1")
+        if self.drift_max_psi <= 0:
+            raise ConfigError("drift_max_psi must be > 0")
+        _check_range("drift_max_fallback_increase", self.drift_max_fallback_increase, 0.0, 1.0)
         if self.canary_min_requests < 1:
             raise ConfigError("canary_min_requests must be >= 1")
         _check_range("canary_alpha", self.canary_alpha, 0.0, 1.0, low_open=True)
@@ -325,6 +336,9 @@ ENV_DEPLOYMENT = {
     "HOTELBOT_CANARY_MAX_ERROR_INCREASE": "canary_max_error_increase",
     "HOTELBOT_CANARY_MAX_CONFIDENCE_DROP": "canary_max_confidence_drop",
     "HOTELBOT_CANARY_MAX_LATENCY_RATIO": "canary_max_latency_ratio",
+    "HOTELBOT_DRIFT_MIN_ANSWERS": "drift_min_answers",
+    "HOTELBOT_DRIFT_MAX_PSI": "drift_max_psi",
+    "HOTELBOT_DRIFT_MAX_FALLBACK_INCREASE": "drift_max_fallback_increase",
 }
 ENV_PATHS = {
     "HOTELBOT_HOME": "home",

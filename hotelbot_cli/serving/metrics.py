@@ -15,7 +15,7 @@ import contextlib
 import logging
 import math
 import threading
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 
 def _escape(value: str) -> str:
@@ -74,6 +74,7 @@ class Metrics:
         self.load_failures = 0
         self.model_version: str | None = None
         self.versions = VersionMetrics()  # per model version, summed over workers (see the module docstring)
+        self.references: dict[str, Any] = {}  # version -> its validation split's intents (serving.drift)
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -151,7 +152,7 @@ class Metrics:
                       "# HELP hotelbot_int8_texts_total Texts answered by the int8 model (since it was loaded).",
                       "# TYPE hotelbot_int8_texts_total counter",
                       f"hotelbot_int8_texts_total {recheck.checked}"]
-        return "\n".join(lines) + "\n" + self.versions.render()
+        return "\n".join(lines) + "\n" + self.versions.render(self.references)
 
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -229,10 +230,17 @@ class VersionMetrics:
         multiprocess.MultiProcessCollector(merged)
         return merged
 
-    def render(self) -> str:
+    def render(self, references: Mapping[str, Any] | None = None) -> str:
+        """The counters and histograms; with ``references`` ({version: its validation reference}) also each
+        version's drift gauges (serving.drift), computed from the same merged counters."""
         from prometheus_client import generate_latest  # on use: serve only
 
-        return generate_latest(self._collected()).decode("utf-8")
+        text = generate_latest(self._collected()).decode("utf-8")
+        if references:
+            from .drift import gauge_lines
+
+            text += "\n".join(gauge_lines(self.snapshot(), references)) + "\n"
+        return text
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Per version (summed over workers): {"requests", "errors", "answers", "fallbacks", "confidence_sum",
@@ -241,7 +249,7 @@ class VersionMetrics:
 
         def entry(version: str) -> dict[str, Any]:
             return out.setdefault(version, {"requests": 0.0, "errors": 0.0, "answers": 0.0, "fallbacks": 0.0,
-                                            "confidence_sum": 0.0, "latency_buckets": {}})
+                                            "confidence_sum": 0.0, "latency_buckets": {}, "intents": {}})
 
         names = {"hotelbot_version_requests_total": "requests", "hotelbot_version_errors_total": "errors",
                  "hotelbot_version_answers_total": "answers", "hotelbot_version_fallbacks_total": "fallbacks",
@@ -253,6 +261,9 @@ class VersionMetrics:
                     continue
                 if sample.name in names:
                     entry(version)[names[sample.name]] += sample.value
+                elif sample.name == "hotelbot_version_intents_total":
+                    intents = entry(version)["intents"]
+                    intents[sample.labels["intent"]] = intents.get(sample.labels["intent"], 0.0) + sample.value
                 elif sample.name == "hotelbot_version_request_duration_seconds_bucket":
                     bound = float(sample.labels["le"])
                     buckets = entry(version)["latency_buckets"]

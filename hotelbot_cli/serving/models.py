@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import math
 import os
@@ -35,6 +36,7 @@ from ..pipeline.canary import JUDGEMENT_FILE
 from ..registry import ModelRegistry, VersionInfo
 from ..registry.store import utc_now
 from ..runtime import apply_fallback, load_predictor
+from .drift import ALERTS_FILE as DRIFT_ALERTS_FILE, drift_figures, is_drifting, reference_of
 from .metrics import Metrics
 from .settings import ServeSettings
 
@@ -49,6 +51,7 @@ KNOWLEDGE = "knowledge"
 GENERATOR = "generator"
 REPLIES = "replies"
 JUDGEMENT_EVERY_S = 5.0  # how often a "wait" verdict is written for `canary status`
+DRIFT_EVERY_S = 10.0     # how often the served versions' drift is checked
 
 
 def out_of_scope_threshold(metadata: Mapping[str, Any]) -> float | None:
@@ -127,6 +130,8 @@ class ModelHolder:
         self._canary_failed: str | None = None
         self._deploy_settings: Any = None  # load_settings() on the first judgement
         self._judged_at = -math.inf
+        self._drift_at = -math.inf
+        self._drift_alerted: set[str] = set()  # versions this process already alerted on (or found alerted)
 
     def refresh(self) -> bool:
         """Load the deployed version (and a running canary) if not the ones loaded. True when either changed."""
@@ -236,6 +241,47 @@ class ModelHolder:
                                    "event_id": spec.get("event_id"), "at": utc_now(), "pid": os.getpid()})
         return act(verdict, self.registry, settings, canary.version)
 
+    def check_drift(self) -> list[str]:
+        """The served versions' drift (serving.drift): a ``drift_alert`` recorded in history.jsonl and notified
+        ONCE per version (``drift_alerts.json`` in the registry, under its lock: once across workers and
+        restarts), at most every DRIFT_EVERY_S seconds. Returns the versions alerted now."""
+        now = time.monotonic()
+        if now - self._drift_at < DRIFT_EVERY_S:
+            return []
+        self._drift_at = now
+        from ..config import load_settings  # the deployment config: thresholds, notifications
+        from ..pipeline.deploy import record_event
+
+        if self._deploy_settings is None:
+            self._deploy_settings = load_settings()
+        settings = self._deploy_settings
+        snapshot = self.metrics.versions.snapshot()
+        alerted = []
+        for model in (self.model, self.canary):
+            reference = self.metrics.references.get(model.version) if model is not None else None
+            if reference is None or model.version in self._drift_alerted or model.version not in snapshot:
+                continue
+            figures = drift_figures(snapshot[model.version], reference)
+            reasons = is_drifting(figures, settings.deployment)
+            if not reasons:
+                continue
+            with self.registry.lock(timeout=settings.deployment.lock_timeout_seconds):
+                path = self.registry.root / DRIFT_ALERTS_FILE
+                try:
+                    done = json.loads(path.read_text("utf-8"))
+                except (OSError, ValueError):
+                    done = {}
+                if model.version not in done:
+                    done[model.version] = {"at": utc_now(), "reasons": reasons}
+                    atomic_write_json(path, done)
+                    record_event(self.registry, settings, {"event": "drift_alert", "from": model.version,
+                                                           "to": model.version, "reason": "; ".join(reasons),
+                                                           "drift": figures})
+                    alerted.append(model.version)
+                    logger.warning("drift on %s: %s", model.version, "; ".join(reasons))
+            self._drift_alerted.add(model.version)
+        return alerted
+
     def pick(self, key: str | None = None) -> "LoadedModel | None":
         """The model that answers conversation ``key``: the canary for ``canary_weight`` percent of keys (the
         same key always gets the same model while the canary runs), else the stable one; no key: a random
@@ -270,6 +316,7 @@ class ModelHolder:
         primary = next((parts[c.name] for c in registered() if c.primary and c.name in parts), None)
         model = LoadedModel(primary, info.name, threshold, parts.get(KNOWLEDGE), analyzer, parts.get(GENERATOR),
                             parts.get(REPLIES))
+        self.metrics.references[info.name] = reference_of(info.path)  # what drift is measured against
         if primary is not None:
             smoke = primary.predict([SMOKE_TEXT], top_k=self.settings.top_k)
             if len(smoke) != 1 or not 0.0 <= float(smoke[0].confidence) <= 1.0:
@@ -297,3 +344,7 @@ async def watch_registry(holder: ModelHolder, interval: float) -> None:
                 await asyncio.to_thread(holder.refresh)  # follow the abort/promote at once
         except Exception:  # noqa: BLE001 - a failed judgement must not stop the watcher
             logger.exception("model watcher: judging the canary failed")
+        try:
+            await asyncio.to_thread(holder.check_drift)
+        except Exception:  # noqa: BLE001 - a failed drift check must not stop the watcher
+            logger.exception("model watcher: checking drift failed")

@@ -1,5 +1,7 @@
 """The canary's automatic judgement on live figures (serving.judge), without a server."""
 
+import json
+
 import pytest
 
 from hotelbot_cli.config import DeploymentConfig
@@ -78,3 +80,34 @@ def test_judgement_thresholds_are_checked():
                 {"canary_max_fallback_increase": 1.5}):
         with pytest.raises(ConfigError):
             DeploymentConfig(**bad)
+
+
+# ------------------------------------------------------------------ drift
+def test_psi_is_zero_for_the_same_distribution_and_large_for_a_shift():
+    from hotelbot_cli.serving.drift import psi
+
+    reference = {"a": 0.5, "b": 0.3, "c": 0.2}
+    assert psi({"a": 50, "b": 30, "c": 20}, reference) == pytest.approx(0.0, abs=1e-9)
+    assert 0 < psi({"a": 55, "b": 27, "c": 18}, reference) < 0.1  # a little change
+    assert psi({"a": 5, "b": 5, "c": 90}, reference) > 0.25  # guests ask something else
+    assert psi({"d": 10}, reference) > 1  # an intent validation never saw
+    assert psi({}, reference) == 0.0
+
+
+def test_drift_reasons_need_enough_answers_and_a_real_shift(tmp_path):
+    from hotelbot_cli.serving.drift import drift_figures, is_drifting, reference_of
+
+    (tmp_path / "data").mkdir()
+    rows = [{"text": f"t{i}", "intent": intent} for i, intent in enumerate(["a"] * 5 + ["b"] * 4 + ["out_of_scope"])]
+    (tmp_path / "data" / "validation.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    reference = reference_of(tmp_path)
+    assert reference == {"intents": {"a": 0.5, "b": 0.4, "out_of_scope": 0.1}, "fallback_rate": 0.1, "size": 10}
+    assert reference_of(tmp_path / "nothing") is None
+    cfg = DeploymentConfig(drift_min_answers=100)
+    same = drift_figures({"answers": 100, "fallbacks": 10, "intents": {"a": 50, "b": 40, "out_of_scope": 10}}, reference)
+    assert is_drifting(same, cfg) == []
+    shifted = drift_figures({"answers": 100, "fallbacks": 40, "intents": {"a": 10, "b": 50, "out_of_scope": 40}},
+                            reference)
+    reasons = is_drifting(shifted, cfg)
+    assert len(reasons) == 2 and "PSI" in reasons[0] and "fallback rate 0.400 vs 0.100" in reasons[1]
+    assert is_drifting({**shifted, "answers": 99}, cfg) == []  # too few answers to say

@@ -906,3 +906,31 @@ def test_a_healthy_canary_with_auto_promote_is_promoted_by_the_judge(registry, m
         deploy(registry, "v0001")
     events = [json.loads(line)["event"] for line in (registry.root / "history.jsonl").read_text().splitlines()]
     assert events[-1] == "canary_auto_promote"
+
+
+def test_drift_is_a_gauge_and_alerts_once_per_version(registry, monkeypatch):
+    """Guests asking only about one thing: the intents' PSI against v0001's validation split is a gauge in
+    /metrics, and a drift_alert is recorded (and notified) once, not again by the same or a restarted server."""
+    monkeypatch.setenv("HOTELBOT_DRIFT_MIN_ANSWERS", "20")
+    deploy(registry, "v0001")
+    history = registry.root / "history.jsonl"
+    before = history.read_text().count("drift_alert") if history.exists() else 0
+    try:
+        with TestClient(create_app(registry, NO_WATCH)) as client:
+            for _ in range(30):
+                assert client.post("/classify", json={"text": "quiero ver las noticias de hoy"}).status_code == 200
+            text = client.get("/metrics").text
+            assert metric(text, 'hotelbot_version_intent_psi{model_version="v0001"}') > 0.25
+            assert metric(text, 'hotelbot_version_reference_fallback_rate{model_version="v0001"}') == 0.0
+            holder = client.app.state.models
+            assert holder.check_drift() == ["v0001"]
+            holder._drift_at = float("-inf")
+            assert holder.check_drift() == []  # once
+        with TestClient(create_app(registry, NO_WATCH)) as client:  # a restarted server: the file remembers
+            for _ in range(30):
+                client.post("/classify", json={"text": "quiero ver las noticias de hoy"})
+            assert client.app.state.models.check_drift() == []
+    finally:
+        (registry.root / "drift_alerts.json").unlink(missing_ok=True)
+    alerts = [json.loads(line) for line in history.read_text().splitlines() if '"drift_alert"' in line]
+    assert len(alerts) == before + 1 and "PSI" in alerts[-1]["reason"] and alerts[-1]["drift"]["answers"] >= 20
