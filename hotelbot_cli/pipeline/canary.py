@@ -79,15 +79,24 @@ def start_canary(registry: ModelRegistry, settings: Settings, version: str, weig
                                event_id, canary)
 
 
+def _expect(running: dict[str, Any], expected_event_id: str | None) -> None:
+    """(The lock held.) An automatic decision applies to the canary it judged, not to one started since."""
+    if expected_event_id is not None and running.get("event_id") != expected_event_id:
+        raise RegistryError(f"the canary changed since it was judged (now {running['version']}, "
+                            f"started {running.get('started_at')}); not applied")
+
+
 def promote_canary(registry: ModelRegistry, settings: Settings, reason: str = "", event: str = "canary_promote",
-                   details: dict[str, Any] | None = None) -> OperationResult:
-    """The canary becomes the deployed version: the stable one is backed up and recorded as previous."""
+                   details: dict[str, Any] | None = None, expected_event_id: str | None = None) -> OperationResult:
+    """The canary becomes the deployed version: the stable one is backed up and recorded as previous.
+    ``expected_event_id``: only that canary (an automatic decision), else refused."""
     cfg = settings.deployment
     with exclusive(registry, settings) as (repaired, state):
         running = running_canary(state)
         if running is None:
             raise RegistryError("no canary is running, so there is nothing to promote",
                                 hint="start one: hotelbot deploy VERSION --canary 10")
+        _expect(running, expected_event_id)
         stable, target = state.get("version"), running["version"]
         registry.require_intact(target)
         backup = None
@@ -112,16 +121,47 @@ def promote_canary(registry: ModelRegistry, settings: Settings, reason: str = ""
 
 
 def abort_canary(registry: ModelRegistry, settings: Settings, reason: str = "",
-                 event: str = "canary_abort", details: dict[str, Any] | None = None) -> OperationResult:
-    """Back to the stable version alone; the canary version stays in the registry."""
+                 event: str = "canary_abort", details: dict[str, Any] | None = None,
+                 expected_event_id: str | None = None) -> OperationResult:
+    """Back to the stable version alone; the canary version stays in the registry. ``expected_event_id``: as
+    :func:`promote_canary`'s."""
     with exclusive(registry, settings) as (repaired, state):
         running = running_canary(state)
         if running is None:
             raise RegistryError("no canary is running, so there is nothing to abort")
+        _expect(running, expected_event_id)
         return end_canary(registry, settings, state, running, reason, event, repaired, details)
 
 
 JUDGEMENT_FILE = "canary_judgement.json"  # serve's latest verdict on the running canary (serving.judge)
+WORSE_FILE = "canary_worse.json"  # canaries found worse while ENABLE_AUTO_ROLLBACK was off: reported once
+
+
+def report_worse(registry: ModelRegistry, settings: Settings, running: dict[str, Any], details: dict[str, Any]) -> bool:
+    """A canary found worse but not aborted (auto-rollback off): a ``canary_worse`` event recorded and notified
+    once per canary (across workers: under the registry lock, ``canary_worse.json``). True when reported now."""
+    import json
+
+    from .._io import atomic_write_json
+
+    with exclusive(registry, settings) as (_, state):
+        now = running_canary(state)
+        if now is None or now.get("event_id") != running.get("event_id"):
+            return False
+        path = registry.root / WORSE_FILE
+        try:
+            done = json.loads(path.read_text("utf-8"))
+        except (OSError, ValueError):
+            done = {}
+        key = str(running.get("event_id"))
+        if key in done:
+            return False
+        atomic_write_json(path, {**done, key: utc_now()})
+        record_event(registry, settings, {"event": "canary_worse", "from": running["version"], "to": state.get("version"),
+                                          "canary": running.get("weight"), "judgement": details,
+                                          "reason": "worse than the stable version; ENABLE_AUTO_ROLLBACK is off: "
+                                                    "not aborted (hotelbot canary abort)"})
+        return True
 
 
 def canary_status(registry: ModelRegistry) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import threading
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -54,10 +55,8 @@ class _Histogram:
 class Metrics:
     """A few counters and histograms behind one lock, rendered in the Prometheus text format.
 
-    Written by hand rather than with prometheus_client: that library keeps a process-global default
-    registry (at odds with one-app-per-factory and with tests building many apps in one process), and
-    it needs its multiprocess mode plus a shared directory for ``--workers N``. Each worker here
-    reports its own figures, which is what a scraper with one target per process expects.
+    Written by hand: each worker reports its own figures (what a scraper with one target per process
+    expects). The per-version figures that must add up over workers are :class:`VersionMetrics`'.
     """
 
     LATENCY_BUCKETS = (0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -152,10 +151,15 @@ class Metrics:
                       "# HELP hotelbot_int8_texts_total Texts answered by the int8 model (since it was loaded).",
                       "# TYPE hotelbot_int8_texts_total counter",
                       f"hotelbot_int8_texts_total {recheck.checked}"]
-        return "\n".join(lines) + "\n" + self.versions.render(self.references)
+        try:
+            versions = self.versions.render(self.references)
+        except Exception as exc:  # noqa: BLE001 - e.g. the multiprocess directory removed: the rest still renders
+            versions = f"# per-version metrics unavailable: {type(exc).__name__}: {exc}\n".replace("\n", " ") + "\n"
+        return "\n".join(lines) + "\n" + versions
 
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+PROMETHEUS_FILE = re.compile(r"^(counter|histogram|summary|gauge_[a-z]+)_\d+\.db$")
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
 
@@ -284,7 +288,8 @@ def prepare_multiprocess_dir() -> tuple[str, bool]:
     given = os.environ.get(MULTIPROCESS_ENV)
     if given:
         Path(given).mkdir(parents=True, exist_ok=True)
-        for stale in Path(given).glob("*.db"):
-            stale.unlink(missing_ok=True)
+        for stale in Path(given).glob("*.db"):  # prometheus_client's own files only (counter_<pid>.db, ...)
+            if PROMETHEUS_FILE.match(stale.name):
+                stale.unlink(missing_ok=True)
         return given, False
     return tempfile.mkdtemp(prefix="hotelbot-metrics-"), True

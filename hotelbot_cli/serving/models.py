@@ -130,6 +130,8 @@ class ModelHolder:
         self._canary_failed: str | None = None
         self._deploy_settings: Any = None  # load_settings() on the first judgement
         self._judged_at = -math.inf
+        self._baseline: tuple[Any, dict[str, Any]] | None = None  # (canary event id, figures when first served)
+        self.canary_error: str | None = None  # why the running canary is not served (until it ends)
         self._drift_at = -math.inf
         self._drift_alerted: set[str] = set()  # versions this process already alerted on (or found alerted)
 
@@ -191,55 +193,73 @@ class ModelHolder:
             if changed:
                 logger.info("canary %s ended; every conversation on %s", self.canary.version,
                             self.model.version if self.model else None)
-            self.canary, self.canary_weight, self._canary_failed = None, 0, None
+            self.canary, self.canary_weight, self._canary_failed, self.canary_error = None, 0, None, None
             return changed
         if self.canary is not None and self.canary.version == version:
             changed = weight != self.canary_weight
             self.canary_weight = weight
+            self._mark_start(spec)  # the same version started again (another event): judged from now
             return changed
         if version == self._canary_failed:
             return False
+        self.canary, self.canary_weight = None, 0  # a different canary: the old one stops taking traffic now
         try:
             canary = self._load(version)
         except Exception as exc:  # noqa: BLE001 - a broken canary never takes traffic
             self._canary_failed = version
-            self.canary, self.canary_weight = None, 0
-            self.last_error = f"canary {version} failed to load: {exc}"
+            self.canary_error = f"canary {version} failed to load: {exc}"
             self.metrics.load_failed()
             logger.error("could not load the canary %s (%s); every conversation stays on %s", version, exc,
                          self.model.version)
             return False
-        self.canary, self.canary_weight, self._canary_failed = canary, weight, None
+        self.canary, self.canary_weight, self._canary_failed, self.canary_error = canary, weight, None, None
+        self._mark_start(spec)
         logger.info("canary %s answers %d%% of conversations beside %s", version, weight, self.model.version)
         return True
 
+    def _mark_start(self, spec: Mapping[str, Any]) -> None:
+        """The figures when this process began serving the canary ``spec`` describes: what it is judged from."""
+        key = spec.get("event_id") or spec.get("started_at")
+        if self._baseline is None or self._baseline[0] != key:
+            try:
+                self._baseline = (key, self.metrics.versions.snapshot())
+            except Exception:  # noqa: BLE001 - unreadable metrics: judge on everything since start
+                self._baseline = (key, {})
+
     def judge_canary(self) -> str | None:
-        """The running canary's verdict on the live figures (serving.judge): written for `canary status`
-        (``canary_judgement.json`` in the registry, at most every JUDGEMENT_EVERY_S seconds) and carried out
-        (abort, or auto-promote); returns what was done, None when nothing was."""
+        """The running canary's verdict on its live figures since it started (serving.judge: the counters minus
+        those this process saw when it first served this canary, so a restarted canary or the stable version's
+        earlier traffic do not count), carried out (abort, auto-promote, or a report when auto-rollback is off)
+        and written for `canary status` (``canary_judgement.json``, at most every JUDGEMENT_EVERY_S seconds, or
+        when it acted). Returns what was done, None when nothing was."""
         canary, stable = self.canary, self.model
         if canary is None or stable is None:
             return None
         from ..config import load_settings  # the deployment config: thresholds, auto-rollback, notifications
-        from .judge import act, judge
+        from .judge import act, judge, since
 
         if self._deploy_settings is None:
             self._deploy_settings = load_settings()
         settings = self._deploy_settings
-        spec = self.registry.current_state().get("canary") or {}
-        if spec.get("version") != canary.version:
+        running = self.registry.current_state().get("canary") or {}
+        if running.get("version") != canary.version:
             return None  # ended since the last refresh
+        self._mark_start(running)  # (normally done when it was loaded)
         snapshot = self.metrics.versions.snapshot()
-        verdict = judge(snapshot.get(stable.version, {}), snapshot.get(canary.version, {}), settings.deployment,
-                        int(spec.get("auto_promote") or 0))
+        base = self._baseline[1] if self._baseline is not None else {}
+        verdict = judge(since(snapshot.get(stable.version, {}), base.get(stable.version)),
+                        since(snapshot.get(canary.version, {}), base.get(canary.version)), settings.deployment,
+                        int(running.get("auto_promote") or 0))
+        done = act(verdict, self.registry, settings, running)
         now = time.monotonic()
-        if verdict.decision != "wait" or now - self._judged_at >= JUDGEMENT_EVERY_S:
+        if done or now - self._judged_at >= JUDGEMENT_EVERY_S:
             self._judged_at = now
             with contextlib.suppress(OSError):  # a read-only registry: the verdict still acts, status lacks it
                 atomic_write_json(self.registry.root / JUDGEMENT_FILE,
-                                  {**verdict.to_dict(), "canary": canary.version, "stable": stable.version,
-                                   "event_id": spec.get("event_id"), "at": utc_now(), "pid": os.getpid()})
-        return act(verdict, self.registry, settings, canary.version)
+                                  {**verdict.to_dict(), "acted": done, "canary": canary.version,
+                                   "stable": stable.version, "event_id": running.get("event_id"), "at": utc_now(),
+                                   "pid": os.getpid()})
+        return done if done in ("abort", "promote") else None
 
     def check_drift(self) -> list[str]:
         """The served versions' drift (serving.drift): a ``drift_alert`` recorded in history.jsonl and notified
@@ -282,13 +302,15 @@ class ModelHolder:
             self._drift_alerted.add(model.version)
         return alerted
 
-    def pick(self, key: str | None = None) -> "LoadedModel | None":
+    def pick(self, key: str | None = None, part: str | None = None) -> "LoadedModel | None":
         """The model that answers conversation ``key``: the canary for ``canary_weight`` percent of keys (the
         same key always gets the same model while the canary runs), else the stable one; no key: a random
         bucket. Read without the lock: ``model``, ``canary`` and ``canary_weight`` are plain attribute reads."""
         canary, weight, stable = self.canary, self.canary_weight, self.model
         if canary is None or stable is None or weight <= 0:
             return stable
+        if part is not None and getattr(canary, part) is None and getattr(stable, part) is not None:
+            return stable  # the canary cannot answer this endpoint (e.g. no knowledge base): the stable one does
         return canary if conversation_bucket(key) < weight else stable
 
     def _warn_once(self, message: str) -> None:

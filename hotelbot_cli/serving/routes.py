@@ -78,7 +78,7 @@ def conversation_key(body: Any, request: Request) -> str | None:
 def require_model(holder: ModelHolder, part: str = "predictor", key: str | None = None) -> LoadedModel:
     """The loaded version that answers conversation ``key`` (the canary's share of keys go to the canary), if it
     has ``part``; else the 503 that says what is missing."""
-    model = holder.pick(key)
+    model = holder.pick(key, part)
     if model is None:
         raise holder.unavailable()
     if getattr(model, part) is None:
@@ -131,7 +131,7 @@ async def ready(request: Request) -> Any:
     return {"ready": True, "model_version": model.version, "out_of_scope_threshold": model.threshold,
             "out_of_scope_detector": detector.to_spec() if detector is not None else None,
             "canary": {"version": canary.version, "weight": holder.canary_weight} if canary is not None else None,
-            "last_load_error": holder.last_error}
+            "last_load_error": holder.last_error or holder.canary_error}
 
 
 @route("POST", "/classify", tags=["classify"], response_model=Classification, responses=ERROR_RESPONSES,

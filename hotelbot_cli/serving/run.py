@@ -48,6 +48,8 @@ def serve(registry_root: Path, settings: ServeSettings | None = None, *, host: s
     common: dict[str, Any] = {"host": host, "port": port, "access_log": access_log, "log_level": log_level,
                               "log_config": log_config, "timeout_graceful_shutdown": 30}
     if workers == 1:
+        if os.environ.get(MULTIPROCESS_ENV):  # multiprocess mode asked for: start from empty files all the same
+            prepare_multiprocess_dir()
         uvicorn.run(create_app(ModelRegistry(root), settings), **common)
         return
     # Each worker is a separate process: split the cores between them unless told otherwise.

@@ -47,8 +47,9 @@ GIBBERISH = "zzq xkcd qwv plmk"
 
 # ------------------------------------------------------------------------------------------ helpers
 def deploy(registry: ModelRegistry, name: str) -> None:
-    """Switch the deployed version as deploy/rollback do: one atomic replace of the deployed state."""
-    registry.write_current_state({**registry.current_state(), "version": name})
+    """Switch the deployed version as deploy/rollback do: one atomic replace of the deployed state (no canary)."""
+    registry.write_current_state({**{k: v for k, v in registry.current_state().items() if k != "canary"},
+                                  "version": name})
 
 
 def clone(registry: ModelRegistry, source: str, extra_metadata: dict | None = None, corrupt: bool = False) -> str:
@@ -565,6 +566,8 @@ def test_serve_module_imports_nothing_heavy():
 
 
 # ------------------------------------------------------------------------------------------ real server
+# The canary judge and the drift alert stay silent on servers whose test is about something else.
+QUIET_JUDGE = {"HOTELBOT_CANARY_MIN_REQUESTS": "1000000000", "HOTELBOT_DRIFT_MIN_ANSWERS": "1000000000"}
 SERVER_SCRIPT = """
 import socket, sys, uvicorn
 from hotelbot_cli.serving import app_factory
@@ -606,7 +609,7 @@ def live_server(registry, tmp_path):
     sock.listen(128)
     port = sock.getsockname()[1]
     env = {**os.environ, "HOTELBOT_REGISTRY": str(registry.root), "HOTELBOT_SERVE_WATCH_INTERVAL_S": "0.1",
-           "PYTHONPATH": str(REPO)}
+           "PYTHONPATH": str(REPO), **QUIET_JUDGE}
     base = f"http://127.0.0.1:{port}"
     with running_server([sys.executable, "-c", SERVER_SCRIPT, str(sock.fileno())], env, base, tmp_path,
                         pass_fds=[sock.fileno()]):
@@ -742,7 +745,13 @@ def test_conversation_buckets_are_stable_and_spread():
 
 def test_a_canary_on_a_real_server_splits_by_conversation_and_ends_without_a_failed_request(
         on_v0001, live_server, registry):
-    base = live_server
+    try:
+        canary_on_a_real_server(live_server, registry)
+    finally:
+        deploy(registry, "v0001")  # no canary left for the next tests, whatever happened
+
+
+def canary_on_a_real_server(base, registry):
     set_canary(registry, "v0002", 30)
     wait_for(lambda: (httpx.get(f"{base}/ready").json().get("canary") or {}).get("version") == "v0002",
              timeout=30, what="the server to load the canary")
@@ -783,7 +792,6 @@ def test_a_canary_on_a_real_server_splits_by_conversation_and_ends_without_a_fai
         assert httpx.get(f"{base}/ready").json()["canary"] is None
         assert {http.post("/classify", json={"text": "hola", "conversation_id": f"guest-{i}"}).json()["model_version"]
                 for i in range(40)} == {"v0002"}
-    deploy(registry, "v0001")
 
 
 def test_a_canary_that_cannot_load_takes_no_traffic(registry):
@@ -811,7 +819,7 @@ def test_per_version_counters_add_up_across_two_workers(on_v0001, registry, tmp_
     sock.close()
     shared = tmp_path / "prom"
     env = {**os.environ, "HOTELBOT_REGISTRY": str(registry.root), "PYTHONPATH": str(REPO),
-           "PROMETHEUS_MULTIPROC_DIR": str(shared), "HOTELBOT_SERVE_WATCH_INTERVAL_S": "0"}
+           "PROMETHEUS_MULTIPROC_DIR": str(shared), "HOTELBOT_SERVE_WATCH_INTERVAL_S": "0", **QUIET_JUDGE}
     base = f"http://127.0.0.1:{port}"
     args = [sys.executable, "-m", "hotelbot_cli", "serve", "--workers", "2", "--port", str(port)]
     with running_server(args, env, base, tmp_path, timeout=90):
@@ -854,7 +862,9 @@ def test_a_bad_canary_is_aborted_automatically_with_no_failed_request(on_v0001, 
     sock.listen(128)
     base = f"http://127.0.0.1:{sock.getsockname()[1]}"
     env = {**os.environ, "HOTELBOT_REGISTRY": str(registry.root), "HOTELBOT_SERVE_WATCH_INTERVAL_S": "0.1",
-           "PYTHONPATH": str(REPO), "HOTELBOT_CANARY_MIN_REQUESTS": "20"}
+           "PYTHONPATH": str(REPO), **QUIET_JUDGE, "HOTELBOT_CANARY_MIN_REQUESTS": "20"}
+    history = registry.root / "history.jsonl"
+    seen_events = len(history.read_text().splitlines()) if history.exists() else 0
     try:
         with running_server([sys.executable, "-c", SERVER_SCRIPT, str(sock.fileno())], env, base, tmp_path,
                             pass_fds=[sock.fileno()]):
@@ -870,7 +880,7 @@ def test_a_bad_canary_is_aborted_automatically_with_no_failed_request(on_v0001, 
             assert "v0003" in served[:mark] and set(served[mark:]) == {"v0001"}
     finally:
         set_canary(registry, None)
-    events = [json.loads(line) for line in (registry.root / "history.jsonl").read_text().splitlines()]
+    events = [json.loads(line) for line in history.read_text().splitlines()[seen_events:]]  # this test's
     aborted = [e for e in events if e["event"] == "canary_auto_abort"]
     assert len(aborted) == 1  # once, however often the judge ran
     judgement = aborted[0]["judgement"]
@@ -912,6 +922,7 @@ def test_drift_is_a_gauge_and_alerts_once_per_version(registry, monkeypatch):
     """Guests asking only about one thing: the intents' PSI against v0001's validation split is a gauge in
     /metrics, and a drift_alert is recorded (and notified) once, not again by the same or a restarted server."""
     monkeypatch.setenv("HOTELBOT_DRIFT_MIN_ANSWERS", "20")
+    (registry.root / "drift_alerts.json").unlink(missing_ok=True)  # whatever an earlier server alerted on
     deploy(registry, "v0001")
     history = registry.root / "history.jsonl"
     before = history.read_text().count("drift_alert") if history.exists() else 0
