@@ -18,9 +18,11 @@ Every step is appended to history.jsonl and notified like deploys.
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
+from .._io import atomic_write_json
 from ..config import Settings
 from ..errors import ConfigError, GateFailedError, IntegrityError, RegistryError
 from ..registry import ModelRegistry
@@ -140,10 +142,6 @@ WORSE_FILE = "canary_worse.json"  # canaries found worse while ENABLE_AUTO_ROLLB
 def report_worse(registry: ModelRegistry, settings: Settings, running: dict[str, Any], details: dict[str, Any]) -> bool:
     """A canary found worse but not aborted (auto-rollback off): a ``canary_worse`` event recorded and notified
     once per canary (across workers: under the registry lock, ``canary_worse.json``). True when reported now."""
-    import json
-
-    from .._io import atomic_write_json
-
     with exclusive(registry, settings) as (_, state):
         now = running_canary(state)
         if now is None or now.get("event_id") != running.get("event_id"):
@@ -167,8 +165,6 @@ def report_worse(registry: ModelRegistry, settings: Settings, running: dict[str,
 def canary_status(registry: ModelRegistry) -> dict[str, Any]:
     """{"stable", "canary": {"version", "weight", "started_at", ...} | None, "deployed_at", "judgement": serve's
     latest verdict on this canary ({"decision", "reasons", "figures", "at"}) | None}."""
-    import json
-
     state = registry.current_state()
     running = running_canary(state)
     judgement = None

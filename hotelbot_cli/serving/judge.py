@@ -24,6 +24,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from ..errors import HotelbotError
+
 logger = logging.getLogger(__name__)
 
 WAIT, ABORT, PROMOTE = "wait", "abort", "promote"
@@ -141,7 +143,6 @@ def act(verdict: Verdict, registry: Any, settings: Any, running: Mapping[str, An
     without, a ``canary_worse`` event reported once) or a promote. Returns what was done ("abort", "promote",
     "reported"), None when nothing was (waiting, or the canary changed or ended meanwhile: the lock and its
     ``event_id`` make one worker act on the canary it judged)."""
-    from ..errors import HotelbotError
     from ..pipeline.canary import abort_canary, promote_canary, report_worse  # the deploy pipeline
 
     if verdict.decision == WAIT:

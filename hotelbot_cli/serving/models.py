@@ -33,10 +33,12 @@ from ..data import OUT_OF_SCOPE
 from ..errors import HotelbotError, ModelError, ServeError
 from ..pipeline.analyze import Analyzer
 from ..pipeline.canary import JUDGEMENT_FILE
+from ..pipeline.deploy import record_event
 from ..registry import ModelRegistry, VersionInfo
 from ..registry.store import utc_now
 from ..runtime import apply_fallback, load_predictor
 from .drift import ALERTS_FILE as DRIFT_ALERTS_FILE, drift_figures, is_drifting, reference_of
+from .judge import act, judge, since
 from .metrics import Metrics
 from .settings import ServeSettings
 
@@ -236,7 +238,6 @@ class ModelHolder:
         if canary is None or stable is None:
             return None
         from ..config import load_settings  # the deployment config: thresholds, auto-rollback, notifications
-        from .judge import act, judge, since
 
         if self._deploy_settings is None:
             self._deploy_settings = load_settings()
@@ -270,7 +271,6 @@ class ModelHolder:
             return []
         self._drift_at = now
         from ..config import load_settings  # the deployment config: thresholds, notifications
-        from ..pipeline.deploy import record_event
 
         if self._deploy_settings is None:
             self._deploy_settings = load_settings()

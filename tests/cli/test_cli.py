@@ -113,8 +113,8 @@ def test_config_shows_precedence(tmp_path, isolated_env, monkeypatch):
 def test_versions_on_empty_registry(isolated_env):
     result = run("versions", "--json")
     assert result.exit_code == 0
-    assert json.loads(result.stdout) == {"registry": "registry", "current": None, "previous": [], "versions": [],
-                                         "backups": []}
+    assert json.loads(result.stdout) == {"registry": "registry", "current": None, "previous": [], "canary": None,
+                                         "versions": [], "backups": []}
 
 
 def test_predict_and_validate_without_a_model_exit_1(isolated_env):

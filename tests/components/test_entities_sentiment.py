@@ -465,7 +465,7 @@ def test_deploy_gate_takes_the_scores_training_recorded_and_still_fails_below_th
     their training measured on the same (checksummed) split; `validate` re-measures and gets the same."""
     from hotelbot_cli.components.entities import EntityExtractorComponent
     from hotelbot_cli.components.sentiment import SentimentComponent
-    from hotelbot_cli.pipeline.deploy import _gate
+    from hotelbot_cli.pipeline.deploy import gate_version as _gate
 
     info = registry.get("v0004")
     recorded = {name: json.loads((info.path / name / "metrics.json").read_text()) for name in ("entities", "sentiment")}
