@@ -278,7 +278,12 @@ def _step_renderer(model_type: str) -> Any:
 def _auto_deploy(settings: Any, store: Any, version: str) -> dict[str, Any] | None:
     if not settings.deployment.auto_deploy_on_success:
         return None
-    from ..pipeline.deploy import deploy  # loads the component table: kept off `hotelbot --help`'s path
+    from ..pipeline.deploy import deploy, running_canary  # loads the component table: kept off --help's path
 
+    running = running_canary(store.current_state())
+    if running is not None:  # a gradual deploy is in progress: a person decides, not a training run
+        warn(f"AUTO_DEPLOY_ON_SUCCESS: {version} not deployed: a canary of {running['version']} is running "
+             "(hotelbot canary promote or abort, then hotelbot deploy)")
+        return {"action": "skipped", "version": version, "reason": f"canary of {running['version']} running"}
     message(f"AUTO_DEPLOY_ON_SUCCESS: deploying {version}")
     return deploy(store, settings, version, reason="auto deploy after training").to_dict()

@@ -24,7 +24,7 @@ from typing import Any
 
 from .._io import atomic_write_json
 from ..config import Settings
-from ..errors import ConfigError, GateFailedError, IntegrityError, RegistryError
+from ..errors import ConfigError, GateFailedError, HotelbotError, IntegrityError, RegistryError
 from ..registry import ModelRegistry
 from ..registry.backups import create_backup
 from ..registry.store import crashpoint, utc_now
@@ -69,7 +69,12 @@ def start_canary(registry: ModelRegistry, settings: Settings, version: str, weig
             record_event(registry, settings, {"event_id": event_id, "event": "gate_failed", "from": stable,
                                          "to": target.name, "canary": weight, "reason": reason, "scores": gate})
             raise GateFailedError(f"{target.name} not started as a canary: " + "; ".join(gate["failures"]))
-        smoke = smoke_check(target, settings)  # it must load and answer before any guest reaches it
+        try:
+            smoke = smoke_check(target, settings)  # it must load and answer before any guest reaches it
+        except HotelbotError as exc:
+            record_event(registry, settings, {"event_id": event_id, "event": "canary_smoke_failed", "from": stable,
+                                              "to": target.name, "canary": weight, "reason": str(exc), "scores": gate})
+            raise
         canary = {"version": target.name, "weight": weight, "started_at": utc_now(), "event_id": event_id,
                   "reason": reason, **({"auto_promote": auto_promote} if auto_promote else {})}
         crashpoint("before-switch")

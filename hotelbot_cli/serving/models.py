@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import math
@@ -97,11 +98,13 @@ class LoadedModel:
         return out
 
 
-def conversation_bucket(key: str | None) -> int:
-    """0-99, the same for the same conversation key (sha256 of it); a random one without a key."""
+def conversation_bucket(key: str | None, salt: str = "") -> int:
+    """0-99, the same for the same conversation key while the canary (``salt``: its event id, which clients
+    never see, so they cannot pick their model) runs: HMAC-SHA256; a random one without a key."""
     if not key:
         return secrets.randbelow(100)
-    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") % 100
+    digest = hmac.new(salt.encode("utf-8"), key.encode("utf-8"), hashlib.sha256).digest()
+    return int.from_bytes(digest[:8], "big") % 100
 
 
 def _load_version(info: VersionInfo) -> Any:
@@ -129,6 +132,7 @@ class ModelHolder:
         self._warned: str | None = None
         self.canary: LoadedModel | None = None  # a gradual deploy's second version (pipeline.canary)
         self.canary_weight = 0                  # percent of conversations it answers
+        self.canary_salt = ""                   # its event id: the conversation buckets' HMAC key
         self._canary_failed: str | None = None
         self._deploy_settings: Any = None  # load_settings() on the first judgement
         self._judged_at = -math.inf
@@ -215,6 +219,7 @@ class ModelHolder:
                          self.model.version)
             return False
         self.canary, self.canary_weight, self._canary_failed, self.canary_error = canary, weight, None, None
+        self.canary_salt = str(spec.get("event_id") or spec.get("started_at") or "")
         self._mark_start(spec)
         logger.info("canary %s answers %d%% of conversations beside %s", version, weight, self.model.version)
         return True
@@ -311,7 +316,7 @@ class ModelHolder:
             return stable
         if part is not None and getattr(canary, part) is None and getattr(stable, part) is not None:
             return stable  # the canary cannot answer this endpoint (e.g. no knowledge base): the stable one does
-        return canary if conversation_bucket(key) < weight else stable
+        return canary if conversation_bucket(key, self.canary_salt) < weight else stable
 
     def _warn_once(self, message: str) -> None:
         if message != self._warned:  # the watcher polls every second: say it once, not every second

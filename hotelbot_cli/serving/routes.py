@@ -8,6 +8,8 @@ the app itself (what ``@app.get``/``@app.post`` would make), rather than through
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from typing import Any, Callable, Sequence
 
 import orjson
@@ -32,6 +34,8 @@ from .schemas import (
     SearchResults,
 )
 from .settings import ServeSettings
+
+logger = logging.getLogger(__name__.rpartition(".")[0] + ".models")  # the package's logger: serve shows it
 
 # (method, path, handler, FastAPI route options) of every route, in declaration order.
 ROUTES: list[tuple[str, str, Callable[..., Any], dict[str, Any]]] = []
@@ -93,6 +97,28 @@ def served_by(request: Request, model: LoadedModel) -> LoadedModel:
     return model
 
 
+async def classify_with_failover(request: Request, model: LoadedModel, texts: Sequence[str],
+                                 endpoint: str) -> tuple[LoadedModel, list[dict[str, Any]]]:
+    """The batcher's answers from ``model``; when that is the canary and it fails (an exception: a broken
+    version), the failure is counted against the canary (a 5xx in its live figures, which the judge aborts
+    on) and the stable version answers instead, so the guest gets an answer."""
+    state = request.app.state
+    holder: ModelHolder = state.models
+    start = time.perf_counter()
+    try:
+        return model, await state.batcher.classify(model, texts)
+    except ServeError:
+        raise
+    except Exception:  # noqa: BLE001 - a canary's failure: answered by the stable version below
+        stable = holder.model
+        if stable is None or stable is model or model is not holder.canary:
+            raise
+        logger.warning("canary %s failed a request; answered by %s", model.version, stable.version, exc_info=True)
+        state.metrics.versions.observe_request(model.version, endpoint, 500, time.perf_counter() - start)
+        stable = served_by(request, stable)
+        return stable, await state.batcher.classify(stable, texts)
+
+
 def check_length(settings: ServeSettings, text: str, where: str) -> None:
     if len(text) > settings.max_text_length:
         raise ServeError(413, "text too long",
@@ -140,7 +166,7 @@ async def classify(body: ClassifyRequest, request: Request) -> Any:
     state = request.app.state
     check_length(state.settings, body.text, "text")
     model = served_by(request, require_model(state.models, key=conversation_key(body, request)))
-    (answer,) = await state.batcher.classify(model, [body.text])
+    model, (answer,) = await classify_with_failover(request, model, [body.text], "/classify")
     return json_response(answer)
 
 
@@ -150,7 +176,7 @@ async def classify_batch(body: BatchClassifyRequest, request: Request) -> Any:
     state = request.app.state
     check_batch(state.settings, body.texts)
     model = served_by(request, require_model(state.models, key=conversation_key(body, request)))
-    answers = await state.batcher.classify(model, body.texts)
+    model, answers = await classify_with_failover(request, model, body.texts, "/classify/batch")
     return json_response({"model_version": model.version, "predictions": answers})
 
 

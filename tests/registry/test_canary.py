@@ -144,3 +144,17 @@ def test_sigkill_during_promote_or_abort_leaves_stable_or_canary(canary_running,
     follow = cli("canary", command[1]) if "canary" in now else cli("canary", "status")
     assert follow.exit_code == 0, follow.output
     assert "canary" not in state(registry)
+
+
+def test_auto_deploy_after_training_waits_for_a_running_canary(canary_running, tiny_data, fast_train_env,
+                                                               monkeypatch):
+    registry, _ = canary_running
+    monkeypatch.setenv("AUTO_DEPLOY_ON_SUCCESS", "true")
+    assert cli("prepare", tiny_data).exit_code == 0
+    before = state(registry)
+    result = cli("train", "--json", "--force")
+    assert result.exit_code == 0, result.output  # the training succeeded: the deploy is what waits
+    trained = json.loads(result.stdout)
+    assert trained["deployed"]["action"] == "skipped" and "canary of v0002" in trained["deployed"]["reason"]
+    assert "canary of v0002 is running" in " ".join(result.output.split())  # (the warning may wrap)
+    assert state(registry) == before

@@ -945,3 +945,34 @@ def test_drift_is_a_gauge_and_alerts_once_per_version(registry, monkeypatch):
         (registry.root / "drift_alerts.json").unlink(missing_ok=True)
     alerts = [json.loads(line) for line in history.read_text().splitlines() if '"drift_alert"' in line]
     assert len(alerts) == before + 1 and "PSI" in alerts[-1]["reason"] and alerts[-1]["drift"]["answers"] >= 20
+
+
+def test_a_canary_that_raises_is_answered_by_the_stable_version_and_counted_against(registry, monkeypatch):
+    """A broken canary (its predictor raises) costs the guest nothing: the stable version answers, and the
+    failure is a 5xx in the canary's live figures, which the judge aborts on."""
+    monkeypatch.setenv("HOTELBOT_CANARY_MIN_REQUESTS", "1000000000")
+    twin = clone(registry, "v0001")
+    deploy(registry, "v0001")
+    state = {k: v for k, v in registry.current_state().items() if k != "canary"}
+    registry.write_current_state({**state, "canary": {"version": twin, "weight": 50, "event_id": "broken",
+                                                      "started_at": "2026-12-07T00:00:00Z"}})
+    try:
+        with TestClient(create_app(registry, NO_WATCH)) as client:
+            canary = client.app.state.models.canary
+            assert canary is not None and canary.version == twin
+
+            def broken(*args, **kwargs):
+                raise RuntimeError("this canary is broken")
+
+            monkeypatch.setattr(canary.predictor, "predict", broken)
+            monkeypatch.setattr(canary.predictor, "submit_each", broken)
+            answers = [client.post("/classify", json={"text": "hola", "conversation_id": f"g{i}"}) for i in range(40)]
+            assert all(r.status_code == 200 for r in answers)
+            assert {r.json()["model_version"] for r in answers} == {"v0001"}
+            batch = client.post("/classify/batch", json={"texts": ["hola", "wifi"], "conversation_id": "g1"})
+            assert batch.status_code == 200 and batch.json()["model_version"] == "v0001"
+            snap = client.app.state.metrics.versions.snapshot()
+            assert snap[twin]["errors"] >= 10 and snap[twin]["answers"] == 0  # about half the 40 conversations
+            assert snap["v0001"]["answers"] >= 40
+    finally:
+        deploy(registry, "v0001")
