@@ -59,6 +59,42 @@ def check_mode(mode: str, validation: Sequence[Example], *, joint: bool = False,
                         hint="add out_of_scope examples to the data and prepare it again")
 
 
+def fast_best_threshold(scores: Any, argmax: list[str], y_true: list[str], labels: list[str], metric: str,
+                        base_score: float) -> float | None:
+    """:func:`~.calibration.best_threshold` for macro_f1 and accuracy, vectorised (numpy bincounts instead of one
+    scikit-learn call per candidate: ~12 s -> well under 1 s for 4 values of k on the shipped split); the same
+    candidates, tie rule and F1 definition (a label never true nor predicted scores 0, zero_division=0).
+    Other metrics: the scikit-learn loop."""
+    import numpy as np  # with torch loaded anyway
+
+    if metric not in ("macro_f1", "accuracy") or OUT_OF_SCOPE not in labels:
+        return best_threshold(scores, argmax, y_true, labels, metric, base_score)
+    index = {label: i for i, label in enumerate(labels)}
+    n = len(labels)
+    truth = np.array([index.get(t, -1) for t in y_true])
+    pred0 = np.array([index.get(p, -1) for p in argmax])
+    oos = index[OUT_OF_SCOPE]
+    scores = np.asarray(scores, dtype=np.float64)
+    candidates = [t for t in np.unique(np.round(scores, 3)) if 0 < t < 1]
+
+    def score(t: float) -> float:
+        pred = np.where(scores < t, oos, pred0)
+        right = pred == truth
+        if metric == "accuracy":
+            return float(right.mean())
+        tp = np.bincount(truth[right & (truth >= 0)], minlength=n)[:n]
+        true_n = np.bincount(truth[truth >= 0], minlength=n)[:n]
+        pred_n = np.bincount(pred[pred >= 0], minlength=n)[:n]
+        return float(np.mean(np.where(true_n + pred_n > 0, 2 * tp / np.maximum(true_n + pred_n, 1), 0.0)))
+
+    best_t, best = 0.0, base_score
+    for t in candidates:
+        value = score(float(t))
+        if value > best + 1e-12:
+            best_t, best = float(t), value
+    return best_t if best_t > 0 else None
+
+
 def embed_examples(model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 64) -> tuple[Any, Any]:
     """(softmax probabilities, pooled embeddings) of ``texts`` with a torch classifier, as its predictor runs it;
     batched shortest first (less padding: 18 s instead of 30 s for the shipped 3,075 texts on 2 cores), returned
@@ -107,7 +143,7 @@ def choose_detector(model: Any, tokenizer: Any, train: Sequence[Example], valida
     trials = []
     for kk in ([k] if k else [c for c in K_CHOICES if c <= len(memory)] or [len(memory)]):
         sims = kth_similarity(pooled, memory, kk).astype(np.float64)  # float64: thresholds like 0.578, not 0.57800001
-        threshold = best_threshold(sims, argmax, y_true, labels, metric, base_score)
+        threshold = fast_best_threshold(sims, argmax, y_true, labels, metric, base_score)
         metrics = classification_metrics(y_true, apply_fallback_labels(argmax, sims, threshold), labels, metric)
         trials.append((metrics[metric], -kk, kk, threshold, metrics))
     score, _, kk, threshold, metrics = max(trials, key=lambda t: (round(t[0], 12), t[1]))  # ties: the smaller k

@@ -291,3 +291,23 @@ def test_choose_detector_keeps_knn_only_when_it_scores_higher(monkeypatch):
     assert off.method == SOFTMAX and "calibrate_oos_threshold is false" in off.record["reason"]
     with pytest.raises(DataError, match="calibrate_oos_threshold"):
         check_mode(KNN, validation, calibrate=False)
+
+
+def test_the_fast_threshold_search_agrees_with_scikit_learns():
+    import random
+
+    from hotelbot_cli.training.calibration import best_threshold
+    from hotelbot_cli.training.oos_detector import fast_best_threshold
+
+    rng = random.Random(3)
+    labels = ["a", "b", "c", OUT_OF_SCOPE]
+    for trial in range(5):
+        y_true = [rng.choice(labels) for _ in range(120)]
+        argmax = [t if rng.random() < 0.7 else rng.choice(labels[:3]) for t in y_true]
+        scores = [round(rng.uniform(0.3, 0.99) - (0.2 if t == OUT_OF_SCOPE else 0.0), 4) for t in y_true]
+        for metric in ("macro_f1", "accuracy"):
+            from hotelbot_cli.evaluation import classification_metrics
+
+            base = classification_metrics(y_true, argmax, labels, metric)[metric]
+            assert fast_best_threshold(scores, argmax, y_true, labels, metric, base) == \
+                best_threshold(scores, argmax, y_true, labels, metric, base), (trial, metric)
