@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import orjson
 from fastapi import FastAPI, Request
@@ -97,16 +97,17 @@ def served_by(request: Request, model: LoadedModel) -> LoadedModel:
     return model
 
 
-async def classify_with_failover(request: Request, model: LoadedModel, texts: Sequence[str],
-                                 endpoint: str) -> tuple[LoadedModel, list[dict[str, Any]]]:
-    """The batcher's answers from ``model``; when that is the canary and it fails (an exception: a broken
-    version), the failure is counted against the canary (a 5xx in its live figures, which the judge aborts
-    on) and the stable version answers instead, so the guest gets an answer."""
+async def with_failover(request: Request, model: LoadedModel, endpoint: str,
+                        run: Callable[[LoadedModel], Awaitable[Any]]) -> tuple[LoadedModel, Any]:
+    """``await run(model)``; when ``model`` is the canary and it fails (an exception: a broken version), the
+    failure is counted against the canary (a 5xx in its live figures, which the judge aborts on) and the
+    stable version answers instead, so the guest gets an answer. Returns (the version that answered, the
+    answer)."""
     state = request.app.state
     holder: ModelHolder = state.models
     start = time.perf_counter()
     try:
-        return model, await state.batcher.classify(model, texts)
+        return model, await run(model)
     except ServeError:
         raise
     except Exception:  # noqa: BLE001 - a canary's failure: answered by the stable version below
@@ -116,7 +117,7 @@ async def classify_with_failover(request: Request, model: LoadedModel, texts: Se
         logger.warning("canary %s failed a request; answered by %s", model.version, stable.version, exc_info=True)
         state.metrics.versions.observe_request(model.version, endpoint, 500, time.perf_counter() - start)
         stable = served_by(request, stable)
-        return stable, await state.batcher.classify(stable, texts)
+        return stable, await run(stable)
 
 
 def check_length(settings: ServeSettings, text: str, where: str) -> None:
@@ -166,7 +167,8 @@ async def classify(body: ClassifyRequest, request: Request) -> Any:
     state = request.app.state
     check_length(state.settings, body.text, "text")
     model = served_by(request, require_model(state.models, key=conversation_key(body, request)))
-    model, (answer,) = await classify_with_failover(request, model, [body.text], "/classify")
+    model, (answer,) = await with_failover(request, model, "/classify",
+                                           lambda m: state.batcher.classify(m, [body.text]))
     return json_response(answer)
 
 
@@ -176,7 +178,7 @@ async def classify_batch(body: BatchClassifyRequest, request: Request) -> Any:
     state = request.app.state
     check_batch(state.settings, body.texts)
     model = served_by(request, require_model(state.models, key=conversation_key(body, request)))
-    model, answers = await classify_with_failover(request, model, body.texts, "/classify/batch")
+    model, answers = await with_failover(request, model, "/classify/batch", lambda m: state.batcher.classify(m, body.texts))
     return json_response({"model_version": model.version, "predictions": answers})
 
 
@@ -186,7 +188,8 @@ async def analyze(body: AnalyzeRequest, request: Request) -> Any:
     state = request.app.state
     check_batch(state.settings, body.texts)
     model = served_by(request, require_model(state.models, "analyzer", conversation_key(body, request)))
-    answers = await state.batcher.run(model.analyzer.analyze, body.texts, state.settings.top_k)
+    model, answers = await with_failover(request, model, "/analyze",
+                                         lambda m: state.batcher.run(m.analyzer.analyze, body.texts, state.settings.top_k))
     for row in answers:
         state.metrics.versions.observe_answer(model.version, row.get("intent"), row.get("confidence"),
                                               bool(row.get("fallback")))
@@ -198,7 +201,8 @@ async def analyze(body: AnalyzeRequest, request: Request) -> Any:
 async def search(body: SearchRequest, request: Request) -> Any:
     check_length(request.app.state.settings, body.query, "query")
     model = served_by(request, require_model(request.app.state.models, "knowledge", conversation_key(body, request)))
-    hits = await asyncio.to_thread(model.knowledge.search, body.query, body.top_k)
+    model, hits = await with_failover(request, model, "/search",
+                                      lambda m: asyncio.to_thread(m.knowledge.search, body.query, body.top_k))
     return json_response({"model_version": model.version, "query": body.query,
                           "results": [h.to_dict() for h in hits]})
 
@@ -208,7 +212,8 @@ async def search(body: SearchRequest, request: Request) -> Any:
 async def reply(body: ReplyRequest, request: Request) -> Any:
     check_length(request.app.state.settings, body.text, "text")
     model = served_by(request, require_model(request.app.state.models, "replies", conversation_key(body, request)))
-    (answer,) = await asyncio.to_thread(model.replies.reply, [body.text])
+    model, (answer,) = await with_failover(request, model, "/reply",
+                                           lambda m: asyncio.to_thread(m.replies.reply, [body.text]))
     answer.pop("message", None)
     return json_response({**answer, "model_version": model.version})
 

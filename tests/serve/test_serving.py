@@ -971,6 +971,10 @@ def test_a_canary_that_raises_is_answered_by_the_stable_version_and_counted_agai
             assert {r.json()["model_version"] for r in answers} == {"v0001"}
             batch = client.post("/classify/batch", json={"texts": ["hola", "wifi"], "conversation_id": "g1"})
             assert batch.status_code == 200 and batch.json()["model_version"] == "v0001"
+            assert canary.analyzer is not None  # /analyze fails over the same way
+            monkeypatch.setattr(canary.analyzer, "analyze", broken)
+            analyzed = [client.post("/analyze", json={"texts": ["hola"], "conversation_id": f"g{i}"}) for i in range(20)]
+            assert {(r.status_code, r.json()["model_version"]) for r in analyzed} == {(200, "v0001")}
             snap = client.app.state.metrics.versions.snapshot()
             assert snap[twin]["errors"] >= 10 and snap[twin]["answers"] == 0  # about half the 40 conversations
             assert snap["v0001"]["answers"] >= 40
