@@ -228,6 +228,11 @@ def canary_status_cmd(registry: RegistryOpt = None, json_out: JsonOpt = False) -
     out.print(f"stable: {status['stable'] or '(nothing deployed)'}")
     if running is None:
         out.print("canary: none running (start one: hotelbot deploy VERSION --canary 10)")
+        last = status.get("last_judgement")
+        if last:
+            out.print(f"last verdict ({last.get('at')}, canary {last.get('canary')}): {last['decision']}"
+                      + (f", acted: {last['acted']}" if last.get("acted") else "") + ": "
+                      + "; ".join(last.get("reasons") or []))
     else:
         out.print(f"canary: {running['version']} answers {running['weight']}% of conversations since "
                   f"{running.get('started_at')}" + (f" ({running['reason']})" if running.get("reason") else "")

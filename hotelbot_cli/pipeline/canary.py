@@ -169,19 +169,19 @@ def report_worse(registry: ModelRegistry, settings: Settings, running: dict[str,
 
 def canary_status(registry: ModelRegistry) -> dict[str, Any]:
     """{"stable", "canary": {"version", "weight", "started_at", ...} | None, "deployed_at", "judgement": serve's
-    latest verdict on this canary ({"decision", "reasons", "figures", "at"}) | None}."""
+    latest verdict on this canary ({"decision", "reasons", "figures", "at", "acted"}) | None, "last_judgement":
+    without a running canary, serve's last verdict on the one before (e.g. the abort that ended it) | None}."""
     state = registry.current_state()
     running = running_canary(state)
-    judgement = None
-    if running is not None:
-        try:
-            judgement = json.loads((registry.root / JUDGEMENT_FILE).read_text("utf-8"))
-        except (OSError, ValueError):
-            judgement = None
-        if not isinstance(judgement, dict) or judgement.get("event_id") != running.get("event_id"):
-            judgement = None  # about an earlier canary, or none yet
+    try:
+        latest = json.loads((registry.root / JUDGEMENT_FILE).read_text("utf-8"))
+    except (OSError, ValueError):
+        latest = None
+    latest = latest if isinstance(latest, dict) and isinstance(latest.get("decision"), str) else None
+    judgement = latest if running is not None and latest and latest.get("event_id") == running.get("event_id") \
+        else None  # about an earlier canary, or none yet
     return {"stable": state.get("version"), CANARY: running, "deployed_at": state.get("deployed_at"),
-            "judgement": judgement}
+            "judgement": judgement, "last_judgement": latest if running is None else None}
 
 
 __all__ = ["CANARY", "abort_canary", "canary_status", "check_weight", "promote_canary", "running_canary",

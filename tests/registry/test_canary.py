@@ -47,7 +47,8 @@ def test_deploy_canary_records_stable_canary_weight_and_start_at_once(canary_run
     assert now["canary"]["started_at"] and now["canary"]["reason"] == "friday"
     assert started["gate"]["passed"] and started["smoke"]  # the usual gate and smoke test ran
     status = doc(cli("canary", "status", "--json"))
-    assert status == {"stable": "v0001", "canary": now["canary"], "deployed_at": now["deployed_at"], "judgement": None}
+    assert status == {"stable": "v0001", "canary": now["canary"], "deployed_at": now["deployed_at"], "judgement": None,
+                      "last_judgement": None}
     shown = cli("canary", "status")
     assert shown.exit_code == 0 and "v0002 answers 10% of conversations" in shown.output
     assert events(registry)[-1] == "canary_start"

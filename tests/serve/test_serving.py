@@ -888,7 +888,11 @@ def test_a_bad_canary_is_aborted_automatically_with_no_failed_request(on_v0001, 
     assert judgement["figures"]["canary"]["fallback_rate"] == 1.0 and judgement["figures"]["stable"]["answers"] >= 20
     assert aborted[0]["from"] == "v0003" and aborted[0]["to"] == "v0001"
     written = json.loads((registry.root / "canary_judgement.json").read_text())  # what `canary status` showed
-    assert written["canary"] == "v0003" and written["decision"] == "abort"
+    assert written["canary"] == "v0003" and written["decision"] == "abort" and written["acted"] == "abort"
+    from hotelbot_cli.pipeline.canary import canary_status
+
+    after = canary_status(registry)  # the canary is gone: status still tells why
+    assert after["canary"] is None and after["last_judgement"]["decision"] == "abort"
 
 
 def test_a_healthy_canary_with_auto_promote_is_promoted_by_the_judge(registry, monkeypatch):
