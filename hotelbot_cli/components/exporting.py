@@ -205,6 +205,7 @@ def onnx_classifier_card(target: Path, graphs: Sequence[str], version: str) -> d
     chosen = (read_runtime_spec(target) or {}).get("runtime")
     graph = graphs[0]
     threshold = config.oos_threshold
+    detector = config.oos_detector or {}
     steps = [f"Clean each text: {TEXT_CLEANING} (`clean` below).",
              f"Prepend the query prefix {config.query_prefix!r}." if config.query_prefix else "No query prefix.",
              f"Tokenize with padding to the longest text and truncation at `max_length` = {config.max_length}.",
@@ -214,10 +215,10 @@ def onnx_classifier_card(target: Path, graphs: Sequence[str], version: str) -> d
              (f"Out of scope: when the highest probability is below `oos_threshold` = {threshold}, the answer is "
               f"`{OUT_OF_SCOPE}`.") if threshold is not None else
              (f"Out of scope (nearest neighbours, `oos_detector` in `{CLASSIFIER_FILE}`): the graph's second output "
-              f"`embedding` scaled to length 1, dot product with each row of `{(config.oos_detector or {}).get('memory')}`; "
-              f"below `threshold` = {(config.oos_detector or {}).get('threshold')} at the "
-              f"{(config.oos_detector or {}).get('k')}-th largest, the answer is `{OUT_OF_SCOPE}`.")
-             if (config.oos_detector or {}).get("method") == "knn" else "No out-of-scope threshold."]
+              f"`embedding` scaled to length 1, dot product with each row of `{detector.get('memory')}`; "
+              f"below `threshold` = {detector.get('threshold')} at the "
+              f"{detector.get('k')}-th largest, the answer is `{OUT_OF_SCOPE}`.")
+             if detector.get("method") == "knn" else "No out-of-scope threshold."]
     snippet = CLEAN_SNIPPET + f'''
 import json
 

@@ -22,14 +22,13 @@ import json
 import uuid
 from typing import Any
 
-from .._io import atomic_write_json
 from ..config import Settings
 from ..errors import ConfigError, GateFailedError, HotelbotError, IntegrityError, RegistryError
 from ..registry import ModelRegistry
 from ..registry.backups import create_backup
 from ..registry.store import crashpoint, utc_now
-from .deploy import (CANARY, OperationResult, end_canary, exclusive, gate_version, log, record_event, running_canary,
-                     smoke_check)
+from .deploy import (CANARY, OperationResult, end_canary, exclusive, gate_version, log, record_event, record_once,
+                     running_canary, smoke_check)
 
 MIN_WEIGHT, MAX_WEIGHT = 1, 99
 
@@ -67,7 +66,7 @@ def start_canary(registry: ModelRegistry, settings: Settings, version: str, weig
         gate = gate_version(registry, settings, target.name)
         if not gate["passed"]:
             record_event(registry, settings, {"event_id": event_id, "event": "gate_failed", "from": stable,
-                                         "to": target.name, "canary": weight, "reason": reason, "scores": gate})
+                                              "to": target.name, "canary": weight, "reason": reason, "scores": gate})
             raise GateFailedError(f"{target.name} not started as a canary: " + "; ".join(gate["failures"]))
         try:
             smoke = smoke_check(target, settings)  # it must load and answer before any guest reaches it
@@ -81,7 +80,8 @@ def start_canary(registry: ModelRegistry, settings: Settings, version: str, weig
         registry.write_current_state({**state, CANARY: canary, "event_id": event_id, "action": "canary_start"})
         crashpoint("after-switch")
         notes = record_event(registry, settings, {"event_id": event_id, "event": "canary_start", "from": stable,
-                                             "to": target.name, "canary": weight, "reason": reason, "scores": gate})
+                                                  "to": target.name, "canary": weight, "reason": reason,
+                                                  "scores": gate})
         return OperationResult("canary_start", target.name, stable, True, None, gate, smoke, False, notes, repaired,
                                event_id, canary)
 
@@ -151,20 +151,10 @@ def report_worse(registry: ModelRegistry, settings: Settings, running: dict[str,
         now = running_canary(state)
         if now is None or now.get("event_id") != running.get("event_id"):
             return False
-        path = registry.root / WORSE_FILE
-        try:
-            done = json.loads(path.read_text("utf-8"))
-        except (OSError, ValueError):
-            done = {}
-        key = str(running.get("event_id"))
-        if key in done:
-            return False
-        atomic_write_json(path, {**done, key: utc_now()})
-        record_event(registry, settings, {"event": "canary_worse", "from": running["version"], "to": state.get("version"),
-                                          "canary": running.get("weight"), "judgement": details,
-                                          "reason": "worse than the stable version; ENABLE_AUTO_ROLLBACK is off: "
-                                                    "not aborted (hotelbot canary abort)"})
-        return True
+        return record_once(registry, settings, WORSE_FILE, str(running.get("event_id")), {
+            "event": "canary_worse", "from": running["version"], "to": state.get("version"),
+            "canary": running.get("weight"), "judgement": details,
+            "reason": "worse than the stable version; ENABLE_AUTO_ROLLBACK is off: not aborted (hotelbot canary abort)"})
 
 
 def canary_status(registry: ModelRegistry) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from .._io import hashing_once
+from .._io import atomic_write_json, hashing_once
 from ..components import registered
 from ..components.compose import components_of
 from ..config import Settings
@@ -88,6 +88,24 @@ def record_event(registry: ModelRegistry, settings: Settings, event: dict[str, A
     event = {"event_id": event.get("event_id") or uuid.uuid4().hex[:12], **event}
     registry.append_history(event)
     return notify(settings, {**event, "at": utc_now(), "registry": str(registry.root)})
+
+
+def record_once(registry: ModelRegistry, settings: Settings, ledger: str, key: str, event: dict[str, Any]) -> bool:
+    """(The registry lock held.) :func:`record_event` unless ``key`` is already in the registry's JSON file
+    ``ledger`` ({key: when}), which then remembers it: an alert sent once however many server workers (and
+    restarts) find the same thing. True when recorded now."""
+    path = registry.root / ledger
+    try:
+        done = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        done = {}
+    if not isinstance(done, dict):
+        done = {}
+    if key in done:
+        return False
+    atomic_write_json(path, {**done, key: utc_now()})
+    record_event(registry, settings, event)
+    return True
 
 
 # ---------------------------------------------------------------- checks

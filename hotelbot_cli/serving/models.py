@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import json
 import logging
 import math
 import os
@@ -34,7 +33,7 @@ from ..data import OUT_OF_SCOPE
 from ..errors import HotelbotError, ModelError, ServeError
 from ..pipeline.analyze import Analyzer
 from ..pipeline.canary import JUDGEMENT_FILE
-from ..pipeline.deploy import record_event
+from ..pipeline.deploy import record_once
 from ..registry import ModelRegistry, VersionInfo
 from ..registry.store import utc_now
 from ..runtime import apply_fallback, load_predictor
@@ -233,6 +232,15 @@ class ModelHolder:
             except Exception:  # noqa: BLE001 - unreadable metrics: judge on everything since start
                 self._baseline = (key, {})
 
+    def _settings(self) -> Any:
+        """The deployment config the judge and the drift check read (thresholds, auto-rollback, notifications),
+        loaded on first use."""
+        if self._deploy_settings is None:
+            from ..config import load_settings  # only a server that judges or checks drift needs it
+
+            self._deploy_settings = load_settings()
+        return self._deploy_settings
+
     def judge_canary(self) -> str | None:
         """The running canary's verdict on its live figures since it started (serving.judge: the counters minus
         those this process saw when it first served this canary, so a restarted canary or the stable version's
@@ -242,11 +250,7 @@ class ModelHolder:
         canary, stable = self.canary, self.model
         if canary is None or stable is None:
             return None
-        from ..config import load_settings  # the deployment config: thresholds, auto-rollback, notifications
-
-        if self._deploy_settings is None:
-            self._deploy_settings = load_settings()
-        settings = self._deploy_settings
+        settings = self._settings()
         running = self.registry.current_state().get("canary") or {}
         if running.get("version") != canary.version:
             return None  # ended since the last refresh
@@ -275,11 +279,7 @@ class ModelHolder:
         if now - self._drift_at < DRIFT_EVERY_S:
             return []
         self._drift_at = now
-        from ..config import load_settings  # the deployment config: thresholds, notifications
-
-        if self._deploy_settings is None:
-            self._deploy_settings = load_settings()
-        settings = self._deploy_settings
+        settings = self._settings()
         snapshot = self.metrics.versions.snapshot()
         alerted = []
         for model in (self.model, self.canary):
@@ -291,17 +291,9 @@ class ModelHolder:
             if not reasons:
                 continue
             with self.registry.lock(timeout=settings.deployment.lock_timeout_seconds):
-                path = self.registry.root / DRIFT_ALERTS_FILE
-                try:
-                    done = json.loads(path.read_text("utf-8"))
-                except (OSError, ValueError):
-                    done = {}
-                if model.version not in done:
-                    done[model.version] = {"at": utc_now(), "reasons": reasons}
-                    atomic_write_json(path, done)
-                    record_event(self.registry, settings, {"event": "drift_alert", "from": model.version,
-                                                           "to": model.version, "reason": "; ".join(reasons),
-                                                           "drift": figures})
+                if record_once(self.registry, settings, DRIFT_ALERTS_FILE, model.version,
+                               {"event": "drift_alert", "from": model.version, "to": model.version,
+                                "reason": "; ".join(reasons), "drift": figures}):
                     alerted.append(model.version)
                     logger.warning("drift on %s: %s", model.version, "; ".join(reasons))
             self._drift_alerted.add(model.version)
@@ -343,13 +335,13 @@ class ModelHolder:
         primary = next((parts[c.name] for c in registered() if c.primary and c.name in parts), None)
         model = LoadedModel(primary, info.name, threshold, parts.get(KNOWLEDGE), analyzer, parts.get(GENERATOR),
                             parts.get(REPLIES))
-        self.metrics.references[info.name] = reference_of(info.path)  # what drift is measured against
         if primary is not None:
             smoke = primary.predict([SMOKE_TEXT], top_k=self.settings.top_k)
             if len(smoke) != 1 or not 0.0 <= float(smoke[0].confidence) <= 1.0:
                 raise ModelError(f"version {name} gave a malformed smoke prediction")
         if analyzer is not None and len(analyzer.analyze([SMOKE_TEXT], top_k=self.settings.top_k)) != 1:
             raise ModelError(f"version {name} gave a malformed smoke analysis")
+        self.metrics.references[info.name] = reference_of(info.path)  # what drift is measured against (if served)
         return model
 
     def unavailable(self) -> ServeError:
