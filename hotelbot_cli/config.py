@@ -90,6 +90,9 @@ def _coerce(type_name: Any, value: Any, where: str) -> Any:
     return value
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
 @dataclass
 class TrainingConfig(_Section):
     base_model: str = DEFAULT_BASE_MODEL
@@ -115,6 +118,8 @@ class TrainingConfig(_Section):
     # `train --model-type all`: one joint NLU model (intents + entities + sentiment on one encoder) instead of
     # three separate ones, when the entity and sentiment splits are prepared (README "The joint NLU model")
     joint_nlu: bool = False
+    # Mixed precision on the Trainer: fp32 (none) | bf16 (CUDA with bf16 support, or recent CPUs) | fp16 (CUDA)
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -138,6 +143,8 @@ class TrainingConfig(_Section):
             raise ConfigError("base_model must not be empty")
         if self.oos_detector not in ("auto", "softmax", "knn"):
             raise ConfigError(f"oos_detector must be auto, softmax or knn, got {self.oos_detector!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if isinstance(self.oos_knn_k, bool) or not isinstance(self.oos_knn_k, int) or not 0 <= self.oos_knn_k <= 1000:
             raise ConfigError(f"oos_knn_k must be a whole number from 0 (choose on validation) to 1000, got {self.oos_knn_k!r}")
 
@@ -247,6 +254,7 @@ class Paths:
     data: Path = field(default_factory=lambda: Path("data/processed"))
     model_cache: Path | None = None
     mlflow_tracking_uri: str | None = None
+    hpo_storage: str | None = None  # an Optuna RDB URL shared by HPO processes (default: sqlite under home)
 
     @property
     def models_dir(self) -> Path:
@@ -258,6 +266,12 @@ class Paths:
             return self.mlflow_tracking_uri
         return f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
 
+    @property
+    def hpo_storage_url(self) -> str:
+        if self.hpo_storage:
+            return self.hpo_storage
+        return f"sqlite:///{(self.home / 'hpo' / 'optuna.db').resolve()}"
+
     def to_dict(self) -> dict[str, str]:
         return {
             "home": str(self.home),
@@ -267,6 +281,7 @@ class Paths:
             "data": str(self.data),
             "model_cache": str(self.models_dir),
             "mlflow_tracking_uri": self.tracking_uri,
+            "hpo_storage": self.hpo_storage_url,
         }
 
 
@@ -314,6 +329,7 @@ ENV_TRAINING = {
     "TRAINING_JOINT_NLU": "joint_nlu",
     "TRAINING_OOS_DETECTOR": "oos_detector",
     "TRAINING_OOS_KNN_K": "oos_knn_k",
+    "TRAINING_PRECISION": "precision",
     "HOTELBOT_BASE_MODEL": "base_model",
 }
 ENV_DATA = {"TRAINING_VALIDATION_SPLIT": "validation_split"}
@@ -340,6 +356,7 @@ ENV_DEPLOYMENT = {
     "HOTELBOT_DRIFT_MAX_PSI": "drift_max_psi",
     "HOTELBOT_DRIFT_MAX_FALLBACK_INCREASE": "drift_max_fallback_increase",
 }
+URL_PATHS = ("mlflow_tracking_uri", "hpo_storage")  # Paths fields that are URLs, not paths
 ENV_PATHS = {
     "HOTELBOT_HOME": "home",
     "HOTELBOT_REGISTRY": "registry",
@@ -469,9 +486,11 @@ def load_settings(
     layered.update({key: env[name] for name, key in ENV_PATHS.items() if env.get(name)})
     if env.get("MLFLOW_TRACKING_URI"):
         layered["mlflow_tracking_uri"] = env["MLFLOW_TRACKING_URI"]
+    if env.get("HOTELBOT_HPO_STORAGE"):
+        layered["hpo_storage"] = env["HOTELBOT_HPO_STORAGE"]
     layered.update({k: v for k, v in (path_overrides or {}).items() if v is not None})
     for key, value in layered.items():
-        setattr(paths, key, value if key == "mlflow_tracking_uri" else Path(value))
+        setattr(paths, key, value if key in URL_PATHS else Path(value))
     settings.paths = paths
     settings.sources = sources
     return settings

@@ -29,6 +29,7 @@ from . import packaged
 from ._io import atomic_write_json
 from .errors import ModelError
 from .runtime.layout import EMBEDDINGS_FILE
+from .training.distributed import main_process_first
 
 CLASSIFIER_FILE = "classifier.json"
 ENCODER_CONFIG_FILE = "encoder_config.json"
@@ -54,7 +55,8 @@ def resolve_base_model(spec: str, cache_dir: Path) -> ResolvedBaseModel:
     name = packaged.parse_packaged(spec)
     if name is not None:
         info = packaged.PACKAGED_MODELS[name]
-        location = packaged.materialize(name, Path(cache_dir))
+        with main_process_first():  # torchrun/accelerate: one process converts, the others then find it
+            location = packaged.materialize(name, Path(cache_dir))
         return ResolvedBaseModel(spec, str(location), info.query_prefix, info.pooling, True)
     path = Path(spec).expanduser()
     if path.exists():
@@ -220,7 +222,9 @@ class SentenceClassifier(nn.Module):
         self.classifier_config = config
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(encoder.config.hidden_size, len(config.labels))
-        self.class_weights: torch.Tensor | None = None
+        # A buffer, so model.to(device) moves it with the weights (a plain attribute stayed on the CPU and
+        # broke the loss on CUDA); not persistent: saved weights and their checksums stay what they were.
+        self.register_buffer("class_weights", None, persistent=False)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
@@ -305,7 +309,7 @@ class MultiTaskClassifier(SentenceClassifier):
         losses = []
         intent_rows, sentiment_rows = task_ids == TASK_INTENT, task_ids == TASK_SENTIMENT
         if intent_rows.any():
-            weight = self.class_weights.to(out["logits"].device) if self.class_weights is not None else None
+            weight = self.class_weights
             losses.append(self.task_weights[TASK_INTENT]
                           * nn.functional.cross_entropy(out["logits"][intent_rows], labels[intent_rows], weight=weight))
         if sentiment_rows.any():

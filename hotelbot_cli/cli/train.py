@@ -10,6 +10,7 @@ import typer
 from typing_extensions import Annotated
 
 from ..registry import ModelRegistry
+from ..training.distributed import is_main_process, rank, world_size
 from ._errors import handle_errors
 from ._options import ConfigOpt, JsonOpt, ProfileOpt, RegistryOpt, settings_from
 from ._render import err, log_to, message, out, print_json, warn
@@ -116,7 +117,14 @@ def train_cmd(
                                                         show_default=False)] = None,
     hpo: Annotated[bool, typer.Option("--hpo", help="Search hyperparameters with Optuna first; the best trial "
                                       "becomes the version and its config is saved for later runs.")] = False,
-    trials: Annotated[int, typer.Option("--trials", min=1, help="Optuna trials for --hpo.")] = 10,
+    trials: Annotated[int, typer.Option("--trials", min=1, help="Finished trials (complete or pruned) the --hpo "
+                                        "study should hold; a rerun or another process continues the same study.")] = 10,
+    hpo_storage: Annotated[Optional[str], typer.Option("--hpo-storage", metavar="URL", help="--hpo: the Optuna "
+                           "study's storage, an SQLAlchemy URL shared by every process of the search (sqlite:///"
+                           "FILE, postgresql://..., mysql://...) [env: HOTELBOT_HPO_STORAGE; default: sqlite "
+                           "under HOTELBOT_HOME/hpo/].", show_default=False)] = None,
+    hpo_worker: Annotated[bool, typer.Option("--hpo-worker", help="--hpo: only run trials of the shared study "
+                          "(on another core or machine, same --hpo-storage); publish nothing.")] = False,
     class_weights: Annotated[Optional[bool], typer.Option("--class-weights/--no-class-weights",
                              help="Weight the loss by inverse intent frequency (for imbalanced data).",
                              show_default=False)] = None,
@@ -137,6 +145,10 @@ def train_cmd(
     reply_eval: Annotated[Optional[Path], typer.Option("--reply-eval", help="Replies: the evaluation set (JSONL "
                           "with \"question\" and \"facts\") [default: datasets/reply_eval_es.jsonl].",
                           show_default=False)] = None,
+    bf16: Annotated[bool, typer.Option("--bf16", help="Mixed precision bfloat16 (a CUDA GPU with bf16, or a "
+                                       "recent CPU) [env: TRAINING_PRECISION=bf16].")] = False,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Mixed precision float16 (a CUDA GPU only) "
+                                       "[env: TRAINING_PRECISION=fp16].")] = False,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
     registry: RegistryOpt = None,
@@ -159,6 +171,12 @@ def train_cmd(
         hotelbot prepare new_intents.json && hotelbot train --incremental
 
         hotelbot train --hpo --trials 8 --json
+
+        hotelbot train --hpo --trials 40 --hpo-storage postgresql://optuna@db/hpo   # + workers:
+
+        hotelbot train --hpo --trials 40 --hpo-storage postgresql://optuna@db/hpo --hpo-worker
+
+        torchrun --nproc_per_node 4 -m hotelbot_cli train --bf16   # 4 GPUs, one process each
 
         hotelbot train --oos-detector knn   # out of scope by nearest neighbours, not the softmax threshold
 
@@ -184,6 +202,10 @@ def train_cmd(
             takers = [c.model_type for c in registered() if flag in c.train_options]
             raise typer.BadParameter(f"--{flag.replace('_', '-')} applies to --model-type {' and '.join(takers)}, "
                                      f"not --model-type {model_type}")
+    if (hpo_worker or hpo_storage) and not hpo:
+        raise typer.BadParameter("--hpo-worker and --hpo-storage go with --hpo")
+    if bf16 and fp16:
+        raise typer.BadParameter("--bf16 and --fp16 exclude each other: choose one")
     if reply_eval is not None and not reply_eval.is_file():
         raise typer.BadParameter(f"--reply-eval: no such file: {reply_eval}")
     if from_version and not incremental and (component is None or primary):
@@ -195,7 +217,12 @@ def train_cmd(
         "base_model": base_model, "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
         "head_learning_rate": head_learning_rate, "max_length": max_length, "seed": seed,
         "early_stopping_patience": patience, "freeze_embeddings": freeze, "class_weights": class_weights,
-        "oos_detector": oos_detector}})
+        "oos_detector": oos_detector, "precision": "bf16" if bf16 else ("fp16" if fp16 else None)}})
+    if hpo_storage:
+        settings.paths.hpo_storage = hpo_storage
+    if hpo_worker:
+        _run_hpo_worker(settings, data, trials, incremental, from_version, json_out)
+        return
     if model_type == ALL:
         required = ", ".join(c.name for c in registered() if c.required and c.in_all(settings))
         others = ", ".join(c.name for c in registered() if not c.required and c.in_all(settings))
@@ -209,10 +236,14 @@ def train_cmd(
     # --data is the component's own data; the knowledge base's is --documents (its "incremental" option)
     own_data = None if component is None or primary or "incremental" in component.train_options else data
     source = None if component is None or primary else from_version
+    main = is_main_process()  # torchrun/accelerate launch: the other processes only fit, and say nothing
     with log_to(settings.paths.logs / "training.log"):
         result = train(settings, store, model_type, data=own_data, documents=documents, source=source,
-                       force=force, options=options, progress=_progress(model_type, json_out),
-                       on_step=None if json_out else _step_renderer(model_type))
+                       force=force, options=options, progress=_progress(model_type, json_out) if main else None,
+                       on_step=None if json_out or not main else _step_renderer(model_type))
+    if result.secondary:
+        message(f"process {rank()} of {world_size()}: done; the main process publishes {result.final_version or 'the version'}")
+        return
     deployable = result.final_version and (model_type == ALL or result.trained)
     deployed = _auto_deploy(settings, store, result.final_version) if deployable else None
     if model_type == ALL:
@@ -227,6 +258,23 @@ def train_cmd(
         return
     if deployed:
         out.print(f"deployed {deployed['version']} (was {deployed['previous'] or 'none'})")
+
+
+def _run_hpo_worker(settings: Any, data: Path | None, trials: int, incremental: bool, from_version: str | None,
+                    json_out: bool) -> None:
+    """`train --hpo --hpo-worker`: trials of the shared study, no version."""
+    from ..components.intents.train import hpo_worker  # loads the component table: kept off --help's path
+
+    with log_to(settings.paths.logs / "training.log"), RichProgress() as live:
+        summary = hpo_worker(settings, data or settings.paths.data, trials, listener=None if json_out else live,
+                             incremental_from=(from_version or "") if incremental else None)
+    if json_out:
+        print_json(summary)
+        return
+    out.print(f"HPO worker: ran {summary['ran_here']} trial(s); study {summary['study']} holds {summary['finished']} "
+              f"finished ({summary['pruned']} pruned), best {summary['metric']} "
+              + (f"{summary['best_score']:.4f} (trial {summary['best_trial']})" if summary["best_score"] is not None
+                 else "none yet"))
 
 
 def _progress(model_type: str, json_out: bool) -> Any:

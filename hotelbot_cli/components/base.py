@@ -104,6 +104,9 @@ class Component:
     evaluation_key: ClassVar[str | None] = None    # the key of evaluate()'s document in `validate --json`
     primary: ClassVar[bool] = False             # validate's headline metrics (the intent classifier)
     export_formats: ClassVar[tuple[str, ...]] = ()  # what `hotelbot export --format` writes of it: pt, hf, onnx
+    # Its fit runs on the Hugging Face Trainer, so every process of a torchrun/accelerate launch takes part
+    # (training.distributed); otherwise the main process alone trains it.
+    distributed: ClassVar[bool] = False
 
     # ---------------------------------------------------------------- layout in a version
     def owned_paths(self) -> tuple[str, ...]:

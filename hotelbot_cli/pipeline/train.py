@@ -30,6 +30,8 @@ from ..components import Component, TrainRequest, by_model_type, registered
 from ..components.compose import adopt_component, orphaned, refuse_orphans, source_version
 from ..errors import AlreadyTrainedError
 from ..reporting import build_report_from_dir, write_report_files, write_training_report
+from ..training.distributed import SecondaryProcess, is_distributed, is_main_process, share_from_main
+from ..training.loop import check_precision
 from ..training.tracking import MlflowTracker
 
 if TYPE_CHECKING:
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("hotelbot.training")
 EXPERIMENT = "hotelbot-all"
 ALL = "all"
+SECONDARY = "secondary"  # a step's status on a process other than the main one (training.distributed)
 
 ProgressFactory = Callable[[str], ContextManager["Listener | None"]]
 
@@ -47,7 +50,8 @@ ProgressFactory = Callable[[str], ContextManager["Listener | None"]]
 @dataclass
 class StepOutcome:
     """One component's step: ``status`` is "trained", "unchanged" (data and config match ``reused_from``),
-    "skipped" (no prepared data) or "provided" (trained by another step: the joint NLU model's heads);
+    "skipped" (no prepared data), "provided" (trained by another step: the joint NLU model's heads) or
+    "secondary" (a process other than the main one under torchrun/accelerate);
     ``version`` is the chain's version after the step."""
 
     component: str
@@ -80,6 +84,11 @@ class PipelineResult:
     @property
     def trained(self) -> bool:
         return any(s.status == "trained" for s in self.steps)
+
+    @property
+    def secondary(self) -> bool:
+        """This process took part in the fits of a torchrun/accelerate launch; the main one published."""
+        return not is_main_process()
 
     def to_dict(self) -> dict[str, Any]:
         return {"final_version": self.final_version, "mlflow_run_id": self.mlflow_run_id,
@@ -128,6 +137,7 @@ def train(settings: "Settings", registry: "ModelRegistry", model_type: str = ALL
     A component trained before on the same data and config is "unchanged" (no error). Errors propagate;
     versions published before a failing step stay in the registry (each is a complete version) and the
     parent run is marked FAILED."""
+    check_precision(settings.training)  # --fp16 without CUDA: refused before anything is trained or logged
     progress = progress or (lambda component: contextlib.nullcontext(None))
     notify = on_step or (lambda outcome: None)
     options = {"reporter": TrainingReporter(settings), **(options or {})}
@@ -178,6 +188,8 @@ def _train_all(settings: "Settings", registry: "ModelRegistry", documents: Path 
                     own = {**own, "drop_joint_heads": bool(orphans) and all(data.get(o) is not None for o in orphans)}
                     outcome = _run_step(component, TrainRequest(settings, registry, data[component.name], last,
                                                                 force, listener, own))
+            if is_distributed():  # every process starts the next step from the main process's version
+                outcome.version = share_from_main(outcome.version)
             last = outcome.version
             result.steps.append(outcome)
             tracker.set_tags({f"hotelbot.{component.name}.status": outcome.status,
@@ -199,12 +211,20 @@ def headline_score(outcome: StepOutcome) -> tuple[str, float] | None:
 
 def _run_step(component: Component, request: TrainRequest, *, adopt: bool = True) -> StepOutcome:
     """Train one component. Already trained on the same data and config: "unchanged", and (``adopt``, in a
-    chain) that version's files are copied into the chain's current version."""
+    chain) that version's files are copied into the chain's current version.
+
+    Under torchrun/accelerate (:mod:`~hotelbot_cli.training.distributed`), a process other than the main one
+    takes part in the fit of a component trained on the Trainer and skips the others; its step is
+    "secondary" (no version: the main process publishes)."""
+    if not is_main_process() and not component.distributed:
+        return StepOutcome(component.name, SECONDARY, None, "trained by the main process alone")
     try:
         trained = component.train(request)
+    except SecondaryProcess as exc:
+        return StepOutcome(component.name, SECONDARY, None, str(exc))
     except AlreadyTrainedError as exc:
         last = request.source
-        if not adopt or last is None or exc.version == last:
+        if not adopt or last is None or exc.version == last or not is_main_process():
             return StepOutcome(component.name, "unchanged", exc.version, exc.message, reused_from=exc.version)
         chained = adopt_component(request.registry, last, component.name, exc.version)
         note = f"unchanged since {exc.version}" + ("" if chained.name == last else f"; copied into {chained.name}")
@@ -212,4 +232,4 @@ def _run_step(component: Component, request: TrainRequest, *, adopt: bool = True
     return StepOutcome(component.name, "trained", trained.version.name, result=trained)
 
 
-__all__ = ["ALL", "EXPERIMENT", "PipelineResult", "StepOutcome", "TrainingReporter", "available_data", "headline_score", "train"]
+__all__ = ["ALL", "EXPERIMENT", "SECONDARY", "PipelineResult", "StepOutcome", "TrainingReporter", "available_data", "headline_score", "train"]

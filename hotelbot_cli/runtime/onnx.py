@@ -24,6 +24,7 @@ from ..registry import VersionInfo
 from .files import BackgroundCheck, onnx_files_read, onnx_graph_files_read, require_files_intact
 from .layout import CLASSIFIER_FILE, MODEL_SUBDIR, ONNX_FILES, ONNX_FP32, ONNX_FP32_FILE, ONNX_INT8, RUNTIME_FILE
 from .detector import EMBEDDING_OUTPUT, OutOfScopeDetector
+from .device import onnx_providers
 from .prediction import Prediction, check_texts
 from .selection import RUNTIME_ENV, read_runtime_spec
 from .tokenizers import load_text_encoder
@@ -107,7 +108,7 @@ def thread_budget() -> int:
 
 
 def open_session(path: Path, threads: int | None = None) -> Any:
-    """An onnxruntime CPU session on ``path`` (``threads``: intra-op threads; default HOTELBOT_ONNX_THREADS)."""
+    """An onnxruntime session on ``path`` (CPU, or CUDA first: :func:`~hotelbot_cli.runtime.device.onnx_providers`) (``threads``: intra-op threads; default HOTELBOT_ONNX_THREADS)."""
     import onnxruntime as ort  # heavy: loaded only when a session is opened
 
     options = ort.SessionOptions()
@@ -122,8 +123,9 @@ def open_session(path: Path, threads: int | None = None) -> Any:
     # texts ~2x slower and batches ~2x less throughput in our measurements. HOTELBOT_ONNX_SPIN=1 turns it on.
     spin = os.environ.get(SPIN_ENV, "").strip().lower() in ("1", "true", "yes", "on")
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    providers = onnx_providers()  # CUDA first when onnxruntime-gpu is installed (HOTELBOT_DEVICE)
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise ModelError(f"cannot load the ONNX model {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
 

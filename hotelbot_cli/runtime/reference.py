@@ -9,6 +9,7 @@ from typing import Any, Sequence
 from ..data import clean_text
 from ..registry import ModelRegistry, VersionInfo
 from .detector import OutOfScopeDetector
+from .device import place
 from .layout import MODEL_SUBDIR, TORCH
 from .prediction import Prediction, check_texts
 
@@ -20,7 +21,8 @@ class TorchPredictor:
         """``model_dir``: where the model was saved (a kNN out-of-scope detector reads its memory there)."""
         import torch  # heavy: only a torch predictor needs it (predict on ONNX never imports it)
 
-        self.model = model.eval()
+        self.model = place(model)  # HOTELBOT_DEVICE: CUDA when there is one, else the CPU
+        self.device = next(self.model.parameters()).device
         self.tokenizer = tokenizer
         self.version = version
         self.config = model.classifier_config
@@ -56,11 +58,12 @@ class TorchPredictor:
                 enc = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.config.max_length,
                                      return_tensors="pt")
                 enc.pop("token_type_ids", None)
-                out = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                out = self.model(input_ids=enc["input_ids"].to(self.device),
+                                 attention_mask=enc["attention_mask"].to(self.device),
                                  **({"return_embedding": True} if embeddings else {}))
-                rows.append(torch.softmax(out["logits"].float(), dim=-1))
+                rows.append(torch.softmax(out["logits"].float(), dim=-1).cpu())
                 if embeddings:
-                    pooled.append(out["embedding"].float().numpy())
+                    pooled.append(out["embedding"].float().cpu().numpy())
         probs = torch.cat(rows) if rows else torch.empty((0, len(self.labels)))
         if not embeddings:
             return probs, None

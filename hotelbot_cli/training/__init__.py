@@ -6,5 +6,6 @@
 - loop: the ONE Hugging Face Trainer loop (two learning rates, best-epoch restore, early stopping);
 - calibration: the out-of-scope threshold;
 - classify: fit a sentence classifier with the loop (intents, sentiment, HPO trials, CV folds);
-- hpo: Optuna search over classify's fits.
+- hpo: Optuna search over classify's fits;
+- distributed: torchrun / accelerate launch (the main process publishes, the others only fit).
 """

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
+from ..errors import ConfigError
+from .distributed import leave_if_secondary, training_on_cpu
 from .events import Listener, TrainingEvent, emitter
 from .monitor import SystemMonitor
 from .tracking import MlflowTracker
@@ -168,6 +170,18 @@ def _make_trainer_class(learning_rate_of: LearningRateOf, batch_loss: BatchLoss 
     return OwnLossTrainer
 
 
+def check_precision(cfg: Any) -> str:
+    """``cfg.precision`` when this machine can train with it (fp16 needs CUDA); ConfigError otherwise. The
+    pipeline calls it before anything is trained or logged."""
+    precision = getattr(cfg, "precision", "fp32")
+    if precision == "fp16":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--fp16 needs a CUDA GPU and torch sees none", hint="use --bf16 on a CPU, or neither")
+    return precision
+
+
 def training_arguments(cfg: Any, output_dir: str, train_size: int, *, logs_per_epoch: int = 2,
                        **overrides: Any) -> Any:
     """The TrainingArguments every hotelbot fit shares (classifier, entities, generator): evaluation each
@@ -177,6 +191,7 @@ def training_arguments(cfg: Any, output_dir: str, train_size: int, *, logs_per_e
     from transformers import TrainingArguments
 
     steps_per_epoch = math.ceil(train_size / cfg.batch_size)
+    precision = check_precision(cfg)
     settings: dict[str, Any] = dict(
         output_dir=output_dir, num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=max(cfg.batch_size, 32), learning_rate=cfg.learning_rate,
@@ -184,7 +199,9 @@ def training_arguments(cfg: Any, output_dir: str, train_size: int, *, logs_per_e
         eval_strategy="epoch", save_strategy="no", logging_strategy="steps",
         logging_steps=max(1, min(10, steps_per_epoch // logs_per_epoch)), report_to="none", seed=cfg.seed,
         data_seed=cfg.seed, disable_tqdm=True, dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
+        dataloader_pin_memory=torch.cuda.is_available(), bf16=precision == "bf16", fp16=precision == "fp16",
+        # bf16 without CUDA is the CPU's autocast, which the Trainer only allows with use_cpu
+        use_cpu=training_on_cpu() or (precision == "bf16" and not torch.cuda.is_available()),
     )
     return TrainingArguments(**{**settings, **overrides})
 
@@ -239,6 +256,7 @@ def train_best_epoch(cfg: Any, model: Any, scratch_prefix: str, train_ds: Any, v
             emit(TrainingEvent("status", message="evaluating the best epoch"))
             with torch.inference_mode():
                 output = trainer.predict(val_ds)
+    leave_if_secondary()  # under torchrun/accelerate: the main process alone goes on to publish
     return TrainedEncoder(trainer, callbacks.best, duration, output)
 
 

@@ -1,4 +1,5 @@
-"""MLflow tracking: one run per training, nested under an active parent run; logging never fails a training."""
+"""MLflow tracking: one run per training, nested under an active parent run; logging never fails a training.
+Under torchrun/accelerate only the main process opens runs (training.distributed)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import ConfigError
+from .distributed import is_main_process
 
 log = logging.getLogger("hotelbot.training")
 DEFAULT_EXPERIMENT = "hotelbot-classifier"
@@ -26,6 +28,9 @@ class MlflowTracker:
 
     @contextlib.contextmanager
     def run(self, run_name: str, tags: dict[str, str] | None = None, nested: bool = False) -> Iterator["MlflowTracker"]:
+        if not is_main_process():  # torchrun/accelerate: one run per training, the main process's
+            yield self
+            return
         import mlflow
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "Creating initial MLflow database tables"

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 class EntityExtractorComponent(JointHead, SplitComponent):
     name = "entities"
     model_type = "entities"
+    distributed = True  # fits on the Trainer: torchrun / accelerate launch
     kind = "entity-extractor"
     experiment = EXPERIMENT
     description = "entity extractor (BIO token classifier)"

@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+from ...runtime.device import place
 from ..._io import iter_jsonl
 from ...data import (TRAIN_FILE, VALIDATION_FILE, check_split_fingerprint, load_split, read_data_text,
                      read_manifest, stratified_split, write_split)
@@ -712,7 +713,8 @@ class EntityExtractor:
     def __init__(self, model: Any, tokenizer: Any, version: str = "") -> None:
         import torch
 
-        self.model = model.eval()
+        self.model = place(model)  # HOTELBOT_DEVICE: CUDA when there is one, else the CPU
+        self.device = next(self.model.parameters()).device
         self.tokenizer = tokenizer
         self.config: EntityConfig = model.entity_config
         self.tags = self.config.tags
@@ -746,8 +748,9 @@ class EntityExtractor:
                                      return_special_tokens_mask=True, return_tensors="pt")
                 offsets = enc.pop("offset_mapping").tolist()
                 special = enc.pop("special_tokens_mask").tolist()
-                inputs = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
-                probs = torch.softmax(self.model(**inputs)["logits"].float(), dim=-1)
+                inputs = {k: enc[k].to(self.device) for k in ("input_ids", "attention_mask", "token_type_ids")
+                          if k in enc}
+                probs = torch.softmax(self.model(**inputs)["logits"].float(), dim=-1).cpu()
                 confidence, best = probs.max(dim=-1)
                 for i, text in enumerate(chunk):
                     mask = enc["attention_mask"][i].tolist()

@@ -31,6 +31,7 @@ REPORT_METRICS = (("bleu", "BLEU"), ("rouge_l", "ROUGE-L"), ("relevance", "relev
 class GeneratorComponent(Component):
     name = COMPONENT
     model_type = "generator"
+    distributed = True  # fits on the Trainer: torchrun / accelerate launch
     kind = "response-generator"
     experiment = EXPERIMENT
     description = "response generator (encoder-decoder, grounded on the knowledge base)"

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from ...runtime.device import place
 from ...config import load_settings
 from ...data import TRAIN_FILE, VALIDATION_FILE, clean_messages, clean_text
 from ...errors import DataError, ModelError, RegistryError
@@ -40,7 +41,7 @@ class Responder:
         fingerprint): generation reads its states, so the torch encoder's memory-mapped weights are never read."""
         import torch  # heavy: imported when a generator is loaded
 
-        self.model = model.eval()
+        self.model = place(model)  # HOTELBOT_DEVICE: CUDA when there is one, else the CPU
         self.tokenizer = tokenizer
         self.spec = spec
         self.generation = generation

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 class IntentClassifier(Component):
     name = "classifier"
     model_type = "classifier"
+    distributed = True  # fits on the Trainer: torchrun / accelerate launch
     kind = "intent-classifier"
     experiment = "hotelbot-classifier"
     description = "intent classifier (encoder + linear head, out-of-scope threshold)"

@@ -17,15 +17,16 @@ from ...config import Settings
 from ...data import (TRAIN_FILE, VALIDATION_FILE, Example, PreparedData, read_jsonl_examples, read_prepared,
                      write_prepared)
 from ...data import fingerprint as fingerprint_examples
-from ...errors import DataError, HotelbotError
+from ...errors import ConfigError, DataError, HotelbotError
 from ...export import DEFAULT_RECHECK_MARGIN, export_onnx
 from ...registry import ModelRegistry, VersionInfo
 from ...runtime import describe_choice
 from ...runtime.detector import KNN, MEMORY_FILE, SOFTMAX
 from ...runtime.detector import describe as describe_detector
 from ...training.classify import SCALAR_METRICS, FitResult, fit_classifier
+from ...training.distributed import is_distributed
 from ...training.events import Listener, TrainingEvent, emitter
-from ...training.hpo import run_hpo
+from ...training.hpo import HpoRequest, run_hpo, study_name
 from ...training.oos_detector import DetectorChoice, check_mode, choose_detector
 from ...training.monitor import SystemMonitor, hardware, library_versions
 from ...training.tracking import MlflowTracker
@@ -169,6 +170,45 @@ def best_config_path(settings: Settings, fingerprint: str) -> Path:
     return settings.paths.home / "hpo" / f"best-{fingerprint[:16]}-{base}.json"
 
 
+def hpo_request(settings: Settings, cfg: Any, trials: int, fingerprint: str, parent: VersionInfo | None,
+                parent_dir: Path | None) -> HpoRequest:
+    """The shared study a classifier search on this data and config works on (training.hpo)."""
+    return HpoRequest(cfg, settings.validation.metric, settings.paths.models_dir, trials,
+                      settings.paths.hpo_storage_url,
+                      study_name(fingerprint, cfg, settings.validation.metric, parent.name if parent else None),
+                      parent_dir)
+
+
+def hpo_worker(settings: Settings, data_dir: Path, trials: int, listener: Listener | None = None,
+               incremental_from: str | None = None) -> dict[str, Any]:
+    """`train --hpo --hpo-worker`: run trials of the shared study of this data (and parent) until it holds
+    ``trials`` finished ones; publish nothing (the process without --hpo-worker publishes the best trial).
+    Returns the study's summary (training.hpo.summarize)."""
+    if is_distributed():
+        raise ConfigError("--hpo-worker is not run under torchrun/accelerate launch: start plain processes")
+    prepared = read_prepared(data_dir)
+    registry_parent = None
+    train, validation, fingerprint = prepared.train, prepared.validation, prepared.fingerprint
+    if incremental_from is not None:
+        registry = ModelRegistry(settings.paths.registry)
+        registry_parent = registry.require_intact(registry.resolve(incremental_from or None).name)
+        train, validation = _merge_with_parent(prepared, registry_parent)
+        fingerprint = fingerprint_examples(train, validation)
+    labels = sorted({e.intent for e in train + validation})
+    cfg = settings.training
+    parent_dir = registry_parent.path / "model" if registry_parent else None
+    monitor = SystemMonitor()
+    tracker = MlflowTracker(settings.paths.tracking_uri, experiment=EXPERIMENT)
+    try:
+        with tracker.run(run_name=f"hpo-worker-{fingerprint[:8]}", tags={"hotelbot.component": COMPONENT}):
+            search = hpo_request(settings, cfg, trials, fingerprint, registry_parent, parent_dir)
+            _, _, summary = run_hpo(search, train, validation, labels, listener=listener, tracker=tracker,
+                                    monitor=monitor, publish=False)
+    finally:
+        monitor.close()
+    return {**summary, "mlflow_run_id": tracker.run_id}
+
+
 def train_classifier(
     settings: Settings,
     data_dir: Path,
@@ -188,6 +228,9 @@ def train_classifier(
     reports/ after (the pipeline passes :class:`hotelbot_cli.pipeline.train.TrainingReporter`; the report
     reads every component's section, so the component cannot import it itself). ``drop_joint_heads``: leave out
     the source's joint-model heads (entities, sentiment) instead of refusing (`all` retrains them next)."""
+    if hpo_trials and is_distributed():
+        raise ConfigError("--hpo is not run under torchrun/accelerate launch: each trial trains in one process",
+                          hint="start several `hotelbot train --hpo --hpo-storage URL` processes on one study instead")
     emit = emitter(listener)
     prepared = read_prepared(data_dir)
     cfg = settings.training
@@ -221,9 +264,9 @@ def train_classifier(
                             "validation_size": len(validation), "dataset_fingerprint": fingerprint,
                             "parent": parent.name if parent else "", "hpo_trials": hpo_trials})
         if hpo_trials:
-            fit, cfg, hpo_summary = run_hpo(cfg, metric, train, validation, labels, settings.paths.models_dir,
-                                            hpo_trials, listener=listener, tracker=tracker, monitor=monitor,
-                                            parent_dir=parent_dir)
+            search = hpo_request(settings, cfg, hpo_trials, fingerprint, parent, parent_dir)
+            fit, cfg, hpo_summary = run_hpo(search, train, validation, labels, listener=listener, tracker=tracker,
+                                            monitor=monitor)
             atomic_write_json(best_file, {"fingerprint": fingerprint, "base_model": cfg.base_model,
                                           "params": hpo_summary["best_params"], "score": hpo_summary["best_score"],
                                           "metric": metric})

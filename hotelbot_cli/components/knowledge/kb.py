@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator, S
 
 import numpy as np
 
+from ...runtime.device import place
 from ..._io import atomic_write_bytes, atomic_write_json, iter_jsonl
 from ...data import clean_text
 from ...config import load_settings
@@ -646,7 +647,8 @@ class Embedder:
 
         self.model = model
         self.tokenizer = tokenizer
-        self.encoder = encoder.eval()
+        self.encoder = place(encoder)  # HOTELBOT_DEVICE: CUDA when there is one, else the CPU
+        self.device = next(self.encoder.parameters()).device
         self._accepts = set(inspect.signature(encoder.forward).parameters)
 
     @classmethod
@@ -703,6 +705,7 @@ class Embedder:
                                          max_length=self.model.max_length, return_tensors="pt")
                 if "token_type_ids" in encoded and "token_type_ids" not in self._accepts:
                     del encoded["token_type_ids"]
+                encoded = {k: v.to(self.device) for k, v in encoded.items()}
                 hidden = self.encoder(**encoded).last_hidden_state
                 pooled = pool(hidden, encoded["attention_mask"], self.model.pooling)
                 out[batch] = pooled.float().cpu().numpy()

@@ -27,6 +27,7 @@ HEADS = PROVIDES[1:]  # the components that are heads beside the classifier's, e
 class NluComponent(Component):
     name = "nlu"
     model_type = "nlu"
+    distributed = True  # fits on the Trainer: torchrun / accelerate launch
     kind = "nlu-model"
     experiment = "hotelbot-nlu"
     description = "joint NLU model: one encoder, intent + entity + sentiment heads (trains those three components)"

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 class SentimentComponent(JointHead, SplitComponent):
     name = "sentiment"
     model_type = "sentiment"
+    distributed = True  # fits on the Trainer: torchrun / accelerate launch
     kind = "sentiment-classifier"
     experiment = EXPERIMENT
     description = "sentiment classifier (negative / neutral / positive)"
