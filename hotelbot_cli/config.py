@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -91,6 +92,11 @@ def _coerce(type_name: Any, value: Any, where: str) -> Any:
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the password of any ``scheme://user:password@host`` URL in it replaced by ***."""
+    return re.sub(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
 
 
 @dataclass
@@ -281,7 +287,7 @@ class Paths:
             "data": str(self.data),
             "model_cache": str(self.models_dir),
             "mlflow_tracking_uri": self.tracking_uri,
-            "hpo_storage": self.hpo_storage_url,
+            "hpo_storage": redact_url(self.hpo_storage_url),
         }
 
 

@@ -34,6 +34,8 @@ ENV_TO_CLEAR = (
     "HOTELBOT_CANARY_MAX_FALLBACK_INCREASE", "HOTELBOT_CANARY_MAX_ERROR_INCREASE", "HOTELBOT_CANARY_MAX_CONFIDENCE_DROP",
     "HOTELBOT_CANARY_MAX_LATENCY_RATIO", "HOTELBOT_DRIFT_MIN_ANSWERS", "HOTELBOT_DRIFT_MAX_PSI",
     "HOTELBOT_DRIFT_MAX_FALLBACK_INCREASE",
+    "TRAINING_PRECISION", "HOTELBOT_DEVICE", "HOTELBOT_HPO_STORAGE", "HOTELBOT_MLFLOW_REGISTRY",
+    "HOTELBOT_MLFLOW_MODEL_NAME", "MLFLOW_REGISTRY_URI", "RANK", "WORLD_SIZE", "LOCAL_RANK",
 )
 
 # Small hand-written intent set for fast tests (4 intents, 12 each).
@@ -65,6 +67,9 @@ def isolated_env(tmp_path, monkeypatch, mlflow_uri, model_cache):
     monkeypatch.setenv("HOTELBOT_MODEL_CACHE", str(model_cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    # MLflow models and registry aliases (training.mlflow_hub) cost a model logged per training and a few
+    # registry calls per deploy: tested in tests/training/test_mlflow_hub.py, off for the rest of the suite.
+    monkeypatch.setenv("HOTELBOT_MLFLOW_REGISTRY", "off")
     return work
 
 

@@ -53,6 +53,9 @@ def handle_errors(fn: F) -> F:
         except Exception as exc:  # noqa: BLE001 - this IS the one place that turns errors into exits
             if _debug():
                 raise
+            if isinstance(exc, ModuleNotFoundError) and exc.name:
+                error_line(missing_module_line(exc.name))
+                raise typer.Exit(1) from None
             for kind, code, prefix in ERROR_TABLE:
                 if isinstance(exc, kind):
                     exit_code = code if code is not None else getattr(exc, "exit_code", 1)
@@ -63,6 +66,19 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+# The modules the `serve` install brings (pyproject.toml); any other missing one is the `train` install's.
+SERVE_MODULES = frozenset({"onnxruntime", "tokenizers", "fastapi", "starlette", "pydantic", "pydantic_core", "uvicorn",
+                           "httptools", "uvloop", "prometheus_client", "scipy"})
+
+
+def missing_module_line(name: str) -> str:
+    """One line for a library an install by role lacks (README "Installs by role")."""
+    top = name.partition(".")[0]
+    role = "serve" if top in SERVE_MODULES else "train"
+    return (f"error: this needs the `{role}` install (no module named {top!r}): "
+            f"pip install -c constraints.txt '.[{role}]'")
 
 
 def is_tty_stderr() -> bool:

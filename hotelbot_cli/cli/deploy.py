@@ -22,7 +22,8 @@ def _report(result, json_out: bool) -> None:
     for note in result.repaired:
         message(f"repaired after an interrupted operation: {note}")
     for note in result.notifications:
-        warn(f"notification failed (the {result.action} stands): {note}")
+        warn(f"{note} (the {result.action} stands)" if note.startswith("MLflow")
+             else f"notification failed (the {result.action} stands): {note}")
     if not result.changed:
         out.print(f"{result.version} is already deployed; nothing to do")
         return

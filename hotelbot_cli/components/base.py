@@ -396,11 +396,26 @@ def find_trained(registry: "ModelRegistry", component: Component | str, fingerpr
                  config: dict[str, Any]) -> "VersionInfo | None":
     """The newest version whose ``component`` (an instance or a registered name) was trained on the same
     data fingerprint and config: the one "already trained" check of every component."""
+    wanted = _comparable(config)
     for info in reversed(registry.list_versions()):
         summary = _summary_of(component, info.metadata)
-        if summary.get("dataset_fingerprint") == fingerprint and summary.get("config") == config:
+        if summary.get("dataset_fingerprint") == fingerprint and _comparable(summary.get("config")) == wanted:
             return info
     return None
+
+
+# Config keys added after versions were recorded, at the value that means "as before": a record without them
+# and one with them at this value are the same training.
+LATER_DEFAULTS = {"precision": "fp32"}
+
+
+def _comparable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _comparable(v) for k, v in value.items()
+                if not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
+    if isinstance(value, list):
+        return [_comparable(v) for v in value]
+    return value
 
 
 def refuse_repeat(registry: "ModelRegistry", component: Component | str, fingerprint: str, config: dict[str, Any],
@@ -414,12 +429,13 @@ def refuse_repeat(registry: "ModelRegistry", component: Component | str, fingerp
 
 @contextlib.contextmanager
 def training_run(settings: "Settings", registry: "ModelRegistry", component: str, experiment: str, prepared: Any,
-                 config_record: dict[str, Any], params: dict[str, Any], *,
-                 force: bool) -> Iterator[tuple[MlflowTracker, SystemMonitor]]:
+                 config_record: dict[str, Any], params: dict[str, Any], *, force: bool,
+                 source: Path | None = None) -> Iterator[tuple[MlflowTracker, SystemMonitor]]:
     """The frame a component's training shares: refuse a repeat (AlreadyTrainedError naming the version whose
     ``component`` was trained on ``prepared``'s fingerprint with ``config_record``) unless ``force``; open one
     MLflow run in ``experiment`` named ``{component}-{fingerprint[:8]}``, log ``params`` with the split's
-    sizes and fingerprint, and yield (tracker, system monitor). The monitor is closed however the block ends."""
+    sizes and fingerprint, record the data set (``source``: its path, default data/<component>), and yield
+    (tracker, system monitor). The monitor is closed however the block ends."""
     refuse_repeat(registry, component, prepared.fingerprint, config_record, force)
     monitor = SystemMonitor()
     tracker = MlflowTracker(settings.paths.tracking_uri, experiment=experiment)
@@ -428,6 +444,8 @@ def training_run(settings: "Settings", registry: "ModelRegistry", component: str
             tracker.log_params({**params, "component": component, "train_size": len(prepared.train),
                                 "validation_size": len(prepared.validation),
                                 "dataset_fingerprint": prepared.fingerprint})
+            tracker.log_dataset(component, prepared.fingerprint, source or default_data_dir(settings, component),
+                                {"train": len(prepared.train), "validation": len(prepared.validation)})
             yield tracker, monitor
     finally:
         monitor.close()

@@ -65,7 +65,9 @@ def export_sentence_encoder(encoder: Any, tokenizer: Any, models_dir: Path, *, n
 
         wrapped = Sentence(encoder).eval()
         texts = [query_prefix + t for t in PROBE_TEXTS[2:]]
-        enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        device = next(encoder.parameters()).device  # the encoder may run on a GPU (runtime.device)
+        enc = {k: v.to(device) for k, v in
+               tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt").items()}
         path = scratch / ENCODER_GRAPH
         axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
                 "embedding": {0: "batch"}, "last_hidden_state": {0: "batch", 1: "sequence"}}
@@ -93,7 +95,8 @@ def export_sentence_encoder(encoder: Any, tokenizer: Any, models_dir: Path, *, n
         tokenizer.save_pretrained(str(scratch))
         write_unigram_index(scratch)
         with torch.inference_mode():
-            want = wrapped(torch.from_numpy(feed["input_ids"]), torch.from_numpy(feed["attention_mask"]))[0].numpy()
+            want = wrapped(torch.from_numpy(feed["input_ids"]).to(device),
+                           torch.from_numpy(feed["attention_mask"]).to(device))[0].float().cpu().numpy()
         record = {"format": ENCODER_FORMAT, "name": name, "fingerprint": fingerprint, "pooling": pooling,
                   "max_length": max_length, "dim": int(want.shape[-1]), "query_prefix": query_prefix,
                   "passage_prefix": passage_prefix, "opset": OPSET, "attention": attention, "fused_operators": fused,

@@ -32,6 +32,7 @@ from .._io import atomic_write_json
 from ..data import clean_text
 from ..errors import ModelError
 from ..runtime import selection
+from ..runtime.device import on_cpu
 from ..runtime.layout import (CLASSIFIER_FILE, ONNX_FILES, ONNX_FP32, ONNX_FP32_FILE, ONNX_INT8, ONNX_INT8_FILE,
                               RUNTIME_FILE, TOKENIZER_FILE, TOKENIZER_INDEX_FILE, TORCH, onnx_graph_files)
 from ..runtime.onnx import OnnxPredictor, Recheck
@@ -99,7 +100,14 @@ def _check_tokenizers(model_dir: Path, hf_tokenizer: Any, cfg: Any, texts: Seque
     return TOKENIZER_FULL, False
 
 
-def export_onnx(model: Any, tokenizer: Any, model_dir: Path, validation_examples: Sequence[Any],
+def export_onnx(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """:func:`export_on_cpu` (its docstring) with every predictor and session on the CPU
+    (runtime.device.on_cpu), whatever HOTELBOT_DEVICE says: the runtime choice compares the CPU runtimes."""
+    with on_cpu():
+        return export_on_cpu(*args, **kwargs)
+
+
+def export_on_cpu(model: Any, tokenizer: Any, model_dir: Path, validation_examples: Sequence[Any],
                 tolerance_points: float = DEFAULT_TOLERANCE_POINTS, *, latency_runs: int = 50,
                 opset: int = OPSET, recheck_margin: float = DEFAULT_RECHECK_MARGIN,
                 task_checks: Callable[[Any], dict[str, float]] | None = None) -> dict[str, Any]:

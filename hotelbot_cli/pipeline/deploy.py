@@ -15,6 +15,7 @@ import subprocess
 import urllib.error
 import urllib.request
 import uuid
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -27,6 +28,7 @@ from ..errors import (DeployVerificationError, GateFailedError, HotelbotError, I
 from ..registry import ModelRegistry, VersionInfo
 from ..registry.backups import backup_problems, create_backup, list_backups, record_name, restore_from_backup
 from ..registry.store import check_version_name, crashpoint, utc_now
+from ..training.mlflow_hub import sync_aliases
 from .validate import gate_components, primary_component, validate_version
 
 log = logging.getLogger("hotelbot.deployment")
@@ -83,11 +85,24 @@ def notify(settings: Settings, event: dict[str, Any]) -> list[str]:
     return problems
 
 
+# Events recorded without a change of the deployed state (the others move the MLflow aliases).
+STATE_KEPT = frozenset({"gate_failed", "canary_smoke_failed", "canary_worse", "drift_alert"})
+
+
 def record_event(registry: ModelRegistry, settings: Settings, event: dict[str, Any]) -> list[str]:
-    """Append to history.jsonl, then notify (the history line is written even if notifying fails)."""
+    """Append to history.jsonl, then notify (the history line is written even if notifying fails); after a
+    change of the deployed state, point the MLflow Model Registry aliases at it (production, previous,
+    canary: training.mlflow_hub). Returns the problems (notification or MLflow), never raises them."""
     event = {"event_id": event.get("event_id") or uuid.uuid4().hex[:12], **event}
     registry.append_history(event)
-    return notify(settings, {**event, "at": utc_now(), "registry": str(registry.root)})
+    problems = notify(settings, {**event, "at": utc_now(), "registry": str(registry.root)})
+    if event.get("event") not in STATE_KEPT:
+        pending = _ALIAS_SYNC.get()
+        if pending is not None:  # inside exclusive(): synced once the registry lock is released
+            pending.append((registry, settings.paths.tracking_uri, problems))
+        else:
+            problems += sync_aliases(registry, settings.paths.tracking_uri)
+    return problems
 
 
 def record_once(registry: ModelRegistry, settings: Settings, ledger: str, key: str, event: dict[str, Any]) -> bool:
@@ -188,13 +203,29 @@ def newest_validated(registry: ModelRegistry) -> VersionInfo:
 # ---------------------------------------------------------------- operations
 
 
+# The MLflow alias syncs that record_event asked for inside exclusive(): (registry, tracking URI, the problems
+# list of the event, extended in place with the sync's warnings).
+_ALIAS_SYNC: ContextVar[list[tuple[ModelRegistry, str, list[str]]] | None] = ContextVar("hotelbot_alias_sync",
+                                                                                       default=None)
+
+
 @contextlib.contextmanager
 def exclusive(registry: ModelRegistry, settings: Settings) -> Iterator[tuple[list[str], dict[str, Any]]]:
     """Hold the registry lock; first repair what a killed writer left; yield (repairs, deployed state).
-    Each file is hashed once in the block (checked, gated, smoke-tested: one read, see ``hashing_once``)."""
-    with registry.lock(timeout=settings.deployment.lock_timeout_seconds), hashing_once():
-        repaired = registry.repair()
-        yield repaired, registry.current_state()
+    Each file is hashed once in the block (checked, gated, smoke-tested: one read, see ``hashing_once``).
+    A change of the deployed state moves the MLflow aliases after the lock is released (MLflow calls never
+    hold other deploys or the servers' judgements waiting)."""
+    pending: list[tuple[ModelRegistry, str, list[str]]] = []
+    token = _ALIAS_SYNC.set(pending)
+    try:
+        with registry.lock(timeout=settings.deployment.lock_timeout_seconds), hashing_once():
+            repaired = registry.repair()
+            yield repaired, registry.current_state()
+    finally:
+        _ALIAS_SYNC.reset(token)
+        if pending:  # the state as it is now: one sync for the block, its warnings on the last event's list
+            target, uri, problems = pending[-1]
+            problems += sync_aliases(target, uri)
 
 
 def backup_current(registry: ModelRegistry, settings: Settings, reason: str = "manual backup") -> dict[str, Any]:

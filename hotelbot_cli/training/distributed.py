@@ -27,8 +27,15 @@ Without a launcher (``WORLD_SIZE`` unset or 1) every function here is a no-op an
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 from typing import Any, Iterator
+
+
+# The collectives' timeout: the other processes wait in share_from_main while the main one exports, reports and
+# publishes a step of `--model-type all` (the knowledge base and reply model included): tens of minutes at worst.
+COLLECTIVE_TIMEOUT_SECONDS = 4 * 3600
+SHARED_BYTES = 64  # share_from_main: a flag byte and the name
 
 
 class SecondaryProcess(Exception):
@@ -61,7 +68,7 @@ def is_distributed() -> bool:
 
 def is_main_process() -> bool:
     """True on rank 0 (and without a launcher): the process that logs, exports, reports and publishes."""
-    return rank() == 0
+    return not is_distributed() or rank() == 0
 
 
 def training_on_cpu() -> bool:
@@ -80,7 +87,7 @@ def _state() -> Any:
     the Trainer uses too (same arguments, so whichever comes first sets it up the same way)."""
     from accelerate import PartialState  # heavy: only under a launcher
 
-    return PartialState(cpu=training_on_cpu())
+    return PartialState(cpu=training_on_cpu(), timeout=dt.timedelta(seconds=COLLECTIVE_TIMEOUT_SECONDS))
 
 
 @contextlib.contextmanager
@@ -94,16 +101,23 @@ def main_process_first() -> Iterator[None]:
         yield
 
 
-def share_from_main(value: Any) -> Any:
-    """The main process's ``value`` on every process (a collective call: every process must make it)."""
+def share_from_main(value: str | None) -> str | None:
+    """The main process's ``value`` (a version name, or None) on every process: a collective call, every
+    process must make it. Sent as bytes in a tensor, not pickled."""
     if not is_distributed():
         return value
-    import torch.distributed as dist  # with a launcher, torch is loaded already
+    import torch  # with a launcher, torch is loaded already
+    import torch.distributed as dist
 
-    _state()
-    box = [value if is_main_process() else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    state = _state()
+    raw = (value or "").encode("utf-8")[:SHARED_BYTES - 1] if is_main_process() else b""
+    box = torch.zeros(SHARED_BYTES, dtype=torch.uint8, device=state.device)
+    if is_main_process():
+        box[0] = 1 if value is not None else 0
+        box[1:1 + len(raw)] = torch.tensor(list(raw), dtype=torch.uint8)
+    dist.broadcast(box, src=0)
+    data = bytes(box.cpu().tolist())
+    return data[1:].rstrip(b"\0").decode("utf-8") if data[0] else None
 
 
 def leave_if_secondary() -> None:

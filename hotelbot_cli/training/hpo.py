@@ -25,12 +25,13 @@ import hashlib
 import json
 import logging
 import math
+import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import TrainingConfig
+from ..config import TrainingConfig, redact_url
 from ..data import Example
 from ..errors import ConfigError
 from .classify import fit_classifier
@@ -43,7 +44,8 @@ SEARCHED = ("learning_rate", "head_learning_rate", "epochs", "batch_size", "warm
 HEARTBEAT_SECONDS = 10    # a running trial writes a heartbeat this often ...
 GRACE_SECONDS = 60        # ... and one silent for this long died with its process: marked failed, retried once
 PRUNER_STARTUP_TRIALS = 2  # no pruning before this many trials completed
-PRUNER_WARMUP_EPOCHS = 1   # nor before a trial's second evaluation
+PRUNER_WARMUP_EPOCHS = 2   # nor on a trial's first evaluation (optuna prunes from step >= this; epochs count from 1)
+STORAGE_ATTEMPTS = 3       # opening the storage: tries (processes creating a new database at once race)
 
 
 def suggest(trial: Any, cfg: TrainingConfig) -> dict[str, Any]:
@@ -73,22 +75,29 @@ def open_study(storage_url: str, name: str, seed: int) -> Any:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if storage_url.startswith("sqlite:///"):
         Path(storage_url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in optuna's words since 2.8: no stderr noise
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = RDBStorage(storage_url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-                                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-                                 engine_kwargs={"connect_args": {"timeout": 60}} if storage_url.startswith("sqlite")
-                                 else {})
-        return optuna.create_study(
-            study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-            sampler=optuna.samplers.TPESampler(seed=seed),
-            pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS,
-                                               n_warmup_steps=PRUNER_WARMUP_EPOCHS))
-    except Exception as exc:  # noqa: BLE001 - sqlalchemy and optuna raise many types for a bad URL
-        raise ConfigError(f"cannot use the HPO storage {storage_url}: {str(exc).splitlines()[0]}",
-                          hint="--hpo-storage takes an SQLAlchemy URL, e.g. sqlite:///hpo.db or "
-                               "postgresql://user@host/db") from None
+    for attempt in range(STORAGE_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in optuna's words: no stderr noise
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = RDBStorage(storage_url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+                                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+                                     engine_kwargs={"connect_args": {"timeout": 60}}
+                                     if storage_url.startswith("sqlite") else {})
+            return optuna.create_study(
+                study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+                sampler=optuna.samplers.TPESampler(seed=seed),
+                pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS,
+                                                   n_warmup_steps=PRUNER_WARMUP_EPOCHS))
+        except Exception as exc:  # noqa: BLE001 - sqlalchemy and optuna raise many types for a bad URL
+            # Processes starting together on a new database race to create its tables: the losers retry.
+            if type(exc).__name__ in ("IntegrityError", "OperationalError") and attempt + 1 < STORAGE_ATTEMPTS:
+                time.sleep(1.0 + attempt)
+                continue
+            detail = redact_url(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise ConfigError(f"cannot use the HPO storage {redact_url(storage_url)}: {detail}",
+                              hint="--hpo-storage takes an SQLAlchemy URL, e.g. sqlite:///hpo.db or "
+                                   "postgresql://user@host/db") from None
+    raise AssertionError("unreachable")
 
 
 def finished_trials(study: Any) -> list[Any]:
@@ -185,13 +194,12 @@ def run_hpo(request: HpoRequest, train: list[Example], validation: list[Example]
 
     if len(finished_trials(study)) < request.trials:
         study.optimize(objective, n_trials=None, callbacks=[enough], catch=())
-    summary = summarize(study, request, ran_here=ran)
+    summary = summarize(study, request, ran_here=ran, kept=set(mine))
     if not publish:
         return None, cfg, summary
-    complete = [t for t in finished_trials(study) if t.state == optuna.trial.TrialState.COMPLETE]
-    if not complete:
+    best = best_trial(study, set(mine))
+    if best is None:
         raise ConfigError(f"HPO study {request.study}: no trial completed (all were pruned or failed)")
-    best = study.best_trial
     best_cfg = replace(cfg, **{k: v for k, v in best.params.items() if k in SEARCHED})
     if best.number in mine:
         return mine[best.number], best_cfg, summary
@@ -201,7 +209,18 @@ def run_hpo(request: HpoRequest, train: list[Example], validation: list[Example]
     return fit(best_cfg), best_cfg, summary
 
 
-def summarize(study: Any, request: HpoRequest, ran_here: set[int]) -> dict[str, Any]:
+def best_trial(study: Any, kept: set[int]) -> Any:
+    """The study's best complete trial, chosen the same way for the summary and the published model: the
+    highest score; among equal scores one whose model this process holds (no retraining), then the earliest."""
+    import optuna
+
+    complete = [t for t in finished_trials(study) if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        return None
+    return min(complete, key=lambda t: (-float(t.value), t.number not in kept, t.number))
+
+
+def summarize(study: Any, request: HpoRequest, ran_here: set[int], kept: set[int] = frozenset()) -> dict[str, Any]:
     """The study's finished trials, its best trial and where it is stored (the version's metadata "hpo")."""
     import optuna
 
@@ -213,19 +232,11 @@ def summarize(study: Any, request: HpoRequest, ran_here: set[int]) -> dict[str, 
              "ran_here": t.number in ran_here}
             for t in finished]
     complete = [r for r in rows if r["score"] is not None]
-    best = max(complete, key=lambda r: r["score"]) if complete else None
+    chosen = best_trial(study, set(kept))
+    best = next((r for r in rows if chosen is not None and r["trial"] == chosen.number), None)
     return {"trials": rows, "best_trial": best["trial"] if best else None,
             "best_params": best["params"] if best else None, "best_score": best["score"] if best else None,
-            "metric": request.metric, "study": request.study, "storage": _redacted(request.storage),
+            "metric": request.metric, "study": request.study, "storage": redact_url(request.storage),
             "finished": len(rows), "pruned": sum(r["state"] == "pruned" for r in rows),
             "complete": len(complete), "ran_here": len(ran_here & {r["trial"] for r in rows})}
 
-
-def _redacted(url: str) -> str:
-    """A storage URL without its password (it goes into metadata and MLflow)."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a URL sqlalchemy parses: open_study has refused it already
-        return url

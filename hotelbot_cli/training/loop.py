@@ -10,12 +10,13 @@ token NLL, the lowest validation loss wins, a second learning rate for its pretr
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 from ..errors import ConfigError
-from .distributed import leave_if_secondary, training_on_cpu
+from .distributed import COLLECTIVE_TIMEOUT_SECONDS, leave_if_secondary, training_on_cpu
 from .events import Listener, TrainingEvent, emitter
 from .monitor import SystemMonitor
 from .tracking import MlflowTracker
@@ -171,14 +172,20 @@ def _make_trainer_class(learning_rate_of: LearningRateOf, batch_loss: BatchLoss 
 
 
 def check_precision(cfg: Any) -> str:
-    """``cfg.precision`` when this machine can train with it (fp16 needs CUDA); ConfigError otherwise. The
-    pipeline calls it before anything is trained or logged."""
+    """``cfg.precision`` when this machine can train with it (fp16 needs CUDA; bf16 on CUDA needs a GPU with
+    bf16); ConfigError otherwise. The pipeline and the HPO worker call it before anything is trained or logged."""
     precision = getattr(cfg, "precision", "fp32")
-    if precision == "fp16":
-        import torch
+    if precision == "fp32":
+        return precision
+    import torch
 
-        if not torch.cuda.is_available():
-            raise ConfigError("--fp16 needs a CUDA GPU and torch sees none", hint="use --bf16 on a CPU, or neither")
+    on_gpu = torch.cuda.is_available() and not training_on_cpu()
+    if precision == "fp16" and not on_gpu:
+        raise ConfigError("--fp16 needs a CUDA GPU" + (" and torch sees none" if not torch.cuda.is_available()
+                                                        else f" (HOTELBOT_DEVICE={os.environ.get('HOTELBOT_DEVICE')})"),
+                          hint="use --bf16 on a CPU, or neither")
+    if precision == "bf16" and on_gpu and not torch.cuda.is_bf16_supported():
+        raise ConfigError("--bf16: this GPU has no bfloat16 support", hint="use --fp16 instead")
     return precision
 
 
@@ -202,6 +209,7 @@ def training_arguments(cfg: Any, output_dir: str, train_size: int, *, logs_per_e
         dataloader_pin_memory=torch.cuda.is_available(), bf16=precision == "bf16", fp16=precision == "fp16",
         # bf16 without CUDA is the CPU's autocast, which the Trainer only allows with use_cpu
         use_cpu=training_on_cpu() or (precision == "bf16" and not torch.cuda.is_available()),
+        ddp_timeout=COLLECTIVE_TIMEOUT_SECONDS,  # as training.distributed's own: whichever joins first sets it
     )
     return TrainingArguments(**{**settings, **overrides})
 
@@ -248,6 +256,11 @@ def train_best_epoch(cfg: Any, model: Any, scratch_prefix: str, train_ds: Any, v
         # The Trainer prints raw log dicts to stdout when tqdm is off: stdout is for results (--json).
         trainer.remove_callback(PrinterCallback)
         trainer.train()
+        # Mixed precision: accelerate wrapped model.forward in autocast; the unwrapped forward is what the
+        # saved model, the ONNX export and inference run (else the export traces bf16 casts).
+        from accelerate.utils import extract_model_from_parallel
+
+        extract_model_from_parallel(model, keep_fp32_wrapper=False)
         callbacks.best.restore(model)
         duration = time.monotonic() - start
         model.eval()

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from ..data import OUT_OF_SCOPE, Example
 from ..errors import DataError
 from ..evaluation import classification_metrics
+from ..runtime.device import on_cpu
 from ..runtime.detector import KNN, MEMORY_FILE, SOFTMAX, kth_similarity, unit_rows
 from ..runtime.prediction import apply_fallback_labels
 from .calibration import best_threshold
@@ -106,8 +107,9 @@ def embed_examples(model: Any, tokenizer: Any, texts: Sequence[str], batch_size:
     if next(model.parameters()).device.type != "cpu":  # trained on a GPU: the export moves it to CPU anyway
         model.to("cpu")
     order = np.argsort([len(t) for t in texts], kind="stable")
-    probs, pooled = TorchPredictor(model, tokenizer, "staged").outputs([texts[i] for i in order], batch_size,
-                                                                        embeddings=True)
+    with on_cpu():  # the detector is calibrated on what a CPU replica computes (and the export runs there next)
+        probs, pooled = TorchPredictor(model, tokenizer, "staged").outputs([texts[i] for i in order], batch_size,
+                                                                            embeddings=True)
     back = np.argsort(order, kind="stable")
     return probs.numpy()[back], pooled[back]
 

@@ -6,10 +6,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..config import redact_url
 from ..errors import ConfigError
+from . import mlflow_hub
 from .distributed import is_main_process
 
 log = logging.getLogger("hotelbot.training")
@@ -31,6 +34,8 @@ class MlflowTracker:
         if not is_main_process():  # torchrun/accelerate: one run per training, the main process's
             yield self
             return
+        # stdout is for results (--json): no "🏃 View run ... at: URL" line when a run on a server ends
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         import mlflow
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "Creating initial MLflow database tables"
@@ -79,4 +84,27 @@ class MlflowTracker:
 
     def log_artifact(self, path: Path) -> None:
         self._safe("log_artifact", str(path))
+
+    def log_dataset(self, name: str, fingerprint: str, source: Path | str, sizes: dict[str, int] | None = None) -> None:
+        """``mlflow.log_input`` of the training data (training.mlflow_hub.log_dataset); a failure is logged."""
+        if self._mlflow is None:
+            return
+        try:
+            mlflow_hub.log_dataset(name, fingerprint, source, sizes=sizes)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("mlflow log_input failed: %s", exc)
+
+    def register_version(self, registry: Any, info: Any) -> dict[str, Any] | None:
+        """Log and register the published version as this run's MLflow model (training.mlflow_hub); None when
+        turned off (HOTELBOT_MLFLOW_REGISTRY=off), outside a run, or failed (a warning: the version stands)."""
+        if self._mlflow is None or not mlflow_hub.enabled():
+            return None
+        try:
+            with mlflow_hub.bounded_requests():
+                return mlflow_hub.log_version_model(registry, info)
+        except Exception as exc:  # noqa: BLE001 - mlflow raises many types; the version is published already
+            line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            line = redact_url(line)
+            log.warning("MLflow model not logged for %s: %s", getattr(info, "name", info), line)
+            return {"error": line[:300]}
 

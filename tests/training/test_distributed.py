@@ -30,18 +30,21 @@ def mlflow_runs(uri):
 
 
 def test_torchrun_two_cpu_processes_publish_one_version_and_one_run(tiny_model, tiny_data, isolated_env,
-                                                                     tmp_path):
+                                                                     tmp_path, monkeypatch):
     """One new version, one new MLflow run, the same metrics as one process with the same effective batch
     (16 = 2 processes x 8 per process), and both processes exit 0."""
+    from typer.testing import CliRunner
+
+    from hotelbot_cli.cli.app import app
     from hotelbot_cli.registry import ModelRegistry
 
     uri = f"sqlite:///{tmp_path / 'runs.db'}"
-    run = [sys.executable, "-m", "hotelbot_cli"]
-    subprocess.run([*run, "prepare", str(tiny_data)], check=True, capture_output=True,
-                   env=hotelbot_env(tiny_model, uri, 16))
-    single = subprocess.run([*run, "train", "--json", "--patience", "0"], capture_output=True, text=True,
-                            env=hotelbot_env(tiny_model, uri, 16), timeout=300)
-    assert single.returncode == 0, single.stderr[-2000:]
+    for key, value in hotelbot_env(tiny_model, uri, 16).items():
+        if key.startswith(("TRAINING_", "HOTELBOT_", "MLFLOW_", "MIN_")):
+            monkeypatch.setenv(key, value)
+    assert CliRunner().invoke(app, ["prepare", str(tiny_data)]).exit_code == 0
+    single = CliRunner().invoke(app, ["train", "--json", "--patience", "0"])  # one process, in this one
+    assert single.exit_code == 0, single.output
     registry = ModelRegistry(isolated_env / "registry")
     before_versions, before_runs = len(registry.list_versions()), len(mlflow_runs(uri))
 
@@ -152,8 +155,7 @@ def test_device_choice(monkeypatch):
     monkeypatch.setenv(DEVICE_ENV, "cuda:1")
     assert onnx_providers(available=[CUDA_PROVIDER, CPU_PROVIDER]) == [(CUDA_PROVIDER, {"device_id": 1}),
                                                                           CPU_PROVIDER]
-    with pytest.raises(ConfigError, match="no CUDA provider"):
-        onnx_providers(available=[CPU_PROVIDER])
+    assert onnx_providers(available=[CPU_PROVIDER]) == [CPU_PROVIDER]  # a CPU onnxruntime: CPU, one warning
     monkeypatch.setenv(DEVICE_ENV, "auto")
     assert onnx_providers(available=[CPU_PROVIDER]) == [CPU_PROVIDER]
     assert onnx_providers(available=[CUDA_PROVIDER, CPU_PROVIDER])[0][0] == CUDA_PROVIDER

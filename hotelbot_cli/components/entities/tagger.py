@@ -669,7 +669,8 @@ def train_entities(settings: "Settings", data: Path, registry: "ModelRegistry", 
     cfg = settings.training
     config_record = {"training_config": cfg.to_dict(), "metric": METRIC, "labels": prepared.labels}
     with training_run(settings, registry, COMPONENT, EXPERIMENT, prepared, config_record,
-                      {**cfg.to_dict(), "labels": ",".join(prepared.labels)}, force=force) as (tracker, monitor):
+                      {**cfg.to_dict(), "labels": ",".join(prepared.labels)}, force=force,
+                      source=Path(data)) as (tracker, monitor):
         fit = fit_entity_tagger(cfg, prepared.train, prepared.validation, prepared.labels, settings.paths.models_dir,
                                 listener=listener, tracker=tracker, monitor=monitor)
         metrics = fit.metrics

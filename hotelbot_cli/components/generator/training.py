@@ -248,7 +248,7 @@ def train_generator(settings: "Settings", data_path: Path, registry: "ModelRegis
               **{f"generation_{k}": v for k, v in cfg.generation.to_dict().items()},
               "knowledge_version": knowledge.version if knowledge else "", "source_version": src.name if src else ""}
     with training_run(settings, registry, COMPONENT, EXPERIMENT, prepared, config_record, params,
-                       force=force) as (tracker, monitor):
+                      force=force, source=Path(data_path)) as (tracker, monitor):
         fit, val_hits = fit_generator(cfg, prepared.train, prepared.validation, models_dir, knowledge=knowledge,
                                       listener=listener, tracker=tracker, monitor=monitor)
         emit(TrainingEvent("status", message=f"generating {len(prepared.validation)} validation replies and the "

@@ -25,6 +25,7 @@ from ...runtime.detector import KNN, MEMORY_FILE, SOFTMAX
 from ...runtime.detector import describe as describe_detector
 from ...training.classify import SCALAR_METRICS, FitResult, fit_classifier
 from ...training.distributed import is_distributed
+from ...training.loop import check_precision
 from ...training.events import Listener, TrainingEvent, emitter
 from ...training.hpo import HpoRequest, run_hpo, study_name
 from ...training.oos_detector import DetectorChoice, check_mode, choose_detector
@@ -186,6 +187,7 @@ def hpo_worker(settings: Settings, data_dir: Path, trials: int, listener: Listen
     Returns the study's summary (training.hpo.summarize)."""
     if is_distributed():
         raise ConfigError("--hpo-worker is not run under torchrun/accelerate launch: start plain processes")
+    check_precision(settings.training)
     prepared = read_prepared(data_dir)
     registry_parent = None
     train, validation, fingerprint = prepared.train, prepared.validation, prepared.fingerprint
@@ -263,6 +265,7 @@ def train_classifier(
         tracker.log_params({**cfg.to_dict(), "num_labels": len(labels), "train_size": len(train),
                             "validation_size": len(validation), "dataset_fingerprint": fingerprint,
                             "parent": parent.name if parent else "", "hpo_trials": hpo_trials})
+        tracker.log_dataset("hotel_intents", fingerprint, data_dir, {"train": len(train), "validation": len(validation)})
         if hpo_trials:
             search = hpo_request(settings, cfg, hpo_trials, fingerprint, parent, parent_dir)
             fit, cfg, hpo_summary = run_hpo(search, train, validation, labels, listener=listener, tracker=tracker,
@@ -299,15 +302,16 @@ def train_classifier(
                                   drop_orphans=drop_joint_heads)
         if reporter is not None and report_box.get("report") is not None:
             reporter.published(registry, info.name, report_box["report"])
+        mlflow_model = tracker.register_version(registry, info)  # the MLflow Model Registry (training.mlflow_hub)
     monitor.close()
     log.info("trained %s: %s=%.4f in %.1fs", info.name, metrics["metric"], metrics["overall_score"], fit.duration)
     emit(TrainingEvent("end", fit.steps, fit.steps, fit.epochs_run, cfg.epochs,
                        metrics={k: metrics[k] for k in SCALAR_METRICS}, message=info.name))
-    return classifier_result(info, metrics, fit.duration, tracker.run_id, fit.history)
+    return classifier_result(info, metrics, fit.duration, tracker.run_id, fit.history, mlflow_model)
 
 
 def classifier_result(info: VersionInfo, metrics: dict[str, Any], duration: float, run_id: str | None,
-                      history: list[dict[str, Any]]) -> ComponentResult:
+                      history: list[dict[str, Any]], mlflow_model: dict[str, Any] | None = None) -> ComponentResult:
     """The classifier's training as the one result type: its JSON document (the shape `train --json` has
     always printed) and the lines the CLI shows."""
     meta = info.metadata
@@ -318,7 +322,7 @@ def classifier_result(info: VersionInfo, metrics: dict[str, Any], duration: floa
                 "history": history, "parent": meta.get("parent"),
                 "out_of_scope_threshold": meta.get("out_of_scope_threshold"),
                 "out_of_scope_detector": meta.get("out_of_scope_detector"),
-                "hpo": (meta.get("training") or {}).get("hpo")}
+                "hpo": (meta.get("training") or {}).get("hpo"), "mlflow_model": mlflow_model}
     lines = [f"trained {info.name} in {duration:.1f}s: accuracy {metrics['accuracy']:.4f}, "
              f"macro-F1 {metrics['macro_f1']:.4f} on {metrics['num_examples']} validation texts"]
     if meta.get("parent"):
@@ -333,8 +337,12 @@ def classifier_result(info: VersionInfo, metrics: dict[str, Any], duration: floa
                      f"{metrics.get('in_scope_accuracy') or 0:.4f}, out-of-scope recall "
                      f"{metrics.get('out_of_scope_recall') or 0:.4f}")
     carried = info.manifest.carried_over
-    return ComponentResult(COMPONENT, info, metrics, duration, run_id, history, document, lines,
-                           notes=[f"saved to {info.path}; MLflow run {run_id}"],
+    notes = [f"saved to {info.path}; MLflow run {run_id}"]
+    if mlflow_model and mlflow_model.get("error"):
+        notes.append(f"warning: MLflow model not registered: {mlflow_model['error']}")
+    elif mlflow_model:
+        notes.append(f"MLflow model {mlflow_model['uri']}")
+    return ComponentResult(COMPONENT, info, metrics, duration, run_id, history, document, lines, notes=notes,
                            score=(f"{COMPONENT}_overall_score", float(metrics["overall_score"])),
                            carried_from=carried.source, carried_components=list(carried.components))
 

@@ -116,6 +116,9 @@ def train_nlu(request: TrainRequest) -> ComponentResult:
                                 "intents_train_size": len(train), "sentiment_train_size": len(sentiment.train),
                                 "entities_train_size": len(entities.train), "dataset_fingerprint": fingerprint,
                                 "parent": parent.name if parent else "", **{f"task_weight_{k}": v for k, v in weights.items()}})
+            tracker.log_dataset("nlu", fingerprint, Path(request.data or settings.paths.data),
+                                {"intents_train": len(train), "sentiment_train": len(sentiment.train),
+                                 "entities_train": len(entities.train)})
             fit = fit_joint(cfg, metric, data, settings.paths.models_dir, task_weights=weights,
                             listener=request.listener, tracker=tracker, monitor=monitor,
                             parent_dir=parent.path / "model" if parent else None)
@@ -169,12 +172,13 @@ def train_nlu(request: TrainRequest) -> ComponentResult:
                                             listener=request.listener)
             if reporter is not None and report_box.get("report") is not None:
                 reporter.published(registry, info.name, report_box["report"])
+            mlflow_model = tracker.register_version(registry, info)  # the joint model answers intents too
     finally:
         monitor.close()
     log.info("trained nlu %s: %s %.4f in %.1fs", info.name, SCORE, summary[SCORE], fit.duration)
     emit(TrainingEvent("end", fit.steps, fit.steps, fit.epochs_run, cfg.epochs,
                        metrics={"macro_f1": fit.metrics["macro_f1"]}, message=info.name))
-    result = classifier_result(info, fit.metrics, fit.duration, tracker.run_id, fit.history)
+    result = classifier_result(info, fit.metrics, fit.duration, tracker.run_id, fit.history, mlflow_model)
     result.component = COMPONENT
     result.document = {**result.document, "component": COMPONENT, SCORE: summary[SCORE],
                        "tasks": {task: {k: v for k, v in m.items() if isinstance(v, (int, float, str)) or v is None}

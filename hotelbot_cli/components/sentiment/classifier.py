@@ -166,7 +166,8 @@ def train_sentiment(settings: "Settings", data: Path, registry: "ModelRegistry",
     metric = settings.validation.metric
     config_record = {"training_config": cfg.to_dict(), "metric": metric, "labels": prepared.labels}
     with training_run(settings, registry, COMPONENT, EXPERIMENT, prepared, config_record,
-                      {**cfg.to_dict(), "labels": ",".join(prepared.labels)}, force=force) as (tracker, monitor):
+                      {**cfg.to_dict(), "labels": ",".join(prepared.labels)}, force=force,
+                      source=Path(data)) as (tracker, monitor):
         fit = fit_classifier(cfg, metric, prepared.train, prepared.validation, prepared.labels,
                              settings.paths.models_dir, listener=listener, tracker=tracker, monitor=monitor)
         metrics = fit.metrics
