@@ -32,7 +32,7 @@ app = typer.Typer(
          "hotelbot validate && hotelbot predict \"quiero ver las noticias\"",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
-    add_completion=False,
+    add_completion=True,  # hotelbot --install-completion (bash, zsh, fish, PowerShell)
     context_settings={"help_option_names": ["-h", "--help"]},
     rich_markup_mode=None,
 )

@@ -58,7 +58,7 @@ def _report_canary(result) -> None:
 
 @handle_errors
 def deploy_cmd(
-    version: Annotated[Optional[str], typer.Argument(help="Version to deploy [default: newest validated].",
+    version: Annotated[Optional[str], typer.Argument(help="Version to deploy: v0003, latest, previous [default: newest validated].",
                                                      show_default=False)] = None,
     reason: ReasonOpt = "",
     min_score: Annotated[Optional[float], typer.Option("--min-score", help="Gate threshold "

@@ -31,7 +31,7 @@ def _size(n: int) -> str:
 
 @handle_errors
 def export_cmd(
-    version: Annotated[str, typer.Argument(help="Version to export: a name (v0003), latest or current.",
+    version: Annotated[str, typer.Argument(help="Version to export: a name (v0003) or latest, deployed (current), previous.",
                                            show_default=False)],
     output: Annotated[Path, typer.Argument(help="Directory to write (created; must be empty unless --force).",
                                            show_default=False)],

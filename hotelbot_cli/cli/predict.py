@@ -19,7 +19,7 @@ from ._render import out, print_json
 def predict_cmd(
     texts: Annotated[List[str], typer.Argument(help="Texts to classify; '-' reads one text per stdin line.",
                                                show_default=False)],
-    version: Annotated[Optional[str], typer.Option("--version", "-v", help="Version to use (e.g. v0003, latest) "
+    version: Annotated[Optional[str], typer.Option("--version", "-v", help="Version to use (v0003, latest, deployed, previous) "
                                                    "[env: MODEL_VERSION; default: deployed, else newest].",
                                                    show_default=False)] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many ranked intents to show.")] = 3,

@@ -20,7 +20,7 @@ def reply_cmd(
     messages: Annotated[List[str], typer.Argument(help="Guest messages to answer; '-' reads one message per stdin "
                                                   "line.", show_default=False)],
     version: Annotated[Optional[str], typer.Option("--version", "-v", help="Version whose reply model to use "
-                                                   "(v0003, latest) [env: MODEL_VERSION; default: deployed, "
+                                                   "(v0003, latest, deployed, previous) [env: MODEL_VERSION; default: deployed, "
                                                    "else newest].", show_default=False)] = None,
     registry: RegistryOpt = None,
     json_out: JsonOpt = False,

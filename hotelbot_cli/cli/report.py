@@ -23,7 +23,7 @@ class ReportFormat(str, Enum):
 
 @handle_errors
 def report_cmd(
-    version: Annotated[Optional[str], typer.Argument(help="Version to report on (v0003, latest, current) "
+    version: Annotated[Optional[str], typer.Argument(help="Version to report on (v0003, latest, deployed, previous) "
                                                      "[env: MODEL_VERSION; default: deployed, else newest].",
                                                      show_default=False)] = None,
     fmt: Annotated[ReportFormat, typer.Option("--format", "-f", help="html (one self-contained file), md (plus a "

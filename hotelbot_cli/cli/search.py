@@ -18,7 +18,7 @@ def search_cmd(
     query: Annotated[str, typer.Argument(help="A guest's question, e.g. \"¿aceptan perros?\".", show_default=False)],
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many ranked chunks to show.")] = 5,
     version: Annotated[Optional[str], typer.Option("--version", "-v", help="Version whose knowledge base to search "
-                                                   "(v0003, latest) [env: MODEL_VERSION; default: deployed, "
+                                                   "(v0003, latest, deployed, previous) [env: MODEL_VERSION; default: deployed, "
                                                    "else newest].", show_default=False)] = None,
     registry: RegistryOpt = None,
     json_out: JsonOpt = False,

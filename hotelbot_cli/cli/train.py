@@ -30,6 +30,13 @@ def model_type_choice(value: str) -> str:
 ALL = "all"
 
 
+def model_type_names() -> list[str]:
+    """`--model-type`'s values, for shell completion."""
+    from ..components import model_types  # loads the component table: only when the shell asks
+
+    return [*model_types(), ALL]
+
+
 class RichProgress:
     """Renders the library's TrainingEvents as a live Rich progress bar on stderr."""
 
@@ -82,6 +89,7 @@ class RichProgress:
 @handle_errors
 def train_cmd(
     model_type: Annotated[str, typer.Option("--model-type", "-t", parser=model_type_choice, metavar="TYPE",
+                                            autocompletion=lambda: model_type_names(),
                                             help="What to train: a component's model type (classifier, nlu = "
                                             "the joint intent + entity + sentiment model, embeddings = the knowledge "
                                             "base, entities, sentiment, generator, replies = grounded fact-checked replies, or a registered plugin's), or all.")] = "classifier",

@@ -19,7 +19,7 @@ from ._render import log_to, message, out, print_json, warn
 
 @handle_errors
 def validate_cmd(
-    version: Annotated[Optional[str], typer.Argument(help="Version to validate (v0003, latest, current) "
+    version: Annotated[Optional[str], typer.Argument(help="Version to validate (v0003, latest, deployed, previous) "
                                                      "[env: MODEL_VERSION; default: deployed, else newest].",
                                                      show_default=False)] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="Prepared data directory to validate on "

@@ -58,7 +58,7 @@ def start_canary(registry: ModelRegistry, settings: Settings, version: str, weig
         if running is not None:
             raise RegistryError(f"a canary of {running['version']} ({running['weight']}%) is already running",
                                 hint="hotelbot canary promote, or hotelbot canary abort, first")
-        target = registry.get(version)
+        target = registry.resolve(version)
         if target.name == stable:
             raise RegistryError(f"{target.name} is the deployed version; a canary must be another version")
         registry.require_intact(target.name)

@@ -27,7 +27,7 @@ from ..errors import (DeployVerificationError, GateFailedError, HotelbotError, I
                       RolledBackError)
 from ..registry import ModelRegistry, VersionInfo
 from ..registry.backups import backup_problems, create_backup, list_backups, record_name, restore_from_backup
-from ..registry.store import check_version_name, crashpoint, utc_now
+from ..registry.store import ALIASES, check_version_name, crashpoint, utc_now
 from ..training.mlflow_hub import sync_aliases
 from .validate import gate_components, primary_component, validate_version
 
@@ -242,7 +242,7 @@ def deploy(registry: ModelRegistry, settings: Settings, version: str | None = No
     cfg = settings.deployment
     with exclusive(registry, settings) as (repaired, old_state):
         current = old_state.get("version")
-        target = registry.get(version) if version else newest_validated(registry)
+        target = registry.resolve(version) if version else newest_validated(registry)
         if target.name == current:
             return OperationResult("noop", target.name, current, changed=False, repaired=repaired)
         running = running_canary(old_state)
@@ -294,6 +294,12 @@ def deploy(registry: ModelRegistry, settings: Settings, version: str | None = No
                                event_id)
 
 
+def _named(registry: ModelRegistry, name: str) -> str:
+    """A version name or alias (registry.ALIASES) as a version name; a name without its version directory
+    stays a name (rollback may restore it from a backup)."""
+    return registry.resolve(name).name if name in ALIASES else check_version_name(name)
+
+
 def rollback(registry: ModelRegistry, settings: Settings, to: str | None = None, reason: str = "") -> OperationResult:
     """Restore the previous deployed version (or ``to``) after checking its checksums and that it loads.
     While a canary runs, rolling back (without ``to``) aborts the canary: guests go back to the stable version."""
@@ -315,7 +321,7 @@ def rollback(registry: ModelRegistry, settings: Settings, to: str | None = None,
                                     hint="name one with `hotelbot rollback --to VERSION`")
             target_name = candidates[0]
         else:
-            target_name = check_version_name(to)
+            target_name = _named(registry, to)
             if target_name == current:
                 raise RegistryError(f"{target_name} is already the deployed version")
 

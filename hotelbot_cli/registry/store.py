@@ -54,7 +54,9 @@ STAGING_DIR = ".staging"
 OWNER_SUFFIX = ".owner"
 LOCK_FILE = ".lock"
 VERSION_RE = re.compile(r"^v(\d{4,6})$")
-ALIASES = ("latest", "current")
+# Names every command accepts for a version (README "Version names"): the newest, the deployed one, and the
+# one deployed before it (what `hotelbot rollback` returns to).
+ALIASES = ("latest", "current", "deployed", "previous")
 
 
 def check_version_name(name: str) -> str:
@@ -243,19 +245,27 @@ class ModelRegistry:
         return versions[-1] if versions else None
 
     def resolve(self, spec: str | None = None, *, verify: bool = False) -> VersionInfo:
-        """``None`` -> the deployed version, else the newest; or a name / alias ('latest', 'current').
+        """``None`` -> the deployed version, else the newest; or a name / alias: 'latest' (the newest),
+        'current' or 'deployed' (the deployed one), 'previous' (the one deployed before it).
         ``verify``: also check every file against its recorded checksum (IntegrityError if one fails)."""
         info = self._resolve(spec)
         return self.require_intact(info.name) if verify else info
 
     def _resolve(self, spec: str | None) -> VersionInfo:
-        if spec in (None, "", "current"):
+        if spec in (None, "", "current", "deployed"):
             current = self.current_name()
             if current:
                 return self.get(current)
-            if spec == "current":
+            if spec:
                 raise VersionNotFoundError("no version is deployed yet", hint="run `hotelbot deploy`")
             spec = "latest"
+        if spec == "previous":
+            state = self.current_state()
+            earlier = [v for v in reversed(state.get("previous") or []) if v and v != state.get("version")]
+            if not earlier:
+                raise VersionNotFoundError("no version was deployed before the current one",
+                                           hint="`hotelbot history` lists the deploys")
+            return self.get(earlier[0])
         if spec == "latest":
             latest = self.latest()
             if latest is None:

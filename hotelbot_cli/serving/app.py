@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from .. import __version__
 from ..registry import ModelRegistry
 from .batching import MicroBatcher
+from .docs import add_docs
 from .errors import add_error_handlers
 from .metrics import Metrics
 from .middleware import MetricsMiddleware
@@ -57,6 +58,7 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
         description="Intent classification for a Spanish-speaking hotel chatbot. Serves the registry's "
                     "deployed version and follows deploys and rollbacks without a restart.",
         lifespan=lifespan,
+        docs_url=None, redoc_url=None,  # serving.docs: the same pages with their assets from this server
     )
     app.state.registry = registry
     app.state.settings = settings
@@ -67,5 +69,6 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
     app.add_middleware(MetricsMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes,
                        post_paths=POST_PATHS)
     add_routes(app)
+    add_docs(app, settings)
     add_error_handlers(app)
     return app

@@ -45,6 +45,8 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> JSONRespo
     if exc.status_code == 405:
         return error_response(405, "method not allowed", f"{request.method} is not allowed on {request.url.path}",
                               exc.headers)
+    if exc.status_code == 400:  # FastAPI could not read the body (not UTF-8): the same answer as for bad JSON
+        return error_response(422, "request body is not valid JSON", str(exc.detail))
     return error_response(exc.status_code, str(exc.detail), None, exc.headers)
 
 

@@ -11,14 +11,37 @@ from pydantic_core import PydanticCustomError
 from ..data import OUT_OF_SCOPE, clean_text
 
 
+# The characters clean_text drops or turns into spaces: whitespace and control/format characters (Unicode
+# categories Cc, Cf), as code point ranges of Python 3.11's Unicode 14 (a test checks them against unicodedata).
+BLANK_RANGES = ((0x0, 0x20), (0x7F, 0xA0), (0xAD, 0xAD), (0x600, 0x605), (0x61C, 0x61C), (0x6DD, 0x6DD),
+                (0x70F, 0x70F), (0x890, 0x891), (0x8E2, 0x8E2), (0x1680, 0x1680), (0x180E, 0x180E),
+                (0x2000, 0x200F), (0x2028, 0x202F), (0x205F, 0x2064), (0x2066, 0x206F), (0x3000, 0x3000),
+                (0xFEFF, 0xFEFF), (0xFFF9, 0xFFFB), (0x110BD, 0x110BD), (0x110CD, 0x110CD), (0x13430, 0x13438),
+                (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0001, 0xE0001), (0xE0020, 0xE007F))
+
+
+def _class_char(code: int) -> str:
+    # \uXXXX in the BMP (read alike by Python's re and ECMA-262); the character itself above it (ECMA-262
+    # with the "u" flag, which JSON Schema patterns use, reads it as one code point; so does Python)
+    return f"\\u{code:04x}" if code <= 0xFFFF else chr(code)
+
+
+# "Not blank", as the OpenAPI schema states it: at least one character outside BLANK_RANGES (a pattern is
+# matched anywhere in the string). The server's own check (_non_blank) accepts exactly these strings.
+NON_BLANK_PATTERN = "[^" + "".join(_class_char(a) if a == b else f"{_class_char(a)}-{_class_char(b)}"
+                                   for a, b in BLANK_RANGES) + "]"
+
+
 def _non_blank(value: str) -> str:
     if not clean_text(value):
         raise PydanticCustomError("blank_text", "text is empty or only whitespace/control characters")
     return value
 
 
-# A JSON string (never a number or null) that is not blank once cleaned like the training data.
-Text = Annotated[StrictStr, AfterValidator(_non_blank)]
+# A JSON string (never a number or null) that is not blank once cleaned like the training data. Its length
+# limit is the server's max_text_length (serving.docs adds it to the schema; longer texts get 413).
+Text = Annotated[StrictStr, AfterValidator(_non_blank),
+                 Field(json_schema_extra={"minLength": 1, "pattern": NON_BLANK_PATTERN})]
 
 
 class ClassifyRequest(BaseModel):
@@ -195,7 +218,7 @@ class ErrorBody(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text} for code, text in (
         (413, "A text or the batch is over the server's limit"),
-        (422, "Missing, empty or non-string text; body is not JSON"),
+        (422, "Missing, empty or non-string text; a value outside its range; body is not JSON (or not UTF-8)"),
         (503, "No model is loaded: train and deploy one"),
     )
 }

@@ -8,10 +8,8 @@ import ast
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -115,13 +113,7 @@ main()
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_the_serve_path_imports_only_what_serve_installs(registry_copy, tmp_path):
+def test_the_serve_path_imports_only_what_serve_installs(registry_copy, tmp_path, serve_process):
     from typer.testing import CliRunner
 
     from hotelbot_cli.cli.app import app
@@ -144,30 +136,11 @@ def test_the_serve_path_imports_only_what_serve_installs(registry_copy, tmp_path
     assert on_torch.stderr.strip().splitlines() == [
         "error: this needs the `train` install (no module named 'torch'): pip install -c constraints.txt '.[train]'"]
 
-    port = free_port()
-    log = open(tmp_path / "serve.log", "wb")
-    server = subprocess.Popen([*role, "serve", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log,
-                              stderr=subprocess.STDOUT, cwd=tmp_path)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
-            time.sleep(0.3)
+    with serve_process(role, env, tmp_path) as base:
         assert httpx.get(f"{base}/ready").json()["model_version"] == "v0001"
         answer = httpx.post(f"{base}/classify", json={"text": "¿a qué hora es el desayuno?"})
         assert answer.status_code == 200 and answer.json()["intent"]
         batch = httpx.post(f"{base}/classify/batch", json={"texts": ["hola", "noticias"]})
         assert batch.status_code == 200 and len(batch.json()["predictions"]) == 2
         assert httpx.get(f"{base}/metrics").status_code == 200
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
     assert "not installed by hotelbot-cli[serve]" not in (tmp_path / "serve.log").read_text()

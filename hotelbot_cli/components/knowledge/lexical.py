@@ -1,5 +1,6 @@
 """Lexical retrieval: Okapi BM25 over pre-tokenized texts, and the tokenizer the knowledge base's BM25 baseline
-uses. numpy only (no encoder), so the reply pipeline can use it without loading the knowledge base's models."""
+uses (Snowball's Spanish stemmer, imported by :func:`bm25_tokens` only). numpy only at import (no encoder), so
+the reply pipeline can use BM25 without loading the knowledge base's models."""
 
 from __future__ import annotations
 
@@ -19,14 +20,21 @@ ser si sin sobre son su sus tambien te tiene tu tus un una uno unos unas y ya yo
 """.split())
 
 
+def _fold(text: str) -> str:
+    return "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
+
+
 def bm25_tokens(text: str) -> list[str]:
-    """Lowercase, accents folded, words of 2+ characters, Spanish stopwords out, a final -s stripped."""
-    folded = "".join(ch for ch in unicodedata.normalize("NFKD", text.casefold()) if not unicodedata.combining(ch))
+    """Lowercase words of 2+ characters, Spanish stopwords out, each reduced by the Snowball Spanish stemmer
+    (habitación, habitaciones -> habit; hoteles -> hotel), accents folded after stemming (Snowball reads them)."""
+    from snowballstemmer import stemmer  # pure Python; only the knowledge base's BM25 baseline tokenizes this way
+
+    spanish = stemmer("spanish")
     tokens = []
-    for token in re.findall(r"\w+", folded):
-        if len(token) < 2 or token in _STOPWORDS:
+    for word in re.findall(r"\w+", unicodedata.normalize("NFC", text.casefold())):
+        if len(word) < 2 or _fold(word) in _STOPWORDS:
             continue
-        tokens.append(token[:-1] if len(token) > 3 and token.endswith("s") else token)
+        tokens.append(_fold(spanish.stemWord(word)))
     return tokens
 
 
