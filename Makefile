@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install clean constraints
+.PHONY: run test check install clean constraints
 
 # Every role (train + serve + dev) at the exact versions of constraints.txt.
 $(STAMP): pyproject.toml constraints.txt
@@ -29,7 +29,13 @@ run: $(STAMP)
 	$(BIN)/hotelbot validate
 	$(BIN)/hotelbot predict "quiero ver las noticias" "¿a qué hora es el desayuno?"
 
-test: $(STAMP)
+# The contributor checks (CONTRIBUTING.md): lint and format of the library package, as configured in
+# pyproject.toml. `make test` runs them first, so CI fails on them too.
+check: $(STAMP)
+	$(BIN)/ruff check
+	$(BIN)/ruff format --check
+
+test: $(STAMP) check
 	$(BIN)/python -m pytest
 
 clean:

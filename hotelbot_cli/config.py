@@ -40,7 +40,7 @@ class _Section:
     """Shared to_dict/from_dict for the config sections."""
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> "_Section":
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> _Section:
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(data) - set(known))
         if unknown:
@@ -50,7 +50,7 @@ class _Section:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def merged(self, overrides: Mapping[str, Any], *, source: str) -> "_Section":
+    def merged(self, overrides: Mapping[str, Any], *, source: str) -> _Section:
         known = {f.name: f for f in fields(self)}
         unknown = sorted(set(overrides) - set(known))
         if unknown:
@@ -152,7 +152,9 @@ class TrainingConfig(_Section):
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if isinstance(self.oos_knn_k, bool) or not isinstance(self.oos_knn_k, int) or not 0 <= self.oos_knn_k <= 1000:
-            raise ConfigError(f"oos_knn_k must be a whole number from 0 (choose on validation) to 1000, got {self.oos_knn_k!r}")
+            raise ConfigError(
+                f"oos_knn_k must be a whole number from 0 (choose on validation) to 1000, got {self.oos_knn_k!r}"
+            )
 
 
 @dataclass
@@ -339,10 +341,14 @@ ENV_TRAINING = {
     "HOTELBOT_BASE_MODEL": "base_model",
 }
 ENV_DATA = {"TRAINING_VALIDATION_SPLIT": "validation_split"}
-ENV_VALIDATION = {"MIN_VALIDATION_SCORE": "min_validation_score", "VALIDATION_METRIC": "metric",
-                  "MAX_UNSUPPORTED_FACT_RATE": "max_unsupported_fact_rate", "MIN_FACT_ACCURACY": "min_fact_accuracy",
-                  "HOTELBOT_RUNTIME_TOLERANCE": "runtime_tolerance_points",
-                  "HOTELBOT_RUNTIME_RECHECK_MARGIN": "runtime_recheck_margin"}
+ENV_VALIDATION = {
+    "MIN_VALIDATION_SCORE": "min_validation_score",
+    "VALIDATION_METRIC": "metric",
+    "MAX_UNSUPPORTED_FACT_RATE": "max_unsupported_fact_rate",
+    "MIN_FACT_ACCURACY": "min_fact_accuracy",
+    "HOTELBOT_RUNTIME_TOLERANCE": "runtime_tolerance_points",
+    "HOTELBOT_RUNTIME_RECHECK_MARGIN": "runtime_recheck_margin",
+}
 ENV_DEPLOYMENT = {
     "ENABLE_MODEL_BACKUP": "enable_model_backup",
     "ENABLE_AUTO_ROLLBACK": "enable_auto_rollback",
@@ -417,7 +423,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid JSON: line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        raise ConfigError(
+            f"config file {path} is not valid JSON: line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a JSON object with {', '.join(SECTIONS)}")
     unknown = sorted(set(data) - set(SECTIONS) - {"paths", "model_version"})
@@ -485,7 +493,7 @@ def load_settings(
         sources.append("flags")
 
     paths = Paths()
-    for key, value in file_paths.items():
+    for key in file_paths:
         if key not in {f.name for f in fields(Paths)}:
             raise ConfigError(f"unknown key in paths: {key}")
     layered: dict[str, Any] = {**file_paths}

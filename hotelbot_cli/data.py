@@ -117,7 +117,9 @@ def _load_json(path: Path, raw: str) -> list[tuple[str, Example]]:
 
 
 def _load_jsonl(path: Path, raw: str) -> list[tuple[str, Example]]:
-    return [(f"line {number}", _from_record(path, f"line {number}", record)) for number, record in iter_jsonl(path, raw)]
+    return [
+        (f"line {number}", _from_record(path, f"line {number}", record)) for number, record in iter_jsonl(path, raw)
+    ]
 
 
 def _load_csv(path: Path, raw: str) -> list[tuple[str, Example]]:
@@ -274,8 +276,9 @@ def validate_and_clean(path: Path, records: list[tuple[str, Example]]) -> tuple[
 # ---------------------------------------------------------------- splitting
 
 
-def stratified_split(examples: Sequence[T], validation_split: float, seed: int,
-                     key: Callable[[T], str] = lambda e: e.intent) -> tuple[list[T], list[T]]:
+def stratified_split(
+    examples: Sequence[T], validation_split: float, seed: int, key: Callable[[T], str] = lambda e: e.intent
+) -> tuple[list[T], list[T]]:
     """Per-stratum shuffle with a seeded RNG; each stratum with >= 2 examples gives >= 1 to validation.
 
     Strata are intents by default; ``key`` chooses another (entities use each sentence's rarest type).
@@ -367,8 +370,12 @@ class TestSet:
     sha256: str
 
     def to_summary(self) -> dict[str, Any]:
-        return {"path": str(self.path), "sha256": self.sha256, "examples": len(self.examples),
-                "per_intent": dict(sorted(Counter(e.intent for e in self.examples).items()))}
+        return {
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "examples": len(self.examples),
+            "per_intent": dict(sorted(Counter(e.intent for e in self.examples).items())),
+        }
 
 
 def read_test_set(path: Path) -> TestSet:
@@ -391,14 +398,22 @@ def check_test_overlap(path: Path, examples: Sequence[Example], test: TestSet) -
     shared = shared_texts(examples, test.examples)
     if shared:
         sample = "; ".join(f"{e.text!r}" for e in shared[:3])
-        raise DataError(f"{path}: {len(shared)} training text(s) also in the independent test set {test.path} "
-                        f"(case, accents and punctuation ignored): {sample}",
-                        hint="remove them from the training file (or write new test messages): the test set must "
-                             "stay unseen by training")
+        raise DataError(
+            f"{path}: {len(shared)} training text(s) also in the independent test set {test.path} "
+            f"(case, accents and punctuation ignored): {sample}",
+            hint="remove them from the training file (or write new test messages): the test set must "
+            "stay unseen by training",
+        )
 
 
-def prepare(path: Path, validation_split: float = 0.2, seed: int = 42, min_examples: int = 10,
-            imbalance_ratio: float = 3.0, test_set: Path | None = None) -> PreparedData:
+def prepare(
+    path: Path,
+    validation_split: float = 0.2,
+    seed: int = 42,
+    min_examples: int = 10,
+    imbalance_ratio: float = 3.0,
+    test_set: Path | None = None,
+) -> PreparedData:
     """Load, validate, clean, de-duplicate and split ``path``. Raises DataError; writes nothing.
     ``test_set``: the independent test set (default :func:`default_test_set`); a training text it holds
     is refused, and the prepared data records which test set goes with it."""
@@ -436,8 +451,9 @@ def jsonl_bytes(records: Iterable[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
 
 
-def write_split(out_dir: Path, train: Iterable[dict[str, Any]], validation: Iterable[dict[str, Any]],
-                manifest: dict[str, Any]) -> Path:
+def write_split(
+    out_dir: Path, train: Iterable[dict[str, Any]], validation: Iterable[dict[str, Any]], manifest: dict[str, Any]
+) -> Path:
     """The storage of every prepared split (intents, entities, sentiment, replies): train.jsonl and
     validation.jsonl, then ``manifest`` as dataset.json, the completion marker, written last; each
     file atomically, so an interrupted prepare never leaves a directory that reads as complete."""
@@ -467,12 +483,14 @@ def read_manifest(directory: Path, data_format: str, what: str, hint: str) -> di
 
 def check_split_fingerprint(actual: str, manifest: dict[str, Any], directory: Path, what: str, hint: str) -> None:
     if actual != manifest.get("fingerprint"):
-        raise DataError(f"prepared {what} data in {directory} was modified after prepare (fingerprint mismatch)",
-                        hint=hint)
+        raise DataError(
+            f"prepared {what} data in {directory} was modified after prepare (fingerprint mismatch)", hint=hint
+        )
 
 
-def load_split(source: Path, data: "DataConfig | None", read_prepared: Callable[[Path], T],
-               prepare: Callable[[Path, float, int], T]) -> T:
+def load_split(
+    source: Path, data: DataConfig | None, read_prepared: Callable[[Path], T], prepare: Callable[[Path, float, int], T]
+) -> T:
     """A prepared directory (has dataset.json) is read; a data file is validated and split now, with
     the data config's validation share and seed (0.2 and 42 without one)."""
     source = Path(source)
@@ -505,7 +523,9 @@ def read_prepared(data_dir: Path) -> PreparedData:
         train = read_jsonl_examples(data_dir / TRAIN_FILE)
         validation = read_jsonl_examples(data_dir / VALIDATION_FILE)
     except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"prepared data in {data_dir} is unreadable: {exc}", hint="run `hotelbot prepare` again") from None
+        raise DataError(
+            f"prepared data in {data_dir} is unreadable: {exc}", hint="run `hotelbot prepare` again"
+        ) from None
     actual = fingerprint(train, validation)
     check_split_fingerprint(actual, summary, data_dir, "intent", "run `hotelbot prepare` again")
     warnings = [Warning_(**w) for w in summary.pop("warnings", [])]
@@ -514,10 +534,16 @@ def read_prepared(data_dir: Path) -> PreparedData:
     return PreparedData(train, validation, labels, actual, summary, warnings)
 
 
-def prepare_dataset(path: Path, out_dir: Path | None, config: "DataConfig", test_set: Path | None = None) -> PreparedData:
+def prepare_dataset(path: Path, out_dir: Path | None, config: DataConfig, test_set: Path | None = None) -> PreparedData:
     """prepare() with the settings' data config, then write the result (unless ``out_dir`` is None)."""
-    prepared = prepare(path, config.validation_split, config.seed, config.min_examples_per_intent,
-                       config.imbalance_ratio_warning, test_set)
+    prepared = prepare(
+        path,
+        config.validation_split,
+        config.seed,
+        config.min_examples_per_intent,
+        config.imbalance_ratio_warning,
+        test_set,
+    )
     if out_dir is not None:
         write_prepared(prepared, out_dir)
     return prepared

@@ -54,8 +54,10 @@ class AlreadyTrainedError(HotelbotError):
     exit_code = 0
 
     def __init__(self, version: str) -> None:
-        super().__init__(f"version {version} was trained on the same data with the same config; "
-                         "nothing to do (use --force to train again)")
+        super().__init__(
+            f"version {version} was trained on the same data with the same config; "
+            "nothing to do (use --force to train again)"
+        )
         self.version = version
 
 

@@ -10,8 +10,9 @@ from .data import OUT_OF_SCOPE
 METRIC_KEYS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1")
 
 
-def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str],
-                           metric: str = "macro_f1") -> dict[str, Any]:
+def classification_metrics(
+    y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str], metric: str = "macro_f1"
+) -> dict[str, Any]:
     """Accuracy, macro/weighted P/R/F1, per-intent P/R/F1/support, confusion matrix, overall_score.
 
     ``labels`` fixes the order of the per-intent table and the confusion matrix; predictions of a label
@@ -72,12 +73,17 @@ class Comparison:
         return {k: v for k, v in self.per_intent_f1_deltas.items() if v < -tolerance}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"reference_version": self.reference_version, "deltas": self.deltas,
-                "per_intent_f1_deltas": self.per_intent_f1_deltas}
+        return {
+            "reference_version": self.reference_version,
+            "deltas": self.deltas,
+            "per_intent_f1_deltas": self.per_intent_f1_deltas,
+        }
 
 
 def compare(candidate: dict[str, Any], reference: dict[str, Any], reference_version: str) -> Comparison:
-    deltas = {k: candidate[k] - reference[k] for k in METRIC_KEYS + ("overall_score",) if k in candidate and k in reference}
+    deltas = {
+        k: candidate[k] - reference[k] for k in METRIC_KEYS + ("overall_score",) if k in candidate and k in reference
+    }
     per_intent = {
         label: stats["f1"] - reference["per_intent"][label]["f1"]
         for label, stats in candidate["per_intent"].items()

@@ -54,8 +54,10 @@ class HotelbotIntentModel(PythonModel):
         info = registry.get(ref["version"])
         recorded = (info.manifest.files or {}).get(CLASSIFIER_KEY)
         if ref.get("classifier_sha256") and recorded != ref["classifier_sha256"]:
-            raise RegistryError(f"{ref['version']} in {root} is not the version this MLflow model names "
-                                "(its classifier differs)", hint="set HOTELBOT_REGISTRY to the registry it came from")
+            raise RegistryError(
+                f"{ref['version']} in {root} is not the version this MLflow model names (its classifier differs)",
+                hint="set HOTELBOT_REGISTRY to the registry it came from",
+            )
         self.predictor = predictor_from_registry(registry, info.name, verify=True)
         self.version = info.name
 

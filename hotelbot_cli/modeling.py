@@ -43,10 +43,10 @@ HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 @dataclass(frozen=True)
 class ResolvedBaseModel:
-    spec: str          # what the user asked for
-    location: str      # what from_pretrained gets (a directory or a hub id)
+    spec: str  # what the user asked for
+    location: str  # what from_pretrained gets (a directory or a hub id)
     query_prefix: str  # prepended to every input text (e5 wants "query: ")
-    pooling: str       # "mean" or "cls"
+    pooling: str  # "mean" or "cls"
     packaged: bool
 
 
@@ -61,8 +61,10 @@ def resolve_base_model(spec: str, cache_dir: Path) -> ResolvedBaseModel:
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise ModelError(f"base model {spec} is a file; give a directory with config.json, a hub id, "
-                             "or packaged:multilingual-e5-small")
+            raise ModelError(
+                f"base model {spec} is a file; give a directory with config.json, a hub id, "
+                "or packaged:multilingual-e5-small"
+            )
         if not (path / "config.json").exists():
             raise ModelError(f"base model directory {spec} has no config.json (not a Hugging Face model)")
         return ResolvedBaseModel(spec, str(path.resolve()), "", "mean", False)
@@ -73,7 +75,9 @@ def resolve_base_model(spec: str, cache_dir: Path) -> ResolvedBaseModel:
 
 def _no_pooler_kwargs(config: Any) -> dict[str, Any]:
     # BERT-like encoders carry a pooler we never use (and e5's file has none): don't create it.
-    return {"add_pooling_layer": False} if getattr(config, "model_type", "") in ("bert", "roberta", "xlm-roberta") else {}
+    return (
+        {"add_pooling_layer": False} if getattr(config, "model_type", "") in ("bert", "roberta", "xlm-roberta") else {}
+    )
 
 
 @contextlib.contextmanager
@@ -92,9 +96,18 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
-                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-                       "BOOL": torch.bool}
+_SAFETENSORS_DTYPES = {
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F64": torch.float64,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 def mapped_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -116,8 +129,11 @@ def mapped_safetensors(path: Path) -> dict[str, torch.Tensor]:
         dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
         start, end = entry["data_offsets"]
         count = (end - start) // torch.empty((), dtype=dtype).element_size()
-        tensor = torch.frombuffer(mapped, dtype=dtype, count=count, offset=base + start) if count else \
-            torch.empty(0, dtype=dtype)
+        tensor = (
+            torch.frombuffer(mapped, dtype=dtype, count=count, offset=base + start)
+            if count
+            else torch.empty(0, dtype=dtype)
+        )
         out[name] = tensor.reshape(entry["shape"])
     return out
 
@@ -202,7 +218,7 @@ class ClassifierConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ClassifierConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ClassifierConfig:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
@@ -226,9 +242,14 @@ class SentenceClassifier(nn.Module):
         # broke the loss on CUDA); not persistent: saved weights and their checksums stay what they were.
         self.register_buffer("class_weights", None, persistent=False)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                return_embedding: bool = False) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_embedding: bool = False,
+    ) -> dict[str, torch.Tensor]:
         """``return_embedding``: also the pooled ``embedding`` (what the kNN out-of-scope detector reads; not by
         default, as the Trainer would take it for a second prediction)."""
         pooled = self.embed(input_ids, attention_mask, token_type_ids)
@@ -238,8 +259,9 @@ class SentenceClassifier(nn.Module):
             out["loss"] = nn.functional.cross_entropy(logits, labels, weight=self.class_weights)
         return out
 
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-              token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The pooled sentence embedding the head reads."""
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
@@ -278,50 +300,74 @@ class MultiTaskClassifier(SentenceClassifier):
         try:
             sentiment_labels, entity_tags = tasks["sentiment"]["labels"], tasks["entities"]["tags"]
         except (KeyError, TypeError):
-            raise ModelError("a joint model's classifier.json needs tasks.sentiment.labels and "
-                             "tasks.entities.tags") from None
+            raise ModelError(
+                "a joint model's classifier.json needs tasks.sentiment.labels and tasks.entities.tags"
+            ) from None
         hidden = encoder.config.hidden_size
         self.sentiment_head = nn.Linear(hidden, len(sentiment_labels))
         self.entity_head = nn.Linear(hidden, len(entity_tags))
         weights = tasks.get("task_weights") or {}
         self.task_weights = [float(weights.get(name, 1.0)) for name in TASK_NAMES]
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                task_ids: torch.Tensor | None = None, token_labels: torch.Tensor | None = None,
-                row_ids: torch.Tensor | None = None, return_embedding: bool = False) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        task_ids: torch.Tensor | None = None,
+        token_labels: torch.Tensor | None = None,
+        row_ids: torch.Tensor | None = None,
+        return_embedding: bool = False,
+    ) -> dict[str, torch.Tensor]:
         """``row_ids`` is not used: training passes each row's index through, as a label, to put the Trainer's
         (length-grouped) evaluation predictions back in order. ``return_embedding``: as SentenceClassifier's."""
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
         embedding = pool(hidden, attention_mask, self.classifier_config.pooling)
         pooled = self.dropout(embedding)
-        out = {"logits": self.head(pooled), "sentiment_logits": self.sentiment_head(pooled),
-               "token_logits": self.entity_head(self.dropout(hidden))}
+        out = {
+            "logits": self.head(pooled),
+            "sentiment_logits": self.sentiment_head(pooled),
+            "token_logits": self.entity_head(self.dropout(hidden)),
+        }
         if return_embedding:
             out["embedding"] = embedding
         if labels is not None and task_ids is not None:
             out["loss"] = self.multitask_loss(out, labels, task_ids, token_labels)
         return out
 
-    def multitask_loss(self, out: dict[str, torch.Tensor], labels: torch.Tensor, task_ids: torch.Tensor,
-                       token_labels: torch.Tensor | None) -> torch.Tensor:
+    def multitask_loss(
+        self,
+        out: dict[str, torch.Tensor],
+        labels: torch.Tensor,
+        task_ids: torch.Tensor,
+        token_labels: torch.Tensor | None,
+    ) -> torch.Tensor:
         losses = []
         intent_rows, sentiment_rows = task_ids == TASK_INTENT, task_ids == TASK_SENTIMENT
         if intent_rows.any():
             weight = self.class_weights
-            losses.append(self.task_weights[TASK_INTENT]
-                          * nn.functional.cross_entropy(out["logits"][intent_rows], labels[intent_rows], weight=weight))
+            losses.append(
+                self.task_weights[TASK_INTENT]
+                * nn.functional.cross_entropy(out["logits"][intent_rows], labels[intent_rows], weight=weight)
+            )
         if sentiment_rows.any():
-            losses.append(self.task_weights[TASK_SENTIMENT]
-                          * nn.functional.cross_entropy(out["sentiment_logits"][sentiment_rows], labels[sentiment_rows]))
+            losses.append(
+                self.task_weights[TASK_SENTIMENT]
+                * nn.functional.cross_entropy(out["sentiment_logits"][sentiment_rows], labels[sentiment_rows])
+            )
         entity_rows = task_ids == TASK_ENTITIES
         if token_labels is not None and entity_rows.any():
             logits = out["token_logits"][entity_rows]
             targets = token_labels[entity_rows]
             if (targets != IGNORE_INDEX).any():
-                losses.append(self.task_weights[TASK_ENTITIES] * nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX))
+                losses.append(
+                    self.task_weights[TASK_ENTITIES]
+                    * nn.functional.cross_entropy(
+                        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
+                    )
+                )
         if not losses:  # a batch without any labelled row: a zero that still depends on the outputs
             return out["logits"].sum() * 0.0
         return torch.stack(losses).sum()
@@ -343,8 +389,9 @@ def should_freeze(setting: str, encoder: nn.Module) -> bool:
 # ------------------------------------------------------------------ save / load
 
 
-def save_encoder_model(model: nn.Module, tokenizer: Any, out_dir: Path, config_file: str, config: dict[str, Any],
-                       fmt: str) -> None:
+def save_encoder_model(
+    model: nn.Module, tokenizer: Any, out_dir: Path, config_file: str, config: dict[str, Any], fmt: str
+) -> None:
     """The on-disk shape shared by the classifier and the entity tagger (an encoder plus a head):
     all weights as safetensors, the encoder's config, the head's JSON config and the tokenizer."""
     from safetensors.torch import save_file
@@ -437,8 +484,9 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], what: str) ->
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
-        raise ModelError(f"saved {what} weights do not fit the saved architecture: "
-                         f"{str(exc).splitlines()[0]}") from None
+        raise ModelError(
+            f"saved {what} weights do not fit the saved architecture: {str(exc).splitlines()[0]}"
+        ) from None
     return model.eval()
 
 
@@ -461,7 +509,9 @@ def save_torch_file(model: SentenceClassifier, path: Path) -> None:
     )
 
 
-def _build(encoder_config: dict[str, Any], config: ClassifierConfig, state: dict[str, torch.Tensor]) -> SentenceClassifier:
+def _build(
+    encoder_config: dict[str, Any], config: ClassifierConfig, state: dict[str, torch.Tensor]
+) -> SentenceClassifier:
     return load_weights(new_classifier(encoder_from_config(encoder_config), config), state, "classifier")
 
 

@@ -39,11 +39,19 @@ INTENT_FILE_NAMES = ("hotel_intents_es.json", "intents.json", "intents.jsonl", "
 class ModelTrainer:
     """The seed's ModelTrainer over hotelbot: prepare, train, validate, deploy, back up, roll back."""
 
-    def __init__(self, config_path: str | Path | None = None, *, registry: str | Path | None = None,
-                 profile: str | None = None, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        config_path: str | Path | None = None,
+        *,
+        registry: str | Path | None = None,
+        profile: str | None = None,
+        settings: Settings | None = None,
+    ) -> None:
         self.settings = settings or load_settings(
-            config_file=Path(config_path) if config_path else None, profile=profile,
-            path_overrides={"registry": registry})
+            config_file=Path(config_path) if config_path else None,
+            profile=profile,
+            path_overrides={"registry": registry},
+        )
         self.registry = ModelRegistry(self.settings.paths.registry)
         self.last_version: str | None = None
         self.last_validation: dict[str, Any] | None = None
@@ -58,17 +66,23 @@ class ModelTrainer:
         for name in INTENT_FILE_NAMES:
             if (path / name).is_file():
                 return path / name
-        found = sorted(p for p in path.iterdir() if p.suffix.lower() in SUPPORTED_SUFFIXES and "holdout" not in p.name
-                       and not p.name.endswith(TEST_SET_SUFFIX))
+        found = sorted(
+            p
+            for p in path.iterdir()
+            if p.suffix.lower() in SUPPORTED_SUFFIXES
+            and "holdout" not in p.name
+            and not p.name.endswith(TEST_SET_SUFFIX)
+        )
         if len(found) == 1:
             return found[0]
-        raise DataError(f"{path}: found {len(found)} candidate intent files; name one "
-                        f"({', '.join(INTENT_FILE_NAMES)}) or pass the file itself")
+        raise DataError(
+            f"{path}: found {len(found)} candidate intent files; name one "
+            f"({', '.join(INTENT_FILE_NAMES)}) or pass the file itself"
+        )
 
     def prepare_training_data(self, documents_dir: str | Path = "datasets/") -> dict[str, Any]:
         """Validate, clean and split the intent data found at ``documents_dir`` (a file or a directory)."""
-        prepared = prepare_dataset(self._intent_file(Path(documents_dir)), self.settings.paths.data,
-                                   self.settings.data)
+        prepared = prepare_dataset(self._intent_file(Path(documents_dir)), self.settings.paths.data, self.settings.data)
         return prepared.to_summary()
 
     # ------------------------------------------------------------ training
@@ -81,9 +95,12 @@ class ModelTrainer:
         self.last_version = steps[-1].version  # the end of the chain (the pipeline's final_version)
         primary = {c.name for c in registered() if c.primary}
         classifier = next((s.result for s in steps if s.component in primary and s.result is not None), None)
-        return {"version": self.last_version, "skipped": all(s.status != "trained" for s in steps),
-                "steps": [s.to_dict() for s in steps],
-                **({"metrics": classifier.metrics} if classifier is not None else {})}
+        return {
+            "version": self.last_version,
+            "skipped": all(s.status != "trained" for s in steps),
+            "steps": [s.to_dict() for s in steps],
+            **({"metrics": classifier.metrics} if classifier is not None else {}),
+        }
 
     # ------------------------------------------------------------ validation
     def validate_models(self, version: str | None = None) -> dict[str, Any]:
@@ -91,9 +108,13 @@ class ModelTrainer:
         name = version or self.last_version or "latest"
         result = validate_version(self.registry, name, self.settings)
         self.last_validation = result.to_dict()
-        return {**result.metrics, "overall_score": result.overall_score, "passed": result.passed,
-                "version": result.version,
-                "comparison": result.comparison.to_dict() if result.comparison else None}
+        return {
+            **result.metrics,
+            "overall_score": result.overall_score,
+            "passed": result.passed,
+            "version": result.version,
+            "comparison": result.comparison.to_dict() if result.comparison else None,
+        }
 
     # ------------------------------------------------------------ deployment
     def deploy_models(self, version: str | None = None, reason: str = "") -> dict[str, Any]:
@@ -124,6 +145,9 @@ class ModelTrainer:
             "weakest_intents": [{"intent": k, **v} for k, v in worst],
             "top_confusions": [{"true": t, "predicted": p, "count": n} for t, p, n in top_confusions(metrics)],
             "deployed_version": current,
-            "delta_vs_deployed": ({k: metrics[k] - current_metrics[k] for k in ("accuracy", "macro_f1")
-                                   if k in current_metrics} if current_metrics else None),
+            "delta_vs_deployed": (
+                {k: metrics[k] - current_metrics[k] for k in ("accuracy", "macro_f1") if k in current_metrics}
+                if current_metrics
+                else None
+            ),
         }

@@ -29,7 +29,8 @@ ERROR_TABLE: list[tuple[type[BaseException], int | None, str]] = [
 # Click's usage errors: click's own, and those of the Click that Typer bundles (typer.BadParameter is one of
 # those, not a click.ClickException), so that a command's own BadParameter exits 2 with Click's message.
 CLICK_ERRORS: tuple[type[BaseException], ...] = tuple(
-    {click.ClickException, *(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")})
+    {click.ClickException, *(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")}
+)
 
 
 def _debug() -> bool:
@@ -69,16 +70,30 @@ def handle_errors(fn: F) -> F:
 
 
 # The modules the `serve` install brings (pyproject.toml); any other missing one is the `train` install's.
-SERVE_MODULES = frozenset({"onnxruntime", "tokenizers", "fastapi", "starlette", "pydantic", "pydantic_core", "uvicorn",
-                           "httptools", "uvloop", "prometheus_client", "scipy"})
+SERVE_MODULES = frozenset(
+    {
+        "onnxruntime",
+        "tokenizers",
+        "fastapi",
+        "starlette",
+        "pydantic",
+        "pydantic_core",
+        "uvicorn",
+        "httptools",
+        "uvloop",
+        "prometheus_client",
+        "scipy",
+    }
+)
 
 
 def missing_module_line(name: str) -> str:
     """One line for a library an install by role lacks (README "Installs by role")."""
     top = name.partition(".")[0]
     role = "serve" if top in SERVE_MODULES else "train"
-    return (f"error: this needs the `{role}` install (no module named {top!r}): "
-            f"pip install -c constraints.txt '.[{role}]'")
+    return (
+        f"error: this needs the `{role}` install (no module named {top!r}): pip install -c constraints.txt '.[{role}]'"
+    )
 
 
 def is_tty_stderr() -> bool:

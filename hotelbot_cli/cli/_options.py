@@ -16,19 +16,27 @@ RegistryOpt = Annotated[
 ]
 ConfigOpt = Annotated[
     Optional[Path],
-    typer.Option("--config", "-c", help="JSON config file (training_config, data_config, validation_config) "
-                 "[env: HOTELBOT_CONFIG].", show_default=False),
+    typer.Option(
+        "--config",
+        "-c",
+        help="JSON config file (training_config, data_config, validation_config) [env: HOTELBOT_CONFIG].",
+        show_default=False,
+    ),
 ]
 ProfileOpt = Annotated[
     Optional[str],
-    typer.Option("--profile", help="dev (fast, 1 epoch) or prod (8 epochs, stricter gate): documented defaults.",
-                 show_default=False),
+    typer.Option(
+        "--profile",
+        help="dev (fast, 1 epoch) or prod (8 epochs, stricter gate): documented defaults.",
+        show_default=False,
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")]
 DataDirOpt = Annotated[
     Optional[Path],
-    typer.Option("--data", help="Prepared data directory [env: HOTELBOT_DATA; default: data/processed].",
-                 show_default=False),
+    typer.Option(
+        "--data", help="Prepared data directory [env: HOTELBOT_DATA; default: data/processed].", show_default=False
+    ),
 ]
 
 
@@ -44,6 +52,9 @@ def settings_from(
     data: Path | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
 ) -> Settings:
-    return load_settings(config_file=config, profile=profile, overrides=overrides,
-                         path_overrides={**ROOT_PATHS, "registry": registry or ROOT_PATHS.get("registry"),
-                                         "data": data})
+    return load_settings(
+        config_file=config,
+        profile=profile,
+        overrides=overrides,
+        path_overrides={**ROOT_PATHS, "registry": registry or ROOT_PATHS.get("registry"), "data": data},
+    )

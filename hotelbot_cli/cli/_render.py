@@ -17,8 +17,9 @@ err = Console(stderr=True, highlight=False, log_path=False)
 def print_json(data: Any) -> None:
     import orjson
 
-    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY,
-                                  default=str).decode("utf-8") + "\n")
+    sys.stdout.write(
+        orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY, default=str).decode("utf-8") + "\n"
+    )
     sys.stdout.flush()
 
 

@@ -28,8 +28,8 @@ from .versions import versions_cmd
 app = typer.Typer(
     name="hotelbot",
     help="Train, validate and ship the intent classifier of a Spanish-speaking hotel chatbot.\n\n"
-         "Typical flow: hotelbot prepare datasets/hotel_intents_es.json && hotelbot train && "
-         "hotelbot validate && hotelbot predict \"quiero ver las noticias\"",
+    "Typical flow: hotelbot prepare datasets/hotel_intents_es.json && hotelbot train && "
+    'hotelbot validate && hotelbot predict "quiero ver las noticias"',
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=True,  # hotelbot --install-completion (bash, zsh, fish, PowerShell)
@@ -46,22 +46,37 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
-                                 help="Show the version and exit."),
-    home: Optional[Path] = typer.Option(None, "--home", help="Project home: MLflow store, model cache "
-                                        "[env: HOTELBOT_HOME; default: .hotelbot].", show_default=False),
-    reports: Optional[Path] = typer.Option(None, "--reports", help="Reports directory [env: HOTELBOT_REPORTS; "
-                                           "default: reports].", show_default=False),
-    logs: Optional[Path] = typer.Option(None, "--logs", help="Logs directory [env: HOTELBOT_LOGS; default: logs].",
-                                        show_default=False),
-    mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="MLflow tracking URI "
-                                             "[env: MLFLOW_TRACKING_URI; default: sqlite in the home].",
-                                             show_default=False),
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Show the version and exit."
+    ),
+    home: Optional[Path] = typer.Option(
+        None,
+        "--home",
+        help="Project home: MLflow store, model cache [env: HOTELBOT_HOME; default: .hotelbot].",
+        show_default=False,
+    ),
+    reports: Optional[Path] = typer.Option(
+        None, "--reports", help="Reports directory [env: HOTELBOT_REPORTS; default: reports].", show_default=False
+    ),
+    logs: Optional[Path] = typer.Option(
+        None, "--logs", help="Logs directory [env: HOTELBOT_LOGS; default: logs].", show_default=False
+    ),
+    mlflow_uri: Optional[str] = typer.Option(
+        None,
+        "--mlflow-uri",
+        help="MLflow tracking URI [env: MLFLOW_TRACKING_URI; default: sqlite in the home].",
+        show_default=False,
+    ),
 ) -> None:
     """Train, validate and ship the intent classifier of a Spanish-speaking hotel chatbot."""
     _options.ROOT_PATHS.clear()
-    _options.ROOT_PATHS.update({k: v for k, v in {"home": home, "reports": reports, "logs": logs,
-                                                  "mlflow_tracking_uri": mlflow_uri}.items() if v is not None})
+    _options.ROOT_PATHS.update(
+        {
+            k: v
+            for k, v in {"home": home, "reports": reports, "logs": logs, "mlflow_tracking_uri": mlflow_uri}.items()
+            if v is not None
+        }
+    )
 
 
 app.command("prepare")(prepare_cmd)

@@ -8,8 +8,9 @@ from ._render import out, print_json
 
 
 @handle_errors
-def config_cmd(config: ConfigOpt = None, profile: ProfileOpt = None, registry: RegistryOpt = None,
-               json_out: JsonOpt = False) -> None:
+def config_cmd(
+    config: ConfigOpt = None, profile: ProfileOpt = None, registry: RegistryOpt = None, json_out: JsonOpt = False
+) -> None:
     """Show the effective settings (defaults < profile < config file < environment < flags).
 
     Examples:

@@ -22,8 +22,11 @@ def _report(result, json_out: bool) -> None:
     for note in result.repaired:
         message(f"repaired after an interrupted operation: {note}")
     for note in result.notifications:
-        warn(f"{note} (the {result.action} stands)" if note.startswith("MLflow")
-             else f"notification failed (the {result.action} stands): {note}")
+        warn(
+            f"{note} (the {result.action} stands)"
+            if note.startswith("MLflow")
+            else f"notification failed (the {result.action} stands): {note}"
+        )
     if not result.changed:
         out.print(f"{result.version} is already deployed; nothing to do")
         return
@@ -39,42 +42,81 @@ def _report(result, json_out: bool) -> None:
     if result.backup and result.backup.get("skipped"):
         warn(f"no backup of {result.backup['version']}: {result.backup['skipped']}")
     elif result.backup:
-        message(f"backed up {result.backup['version']}: backup/{result.backup['record']} pins its files "
-                "(stored once in the registry)")
+        message(
+            f"backed up {result.backup['version']}: backup/{result.backup['record']} pins its files "
+            "(stored once in the registry)"
+        )
 
 
 def _report_canary(result) -> None:
     if result.action == "canary_start":
-        score = (f" ({result.gate['metric']} {result.gate['overall_score']:.4f})"
-                 if result.gate and result.gate.get("overall_score") is not None else "")
-        out.print(f"canary: {result.version}{score} answers {result.canary['weight']}% of conversations beside "
-                  f"{result.previous}; `hotelbot canary status` shows it, `promote` or `abort` ends it")
+        score = (
+            f" ({result.gate['metric']} {result.gate['overall_score']:.4f})"
+            if result.gate and result.gate.get("overall_score") is not None
+            else ""
+        )
+        out.print(
+            f"canary: {result.version}{score} answers {result.canary['weight']}% of conversations beside "
+            f"{result.previous}; `hotelbot canary status` shows it, `promote` or `abort` ends it"
+        )
     elif result.action == "canary_promote":
         out.print(f"canary promoted: {result.previous} -> {result.version} (all conversations)")
     else:
-        out.print(f"canary aborted: {result.previous} stopped after answering {result.canary['weight']}% of "
-                  f"conversations since {result.canary.get('started_at')}; all conversations on {result.version}")
+        out.print(
+            f"canary aborted: {result.previous} stopped after answering {result.canary['weight']}% of "
+            f"conversations since {result.canary.get('started_at')}; all conversations on {result.version}"
+        )
 
 
 @handle_errors
 def deploy_cmd(
-    version: Annotated[Optional[str], typer.Argument(help="Version to deploy: v0003, latest, previous [default: newest validated].",
-                                                     show_default=False)] = None,
+    version: Annotated[
+        Optional[str],
+        typer.Argument(
+            help="Version to deploy: v0003, latest, previous [default: newest validated].", show_default=False
+        ),
+    ] = None,
     reason: ReasonOpt = "",
-    min_score: Annotated[Optional[float], typer.Option("--min-score", help="Gate threshold "
-                                                       "[env: MIN_VALIDATION_SCORE; default 0.8].",
-                                                       show_default=False)] = None,
-    tolerance: Annotated[Optional[float], typer.Option("--tolerance", help="Largest allowed per-intent F1 drop "
-                                                       "vs the deployed model [env: HOTELBOT_REGRESSION_TOLERANCE; "
-                                                       "default 0.05].", show_default=False)] = None,
-    canary: Annotated[Optional[int], typer.Option("--canary", metavar="PERCENT", help="Gradual deploy: after the "
-                      "same gate and smoke test, the version answers PERCENT (1-99) of conversations beside the "
-                      "deployed one until `hotelbot canary promote` or `abort` (or `rollback`).",
-                      show_default=False)] = None,
-    auto_promote: Annotated[Optional[int], typer.Option("--auto-promote", metavar="N", min=1, help="With --canary: "
-                            "`serve` promotes the canary by itself after N of its answers without a worse figure "
-                            "than the stable version's (it aborts a worse one either way, with "
-                            "ENABLE_AUTO_ROLLBACK).", show_default=False)] = None,
+    min_score: Annotated[
+        Optional[float],
+        typer.Option(
+            "--min-score", help="Gate threshold [env: MIN_VALIDATION_SCORE; default 0.8].", show_default=False
+        ),
+    ] = None,
+    tolerance: Annotated[
+        Optional[float],
+        typer.Option(
+            "--tolerance",
+            help="Largest allowed per-intent F1 drop "
+            "vs the deployed model [env: HOTELBOT_REGRESSION_TOLERANCE; "
+            "default 0.05].",
+            show_default=False,
+        ),
+    ] = None,
+    canary: Annotated[
+        Optional[int],
+        typer.Option(
+            "--canary",
+            metavar="PERCENT",
+            help="Gradual deploy: after the "
+            "same gate and smoke test, the version answers PERCENT (1-99) of conversations beside the "
+            "deployed one until `hotelbot canary promote` or `abort` (or `rollback`).",
+            show_default=False,
+        ),
+    ] = None,
+    auto_promote: Annotated[
+        Optional[int],
+        typer.Option(
+            "--auto-promote",
+            metavar="N",
+            min=1,
+            help="With --canary: "
+            "`serve` promotes the canary by itself after N of its answers without a worse figure "
+            "than the stable version's (it aborts a worse one either way, with "
+            "ENABLE_AUTO_ROLLBACK).",
+            show_default=False,
+        ),
+    ] = None,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
     registry: RegistryOpt = None,
@@ -105,23 +147,33 @@ def deploy_cmd(
         from ..pipeline.canary import check_weight  # (the same)
 
         check_weight(canary)  # a bad percent: one line, before anything is read
-    settings = settings_from(config, profile, registry, overrides={
-        "validation_config": {"min_validation_score": min_score},
-        "deployment_config": {"regression_tolerance": tolerance}})
+    settings = settings_from(
+        config,
+        profile,
+        registry,
+        overrides={
+            "validation_config": {"min_validation_score": min_score},
+            "deployment_config": {"regression_tolerance": tolerance},
+        },
+    )
     store = ModelRegistry(settings.paths.registry)
     if canary is None:
         _report(deploy(store, settings, version, reason), json_out)
         return
     from ..pipeline.canary import start_canary  # (the same)
 
-    _report(start_canary(store, settings, version or newest_validated(store).name, canary, reason,
-                         auto_promote or 0), json_out)
+    _report(
+        start_canary(store, settings, version or newest_validated(store).name, canary, reason, auto_promote or 0),
+        json_out,
+    )
 
 
 @handle_errors
 def rollback_cmd(
-    to: Annotated[Optional[str], typer.Option("--to", help="Version to restore [default: the previously "
-                                              "deployed one].", show_default=False)] = None,
+    to: Annotated[
+        Optional[str],
+        typer.Option("--to", help="Version to restore [default: the previously deployed one].", show_default=False),
+    ] = None,
     reason: ReasonOpt = "",
     config: ConfigOpt = None,
     registry: RegistryOpt = None,
@@ -195,16 +247,21 @@ def history_cmd(
     if not events:
         out.print("no deploys, rollbacks or failed gates yet")
     for e in events:
-        out.print(f"{e.get('at')}  {e.get('event'):<17} {e.get('from') or '-'} -> {e.get('to') or '-'}  "
-                  f"by {e.get('user')}" + (f"  ({e['reason']})" if e.get("reason") else ""))
+        out.print(
+            f"{e.get('at')}  {e.get('event'):<17} {e.get('from') or '-'} -> {e.get('to') or '-'}  "
+            f"by {e.get('user')}" + (f"  ({e['reason']})" if e.get("reason") else "")
+        )
 
 
 def _num(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-canary_app = typer.Typer(help="A gradual deploy's canary: status, promote, abort (start one with "
-                              "`hotelbot deploy VERSION --canary PERCENT`).", no_args_is_help=True)
+canary_app = typer.Typer(
+    help="A gradual deploy's canary: status, promote, abort (start one with "
+    "`hotelbot deploy VERSION --canary PERCENT`).",
+    no_args_is_help=True,
+)
 
 
 @canary_app.command("status")
@@ -231,14 +288,19 @@ def canary_status_cmd(registry: RegistryOpt = None, json_out: JsonOpt = False) -
         out.print("canary: none running (start one: hotelbot deploy VERSION --canary 10)")
         last = status.get("last_judgement")
         if last:
-            out.print(f"last verdict ({last.get('at')}, canary {last.get('canary')}): {last['decision']}"
-                      + (f", acted: {last['acted']}" if last.get("acted") else "") + ": "
-                      + "; ".join(last.get("reasons") or []))
+            out.print(
+                f"last verdict ({last.get('at')}, canary {last.get('canary')}): {last['decision']}"
+                + (f", acted: {last['acted']}" if last.get("acted") else "")
+                + ": "
+                + "; ".join(last.get("reasons") or [])
+            )
     else:
-        out.print(f"canary: {running['version']} answers {running['weight']}% of conversations since "
-                  f"{running.get('started_at')}" + (f" ({running['reason']})" if running.get("reason") else "")
-                  + (f"; auto-promote after {running['auto_promote']} healthy answers" if running.get("auto_promote")
-                     else ""))
+        out.print(
+            f"canary: {running['version']} answers {running['weight']}% of conversations since "
+            f"{running.get('started_at')}"
+            + (f" ({running['reason']})" if running.get("reason") else "")
+            + (f"; auto-promote after {running['auto_promote']} healthy answers" if running.get("auto_promote") else "")
+        )
         judgement = status.get("judgement")
         if judgement is None:
             out.print("judgement: none yet (`hotelbot serve` judges the canary once it serves it)")
@@ -247,15 +309,18 @@ def canary_status_cmd(registry: RegistryOpt = None, json_out: JsonOpt = False) -
             out.print(f"judgement ({judgement.get('at')}): {judgement['decision']}: " + "; ".join(judgement["reasons"]))
             for side in ("canary", "stable"):
                 f = figures.get(side) or {}
-                out.print(f"  {side}: {f.get('answers')} answers, fallback rate {_num(f.get('fallback_rate'))}, "
-                          f"error rate {_num(f.get('error_rate'))}, mean confidence {_num(f.get('mean_confidence'))}, "
-                          f"p95 latency {_num(f.get('p95_latency_s'))} s")
+                out.print(
+                    f"  {side}: {f.get('answers')} answers, fallback rate {_num(f.get('fallback_rate'))}, "
+                    f"error rate {_num(f.get('error_rate'))}, mean confidence {_num(f.get('mean_confidence'))}, "
+                    f"p95 latency {_num(f.get('p95_latency_s'))} s"
+                )
 
 
 @canary_app.command("promote")
 @handle_errors
-def canary_promote_cmd(reason: ReasonOpt = "", config: ConfigOpt = None, registry: RegistryOpt = None,
-                       json_out: JsonOpt = False) -> None:
+def canary_promote_cmd(
+    reason: ReasonOpt = "", config: ConfigOpt = None, registry: RegistryOpt = None, json_out: JsonOpt = False
+) -> None:
     """Make the canary the deployed version for every conversation (the stable one is backed up and stays
     the one `hotelbot rollback` returns to). Exit 1 when no canary runs.
 
@@ -271,8 +336,9 @@ def canary_promote_cmd(reason: ReasonOpt = "", config: ConfigOpt = None, registr
 
 @canary_app.command("abort")
 @handle_errors
-def canary_abort_cmd(reason: ReasonOpt = "", config: ConfigOpt = None, registry: RegistryOpt = None,
-                     json_out: JsonOpt = False) -> None:
+def canary_abort_cmd(
+    reason: ReasonOpt = "", config: ConfigOpt = None, registry: RegistryOpt = None, json_out: JsonOpt = False
+) -> None:
     """Stop the canary: every conversation goes back to the deployed version (the canary's version stays in
     the registry). `hotelbot rollback` during a canary does the same. Exit 1 when no canary runs.
 

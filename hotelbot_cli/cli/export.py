@@ -31,18 +31,38 @@ def _size(n: int) -> str:
 
 @handle_errors
 def export_cmd(
-    version: Annotated[str, typer.Argument(help="Version to export: a name (v0003) or latest, deployed (current), previous.",
-                                           show_default=False)],
-    output: Annotated[Path, typer.Argument(help="Directory to write (created; must be empty unless --force).",
-                                           show_default=False)],
-    fmt: Annotated[ExportFormat, typer.Option("--format", "-f", help="pt (the seed's intent_classifier.pt), hf (a "
-                                              "Hugging Face directory per component) or onnx (the runtime files).",
-                                              case_sensitive=False, show_default=False)],
-    component: Annotated[Optional[list[str]], typer.Option("--component", metavar="NAME", help="Export only this component "
-                                                          "(repeatable) [default: every one the format has].",
-                                                          show_default=False)] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty DIR, once the new export is "
-                                        "complete.")] = False,
+    version: Annotated[
+        str,
+        typer.Argument(
+            help="Version to export: a name (v0003) or latest, deployed (current), previous.", show_default=False
+        ),
+    ],
+    output: Annotated[
+        Path, typer.Argument(help="Directory to write (created; must be empty unless --force).", show_default=False)
+    ],
+    fmt: Annotated[
+        ExportFormat,
+        typer.Option(
+            "--format",
+            "-f",
+            help="pt (the seed's intent_classifier.pt), hf (a "
+            "Hugging Face directory per component) or onnx (the runtime files).",
+            case_sensitive=False,
+            show_default=False,
+        ),
+    ],
+    component: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--component",
+            metavar="NAME",
+            help="Export only this component (repeatable) [default: every one the format has].",
+            show_default=False,
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a non-empty DIR, once the new export is complete.")
+    ] = False,
     registry: RegistryOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -71,16 +91,21 @@ def export_cmd(
     settings = settings_from(registry=registry)
     if not json_out:
         message(f"exporting {version} as {fmt.value} to {output}...")
-    result = export_version(ModelRegistry(settings.paths.registry), settings, version, fmt.value, output,
-                            force=force, components=component)
+    result = export_version(
+        ModelRegistry(settings.paths.registry), settings, version, fmt.value, output, force=force, components=component
+    )
     if json_out:
         print_json(result.to_dict())
         return
     for item in result.components:
-        out.print(f"{item['component']:<11} {result.output / item['path'] if item['path'] != '.' else result.output}"
-                  f"  ({len(item['files'])} files, {_size(item['size_bytes'])}): {item['loads_with']}")
+        out.print(
+            f"{item['component']:<11} {result.output / item['path'] if item['path'] != '.' else result.output}"
+            f"  ({len(item['files'])} files, {_size(item['size_bytes'])}): {item['loads_with']}"
+        )
     for item in result.skipped:
         out.print(f"{item['component']:<11} skipped: {item['reason']}")
     replaced = " (replaced its previous content)" if result.replaced else ""
-    message(f"exported {result.version} as {result.format} to {result.output}{replaced}: {result.files} files, "
-            f"{_size(result.size_bytes)} in {result.seconds:.1f}s (record: {result.to_dict()['record']})")
+    message(
+        f"exported {result.version} as {result.format} to {result.output}{replaced}: {result.files} files, "
+        f"{_size(result.size_bytes)} in {result.seconds:.1f}s (record: {result.to_dict()['record']})"
+    )

@@ -33,16 +33,19 @@ def gc_cmd(dry_run: DryRunOpt = False, registry: RegistryOpt = None, json_out: J
     from ..registry.maintenance import collect_garbage  # hashing and walking: off `hotelbot --help`'s path
 
     settings = settings_from(registry=registry)
-    result = collect_garbage(ModelRegistry(settings.paths.registry), dry_run=dry_run,
-                             timeout=settings.deployment.lock_timeout_seconds)
+    result = collect_garbage(
+        ModelRegistry(settings.paths.registry), dry_run=dry_run, timeout=settings.deployment.lock_timeout_seconds
+    )
     if json_out:
         print_json(result.to_dict())
         return
     for note in result.repaired:
         message(f"repaired after an interrupted operation: {note}")
     verb = "would remove" if dry_run else "removed"
-    out.print(f"{verb} {len(result.removed)} unreferenced blob(s), {_mb(result.removed_bytes)}; "
-              f"kept {result.kept} ({_mb(result.kept_bytes)})")
+    out.print(
+        f"{verb} {len(result.removed)} unreferenced blob(s), {_mb(result.removed_bytes)}; "
+        f"kept {result.kept} ({_mb(result.kept_bytes)})"
+    )
     if not dry_run:
         out.print(f"registry: {_mb(result.registry_bytes_before)} -> {_mb(result.registry_bytes_after)} on disk")
 
@@ -65,17 +68,20 @@ def migrate_cmd(dry_run: DryRunOpt = False, registry: RegistryOpt = None, json_o
     from ..registry.maintenance import migrate  # hashing and walking: off `hotelbot --help`'s path
 
     settings = settings_from(registry=registry)
-    result = migrate(ModelRegistry(settings.paths.registry), dry_run=dry_run,
-                     timeout=settings.deployment.lock_timeout_seconds)
+    result = migrate(
+        ModelRegistry(settings.paths.registry), dry_run=dry_run, timeout=settings.deployment.lock_timeout_seconds
+    )
     if json_out:
         print_json(result.to_dict())
     else:
         for note in result.repaired:
             message(f"repaired after an interrupted operation: {note}")
         verb = "would" if dry_run else "did"
-        out.print(f"{result.versions} version(s), {result.files} file(s): {result.already_stored} already stored, "
-                  f"{result.stored} stored once, {result.linked} shared with an identical file "
-                  f"({_mb(result.bytes_freed)} {'would be ' if dry_run else ''}freed)")
+        out.print(
+            f"{result.versions} version(s), {result.files} file(s): {result.already_stored} already stored, "
+            f"{result.stored} stored once, {result.linked} shared with an identical file "
+            f"({_mb(result.bytes_freed)} {'would be ' if dry_run else ''}freed)"
+        )
         if result.backups_converted:
             out.print(f"{verb} convert {len(result.backups_converted)} backup archive(s) to pinned records")
         if not dry_run:

@@ -25,17 +25,32 @@ def models_cmd(json_out: JsonOpt = False) -> None:
 
         hotelbot models --json
     """
-    from ..packaged import PACKAGED_MODELS, PACKAGED_SCHEME, cached_size_bytes, is_cached, source_size_bytes  # imports numpy
+    from ..packaged import (
+        PACKAGED_MODELS,
+        PACKAGED_SCHEME,
+        cached_size_bytes,
+        is_cached,
+        source_size_bytes,
+    )  # imports numpy
 
     cache = settings_from().paths.models_dir
     rows = []
     for name, info in PACKAGED_MODELS.items():
         spec = PACKAGED_SCHEME + name
-        rows.append({"name": spec, "default": spec == DEFAULT_BASE_MODEL, "languages": info.languages,
-                     "description": info.description, "source_package": info.source_package,
-                     "source_size_bytes": source_size_bytes(name), "cached": is_cached(name, cache),
-                     "cached_size_bytes": cached_size_bytes(name, cache), "query_prefix": info.query_prefix,
-                     "pooling": info.pooling})
+        rows.append(
+            {
+                "name": spec,
+                "default": spec == DEFAULT_BASE_MODEL,
+                "languages": info.languages,
+                "description": info.description,
+                "source_package": info.source_package,
+                "source_size_bytes": source_size_bytes(name),
+                "cached": is_cached(name, cache),
+                "cached_size_bytes": cached_size_bytes(name, cache),
+                "query_prefix": info.query_prefix,
+                "pooling": info.pooling,
+            }
+        )
     if json_out:
         print_json({"cache": str(cache), "models": rows})
         return
@@ -43,5 +58,7 @@ def models_cmd(json_out: JsonOpt = False) -> None:
     for r in rows:
         cached = f"yes ({_mb(r['cached_size_bytes'])})" if r["cached"] else "no (converted on first use)"
         out.print(f"[bold]{r['name']}[/bold]" + (" (default)" if r["default"] else ""))
-        out.print(f"  languages: {r['languages']}; package: {r['source_package']} ({_mb(r['source_size_bytes'])}); "
-                  f"cached: {cached}")
+        out.print(
+            f"  languages: {r['languages']}; package: {r['source_package']} ({_mb(r['source_size_bytes'])}); "
+            f"cached: {cached}"
+        )

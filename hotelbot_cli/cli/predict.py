@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import List, Optional
+from typing import Optional
 
 import typer
 from typing_extensions import Annotated
@@ -17,11 +17,19 @@ from ._render import out, print_json
 
 @handle_errors
 def predict_cmd(
-    texts: Annotated[List[str], typer.Argument(help="Texts to classify; '-' reads one text per stdin line.",
-                                               show_default=False)],
-    version: Annotated[Optional[str], typer.Option("--version", "-v", help="Version to use (v0003, latest, deployed, previous) "
-                                                   "[env: MODEL_VERSION; default: deployed, else newest].",
-                                                   show_default=False)] = None,
+    texts: Annotated[
+        list[str], typer.Argument(help="Texts to classify; '-' reads one text per stdin line.", show_default=False)
+    ],
+    version: Annotated[
+        Optional[str],
+        typer.Option(
+            "--version",
+            "-v",
+            help="Version to use (v0003, latest, deployed, previous) "
+            "[env: MODEL_VERSION; default: deployed, else newest].",
+            show_default=False,
+        ),
+    ] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many ranked intents to show.")] = 3,
     registry: RegistryOpt = None,
     json_out: JsonOpt = False,
@@ -44,8 +52,9 @@ def predict_cmd(
     if not texts:
         raise DataError("no text to classify", hint="pass TEXT arguments or '-' with lines on stdin")
     settings = settings_from(registry=registry)
-    name, rows = analyze_texts(ModelRegistry(settings.paths.registry), version or settings.model_version, texts,
-                               top_k=top_k)
+    name, rows = analyze_texts(
+        ModelRegistry(settings.paths.registry), version or settings.model_version, texts, top_k=top_k
+    )
     if json_out:
         print_json({"model_version": name, "predictions": rows})
         return

@@ -16,40 +16,93 @@ from ._render import message, out, print_json, warn
 
 @handle_errors
 def prepare_cmd(
-    data: Annotated[Optional[Path], typer.Argument(help="Intent data: .json ({'intents': {label: [texts]}} or a "
-                                                   "list of {text, intent}), .jsonl, or .csv with text,intent "
-                                                   "columns. Give DATA or --documents.", show_default=False)] = None,
-    documents: Annotated[Optional[Path], typer.Option("--documents", help="A folder of hotel documents (.md, .txt) "
-                                                      "to chunk for the knowledge base, instead of DATA.",
-                                                      show_default=False)] = None,
-    entities: Annotated[Optional[Path], typer.Option("--entities", help="Entity data (.jsonl of {text, entities: "
-                                                     "[{start, end, label}]}) to validate and split, instead of "
-                                                     "DATA [default output: data/entities].",
-                                                     show_default=False)] = None,
-    sentiment: Annotated[Optional[Path], typer.Option("--sentiment", help="Sentiment data (.jsonl of {text, "
-                                                      "label}: positive/neutral/negative), instead of DATA "
-                                                      "[default output: data/sentiment].",
-                                                      show_default=False)] = None,
-    replies: Annotated[Optional[Path], typer.Option("--replies", help="Generator data (.jsonl of {message, "
-                                                    "reply, intent?, source?}) to validate and split, instead of "
-                                                    "DATA [default output: data/generator].",
-                                                    show_default=False)] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write: the intent split "
-                                                   "[env: HOTELBOT_DATA; default: data/processed], or with "
-                                                   "--documents the chunks [default: data/documents].",
-                                                   show_default=False)] = None,
-    validation_split: Annotated[Optional[float], typer.Option(help="Share of each intent held out for "
-                                                              "validation [env: TRAINING_VALIDATION_SPLIT; default 0.2].",
-                                                              show_default=False)] = None,
+    data: Annotated[
+        Optional[Path],
+        typer.Argument(
+            help="Intent data: .json ({'intents': {label: [texts]}} or a "
+            "list of {text, intent}), .jsonl, or .csv with text,intent "
+            "columns. Give DATA or --documents.",
+            show_default=False,
+        ),
+    ] = None,
+    documents: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--documents",
+            help="A folder of hotel documents (.md, .txt) to chunk for the knowledge base, instead of DATA.",
+            show_default=False,
+        ),
+    ] = None,
+    entities: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--entities",
+            help="Entity data (.jsonl of {text, entities: "
+            "[{start, end, label}]}) to validate and split, instead of "
+            "DATA [default output: data/entities].",
+            show_default=False,
+        ),
+    ] = None,
+    sentiment: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--sentiment",
+            help="Sentiment data (.jsonl of {text, "
+            "label}: positive/neutral/negative), instead of DATA "
+            "[default output: data/sentiment].",
+            show_default=False,
+        ),
+    ] = None,
+    replies: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--replies",
+            help="Generator data (.jsonl of {message, "
+            "reply, intent?, source?}) to validate and split, instead of "
+            "DATA [default output: data/generator].",
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output",
+            "-o",
+            help="Where to write: the intent split "
+            "[env: HOTELBOT_DATA; default: data/processed], or with "
+            "--documents the chunks [default: data/documents].",
+            show_default=False,
+        ),
+    ] = None,
+    validation_split: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Share of each intent held out for validation [env: TRAINING_VALIDATION_SPLIT; default 0.2].",
+            show_default=False,
+        ),
+    ] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the split [default 42].", show_default=False)] = None,
-    chunk_size: Annotated[int, typer.Option("--chunk-size", min=50, help="With --documents: maximum characters "
-                                            "per chunk.")] = 800,
-    chunk_overlap: Annotated[int, typer.Option("--chunk-overlap", min=0, help="With --documents: characters a "
-                                               "chunk repeats from the previous one in a long section.")] = 150,
-    test_set: Annotated[Optional[Path], typer.Option("--test-set", help="The independent intent test set that "
-                                                     "training must never see: a training text it holds is "
-                                                     "refused [default: DATA's <name>_test.jsonl when present].",
-                                                     show_default=False)] = None,
+    chunk_size: Annotated[
+        int, typer.Option("--chunk-size", min=50, help="With --documents: maximum characters per chunk.")
+    ] = 800,
+    chunk_overlap: Annotated[
+        int,
+        typer.Option(
+            "--chunk-overlap",
+            min=0,
+            help="With --documents: characters a chunk repeats from the previous one in a long section.",
+        ),
+    ] = 150,
+    test_set: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--test-set",
+            help="The independent intent test set that "
+            "training must never see: a training text it holds is "
+            "refused [default: DATA's <name>_test.jsonl when present].",
+            show_default=False,
+        ),
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and report; write nothing.")] = False,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
@@ -88,16 +141,27 @@ def prepare_cmd(
         hotelbot prepare --replies datasets/respuestas_es.jsonl
     """
     if sum(x is not None for x in (data, documents, entities, sentiment, replies)) != 1:
-        _usage("give exactly one of DATA (intent data), --documents DIR, --entities FILE, --sentiment FILE "
-               "or --replies FILE")
+        _usage(
+            "give exactly one of DATA (intent data), --documents DIR, --entities FILE, --sentiment FILE "
+            "or --replies FILE"
+        )
     if test_set is not None and data is None:
         _usage("--test-set applies to intent data (DATA)")
     if replies is not None:
         _prepare_replies(replies, output, validation_split, seed, dry_run, json_out, config, profile)
         return
     if entities is not None or sentiment is not None:
-        _prepare_component("entities" if entities is not None else "sentiment", entities or sentiment, output,
-                           validation_split, seed, dry_run, json_out, config, profile)
+        _prepare_component(
+            "entities" if entities is not None else "sentiment",
+            entities or sentiment,
+            output,
+            validation_split,
+            seed,
+            dry_run,
+            json_out,
+            config,
+            profile,
+        )
         return
     if documents is not None:
         if validation_split is not None or seed is not None:
@@ -105,8 +169,9 @@ def prepare_cmd(
         _prepare_documents(documents, output, chunk_size, chunk_overlap, dry_run, json_out)
         return
 
-    settings = settings_from(config, profile, data=output,
-                             overrides={"data_config": {"validation_split": validation_split, "seed": seed}})
+    settings = settings_from(
+        config, profile, data=output, overrides={"data_config": {"validation_split": validation_split, "seed": seed}}
+    )
     target = None if dry_run else settings.paths.data
     prepared = prepare_dataset(data, target, settings.data, test_set)
     summary = prepared.to_summary()
@@ -117,11 +182,16 @@ def prepare_cmd(
     for w in prepared.warnings:
         warn(w.message)
     s = prepared.summary
-    out.print(f"{s['examples']} examples, {s['num_labels']} intents: {s['train_size']} train / "
-              f"{s['validation_size']} validation (split {s['validation_split']}, seed {s['seed']})")
+    out.print(
+        f"{s['examples']} examples, {s['num_labels']} intents: {s['train_size']} train / "
+        f"{s['validation_size']} validation (split {s['validation_split']}, seed {s['seed']})"
+    )
     test = s.get("test_set")
-    out.print(f"test set {test['path']}: {test['examples']} examples, none in the training data" if test
-              else "no independent test set (give one with --test-set, or put <name>_test.jsonl beside DATA)")
+    out.print(
+        f"test set {test['path']}: {test['examples']} examples, none in the training data"
+        if test
+        else "no independent test set (give one with --test-set, or put <name>_test.jsonl beside DATA)"
+    )
     out.print(f"fingerprint {prepared.fingerprint}")
     if target is not None:
         message(f"wrote {target}/ (train.jsonl, validation.jsonl, dataset.json)")
@@ -133,10 +203,16 @@ def _usage(problem: str) -> None:
     raise typer.Exit(2)
 
 
-def _prepare_documents(directory: Path, output: Path | None, chunk_size: int, chunk_overlap: int, dry_run: bool,
-                       json_out: bool) -> None:
-    from ..components.knowledge import DEFAULT_DOCUMENTS_OUTPUT  # loads the component table: kept off `hotelbot --help`'s path
-    from ..components.knowledge.kb import prepare_documents, write_prepared_documents  # loads the component table: kept off `hotelbot --help`'s path
+def _prepare_documents(
+    directory: Path, output: Path | None, chunk_size: int, chunk_overlap: int, dry_run: bool, json_out: bool
+) -> None:
+    from ..components.knowledge import (
+        DEFAULT_DOCUMENTS_OUTPUT,
+    )  # loads the component table: kept off `hotelbot --help`'s path
+    from ..components.knowledge.kb import (
+        prepare_documents,
+        write_prepared_documents,
+    )  # loads the component table: kept off `hotelbot --help`'s path
 
     prepared = prepare_documents(directory, max_chars=chunk_size, overlap_chars=chunk_overlap)
     target = None if dry_run else (output or DEFAULT_DOCUMENTS_OUTPUT)
@@ -146,8 +222,10 @@ def _prepare_documents(directory: Path, output: Path | None, chunk_size: int, ch
     if json_out:
         print_json(summary)
         return
-    out.print(f"{len(prepared.documents)} documents, {len(prepared.chunks)} chunks "
-              f"(at most {chunk_size} characters, overlap {chunk_overlap})")
+    out.print(
+        f"{len(prepared.documents)} documents, {len(prepared.chunks)} chunks "
+        f"(at most {chunk_size} characters, overlap {chunk_overlap})"
+    )
     for d in prepared.documents:
         out.print(f"  {d.doc}\t{d.chunks} chunks\t{d.chars} characters\tsha256 {d.sha256[:12]}")
     out.print(f"fingerprint {prepared.fingerprint}")
@@ -155,14 +233,23 @@ def _prepare_documents(directory: Path, output: Path | None, chunk_size: int, ch
         message(f"wrote {target}/ (chunks.jsonl, documents.json)")
 
 
-def _prepare_component(component: str, path: Path, output: Path | None, validation_split: float | None,
-                       seed: int | None, dry_run: bool, json_out: bool, config: Path | None,
-                       profile: str | None) -> None:
+def _prepare_component(
+    component: str,
+    path: Path,
+    output: Path | None,
+    validation_split: float | None,
+    seed: int | None,
+    dry_run: bool,
+    json_out: bool,
+    config: Path | None,
+    profile: str | None,
+) -> None:
     from ..components import get  # loads the component table: kept off `hotelbot --help`'s path
     from ..components.base import default_data_dir  # (the same)
 
-    settings = settings_from(config, profile,
-                             overrides={"data_config": {"validation_split": validation_split, "seed": seed}})
+    settings = settings_from(
+        config, profile, overrides={"data_config": {"validation_split": validation_split, "seed": seed}}
+    )
     split_component = get(component)  # entities or sentiment: a SplitComponent
     prepared = split_component.prepare_split(path, settings.data.validation_split, settings.data.seed)
     target = None if dry_run else (output or default_data_dir(settings, component))
@@ -175,32 +262,54 @@ def _prepare_component(component: str, path: Path, output: Path | None, validati
     for w in prepared.warnings:
         warn(w["message"])
     per = summary.get("entities_per_type") or summary.get("examples_per_label") or {}
-    out.print(f"{summary['examples']} {component} examples: {summary['train_size']} train, "
-              f"{summary['validation_size']} validation; " + ", ".join(f"{k} {v}" for k, v in per.items()))
+    out.print(
+        f"{summary['examples']} {component} examples: {summary['train_size']} train, "
+        f"{summary['validation_size']} validation; " + ", ".join(f"{k} {v}" for k, v in per.items())
+    )
     out.print(f"fingerprint {prepared.fingerprint}")
     if target is not None:
         message(f"wrote {target}/ (train.jsonl, validation.jsonl, dataset.json)")
 
 
-def _prepare_replies(path: Path, output: Path | None, validation_split: float | None, seed: int | None,
-                     dry_run: bool, json_out: bool, config: Path | None, profile: str | None) -> None:
-    from ..components.generator.data import prepare_replies, write_prepared_replies  # loads the component table: kept off `hotelbot --help`'s path
+def _prepare_replies(
+    path: Path,
+    output: Path | None,
+    validation_split: float | None,
+    seed: int | None,
+    dry_run: bool,
+    json_out: bool,
+    config: Path | None,
+    profile: str | None,
+) -> None:
+    from ..components.generator.data import (
+        prepare_replies,
+        write_prepared_replies,
+    )  # loads the component table: kept off `hotelbot --help`'s path
 
-    settings = settings_from(config, profile,
-                             overrides={"data_config": {"validation_split": validation_split, "seed": seed}})
+    settings = settings_from(
+        config, profile, overrides={"data_config": {"validation_split": validation_split, "seed": seed}}
+    )
     prepared = prepare_replies(path, settings.data.validation_split, settings.data.seed)
     target = None if dry_run else (output or Path(settings.paths.data).parent / "generator")
     if target is not None:
         write_prepared_replies(prepared, target)
-    summary = {**prepared.summary, "component": "generator", "fingerprint": prepared.fingerprint,
-               "train_size": len(prepared.train), "validation_size": len(prepared.validation),
-               "warnings": list(prepared.warnings), "output": None if target is None else str(target)}
+    summary = {
+        **prepared.summary,
+        "component": "generator",
+        "fingerprint": prepared.fingerprint,
+        "train_size": len(prepared.train),
+        "validation_size": len(prepared.validation),
+        "warnings": list(prepared.warnings),
+        "output": None if target is None else str(target),
+    }
     if json_out:
         print_json(summary)
         return
     for w in prepared.warnings:
         warn(str(w))
-    out.print(f"{len(prepared.train) + len(prepared.validation)} reply pairs: {len(prepared.train)} train, "
-              f"{len(prepared.validation)} validation; fingerprint {prepared.fingerprint}")
+    out.print(
+        f"{len(prepared.train) + len(prepared.validation)} reply pairs: {len(prepared.train)} train, "
+        f"{len(prepared.validation)} validation; fingerprint {prepared.fingerprint}"
+    )
     if target is not None:
         message(f"wrote {target}/")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import List, Optional
+from typing import Optional
 
 import typer
 from typing_extensions import Annotated
@@ -17,11 +17,21 @@ from ._render import out, print_json
 
 @handle_errors
 def reply_cmd(
-    messages: Annotated[List[str], typer.Argument(help="Guest messages to answer; '-' reads one message per stdin "
-                                                  "line.", show_default=False)],
-    version: Annotated[Optional[str], typer.Option("--version", "-v", help="Version whose reply model to use "
-                                                   "(v0003, latest, deployed, previous) [env: MODEL_VERSION; default: deployed, "
-                                                   "else newest].", show_default=False)] = None,
+    messages: Annotated[
+        list[str],
+        typer.Argument(help="Guest messages to answer; '-' reads one message per stdin line.", show_default=False),
+    ],
+    version: Annotated[
+        Optional[str],
+        typer.Option(
+            "--version",
+            "-v",
+            help="Version whose reply model to use "
+            "(v0003, latest, deployed, previous) [env: MODEL_VERSION; default: deployed, "
+            "else newest].",
+            show_default=False,
+        ),
+    ] = None,
     registry: RegistryOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -45,7 +55,9 @@ def reply_cmd(
 
         cat messages.txt | hotelbot reply - --json | jq -r '.replies[].reply'
     """
-    from ..components.replies.pipeline import ReplyPipeline  # loads the component table: kept off `hotelbot --help`'s path
+    from ..components.replies.pipeline import (
+        ReplyPipeline,
+    )  # loads the component table: kept off `hotelbot --help`'s path
 
     if "-" in messages:
         messages = [m for m in messages if m != "-"] + [line.rstrip("\n") for line in sys.stdin if line.strip()]
@@ -65,14 +77,16 @@ def reply_cmd(
         if len(replies) > 1:
             out.print(f"[bold]{escape(answer['message'])}[/bold]")
         out.print(escape(answer["reply"]))
-        out.print(f"  [dim]{answer['kind']}" + (f" · {escape(str(answer['intent']))}" if answer["intent"] else "")
-                  + "[/dim]")
+        out.print(
+            f"  [dim]{answer['kind']}" + (f" · {escape(str(answer['intent']))}" if answer["intent"] else "") + "[/dim]"
+        )
         for source in answer["sources"]:
             where = f"{source['doc']} > {source['heading']}" if source["heading"] else source["doc"]
             out.print(f"  [dim]fuente: {escape(where)} ({source['score']:.3f})[/dim]")
         for rejected in answer.get("rejected", []):
             facts = ", ".join(f["text"] for f in rejected["unsupported"]) or "empty"
-            out.print(f"  [dim]not sent ({rejected['kind']}, unsupported: {escape(facts)}): "
-                      f"{escape(rejected['reply'])}[/dim]")
+            out.print(
+                f"  [dim]not sent ({rejected['kind']}, unsupported: {escape(facts)}): {escape(rejected['reply'])}[/dim]"
+            )
         if i + 1 < len(replies):
             out.print("")

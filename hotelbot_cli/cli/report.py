@@ -23,18 +23,40 @@ class ReportFormat(str, Enum):
 
 @handle_errors
 def report_cmd(
-    version: Annotated[Optional[str], typer.Argument(help="Version to report on (v0003, latest, deployed, previous) "
-                                                     "[env: MODEL_VERSION; default: deployed, else newest].",
-                                                     show_default=False)] = None,
-    fmt: Annotated[ReportFormat, typer.Option("--format", "-f", help="html (one self-contained file), md (plus a "
-                                              "<name>_figures/ folder of PNGs) or json.",
-                                              case_sensitive=False)] = ReportFormat.html,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write [default: "
-                                                   "reports/training_reports/VERSION/report.EXT; with --format json "
-                                                   "and no --output the JSON goes to stdout].",
-                                                   show_default=False)] = None,
-    previous: Annotated[int, typer.Option("--previous", min=0, help="How many earlier versions to compare with "
-                                          "(the deployed one is always included).")] = 3,
+    version: Annotated[
+        Optional[str],
+        typer.Argument(
+            help="Version to report on (v0003, latest, deployed, previous) "
+            "[env: MODEL_VERSION; default: deployed, else newest].",
+            show_default=False,
+        ),
+    ] = None,
+    fmt: Annotated[
+        ReportFormat,
+        typer.Option(
+            "--format",
+            "-f",
+            help="html (one self-contained file), md (plus a <name>_figures/ folder of PNGs) or json.",
+            case_sensitive=False,
+        ),
+    ] = ReportFormat.html,
+    output: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output",
+            "-o",
+            help="File to write [default: "
+            "reports/training_reports/VERSION/report.EXT; with --format json "
+            "and no --output the JSON goes to stdout].",
+            show_default=False,
+        ),
+    ] = None,
+    previous: Annotated[
+        int,
+        typer.Option(
+            "--previous", min=0, help="How many earlier versions to compare with (the deployed one is always included)."
+        ),
+    ] = 3,
     no_latency: Annotated[bool, typer.Option("--no-latency", help="Skip timing single-text predictions.")] = False,
     registry: RegistryOpt = None,
 ) -> None:
@@ -55,15 +77,24 @@ def report_cmd(
 
         hotelbot report --format json | jq '.recommendations'
     """
-    from ..reporting import build_report, training_report_dir, write_report  # loads the component table: kept off `hotelbot --help`'s path
+    from ..reporting import (
+        build_report,
+        training_report_dir,
+        write_report,
+    )  # loads the component table: kept off `hotelbot --help`'s path
 
     settings = settings_from(registry=registry)
     store = ModelRegistry(settings.paths.registry)
     name = store.resolve(version or settings.model_version).name
     message(f"building the report of {name}...")
-    report = build_report(store, name, previous_n=previous, measure_latency=not no_latency,
-                          figures=fmt is not ReportFormat.json,
-                          min_score=settings.validation.min_validation_score)
+    report = build_report(
+        store,
+        name,
+        previous_n=previous,
+        measure_latency=not no_latency,
+        figures=fmt is not ReportFormat.json,
+        min_score=settings.validation.min_validation_score,
+    )
     for note in report.notes:
         message(f"note: {note}")
     if fmt is ReportFormat.json and output is None:

@@ -15,11 +15,19 @@ from ._render import out, print_json
 
 @handle_errors
 def search_cmd(
-    query: Annotated[str, typer.Argument(help="A guest's question, e.g. \"¿aceptan perros?\".", show_default=False)],
+    query: Annotated[str, typer.Argument(help='A guest\'s question, e.g. "¿aceptan perros?".', show_default=False)],
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many ranked chunks to show.")] = 5,
-    version: Annotated[Optional[str], typer.Option("--version", "-v", help="Version whose knowledge base to search "
-                                                   "(v0003, latest, deployed, previous) [env: MODEL_VERSION; default: deployed, "
-                                                   "else newest].", show_default=False)] = None,
+    version: Annotated[
+        Optional[str],
+        typer.Option(
+            "--version",
+            "-v",
+            help="Version whose knowledge base to search "
+            "(v0003, latest, deployed, previous) [env: MODEL_VERSION; default: deployed, "
+            "else newest].",
+            show_default=False,
+        ),
+    ] = None,
     registry: RegistryOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -40,12 +48,19 @@ def search_cmd(
     from ..components.knowledge.kb import KnowledgeBase  # loads the component table: kept off `hotelbot --help`'s path
 
     settings = settings_from(registry=registry)
-    kb = KnowledgeBase.from_registry(ModelRegistry(settings.paths.registry), version or settings.model_version,
-                                     models_dir=settings.paths.models_dir)
+    kb = KnowledgeBase.from_registry(
+        ModelRegistry(settings.paths.registry), version or settings.model_version, models_dir=settings.paths.models_dir
+    )
     hits = kb.search(query, top_k=top_k)
     if json_out:
-        print_json({"model_version": kb.version, "query": query, "embedding_model": kb.model.spec,
-                    "results": [h.to_dict() for h in hits]})
+        print_json(
+            {
+                "model_version": kb.version,
+                "query": query,
+                "embedding_model": kb.model.spec,
+                "results": [h.to_dict() for h in hits],
+            }
+        )
         return
     from rich.markup import escape
 

@@ -19,26 +19,65 @@ from ._render import log_to, message, out, print_json, warn
 
 @handle_errors
 def validate_cmd(
-    version: Annotated[Optional[str], typer.Argument(help="Version to validate (v0003, latest, deployed, previous) "
-                                                     "[env: MODEL_VERSION; default: deployed, else newest].",
-                                                     show_default=False)] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="Prepared data directory to validate on "
-                                                 "[default: the version's own validation split].",
-                                                 show_default=False)] = None,
-    min_score: Annotated[Optional[float], typer.Option("--min-score", help="Gate: fail (exit 3) below this "
-                                                       "overall_score [env: MIN_VALIDATION_SCORE; default 0.8].",
-                                                       show_default=False)] = None,
-    cv: Annotated[Optional[int], typer.Option("--cv", min=2, help="Stratified K-fold cross-validation with the "
-                                              "version's config over its data (trains K models).",
-                                              show_default=False)] = None,
-    kb_eval: Annotated[Optional[Path], typer.Option("--kb-eval", help="Retrieval questions (JSONL: question, doc, "
-                                                    "section) for a version with a knowledge base "
-                                                    "[default: datasets/kb_eval_es.jsonl when present].",
-                                                    show_default=False)] = None,
-    test: Annotated[bool, typer.Option("--test", help="Also score the intent classifier on the independent test "
-                                       "set (the one its data was prepared with; never gated).")] = False,
-    test_set: Annotated[Optional[Path], typer.Option("--test-set", help="With --test: this test set instead "
-                                                     "(JSONL/JSON/CSV of text, intent).", show_default=False)] = None,
+    version: Annotated[
+        Optional[str],
+        typer.Argument(
+            help="Version to validate (v0003, latest, deployed, previous) "
+            "[env: MODEL_VERSION; default: deployed, else newest].",
+            show_default=False,
+        ),
+    ] = None,
+    data: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--data",
+            help="Prepared data directory to validate on [default: the version's own validation split].",
+            show_default=False,
+        ),
+    ] = None,
+    min_score: Annotated[
+        Optional[float],
+        typer.Option(
+            "--min-score",
+            help="Gate: fail (exit 3) below this overall_score [env: MIN_VALIDATION_SCORE; default 0.8].",
+            show_default=False,
+        ),
+    ] = None,
+    cv: Annotated[
+        Optional[int],
+        typer.Option(
+            "--cv",
+            min=2,
+            help="Stratified K-fold cross-validation with the version's config over its data (trains K models).",
+            show_default=False,
+        ),
+    ] = None,
+    kb_eval: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--kb-eval",
+            help="Retrieval questions (JSONL: question, doc, "
+            "section) for a version with a knowledge base "
+            "[default: datasets/kb_eval_es.jsonl when present].",
+            show_default=False,
+        ),
+    ] = None,
+    test: Annotated[
+        bool,
+        typer.Option(
+            "--test",
+            help="Also score the intent classifier on the independent test "
+            "set (the one its data was prepared with; never gated).",
+        ),
+    ] = False,
+    test_set: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--test-set",
+            help="With --test: this test set instead (JSONL/JSON/CSV of text, intent).",
+            show_default=False,
+        ),
+    ] = None,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
     registry: RegistryOpt = None,
@@ -69,8 +108,9 @@ def validate_cmd(
     """
     from ..pipeline.validate import validate  # loads the component table: kept off `hotelbot --help`'s path
 
-    settings = settings_from(config, profile, registry,
-                             overrides={"validation_config": {"min_validation_score": min_score}})
+    settings = settings_from(
+        config, profile, registry, overrides={"validation_config": {"min_validation_score": min_score}}
+    )
     if test_set is not None and not test:
         error_line("usage error: --test-set goes with --test (see `hotelbot validate --help`)")
         raise typer.Exit(2)
@@ -121,11 +161,17 @@ def validate_cmd(
 def _render_test(m: dict[str, Any]) -> None:
     from ..pipeline.validate import MISSES_SHOWN  # (the same)
 
-    out.print(f"[bold]test set[/bold] {m['test_set']}: {m['num_examples']} texts, accuracy {m['accuracy']:.4f}, "
-              f"macro-F1 {m['macro_f1']:.4f}" + (f", in-scope accuracy {m['in_scope_accuracy']:.4f}, out-of-scope "
-                                                  f"recall {m.get('out_of_scope_recall') or 0:.4f}"
-                                                  if m.get("in_scope_accuracy") is not None else "")
-              + f" ({m['runtime']}, not gated)")
+    out.print(
+        f"[bold]test set[/bold] {m['test_set']}: {m['num_examples']} texts, accuracy {m['accuracy']:.4f}, "
+        f"macro-F1 {m['macro_f1']:.4f}"
+        + (
+            f", in-scope accuracy {m['in_scope_accuracy']:.4f}, out-of-scope "
+            f"recall {m.get('out_of_scope_recall') or 0:.4f}"
+            if m.get("in_scope_accuracy") is not None
+            else ""
+        )
+        + f" ({m['runtime']}, not gated)"
+    )
     confusions = top_confusions(m)
     if confusions:
         out.print("most frequent confusions: " + "; ".join(f"{t} -> {p} ({n})" for t, p, n in confusions))
@@ -167,17 +213,24 @@ def _render(result, confusions) -> None:
 
     m = result.metrics
     out.print(f"[bold]{result.version}[/bold] on {m['num_examples']} texts ({result.data_source})")
-    out.print(f"accuracy {m['accuracy']:.4f}  macro P/R/F1 {m['macro_precision']:.4f}/{m['macro_recall']:.4f}/"
-              f"{m['macro_f1']:.4f}  overall_score ({m['metric']}) {result.overall_score:.4f}  "
-              f"gate {result.min_score:.2f}: {'PASS' if result.passed else 'FAIL'}")
+    out.print(
+        f"accuracy {m['accuracy']:.4f}  macro P/R/F1 {m['macro_precision']:.4f}/{m['macro_recall']:.4f}/"
+        f"{m['macro_f1']:.4f}  overall_score ({m['metric']}) {result.overall_score:.4f}  "
+        f"gate {result.min_score:.2f}: {'PASS' if result.passed else 'FAIL'}"
+    )
     if m.get("in_scope_accuracy") is not None:
         detector = m.get("out_of_scope_detector") or {}
-        how = (f"kNN detector, k={detector.get('k')}, similarity threshold {detector['threshold']:.3f}"
-               if detector.get("method") == "knn" and detector.get("threshold") is not None else
-               f"softmax threshold {m['out_of_scope_threshold']:.3f}" if m.get("out_of_scope_threshold") is not None
-               else "no out-of-scope threshold")
-        out.print(f"in-scope accuracy {m['in_scope_accuracy']:.4f}  out-of-scope recall "
-                  f"{m.get('out_of_scope_recall') or 0:.4f}  ({how})")
+        how = (
+            f"kNN detector, k={detector.get('k')}, similarity threshold {detector['threshold']:.3f}"
+            if detector.get("method") == "knn" and detector.get("threshold") is not None
+            else f"softmax threshold {m['out_of_scope_threshold']:.3f}"
+            if m.get("out_of_scope_threshold") is not None
+            else "no out-of-scope threshold"
+        )
+        out.print(
+            f"in-scope accuracy {m['in_scope_accuracy']:.4f}  out-of-scope recall "
+            f"{m.get('out_of_scope_recall') or 0:.4f}  ({how})"
+        )
     table = Table("intent", "precision", "recall", "F1", "support", title="per intent (worst F1 first)")
     for label, s in sorted(m["per_intent"].items(), key=lambda kv: (kv[1]["f1"], kv[0])):
         table.add_row(label, f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}", str(s["support"]))
@@ -186,8 +239,9 @@ def _render(result, confusions) -> None:
         out.print("most frequent confusions: " + "; ".join(f"{t} -> {p} ({n})" for t, p, n in confusions))
     if result.comparison:
         d = result.comparison.deltas
-        out.print(f"vs deployed {result.comparison.reference_version}: "
-                  + ", ".join(f"{k} {v:+.4f}" for k, v in d.items()))
+        out.print(
+            f"vs deployed {result.comparison.reference_version}: " + ", ".join(f"{k} {v:+.4f}" for k, v in d.items())
+        )
 
 
 def _cross_validate(settings, version, folds: int, json_out: bool) -> None:
@@ -198,7 +252,11 @@ def _cross_validate(settings, version, folds: int, json_out: bool) -> None:
     if json_out:
         print_json(result)
         return
-    out.print(f"[bold]{result['version']}[/bold]: {folds}-fold stratified cross-validation on "
-              f"{result['examples']} texts (mean ± std over folds)")
+    out.print(
+        f"[bold]{result['version']}[/bold]: {folds}-fold stratified cross-validation on "
+        f"{result['examples']} texts (mean ± std over folds)"
+    )
     for key, stats in result["summary"].items():
-        out.print(f"  {key:<22} {stats['mean']:.4f} ± {stats['std']:.4f}   (min {stats['min']:.4f}, max {stats['max']:.4f})")
+        out.print(
+            f"  {key:<22} {stats['mean']:.4f} ± {stats['std']:.4f}   (min {stats['min']:.4f}, max {stats['max']:.4f})"
+        )

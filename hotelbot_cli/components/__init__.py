@@ -9,8 +9,20 @@ interface and the README's "Adding a component".
 
 from __future__ import annotations
 
-from .base import (Component, ComponentResult, TrainRequest, by_model_type, find, get, model_types, names, register,
-                   registered, registered_temporarily, unregister)
+from .base import (
+    Component,
+    ComponentResult,
+    TrainRequest,
+    by_model_type,
+    find,
+    get,
+    model_types,
+    names,
+    register,
+    registered,
+    registered_temporarily,
+    unregister,
+)
 from .entities import EntityExtractorComponent
 from .generator import GeneratorComponent
 from .intents import IntentClassifier
@@ -33,5 +45,18 @@ for _component in BUILTIN:
     if find(_component.name) is None:
         register(_component)
 
-__all__ = ["BUILTIN", "Component", "ComponentResult", "TrainRequest", "by_model_type", "find", "get", "model_types",
-           "names", "register", "registered", "registered_temporarily", "unregister"]
+__all__ = [
+    "BUILTIN",
+    "Component",
+    "ComponentResult",
+    "TrainRequest",
+    "by_model_type",
+    "find",
+    "get",
+    "model_types",
+    "names",
+    "register",
+    "registered",
+    "registered_temporarily",
+    "unregister",
+]

@@ -49,7 +49,7 @@ def component_metadata_keys(component: str) -> tuple[str, ...]:
     return found.owned_metadata_keys() if found is not None else (component,)
 
 
-def components_of(info: "VersionInfo") -> list[str]:
+def components_of(info: VersionInfo) -> list[str]:
     """The components a version holds: ``metadata["components"]``, or for a version written before that
     key existed, the known components whose required path is present."""
     listed = info.manifest.components
@@ -59,19 +59,22 @@ def components_of(info: "VersionInfo") -> list[str]:
     return [c.name for c in registered() if c.name in c.provides() and (info.path / c.owned_paths()[0]).exists()]
 
 
-def recorded_files(info: "VersionInfo", component: str) -> dict[str, str]:
+def recorded_files(info: VersionInfo, component: str) -> dict[str, str]:
     """{relative path: recorded sha256} of the files ``info``'s metadata lists under the component's paths
     (nothing is read: what the checksums say the component is)."""
     owned = component_paths(component)
-    return {rel: sha for rel, sha in (info.manifest.files or {}).items()
-            if any(rel == p or rel.startswith(p + "/") for p in owned)}
+    return {
+        rel: sha
+        for rel, sha in (info.manifest.files or {}).items()
+        if any(rel == p or rel.startswith(p + "/") for p in owned)
+    }
 
 
-def has_component(info: "VersionInfo", component: str) -> bool:
+def has_component(info: VersionInfo, component: str) -> bool:
     return component in components_of(info)
 
 
-def source_version(registry: "ModelRegistry", name: str | None = None) -> "VersionInfo | None":
+def source_version(registry: ModelRegistry, name: str | None = None) -> VersionInfo | None:
     """The version a new component build carries over from: ``name``, else the deployed version, else the
     newest; None for an empty registry. Its files are NOT checked here: :func:`carry_over` checks exactly
     the files it copies, so a corrupt copy of the component being replaced does not block a rebuild."""
@@ -82,18 +85,22 @@ def source_version(registry: "ModelRegistry", name: str | None = None) -> "Versi
     return None if name is None else registry.get(name)
 
 
-def _check_component_files(source: "VersionInfo", component: str) -> list[str]:
+def _check_component_files(source: VersionInfo, component: str) -> list[str]:
     """Relative paths of the component's files in ``source``, each checked against the recorded sha256.
 
     Raises IntegrityError for a changed, missing or unrecorded file, or a missing required path."""
     paths = component_paths(component)
     if not (source.path / paths[0]).exists():
-        raise IntegrityError(f"cannot carry over the {component} of {source.name}: {paths[0]} is missing",
-                             hint="deploy or roll back to an intact version first")
+        raise IntegrityError(
+            f"cannot carry over the {component} of {source.name}: {paths[0]} is missing",
+            hint="deploy or roll back to an intact version first",
+        )
     present, problems = component_problems(source.path, source.manifest.files, paths)
     if problems:
-        raise IntegrityError(f"cannot carry over the {component} of {source.name}: {problems[0]}",
-                             hint="deploy or roll back to an intact version first")
+        raise IntegrityError(
+            f"cannot carry over the {component} of {source.name}: {problems[0]}",
+            hint="deploy or roll back to an intact version first",
+        )
     return present
 
 
@@ -103,7 +110,7 @@ def provided_by(component: str) -> list[str]:
     return list(found.provides()) if found is not None else [component]
 
 
-def orphaned(src: "VersionInfo", replacing: str) -> list[str]:
+def orphaned(src: VersionInfo, replacing: str) -> list[str]:
     """The components of ``src`` that run on a component that training ``replacing`` replaces (the joint NLU
     model's entity and sentiment heads when the classifier is trained alone): they cannot be carried over."""
     provided = provided_by(replacing)
@@ -115,15 +122,18 @@ def orphaned(src: "VersionInfo", replacing: str) -> list[str]:
     return out
 
 
-def _orphan_error(src: "VersionInfo", replacing: str, orphans: list[str]) -> DataError:
+def _orphan_error(src: VersionInfo, replacing: str, orphans: list[str]) -> DataError:
     base = find_component(orphans[0]).runs_on(src)  # type: ignore[union-attr]
-    return DataError(f"the {' and '.join(orphans)} of {src.name} are heads of its joint NLU model's {base}: training "
-                     f"the {replacing} alone would leave them without their encoder",
-                     hint="train --model-type nlu (all three again), or train "
-                          + " and ".join(f"--model-type {o}" for o in orphans) + " separately first")
+    return DataError(
+        f"the {' and '.join(orphans)} of {src.name} are heads of its joint NLU model's {base}: training "
+        f"the {replacing} alone would leave them without their encoder",
+        hint="train --model-type nlu (all three again), or train "
+        + " and ".join(f"--model-type {o}" for o in orphans)
+        + " separately first",
+    )
 
 
-def refuse_orphans(registry: "ModelRegistry", replacing: str, source: str | None = None) -> None:
+def refuse_orphans(registry: ModelRegistry, replacing: str, source: str | None = None) -> None:
     """Raise, before any training, the DataError :func:`carry_over` would raise after it (see :func:`orphaned`)."""
     src = source_version(registry, source)
     if src is not None:
@@ -132,8 +142,9 @@ def refuse_orphans(registry: "ModelRegistry", replacing: str, source: str | None
             raise _orphan_error(src, replacing, orphans)
 
 
-def carry_over(registry: "ModelRegistry", staged: Path, replacing: str, *, source: str | None = None,
-               drop_orphans: bool = False) -> dict[str, Any]:
+def carry_over(
+    registry: ModelRegistry, staged: Path, replacing: str, *, source: str | None = None, drop_orphans: bool = False
+) -> dict[str, Any]:
     """Copy every component of the source version except ``replacing`` into ``staged``.
 
     The source is ``source``, else the deployed version, else the newest (:func:`source_version`). Each
@@ -161,14 +172,19 @@ def carry_over(registry: "ModelRegistry", staged: Path, replacing: str, *, sourc
             if rel == METADATA_FILE or not origin.exists():
                 continue
             link_tree(origin, staged / rel)  # hard links: the same blobs, no byte copied
-        copied = {p.relative_to(staged).as_posix() for rel in component_paths(component)
-                  for p in ([staged / rel] if (staged / rel).is_file() else (staged / rel).rglob("*"))
-                  if p.is_file()}
+        copied = {
+            p.relative_to(staged).as_posix()
+            for rel in component_paths(component)
+            for p in ([staged / rel] if (staged / rel).is_file() else (staged / rel).rglob("*"))
+            if p.is_file()
+        }
         if copied != set(checked[component]):  # the source changed between the check and the copy
             raise IntegrityError(f"the {component} of {src.name} changed while it was being carried over")
-    merged: dict[str, Any] = {"components": others + provided, "parent": src.name,
-                              "carried_over": {"from": src.name, "components": others,
-                                               **({"dropped": orphans} if orphans else {})}}
+    merged: dict[str, Any] = {
+        "components": others + provided,
+        "parent": src.name,
+        "carried_over": {"from": src.name, "components": others, **({"dropped": orphans} if orphans else {})},
+    }
     for component in others:
         for key in component_metadata_keys(component):
             if key not in src.metadata:
@@ -180,10 +196,17 @@ def carry_over(registry: "ModelRegistry", staged: Path, replacing: str, *, sourc
     return merged
 
 
-def publish_version(registry: "ModelRegistry", component: str, *, source: str | None,
-                    build: Callable[[Path, dict[str, Any]], dict[str, Any]], tracker: Any = None,
-                    listener: "Listener | None" = None, status: str | None = "saving the version",
-                    drop_orphans: bool = False) -> tuple["VersionInfo", dict[str, Any]]:
+def publish_version(
+    registry: ModelRegistry,
+    component: str,
+    *,
+    source: str | None,
+    build: Callable[[Path, dict[str, Any]], dict[str, Any]],
+    tracker: Any = None,
+    listener: Listener | None = None,
+    status: str | None = "saving the version",
+    drop_orphans: bool = False,
+) -> tuple[VersionInfo, dict[str, Any]]:
     """THE publishing path of every component: a new version holding the freshly trained ``component`` and
     every other component of ``source`` (default: deployed, else newest).
 
@@ -199,18 +222,32 @@ def publish_version(registry: "ModelRegistry", component: str, *, source: str | 
         merged = carry_over(registry, staged, component, source=source, drop_orphans=drop_orphans)
         carried = merged["carried_over"]
         if carried["from"]:
-            emit(TrainingEvent("status", message=f"carrying over {', '.join(carried['components']) or 'nothing'} "
-                                                 f"from {carried['from']}"))
+            emit(
+                TrainingEvent(
+                    "status",
+                    message=f"carrying over {', '.join(carried['components']) or 'nothing'} from {carried['from']}",
+                )
+            )
         info = registry.publish(staged, build(staged, merged))
     if tracker is not None:
         tracker.set_tags({"hotelbot.version": info.name})
     return info, carried
 
 
-def publish_component(registry: "ModelRegistry", component: str, kind: str, *, source: str | None,
-                      write: Callable[[Path], None], metrics: dict[str, Any], history: dict[str, Any],
-                      summary: dict[str, Any], monitor: Any, tracker: Any = None,
-                      listener: "Listener | None" = None) -> tuple["VersionInfo", dict[str, Any]]:
+def publish_component(
+    registry: ModelRegistry,
+    component: str,
+    kind: str,
+    *,
+    source: str | None,
+    write: Callable[[Path], None],
+    metrics: dict[str, Any],
+    history: dict[str, Any],
+    summary: dict[str, Any],
+    monitor: Any,
+    tracker: Any = None,
+    listener: Listener | None = None,
+) -> tuple[VersionInfo, dict[str, Any]]:
     """:func:`publish_version` for a component that lives in its own directory (entities, sentiment, generator,
     a plugin): ``write(target)`` saves the model and its data into ``<component>/``, then ``metrics.json`` and
     ``training_history.json`` are added there, and the metadata is ``{"kind", <carried-over metadata>,
@@ -221,13 +258,18 @@ def publish_component(registry: "ModelRegistry", component: str, kind: str, *, s
         write(target)
         atomic_write_json(target / COMPONENT_METRICS_FILE, metrics)
         atomic_write_json(target / COMPONENT_HISTORY_FILE, history)
-        return {"kind": kind, **merged, component: summary, "library_versions": library_versions(),
-                "hardware": hardware(monitor)}
+        return {
+            "kind": kind,
+            **merged,
+            component: summary,
+            "library_versions": library_versions(),
+            "hardware": hardware(monitor),
+        }
 
     return publish_version(registry, component, source=source, build=build, tracker=tracker, listener=listener)
 
 
-def adopt_component(registry: "ModelRegistry", base: str, component: str, donor: str) -> "VersionInfo":
+def adopt_component(registry: ModelRegistry, base: str, component: str, donor: str) -> VersionInfo:
     """A version holding ``base``'s components with ``donor``'s copy of ``component``, without training.
 
     Used by `train --model-type all` when a component is unchanged since an older version that is not the
@@ -244,9 +286,12 @@ def adopt_component(registry: "ModelRegistry", base: str, component: str, donor:
             link_or_copy(donor_info.path / rel, staged / rel)
         if {rel: sha256_file(staged / rel) for rel in wanted} != wanted:
             raise IntegrityError(f"the {component} of {donor} changed while it was being copied")
-        metadata = {**merged, "adopted": {"component": component, "from": donor},
-                    "library_versions": donor_info.metadata.get("library_versions"),
-                    "hardware": donor_info.metadata.get("hardware")}
+        metadata = {
+            **merged,
+            "adopted": {"component": component, "from": donor},
+            "library_versions": donor_info.metadata.get("library_versions"),
+            "hardware": donor_info.metadata.get("hardware"),
+        }
         for key in component_metadata_keys(component):
             if key in donor_info.metadata:
                 value = copy.deepcopy(donor_info.metadata[key])

@@ -34,13 +34,15 @@ HEAD_CONFIG = "head.json"
 MODEL_CARD = "README.md"
 HEAD_FORMAT = "hotelbot-export-head/1"
 EXPORT_VECTORS_FILE = "embeddings.npy"  # a knowledge base's vectors: row i is line i of its chunks file
-EXPORT_CONFIG_FILE = "knowledge.json"   # how a knowledge base embeds a query
+EXPORT_CONFIG_FILE = "knowledge.json"  # how a knowledge base embeds a query
 EXPORT_KNOWLEDGE_FORMAT = "hotelbot-export-knowledge/1"
-TEXT_CLEANING = ("NFC-normalize, replace control/format characters (Unicode Cc, Cf) by a space, collapse "
-                 "whitespace runs to one space, strip")
+TEXT_CLEANING = (
+    "NFC-normalize, replace control/format characters (Unicode Cc, Cf) by a space, collapse "
+    "whitespace runs to one space, strip"
+)
 
 # hotelbot_cli.data.clean_text, for a program without hotelbot (the tests check that both agree).
-CLEAN_SNIPPET = '''import re
+CLEAN_SNIPPET = """import re
 import unicodedata
 
 
@@ -48,7 +50,7 @@ def clean(text):  # hotelbot's text cleaning (hotelbot_cli.data.clean_text)
     text = unicodedata.normalize("NFC", text)
     text = "".join(" " if unicodedata.category(ch) in ("Cc", "Cf") else ch for ch in text)
     return re.sub(r"\\s+", " ", text).strip()
-'''
+"""
 
 
 def auto_model_call(model_type: str) -> str:
@@ -70,29 +72,56 @@ def save_encoder(encoder: Any, tokenizer: Any, target: Path) -> None:
         tokenizer.save_pretrained(str(target))
 
 
-def save_encoder_with_head(target: Path, encoder: Any, tokenizer: Any, head: Any, head_config: dict[str, Any],
-                           card: str) -> dict[str, Any]:
+def save_encoder_with_head(
+    target: Path, encoder: Any, tokenizer: Any, head: Any, head_config: dict[str, Any], card: str
+) -> dict[str, Any]:
     """The encoder's Hugging Face directory, ``head.safetensors`` (the linear ``head``'s weight and bias),
     ``head.json`` and the model card. Returns the record's facts."""
     from safetensors.torch import save_file  # imports torch
 
     save_encoder(encoder, tokenizer, target)
-    save_file({"weight": head.weight.detach().cpu().contiguous(), "bias": head.bias.detach().cpu().contiguous()},
-              str(target / HEAD_WEIGHTS), metadata={"format": HEAD_FORMAT})
+    save_file(
+        {"weight": head.weight.detach().cpu().contiguous(), "bias": head.bias.detach().cpu().contiguous()},
+        str(target / HEAD_WEIGHTS),
+        metadata={"format": HEAD_FORMAT},
+    )
     atomic_write_json(target / HEAD_CONFIG, {"format": HEAD_FORMAT, **head_config})
     (target / MODEL_CARD).write_text(card, encoding="utf-8")
-    return {"loads_with": f"AutoConfig/AutoModel/AutoTokenizer + {HEAD_WEIGHTS} ({MODEL_CARD} shows how)",
-            "model_type": getattr(encoder.config, "model_type", None)}
+    return {
+        "loads_with": f"AutoConfig/AutoModel/AutoTokenizer + {HEAD_WEIGHTS} ({MODEL_CARD} shows how)",
+        "model_type": getattr(encoder.config, "model_type", None),
+    }
 
 
-def card(title: str, pipeline_tag: str, intro: str, steps: Sequence[str], snippet: str, notes: Sequence[str] = ()
-         ) -> str:
+def card(
+    title: str, pipeline_tag: str, intro: str, steps: Sequence[str], snippet: str, notes: Sequence[str] = ()
+) -> str:
     """A model card: front matter, what it is, the numbered steps of the computation, a runnable snippet."""
-    lines = ["---", "library_name: transformers", f"pipeline_tag: {pipeline_tag}", "tags:", "- hotelbot", "---", "",
-             f"# {title}", "", intro, "", "## How the answer is computed", ""]
+    lines = [
+        "---",
+        "library_name: transformers",
+        f"pipeline_tag: {pipeline_tag}",
+        "tags:",
+        "- hotelbot",
+        "---",
+        "",
+        f"# {title}",
+        "",
+        intro,
+        "",
+        "## How the answer is computed",
+        "",
+    ]
     lines += [f"{n}. {step}" for n, step in enumerate(steps, 1)]
-    lines += ["", "Run from the export directory (the one holding `export.json`):", "", "```python",
-              snippet.strip("\n"), "```", ""]
+    lines += [
+        "",
+        "Run from the export directory (the one holding `export.json`):",
+        "",
+        "```python",
+        snippet.strip("\n"),
+        "```",
+        "",
+    ]
     lines += [f"{note}\n" for note in notes]
     return "\n".join(lines)
 
@@ -100,27 +129,38 @@ def card(title: str, pipeline_tag: str, intro: str, steps: Sequence[str], snippe
 def _pooling_step(pooling: str) -> str:
     if pooling == "cls":
         return "Pooling: CLS, the first token's vector of `last_hidden_state`."
-    return ("Pooling: mean over the attention mask: the sum of `last_hidden_state` over the tokens whose "
-            "`attention_mask` is 1, divided by their count.")
+    return (
+        "Pooling: mean over the attention mask: the sum of `last_hidden_state` over the tokens whose "
+        "`attention_mask` is 1, divided by their count."
+    )
 
 
 def _pooling_code(pooling: str) -> str:
     if pooling == "cls":
         return "    pooled = hidden[:, 0]  # CLS pooling\n"
-    return ("    mask = enc[\"attention_mask\"].unsqueeze(-1).to(hidden.dtype)\n"
-            "    pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)  # mean over the mask\n")
+    return (
+        '    mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)\n'
+        "    pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)  # mean over the mask\n"
+    )
 
 
 def sentence_classifier_head(config: Any, version: str) -> dict[str, Any]:
     """``head.json`` of a sentence classifier (modeling.ClassifierConfig ``config``); a kNN out-of-scope detector's
     spec under ``out_of_scope_detector`` (its memory is exported beside as ``oos_memory.npy``)."""
     detector = getattr(config, "oos_detector", None)
-    return {"task": "text-classification", "labels": list(config.labels), "pooling": config.pooling,
-            "query_prefix": config.query_prefix, "max_length": config.max_length,
-            "out_of_scope_threshold": config.oos_threshold,
-            "out_of_scope_label": OUT_OF_SCOPE if config.oos_threshold is not None or detector else None,
-            **({"out_of_scope_detector": detector} if detector else {}),
-            "text_cleaning": TEXT_CLEANING, "base_model": config.base_model, "version": version}
+    return {
+        "task": "text-classification",
+        "labels": list(config.labels),
+        "pooling": config.pooling,
+        "query_prefix": config.query_prefix,
+        "max_length": config.max_length,
+        "out_of_scope_threshold": config.oos_threshold,
+        "out_of_scope_label": OUT_OF_SCOPE if config.oos_threshold is not None or detector else None,
+        **({"out_of_scope_detector": detector} if detector else {}),
+        "text_cleaning": TEXT_CLEANING,
+        "base_model": config.base_model,
+        "version": version,
+    }
 
 
 def sentence_classifier_card(what: str, directory: str, head: dict[str, Any], model_type: str, version: str) -> str:
@@ -128,24 +168,34 @@ def sentence_classifier_card(what: str, directory: str, head: dict[str, Any], mo
     prefix = head["query_prefix"]
     threshold = head["out_of_scope_threshold"]
     detector = head.get("out_of_scope_detector") or {}
-    steps = [f"Clean each text: {TEXT_CLEANING} (`clean` below).",
-             f"Prepend the query prefix {prefix!r} (`query_prefix` in `{HEAD_CONFIG}`)." if prefix
-             else f"No query prefix (`query_prefix` in `{HEAD_CONFIG}` is empty).",
-             f"Tokenize with padding to the longest text and truncation at `max_length` = {head['max_length']}; "
-             "feed `input_ids` and `attention_mask` to the encoder.",
-             _pooling_step(head["pooling"]),
-             f"Linear head: `logits = pooled @ weight.T + bias` (`{HEAD_WEIGHTS}`); one logit per label, in the "
-             f"order of `labels` in `{HEAD_CONFIG}`.",
-             "Softmax over the logits: the probabilities; the answer is the label with the highest one.",
-             (f"Out of scope (nearest neighbours): scale the pooled vector to length 1 and take its dot product "
-              f"with each row of `{detector.get('memory')}` (the in-scope training messages' pooled vectors, length 1); "
-              f"when the {detector.get('k')}-th largest is below `out_of_scope_detector.threshold` = "
-              f"{detector.get('threshold')}, the answer is `{OUT_OF_SCOPE}` (the probabilities are unchanged).")
-             if detector.get("method") == "knn" and detector.get("threshold") is not None else
-             (f"Out of scope: when the highest probability is below `out_of_scope_threshold` = {threshold}, the "
-              f"answer is `{OUT_OF_SCOPE}` (the probabilities are unchanged).") if threshold is not None
-             else "No out-of-scope threshold: the answer is always the most probable label."]
-    snippet = CLEAN_SNIPPET + f'''
+    steps = [
+        f"Clean each text: {TEXT_CLEANING} (`clean` below).",
+        f"Prepend the query prefix {prefix!r} (`query_prefix` in `{HEAD_CONFIG}`)."
+        if prefix
+        else f"No query prefix (`query_prefix` in `{HEAD_CONFIG}` is empty).",
+        f"Tokenize with padding to the longest text and truncation at `max_length` = {head['max_length']}; "
+        "feed `input_ids` and `attention_mask` to the encoder.",
+        _pooling_step(head["pooling"]),
+        f"Linear head: `logits = pooled @ weight.T + bias` (`{HEAD_WEIGHTS}`); one logit per label, in the "
+        f"order of `labels` in `{HEAD_CONFIG}`.",
+        "Softmax over the logits: the probabilities; the answer is the label with the highest one.",
+        (
+            f"Out of scope (nearest neighbours): scale the pooled vector to length 1 and take its dot product "
+            f"with each row of `{detector.get('memory')}` (the in-scope training messages' pooled vectors, length 1); "
+            f"when the {detector.get('k')}-th largest is below `out_of_scope_detector.threshold` = "
+            f"{detector.get('threshold')}, the answer is `{OUT_OF_SCOPE}` (the probabilities are unchanged)."
+        )
+        if detector.get("method") == "knn" and detector.get("threshold") is not None
+        else (
+            f"Out of scope: when the highest probability is below `out_of_scope_threshold` = {threshold}, the "
+            f"answer is `{OUT_OF_SCOPE}` (the probabilities are unchanged)."
+        )
+        if threshold is not None
+        else "No out-of-scope threshold: the answer is always the most probable label.",
+    ]
+    snippet = (
+        CLEAN_SNIPPET
+        + f'''
 import json
 
 import torch
@@ -180,13 +230,20 @@ answers = [head["out_of_scope_label"] if threshold is not None and s < threshold
            for s, i in zip(scores, best)]
 print(list(zip(texts, answers, confidence.tolist())))
 '''
-    return card(f"hotelbot {what} ({version})", "text-classification",
-                f"The {what} of hotelbot version {version}: a `{model_type}` encoder (a standard Hugging Face "
-                f"model: `AutoConfig`, `AutoModel`, `AutoTokenizer` load this directory) with {head['pooling']} "
-                f"pooling and a linear head over {len(head['labels'])} labels (`{HEAD_WEIGHTS}`, `{HEAD_CONFIG}`).",
-                steps, snippet,
-                ["`AutoModelForSequenceClassification` does not apply: its heads pool differently (CLS plus a "
-                 "dense layer). Use the encoder as above."])
+    )
+    return card(
+        f"hotelbot {what} ({version})",
+        "text-classification",
+        f"The {what} of hotelbot version {version}: a `{model_type}` encoder (a standard Hugging Face "
+        f"model: `AutoConfig`, `AutoModel`, `AutoTokenizer` load this directory) with {head['pooling']} "
+        f"pooling and a linear head over {len(head['labels'])} labels (`{HEAD_WEIGHTS}`, `{HEAD_CONFIG}`).",
+        steps,
+        snippet,
+        [
+            "`AutoModelForSequenceClassification` does not apply: its heads pool differently (CLS plus a "
+            "dense layer). Use the encoder as above."
+        ],
+    )
 
 
 def sentence_classifier_hf(model: Any, tokenizer: Any, target: Path, what: str, version: str) -> dict[str, Any]:
@@ -194,8 +251,14 @@ def sentence_classifier_hf(model: Any, tokenizer: Any, target: Path, what: str, 
     with its head and model card; ``target``'s name is the snippet's path, relative to the export root."""
     head = sentence_classifier_head(model.classifier_config, version)
     model_type = model.encoder.config.model_type
-    return save_encoder_with_head(target, model.encoder, tokenizer, model.head, head,
-                                  sentence_classifier_card(what, target.name, head, model_type, version))
+    return save_encoder_with_head(
+        target,
+        model.encoder,
+        tokenizer,
+        model.head,
+        head,
+        sentence_classifier_card(what, target.name, head, model_type, version),
+    )
 
 
 def onnx_classifier_card(target: Path, graphs: Sequence[str], version: str) -> dict[str, Any]:
@@ -206,20 +269,30 @@ def onnx_classifier_card(target: Path, graphs: Sequence[str], version: str) -> d
     graph = graphs[0]
     threshold = config.oos_threshold
     detector = config.oos_detector or {}
-    steps = [f"Clean each text: {TEXT_CLEANING} (`clean` below).",
-             f"Prepend the query prefix {config.query_prefix!r}." if config.query_prefix else "No query prefix.",
-             f"Tokenize with padding to the longest text and truncation at `max_length` = {config.max_length}.",
-             "Run the graph: int64 `input_ids` and `attention_mask` (batch x tokens) in, `logits` (batch x labels) "
-             f"out; pooling and the linear head are inside the graph. Labels are `labels` in `{CLASSIFIER_FILE}`.",
-             "Softmax over the logits: the probabilities; the answer is the label with the highest one.",
-             (f"Out of scope: when the highest probability is below `oos_threshold` = {threshold}, the answer is "
-              f"`{OUT_OF_SCOPE}`.") if threshold is not None else
-             (f"Out of scope (nearest neighbours, `oos_detector` in `{CLASSIFIER_FILE}`): the graph's second output "
-              f"`embedding` scaled to length 1, dot product with each row of `{detector.get('memory')}`; "
-              f"below `threshold` = {detector.get('threshold')} at the "
-              f"{detector.get('k')}-th largest, the answer is `{OUT_OF_SCOPE}`.")
-             if detector.get("method") == "knn" else "No out-of-scope threshold."]
-    snippet = CLEAN_SNIPPET + f'''
+    steps = [
+        f"Clean each text: {TEXT_CLEANING} (`clean` below).",
+        f"Prepend the query prefix {config.query_prefix!r}." if config.query_prefix else "No query prefix.",
+        f"Tokenize with padding to the longest text and truncation at `max_length` = {config.max_length}.",
+        "Run the graph: int64 `input_ids` and `attention_mask` (batch x tokens) in, `logits` (batch x labels) "
+        f"out; pooling and the linear head are inside the graph. Labels are `labels` in `{CLASSIFIER_FILE}`.",
+        "Softmax over the logits: the probabilities; the answer is the label with the highest one.",
+        (
+            f"Out of scope: when the highest probability is below `oos_threshold` = {threshold}, the answer is "
+            f"`{OUT_OF_SCOPE}`."
+        )
+        if threshold is not None
+        else (
+            f"Out of scope (nearest neighbours, `oos_detector` in `{CLASSIFIER_FILE}`): the graph's second output "
+            f"`embedding` scaled to length 1, dot product with each row of `{detector.get('memory')}`; "
+            f"below `threshold` = {detector.get('threshold')} at the "
+            f"{detector.get('k')}-th largest, the answer is `{OUT_OF_SCOPE}`."
+        )
+        if detector.get("method") == "knn"
+        else "No out-of-scope threshold.",
+    ]
+    snippet = (
+        CLEAN_SNIPPET
+        + f'''
 import json
 
 import numpy as np
@@ -251,33 +324,52 @@ answers = ["{OUT_OF_SCOPE}" if threshold is not None and s < threshold else conf
            for s, p in zip(scores, probs)]
 print(list(zip(texts, answers, probs.max(axis=-1).tolist())))
 '''
-    notes = [f"Graphs: {', '.join(f'`{g}`' for g in graphs)} (`model.int8.onnx`, when present: dynamic int8, the same "
-             "inputs and output; hotelbot runs it one text at a time, because its answers depend on the other texts "
-             f"of a padded batch). `runtime.json` records what hotelbot measured and the runtime it serves with "
-             f"({chosen or 'torch'})."]
-    (target / MODEL_CARD).write_text(card(f"hotelbot intent classifier, ONNX ({version})", "text-classification",
-                                          f"The intent classifier of hotelbot version {version} as the ONNX files it "
-                                          "serves with.", steps, snippet, notes), encoding="utf-8")
-    return {"loads_with": f"onnxruntime.InferenceSession('{graph}') + tokenizer.json ({MODEL_CARD} shows how; "
-                          "in hotelbot: runtime.OnnxPredictor.from_model_dir)", "graphs": list(graphs),
-            "runtime": chosen}
+    )
+    notes = [
+        f"Graphs: {', '.join(f'`{g}`' for g in graphs)} (`model.int8.onnx`, when present: dynamic int8, the same "
+        "inputs and output; hotelbot runs it one text at a time, because its answers depend on the other texts "
+        f"of a padded batch). `runtime.json` records what hotelbot measured and the runtime it serves with "
+        f"({chosen or 'torch'})."
+    ]
+    (target / MODEL_CARD).write_text(
+        card(
+            f"hotelbot intent classifier, ONNX ({version})",
+            "text-classification",
+            f"The intent classifier of hotelbot version {version} as the ONNX files it serves with.",
+            steps,
+            snippet,
+            notes,
+        ),
+        encoding="utf-8",
+    )
+    return {
+        "loads_with": f"onnxruntime.InferenceSession('{graph}') + tokenizer.json ({MODEL_CARD} shows how; "
+        "in hotelbot: runtime.OnnxPredictor.from_model_dir)",
+        "graphs": list(graphs),
+        "runtime": chosen,
+    }
 
 
 def token_classifier_card(what: str, directory: str, head: dict[str, Any], model_type: str, version: str) -> str:
     """How to reproduce the entity tagger's per-token tags and its entities from the export."""
     prefix = head["prefix"]
-    steps = [("Tokenize the RAW text (no cleaning" + (f", prefix {prefix!r}" if prefix else ", no prefix") +
-              f") with truncation at `max_length` = {head['max_length']}, asking for `offset_mapping`: "
-              "entity offsets index the text exactly as given."),
-             "Run the encoder; no pooling: every token keeps its vector of `last_hidden_state`.",
-             f"Linear head on each token: `logits = hidden @ weight.T + bias` (`{HEAD_WEIGHTS}`), one logit per "
-             f"BIO tag in the order of `tags` in `{HEAD_CONFIG}`; softmax; each token's tag is the most probable.",
-             "Special tokens and whitespace-only tokens get no tag. Reading the tags left to right: `B-X` opens an "
-             "entity of type X, `I-X` extends an open entity of type X (an `I-X` after anything else opens one), "
-             "`O` closes it. An entity's span runs from its first token's start to its last token's end offset; "
-             "its confidence is the mean of its tokens' probabilities.",
-             "A span that starts or ends inside a word is widened to the whole word; spans that then overlap "
-             "are merged into the first."]
+    steps = [
+        (
+            "Tokenize the RAW text (no cleaning"
+            + (f", prefix {prefix!r}" if prefix else ", no prefix")
+            + f") with truncation at `max_length` = {head['max_length']}, asking for `offset_mapping`: "
+            "entity offsets index the text exactly as given."
+        ),
+        "Run the encoder; no pooling: every token keeps its vector of `last_hidden_state`.",
+        f"Linear head on each token: `logits = hidden @ weight.T + bias` (`{HEAD_WEIGHTS}`), one logit per "
+        f"BIO tag in the order of `tags` in `{HEAD_CONFIG}`; softmax; each token's tag is the most probable.",
+        "Special tokens and whitespace-only tokens get no tag. Reading the tags left to right: `B-X` opens an "
+        "entity of type X, `I-X` extends an open entity of type X (an `I-X` after anything else opens one), "
+        "`O` closes it. An entity's span runs from its first token's start to its last token's end offset; "
+        "its confidence is the mean of its tokens' probabilities.",
+        "A span that starts or ends inside a word is widened to the whole word; spans that then overlap "
+        "are merged into the first.",
+    ]
     snippet = f'''import json
 
 import torch
@@ -318,25 +410,34 @@ if current:
     entities.append(current)
 print([(kind, text[s:e], s, e, sum(p) / len(p)) for kind, s, e, p in entities])
 '''
-    return card(f"hotelbot {what} ({version})", "token-classification",
-                f"The {what} of hotelbot version {version}: a `{model_type}` encoder (a standard Hugging Face "
-                f"model) with a linear head over {len(head['tags'])} BIO tags of {len(head['labels'])} entity "
-                f"types (`{HEAD_WEIGHTS}`, `{HEAD_CONFIG}`).", steps, snippet,
-                ["The snippet leaves out the last step (whole words, merging); `hotelbot predict` applies it."])
+    return card(
+        f"hotelbot {what} ({version})",
+        "token-classification",
+        f"The {what} of hotelbot version {version}: a `{model_type}` encoder (a standard Hugging Face "
+        f"model) with a linear head over {len(head['tags'])} BIO tags of {len(head['labels'])} entity "
+        f"types (`{HEAD_WEIGHTS}`, `{HEAD_CONFIG}`).",
+        steps,
+        snippet,
+        ["The snippet leaves out the last step (whole words, merging); `hotelbot predict` applies it."],
+    )
 
 
 def retrieval_card(directory: str, config: dict[str, Any], model_type: str, version: str, chunks_file: str) -> str:
     """How to embed a question and search the exported chunks like `hotelbot search`."""
-    steps = [f"Clean the question: {TEXT_CLEANING} (`clean` below).",
-             f"Prepend the query prefix {config['query_prefix']!r}." if config["query_prefix"] else "No query prefix.",
-             f"Tokenize with truncation at `max_length` = {config['max_length']}; run the encoder.",
-             _pooling_step(config["pooling"]),
-             "L2-normalize the pooled vector.",
-             f"Score every chunk by the dot product with its row of `{EXPORT_VECTORS_FILE}` (rows are L2-normalized: "
-             f"the cosine similarity); the best chunks are the answer. Row i is line i of `{chunks_file}`.",
-             f"The chunks were embedded the same way with the passage prefix {config['passage_prefix']!r} and "
-             "each chunk's passage text (its heading path joined by \" > \", a newline, its text)."]
-    snippet = CLEAN_SNIPPET + f'''
+    steps = [
+        f"Clean the question: {TEXT_CLEANING} (`clean` below).",
+        f"Prepend the query prefix {config['query_prefix']!r}." if config["query_prefix"] else "No query prefix.",
+        f"Tokenize with truncation at `max_length` = {config['max_length']}; run the encoder.",
+        _pooling_step(config["pooling"]),
+        "L2-normalize the pooled vector.",
+        f"Score every chunk by the dot product with its row of `{EXPORT_VECTORS_FILE}` (rows are L2-normalized: "
+        f"the cosine similarity); the best chunks are the answer. Row i is line i of `{chunks_file}`.",
+        f"The chunks were embedded the same way with the passage prefix {config['passage_prefix']!r} and "
+        'each chunk\'s passage text (its heading path joined by " > ", a newline, its text).',
+    ]
+    snippet = (
+        CLEAN_SNIPPET
+        + f'''
 import json
 
 import numpy as np
@@ -360,11 +461,16 @@ scores = vectors @ query
 top = np.argsort(-scores)[:5]
 print([(chunks[i]["doc"], chunks[i]["heading"], float(scores[i])) for i in top])
 '''
-    return card(f"hotelbot knowledge base ({version})", "feature-extraction",
-                f"The knowledge base of hotelbot version {version}: its embedding model (a `{model_type}` encoder, a "
-                f"standard Hugging Face model), its chunks (`{chunks_file}`), their vectors (`{EXPORT_VECTORS_FILE}`, "
-                f"float32, one L2-normalized row per chunk) and how queries are embedded (`{EXPORT_CONFIG_FILE}`).",
-                steps, snippet)
+    )
+    return card(
+        f"hotelbot knowledge base ({version})",
+        "feature-extraction",
+        f"The knowledge base of hotelbot version {version}: its embedding model (a `{model_type}` encoder, a "
+        f"standard Hugging Face model), its chunks (`{chunks_file}`), their vectors (`{EXPORT_VECTORS_FILE}`, "
+        f"float32, one L2-normalized row per chunk) and how queries are embedded (`{EXPORT_CONFIG_FILE}`).",
+        steps,
+        snippet,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ ONNX
@@ -422,6 +528,19 @@ def copy_onnx_runtime(model_dir: Path, target: Path, graphs: Sequence[str], file
     return written
 
 
-__all__ = ["CLEAN_SNIPPET", "HEAD_CONFIG", "HEAD_WEIGHTS", "MODEL_CARD", "copy_onnx_graph", "copy_onnx_runtime",
-           "onnx_classifier_card", "retrieval_card", "save_encoder", "save_encoder_with_head",
-           "sentence_classifier_card", "sentence_classifier_hf", "sentence_classifier_head", "token_classifier_card"]
+__all__ = [
+    "CLEAN_SNIPPET",
+    "HEAD_CONFIG",
+    "HEAD_WEIGHTS",
+    "MODEL_CARD",
+    "copy_onnx_graph",
+    "copy_onnx_runtime",
+    "onnx_classifier_card",
+    "retrieval_card",
+    "save_encoder",
+    "save_encoder_with_head",
+    "sentence_classifier_card",
+    "sentence_classifier_hf",
+    "sentence_classifier_head",
+    "token_classifier_card",
+]

@@ -21,8 +21,9 @@ def _accuracy(labels: list[str], truth: list[str]) -> float | None:
     return sum(p == t for p, t in zip(labels, truth)) / len(truth) if truth else None
 
 
-def _latencies_ms(predictors: dict[str, Any], texts: Sequence[str], runs: int,
-                  block: int = 10) -> dict[str, dict[str, float]]:
+def _latencies_ms(
+    predictors: dict[str, Any], texts: Sequence[str], runs: int, block: int = 10
+) -> dict[str, dict[str, float]]:
     """Single-text ``predict`` latency (tokenize + forward + top-k) of each predictor.
 
     Measured in alternating blocks of ``block`` calls, so that load from other processes hits every
@@ -46,12 +47,18 @@ def _latencies_ms(predictors: dict[str, Any], texts: Sequence[str], runs: int,
                 if i:
                     times[name].append((time.perf_counter() - start) * 1000.0)
         done += block
-    return {name: {"latency_ms_p50": round(float(np.percentile(t, 50)), 3),
-                   "latency_ms_p90": round(float(np.percentile(t, 90)), 3)} for name, t in times.items()}
+    return {
+        name: {
+            "latency_ms_p50": round(float(np.percentile(t, 50)), 3),
+            "latency_ms_p90": round(float(np.percentile(t, 90)), 3),
+        }
+        for name, t in times.items()
+    }
 
 
-def compare_runtimes(info: VersionInfo, examples: Sequence[Any], *, include_torch: bool = False,
-                     tolerance_points: float | None = None) -> dict[str, Any]:
+def compare_runtimes(
+    info: VersionInfo, examples: Sequence[Any], *, include_torch: bool = False, tolerance_points: float | None = None
+) -> dict[str, Any]:
     """Accuracy of the version's ONNX fp32 and int8 models (and torch with ``include_torch``) on
     ``examples`` (.text/.intent), the int8 - fp32 difference in points, and whether int8 is within the
     tolerance (default: the one recorded at export). For ``hotelbot validate``; does not write anything.
@@ -60,12 +67,22 @@ def compare_runtimes(info: VersionInfo, examples: Sequence[Any], *, include_torc
     spec = read_runtime_spec(model_dir)
     texts = [e.text for e in examples]
     truth = [e.intent for e in examples]
-    tolerance = float(tolerance_points if tolerance_points is not None else
-                      (spec or {}).get("tolerance_points", DEFAULT_TOLERANCE_POINTS))
-    result: dict[str, Any] = {"available": spec is not None, "runtime": (spec or {}).get("runtime", TORCH),
-                              "tolerance_points": tolerance, "examples": len(texts), "accuracy": {},
-                              "int8_minus_fp32_points": None, "int8_within_tolerance": None,
-                              "int8_agreement_with_fp32": None, "max_abs_prob_diff_int8_vs_fp32": None}
+    tolerance = float(
+        tolerance_points
+        if tolerance_points is not None
+        else (spec or {}).get("tolerance_points", DEFAULT_TOLERANCE_POINTS)
+    )
+    result: dict[str, Any] = {
+        "available": spec is not None,
+        "runtime": (spec or {}).get("runtime", TORCH),
+        "tolerance_points": tolerance,
+        "examples": len(texts),
+        "accuracy": {},
+        "int8_minus_fp32_points": None,
+        "int8_within_tolerance": None,
+        "int8_agreement_with_fp32": None,
+        "max_abs_prob_diff_int8_vs_fp32": None,
+    }
     labels: dict[str, list[str]] = {}
     probs: dict[str, Any] = {}
     names = [n for n in ONNX_FILES if (model_dir / ONNX_FILES[n]).is_file()] if spec is not None else []
@@ -78,8 +95,11 @@ def compare_runtimes(info: VersionInfo, examples: Sequence[Any], *, include_torc
             # int8 as it serves (close calls re-run on fp32) above; int8 alone here, for comparison
             plain = predictor.with_recheck(None)
             labels["int8-alone"] = plain.predict_labels(texts) if texts else []
-            result["int8_recheck"] = {"margin": predictor.recheck.margin, "rate": predictor.recheck.rate,
-                                      "accuracy_without": _accuracy(labels["int8-alone"], truth)}
+            result["int8_recheck"] = {
+                "margin": predictor.recheck.margin,
+                "rate": predictor.recheck.rate,
+                "accuracy_without": _accuracy(labels["int8-alone"], truth),
+            }
     if include_torch:
         predictor = TorchPredictor.from_version(info)
         labels[TORCH] = predictor.predict_labels(texts) if texts else []

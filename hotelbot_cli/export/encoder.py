@@ -26,8 +26,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..runtime.encoder import (ENCODER_FILE, ENCODER_FORMAT, ENCODER_GRAPH, ENCODER_INT8_GRAPH, OnnxSentenceEncoder,
-                               encoder_cache_dir)
+from ..runtime.encoder import (
+    ENCODER_FILE,
+    ENCODER_FORMAT,
+    ENCODER_GRAPH,
+    ENCODER_INT8_GRAPH,
+    OnnxSentenceEncoder,
+    encoder_cache_dir,
+)
 from ..runtime.tokenizers import write_unigram_index
 from .graph import OPSET, PROBE_TEXTS, _eager_attention, _externalize, _fuse, _quiet_export, graph_files
 from .quantize import _keep_fp32, _outlier_inputs, _quantize
@@ -37,9 +43,19 @@ log = logging.getLogger("hotelbot.onnx")
 MAX_VECTOR_DIFF = 1e-4
 
 
-def export_sentence_encoder(encoder: Any, tokenizer: Any, models_dir: Path, *, name: str, fingerprint: str,
-                            pooling: str, max_length: int, query_prefix: str, passage_prefix: str,
-                            probe_texts: Sequence[str] = ()) -> Path | None:
+def export_sentence_encoder(
+    encoder: Any,
+    tokenizer: Any,
+    models_dir: Path,
+    *,
+    name: str,
+    fingerprint: str,
+    pooling: str,
+    max_length: int,
+    query_prefix: str,
+    passage_prefix: str,
+    probe_texts: Sequence[str] = (),
+) -> Path | None:
     """Write (once) the cache directory of this encoder (module docstring); returns it, or None when the
     export failed or did not reproduce PyTorch (logged: the caller keeps the torch encoder)."""
     import numpy as np
@@ -53,6 +69,7 @@ def export_sentence_encoder(encoder: Any, tokenizer: Any, models_dir: Path, *, n
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
+
         class Sentence(torch.nn.Module):
             def __init__(self, inner: Any) -> None:
                 super().__init__()
@@ -66,26 +83,47 @@ def export_sentence_encoder(encoder: Any, tokenizer: Any, models_dir: Path, *, n
         wrapped = Sentence(encoder).eval()
         texts = [query_prefix + t for t in PROBE_TEXTS[2:]]
         device = next(encoder.parameters()).device  # the encoder may run on a GPU (runtime.device)
-        enc = {k: v.to(device) for k, v in
-               tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt").items()}
+        enc = {
+            k: v.to(device)
+            for k, v in tokenizer(
+                texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+            ).items()
+        }
         path = scratch / ENCODER_GRAPH
-        axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-                "embedding": {0: "batch"}, "last_hidden_state": {0: "batch", 1: "sequence"}}
+        axes = {
+            "input_ids": {0: "batch", 1: "sequence"},
+            "attention_mask": {0: "batch", 1: "sequence"},
+            "embedding": {0: "batch"},
+            "last_hidden_state": {0: "batch", 1: "sequence"},
+        }
         with _eager_attention(wrapped) as attention, _quiet_export(), torch.inference_mode(False), torch.no_grad():
-            torch.onnx.export(wrapped, (enc["input_ids"], enc["attention_mask"]), str(path),
-                              input_names=["input_ids", "attention_mask"], output_names=["embedding", "last_hidden_state"],
-                              dynamic_axes=axes, opset_version=OPSET, do_constant_folding=True, dynamo=False)
+            torch.onnx.export(
+                wrapped,
+                (enc["input_ids"], enc["attention_mask"]),
+                str(path),
+                input_names=["input_ids", "attention_mask"],
+                output_names=["embedding", "last_hidden_state"],
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                do_constant_folding=True,
+                dynamo=False,
+            )
         probe = list(PROBE_TEXTS) + list(probe_texts)[:32]
-        feed_enc = tokenizer([query_prefix + t for t in probe], padding=True, truncation=True, max_length=max_length,
-                             return_tensors="np")
-        feed = {"input_ids": feed_enc["input_ids"].astype("int64"),
-                "attention_mask": feed_enc["attention_mask"].astype("int64")}
+        feed_enc = tokenizer(
+            [query_prefix + t for t in probe], padding=True, truncation=True, max_length=max_length, return_tensors="np"
+        )
+        feed = {
+            "input_ids": feed_enc["input_ids"].astype("int64"),
+            "attention_mask": feed_enc["attention_mask"].astype("int64"),
+        }
         fused = _fuse(path, encoder.config, feed)
         _externalize(path)
         int8: dict[str, Any] = {}
         try:  # dynamic int8 beside it, outlier-fed MatMuls kept fp32 (as the classifier's); chosen per knowledge base
-            one = [{k: v[i:i + 1, : int(feed["attention_mask"][i].sum())] for k, v in feed.items()}
-                   for i in range(len(probe))]
+            one = [
+                {k: v[i : i + 1, : int(feed["attention_mask"][i].sum())] for k, v in feed.items()}
+                for i in range(len(probe))
+            ]
             kept = _keep_fp32(_outlier_inputs(path, one))
             _quantize(path, scratch / ENCODER_INT8_GRAPH, kept)
             _externalize(scratch / ENCODER_INT8_GRAPH)
@@ -95,14 +133,31 @@ def export_sentence_encoder(encoder: Any, tokenizer: Any, models_dir: Path, *, n
         tokenizer.save_pretrained(str(scratch))
         write_unigram_index(scratch)
         with torch.inference_mode():
-            want = wrapped(torch.from_numpy(feed["input_ids"]).to(device),
-                           torch.from_numpy(feed["attention_mask"]).to(device))[0].float().cpu().numpy()
-        record = {"format": ENCODER_FORMAT, "name": name, "fingerprint": fingerprint, "pooling": pooling,
-                  "max_length": max_length, "dim": int(want.shape[-1]), "query_prefix": query_prefix,
-                  "passage_prefix": passage_prefix, "opset": OPSET, "attention": attention, "fused_operators": fused,
-                  "files": graph_files(path), "outputs": ["embedding", "last_hidden_state"],
-                  "int8": int8 or None,
-                  "quantization": "dynamic int8, per-channel weights, outlier-fed MatMuls in fp32" if int8 else None}
+            want = (
+                wrapped(
+                    torch.from_numpy(feed["input_ids"]).to(device), torch.from_numpy(feed["attention_mask"]).to(device)
+                )[0]
+                .float()
+                .cpu()
+                .numpy()
+            )
+        record = {
+            "format": ENCODER_FORMAT,
+            "name": name,
+            "fingerprint": fingerprint,
+            "pooling": pooling,
+            "max_length": max_length,
+            "dim": int(want.shape[-1]),
+            "query_prefix": query_prefix,
+            "passage_prefix": passage_prefix,
+            "opset": OPSET,
+            "attention": attention,
+            "fused_operators": fused,
+            "files": graph_files(path),
+            "outputs": ["embedding", "last_hidden_state"],
+            "int8": int8 or None,
+            "quantization": "dynamic int8, per-channel weights, outlier-fed MatMuls in fp32" if int8 else None,
+        }
         (scratch / ENCODER_FILE).write_text(json.dumps(record, indent=2), "utf-8")
         got = OnnxSentenceEncoder.load(scratch, fingerprint).embed(probe, kind="query")
         diff = float(np.abs(got - want).max())

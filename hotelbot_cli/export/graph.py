@@ -26,8 +26,12 @@ log = logging.getLogger("hotelbot.onnx")
 
 EXTERNAL_DATA_THRESHOLD = 1 << 20  # initializers of 1 MiB or more go to model*.onnx.data (memory-mapped)
 OPSET = 17
-PROBE_TEXTS = ("hola", "quiero ver las noticias", "¿a qué hora es el desayuno?",
-               "la clave del wifi no funciona en mi habitación, ¿me ayudan por favor?")
+PROBE_TEXTS = (
+    "hola",
+    "quiero ver las noticias",
+    "¿a qué hora es el desayuno?",
+    "la clave del wifi no funciona en mi habitación, ¿me ayudan por favor?",
+)
 
 
 @contextlib.contextmanager
@@ -80,37 +84,65 @@ def _export_raw(model: Any, tokenizer: Any, path: Path, opset: int) -> str:
             self.inner = inner
 
         def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-            out = self.inner(input_ids=input_ids, attention_mask=attention_mask,
-                             **({"return_embedding": True} if EMBEDDING_OUTPUT in outputs else {}))
+            out = self.inner(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                **({"return_embedding": True} if EMBEDDING_OUTPUT in outputs else {}),
+            )
             return tuple(out[name] for name in outputs) if len(outputs) > 1 else out["logits"]
 
     wrapped = LogitsOnly(model).eval()
     cfg = model.classifier_config
     # Two texts of different lengths: the traced graph sees padding, so nothing is specialised to it.
-    enc = tokenizer([cfg.query_prefix + t for t in PROBE_TEXTS[2:]], padding=True, truncation=True,
-                    max_length=cfg.max_length, return_tensors="pt")
+    enc = tokenizer(
+        [cfg.query_prefix + t for t in PROBE_TEXTS[2:]],
+        padding=True,
+        truncation=True,
+        max_length=cfg.max_length,
+        return_tensors="pt",
+    )
     args = (enc["input_ids"], enc["attention_mask"])
-    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-            "logits": {0: "batch"}, "sentiment_logits": {0: "batch"}, "token_logits": {0: "batch", 1: "sequence"},
-            EMBEDDING_OUTPUT: {0: "batch"}}
+    axes = {
+        "input_ids": {0: "batch", 1: "sequence"},
+        "attention_mask": {0: "batch", 1: "sequence"},
+        "logits": {0: "batch"},
+        "sentiment_logits": {0: "batch"},
+        "token_logits": {0: "batch", 1: "sequence"},
+        EMBEDDING_OUTPUT: {0: "batch"},
+    }
     axes = {k: v for k, v in axes.items() if k in ("input_ids", "attention_mask", *outputs)}
     with _quiet_export(), torch.inference_mode(False), torch.no_grad():
         try:
             # The TorchScript exporter: seconds (dynamo takes several times longer) and its graph
             # fuses and quantizes as is.
-            torch.onnx.export(wrapped, args, str(path), input_names=["input_ids", "attention_mask"],
-                              output_names=list(outputs), dynamic_axes=axes, opset_version=opset,
-                              do_constant_folding=True, dynamo=False)
+            torch.onnx.export(
+                wrapped,
+                args,
+                str(path),
+                input_names=["input_ids", "attention_mask"],
+                output_names=list(outputs),
+                dynamic_axes=axes,
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
             return "torchscript"
         except Exception as exc:  # noqa: BLE001 - fall back to the dynamo exporter (a torch without the old one)
             log.warning("TorchScript ONNX export failed (%s); trying the dynamo exporter", exc)
         batch = torch.export.Dim("batch", min=1, max=4096)
         seq = torch.export.Dim("sequence", min=1, max=max(2, int(cfg.max_length)))
         with contextlib.redirect_stdout(io.StringIO()):
-            program = torch.onnx.export(wrapped, args, None, input_names=["input_ids", "attention_mask"],
-                                        output_names=list(outputs), dynamo=True, verbose=False, opset_version=18,
-                                        dynamic_shapes={"input_ids": {0: batch, 1: seq},
-                                                        "attention_mask": {0: batch, 1: seq}})
+            program = torch.onnx.export(
+                wrapped,
+                args,
+                None,
+                input_names=["input_ids", "attention_mask"],
+                output_names=list(outputs),
+                dynamo=True,
+                verbose=False,
+                opset_version=18,
+                dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+            )
             program.save(str(path), external_data=False)
     import onnx  # heavy: imported on use (module docstring)
 
@@ -125,16 +157,22 @@ def output_names(model: Any) -> tuple[str, ...]:
     labels) and ``token_logits`` (batch, sequence, BIO tags), and, when the version's out-of-scope detector
     is kNN, the pooled ``embedding`` (batch, hidden) it reads."""
     cfg = model.classifier_config
-    outputs: tuple[str, ...] = ("logits", "sentiment_logits", "token_logits") if getattr(cfg, "tasks", None) \
-        else ("logits",)
+    outputs: tuple[str, ...] = (
+        ("logits", "sentiment_logits", "token_logits") if getattr(cfg, "tasks", None) else ("logits",)
+    )
     if (getattr(cfg, "oos_detector", None) or {}).get("method") == KNN:
         outputs += (EMBEDDING_OUTPUT,)
     return outputs
 
 
 def _probe_feed(tokenizer: Any, cfg: Any, texts: Sequence[str] = PROBE_TEXTS) -> dict[str, Any]:
-    enc = tokenizer([cfg.query_prefix + clean_text(t) for t in texts], padding=True, truncation=True,
-                    max_length=cfg.max_length, return_tensors="np")
+    enc = tokenizer(
+        [cfg.query_prefix + clean_text(t) for t in texts],
+        padding=True,
+        truncation=True,
+        max_length=cfg.max_length,
+        return_tensors="np",
+    )
     return {"input_ids": enc["input_ids"].astype("int64"), "attention_mask": enc["attention_mask"].astype("int64")}
 
 
@@ -158,9 +196,13 @@ def _fuse(path: Path, encoder_config: Any, feed: dict[str, Any]) -> dict[str, in
         from onnxruntime.transformers.optimizer import optimize_model  # heavy: imported on use
 
         with _quiet_export():
-            fused = optimize_model(str(path), model_type="bert",
-                                   num_heads=int(getattr(encoder_config, "num_attention_heads", 0) or 0),
-                                   hidden_size=int(getattr(encoder_config, "hidden_size", 0) or 0), opt_level=0)
+            fused = optimize_model(
+                str(path),
+                model_type="bert",
+                num_heads=int(getattr(encoder_config, "num_attention_heads", 0) or 0),
+                hidden_size=int(getattr(encoder_config, "hidden_size", 0) or 0),
+                opt_level=0,
+            )
             stats = {k: int(v) for k, v in fused.get_fused_operator_statistics().items() if v}
             if not stats:
                 return {}
@@ -186,8 +228,12 @@ def _safetensors_region(path: Path, tensor: Any) -> tuple[int, int] | None:
 
     import onnx
 
-    dtypes = {onnx.TensorProto.FLOAT: "F32", onnx.TensorProto.FLOAT16: "F16", onnx.TensorProto.INT8: "I8",
-              onnx.TensorProto.UINT8: "U8"}
+    dtypes = {
+        onnx.TensorProto.FLOAT: "F32",
+        onnx.TensorProto.FLOAT16: "F16",
+        onnx.TensorProto.INT8: "I8",
+        onnx.TensorProto.UINT8: "U8",
+    }
     try:
         with open(path, "rb") as handle:
             (size,) = struct.unpack("<Q", handle.read(8))
@@ -225,8 +271,10 @@ def _externalize(path: Path) -> None:
 
     model = onnx.load(str(path))  # with its current external data, if any
     shared_file = path.with_name(EMBEDDINGS_FILE)
-    targets = {name: path.with_name(path.name + suffix) for name, suffix in (("data", ".data"),
-                                                                           ("embeddings", EMBEDDINGS_DATA_SUFFIX))}
+    targets = {
+        name: path.with_name(path.name + suffix)
+        for name, suffix in (("data", ".data"), ("embeddings", EMBEDDINGS_DATA_SUFFIX))
+    }
     temps = {name: target.with_name(f".{target.name}.tmp") for name, target in targets.items()}
     handles = {name: open(tmp, "wb") for name, tmp in temps.items()}
     try:
@@ -244,8 +292,12 @@ def _externalize(path: Path) -> None:
                 offset = -(-handle.tell() // 64) * 64
                 handle.write(b"\0" * (offset - handle.tell()))
                 handle.write(tensor.raw_data)
-                set_external_data(tensor, location=targets["embeddings" if embeddings else "data"].name,
-                                  offset=offset, length=len(tensor.raw_data))
+                set_external_data(
+                    tensor,
+                    location=targets["embeddings" if embeddings else "data"].name,
+                    offset=offset,
+                    length=len(tensor.raw_data),
+                )
             tensor.ClearField("raw_data")
             tensor.data_location = onnx.TensorProto.EXTERNAL
         for handle in handles.values():

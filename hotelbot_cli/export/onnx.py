@@ -33,15 +33,35 @@ from ..data import clean_text
 from ..errors import ModelError
 from ..runtime import selection
 from ..runtime.device import on_cpu
-from ..runtime.layout import (CLASSIFIER_FILE, ONNX_FILES, ONNX_FP32, ONNX_FP32_FILE, ONNX_INT8, ONNX_INT8_FILE,
-                              RUNTIME_FILE, TOKENIZER_FILE, TOKENIZER_INDEX_FILE, TORCH, onnx_graph_files)
+from ..runtime.layout import (
+    CLASSIFIER_FILE,
+    ONNX_FILES,
+    ONNX_FP32,
+    ONNX_FP32_FILE,
+    ONNX_INT8,
+    ONNX_INT8_FILE,
+    RUNTIME_FILE,
+    TOKENIZER_FILE,
+    TOKENIZER_INDEX_FILE,
+    TORCH,
+    onnx_graph_files,
+)
 from ..runtime.onnx import OnnxPredictor, Recheck
 from ..runtime.reference import TorchPredictor
 from ..runtime.selection import DEFAULT_TOLERANCE_POINTS, RUNTIME_FORMAT, SPEED_TIE, choose_runtime
 from ..runtime.tokenizers import TOKENIZER_FULL, TOKENIZER_SUBSET, load_text_encoder, write_unigram_index
 from .compare import _accuracy, _latencies_ms
-from .graph import (OPSET, PROBE_TEXTS, _eager_attention, _export_raw, _externalize, _fuse, _probe_feed, graph_files,
-                    output_names)
+from .graph import (
+    OPSET,
+    PROBE_TEXTS,
+    _eager_attention,
+    _export_raw,
+    _externalize,
+    _fuse,
+    _probe_feed,
+    graph_files,
+    output_names,
+)
 from .quantize import OUTLIER_RATIO, _keep_fp32, _outlier_inputs, _quantize
 
 log = logging.getLogger("hotelbot.onnx")
@@ -81,11 +101,12 @@ def _check_tokenizers(model_dir: Path, hf_tokenizer: Any, cfg: Any, texts: Seque
 
     def same(encoder: Any) -> bool:
         for start in range(0, len(prepared), 32):
-            chunk = prepared[start:start + 32]
+            chunk = prepared[start : start + 32]
             ids, mask = encoder.encode(chunk)
             want = hf_tokenizer(chunk, padding=True, truncation=True, max_length=cfg.max_length, return_tensors="np")
-            if ids.shape != want["input_ids"].shape or not (np.array_equal(ids, want["input_ids"]) and
-                                                           np.array_equal(mask, want["attention_mask"])):
+            if ids.shape != want["input_ids"].shape or not (
+                np.array_equal(ids, want["input_ids"]) and np.array_equal(mask, want["attention_mask"])
+            ):
                 return False
         return True
 
@@ -107,10 +128,18 @@ def export_onnx(*args: Any, **kwargs: Any) -> dict[str, Any]:
         return export_on_cpu(*args, **kwargs)
 
 
-def export_on_cpu(model: Any, tokenizer: Any, model_dir: Path, validation_examples: Sequence[Any],
-                tolerance_points: float = DEFAULT_TOLERANCE_POINTS, *, latency_runs: int = 50,
-                opset: int = OPSET, recheck_margin: float = DEFAULT_RECHECK_MARGIN,
-                task_checks: Callable[[Any], dict[str, float]] | None = None) -> dict[str, Any]:
+def export_on_cpu(
+    model: Any,
+    tokenizer: Any,
+    model_dir: Path,
+    validation_examples: Sequence[Any],
+    tolerance_points: float = DEFAULT_TOLERANCE_POINTS,
+    *,
+    latency_runs: int = 50,
+    opset: int = OPSET,
+    recheck_margin: float = DEFAULT_RECHECK_MARGIN,
+    task_checks: Callable[[Any], dict[str, float]] | None = None,
+) -> dict[str, Any]:
     """Export a trained classifier to ONNX (fp32 and dynamic int8) into ``model_dir`` and choose a runtime.
 
     Call it on a *staged* version after :func:`modeling.save_classifier` wrote ``model_dir`` (it reads
@@ -170,8 +199,9 @@ def export_on_cpu(model: Any, tokenizer: Any, model_dir: Path, validation_exampl
     read_files = {name: graph_files(model_dir / f) for name, f in ONNX_FILES.items()}
     predictors: dict[str, Any] = {TORCH: TorchPredictor(model, tokenizer, model_dir.parent.name, model_dir)}
     for name in ONNX_FILES:
-        predictors[name] = OnnxPredictor.from_model_dir(model_dir, name, model_dir.parent.name, tokenizer_kind,
-                                                        recheck_margin=0.0)
+        predictors[name] = OnnxPredictor.from_model_dir(
+            model_dir, name, model_dir.parent.name, tokenizer_kind, recheck_margin=0.0
+        )
     recheck: dict[str, Any] | None = None
     with torch.inference_mode():
         reference = predictors[TORCH].probabilities(probe).float().numpy()
@@ -185,8 +215,10 @@ def export_on_cpu(model: Any, tokenizer: Any, model_dir: Path, validation_exampl
             if getattr(predictor, "recheck", None) is not None:
                 recheck_rates[name] = predictor.recheck.rate  # on the validation texts, before the probe texts
             probs = reference if name == TORCH else predictor.probabilities(probe)
-            entry: dict[str, Any] = {"accuracy": _accuracy(predicted[name], truth),
-                                     "max_abs_prob_diff_vs_torch": round(float(np.abs(probs - reference).max()), 7)}
+            entry: dict[str, Any] = {
+                "accuracy": _accuracy(predicted[name], truth),
+                "max_abs_prob_diff_vs_torch": round(float(np.abs(probs - reference).max()), 7),
+            }
             if name != TORCH:
                 entry["agreement_with_torch"] = _accuracy(predicted[name], predicted[TORCH])
                 entry["file"] = ONNX_FILES[name]
@@ -195,32 +227,45 @@ def export_on_cpu(model: Any, tokenizer: Any, model_dir: Path, validation_exampl
 
         for name, predictor in predictors.items():
             measurements[name] = measure(name, predictor)
-        measurements[ONNX_FP32]["usable"] = (measurements[ONNX_FP32]["max_abs_prob_diff_vs_torch"] <= FP32_MAX_PROB_DIFF
-                                             and tokenizer_ok)
+        measurements[ONNX_FP32]["usable"] = (
+            measurements[ONNX_FP32]["max_abs_prob_diff_vs_torch"] <= FP32_MAX_PROB_DIFF and tokenizer_ok
+        )
         if not tokenizer_ok:
             measurements[ONNX_INT8]["usable"] = False
         # int8 alone outside the gate: measure it with its close calls re-run on fp32 (what would then serve)
-        if (recheck_margin > 0 and measurements[ONNX_FP32]["usable"] and tokenizer_ok and texts
-                and not selection._qualifies(measurements, ONNX_INT8, tolerance_points)):
+        if (
+            recheck_margin > 0
+            and measurements[ONNX_FP32]["usable"]
+            and tokenizer_ok
+            and texts
+            and not selection._qualifies(measurements, ONNX_INT8, tolerance_points)
+        ):
             alone = measurements[ONNX_INT8]
             guarded = predictors[ONNX_INT8] = predictors[ONNX_INT8].with_recheck(
-                Recheck(model_dir / ONNX_FP32_FILE, recheck_margin))
+                Recheck(model_dir / ONNX_FP32_FILE, recheck_margin)
+            )
             entry = measure(ONNX_INT8, guarded)
             rate = recheck_rates.get(ONNX_INT8)
             recheck = {"runtime": ONNX_FP32, "file": ONNX_FP32_FILE, "margin": recheck_margin}
             entry["recheck"] = dict(recheck, rate=None if rate is None else round(rate, 4))
-            entry["without_recheck"] = {k: alone[k] for k in ("accuracy", "agreement_with_torch",
-                                                              "max_abs_prob_diff_vs_torch")}
+            entry["without_recheck"] = {
+                k: alone[k] for k in ("accuracy", "agreement_with_torch", "max_abs_prob_diff_vs_torch")
+            }
             measurements[ONNX_INT8] = entry
         if task_checks is not None:
             scores = {name: task_checks(predictor) for name, predictor in predictors.items()}
             for name in ONNX_FILES:
                 measurements[name]["tasks"] = scores[name]
-                worse = [task for task, value in scores[name].items()
-                         if 100.0 * (scores[TORCH][task] - value) > tolerance_points + 1e-9]
+                worse = [
+                    task
+                    for task, value in scores[name].items()
+                    if 100.0 * (scores[TORCH][task] - value) > tolerance_points + 1e-9
+                ]
                 if worse:
                     measurements[name]["usable"] = False
-                    measurements[name]["unusable_because"] = f"{', '.join(worse)} more than {tolerance_points} points below torch"
+                    measurements[name]["unusable_because"] = (
+                        f"{', '.join(worse)} more than {tolerance_points} points below torch"
+                    )
             measurements[TORCH]["tasks"] = scores[TORCH]
         for name, latency in _latencies_ms(predictors, probe, latency_runs).items():
             measurements[name].update(latency)
@@ -229,8 +274,10 @@ def export_on_cpu(model: Any, tokenizer: Any, model_dir: Path, validation_exampl
         "format": RUNTIME_FORMAT,
         "runtime": chosen,
         "tolerance_points": tolerance_points,
-        "selection": (f"fastest single-text p50 among the runtimes within {tolerance_points} accuracy points of "
-                      f"torch; latencies within {SPEED_TIE:.0%} of the fastest are ties, won by the smaller model"),
+        "selection": (
+            f"fastest single-text p50 among the runtimes within {tolerance_points} accuracy points of "
+            f"torch; latencies within {SPEED_TIE:.0%} of the fastest are ties, won by the smaller model"
+        ),
         "files": read_files,  # what each graph reads (a reader checks these): the graph, its data, shared files
         "inputs": ["input_ids", "attention_mask"],
         "output": "logits",
@@ -249,9 +296,11 @@ def export_on_cpu(model: Any, tokenizer: Any, model_dir: Path, validation_exampl
         "runtimes": measurements,
         "export_seconds": round(export_seconds, 2),
         "cpu_threads": torch.get_num_threads(),
-        "library_versions": {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-                             "torch": torch.__version__},
+        "library_versions": {
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "torch": torch.__version__,
+        },
     }
     atomic_write_json(model_dir / RUNTIME_FILE, result)
     return result
-

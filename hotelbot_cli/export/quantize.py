@@ -27,8 +27,14 @@ def _quantize(src: Path, dst: Path, exclude: Sequence[str] = ()) -> None:
     # about half as many. DefaultTensorType: the fused contrib ops have no ONNX shape inference.
     # ``exclude``: nodes kept in fp32 (see _outlier_inputs).
     with _quiet_export():
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                         nodes_to_exclude=list(exclude), extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            nodes_to_exclude=list(exclude),
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
 
 
 def _outlier_inputs(path: Path, feeds: Sequence[dict[str, Any]]) -> dict[str, float]:
@@ -45,8 +51,11 @@ def _outlier_inputs(path: Path, feeds: Sequence[dict[str, Any]]) -> dict[str, fl
 
     graph = onnx.load(str(path), load_external_data=False)
     weights = {i.name for i in graph.graph.initializer}
-    nodes = {n.name: n.input[0] for n in graph.graph.node
-             if n.op_type in ("MatMul", "Attention") and len(n.input) > 1 and n.input[1] in weights}
+    nodes = {
+        n.name: n.input[0]
+        for n in graph.graph.node
+        if n.op_type in ("MatMul", "Attention") and len(n.input) > 1 and n.input[1] in weights
+    }
     names = sorted(set(nodes.values()) - {o.name for o in graph.graph.output})
     for name in names:
         graph.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
@@ -69,5 +78,4 @@ def _outlier_inputs(path: Path, feeds: Sequence[dict[str, Any]]) -> dict[str, fl
 def _keep_fp32(ratios: dict[str, float], cutoff: float = OUTLIER_RATIO, share: float = OUTLIER_MAX_SHARE) -> list[str]:
     """The nodes whose input outlier ratio is at least ``cutoff``, the worst first, at most ``share`` of them."""
     worst = sorted((r, n) for n, r in ratios.items() if r >= cutoff)[::-1]
-    return sorted(n for _, n in worst[:int(len(ratios) * share)])
-
+    return sorted(n for _, n in worst[: int(len(ratios) * share)])

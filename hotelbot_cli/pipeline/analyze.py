@@ -46,23 +46,25 @@ class Analyzer:
         return [c.name for c in registered() if c.name in self.loaded]
 
     @staticmethod
-    def analyzing_components(info: "VersionInfo") -> list[str]:
+    def analyzing_components(info: VersionInfo) -> list[str]:
         present = components_of(info)
         return [c.name for c in registered() if c.analyzes and c.name in present]
 
     @classmethod
-    def from_version(cls, info: "VersionInfo", settings: "Settings | None" = None, *,
-                     preloaded: Mapping[str, Any] | None = None) -> "Analyzer":
+    def from_version(
+        cls, info: VersionInfo, settings: Settings | None = None, *, preloaded: Mapping[str, Any] | None = None
+    ) -> Analyzer:
         """Load the analyzing components ``info`` holds, each as predict and serve load it (checksums are the
         caller's business: see from_registry). ``preloaded`` supplies components already loaded (serve's
         predictor). RegistryError when the version holds none of them."""
         names = cls.analyzing_components(info)
         if not names:
             analyzing = [c for c in registered() if c.analyzes]
-            raise RegistryError(f"version {info.name} has no {', '.join(c.name for c in analyzing)} model "
-                                f"(components: {', '.join(components_of(info)) or 'none'})",
-                                hint="train one: hotelbot train --model-type "
-                                     + "|".join(c.model_type for c in analyzing))
+            raise RegistryError(
+                f"version {info.name} has no {', '.join(c.name for c in analyzing)} model "
+                f"(components: {', '.join(components_of(info)) or 'none'})",
+                hint="train one: hotelbot train --model-type " + "|".join(c.model_type for c in analyzing),
+            )
         loaded: dict[str, Any] = dict(preloaded or {})
         for c in registered():  # in order, each seeing the ones before (a joint model's heads share the classifier)
             if c.name in names and c.name not in loaded:
@@ -70,8 +72,14 @@ class Analyzer:
         return cls(info.name, {name: loaded[name] for name in names})
 
     @classmethod
-    def from_registry(cls, registry: "ModelRegistry", version: str | None = None, *, verify: bool = True,
-                      settings: "Settings | None" = None) -> "Analyzer":
+    def from_registry(
+        cls,
+        registry: ModelRegistry,
+        version: str | None = None,
+        *,
+        verify: bool = True,
+        settings: Settings | None = None,
+    ) -> Analyzer:
         """``version`` None: the deployed version, else the newest; refuses a version whose checksums fail."""
         info = registry.resolve(version, verify=verify)
         return cls.from_version(info, settings)
@@ -94,8 +102,9 @@ class Analyzer:
         return out
 
 
-def analyze_texts(registry: "ModelRegistry", version: str | None, texts: Sequence[str], *,
-                  top_k: int = 3) -> tuple[str, list[dict[str, Any]]]:
+def analyze_texts(
+    registry: ModelRegistry, version: str | None, texts: Sequence[str], *, top_k: int = 3
+) -> tuple[str, list[dict[str, Any]]]:
     """`hotelbot predict`: (version, one row per text with every analyzing component's answer). A version
     whose only analyzing component is the primary one (the classifier) is answered by its runtime alone,
     checking only the files that runtime reads (ONNX: torch is never imported); otherwise every component

@@ -23,8 +23,14 @@ from .._io import atomic_write_json, hashing_once
 from ..components import registered
 from ..components.compose import components_of
 from ..config import Settings
-from ..errors import (DeployVerificationError, GateFailedError, HotelbotError, IntegrityError, RegistryError,
-                      RolledBackError)
+from ..errors import (
+    DeployVerificationError,
+    GateFailedError,
+    HotelbotError,
+    IntegrityError,
+    RegistryError,
+    RolledBackError,
+)
 from ..registry import ModelRegistry, VersionInfo
 from ..registry.backups import backup_problems, create_backup, list_backups, record_name, restore_from_backup
 from ..registry.store import ALIASES, check_version_name, crashpoint, utc_now
@@ -36,7 +42,7 @@ log = logging.getLogger("hotelbot.deployment")
 
 @dataclass
 class OperationResult:
-    action: str                      # deploy | rollback | noop
+    action: str  # deploy | rollback | noop
     version: str | None
     previous: str | None
     changed: bool = True
@@ -63,8 +69,9 @@ def notify(settings: Settings, event: dict[str, Any]) -> list[str]:
     problems = []
     body = json.dumps(event, ensure_ascii=False).encode("utf-8")
     if cfg.notify_webhook:
-        request = urllib.request.Request(cfg.notify_webhook, data=body, method="POST",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            cfg.notify_webhook, data=body, method="POST", headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=cfg.notify_timeout_seconds) as response:
                 if response.status >= 300:
@@ -73,11 +80,18 @@ def notify(settings: Settings, event: dict[str, Any]) -> list[str]:
             problems.append(f"webhook failed: {exc}")
     if cfg.notify_command:
         try:
-            done = subprocess.run(cfg.notify_command, shell=True, input=body, capture_output=True,
-                                  timeout=cfg.notify_timeout_seconds, check=False)
+            done = subprocess.run(
+                cfg.notify_command,
+                shell=True,
+                input=body,
+                capture_output=True,
+                timeout=cfg.notify_timeout_seconds,
+                check=False,
+            )
             if done.returncode != 0:
-                problems.append(f"notify command exited {done.returncode}: "
-                                f"{done.stderr.decode(errors='replace').strip()[:200]}")
+                problems.append(
+                    f"notify command exited {done.returncode}: {done.stderr.decode(errors='replace').strip()[:200]}"
+                )
         except (subprocess.TimeoutExpired, OSError) as exc:
             problems.append(f"notify command failed: {exc}")
     for problem in problems:
@@ -168,10 +182,18 @@ def gate_version(registry: ModelRegistry, settings: Settings, name: str) -> dict
     info = registry.get(name)
     if primary_component(info) is None:
         scored = gate_components(info, settings)
-        return {"version": name, "overall_score": None, "metric": None,
-                "min_validation_score": settings.validation.min_validation_score, "passed": scored["passed"],
-                "failures": scored["failures"], "regressions": {}, "compared_with": None,
-                "skipped": "no classifier component", "components": scored["components"]}
+        return {
+            "version": name,
+            "overall_score": None,
+            "metric": None,
+            "min_validation_score": settings.validation.min_validation_score,
+            "passed": scored["passed"],
+            "failures": scored["failures"],
+            "regressions": {},
+            "compared_with": None,
+            "skipped": "no classifier component",
+            "components": scored["components"],
+        }
     result = validate_version(registry, name, settings, gate=True)
     failures = list(result.failures)
     regressions: dict[str, float] = {}
@@ -179,16 +201,24 @@ def gate_version(registry: ModelRegistry, settings: Settings, name: str) -> dict
         regressions = result.comparison.regressions(settings.deployment.regression_tolerance)
         if regressions:
             worst = sorted(regressions.items(), key=lambda kv: kv[1])[:5]
-            failures.append(f"per-intent F1 regressions vs {result.comparison.reference_version} beyond "
-                            f"{settings.deployment.regression_tolerance:.2f}: "
-                            + ", ".join(f"{k} {v:+.3f}" for k, v in worst))
-    return {"version": name, "overall_score": result.overall_score, "metric": result.metrics["metric"],
-            "min_validation_score": result.min_score, "passed": not failures, "failures": failures,
-            "regressions": regressions,
-            "compared_with": result.comparison.reference_version if result.comparison else None,
-            "not_compared": result.not_compared,
-            "components": {k: {"metric": m["metric"], "overall_score": m["overall_score"]}
-                           for k, m in result.components.items()}}
+            failures.append(
+                f"per-intent F1 regressions vs {result.comparison.reference_version} beyond "
+                f"{settings.deployment.regression_tolerance:.2f}: " + ", ".join(f"{k} {v:+.3f}" for k, v in worst)
+            )
+    return {
+        "version": name,
+        "overall_score": result.overall_score,
+        "metric": result.metrics["metric"],
+        "min_validation_score": result.min_score,
+        "passed": not failures,
+        "failures": failures,
+        "regressions": regressions,
+        "compared_with": result.comparison.reference_version if result.comparison else None,
+        "not_compared": result.not_compared,
+        "components": {
+            k: {"metric": m["metric"], "overall_score": m["overall_score"]} for k, m in result.components.items()
+        },
+    }
 
 
 def newest_validated(registry: ModelRegistry) -> VersionInfo:
@@ -196,8 +226,10 @@ def newest_validated(registry: ModelRegistry) -> VersionInfo:
         record = registry.validation_of(info.name)
         if record and record.get("passed"):
             return info
-    raise RegistryError("no validated version to deploy",
-                        hint="run `hotelbot validate [VERSION]` first, or name the version: `hotelbot deploy v0003`")
+    raise RegistryError(
+        "no validated version to deploy",
+        hint="run `hotelbot validate [VERSION]` first, or name the version: `hotelbot deploy v0003`",
+    )
 
 
 # ---------------------------------------------------------------- operations
@@ -205,8 +237,9 @@ def newest_validated(registry: ModelRegistry) -> VersionInfo:
 
 # The MLflow alias syncs that record_event asked for inside exclusive(): (registry, tracking URI, the problems
 # list of the event, extended in place with the sync's warnings).
-_ALIAS_SYNC: ContextVar[list[tuple[ModelRegistry, str, list[str]]] | None] = ContextVar("hotelbot_alias_sync",
-                                                                                       default=None)
+_ALIAS_SYNC: ContextVar[list[tuple[ModelRegistry, str, list[str]]] | None] = ContextVar(
+    "hotelbot_alias_sync", default=None
+)
 
 
 @contextlib.contextmanager
@@ -237,7 +270,9 @@ def backup_current(registry: ModelRegistry, settings: Settings, reason: str = "m
         return create_backup(registry, current, reason, settings.deployment.backups_to_keep)
 
 
-def deploy(registry: ModelRegistry, settings: Settings, version: str | None = None, reason: str = "") -> OperationResult:
+def deploy(
+    registry: ModelRegistry, settings: Settings, version: str | None = None, reason: str = ""
+) -> OperationResult:
     """Gate, back up current, switch, verify; auto-rollback (exit 4) when verification fails."""
     cfg = settings.deployment
     with exclusive(registry, settings) as (repaired, old_state):
@@ -247,15 +282,27 @@ def deploy(registry: ModelRegistry, settings: Settings, version: str | None = No
             return OperationResult("noop", target.name, current, changed=False, repaired=repaired)
         running = running_canary(old_state)
         if running is not None:
-            raise RegistryError(f"a canary of {running['version']} ({running['weight']}%) is running beside "
-                                f"{current}", hint="hotelbot canary promote, or hotelbot canary abort, first")
+            raise RegistryError(
+                f"a canary of {running['version']} ({running['weight']}%) is running beside {current}",
+                hint="hotelbot canary promote, or hotelbot canary abort, first",
+            )
         registry.require_intact(target.name)
         event_id = uuid.uuid4().hex[:12]
 
         gate = gate_version(registry, settings, target.name)
         if not gate["passed"]:
-            record_event(registry, settings, {"event_id": event_id, "event": "gate_failed", "from": current,
-                                         "to": target.name, "reason": reason, "scores": gate})
+            record_event(
+                registry,
+                settings,
+                {
+                    "event_id": event_id,
+                    "event": "gate_failed",
+                    "from": current,
+                    "to": target.name,
+                    "reason": reason,
+                    "scores": gate,
+                },
+            )
             raise GateFailedError(f"{target.name} not deployed: " + "; ".join(gate["failures"]))
 
         backup = None
@@ -266,9 +313,13 @@ def deploy(registry: ModelRegistry, settings: Settings, version: str | None = No
                 backup = {"version": current, "skipped": str(exc)}
                 log.warning("no backup of %s: %s", current, exc)
         crashpoint("before-switch")
-        new_state = {"version": target.name,
-                     "previous": [*old_state.get("previous", []), current] if current else old_state.get("previous", []),
-                     "deployed_at": utc_now(), "event_id": event_id, "action": "deploy"}
+        new_state = {
+            "version": target.name,
+            "previous": [*old_state.get("previous", []), current] if current else old_state.get("previous", []),
+            "deployed_at": utc_now(),
+            "event_id": event_id,
+            "action": "deploy",
+        }
         registry.write_current_state(new_state)
         crashpoint("after-switch")
 
@@ -277,21 +328,55 @@ def deploy(registry: ModelRegistry, settings: Settings, version: str | None = No
         except HotelbotError as exc:
             if cfg.enable_auto_rollback:
                 registry.write_current_state(old_state)
-                record_event(registry, settings, {"event_id": event_id, "event": "auto_rollback",
-                                                     "from": target.name, "to": current, "reason": str(exc),
-                                                     "scores": gate})
-                raise RolledBackError(f"deployed {target.name} but it failed verification ({exc}); "
-                                      f"restored {current or 'the empty state'}") from None
-            record_event(registry, settings, {"event_id": event_id, "event": "deploy_unverified", "from": current,
-                                         "to": target.name, "reason": str(exc), "scores": gate})
-            raise DeployVerificationError(f"deployed {target.name} but it failed verification ({exc}); "
-                                          "ENABLE_AUTO_ROLLBACK is off: run `hotelbot rollback`") from None
+                record_event(
+                    registry,
+                    settings,
+                    {
+                        "event_id": event_id,
+                        "event": "auto_rollback",
+                        "from": target.name,
+                        "to": current,
+                        "reason": str(exc),
+                        "scores": gate,
+                    },
+                )
+                raise RolledBackError(
+                    f"deployed {target.name} but it failed verification ({exc}); "
+                    f"restored {current or 'the empty state'}"
+                ) from None
+            record_event(
+                registry,
+                settings,
+                {
+                    "event_id": event_id,
+                    "event": "deploy_unverified",
+                    "from": current,
+                    "to": target.name,
+                    "reason": str(exc),
+                    "scores": gate,
+                },
+            )
+            raise DeployVerificationError(
+                f"deployed {target.name} but it failed verification ({exc}); "
+                "ENABLE_AUTO_ROLLBACK is off: run `hotelbot rollback`"
+            ) from None
 
-        notes = record_event(registry, settings, {"event_id": event_id, "event": "deploy", "from": current,
-                                             "to": target.name, "reason": reason, "scores": gate})
+        notes = record_event(
+            registry,
+            settings,
+            {
+                "event_id": event_id,
+                "event": "deploy",
+                "from": current,
+                "to": target.name,
+                "reason": reason,
+                "scores": gate,
+            },
+        )
         crashpoint("after-history")
-        return OperationResult("deploy", target.name, current, True, backup, gate, smoke, False, notes, repaired,
-                               event_id)
+        return OperationResult(
+            "deploy", target.name, current, True, backup, gate, smoke, False, notes, repaired, event_id
+        )
 
 
 def _named(registry: ModelRegistry, name: str) -> str:
@@ -303,22 +388,25 @@ def _named(registry: ModelRegistry, name: str) -> str:
 def rollback(registry: ModelRegistry, settings: Settings, to: str | None = None, reason: str = "") -> OperationResult:
     """Restore the previous deployed version (or ``to``) after checking its checksums and that it loads.
     While a canary runs, rolling back (without ``to``) aborts the canary: guests go back to the stable version."""
-    cfg = settings.deployment
     with exclusive(registry, settings) as (repaired, state):
         current = state.get("version")
         running = running_canary(state)
         if running is not None:
             if to is not None:
-                raise RegistryError(f"a canary of {running['version']} is running: `hotelbot rollback` without --to "
-                                    "aborts it first")
-            return end_canary(registry, settings, state, running, reason or "rollback during the canary",
-                              "canary_abort", repaired)
+                raise RegistryError(
+                    f"a canary of {running['version']} is running: `hotelbot rollback` without --to aborts it first"
+                )
+            return end_canary(
+                registry, settings, state, running, reason or "rollback during the canary", "canary_abort", repaired
+            )
         previous = list(state.get("previous", []))
         if to is None:
             candidates = [v for v in reversed(previous) if v != current]
             if not candidates:
-                raise RegistryError("nothing to roll back to: no earlier deployed version is recorded",
-                                    hint="name one with `hotelbot rollback --to VERSION`")
+                raise RegistryError(
+                    "nothing to roll back to: no earlier deployed version is recorded",
+                    hint="name one with `hotelbot rollback --to VERSION`",
+                )
             target_name = candidates[0]
         else:
             target_name = _named(registry, to)
@@ -345,14 +433,31 @@ def rollback(registry: ModelRegistry, settings: Settings, to: str | None = None,
             new_previous = [*previous, current] if current else previous
         event_id = uuid.uuid4().hex[:12]
         crashpoint("before-switch")
-        registry.write_current_state({"version": target_name, "previous": new_previous, "deployed_at": utc_now(),
-                                      "event_id": event_id, "action": "rollback"})
+        registry.write_current_state(
+            {
+                "version": target_name,
+                "previous": new_previous,
+                "deployed_at": utc_now(),
+                "event_id": event_id,
+                "action": "rollback",
+            }
+        )
         crashpoint("after-switch")
-        notes = record_event(registry, settings, {"event_id": event_id, "event": "rollback", "from": current,
-                                             "to": target_name, "reason": reason,
-                                             "restored_from_backup": restored})
-        return OperationResult("rollback", target_name, current, True, None, None, smoke, restored, notes, repaired,
-                               event_id)
+        notes = record_event(
+            registry,
+            settings,
+            {
+                "event_id": event_id,
+                "event": "rollback",
+                "from": current,
+                "to": target_name,
+                "reason": reason,
+                "restored_from_backup": restored,
+            },
+        )
+        return OperationResult(
+            "rollback", target_name, current, True, None, None, smoke, restored, notes, repaired, event_id
+        )
 
 
 # ---------------------------------------------------------------- canaries (see pipeline.canary)
@@ -366,22 +471,42 @@ def running_canary(state: dict[str, Any]) -> dict[str, Any] | None:
     return canary if isinstance(canary, dict) and canary.get("version") else None
 
 
-def end_canary(registry: ModelRegistry, settings: Settings, state: dict[str, Any], running: dict[str, Any],
-               reason: str, event: str, repaired: list[str], details: dict[str, Any] | None = None) -> OperationResult:
+def end_canary(
+    registry: ModelRegistry,
+    settings: Settings,
+    state: dict[str, Any],
+    running: dict[str, Any],
+    reason: str,
+    event: str,
+    repaired: list[str],
+    details: dict[str, Any] | None = None,
+) -> OperationResult:
     """(The lock held.) Back to the stable version alone: ``state`` without its canary, one atomic write;
     ``event`` (canary_abort, canary_auto_abort) recorded and notified. The canary's version stays."""
     event_id = uuid.uuid4().hex[:12]
     stable = state.get("version")
     crashpoint("before-switch")
-    registry.write_current_state({**{k: v for k, v in state.items() if k != CANARY}, "event_id": event_id,
-                                  "action": event})
+    registry.write_current_state(
+        {**{k: v for k, v in state.items() if k != CANARY}, "event_id": event_id, "action": event}
+    )
     crashpoint("after-switch")
-    notes = record_event(registry, settings, {"event_id": event_id, "event": event, "from": running["version"],
-                                              "to": stable, "canary": running.get("weight"), "reason": reason,
-                                              "canary_started_at": running.get("started_at"),
-                                              **({"judgement": details} if details else {})})
-    return OperationResult(event, stable, running["version"], True, None, None, None, False, notes, repaired,
-                           event_id, running)
+    notes = record_event(
+        registry,
+        settings,
+        {
+            "event_id": event_id,
+            "event": event,
+            "from": running["version"],
+            "to": stable,
+            "canary": running.get("weight"),
+            "reason": reason,
+            "canary_started_at": running.get("started_at"),
+            **({"judgement": details} if details else {}),
+        },
+    )
+    return OperationResult(
+        event, stable, running["version"], True, None, None, None, False, notes, repaired, event_id, running
+    )
 
 
 def verify_registry(registry: ModelRegistry) -> dict[str, list[str]]:
@@ -389,8 +514,11 @@ def verify_registry(registry: ModelRegistry) -> dict[str, list[str]]:
     archive: its own sha256); {name: problems} (empty lists: intact)."""
     report: dict[str, list[str]] = {}
     for info in registry.list_versions():
-        report[info.name] = ([f"{info.name}/metadata.json: missing or unreadable"]
-                             if info.manifest.corrupt else registry.verify(info.name))
+        report[info.name] = (
+            [f"{info.name}/metadata.json: missing or unreadable"]
+            if info.manifest.corrupt
+            else registry.verify(info.name)
+        )
     checked: dict[str, bool] = {}
     for record in list_backups(registry):
         report[f"backup/{record.get('archive') or record_name(record)}"] = backup_problems(registry, record, checked)

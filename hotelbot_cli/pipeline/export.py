@@ -52,31 +52,42 @@ class ExportResult:
     version: str
     format: str
     output: Path
-    replaced: bool                        # DIR held an earlier export (or anything) that --force replaced
-    components: list[dict[str, Any]]      # {"component", "path", "files", "size_bytes", "loads_with", ...}
-    skipped: list[dict[str, str]]         # {"component", "reason"}
+    replaced: bool  # DIR held an earlier export (or anything) that --force replaced
+    components: list[dict[str, Any]]  # {"component", "path", "files", "size_bytes", "loads_with", ...}
+    skipped: list[dict[str, str]]  # {"component", "reason"}
     files: int
     size_bytes: int
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": self.version, "format": self.format, "output": str(self.output), "replaced": self.replaced,
-                "components": self.components, "skipped": self.skipped, "files": self.files,
-                "size_bytes": self.size_bytes, "record": EXPORT_RECORD, "seconds": round(self.seconds, 3)}
+        return {
+            "version": self.version,
+            "format": self.format,
+            "output": str(self.output),
+            "replaced": self.replaced,
+            "components": self.components,
+            "skipped": self.skipped,
+            "files": self.files,
+            "size_bytes": self.size_bytes,
+            "record": EXPORT_RECORD,
+            "seconds": round(self.seconds, 3),
+        }
 
 
-def _describe(component: "Component") -> str:
+def _describe(component: Component) -> str:
     return component.description.split(" (")[0] if component.description else component.name
 
 
-def _unsupported(component: "Component", fmt: str) -> str:
+def _unsupported(component: Component, fmt: str) -> str:
     formats = ", ".join(component.export_formats)
-    return (f"the {_describe(component)} has no {fmt} export"
-            + (f" (it exports as {formats})" if formats else " (it has no export)"))
+    return f"the {_describe(component)} has no {fmt} export" + (
+        f" (it exports as {formats})" if formats else " (it has no export)"
+    )
 
 
-def plan(info: VersionInfo, fmt: str, only: Sequence[str] | None = None
-         ) -> tuple[list["Component"], list[dict[str, str]]]:
+def plan(
+    info: VersionInfo, fmt: str, only: Sequence[str] | None = None
+) -> tuple[list[Component], list[dict[str, str]]]:
     """(components to export, skipped [{"component", "reason"}]) of version ``info`` in format ``fmt``.
 
     ``only``: the component names asked for (each must be registered, held by the version and exportable
@@ -171,8 +182,9 @@ def _move_into_place(staging: Path, output: Path, replace: bool) -> None:
     except OSError as exc:
         if replace:
             os.rename(old, output)
-        raise ExportError(f"{output} changed while the export was being built ({exc.strerror}); nothing was "
-                          "written") from None
+        raise ExportError(
+            f"{output} changed while the export was being built ({exc.strerror}); nothing was written"
+        ) from None
     fsync_dir(output.parent)
     if replace:
         shutil.rmtree(old, ignore_errors=True)
@@ -182,8 +194,14 @@ def _files(root: Path) -> set[str]:
     return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
 
 
-def _write(info: VersionInfo, fmt: str, chosen: Sequence["Component"], skipped: list[dict[str, str]],
-           staging: Path, settings: "Settings") -> list[dict[str, Any]]:
+def _write(
+    info: VersionInfo,
+    fmt: str,
+    chosen: Sequence[Component],
+    skipped: list[dict[str, str]],
+    staging: Path,
+    settings: Settings,
+) -> list[dict[str, Any]]:
     """Each chosen component into ``staging``, then export.json; returns the components' records."""
     records = []
     for component in chosen:
@@ -199,22 +217,48 @@ def _write(info: VersionInfo, fmt: str, chosen: Sequence["Component"], skipped: 
             skipped.append({"component": component.name, "reason": str(exc)})
             continue
         files = sorted(_files(staging) - before)
-        records.append({"component": component.name, "path": target.relative_to(staging).as_posix() or ".",
-                        "files": files, "size_bytes": sum((staging / f).stat().st_size for f in files), **facts})
+        records.append(
+            {
+                "component": component.name,
+                "path": target.relative_to(staging).as_posix() or ".",
+                "files": files,
+                "size_bytes": sum((staging / f).stat().st_size for f in files),
+                **facts,
+            }
+        )
     if not records:
         reasons = "; ".join(s["reason"] for s in skipped) or "it holds no component"
         raise ExportError(f"version {info.name} has nothing to export as {fmt}: {reasons}")
-    atomic_write_json(staging / EXPORT_RECORD, {
-        "format": EXPORT_FORMAT, "export_format": fmt, "version": info.name,
-        "version_created_at": info.manifest.created_at, "created_at": utc_now(), "hotelbot_version": __version__,
-        "components": [{k: v for k, v in r.items() if k != "files"} for r in records], "skipped": skipped,
-        "files": {rel: {"sha256": sha256_file(staging / rel), "size_bytes": (staging / rel).stat().st_size}
-                  for rel in sorted(_files(staging))}})
+    atomic_write_json(
+        staging / EXPORT_RECORD,
+        {
+            "format": EXPORT_FORMAT,
+            "export_format": fmt,
+            "version": info.name,
+            "version_created_at": info.manifest.created_at,
+            "created_at": utc_now(),
+            "hotelbot_version": __version__,
+            "components": [{k: v for k, v in r.items() if k != "files"} for r in records],
+            "skipped": skipped,
+            "files": {
+                rel: {"sha256": sha256_file(staging / rel), "size_bytes": (staging / rel).stat().st_size}
+                for rel in sorted(_files(staging))
+            },
+        },
+    )
     return records
 
 
-def export_version(registry: ModelRegistry, settings: "Settings", version: str, fmt: str, output: Path, *,
-                   force: bool = False, components: Sequence[str] | None = None) -> ExportResult:
+def export_version(
+    registry: ModelRegistry,
+    settings: Settings,
+    version: str,
+    fmt: str,
+    output: Path,
+    *,
+    force: bool = False,
+    components: Sequence[str] | None = None,
+) -> ExportResult:
     """Export ``version`` (a name, ``latest`` or ``current``) of ``registry`` as ``fmt`` into ``output``.
 
     Raises ExportError (bad target, nothing to export), IntegrityError (the version fails its checksums),
@@ -239,8 +283,7 @@ def export_version(registry: ModelRegistry, settings: "Settings", version: str, 
         _remove_empty(created)
         raise
     log.info("exported %s as %s to %s (%d files, %d bytes)", info.name, fmt, output, len(files), size)
-    return ExportResult(info.name, fmt, output, replace, records, skipped, len(files), size,
-                        time.monotonic() - started)
+    return ExportResult(info.name, fmt, output, replace, records, skipped, len(files), size, time.monotonic() - started)
 
 
 __all__ = ["EXPORT_RECORD", "FORMATS", "ExportResult", "check_target", "export_version", "plan"]

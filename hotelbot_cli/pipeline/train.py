@@ -62,8 +62,13 @@ class StepOutcome:
     result: Any = None  # the component's ComponentResult when trained
 
     def to_dict(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"component": self.component, "status": self.status, "version": self.version,
-                               "message": self.message, "reused_from": self.reused_from}
+        doc: dict[str, Any] = {
+            "component": self.component,
+            "status": self.status,
+            "version": self.version,
+            "message": self.message,
+            "reused_from": self.reused_from,
+        }
         if self.result is not None and hasattr(self.result, "to_dict"):
             doc["result"] = self.result.to_dict()
         return doc
@@ -91,8 +96,11 @@ class PipelineResult:
         return not is_main_process()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"final_version": self.final_version, "mlflow_run_id": self.mlflow_run_id,
-                "steps": [s.to_dict() for s in self.steps]}
+        return {
+            "final_version": self.final_version,
+            "mlflow_run_id": self.mlflow_run_id,
+            "steps": [s.to_dict() for s in self.steps],
+        }
 
 
 class TrainingReporter:
@@ -100,32 +108,42 @@ class TrainingReporter:
     and, once published, under ``reports/training_reports/`` (and as MLflow artifacts). A failing report
     never loses a trained model: it is logged and the version is published without one."""
 
-    def __init__(self, settings: "Settings") -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def staged(self, staged: Path, metadata: dict[str, Any], registry: "ModelRegistry") -> Any:
+    def staged(self, staged: Path, metadata: dict[str, Any], registry: ModelRegistry) -> Any:
         try:
-            report = build_report_from_dir(staged, metadata, registry,
-                                           min_score=self.settings.validation.min_validation_score)
+            report = build_report_from_dir(
+                staged, metadata, registry, min_score=self.settings.validation.min_validation_score
+            )
             write_report_files(report, staged / "report")
         except Exception as exc:  # noqa: BLE001 - a report must never lose a trained model
             log.warning("training report failed: %s", exc)
             return None
         return report
 
-    def published(self, registry: "ModelRegistry", name: str, report: Any) -> None:
+    def published(self, registry: ModelRegistry, name: str, report: Any) -> None:
         write_training_report(registry, name, self.settings.paths.reports, report=report)
 
 
-def available_data(settings: "Settings", documents: Path | None = None) -> dict[str, Path | None]:
+def available_data(settings: Settings, documents: Path | None = None) -> dict[str, Path | None]:
     """Per registered component that `all` trains (:meth:`Component.in_all`): its prepared data, or None."""
     return {c.name: c.prepared_data(settings, documents) for c in registered() if c.in_all(settings)}
 
 
-def train(settings: "Settings", registry: "ModelRegistry", model_type: str = ALL, *, data: Path | None = None,
-          documents: Path | None = None, source: str | None = None, force: bool = False,
-          options: dict[str, Any] | None = None, progress: "ProgressFactory | None" = None,
-          on_step: Callable[[StepOutcome], None] | None = None) -> PipelineResult:
+def train(
+    settings: Settings,
+    registry: ModelRegistry,
+    model_type: str = ALL,
+    *,
+    data: Path | None = None,
+    documents: Path | None = None,
+    source: str | None = None,
+    force: bool = False,
+    options: dict[str, Any] | None = None,
+    progress: ProgressFactory | None = None,
+    on_step: Callable[[StepOutcome], None] | None = None,
+) -> PipelineResult:
     """Train ``model_type`` (a registered component's model type, or "all"): see the module docstring.
 
     ``data`` is the component's own data (one component only); ``documents`` the knowledge base's documents;
@@ -147,36 +165,51 @@ def train(settings: "Settings", registry: "ModelRegistry", model_type: str = ALL
         if data is None:
             data = component.prepared_data(settings, documents)
         with progress(component.name) as listener:
-            outcome = _run_step(component, TrainRequest(settings, registry, data, source, force, listener, options),
-                                adopt=False)
+            outcome = _run_step(
+                component, TrainRequest(settings, registry, data, source, force, listener, options), adopt=False
+            )
         notify(outcome)
         return PipelineResult(model_type, [outcome], outcome.version)
     return _train_all(settings, registry, documents, force, options, progress, notify)
 
 
-def _train_all(settings: "Settings", registry: "ModelRegistry", documents: Path | None, force: bool,
-               options: dict[str, Any], progress: "ProgressFactory",
-               notify: Callable[[StepOutcome], None]) -> PipelineResult:
+def _train_all(
+    settings: Settings,
+    registry: ModelRegistry,
+    documents: Path | None,
+    force: bool,
+    options: dict[str, Any],
+    progress: ProgressFactory,
+    notify: Callable[[StepOutcome], None],
+) -> PipelineResult:
     data = available_data(settings, documents)
     result = PipelineResult(ALL)
     tracker = MlflowTracker(settings.paths.tracking_uri, experiment=EXPERIMENT)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     with tracker.run(run_name=f"all-{stamp}", tags={"hotelbot.component": ALL}):
         result.mlflow_run_id = tracker.run_id
         steps = [c for c in registered() if c.name in data]
-        tracker.log_params({"components": ",".join(c.name for c in steps if c.required or data.get(c.name)),
-                            "force": force, "base_model": settings.training.base_model})
+        tracker.log_params(
+            {
+                "components": ",".join(c.name for c in steps if c.required or data.get(c.name)),
+                "force": force,
+                "base_model": settings.training.base_model,
+            }
+        )
         last: str | None = None
         # A component trained as part of another's training (the joint NLU model's heads) is not trained alone.
-        provided_by = {name: c.name for c in steps if data.get(c.name) is not None
-                       for name in c.provides() if name != c.name}
+        provided_by = {
+            name: c.name for c in steps if data.get(c.name) is not None for name in c.provides() if name != c.name
+        }
         for component in steps:
             if component.name in provided_by:
-                outcome = StepOutcome(component.name, "provided", last,
-                                      f"trained by the {provided_by[component.name]} step")
+                outcome = StepOutcome(
+                    component.name, "provided", last, f"trained by the {provided_by[component.name]} step"
+                )
             elif not component.required and data[component.name] is None:
-                outcome = StepOutcome(component.name, "skipped", last,
-                                      f"no prepared {component.name} data ({component.prepare_hint})")
+                outcome = StepOutcome(
+                    component.name, "skipped", last, f"no prepared {component.name} data ({component.prepare_hint})"
+                )
             else:
                 with progress(component.name) as listener:
                     # --incremental in `all` is the classifier's (its parent version), never the others'
@@ -186,14 +219,19 @@ def _train_all(settings: "Settings", registry: "ModelRegistry", documents: Path 
                     src = source_version(registry, last)
                     orphans = orphaned(src, component.name) if src is not None else []
                     own = {**own, "drop_joint_heads": bool(orphans) and all(data.get(o) is not None for o in orphans)}
-                    outcome = _run_step(component, TrainRequest(settings, registry, data[component.name], last,
-                                                                force, listener, own))
+                    outcome = _run_step(
+                        component, TrainRequest(settings, registry, data[component.name], last, force, listener, own)
+                    )
             if is_distributed():  # every process starts the next step from the main process's version
                 outcome.version = share_from_main(outcome.version)
             last = outcome.version
             result.steps.append(outcome)
-            tracker.set_tags({f"hotelbot.{component.name}.status": outcome.status,
-                              f"hotelbot.{component.name}.version": outcome.version or ""})
+            tracker.set_tags(
+                {
+                    f"hotelbot.{component.name}.status": outcome.status,
+                    f"hotelbot.{component.name}.version": outcome.version or "",
+                }
+            )
             score = headline_score(outcome)
             if score is not None:
                 tracker.log_metrics({score[0]: score[1]}, step=len(result.steps))
@@ -232,4 +270,14 @@ def _run_step(component: Component, request: TrainRequest, *, adopt: bool = True
     return StepOutcome(component.name, "trained", trained.version.name, result=trained)
 
 
-__all__ = ["ALL", "EXPERIMENT", "SECONDARY", "PipelineResult", "StepOutcome", "TrainingReporter", "available_data", "headline_score", "train"]
+__all__ = [
+    "ALL",
+    "EXPERIMENT",
+    "SECONDARY",
+    "PipelineResult",
+    "StepOutcome",
+    "TrainingReporter",
+    "available_data",
+    "headline_score",
+    "train",
+]

@@ -21,8 +21,15 @@ from ..components import get as get_component
 from ..components import registered
 from ..components.compose import components_of
 from ..config import TrainingConfig, ValidationConfig
-from ..data import (DATASET_FILE, TRAIN_FILE, VALIDATION_FILE, read_jsonl_examples, read_prepared, read_test_set,
-                    shared_texts)
+from ..data import (
+    DATASET_FILE,
+    TRAIN_FILE,
+    VALIDATION_FILE,
+    read_jsonl_examples,
+    read_prepared,
+    read_test_set,
+    shared_texts,
+)
 from ..errors import DataError, IntegrityError, RegistryError
 from ..evaluation import METRIC_KEYS, Comparison, classification_metrics, compare
 from ..export import compare_runtimes
@@ -42,7 +49,9 @@ CV_METRICS = METRIC_KEYS + ("in_scope_accuracy", "out_of_scope_recall")
 MISSES_SHOWN = 20  # test-set mistakes listed in `validate --test` (the JSON lists every one)
 
 
-def check_test_set(registry: Any, settings: Any, version: str | None = None, path: Path | None = None) -> dict[str, Any]:
+def check_test_set(
+    registry: Any, settings: Any, version: str | None = None, path: Path | None = None
+) -> dict[str, Any]:
     """What `validate --test` scores, checked before anything runs: the version, the test set (``path``, else
     the one its training data was prepared with, recorded in its data/dataset.json, else the shipped default)
     and notes. DataError when there is no test set, when it names an intent the classifier lacks, or when the
@@ -52,34 +61,49 @@ def check_test_set(registry: Any, settings: Any, version: str | None = None, pat
         raise RegistryError(f"version {info.name} has no intent classifier to test")
     recorded: dict[str, Any] = {}
     try:
-        recorded = (json.loads((info.path / "data" / DATASET_FILE).read_text("utf-8")).get("test_set") or {})
+        recorded = json.loads((info.path / "data" / DATASET_FILE).read_text("utf-8")).get("test_set") or {}
     except (OSError, ValueError):
         pass
     notes: list[str] = []
     if path is None:
         candidate = Path(recorded["path"]) if recorded.get("path") else DEFAULT_TEST_SET
         if not candidate.is_file():
-            raise DataError(f"no independent test set for {info.name} ({candidate} not found)",
-                            hint="give one: hotelbot validate --test --test-set FILE (JSONL of {text, intent})")
+            raise DataError(
+                f"no independent test set for {info.name} ({candidate} not found)",
+                hint="give one: hotelbot validate --test --test-set FILE (JSONL of {text, intent})",
+            )
         path = candidate
     test = read_test_set(Path(path))
-    if recorded.get("sha256") and Path(recorded.get("path", "")).resolve() == test.path and recorded["sha256"] != test.sha256:
+    if (
+        recorded.get("sha256")
+        and Path(recorded.get("path", "")).resolve() == test.path
+        and recorded["sha256"] != test.sha256
+    ):
         notes.append(f"{path} changed since {info.name}'s data was prepared")
     unknown = sorted({e.intent for e in test.examples} - set(info.metadata.get("labels") or []))
     if info.metadata.get("labels") and unknown:
-        raise DataError(f"{path}: intent(s) {info.name}'s classifier does not know: {', '.join(unknown)}",
-                        hint="test a version trained on these intents, or drop them from the test set")
+        raise DataError(
+            f"{path}: intent(s) {info.name}'s classifier does not know: {', '.join(unknown)}",
+            hint="test a version trained on these intents, or drop them from the test set",
+        )
     trained = [e for name in (TRAIN_FILE, VALIDATION_FILE) for e in read_jsonl_examples(info.path / "data" / name)]
     seen = [e.text for e in shared_texts(test.examples, trained)]
     if seen:
-        raise DataError(f"{info.name} was trained or validated on {len(seen)} text(s) of the test set {path}: "
-                        + "; ".join(repr(s) for s in seen[:3]),
-                        hint="a test set must stay unseen: retrain on data prepared against it (hotelbot prepare)")
+        raise DataError(
+            f"{info.name} was trained or validated on {len(seen)} text(s) of the test set {path}: "
+            + "; ".join(repr(s) for s in seen[:3]),
+            hint="a test set must stay unseen: retrain on data prepared against it (hotelbot prepare)",
+        )
     return {"info": info, "test": test, "path": Path(path), "notes": notes}
 
 
-def evaluate_test_set(registry: Any, settings: Any, version: str | None = None, path: Path | None = None,
-                      checked: dict[str, Any] | None = None) -> dict[str, Any]:
+def evaluate_test_set(
+    registry: Any,
+    settings: Any,
+    version: str | None = None,
+    path: Path | None = None,
+    checked: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """`validate --test`: the version's intent classifier on the independent test set (:func:`check_test_set`,
     or ``checked``, its result), as served (the runtime and out-of-scope rule predict/serve use). Never
     recorded as the version's validation and never gated: choosing a version by it would make it a second
@@ -91,12 +115,20 @@ def evaluate_test_set(registry: Any, settings: Any, version: str | None = None, 
     predicted = predictor.predict_labels(texts)
     metrics = classification_metrics(truth, predicted, predictor.labels, settings.validation.metric)
     misses = [{"text": x, "intent": y, "predicted": p} for x, y, p in zip(texts, truth, predicted) if y != p]
-    return {"version": info.name, "test_set": str(path), "sha256": test.sha256, "runtime": predictor.runtime,
-            "out_of_scope_threshold": predictor.threshold, "out_of_scope_detector": predictor.detector.to_spec(),
-            "notes": notes, "misses": misses, **metrics}
+    return {
+        "version": info.name,
+        "test_set": str(path),
+        "sha256": test.sha256,
+        "runtime": predictor.runtime,
+        "out_of_scope_threshold": predictor.threshold,
+        "out_of_scope_detector": predictor.detector.to_spec(),
+        "notes": notes,
+        "misses": misses,
+        **metrics,
+    }
 
 
-def validate_components(info: "VersionInfo", settings: Any, recorded: bool = False) -> dict[str, dict[str, Any]]:
+def validate_components(info: VersionInfo, settings: Any, recorded: bool = False) -> dict[str, dict[str, Any]]:
     """Scores of the version's gated components other than the primary one (entities, sentiment, ...), each
     on its own validation split, reloaded from disk: {name: metrics with "metric" and "overall_score"}.
     With ``recorded`` (the deploy gate), the score training recorded for the same split and files where
@@ -112,17 +144,21 @@ def validate_components(info: "VersionInfo", settings: Any, recorded: bool = Fal
     return out
 
 
-def gate_components(info: "VersionInfo", settings: Any) -> dict[str, Any]:
+def gate_components(info: VersionInfo, settings: Any) -> dict[str, Any]:
     """The deploy gate for the components other than the primary one: each one's overall_score on its own
     validation split (as training recorded it) must reach MIN_VALIDATION_SCORE."""
     scores = validate_components(info, settings, recorded=True)
     failures = [f for name, m in scores.items() for f in get_component(name).gate_failures(m, settings.validation)]
-    return {"components": {name: {"metric": m["metric"], "overall_score": m["overall_score"]}
-                           for name, m in scores.items()},
-            "failures": failures, "passed": not failures}
+    return {
+        "components": {
+            name: {"metric": m["metric"], "overall_score": m["overall_score"]} for name, m in scores.items()
+        },
+        "failures": failures,
+        "passed": not failures,
+    }
 
 
-def primary_component(info: "VersionInfo") -> Any:
+def primary_component(info: VersionInfo) -> Any:
     """The version's primary component (the intent classifier) when it holds one, else None."""
     present = components_of(info)
     return next((c for c in registered() if c.primary and c.name in present), None)
@@ -157,8 +193,11 @@ class ValidationResult:
 
     @property
     def failures(self) -> list[str]:
-        out = [] if self.classifier_passed else [
-            f"{self.metrics['metric']} {self.overall_score:.4f} < MIN_VALIDATION_SCORE {self.min_score:.4f}"]
+        out = (
+            []
+            if self.classifier_passed
+            else [f"{self.metrics['metric']} {self.overall_score:.4f} < MIN_VALIDATION_SCORE {self.min_score:.4f}"]
+        )
         limits = self.validation or ValidationConfig(min_validation_score=self.min_score)
         out += [f for name, m in self.components.items() for f in get_component(name).gate_failures(m, limits)]
         return out
@@ -180,16 +219,23 @@ class ValidationResult:
             "metrics": self.metrics,
             "comparison": self.comparison.to_dict() if self.comparison else None,
             "not_compared": self.not_compared,
-            "components": {name: {"metric": m["metric"], "overall_score": m["overall_score"],
-                                  "passed": not get_component(name).gate_failures(
-                                      m, self.validation or ValidationConfig(min_validation_score=self.min_score)),
-                                  "metrics": m}
-                           for name, m in self.components.items()},
+            "components": {
+                name: {
+                    "metric": m["metric"],
+                    "overall_score": m["overall_score"],
+                    "passed": not get_component(name).gate_failures(
+                        m, self.validation or ValidationConfig(min_validation_score=self.min_score)
+                    ),
+                    "metrics": m,
+                }
+                for name, m in self.components.items()
+            },
         }
 
 
-def validate_version(registry: Any, version: str | None, settings: Any, data_dir: Any = None,
-                     gate: bool = False) -> ValidationResult:
+def validate_version(
+    registry: Any, version: str | None, settings: Any, data_dir: Any = None, gate: bool = False
+) -> ValidationResult:
     """Evaluate a saved version on a validation split; compare with the deployed version if any.
 
     The split is the version's own (stored at train time) unless ``data_dir`` names a prepared directory.
@@ -205,9 +251,16 @@ def validate_version(registry: Any, version: str | None, settings: Any, data_dir
         if not components:
             scored = ", ".join(c.name for c in registered() if c.gated)
             raise RegistryError(f"version {info.name} has no component to validate (scored: {scored})")
-        result = ValidationResult(info.name, {}, settings.validation.min_validation_score,
-                                  f"{info.name}: each component's own validation split", None, utc_now(), components,
-                                  validation=settings.validation)
+        result = ValidationResult(
+            info.name,
+            {},
+            settings.validation.min_validation_score,
+            f"{info.name}: each component's own validation split",
+            None,
+            utc_now(),
+            components,
+            validation=settings.validation,
+        )
         return _record(registry, settings, result)
     if data_dir is not None:
         examples = read_prepared(Path(data_dir)).validation
@@ -218,17 +271,22 @@ def validate_version(registry: Any, version: str | None, settings: Any, data_dir
     texts = [e.text for e in examples]
     truth = [e.intent for e in examples]
     predictor = load_predictor(info)  # the runtime predict/serve use (model/runtime.json, HOTELBOT_RUNTIME)
-    metrics = classification_metrics(truth, predictor.predict_labels(texts), predictor.labels,
-                                     settings.validation.metric)
+    metrics = classification_metrics(
+        truth, predictor.predict_labels(texts), predictor.labels, settings.validation.metric
+    )
     metrics["out_of_scope_threshold"] = predictor.threshold
     metrics["out_of_scope_detector"] = predictor.detector.to_spec()
     metrics["runtime"] = predictor.runtime
     # int8 against fp32 (and their difference in points vs the tolerance) on the same texts
-    metrics["runtimes"] = None if gate else compare_runtimes(
-        info, examples, tolerance_points=settings.validation.runtime_tolerance_points)
+    metrics["runtimes"] = (
+        None
+        if gate
+        else compare_runtimes(info, examples, tolerance_points=settings.validation.runtime_tolerance_points)
+    )
     if predictor.detector.threshold is not None and not gate:  # the gate judges the answers as served
-        argmax = classification_metrics(truth, predictor.predict_labels(texts, apply_threshold=False),
-                                        predictor.labels, settings.validation.metric)
+        argmax = classification_metrics(
+            truth, predictor.predict_labels(texts, apply_threshold=False), predictor.labels, settings.validation.metric
+        )
         metrics["argmax"] = {k: argmax[k] for k in CV_METRICS if k in argmax}
     comparison, not_compared = None, None
     current = registry.current_name()
@@ -238,11 +296,21 @@ def validate_version(registry: Any, version: str | None, settings: Any, data_dir
         except IntegrityError as exc:  # a corrupt deployed model must not block deploying a good one
             not_compared = f"the deployed {current} fails its checksums ({exc}); not compared"
         else:
-            ref_metrics = classification_metrics(truth, reference.predict_labels(texts), predictor.labels,
-                                                 settings.validation.metric)
+            ref_metrics = classification_metrics(
+                truth, reference.predict_labels(texts), predictor.labels, settings.validation.metric
+            )
             comparison = compare(metrics, ref_metrics, current)
-    result = ValidationResult(info.name, metrics, settings.validation.min_validation_score, source, comparison,
-                              utc_now(), components, not_compared, settings.validation)
+    result = ValidationResult(
+        info.name,
+        metrics,
+        settings.validation.min_validation_score,
+        source,
+        comparison,
+        utc_now(),
+        components,
+        not_compared,
+        settings.validation,
+    )
     return _record(registry, settings, result)
 
 
@@ -266,8 +334,9 @@ class VersionValidation:
         return {**self.result.to_dict(), **self.evaluations}
 
 
-def validate(registry: Any, settings: Any, version: str | None = None, data: Any = None,
-             options: dict[str, Any] | None = None) -> VersionValidation:
+def validate(
+    registry: Any, settings: Any, version: str | None = None, data: Any = None, options: dict[str, Any] | None = None
+) -> VersionValidation:
     """Everything `hotelbot validate` reports about a version: every component's ungated evaluation (each
     registered component with an evaluation_key that the version holds; ``options`` such as kb_eval go to
     them), then the gated scores (:func:`validate_version`). A version without a gated component passes and
@@ -282,27 +351,35 @@ def validate(registry: Any, settings: Any, version: str | None = None, data: Any
             evaluations[component.evaluation_key] = document
             warnings += said
     if not any(c.gated and c.name in present for c in registered()):
-        registry.record_validation(info.name, {"version": info.name, "passed": True, **evaluations,
-                                               "validated_at": utc_now()})
+        registry.record_validation(
+            info.name, {"version": info.name, "passed": True, **evaluations, "validated_at": utc_now()}
+        )
         return VersionValidation(info.name, None, evaluations, warnings)
     result = validate_version(registry, info.name, settings, data)
-    log.info("%s %s=%.4f min=%.2f passed=%s%s", result.version, result.to_dict()["metric"], result.overall_score,
-             result.min_score, result.passed,
-             "".join(f" {k}={v['overall_score']:.4f}" for k, v in result.components.items()))
+    log.info(
+        "%s %s=%.4f min=%.2f passed=%s%s",
+        result.version,
+        result.to_dict()["metric"],
+        result.overall_score,
+        result.min_score,
+        result.passed,
+        "".join(f" {k}={v['overall_score']:.4f}" for k, v in result.components.items()),
+    )
     return VersionValidation(info.name, result, evaluations, warnings)
 
 
 def _record(registry: Any, settings: Any, result: ValidationResult) -> ValidationResult:
     registry.record_validation(result.version, result.to_dict())
     stamp = result.validated_at.replace(":", "").replace("-", "").replace("+0000", "Z")
-    atomic_write_json(Path(settings.paths.reports) / "validation_reports" / f"{result.version}-{stamp}.json",
-                      result.to_dict())
+    atomic_write_json(
+        Path(settings.paths.reports) / "validation_reports" / f"{result.version}-{stamp}.json", result.to_dict()
+    )
     return result
 
 
-
-
-def cross_validate(registry: Any, version: str | None, settings: Any, folds: int, listener: Any = None) -> dict[str, Any]:
+def cross_validate(
+    registry: Any, version: str | None, settings: Any, folds: int, listener: Any = None
+) -> dict[str, Any]:
     """Stratified K-fold CV with the version's training config over its full data (train + validation).
 
     Each fold fine-tunes a fresh model from the base model (nothing is published). Returns the mean and
@@ -314,14 +391,16 @@ def cross_validate(registry: Any, version: str | None, settings: Any, folds: int
     if folds < 2:
         raise DataError("--cv needs at least 2 folds")
     info = registry.resolve(version or settings.model_version)
-    examples = read_jsonl_examples(info.path / "data" / TRAIN_FILE) + \
-        read_jsonl_examples(info.path / "data" / VALIDATION_FILE)
+    examples = read_jsonl_examples(info.path / "data" / TRAIN_FILE) + read_jsonl_examples(
+        info.path / "data" / VALIDATION_FILE
+    )
     y = [e.intent for e in examples]
     smallest = min(y.count(label) for label in set(y))
     if smallest < folds:
         raise DataError(f"--cv {folds}: the smallest intent has only {smallest} examples; use at most {smallest} folds")
-    cfg = TrainingConfig.from_dict((info.metadata.get("config") or {}).get("training_config")
-                                   or settings.training.to_dict())
+    cfg = TrainingConfig.from_dict(
+        (info.metadata.get("config") or {}).get("training_config") or settings.training.to_dict()
+    )
     labels = sorted(set(y))
     emit = emitter(listener)
     per_fold: list[dict[str, Any]] = []
@@ -334,8 +413,9 @@ def cross_validate(registry: Any, version: str | None, settings: Any, folds: int
             emit(TrainingEvent("status", message=f"fold {fold + 1}/{folds}"))
             train = [examples[i] for i in train_idx]
             validation = [examples[i] for i in val_idx]
-            fit = fit_classifier(cfg, settings.validation.metric, train, validation, labels,
-                                 settings.paths.models_dir, listener=listener)
+            fit = fit_classifier(
+                cfg, settings.validation.metric, train, validation, labels, settings.paths.models_dir, listener=listener
+            )
             cm = fit.metrics["confusion_matrix"]
             index = {label: i for i, label in enumerate(cm["labels"])}
             for a, true in enumerate(labels):
@@ -350,9 +430,20 @@ def cross_validate(registry: Any, version: str | None, settings: Any, folds: int
         for key in CV_METRICS + ("overall_score",):
             values = [r[key] for r in per_fold if r.get(key) is not None]
             if values:
-                summary[key] = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-                                "min": float(np.min(values)), "max": float(np.max(values))}
+                summary[key] = {
+                    "mean": float(np.mean(values)),
+                    "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                    "min": float(np.min(values)),
+                    "max": float(np.max(values)),
+                }
         tracker.log_metrics({f"cv_mean_{k}": v["mean"] for k, v in summary.items()}, step=folds)
-    return {"version": info.name, "folds": folds, "examples": len(examples), "metric": settings.validation.metric,
-            "summary": summary, "per_fold": per_fold,
-            "confusion_matrix": {"labels": labels, "matrix": matrix.tolist()}, "mlflow_run_id": tracker.run_id}
+    return {
+        "version": info.name,
+        "folds": folds,
+        "examples": len(examples),
+        "metric": settings.validation.metric,
+        "summary": summary,
+        "per_fold": per_fold,
+        "confusion_matrix": {"labels": labels, "matrix": matrix.tolist()},
+        "mlflow_run_id": tracker.run_id,
+    }

@@ -48,7 +48,7 @@ def record_name(record: dict[str, Any]) -> str:
     return f"{record['id']}-{record['version']}.json"
 
 
-def list_backups(registry: "ModelRegistry") -> list[dict[str, Any]]:
+def list_backups(registry: ModelRegistry) -> list[dict[str, Any]]:
     """Backup records, oldest first: pinned ones, and legacy archives whose .tar.gz is still there."""
     if not registry.backup_dir.is_dir():
         return []
@@ -67,12 +67,12 @@ def list_backups(registry: "ModelRegistry") -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: r["id"])
 
 
-def _next_id(registry: "ModelRegistry") -> str:
+def _next_id(registry: ModelRegistry) -> str:
     existing = [int(p.name[1:6]) for p in registry.backup_dir.glob("b*.json") if p.name[1:6].isdigit()]
     return f"b{(max(existing) + 1 if existing else 1):05d}"
 
 
-def remove_backup(registry: "ModelRegistry", record: dict[str, Any]) -> None:
+def remove_backup(registry: ModelRegistry, record: dict[str, Any]) -> None:
     """Delete a backup record (and a legacy archive); its blobs become garbage for ``gc`` if nothing else
     refers to them."""
     (registry.backup_dir / record_name(record)).unlink(missing_ok=True)
@@ -80,7 +80,7 @@ def remove_backup(registry: "ModelRegistry", record: dict[str, Any]) -> None:
         (registry.backup_dir / record["archive"]).unlink(missing_ok=True)
 
 
-def pin(registry: "ModelRegistry", info: "VersionInfo") -> int:
+def pin(registry: ModelRegistry, info: VersionInfo) -> int:
     """Make sure every file of ``info`` is in the blob store (links, no extra space). Lock held. Returns the
     number of files that were not there yet (a version written before the store existed)."""
     added = 0
@@ -91,7 +91,7 @@ def pin(registry: "ModelRegistry", info: "VersionInfo") -> int:
     return added
 
 
-def create_backup(registry: "ModelRegistry", name: str, reason: str, keep: int) -> dict[str, Any]:
+def create_backup(registry: ModelRegistry, name: str, reason: str, keep: int) -> dict[str, Any]:
     """Verify version ``name``, pin its blobs and write its backup record; keep the newest ``keep`` records.
 
     Call with the registry lock held. Raises IntegrityError when the version fails its checksums (a backup
@@ -103,12 +103,19 @@ def create_backup(registry: "ModelRegistry", name: str, reason: str, keep: int) 
     pinned_now = pin(registry, info)
     crashpoint("mid-backup")
     files = info.manifest.files
-    record = {"id": _next_id(registry), "version": name, "created_at": utc_now(), "reason": reason,
-              "format": BACKUP_FORMAT, "files": files,
-              "size_bytes": sum((info.path / rel).stat().st_size for rel in files),
-              "linked_into_store": pinned_now,
-              "metadata": info.metadata, "validation": registry.validation_of(name),
-              "metrics": info.metadata.get("metrics", {})}
+    record = {
+        "id": _next_id(registry),
+        "version": name,
+        "created_at": utc_now(),
+        "reason": reason,
+        "format": BACKUP_FORMAT,
+        "files": files,
+        "size_bytes": sum((info.path / rel).stat().st_size for rel in files),
+        "linked_into_store": pinned_now,
+        "metadata": info.metadata,
+        "validation": registry.validation_of(name),
+        "metrics": info.metadata.get("metrics", {}),
+    }
     path = registry.backup_dir / record_name(record)
     atomic_write_json(path, record)
     record.update(record=path.name, kind="pinned", stored_bytes=path.stat().st_size)
@@ -117,7 +124,7 @@ def create_backup(registry: "ModelRegistry", name: str, reason: str, keep: int) 
     return record
 
 
-def backup_problems(registry: "ModelRegistry", record: dict[str, Any], checked: dict[str, bool]) -> list[str]:
+def backup_problems(registry: ModelRegistry, record: dict[str, Any], checked: dict[str, bool]) -> list[str]:
     """What is wrong with one backup (empty: it can rebuild its version). ``checked`` memoises blob hashes
     across records (sha256 -> intact)."""
     if not is_pinned(record):
@@ -134,7 +141,7 @@ def backup_problems(registry: "ModelRegistry", record: dict[str, Any], checked: 
     return problems
 
 
-def restore_from_backup(registry: "ModelRegistry", name: str) -> "VersionInfo":
+def restore_from_backup(registry: ModelRegistry, name: str) -> VersionInfo:
     """Rebuild versions/``name`` from its newest usable backup; IntegrityError naming why none could."""
     candidates = [r for r in reversed(list_backups(registry)) if r["version"] == name]
     why: list[str] = []
@@ -160,7 +167,7 @@ def restore_from_backup(registry: "ModelRegistry", name: str) -> "VersionInfo":
     raise IntegrityError(f"version {name} is corrupt or missing and no backup can rebuild it{detail}")
 
 
-def _rebuild(registry: "ModelRegistry", record: dict[str, Any], restored: Path) -> list[str]:
+def _rebuild(registry: ModelRegistry, record: dict[str, Any], restored: Path) -> list[str]:
     """Write the version of ``record`` into ``restored`` (a path inside a staging dir); problems, or []."""
     if is_pinned(record):
         problems = registry.blobs.materialize(record.get("files", {}), restored)
@@ -181,5 +188,14 @@ def _rebuild(registry: "ModelRegistry", record: dict[str, Any], restored: Path) 
     return []
 
 
-__all__ = ["BACKUP_FORMAT", "backup_problems", "create_backup", "is_pinned", "list_backups", "pin",
-           "record_name", "remove_backup", "restore_from_backup"]
+__all__ = [
+    "BACKUP_FORMAT",
+    "backup_problems",
+    "create_backup",
+    "is_pinned",
+    "list_backups",
+    "pin",
+    "record_name",
+    "remove_backup",
+    "restore_from_backup",
+]

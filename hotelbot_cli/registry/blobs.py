@@ -100,13 +100,13 @@ class Blob:
 
 @dataclass
 class IngestStats:
-    stored: int = 0        # new contents added to the store
-    shared: int = 0        # files replaced by a link to a blob that already held their bytes
-    copied: int = 0        # contents stored by copying (no hard links on this filesystem)
+    stored: int = 0  # new contents added to the store
+    shared: int = 0  # files replaced by a link to a blob that already held their bytes
+    copied: int = 0  # contents stored by copying (no hard links on this filesystem)
     stored_bytes: int = 0  # bytes the new contents take
     shared_bytes: int = 0  # bytes NOT stored again thanks to sharing
 
-    def add(self, other: "IngestStats") -> None:
+    def add(self, other: IngestStats) -> None:
         for key, value in other.__dict__.items():
             setattr(self, key, getattr(self, key) + value)
 
@@ -193,8 +193,9 @@ class BlobStore:
             if not blob.is_file():
                 problems.append(f"{rel}: its blob {sha[:12]} is not in the store")
             elif sha256_file(blob) != sha:
-                problems.append(f"{rel}: its blob {sha[:12]} is corrupt (changed in place: every version sharing "
-                                "it is affected)")
+                problems.append(
+                    f"{rel}: its blob {sha[:12]} is corrupt (changed in place: every version sharing it is affected)"
+                )
         if problems:
             return problems
         for rel, sha in sorted(files.items()):

@@ -20,8 +20,11 @@ def checksum_tree(root: Path, exclude: tuple[str, ...] = (METADATA_FILE,)) -> di
 
 def tree_files(root: Path, exclude: tuple[str, ...] = (METADATA_FILE,)) -> list[str]:
     """POSIX relative path of every regular file below ``root`` (sorted), without reading them."""
-    return [rel for path in sorted(Path(root).rglob("*"))
-            if (rel := path.relative_to(root).as_posix()) not in exclude and path.is_file()]
+    return [
+        rel
+        for path in sorted(Path(root).rglob("*"))
+        if (rel := path.relative_to(root).as_posix()) not in exclude and path.is_file()
+    ]
 
 
 def _under(rel: str, prefixes: Iterable[str]) -> bool:
@@ -40,8 +43,7 @@ def file_problem(root: Path, rel: str, recorded: Mapping[str, str]) -> str | Non
     return None
 
 
-def component_problems(root: Path, recorded: Mapping[str, str],
-                       prefixes: Iterable[str]) -> tuple[list[str], list[str]]:
+def component_problems(root: Path, recorded: Mapping[str, str], prefixes: Iterable[str]) -> tuple[list[str], list[str]]:
     """The files present under ``prefixes`` (paths relative to ``root``: files or directories), and one
     "REL PROBLEM" line per file that is missing, unrecorded or fails its sha256, both sorted."""
     root, prefixes = Path(root), tuple(prefixes)
@@ -90,5 +92,6 @@ def version_problems(name: str, root: Path, recorded: Mapping[str, str]) -> list
 def require_no_problems(name: str, problems: Sequence[str]) -> None:
     """IntegrityError naming the first problem (deploy, rollback, predict and serve refuse such a version)."""
     if problems:
-        raise IntegrityError(f"version {name} failed its checksum check: {problems[0]}",
-                             hint="run `hotelbot verify` for the full list")
+        raise IntegrityError(
+            f"version {name} failed its checksum check: {problems[0]}", hint="run `hotelbot verify` for the full list"
+        )

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .store import ModelRegistry
 
 
-def referenced_blobs(registry: "ModelRegistry") -> set[str]:
+def referenced_blobs(registry: ModelRegistry) -> set[str]:
     """Every sha256 a version's manifest or a pinned backup record refers to."""
     shas: set[str] = set()
     for info in registry.list_versions():
@@ -52,7 +52,7 @@ class GcResult:
         return asdict(self)
 
 
-def collect_garbage(registry: "ModelRegistry", *, dry_run: bool = False, timeout: float | None = None) -> GcResult:
+def collect_garbage(registry: ModelRegistry, *, dry_run: bool = False, timeout: float | None = None) -> GcResult:
     """Delete the blobs that no version, no pinned backup and no in-progress build refers to.
 
     Holds the registry lock (waits up to ``timeout`` seconds for a running publish/deploy), first repairs
@@ -84,10 +84,10 @@ class MigrateResult:
     dry_run: bool
     versions: int = 0
     files: int = 0
-    already_stored: int = 0       # files that were links to their blob already
-    linked: int = 0               # files replaced by a link to a blob holding the same bytes (space freed)
-    stored: int = 0               # files that became the blob of their content
-    bytes_freed: int = 0          # what the shared files took before (with dry_run: would free)
+    already_stored: int = 0  # files that were links to their blob already
+    linked: int = 0  # files replaced by a link to a blob holding the same bytes (space freed)
+    stored: int = 0  # files that became the blob of their content
+    bytes_freed: int = 0  # what the shared files took before (with dry_run: would free)
     backups_converted: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
@@ -102,7 +102,7 @@ class MigrateResult:
         return {**asdict(self), "changed": self.changed}
 
 
-def migrate(registry: "ModelRegistry", *, dry_run: bool = False, timeout: float | None = None) -> MigrateResult:
+def migrate(registry: ModelRegistry, *, dry_run: bool = False, timeout: float | None = None) -> MigrateResult:
     """Move every version's files into the blob store (identical files become one) and convert legacy
     ``.tar.gz`` backups to pinned records. Files that fail their recorded checksum are left as they are
     and reported (``hotelbot verify`` lists them). Running it again changes nothing."""
@@ -126,8 +126,9 @@ def migrate(registry: "ModelRegistry", *, dry_run: bool = False, timeout: float 
     return result
 
 
-def _migrate_file(registry: "ModelRegistry", path: Path, label: str, sha: str, result: MigrateResult,
-                  planned: set[str]) -> None:
+def _migrate_file(
+    registry: ModelRegistry, path: Path, label: str, sha: str, result: MigrateResult, planned: set[str]
+) -> None:
     blob = registry.blobs.path(sha)
     if not path.is_file():
         result.problems.append(f"{label}: missing; left as it is")
@@ -150,8 +151,7 @@ def _migrate_file(registry: "ModelRegistry", path: Path, label: str, sha: str, r
         crashpoint("mid-migrate")
 
 
-def _convert_archive(registry: "ModelRegistry", record: dict[str, Any], result: MigrateResult,
-                     planned: set[str]) -> None:
+def _convert_archive(registry: ModelRegistry, record: dict[str, Any], result: MigrateResult, planned: set[str]) -> None:
     """A legacy .tar.gz backup -> a pinned record (same id), then the archive is deleted."""
     archive = registry.backup_dir / record["archive"]
     name = record["version"]
@@ -175,18 +175,27 @@ def _convert_archive(registry: "ModelRegistry", record: dict[str, Any], result: 
         metadata = _ingest_archive(registry, archive, name, files, result)
         if metadata is None:
             return
-    pinned = {"id": record["id"], "version": name, "created_at": record.get("created_at"),
-              "reason": record.get("reason", ""), "format": BACKUP_FORMAT, "files": files,
-              "size_bytes": record.get("size_bytes"), "converted_from": archive.name,
-              "metadata": metadata, "validation": registry.validation_of(name),
-              "metrics": record.get("metrics", metadata.get("metrics", {}))}
+    pinned = {
+        "id": record["id"],
+        "version": name,
+        "created_at": record.get("created_at"),
+        "reason": record.get("reason", ""),
+        "format": BACKUP_FORMAT,
+        "files": files,
+        "size_bytes": record.get("size_bytes"),
+        "converted_from": archive.name,
+        "metadata": metadata,
+        "validation": registry.validation_of(name),
+        "metrics": record.get("metrics", metadata.get("metrics", {})),
+    }
     atomic_write_json(registry.backup_dir / record_name(record), pinned)
     archive.unlink(missing_ok=True)
     result.backups_converted.append(archive.name)
 
 
-def _ingest_archive(registry: "ModelRegistry", archive: Path, name: str, files: dict[str, str],
-                    result: MigrateResult) -> dict[str, Any] | None:
+def _ingest_archive(
+    registry: ModelRegistry, archive: Path, name: str, files: dict[str, str], result: MigrateResult
+) -> dict[str, Any] | None:
     """Unpack a legacy archive whose version is gone or differs, store its files as blobs; its metadata."""
     with registry.staging() as unpack:
         try:

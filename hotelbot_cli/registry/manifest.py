@@ -23,7 +23,7 @@ class CarriedOver:
     components: tuple[str, ...] = ()
 
     @classmethod
-    def from_dict(cls, value: Any) -> "CarriedOver":
+    def from_dict(cls, value: Any) -> CarriedOver:
         if not isinstance(value, Mapping):
             return cls()
         return cls(value.get("from"), tuple(str(c) for c in value.get("components") or ()))

@@ -122,7 +122,8 @@ class ModelRegistry:
                         waited = "" if deadline is None else f" (waited {timeout:g}s)"
                         raise RegistryError(
                             f"another hotelbot process is changing the registry {self.root}{waited}; "
-                            "try again when it finishes") from None
+                            "try again when it finishes"
+                        ) from None
                     time.sleep(0.1)
             try:
                 yield
@@ -173,7 +174,7 @@ class ModelRegistry:
         canary = state.get("canary")  # a gradual deploy's second version (pipeline.canary)
         if canary is not None:
             if not isinstance(canary, dict) or not isinstance(canary.get("version"), str):
-                raise IntegrityError(f"{self.root / CURRENT_STATE}: its canary is not {{\"version\", \"weight\", ...}}")
+                raise IntegrityError(f'{self.root / CURRENT_STATE}: its canary is not {{"version", "weight", ...}}')
             check_version_name(canary["version"])
         state.setdefault("previous", [])
         return state
@@ -236,7 +237,7 @@ class ModelRegistry:
                 shutil.rmtree(build, ignore_errors=True) if build.is_dir() else build.unlink(missing_ok=True)
                 fixed.append(f"removed staging {build.name}")
             for owner in staging.glob("*" + OWNER_SUFFIX):
-                if not (staging / owner.name[:-len(OWNER_SUFFIX)]).exists() and not _owner_alive(owner):
+                if not (staging / owner.name[: -len(OWNER_SUFFIX)]).exists() and not _owner_alive(owner):
                     owner.unlink(missing_ok=True)
         return fixed
 
@@ -263,8 +264,9 @@ class ModelRegistry:
             state = self.current_state()
             earlier = [v for v in reversed(state.get("previous") or []) if v and v != state.get("version")]
             if not earlier:
-                raise VersionNotFoundError("no version was deployed before the current one",
-                                           hint="`hotelbot history` lists the deploys")
+                raise VersionNotFoundError(
+                    "no version was deployed before the current one", hint="`hotelbot history` lists the deploys"
+                )
             return self.get(earlier[0])
         if spec == "latest":
             latest = self.latest()
@@ -285,7 +287,7 @@ class ModelRegistry:
         # the owner file first, locked for the build's lifetime: repair() skips a build whose owner is alive
         fd, owner = tempfile.mkstemp(dir=base, prefix="build-", suffix=OWNER_SUFFIX)
         fcntl.flock(fd, fcntl.LOCK_EX)
-        path = Path(owner[:-len(OWNER_SUFFIX)])
+        path = Path(owner[: -len(OWNER_SUFFIX)])
         try:
             path.mkdir()
             yield path
@@ -340,8 +342,7 @@ class ModelRegistry:
     # ------------------------------------------------------------ history
     def append_history(self, event: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"at": utc_now(), "user": os.environ.get("USER", "unknown"), **event},
-                          ensure_ascii=False)
+        line = json.dumps({"at": utc_now(), "user": os.environ.get("USER", "unknown"), **event}, ensure_ascii=False)
         with open(self.root / HISTORY_FILE, "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
             handle.flush()

@@ -26,8 +26,15 @@ the section list), ``formatting`` (number and text helpers of the renderers), ``
 from ..errors import ReportError
 from .advice import recommendations
 from .build import build_report, build_report_from_dir
-from .files import (FORMATS, figures_dir_for, render, training_report_dir, write_report, write_report_files,
-                    write_training_report)
+from .files import (
+    FORMATS,
+    figures_dir_for,
+    render,
+    training_report_dir,
+    write_report,
+    write_report_files,
+    write_training_report,
+)
 from .html import render_html
 from .markdown import render_markdown
 from .report import METRIC_DIGITS, SECTION_KEYS, SECTIONS, Report, render_json
@@ -35,8 +42,24 @@ from .sections import confusion_order
 from .tracking import log_report_artifacts
 
 __all__ = [
-    "FORMATS", "SECTIONS", "SECTION_KEYS", "METRIC_DIGITS", "Report", "ReportError", "build_report",
-    "build_report_from_dir", "render_html", "render_markdown", "render_json", "render", "write_report",
-    "write_report_files", "write_training_report", "training_report_dir", "log_report_artifacts", "recommendations",
-    "confusion_order", "figures_dir_for",
+    "FORMATS",
+    "SECTIONS",
+    "SECTION_KEYS",
+    "METRIC_DIGITS",
+    "Report",
+    "ReportError",
+    "build_report",
+    "build_report_from_dir",
+    "render_html",
+    "render_markdown",
+    "render_json",
+    "render",
+    "write_report",
+    "write_report_files",
+    "write_training_report",
+    "training_report_dir",
+    "log_report_artifacts",
+    "recommendations",
+    "confusion_order",
+    "figures_dir_for",
 ]

@@ -19,8 +19,17 @@ from .advice import recommendations
 from .figures import make_figures
 from .other_components import component_report
 from .report import METRIC_DIGITS, Report
-from .sections import (_comparison_section, _confidence_section, _confusion_section, _data_section, _headline,
-                       _per_intent_section, _performance_section, _resources_section, _training_section)
+from .sections import (
+    _comparison_section,
+    _confidence_section,
+    _confusion_section,
+    _data_section,
+    _headline,
+    _per_intent_section,
+    _performance_section,
+    _resources_section,
+    _training_section,
+)
 
 
 def build_report(
@@ -38,9 +47,16 @@ def build_report(
     ``verify`` checks the version's checksums first (a corrupt model is refused, as ``predict`` does).
     """
     info = registry.resolve(version, verify=verify)
-    return build_report_from_dir(info.path, info.metadata, registry, version_name=info.name,
-                                 previous_n=previous_n, measure_latency=measure_latency, figures=figures,
-                                 min_score=min_score)
+    return build_report_from_dir(
+        info.path,
+        info.metadata,
+        registry,
+        version_name=info.name,
+        previous_n=previous_n,
+        measure_latency=measure_latency,
+        figures=figures,
+        min_score=min_score,
+    )
 
 
 def build_report_from_dir(
@@ -66,8 +82,10 @@ def build_report_from_dir(
     name = version_name or metadata.get("version") or "staged"
     notes: list[str] = []
     if not (path / "data" / "validation.jsonl").is_file() and component_report(path, metadata):
-        raise ReportError(f"{name} has no intent classifier (components: {', '.join(metadata.get('components', []))}); "
-                          "the report covers classifier versions: see `hotelbot validate --json` for its components")
+        raise ReportError(
+            f"{name} has no intent classifier (components: {', '.join(metadata.get('components', []))}); "
+            "the report covers classifier versions: see `hotelbot validate --json` for its components"
+        )
     metrics = _read_json(path / "metrics.json")
     history = _read_json(path / "training_history.json") or {}
     dataset = _read_json(path / "data" / "dataset.json") or {}
@@ -80,19 +98,32 @@ def build_report_from_dir(
     if not validation:
         raise ReportError(f"{path}: data/validation.jsonl is empty; cannot report on this version")
 
-    run = _run_model(path, name, validation, train, measure_latency=measure_latency, latency_texts=latency_texts,
-                     train_sample=train_sample)
+    run = _run_model(
+        path,
+        name,
+        validation,
+        train,
+        measure_latency=measure_latency,
+        latency_texts=latency_texts,
+        train_sample=train_sample,
+    )
     labels = list(run["labels"])
     if metrics is None:
-        metrics = classification_metrics([e.intent for e in validation], run["predicted"], labels,
-                                         (metadata.get("metrics") or {}).get("metric", "macro_f1"))
+        metrics = classification_metrics(
+            [e.intent for e in validation],
+            run["predicted"],
+            labels,
+            (metadata.get("metrics") or {}).get("metric", "macro_f1"),
+        )
         notes.append("metrics.json is missing: the metrics were recomputed from the model's predictions")
     else:
         rerun_acc = run["rerun_accuracy"]
         if abs(rerun_acc - float(metrics.get("accuracy", rerun_acc))) > 1e-9:
-            notes.append(f"re-running the model gives accuracy {rerun_acc:.{METRIC_DIGITS}f}, metrics.json says "
-                         f"{metrics['accuracy']:.{METRIC_DIGITS}f}; the tables show metrics.json, the examples and "
-                         "confidences come from the re-run")
+            notes.append(
+                f"re-running the model gives accuracy {rerun_acc:.{METRIC_DIGITS}f}, metrics.json says "
+                f"{metrics['accuracy']:.{METRIC_DIGITS}f}; the tables show metrics.json, the examples and "
+                "confidences come from the re-run"
+            )
 
     deployed, deployed_note = _deployed_name(registry)
     if deployed_note:
@@ -111,7 +142,7 @@ def build_report_from_dir(
     headline = _headline(name, metadata, metrics, deployed, threshold, path)
     report = Report(
         version=name,
-        generated_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        generated_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         source=str(path),
         headline=headline,
         data=data_sec,
@@ -152,8 +183,9 @@ def _deployed_name(registry: ModelRegistry | None) -> tuple[str | None, str | No
         return None, f"the deployed state could not be read: {exc}"
 
 
-def _run_model(path: Path, name: str, validation, train, *, measure_latency: bool, latency_texts: int,
-               train_sample: int) -> dict[str, Any]:
+def _run_model(
+    path: Path, name: str, validation, train, *, measure_latency: bool, latency_texts: int, train_sample: int
+) -> dict[str, Any]:
     """Predictions + confidences on the validation split, a train sample, latency of single texts."""
     predictor = TorchPredictor.from_version(VersionInfo(name, path, {}))
     labels = predictor.labels

@@ -96,8 +96,13 @@ def _fig_training(report: Report) -> bytes | None:
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
     if t["train_loss"]:
-        ax1.plot([r["epoch"] for r in t["train_loss"]], [r["loss"] for r in t["train_loss"]], color="#4c78a8",
-                 lw=1.2, label="training loss (per logging step)")
+        ax1.plot(
+            [r["epoch"] for r in t["train_loss"]],
+            [r["loss"] for r in t["train_loss"]],
+            color="#4c78a8",
+            lw=1.2,
+            label="training loss (per logging step)",
+        )
     ep = [e for e in t["epochs"] if e.get("loss") is not None]
     if ep:
         ax1.plot([e["epoch"] for e in ep], [e["loss"] for e in ep], "o-", color="#e45756", label="validation loss")
@@ -109,8 +114,13 @@ def _fig_training(report: Report) -> bytes | None:
     for key, style, color in (("macro_f1", "o-", "#54a24b"), ("accuracy", "s--", "#b279a2")):
         pts = [e for e in t["epochs"] if e.get(key) is not None]
         if pts:
-            ax2.plot([e["epoch"] for e in pts], [e[key] for e in pts], style, color=color,
-                     label=f"validation {key.replace('_', '-')}")
+            ax2.plot(
+                [e["epoch"] for e in pts],
+                [e[key] for e in pts],
+                style,
+                color=color,
+                label=f"validation {key.replace('_', '-')}",
+            )
     if t.get("best_epoch") is not None:
         ax2.axvline(t["best_epoch"], color="#999", ls=":", lw=1, label=f"kept epoch {t['best_epoch']:g}")
     ax2.set_ylim(0, 1.02)
@@ -154,8 +164,16 @@ def _fig_confusion(report: Report) -> bytes | None:
             v = norm[i, j]
             if v > 0:
                 dark = (v > 0.55) if i == j else (v > 0.6 * max(off_max, 0.05))
-                ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=font,
-                        color="white" if dark else "#222", fontweight="bold" if i != j else "normal")
+                ax.text(
+                    j,
+                    i,
+                    f"{100 * v:.0f}",
+                    ha="center",
+                    va="center",
+                    fontsize=font,
+                    color="white" if dark else "#222",
+                    fontweight="bold" if i != j else "normal",
+                )
     ax.set_xticks(range(n), names, rotation=60, ha="right", rotation_mode="anchor", fontsize=font + 1)
     ax.set_yticks(range(n), names, fontsize=font + 1)
     ax.set_xlabel("predicted intent", fontsize=11)
@@ -191,8 +209,13 @@ def _fig_confidence(report: Report) -> bytes | None:
         if threshold is not None:
             ax.axvline(threshold, color="#333", ls="--", lw=1.2, label=f"out_of_scope threshold {threshold:.2f}")
         if suggestion and (threshold is None or abs(suggestion["threshold"] - threshold) > 1e-9):
-            ax.axvline(suggestion["threshold"], color="#888", ls=":", lw=1.4,
-                       label=f"suggested threshold {suggestion['threshold']:.2f}")
+            ax.axvline(
+                suggestion["threshold"],
+                color="#888",
+                ls=":",
+                lw=1.4,
+                label=f"suggested threshold {suggestion['threshold']:.2f}",
+            )
     if threshold is not None or suggestion:
         ax1.legend(loc="upper left", fontsize=9, frameon=False)
     fig.tight_layout()
@@ -203,10 +226,12 @@ def _fig_resources(report: Report, series: dict[str, list[tuple[float, float]]])
     if not series:
         return None
     plt = _plt()
-    groups = [("CPU (%)", [k for k in ("system/cpu_percent",) if k in series]),
-              ("memory (MB)", [k for k in ("system/ram_used_mb", "system/process_rss_mb") if k in series]),
-              ("GPU utilisation (%)", sorted(k for k in series if k.endswith("_utilization_percent"))),
-              ("GPU memory (MB)", sorted(k for k in series if k.startswith("system/gpu") and k.endswith("_memory_used_mb")))]
+    groups = [
+        ("CPU (%)", [k for k in ("system/cpu_percent",) if k in series]),
+        ("memory (MB)", [k for k in ("system/ram_used_mb", "system/process_rss_mb") if k in series]),
+        ("GPU utilisation (%)", sorted(k for k in series if k.endswith("_utilization_percent"))),
+        ("GPU memory (MB)", sorted(k for k in series if k.startswith("system/gpu") and k.endswith("_memory_used_mb"))),
+    ]
     groups = [(title, keys) for title, keys in groups if keys]
     fig, axes = plt.subplots(len(groups), 1, figsize=(10, 2.3 * len(groups) + 0.6), sharex=True, squeeze=False)
     for ax, (title, keys) in zip(axes[:, 0], groups):
@@ -235,8 +260,7 @@ def _fig_deltas(report: Report) -> bytes | None:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(9, max(2.5, 0.24 * len(items) + 1.0)))
-    ax.barh(range(len(items)), [v for _, v in items],
-            color=["#e45756" if v < 0 else "#54a24b" for _, v in items])
+    ax.barh(range(len(items)), [v for _, v in items], color=["#e45756" if v < 0 else "#54a24b" for _, v in items])
     ax.set_yticks(range(len(items)), [k for k, _ in items], fontsize=9)
     ax.axvline(0, color="#333", lw=0.8)
     ax.set_xlabel(f"F1 of {report.version} minus F1 of {ref['version']}")

@@ -56,7 +56,8 @@ def _num(value: Any) -> str:
 
 def _errors_phrase(n: int) -> str:
     return {0: "No validation text is misclassified", 1: "1 validation text is misclassified"}.get(
-        n, f"{n} validation texts are misclassified")
+        n, f"{n} validation texts are misclassified"
+    )
 
 
 def _pairs(items: Iterable[dict[str, Any]]) -> str:
@@ -72,13 +73,20 @@ def _overall_rows(report: Report) -> list[tuple[str, str]]:
 def _summary_lines(report: Report) -> list[str]:
     h = report.headline
     label = "staged build, not yet published" if report.version == "staged" else f"version {report.version}"
-    lines = [label + (" (deployed)" if h["is_deployed"] else
-                                           f" (deployed: {h['deployed_version']})" if h["deployed_version"] else
-                                           " (nothing deployed)"),
-             f"base model: {h.get('base_model') or '-'}",
-             f"created: {h.get('created_at') or '-'}; report generated {report.generated_at}",
-             f"validation: {h.get('num_examples') or '-'} texts, {h.get('num_labels')} intents; "
-             f"overall_score = {h.get('metric')}"]
+    lines = [
+        label
+        + (
+            " (deployed)"
+            if h["is_deployed"]
+            else f" (deployed: {h['deployed_version']})"
+            if h["deployed_version"]
+            else " (nothing deployed)"
+        ),
+        f"base model: {h.get('base_model') or '-'}",
+        f"created: {h.get('created_at') or '-'}; report generated {report.generated_at}",
+        f"validation: {h.get('num_examples') or '-'} texts, {h.get('num_labels')} intents; "
+        f"overall_score = {h.get('metric')}",
+    ]
     if h.get("out_of_scope_threshold") is not None:
         lines.append(f"out_of_scope threshold: {h['out_of_scope_threshold']:.2f}")
     if str(h.get("out_of_scope_detector") or "").startswith("kNN"):  # softmax: the threshold line says it

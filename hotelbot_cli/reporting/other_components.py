@@ -34,64 +34,117 @@ def _component_facts(c: dict[str, Any]) -> list[tuple[str, str]]:
     """Key facts of one component of the report (see component_report), for HTML and Markdown."""
     h, kind = c["headline"], c.get("kind", "labels")
     carried = ("carried over from", c["carried_from"] or "- (built for this version)")
-    sizes = ("train / validation", f"{c['dataset'].get('train_size', '-')} / {c['dataset'].get('validation_size', '-')}")
+    sizes = (
+        "train / validation",
+        f"{c['dataset'].get('train_size', '-')} / {c['dataset'].get('validation_size', '-')}",
+    )
     seconds = c["training"].get("duration_seconds")
     took = ("training time", f"{seconds} s" if seconds is not None else "-")
     if kind == "retrieval":
-        return [("documents / chunks", f"{h.get('documents', '-')} / {h.get('chunks', '-')}"),
-                ("embedding model", c["base_model"] or "-"), ("dimensions", str(h.get("dim", "-"))),
-                ("build time", f"{seconds} s" if seconds is not None else "-"),
-                ("embedded / reused chunks", f"{h.get('embedded_chunks', '-')} / {h.get('reused_chunks', '-')}"),
-                ("retrieval quality", "hotelbot validate --kb-eval"), carried]
+        return [
+            ("documents / chunks", f"{h.get('documents', '-')} / {h.get('chunks', '-')}"),
+            ("embedding model", c["base_model"] or "-"),
+            ("dimensions", str(h.get("dim", "-"))),
+            ("build time", f"{seconds} s" if seconds is not None else "-"),
+            ("embedded / reused chunks", f"{h.get('embedded_chunks', '-')} / {h.get('reused_chunks', '-')}"),
+            ("retrieval quality", "hotelbot validate --kb-eval"),
+            carried,
+        ]
     if kind == "replies":
         ranker = c.get("ranker") or {}
         kinds = ", ".join(f"{k} {v}" for k, v in (c.get("kinds") or {}).items()) or "-"
-        return [("overall", f"fact accuracy {_f(h.get('fact_accuracy'))}, unsupported-fact rate "
-                            f"{_f(h.get('unsupported_fact_rate'))} on {c.get('num_questions', '-')} evaluation "
-                            "questions (the nearest training reply beside it)"),
-                ("sentence ranker", f"top-1 {_f(ranker.get('top1_accuracy'))} (embedding cosine alone "
-                                    f"{_f(ranker.get('baseline_cosine_top1'))}), MRR {_f(ranker.get('mrr'))} on "
-                                    f"{ranker.get('questions', '-')} validation questions"),
-                ("replies by kind", kinds), ("knowledge base", c.get("knowledge_version") or "-"),
-                ("training time", f"{seconds} s" if seconds is not None else "-"), carried]
+        return [
+            (
+                "overall",
+                f"fact accuracy {_f(h.get('fact_accuracy'))}, unsupported-fact rate "
+                f"{_f(h.get('unsupported_fact_rate'))} on {c.get('num_questions', '-')} evaluation "
+                "questions (the nearest training reply beside it)",
+            ),
+            (
+                "sentence ranker",
+                f"top-1 {_f(ranker.get('top1_accuracy'))} (embedding cosine alone "
+                f"{_f(ranker.get('baseline_cosine_top1'))}), MRR {_f(ranker.get('mrr'))} on "
+                f"{ranker.get('questions', '-')} validation questions",
+            ),
+            ("replies by kind", kinds),
+            ("knowledge base", c.get("knowledge_version") or "-"),
+            ("training time", f"{seconds} s" if seconds is not None else "-"),
+            carried,
+        ]
     if kind == "generation":
         grounding = c.get("grounding") or {}
         generation = c.get("generation") or {}
         decoding = ", ".join(f"{k} {v}" for k, v in generation.items() if v not in (None, False)) or "-"
-        facts = [("overall", f"BLEU {_f(h.get('bleu'), 2)} vs {_f(c['baseline'].get('bleu'), 2)} for the "
-                             f"retrieval-only baseline (same {c.get('num_examples', '-')} validation pairs)"),
-                 ("architecture", c.get("architecture") or "-"), ("base model", c["base_model"] or "-"), sizes, took,
-                 ("grounding", f"top {grounding.get('passages')} passages of {c.get('knowledge_version')}; the "
-                               f"reference's document retrieved for {_pct(grounding.get('source_hit_rate'))} of "
-                               "the pairs" if c.get("grounded") and grounding else "none (no knowledge base)"),
-                 ("decoding", decoding), carried]
+        facts = [
+            (
+                "overall",
+                f"BLEU {_f(h.get('bleu'), 2)} vs {_f(c['baseline'].get('bleu'), 2)} for the "
+                f"retrieval-only baseline (same {c.get('num_examples', '-')} validation pairs)",
+            ),
+            ("architecture", c.get("architecture") or "-"),
+            ("base model", c["base_model"] or "-"),
+            sizes,
+            took,
+            (
+                "grounding",
+                f"top {grounding.get('passages')} passages of {c.get('knowledge_version')}; the "
+                f"reference's document retrieved for {_pct(grounding.get('source_hit_rate'))} of "
+                "the pairs"
+                if c.get("grounded") and grounding
+                else "none (no knowledge base)",
+            ),
+            ("decoding", decoding),
+            carried,
+        ]
         if c.get("bleu_signature"):
             facts.append(("BLEU signature", c["bleu_signature"]))
         return facts
-    return [("overall score", f"{_f(h.get('overall_score'))} ({h.get('metric')})"),
-            ("base model", c["base_model"] or "-"), sizes, took, carried]
+    return [
+        ("overall score", f"{_f(h.get('overall_score'))} ({h.get('metric')})"),
+        ("base model", c["base_model"] or "-"),
+        sizes,
+        took,
+        carried,
+    ]
 
 
 def _component_table(c: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]], tuple[int, ...]]:
     if c.get("kind") == "replies":
-        return (["metric", "replies", "nearest training reply"],
-                [(row["metric"], _f(row["replies"]), _f(row["baseline"]) if row["baseline"] is not None else "-")
-                 for row in c["rows"]], (1, 2))
+        return (
+            ["metric", "replies", "nearest training reply"],
+            [
+                (row["metric"], _f(row["replies"]), _f(row["baseline"]) if row["baseline"] is not None else "-")
+                for row in c["rows"]
+            ],
+            (1, 2),
+        )
     if c.get("kind") == "generation":
-        return (["metric", "generator", "retrieval baseline"],
-                [(row["metric"], _f(row["generator"]), _f(row["baseline"]) if row["baseline"] is not None else "-")
-                 for row in c["rows"]], (1, 2))
-    return (["label", "precision", "recall", "F1", "support"],
-            [(row["label"], _f(row["precision"]), _f(row["recall"]), _f(row["f1"]), row["support"])
-             for row in c["rows"]], (1, 2, 3, 4))
+        return (
+            ["metric", "generator", "retrieval baseline"],
+            [
+                (row["metric"], _f(row["generator"]), _f(row["baseline"]) if row["baseline"] is not None else "-")
+                for row in c["rows"]
+            ],
+            (1, 2),
+        )
+    return (
+        ["label", "precision", "recall", "F1", "support"],
+        [(row["label"], _f(row["precision"]), _f(row["recall"]), _f(row["f1"]), row["support"]) for row in c["rows"]],
+        (1, 2, 3, 4),
+    )
 
 
 def _component_samples(c: dict[str, Any]) -> tuple[str, list[str], list[tuple[Any, ...]]]:
     """(title, header, rows) of a component's sample replies ([] rows when it has none)."""
     samples = c.get("samples") or []
     if c.get("kind") == "replies":
-        return ("Sample replies (evaluation questions)", ["question", "reply", "kind", "missing facts"],
-                [(x["message"], x["reply"], x["kind"], ", ".join(x.get("missing_facts") or []) or "-")
-                 for x in samples])
-    return ("Sample replies (validation)", ["message", "reference", "generated", "retrieval baseline"],
-            [(x["message"], x["reference"], x["generated"], x["baseline"]) for x in samples])
+        return (
+            "Sample replies (evaluation questions)",
+            ["question", "reply", "kind", "missing facts"],
+            [(x["message"], x["reply"], x["kind"], ", ".join(x.get("missing_facts") or []) or "-") for x in samples],
+        )
+    return (
+        "Sample replies (validation)",
+        ["message", "reference", "generated", "retrieval baseline"],
+        [(x["message"], x["reference"], x["generated"], x["baseline"]) for x in samples],
+    )

@@ -27,8 +27,16 @@ SECTIONS: tuple[tuple[str, str], ...] = (
 SECTION_KEYS = tuple(sid.replace("-", "_") for sid, _ in SECTIONS)
 
 METRIC_DIGITS = 4  # every metric is rendered with this many decimals in HTML and Markdown
-OVERALL_KEYS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1", "overall_score",
-                "in_scope_accuracy", "out_of_scope_recall")
+OVERALL_KEYS = (
+    "accuracy",
+    "macro_precision",
+    "macro_recall",
+    "macro_f1",
+    "weighted_f1",
+    "overall_score",
+    "in_scope_accuracy",
+    "out_of_scope_recall",
+)
 SYSTEM_SERIES = {
     "system/cpu_percent": "CPU %",
     "system/ram_used_mb": "RAM used (MB)",

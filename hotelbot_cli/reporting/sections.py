@@ -35,8 +35,14 @@ def _percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def _headline(name: str, metadata: dict[str, Any], metrics: dict[str, Any], deployed: str | None,
-              threshold: float | None, path: Path) -> dict[str, Any]:
+def _headline(
+    name: str,
+    metadata: dict[str, Any],
+    metrics: dict[str, Any],
+    deployed: str | None,
+    threshold: float | None,
+    path: Path,
+) -> dict[str, Any]:
     base = metadata.get("base_model") or {}
     return {
         "version": name,
@@ -56,13 +62,20 @@ def _headline(name: str, metadata: dict[str, Any], metrics: dict[str, Any], depl
     }
 
 
-def _data_section(dataset: dict[str, Any], train, validation, labels: list[str],
-                  metadata: dict[str, Any]) -> dict[str, Any]:
+def _data_section(
+    dataset: dict[str, Any], train, validation, labels: list[str], metadata: dict[str, Any]
+) -> dict[str, Any]:
     train_counts = Counter(e.intent for e in train)
     val_counts = Counter(e.intent for e in validation)
     all_labels = sorted(set(labels) | set(train_counts) | set(val_counts))
-    per_intent = {label: {"train": train_counts.get(label, 0), "validation": val_counts.get(label, 0),
-                          "total": train_counts.get(label, 0) + val_counts.get(label, 0)} for label in all_labels}
+    per_intent = {
+        label: {
+            "train": train_counts.get(label, 0),
+            "validation": val_counts.get(label, 0),
+            "total": train_counts.get(label, 0) + val_counts.get(label, 0),
+        }
+        for label in all_labels
+    }
     totals = [v["total"] for v in per_intent.values() if v["total"]]
     ratio = (max(totals) / min(totals)) if totals else None
     return {
@@ -78,22 +91,28 @@ def _data_section(dataset: dict[str, Any], train, validation, labels: list[str],
     }
 
 
-def _training_section(history: dict[str, Any], metadata: dict[str, Any], metrics: dict[str, Any],
-                      run: dict[str, Any]) -> dict[str, Any]:
+def _training_section(
+    history: dict[str, Any], metadata: dict[str, Any], metrics: dict[str, Any], run: dict[str, Any]
+) -> dict[str, Any]:
     epochs = [
-        {k: e.get(k) for k in ("epoch", "step", "loss", "accuracy", "macro_f1", "macro_precision", "macro_recall",
-                                "weighted_f1") if k in e}
+        {
+            k: e.get(k)
+            for k in ("epoch", "step", "loss", "accuracy", "macro_f1", "macro_precision", "macro_recall", "weighted_f1")
+            if k in e
+        }
         for e in history.get("epochs") or []
     ]
-    train_loss = [{"step": r.get("step"), "epoch": r.get("epoch"), "loss": r["loss"],
-                   "learning_rate": r.get("learning_rate")}
-                  for r in history.get("log") or [] if isinstance(r.get("loss"), (int, float))]
+    train_loss = [
+        {"step": r.get("step"), "epoch": r.get("epoch"), "loss": r["loss"], "learning_rate": r.get("learning_rate")}
+        for r in history.get("log") or []
+        if isinstance(r.get("loss"), (int, float))
+    ]
     training = metadata.get("training") or {}
-    config = ((metadata.get("config") or {}).get("training_config") or {})
+    config = (metadata.get("config") or {}).get("training_config") or {}
     configured = config.get("epochs")
     epochs_run = training.get("epochs_run", epochs[-1]["epoch"] if epochs else None)
     patience = config.get("early_stopping_patience")
-    early_stopped = (configured is not None and epochs_run is not None and float(epochs_run) < float(configured) - 1e-6)
+    early_stopped = configured is not None and epochs_run is not None and float(epochs_run) < float(configured) - 1e-6
     best_epoch = (metadata.get("metrics") or {}).get("best_epoch")
     if best_epoch is None and epochs:
         best_epoch = max(epochs, key=lambda e: e.get("macro_f1") or 0).get("epoch")
@@ -156,8 +175,9 @@ def confusion_order(labels: Sequence[str], matrix: Sequence[Sequence[int]]) -> l
     except ImportError:  # pragma: no cover - scipy comes with scikit-learn
         return alphabetical
     # Alphabetical input order makes ties (most pairs are never confused) resolve by name.
-    dist = [[0.0 if i == j else 1.0 - sym[a][b] for j, b in enumerate(alphabetical)]
-            for i, a in enumerate(alphabetical)]
+    dist = [
+        [0.0 if i == j else 1.0 - sym[a][b] for j, b in enumerate(alphabetical)] for i, a in enumerate(alphabetical)
+    ]
     tree = linkage(squareform(dist, checks=False), method="average", optimal_ordering=True)
     return [alphabetical[i] for i in leaves_list(tree).tolist()]
 
@@ -170,8 +190,14 @@ def _confusion_section(metrics: dict[str, Any]) -> dict[str, Any]:
         total = sum(matrix[i]) if i < len(matrix) else 0
         for j, pred in enumerate(labels):
             if i != j and matrix[i][j]:
-                pairs.append({"true": true, "predicted": pred, "count": matrix[i][j],
-                              "share_of_true": matrix[i][j] / total if total else None})
+                pairs.append(
+                    {
+                        "true": true,
+                        "predicted": pred,
+                        "count": matrix[i][j],
+                        "share_of_true": matrix[i][j] / total if total else None,
+                    }
+                )
     pairs.sort(key=lambda p: (-p["count"], p["true"], p["predicted"]))
     return {
         "labels": labels,
@@ -184,47 +210,55 @@ def _confusion_section(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _per_intent_section(metrics: dict[str, Any], validation, run: dict[str, Any],
-                        data_sec: dict[str, Any]) -> list[dict[str, Any]]:
+def _per_intent_section(
+    metrics: dict[str, Any], validation, run: dict[str, Any], data_sec: dict[str, Any]
+) -> list[dict[str, Any]]:
     labels, matrix = _matrix(metrics)
     index = {label: i for i, label in enumerate(labels)}
     wrong: dict[str, list[dict[str, Any]]] = {}
     for example, pred, conf in zip(validation, run["predicted"], run["confidences"]):
         if pred != example.intent:
-            wrong.setdefault(example.intent, []).append({"text": example.text, "predicted": pred,
-                                                         "confidence": conf})
+            wrong.setdefault(example.intent, []).append({"text": example.text, "predicted": pred, "confidence": conf})
     rows = []
     for label, stats in (metrics.get("per_intent") or {}).items():
         i = index.get(label)
         confused_with, mistaken_for_it = [], []
         if i is not None:
-            confused_with = sorted(({"intent": labels[j], "count": matrix[i][j]} for j in range(len(labels))
-                                    if j != i and matrix[i][j]), key=lambda d: (-d["count"], d["intent"]))
-            mistaken_for_it = sorted(({"intent": labels[j], "count": matrix[j][i]} for j in range(len(labels))
-                                      if j != i and matrix[j][i]), key=lambda d: (-d["count"], d["intent"]))
+            confused_with = sorted(
+                ({"intent": labels[j], "count": matrix[i][j]} for j in range(len(labels)) if j != i and matrix[i][j]),
+                key=lambda d: (-d["count"], d["intent"]),
+            )
+            mistaken_for_it = sorted(
+                ({"intent": labels[j], "count": matrix[j][i]} for j in range(len(labels)) if j != i and matrix[j][i]),
+                key=lambda d: (-d["count"], d["intent"]),
+            )
         examples = sorted(wrong.get(label, []), key=lambda d: -d["confidence"])[:3]
         counts = data_sec["examples_per_intent"].get(label, {})
-        rows.append({
-            "intent": label,
-            "precision": stats.get("precision"),
-            "recall": stats.get("recall"),
-            "f1": stats.get("f1"),
-            "support": stats.get("support"),
-            "train_examples": counts.get("train"),
-            "confused_with": confused_with[:3],
-            "mistaken_for_it": mistaken_for_it[:3],
-            "misclassified_examples": examples,
-        })
+        rows.append(
+            {
+                "intent": label,
+                "precision": stats.get("precision"),
+                "recall": stats.get("recall"),
+                "f1": stats.get("f1"),
+                "support": stats.get("support"),
+                "train_examples": counts.get("train"),
+                "confused_with": confused_with[:3],
+                "mistaken_for_it": mistaken_for_it[:3],
+                "misclassified_examples": examples,
+            }
+        )
     rows.sort(key=lambda r: (r["f1"] if r["f1"] is not None else 0.0, r["recall"] or 0.0, r["intent"]))
     return rows
 
 
 def _confidence_stats(values: Sequence[float]) -> dict[str, Any]:
-    return {"count": len(values),
-            "mean": statistics.fmean(values) if values else None,
-            "median": _percentile(values, 50),
-            "p5": _percentile(values, 5),
-            "p95": _percentile(values, 95)}
+    return {
+        "count": len(values),
+        "mean": statistics.fmean(values) if values else None,
+        "median": _percentile(values, 50),
+        "p5": _percentile(values, 5),
+        "p95": _percentile(values, 95),
+    }
 
 
 def _threshold_effect(truth, predicted, confidences, threshold: float) -> dict[str, Any]:
@@ -270,8 +304,14 @@ def _confidence_section(validation, run: dict[str, Any], labels: list[str], thre
 
 def _resources_section(metadata: dict[str, Any]) -> dict[str, Any]:
     uri, run_id = metadata.get("mlflow_tracking_uri"), metadata.get("mlflow_run_id")
-    out: dict[str, Any] = {"available": False, "tracking_uri": uri, "run_id": run_id, "series": {}, "note": None,
-                           "hardware": metadata.get("hardware") or {}}
+    out: dict[str, Any] = {
+        "available": False,
+        "tracking_uri": uri,
+        "run_id": run_id,
+        "series": {},
+        "note": None,
+        "hardware": metadata.get("hardware") or {},
+    }
     if not uri or not run_id:
         out["note"] = "no MLflow run is recorded in this version's metadata, so no resource usage is available"
         return out
@@ -282,7 +322,9 @@ def _resources_section(metadata: dict[str, Any]) -> dict[str, Any]:
     try:
         series = _system_series(uri, run_id)
     except Exception as exc:  # noqa: BLE001 - mlflow raises many types; a report without this section is fine
-        out["note"] = f"the MLflow run {run_id} could not be read from {uri}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        out["note"] = (
+            f"the MLflow run {run_id} could not be read from {uri}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        )
         return out
     if not series:
         out["note"] = f"the MLflow run {run_id} holds no system metrics"
@@ -291,10 +333,14 @@ def _resources_section(metadata: dict[str, Any]) -> dict[str, Any]:
     out["available"] = True
     for key, points in series.items():
         values = [v for _, v in points]
-        out["series"][key] = {"label": SYSTEM_SERIES.get(key, key.split("/", 1)[-1].replace("_", " ")),
-                              "points": len(values), "min": min(values), "max": max(values),
-                              "mean": statistics.fmean(values),
-                              "duration_seconds": points[-1][0] - points[0][0]}
+        out["series"][key] = {
+            "label": SYSTEM_SERIES.get(key, key.split("/", 1)[-1].replace("_", " ")),
+            "points": len(values),
+            "min": min(values),
+            "max": max(values),
+            "mean": statistics.fmean(values),
+            "duration_seconds": points[-1][0] - points[0][0],
+        }
     out["_series"] = {key: [(t - t0, v) for t, v in points] for key, points in series.items()}
     return out
 
@@ -313,8 +359,15 @@ def _performance_section(path: Path, metadata: dict[str, Any], run: dict[str, An
     timings = run.get("latency_ms")
     latency = {"measured": timings is not None}
     if timings:
-        latency.update({"texts": len(timings), "p50_ms": _percentile(timings, 50), "p95_ms": _percentile(timings, 95),
-                        "mean_ms": statistics.fmean(timings), "max_ms": max(timings)})
+        latency.update(
+            {
+                "texts": len(timings),
+                "p50_ms": _percentile(timings, 50),
+                "p95_ms": _percentile(timings, 95),
+                "mean_ms": statistics.fmean(timings),
+                "max_ms": max(timings),
+            }
+        )
     model_bytes = _tree_size(path / "model")
     pt_bytes = _tree_size(path / "intent_classifier.pt")
     return {
@@ -344,8 +397,14 @@ def _version_metrics(info: VersionInfo) -> tuple[dict[str, Any], bool]:
     return dict(info.metrics), False
 
 
-def _comparison_section(registry: ModelRegistry | None, name: str, metrics: dict[str, Any],
-                        metadata: dict[str, Any], deployed: str | None, previous_n: int) -> dict[str, Any]:
+def _comparison_section(
+    registry: ModelRegistry | None,
+    name: str,
+    metrics: dict[str, Any],
+    metadata: dict[str, Any],
+    deployed: str | None,
+    previous_n: int,
+) -> dict[str, Any]:
     out: dict[str, Any] = {"references": [], "previous_n": previous_n, "deployed_version": deployed, "note": None}
     if registry is None:
         out["note"] = "no registry given: nothing to compare with"
@@ -376,19 +435,25 @@ def _comparison_section(registry: ModelRegistry | None, name: str, metrics: dict
                 if label in theirs:
                     deltas[label] = stats["f1"] - theirs[label]["f1"]
         ordered = sorted(deltas.items(), key=lambda kv: (kv[1], kv[0]))
-        out["references"].append({
-            "version": ref_name,
-            "roles": picked[ref_name],
-            "created_at": info.manifest.created_at,
-            "same_data": info.metadata.get("dataset_fingerprint") == metadata.get("dataset_fingerprint"),
-            "per_intent_available": full,
-            "overall": overall,
-            "per_intent_f1_deltas": dict(sorted(deltas.items())),
-            "improved": [{"intent": k, "delta": v} for k, v in reversed(ordered) if v >= DELTA_SHOWN],
-            "regressed": [{"intent": k, "delta": v} for k, v in ordered if v <= -DELTA_SHOWN],
-            "new_intents": sorted(set(metrics.get("per_intent") or {}) - set(other.get("per_intent") or {})) if full else [],
-            "removed_intents": sorted(set(other.get("per_intent") or {}) - set(metrics.get("per_intent") or {})) if full else [],
-        })
+        out["references"].append(
+            {
+                "version": ref_name,
+                "roles": picked[ref_name],
+                "created_at": info.manifest.created_at,
+                "same_data": info.metadata.get("dataset_fingerprint") == metadata.get("dataset_fingerprint"),
+                "per_intent_available": full,
+                "overall": overall,
+                "per_intent_f1_deltas": dict(sorted(deltas.items())),
+                "improved": [{"intent": k, "delta": v} for k, v in reversed(ordered) if v >= DELTA_SHOWN],
+                "regressed": [{"intent": k, "delta": v} for k, v in ordered if v <= -DELTA_SHOWN],
+                "new_intents": sorted(set(metrics.get("per_intent") or {}) - set(other.get("per_intent") or {}))
+                if full
+                else [],
+                "removed_intents": sorted(set(other.get("per_intent") or {}) - set(metrics.get("per_intent") or {}))
+                if full
+                else [],
+            }
+        )
     if not out["references"]:
         out["note"] = "no deployed or earlier version to compare with"
     return out

@@ -11,7 +11,7 @@ from .report import SYSTEM_SERIES, Report
 
 def _sqlite_path(uri: str) -> Path | None:
     if uri.startswith("sqlite:///"):
-        rest = uri[len("sqlite:///"):]
+        rest = uri[len("sqlite:///") :]
         return Path(rest.split("?", 1)[0])
     return None
 
@@ -30,7 +30,8 @@ def _system_series(uri: str, run_id: str) -> dict[str, list[tuple[float, float]]
     client = MlflowClient(uri)
     keys = set(client.get_run(run_id).data.metrics)
     wanted = [k for k in SYSTEM_SERIES if k in keys] + sorted(
-        k for k in keys if k.startswith("system/gpu") and k.endswith(("_utilization_percent", "_memory_used_mb")))
+        k for k in keys if k.startswith("system/gpu") and k.endswith(("_utilization_percent", "_memory_used_mb"))
+    )
     series = {}
     for key in wanted:
         points = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.timestamp, m.step))
@@ -52,7 +53,7 @@ def log_report_artifacts(report: Report, paths: dict[str, Path], artifact_path: 
         from mlflow.tracking import MlflowClient  # heavy: only when a run is written to
 
         client = MlflowClient(uri)
-        for key, path in paths.items():
+        for path in paths.values():
             if path.is_dir():
                 client.log_artifacts(run_id, str(path), f"{artifact_path}/{path.name}")
             elif path.is_file():

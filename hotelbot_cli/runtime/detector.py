@@ -73,7 +73,7 @@ class OutOfScopeDetector:
         return self.threshold if self.method == SOFTMAX else None
 
     @classmethod
-    def from_config(cls, config: Any, model_dir: Path | None) -> "OutOfScopeDetector":
+    def from_config(cls, config: Any, model_dir: Path | None) -> OutOfScopeDetector:
         """The detector a classifier config names (its ``oos_detector``, else the softmax ``oos_threshold``);
         a knn detector reads its memory from ``model_dir``."""
         spec = getattr(config, "oos_detector", None)
@@ -82,18 +82,23 @@ class OutOfScopeDetector:
         if not spec:
             return cls(SOFTMAX, getattr(config, "oos_threshold", None))
         if isinstance(spec, Mapping) and spec.get("method") == SOFTMAX:
-            raise ModelError("classifier.json's oos_detector names the softmax detector, whose threshold is "
-                             "oos_threshold: remove oos_detector", hint="retrain the version with this hotelbot")
+            raise ModelError(
+                "classifier.json's oos_detector names the softmax detector, whose threshold is "
+                "oos_threshold: remove oos_detector",
+                hint="retrain the version with this hotelbot",
+            )
         return cls.from_spec(spec, model_dir)
 
     @classmethod
-    def from_spec(cls, spec: Mapping[str, Any], model_dir: Path | None) -> "OutOfScopeDetector":
+    def from_spec(cls, spec: Mapping[str, Any], model_dir: Path | None) -> OutOfScopeDetector:
         import numpy as np  # imported on use (module docstring)
 
         method = spec.get("method") if isinstance(spec, Mapping) else None
         if method not in METHODS:
-            raise ModelError(f"unknown out-of-scope detector {method!r} in classifier.json (known: {', '.join(METHODS)})",
-                             hint="retrain the version with this hotelbot")
+            raise ModelError(
+                f"unknown out-of-scope detector {method!r} in classifier.json (known: {', '.join(METHODS)})",
+                hint="retrain the version with this hotelbot",
+            )
         threshold = spec.get("threshold")
         if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
             raise ModelError(f"the out-of-scope detector's threshold must be a number, got {threshold!r}")
@@ -103,25 +108,32 @@ class OutOfScopeDetector:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ModelError(f"the kNN out-of-scope detector's k must be a whole number >= 1, got {k!r}")
         if model_dir is None:
-            raise ModelError("a kNN out-of-scope detector needs its model directory (for its memory)",
-                             hint="load the version with TorchPredictor.from_version, or pass model_dir")
+            raise ModelError(
+                "a kNN out-of-scope detector needs its model directory (for its memory)",
+                hint="load the version with TorchPredictor.from_version, or pass model_dir",
+            )
         if spec.get("memory", MEMORY_FILE) != MEMORY_FILE:  # the checksum and export paths read this name only
-            raise ModelError(f"the kNN detector's memory must be {MEMORY_FILE} beside classifier.json, "
-                             f"got {spec.get('memory')!r}")
+            raise ModelError(
+                f"the kNN detector's memory must be {MEMORY_FILE} beside classifier.json, got {spec.get('memory')!r}"
+            )
         if threshold is not None and not -1.0 <= float(threshold) <= 1.0:
             raise ModelError(f"the kNN detector's threshold is a cosine similarity in [-1, 1], got {threshold!r}")
         path = Path(model_dir) / MEMORY_FILE
         try:
             memory = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot read the kNN detector's memory {path}: {exc}",
-                             hint="verify the version (hotelbot verify) or retrain it") from None
+            raise ModelError(
+                f"cannot read the kNN detector's memory {path}: {exc}",
+                hint="verify the version (hotelbot verify) or retrain it",
+            ) from None
         if not isinstance(memory, np.ndarray) or memory.dtype.kind != "f" or memory.ndim != 2 or not len(memory):
-            raise ModelError(f"{path} must hold a non-empty (examples, dimensions) float matrix",
-                             hint="verify the version (hotelbot verify) or retrain it")
+            raise ModelError(
+                f"{path} must hold a non-empty (examples, dimensions) float matrix",
+                hint="verify the version (hotelbot verify) or retrain it",
+            )
         return cls(KNN, None if threshold is None else float(threshold), k, memory.astype(np.float32, copy=False))
 
-    def current(self, config: Any) -> "OutOfScopeDetector":
+    def current(self, config: Any) -> OutOfScopeDetector:
         """This detector when it is kNN; else the softmax one with ``config``'s threshold as it is now (the
         config stays the softmax threshold's source of truth for a loaded predictor)."""
         return self if self.method == KNN else OutOfScopeDetector(SOFTMAX, getattr(config, "oos_threshold", None))
@@ -130,8 +142,13 @@ class OutOfScopeDetector:
         """What ``classifier.json`` ``oos_detector`` and the metadata record (without the memory)."""
         if self.method == SOFTMAX:
             return {"method": SOFTMAX, "threshold": self.threshold}
-        return {"method": KNN, "threshold": self.threshold, "k": self.k, "memory": MEMORY_FILE,
-                "memory_size": None if self.memory is None else int(len(self.memory))}
+        return {
+            "method": KNN,
+            "threshold": self.threshold,
+            "k": self.k,
+            "memory": MEMORY_FILE,
+            "memory_size": None if self.memory is None else int(len(self.memory)),
+        }
 
     def similarity(self, embeddings: Any) -> Any:
         """knn: each embedding's similarity with its k-th nearest in-scope training message."""
@@ -151,8 +168,9 @@ class OutOfScopeDetector:
     def labels(self, intents: list[str], confidences: Any, similarities: Any = None) -> list[str]:
         """:meth:`decide` on parallel lists; the labels only."""
         sims = similarities if similarities is not None else [None] * len(intents)
-        return [self.decide(i, float(c), None if s is None else float(s))[0]
-                for i, c, s in zip(intents, confidences, sims)]
+        return [
+            self.decide(i, float(c), None if s is None else float(s))[0] for i, c, s in zip(intents, confidences, sims)
+        ]
 
 
 def describe(record: Mapping[str, Any] | None) -> str | None:
@@ -161,20 +179,38 @@ def describe(record: Mapping[str, Any] | None) -> str | None:
         return None
     threshold = record.get("threshold")
     if record["method"] == SOFTMAX:
-        line = (f"softmax: confidence below {threshold:.3f} -> out_of_scope" if isinstance(threshold, (int, float))
-                else "softmax, no threshold (never out_of_scope by confidence)")
+        line = (
+            f"softmax: confidence below {threshold:.3f} -> out_of_scope"
+            if isinstance(threshold, (int, float))
+            else "softmax, no threshold (never out_of_scope by confidence)"
+        )
     else:
-        line = (f"kNN: similarity with the {record.get('k')}-th nearest of {record.get('memory_size')} in-scope "
-                f"training messages below {threshold:.3f} -> out_of_scope" if isinstance(threshold, (int, float))
-                else "kNN, no threshold")
+        line = (
+            f"kNN: similarity with the {record.get('k')}-th nearest of {record.get('memory_size')} in-scope "
+            f"training messages below {threshold:.3f} -> out_of_scope"
+            if isinstance(threshold, (int, float))
+            else "kNN, no threshold"
+        )
     validation = record.get("validation") or {}
     metric = record.get("metric") or "macro_f1"
-    scores = [f"{name} {v[metric]:.4f}" for name, v in validation.items()
-              if isinstance(v, Mapping) and isinstance(v.get(metric), (int, float))]
+    scores = [
+        f"{name} {v[metric]:.4f}"
+        for name, v in validation.items()
+        if isinstance(v, Mapping) and isinstance(v.get(metric), (int, float))
+    ]
     if len(scores) > 1:
         line += f" (validation {metric}: {', '.join(scores)})"
     return line
 
 
-__all__ = ["EMBEDDING_OUTPUT", "KNN", "MEMORY_FILE", "METHODS", "OutOfScopeDetector", "SOFTMAX", "describe",
-           "kth_similarity", "unit_rows"]
+__all__ = [
+    "EMBEDDING_OUTPUT",
+    "KNN",
+    "MEMORY_FILE",
+    "METHODS",
+    "OutOfScopeDetector",
+    "SOFTMAX",
+    "describe",
+    "kth_similarity",
+    "unit_rows",
+]

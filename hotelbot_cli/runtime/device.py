@@ -67,8 +67,9 @@ def torch_device(value: str | None = None) -> Any:
         return torch.device(CUDA if torch.cuda.is_available() else CPU)
     if asked.startswith(CUDA):
         if not torch.cuda.is_available():
-            raise ConfigError(f"{DEVICE_ENV}={asked} but torch sees no CUDA device",
-                              hint=f"unset {DEVICE_ENV} or set it to cpu")
+            raise ConfigError(
+                f"{DEVICE_ENV}={asked} but torch sees no CUDA device", hint=f"unset {DEVICE_ENV} or set it to cpu"
+            )
         index = int(asked.split(":")[1]) if ":" in asked else 0
         if index >= torch.cuda.device_count():
             raise ConfigError(f"{DEVICE_ENV}={asked} but torch sees {torch.cuda.device_count()} CUDA device(s)")
@@ -94,8 +95,12 @@ def onnx_providers(value: str | None = None, available: list[str] | None = None)
     if CUDA_PROVIDER not in available:
         if asked.startswith(CUDA) and not _WARNED:  # torch models honour it; onnxruntime (the CPU build) cannot
             _WARNED.append(asked)
-            log.warning("%s=%s: the installed onnxruntime has no CUDA provider (install onnxruntime-gpu); "
-                        "ONNX models run on the CPU", DEVICE_ENV, asked)
+            log.warning(
+                "%s=%s: the installed onnxruntime has no CUDA provider (install onnxruntime-gpu); "
+                "ONNX models run on the CPU",
+                DEVICE_ENV,
+                asked,
+            )
         return [CPU_PROVIDER]
     index = int(asked.split(":")[1]) if ":" in asked else 0
     return [(CUDA_PROVIDER, {"device_id": index}), CPU_PROVIDER]

@@ -36,8 +36,9 @@ class OnnxSentenceEncoder:
     """``embed(texts, kind="query"|"passage")`` -> (n, dim) float32 L2-normalised vectors, as the knowledge
     base's torch Embedder computes them; ``hidden(texts)`` -> the last hidden states and attention mask."""
 
-    def __init__(self, session: Any, tokenizer: Any, record: dict[str, Any], directory: Path,
-                 runtime: str = "onnx-fp32") -> None:
+    def __init__(
+        self, session: Any, tokenizer: Any, record: dict[str, Any], directory: Path, runtime: str = "onnx-fp32"
+    ) -> None:
         self.session = session
         self.tokenizer = tokenizer
         self.record = record
@@ -46,7 +47,7 @@ class OnnxSentenceEncoder:
         self._inputs = {i.name for i in session.get_inputs()}
 
     @classmethod
-    def load(cls, directory: Path, fingerprint: str, runtime: str = "onnx-fp32") -> "OnnxSentenceEncoder":
+    def load(cls, directory: Path, fingerprint: str, runtime: str = "onnx-fp32") -> OnnxSentenceEncoder:
         """``runtime``: "onnx-fp32" or "onnx-int8" (ModelError when this export has no int8 graph)."""
         directory = Path(directory)
         if runtime not in GRAPHS:
@@ -65,8 +66,9 @@ class OnnxSentenceEncoder:
         return cls(open_session(directory / GRAPHS[runtime], threads=threads), tokenizer, record, directory, runtime)
 
     @classmethod
-    def find(cls, models_dir: Path, name: str, fingerprint: str,
-             runtime: str = "onnx-fp32") -> "OnnxSentenceEncoder | None":
+    def find(
+        cls, models_dir: Path, name: str, fingerprint: str, runtime: str = "onnx-fp32"
+    ) -> OnnxSentenceEncoder | None:
         """The cached export for (name, fingerprint) on ``runtime``, or None when there is none."""
         directory = encoder_cache_dir(models_dir, name, fingerprint)
         if not (directory / ENCODER_FILE).is_file():
@@ -83,15 +85,21 @@ class OnnxSentenceEncoder:
         import numpy as np
 
         step = 1 if self.runtime == "onnx-int8" else batch_size
-        rows = [self._run(texts[i:i + step], kind, ["embedding"])[0] for i in range(0, len(texts), step)]
-        return (np.concatenate(rows).astype(np.float32) if rows
-                else np.zeros((0, int(self.record["dim"])), dtype=np.float32))
+        rows = [self._run(texts[i : i + step], kind, ["embedding"])[0] for i in range(0, len(texts), step)]
+        return (
+            np.concatenate(rows).astype(np.float32)
+            if rows
+            else np.zeros((0, int(self.record["dim"])), dtype=np.float32)
+        )
 
     def hidden_from_ids(self, input_ids: Any, attention_mask: Any) -> Any:
         """last_hidden_state (n, tokens, dim) of already tokenized inputs (int64 arrays), e.g. a generator's."""
         import numpy as np
 
-        feed = {"input_ids": np.asarray(input_ids, dtype=np.int64), "attention_mask": np.asarray(attention_mask, dtype=np.int64)}
+        feed = {
+            "input_ids": np.asarray(input_ids, dtype=np.int64),
+            "attention_mask": np.asarray(attention_mask, dtype=np.int64),
+        }
         return self.session.run(["last_hidden_state"], {k: v for k, v in feed.items() if k in self._inputs})[0]
 
     def hidden(self, texts: Sequence[str], kind: str = "query") -> tuple[Any, Any]:
@@ -100,5 +108,13 @@ class OnnxSentenceEncoder:
         return hidden, mask
 
 
-__all__ = ["CACHE_SUBDIR", "ENCODER_FILE", "ENCODER_FORMAT", "ENCODER_GRAPH", "ENCODER_INT8_GRAPH", "GRAPHS",
-           "OnnxSentenceEncoder", "encoder_cache_dir"]
+__all__ = [
+    "CACHE_SUBDIR",
+    "ENCODER_FILE",
+    "ENCODER_FORMAT",
+    "ENCODER_GRAPH",
+    "ENCODER_INT8_GRAPH",
+    "GRAPHS",
+    "OnnxSentenceEncoder",
+    "encoder_cache_dir",
+]

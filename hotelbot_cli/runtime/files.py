@@ -10,15 +10,32 @@ from ..errors import IntegrityError
 from ..registry import VersionInfo
 from ..registry.checksums import listed_problems, require_no_problems
 from .detector import MEMORY_FILE
-from .layout import (CLASSIFIER_FILE, MODEL_SUBDIR, ONNX_FILES, RUNTIME_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE,
-                     TOKENIZER_INDEX_FILE, onnx_referenced_files)
+from .layout import (
+    CLASSIFIER_FILE,
+    MODEL_SUBDIR,
+    ONNX_FILES,
+    RUNTIME_FILE,
+    TOKENIZER_CONFIG_FILE,
+    TOKENIZER_FILE,
+    TOKENIZER_INDEX_FILE,
+    onnx_referenced_files,
+)
 
 
 def onnx_files_read(runtime: str, spec: dict | None = None) -> list[str]:
     """The version files (relative to the version dir) that an ONNX predictor reads (``spec``: the version's
     runtime.json, which names the files each graph references; the kNN detector's memory when there is one)."""
-    return [f"{MODEL_SUBDIR}/{name}" for name in (RUNTIME_FILE, CLASSIFIER_FILE, TOKENIZER_FILE, TOKENIZER_CONFIG_FILE,
-                                                   TOKENIZER_INDEX_FILE, MEMORY_FILE)] + onnx_graph_files_read(runtime, spec)
+    return [
+        f"{MODEL_SUBDIR}/{name}"
+        for name in (
+            RUNTIME_FILE,
+            CLASSIFIER_FILE,
+            TOKENIZER_FILE,
+            TOKENIZER_CONFIG_FILE,
+            TOKENIZER_INDEX_FILE,
+            MEMORY_FILE,
+        )
+    ] + onnx_graph_files_read(runtime, spec)
 
 
 def onnx_graph_files_read(runtime: str, spec: dict | None = None) -> list[str]:

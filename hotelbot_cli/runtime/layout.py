@@ -46,7 +46,7 @@ def onnx_referenced_files(onnx_file: str, spec: dict | None) -> list[str]:
     """Every file of ``model/`` that the graph ``onnx_file`` reads: the names runtime.json (``spec``) recorded
     for it at export, else :func:`onnx_graph_files`. A recorded name must be a plain file name (runtime.json
     is checksummed before it is read; a name with a path is refused all the same)."""
-    recorded = ((spec or {}).get("files") or {})
+    recorded = (spec or {}).get("files") or {}
     for runtime, name in ONNX_FILES.items():
         if name == onnx_file and isinstance(recorded.get(runtime), list):
             names = [str(n) for n in recorded[runtime]]

@@ -50,8 +50,9 @@ def load_predictor(info: VersionInfo, runtime: str | None = None) -> Predictor:
     return TorchPredictor.from_version(info)
 
 
-def predictor_from_registry(registry: ModelRegistry, version: str | None = None, verify: bool = True,
-                            runtime: str | None = None) -> Predictor:
+def predictor_from_registry(
+    registry: ModelRegistry, version: str | None = None, verify: bool = True, runtime: str | None = None
+) -> Predictor:
     """Load ``version`` (default: deployed, else newest) for predict/serve, refusing corrupt versions.
 
     With an ONNX runtime only the files it reads are checksummed (runtime.json, classifier.json,

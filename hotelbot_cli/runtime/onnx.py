@@ -50,7 +50,7 @@ class RuntimeClassifierConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_file(cls, path: Path) -> "RuntimeClassifierConfig":
+    def from_file(cls, path: Path) -> RuntimeClassifierConfig:
         try:
             data = json.loads(Path(path).read_text("utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
@@ -127,7 +127,9 @@ def open_session(path: Path, threads: int | None = None) -> Any:
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-        raise ModelError(f"cannot load the ONNX model {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+        raise ModelError(
+            f"cannot load the ONNX model {path}: {str(exc).splitlines()[0] if str(exc) else exc}"
+        ) from None
 
 
 class Recheck:
@@ -185,17 +187,28 @@ class Recheck:
 class OnnxPredictor:
     """A version's ONNX model on onnxruntime: the interface of :class:`~.reference.TorchPredictor`, without torch."""
 
-    def __init__(self, session: Any, tokenizer: Any, config: RuntimeClassifierConfig, version: str,
-                 runtime: str = ONNX_INT8, lanes: int = 1, recheck: Recheck | None = None,
-                 detector: OutOfScopeDetector | None = None) -> None:
+    def __init__(
+        self,
+        session: Any,
+        tokenizer: Any,
+        config: RuntimeClassifierConfig,
+        version: str,
+        runtime: str = ONNX_INT8,
+        lanes: int = 1,
+        recheck: Recheck | None = None,
+        detector: OutOfScopeDetector | None = None,
+    ) -> None:
         """``detector``: the version's out-of-scope detector (default: the config's softmax threshold)."""
         self.session = session
         self._detector = detector if detector is not None else OutOfScopeDetector.from_config(config, None)
         # the kNN detector reads the graph's pooled embedding beside the logits
         self._outputs = ["logits", EMBEDDING_OUTPUT] if self._detector.needs_embedding else ["logits"]
         if self._detector.needs_embedding and EMBEDDING_OUTPUT not in {o.name for o in session.get_outputs()}:
-            raise ModelError(f"version {version}: its out-of-scope detector is kNN but its ONNX graph has no "
-                             f"{EMBEDDING_OUTPUT!r} output", hint="retrain it, or serve it on torch: HOTELBOT_RUNTIME=torch")
+            raise ModelError(
+                f"version {version}: its out-of-scope detector is kNN but its ONNX graph has no "
+                f"{EMBEDDING_OUTPUT!r} output",
+                hint="retrain it, or serve it on torch: HOTELBOT_RUNTIME=torch",
+            )
         self.recheck = recheck  # int8 only: close calls re-run on fp32
         self.tokenizer = tokenizer  # FullEncoder or UnigramSubsetEncoder: .encode(texts) -> (ids, mask)
         self.config = config
@@ -209,10 +222,18 @@ class OnnxPredictor:
         self._pool_lock = threading.Lock()
 
     @classmethod
-    def from_model_dir(cls, model_dir: Path, runtime: str = ONNX_INT8, version: str = "",
-                       tokenizer: str | None = None, *, before_session: Any = None,
-                       recheck_margin: float | None = None, before_recheck: Any = None,
-                       open_recheck: bool = True) -> "OnnxPredictor":
+    def from_model_dir(
+        cls,
+        model_dir: Path,
+        runtime: str = ONNX_INT8,
+        version: str = "",
+        tokenizer: str | None = None,
+        *,
+        before_session: Any = None,
+        recheck_margin: float | None = None,
+        before_recheck: Any = None,
+        open_recheck: bool = True,
+    ) -> OnnxPredictor:
         """``tokenizer``: "full" or "unigram-subset" (default: what runtime.json says, else the fastest).
         ``before_session()`` runs after the tokenizer is loaded and before the ONNX file is opened.
 
@@ -224,8 +245,10 @@ class OnnxPredictor:
         model_dir = Path(model_dir)
         path = model_dir / ONNX_FILES[runtime]
         if not path.is_file():
-            raise ModelError(f"{path} does not exist: this version has no {runtime} model",
-                             hint=f"unset {RUNTIME_ENV} or retrain with a hotelbot that exports ONNX")
+            raise ModelError(
+                f"{path} does not exist: this version has no {runtime} model",
+                hint=f"unset {RUNTIME_ENV} or retrain with a hotelbot that exports ONNX",
+            )
         config = RuntimeClassifierConfig.from_file(model_dir / CLASSIFIER_FILE)
         spec: dict[str, Any] = {}
         if tokenizer is None or recheck_margin is None:
@@ -249,12 +272,20 @@ class OnnxPredictor:
                 recheck = Recheck(model_dir / ONNX_FP32_FILE, recheck_margin, before_recheck)
                 if open_recheck:
                     recheck.open()
-            return cls(open_session(path, threads=1), encoder, config, version or model_dir.parent.name, runtime, lanes,
-                       recheck, detector)
+            return cls(
+                open_session(path, threads=1),
+                encoder,
+                config,
+                version or model_dir.parent.name,
+                runtime,
+                lanes,
+                recheck,
+                detector,
+            )
         return cls(open_session(path), encoder, config, version or model_dir.parent.name, runtime, detector=detector)
 
     @classmethod
-    def from_version(cls, info: "VersionInfo", runtime: str | None = None, verify: bool = False) -> "OnnxPredictor":
+    def from_version(cls, info: VersionInfo, runtime: str | None = None, verify: bool = False) -> OnnxPredictor:
         """Load a version's ONNX model; ``verify`` checks the checksums of exactly the files read.
 
         The small files (runtime.json, classifier.json, the tokenizer files) are checked before they are
@@ -277,19 +308,25 @@ class OnnxPredictor:
         # With verify (the fast `predict` path) the fp32 graph of int8's recheck is checksummed and opened
         # only if a close call needs it; without (serve, validate: the whole version was checked), now.
         fp32_files = onnx_graph_files_read(ONNX_FP32, spec)  # the graph and the external data it reads
-        return cls.from_model_dir(model_dir, runtime, info.name,
-                                  before_session=check.require if check is not None else None,
-                                  before_recheck=(lambda: require_files_intact(info, fp32_files)) if verify else None,
-                                  open_recheck=not verify)
+        return cls.from_model_dir(
+            model_dir,
+            runtime,
+            info.name,
+            before_session=check.require if check is not None else None,
+            before_recheck=(lambda: require_files_intact(info, fp32_files)) if verify else None,
+            open_recheck=not verify,
+        )
 
-    def with_recheck(self, recheck: Recheck | None) -> "OnnxPredictor":
+    def with_recheck(self, recheck: Recheck | None) -> OnnxPredictor:
         """This predictor (same session, tokenizer, lanes) with ``recheck`` instead of its own (None: int8 alone)."""
-        return OnnxPredictor(self.session, self.tokenizer, self.config, self.version, self.runtime, self.lanes, recheck,
-                             self._detector)
+        return OnnxPredictor(
+            self.session, self.tokenizer, self.config, self.version, self.runtime, self.lanes, recheck, self._detector
+        )
 
     @classmethod
-    def from_registry(cls, registry: Any, version: str | None = None, verify: bool = True,
-                      runtime: str | None = None) -> "OnnxPredictor":
+    def from_registry(
+        cls, registry: Any, version: str | None = None, verify: bool = True, runtime: str | None = None
+    ) -> OnnxPredictor:
         """Load ``version`` (default: deployed, else newest), checking the checksums of the files it reads."""
         return cls.from_version(registry.resolve(version), runtime, verify=verify)
 
@@ -338,7 +375,7 @@ class OnnxPredictor:
             rows = self._one_by_one(texts)
         else:
             step = max(1, batch_size)
-            rows = [self._batch_outputs(texts[start:start + step]) for start in range(0, len(texts), step)]
+            rows = [self._batch_outputs(texts[start : start + step]) for start in range(0, len(texts), step)]
         if not rows:
             return np.empty((0, len(self.labels)), dtype=np.float32), None
         probs = np.stack([r[0] for r in rows]) if self.batch_invariant else np.concatenate([r[0] for r in rows])
@@ -367,7 +404,9 @@ class OnnxPredictor:
         """``outputs`` for one text of an encoded batch, run alone: its own tokens only, exactly its one-text
         encoding (``session``: another graph of the same model, e.g. the fp32 recheck)."""
         keep = mask[row].astype(bool)
-        return (session or self.session).run(list(outputs), self.feed(ids[row:row + 1, keep], mask[row:row + 1, keep]))
+        return (session or self.session).run(
+            list(outputs), self.feed(ids[row : row + 1, keep], mask[row : row + 1, keep])
+        )
 
     def _row_outputs(self, ids: Any, mask: Any, row: int) -> tuple[Any, Any]:
         """One text's (probabilities, pooled embedding or None) on int8, or on fp32 when int8 made a close call
@@ -415,8 +454,14 @@ class OnnxPredictor:
         idxs = np.argsort(-row, kind="stable")[:k]
         ranked = [{"intent": self.labels[i], "confidence": round(float(row[i]), 6)} for i in idxs]
         intent, fallback = self.detector.decide(ranked[0]["intent"], float(row[idxs[0]]), similarity)
-        return Prediction(text, intent, ranked[0]["confidence"], ranked, fallback,
-                          None if similarity is None else round(similarity, 6))
+        return Prediction(
+            text,
+            intent,
+            ranked[0]["confidence"],
+            ranked,
+            fallback,
+            None if similarity is None else round(similarity, 6),
+        )
 
     def predict(self, texts: Sequence[str], top_k: int = 3, batch_size: int = 32) -> list[Prediction]:
         check_texts(texts)

@@ -21,8 +21,13 @@ class Prediction:
     similarity: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"text": self.text, "intent": self.intent, "confidence": self.confidence, "top_k": self.top_k,
-               "fallback": self.fallback}
+        out = {
+            "text": self.text,
+            "intent": self.intent,
+            "confidence": self.confidence,
+            "top_k": self.top_k,
+            "fallback": self.fallback,
+        }
         if self.similarity is not None:
             out["out_of_scope_similarity"] = self.similarity
         return out
@@ -54,8 +59,7 @@ class Predictor(Protocol):
 
     def predict(self, texts: Sequence[str], top_k: int = 3, batch_size: int = 32) -> list[Prediction]: ...
 
-    def predict_labels(self, texts: Sequence[str], batch_size: int = 32,
-                       apply_threshold: bool = True) -> list[str]: ...
+    def predict_labels(self, texts: Sequence[str], batch_size: int = 32, apply_threshold: bool = True) -> list[str]: ...
 
 
 def apply_fallback(intent: str, confidence: Any, threshold: float | None) -> tuple[str, bool]:

@@ -32,15 +32,14 @@ class TorchPredictor:
         self.runtime = TORCH
 
     @classmethod
-    def from_version(cls, info: VersionInfo) -> "TorchPredictor":
+    def from_version(cls, info: VersionInfo) -> TorchPredictor:
         from ..modeling import load_classifier  # imports torch at module level
 
         model, tokenizer = load_classifier(info.path / MODEL_SUBDIR)
         return cls(model, tokenizer, info.name, info.path / MODEL_SUBDIR)
 
     @classmethod
-    def from_registry(cls, registry: ModelRegistry, version: str | None = None,
-                      verify: bool = True) -> "TorchPredictor":
+    def from_registry(cls, registry: ModelRegistry, version: str | None = None, verify: bool = True) -> TorchPredictor:
         """Load ``version`` (default: the deployed one, else the newest), refusing corrupt versions."""
         info = registry.resolve(version, verify=verify)
         return cls.from_version(info)
@@ -54,13 +53,16 @@ class TorchPredictor:
         rows, pooled = [], []
         with torch.inference_mode():
             for start in range(0, len(texts), batch_size):
-                chunk = [self.config.query_prefix + clean_text(t) for t in texts[start:start + batch_size]]
-                enc = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.config.max_length,
-                                     return_tensors="pt")
+                chunk = [self.config.query_prefix + clean_text(t) for t in texts[start : start + batch_size]]
+                enc = self.tokenizer(
+                    chunk, padding=True, truncation=True, max_length=self.config.max_length, return_tensors="pt"
+                )
                 enc.pop("token_type_ids", None)
-                out = self.model(input_ids=enc["input_ids"].to(self.device),
-                                 attention_mask=enc["attention_mask"].to(self.device),
-                                 **({"return_embedding": True} if embeddings else {}))
+                out = self.model(
+                    input_ids=enc["input_ids"].to(self.device),
+                    attention_mask=enc["attention_mask"].to(self.device),
+                    **({"return_embedding": True} if embeddings else {}),
+                )
                 rows.append(torch.softmax(out["logits"].float(), dim=-1).cpu())
                 if embeddings:
                     pooled.append(out["embedding"].float().cpu().numpy())
@@ -86,8 +88,11 @@ class TorchPredictor:
         for text, vals, idxs, sim in zip(texts, values.tolist(), indices.tolist(), similarities):
             ranked = [{"intent": self.labels[i], "confidence": round(float(v), 6)} for v, i in zip(vals, idxs)]
             intent, fallback = self.detector.decide(ranked[0]["intent"], vals[0], sim)
-            out.append(Prediction(text, intent, ranked[0]["confidence"], ranked, fallback,
-                                  None if sim is None else round(sim, 6)))
+            out.append(
+                Prediction(
+                    text, intent, ranked[0]["confidence"], ranked, fallback, None if sim is None else round(sim, 6)
+                )
+            )
         return out
 
     @property

@@ -101,6 +101,8 @@ def describe_choice(spec: dict[str, Any]) -> str:
     line = f"runtime {chosen}" + (f" ({', '.join(facts)})" if facts else "")
     int8 = runtimes.get(ONNX_INT8)
     if chosen != ONNX_INT8 and int8 and int8.get("accuracy") is not None and torch_acc is not None:
-        line += (f"; int8 was {delta(ONNX_INT8)}, outside the {spec.get('tolerance_points')}-point gate, so serve "
-                 f"runs {chosen} (slower); HOTELBOT_RUNTIME_TOLERANCE widens the gate")
+        line += (
+            f"; int8 was {delta(ONNX_INT8)}, outside the {spec.get('tolerance_points')}-point gate, so serve "
+            f"runs {chosen} (slower); HOTELBOT_RUNTIME_TOLERANCE widens the gate"
+        )
     return line

@@ -52,10 +52,17 @@ def _configure(tokenizer: Any, hf: dict[str, Any], max_length: int, token_to_id:
     if pad_id is None:
         pad_id = padding.get("pad_id", 0)
         pad_token = padding.get("pad_token", "[PAD]")
-    tokenizer.enable_truncation(max_length=int(max_length), stride=0, strategy="longest_first",
-                                direction=hf.get("truncation_side", "right"))
-    tokenizer.enable_padding(direction=hf.get("padding_side", "right"), pad_id=int(pad_id), pad_type_id=0,
-                             pad_token=pad_token, length=None, pad_to_multiple_of=None)
+    tokenizer.enable_truncation(
+        max_length=int(max_length), stride=0, strategy="longest_first", direction=hf.get("truncation_side", "right")
+    )
+    tokenizer.enable_padding(
+        direction=hf.get("padding_side", "right"),
+        pad_id=int(pad_id),
+        pad_type_id=0,
+        pad_token=pad_token,
+        length=None,
+        pad_to_multiple_of=None,
+    )
 
 
 def load_fast_tokenizer(model_dir: Path, max_length: int) -> Any:
@@ -83,14 +90,19 @@ class FullEncoder:
     def encode(self, texts: Sequence[str]) -> tuple[Any, Any]:
         return self.encode_with_offsets(texts)[:2]
 
-    def encode_with_offsets(self, texts: Sequence[str]) -> tuple[Any, Any, list[list[tuple[int, int]]], list[list[int]]]:
+    def encode_with_offsets(
+        self, texts: Sequence[str]
+    ) -> tuple[Any, Any, list[list[tuple[int, int]]], list[list[int]]]:
         """(input_ids, attention_mask, each token's character offsets in its text, special-token masks)."""
         import numpy as np  # imported on use: importing the runtime stays light (see runtime/__init__)
 
         batch = self.tokenizer.encode_batch(list(texts))
-        return (np.array([e.ids for e in batch], dtype=np.int64),
-                np.array([e.attention_mask for e in batch], dtype=np.int64),
-                [list(e.offsets) for e in batch], [list(e.special_tokens_mask) for e in batch])
+        return (
+            np.array([e.ids for e in batch], dtype=np.int64),
+            np.array([e.attention_mask for e in batch], dtype=np.int64),
+            [list(e.offsets) for e in batch],
+            [list(e.special_tokens_mask) for e in batch],
+        )
 
 
 class UnigramSubsetEncoder:
@@ -115,8 +127,16 @@ class UnigramSubsetEncoder:
 
     kind = TOKENIZER_SUBSET
 
-    def __init__(self, skeleton: dict[str, Any], sorted_pieces: list[str], sorted_ids: list[int], scores: Any,
-                 model_dir: Path, max_length: int, hf: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        skeleton: dict[str, Any],
+        sorted_pieces: list[str],
+        sorted_ids: list[int],
+        scores: Any,
+        model_dir: Path,
+        max_length: int,
+        hf: dict[str, Any],
+    ) -> None:
         from tokenizers import Tokenizer  # imported on use (see load_fast_tokenizer)
 
         model = skeleton["model"]
@@ -127,13 +147,17 @@ class UnigramSubsetEncoder:
         self._byte_fallback = bool(model.get("byte_fallback", False))
         self._max_piece = max(map(len, sorted_pieces))
         # The lowest-scoring piece fixes the unknown-character score (min score - 10): always keep it.
-        self._always = {int(min(range(len(scores)), key=scores.__getitem__)) if not hasattr(scores, "argmin")
-                        else int(scores.argmin())}
+        self._always = {
+            int(min(range(len(scores)), key=scores.__getitem__))
+            if not hasattr(scores, "argmin")
+            else int(scores.argmin())
+        }
         if self._unk_id is not None:
             self._always.add(self._unk_id)
         if self._byte_fallback:
-            self._always |= {i for p, i in zip(sorted_pieces, sorted_ids)
-                             if len(p) == 6 and p.startswith("<0x") and p.endswith(">")}
+            self._always |= {
+                i for p, i in zip(sorted_pieces, sorted_ids) if len(p) == 6 and p.startswith("<0x") and p.endswith(">")
+            }
         added = {t["content"]: int(t["id"]) for t in skeleton.get("added_tokens") or [] if t.get("content")}
         self._added = list(added)
         self._added_by_id = {i: content for content, i in added.items()}
@@ -184,21 +208,24 @@ class UnigramSubsetEncoder:
         return True
 
     @classmethod
-    def from_tokenizer_json(cls, data: dict[str, Any], model_dir: Path, max_length: int,
-                            hf: dict[str, Any]) -> "UnigramSubsetEncoder":
+    def from_tokenizer_json(
+        cls, data: dict[str, Any], model_dir: Path, max_length: int, hf: dict[str, Any]
+    ) -> UnigramSubsetEncoder:
         vocab = data["model"]["vocab"]
         order = sorted(range(len(vocab)), key=lambda i: vocab[i][0])
         skeleton = {**data, "model": {**data["model"], "vocab": []}}
-        return cls(skeleton, [vocab[i][0] for i in order], order, [float(p[1]) for p in vocab], model_dir,
-                   max_length, hf)
+        return cls(
+            skeleton, [vocab[i][0] for i in order], order, [float(p[1]) for p in vocab], model_dir, max_length, hf
+        )
 
     @classmethod
-    def from_index(cls, path: Path, model_dir: Path, max_length: int, hf: dict[str, Any]) -> "UnigramSubsetEncoder":
+    def from_index(cls, path: Path, model_dir: Path, max_length: int, hf: dict[str, Any]) -> UnigramSubsetEncoder:
         import numpy as np  # imported on use (see FullEncoder.encode)
 
         header, ids, scores, pieces = _read_unigram_index(path)
-        return cls(header["skeleton"], pieces, ids.tolist(), np.asarray(scores, dtype=np.float64), model_dir,
-                   max_length, hf)
+        return cls(
+            header["skeleton"], pieces, ids.tolist(), np.asarray(scores, dtype=np.float64), model_dir, max_length, hf
+        )
 
     # --- lookups
     def _lookup(self, piece: str) -> int | None:
@@ -237,7 +264,9 @@ class UnigramSubsetEncoder:
     def encode(self, texts: Sequence[str]) -> tuple[Any, Any]:
         return self.encode_with_offsets(texts)[:2]
 
-    def encode_with_offsets(self, texts: Sequence[str]) -> tuple[Any, Any, list[list[tuple[int, int]]], list[list[int]]]:
+    def encode_with_offsets(
+        self, texts: Sequence[str]
+    ) -> tuple[Any, Any, list[list[tuple[int, int]]], list[list[int]]]:
         """(input_ids, attention_mask, each token's character offsets in its text, special-token masks); the
         offsets and masks are the unpadded tokens' (the segmentation is the whole tokenizer's, so are they)."""
         import numpy as np  # imported on use (see FullEncoder.encode)
@@ -304,8 +333,9 @@ class UnigramSubsetEncoder:
         return self._full
 
     # --- single texts and pairs, ids out and back (the generator's tokenizer: :class:`LightTextTokenizer`)
-    def encode_ids(self, text: str, pair: str | None = None, *, add_special_tokens: bool = True,
-                   max_length: int | None = None) -> list[int]:
+    def encode_ids(
+        self, text: str, pair: str | None = None, *, add_special_tokens: bool = True, max_length: int | None = None
+    ) -> list[int]:
         """The whole tokenizer's ids for ``text`` (and ``pair``, with the saved pair template), truncated
         longest-first to ``max_length`` tokens when given (as ``tokenizer(text, pair, truncation=...,
         max_length=...)``), with or without the special tokens."""
@@ -321,8 +351,9 @@ class UnigramSubsetEncoder:
                 tokenizer.model = model
             truncation, padding = tokenizer.truncation, tokenizer.padding
             if max_length is not None:
-                tokenizer.enable_truncation(max_length=int(max_length), strategy="longest_first",
-                                            direction=self._truncation_side)
+                tokenizer.enable_truncation(
+                    max_length=int(max_length), strategy="longest_first", direction=self._truncation_side
+                )
             else:
                 tokenizer.no_truncation()
             tokenizer.no_padding()
@@ -330,26 +361,40 @@ class UnigramSubsetEncoder:
                 e = tokenizer.encode(text, pair, add_special_tokens=add_special_tokens)
             finally:
                 if truncation:
-                    tokenizer.enable_truncation(**{k: truncation[k] for k in ("max_length", "stride", "strategy",
-                                                                             "direction")})
+                    tokenizer.enable_truncation(
+                        **{k: truncation[k] for k in ("max_length", "stride", "strategy", "direction")}
+                    )
                 else:
                     tokenizer.no_truncation()
                 if padding:
-                    tokenizer.enable_padding(**{k: padding[k] for k in ("direction", "pad_id", "pad_type_id",
-                                                                       "pad_token", "length", "pad_to_multiple_of")})
+                    tokenizer.enable_padding(
+                        **{
+                            k: padding[k]
+                            for k in ("direction", "pad_id", "pad_type_id", "pad_token", "length", "pad_to_multiple_of")
+                        }
+                    )
         if local_to_global is None:
             return list(e.ids)
         return self._global_ids(e, local_to_global).tolist()
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         """Text of ``ids`` through the saved decoder, as the Hugging Face tokenizer's ``decode``."""
-        pieces = [self._id_piece(int(i)) for i in ids
-                  if not (skip_special_tokens and int(i) in self._special_ids)]
+        pieces = [self._id_piece(int(i)) for i in ids if not (skip_special_tokens and int(i) in self._special_ids)]
         decoder = self._tokenizer.decoder
         text = decoder.decode(pieces) if decoder is not None else " ".join(pieces)
         if self._clean_up_spaces:  # tokenizer_config.json's clean_up_tokenization_spaces, as transformers does it
-            for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
-                         (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+            for a, b in (
+                (" .", "."),
+                (" ?", "?"),
+                (" !", "!"),
+                (" ,", ","),
+                (" ' ", "'"),
+                (" n't", "n't"),
+                (" 'm", "'m"),
+                (" 's", "'s"),
+                (" 've", "'ve"),
+                (" 're", "'re"),
+            ):
                 text = text.replace(a, b)
         return text
 
@@ -387,7 +432,7 @@ class LightTextTokenizer:
             setattr(self, f"{role}_token_id", None if token is None else added.get(token, encoder._lookup(token)))
 
     @classmethod
-    def load(cls, model_dir: Path) -> "LightTextTokenizer | None":
+    def load(cls, model_dir: Path) -> LightTextTokenizer | None:
         """The light tokenizer of a saved Unigram tokenizer (tokenizer.json), None for any other kind."""
         model_dir = Path(model_dir)
         data = _read_tokenizer_json(model_dir)
@@ -397,11 +442,21 @@ class LightTextTokenizer:
         limit = int(hf.get("model_max_length") or 512)
         return cls(UnigramSubsetEncoder.from_tokenizer_json(data, model_dir, min(limit, 100_000), hf), hf)
 
-    def __call__(self, text: str, text_pair: str | None = None, *, add_special_tokens: bool = True,
-                 truncation: Any = False, max_length: int | None = None) -> dict[str, list[int]]:
+    def __call__(
+        self,
+        text: str,
+        text_pair: str | None = None,
+        *,
+        add_special_tokens: bool = True,
+        truncation: Any = False,
+        max_length: int | None = None,
+    ) -> dict[str, list[int]]:
         limit = max_length if truncation and max_length is not None else None
-        return {"input_ids": self.encoder.encode_ids(text, text_pair, add_special_tokens=add_special_tokens,
-                                                     max_length=limit)}
+        return {
+            "input_ids": self.encoder.encode_ids(
+                text, text_pair, add_special_tokens=add_special_tokens, max_length=limit
+            )
+        }
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         return self.encoder.decode(ids, skip_special_tokens)
@@ -428,11 +483,18 @@ def write_unigram_index(model_dir: Path) -> bool:
         return False
     order = sorted(range(len(vocab)), key=lambda i: vocab[i][0])
     blob = "\n".join(vocab[i][0] for i in order).encode("utf-8")
-    header = json.dumps({"count": len(vocab), "pieces_bytes": len(blob),
-                         "skeleton": {**data, "model": {**data["model"], "vocab": []}}},
-                        ensure_ascii=False).encode("utf-8")
-    body = (UNIGRAM_INDEX_MAGIC + len(header).to_bytes(8, "little") + header
-            + np.asarray(order, dtype="<i4").tobytes() + np.asarray([p[1] for p in vocab], dtype="<f8").tobytes() + blob)
+    header = json.dumps(
+        {"count": len(vocab), "pieces_bytes": len(blob), "skeleton": {**data, "model": {**data["model"], "vocab": []}}},
+        ensure_ascii=False,
+    ).encode("utf-8")
+    body = (
+        UNIGRAM_INDEX_MAGIC
+        + len(header).to_bytes(8, "little")
+        + header
+        + np.asarray(order, dtype="<i4").tobytes()
+        + np.asarray([p[1] for p in vocab], dtype="<f8").tobytes()
+        + blob
+    )
     atomic_write_bytes(model_dir / TOKENIZER_INDEX_FILE, body)
     return True
 
@@ -445,8 +507,8 @@ def _read_unigram_index(path: Path) -> tuple[dict[str, Any], Any, Any, list[str]
         if not raw.startswith(UNIGRAM_INDEX_MAGIC):
             raise ValueError("not a hotelbot unigram index")
         at = len(UNIGRAM_INDEX_MAGIC)
-        size = int.from_bytes(raw[at:at + 8], "little")
-        header = json.loads(raw[at + 8:at + 8 + size])
+        size = int.from_bytes(raw[at : at + 8], "little")
+        header = json.loads(raw[at + 8 : at + 8 + size])
         count = int(header["count"])
         at += 8 + size
         ids = np.frombuffer(raw, dtype="<i4", count=count, offset=at)
@@ -496,4 +558,3 @@ def _read_tokenizer_json(model_dir: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ModelError(f"{path} is not a tokenizer")
     return data
-

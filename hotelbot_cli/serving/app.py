@@ -32,12 +32,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     interval = app.state.settings.watch_interval_s
     await asyncio.to_thread(holder.refresh)
     if holder.model is None and holder.last_error is None:
-        logger.warning("no version is deployed in %s: serving without a model (%s)", app.state.registry.root,
-                       TRAIN_AND_DEPLOY)
+        logger.warning(
+            "no version is deployed in %s: serving without a model (%s)", app.state.registry.root, TRAIN_AND_DEPLOY
+        )
     batcher.start()
-    watcher = (asyncio.get_running_loop().create_task(watch_registry(holder, interval),
-                                                      name="hotelbot-model-watcher")
-               if interval > 0 else None)
+    watcher = (
+        asyncio.get_running_loop().create_task(watch_registry(holder, interval), name="hotelbot-model-watcher")
+        if interval > 0
+        else None
+    )
     try:
         yield
     finally:
@@ -56,18 +59,24 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
         title="hotelbot",
         version=__version__,
         description="Intent classification for a Spanish-speaking hotel chatbot. Serves the registry's "
-                    "deployed version and follows deploys and rollbacks without a restart.",
+        "deployed version and follows deploys and rollbacks without a restart.",
         lifespan=lifespan,
-        docs_url=None, redoc_url=None,  # serving.docs: the same pages with their assets from this server
+        docs_url=None,
+        redoc_url=None,  # serving.docs: the same pages with their assets from this server
     )
     app.state.registry = registry
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.models = ModelHolder(registry, settings, metrics)
-    app.state.batcher = MicroBatcher(max_batch=settings.max_micro_batch, wait_s=settings.batch_wait_ms / 1000.0,
-                                     top_k=settings.top_k, metrics=metrics)
-    app.add_middleware(MetricsMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes,
-                       post_paths=POST_PATHS)
+    app.state.batcher = MicroBatcher(
+        max_batch=settings.max_micro_batch,
+        wait_s=settings.batch_wait_ms / 1000.0,
+        top_k=settings.top_k,
+        metrics=metrics,
+    )
+    app.add_middleware(
+        MetricsMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes, post_paths=POST_PATHS
+    )
     add_routes(app)
     add_docs(app, settings)
     add_error_handlers(app)

@@ -33,8 +33,9 @@ class MicroBatcher:
     are answered by it. ``forward_passes`` and ``texts`` count what was run.
     """
 
-    def __init__(self, *, max_batch: int = 64, wait_s: float = 0.005, top_k: int = 3,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, *, max_batch: int = 64, wait_s: float = 0.005, top_k: int = 3, metrics: Metrics | None = None
+    ) -> None:
         self.max_batch = max_batch
         self.wait_s = wait_s
         self.top_k = top_k
@@ -135,8 +136,7 @@ class MicroBatcher:
                 if getattr(model.predictor, "streams", False) and await self._stream(loop, model, items):
                     continue
                 try:
-                    outcomes = await loop.run_in_executor(self._executor, self._forward, model,
-                                                          [i.text for i in items])
+                    outcomes = await loop.run_in_executor(self._executor, self._forward, model, [i.text for i in items])
                 except Exception as exc:  # noqa: BLE001 - delivered to the waiting requests
                     outcomes = [exc] * len(items)
                 self.forward_passes += 1
@@ -160,8 +160,9 @@ class MicroBatcher:
         while these run and each request is answered as soon as its own text is done (no batch barrier).
         False when the group could not be handed over (then it runs through :meth:`_forward`)."""
         try:
-            futures = await loop.run_in_executor(self._executor, model.predictor.submit_each,
-                                                 [i.text for i in items], self.top_k)
+            futures = await loop.run_in_executor(
+                self._executor, model.predictor.submit_each, [i.text for i in items], self.top_k
+            )
         except Exception:  # noqa: BLE001 - e.g. one bad text: _forward isolates it
             return False
         self.forward_passes += len(items)  # one pass per text
@@ -201,8 +202,9 @@ class MicroBatcher:
     def _observe(self, model: LoadedModel, outcome: Any) -> None:
         """One answer in its version's live metrics (an exception is counted by its request's status)."""
         if self.metrics is not None and isinstance(outcome, dict):
-            self.metrics.versions.observe_answer(model.version, outcome.get("intent"), outcome.get("confidence"),
-                                                 bool(outcome.get("fallback")))  # never raises (see there)
+            self.metrics.versions.observe_answer(
+                model.version, outcome.get("intent"), outcome.get("confidence"), bool(outcome.get("fallback"))
+            )  # never raises (see there)
 
     def _forward(self, model: LoadedModel, texts: list[str]) -> list[Any]:
         """Runs in the worker thread. One bad text must not fail its neighbours: retry one by one."""

@@ -47,8 +47,11 @@ def reference_of(version_dir: Path) -> dict[str, Any] | None:
     total = sum(counts.values())
     if not total:
         return None
-    return {"intents": {k: v / total for k, v in counts.items()}, "fallback_rate": counts.get(OUT_OF_SCOPE, 0) / total,
-            "size": total}
+    return {
+        "intents": {k: v / total for k, v in counts.items()},
+        "fallback_rate": counts.get(OUT_OF_SCOPE, 0) / total,
+        "size": total,
+    }
 
 
 def psi(live: Mapping[str, float], reference: Mapping[str, float], reference_size: int = 0) -> float:
@@ -77,12 +80,20 @@ def drift_figures(live: Mapping[str, Any], reference: Mapping[str, Any]) -> dict
     intents = live.get("intents") or {}
     answers = float(live.get("answers") or 0.0)
     total = sum(intents.values()) or 1.0
-    shifts = sorted(((i, intents.get(i, 0.0) / total, reference["intents"].get(i, 0.0))
-                     for i in set(intents) | set(reference["intents"])), key=lambda t: -abs(t[1] - t[2]))
-    return {"answers": int(answers), "psi": round(psi(intents, reference["intents"], reference.get("size", 0)), 6),
-            "fallback_rate": (live.get("fallbacks", 0.0) / answers) if answers else None,
-            "reference_fallback_rate": reference["fallback_rate"],
-            "top_shifts": [(i, round(a, 4), round(b, 4)) for i, a, b in shifts[:5]]}
+    shifts = sorted(
+        (
+            (i, intents.get(i, 0.0) / total, reference["intents"].get(i, 0.0))
+            for i in set(intents) | set(reference["intents"])
+        ),
+        key=lambda t: -abs(t[1] - t[2]),
+    )
+    return {
+        "answers": int(answers),
+        "psi": round(psi(intents, reference["intents"], reference.get("size", 0)), 6),
+        "fallback_rate": (live.get("fallbacks", 0.0) / answers) if answers else None,
+        "reference_fallback_rate": reference["fallback_rate"],
+        "top_shifts": [(i, round(a, 4), round(b, 4)) for i, a, b in shifts[:5]],
+    }
 
 
 def is_drifting(figures: Mapping[str, Any], cfg: Any) -> list[str]:
@@ -91,9 +102,12 @@ def is_drifting(figures: Mapping[str, Any], cfg: Any) -> list[str]:
         return []
     reasons = []
     if figures["psi"] > cfg.drift_max_psi:
-        reasons.append(f"intent distribution PSI {figures['psi']:.3f} > {cfg.drift_max_psi} against the validation "
-                       f"split (largest shifts: " + ", ".join(f"{i} {a:.1%} vs {b:.1%}" for i, a, b in
-                                                             figures["top_shifts"][:3]) + ")")
+        reasons.append(
+            f"intent distribution PSI {figures['psi']:.3f} > {cfg.drift_max_psi} against the validation "
+            f"split (largest shifts: "
+            + ", ".join(f"{i} {a:.1%} vs {b:.1%}" for i, a, b in figures["top_shifts"][:3])
+            + ")"
+        )
     rate, ref = figures["fallback_rate"], figures["reference_fallback_rate"]
     if rate is not None and rate - ref > cfg.drift_max_fallback_increase:
         reasons.append(f"fallback rate {rate:.3f} vs {ref:.3f} in validation (> +{cfg.drift_max_fallback_increase})")
@@ -102,21 +116,26 @@ def is_drifting(figures: Mapping[str, Any], cfg: Any) -> list[str]:
 
 def gauge_lines(snapshot: Mapping[str, Any], references: Mapping[str, Any]) -> list[str]:
     """Prometheus gauges of each served version with a reference (computed from the merged counters)."""
-    lines = ["# HELP hotelbot_version_intent_psi Population stability index of the answered intents against the "
-             "version's validation split.", "# TYPE hotelbot_version_intent_psi gauge",
-             "# HELP hotelbot_version_fallback_rate Out-of-scope fallbacks per answer since the server started.",
-             "# TYPE hotelbot_version_fallback_rate gauge",
-             "# HELP hotelbot_version_reference_fallback_rate The out_of_scope share of the version's validation split.",
-             "# TYPE hotelbot_version_reference_fallback_rate gauge"]
+    lines = [
+        "# HELP hotelbot_version_intent_psi Population stability index of the answered intents against the "
+        "version's validation split.",
+        "# TYPE hotelbot_version_intent_psi gauge",
+        "# HELP hotelbot_version_fallback_rate Out-of-scope fallbacks per answer since the server started.",
+        "# TYPE hotelbot_version_fallback_rate gauge",
+        "# HELP hotelbot_version_reference_fallback_rate The out_of_scope share of the version's validation split.",
+        "# TYPE hotelbot_version_reference_fallback_rate gauge",
+    ]
     for version, reference in sorted(references.items()):
         live = snapshot.get(version)
         if reference is None or not live or not live.get("answers"):
             continue
         figures = drift_figures(live, reference)
         label = f'{{model_version="{version}"}}'
-        lines += [f"hotelbot_version_intent_psi{label} {figures['psi']}",
-                  f"hotelbot_version_fallback_rate{label} {figures['fallback_rate']}",
-                  f"hotelbot_version_reference_fallback_rate{label} {figures['reference_fallback_rate']}"]
+        lines += [
+            f"hotelbot_version_intent_psi{label} {figures['psi']}",
+            f"hotelbot_version_fallback_rate{label} {figures['fallback_rate']}",
+            f"hotelbot_version_reference_fallback_rate{label} {figures['reference_fallback_rate']}",
+        ]
     return lines
 
 

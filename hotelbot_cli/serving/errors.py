@@ -16,8 +16,9 @@ from ..errors import ServeError
 logger = logging.getLogger(__name__)
 
 
-def error_response(status: int, message: str, detail: Any = None,
-                   headers: Mapping[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, message: str, detail: Any = None, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse({"error": message, "detail": detail}, status_code=status, headers=dict(headers or {}))
 
 
@@ -26,8 +27,10 @@ async def serve_error(request: Request, exc: ServeError) -> JSONResponse:
 
 
 async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-    detail = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": e.get("type")}
-              for e in exc.errors()]
+    detail = [
+        {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": e.get("type")}
+        for e in exc.errors()
+    ]
     if any(e["type"] == "json_invalid" for e in detail):
         message = "request body is not valid JSON"
     elif detail:
@@ -40,11 +43,11 @@ async def invalid_request(request: Request, exc: RequestValidationError) -> JSON
 
 async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     if exc.status_code == 404:
-        return error_response(404, "not found", f"no route {request.method} {request.url.path}; see /docs",
-                              exc.headers)
+        return error_response(404, "not found", f"no route {request.method} {request.url.path}; see /docs", exc.headers)
     if exc.status_code == 405:
-        return error_response(405, "method not allowed", f"{request.method} is not allowed on {request.url.path}",
-                              exc.headers)
+        return error_response(
+            405, "method not allowed", f"{request.method} is not allowed on {request.url.path}", exc.headers
+        )
     if exc.status_code == 400:  # FastAPI could not read the body (not UTF-8): the same answer as for bad JSON
         return error_response(422, "request body is not valid JSON", str(exc.detail))
     return error_response(exc.status_code, str(exc.detail), None, exc.headers)

@@ -33,7 +33,7 @@ WAIT, ABORT, PROMOTE = "wait", "abort", "promote"
 
 @dataclass
 class Verdict:
-    decision: str                     # wait | abort | promote
+    decision: str  # wait | abort | promote
     reasons: list[str] = field(default_factory=list)
     figures: dict[str, Any] = field(default_factory=dict)
 
@@ -74,8 +74,10 @@ def since(now: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> dict[st
     """A version's figures counted since ``baseline`` (an earlier snapshot entry of it): the counters and the
     cumulative buckets minus the baseline's, so that a canary is judged on what happened while it ran."""
     base = baseline or {}
-    out = {k: float(now.get(k, 0.0)) - float(base.get(k, 0.0))
-           for k in ("requests", "errors", "answers", "fallbacks", "confidence_sum")}
+    out = {
+        k: float(now.get(k, 0.0)) - float(base.get(k, 0.0))
+        for k in ("requests", "errors", "answers", "fallbacks", "confidence_sum")
+    }
     before = dict(base.get("latency_buckets") or [])
     out["latency_buckets"] = [(b, c - before.get(b, 0.0)) for b, c in now.get("latency_buckets") or []]
     return out
@@ -94,20 +96,37 @@ def judge(stable: Mapping[str, Any], canary: Mapping[str, Any], cfg: Any, auto_p
     r_c, r_s = int(canary.get("requests", 0)), int(stable.get("requests", 0))
     f_c, f_s = int(canary.get("fallbacks", 0)), int(stable.get("fallbacks", 0))
     e_c, e_s = int(canary.get("errors", 0)), int(stable.get("errors", 0))
-    lat_c, lat_s = p95_bucket(list(canary.get("latency_buckets", []))), p95_bucket(list(stable.get("latency_buckets", [])))
+    lat_c, lat_s = (
+        p95_bucket(list(canary.get("latency_buckets", []))),
+        p95_bucket(list(stable.get("latency_buckets", []))),
+    )
     figures: dict[str, Any] = {
-        "canary": {"answers": n_c, "requests": r_c, "fallback_rate": _rate(f_c, n_c), "error_rate": _rate(e_c, r_c),
-                   "mean_confidence": _rate(canary.get("confidence_sum", 0.0), n_c),
-                   "p95_latency_s": None if lat_c is None else lat_c[1]},
-        "stable": {"answers": n_s, "requests": r_s, "fallback_rate": _rate(f_s, n_s), "error_rate": _rate(e_s, r_s),
-                   "mean_confidence": _rate(stable.get("confidence_sum", 0.0), n_s),
-                   "p95_latency_s": None if lat_s is None else lat_s[1]},
-        "min_requests": cfg.canary_min_requests}
+        "canary": {
+            "answers": n_c,
+            "requests": r_c,
+            "fallback_rate": _rate(f_c, n_c),
+            "error_rate": _rate(e_c, r_c),
+            "mean_confidence": _rate(canary.get("confidence_sum", 0.0), n_c),
+            "p95_latency_s": None if lat_c is None else lat_c[1],
+        },
+        "stable": {
+            "answers": n_s,
+            "requests": r_s,
+            "fallback_rate": _rate(f_s, n_s),
+            "error_rate": _rate(e_s, r_s),
+            "mean_confidence": _rate(stable.get("confidence_sum", 0.0), n_s),
+            "p95_latency_s": None if lat_s is None else lat_s[1],
+        },
+        "min_requests": cfg.canary_min_requests,
+    }
     enough_requests = min(r_c, r_s) >= cfg.canary_min_requests
     enough_answers = min(n_c, n_s) >= cfg.canary_min_requests
     if not enough_requests and not enough_answers:
-        return Verdict(WAIT, [f"waiting for {cfg.canary_min_requests} requests from each version "
-                              f"(canary {r_c}, stable {r_s})"], figures)
+        return Verdict(
+            WAIT,
+            [f"waiting for {cfg.canary_min_requests} requests from each version (canary {r_c}, stable {r_s})"],
+            figures,
+        )
     c, s = figures["canary"], figures["stable"]
     reasons = []
     checks = []
@@ -120,21 +139,35 @@ def judge(stable: Mapping[str, Any], canary: Mapping[str, Any], cfg: Any, auto_p
         p_value = fisher_greater(bad_c, total_c, bad_s, total_s)
         figures[f"{what.replace(' ', '_')}_p_value"] = p_value
         if rate_c - rate_s > tolerance and p_value < cfg.canary_alpha:
-            reasons.append(f"{what} {rate_c:.3f} vs {rate_s:.3f} (+{rate_c - rate_s:.3f} > {tolerance}; Fisher's exact "
-                           f"test, one-sided, p={p_value:.2g} < {cfg.canary_alpha})")
-    if enough_answers and c["mean_confidence"] is not None and s["mean_confidence"] is not None \
-            and s["mean_confidence"] - c["mean_confidence"] > cfg.canary_max_confidence_drop:
-        reasons.append(f"mean confidence {c['mean_confidence']:.3f} vs {s['mean_confidence']:.3f} "
-                       f"(-{s['mean_confidence'] - c['mean_confidence']:.3f} > {cfg.canary_max_confidence_drop})")
+            reasons.append(
+                f"{what} {rate_c:.3f} vs {rate_s:.3f} (+{rate_c - rate_s:.3f} > {tolerance}; Fisher's exact "
+                f"test, one-sided, p={p_value:.2g} < {cfg.canary_alpha})"
+            )
+    if (
+        enough_answers
+        and c["mean_confidence"] is not None
+        and s["mean_confidence"] is not None
+        and s["mean_confidence"] - c["mean_confidence"] > cfg.canary_max_confidence_drop
+    ):
+        reasons.append(
+            f"mean confidence {c['mean_confidence']:.3f} vs {s['mean_confidence']:.3f} "
+            f"(-{s['mean_confidence'] - c['mean_confidence']:.3f} > {cfg.canary_max_confidence_drop})"
+        )
     # latency from bucket edges, conservatively: the canary's p95 bucket must START above ratio x the END of the
     # stable one's (adjacent buckets are up to 2.5x apart: one bucket up is not evidence)
-    if enough_requests and lat_c is not None and lat_s is not None and lat_c[0] > cfg.canary_max_latency_ratio * lat_s[1]:
+    if (
+        enough_requests
+        and lat_c is not None
+        and lat_s is not None
+        and lat_c[0] > cfg.canary_max_latency_ratio * lat_s[1]
+    ):
         reasons.append(f"p95 latency above {lat_c[0]}s vs at most {lat_s[1]}s (> {cfg.canary_max_latency_ratio}x)")
     if reasons:
         return Verdict(ABORT, reasons, figures)
     if auto_promote and enough_answers and n_c >= auto_promote:
-        return Verdict(PROMOTE, [f"{n_c} canary answers without a worse figure (auto-promote after {auto_promote})"],
-                       figures)
+        return Verdict(
+            PROMOTE, [f"{n_c} canary answers without a worse figure (auto-promote after {auto_promote})"], figures
+        )
     return Verdict(WAIT, ["no worse figure so far"], figures)
 
 
@@ -152,21 +185,37 @@ def act(verdict: Verdict, registry: Any, settings: Any, running: Mapping[str, An
     try:
         if verdict.decision == ABORT and not settings.deployment.enable_auto_rollback:
             if report_worse(registry, settings, dict(running), verdict.to_dict()):
-                logger.warning("canary %s is worse (%s); ENABLE_AUTO_ROLLBACK is off: not aborted", version,
-                               "; ".join(verdict.reasons))
+                logger.warning(
+                    "canary %s is worse (%s); ENABLE_AUTO_ROLLBACK is off: not aborted",
+                    version,
+                    "; ".join(verdict.reasons),
+                )
                 return "reported"
             return None
         if verdict.decision == ABORT:
-            abort_canary(registry, settings, reason, event="canary_auto_abort", details=verdict.to_dict(),
-                         expected_event_id=event_id)
+            abort_canary(
+                registry,
+                settings,
+                reason,
+                event="canary_auto_abort",
+                details=verdict.to_dict(),
+                expected_event_id=event_id,
+            )
         else:
-            promote_canary(registry, settings, reason, event="canary_auto_promote", details=verdict.to_dict(),
-                           expected_event_id=event_id)
+            promote_canary(
+                registry,
+                settings,
+                reason,
+                event="canary_auto_promote",
+                details=verdict.to_dict(),
+                expected_event_id=event_id,
+            )
     except HotelbotError as exc:  # another worker (or a person) acted first, or the canary changed
         logger.info("canary %s: %s not applied (%s)", version, verdict.decision, exc)
         return None
-    logger.warning("canary %s %s: %s", version, "aborted" if verdict.decision == ABORT else "promoted",
-                   "; ".join(verdict.reasons))
+    logger.warning(
+        "canary %s %s: %s", version, "aborted" if verdict.decision == ABORT else "promoted", "; ".join(verdict.reasons)
+    )
     return verdict.decision
 
 

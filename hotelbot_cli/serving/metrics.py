@@ -144,13 +144,15 @@ class Metrics:
                 *self.batch_sizes.lines("hotelbot_microbatch_size"),
             ]
         if recheck is not None:
-            lines += ["# HELP hotelbot_int8_rechecks_total int8 answers that were close calls, re-run on fp32 "
-                      "(since the model was loaded).",
-                      "# TYPE hotelbot_int8_rechecks_total counter",
-                      f"hotelbot_int8_rechecks_total {recheck.rerun}",
-                      "# HELP hotelbot_int8_texts_total Texts answered by the int8 model (since it was loaded).",
-                      "# TYPE hotelbot_int8_texts_total counter",
-                      f"hotelbot_int8_texts_total {recheck.checked}"]
+            lines += [
+                "# HELP hotelbot_int8_rechecks_total int8 answers that were close calls, re-run on fp32 "
+                "(since the model was loaded).",
+                "# TYPE hotelbot_int8_rechecks_total counter",
+                f"hotelbot_int8_rechecks_total {recheck.rerun}",
+                "# HELP hotelbot_int8_texts_total Texts answered by the int8 model (since it was loaded).",
+                "# TYPE hotelbot_int8_texts_total counter",
+                f"hotelbot_int8_texts_total {recheck.checked}",
+            ]
         try:
             versions = self.versions.render(self.references)
         except Exception as exc:  # noqa: BLE001 - e.g. the multiprocess directory removed: the rest still renders
@@ -180,20 +182,35 @@ class VersionMetrics:
         self.registry = CollectorRegistry()
         labels = ("model_version",)
         common = {"registry": None if self.multiprocess else self.registry}
-        self.requests = Counter("hotelbot_version_requests", "Requests answered by a model version, by endpoint "
-                                "and status.", labels + ("endpoint", "status"), **common)
-        self.errors = Counter("hotelbot_version_errors", "Requests a model version failed (status 5xx).",
-                              labels + ("endpoint",), **common)
-        self.latency = Histogram("hotelbot_version_request_duration_seconds", "Request time by model version.",
-                                 labels + ("endpoint",), buckets=Metrics.LATENCY_BUCKETS, **common)
-        self.answers = Counter("hotelbot_version_answers", "Messages classified by a model version.", labels,
-                               **common)
-        self.fallbacks = Counter("hotelbot_version_fallbacks", "Answers its out-of-scope detector turned into "
-                                 "out_of_scope.", labels, **common)
-        self.confidence = Histogram("hotelbot_version_confidence", "The top intent's confidence.", labels,
-                                    buckets=CONFIDENCE_BUCKETS, **common)
-        self.intents = Counter("hotelbot_version_intents", "Answers by intent (out_of_scope included).",
-                               labels + ("intent",), **common)
+        self.requests = Counter(
+            "hotelbot_version_requests",
+            "Requests answered by a model version, by endpoint and status.",
+            labels + ("endpoint", "status"),
+            **common,
+        )
+        self.errors = Counter(
+            "hotelbot_version_errors", "Requests a model version failed (status 5xx).", labels + ("endpoint",), **common
+        )
+        self.latency = Histogram(
+            "hotelbot_version_request_duration_seconds",
+            "Request time by model version.",
+            labels + ("endpoint",),
+            buckets=Metrics.LATENCY_BUCKETS,
+            **common,
+        )
+        self.answers = Counter("hotelbot_version_answers", "Messages classified by a model version.", labels, **common)
+        self.fallbacks = Counter(
+            "hotelbot_version_fallbacks",
+            "Answers its out-of-scope detector turned into out_of_scope.",
+            labels,
+            **common,
+        )
+        self.confidence = Histogram(
+            "hotelbot_version_confidence", "The top intent's confidence.", labels, buckets=CONFIDENCE_BUCKETS, **common
+        )
+        self.intents = Counter(
+            "hotelbot_version_intents", "Answers by intent (out_of_scope included).", labels + ("intent",), **common
+        )
 
     def observe_request(self, version: str, endpoint: str, status: int, seconds: float) -> None:
         with self._guard():
@@ -252,12 +269,26 @@ class VersionMetrics:
         out: dict[str, dict[str, Any]] = {}
 
         def entry(version: str) -> dict[str, Any]:
-            return out.setdefault(version, {"requests": 0.0, "errors": 0.0, "answers": 0.0, "fallbacks": 0.0,
-                                            "confidence_sum": 0.0, "latency_buckets": {}, "intents": {}})
+            return out.setdefault(
+                version,
+                {
+                    "requests": 0.0,
+                    "errors": 0.0,
+                    "answers": 0.0,
+                    "fallbacks": 0.0,
+                    "confidence_sum": 0.0,
+                    "latency_buckets": {},
+                    "intents": {},
+                },
+            )
 
-        names = {"hotelbot_version_requests_total": "requests", "hotelbot_version_errors_total": "errors",
-                 "hotelbot_version_answers_total": "answers", "hotelbot_version_fallbacks_total": "fallbacks",
-                 "hotelbot_version_confidence_sum": "confidence_sum"}
+        names = {
+            "hotelbot_version_requests_total": "requests",
+            "hotelbot_version_errors_total": "errors",
+            "hotelbot_version_answers_total": "answers",
+            "hotelbot_version_fallbacks_total": "fallbacks",
+            "hotelbot_version_confidence_sum": "confidence_sum",
+        }
         for family in self._collected().collect():
             for sample in family.samples:
                 version = sample.labels.get("model_version")

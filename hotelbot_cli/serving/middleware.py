@@ -36,16 +36,20 @@ class MetricsMiddleware:
         try:
             length = _content_length(scope)
             if length is not None and length > self.max_body_bytes:
-                response = error_response(413, "request body too large",
-                                          f"{length} bytes; the limit is {self.max_body_bytes}",
-                                          {"Connection": "close"})
+                response = error_response(
+                    413,
+                    "request body too large",
+                    f"{length} bytes; the limit is {self.max_body_bytes}",
+                    {"Connection": "close"},
+                )
                 await response(scope, receive, send_status)
                 return
             await self.app(scope, receive, send_status)
         finally:
             route = scope.get("route")
-            endpoint = getattr(route, "path", None) or (scope["path"] if scope["path"] in self.post_paths
-                                                        else "unmatched")
+            endpoint = getattr(route, "path", None) or (
+                scope["path"] if scope["path"] in self.post_paths else "unmatched"
+            )
             seconds = time.perf_counter() - start
             self.metrics.observe_request(endpoint, status, seconds)
             version = (scope.get("state") or {}).get("model_version")  # set by the route that picked the model

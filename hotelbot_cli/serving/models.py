@@ -53,7 +53,7 @@ KNOWLEDGE = "knowledge"
 GENERATOR = "generator"
 REPLIES = "replies"
 JUDGEMENT_EVERY_S = 5.0  # how often a "wait" verdict is written for `canary status`
-DRIFT_EVERY_S = 10.0     # how often the served versions' drift is checked
+DRIFT_EVERY_S = 10.0  # how often the served versions' drift is checked
 
 
 def out_of_scope_threshold(metadata: Mapping[str, Any]) -> float | None:
@@ -118,8 +118,13 @@ class ModelHolder:
     lock, after the new version has loaded and answered a smoke prediction.
     """
 
-    def __init__(self, registry: ModelRegistry, settings: ServeSettings, metrics: Metrics,
-                 loader: Callable[[VersionInfo], Any] = _load_version) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        settings: ServeSettings,
+        metrics: Metrics,
+        loader: Callable[[VersionInfo], Any] = _load_version,
+    ) -> None:
         self.registry = registry
         self.settings = settings
         self.metrics = metrics
@@ -130,8 +135,8 @@ class ModelHolder:
         self._failed: str | None = None  # the target that failed to load: not retried until current moves
         self._warned: str | None = None
         self.canary: LoadedModel | None = None  # a gradual deploy's second version (pipeline.canary)
-        self.canary_weight = 0                  # percent of conversations it answers
-        self.canary_salt = ""                   # its event id: the conversation buckets' HMAC key
+        self.canary_weight = 0  # percent of conversations it answers
+        self.canary_salt = ""  # its event id: the conversation buckets' HMAC key
         self._canary_failed: str | None = None
         self._deploy_settings: Any = None  # load_settings() on the first judgement
         self._judged_at = -math.inf
@@ -147,8 +152,10 @@ class ModelHolder:
             try:
                 state = self.registry.current_state()
             except (HotelbotError, OSError) as exc:  # e.g. unreadable deployed state: keep what we have
-                self._warn_once(f"cannot read the deployed version of {self.registry.root} ({exc}); "
-                                f"{'still serving ' + loaded if loaded else 'no model is loaded'}")
+                self._warn_once(
+                    f"cannot read the deployed version of {self.registry.root} ({exc}); "
+                    f"{'still serving ' + loaded if loaded else 'no model is loaded'}"
+                )
                 if self.model is None:
                     self.last_error = f"cannot read the deployed version: {exc}"
                 return False
@@ -163,8 +170,9 @@ class ModelHolder:
             return False
         if target is None:  # nothing deployed (any more): keep answering with what we have, if anything
             if loaded:
-                self._warn_once(f"the registry {self.registry.root} has no deployed version any more; "
-                                f"still serving {loaded}")
+                self._warn_once(
+                    f"the registry {self.registry.root} has no deployed version any more; still serving {loaded}"
+                )
             return False
         if target == self._failed:
             return False
@@ -177,8 +185,12 @@ class ModelHolder:
                 self._failed = target
                 self.last_error = f"version {target} failed to load: {exc}"
                 self.metrics.load_failed()
-                logger.error("could not load %s (%s); %s", target, exc,
-                             f"still serving {loaded}" if loaded else "no model is loaded")
+                logger.error(
+                    "could not load %s (%s); %s",
+                    target,
+                    exc,
+                    f"still serving {loaded}" if loaded else "no model is loaded",
+                )
                 return False
         self.model = new
         self._failed = None
@@ -196,8 +208,11 @@ class ModelHolder:
         if version is None or self.model is None or version == self.model.version:
             changed = self.canary is not None
             if changed:
-                logger.info("canary %s ended; every conversation on %s", self.canary.version,
-                            self.model.version if self.model else None)
+                logger.info(
+                    "canary %s ended; every conversation on %s",
+                    self.canary.version,
+                    self.model.version if self.model else None,
+                )
             self.canary, self.canary_weight, self._canary_failed, self.canary_error = None, 0, None, None
             return changed
         if self.canary is not None and self.canary.version == version:
@@ -214,8 +229,9 @@ class ModelHolder:
             self._canary_failed = version
             self.canary_error = f"canary {version} failed to load: {exc}"
             self.metrics.load_failed()
-            logger.error("could not load the canary %s (%s); every conversation stays on %s", version, exc,
-                         self.model.version)
+            logger.error(
+                "could not load the canary %s (%s); every conversation stays on %s", version, exc, self.model.version
+            )
             return False
         self.canary, self.canary_weight, self._canary_failed, self.canary_error = canary, weight, None, None
         self.canary_salt = str(spec.get("event_id") or spec.get("started_at") or "")
@@ -257,18 +273,29 @@ class ModelHolder:
         self._mark_start(running)  # (normally done when it was loaded)
         snapshot = self.metrics.versions.snapshot()
         base = self._baseline[1] if self._baseline is not None else {}
-        verdict = judge(since(snapshot.get(stable.version, {}), base.get(stable.version)),
-                        since(snapshot.get(canary.version, {}), base.get(canary.version)), settings.deployment,
-                        int(running.get("auto_promote") or 0))
+        verdict = judge(
+            since(snapshot.get(stable.version, {}), base.get(stable.version)),
+            since(snapshot.get(canary.version, {}), base.get(canary.version)),
+            settings.deployment,
+            int(running.get("auto_promote") or 0),
+        )
         done = act(verdict, self.registry, settings, running)
         now = time.monotonic()
         if done or now - self._judged_at >= JUDGEMENT_EVERY_S:
             self._judged_at = now
             with contextlib.suppress(OSError):  # a read-only registry: the verdict still acts, status lacks it
-                atomic_write_json(self.registry.root / JUDGEMENT_FILE,
-                                  {**verdict.to_dict(), "acted": done, "canary": canary.version,
-                                   "stable": stable.version, "event_id": running.get("event_id"), "at": utc_now(),
-                                   "pid": os.getpid()})
+                atomic_write_json(
+                    self.registry.root / JUDGEMENT_FILE,
+                    {
+                        **verdict.to_dict(),
+                        "acted": done,
+                        "canary": canary.version,
+                        "stable": stable.version,
+                        "event_id": running.get("event_id"),
+                        "at": utc_now(),
+                        "pid": os.getpid(),
+                    },
+                )
         return done if done in ("abort", "promote") else None
 
     def check_drift(self) -> list[str]:
@@ -291,15 +318,25 @@ class ModelHolder:
             if not reasons:
                 continue
             with self.registry.lock(timeout=settings.deployment.lock_timeout_seconds):
-                if record_once(self.registry, settings, DRIFT_ALERTS_FILE, model.version,
-                               {"event": "drift_alert", "from": model.version, "to": model.version,
-                                "reason": "; ".join(reasons), "drift": figures}):
+                if record_once(
+                    self.registry,
+                    settings,
+                    DRIFT_ALERTS_FILE,
+                    model.version,
+                    {
+                        "event": "drift_alert",
+                        "from": model.version,
+                        "to": model.version,
+                        "reason": "; ".join(reasons),
+                        "drift": figures,
+                    },
+                ):
                     alerted.append(model.version)
                     logger.warning("drift on %s: %s", model.version, "; ".join(reasons))
             self._drift_alerted.add(model.version)
         return alerted
 
-    def pick(self, key: str | None = None, part: str | None = None) -> "LoadedModel | None":
+    def pick(self, key: str | None = None, part: str | None = None) -> LoadedModel | None:
         """The model that answers conversation ``key``: the canary for ``canary_weight`` percent of keys (the
         same key always gets the same model while the canary runs), else the stable one; no key: a random
         bucket. Read without the lock: ``model``, ``canary`` and ``canary_weight`` are plain attribute reads."""
@@ -333,8 +370,9 @@ class ModelHolder:
         analyzing = {c: parts[c] for c in Analyzer.analyzing_components(info)}
         analyzer = Analyzer(info.name, analyzing) if analyzing else None
         primary = next((parts[c.name] for c in registered() if c.primary and c.name in parts), None)
-        model = LoadedModel(primary, info.name, threshold, parts.get(KNOWLEDGE), analyzer, parts.get(GENERATOR),
-                            parts.get(REPLIES))
+        model = LoadedModel(
+            primary, info.name, threshold, parts.get(KNOWLEDGE), analyzer, parts.get(GENERATOR), parts.get(REPLIES)
+        )
         if primary is not None:
             smoke = primary.predict([SMOKE_TEXT], top_k=self.settings.top_k)
             if len(smoke) != 1 or not 0.0 <= float(smoke[0].confidence) <= 1.0:
@@ -345,8 +383,11 @@ class ModelHolder:
         return model
 
     def unavailable(self) -> ServeError:
-        detail = (self.last_error + f"; deploy a working version ({TRAIN_AND_DEPLOY})" if self.last_error else
-                  f"no version is deployed in the registry {self.registry.root}: {TRAIN_AND_DEPLOY}")
+        detail = (
+            self.last_error + f"; deploy a working version ({TRAIN_AND_DEPLOY})"
+            if self.last_error
+            else f"no version is deployed in the registry {self.registry.root}: {TRAIN_AND_DEPLOY}"
+        )
         return ServeError(503, "no model is loaded", detail)
 
 

@@ -43,9 +43,11 @@ ROUTES: list[tuple[str, str, Callable[..., Any], dict[str, Any]]] = []
 
 def route(method: str, path: str, **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a handler (``options``: what ``app.get``/``app.post`` take)."""
+
     def declare(handler: Callable[..., Any]) -> Callable[..., Any]:
         ROUTES.append((method, path, handler, options))
         return handler
+
     return declare
 
 
@@ -61,13 +63,21 @@ POST_PATHS = frozenset({"/classify", "/classify/batch", "/search", "/analyze", "
 # What each endpoint needs from the loaded version, and the 503 it answers when the part is missing
 # ("{version}" is filled in).
 NEEDS = {
-    "predictor": ("no classifier", "version {version} holds only a knowledge base; train a classifier "
-                  "(hotelbot train) and deploy it"),
+    "predictor": (
+        "no classifier",
+        "version {version} holds only a knowledge base; train a classifier (hotelbot train) and deploy it",
+    ),
     "analyzer": ("nothing to analyze with", "version {version} has no classifier, entity or sentiment model"),
-    "knowledge": ("no knowledge base", "version {version} has none: run `hotelbot prepare --documents DIR`, "
-                  "`hotelbot train --model-type embeddings`, then deploy"),
-    "replies": ("no reply model", "version {version} has none: run `hotelbot train --model-type replies` (it "
-                "needs a knowledge base), then deploy"),
+    "knowledge": (
+        "no knowledge base",
+        "version {version} has none: run `hotelbot prepare --documents DIR`, "
+        "`hotelbot train --model-type embeddings`, then deploy",
+    ),
+    "replies": (
+        "no reply model",
+        "version {version} has none: run `hotelbot train --model-type replies` (it "
+        "needs a knowledge base), then deploy",
+    ),
 }
 
 
@@ -97,8 +107,9 @@ def served_by(request: Request, model: LoadedModel) -> LoadedModel:
     return model
 
 
-async def with_failover(request: Request, model: LoadedModel, endpoint: str,
-                        run: Callable[[LoadedModel], Awaitable[Any]]) -> tuple[LoadedModel, Any]:
+async def with_failover(
+    request: Request, model: LoadedModel, endpoint: str, run: Callable[[LoadedModel], Awaitable[Any]]
+) -> tuple[LoadedModel, Any]:
     """``await run(model)``; when ``model`` is the canary and it fails (an exception: a broken version), the
     failure is counted against the canary (a 5xx in its live figures, which the judge aborts on) and the
     stable version answers instead, so the guest gets an answer. Returns (the version that answered, the
@@ -122,8 +133,9 @@ async def with_failover(request: Request, model: LoadedModel, endpoint: str,
 
 def check_length(settings: ServeSettings, text: str, where: str) -> None:
     if len(text) > settings.max_text_length:
-        raise ServeError(413, "text too long",
-                         f"{where} has {len(text)} characters; the limit is {settings.max_text_length}")
+        raise ServeError(
+            413, "text too long", f"{where} has {len(text)} characters; the limit is {settings.max_text_length}"
+        )
 
 
 def check_batch(settings: ServeSettings, texts: Sequence[str]) -> None:
@@ -144,76 +156,123 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@route("GET", "/ready", tags=["probes"], response_model=Readiness, summary="200 when a model is loaded, else 503",
-       responses={503: {"model": ErrorBody, "description": "No model is loaded"}})
+@route(
+    "GET",
+    "/ready",
+    tags=["probes"],
+    response_model=Readiness,
+    summary="200 when a model is loaded, else 503",
+    responses={503: {"model": ErrorBody, "description": "No model is loaded"}},
+)
 async def ready(request: Request) -> Any:
     holder: ModelHolder = request.app.state.models
     model = holder.model
     if model is None:
         problem = holder.unavailable()
-        return JSONResponse({"ready": False, "model_version": None, "error": problem.message,
-                             "detail": problem.detail}, status_code=503)
+        return JSONResponse(
+            {"ready": False, "model_version": None, "error": problem.message, "detail": problem.detail}, status_code=503
+        )
     detector = getattr(model.predictor, "detector", None)
     canary = holder.canary
-    return {"ready": True, "model_version": model.version, "out_of_scope_threshold": model.threshold,
-            "out_of_scope_detector": detector.to_spec() if detector is not None else None,
-            "canary": {"version": canary.version, "weight": holder.canary_weight} if canary is not None else None,
-            "last_load_error": holder.last_error or holder.canary_error}
+    return {
+        "ready": True,
+        "model_version": model.version,
+        "out_of_scope_threshold": model.threshold,
+        "out_of_scope_detector": detector.to_spec() if detector is not None else None,
+        "canary": {"version": canary.version, "weight": holder.canary_weight} if canary is not None else None,
+        "last_load_error": holder.last_error or holder.canary_error,
+    }
 
 
-@route("POST", "/classify", tags=["classify"], response_model=Classification, responses=ERROR_RESPONSES,
-       summary="Classify one message")
+@route(
+    "POST",
+    "/classify",
+    tags=["classify"],
+    response_model=Classification,
+    responses=ERROR_RESPONSES,
+    summary="Classify one message",
+)
 async def classify(body: ClassifyRequest, request: Request) -> Any:
     state = request.app.state
     check_length(state.settings, body.text, "text")
     model = served_by(request, require_model(state.models, key=conversation_key(body, request)))
-    model, (answer,) = await with_failover(request, model, "/classify",
-                                           lambda m: state.batcher.classify(m, [body.text]))
+    model, (answer,) = await with_failover(
+        request, model, "/classify", lambda m: state.batcher.classify(m, [body.text])
+    )
     return json_response(answer)
 
 
-@route("POST", "/classify/batch", tags=["classify"], response_model=BatchClassification,
-       responses=ERROR_RESPONSES, summary="Classify many messages with one model version")
+@route(
+    "POST",
+    "/classify/batch",
+    tags=["classify"],
+    response_model=BatchClassification,
+    responses=ERROR_RESPONSES,
+    summary="Classify many messages with one model version",
+)
 async def classify_batch(body: BatchClassifyRequest, request: Request) -> Any:
     state = request.app.state
     check_batch(state.settings, body.texts)
     model = served_by(request, require_model(state.models, key=conversation_key(body, request)))
-    model, answers = await with_failover(request, model, "/classify/batch", lambda m: state.batcher.classify(m, body.texts))
+    model, answers = await with_failover(
+        request, model, "/classify/batch", lambda m: state.batcher.classify(m, body.texts)
+    )
     return json_response({"model_version": model.version, "predictions": answers})
 
 
-@route("POST", "/analyze", tags=["analyze"], response_model=BatchAnalysis, responses=ERROR_RESPONSES,
-       summary="Intent, entities and sentiment of messages, with one model version")
+@route(
+    "POST",
+    "/analyze",
+    tags=["analyze"],
+    response_model=BatchAnalysis,
+    responses=ERROR_RESPONSES,
+    summary="Intent, entities and sentiment of messages, with one model version",
+)
 async def analyze(body: AnalyzeRequest, request: Request) -> Any:
     state = request.app.state
     check_batch(state.settings, body.texts)
     model = served_by(request, require_model(state.models, "analyzer", conversation_key(body, request)))
-    model, answers = await with_failover(request, model, "/analyze",
-                                         lambda m: state.batcher.run(m.analyzer.analyze, body.texts, state.settings.top_k))
+    model, answers = await with_failover(
+        request, model, "/analyze", lambda m: state.batcher.run(m.analyzer.analyze, body.texts, state.settings.top_k)
+    )
     for row in answers:
-        state.metrics.versions.observe_answer(model.version, row.get("intent"), row.get("confidence"),
-                                              bool(row.get("fallback")))
+        state.metrics.versions.observe_answer(
+            model.version, row.get("intent"), row.get("confidence"), bool(row.get("fallback"))
+        )
     return json_response({"model_version": model.version, "predictions": answers})
 
 
-@route("POST", "/search", tags=["search"], response_model=SearchResults, responses=ERROR_RESPONSES,
-       summary="Search the hotel knowledge base of the deployed version")
+@route(
+    "POST",
+    "/search",
+    tags=["search"],
+    response_model=SearchResults,
+    responses=ERROR_RESPONSES,
+    summary="Search the hotel knowledge base of the deployed version",
+)
 async def search(body: SearchRequest, request: Request) -> Any:
     check_length(request.app.state.settings, body.query, "query")
     model = served_by(request, require_model(request.app.state.models, "knowledge", conversation_key(body, request)))
-    model, hits = await with_failover(request, model, "/search",
-                                      lambda m: asyncio.to_thread(m.knowledge.search, body.query, body.top_k))
-    return json_response({"model_version": model.version, "query": body.query,
-                          "results": [h.to_dict() for h in hits]})
+    model, hits = await with_failover(
+        request, model, "/search", lambda m: asyncio.to_thread(m.knowledge.search, body.query, body.top_k)
+    )
+    return json_response({"model_version": model.version, "query": body.query, "results": [h.to_dict() for h in hits]})
 
 
-@route("POST", "/reply", tags=["reply"], response_model=ReplyAnswer, responses=ERROR_RESPONSES,
-       summary="Answer a guest message with a grounded, fact-checked reply")
+@route(
+    "POST",
+    "/reply",
+    tags=["reply"],
+    response_model=ReplyAnswer,
+    responses=ERROR_RESPONSES,
+    summary="Answer a guest message with a grounded, fact-checked reply",
+)
 async def reply(body: ReplyRequest, request: Request) -> Any:
     check_length(request.app.state.settings, body.text, "text")
     model = served_by(request, require_model(request.app.state.models, "replies", conversation_key(body, request)))
-    model, (answer,) = await with_failover(request, model, "/reply",
-                                           lambda m: asyncio.to_thread(m.replies.reply, [body.text]))
+    model, (answer,) = await with_failover(
+        request, model, "/reply", lambda m: asyncio.to_thread(m.replies.reply, [body.text])
+    )
     answer.pop("message", None)
     return json_response({**answer, "model_version": model.version})
 
@@ -222,5 +281,6 @@ async def reply(body: ReplyRequest, request: Request) -> Any:
 async def prometheus_metrics(request: Request) -> PlainTextResponse:
     model = request.app.state.models.model
     recheck = getattr(model.predictor, "recheck", None) if model is not None else None
-    return PlainTextResponse(request.app.state.metrics.render(recheck),
-                             media_type="text/plain; version=0.0.4; charset=utf-8")
+    return PlainTextResponse(
+        request.app.state.metrics.render(recheck), media_type="text/plain; version=0.0.4; charset=utf-8"
+    )

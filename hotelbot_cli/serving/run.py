@@ -32,8 +32,16 @@ def app_factory() -> FastAPI:
     return create_app(ModelRegistry(settings.paths.registry), ServeSettings.from_env())
 
 
-def serve(registry_root: Path, settings: ServeSettings | None = None, *, host: str = DEFAULT_HOST,
-          port: int = DEFAULT_PORT, workers: int = 1, access_log: bool = False, log_level: str = "info") -> None:
+def serve(
+    registry_root: Path,
+    settings: ServeSettings | None = None,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    workers: int = 1,
+    access_log: bool = False,
+    log_level: str = "info",
+) -> None:
     """Run the server until interrupted. ``workers > 1`` starts that many processes, each with its own
     model; they get the registry and limits through HOTELBOT_REGISTRY and HOTELBOT_SERVE_*."""
     import uvicorn  # heavy, and only needed to serve: create_app users (tests, benchmarks) never load it
@@ -45,8 +53,14 @@ def serve(registry_root: Path, settings: ServeSettings | None = None, *, host: s
     # uvicorn's own log format, plus this package's messages (model loads, swaps, failed loads).
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"][PACKAGE] = {"handlers": ["default"], "level": log_level.upper(), "propagate": False}
-    common: dict[str, Any] = {"host": host, "port": port, "access_log": access_log, "log_level": log_level,
-                              "log_config": log_config, "timeout_graceful_shutdown": 30}
+    common: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "access_log": access_log,
+        "log_level": log_level,
+        "log_config": log_config,
+        "timeout_graceful_shutdown": 30,
+    }
     if workers == 1:
         if os.environ.get(MULTIPROCESS_ENV):  # multiprocess mode asked for: start from empty files all the same
             prepare_multiprocess_dir()

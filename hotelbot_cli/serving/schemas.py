@@ -13,11 +13,33 @@ from ..data import OUT_OF_SCOPE, clean_text
 
 # The characters clean_text drops or turns into spaces: whitespace and control/format characters (Unicode
 # categories Cc, Cf), as code point ranges of Python 3.11's Unicode 14 (a test checks them against unicodedata).
-BLANK_RANGES = ((0x0, 0x20), (0x7F, 0xA0), (0xAD, 0xAD), (0x600, 0x605), (0x61C, 0x61C), (0x6DD, 0x6DD),
-                (0x70F, 0x70F), (0x890, 0x891), (0x8E2, 0x8E2), (0x1680, 0x1680), (0x180E, 0x180E),
-                (0x2000, 0x200F), (0x2028, 0x202F), (0x205F, 0x2064), (0x2066, 0x206F), (0x3000, 0x3000),
-                (0xFEFF, 0xFEFF), (0xFFF9, 0xFFFB), (0x110BD, 0x110BD), (0x110CD, 0x110CD), (0x13430, 0x13438),
-                (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0001, 0xE0001), (0xE0020, 0xE007F))
+BLANK_RANGES = (
+    (0x0, 0x20),
+    (0x7F, 0xA0),
+    (0xAD, 0xAD),
+    (0x600, 0x605),
+    (0x61C, 0x61C),
+    (0x6DD, 0x6DD),
+    (0x70F, 0x70F),
+    (0x890, 0x891),
+    (0x8E2, 0x8E2),
+    (0x1680, 0x1680),
+    (0x180E, 0x180E),
+    (0x2000, 0x200F),
+    (0x2028, 0x202F),
+    (0x205F, 0x2064),
+    (0x2066, 0x206F),
+    (0x3000, 0x3000),
+    (0xFEFF, 0xFEFF),
+    (0xFFF9, 0xFFFB),
+    (0x110BD, 0x110BD),
+    (0x110CD, 0x110CD),
+    (0x13430, 0x13438),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0001, 0xE0001),
+    (0xE0020, 0xE007F),
+)
 
 
 def _class_char(code: int) -> str:
@@ -28,8 +50,9 @@ def _class_char(code: int) -> str:
 
 # "Not blank", as the OpenAPI schema states it: at least one character outside BLANK_RANGES (a pattern is
 # matched anywhere in the string). The server's own check (_non_blank) accepts exactly these strings.
-NON_BLANK_PATTERN = "[^" + "".join(_class_char(a) if a == b else f"{_class_char(a)}-{_class_char(b)}"
-                                   for a, b in BLANK_RANGES) + "]"
+NON_BLANK_PATTERN = (
+    "[^" + "".join(_class_char(a) if a == b else f"{_class_char(a)}-{_class_char(b)}" for a, b in BLANK_RANGES) + "]"
+)
 
 
 def _non_blank(value: str) -> str:
@@ -40,35 +63,48 @@ def _non_blank(value: str) -> str:
 
 # A JSON string (never a number or null) that is not blank once cleaned like the training data. Its length
 # limit is the server's max_text_length (serving.docs adds it to the schema; longer texts get 413).
-Text = Annotated[StrictStr, AfterValidator(_non_blank),
-                 Field(json_schema_extra={"minLength": 1, "pattern": NON_BLANK_PATTERN})]
+Text = Annotated[
+    StrictStr, AfterValidator(_non_blank), Field(json_schema_extra={"minLength": 1, "pattern": NON_BLANK_PATTERN})
+]
 
 
 class ClassifyRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"text": "¿a qué hora es el desayuno?"}]})
 
     text: Text = Field(description="The guest's message (non-empty; at most max_text_length characters).")
-    conversation_id: str | None = Field(None, max_length=200, description="Keeps one guest's conversation on one "
-                                        "model version while a canary runs (also the X-Conversation-Id header; "
-                                        "random when absent).")
+    conversation_id: str | None = Field(
+        None,
+        max_length=200,
+        description="Keeps one guest's conversation on one "
+        "model version while a canary runs (also the X-Conversation-Id header; "
+        "random when absent).",
+    )
 
 
 class BatchClassifyRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"texts": ["hola", "¿cuál es la clave del wifi?"]}]})
 
     texts: list[Text] = Field(min_length=1, description="1 to max_batch_size non-empty messages.")
-    conversation_id: str | None = Field(None, max_length=200, description="Keeps one guest's conversation on one "
-                                        "model version while a canary runs (also the X-Conversation-Id header; "
-                                        "random when absent).")
+    conversation_id: str | None = Field(
+        None,
+        max_length=200,
+        description="Keeps one guest's conversation on one "
+        "model version while a canary runs (also the X-Conversation-Id header; "
+        "random when absent).",
+    )
 
 
 class ReplyRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"text": "¿a qué hora cierra la piscina?"}]})
 
     text: Text = Field(description="The guest's message (non-empty; at most max_text_length characters).")
-    conversation_id: str | None = Field(None, max_length=200, description="Keeps one guest's conversation on one "
-                                        "model version while a canary runs (also the X-Conversation-Id header; "
-                                        "random when absent).")
+    conversation_id: str | None = Field(
+        None,
+        max_length=200,
+        description="Keeps one guest's conversation on one "
+        "model version while a canary runs (also the X-Conversation-Id header; "
+        "random when absent).",
+    )
 
 
 class SearchRequest(BaseModel):
@@ -76,9 +112,13 @@ class SearchRequest(BaseModel):
 
     query: Text = Field(description="The guest's question (non-empty; at most max_text_length characters).")
     top_k: int = Field(5, ge=1, le=50, description="How many ranked chunks to return.")
-    conversation_id: str | None = Field(None, max_length=200, description="Keeps one guest's conversation on one "
-                                        "model version while a canary runs (also the X-Conversation-Id header; "
-                                        "random when absent).")
+    conversation_id: str | None = Field(
+        None,
+        max_length=200,
+        description="Keeps one guest's conversation on one "
+        "model version while a canary runs (also the X-Conversation-Id header; "
+        "random when absent).",
+    )
 
 
 class SearchHitModel(BaseModel):
@@ -103,9 +143,13 @@ class AnalyzeRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"texts": ["Soy Ana, de la 305: llegamos el 15/08"]}]})
 
     texts: list[Text] = Field(min_length=1, description="1 to max_batch_size non-empty messages.")
-    conversation_id: str | None = Field(None, max_length=200, description="Keeps one guest's conversation on one "
-                                        "model version while a canary runs (also the X-Conversation-Id header; "
-                                        "random when absent).")
+    conversation_id: str | None = Field(
+        None,
+        max_length=200,
+        description="Keeps one guest's conversation on one "
+        "model version while a canary runs (also the X-Conversation-Id header; "
+        "random when absent).",
+    )
 
 
 class Entity(BaseModel):
@@ -127,16 +171,22 @@ class RankedIntent(BaseModel):
 
 
 class Classification(BaseModel):
-    intent: str = Field(description=f"The predicted intent, or {OUT_OF_SCOPE!r} when the version's out-of-scope "
-                                    "detector says so.")
+    intent: str = Field(
+        description=f"The predicted intent, or {OUT_OF_SCOPE!r} when the version's out-of-scope detector says so."
+    )
     confidence: float = Field(description="The model's confidence in its top-ranked intent.")
     top_k: list[RankedIntent] = Field(description="The model's ranking (unchanged by the fallback).")
     model_version: str
-    fallback: bool = Field(description="True when the out-of-scope detector (the softmax threshold, or the kNN "
-                                       "detector) replaced the intent.")
-    out_of_scope_similarity: float | None = Field(None, description="kNN detector only: the similarity with the "
-                                                  "k-th nearest in-scope training message (below its threshold: "
-                                                  "out of scope).")
+    fallback: bool = Field(
+        description="True when the out-of-scope detector (the softmax threshold, or the kNN "
+        "detector) replaced the intent."
+    )
+    out_of_scope_similarity: float | None = Field(
+        None,
+        description="kNN detector only: the similarity with the "
+        "k-th nearest in-scope training message (below its threshold: "
+        "out of scope).",
+    )
 
 
 class BatchClassification(BaseModel):
@@ -186,16 +236,20 @@ class FactCheck(BaseModel):
 
 class ReplyAnswer(BaseModel):
     reply: str = Field(description="What to send to the guest.")
-    kind: str = Field(description="grounded (document sentences), generated, action (intent template + how-to "
-                                  "sentence), social, fallback (out of scope) or no_answer")
+    kind: str = Field(
+        description="grounded (document sentences), generated, action (intent template + how-to "
+        "sentence), social, fallback (out of scope) or no_answer"
+    )
     intent: str | None = Field(description="The classifier's intent; null when the version has none.")
     confidence: float | None
     entities: list[Entity]
-    sources: list[ReplySource] = Field(description="The passages the reply cites; every fact in it is in them or "
-                                                   "in the message.")
+    sources: list[ReplySource] = Field(
+        description="The passages the reply cites; every fact in it is in them or in the message."
+    )
     check: FactCheck
-    rejected: list[RejectedReply] = Field([], description="Candidate replies not sent because they stated an "
-                                                          "unsupported fact.")
+    rejected: list[RejectedReply] = Field(
+        [], description="Candidate replies not sent because they stated an unsupported fact."
+    )
     model_version: str
 
 
@@ -203,10 +257,12 @@ class Readiness(BaseModel):
     ready: bool
     model_version: str | None = None
     out_of_scope_threshold: float | None = None
-    out_of_scope_detector: dict[str, Any] | None = Field(None, description="The detector the version chose on "
-                                                         "validation: {method: softmax|knn, threshold, k, ...}.")
-    canary: dict[str, Any] | None = Field(None, description="A running canary: {version, weight (percent of "
-                                          "conversations)}; null when none is served.")
+    out_of_scope_detector: dict[str, Any] | None = Field(
+        None, description="The detector the version chose on validation: {method: softmax|knn, threshold, k, ...}."
+    )
+    canary: dict[str, Any] | None = Field(
+        None, description="A running canary: {version, weight (percent of conversations)}; null when none is served."
+    )
     last_load_error: str | None = Field(None, description="Why the newest deploy is not served (old model kept).")
 
 
@@ -216,7 +272,8 @@ class ErrorBody(BaseModel):
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": text} for code, text in (
+    code: {"model": ErrorBody, "description": text}
+    for code, text in (
         (413, "A text or the batch is over the server's limit"),
         (422, "Missing, empty or non-string text; a value outside its range; body is not JSON (or not UTF-8)"),
         (503, "No model is loaded: train and deploy one"),

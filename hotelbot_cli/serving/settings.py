@@ -54,7 +54,7 @@ class ServeSettings(_Section):
         return self.max_batch_size * (self.max_text_length * 12 + 64) + 64 * 1024
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "ServeSettings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServeSettings:
         env = os.environ if env is None else env
         values = {key: env[name] for name, key in ENV_SERVE.items() if env.get(name)}
         return cls.from_dict(values, source="environment (HOTELBOT_SERVE_*)")  # type: ignore[return-value]

@@ -25,8 +25,9 @@ def calibrate_threshold(probs: Any, y_true: list[str], labels: list[str], metric
     return best_threshold(probs.max(axis=1), argmax, y_true, labels, metric, base[metric]), base
 
 
-def best_threshold(scores: Any, argmax: list[str], y_true: list[str], labels: list[str], metric: str,
-                   base_score: float) -> float | None:
+def best_threshold(
+    scores: Any, argmax: list[str], y_true: list[str], labels: list[str], metric: str, base_score: float
+) -> float | None:
     """The threshold on ``scores`` (a softmax confidence, a kNN similarity) below which an answer becomes
     out_of_scope that maximises ``metric``: every score rounded to 3 decimals in (0, 1) is a candidate; ties go
     to the lowest; None when none beats ``base_score`` (no threshold)."""
@@ -51,4 +52,3 @@ def apply_threshold(probs: Any, labels: list[str], threshold: float | None) -> l
     if threshold is None:
         return argmax
     return apply_fallback_labels(argmax, probs.max(axis=1), threshold)
-

@@ -25,15 +25,16 @@ def _tokenized(examples, tokenizer, prefix: str, max_length: int, label_to_id: d
     from datasets.utils.logging import disable_progress_bar
 
     disable_progress_bar()  # the Rich bar is the progress display; stderr stays readable in CI logs
-    ds = Dataset.from_dict({"text": [prefix + e.text for e in examples],
-                            "label": [label_to_id[e.intent] for e in examples]})
+    ds = Dataset.from_dict(
+        {"text": [prefix + e.text for e in examples], "label": [label_to_id[e.intent] for e in examples]}
+    )
 
     def encode(batch):
         out = tokenizer(batch["text"], truncation=True, max_length=max_length)
         out["length"] = [len(ids) for ids in out["input_ids"]]  # for group_by_length; the collator drops it
         return out
-    return ds.map(encode, batched=True, remove_columns=["text"])
 
+    return ds.map(encode, batched=True, remove_columns=["text"])
 
 
 @dataclass
@@ -42,8 +43,8 @@ class FitResult(FitStats):
     tokenizer: Any
     resolved: Any
     labels: list[str]
-    metrics: dict[str, Any]            # with the out-of-scope threshold applied
-    argmax_metrics: dict[str, Any]     # plain argmax, for comparison
+    metrics: dict[str, Any]  # with the out-of-scope threshold applied
+    argmax_metrics: dict[str, Any]  # plain argmax, for comparison
     threshold: float | None
 
 
@@ -60,40 +61,74 @@ def _initial_model(cfg: TrainingConfig, labels: list[str], models_dir: Path, par
     import torch
 
     # modeling imports torch at import time: only a fit pays for it
-    from ..modeling import (ClassifierConfig, SentenceClassifier, load_base_encoder, load_classifier,
-                            resolve_base_model)
+    from ..modeling import ClassifierConfig, SentenceClassifier, load_base_encoder, load_classifier, resolve_base_model
 
     if parent_dir is not None:
         parent, tokenizer = load_classifier(parent_dir)
         old = parent.classifier_config
         missing = [label for label in old.labels if label not in labels]
         if missing:
-            raise DataError(f"incremental training keeps every intent of the parent; missing from the data: "
-                            f"{', '.join(missing)}")
+            raise DataError(
+                f"incremental training keeps every intent of the parent; missing from the data: {', '.join(missing)}"
+            )
         new_labels = list(old.labels) + [label for label in labels if label not in old.labels]
-        model = SentenceClassifier(parent.encoder, ClassifierConfig(
-            labels=new_labels, pooling=old.pooling, query_prefix=old.query_prefix, max_length=cfg.max_length,
-            dropout=cfg.dropout, base_model=old.base_model))
+        model = SentenceClassifier(
+            parent.encoder,
+            ClassifierConfig(
+                labels=new_labels,
+                pooling=old.pooling,
+                query_prefix=old.query_prefix,
+                max_length=cfg.max_length,
+                dropout=cfg.dropout,
+                base_model=old.base_model,
+            ),
+        )
         with torch.no_grad():  # old rows kept, new rows freshly initialised
             model.head.weight[: len(old.labels)] = parent.head.weight
             model.head.bias[: len(old.labels)] = parent.head.bias
-        resolved = {"spec": old.base_model, "location": str(parent_dir), "query_prefix": old.query_prefix,
-                    "pooling": old.pooling}
+        resolved = {
+            "spec": old.base_model,
+            "location": str(parent_dir),
+            "query_prefix": old.query_prefix,
+            "pooling": old.pooling,
+        }
         return model, tokenizer, resolved
     base = resolve_base_model(cfg.base_model, models_dir)
     tokenizer, encoder = load_base_encoder(base)
-    model = SentenceClassifier(encoder, ClassifierConfig(
-        labels=list(labels), pooling=cfg.pooling or base.pooling, query_prefix=base.query_prefix,
-        max_length=cfg.max_length, dropout=cfg.dropout, base_model=cfg.base_model))
-    resolved = {"spec": cfg.base_model, "location": base.location, "query_prefix": base.query_prefix,
-                "pooling": cfg.pooling or base.pooling}
+    model = SentenceClassifier(
+        encoder,
+        ClassifierConfig(
+            labels=list(labels),
+            pooling=cfg.pooling or base.pooling,
+            query_prefix=base.query_prefix,
+            max_length=cfg.max_length,
+            dropout=cfg.dropout,
+            base_model=cfg.base_model,
+        ),
+    )
+    resolved = {
+        "spec": cfg.base_model,
+        "location": base.location,
+        "query_prefix": base.query_prefix,
+        "pooling": cfg.pooling or base.pooling,
+    }
     return model, tokenizer, resolved
 
 
-def fit_classifier(cfg: TrainingConfig, metric: str, train: list[Example], validation: list[Example],
-                   labels: list[str], models_dir: Path, *, listener: Listener | None = None,
-                   tracker: MlflowTracker | None = None, monitor: SystemMonitor | None = None,
-                   parent_dir: Path | None = None, extra_callbacks: Sequence[Any] = ()) -> FitResult:
+def fit_classifier(
+    cfg: TrainingConfig,
+    metric: str,
+    train: list[Example],
+    validation: list[Example],
+    labels: list[str],
+    models_dir: Path,
+    *,
+    listener: Listener | None = None,
+    tracker: MlflowTracker | None = None,
+    monitor: SystemMonitor | None = None,
+    parent_dir: Path | None = None,
+    extra_callbacks: Sequence[Any] = (),
+) -> FitResult:
     """Fine-tune one classifier (no registry involved): used by train, HPO trials and CV folds.
 
     ``extra_callbacks`` are further Trainer callbacks (benchmarks use one to snapshot each epoch).
@@ -126,22 +161,41 @@ def fit_classifier(cfg: TrainingConfig, metric: str, train: list[Example], valid
         return {k: full[k] for k in SCALAR_METRICS}
 
     run = train_best_epoch(
-        cfg, model, "hotelbot-trainer-", train_ds, val_ds, DataCollatorWithPadding(tokenizer), compute_metrics,
-        metric, listener=listener, tracker=tracker, monitor=monitor, extra_callbacks=extra_callbacks,
+        cfg,
+        model,
+        "hotelbot-trainer-",
+        train_ds,
+        val_ds,
+        DataCollatorWithPadding(tokenizer),
+        compute_metrics,
+        metric,
+        listener=listener,
+        tracker=tracker,
+        monitor=monitor,
+        extra_callbacks=extra_callbacks,
         # Random batches padded to their longest text spend ~1.5x the real tokens on short chatbot
         # messages; grouping similar lengths (still shuffled, seeded) trains on fewer pad tokens.
-        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random", length_column_name="length")
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        length_column_name="length",
+    )
     output = run.validation
     probs = _softmax(np.asarray(output.predictions, dtype="float64"))
     y_true = [labels[i] for i in output.label_ids]
-    threshold, argmax_metrics = (calibrate_threshold(probs, y_true, labels, metric) if cfg.calibrate_oos_threshold
-                                 else (None, classification_metrics(y_true, apply_threshold(probs, labels, None),
-                                                                    labels, metric)))
+    threshold, argmax_metrics = (
+        calibrate_threshold(probs, y_true, labels, metric)
+        if cfg.calibrate_oos_threshold
+        else (None, classification_metrics(y_true, apply_threshold(probs, labels, None), labels, metric))
+    )
     model.classifier_config.oos_threshold = threshold
     metrics = classification_metrics(y_true, apply_threshold(probs, labels, threshold), labels, metric)
     metrics["out_of_scope_threshold"] = threshold
-    return FitResult(model=model, tokenizer=tokenizer, resolved=resolved, labels=labels, metrics=metrics,
-                     argmax_metrics=argmax_metrics, threshold=threshold,
-                     **FitStats.of(run.trainer, run.best.history, run.best.best_epoch, run.duration, frozen,
-                                   trainable))
-
+    return FitResult(
+        model=model,
+        tokenizer=tokenizer,
+        resolved=resolved,
+        labels=labels,
+        metrics=metrics,
+        argmax_metrics=argmax_metrics,
+        threshold=threshold,
+        **FitStats.of(run.trainer, run.best.history, run.best.best_epoch, run.duration, frozen, trainable),
+    )

@@ -110,11 +110,11 @@ def share_from_main(value: str | None) -> str | None:
     import torch.distributed as dist
 
     state = _state()
-    raw = (value or "").encode("utf-8")[:SHARED_BYTES - 1] if is_main_process() else b""
+    raw = (value or "").encode("utf-8")[: SHARED_BYTES - 1] if is_main_process() else b""
     box = torch.zeros(SHARED_BYTES, dtype=torch.uint8, device=state.device)
     if is_main_process():
         box[0] = 1 if value is not None else 0
-        box[1:1 + len(raw)] = torch.tensor(list(raw), dtype=torch.uint8)
+        box[1 : 1 + len(raw)] = torch.tensor(list(raw), dtype=torch.uint8)
     dist.broadcast(box, src=0)
     data = bytes(box.cpu().tolist())
     return data[1:].rstrip(b"\0").decode("utf-8") if data[0] else None
@@ -127,5 +127,13 @@ def leave_if_secondary() -> None:
         raise SecondaryProcess()
 
 
-__all__ = ["SecondaryProcess", "is_distributed", "is_main_process", "leave_if_secondary", "main_process_first",
-           "rank", "share_from_main", "world_size"]
+__all__ = [
+    "SecondaryProcess",
+    "is_distributed",
+    "is_main_process",
+    "leave_if_secondary",
+    "main_process_first",
+    "rank",
+    "share_from_main",
+    "world_size",
+]

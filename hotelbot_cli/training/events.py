@@ -27,7 +27,6 @@ class TrainingEvent:
 Listener = Callable[[TrainingEvent], None]
 
 
-
-def emitter(listener: "Listener | None") -> Listener:
+def emitter(listener: Listener | None) -> Listener:
     """``listener``, or a no-op when there is none."""
     return listener or (lambda event: None)

@@ -29,7 +29,7 @@ import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from ..config import TrainingConfig, redact_url
 from ..data import Example
@@ -41,11 +41,11 @@ from .tracking import MlflowTracker
 log = logging.getLogger("hotelbot.hpo")
 
 SEARCHED = ("learning_rate", "head_learning_rate", "epochs", "batch_size", "warmup_ratio", "weight_decay")
-HEARTBEAT_SECONDS = 10    # a running trial writes a heartbeat this often ...
-GRACE_SECONDS = 60        # ... and one silent for this long died with its process: marked failed, retried once
+HEARTBEAT_SECONDS = 10  # a running trial writes a heartbeat this often ...
+GRACE_SECONDS = 60  # ... and one silent for this long died with its process: marked failed, retried once
 PRUNER_STARTUP_TRIALS = 2  # no pruning before this many trials completed
-PRUNER_WARMUP_EPOCHS = 2   # nor on a trial's first evaluation (optuna prunes from step >= this; epochs count from 1)
-STORAGE_ATTEMPTS = 3       # opening the storage: tries (processes creating a new database at once race)
+PRUNER_WARMUP_EPOCHS = 2  # nor on a trial's first evaluation (optuna prunes from step >= this; epochs count from 1)
+STORAGE_ATTEMPTS = 3  # opening the storage: tries (processes creating a new database at once race)
 
 
 def suggest(trial: Any, cfg: TrainingConfig) -> dict[str, Any]:
@@ -62,8 +62,9 @@ def suggest(trial: Any, cfg: TrainingConfig) -> dict[str, Any]:
 def study_name(fingerprint: str, cfg: TrainingConfig, metric: str, parent: str | None) -> str:
     """The same data, base model, fixed config and metric give the same study (so a rerun resumes it)."""
     fixed = {k: v for k, v in cfg.to_dict().items() if k not in SEARCHED}
-    digest = hashlib.sha256(json.dumps({"config": fixed, "metric": metric, "parent": parent},
-                                       sort_keys=True, default=str).encode()).hexdigest()[:8]
+    digest = hashlib.sha256(
+        json.dumps({"config": fixed, "metric": metric, "parent": parent}, sort_keys=True, default=str).encode()
+    ).hexdigest()[:8]
     return f"classifier-{fingerprint[:12]}-{digest}"
 
 
@@ -74,37 +75,49 @@ def open_study(storage_url: str, name: str, seed: int) -> Any:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if storage_url.startswith("sqlite:///"):
-        Path(storage_url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(storage_url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(STORAGE_ATTEMPTS):
         try:
             with warnings.catch_warnings():  # heartbeats are "experimental" in optuna's words: no stderr noise
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                storage = RDBStorage(storage_url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-                                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-                                     engine_kwargs={"connect_args": {"timeout": 60}}
-                                     if storage_url.startswith("sqlite") else {})
+                storage = RDBStorage(
+                    storage_url,
+                    heartbeat_interval=HEARTBEAT_SECONDS,
+                    grace_period=GRACE_SECONDS,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+                    engine_kwargs={"connect_args": {"timeout": 60}} if storage_url.startswith("sqlite") else {},
+                )
             return optuna.create_study(
-                study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+                study_name=name,
+                storage=storage,
+                direction="maximize",
+                load_if_exists=True,
                 sampler=optuna.samplers.TPESampler(seed=seed),
-                pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS,
-                                                   n_warmup_steps=PRUNER_WARMUP_EPOCHS))
+                pruner=optuna.pruners.MedianPruner(
+                    n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=PRUNER_WARMUP_EPOCHS
+                ),
+            )
         except Exception as exc:  # noqa: BLE001 - sqlalchemy and optuna raise many types for a bad URL
             # Processes starting together on a new database race to create its tables: the losers retry.
             if type(exc).__name__ in ("IntegrityError", "OperationalError") and attempt + 1 < STORAGE_ATTEMPTS:
                 time.sleep(1.0 + attempt)
                 continue
             detail = redact_url(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            raise ConfigError(f"cannot use the HPO storage {redact_url(storage_url)}: {detail}",
-                              hint="--hpo-storage takes an SQLAlchemy URL, e.g. sqlite:///hpo.db or "
-                                   "postgresql://user@host/db") from None
+            raise ConfigError(
+                f"cannot use the HPO storage {redact_url(storage_url)}: {detail}",
+                hint="--hpo-storage takes an SQLAlchemy URL, e.g. sqlite:///hpo.db or postgresql://user@host/db",
+            ) from None
     raise AssertionError("unreachable")
 
 
 def finished_trials(study: Any) -> list[Any]:
     import optuna
 
-    return [t for t in study.get_trials(deepcopy=False)
-            if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    return [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    ]
 
 
 def _pruning_callback(trial: Any, metric: str, pruned: dict[str, bool]) -> Any:
@@ -131,14 +144,23 @@ class HpoRequest:
     cfg: TrainingConfig
     metric: str
     models_dir: Path
-    trials: int                 # finished trials (complete + pruned) the study should hold
+    trials: int  # finished trials (complete + pruned) the study should hold
     storage: str
     study: str
     parent_dir: Path | None = None
 
 
-def run_hpo(request: HpoRequest, train: list[Example], validation: list[Example], labels: list[str], *,
-            listener=None, tracker=None, monitor=None, publish: bool = True):
+def run_hpo(
+    request: HpoRequest,
+    train: list[Example],
+    validation: list[Example],
+    labels: list[str],
+    *,
+    listener=None,
+    tracker=None,
+    monitor=None,
+    publish: bool = True,
+):
     """Run trials of the shared study until it holds ``request.trials`` finished ones; return (FitResult of the
     study's best trial or None without ``publish``, its config, summary dict)."""
     import optuna
@@ -151,25 +173,42 @@ def run_hpo(request: HpoRequest, train: list[Example], validation: list[Example]
     ran: set[int] = set()  # the trials this process ran
 
     def fit(trial_cfg: TrainingConfig, callbacks=(), child=None):
-        return fit_classifier(trial_cfg, metric, train, validation, labels, request.models_dir, listener=listener,
-                              tracker=child, monitor=monitor, parent_dir=request.parent_dir,
-                              extra_callbacks=callbacks)
+        return fit_classifier(
+            trial_cfg,
+            metric,
+            train,
+            validation,
+            labels,
+            request.models_dir,
+            listener=listener,
+            tracker=child,
+            monitor=monitor,
+            parent_dir=request.parent_dir,
+            extra_callbacks=callbacks,
+        )
 
     def objective(trial: Any) -> float:
         ran.add(trial.number)
         params = suggest(trial, cfg)
         trial_cfg = replace(cfg, **params)
         done = len(finished_trials(study))
-        emit(TrainingEvent("status", message=f"HPO trial {trial.number} ({done + 1}/{request.trials} in study "
-                           f"{request.study}): " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                                             for k, v in params.items())))
+        emit(
+            TrainingEvent(
+                "status",
+                message=f"HPO trial {trial.number} ({done + 1}/{request.trials} in study "
+                f"{request.study}): "
+                + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()),
+            )
+        )
         pruned: dict[str, bool] = {}
         callbacks = [_pruning_callback(trial, metric, pruned)]
         child = MlflowTracker(tracker.tracking_uri) if tracker is not None else None
         if child is not None:
-            with child.run(run_name=f"trial-{trial.number}", tags={"hotelbot.hpo_trial": str(trial.number),
-                                                                    "hotelbot.hpo_study": request.study},
-                           nested=True):
+            with child.run(
+                run_name=f"trial-{trial.number}",
+                tags={"hotelbot.hpo_trial": str(trial.number), "hotelbot.hpo_study": request.study},
+                nested=True,
+            ):
                 child.log_params(params)
                 result = fit(trial_cfg, callbacks, child)
                 child.log_metrics({"trial_score": result.metrics[metric]}, step=result.steps)
@@ -203,8 +242,13 @@ def run_hpo(request: HpoRequest, train: list[Example], validation: list[Example]
     best_cfg = replace(cfg, **{k: v for k, v in best.params.items() if k in SEARCHED})
     if best.number in mine:
         return mine[best.number], best_cfg, summary
-    emit(TrainingEvent("status", message=f"HPO: the best trial ({best.number}) ran in another process or an "
-                       "earlier run: training it again with its parameters"))
+    emit(
+        TrainingEvent(
+            "status",
+            message=f"HPO: the best trial ({best.number}) ran in another process or an "
+            "earlier run: training it again with its parameters",
+        )
+    )
     summary["best_retrained"] = True
     return fit(best_cfg), best_cfg, summary
 
@@ -220,23 +264,37 @@ def best_trial(study: Any, kept: set[int]) -> Any:
     return min(complete, key=lambda t: (-float(t.value), t.number not in kept, t.number))
 
 
-def summarize(study: Any, request: HpoRequest, ran_here: set[int], kept: set[int] = frozenset()) -> dict[str, Any]:
+def summarize(study: Any, request: HpoRequest, ran_here: set[int], kept: Collection[int] = ()) -> dict[str, Any]:
     """The study's finished trials, its best trial and where it is stored (the version's metadata "hpo")."""
     import optuna
 
     finished = finished_trials(study)
-    rows = [{"trial": t.number, "state": t.state.name.lower(), "params": t.params,
-             "score": t.value if t.state == optuna.trial.TrialState.COMPLETE else None,
-             "last_reported": (t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None),
-             "threshold": t.user_attrs.get("threshold"), "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
-             "ran_here": t.number in ran_here}
-            for t in finished]
+    rows = [
+        {
+            "trial": t.number,
+            "state": t.state.name.lower(),
+            "params": t.params,
+            "score": t.value if t.state == optuna.trial.TrialState.COMPLETE else None,
+            "last_reported": (t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None),
+            "threshold": t.user_attrs.get("threshold"),
+            "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
+            "ran_here": t.number in ran_here,
+        }
+        for t in finished
+    ]
     complete = [r for r in rows if r["score"] is not None]
     chosen = best_trial(study, set(kept))
     best = next((r for r in rows if chosen is not None and r["trial"] == chosen.number), None)
-    return {"trials": rows, "best_trial": best["trial"] if best else None,
-            "best_params": best["params"] if best else None, "best_score": best["score"] if best else None,
-            "metric": request.metric, "study": request.study, "storage": redact_url(request.storage),
-            "finished": len(rows), "pruned": sum(r["state"] == "pruned" for r in rows),
-            "complete": len(complete), "ran_here": len(ran_here & {r["trial"] for r in rows})}
-
+    return {
+        "trials": rows,
+        "best_trial": best["trial"] if best else None,
+        "best_params": best["params"] if best else None,
+        "best_score": best["score"] if best else None,
+        "metric": request.metric,
+        "study": request.study,
+        "storage": redact_url(request.storage),
+        "finished": len(rows),
+        "pruned": sum(r["state"] == "pruned" for r in rows),
+        "complete": len(complete),
+        "ran_here": len(ran_here & {r["trial"] for r in rows}),
+    }

@@ -22,8 +22,16 @@ from .monitor import SystemMonitor
 from .tracking import MlflowTracker
 
 # The metrics an "evaluate" event carries to the progress display (besides the loss).
-EVENT_METRICS = ("accuracy", "macro_f1", "macro_precision", "macro_recall", "weighted_f1", "sentiment_macro_f1",
-                 "entities_micro_f1", "nlu_score")
+EVENT_METRICS = (
+    "accuracy",
+    "macro_f1",
+    "macro_precision",
+    "macro_recall",
+    "weighted_f1",
+    "sentiment_macro_f1",
+    "entities_micro_f1",
+    "nlu_score",
+)
 
 
 # derive_metrics(eval metrics) -> further "eval_..." metrics, added before the best epoch is judged.
@@ -38,12 +46,20 @@ class LoopCallbacks(NamedTuple):
     """The loop's own Trainer callbacks; iterating gives them in the order the Trainer must call them."""
 
     progress: Any  # progress events and per-step MLflow metrics
-    best: Any      # BestModelCallback: history, best_epoch, best_score, restore(model)
+    best: Any  # BestModelCallback: history, best_epoch, best_score, restore(model)
 
 
-def progress_callbacks(listener: Listener | None, tracker: MlflowTracker | None, monitor: SystemMonitor,
-                       metric: str, patience: int, total_epochs: int, *, greater_is_better: bool = True,
-                       derive_metrics: DeriveMetrics | None = None) -> LoopCallbacks:
+def progress_callbacks(
+    listener: Listener | None,
+    tracker: MlflowTracker | None,
+    monitor: SystemMonitor,
+    metric: str,
+    patience: int,
+    total_epochs: int,
+    *,
+    greater_is_better: bool = True,
+    derive_metrics: DeriveMetrics | None = None,
+) -> LoopCallbacks:
     """``metric``: the validation metric (without "eval_") whose best epoch is kept: the highest, or the
     lowest when not ``greater_is_better`` (ties keep the earlier epoch). ``derive_metrics`` adds metrics
     to each evaluation's (in place) before they are judged and recorded."""
@@ -61,11 +77,21 @@ def progress_callbacks(listener: Listener | None, tracker: MlflowTracker | None,
             logs = dict(logs or {})
             system = monitor.sample()
             if tracker is not None:
-                tracker.log_metrics({**{k: v for k, v in logs.items() if not k.startswith("eval_")}, **system},
-                                    step=state.global_step)
+                tracker.log_metrics(
+                    {**{k: v for k, v in logs.items() if not k.startswith("eval_")}, **system}, step=state.global_step
+                )
             if "loss" in logs:
-                emit(TrainingEvent("step", state.global_step, state.max_steps, state.epoch or 0.0, total_epochs,
-                                   loss=float(logs["loss"]), system=system))
+                emit(
+                    TrainingEvent(
+                        "step",
+                        state.global_step,
+                        state.max_steps,
+                        state.epoch or 0.0,
+                        total_epochs,
+                        loss=float(logs["loss"]),
+                        system=system,
+                    )
+                )
 
         def on_step_end(self, args, state, control, **kwargs):
             emit(TrainingEvent("step", state.global_step, state.max_steps, state.epoch or 0.0, total_epochs))
@@ -92,12 +118,16 @@ def progress_callbacks(listener: Listener | None, tracker: MlflowTracker | None,
                 metrics.update(derive_metrics(metrics))
             metrics = metrics or {}
             score = float(metrics.get(f"eval_{metric}", -math.inf if greater_is_better else math.inf))
-            record = {"epoch": state.epoch, "step": state.global_step,
-                      **{k[5:]: float(v) for k, v in metrics.items() if k.startswith("eval_")}}
+            record = {
+                "epoch": state.epoch,
+                "step": state.global_step,
+                **{k[5:]: float(v) for k, v in metrics.items() if k.startswith("eval_")},
+            }
             self.history.append(record)
             if tracker is not None:
-                tracker.log_metrics({f"eval_{k}": v for k, v in record.items() if k not in ("epoch", "step")},
-                                    step=state.global_step)
+                tracker.log_metrics(
+                    {f"eval_{k}": v for k, v in record.items() if k not in ("epoch", "step")}, step=state.global_step
+                )
             if self.improves(score):
                 self.best_score, self.best_epoch, self.bad_epochs = score, state.epoch, 0
                 self.best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -105,9 +135,17 @@ def progress_callbacks(listener: Listener | None, tracker: MlflowTracker | None,
                 self.bad_epochs += 1
                 if patience and self.bad_epochs >= patience:
                     control.should_training_stop = True
-            emit(TrainingEvent("evaluate", state.global_step, state.max_steps, state.epoch or 0.0, total_epochs,
-                               metrics={k: v for k, v in record.items() if k in EVENT_METRICS + ("loss",)},
-                               message="stopping early" if control.should_training_stop else ""))
+            emit(
+                TrainingEvent(
+                    "evaluate",
+                    state.global_step,
+                    state.max_steps,
+                    state.epoch or 0.0,
+                    total_epochs,
+                    metrics={k: v for k, v in record.items() if k in EVENT_METRICS + ("loss",)},
+                    message="stopping early" if control.should_training_stop else "",
+                )
+            )
 
         def restore(self, model: Any) -> None:
             if self.best_state is None:
@@ -146,9 +184,11 @@ def _make_trainer_class(learning_rate_of: LearningRateOf, batch_loss: BatchLoss 
                         groups.setdefault((learning_rate_of(name, param), name in decay), []).append(param)
                 self.optimizer = torch.optim.AdamW(
                     [
-                        {"params": params,
-                         "lr": self.args.learning_rate if rate is None else rate,
-                         "weight_decay": self.args.weight_decay if decays else 0.0}
+                        {
+                            "params": params,
+                            "lr": self.args.learning_rate if rate is None else rate,
+                            "weight_decay": self.args.weight_decay if decays else 0.0,
+                        }
                         for (rate, decays), params in groups.items()
                     ],
                     lr=self.args.learning_rate,
@@ -181,16 +221,21 @@ def check_precision(cfg: Any) -> str:
 
     on_gpu = torch.cuda.is_available() and not training_on_cpu()
     if precision == "fp16" and not on_gpu:
-        raise ConfigError("--fp16 needs a CUDA GPU" + (" and torch sees none" if not torch.cuda.is_available()
-                                                        else f" (HOTELBOT_DEVICE={os.environ.get('HOTELBOT_DEVICE')})"),
-                          hint="use --bf16 on a CPU, or neither")
+        raise ConfigError(
+            "--fp16 needs a CUDA GPU"
+            + (
+                " and torch sees none"
+                if not torch.cuda.is_available()
+                else f" (HOTELBOT_DEVICE={os.environ.get('HOTELBOT_DEVICE')})"
+            ),
+            hint="use --bf16 on a CPU, or neither",
+        )
     if precision == "bf16" and on_gpu and not torch.cuda.is_bf16_supported():
         raise ConfigError("--bf16: this GPU has no bfloat16 support", hint="use --fp16 instead")
     return precision
 
 
-def training_arguments(cfg: Any, output_dir: str, train_size: int, *, logs_per_epoch: int = 2,
-                       **overrides: Any) -> Any:
+def training_arguments(cfg: Any, output_dir: str, train_size: int, *, logs_per_epoch: int = 2, **overrides: Any) -> Any:
     """The TrainingArguments every hotelbot fit shares (classifier, entities, generator): evaluation each
     epoch, no checkpoints on disk (the best epoch is kept in memory), seeded data order, linear decay
     after warmup, no tqdm and no reporters (the Rich display and MLflow get their own callbacks)."""
@@ -200,13 +245,26 @@ def training_arguments(cfg: Any, output_dir: str, train_size: int, *, logs_per_e
     steps_per_epoch = math.ceil(train_size / cfg.batch_size)
     precision = check_precision(cfg)
     settings: dict[str, Any] = dict(
-        output_dir=output_dir, num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=max(cfg.batch_size, 32), learning_rate=cfg.learning_rate,
-        weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_ratio, lr_scheduler_type="linear",
-        eval_strategy="epoch", save_strategy="no", logging_strategy="steps",
-        logging_steps=max(1, min(10, steps_per_epoch // logs_per_epoch)), report_to="none", seed=cfg.seed,
-        data_seed=cfg.seed, disable_tqdm=True, dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(), bf16=precision == "bf16", fp16=precision == "fp16",
+        output_dir=output_dir,
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=max(cfg.batch_size, 32),
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_ratio,
+        lr_scheduler_type="linear",
+        eval_strategy="epoch",
+        save_strategy="no",
+        logging_strategy="steps",
+        logging_steps=max(1, min(10, steps_per_epoch // logs_per_epoch)),
+        report_to="none",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         # bf16 without CUDA is the CPU's autocast, which the Trainer only allows with use_cpu
         use_cpu=training_on_cpu() or (precision == "bf16" and not torch.cuda.is_available()),
         ddp_timeout=COLLECTIVE_TIMEOUT_SECONDS,  # as training.distributed's own: whichever joins first sets it
@@ -217,18 +275,32 @@ def training_arguments(cfg: Any, output_dir: str, train_size: int, *, logs_per_e
 @dataclass
 class TrainedEncoder:
     trainer: Any
-    best: Any            # the BestModelCallback: history, best_epoch
-    duration: float      # training only, seconds
-    validation: Any      # trainer.predict(validation) with the best epoch's weights; None without that pass
+    best: Any  # the BestModelCallback: history, best_epoch
+    duration: float  # training only, seconds
+    validation: Any  # trainer.predict(validation) with the best epoch's weights; None without that pass
 
 
-def train_best_epoch(cfg: Any, model: Any, scratch_prefix: str, train_ds: Any, val_ds: Any, collator: Any,
-                     compute_metrics: Callable[[Any], dict[str, float]] | None, metric: str, *,
-                     listener: "Listener | None", tracker: "MlflowTracker | None", monitor: "SystemMonitor",
-                     extra_callbacks: Sequence[Any] = (), greater_is_better: bool = True,
-                     derive_metrics: DeriveMetrics | None = None, learning_rate_of: LearningRateOf | None = None,
-                     batch_loss: BatchLoss | None = None, predict_validation: bool = True,
-                     **argument_overrides: Any) -> TrainedEncoder:
+def train_best_epoch(
+    cfg: Any,
+    model: Any,
+    scratch_prefix: str,
+    train_ds: Any,
+    val_ds: Any,
+    collator: Any,
+    compute_metrics: Callable[[Any], dict[str, float]] | None,
+    metric: str,
+    *,
+    listener: Listener | None,
+    tracker: MlflowTracker | None,
+    monitor: SystemMonitor,
+    extra_callbacks: Sequence[Any] = (),
+    greater_is_better: bool = True,
+    derive_metrics: DeriveMetrics | None = None,
+    learning_rate_of: LearningRateOf | None = None,
+    batch_loss: BatchLoss | None = None,
+    predict_validation: bool = True,
+    **argument_overrides: Any,
+) -> TrainedEncoder:
     """Fine-tune ``model`` with two learning rates, early stopping on validation ``metric`` (the highest
     wins, the lowest when not ``greater_is_better``), the best epoch's weights restored, then (with
     ``predict_validation``) one prediction pass over the validation split.
@@ -246,13 +318,27 @@ def train_best_epoch(cfg: Any, model: Any, scratch_prefix: str, train_ds: Any, v
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=scratch_prefix) as scratch:
         args = training_arguments(cfg, scratch, len(train_ds), **argument_overrides)
-        callbacks = progress_callbacks(listener, tracker, monitor, metric, cfg.early_stopping_patience, cfg.epochs,
-                                       greater_is_better=greater_is_better, derive_metrics=derive_metrics)
+        callbacks = progress_callbacks(
+            listener,
+            tracker,
+            monitor,
+            metric,
+            cfg.early_stopping_patience,
+            cfg.epochs,
+            greater_is_better=greater_is_better,
+            derive_metrics=derive_metrics,
+        )
         rule = learning_rate_of if learning_rate_of is not None else head_learning_rate(cfg.head_learning_rate)
         trainer_cls = _make_trainer_class(rule, batch_loss)
-        trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
-                              data_collator=collator, compute_metrics=compute_metrics,
-                              callbacks=[*callbacks, *extra_callbacks])
+        trainer = trainer_cls(
+            model=model,
+            args=args,
+            train_dataset=train_ds,
+            eval_dataset=val_ds,
+            data_collator=collator,
+            compute_metrics=compute_metrics,
+            callbacks=[*callbacks, *extra_callbacks],
+        )
         # The Trainer prints raw log dicts to stdout when tqdm is off: stdout is for results (--json).
         trainer.remove_callback(PrinterCallback)
         trainer.train()
@@ -278,25 +364,39 @@ class FitStats:
     """What every component's fit (classifier, entities, sentiment, generator) reports about its Trainer
     run; their result classes extend it, and :func:`training_summary` reads it."""
 
-    history: list[dict[str, Any]]      # per-epoch validation metrics
+    history: list[dict[str, Any]]  # per-epoch validation metrics
     log_history: list[dict[str, Any]]  # the Trainer's log
     steps: int
     epochs_run: float
     best_epoch: float
     duration: float
-    frozen: int                        # parameters
+    frozen: int  # parameters
     trainable: int
 
     @staticmethod
-    def of(trainer: Any, history: list[dict[str, Any]], best_epoch: float, duration: float, frozen: int,
-           trainable: int) -> dict[str, Any]:
+    def of(
+        trainer: Any, history: list[dict[str, Any]], best_epoch: float, duration: float, frozen: int, trainable: int
+    ) -> dict[str, Any]:
         """The FitStats fields of a finished ``trainer`` run, as keyword arguments for a result class."""
-        return {"history": history, "log_history": trainer.state.log_history, "steps": trainer.state.global_step,
-                "epochs_run": trainer.state.epoch or 0.0, "best_epoch": best_epoch, "duration": duration,
-                "frozen": frozen, "trainable": trainable}
+        return {
+            "history": history,
+            "log_history": trainer.state.log_history,
+            "steps": trainer.state.global_step,
+            "epochs_run": trainer.state.epoch or 0.0,
+            "best_epoch": best_epoch,
+            "duration": duration,
+            "frozen": frozen,
+            "trainable": trainable,
+        }
 
 
 def training_summary(fit: FitStats, **extra: Any) -> dict[str, Any]:
     """The "training" block of a component's metadata, from a fit result."""
-    return {"duration_seconds": round(fit.duration, 2), "epochs_run": fit.epochs_run, "steps": fit.steps,
-            "frozen_parameters": fit.frozen, "trainable_parameters": fit.trainable, **extra}
+    return {
+        "duration_seconds": round(fit.duration, 2),
+        "epochs_run": fit.epochs_run,
+        "steps": fit.steps,
+        "frozen_parameters": fit.frozen,
+        "trainable_parameters": fit.trainable,
+        **extra,
+    }

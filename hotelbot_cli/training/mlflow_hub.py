@@ -41,8 +41,8 @@ VERSION_TAG = "hotelbot_version"
 CLASSIFIER_TAG = "hotelbot_classifier_sha256"
 REGISTRATION_EXPERIMENT = "hotelbot-registry"  # runs that register a version no training registered
 ALIASES = ("production", "previous", "canary")
-REFERENCE_ARTIFACT = "hotelbot"            # the pyfunc model's one artifact: hotelbot.json
-CLASSIFIER_KEY = "model/classifier.json"   # whose recorded checksum identifies the version
+REFERENCE_ARTIFACT = "hotelbot"  # the pyfunc model's one artifact: hotelbot.json
+CLASSIFIER_KEY = "model/classifier.json"  # whose recorded checksum identifies the version
 MODEL_FILE = Path(__file__).resolve().parent.parent / "mlflow_model.py"
 
 
@@ -79,13 +79,17 @@ def _quiet() -> Any:
     return mlflow
 
 
-def reference(registry: "ModelRegistry", info: "VersionInfo") -> dict[str, Any]:
+def reference(registry: ModelRegistry, info: VersionInfo) -> dict[str, Any]:
     """What the pyfunc model's artifact records: the registry, the version, its classifier's checksum."""
-    return {"format": "hotelbot-mlflow-model/1", "registry": str(Path(registry.root).resolve()),
-            "version": info.name, "classifier_sha256": _classifier_sha(info)}
+    return {
+        "format": "hotelbot-mlflow-model/1",
+        "registry": str(Path(registry.root).resolve()),
+        "version": info.name,
+        "classifier_sha256": _classifier_sha(info),
+    }
 
 
-def log_version_model(registry: "ModelRegistry", info: "VersionInfo") -> dict[str, Any]:
+def log_version_model(registry: ModelRegistry, info: VersionInfo) -> dict[str, Any]:
     """(Inside an active MLflow run.) Log ``info`` as this run's pyfunc model "model" and register it;
     returns {"name", "version", "uri"}. Raises whatever mlflow raises."""
     from .. import __version__  # the package root: only when a model is logged
@@ -97,18 +101,29 @@ def log_version_model(registry: "ModelRegistry", info: "VersionInfo") -> dict[st
         with warnings.catch_warnings():  # "add type hints", "no input example": the signature below types it
             warnings.simplefilter("ignore", UserWarning)
             logged = mlflow.pyfunc.log_model(
-                name="model", python_model=str(MODEL_FILE), artifacts={REFERENCE_ARTIFACT: str(ref)},
+                name="model",
+                python_model=str(MODEL_FILE),
+                artifacts={REFERENCE_ARTIFACT: str(ref)},
                 pip_requirements=[f"hotelbot-cli=={__version__}", f"mlflow-skinny=={mlflow.__version__}"],
                 signature=mlflow.models.infer_signature(model_input=["hola"], params={"top_k": 3}),
-                tags={VERSION_TAG: info.name})
-    registered = mlflow.register_model(logged.model_uri, model_name(), await_registration_for=0,
-                                       tags={VERSION_TAG: info.name, CLASSIFIER_TAG: _classifier_sha(info)})
-    return {"name": registered.name, "version": str(registered.version), "uri": f"models:/{registered.name}/"
-            f"{registered.version}"}
+                tags={VERSION_TAG: info.name},
+            )
+    registered = mlflow.register_model(
+        logged.model_uri,
+        model_name(),
+        await_registration_for=0,
+        tags={VERSION_TAG: info.name, CLASSIFIER_TAG: _classifier_sha(info)},
+    )
+    return {
+        "name": registered.name,
+        "version": str(registered.version),
+        "uri": f"models:/{registered.name}/{registered.version}",
+    }
 
 
-def log_dataset(name: str, fingerprint: str, source: Path | str, context: str = "training",
-                sizes: dict[str, int] | None = None) -> None:
+def log_dataset(
+    name: str, fingerprint: str, source: Path | str, context: str = "training", sizes: dict[str, int] | None = None
+) -> None:
     """(Inside an active MLflow run.) ``mlflow.log_input`` of the data set: its name, source path and
     fingerprint (the digest), the split sizes as tags. Raises whatever mlflow raises."""
     mlflow = _quiet()
@@ -130,27 +145,34 @@ def log_dataset(name: str, fingerprint: str, source: Path | str, context: str = 
             time.sleep(0.5 * (attempt + 1))
 
 
-def _classifier_sha(info: "VersionInfo") -> str:
+def _classifier_sha(info: VersionInfo) -> str:
     return info.manifest.files.get(CLASSIFIER_KEY) or ""
 
 
-def _model_version(client: Any, registry: "ModelRegistry", version: str, tracking_uri: str) -> str:
+def _model_version(client: Any, registry: ModelRegistry, version: str, tracking_uri: str) -> str:
     """The MLflow model version registered for hotelbot ``version`` (its tags: the version name and its
     classifier's checksum, so another registry's version of the same name is not taken for it), else one
     registered now."""
     name = model_name()
     sha = _classifier_sha(registry.get(version))
-    found = [v for v in client.search_model_versions(f"name = '{name}' and tags.{VERSION_TAG} = '{version}'")
-             if (v.tags or {}).get(CLASSIFIER_TAG) == sha]
+    found = [
+        v
+        for v in client.search_model_versions(f"name = '{name}' and tags.{VERSION_TAG} = '{version}'")
+        if (v.tags or {}).get(CLASSIFIER_TAG) == sha
+    ]
     if found:
         return str(max(int(v.version) for v in found))
     mlflow = _quiet()
     mlflow.set_tracking_uri(tracking_uri)
     experiment = client.get_experiment_by_name(REGISTRATION_EXPERIMENT)
-    experiment_id = experiment.experiment_id if experiment is not None else client.create_experiment(
-        REGISTRATION_EXPERIMENT, artifact_location=_artifact_location(tracking_uri))
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"register-{version}",
-                          tags={"hotelbot.version": version}):
+    experiment_id = (
+        experiment.experiment_id
+        if experiment is not None
+        else client.create_experiment(REGISTRATION_EXPERIMENT, artifact_location=_artifact_location(tracking_uri))
+    )
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=f"register-{version}", tags={"hotelbot.version": version}
+    ):
         return log_version_model(registry, registry.get(version))["version"]
 
 
@@ -158,7 +180,7 @@ def _artifact_location(tracking_uri: str) -> str | None:
     """Beside a local sqlite store (not ./mlruns of whatever directory a deploy runs in); a server's default
     (None) otherwise."""
     if tracking_uri.startswith("sqlite:///"):
-        return (Path(tracking_uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+        return (Path(tracking_uri[len("sqlite:///") :]).resolve().parent / "mlartifacts").as_uri()
     return None
 
 
@@ -167,11 +189,14 @@ def desired_aliases(state: dict[str, Any]) -> dict[str, str | None]:
     current = state.get("version")
     previous = [v for v in state.get("previous") or [] if v and v != current]
     canary = state.get("canary") if isinstance(state.get("canary"), dict) else None
-    return {"production": current, "previous": previous[-1] if previous else None,
-            "canary": canary.get("version") if canary else None}
+    return {
+        "production": current,
+        "previous": previous[-1] if previous else None,
+        "canary": canary.get("version") if canary else None,
+    }
 
 
-def sync_aliases(registry: "ModelRegistry", tracking_uri: str) -> list[str]:
+def sync_aliases(registry: ModelRegistry, tracking_uri: str) -> list[str]:
     """Point the aliases at the registry's deployed state; returns warnings (empty: done or turned off)."""
     if not enabled():
         return []
@@ -188,17 +213,31 @@ def sync_aliases(registry: "ModelRegistry", tracking_uri: str) -> list[str]:
                     with contextlib.suppress(MlflowException):  # no such alias (or model) yet: nothing to remove
                         client.delete_registered_model_alias(name, alias)
                     continue
-                client.set_registered_model_alias(name, alias,
-                                                  _model_version(client, registry, version, tracking_uri))
+                client.set_registered_model_alias(name, alias, _model_version(client, registry, version, tracking_uri))
     except ImportError:  # a serve-only install: its deploys and canary decisions have no MLflow to tell
-        return [] if not os.environ.get("MLFLOW_TRACKING_URI") else \
-            ["MLflow is not installed here: the Model Registry aliases were not updated"]
+        return (
+            []
+            if not os.environ.get("MLFLOW_TRACKING_URI")
+            else ["MLflow is not installed here: the Model Registry aliases were not updated"]
+        )
     except Exception as exc:  # noqa: BLE001 - mlflow and its HTTP client raise many types
         line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return [redact_url(f"MLflow aliases not updated ({tracking_uri}): {line[:300]}")]
     return []
 
 
-__all__ = ["ALIASES", "DEFAULT_MODEL_NAME", "MODEL_NAME_ENV", "SWITCH_ENV", "VERSION_TAG", "bounded_requests",
-           "desired_aliases", "enabled", "log_dataset", "log_version_model", "model_name", "reference",
-           "sync_aliases"]
+__all__ = [
+    "ALIASES",
+    "DEFAULT_MODEL_NAME",
+    "MODEL_NAME_ENV",
+    "SWITCH_ENV",
+    "VERSION_TAG",
+    "bounded_requests",
+    "desired_aliases",
+    "enabled",
+    "log_dataset",
+    "log_version_model",
+    "model_name",
+    "reference",
+    "sync_aliases",
+]

@@ -65,13 +65,22 @@ class SystemMonitor:
                 self._nvml.nvmlShutdown()
 
 
-
 def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for name in ("hotelbot-cli", "torch", "transformers", "tokenizers", "datasets", "scikit-learn", "mlflow-skinny",
-                 "mlflow", "safetensors", "numpy"):
+    for name in (
+        "hotelbot-cli",
+        "torch",
+        "transformers",
+        "tokenizers",
+        "datasets",
+        "scikit-learn",
+        "mlflow-skinny",
+        "mlflow",
+        "safetensors",
+        "numpy",
+    ):
         with contextlib.suppress(PackageNotFoundError):
             out[name] = version(name)
     return out

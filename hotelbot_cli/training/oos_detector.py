@@ -50,18 +50,25 @@ def check_mode(mode: str, validation: Sequence[Example], *, joint: bool = False,
     if mode not in MODES:
         raise DataError(f"oos_detector must be one of {', '.join(MODES)}, got {mode!r}")
     if mode == KNN and not calibrate:
-        raise DataError("oos_detector knn calibrates a threshold, and calibrate_oos_threshold is false",
-                        hint="set one of them differently in training_config")
+        raise DataError(
+            "oos_detector knn calibrates a threshold, and calibrate_oos_threshold is false",
+            hint="set one of them differently in training_config",
+        )
     if mode == KNN and joint:
-        raise DataError("the kNN out-of-scope detector is not available for the joint NLU model",
-                        hint="set training_config.oos_detector to auto or softmax")
+        raise DataError(
+            "the kNN out-of-scope detector is not available for the joint NLU model",
+            hint="set training_config.oos_detector to auto or softmax",
+        )
     if mode == KNN and not any(e.intent == OUT_OF_SCOPE for e in validation):
-        raise DataError("oos_detector knn needs out_of_scope texts in the validation split to calibrate its threshold",
-                        hint="add out_of_scope examples to the data and prepare it again")
+        raise DataError(
+            "oos_detector knn needs out_of_scope texts in the validation split to calibrate its threshold",
+            hint="add out_of_scope examples to the data and prepare it again",
+        )
 
 
-def fast_best_threshold(scores: Any, argmax: list[str], y_true: list[str], labels: list[str], metric: str,
-                        base_score: float) -> float | None:
+def fast_best_threshold(
+    scores: Any, argmax: list[str], y_true: list[str], labels: list[str], metric: str, base_score: float
+) -> float | None:
     """:func:`~.calibration.best_threshold` for macro_f1 and accuracy, vectorised (numpy bincounts instead of one
     scikit-learn call per candidate: ~12 s -> well under 1 s for 4 values of k on the shipped split); the same
     candidates, tie rule and F1 definition (a label never true nor predicted scores 0, zero_division=0).
@@ -108,16 +115,28 @@ def embed_examples(model: Any, tokenizer: Any, texts: Sequence[str], batch_size:
         model.to("cpu")
     order = np.argsort([len(t) for t in texts], kind="stable")
     with on_cpu():  # the detector is calibrated on what a CPU replica computes (and the export runs there next)
-        probs, pooled = TorchPredictor(model, tokenizer, "staged").outputs([texts[i] for i in order], batch_size,
-                                                                            embeddings=True)
+        probs, pooled = TorchPredictor(model, tokenizer, "staged").outputs(
+            [texts[i] for i in order], batch_size, embeddings=True
+        )
     back = np.argsort(order, kind="stable")
     return probs.numpy()[back], pooled[back]
 
 
-def choose_detector(model: Any, tokenizer: Any, train: Sequence[Example], validation: Sequence[Example],
-                    labels: list[str], metric: str, softmax_threshold: float | None,
-                    softmax_metrics: dict[str, Any], mode: str = "auto", k: int = 0,
-                    *, joint: bool = False, calibrate: bool = True) -> DetectorChoice:
+def choose_detector(
+    model: Any,
+    tokenizer: Any,
+    train: Sequence[Example],
+    validation: Sequence[Example],
+    labels: list[str],
+    metric: str,
+    softmax_threshold: float | None,
+    softmax_metrics: dict[str, Any],
+    mode: str = "auto",
+    k: int = 0,
+    *,
+    joint: bool = False,
+    calibrate: bool = True,
+) -> DetectorChoice:
     """See the module docstring. ``softmax_metrics``: the validation metrics training computed with
     ``softmax_threshold``; ``k`` 0: choose it among :data:`K_CHOICES`; ``calibrate`` False
     (``calibrate_oos_threshold: false``): no out-of-scope threshold of either kind."""
@@ -127,12 +146,22 @@ def choose_detector(model: Any, tokenizer: Any, train: Sequence[Example], valida
     base = {"mode": mode, "metric": metric, "validation": {SOFTMAX: softmax_record}}
     has_oos = OUT_OF_SCOPE in labels and any(e.intent == OUT_OF_SCOPE for e in validation)
     if mode == SOFTMAX or joint or not has_oos or not calibrate:
-        reason = ("asked for (training_config.oos_detector softmax)" if mode == SOFTMAX else
-                  "the joint NLU model reads the softmax only" if joint else
-                  "calibrate_oos_threshold is false: no out-of-scope threshold" if not calibrate else
-                  "no out_of_scope validation texts to calibrate a kNN detector on")
-        return DetectorChoice(SOFTMAX, None, softmax_metrics, None,
-                              {**base, "method": SOFTMAX, "threshold": softmax_threshold, "reason": reason})
+        reason = (
+            "asked for (training_config.oos_detector softmax)"
+            if mode == SOFTMAX
+            else "the joint NLU model reads the softmax only"
+            if joint
+            else "calibrate_oos_threshold is false: no out-of-scope threshold"
+            if not calibrate
+            else "no out_of_scope validation texts to calibrate a kNN detector on"
+        )
+        return DetectorChoice(
+            SOFTMAX,
+            None,
+            softmax_metrics,
+            None,
+            {**base, "method": SOFTMAX, "threshold": softmax_threshold, "reason": reason},
+        )
     inside = [e.text for e in train if e.intent != OUT_OF_SCOPE]
     if not inside:
         raise DataError("the kNN out-of-scope detector needs in-scope training texts")
@@ -143,28 +172,49 @@ def choose_detector(model: Any, tokenizer: Any, train: Sequence[Example], valida
     argmax = [labels[i] for i in probs.argmax(axis=1)]
     base_score = classification_metrics(y_true, argmax, labels, metric)[metric]
     trials = []
-    for kk in ([k] if k else [c for c in K_CHOICES if c <= len(memory)] or [len(memory)]):
+    for kk in [k] if k else [c for c in K_CHOICES if c <= len(memory)] or [len(memory)]:
         sims = kth_similarity(pooled, memory, kk).astype(np.float64)  # float64: thresholds like 0.578, not 0.57800001
         threshold = fast_best_threshold(sims, argmax, y_true, labels, metric, base_score)
         metrics = classification_metrics(y_true, apply_fallback_labels(argmax, sims, threshold), labels, metric)
         trials.append((metrics[metric], -kk, kk, threshold, metrics))
     score, _, kk, threshold, metrics = max(trials, key=lambda t: (round(t[0], 12), t[1]))  # ties: the smaller k
-    knn_record = {"k": kk, "threshold": threshold, **_summary(metrics, metric),
-                  "k_tried": {str(t[2]): round(t[0], 6) for t in trials}}
+    knn_record = {
+        "k": kk,
+        "threshold": threshold,
+        **_summary(metrics, metric),
+        "k_tried": {str(t[2]): round(t[0], 6) for t in trials},
+    }
     base["validation"][KNN] = knn_record
     wins = score > softmax_metrics[metric] + 1e-12
     if mode == "auto" and not wins:
-        return DetectorChoice(SOFTMAX, None, softmax_metrics, None, {
-            **base, "method": SOFTMAX, "threshold": softmax_threshold,
-            "reason": f"kNN (k={kk}) scored {score:.4f} {metric} on validation, not above the softmax threshold's "
-                      f"{softmax_metrics[metric]:.4f}"})
+        return DetectorChoice(
+            SOFTMAX,
+            None,
+            softmax_metrics,
+            None,
+            {
+                **base,
+                "method": SOFTMAX,
+                "threshold": softmax_threshold,
+                "reason": f"kNN (k={kk}) scored {score:.4f} {metric} on validation, not above the softmax threshold's "
+                f"{softmax_metrics[metric]:.4f}",
+            },
+        )
     spec = {"method": KNN, "threshold": threshold, "k": kk, "memory": MEMORY_FILE}
     metrics = {**metrics, "out_of_scope_threshold": None, "out_of_scope_detector": spec}
-    reason = (f"kNN (k={kk}) scored {score:.4f} {metric} on validation, above the softmax threshold's "
-              f"{softmax_metrics[metric]:.4f}" if mode == "auto" else "asked for (training_config.oos_detector knn)")
-    return DetectorChoice(KNN, spec, metrics, np.asarray(memory, dtype=np.float32),
-                          {**base, "method": KNN, "threshold": threshold, "k": kk, "memory_size": len(memory),
-                           "reason": reason})
+    reason = (
+        f"kNN (k={kk}) scored {score:.4f} {metric} on validation, above the softmax threshold's "
+        f"{softmax_metrics[metric]:.4f}"
+        if mode == "auto"
+        else "asked for (training_config.oos_detector knn)"
+    )
+    return DetectorChoice(
+        KNN,
+        spec,
+        metrics,
+        np.asarray(memory, dtype=np.float32),
+        {**base, "method": KNN, "threshold": threshold, "k": kk, "memory_size": len(memory), "reason": reason},
+    )
 
 
 __all__ = ["DetectorChoice", "K_CHOICES", "MODES", "check_mode", "choose_detector", "embed_examples"]

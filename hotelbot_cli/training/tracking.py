@@ -30,7 +30,7 @@ class MlflowTracker:
         self._mlflow: Any = None
 
     @contextlib.contextmanager
-    def run(self, run_name: str, tags: dict[str, str] | None = None, nested: bool = False) -> Iterator["MlflowTracker"]:
+    def run(self, run_name: str, tags: dict[str, str] | None = None, nested: bool = False) -> Iterator[MlflowTracker]:
         if not is_main_process():  # torchrun/accelerate: one run per training, the main process's
             yield self
             return
@@ -41,7 +41,7 @@ class MlflowTracker:
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "Creating initial MLflow database tables"
         logging.getLogger("alembic").setLevel(logging.WARNING)
         if self.tracking_uri.startswith("sqlite:///"):
-            Path(self.tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         try:
             # inside another run (train --model-type all, HPO): a child run in the parent's experiment
             nested = nested or mlflow.active_run() is not None
@@ -50,8 +50,10 @@ class MlflowTracker:
                 mlflow.set_experiment(self.experiment)
             active = mlflow.start_run(run_name=run_name, tags=tags or {}, nested=nested)
         except Exception as exc:  # noqa: BLE001 - mlflow raises many types for a bad URI
-            raise ConfigError(f"cannot use MLflow tracking store {self.tracking_uri}: {str(exc).splitlines()[0]}",
-                              hint="set MLFLOW_TRACKING_URI or HOTELBOT_HOME") from None
+            raise ConfigError(
+                f"cannot use MLflow tracking store {self.tracking_uri}: {str(exc).splitlines()[0]}",
+                hint="set MLFLOW_TRACKING_URI or HOTELBOT_HOME",
+            ) from None
         self._mlflow = mlflow
         self.run_id = active.info.run_id
         status = "FAILED"
@@ -74,8 +76,11 @@ class MlflowTracker:
         self._safe("log_params", {k: str(v)[:500] for k, v in params.items()})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        clean = {k.replace("/", "_") if k.startswith("eval/") else k: float(v) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and math.isfinite(float(v))}
+        clean = {
+            k.replace("/", "_") if k.startswith("eval/") else k: float(v)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and math.isfinite(float(v))
+        }
         if clean:
             self._safe("log_metrics", clean, step=step)
 
@@ -107,4 +112,3 @@ class MlflowTracker:
             line = redact_url(line)
             log.warning("MLflow model not logged for %s: %s", getattr(info, "name", info), line)
             return {"error": line[:300]}
-

@@ -10,8 +10,18 @@ from ...errors import HotelbotError
 from ..base import ComponentResult, SplitComponent, TrainRequest, labels_report_section, usable_confidence
 from ..exporting import save_encoder_with_head, token_classifier_card
 from ..nlu import JointHead
-from .tagger import (DATA_SUBDIR, ENTITIES_DIR, EXPERIMENT, METRIC, EntityExtractor, evaluate_entities,
-                     prepare_entities, read_prepared_entities, train_entities, write_prepared_entities)
+from .tagger import (
+    DATA_SUBDIR,
+    ENTITIES_DIR,
+    EXPERIMENT,
+    METRIC,
+    EntityExtractor,
+    evaluate_entities,
+    prepare_entities,
+    read_prepared_entities,
+    train_entities,
+    write_prepared_entities,
+)
 
 if TYPE_CHECKING:
     from ...config import Settings
@@ -40,37 +50,53 @@ class EntityExtractorComponent(JointHead, SplitComponent):
         write_prepared_entities(prepared, target)
 
     def fit_and_publish(self, request: TrainRequest, data: Path) -> ComponentResult:
-        return train_entities(request.settings, data, request.registry, listener=request.listener,
-                              force=request.force, source=request.source)
+        return train_entities(
+            request.settings,
+            data,
+            request.registry,
+            listener=request.listener,
+            force=request.force,
+            source=request.source,
+        )
 
-    def score(self, info: "VersionInfo", settings: "Settings") -> dict[str, Any]:
+    def score(self, info: VersionInfo, settings: Settings) -> dict[str, Any]:
         return evaluate_entities(info, extractor=self.load(info, settings))
 
     def score_view(self, metrics: dict[str, Any], gate: str) -> dict[str, Any]:
         m = metrics
-        return {"line": f"entities on {m['num_sentences']} sentences ({m['data_source']}): micro P/R/F1 "
-                        f"{m['micro_precision']:.4f}/{m['micro_recall']:.4f}/{m['micro_f1']:.4f}  macro-F1 "
-                        f"{m['macro_f1']:.4f}  {gate}",
-                "table": {"title": "per entity type (exact match)",
-                          "columns": ["entity type", "precision", "recall", "F1", "support"],
-                          "rows": [[label, f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}",
-                                    str(s["support"])] for label, s in m["per_type"].items()]}}
+        return {
+            "line": f"entities on {m['num_sentences']} sentences ({m['data_source']}): micro P/R/F1 "
+            f"{m['micro_precision']:.4f}/{m['micro_recall']:.4f}/{m['micro_f1']:.4f}  macro-F1 "
+            f"{m['macro_f1']:.4f}  {gate}",
+            "table": {
+                "title": "per entity type (exact match)",
+                "columns": ["entity type", "precision", "recall", "F1", "support"],
+                "rows": [
+                    [label, f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}", str(s["support"])]
+                    for label, s in m["per_type"].items()
+                ],
+            },
+        }
 
-    def smoke(self, info: "VersionInfo", settings: "Settings", texts_count: int) -> dict[str, Any]:
+    def smoke(self, info: VersionInfo, settings: Settings, texts_count: int) -> dict[str, Any]:
         examples = read_prepared_entities(info.path / ENTITIES_DIR / DATA_SUBDIR).validation[:texts_count]
         texts = [e.text for e in examples] or ["Soy Ana, de la habitación 305"]
         extractor = self.load(info, settings)
         found = extractor.extract(texts)
         for text, entities in zip(texts, found):
             for ent in entities:
-                if not (0 <= ent["start"] < ent["end"] <= len(text)) or text[ent["start"]:ent["end"]] != ent["text"] \
-                        or ent["type"] not in extractor.config.labels or not usable_confidence(ent["confidence"]):
+                if (
+                    not (0 <= ent["start"] < ent["end"] <= len(text))
+                    or text[ent["start"] : ent["end"]] != ent["text"]
+                    or ent["type"] not in extractor.config.labels
+                    or not usable_confidence(ent["confidence"])
+                ):
                     raise HotelbotError(f"{info.name} returned an unusable entity for {text!r}: {ent}")
         gold = sum(len(e.entities) for e in examples)
         hits = sum(len(e.gold() & {(x["type"], x["start"], x["end"]) for x in f}) for e, f in zip(examples, found))
         return {"texts": len(texts), "found": sum(map(len, found)), "gold": gold, "correct": hits}
 
-    def load_own(self, info: "VersionInfo") -> Any:
+    def load_own(self, info: VersionInfo) -> Any:
         return EntityExtractor.from_version(info)
 
     def joint_view(self, runner: Any) -> Any:
@@ -78,17 +104,29 @@ class EntityExtractorComponent(JointHead, SplitComponent):
 
         return JointEntities(runner)
 
-    def export(self, info: "VersionInfo", fmt: str, target: Path, settings: "Settings") -> dict[str, Any]:
+    def export(self, info: VersionInfo, fmt: str, target: Path, settings: Settings) -> dict[str, Any]:
         self.refuse_joint_export(info, fmt)
         extractor = EntityExtractor.from_version(info)
         model, config = extractor.model, extractor.config
-        head = {"task": "token-classification", "labels": list(config.labels), "tags": list(config.tags),
-                "max_length": config.max_length, "prefix": config.prefix, "alignment": config.alignment,
-                "base_model": config.base_model, "version": info.name}
+        head = {
+            "task": "token-classification",
+            "labels": list(config.labels),
+            "tags": list(config.tags),
+            "max_length": config.max_length,
+            "prefix": config.prefix,
+            "alignment": config.alignment,
+            "base_model": config.base_model,
+            "version": info.name,
+        }
         model_type = model.encoder.config.model_type
-        return save_encoder_with_head(target, model.encoder, extractor.tokenizer, model.head, head,
-                                      token_classifier_card("entity extractor", target.name, head, model_type,
-                                                            info.name))
+        return save_encoder_with_head(
+            target,
+            model.encoder,
+            extractor.tokenizer,
+            model.head,
+            head,
+            token_classifier_card("entity extractor", target.name, head, model_type, info.name),
+        )
 
     def empty_analysis(self) -> dict[str, Any]:
         return {"entities": []}
@@ -96,8 +134,9 @@ class EntityExtractorComponent(JointHead, SplitComponent):
     def analysis_text(self, row: dict[str, Any]) -> str:
         return "".join(f"\t{e['type']}={e['text']!r}" for e in row["entities"])
 
-    def analyze(self, loaded: Any, texts: Sequence[str], rows: list[dict[str, Any]], *, top_k: int,
-                batch_size: int) -> None:
+    def analyze(
+        self, loaded: Any, texts: Sequence[str], rows: list[dict[str, Any]], *, top_k: int, batch_size: int
+    ) -> None:
         for row, found in zip(rows, loaded.extract(texts, batch_size=batch_size)):
             row["entities"] = found
 

@@ -44,8 +44,16 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from ...runtime.device import place
 from ..._io import iter_jsonl
-from ...data import (TRAIN_FILE, VALIDATION_FILE, check_split_fingerprint, load_split, read_data_text,
-                     read_manifest, stratified_split, write_split)
+from ...data import (
+    TRAIN_FILE,
+    VALIDATION_FILE,
+    check_split_fingerprint,
+    load_split,
+    read_data_text,
+    read_manifest,
+    stratified_split,
+    write_split,
+)
 from ...errors import DataError, ModelError, RegistryError
 from ...training.events import TrainingEvent, emitter
 from ...training.loop import FitStats, train_best_epoch, training_summary
@@ -74,8 +82,10 @@ ENTITY_TYPES = ("DATE", "NIGHTS", "GUESTS", "ROOM_TYPE", "ROOM_NUMBER", "TIME", 
 OUTSIDE = "O"
 IGNORE = -100
 PREFIX_POLICY = "none: token classification tokenizes the raw text, so offsets index the input directly"
-ALIGNMENT = "B- on an entity's first token, I- on its other tokens (sub-tokens included); special and " \
-            "whitespace-only tokens -100"
+ALIGNMENT = (
+    "B- on an entity's first token, I- on its other tokens (sub-tokens included); special and "
+    "whitespace-only tokens -100"
+)
 SCALARS = ("micro_precision", "micro_recall", "micro_f1", "macro_precision", "macro_recall", "macro_f1")
 
 
@@ -116,8 +126,13 @@ class PreparedEntities:
     warnings: list[dict[str, str]] = field(default_factory=list)
 
     def to_summary(self) -> dict[str, Any]:
-        return {"format": DATA_FORMAT, "fingerprint": self.fingerprint, "labels": self.labels, **self.summary,
-                "warnings": self.warnings}
+        return {
+            "format": DATA_FORMAT,
+            "fingerprint": self.fingerprint,
+            "labels": self.labels,
+            **self.summary,
+            "warnings": self.warnings,
+        }
 
 
 def _int(value: Any) -> bool:
@@ -128,6 +143,7 @@ def parse_entity_record(record: Any, where: str, labels: Sequence[str] = ENTITY_
     """One ``{"text", "entities"}`` record -> (example, spans trimmed of surrounding whitespace).
 
     Raises DataError (message prefixed with ``where``) for anything invalid."""
+
     def bad(problem: str) -> DataError:
         return DataError(f"{where}: {problem}")
 
@@ -171,13 +187,16 @@ def parse_entity_record(record: Any, where: str, labels: Sequence[str] = ENTITY_
     ordered = sorted(spans)
     for a, b in zip(ordered, ordered[1:]):
         if b.start < a.end:
-            raise bad(f"entities overlap: {a.label} {a.start}-{a.end} {text[a.start:a.end]!r} and "
-                      f"{b.label} {b.start}-{b.end} {text[b.start:b.end]!r}")
+            raise bad(
+                f"entities overlap: {a.label} {a.start}-{a.end} {text[a.start : a.end]!r} and "
+                f"{b.label} {b.start}-{b.end} {text[b.start : b.end]!r}"
+            )
     return EntityExample(text, tuple(ordered)), trimmed
 
 
-def read_entity_file(path: Path, labels: Sequence[str] = ENTITY_TYPES, *,
-                     require_entities: bool = True) -> tuple[list[EntityExample], list[dict[str, str]]]:
+def read_entity_file(
+    path: Path, labels: Sequence[str] = ENTITY_TYPES, *, require_entities: bool = True
+) -> tuple[list[EntityExample], list[dict[str, str]]]:
     """Read and validate a JSONL entity file; drop exact duplicates. DataError names the file and line.
 
     ``require_entities`` refuses a file without any example or entity (False for a prepared split)."""
@@ -206,8 +225,12 @@ def read_entity_file(path: Path, labels: Sequence[str] = ENTITY_TYPES, *,
     if duplicates:
         warnings.append({"code": "duplicates_removed", "message": f"{duplicates} exact duplicate line(s) removed"})
     if trimmed:
-        warnings.append({"code": "spans_trimmed",
-                         "message": f"{trimmed} span(s) had surrounding whitespace; trimmed to the entity text"})
+        warnings.append(
+            {
+                "code": "spans_trimmed",
+                "message": f"{trimmed} span(s) had surrounding whitespace; trimmed to the entity text",
+            }
+        )
     return examples, warnings
 
 
@@ -217,8 +240,9 @@ def _stratum(example: EntityExample, counts: Counter) -> str:
     return min((s.label for s in example.entities), key=lambda label: (counts[label], label))
 
 
-def split_entities(examples: Sequence[EntityExample], validation_split: float,
-                   seed: int) -> tuple[list[EntityExample], list[EntityExample]]:
+def split_entities(
+    examples: Sequence[EntityExample], validation_split: float, seed: int
+) -> tuple[list[EntityExample], list[EntityExample]]:
     """Seeded split stratified by each sentence's rarest entity type (sentences without entities apart);
     every stratum of 2+ sentences gives at least one to validation."""
     counts = Counter(s.label for e in examples for s in e.entities)
@@ -234,8 +258,9 @@ def entity_fingerprint(train: Iterable[EntityExample], validation: Iterable[Enti
     return digest.hexdigest()
 
 
-def prepare_entities(path: Path, validation_split: float = 0.2, seed: int = 42,
-                     labels: Sequence[str] = ENTITY_TYPES) -> PreparedEntities:
+def prepare_entities(
+    path: Path, validation_split: float = 0.2, seed: int = 42, labels: Sequence[str] = ENTITY_TYPES
+) -> PreparedEntities:
     """Load, validate and split an entity file. Raises DataError; writes nothing."""
     examples, warnings = read_entity_file(path, labels)
     train, validation = split_entities(examples, validation_split, seed)
@@ -243,39 +268,56 @@ def prepare_entities(path: Path, validation_split: float = 0.2, seed: int = 42,
     counts = Counter(s.label for e in examples for s in e.entities)
     few = [label for label in used if counts[label] < 10]
     if few:
-        warnings.append({"code": "few_examples", "message": "entity types with fewer than 10 examples: "
-                         + ", ".join(f"{label} ({counts[label]})" for label in few)})
-    summary = {"source": str(path), "examples": len(examples), "train_size": len(train),
-               "validation_size": len(validation), "entities": sum(counts.values()),
-               "entities_per_type": {label: counts[label] for label in used},
-               "sentences_without_entities": sum(not e.entities for e in examples),
-               "validation_split": validation_split, "seed": seed}
+        warnings.append(
+            {
+                "code": "few_examples",
+                "message": "entity types with fewer than 10 examples: "
+                + ", ".join(f"{label} ({counts[label]})" for label in few),
+            }
+        )
+    summary = {
+        "source": str(path),
+        "examples": len(examples),
+        "train_size": len(train),
+        "validation_size": len(validation),
+        "entities": sum(counts.values()),
+        "entities_per_type": {label: counts[label] for label in used},
+        "sentences_without_entities": sum(not e.entities for e in examples),
+        "validation_split": validation_split,
+        "seed": seed,
+    }
     return PreparedEntities(train, validation, used, entity_fingerprint(train, validation), summary, warnings)
 
 
 def write_prepared_entities(prepared: PreparedEntities, out_dir: Path) -> Path:
     """train.jsonl, validation.jsonl, then dataset.json (the completion marker), each atomically."""
-    return write_split(out_dir, (e.to_dict() for e in prepared.train), (e.to_dict() for e in prepared.validation),
-                       prepared.to_summary())
+    return write_split(
+        out_dir,
+        (e.to_dict() for e in prepared.train),
+        (e.to_dict() for e in prepared.validation),
+        prepared.to_summary(),
+    )
 
 
 def read_prepared_entities(directory: Path) -> PreparedEntities:
     directory = Path(directory)
-    summary = read_manifest(directory, DATA_FORMAT, "entity",
-                            "run `hotelbot prepare --entities datasets/entidades_es.jsonl`")
+    summary = read_manifest(
+        directory, DATA_FORMAT, "entity", "run `hotelbot prepare --entities datasets/entidades_es.jsonl`"
+    )
     labels = list(summary.pop("labels"))
     known = tuple(dict.fromkeys([*ENTITY_TYPES, *labels]))
     train, _ = read_entity_file(directory / TRAIN_FILE, known, require_entities=False)
     validation, _ = read_entity_file(directory / VALIDATION_FILE, known, require_entities=False)
-    check_split_fingerprint(entity_fingerprint(train, validation), summary, directory, "entity",
-                            "run `hotelbot prepare --entities` again")
+    check_split_fingerprint(
+        entity_fingerprint(train, validation), summary, directory, "entity", "run `hotelbot prepare --entities` again"
+    )
     fingerprint = summary.pop("fingerprint")
     warnings = summary.pop("warnings", [])
     summary.pop("format", None)
     return PreparedEntities(train, validation, labels, fingerprint, summary, warnings)
 
 
-def load_entity_data(source: Path, data: "DataConfig | None" = None) -> PreparedEntities:
+def load_entity_data(source: Path, data: DataConfig | None = None) -> PreparedEntities:
     """A prepared directory (has dataset.json) is read; a .jsonl file is validated and split now."""
     return load_split(source, data, read_prepared_entities, prepare_entities)
 
@@ -287,8 +329,9 @@ def bio_tags(labels: Sequence[str]) -> list[str]:
     return [OUTSIDE] + [f"{p}-{label}" for label in labels for p in ("B", "I")]
 
 
-def token_char_spans(text: str, offsets: Sequence[Sequence[int]], special: Sequence[int] | None = None,
-                     prefix_len: int = 0) -> list[tuple[int, int] | None]:
+def token_char_spans(
+    text: str, offsets: Sequence[Sequence[int]], special: Sequence[int] | None = None, prefix_len: int = 0
+) -> list[tuple[int, int] | None]:
     """Each token's character range in ``text`` (offsets of ``prefix + text``, shifted back by the prefix),
     trimmed of whitespace; None for special tokens, tokens inside the prefix and whitespace-only tokens."""
     out: list[tuple[int, int] | None] = []
@@ -334,8 +377,12 @@ def snap_to_words(text: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
-def decode_tags(tags: Sequence[str | None], token_spans: Sequence[tuple[int, int] | None],
-                scores: Sequence[float] | None = None, text: str | None = None) -> list[tuple[str, int, int, float]]:
+def decode_tags(
+    tags: Sequence[str | None],
+    token_spans: Sequence[tuple[int, int] | None],
+    scores: Sequence[float] | None = None,
+    text: str | None = None,
+) -> list[tuple[str, int, int, float]]:
     """(type, start, end, confidence) of each entity in a BIO sequence (seqeval's default IOB2 reading;
     None tokens are skipped). ``confidence`` is the mean of ``scores`` over the entity's tokens (1.0 without
     scores). With ``text``, spans are widened to whole words (:func:`snap_to_words`) and spans that then
@@ -377,24 +424,31 @@ def decode_tags(tags: Sequence[str | None], token_spans: Sequence[tuple[int, int
     return snapped
 
 
-def alignment_report(examples: Sequence[EntityExample], tokenizer: Any, max_length: int = 512,
-                     prefix: str = "") -> dict[str, Any]:
+def alignment_report(
+    examples: Sequence[EntityExample], tokenizer: Any, max_length: int = 512, prefix: str = ""
+) -> dict[str, Any]:
     """How many gold entities survive char spans -> token tags -> decoded spans exactly with ``tokenizer``
     (the ceiling of exact-match F1 for that tokenizer), with a few that do not."""
     total = exact = 0
     misses: list[dict[str, Any]] = []
     for example in examples:
-        enc = tokenizer(prefix + example.text, truncation=True, max_length=max_length, return_offsets_mapping=True,
-                        return_special_tokens_mask=True)
+        enc = tokenizer(
+            prefix + example.text,
+            truncation=True,
+            max_length=max_length,
+            return_offsets_mapping=True,
+            return_special_tokens_mask=True,
+        )
         spans = token_char_spans(example.text, enc["offset_mapping"], enc["special_tokens_mask"], len(prefix))
-        decoded = {(k, s, e) for k, s, e, _ in decode_tags(spans_to_tags(example.entities, spans), spans,
-                                                           text=example.text)}
+        decoded = {
+            (k, s, e) for k, s, e, _ in decode_tags(spans_to_tags(example.entities, spans), spans, text=example.text)
+        }
         for gold in sorted(example.gold(), key=lambda g: g[1]):
             total += 1
             if gold in decoded:
                 exact += 1
             elif len(misses) < 10:
-                misses.append({"text": example.text, "entity": example.text[gold[1]:gold[2]], "label": gold[0]})
+                misses.append({"text": example.text, "entity": example.text[gold[1] : gold[2]], "label": gold[0]})
     return {"entities": total, "exact": exact, "ratio": exact / total if total else 1.0, "misses": misses}
 
 
@@ -407,8 +461,11 @@ def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
     return p, r, (2 * p * r / (p + r) if p + r else 0.0)
 
 
-def entity_metrics(gold: Sequence[Iterable[tuple[str, int, int]]], predicted: Sequence[Iterable[tuple[str, int, int]]],
-                   labels: Sequence[str] | None = None) -> dict[str, Any]:
+def entity_metrics(
+    gold: Sequence[Iterable[tuple[str, int, int]]],
+    predicted: Sequence[Iterable[tuple[str, int, int]]],
+    labels: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """Entity-level exact-match metrics over sentences: each sentence gives a set of (type, start, end).
 
     ``per_type`` lists ``labels`` (default: every type seen) with precision, recall, F1, support (gold
@@ -437,20 +494,33 @@ def entity_metrics(gold: Sequence[Iterable[tuple[str, int, int]]], predicted: Se
     per_type = {}
     for label in order:
         p, r, f = _prf(tp[label], fp[label], fn[label])
-        per_type[label] = {"precision": p, "recall": r, "f1": f, "support": tp[label] + fn[label],
-                           "predicted": tp[label] + fp[label]}
+        per_type[label] = {
+            "precision": p,
+            "recall": r,
+            "f1": f,
+            "support": tp[label] + fn[label],
+            "predicted": tp[label] + fp[label],
+        }
     present = [label for label in order if label in seen]
     micro = _prf(sum(tp.values()), sum(fp.values()), sum(fn.values()))
-    macro = [sum(per_type[label][k] for label in present) / len(present) if present else 0.0
-             for k in ("precision", "recall", "f1")]
+    macro = [
+        sum(per_type[label][k] for label in present) / len(present) if present else 0.0
+        for k in ("precision", "recall", "f1")
+    ]
     return {
-        "micro_precision": micro[0], "micro_recall": micro[1], "micro_f1": micro[2],
-        "macro_precision": macro[0], "macro_recall": macro[1], "macro_f1": macro[2],
+        "micro_precision": micro[0],
+        "micro_recall": micro[1],
+        "micro_f1": micro[2],
+        "macro_precision": macro[0],
+        "macro_recall": macro[1],
+        "macro_f1": macro[2],
         "per_type": per_type,
-        "num_sentences": len(gold), "num_gold": sum(tp.values()) + sum(fn.values()),
+        "num_sentences": len(gold),
+        "num_gold": sum(tp.values()) + sum(fn.values()),
         "num_predicted": sum(tp.values()) + sum(fp.values()),
         "exact_sentence_accuracy": exact_sentences / len(gold) if gold else 0.0,
-        "metric": METRIC, "overall_score": micro[2],
+        "metric": METRIC,
+        "overall_score": micro[2],
     }
 
 
@@ -476,7 +546,7 @@ class EntityConfig:
         return {**asdict(self), "tags": self.tags}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EntityConfig":
+    def from_dict(cls, data: dict[str, Any]) -> EntityConfig:
         config = cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
         if "tags" in data and list(data["tags"]) != config.tags:
             raise ModelError("entities.json: tags do not match its labels")
@@ -497,15 +567,21 @@ def _torch_module():
             self.dropout = nn.Dropout(config.dropout)
             self.head = nn.Linear(encoder.config.hidden_size, len(config.tags))  # "head.": its own learning rate
 
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> dict:
+        def forward(
+            self,
+            input_ids: torch.Tensor,
+            attention_mask: torch.Tensor,
+            token_type_ids: torch.Tensor | None = None,
+            labels: torch.Tensor | None = None,
+        ) -> dict:
             kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
             logits = self.head(self.dropout(hidden))
             out = {"logits": logits}
             if labels is not None:
-                out["loss"] = nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1),
-                                                          ignore_index=IGNORE)
+                out["loss"] = nn.functional.cross_entropy(
+                    logits.view(-1, logits.shape[-1]), labels.view(-1), ignore_index=IGNORE
+                )
             return out
 
         def freeze_word_embeddings(self) -> int:
@@ -544,8 +620,10 @@ def load_entity_model(model_dir: Path) -> tuple[Any, Any]:
 
 def _require_fast(tokenizer: Any, what: str) -> None:
     if not getattr(tokenizer, "is_fast", False):
-        raise ModelError(f"{what}: entity extraction needs a fast (Rust) tokenizer with offset mappings",
-                         hint="use a model directory with tokenizer.json")
+        raise ModelError(
+            f"{what}: entity extraction needs a fast (Rust) tokenizer with offset mappings",
+            hint="use a model directory with tokenizer.json",
+        )
 
 
 # ============================================================================ training
@@ -567,8 +645,13 @@ def _encode(examples: Sequence[EntityExample], tokenizer: Any, config: EntityCon
     spans_per_example = []
     lost = 0
     for example in examples:
-        enc = tokenizer(config.prefix + example.text, truncation=True, max_length=config.max_length,
-                        return_offsets_mapping=True, return_special_tokens_mask=True)
+        enc = tokenizer(
+            config.prefix + example.text,
+            truncation=True,
+            max_length=config.max_length,
+            return_offsets_mapping=True,
+            return_special_tokens_mask=True,
+        )
         spans = token_char_spans(example.text, enc["offset_mapping"], enc["special_tokens_mask"], len(config.prefix))
         tags = spans_to_tags(example.entities, spans)
         covered = max((s[1] for s in spans if s is not None), default=0)
@@ -580,8 +663,9 @@ def _encode(examples: Sequence[EntityExample], tokenizer: Any, config: EntityCon
     return rows, spans_per_example, lost
 
 
-def decode_token_logits(logits: Any, spans_per_example: Sequence[Sequence[Any]], tags: Sequence[str],
-                   texts: Sequence[str]):
+def decode_token_logits(
+    logits: Any, spans_per_example: Sequence[Sequence[Any]], tags: Sequence[str], texts: Sequence[str]
+):
     """Per example: [(type, start, end, confidence)] from (N, L, C) logits (padding beyond each example's
     tokens ignored), decoded exactly as :class:`EntityExtractor` does (and the joint NLU model's entity head)."""
     import numpy as np
@@ -596,9 +680,17 @@ def decode_token_logits(logits: Any, spans_per_example: Sequence[Sequence[Any]],
     return out
 
 
-def fit_entity_tagger(cfg: "TrainingConfig", train: Sequence[EntityExample], validation: Sequence[EntityExample],
-                      labels: Sequence[str], models_dir: Path, *, listener: "Listener | None" = None,
-                      tracker: "MlflowTracker | None" = None, monitor: "SystemMonitor | None" = None) -> EntityFitResult:
+def fit_entity_tagger(
+    cfg: TrainingConfig,
+    train: Sequence[EntityExample],
+    validation: Sequence[EntityExample],
+    labels: Sequence[str],
+    models_dir: Path,
+    *,
+    listener: Listener | None = None,
+    tracker: MlflowTracker | None = None,
+    monitor: SystemMonitor | None = None,
+) -> EntityFitResult:
     """Fine-tune one token classifier with the Trainer (no registry involved), keeping the best epoch by
     validation entity micro-F1, with the classifier's callbacks (progress, best epoch, early stopping,
     system metrics) and two learning rates (encoder, head)."""
@@ -615,8 +707,9 @@ def fit_entity_tagger(cfg: "TrainingConfig", train: Sequence[EntityExample], val
     base = resolve_base_model(cfg.base_model, models_dir)
     tokenizer, encoder = load_base_encoder(base)
     _require_fast(tokenizer, f"base model {cfg.base_model}")
-    config = EntityConfig(labels=list(labels), max_length=cfg.max_length, prefix="", dropout=cfg.dropout,
-                          base_model=cfg.base_model)
+    config = EntityConfig(
+        labels=list(labels), max_length=cfg.max_length, prefix="", dropout=cfg.dropout, base_model=cfg.base_model
+    )
     tags = config.tags
     tag_to_id = {t: i for i, t in enumerate(tags)}
     model = new_token_classifier(encoder, config)
@@ -627,8 +720,13 @@ def fit_entity_tagger(cfg: "TrainingConfig", train: Sequence[EntityExample], val
     train_rows, _, lost_train = _encode(train, tokenizer, config, tag_to_id)
     val_rows, val_spans, lost_val = _encode(validation, tokenizer, config, tag_to_id)
     if lost_train + lost_val:
-        emit(TrainingEvent("status", message=f"{lost_train + lost_val} entities lie beyond max_length "
-                                             f"{config.max_length} tokens (validation counts them as missed)"))
+        emit(
+            TrainingEvent(
+                "status",
+                message=f"{lost_train + lost_val} entities lie beyond max_length "
+                f"{config.max_length} tokens (validation counts them as missed)",
+            )
+        )
     train_ds = Dataset.from_list(train_rows)
     val_ds = Dataset.from_list(val_rows)
     gold = [e.gold() for e in validation]
@@ -642,23 +740,49 @@ def fit_entity_tagger(cfg: "TrainingConfig", train: Sequence[EntityExample], val
         token_acc = float((np.asarray(pred.predictions).argmax(-1)[mask] == ids[mask]).mean()) if mask.any() else 0.0
         return {**{k: full[k] for k in SCALARS}, "accuracy": token_acc}
 
-    run = train_best_epoch(cfg, model, "hotelbot-entities-", train_ds, val_ds,
-                           DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE), compute_metrics,
-                           METRIC, listener=listener, tracker=tracker, monitor=monitor)
+    run = train_best_epoch(
+        cfg,
+        model,
+        "hotelbot-entities-",
+        train_ds,
+        val_ds,
+        DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE),
+        compute_metrics,
+        METRIC,
+        listener=listener,
+        tracker=tracker,
+        monitor=monitor,
+    )
     output = run.validation
     decoded = decode_token_logits(output.predictions, val_spans, tags, val_texts)
     metrics = entity_metrics(gold, [{(k, s, e) for k, s, e, _ in d} for d in decoded], labels)
     metrics["truncated_entities"] = lost_val
-    resolved = {"spec": cfg.base_model, "location": base.location, "prefix": config.prefix,
-                "model_query_prefix": base.query_prefix}
-    return EntityFitResult(model=model, tokenizer=tokenizer, resolved=resolved, labels=list(labels), metrics=metrics,
-                           truncated_entities=lost_train + lost_val,
-                           **FitStats.of(run.trainer, run.best.history, run.best.best_epoch, run.duration, frozen,
-                                         trainable))
+    resolved = {
+        "spec": cfg.base_model,
+        "location": base.location,
+        "prefix": config.prefix,
+        "model_query_prefix": base.query_prefix,
+    }
+    return EntityFitResult(
+        model=model,
+        tokenizer=tokenizer,
+        resolved=resolved,
+        labels=list(labels),
+        metrics=metrics,
+        truncated_entities=lost_train + lost_val,
+        **FitStats.of(run.trainer, run.best.history, run.best.best_epoch, run.duration, frozen, trainable),
+    )
 
 
-def train_entities(settings: "Settings", data: Path, registry: "ModelRegistry", listener: "Listener | None" = None,
-                   *, force: bool = False, source: str | None = None) -> ComponentResult:
+def train_entities(
+    settings: Settings,
+    data: Path,
+    registry: ModelRegistry,
+    listener: Listener | None = None,
+    *,
+    force: bool = False,
+    source: str | None = None,
+) -> ComponentResult:
     """Fine-tune the entity extractor on ``data`` (a .jsonl file or a prepared directory) and publish a
     new version carrying over the other components of ``source`` (default: deployed, else newest).
 
@@ -668,23 +792,50 @@ def train_entities(settings: "Settings", data: Path, registry: "ModelRegistry", 
     prepared = load_entity_data(Path(data), settings.data)
     cfg = settings.training
     config_record = {"training_config": cfg.to_dict(), "metric": METRIC, "labels": prepared.labels}
-    with training_run(settings, registry, COMPONENT, EXPERIMENT, prepared, config_record,
-                      {**cfg.to_dict(), "labels": ",".join(prepared.labels)}, force=force,
-                      source=Path(data)) as (tracker, monitor):
-        fit = fit_entity_tagger(cfg, prepared.train, prepared.validation, prepared.labels, settings.paths.models_dir,
-                                listener=listener, tracker=tracker, monitor=monitor)
+    with training_run(
+        settings,
+        registry,
+        COMPONENT,
+        EXPERIMENT,
+        prepared,
+        config_record,
+        {**cfg.to_dict(), "labels": ",".join(prepared.labels)},
+        force=force,
+        source=Path(data),
+    ) as (tracker, monitor):
+        fit = fit_entity_tagger(
+            cfg,
+            prepared.train,
+            prepared.validation,
+            prepared.labels,
+            settings.paths.models_dir,
+            listener=listener,
+            tracker=tracker,
+            monitor=monitor,
+        )
         metrics = fit.metrics
         tracker.log_metrics({f"final_{k}": metrics[k] for k in SCALARS}, step=fit.steps)
         tracker.log_metrics({f"final_f1_{label}": v["f1"] for label, v in metrics["per_type"].items()}, step=fit.steps)
         summary = {
-            "metrics": {**{k: metrics[k] for k in SCALARS}, "overall_score": metrics["overall_score"],
-                        "metric": METRIC, "best_epoch": fit.best_epoch,
-                        "per_type_f1": {k: v["f1"] for k, v in metrics["per_type"].items()}},
-            "labels": prepared.labels, "tags": bio_tags(prepared.labels),
-            "base_model": fit.resolved, "max_length": cfg.max_length, "prefix": "",
+            "metrics": {
+                **{k: metrics[k] for k in SCALARS},
+                "overall_score": metrics["overall_score"],
+                "metric": METRIC,
+                "best_epoch": fit.best_epoch,
+                "per_type_f1": {k: v["f1"] for k, v in metrics["per_type"].items()},
+            },
+            "labels": prepared.labels,
+            "tags": bio_tags(prepared.labels),
+            "base_model": fit.resolved,
+            "max_length": cfg.max_length,
+            "prefix": "",
             "dataset_fingerprint": prepared.fingerprint,
-            "dataset": {"source": prepared.summary.get("source"), "train_size": len(prepared.train),
-                        "validation_size": len(prepared.validation), "entities": prepared.summary.get("entities")},
+            "dataset": {
+                "source": prepared.summary.get("source"),
+                "train_size": len(prepared.train),
+                "validation_size": len(prepared.validation),
+                "entities": prepared.summary.get("entities"),
+            },
             "config": config_record,
             "training": training_summary(fit, truncated_entities=fit.truncated_entities),
             "mlflow_run_id": tracker.run_id,
@@ -694,15 +845,42 @@ def train_entities(settings: "Settings", data: Path, registry: "ModelRegistry", 
             save_entity_model(fit.model, fit.tokenizer, target)
             write_prepared_entities(prepared, target / DATA_SUBDIR)
 
-        info, carried = publish_component(registry, COMPONENT, "entity-extractor", source=source, write=write,
-                                          metrics=metrics, history={"epochs": fit.history, "log": fit.log_history},
-                                          summary=summary, monitor=monitor, tracker=tracker, listener=listener)
+        info, carried = publish_component(
+            registry,
+            COMPONENT,
+            "entity-extractor",
+            source=source,
+            write=write,
+            metrics=metrics,
+            history={"epochs": fit.history, "log": fit.log_history},
+            summary=summary,
+            monitor=monitor,
+            tracker=tracker,
+            listener=listener,
+        )
     log.info("trained entities %s: micro-F1 %.4f in %.1fs", info.name, metrics["micro_f1"], fit.duration)
-    emit(TrainingEvent("end", fit.steps, fit.steps, fit.epochs_run, cfg.epochs,
-                       metrics={k: metrics[k] for k in ("micro_f1", "macro_f1")}, message=info.name))
+    emit(
+        TrainingEvent(
+            "end",
+            fit.steps,
+            fit.steps,
+            fit.epochs_run,
+            cfg.epochs,
+            metrics={k: metrics[k] for k in ("micro_f1", "macro_f1")},
+            message=info.name,
+        )
+    )
     per_type = "  ".join(f"{k} {v['f1']:.3f}" for k, v in metrics["per_type"].items())
-    return scored_result(COMPONENT, info, metrics, fit.duration, tracker.run_id, fit.history, carried,
-                         extra_lines=[f"  F1 per type: {per_type}"])
+    return scored_result(
+        COMPONENT,
+        info,
+        metrics,
+        fit.duration,
+        tracker.run_id,
+        fit.history,
+        carried,
+        extra_lines=[f"  F1 per type: {per_type}"],
+    )
 
 
 # ============================================================================ inference
@@ -723,17 +901,18 @@ class EntityExtractor:
         self._torch = torch
 
     @classmethod
-    def from_dir(cls, path: Path, version: str = "") -> "EntityExtractor":
+    def from_dir(cls, path: Path, version: str = "") -> EntityExtractor:
         model, tokenizer = load_entity_model(path)
         return cls(model, tokenizer, version)
 
     @classmethod
-    def from_version(cls, info: "VersionInfo") -> "EntityExtractor":
+    def from_version(cls, info: VersionInfo) -> EntityExtractor:
         """The version's own entity model (a joint NLU version's head: the component's ``load``)."""
         path = info.path / ENTITIES_DIR
         if not (path / CONFIG_FILE).is_file():
-            raise RegistryError(f"version {info.name} has no entity model",
-                                hint="train one: hotelbot train --model-type entities")
+            raise RegistryError(
+                f"version {info.name} has no entity model", hint="train one: hotelbot train --model-type entities"
+            )
         return cls.from_dir(path, info.name)
 
     def extract_spans(self, texts: Sequence[str], batch_size: int = 32) -> list[list[tuple[str, int, int, float]]]:
@@ -743,32 +922,46 @@ class EntityExtractor:
         out: list[list[tuple[str, int, int, float]]] = []
         with torch.inference_mode():
             for first in range(0, len(texts), batch_size):
-                chunk = list(texts[first:first + batch_size])
-                enc = self.tokenizer([prefix + t for t in chunk], padding=True, truncation=True,
-                                     max_length=self.config.max_length, return_offsets_mapping=True,
-                                     return_special_tokens_mask=True, return_tensors="pt")
+                chunk = list(texts[first : first + batch_size])
+                enc = self.tokenizer(
+                    [prefix + t for t in chunk],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.config.max_length,
+                    return_offsets_mapping=True,
+                    return_special_tokens_mask=True,
+                    return_tensors="pt",
+                )
                 offsets = enc.pop("offset_mapping").tolist()
                 special = enc.pop("special_tokens_mask").tolist()
-                inputs = {k: enc[k].to(self.device) for k in ("input_ids", "attention_mask", "token_type_ids")
-                          if k in enc}
+                inputs = {
+                    k: enc[k].to(self.device) for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc
+                }
                 probs = torch.softmax(self.model(**inputs)["logits"].float(), dim=-1).cpu()
                 confidence, best = probs.max(dim=-1)
                 for i, text in enumerate(chunk):
                     mask = enc["attention_mask"][i].tolist()
-                    spans = [None if not m else s for s, m in
-                             zip(token_char_spans(text, offsets[i], special[i], len(prefix)), mask)]
-                    out.append(decode_tags([self.tags[j] for j in best[i].tolist()], spans, confidence[i].tolist(),
-                                           text=text))
+                    spans = [
+                        None if not m else s
+                        for s, m in zip(token_char_spans(text, offsets[i], special[i], len(prefix)), mask)
+                    ]
+                    out.append(
+                        decode_tags([self.tags[j] for j in best[i].tolist()], spans, confidence[i].tolist(), text=text)
+                    )
         return out
 
     def extract(self, texts: Sequence[str], batch_size: int = 32) -> list[list[dict[str, Any]]]:
         """Per text: [{"type", "text", "start", "end", "confidence"}]; ``text[start:end]`` is the entity text."""
-        return [[{"type": k, "text": text[s:e], "start": s, "end": e, "confidence": round(float(c), 6)}
-                 for k, s, e, c in spans]
-                for text, spans in zip(texts, self.extract_spans(texts, batch_size))]
+        return [
+            [
+                {"type": k, "text": text[s:e], "start": s, "end": e, "confidence": round(float(c), 6)}
+                for k, s, e, c in spans
+            ]
+            for text, spans in zip(texts, self.extract_spans(texts, batch_size))
+        ]
 
 
-def evaluate_entities(info: "VersionInfo", data: Path | None = None, extractor: Any = None) -> dict[str, Any]:
+def evaluate_entities(info: VersionInfo, data: Path | None = None, extractor: Any = None) -> dict[str, Any]:
     """Entity metrics of a version's saved model (or ``extractor``: the one the component loads, e.g. a joint
     model's head) on its own validation split (or ``data``: a prepared directory or a .jsonl file, all of it
     scored)."""
@@ -788,7 +981,27 @@ def evaluate_entities(info: "VersionInfo", data: Path | None = None, extractor: 
     return metrics
 
 
-__all__ = ["ENTITY_TYPES", "EntityConfig", "EntityExample", "EntityExtractor", "PreparedEntities", "Span",
-           "alignment_report", "bio_tags", "decode_tags", "decode_token_logits", "entity_metrics", "evaluate_entities", "fit_entity_tagger",
-           "load_entity_data", "prepare_entities", "read_entity_file", "read_prepared_entities", "spans_to_tags",
-           "split_entities", "token_char_spans", "train_entities", "write_prepared_entities"]
+__all__ = [
+    "ENTITY_TYPES",
+    "EntityConfig",
+    "EntityExample",
+    "EntityExtractor",
+    "PreparedEntities",
+    "Span",
+    "alignment_report",
+    "bio_tags",
+    "decode_tags",
+    "decode_token_logits",
+    "entity_metrics",
+    "evaluate_entities",
+    "fit_entity_tagger",
+    "load_entity_data",
+    "prepare_entities",
+    "read_entity_file",
+    "read_prepared_entities",
+    "spans_to_tags",
+    "split_entities",
+    "token_char_spans",
+    "train_entities",
+    "write_prepared_entities",
+]

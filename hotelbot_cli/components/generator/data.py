@@ -17,8 +17,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from ..._io import iter_jsonl
-from ...data import (DATASET_FILE, LABEL_RE, TRAIN_FILE, VALIDATION_FILE, check_split_fingerprint, clean_text,
-                     load_split, read_manifest, write_split)
+from ...data import (
+    DATASET_FILE,
+    LABEL_RE,
+    TRAIN_FILE,
+    VALIDATION_FILE,
+    check_split_fingerprint,
+    clean_text,
+    load_split,
+    read_manifest,
+    write_split,
+)
 from ...errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -70,8 +79,10 @@ def _pair_from_record(path: Path, number: int, record: Any, known_intents: froze
     intent = record.get("intent")
     if intent is not None:
         if not isinstance(intent, str) or not LABEL_RE.match(intent.strip()):
-            raise DataError(f'{where}: invalid intent {intent!r}: use lowercase letters, digits and _ (e.g. '
-                            "breakfast_info), or leave it out")
+            raise DataError(
+                f"{where}: invalid intent {intent!r}: use lowercase letters, digits and _ (e.g. "
+                "breakfast_info), or leave it out"
+            )
         intent = intent.strip()
         if known_intents is not None and intent not in known_intents:
             raise DataError(f"{where}: unknown intent {intent!r}; known: {', '.join(sorted(known_intents))}")
@@ -86,11 +97,15 @@ def read_reply_file(path: Path, known_intents: Iterable[str] | None = None) -> t
     given two different replies is an error naming both lines. Nothing is half-read: any bad line raises."""
     path = Path(path)
     if path.is_dir():
-        raise DataError(f"{path} is a directory; give a .jsonl file of message/reply pairs or a prepared directory "
-                        f"(with {DATASET_FILE})")
+        raise DataError(
+            f"{path} is a directory; give a .jsonl file of message/reply pairs or a prepared directory "
+            f"(with {DATASET_FILE})"
+        )
     if path.suffix.lower() != ".jsonl":
-        raise DataError(f"{path}: unsupported format {path.suffix or '(no extension)'!r}; reply pairs are JSONL, "
-                        'one {"message", "reply", "intent", "source"} object per line')
+        raise DataError(
+            f"{path}: unsupported format {path.suffix or '(no extension)'!r}; reply pairs are JSONL, "
+            'one {"message", "reply", "intent", "source"} object per line'
+        )
     try:
         raw = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
@@ -108,8 +123,10 @@ def read_reply_file(path: Path, known_intents: Iterable[str] | None = None) -> t
         previous = seen.get(pair.message)
         if previous is not None:
             if previous[0] != pair.reply:
-                raise DataError(f"{path} line {number}: message {pair.message!r} already has a different reply "
-                                f"(line {previous[1]}); keep one reply per message")
+                raise DataError(
+                    f"{path} line {number}: message {pair.message!r} already has a different reply "
+                    f"(line {previous[1]}); keep one reply per message"
+                )
             duplicates += 1
             continue
         seen[pair.message] = (pair.reply, number)
@@ -120,7 +137,9 @@ def read_reply_file(path: Path, known_intents: Iterable[str] | None = None) -> t
     return pairs, warnings
 
 
-def split_pairs(pairs: Sequence[ReplyPair], validation_split: float, seed: int) -> tuple[list[ReplyPair], list[ReplyPair]]:
+def split_pairs(
+    pairs: Sequence[ReplyPair], validation_split: float, seed: int
+) -> tuple[list[ReplyPair], list[ReplyPair]]:
     """Seeded split stratified by intent (pairs without one form their own group); each group of 2+
     pairs gives at least one to validation and keeps at least one for training."""
     if not 0.0 < validation_split < 1.0:
@@ -153,22 +172,33 @@ def pairs_fingerprint(train: Iterable[ReplyPair], validation: Iterable[ReplyPair
     return digest.hexdigest()
 
 
-def prepare_replies(path: Path, validation_split: float = 0.2, seed: int = 42,
-                    known_intents: Iterable[str] | None = None) -> PreparedReplies:
+def prepare_replies(
+    path: Path, validation_split: float = 0.2, seed: int = 42, known_intents: Iterable[str] | None = None
+) -> PreparedReplies:
     pairs, warnings = read_reply_file(path, known_intents)
     train, validation = split_pairs(pairs, validation_split, seed)
     intents = Counter(p.intent or "(none)" for p in pairs)
-    summary = {"source": str(path), "pairs": len(pairs), "train_size": len(train), "validation_size": len(validation),
-               "validation_split": validation_split, "seed": seed, "intents": dict(sorted(intents.items())),
-               "grounded_in": dict(sorted(Counter(p.source or "(none)" for p in pairs).items()))}
+    summary = {
+        "source": str(path),
+        "pairs": len(pairs),
+        "train_size": len(train),
+        "validation_size": len(validation),
+        "validation_split": validation_split,
+        "seed": seed,
+        "intents": dict(sorted(intents.items())),
+        "grounded_in": dict(sorted(Counter(p.source or "(none)" for p in pairs).items())),
+    }
     return PreparedReplies(train, validation, pairs_fingerprint(train, validation), summary, warnings)
 
 
 def write_prepared_replies(prepared: PreparedReplies, out_dir: Path) -> Path:
     """``train.jsonl``, ``validation.jsonl``, then ``dataset.json`` (the completion marker), each atomic."""
-    return write_split(out_dir, (p.to_dict() for p in prepared.train), (p.to_dict() for p in prepared.validation),
-                       {"format": DATA_FORMAT, "fingerprint": prepared.fingerprint, **prepared.summary,
-                        "warnings": prepared.warnings})
+    return write_split(
+        out_dir,
+        (p.to_dict() for p in prepared.train),
+        (p.to_dict() for p in prepared.validation),
+        {"format": DATA_FORMAT, "fingerprint": prepared.fingerprint, **prepared.summary, "warnings": prepared.warnings},
+    )
 
 
 def read_pairs_jsonl(path: Path, known_intents: Iterable[str] | None = None) -> list[ReplyPair]:
@@ -196,15 +226,20 @@ def read_prepared_replies(directory: Path, known_intents: Iterable[str] | None =
     return PreparedReplies(train, validation, fp, summary, list(manifest.get("warnings") or []))
 
 
-def default_data_path(settings: "Settings") -> Path:
+def default_data_path(settings: Settings) -> Path:
     """What ``train --model-type generator`` reads without ``--data``: the prepared split beside the intent
     split (``data/generator``, when ``dataset.json`` is there), else the shipped pairs."""
     prepared = Path(settings.paths.data).parent / COMPONENT
     return prepared if (prepared / DATASET_FILE).is_file() else DEFAULT_DATA
 
 
-def load_reply_data(source: Path, data: "DataConfig | None" = None,
-                    known_intents: Iterable[str] | None = None) -> PreparedReplies:
+def load_reply_data(
+    source: Path, data: DataConfig | None = None, known_intents: Iterable[str] | None = None
+) -> PreparedReplies:
     """A prepared directory (has dataset.json) is read; a .jsonl file is validated and split now."""
-    return load_split(source, data, lambda directory: read_prepared_replies(directory, known_intents),
-                      lambda path, split, seed: prepare_replies(path, split, seed, known_intents))
+    return load_split(
+        source,
+        data,
+        lambda directory: read_prepared_replies(directory, known_intents),
+        lambda path, split, seed: prepare_replies(path, split, seed, known_intents),
+    )

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 IGNORE = -100  # the label of positions without a loss
 
 
-def passages_text(hits: Sequence["SearchHit"], passage_chars: int) -> str:
+def passages_text(hits: Sequence[SearchHit], passage_chars: int) -> str:
     """The encoder's second segment: each passage as "HEADING: TEXT", cut to ``passage_chars``."""
     parts = []
     for hit in hits:
@@ -51,13 +51,17 @@ class Features:
             if spec.architecture == "causal":  # [bos] Contexto: PASSAGES \n Cliente: MESSAGE \n Respuesta:
                 head = [tok.bos_token_id] if tok.bos_token_id is not None else []
                 tail = list(tok(f"Cliente: {message}\nRespuesta:", add_special_tokens=False)["input_ids"])
-                tail = tail[-(spec.max_source_length - len(head)):]  # an over-long message loses its start
+                tail = tail[-(spec.max_source_length - len(head)) :]  # an over-long message loses its start
                 budget = spec.max_source_length - len(head) - len(tail)
                 ctx = list(tok(f"Contexto: {context}\n", add_special_tokens=False)["input_ids"]) if context else []
-                out.append({"input_ids": head + ctx[:max(budget, 0)] + tail})
+                out.append({"input_ids": head + ctx[: max(budget, 0)] + tail})
             elif context:
-                enc = tok(spec.query_prefix + message, spec.passage_prefix + context, truncation="longest_first",
-                          max_length=spec.max_source_length)
+                enc = tok(
+                    spec.query_prefix + message,
+                    spec.passage_prefix + context,
+                    truncation="longest_first",
+                    max_length=spec.max_source_length,
+                )
                 out.append({"input_ids": list(enc["input_ids"])})
             else:
                 enc = tok(spec.query_prefix + message, truncation=True, max_length=spec.max_source_length)
@@ -133,8 +137,9 @@ class Collator:
             shifted[shifted == IGNORE] = self.decoder_pad
             dec[:, 1:] = shifted
             batch["decoder_input_ids"] = dec
-            batch["decoder_attention_mask"] = (torch.arange(length)[None, :] <=
-                                               (labels != IGNORE).sum(dim=1, keepdim=True) - 1).long()
+            batch["decoder_attention_mask"] = (
+                torch.arange(length)[None, :] <= (labels != IGNORE).sum(dim=1, keepdim=True) - 1
+            ).long()
         return batch
 
 
@@ -148,6 +153,7 @@ def token_nll(model: Any, batch: Mapping[str, Any]) -> tuple[Any, Any]:
     logits = model(**inputs).logits
     if logits.shape[1] != labels.shape[1]:
         raise ModelError(f"logits ({logits.shape[1]}) and labels ({labels.shape[1]}) differ in length")
-    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                                            ignore_index=IGNORE, reduction="sum")
+    nll = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
     return nll, (labels != IGNORE).sum()

@@ -90,13 +90,16 @@ class VocabMap:
         self._to_restricted = {full: i for i, full in enumerate(self.ids)}
 
     @classmethod
-    def build(cls, token_ids: Iterable[Iterable[int]], *, pad: int, bos: int, eos: int, unk: int,
-              full_vocab_size: int) -> "VocabMap":
+    def build(
+        cls, token_ids: Iterable[Iterable[int]], *, pad: int, bos: int, eos: int, unk: int, full_vocab_size: int
+    ) -> VocabMap:
         specials = []
         for special in (pad, bos, eos, unk):
             if special in specials:
-                raise ModelError(f"the tokenizer uses id {special} for two of pad/bos/eos/unk; the decoder needs four "
-                                 "distinct special tokens")
+                raise ModelError(
+                    f"the tokenizer uses id {special} for two of pad/bos/eos/unk; the decoder needs four "
+                    "distinct special tokens"
+                )
             specials.append(special)
         rest = sorted({int(t) for ids in token_ids for t in ids} - set(specials))
         return cls(specials + rest, full_vocab_size, 0, 1, 2, 3)
@@ -114,17 +117,27 @@ class VocabMap:
         return all(int(i) in self._to_restricted for i in ids)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": VOCAB_FORMAT, "full_vocab_size": self.full_vocab_size,
-                "specials": {"pad": self.pad, "bos": self.bos, "eos": self.eos, "unk": self.unk}, "ids": self.ids}
+        return {
+            "format": VOCAB_FORMAT,
+            "full_vocab_size": self.full_vocab_size,
+            "specials": {"pad": self.pad, "bos": self.bos, "eos": self.eos, "unk": self.unk},
+            "ids": self.ids,
+        }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "VocabMap":
+    def from_dict(cls, data: Mapping[str, Any]) -> VocabMap:
         if data.get("format") != VOCAB_FORMAT:
             raise ModelError(f"not a hotelbot vocabulary map (format {data.get('format')!r})")
         try:
             s = data["specials"]
-            return cls([int(i) for i in data["ids"]], int(data["full_vocab_size"]), int(s["pad"]), int(s["bos"]),
-                       int(s["eos"]), int(s["unk"]))
+            return cls(
+                [int(i) for i in data["ids"]],
+                int(data["full_vocab_size"]),
+                int(s["pad"]),
+                int(s["bos"]),
+                int(s["eos"]),
+                int(s["unk"]),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"vocabulary map is malformed: {exc}") from None
 
@@ -163,7 +176,7 @@ class GenerationSettings:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "GenerationSettings":
+    def from_dict(cls, data: Mapping[str, Any]) -> GenerationSettings:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -172,15 +185,21 @@ class GenerationSettings:
 
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``model.generate``."""
-        out: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "min_new_tokens": self.min_new_tokens,
-                               "no_repeat_ngram_size": self.no_repeat_ngram_size,
-                               "repetition_penalty": self.repetition_penalty}
+        out: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "min_new_tokens": self.min_new_tokens,
+            "no_repeat_ngram_size": self.no_repeat_ngram_size,
+            "repetition_penalty": self.repetition_penalty,
+        }
         if self.do_sample:
             out.update(do_sample=True, top_p=self.top_p, temperature=self.temperature, num_beams=1)
         else:
-            out.update(do_sample=False, num_beams=self.num_beams,
-                       length_penalty=self.length_penalty if self.num_beams > 1 else 1.0,
-                       early_stopping=self.num_beams > 1)
+            out.update(
+                do_sample=False,
+                num_beams=self.num_beams,
+                length_penalty=self.length_penalty if self.num_beams > 1 else 1.0,
+                early_stopping=self.num_beams > 1,
+            )
         return out
 
 
@@ -199,16 +218,16 @@ class GeneratorConfig:
     seed: int = 42
     early_stopping_patience: int = 3
     decoder_layers: int = 3
-    decoder_hidden: int = 0       # 0: the encoder's hidden size, at most 256
-    decoder_heads: int = 0        # 0: decoder hidden size / 64 (at least 1)
-    decoder_ffn: int = 0          # 0: 4 x decoder hidden size
+    decoder_hidden: int = 0  # 0: the encoder's hidden size, at most 256
+    decoder_heads: int = 0  # 0: decoder hidden size / 64 (at least 1)
+    decoder_ffn: int = 0  # 0: 4 x decoder hidden size
     dropout: float = 0.1
     freeze_encoder: str = "auto"  # auto (frozen without a GPU) | yes | no
     restrict_vocab: bool = True
     max_source_length: int = 192
     max_target_length: int = 96
-    grounding_passages: int = 2   # knowledge-base chunks given as context (0: never ground)
-    passage_chars: int = 300      # each passage is cut to this many characters
+    grounding_passages: int = 2  # knowledge-base chunks given as context (0: never ground)
+    passage_chars: int = 300  # each passage is cut to this many characters
     generation: GenerationSettings = field(default_factory=GenerationSettings)
 
     def __post_init__(self) -> None:
@@ -242,7 +261,7 @@ class GeneratorConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "GeneratorConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> GeneratorConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -250,7 +269,7 @@ class GeneratorConfig:
         return cls(**dict(data))
 
     @classmethod
-    def from_settings(cls, settings: "Settings", **overrides: Any) -> "GeneratorConfig":
+    def from_settings(cls, settings: Settings, **overrides: Any) -> GeneratorConfig:
         """The generator's config from the project settings plus ``overrides`` (None = not given).
 
         ``base_model`` and ``seed`` come from training_config. epochs, batch_size, learning_rate,
@@ -260,17 +279,22 @@ class GeneratorConfig:
         alone they give way to the generator's own defaults. Generation settings go in ``generation``."""
         t, d = settings.training, TrainingConfig()
         values: dict[str, Any] = {"base_model": t.base_model, "seed": t.seed}
-        for ours, theirs in (("epochs", "epochs"), ("batch_size", "batch_size"), ("learning_rate", "learning_rate"),
-                             ("early_stopping_patience", "early_stopping_patience"),
-                             ("max_source_length", "max_length")):
+        for ours, theirs in (
+            ("epochs", "epochs"),
+            ("batch_size", "batch_size"),
+            ("learning_rate", "learning_rate"),
+            ("early_stopping_patience", "early_stopping_patience"),
+            ("max_source_length", "max_length"),
+        ):
             if getattr(t, theirs) != getattr(d, theirs):
                 values[ours] = getattr(t, theirs)
         generation = dict(overrides.pop("generation", None) or {})
         values.update({k: v for k, v in overrides.items() if v is not None})
         cfg = cls.from_dict(values)
         if generation:
-            cfg.generation = GenerationSettings.from_dict({**cfg.generation.to_dict(),
-                                                           **{k: v for k, v in generation.items() if v is not None}})
+            cfg.generation = GenerationSettings.from_dict(
+                {**cfg.generation.to_dict(), **{k: v for k, v in generation.items() if v is not None}}
+            )
         return cfg
 
 
@@ -283,15 +307,28 @@ def quiet_transformers() -> Iterator[None]:
         yield
 
 
-_ENCODER_ONLY = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "camembert", "deberta", "deberta-v2",
-                 "albert", "mpnet", "modernbert"}
+_ENCODER_ONLY = {
+    "bert",
+    "roberta",
+    "xlm-roberta",
+    "distilbert",
+    "electra",
+    "camembert",
+    "deberta",
+    "deberta-v2",
+    "albert",
+    "mpnet",
+    "modernbert",
+}
 
 
 def detect_architecture(hf_config: Any) -> str:
     """``seq2seq`` for encoder-decoder configs (T5, mT5, BART), ``causal`` for decoder-only LMs (GPT-2, ...),
     ``encoder-decoder`` for encoder-only models (BERT, XLM-R, e5), which get a decoder trained from scratch."""
     from transformers.models.auto.modeling_auto import (  # transformers is heavy: imported on use
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
 
     if getattr(hf_config, "is_encoder_decoder", False):
         return "seq2seq"
@@ -305,6 +342,7 @@ def detect_architecture(hf_config: Any) -> str:
 
 def _special_ids(tokenizer: Any) -> dict[str, int]:
     """bos (decoder start / causal prompt start), eos, pad and unk ids from whatever the tokenizer names."""
+
     def first(*names: str) -> int | None:
         for name in names:
             value = getattr(tokenizer, name, None)
@@ -318,8 +356,12 @@ def _special_ids(tokenizer: Any) -> dict[str, int]:
     unk = first("unk_token_id")
     if eos is None:
         raise ModelError("the tokenizer has no end-of-sequence token (eos or sep); a generator needs one")
-    return {"bos": bos if bos is not None else eos, "eos": eos, "pad": pad if pad is not None else eos,
-            "unk": unk if unk is not None else eos}
+    return {
+        "bos": bos if bos is not None else eos,
+        "eos": eos,
+        "pad": pad if pad is not None else eos,
+        "unk": unk if unk is not None else eos,
+    }
 
 
 def _encoder_input_conventions(resolved: Any) -> tuple[str, str]:
@@ -336,14 +378,14 @@ class GeneratorSpec:
 
     architecture: str
     base_model: dict[str, Any]
-    encoder: dict[str, Any]       # {"saved": bool, "spec", "location", "fingerprint"} (encoder-decoder only)
+    encoder: dict[str, Any]  # {"saved": bool, "spec", "location", "fingerprint"} (encoder-decoder only)
     query_prefix: str
     passage_prefix: str
     max_source_length: int
     max_target_length: int
     grounding_passages: int
     passage_chars: int
-    special_ids: dict[str, int]   # tokenizer ids
+    special_ids: dict[str, int]  # tokenizer ids
     restricted_vocab: bool
     grounded: bool = False
     format: str = GENERATOR_FORMAT
@@ -352,7 +394,7 @@ class GeneratorSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "GeneratorSpec":
+    def from_dict(cls, data: Mapping[str, Any]) -> GeneratorSpec:
         if data.get("format") != GENERATOR_FORMAT:
             raise ModelError(f"not a hotelbot generator (format {data.get('format')!r})")
         try:
@@ -386,11 +428,22 @@ def _new_encoder_decoder(cfg: GeneratorConfig, tokenizer: Any, encoder: Any, voc
         raise ConfigError(f"decoder_heads ({heads}) must divide the encoder's hidden size ({hidden})")
     positions = max(128, cfg.max_target_length + 2, cfg.generation.max_new_tokens + 2)
     dec_config = BertConfig(
-        vocab_size=dec_vocab, hidden_size=hidden, num_hidden_layers=cfg.decoder_layers, num_attention_heads=heads,
-        intermediate_size=cfg.decoder_ffn or 4 * hidden, max_position_embeddings=positions,
-        hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout, is_decoder=True,
-        add_cross_attention=True, tie_word_embeddings=True, pad_token_id=pad, bos_token_id=bos, eos_token_id=eos,
-        type_vocab_size=1)
+        vocab_size=dec_vocab,
+        hidden_size=hidden,
+        num_hidden_layers=cfg.decoder_layers,
+        num_attention_heads=heads,
+        intermediate_size=cfg.decoder_ffn or 4 * hidden,
+        max_position_embeddings=positions,
+        hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.dropout,
+        is_decoder=True,
+        add_cross_attention=True,
+        tie_word_embeddings=True,
+        pad_token_id=pad,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        type_vocab_size=1,
+    )
     decoder = BertLMHeadModel(dec_config)
     source = encoder.get_input_embeddings().weight
     with torch.no_grad():
@@ -460,8 +513,11 @@ def freeze_encoder(model: Any, architecture: str) -> int:
     encoder = encoder_of(model, architecture)
     if encoder is None:
         return 0
-    shared = {id(p) for name, p in model.named_parameters() if not name.startswith("encoder.")
-              and any(p is q for q in encoder.parameters())}
+    shared = {
+        id(p)
+        for name, p in model.named_parameters()
+        if not name.startswith("encoder.") and any(p is q for q in encoder.parameters())
+    }
     frozen = 0
     for p in encoder.parameters():
         if id(p) not in shared and p.requires_grad:
@@ -471,11 +527,16 @@ def freeze_encoder(model: Any, architecture: str) -> int:
     return frozen
 
 
-def build_new_model(cfg: GeneratorConfig, models_dir: Path, vocab_texts: Callable[[Any], list[list[int]]]
-                     ) -> tuple[Any, Any, GeneratorSpec, VocabMap | None]:
+def build_new_model(
+    cfg: GeneratorConfig, models_dir: Path, vocab_texts: Callable[[Any], list[list[int]]]
+) -> tuple[Any, Any, GeneratorSpec, VocabMap | None]:
     """(model, tokenizer, spec, vocab map) for a fresh training run."""
-    from transformers import (AutoConfig, AutoModelForCausalLM,  # transformers is heavy: imported on use
-                              AutoModelForSeq2SeqLM, AutoTokenizer)
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,  # transformers is heavy: imported on use
+        AutoModelForSeq2SeqLM,
+        AutoTokenizer,
+    )
 
     from ...modeling import load_base_encoder, resolve_base_model  # modeling imports torch
 
@@ -484,11 +545,17 @@ def build_new_model(cfg: GeneratorConfig, models_dir: Path, vocab_texts: Callabl
         with quiet_transformers():
             hf_config = AutoConfig.from_pretrained(resolved.location)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load base model {cfg.base_model!r}: {str(exc).strip().splitlines()[0]}",
-                         hint="offline, use a local directory or packaged:multilingual-e5-small") from None
+        raise ModelError(
+            f"cannot load base model {cfg.base_model!r}: {str(exc).strip().splitlines()[0]}",
+            hint="offline, use a local directory or packaged:multilingual-e5-small",
+        ) from None
     architecture = detect_architecture(hf_config)
-    base = {"spec": cfg.base_model, "location": resolved.location, "model_type": hf_config.model_type,
-            "packaged": resolved.packaged}
+    base = {
+        "spec": cfg.base_model,
+        "location": resolved.location,
+        "model_type": hf_config.model_type,
+        "packaged": resolved.packaged,
+    }
     vocab = None
     encoder_record: dict[str, Any] = {}
     if architecture == "encoder-decoder":
@@ -497,14 +564,23 @@ def build_new_model(cfg: GeneratorConfig, models_dir: Path, vocab_texts: Callabl
         query_prefix, passage_prefix = _encoder_input_conventions(resolved)
         specials = _special_ids(tokenizer)
         if cfg.restrict_vocab:
-            vocab = VocabMap.build(vocab_texts(tokenizer), pad=specials["pad"], bos=specials["bos"],
-                                   eos=specials["eos"], unk=specials["unk"],
-                                   full_vocab_size=int(encoder.config.vocab_size))
+            vocab = VocabMap.build(
+                vocab_texts(tokenizer),
+                pad=specials["pad"],
+                bos=specials["bos"],
+                eos=specials["eos"],
+                unk=specials["unk"],
+                full_vocab_size=int(encoder.config.vocab_size),
+            )
         model = _new_encoder_decoder(cfg, tokenizer, encoder, vocab)
         from ..knowledge.kb import model_fingerprint  # kb imports numpy
 
-        encoder_record = {"spec": cfg.base_model, "location": resolved.location,
-                          "fingerprint": model_fingerprint(resolved.location), "packaged": resolved.packaged}
+        encoder_record = {
+            "spec": cfg.base_model,
+            "location": resolved.location,
+            "fingerprint": model_fingerprint(resolved.location),
+            "packaged": resolved.packaged,
+        }
     else:
         try:
             with quiet_transformers():
@@ -512,20 +588,36 @@ def build_new_model(cfg: GeneratorConfig, models_dir: Path, vocab_texts: Callabl
                 auto = AutoModelForSeq2SeqLM if architecture == "seq2seq" else AutoModelForCausalLM
                 model = auto.from_pretrained(resolved.location)
         except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot load base model {cfg.base_model!r} as a {architecture} LM: "
-                             f"{str(exc).strip().splitlines()[0]}") from None
+            raise ModelError(
+                f"cannot load base model {cfg.base_model!r} as a {architecture} LM: {str(exc).strip().splitlines()[0]}"
+            ) from None
         query_prefix = passage_prefix = ""
         specials = _special_ids(tokenizer)
         if architecture == "seq2seq":
             start = model.config.decoder_start_token_id
-            _set_generation_ids(model, bos=int(start if start is not None else specials["pad"]), eos=specials["eos"],
-                                pad=specials["pad"])
+            _set_generation_ids(
+                model,
+                bos=int(start if start is not None else specials["pad"]),
+                eos=specials["eos"],
+                pad=specials["pad"],
+            )
         else:
             model.config.pad_token_id = specials["pad"]
             model.generation_config.pad_token_id = specials["pad"]
             model.generation_config.eos_token_id = specials["eos"]
-    spec = GeneratorSpec(architecture, base, encoder_record, query_prefix, passage_prefix, cfg.max_source_length,
-                         cfg.max_target_length, cfg.grounding_passages, cfg.passage_chars, specials, vocab is not None)
+    spec = GeneratorSpec(
+        architecture,
+        base,
+        encoder_record,
+        query_prefix,
+        passage_prefix,
+        cfg.max_source_length,
+        cfg.max_target_length,
+        cfg.grounding_passages,
+        cfg.passage_chars,
+        specials,
+        vocab is not None,
+    )
     return model, tokenizer, spec, vocab
 
 
@@ -545,8 +637,14 @@ def _unique_state(model: Any, skip_prefix: str | None = None) -> dict[str, Any]:
     return out
 
 
-def save_generator(model: Any, tokenizer: Any, spec: GeneratorSpec, generation: GenerationSettings,
-                   vocab: VocabMap | None, out_dir: Path) -> None:
+def save_generator(
+    model: Any,
+    tokenizer: Any,
+    spec: GeneratorSpec,
+    generation: GenerationSettings,
+    vocab: VocabMap | None,
+    out_dir: Path,
+) -> None:
     """Write ``generator.json``, ``generation.json``, ``vocab_map.json`` and ``model/`` into ``out_dir``."""
     from safetensors.torch import save_file  # imports torch
 
@@ -556,8 +654,11 @@ def save_generator(model: Any, tokenizer: Any, spec: GeneratorSpec, generation: 
     if spec.architecture == "encoder-decoder":
         referenced = not spec.encoder.get("saved", True)
         state = _unique_state(model, "encoder." if referenced else None)
-        save_file(state, str(model_dir / WEIGHTS_FILE), metadata={"format": GENERATOR_FORMAT,
-                                                                 "encoder": "referenced" if referenced else "saved"})
+        save_file(
+            state,
+            str(model_dir / WEIGHTS_FILE),
+            metadata={"format": GENERATOR_FORMAT, "encoder": "referenced" if referenced else "saved"},
+        )
         atomic_write_bytes(model_dir / MODEL_CONFIG_FILE, model.config.to_json_string().encode("utf-8"))
     else:
         model.save_pretrained(str(model_dir))
@@ -571,8 +672,12 @@ def save_generator(model: Any, tokenizer: Any, spec: GeneratorSpec, generation: 
 def _load_encoder_decoder(gen_dir: Path, spec: GeneratorSpec, models_dir: Path | None, encoder: Any | None) -> Any:
     import torch  # heavy: imported on use
     from safetensors.torch import load_file  # imports torch
-    from transformers import (AutoModel, AutoModelForCausalLM,  # heavy: imported on use
-                              EncoderDecoderConfig, EncoderDecoderModel)
+    from transformers import (
+        AutoModel,
+        AutoModelForCausalLM,  # heavy: imported on use
+        EncoderDecoderConfig,
+        EncoderDecoderModel,
+    )
 
     from ...modeling import _no_pooler_kwargs  # modeling imports torch
 
@@ -594,15 +699,21 @@ def _load_encoder_decoder(gen_dir: Path, spec: GeneratorSpec, models_dir: Path |
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise ModelError(f"the generator's weights do not fit its architecture (missing {missing[:2]}, "
-                         f"unexpected {unexpected[:2]})")
+        raise ModelError(
+            f"the generator's weights do not fit its architecture (missing {missing[:2]}, unexpected {unexpected[:2]})"
+        )
     with torch.no_grad():
         result = model.load_state_dict(state, strict=False)
     left = [k for k in result.missing_keys if k in expected]
     if left or result.unexpected_keys:
         raise ModelError(f"the generator's weights did not load: {left[:2] or result.unexpected_keys[:2]}")
-    _set_generation_ids(model, bos=config.decoder_start_token_id, eos=config.eos_token_id, pad=config.pad_token_id,
-                        vocab_size=config.decoder.vocab_size)
+    _set_generation_ids(
+        model,
+        bos=config.decoder_start_token_id,
+        eos=config.eos_token_id,
+        pad=config.pad_token_id,
+        vocab_size=config.decoder.vocab_size,
+    )
     return model.eval()
 
 
@@ -618,14 +729,17 @@ def load_referenced_encoder(spec: GeneratorSpec, models_dir: Path | None) -> Any
         models_dir = load_settings().paths.models_dir
     resolved = resolve_base_model(target, Path(models_dir or "."))
     if model_fingerprint(resolved.location) != record.get("fingerprint"):
-        raise ModelError(f"the encoder {record.get('spec')} ({resolved.location}) is not the one the generator was "
-                         "trained with", hint="retrain it: hotelbot train --model-type generator")
+        raise ModelError(
+            f"the encoder {record.get('spec')} ({resolved.location}) is not the one the generator was trained with",
+            hint="retrain it: hotelbot train --model-type generator",
+        )
     _, encoder = load_base_encoder(resolved, frozen=True, tokenizer=False)
     return encoder
 
 
-def load_generator(gen_dir: Path, models_dir: Path | None = None, *, encoder: Any | None = None,
-                   light_tokenizer: bool = False) -> tuple[Any, Any, GeneratorSpec, GenerationSettings, VocabMap | None]:
+def load_generator(
+    gen_dir: Path, models_dir: Path | None = None, *, encoder: Any | None = None, light_tokenizer: bool = False
+) -> tuple[Any, Any, GeneratorSpec, GenerationSettings, VocabMap | None]:
     """(model, tokenizer, spec, generation settings, vocab map) from a version's ``generator/``.
     ``encoder``: an already loaded copy of a referenced encoder to share (e.g. the knowledge base's).
     ``light_tokenizer``: for inference, a Unigram tokenizer (e5's) as
@@ -637,14 +751,17 @@ def load_generator(gen_dir: Path, models_dir: Path | None = None, *, encoder: An
     try:
         spec = GeneratorSpec.from_dict(json.loads((gen_dir / GENERATOR_FILE).read_text("utf-8")))
         generation = GenerationSettings.from_dict(json.loads((gen_dir / GENERATION_FILE).read_text("utf-8")))
-        vocab = (VocabMap.from_dict(json.loads((gen_dir / VOCAB_FILE).read_text("utf-8")))
-                 if spec.restricted_vocab else None)
+        vocab = (
+            VocabMap.from_dict(json.loads((gen_dir / VOCAB_FILE).read_text("utf-8"))) if spec.restricted_vocab else None
+        )
         tokenizer = LightTextTokenizer.load(gen_dir / MODEL_SUBDIR) if light_tokenizer else None
         if tokenizer is None:
             with quiet_transformers():
                 tokenizer = AutoTokenizer.from_pretrained(str(gen_dir / MODEL_SUBDIR))
     except FileNotFoundError as exc:
-        raise ModelError(f"the generator in {gen_dir} is incomplete: {Path(exc.filename or '').name} is missing") from None
+        raise ModelError(
+            f"the generator in {gen_dir} is incomplete: {Path(exc.filename or '').name} is missing"
+        ) from None
     except (OSError, ValueError, json.JSONDecodeError, ConfigError) as exc:
         raise ModelError(f"cannot load the generator in {gen_dir}: {exc}") from None
     if spec.architecture == "encoder-decoder":
@@ -663,8 +780,11 @@ def load_generator(gen_dir: Path, models_dir: Path | None = None, *, encoder: An
 
 # ------------------------------------------------------------------------------------------------ export
 
-_EXPORT_CLASSES = {"encoder-decoder": "EncoderDecoderModel", "seq2seq": "AutoModelForSeq2SeqLM",
-                   "causal": "AutoModelForCausalLM"}
+_EXPORT_CLASSES = {
+    "encoder-decoder": "EncoderDecoderModel",
+    "seq2seq": "AutoModelForSeq2SeqLM",
+    "causal": "AutoModelForCausalLM",
+}
 
 
 def _prefixed(prefix: str, what: str) -> str:
@@ -676,43 +796,73 @@ def _generator_card(spec: GeneratorSpec, directory: str, version: str, restricte
     grounding passages; step 2 says how a grounded generator gets them)."""
     cls = _EXPORT_CLASSES[spec.architecture]
     causal = spec.architecture == "causal"
-    grounding = (f" Grounded (`grounded` in `{GENERATOR_FILE}`): the passages are the top {spec.grounding_passages} "
-                 "chunks of the version's knowledge base for the message (its own export shows how to search them), "
-                 f"each as \"HEADING: TEXT\" cut to {spec.passage_chars} characters, joined by spaces"
-                 if spec.grounded else "")
+    grounding = (
+        f" Grounded (`grounded` in `{GENERATOR_FILE}`): the passages are the top {spec.grounding_passages} "
+        "chunks of the version's knowledge base for the message (its own export shows how to search them), "
+        f'each as "HEADING: TEXT" cut to {spec.passage_chars} characters, joined by spaces'
+        if spec.grounded
+        else ""
+    )
     if causal:
-        inputs = ("Build the prompt: the bos token, then `Contexto: PASSAGES\\n` when grounded, then "
-                  f"`Cliente: MESSAGE\\nRespuesta:`, within `max_source_length` = {spec.max_source_length} tokens."
-                  + (grounding + "." if grounding else ""))
+        inputs = (
+            "Build the prompt: the bos token, then `Contexto: PASSAGES\\n` when grounded, then "
+            f"`Cliente: MESSAGE\\nRespuesta:`, within `max_source_length` = {spec.max_source_length} tokens."
+            + (grounding + "." if grounding else "")
+        )
     else:
-        inputs = (f"Encoder input: {_prefixed(spec.query_prefix, 'the message')}, truncated at `max_source_length` = "
-                  f"{spec.max_source_length}."
-                  + (grounding + f"; they are the second segment, {_prefixed(spec.passage_prefix, 'the passages')}, "
-                     "the pair truncated longest-first." if grounding else ""))
-    steps = [f"Clean the guest's message: {TEXT_CLEANING} (`clean` below).", inputs,
-             f"Generate with the decoding settings of `{GENERATION_FILE}` (beam search unless `do_sample`)"
-             + (": the decoder's vocabulary is restricted, so the unknown and padding ids are suppressed."
-                if restricted else "."),
-             (f"Map the generated ids through `{VOCAB_FILE}` (`ids[i]` is the tokenizer id of decoder id i), "
-              if restricted else "") + "decode skipping special tokens, and clean the text."]
+        inputs = (
+            f"Encoder input: {_prefixed(spec.query_prefix, 'the message')}, truncated at `max_source_length` = "
+            f"{spec.max_source_length}."
+            + (
+                grounding + f"; they are the second segment, {_prefixed(spec.passage_prefix, 'the passages')}, "
+                "the pair truncated longest-first."
+                if grounding
+                else ""
+            )
+        )
+    steps = [
+        f"Clean the guest's message: {TEXT_CLEANING} (`clean` below).",
+        inputs,
+        f"Generate with the decoding settings of `{GENERATION_FILE}` (beam search unless `do_sample`)"
+        + (
+            ": the decoder's vocabulary is restricted, so the unknown and padding ids are suppressed."
+            if restricted
+            else "."
+        ),
+        (
+            f"Map the generated ids through `{VOCAB_FILE}` (`ids[i]` is the tokenizer id of decoder id i), "
+            if restricted
+            else ""
+        )
+        + "decode skipping special tokens, and clean the text.",
+    ]
     if causal:
-        build = ('passages = ""  # grounded: the knowledge-base passages for the message (step 2)\n'
-                 'context = tokenizer(f"Contexto: {passages}\\n", add_special_tokens=False)["input_ids"] if passages '
-                 'else []\n'
-                 'bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []\n'
-                 'ids = bos + context + tokenizer(f"Cliente: {message}\\nRespuesta:", add_special_tokens=False)'
-                 '["input_ids"]\n'
-                 'enc = {"input_ids": torch.tensor([ids])}\n'
-                 'enc["attention_mask"] = torch.ones_like(enc["input_ids"])\n')
+        build = (
+            'passages = ""  # grounded: the knowledge-base passages for the message (step 2)\n'
+            'context = tokenizer(f"Contexto: {passages}\\n", add_special_tokens=False)["input_ids"] if passages '
+            "else []\n"
+            "bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []\n"
+            'ids = bos + context + tokenizer(f"Cliente: {message}\\nRespuesta:", add_special_tokens=False)'
+            '["input_ids"]\n'
+            'enc = {"input_ids": torch.tensor([ids])}\n'
+            'enc["attention_mask"] = torch.ones_like(enc["input_ids"])\n'
+        )
         limit = 'g["max_new_tokens"]'
     else:
-        build = ('passages = ""  # grounded: the knowledge-base passages for the message (step 2)\n'
-                 'pair = [spec["passage_prefix"] + passages] if passages else []\n'
-                 'enc = tokenizer(spec["query_prefix"] + message, *pair, truncation="longest_first",\n'
-                 '                max_length=spec["max_source_length"], return_tensors="pt")\n')
-        limit = ('min(g["max_new_tokens"], model.config.decoder.max_position_embeddings - 1)'
-                 if spec.architecture == "encoder-decoder" else 'g["max_new_tokens"]')
-    snippet = CLEAN_SNIPPET + f"""
+        build = (
+            'passages = ""  # grounded: the knowledge-base passages for the message (step 2)\n'
+            'pair = [spec["passage_prefix"] + passages] if passages else []\n'
+            'enc = tokenizer(spec["query_prefix"] + message, *pair, truncation="longest_first",\n'
+            '                max_length=spec["max_source_length"], return_tensors="pt")\n'
+        )
+        limit = (
+            'min(g["max_new_tokens"], model.config.decoder.max_position_embeddings - 1)'
+            if spec.architecture == "encoder-decoder"
+            else 'g["max_new_tokens"]'
+        )
+    snippet = (
+        CLEAN_SNIPPET
+        + f"""
 import json
 
 import torch
@@ -734,21 +884,29 @@ else:
     kwargs.update(do_sample=False, num_beams=g["num_beams"], early_stopping=g["num_beams"] > 1,
                   length_penalty=g["length_penalty"] if g["num_beams"] > 1 else 1.0)
 """
+    )
     if restricted:
         snippet += f"""vocab = json.load(open(f"{{path}}/{VOCAB_FILE}", encoding="utf-8"))
 kwargs["suppress_tokens"] = [vocab["specials"]["unk"], vocab["specials"]["pad"]]
 """
-    snippet += ('with torch.no_grad():\n'
-                '    out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],\n'
-                '                         **kwargs)[0]\n')
+    snippet += (
+        "with torch.no_grad():\n"
+        '    out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],\n'
+        "                         **kwargs)[0]\n"
+    )
     if causal:
         snippet += 'out = out[enc["input_ids"].shape[1]:]\n'
-    snippet += ('ids = [vocab["ids"][int(i)] for i in out]\n' if restricted else "ids = out.tolist()\n")
+    snippet += 'ids = [vocab["ids"][int(i)] for i in out]\n' if restricted else "ids = out.tolist()\n"
     snippet += "reply = clean(tokenizer.decode(ids, skip_special_tokens=True))\nprint(reply)\n"
-    return card(f"hotelbot response generator ({version})", "text-generation" if causal else "text2text-generation",
-                f"The response generator of hotelbot version {version}: a complete `{cls}` (every weight saved here, "
-                f"the encoder included) with its tokenizer; `{GENERATOR_FILE}` records how inputs are built and "
-                f"`{GENERATION_FILE}` the decoding settings.", steps, snippet)
+    return card(
+        f"hotelbot response generator ({version})",
+        "text-generation" if causal else "text2text-generation",
+        f"The response generator of hotelbot version {version}: a complete `{cls}` (every weight saved here, "
+        f"the encoder included) with its tokenizer; `{GENERATOR_FILE}` records how inputs are built and "
+        f"`{GENERATION_FILE}` the decoding settings.",
+        steps,
+        snippet,
+    )
 
 
 def export_generator(gen_dir: Path, models_dir: Path | None, target: Path, version: str) -> dict[str, Any]:
@@ -765,14 +923,20 @@ def export_generator(gen_dir: Path, models_dir: Path | None, target: Path, versi
     record = spec.to_dict()  # without this machine's paths
     record["base_model"] = {k: v for k, v in spec.base_model.items() if k != "location"}
     if spec.architecture == "encoder-decoder":
-        record["encoder"] = {**{k: v for k, v in spec.encoder.items() if k != "location"}, "saved": True,
-                             "in_version": "saved" if spec.encoder.get("saved", True) else "referenced"}
+        record["encoder"] = {
+            **{k: v for k, v in spec.encoder.items() if k != "location"},
+            "saved": True,
+            "in_version": "saved" if spec.encoder.get("saved", True) else "referenced",
+        }
     atomic_write_json(target / GENERATOR_FILE, record)
     atomic_write_json(target / GENERATION_FILE, generation.to_dict())
     if vocab is not None:
         atomic_write_json(target / VOCAB_FILE, vocab.to_dict())
     (target / MODEL_CARD).write_text(_generator_card(spec, target.name, version, vocab is not None), encoding="utf-8")
-    return {"loads_with": f"{_EXPORT_CLASSES[spec.architecture]}.from_pretrained + AutoTokenizer ({MODEL_CARD} shows "
-                          "how to build inputs and decode)", "architecture": spec.architecture,
-            "encoder_in_version": "saved" if spec.encoder.get("saved", True) else "referenced",
-            "restricted_vocab": vocab is not None}
+    return {
+        "loads_with": f"{_EXPORT_CLASSES[spec.architecture]}.from_pretrained + AutoTokenizer ({MODEL_CARD} shows "
+        "how to build inputs and decode)",
+        "architecture": spec.architecture,
+        "encoder_in_version": "saved" if spec.encoder.get("saved", True) else "referenced",
+        "restricted_vocab": vocab is not None,
+    }

@@ -22,8 +22,18 @@ from ..base import ComponentResult, training_run
 from ..compose import publish_component, source_version
 from .data import COMPONENT, ReplyPair, load_reply_data, write_prepared_replies
 from .inputs import Collator, Features, passages_text, token_nll
-from .model import (DATA_SUBDIR, GeneratorConfig, GeneratorSpec, VocabMap, build_new_model, encoder_of,
-                    freeze_encoder, save_generator, should_freeze_encoder, standardize_projection)
+from .model import (
+    DATA_SUBDIR,
+    GeneratorConfig,
+    GeneratorSpec,
+    VocabMap,
+    build_new_model,
+    encoder_of,
+    freeze_encoder,
+    save_generator,
+    should_freeze_encoder,
+    standardize_projection,
+)
 from .responder import Responder, evaluate_generator, relevance_embedder
 
 if TYPE_CHECKING:
@@ -47,8 +57,13 @@ class GeneratorFit(FitStats):
     frozen_encoder: bool = False
 
 
-def _encode_cached(model: Any, sources: Sequence[dict[str, list[int]]], pad_id: int, batch_size: int,
-                   on_batch: Callable[[int, int], None] | None = None) -> list[Any]:
+def _encode_cached(
+    model: Any,
+    sources: Sequence[dict[str, list[int]]],
+    pad_id: int,
+    batch_size: int,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> list[Any]:
     """The frozen encoder's last hidden states per example (unpadded, float32, CPU), computed once."""
     import torch  # heavy: imported on use
 
@@ -56,7 +71,7 @@ def _encode_cached(model: Any, sources: Sequence[dict[str, list[int]]], pad_id: 
     device = next(encoder.parameters()).device
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]["input_ids"]))
     out: list[Any] = [None] * len(sources)
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     with torch.inference_mode():
         for n, batch in enumerate(batches, 1):
             length = max(len(sources[i]["input_ids"]) for i in batch)
@@ -85,9 +100,17 @@ class _ListDataset:
         return self.items[i]
 
 
-def fit_generator(cfg: GeneratorConfig, train: Sequence[ReplyPair], validation: Sequence[ReplyPair],
-                  models_dir: Path, *, knowledge: "KnowledgeBase | None" = None, listener: "Listener | None" = None,
-                  tracker: Any = None, monitor: Any = None) -> tuple[GeneratorFit, list[list["SearchHit"]]]:
+def fit_generator(
+    cfg: GeneratorConfig,
+    train: Sequence[ReplyPair],
+    validation: Sequence[ReplyPair],
+    models_dir: Path,
+    *,
+    knowledge: KnowledgeBase | None = None,
+    listener: Listener | None = None,
+    tracker: Any = None,
+    monitor: Any = None,
+) -> tuple[GeneratorFit, list[list[SearchHit]]]:
     """Fine-tune one generator (no registry involved). Returns the fit and the validation pairs' retrieved
     passages (reused by the evaluation)."""
     from transformers import set_seed  # heavy: imported on use
@@ -99,8 +122,13 @@ def fit_generator(cfg: GeneratorConfig, train: Sequence[ReplyPair], validation: 
     train_hits: list[list[Any]] = [[] for _ in train]
     val_hits: list[list[Any]] = [[] for _ in validation]
     if grounded:
-        emit(TrainingEvent("status", message=f"retrieving {cfg.grounding_passages} passage(s) per message from the "
-                                             f"knowledge base of {knowledge.version}"))
+        emit(
+            TrainingEvent(
+                "status",
+                message=f"retrieving {cfg.grounding_passages} passage(s) per message from the "
+                f"knowledge base of {knowledge.version}",
+            )
+        )
         train_hits = knowledge.search_many([p.message for p in train], top_k=cfg.grounding_passages)
         val_hits = knowledge.search_many([p.message for p in validation], top_k=cfg.grounding_passages)
 
@@ -129,7 +157,9 @@ def fit_generator(cfg: GeneratorConfig, train: Sequence[ReplyPair], validation: 
     if architecture == "encoder-decoder":
         spec.encoder["saved"] = not (freeze and spec.encoder.get("packaged"))
     # Pretrained weights (a base encoder, a whole hub LM) get pretrained_learning_rate; new ones learning_rate.
-    pretrained_ids = {id(p) for p in (encoder.parameters() if architecture == "encoder-decoder" else model.parameters())}
+    pretrained_ids = {
+        id(p) for p in (encoder.parameters() if architecture == "encoder-decoder" else model.parameters())
+    }
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     features = Features(tokenizer, spec, vocab)
 
@@ -151,8 +181,11 @@ def fit_generator(cfg: GeneratorConfig, train: Sequence[ReplyPair], validation: 
                 item["encoder_hidden"] = state
 
     if architecture == "encoder-decoder" and getattr(model, "enc_to_dec_proj", None) is not None:
-        sample = [item["encoder_hidden"] for item in train_items] if cached else _encode_cached(
-            model, train_src[:256], spec.special_ids["pad"], max(cfg.batch_size, 32))
+        sample = (
+            [item["encoder_hidden"] for item in train_items]
+            if cached
+            else _encode_cached(model, train_src[:256], spec.special_ids["pad"], max(cfg.batch_size, 32))
+        )
         standardize_projection(model, sample, cfg.seed)
     ids = spec.special_ids
     decoder_start = int(model.config.decoder_start_token_id) if architecture != "causal" else ids["bos"]
@@ -170,15 +203,36 @@ def fit_generator(cfg: GeneratorConfig, train: Sequence[ReplyPair], validation: 
 
     with warnings_silenced():
         run = train_best_epoch(
-            cfg, model, "hotelbot-generator-", _ListDataset(train_items), _ListDataset(val_items), collator, None,
-            "loss", listener=listener, tracker=tracker, monitor=monitor, greater_is_better=False,
-            derive_metrics=with_perplexity, batch_loss=batch_loss, predict_validation=False,
+            cfg,
+            model,
+            "hotelbot-generator-",
+            _ListDataset(train_items),
+            _ListDataset(val_items),
+            collator,
+            None,
+            "loss",
+            listener=listener,
+            tracker=tracker,
+            monitor=monitor,
+            greater_is_better=False,
+            derive_metrics=with_perplexity,
+            batch_loss=batch_loss,
+            predict_validation=False,
             learning_rate_of=lambda name, param: cfg.pretrained_learning_rate if id(param) in pretrained_ids else None,
-            logs_per_epoch=1, remove_unused_columns=False, prediction_loss_only=True, max_grad_norm=1.0)
-    fit = GeneratorFit(model=model, tokenizer=tokenizer, spec=spec, vocab=vocab, cached_encoder=cached,
-                       frozen_encoder=freeze and architecture == "encoder-decoder",
-                       **FitStats.of(run.trainer, run.best.history, run.best.best_epoch, run.duration, frozen,
-                                     trainable))
+            logs_per_epoch=1,
+            remove_unused_columns=False,
+            prediction_loss_only=True,
+            max_grad_norm=1.0,
+        )
+    fit = GeneratorFit(
+        model=model,
+        tokenizer=tokenizer,
+        spec=spec,
+        vocab=vocab,
+        cached_encoder=cached,
+        frozen_encoder=freeze and architecture == "encoder-decoder",
+        **FitStats.of(run.trainer, run.best.history, run.best.best_epoch, run.duration, frozen, trainable),
+    )
     return fit, val_hits
 
 
@@ -190,26 +244,52 @@ def warnings_silenced() -> Iterator[None]:
         yield
 
 
-def generator_result(info: "VersionInfo", metrics: dict[str, Any], duration: float, run_id: str | None,
-                     history: list[dict[str, Any]], carried: dict[str, Any]) -> ComponentResult:
+def generator_result(
+    info: VersionInfo,
+    metrics: dict[str, Any],
+    duration: float,
+    run_id: str | None,
+    history: list[dict[str, Any]],
+    carried: dict[str, Any],
+) -> ComponentResult:
     """The generator's training as the one result type: its JSON document and the line the CLI shows."""
     g, b = metrics["generator"], metrics["retrieval_baseline"]
-    document = {"version": info.name, "component": COMPONENT, "skipped": False,
-                "duration_seconds": round(duration, 2), "mlflow_run_id": run_id,
-                "metrics": {k: g[k] for k in ("bleu", "rouge_l", "perplexity", "relevance", "exact_match")},
-                "retrieval_baseline": {k: b[k] for k in ("bleu", "rouge_l", "relevance", "exact_match")},
-                "grounding": metrics.get("grounding"), "history": history,
-                "carried_from": carried.get("from"), "carried_components": carried.get("components")}
-    line = (f"trained generator {info.name} in {duration:.1f}s: BLEU {g['bleu']:.2f} ROUGE-L {g['rouge_l']:.4f} "
-            f"perplexity {g['perplexity']:.2f} relevance {g['relevance']:.4f} (retrieval-only baseline: "
-            f"BLEU {b['bleu']:.2f} ROUGE-L {b['rouge_l']:.4f} relevance {b['relevance']:.4f})")
-    return ComponentResult(COMPONENT, info, metrics, duration, run_id, history, document, [line],
-                           score=("generator_relevance", float(g["relevance"])), carried_from=carried.get("from"),
-                           carried_components=list(carried.get("components") or []))
+    document = {
+        "version": info.name,
+        "component": COMPONENT,
+        "skipped": False,
+        "duration_seconds": round(duration, 2),
+        "mlflow_run_id": run_id,
+        "metrics": {k: g[k] for k in ("bleu", "rouge_l", "perplexity", "relevance", "exact_match")},
+        "retrieval_baseline": {k: b[k] for k in ("bleu", "rouge_l", "relevance", "exact_match")},
+        "grounding": metrics.get("grounding"),
+        "history": history,
+        "carried_from": carried.get("from"),
+        "carried_components": carried.get("components"),
+    }
+    line = (
+        f"trained generator {info.name} in {duration:.1f}s: BLEU {g['bleu']:.2f} ROUGE-L {g['rouge_l']:.4f} "
+        f"perplexity {g['perplexity']:.2f} relevance {g['relevance']:.4f} (retrieval-only baseline: "
+        f"BLEU {b['bleu']:.2f} ROUGE-L {b['rouge_l']:.4f} relevance {b['relevance']:.4f})"
+    )
+    return ComponentResult(
+        COMPONENT,
+        info,
+        metrics,
+        duration,
+        run_id,
+        history,
+        document,
+        [line],
+        score=("generator_relevance", float(g["relevance"])),
+        carried_from=carried.get("from"),
+        carried_components=list(carried.get("components") or []),
+    )
 
 
-def _source_knowledge(registry: "ModelRegistry", source: str | None, models_dir: Path
-                      ) -> tuple["VersionInfo | None", "KnowledgeBase | None"]:
+def _source_knowledge(
+    registry: ModelRegistry, source: str | None, models_dir: Path
+) -> tuple[VersionInfo | None, KnowledgeBase | None]:
     """The source version and its knowledge base (None without one); the KB's files are checked first, so
     a corrupt index never grounds a training run (carry_over checks them again when copying)."""
     from ..knowledge.kb import INDEX_FILE, KNOWLEDGE_DIR, KnowledgeBase  # kb imports numpy
@@ -219,14 +299,23 @@ def _source_knowledge(registry: "ModelRegistry", source: str | None, models_dir:
         return src, None
     bad = [p for p in registry.verify(src.name) if p.startswith(f"{src.name}/{KNOWLEDGE_DIR}/")]
     if bad:
-        raise IntegrityError(f"the knowledge base of {src.name} is corrupt: {bad[0]}",
-                             hint="deploy or roll back to an intact version first")
+        raise IntegrityError(
+            f"the knowledge base of {src.name} is corrupt: {bad[0]}",
+            hint="deploy or roll back to an intact version first",
+        )
     return src, KnowledgeBase.from_version(src, models_dir)
 
 
-def train_generator(settings: "Settings", data_path: Path, registry: "ModelRegistry",
-                    listener: "Listener | None" = None, *, force: bool = False, source: str | None = None,
-                    config: GeneratorConfig | None = None) -> ComponentResult:
+def train_generator(
+    settings: Settings,
+    data_path: Path,
+    registry: ModelRegistry,
+    listener: Listener | None = None,
+    *,
+    force: bool = False,
+    source: str | None = None,
+    config: GeneratorConfig | None = None,
+) -> ComponentResult:
     """Train the response generator on ``data_path`` (a .jsonl file of pairs or a prepared directory) and
     publish a new version carrying over the other components of ``source`` (default: deployed, else newest).
 
@@ -239,29 +328,55 @@ def train_generator(settings: "Settings", data_path: Path, registry: "ModelRegis
     cfg = config or GeneratorConfig.from_settings(settings)
     models_dir = settings.paths.models_dir
     src, knowledge = _source_knowledge(registry, source, models_dir)
-    known = (src.metadata.get("labels") if src is not None and isinstance(src.metadata.get("labels"), list) else None)
+    known = src.metadata.get("labels") if src is not None and isinstance(src.metadata.get("labels"), list) else None
     prepared = load_reply_data(Path(data_path), settings.data, known)
-    kb_fingerprint = (knowledge.manifest.get("fingerprint") if knowledge is not None and cfg.grounding_passages
-                      else None)
+    kb_fingerprint = knowledge.manifest.get("fingerprint") if knowledge is not None and cfg.grounding_passages else None
     config_record = {"generator_config": cfg.to_dict(), "knowledge_fingerprint": kb_fingerprint}
-    params = {**{k: v for k, v in cfg.to_dict().items() if k != "generation"},
-              **{f"generation_{k}": v for k, v in cfg.generation.to_dict().items()},
-              "knowledge_version": knowledge.version if knowledge else "", "source_version": src.name if src else ""}
-    with training_run(settings, registry, COMPONENT, EXPERIMENT, prepared, config_record, params,
-                      force=force, source=Path(data_path)) as (tracker, monitor):
-        fit, val_hits = fit_generator(cfg, prepared.train, prepared.validation, models_dir, knowledge=knowledge,
-                                      listener=listener, tracker=tracker, monitor=monitor)
-        emit(TrainingEvent("status", message=f"generating {len(prepared.validation)} validation replies and the "
-                                             "retrieval-only baseline"))
-        responder = Responder(fit.model, fit.tokenizer, fit.spec, cfg.generation, fit.vocab,
-                              knowledge if fit.spec.grounded else None)
-        embedder = relevance_embedder(fit.spec, responder.knowledge, models_dir, tokenizer=fit.tokenizer,
-                                      frozen_encoder=fit.model.get_encoder() if fit.frozen_encoder else None)
+    params = {
+        **{k: v for k, v in cfg.to_dict().items() if k != "generation"},
+        **{f"generation_{k}": v for k, v in cfg.generation.to_dict().items()},
+        "knowledge_version": knowledge.version if knowledge else "",
+        "source_version": src.name if src else "",
+    }
+    with training_run(
+        settings, registry, COMPONENT, EXPERIMENT, prepared, config_record, params, force=force, source=Path(data_path)
+    ) as (tracker, monitor):
+        fit, val_hits = fit_generator(
+            cfg,
+            prepared.train,
+            prepared.validation,
+            models_dir,
+            knowledge=knowledge,
+            listener=listener,
+            tracker=tracker,
+            monitor=monitor,
+        )
+        emit(
+            TrainingEvent(
+                "status",
+                message=f"generating {len(prepared.validation)} validation replies and the retrieval-only baseline",
+            )
+        )
+        responder = Responder(
+            fit.model, fit.tokenizer, fit.spec, cfg.generation, fit.vocab, knowledge if fit.spec.grounded else None
+        )
+        embedder = relevance_embedder(
+            fit.spec,
+            responder.knowledge,
+            models_dir,
+            tokenizer=fit.tokenizer,
+            frozen_encoder=fit.model.get_encoder() if fit.frozen_encoder else None,
+        )
         with warnings_silenced():
             metrics = evaluate_generator(responder, prepared.validation, prepared.train, embedder=embedder)
         g, b = metrics["generator"], metrics["retrieval_baseline"]
-        tracker.log_metrics({**{f"final_{k}": g[k] for k in ("bleu", "rouge_l", "perplexity", "relevance")},
-                             **{f"baseline_{k}": b[k] for k in ("bleu", "rouge_l", "relevance")}}, step=fit.steps)
+        tracker.log_metrics(
+            {
+                **{f"final_{k}": g[k] for k in ("bleu", "rouge_l", "perplexity", "relevance")},
+                **{f"baseline_{k}": b[k] for k in ("bleu", "rouge_l", "relevance")},
+            },
+            step=fit.steps,
+        )
 
         summary = {
             "architecture": fit.spec.architecture,
@@ -270,14 +385,19 @@ def train_generator(settings: "Settings", data_path: Path, registry: "ModelRegis
             "decoder_vocab_size": len(fit.vocab) if fit.vocab is not None else None,
             "grounded": fit.spec.grounded,
             "knowledge_version": knowledge.version if fit.spec.grounded else None,
-            "metrics": {**{k: g[k] for k in ("bleu", "rouge_l", "perplexity", "relevance", "exact_match")},
-                        "best_epoch": fit.best_epoch,
-                        "baseline": {k: b[k] for k in ("bleu", "rouge_l", "relevance", "exact_match")},
-                        "grounding_source_hit_rate": (metrics.get("grounding") or {}).get("source_hit_rate")},
+            "metrics": {
+                **{k: g[k] for k in ("bleu", "rouge_l", "perplexity", "relevance", "exact_match")},
+                "best_epoch": fit.best_epoch,
+                "baseline": {k: b[k] for k in ("bleu", "rouge_l", "relevance", "exact_match")},
+                "grounding_source_hit_rate": (metrics.get("grounding") or {}).get("source_hit_rate"),
+            },
             "generation": cfg.generation.to_dict(),
             "dataset_fingerprint": prepared.fingerprint,
-            "dataset": {"source": prepared.summary.get("source"), "train_size": len(prepared.train),
-                        "validation_size": len(prepared.validation)},
+            "dataset": {
+                "source": prepared.summary.get("source"),
+                "train_size": len(prepared.train),
+                "validation_size": len(prepared.validation),
+            },
             "config": config_record,
             "training": training_summary(fit, cached_encoder_states=fit.cached_encoder),
             "mlflow_run_id": tracker.run_id,
@@ -287,13 +407,36 @@ def train_generator(settings: "Settings", data_path: Path, registry: "ModelRegis
             save_generator(fit.model, fit.tokenizer, fit.spec, cfg.generation, fit.vocab, target)
             write_prepared_replies(prepared, target / DATA_SUBDIR)
 
-        info, carried = publish_component(registry, COMPONENT, "response-generator",
-                                          source=src.name if src else None, write=write, metrics=metrics,
-                                          history={"epochs": fit.history, "log": fit.log_history},
-                                          summary=summary, monitor=monitor, tracker=tracker, listener=listener)
-    log.info("trained generator %s: BLEU %.2f ROUGE-L %.4f (baseline BLEU %.2f) in %.1fs", info.name, g["bleu"],
-             g["rouge_l"], b["bleu"], fit.duration)
-    emit(TrainingEvent("end", fit.steps, fit.steps, fit.epochs_run, cfg.epochs,
-                       metrics={"bleu": g["bleu"], "rouge_l": g["rouge_l"], "perplexity": g["perplexity"]},
-                       message=info.name))
+        info, carried = publish_component(
+            registry,
+            COMPONENT,
+            "response-generator",
+            source=src.name if src else None,
+            write=write,
+            metrics=metrics,
+            history={"epochs": fit.history, "log": fit.log_history},
+            summary=summary,
+            monitor=monitor,
+            tracker=tracker,
+            listener=listener,
+        )
+    log.info(
+        "trained generator %s: BLEU %.2f ROUGE-L %.4f (baseline BLEU %.2f) in %.1fs",
+        info.name,
+        g["bleu"],
+        g["rouge_l"],
+        b["bleu"],
+        fit.duration,
+    )
+    emit(
+        TrainingEvent(
+            "end",
+            fit.steps,
+            fit.steps,
+            fit.epochs_run,
+            cfg.epochs,
+            metrics={"bleu": g["bleu"], "rouge_l": g["rouge_l"], "perplexity": g["perplexity"]},
+            message=info.name,
+        )
+    )
     return generator_result(info, metrics, fit.duration, tracker.run_id, fit.history, carried)

@@ -15,8 +15,15 @@ from ...data import VALIDATION_FILE, read_jsonl_examples
 from ...errors import ExportUnavailable, HotelbotError
 from ...runtime import TorchPredictor, load_predictor
 from ...runtime.detector import MEMORY_FILE
-from ...runtime.layout import (CLASSIFIER_FILE, MODEL_SUBDIR, ONNX_FILES, RUNTIME_FILE, TOKENIZER_CONFIG_FILE,
-                               TOKENIZER_FILE, TOKENIZER_INDEX_FILE)
+from ...runtime.layout import (
+    CLASSIFIER_FILE,
+    MODEL_SUBDIR,
+    ONNX_FILES,
+    RUNTIME_FILE,
+    TOKENIZER_CONFIG_FILE,
+    TOKENIZER_FILE,
+    TOKENIZER_INDEX_FILE,
+)
 from ..base import Component, ComponentResult, TrainRequest
 from ..exporting import copy_onnx_runtime, onnx_classifier_card, sentence_classifier_hf
 from .train import train
@@ -34,14 +41,27 @@ class IntentClassifier(Component):
     experiment = "hotelbot-classifier"
     description = "intent classifier (encoder + linear head, out-of-scope threshold)"
     paths = ("model", "intent_classifier.pt", "metrics.json", "training_history.json", "data", "report")
-    metadata_keys = ("labels", "base_model", "out_of_scope_threshold", "out_of_scope_detector", "dataset_fingerprint",
-                     "dataset", "config", "metrics", "training", "mlflow_run_id", "mlflow_tracking_uri", "kind", "nlu",
-                     "inference")
+    metadata_keys = (
+        "labels",
+        "base_model",
+        "out_of_scope_threshold",
+        "out_of_scope_detector",
+        "dataset_fingerprint",
+        "dataset",
+        "config",
+        "metrics",
+        "training",
+        "mlflow_run_id",
+        "mlflow_tracking_uri",
+        "kind",
+        "nlu",
+        "inference",
+    )
     train_options = ("incremental", "hpo")
     prepare_hint = "hotelbot prepare FILE"
     required = True
-    primary = True          # validate's headline metrics and per-intent regression check are the classifier's
-    metric = "macro_f1"     # settings.validation.metric chooses the one a training optimises
+    primary = True  # validate's headline metrics and per-intent regression check are the classifier's
+    metric = "macro_f1"  # settings.validation.metric chooses the one a training optimises
     gated = True
     analyzes = True
     export_formats = ("pt", "hf", "onnx")
@@ -49,13 +69,13 @@ class IntentClassifier(Component):
     def summary(self, metadata: dict[str, Any]) -> dict[str, Any]:
         return metadata  # top-level keys: the classifier predates per-component summaries
 
-    def prepared_data(self, settings: "Settings", documents: Path | None = None) -> Path | None:
+    def prepared_data(self, settings: Settings, documents: Path | None = None) -> Path | None:
         return Path(settings.paths.data)
 
     def train(self, request: TrainRequest) -> ComponentResult:
         return train(request)
 
-    def smoke(self, info: "VersionInfo", settings: "Settings", texts_count: int) -> dict[str, Any]:
+    def smoke(self, info: VersionInfo, settings: Settings, texts_count: int) -> dict[str, Any]:
         examples = read_jsonl_examples(info.path / "data" / VALIDATION_FILE)[:texts_count]
         texts = [e.text for e in examples] or ["hola"]
         predictor = load_predictor(info)
@@ -63,21 +83,32 @@ class IntentClassifier(Component):
         labels = set(predictor.labels)
         for p in predictions:
             if p.intent not in labels or not (0.0 <= p.confidence <= 1.0) or math.isnan(p.confidence):
-                raise HotelbotError(f"{info.name} returned an unusable prediction for {p.text!r}: "
-                                    f"{p.intent} {p.confidence}")
+                raise HotelbotError(
+                    f"{info.name} returned an unusable prediction for {p.text!r}: {p.intent} {p.confidence}"
+                )
         correct = sum(p.intent == e.intent for p, e in zip(predictions, examples))
         return {"texts": len(texts), "correct": correct if examples else None}
 
-    def load(self, info: "VersionInfo", settings: "Settings | None" = None,
-             loaded: dict[str, Any] | None = None) -> Any:
+    def load(self, info: VersionInfo, settings: Settings | None = None, loaded: dict[str, Any] | None = None) -> Any:
         return load_predictor(info)
 
-    def export(self, info: "VersionInfo", fmt: str, target: Path, settings: "Settings") -> dict[str, Any]:
+    def export(self, info: VersionInfo, fmt: str, target: Path, settings: Settings) -> dict[str, Any]:
         if fmt == "onnx":
             graphs = list(ONNX_FILES.values())
-            written = copy_onnx_runtime(info.path / MODEL_SUBDIR, target, graphs,
-                                        [RUNTIME_FILE, CLASSIFIER_FILE, TOKENIZER_FILE, TOKENIZER_CONFIG_FILE,
-                                         TOKENIZER_INDEX_FILE, "special_tokens_map.json", MEMORY_FILE])
+            written = copy_onnx_runtime(
+                info.path / MODEL_SUBDIR,
+                target,
+                graphs,
+                [
+                    RUNTIME_FILE,
+                    CLASSIFIER_FILE,
+                    TOKENIZER_FILE,
+                    TOKENIZER_CONFIG_FILE,
+                    TOKENIZER_INDEX_FILE,
+                    "special_tokens_map.json",
+                    MEMORY_FILE,
+                ],
+            )
             exported = [g for g in graphs if g in written]
             if not exported:
                 raise ExportUnavailable(f"the intent classifier of {info.name} has no ONNX export (it runs on torch)")
@@ -88,13 +119,18 @@ class IntentClassifier(Component):
 
             target.mkdir(parents=True, exist_ok=True)
             save_torch_file(predictor.model, target / PT_FILE)
-            return {"loads_with": f"torch.load('{PT_FILE}', weights_only=True) (the seed's format; "
-                                  "hotelbot_cli.modeling.load_torch_file builds the model)", **_knn_memory(info, target)}
+            return {
+                "loads_with": f"torch.load('{PT_FILE}', weights_only=True) (the seed's format; "
+                "hotelbot_cli.modeling.load_torch_file builds the model)",
+                **_knn_memory(info, target),
+            }
         facts = sentence_classifier_hf(predictor.model, predictor.tokenizer, target, "intent classifier", info.name)
         facts.update(_knn_memory(info, target))
         if getattr(predictor.config, "tasks", None):  # a joint NLU model: the hf layout has one head
-            facts["note"] = ("the joint model's sentiment and entity heads are not in this format; "
-                             "--format pt and --format onnx carry all three")
+            facts["note"] = (
+                "the joint model's sentiment and entity heads are not in this format; "
+                "--format pt and --format onnx carry all three"
+            )
         return facts
 
     def empty_analysis(self) -> dict[str, Any]:
@@ -105,20 +141,24 @@ class IntentClassifier(Component):
         intent = "-" if row["intent"] is None else f"{row['intent']}\t{row['confidence']:.3f}"
         return f"\t{intent}" + (f"\t({others})" if others else "")
 
-    def analyze(self, loaded: Any, texts: Sequence[str], rows: list[dict[str, Any]], *, top_k: int,
-                batch_size: int) -> None:
+    def analyze(
+        self, loaded: Any, texts: Sequence[str], rows: list[dict[str, Any]], *, top_k: int, batch_size: int
+    ) -> None:
         from ..nlu.runtime import JointRunner  # on use: it imports the entity tagger
 
         runner = JointRunner.attached(loaded)  # a joint model whose other heads are loaded: one pass for all
-        predictions = ([a.prediction for a in runner.run(texts, top_k)] if runner is not None
-                       else loaded.predict(texts, top_k=top_k, batch_size=batch_size))
+        predictions = (
+            [a.prediction for a in runner.run(texts, top_k)]
+            if runner is not None
+            else loaded.predict(texts, top_k=top_k, batch_size=batch_size)
+        )
         for row, p in zip(rows, predictions):
             row.update(intent=p.intent, confidence=p.confidence, top_k=p.top_k, fallback=p.fallback)
             if getattr(p, "similarity", None) is not None:  # a kNN out-of-scope detector's score
                 row["out_of_scope_similarity"] = p.similarity
 
 
-def _knn_memory(info: "VersionInfo", target: Path) -> dict[str, Any]:
+def _knn_memory(info: VersionInfo, target: Path) -> dict[str, Any]:
     """A kNN out-of-scope detector's memory copied beside an export (its spec is in classifier.json / head.json)."""
     source = info.path / MODEL_SUBDIR / MEMORY_FILE
     if not source.is_file():

@@ -14,8 +14,15 @@ from typing import Any, Protocol
 
 from ..._io import atomic_write_json
 from ...config import Settings
-from ...data import (TRAIN_FILE, VALIDATION_FILE, Example, PreparedData, read_jsonl_examples, read_prepared,
-                     write_prepared)
+from ...data import (
+    TRAIN_FILE,
+    VALIDATION_FILE,
+    Example,
+    PreparedData,
+    read_jsonl_examples,
+    read_prepared,
+    write_prepared,
+)
 from ...data import fingerprint as fingerprint_examples
 from ...errors import ConfigError, DataError, HotelbotError
 from ...export import DEFAULT_RECHECK_MARGIN, export_onnx
@@ -58,8 +65,10 @@ def _merge_with_parent(prepared: PreparedData, parent: VersionInfo) -> tuple[lis
     known = {e.text: e.intent for e in parent_train + parent_val}
     for e in prepared.train + prepared.validation:
         if e.text in known and known[e.text] != e.intent:
-            raise DataError(f"text {e.text!r} is {e.intent!r} in the new data but {known[e.text]!r} in "
-                            f"{parent.name}'s data; fix one of them")
+            raise DataError(
+                f"text {e.text!r} is {e.intent!r} in the new data but {known[e.text]!r} in "
+                f"{parent.name}'s data; fix one of them"
+            )
     seen = set(known)
     train = parent_train + [e for e in prepared.train if e.text not in seen]
     seen |= {e.text for e in prepared.train}
@@ -67,16 +76,30 @@ def _merge_with_parent(prepared: PreparedData, parent: VersionInfo) -> tuple[lis
     return train, validation
 
 
-def export_inference(fit: FitResult, model_dir: Path, validation: list[Example], tolerance_points: float,
-                     recheck_margin: float | None = None, *, task_checks: Any = None) -> dict[str, Any]:
+def export_inference(
+    fit: FitResult,
+    model_dir: Path,
+    validation: list[Example],
+    tolerance_points: float,
+    recheck_margin: float | None = None,
+    *,
+    task_checks: Any = None,
+) -> dict[str, Any]:
     """ONNX fp32 + int8 export of the staged model and the runtime choice (export.export_onnx).
 
     The PyTorch weights stay the source of truth: an export failure is logged and the version runs on torch.
     """
     margin = DEFAULT_RECHECK_MARGIN if recheck_margin is None else recheck_margin
     try:
-        return export_onnx(fit.model, fit.tokenizer, model_dir, validation, tolerance_points, recheck_margin=margin,
-                           task_checks=task_checks)
+        return export_onnx(
+            fit.model,
+            fit.tokenizer,
+            model_dir,
+            validation,
+            tolerance_points,
+            recheck_margin=margin,
+            task_checks=task_checks,
+        )
     except (HotelbotError, ImportError) as exc:
         log.warning("ONNX export failed (%s); the version runs on torch", exc)
         return {"runtime": "torch", "error": str(exc)}
@@ -86,7 +109,7 @@ def export_inference(fit: FitResult, model_dir: Path, validation: list[Example],
 class ClassifierBuild:
     """What :func:`write_classifier` writes: a fitted classifier (intent-only or joint) and its training's facts."""
 
-    fit: Any                        # FitResult (or the joint model's JointFitResult)
+    fit: Any  # FitResult (or the joint model's JointFitResult)
     train: list[Example]
     validation: list[Example]
     prepared: PreparedData
@@ -94,18 +117,25 @@ class ClassifierBuild:
     config_record: dict[str, Any]
     hpo_summary: dict[str, Any] | None
     parent: str | None
-    cfg: Any                        # the TrainingConfig used
+    cfg: Any  # the TrainingConfig used
     settings: Settings
     tracker: Any
     monitor: Any
     kind: str = KIND
-    task_checks: Any = None         # export_onnx's per-task gate (the joint model's sentiment and entities)
+    task_checks: Any = None  # export_onnx's per-task gate (the joint model's sentiment and entities)
     extra_metadata: dict[str, Any] | None = None
     detector: DetectorChoice | None = None  # the out-of-scope detector chosen on validation (None: softmax)
 
 
-def write_classifier(staged: Path, carried: dict[str, Any], b: ClassifierBuild, registry: ModelRegistry,
-                     reporter: "Reporter | None", report_box: dict[str, Any], emit: Any) -> dict[str, Any]:
+def write_classifier(
+    staged: Path,
+    carried: dict[str, Any],
+    b: ClassifierBuild,
+    registry: ModelRegistry,
+    reporter: Reporter | None,
+    report_box: dict[str, Any],
+    emit: Any,
+) -> dict[str, Any]:
     """The classifier's files in a staged version (model/ with its ONNX export and runtime choice, data/,
     metrics.json, training_history.json, the training report) and the version's metadata."""
     from ...modeling import save_classifier  # modeling imports torch
@@ -117,18 +147,43 @@ def write_classifier(staged: Path, carried: dict[str, Any], b: ClassifierBuild, 
 
         with open(staged / "model" / MEMORY_FILE, "wb") as handle:
             np.save(handle, b.detector.memory, allow_pickle=False)
-    split = PreparedData(b.train, b.validation, fit.labels, b.fingerprint,
-                         {**b.prepared.summary, "train_size": len(b.train), "validation_size": len(b.validation),
-                          "examples": len(b.train) + len(b.validation)}, b.prepared.warnings)
+    split = PreparedData(
+        b.train,
+        b.validation,
+        fit.labels,
+        b.fingerprint,
+        {
+            **b.prepared.summary,
+            "train_size": len(b.train),
+            "validation_size": len(b.validation),
+            "examples": len(b.train) + len(b.validation),
+        },
+        b.prepared.warnings,
+    )
     write_prepared(split, staged / "data")
-    atomic_write_json(staged / "metrics.json", {**metrics, "argmax": {
-        k: fit.argmax_metrics[k] for k in SCALAR_METRICS + ("in_scope_accuracy", "out_of_scope_recall")
-        if k in fit.argmax_metrics}})
-    atomic_write_json(staged / "training_history.json", {"epochs": fit.history, "log": fit.log_history,
-                                                         "hpo": b.hpo_summary})
+    atomic_write_json(
+        staged / "metrics.json",
+        {
+            **metrics,
+            "argmax": {
+                k: fit.argmax_metrics[k]
+                for k in SCALAR_METRICS + ("in_scope_accuracy", "out_of_scope_recall")
+                if k in fit.argmax_metrics
+            },
+        },
+    )
+    atomic_write_json(
+        staged / "training_history.json", {"epochs": fit.history, "log": fit.log_history, "hpo": b.hpo_summary}
+    )
     emit(TrainingEvent("status", message="exporting ONNX (fp32 + int8) and choosing the runtime"))
-    inference = export_inference(fit, staged / "model", b.validation, settings.validation.runtime_tolerance_points,
-                                 settings.validation.runtime_recheck_margin, task_checks=b.task_checks)
+    inference = export_inference(
+        fit,
+        staged / "model",
+        b.validation,
+        settings.validation.runtime_tolerance_points,
+        settings.validation.runtime_recheck_margin,
+        task_checks=b.task_checks,
+    )
     if "runtimes" in inference:
         emit(TrainingEvent("status", message=describe_choice(inference)))
     metadata = {
@@ -140,19 +195,33 @@ def write_classifier(staged: Path, carried: dict[str, Any], b: ClassifierBuild, 
         "base_model": fit.resolved,
         "labels": fit.labels,
         "out_of_scope_threshold": fit.threshold,
-        "out_of_scope_detector": b.detector.record if b.detector is not None else {
-            "method": SOFTMAX, "threshold": fit.threshold},
+        "out_of_scope_detector": b.detector.record
+        if b.detector is not None
+        else {"method": SOFTMAX, "threshold": fit.threshold},
         "dataset_fingerprint": b.fingerprint,
-        "dataset": {"source": b.prepared.summary.get("source"), "train_size": len(b.train),
-                    "validation_size": len(b.validation), "num_labels": len(fit.labels)},
+        "dataset": {
+            "source": b.prepared.summary.get("source"),
+            "train_size": len(b.train),
+            "validation_size": len(b.validation),
+            "num_labels": len(fit.labels),
+        },
         "config": b.config_record,
-        "metrics": {**{k: metrics[k] for k in SCALAR_METRICS}, "overall_score": metrics["overall_score"],
-                    "metric": metrics["metric"], "best_epoch": fit.best_epoch,
-                    **{k: metrics[k] for k in ("in_scope_accuracy", "out_of_scope_recall") if k in metrics}},
-        "training": {"duration_seconds": round(fit.duration, 2), "epochs_run": fit.epochs_run,
-                     "steps": fit.steps, "frozen_parameters": fit.frozen,
-                     "trainable_parameters": fit.trainable, "class_weights": cfg.class_weights,
-                     "hpo": b.hpo_summary},
+        "metrics": {
+            **{k: metrics[k] for k in SCALAR_METRICS},
+            "overall_score": metrics["overall_score"],
+            "metric": metrics["metric"],
+            "best_epoch": fit.best_epoch,
+            **{k: metrics[k] for k in ("in_scope_accuracy", "out_of_scope_recall") if k in metrics},
+        },
+        "training": {
+            "duration_seconds": round(fit.duration, 2),
+            "epochs_run": fit.epochs_run,
+            "steps": fit.steps,
+            "frozen_parameters": fit.frozen,
+            "trainable_parameters": fit.trainable,
+            "class_weights": cfg.class_weights,
+            "hpo": b.hpo_summary,
+        },
         "inference": inference,
         "mlflow_run_id": b.tracker.run_id,
         "mlflow_tracking_uri": settings.paths.tracking_uri,
@@ -171,17 +240,28 @@ def best_config_path(settings: Settings, fingerprint: str) -> Path:
     return settings.paths.home / "hpo" / f"best-{fingerprint[:16]}-{base}.json"
 
 
-def hpo_request(settings: Settings, cfg: Any, trials: int, fingerprint: str, parent: VersionInfo | None,
-                parent_dir: Path | None) -> HpoRequest:
+def hpo_request(
+    settings: Settings, cfg: Any, trials: int, fingerprint: str, parent: VersionInfo | None, parent_dir: Path | None
+) -> HpoRequest:
     """The shared study a classifier search on this data and config works on (training.hpo)."""
-    return HpoRequest(cfg, settings.validation.metric, settings.paths.models_dir, trials,
-                      settings.paths.hpo_storage_url,
-                      study_name(fingerprint, cfg, settings.validation.metric, parent.name if parent else None),
-                      parent_dir)
+    return HpoRequest(
+        cfg,
+        settings.validation.metric,
+        settings.paths.models_dir,
+        trials,
+        settings.paths.hpo_storage_url,
+        study_name(fingerprint, cfg, settings.validation.metric, parent.name if parent else None),
+        parent_dir,
+    )
 
 
-def hpo_worker(settings: Settings, data_dir: Path, trials: int, listener: Listener | None = None,
-               incremental_from: str | None = None) -> dict[str, Any]:
+def hpo_worker(
+    settings: Settings,
+    data_dir: Path,
+    trials: int,
+    listener: Listener | None = None,
+    incremental_from: str | None = None,
+) -> dict[str, Any]:
     """`train --hpo --hpo-worker`: run trials of the shared study of this data (and parent) until it holds
     ``trials`` finished ones; publish nothing (the process without --hpo-worker publishes the best trial).
     Returns the study's summary (training.hpo.summarize)."""
@@ -204,8 +284,9 @@ def hpo_worker(settings: Settings, data_dir: Path, trials: int, listener: Listen
     try:
         with tracker.run(run_name=f"hpo-worker-{fingerprint[:8]}", tags={"hotelbot.component": COMPONENT}):
             search = hpo_request(settings, cfg, trials, fingerprint, registry_parent, parent_dir)
-            _, _, summary = run_hpo(search, train, validation, labels, listener=listener, tracker=tracker,
-                                    monitor=monitor, publish=False)
+            _, _, summary = run_hpo(
+                search, train, validation, labels, listener=listener, tracker=tracker, monitor=monitor, publish=False
+            )
     finally:
         monitor.close()
     return {**summary, "mlflow_run_id": tracker.run_id}
@@ -221,7 +302,7 @@ def train_classifier(
     incremental_from: str | None = None,
     hpo_trials: int = 0,
     use_best_config: bool = True,
-    reporter: "Reporter | None" = None,
+    reporter: Reporter | None = None,
     drop_joint_heads: bool = False,
 ) -> ComponentResult:
     """Fine-tune on the prepared data (optionally from a parent version, optionally with HPO) and publish.
@@ -231,8 +312,10 @@ def train_classifier(
     reads every component's section, so the component cannot import it itself). ``drop_joint_heads``: leave out
     the source's joint-model heads (entities, sentiment) instead of refusing (`all` retrains them next)."""
     if hpo_trials and is_distributed():
-        raise ConfigError("--hpo is not run under torchrun/accelerate launch: each trial trains in one process",
-                          hint="start several `hotelbot train --hpo --hpo-storage URL` processes on one study instead")
+        raise ConfigError(
+            "--hpo is not run under torchrun/accelerate launch: each trial trains in one process",
+            hint="start several `hotelbot train --hpo --hpo-storage URL` processes on one study instead",
+        )
     emit = emitter(listener)
     prepared = read_prepared(data_dir)
     cfg = settings.training
@@ -251,8 +334,12 @@ def train_classifier(
         cfg = replace(cfg, **{k: v for k, v in best["params"].items() if k in cfg.to_dict()})
         emit(TrainingEvent("status", message=f"using the HPO best config from {best_file}"))
 
-    config_record = {"training_config": cfg.to_dict(), "validation_metric": settings.validation.metric,
-                     "parent": parent.name if parent else None, "hpo_trials": hpo_trials}
+    config_record = {
+        "training_config": cfg.to_dict(),
+        "validation_metric": settings.validation.metric,
+        "parent": parent.name if parent else None,
+        "hpo_trials": hpo_trials,
+    }
     refuse_repeat(registry, COMPONENT, fingerprint, config_record, force)
 
     metric = settings.validation.metric
@@ -262,26 +349,64 @@ def train_classifier(
     hpo_summary = None
     report_box: dict[str, Any] = {}
     with tracker.run(run_name=f"classifier-{fingerprint[:8]}", tags={"hotelbot.component": COMPONENT}):
-        tracker.log_params({**cfg.to_dict(), "num_labels": len(labels), "train_size": len(train),
-                            "validation_size": len(validation), "dataset_fingerprint": fingerprint,
-                            "parent": parent.name if parent else "", "hpo_trials": hpo_trials})
-        tracker.log_dataset("hotel_intents", fingerprint, data_dir, {"train": len(train), "validation": len(validation)})
+        tracker.log_params(
+            {
+                **cfg.to_dict(),
+                "num_labels": len(labels),
+                "train_size": len(train),
+                "validation_size": len(validation),
+                "dataset_fingerprint": fingerprint,
+                "parent": parent.name if parent else "",
+                "hpo_trials": hpo_trials,
+            }
+        )
+        tracker.log_dataset(
+            "hotel_intents", fingerprint, data_dir, {"train": len(train), "validation": len(validation)}
+        )
         if hpo_trials:
             search = hpo_request(settings, cfg, hpo_trials, fingerprint, parent, parent_dir)
-            fit, cfg, hpo_summary = run_hpo(search, train, validation, labels, listener=listener, tracker=tracker,
-                                            monitor=monitor)
-            atomic_write_json(best_file, {"fingerprint": fingerprint, "base_model": cfg.base_model,
-                                          "params": hpo_summary["best_params"], "score": hpo_summary["best_score"],
-                                          "metric": metric})
+            fit, cfg, hpo_summary = run_hpo(
+                search, train, validation, labels, listener=listener, tracker=tracker, monitor=monitor
+            )
+            atomic_write_json(
+                best_file,
+                {
+                    "fingerprint": fingerprint,
+                    "base_model": cfg.base_model,
+                    "params": hpo_summary["best_params"],
+                    "score": hpo_summary["best_score"],
+                    "metric": metric,
+                },
+            )
             hpo_summary["saved_to"] = str(best_file)
             config_record["training_config"] = cfg.to_dict()
         else:
-            fit = fit_classifier(cfg, metric, train, validation, labels, settings.paths.models_dir,
-                                 listener=listener, tracker=tracker, monitor=monitor, parent_dir=parent_dir)
+            fit = fit_classifier(
+                cfg,
+                metric,
+                train,
+                validation,
+                labels,
+                settings.paths.models_dir,
+                listener=listener,
+                tracker=tracker,
+                monitor=monitor,
+                parent_dir=parent_dir,
+            )
         emit(TrainingEvent("status", message="choosing the out-of-scope detector on the validation split"))
-        detector = choose_detector(fit.model, fit.tokenizer, train, validation, fit.labels, metric, fit.threshold,
-                                   fit.metrics, cfg.oos_detector, cfg.oos_knn_k,
-                                   calibrate=cfg.calibrate_oos_threshold)
+        detector = choose_detector(
+            fit.model,
+            fit.tokenizer,
+            train,
+            validation,
+            fit.labels,
+            metric,
+            fit.threshold,
+            fit.metrics,
+            cfg.oos_detector,
+            cfg.oos_knn_k,
+            calibrate=cfg.calibrate_oos_threshold,
+        )
         if detector.spec is not None:  # kNN: classifier.json names it; the softmax threshold is not applied
             fit.model.classifier_config.oos_detector = detector.spec
             fit.model.classifier_config.oos_threshold = None
@@ -292,72 +417,150 @@ def train_classifier(
             tracker.log_metrics({"out_of_scope_threshold": fit.threshold}, step=fit.steps)
 
         def build(staged: Path, carried: dict[str, Any]) -> dict[str, Any]:
-            return write_classifier(staged, carried, ClassifierBuild(
-                fit=fit, train=train, validation=validation, prepared=prepared, fingerprint=fingerprint,
-                config_record=config_record, hpo_summary=hpo_summary, parent=parent.name if parent else None,
-                cfg=cfg, settings=settings, tracker=tracker, monitor=monitor, detector=detector), registry, reporter,
-                report_box, emit)
+            return write_classifier(
+                staged,
+                carried,
+                ClassifierBuild(
+                    fit=fit,
+                    train=train,
+                    validation=validation,
+                    prepared=prepared,
+                    fingerprint=fingerprint,
+                    config_record=config_record,
+                    hpo_summary=hpo_summary,
+                    parent=parent.name if parent else None,
+                    cfg=cfg,
+                    settings=settings,
+                    tracker=tracker,
+                    monitor=monitor,
+                    detector=detector,
+                ),
+                registry,
+                reporter,
+                report_box,
+                emit,
+            )
 
-        info, _ = publish_version(registry, COMPONENT, source=None, build=build, tracker=tracker, listener=listener,
-                                  drop_orphans=drop_joint_heads)
+        info, _ = publish_version(
+            registry,
+            COMPONENT,
+            source=None,
+            build=build,
+            tracker=tracker,
+            listener=listener,
+            drop_orphans=drop_joint_heads,
+        )
         if reporter is not None and report_box.get("report") is not None:
             reporter.published(registry, info.name, report_box["report"])
         mlflow_model = tracker.register_version(registry, info)  # the MLflow Model Registry (training.mlflow_hub)
     monitor.close()
     log.info("trained %s: %s=%.4f in %.1fs", info.name, metrics["metric"], metrics["overall_score"], fit.duration)
-    emit(TrainingEvent("end", fit.steps, fit.steps, fit.epochs_run, cfg.epochs,
-                       metrics={k: metrics[k] for k in SCALAR_METRICS}, message=info.name))
+    emit(
+        TrainingEvent(
+            "end",
+            fit.steps,
+            fit.steps,
+            fit.epochs_run,
+            cfg.epochs,
+            metrics={k: metrics[k] for k in SCALAR_METRICS},
+            message=info.name,
+        )
+    )
     return classifier_result(info, metrics, fit.duration, tracker.run_id, fit.history, mlflow_model)
 
 
-def classifier_result(info: VersionInfo, metrics: dict[str, Any], duration: float, run_id: str | None,
-                      history: list[dict[str, Any]], mlflow_model: dict[str, Any] | None = None) -> ComponentResult:
+def classifier_result(
+    info: VersionInfo,
+    metrics: dict[str, Any],
+    duration: float,
+    run_id: str | None,
+    history: list[dict[str, Any]],
+    mlflow_model: dict[str, Any] | None = None,
+) -> ComponentResult:
     """The classifier's training as the one result type: its JSON document (the shape `train --json` has
     always printed) and the lines the CLI shows."""
     meta = info.metadata
-    document = {"version": info.name, "skipped": False, "duration_seconds": round(duration, 2),
-                "mlflow_run_id": run_id, "overall_score": metrics["overall_score"],
-                "metrics": {k: metrics[k] for k in ("accuracy", "macro_f1", "macro_precision", "macro_recall",
-                                                    "weighted_f1", "overall_score")},
-                "history": history, "parent": meta.get("parent"),
-                "out_of_scope_threshold": meta.get("out_of_scope_threshold"),
-                "out_of_scope_detector": meta.get("out_of_scope_detector"),
-                "hpo": (meta.get("training") or {}).get("hpo"), "mlflow_model": mlflow_model}
-    lines = [f"trained {info.name} in {duration:.1f}s: accuracy {metrics['accuracy']:.4f}, "
-             f"macro-F1 {metrics['macro_f1']:.4f} on {metrics['num_examples']} validation texts"]
+    document = {
+        "version": info.name,
+        "skipped": False,
+        "duration_seconds": round(duration, 2),
+        "mlflow_run_id": run_id,
+        "overall_score": metrics["overall_score"],
+        "metrics": {
+            k: metrics[k]
+            for k in ("accuracy", "macro_f1", "macro_precision", "macro_recall", "weighted_f1", "overall_score")
+        },
+        "history": history,
+        "parent": meta.get("parent"),
+        "out_of_scope_threshold": meta.get("out_of_scope_threshold"),
+        "out_of_scope_detector": meta.get("out_of_scope_detector"),
+        "hpo": (meta.get("training") or {}).get("hpo"),
+        "mlflow_model": mlflow_model,
+    }
+    lines = [
+        f"trained {info.name} in {duration:.1f}s: accuracy {metrics['accuracy']:.4f}, "
+        f"macro-F1 {metrics['macro_f1']:.4f} on {metrics['num_examples']} validation texts"
+    ]
     if meta.get("parent"):
         lines.append(f"incremental: started from {meta['parent']}")
     if meta.get("out_of_scope_threshold") is not None:
-        lines.append(f"out-of-scope threshold {meta['out_of_scope_threshold']:.3f}: in-scope accuracy "
-                     f"{metrics.get('in_scope_accuracy') or 0:.4f}, out-of-scope recall "
-                     f"{metrics.get('out_of_scope_recall') or 0:.4f}")
+        lines.append(
+            f"out-of-scope threshold {meta['out_of_scope_threshold']:.3f}: in-scope accuracy "
+            f"{metrics.get('in_scope_accuracy') or 0:.4f}, out-of-scope recall "
+            f"{metrics.get('out_of_scope_recall') or 0:.4f}"
+        )
     detector = meta.get("out_of_scope_detector") or {}
     if detector.get("method") == KNN:
-        lines.append(f"out-of-scope detector: {describe_detector(detector)}; in-scope accuracy "
-                     f"{metrics.get('in_scope_accuracy') or 0:.4f}, out-of-scope recall "
-                     f"{metrics.get('out_of_scope_recall') or 0:.4f}")
+        lines.append(
+            f"out-of-scope detector: {describe_detector(detector)}; in-scope accuracy "
+            f"{metrics.get('in_scope_accuracy') or 0:.4f}, out-of-scope recall "
+            f"{metrics.get('out_of_scope_recall') or 0:.4f}"
+        )
     carried = info.manifest.carried_over
     notes = [f"saved to {info.path}; MLflow run {run_id}"]
     if mlflow_model and mlflow_model.get("error"):
         notes.append(f"warning: MLflow model not registered: {mlflow_model['error']}")
     elif mlflow_model:
         notes.append(f"MLflow model {mlflow_model['uri']}")
-    return ComponentResult(COMPONENT, info, metrics, duration, run_id, history, document, lines, notes=notes,
-                           score=(f"{COMPONENT}_overall_score", float(metrics["overall_score"])),
-                           carried_from=carried.source, carried_components=list(carried.components))
+    return ComponentResult(
+        COMPONENT,
+        info,
+        metrics,
+        duration,
+        run_id,
+        history,
+        document,
+        lines,
+        notes=notes,
+        score=(f"{COMPONENT}_overall_score", float(metrics["overall_score"])),
+        carried_from=carried.source,
+        carried_components=list(carried.components),
+    )
 
 
 def train(request: TrainRequest) -> ComponentResult:
     """The component interface's entry: the classifier trains on the prepared intent split."""
     options = request.options
-    return train_classifier(request.settings, Path(request.data) if request.data else request.settings.paths.data,
-                            request.registry, listener=request.listener, force=request.force,
-                            incremental_from=options.get("incremental_from"),
-                            hpo_trials=int(options.get("hpo_trials") or 0),
-                            use_best_config=bool(options.get("use_best_config", True)),
-                            reporter=options.get("reporter"),
-                            drop_joint_heads=bool(options.get("drop_joint_heads")))
+    return train_classifier(
+        request.settings,
+        Path(request.data) if request.data else request.settings.paths.data,
+        request.registry,
+        listener=request.listener,
+        force=request.force,
+        incremental_from=options.get("incremental_from"),
+        hpo_trials=int(options.get("hpo_trials") or 0),
+        use_best_config=bool(options.get("use_best_config", True)),
+        reporter=options.get("reporter"),
+        drop_joint_heads=bool(options.get("drop_joint_heads")),
+    )
 
 
-__all__ = ["COMPONENT", "EXPERIMENT", "best_config_path", "classifier_result", "export_inference", "train",
-           "train_classifier"]
+__all__ = [
+    "COMPONENT",
+    "EXPERIMENT",
+    "best_config_path",
+    "classifier_result",
+    "export_inference",
+    "train",
+    "train_classifier",
+]

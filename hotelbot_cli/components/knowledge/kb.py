@@ -60,8 +60,14 @@ from ...training.monitor import library_versions
 from ...training.tracking import MlflowTracker
 from ..compose import has_component, publish_version, source_version
 from .lexical import BM25, bm25_tokens
-from ..exporting import (EXPORT_KNOWLEDGE_FORMAT, EXPORT_VECTORS_FILE, EXPORT_CONFIG_FILE, MODEL_CARD, retrieval_card,
-                         save_encoder)
+from ..exporting import (
+    EXPORT_KNOWLEDGE_FORMAT,
+    EXPORT_VECTORS_FILE,
+    EXPORT_CONFIG_FILE,
+    MODEL_CARD,
+    retrieval_card,
+    save_encoder,
+)
 
 if TYPE_CHECKING:
     from ...config import Settings
@@ -113,18 +119,25 @@ class Chunk:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Chunk":
+    def from_dict(cls, data: dict[str, Any]) -> Chunk:
         try:
-            return cls(str(data["id"]), str(data["doc"]), str(data["heading"]), tuple(map(str, data["headings"])),
-                       int(data["start"]), int(data["end"]), str(data["text"]))
+            return cls(
+                str(data["id"]),
+                str(data["doc"]),
+                str(data["heading"]),
+                tuple(map(str, data["headings"])),
+                int(data["start"]),
+                int(data["end"]),
+                str(data["text"]),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"malformed chunk record {str(data)[:80]!r}: {exc}") from None
 
 
 @dataclass(frozen=True)
 class DocumentInfo:
-    doc: str        # path relative to the documents directory, POSIX
-    sha256: str     # of the file's bytes
+    doc: str  # path relative to the documents directory, POSIX
+    sha256: str  # of the file's bytes
     chars: int
     chunks: int
     title: str
@@ -153,9 +166,14 @@ class PreparedDocuments:
         return digest.hexdigest()
 
     def to_summary(self) -> dict[str, Any]:
-        return {"source": self.source, "documents": len(self.documents), "chunks": len(self.chunks),
-                "chunking": self.chunking, "fingerprint": self.fingerprint,
-                "per_document": [d.to_dict() for d in self.documents]}
+        return {
+            "source": self.source,
+            "documents": len(self.documents),
+            "chunks": len(self.chunks),
+            "chunking": self.chunking,
+            "fingerprint": self.fingerprint,
+            "per_document": [d.to_dict() for d in self.documents],
+        }
 
 
 _ATX_RE = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?[ \t]*#*[ \t]*$")
@@ -229,7 +247,7 @@ def _sections(text: str, markdown: bool) -> list[tuple[tuple[str, ...], list[tup
             continue
         setext = _SETEXT_RE.match(line)
         if setext and len(para) == 1:
-            title = _clean_heading(text[para[0][0]:para[0][1]])
+            title = _clean_heading(text[para[0][0] : para[0][1]])
             para.clear()
             open_section(1 if setext.group(1).startswith("=") else 2, title)
             continue
@@ -288,8 +306,9 @@ def _pack(units: list[tuple[int, int]], max_chars: int, overlap_chars: int) -> l
     return spans
 
 
-def chunk_document(doc: str, text: str, *, max_chars: int = DEFAULT_MAX_CHARS,
-                   overlap_chars: int = DEFAULT_OVERLAP_CHARS) -> list[Chunk]:
+def chunk_document(
+    doc: str, text: str, *, max_chars: int = DEFAULT_MAX_CHARS, overlap_chars: int = DEFAULT_OVERLAP_CHARS
+) -> list[Chunk]:
     """Split one document (its full original text) into chunks; see the module docstring."""
     if max_chars < 50:
         raise DataError(f"max chunk size must be at least 50 characters, got {max_chars}")
@@ -307,8 +326,9 @@ def chunk_document(doc: str, text: str, *, max_chars: int = DEFAULT_MAX_CHARS,
         for s, e in _pack(units, max_chars, overlap_chars):
             body = clean_chunk_text(text[s:e])
             if body:
-                chunks.append(Chunk(f"{doc}#{len(chunks):03d}", doc, headings[-1] if headings else "",
-                                    headings, s, e, body))
+                chunks.append(
+                    Chunk(f"{doc}#{len(chunks):03d}", doc, headings[-1] if headings else "", headings, s, e, body)
+                )
     return chunks
 
 
@@ -323,16 +343,19 @@ def _document_files(directory: Path) -> list[Path]:
         if any(part.startswith(".") for part in rel.parts) or path.is_dir():
             continue  # hidden files (.gitkeep, .DS_Store) and folders
         if path.suffix.lower() not in SUPPORTED_DOCUMENT_SUFFIXES:
-            raise DataError(f"{path}: unsupported document type {path.suffix or '(no extension)'!r}; "
-                            "only .md and .txt are accepted (convert it to text first, or move it out)")
+            raise DataError(
+                f"{path}: unsupported document type {path.suffix or '(no extension)'!r}; "
+                "only .md and .txt are accepted (convert it to text first, or move it out)"
+            )
         files.append(path)
     if not files:
         raise DataError(f"no documents in {directory} (expected .md or .txt files)")
     return files
 
 
-def prepare_documents(directory: Path, *, max_chars: int = DEFAULT_MAX_CHARS,
-                      overlap_chars: int = DEFAULT_OVERLAP_CHARS) -> PreparedDocuments:
+def prepare_documents(
+    directory: Path, *, max_chars: int = DEFAULT_MAX_CHARS, overlap_chars: int = DEFAULT_OVERLAP_CHARS
+) -> PreparedDocuments:
     """Read every .md/.txt file below ``directory`` and chunk it. Anything else, an unreadable or
     non-UTF-8 file, an empty file, or an empty folder is refused with a DataError naming it."""
     directory = Path(directory)
@@ -390,23 +413,32 @@ def read_prepared_documents(directory: Path) -> PreparedDocuments:
     try:
         manifest = json.loads(manifest_path.read_text("utf-8"))
     except FileNotFoundError:
-        raise DataError(f"no prepared documents in {directory} ({DOCUMENTS_FILE} missing)",
-                        hint="run `hotelbot prepare --documents datasets/documentos`") from None
+        raise DataError(
+            f"no prepared documents in {directory} ({DOCUMENTS_FILE} missing)",
+            hint="run `hotelbot prepare --documents datasets/documentos`",
+        ) from None
     except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{manifest_path} is unreadable: {exc}",
-                        hint="run `hotelbot prepare --documents DIR` again") from None
+        raise DataError(
+            f"{manifest_path} is unreadable: {exc}", hint="run `hotelbot prepare --documents DIR` again"
+        ) from None
     if manifest.get("format") != DOCUMENTS_FORMAT:
         raise DataError(f"{manifest_path} is not a hotelbot documents manifest (format {manifest.get('format')!r})")
     documents = [DocumentInfo(**d) for d in manifest.get("per_document", [])]
     chunks = _read_chunks(directory / CHUNKS_FILE)
     per_doc = Counter(c.doc for c in chunks)
     if per_doc != Counter({d.doc: d.chunks for d in documents}) or not chunks:
-        raise DataError(f"{directory}: {CHUNKS_FILE} does not match {DOCUMENTS_FILE}",
-                        hint="run `hotelbot prepare --documents DIR` again")
+        raise DataError(
+            f"{directory}: {CHUNKS_FILE} does not match {DOCUMENTS_FILE}",
+            hint="run `hotelbot prepare --documents DIR` again",
+        )
     chunking = manifest.get("chunking") or {}
-    return PreparedDocuments(manifest.get("source", str(directory)), documents, chunks,
-                             int(chunking.get("max_chars", DEFAULT_MAX_CHARS)),
-                             int(chunking.get("overlap_chars", DEFAULT_OVERLAP_CHARS)))
+    return PreparedDocuments(
+        manifest.get("source", str(directory)),
+        documents,
+        chunks,
+        int(chunking.get("max_chars", DEFAULT_MAX_CHARS)),
+        int(chunking.get("overlap_chars", DEFAULT_OVERLAP_CHARS)),
+    )
 
 
 def load_documents(directory: Path) -> PreparedDocuments:
@@ -415,8 +447,9 @@ def load_documents(directory: Path) -> PreparedDocuments:
     if (directory / DOCUMENTS_FILE).exists():
         return read_prepared_documents(directory)
     if not directory.exists():
-        raise DataError(f"no prepared documents in {directory}",
-                        hint="run `hotelbot prepare --documents datasets/documentos`")
+        raise DataError(
+            f"no prepared documents in {directory}", hint="run `hotelbot prepare --documents datasets/documentos`"
+        )
     return prepare_documents(directory)
 
 
@@ -442,7 +475,7 @@ class VectorIndex(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def load(cls, directory: Path) -> "VectorIndex":
+    def load(cls, directory: Path) -> VectorIndex:
         """Read what :meth:`save` wrote."""
 
     @property
@@ -500,7 +533,8 @@ class ExactIndex(VectorIndex):
         if matrix.shape != (len(ids), self.dim):
             raise ModelError(f"expected {len(ids)} vectors of dimension {self.dim}, got shape {matrix.shape}")
         duplicate = next((i for i in ids if i in self._row), None) or next(
-            (i for i, n in Counter(ids).items() if n > 1), None)
+            (i for i, n in Counter(ids).items() if n > 1), None
+        )
         if duplicate is not None:
             raise ModelError(f"duplicate id in the index: {duplicate}")
         for i in ids:
@@ -539,7 +573,7 @@ class ExactIndex(VectorIndex):
         return [self.MATRIX_FILE, self.IDS_FILE]
 
     @classmethod
-    def load(cls, directory: Path) -> "ExactIndex":
+    def load(cls, directory: Path) -> ExactIndex:
         directory = Path(directory)
         try:
             matrix = np.load(directory / cls.MATRIX_FILE, allow_pickle=False)
@@ -547,8 +581,7 @@ class ExactIndex(VectorIndex):
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot load the vector index in {directory}: {exc}") from None
         if matrix.ndim != 2 or matrix.dtype != np.float32 or len(ids) != matrix.shape[0]:
-            raise ModelError(f"vector index in {directory} is malformed: {matrix.dtype} {matrix.shape}, "
-                             f"{len(ids)} ids")
+            raise ModelError(f"vector index in {directory} is malformed: {matrix.dtype} {matrix.shape}, {len(ids)} ids")
         index = cls(matrix.shape[1])
         index._ids = [str(i) for i in ids]
         index._row = {i: n for n, i in enumerate(index._ids)}
@@ -600,13 +633,13 @@ class EmbeddingModel:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EmbeddingModel":
+    def from_dict(cls, data: dict[str, Any]) -> EmbeddingModel:
         try:
             return cls(**{k: data[k] for k in cls.__dataclass_fields__})
         except (KeyError, TypeError) as exc:
             raise ModelError(f"the index's embedding_model record is incomplete: {exc}") from None
 
-    def same_vectors_as(self, other: "EmbeddingModel") -> bool:
+    def same_vectors_as(self, other: EmbeddingModel) -> bool:
         """True when both embed a passage into the same vector (the location may differ)."""
         keys = ("fingerprint", "passage_prefix", "pooling", "max_length", "dim")
         return all(getattr(self, k) == getattr(other, k) for k in keys)
@@ -652,7 +685,7 @@ class Embedder:
         self._accepts = set(inspect.signature(encoder.forward).parameters)
 
     @classmethod
-    def load(cls, spec: str, models_dir: Path, pooling: str = "") -> "Embedder":
+    def load(cls, spec: str, models_dir: Path, pooling: str = "") -> Embedder:
         """Resolve ``spec`` like ``--base-model`` (packaged name, local directory or hub id) and load it."""
         from ...modeling import load_base_encoder, resolve_base_model  # modeling imports torch
 
@@ -668,14 +701,19 @@ class Embedder:
             limit = min(limit, tok_limit)
         query_prefix, default_pooling = _input_conventions(resolved)
         model = EmbeddingModel(
-            spec=spec, location=resolved.location, query_prefix=query_prefix,
+            spec=spec,
+            location=resolved.location,
+            query_prefix=query_prefix,
             passage_prefix=PASSAGE_PREFIXES.get(query_prefix, query_prefix),
-            pooling=pooling or default_pooling, max_length=min(MAX_EMBED_TOKENS, limit),
-            dim=int(config.hidden_size), fingerprint=model_fingerprint(resolved.location))
+            pooling=pooling or default_pooling,
+            max_length=min(MAX_EMBED_TOKENS, limit),
+            dim=int(config.hidden_size),
+            fingerprint=model_fingerprint(resolved.location),
+        )
         return cls(model, tokenizer, encoder)
 
     @classmethod
-    def for_index(cls, recorded: EmbeddingModel, models_dir: Path | None) -> "Embedder":
+    def for_index(cls, recorded: EmbeddingModel, models_dir: Path | None) -> Embedder:
         """The model an index was built with (its recorded directory, else its spec resolved again, e.g. a
         packaged model converted into this machine's cache), refusing one whose weights changed since."""
         spec = recorded.location if Path(recorded.location).is_dir() else recorded.spec
@@ -683,13 +721,22 @@ class Embedder:
             models_dir = load_settings().paths.models_dir
         embedder = cls.load(spec, Path(models_dir or "."), recorded.pooling)
         if embedder.model.fingerprint != recorded.fingerprint:
-            raise ModelError(f"the embedding model {recorded.spec} ({embedder.model.location}) is not the one the "
-                             "index was built with", hint="rebuild it: hotelbot train --model-type embeddings")
+            raise ModelError(
+                f"the embedding model {recorded.spec} ({embedder.model.location}) is not the one the "
+                "index was built with",
+                hint="rebuild it: hotelbot train --model-type embeddings",
+            )
         embedder.model = replace(recorded, location=embedder.model.location)
         return embedder
 
-    def embed(self, texts: Sequence[str], *, kind: str, batch_size: int = 32,
-              on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        kind: str,
+        batch_size: int = 32,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
         """(len(texts), dim) float32 normalized. ``kind`` is "query" or "passage" (picks the prefix)."""
         import torch
 
@@ -698,11 +745,16 @@ class Embedder:
         prefix = self.model.query_prefix if kind == "query" else self.model.passage_prefix
         out = np.zeros((len(texts), self.model.dim), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths: less padding
-        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         with torch.inference_mode():
             for n, batch in enumerate(batches, 1):
-                encoded = self.tokenizer([prefix + texts[i] for i in batch], padding=True, truncation=True,
-                                         max_length=self.model.max_length, return_tensors="pt")
+                encoded = self.tokenizer(
+                    [prefix + texts[i] for i in batch],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.model.max_length,
+                    return_tensors="pt",
+                )
                 if "token_type_ids" in encoded and "token_type_ids" not in self._accepts:
                     del encoded["token_type_ids"]
                 encoded = {k: v.to(self.device) for k, v in encoded.items()}
@@ -714,16 +766,24 @@ class Embedder:
         return normalize_rows(out) if len(texts) else out
 
 
-def choose_query_runtime(cache: Path, fingerprint: str, index: "VectorIndex", chunks: Sequence[Chunk],
-                         questions_path: Path | None, tolerance_points: float, k: int = 5) -> dict[str, Any]:
+def choose_query_runtime(
+    cache: Path,
+    fingerprint: str,
+    index: VectorIndex,
+    chunks: Sequence[Chunk],
+    questions_path: Path | None,
+    tolerance_points: float,
+    k: int = 5,
+) -> dict[str, Any]:
     """Which ONNX query encoder this index searches with: int8 when its retrieval is within
     ``tolerance_points`` of fp32's (hit@1 on the retrieval questions when there are some; else agreement
     with fp32's first result on the chunks' headings as queries), else fp32. Returns the record index.json
     keeps (the measurements of both)."""
     from ...runtime.encoder import OnnxSentenceEncoder  # on use: the ONNX session's module
 
-    questions = read_eval_questions(questions_path) if questions_path is not None and Path(questions_path).is_file() \
-        else []
+    questions = (
+        read_eval_questions(questions_path) if questions_path is not None and Path(questions_path).is_file() else []
+    )
     queries = [q.question for q in questions] or sorted({c.heading for c in chunks if c.heading.strip()})
     by_id = {c.id: c for c in chunks}
     measured: dict[str, Any] = {}
@@ -753,20 +813,33 @@ def choose_query_runtime(cache: Path, fingerprint: str, index: "VectorIndex", ch
             loss = 100.0 * (1.0 - agreement)
         if loss <= tolerance_points + 1e-9:
             chosen = "onnx-int8"
-    return {"runtime": chosen, "cache": cache.name, "queries": len(queries),
-            "judged_on": "retrieval questions (hit@1)" if questions else "chunk headings (agreement with fp32 at 1)",
-            "tolerance_points": tolerance_points, "runtimes": measured}
+    return {
+        "runtime": chosen,
+        "cache": cache.name,
+        "queries": len(queries),
+        "judged_on": "retrieval questions (hit@1)" if questions else "chunk headings (agreement with fp32 at 1)",
+        "tolerance_points": tolerance_points,
+        "runtimes": measured,
+    }
 
 
-def ensure_onnx_encoder(embedder: "Embedder", models_dir: Path, probe_texts: Sequence[str] = ()) -> Path | None:
+def ensure_onnx_encoder(embedder: Embedder, models_dir: Path, probe_texts: Sequence[str] = ()) -> Path | None:
     """The model-cache directory of ``embedder``'s ONNX export, written now when missing (export.encoder)."""
     from ...export.encoder import export_sentence_encoder  # imports torch
 
     model = embedder.model
-    return export_sentence_encoder(embedder.encoder, embedder.tokenizer, Path(models_dir),
-                                   name=Path(model.location).name or model.spec, fingerprint=model.fingerprint,
-                                   pooling=model.pooling, max_length=model.max_length, query_prefix=model.query_prefix,
-                                   passage_prefix=model.passage_prefix, probe_texts=probe_texts)
+    return export_sentence_encoder(
+        embedder.encoder,
+        embedder.tokenizer,
+        Path(models_dir),
+        name=Path(model.location).name or model.spec,
+        fingerprint=model.fingerprint,
+        pooling=model.pooling,
+        max_length=model.max_length,
+        query_prefix=model.query_prefix,
+        passage_prefix=model.passage_prefix,
+        probe_texts=probe_texts,
+    )
 
 
 # ============================================================================ building a version
@@ -774,7 +847,7 @@ def ensure_onnx_encoder(embedder: "Embedder", models_dir: Path, probe_texts: Seq
 
 @dataclass
 class KnowledgeResult:
-    version: "VersionInfo"
+    version: VersionInfo
     source: str | None
     documents: int
     chunks: int
@@ -787,14 +860,22 @@ class KnowledgeResult:
     mlflow_run_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": self.version.name, "source": self.source, "documents": self.documents,
-                "chunks": self.chunks, "embedded_chunks": self.embedded_chunks, "reused_chunks": self.reused_chunks,
-                "incremental": self.incremental, "build_seconds": round(self.build_seconds, 3),
-                "changes": self.changes, "embedding_model": self.embedding_model,
-                "mlflow_run_id": self.mlflow_run_id}
+        return {
+            "version": self.version.name,
+            "source": self.source,
+            "documents": self.documents,
+            "chunks": self.chunks,
+            "embedded_chunks": self.embedded_chunks,
+            "reused_chunks": self.reused_chunks,
+            "incremental": self.incremental,
+            "build_seconds": round(self.build_seconds, 3),
+            "changes": self.changes,
+            "embedding_model": self.embedding_model,
+            "mlflow_run_id": self.mlflow_run_id,
+        }
 
 
-def _knowledge_problems(info: "VersionInfo") -> list[str]:
+def _knowledge_problems(info: VersionInfo) -> list[str]:
     """Files of ``info``'s knowledge/ that are missing, unrecorded or fail their recorded sha256."""
     _, problems = component_problems(info.path, info.manifest.files, (KNOWLEDGE_DIR,))
     return problems
@@ -832,10 +913,10 @@ def _read_knowledge(path: Path) -> _Loaded:
 
 
 def train_knowledge_base(
-    settings: "Settings",
+    settings: Settings,
     documents_dir: Path,
-    registry: "ModelRegistry",
-    listener: "Listener | None" = None,
+    registry: ModelRegistry,
+    listener: Listener | None = None,
     *,
     incremental: bool = False,
     source: str | None = None,
@@ -856,8 +937,13 @@ def train_knowledge_base(
     if source_info is not None and has_component(source_info, COMPONENT):
         problems = _knowledge_problems(source_info)
         if problems:  # never reuse vectors from a corrupt index; a full rebuild replaces it
-            emit(TrainingEvent("status", message=f"{source_info.name}'s knowledge base fails its checksums "
-                                                 f"({problems[0]}); it is rebuilt, not reused"))
+            emit(
+                TrainingEvent(
+                    "status",
+                    message=f"{source_info.name}'s knowledge base fails its checksums "
+                    f"({problems[0]}); it is rebuilt, not reused",
+                )
+            )
         else:
             previous = _read_knowledge(source_info.path / KNOWLEDGE_DIR)
 
@@ -870,8 +956,11 @@ def train_knowledge_base(
     reusable: dict[str, np.ndarray] = {}
     fallback = ""
     if incremental and previous is None:
-        fallback = ("the registry is empty" if source_info is None else
-                    f"{source_info.name} has no usable knowledge base to reuse")
+        fallback = (
+            "the registry is empty"
+            if source_info is None
+            else f"{source_info.name} has no usable knowledge base to reuse"
+        )
     elif incremental and previous is not None and not model.same_vectors_as(previous.model):
         fallback = f"the embedding model differs from the one of {source_info.name} ({previous.model.spec})"
     elif incremental and previous is not None:
@@ -893,8 +982,13 @@ def train_knowledge_base(
         "changed": sorted(d for d in new_shas if d in old_docs and old_docs[d].get("sha256") != new_shas[d]),
         "removed": sorted(set(old_docs) - set(new_shas)),
     }
-    emit(TrainingEvent("status", message=f"{len(prepared.documents)} documents, {len(prepared.chunks)} chunks: "
-                                         f"embedding {len(todo)}, reusing {len(reusable)}"))
+    emit(
+        TrainingEvent(
+            "status",
+            message=f"{len(prepared.documents)} documents, {len(prepared.chunks)} chunks: "
+            f"embedding {len(todo)}, reusing {len(reusable)}",
+        )
+    )
     tracker = MlflowTracker(settings.paths.tracking_uri, experiment=EXPERIMENT)
     with tracker.run(run_name=f"knowledge-{prepared.fingerprint[:8]}", tags={"hotelbot.component": COMPONENT}):
         timing: dict[str, float] = {}
@@ -904,8 +998,12 @@ def train_knowledge_base(
             total = math.ceil(len(todo) / batch_size)
             timing["steps"] = total
             emit(TrainingEvent("begin", 0, total, 0.0, 1))
-            fresh = embedder.embed([c.passage() for c in todo], kind="passage", batch_size=batch_size,
-                                   on_batch=lambda n, t: emit(TrainingEvent("step", n, t, n / t, 1)))
+            fresh = embedder.embed(
+                [c.passage() for c in todo],
+                kind="passage",
+                batch_size=batch_size,
+                on_batch=lambda n, t: emit(TrainingEvent("step", n, t, n / t, 1)),
+            )
             vectors = dict(zip((c.id for c in todo), fresh))
             vectors.update(reusable)
             index = ExactIndex(model.dim)
@@ -920,47 +1018,108 @@ def train_knowledge_base(
             # The query encoder search uses: ONNX (exported into the model cache once per machine and base
             # model), int8 where this index's retrieval keeps within the tolerance of fp32's.
             emit(TrainingEvent("status", message="ONNX query encoder: exporting (once per base model) and choosing"))
-            cache = ensure_onnx_encoder(embedder, settings.paths.models_dir, [c.passage() for c in prepared.chunks[:16]])
-            query_encoder = (choose_query_runtime(cache, model.fingerprint, index, prepared.chunks, eval_questions,
-                                                  settings.validation.runtime_tolerance_points)
-                             if cache is not None else {"runtime": "torch", "reason": "the ONNX export failed"})
-            atomic_write_json(knowledge / INDEX_FILE, {
-                "format": KNOWLEDGE_FORMAT,
-                "query_encoder": query_encoder,
-                "index": {"type": index.kind, "files": index_files},
-                "embedding_model": model.to_dict(),
-                "chunking": prepared.chunking,
-                "num_chunks": len(prepared.chunks),
-                "documents": {d.doc: {"sha256": d.sha256, "title": d.title, "chars": d.chars,
-                                      "chunk_ids": by_doc[d.doc]} for d in prepared.documents},
-                "source": prepared.source,
-                "fingerprint": prepared.fingerprint,
-            })
+            cache = ensure_onnx_encoder(
+                embedder, settings.paths.models_dir, [c.passage() for c in prepared.chunks[:16]]
+            )
+            query_encoder = (
+                choose_query_runtime(
+                    cache,
+                    model.fingerprint,
+                    index,
+                    prepared.chunks,
+                    eval_questions,
+                    settings.validation.runtime_tolerance_points,
+                )
+                if cache is not None
+                else {"runtime": "torch", "reason": "the ONNX export failed"}
+            )
+            atomic_write_json(
+                knowledge / INDEX_FILE,
+                {
+                    "format": KNOWLEDGE_FORMAT,
+                    "query_encoder": query_encoder,
+                    "index": {"type": index.kind, "files": index_files},
+                    "embedding_model": model.to_dict(),
+                    "chunking": prepared.chunking,
+                    "num_chunks": len(prepared.chunks),
+                    "documents": {
+                        d.doc: {"sha256": d.sha256, "title": d.title, "chars": d.chars, "chunk_ids": by_doc[d.doc]}
+                        for d in prepared.documents
+                    },
+                    "source": prepared.source,
+                    "fingerprint": prepared.fingerprint,
+                },
+            )
             build_seconds = timing["seconds"] = time.monotonic() - start
-            summary = {"documents": len(prepared.documents), "chunks": len(prepared.chunks),
-                       "embedding_model": spec, "build_seconds": round(build_seconds, 3),
-                       "incremental": used_incremental, "embedded_chunks": len(todo),
-                       "reused_chunks": len(reusable), "changes": changes, "dim": model.dim,
-                       "fingerprint": prepared.fingerprint, "mlflow_run_id": tracker.run_id}
-            tracker.log_params({"embedding_model": spec, "embedding_location": model.location,
-                                "pooling": model.pooling, "max_length": model.max_length,
-                                "incremental": used_incremental,
-                                "source_version": source_info.name if source_info else None, **prepared.chunking})
-            tracker.log_metrics({"documents": len(prepared.documents), "chunks": len(prepared.chunks),
-                                 "embedded_chunks": len(todo), "reused_chunks": len(reusable),
-                                 "build_seconds": build_seconds}, step=0)
+            summary = {
+                "documents": len(prepared.documents),
+                "chunks": len(prepared.chunks),
+                "embedding_model": spec,
+                "build_seconds": round(build_seconds, 3),
+                "incremental": used_incremental,
+                "embedded_chunks": len(todo),
+                "reused_chunks": len(reusable),
+                "changes": changes,
+                "dim": model.dim,
+                "fingerprint": prepared.fingerprint,
+                "mlflow_run_id": tracker.run_id,
+            }
+            tracker.log_params(
+                {
+                    "embedding_model": spec,
+                    "embedding_location": model.location,
+                    "pooling": model.pooling,
+                    "max_length": model.max_length,
+                    "incremental": used_incremental,
+                    "source_version": source_info.name if source_info else None,
+                    **prepared.chunking,
+                }
+            )
+            tracker.log_metrics(
+                {
+                    "documents": len(prepared.documents),
+                    "chunks": len(prepared.chunks),
+                    "embedded_chunks": len(todo),
+                    "reused_chunks": len(reusable),
+                    "build_seconds": build_seconds,
+                },
+                step=0,
+            )
             return {"kind": KIND, **merged, COMPONENT: summary, "library_versions": library_versions()}
 
         used_incremental = incremental and not fallback
-        info, _ = publish_version(registry, COMPONENT, source=source_info.name if source_info else None, build=build,
-                                  tracker=tracker, listener=listener, status=None)
+        info, _ = publish_version(
+            registry,
+            COMPONENT,
+            source=source_info.name if source_info else None,
+            build=build,
+            tracker=tracker,
+            listener=listener,
+            status=None,
+        )
     build_seconds, total = timing["seconds"], timing["steps"]
-    log.info("knowledge base %s: %d documents, %d chunks (%d embedded) in %.1fs", info.name,
-             len(prepared.documents), len(prepared.chunks), len(todo), build_seconds)
+    log.info(
+        "knowledge base %s: %d documents, %d chunks (%d embedded) in %.1fs",
+        info.name,
+        len(prepared.documents),
+        len(prepared.chunks),
+        len(todo),
+        build_seconds,
+    )
     emit(TrainingEvent("end", total, total, 1.0, 1, message=info.name))
-    return KnowledgeResult(info, source_info.name if source_info else None, len(prepared.documents),
-                           len(prepared.chunks), len(todo), len(reusable), used_incremental, build_seconds, changes,
-                           spec, tracker.run_id)
+    return KnowledgeResult(
+        info,
+        source_info.name if source_info else None,
+        len(prepared.documents),
+        len(prepared.chunks),
+        len(todo),
+        len(reusable),
+        used_incremental,
+        build_seconds,
+        changes,
+        spec,
+        tracker.run_id,
+    )
 
 
 # ============================================================================ search
@@ -974,8 +1133,17 @@ class SearchHit:
 
     def to_dict(self) -> dict[str, Any]:
         c = self.chunk
-        return {"rank": self.rank, "score": round(self.score, 6), "id": c.id, "doc": c.doc, "heading": c.heading,
-                "headings": list(c.headings), "start": c.start, "end": c.end, "text": c.text}
+        return {
+            "rank": self.rank,
+            "score": round(self.score, 6),
+            "id": c.id,
+            "doc": c.doc,
+            "heading": c.heading,
+            "headings": list(c.headings),
+            "start": c.start,
+            "end": c.end,
+            "text": c.text,
+        }
 
 
 class KnowledgeBase:
@@ -996,16 +1164,19 @@ class KnowledgeBase:
         self.shares_encoder = False
 
     @classmethod
-    def from_version(cls, info: "VersionInfo", models_dir: Path | None = None) -> "KnowledgeBase":
+    def from_version(cls, info: VersionInfo, models_dir: Path | None = None) -> KnowledgeBase:
         path = info.path / KNOWLEDGE_DIR
         if not (path / INDEX_FILE).is_file():
-            raise RegistryError(f"version {info.name} has no knowledge base", hint="build one: hotelbot prepare "
-                                "--documents DIR && hotelbot train --model-type embeddings")
+            raise RegistryError(
+                f"version {info.name} has no knowledge base",
+                hint="build one: hotelbot prepare --documents DIR && hotelbot train --model-type embeddings",
+            )
         return cls(info.name, _read_knowledge(path), models_dir)
 
     @classmethod
-    def from_registry(cls, registry: "ModelRegistry", version: str | None = None, *, verify: bool = True,
-                      models_dir: Path | None = None) -> "KnowledgeBase":
+    def from_registry(
+        cls, registry: ModelRegistry, version: str | None = None, *, verify: bool = True, models_dir: Path | None = None
+    ) -> KnowledgeBase:
         """``version`` None: the deployed version, else the newest (checksums checked unless ``verify`` is False)."""
         info = registry.resolve(version, verify=verify)
         return cls.from_version(info, models_dir)
@@ -1067,8 +1238,12 @@ class KnowledgeBase:
             found = None
         if found is not None:
             return found
-        log.warning("no ONNX query encoder for %s in %s yet: exporting it once (the knowledge base searches on "
-                    "torch until then)", self.model.spec, models_dir)
+        log.warning(
+            "no ONNX query encoder for %s in %s yet: exporting it once (the knowledge base searches on "
+            "torch until then)",
+            self.model.spec,
+            models_dir,
+        )
         ensure_onnx_encoder(self.embedder, models_dir, [c.passage() for c in self.chunk_list[:16]])
         return None  # this process keeps the torch encoder it just loaded; the next one opens the export
 
@@ -1077,15 +1252,17 @@ class KnowledgeBase:
         cleaned = [clean_text(q) for q in queries]
         empty = next((q for q, c in zip(queries, cleaned) if not c), None)
         if empty is not None:
-            raise DataError("empty search query", hint="give a question, e.g. \"¿aceptan perros?\"")
+            raise DataError("empty search query", hint='give a question, e.g. "¿aceptan perros?"')
         return self.query_encoder.embed(cleaned, kind="query")
 
     def search_vectors(self, vectors: np.ndarray, top_k: int = 5) -> list[list[SearchHit]]:
         """The top ``top_k`` chunks for each row of :meth:`embed_queries`'s vectors."""
         if top_k < 1:
             raise DataError(f"top_k must be >= 1, got {top_k}")
-        return [[SearchHit(rank, score, self.chunks[cid]) for rank, (cid, score) in enumerate(hits, 1)]
-                for hits in self.index.search(vectors, top_k)]
+        return [
+            [SearchHit(rank, score, self.chunks[cid]) for rank, (cid, score) in enumerate(hits, 1)]
+            for hits in self.index.search(vectors, top_k)
+        ]
 
     def search_many(self, queries: Sequence[str], top_k: int = 5) -> list[list[SearchHit]]:
         if top_k < 1:
@@ -1110,19 +1287,36 @@ def export_knowledge(kb: KnowledgeBase, target: Path) -> dict[str, Any]:
     with open(target / EXPORT_VECTORS_FILE, "wb") as handle:
         np.save(handle, kb.index.vectors([c.id for c in kb.chunk_list]).astype(np.float32), allow_pickle=False)
     model = kb.model
-    config = {"format": EXPORT_KNOWLEDGE_FORMAT, "embedding_model": model.spec, "fingerprint": model.fingerprint,
-              "query_prefix": model.query_prefix, "passage_prefix": model.passage_prefix, "pooling": model.pooling,
-              "max_length": model.max_length, "dim": model.dim, "normalized": True,
-              "similarity": "dot product of L2-normalized vectors (cosine)", "chunks": len(kb.chunk_list),
-              "chunking": kb.manifest.get("chunking"), "version": kb.version}
+    config = {
+        "format": EXPORT_KNOWLEDGE_FORMAT,
+        "embedding_model": model.spec,
+        "fingerprint": model.fingerprint,
+        "query_prefix": model.query_prefix,
+        "passage_prefix": model.passage_prefix,
+        "pooling": model.pooling,
+        "max_length": model.max_length,
+        "dim": model.dim,
+        "normalized": True,
+        "similarity": "dot product of L2-normalized vectors (cosine)",
+        "chunks": len(kb.chunk_list),
+        "chunking": kb.manifest.get("chunking"),
+        "version": kb.version,
+    }
     atomic_write_json(target / EXPORT_CONFIG_FILE, config)
     model_type = getattr(embedder.encoder.config, "model_type", "")
-    (target / MODEL_CARD).write_text(retrieval_card(target.name, config, model_type, kb.version, CHUNKS_FILE), encoding="utf-8")
-    return {"loads_with": f"AutoModel/AutoTokenizer (the query encoder) + {EXPORT_VECTORS_FILE} + {CHUNKS_FILE} "
-                          f"({MODEL_CARD} shows how)", "model_type": model_type, "chunks": len(kb.chunk_list)}
+    (target / MODEL_CARD).write_text(
+        retrieval_card(target.name, config, model_type, kb.version, CHUNKS_FILE), encoding="utf-8"
+    )
+    return {
+        "loads_with": f"AutoModel/AutoTokenizer (the query encoder) + {EXPORT_VECTORS_FILE} + {CHUNKS_FILE} "
+        f"({MODEL_CARD} shows how)",
+        "model_type": model_type,
+        "chunks": len(kb.chunk_list),
+    }
 
 
 # ============================================================================ BM25 and retrieval metrics
+
 
 def _norm_heading(text: str) -> str:
     """Headings compare equal up to case, accents, punctuation and spacing."""
@@ -1151,7 +1345,7 @@ def read_eval_questions(path: Path) -> list[EvalQuestion]:
         try:
             item = EvalQuestion(*(record[k] for k in ("question", "doc", "section")))
         except (KeyError, TypeError) as exc:
-            raise DataError(f"{path}: line {number}: expected {{\"question\", \"doc\", \"section\"}}: {exc}") from None
+            raise DataError(f'{path}: line {number}: expected {{"question", "doc", "section"}}: {exc}') from None
         if not all(isinstance(v, str) and v.strip() for v in (item.question, item.doc, item.section)):
             raise DataError(f"{path}: line {number}: question, doc and section must be non-empty strings")
         out.append(item)
@@ -1162,26 +1356,32 @@ def read_eval_questions(path: Path) -> list[EvalQuestion]:
 
 def ranking_metrics(rankings: Sequence[Sequence[Chunk]], questions: Sequence[EvalQuestion], k: int) -> dict[str, float]:
     """hit@1, hit@k and MRR (over the top k) at section level (right doc AND heading) and document level."""
+
     def first(ranked: Sequence[Chunk], match: Callable[[Chunk], bool]) -> int | None:
         return next((r for r, c in enumerate(ranked[:k], 1) if match(c)), None)
 
     section_ranks, doc_ranks = [], []
     for ranked, q in zip(rankings, questions):
         target = _norm_heading(q.section)
-        section_ranks.append(first(ranked, lambda c: c.doc == q.doc and _norm_heading(c.heading) == target))
-        doc_ranks.append(first(ranked, lambda c: c.doc == q.doc))
+        section_ranks.append(
+            first(ranked, lambda c, q=q, target=target: c.doc == q.doc and _norm_heading(c.heading) == target)
+        )
+        doc_ranks.append(first(ranked, lambda c, q=q: c.doc == q.doc))
     n = max(len(questions), 1)
 
     def block(ranks: list[int | None], prefix: str) -> dict[str, float]:
-        return {f"{prefix}hit@1": sum(r == 1 for r in ranks) / n,
-                f"{prefix}hit@{k}": sum(r is not None for r in ranks) / n,
-                f"{prefix}mrr": sum(1 / r for r in ranks if r) / n}
+        return {
+            f"{prefix}hit@1": sum(r == 1 for r in ranks) / n,
+            f"{prefix}hit@{k}": sum(r is not None for r in ranks) / n,
+            f"{prefix}mrr": sum(1 / r for r in ranks if r) / n,
+        }
 
     return {**block(section_ranks, ""), **block(doc_ranks, "doc_")}
 
 
-def evaluate_retrieval(version_info: "VersionInfo", eval_path: Path, k: int = 5, *,
-                       models_dir: Path | None = None) -> dict[str, Any]:
+def evaluate_retrieval(
+    version_info: VersionInfo, eval_path: Path, k: int = 5, *, models_dir: Path | None = None
+) -> dict[str, Any]:
     """Retrieval metrics of the version's knowledge base on ``eval_path`` beside a BM25 baseline over the
     same chunks, computed in the same run. A hit is a retrieved chunk of the right document whose
     heading is the question's section (accents, case and punctuation ignored); ``doc_*`` count any
@@ -1199,10 +1399,15 @@ def evaluate_retrieval(version_info: "VersionInfo", eval_path: Path, k: int = 5,
     bm25 = BM25([bm25_tokens(c.passage()) for c in kb.chunk_list])
     lexical = [[kb.chunk_list[i] for i, _ in bm25.top_k(bm25_tokens(q.question), k)] for q in questions]
     dense_metrics = ranking_metrics(dense, questions, k)
-    misses = [{"question": q.question, "expected": f"{q.doc} / {q.section}",
-               "got": f"{ranked[0].doc} / {ranked[0].heading}" if ranked else None}
-              for q, ranked in zip(questions, dense)
-              if not any(c.doc == q.doc and _norm_heading(c.heading) == _norm_heading(q.section) for c in ranked)]
+    misses = [
+        {
+            "question": q.question,
+            "expected": f"{q.doc} / {q.section}",
+            "got": f"{ranked[0].doc} / {ranked[0].heading}" if ranked else None,
+        }
+        for q, ranked in zip(questions, dense)
+        if not any(c.doc == q.doc and _norm_heading(c.heading) == _norm_heading(q.section) for c in ranked)
+    ]
     return {
         "version": version_info.name,
         "eval_path": str(eval_path),
@@ -1219,9 +1424,24 @@ def evaluate_retrieval(version_info: "VersionInfo", eval_path: Path, k: int = 5,
 
 
 __all__ = [
-    "BM25", "Chunk", "DocumentInfo", "Embedder", "EmbeddingModel", "ExactIndex", "KnowledgeBase", "KnowledgeResult",
-    "PreparedDocuments", "SearchHit", "VectorIndex", "bm25_tokens", "chunk_document", "evaluate_retrieval",
+    "BM25",
+    "Chunk",
+    "DocumentInfo",
+    "Embedder",
+    "EmbeddingModel",
+    "ExactIndex",
+    "KnowledgeBase",
+    "KnowledgeResult",
+    "PreparedDocuments",
+    "SearchHit",
+    "VectorIndex",
+    "bm25_tokens",
+    "chunk_document",
+    "evaluate_retrieval",
     "export_knowledge",
-    "load_documents", "prepare_documents", "read_prepared_documents", "train_knowledge_base",
+    "load_documents",
+    "prepare_documents",
+    "read_prepared_documents",
+    "train_knowledge_base",
     "write_prepared_documents",
 ]

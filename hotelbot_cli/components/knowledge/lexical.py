@@ -12,12 +12,14 @@ from typing import Sequence
 
 import numpy as np
 
-_STOPWORDS = frozenset("""
+_STOPWORDS = frozenset(
+    """
 a al algo algun alguna algunas alguno algunos ante antes como con contra cual cuales cuando de del desde donde
 durante e el ella ellas ellos en entre era es esa esas ese eso esos esta estas este esto estos fue ha hay la las
 le les lo los mas me mi mis mucho muy nada ni no nos o os otra otro para pero poco por porque que quien se sea
 ser si sin sobre son su sus tambien te tiene tu tus un una uno unos unas y ya yo usted ustedes vosotros
-""".split())
+""".split()
+)
 
 
 def _fold(text: str) -> str:

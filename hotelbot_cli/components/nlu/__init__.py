@@ -56,10 +56,10 @@ class NluComponent(Component):
         summary = metadata.get("nlu")
         return summary if isinstance(summary, dict) else {}
 
-    def in_all(self, settings: "Settings") -> bool:
+    def in_all(self, settings: Settings) -> bool:
         return bool(settings.training.joint_nlu)
 
-    def prepared_data(self, settings: "Settings", documents: Path | None = None) -> Path | None:
+    def prepared_data(self, settings: Settings, documents: Path | None = None) -> Path | None:
         """The intent split, when the entity and sentiment splits are prepared too; else None."""
         intents = Path(settings.paths.data)
         ready = all(self._component(task).prepared_data(settings) is not None for task in HEADS)
@@ -70,12 +70,11 @@ class NluComponent(Component):
 
         return train_nlu(request)
 
-    def load(self, info: "VersionInfo", settings: "Settings | None" = None,
-             loaded: dict[str, Any] | None = None) -> Any:
+    def load(self, info: VersionInfo, settings: Settings | None = None, loaded: dict[str, Any] | None = None) -> Any:
         raise NotImplementedError("the joint NLU model runs as the classifier, entities and sentiment components")
 
 
-def joint_head(info: "VersionInfo", component: str) -> dict[str, Any] | None:
+def joint_head(info: VersionInfo, component: str) -> dict[str, Any] | None:
     """``<component>/joint.json`` of a version whose ``component`` is a head of the classifier's joint model;
     None when the component has its own model."""
     import json
@@ -92,7 +91,7 @@ def joint_head(info: "VersionInfo", component: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def joint_runner(info: "VersionInfo", loaded: dict[str, Any] | None = None) -> Any:
+def joint_runner(info: VersionInfo, loaded: dict[str, Any] | None = None) -> Any:
     """The :class:`~.runtime.JointRunner` of ``info``'s classifier: on the classifier already loaded in
     ``loaded`` (predict, serve: one model in memory for the three components), else loaded now with the
     version's runtime (ONNX where it has one)."""
@@ -112,11 +111,10 @@ class JointHead:
 
     name: str
 
-    def runs_on(self, info: "VersionInfo") -> str | None:
+    def runs_on(self, info: VersionInfo) -> str | None:
         return "classifier" if joint_head(info, self.name) is not None else None
 
-    def load(self, info: "VersionInfo", settings: "Settings | None" = None,
-             loaded: dict[str, Any] | None = None) -> Any:
+    def load(self, info: VersionInfo, settings: Settings | None = None, loaded: dict[str, Any] | None = None) -> Any:
         """Its own model, or in a joint version the classifier's head (on the classifier already in ``loaded``
         when there is one: one model in memory, one pass for the three components)."""
         if self.runs_on(info) is not None:
@@ -126,15 +124,17 @@ class JointHead:
     def joint_view(self, runner: Any) -> Any:
         raise NotImplementedError
 
-    def load_own(self, info: "VersionInfo") -> Any:
+    def load_own(self, info: VersionInfo) -> Any:
         raise NotImplementedError
 
-    def refuse_joint_export(self, info: "VersionInfo", fmt: str) -> None:
+    def refuse_joint_export(self, info: VersionInfo, fmt: str) -> None:
         """ExportUnavailable for a head of the joint model (its weights are the classifier's)."""
         if self.runs_on(info) is not None:
-            raise ExportUnavailable(f"the {self.name} of {info.name} is a head of its joint NLU model, which is "
-                                    "exported whole with the classifier",
-                                    hint=f"hotelbot export {info.name} --component classifier --format {fmt} DIR")
+            raise ExportUnavailable(
+                f"the {self.name} of {info.name} is a head of its joint NLU model, which is "
+                "exported whole with the classifier",
+                hint=f"hotelbot export {info.name} --component classifier --format {fmt} DIR",
+            )
 
 
 __all__ = ["JointHead", "NluComponent", "PROVIDES", "joint_head", "joint_runner"]

@@ -64,12 +64,17 @@ class JointRunner:
     def __init__(self, predictor: Any) -> None:
         tasks = joint_tasks(predictor)
         if tasks is None:
-            raise ModelError(f"version {predictor.version}'s intent classifier is not a joint NLU model "
-                             "(no sentiment and entity heads)", hint="train one: hotelbot train --model-type nlu")
+            raise ModelError(
+                f"version {predictor.version}'s intent classifier is not a joint NLU model "
+                "(no sentiment and entity heads)",
+                hint="train one: hotelbot train --model-type nlu",
+            )
         if getattr(getattr(predictor, "detector", None), "method", "softmax") != "softmax":
-            raise ModelError(f"version {predictor.version}: the joint NLU model applies the softmax out-of-scope "
-                             "threshold only, and its classifier.json names another detector",
-                             hint="retrain it with this hotelbot (train --model-type nlu)")
+            raise ModelError(
+                f"version {predictor.version}: the joint NLU model applies the softmax out-of-scope "
+                "threshold only, and its classifier.json names another detector",
+                hint="retrain it with this hotelbot (train --model-type nlu)",
+            )
         self.predictor = predictor
         self.sentiment_labels = list(tasks["sentiment"]["labels"])
         self.tags = list(tasks["entities"]["tags"])
@@ -79,13 +84,15 @@ class JointRunner:
         if predictor.runtime != TORCH:
             outputs = {o.name for o in predictor.session.get_outputs()}
             if not set(OUTPUTS) <= outputs:
-                raise ModelError(f"version {self.version}'s ONNX graph lacks the outputs "
-                                 f"{', '.join(sorted(set(OUTPUTS) - outputs))} of a joint NLU model")
+                raise ModelError(
+                    f"version {self.version}'s ONNX graph lacks the outputs "
+                    f"{', '.join(sorted(set(OUTPUTS) - outputs))} of a joint NLU model"
+                )
 
     _attach_lock = threading.Lock()
 
     @classmethod
-    def of(cls, predictor: Any) -> "JointRunner":
+    def of(cls, predictor: Any) -> JointRunner:
         """The runner attached to ``predictor`` (created on first use)."""
         runner = getattr(predictor, "_joint_runner", None)
         if runner is None:
@@ -97,7 +104,7 @@ class JointRunner:
         return runner
 
     @staticmethod
-    def attached(predictor: Any) -> "JointRunner | None":
+    def attached(predictor: Any) -> JointRunner | None:
         return getattr(predictor, "_joint_runner", None)
 
     # ------------------------------------------------------------------ one pass
@@ -113,8 +120,10 @@ class JointRunner:
             self._local.last = (key, (cleaned, rows))
         k = max(1, min(top_k, len(self.predictor.labels)))
         prefix_len = len(self.predictor.query_prefix)
-        return [self._answer(text, clean, offsets, row, k, prefix_len)
-                for text, (clean, offsets), row in zip(texts, cleaned, rows)]
+        return [
+            self._answer(text, clean, offsets, row, k, prefix_len)
+            for text, (clean, offsets), row in zip(texts, cleaned, rows)
+        ]
 
     def _run(self, texts: list[str]) -> tuple[list[Any], list[Any]]:
         """(each text cleaned with its offsets, each text's model outputs): the one encoder pass."""
@@ -156,16 +165,25 @@ class JointRunner:
             return [one(row) for row in range(len(inputs))]
         intent, sentiment, tokens = p.session.run(list(OUTPUTS), p.feed(ids, mask))
         intent_p, sentiment_p = softmax(intent), _softmax(sentiment)
-        return [(intent_p[row], sentiment_p[row], tokens[row][np.flatnonzero(mask[row])], *own(row))
-                for row in range(len(inputs))]
+        return [
+            (intent_p[row], sentiment_p[row], tokens[row][np.flatnonzero(mask[row])], *own(row))
+            for row in range(len(inputs))
+        ]
 
     def _torch_rows(self, inputs: list[str]) -> list[tuple[Any, Any, Any, list[Any], list[int]]]:
         import numpy as np
         import torch
 
         p = self.predictor
-        enc = p.tokenizer(inputs, padding=True, truncation=True, max_length=p.max_length, return_tensors="pt",
-                          return_offsets_mapping=True, return_special_tokens_mask=True)
+        enc = p.tokenizer(
+            inputs,
+            padding=True,
+            truncation=True,
+            max_length=p.max_length,
+            return_tensors="pt",
+            return_offsets_mapping=True,
+            return_special_tokens_mask=True,
+        )
         offsets = enc.pop("offset_mapping").tolist()
         special = enc.pop("special_tokens_mask").tolist()
         with torch.inference_mode():
@@ -177,12 +195,20 @@ class JointRunner:
         rows = []
         for row in range(len(inputs)):
             keep = np.flatnonzero(mask[row])
-            rows.append((intent_p[row], sentiment_p[row], tokens[row][keep], [offsets[row][i] for i in keep],
-                         [special[row][i] for i in keep]))
+            rows.append(
+                (
+                    intent_p[row],
+                    sentiment_p[row],
+                    tokens[row][keep],
+                    [offsets[row][i] for i in keep],
+                    [special[row][i] for i in keep],
+                )
+            )
         return rows
 
-    def _answer(self, text: str, clean: str, offsets: list[tuple[int, int]], row: Any, k: int,
-                prefix_len: int) -> JointAnswer:
+    def _answer(
+        self, text: str, clean: str, offsets: list[tuple[int, int]], row: Any, k: int, prefix_len: int
+    ) -> JointAnswer:
         import numpy as np
 
         intent_p, sentiment_p, tokens, token_offsets, special = row
@@ -198,8 +224,15 @@ class JointRunner:
         entities = []
         for kind, start, end, confidence in decoded:
             raw_start, raw_end = offsets[start][0], offsets[end - 1][1]
-            entities.append({"type": kind, "text": text[raw_start:raw_end], "start": raw_start, "end": raw_end,
-                             "confidence": round(float(confidence), 6)})
+            entities.append(
+                {
+                    "type": kind,
+                    "text": text[raw_start:raw_end],
+                    "start": raw_start,
+                    "end": raw_end,
+                    "confidence": round(float(confidence), 6),
+                }
+            )
         return JointAnswer(prediction, sentiment, entities)
 
 

@@ -26,8 +26,11 @@ if TYPE_CHECKING:
 
 SMOKE_MESSAGE = "¿a qué hora es el desayuno?"
 DEFAULT_EVAL = Path("datasets/reply_eval_es.jsonl")  # the reply evaluation set `train` scores with by default
-REPORT_METRICS = (("fact_accuracy", "fact accuracy"), ("fact_recall", "fact recall"),
-                  ("unsupported_fact_rate", "unsupported-fact rate"))
+REPORT_METRICS = (
+    ("fact_accuracy", "fact accuracy"),
+    ("fact_recall", "fact recall"),
+    ("unsupported_fact_rate", "unsupported-fact rate"),
+)
 
 
 class RepliesComponent(Component):
@@ -43,7 +46,7 @@ class RepliesComponent(Component):
     evaluation_key = "replies"
     train_options = ("use_generator", "reply_eval")
 
-    def prepared_data(self, settings: "Settings", documents: Path | None = None) -> Path | None:
+    def prepared_data(self, settings: Settings, documents: Path | None = None) -> Path | None:
         path = default_data_path(settings)
         has_documents = KnowledgeBaseComponent().prepared_data(settings, documents) is not None
         return path if path.is_dir() and has_documents and DEFAULT_EVAL.is_file() else None
@@ -52,9 +55,16 @@ class RepliesComponent(Component):
         from .training import train_replies  # numpy, the encoders: on use
 
         data = Path(request.data) if request.data else default_data_path(request.settings)
-        return train_replies(request.settings, data, request.registry, listener=request.listener, force=request.force,
-                             source=request.source, eval_file=request.options.get("reply_eval"),
-                             use_generator=bool(request.options.get("use_generator")))
+        return train_replies(
+            request.settings,
+            data,
+            request.registry,
+            listener=request.listener,
+            force=request.force,
+            source=request.source,
+            eval_file=request.options.get("reply_eval"),
+            use_generator=bool(request.options.get("use_generator")),
+        )
 
     def gate_failures(self, metrics: dict[str, Any], validation: Any) -> list[str]:
         """Unsupported-fact rate <= MAX_UNSUPPORTED_FACT_RATE and fact accuracy >= MIN_FACT_ACCURACY (its own
@@ -70,37 +80,42 @@ class RepliesComponent(Component):
         return failures
 
     def gate_label(self, validation: Any) -> str:
-        return (f"gate fact accuracy >= {validation.min_fact_accuracy:.2f}, unsupported-fact rate <= "
-                f"{validation.max_unsupported_fact_rate:.2f}")
+        return (
+            f"gate fact accuracy >= {validation.min_fact_accuracy:.2f}, unsupported-fact rate <= "
+            f"{validation.max_unsupported_fact_rate:.2f}"
+        )
 
-    def _stale(self, info: "VersionInfo") -> bool:
+    def _stale(self, info: VersionInfo) -> bool:
         """Whether the knowledge base (documents or embedding model) or the analyzer (classifier, entities,
         sentiment) changed since the replies were trained and scored: their recorded figures no longer hold."""
         from .training import analyzer_fingerprint, recorded_knowledge_fingerprint  # numpy: on use
 
         summary = info.metadata.get(self.name) or {}
-        return (summary.get("knowledge_fingerprint") != recorded_knowledge_fingerprint(info)
-                or summary.get("analyzer_fingerprint", "") != analyzer_fingerprint(info))
+        return summary.get("knowledge_fingerprint") != recorded_knowledge_fingerprint(info) or summary.get(
+            "analyzer_fingerprint", ""
+        ) != analyzer_fingerprint(info)
 
-    def recorded_score(self, info: "VersionInfo") -> dict[str, Any] | None:
+    def recorded_score(self, info: VersionInfo) -> dict[str, Any] | None:
         """``replies/metrics.json``, unless the knowledge base changed since (what training measured no longer holds)."""
         if self._stale(info):
             return None
         return recorded_metrics(info, self.name, ("overall_score", "unsupported_fact_rate"))
 
-    def score(self, info: "VersionInfo", settings: "Settings") -> dict[str, Any] | None:
+    def score(self, info: VersionInfo, settings: Settings) -> dict[str, Any] | None:
         from .training import evaluate_version  # numpy, the encoders: on use
 
         return evaluate_version(info, settings)
 
     def score_view(self, metrics: dict[str, Any], gate: str) -> dict[str, Any]:
         base = metrics.get("baseline") or {}
-        return {"line": f"replies: fact accuracy {metrics['fact_accuracy']:.4f}, unsupported-fact rate "
-                        f"{metrics['unsupported_fact_rate']:.4f} (nearest training reply: "
-                        f"{base.get('fact_accuracy', 0):.4f}, {base.get('unsupported_fact_rate', 0):.4f})  {gate}",
-                "table": None}
+        return {
+            "line": f"replies: fact accuracy {metrics['fact_accuracy']:.4f}, unsupported-fact rate "
+            f"{metrics['unsupported_fact_rate']:.4f} (nearest training reply: "
+            f"{base.get('fact_accuracy', 0):.4f}, {base.get('unsupported_fact_rate', 0):.4f})  {gate}",
+            "table": None,
+        }
 
-    def smoke(self, info: "VersionInfo", settings: "Settings", texts_count: int) -> dict[str, Any]:
+    def smoke(self, info: VersionInfo, settings: Settings, texts_count: int) -> dict[str, Any]:
         """Load the reply model's own files with the knowledge base and answer from the documents; the analyzing
         components it routes with are smoke-tested on their own (loading them twice cost deploy seconds)."""
         from .pipeline import ReplyPipeline  # numpy, the knowledge base: on use
@@ -110,8 +125,7 @@ class RepliesComponent(Component):
             raise HotelbotError(f"{info.name}'s reply pipeline returned an empty reply")
         return {"reply_chars": len(answer["reply"]), "kind": answer["kind"]}
 
-    def load(self, info: "VersionInfo", settings: "Settings | None" = None,
-             loaded: dict[str, Any] | None = None) -> Any:
+    def load(self, info: VersionInfo, settings: Settings | None = None, loaded: dict[str, Any] | None = None) -> Any:
         from .pipeline import ReplyPipeline  # numpy, the knowledge base: on use
 
         return ReplyPipeline.from_version(info, settings, loaded)
@@ -130,18 +144,33 @@ class RepliesComponent(Component):
         rows = [{"metric": label, "replies": metrics.get(k), "baseline": base.get(k)} for k, label in REPORT_METRICS]
         pairs = metrics.get("validation_pairs") or {}
         if pairs:
-            rows += [{"metric": "relevance (validation pairs)", "replies": pairs.get("relevance"),
-                      "baseline": pairs.get("baseline_relevance")},
-                     {"metric": "ROUGE-L (validation pairs)", "replies": pairs.get("rouge_l"),
-                      "baseline": pairs.get("baseline_rouge_l")}]
-        return {"kind": "replies", "headline": {k: metrics.get(k) for k, _ in REPORT_METRICS},
-                "rows": rows, "ranker": metrics.get("ranker"), "kinds": metrics.get("kinds"),
-                "num_questions": metrics.get("num_questions"), "samples": (metrics.get("samples") or [])[:5],
-                "knowledge_version": summary.get("knowledge_version"),
-                **report_common({**summary, "training": {"duration_seconds": summary.get("training_seconds")}})}
+            rows += [
+                {
+                    "metric": "relevance (validation pairs)",
+                    "replies": pairs.get("relevance"),
+                    "baseline": pairs.get("baseline_relevance"),
+                },
+                {
+                    "metric": "ROUGE-L (validation pairs)",
+                    "replies": pairs.get("rouge_l"),
+                    "baseline": pairs.get("baseline_rouge_l"),
+                },
+            ]
+        return {
+            "kind": "replies",
+            "headline": {k: metrics.get(k) for k, _ in REPORT_METRICS},
+            "rows": rows,
+            "ranker": metrics.get("ranker"),
+            "kinds": metrics.get("kinds"),
+            "num_questions": metrics.get("num_questions"),
+            "samples": (metrics.get("samples") or [])[:5],
+            "knowledge_version": summary.get("knowledge_version"),
+            **report_common({**summary, "training": {"duration_seconds": summary.get("training_seconds")}}),
+        }
 
-    def evaluate(self, info: "VersionInfo", settings: "Settings",
-                 options: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:
+    def evaluate(
+        self, info: VersionInfo, settings: Settings, options: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, list[str]]:
         return None, []  # scored (and gated) through score()
 
 

@@ -20,29 +20,74 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 NUMBER_WORDS = {
-    "dos": 2, "tres": 3, "cuatro": 4, "cinco": 5, "seis": 6, "siete": 7, "ocho": 8, "nueve": 9, "diez": 10,
-    "once": 11, "doce": 12, "trece": 13, "catorce": 14, "quince": 15, "dieciseis": 16, "diecisiete": 17,
-    "dieciocho": 18, "diecinueve": 19, "veinte": 20, "veintiuno": 21, "veintiun": 21, "veintidos": 22,
-    "veintitres": 23, "veinticuatro": 24, "veinticinco": 25, "veintiseis": 26, "veintisiete": 27,
-    "veintiocho": 28, "veintinueve": 29, "treinta": 30, "cuarenta": 40, "cincuenta": 50, "sesenta": 60,
-    "setenta": 70, "ochenta": 80, "noventa": 90, "cien": 100, "ciento": 100, "doscientos": 200,
-    "doscientas": 200, "trescientos": 300, "trescientas": 300, "cuatrocientos": 400, "quinientos": 500,
-    "seiscientos": 600, "setecientos": 700, "ochocientos": 800, "novecientos": 900, "mil": 1000,
+    "dos": 2,
+    "tres": 3,
+    "cuatro": 4,
+    "cinco": 5,
+    "seis": 6,
+    "siete": 7,
+    "ocho": 8,
+    "nueve": 9,
+    "diez": 10,
+    "once": 11,
+    "doce": 12,
+    "trece": 13,
+    "catorce": 14,
+    "quince": 15,
+    "dieciseis": 16,
+    "diecisiete": 17,
+    "dieciocho": 18,
+    "diecinueve": 19,
+    "veinte": 20,
+    "veintiuno": 21,
+    "veintiun": 21,
+    "veintidos": 22,
+    "veintitres": 23,
+    "veinticuatro": 24,
+    "veinticinco": 25,
+    "veintiseis": 26,
+    "veintisiete": 27,
+    "veintiocho": 28,
+    "veintinueve": 29,
+    "treinta": 30,
+    "cuarenta": 40,
+    "cincuenta": 50,
+    "sesenta": 60,
+    "setenta": 70,
+    "ochenta": 80,
+    "noventa": 90,
+    "cien": 100,
+    "ciento": 100,
+    "doscientos": 200,
+    "doscientas": 200,
+    "trescientos": 300,
+    "trescientas": 300,
+    "cuatrocientos": 400,
+    "quinientos": 500,
+    "seiscientos": 600,
+    "setecientos": 700,
+    "ochocientos": 800,
+    "novecientos": 900,
+    "mil": 1000,
 }
 # Capitalised words that are not names even in the middle of a sentence (after a colon, in a title, a
 # greeting) or that every hotel text uses: never an unsupported "name".
-NOT_NAMES = frozenset("""
+NOT_NAMES = frozenset(
+    """
 a al ante bajo buenas buenos con de del desde el en entre hasta hola la las lo los para por que se sin sobre su sus
 un una uno unos unas y o u usted ustedes le les me mi mis nos nuestro nuestra gracias disculpe lamentamos lo siento
 si no sí claro perfecto estimado estimada señor señora sr sra don doña wifi wi-fi ok
-""".split())
+""".split()
+)
 # Words that open hotel replies without naming anything (the strict check's sentence-initial names skip them)
-COMMON_OPENERS = frozenset("""
+COMMON_OPENERS = frozenset(
+    """
 claro perfecto entendido lamentamos sentimos disculpe encantados enhorabuena bienvenido bienvenida buenas buenos
 hola gracias desde para puede pueden puedo tenemos tiene tienen ofrecemos reserve escriba llame marque avise pida
 pregunte solicite deje cuelgue consulte recuerde ojo lo la el los las en con por si no tambien ademas
 una un hay es son esta estan estamos cuesta cuestan sirve sirven abre abren cierra cierran se le les nos su sus
-""".split())  # folded (no accents, lower case)
+""".split()
+)  # folded (no accents, lower case)
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 URL = re.compile(r"(?:https?://|www\.)[^\s<>()\"']+", re.IGNORECASE)
 PHONE = re.compile(r"(?<![\w:.,])\+?\d[\d ]{6,}\d(?![\w:])")
@@ -64,9 +109,9 @@ def fold(text: str) -> str:
 
 @dataclass(frozen=True)
 class Fact:
-    kind: str    # number | time | email | phone | url | name | token
-    text: str    # as written in the reply
-    value: str   # normalised: what must appear among the sources' facts (or words, for a name)
+    kind: str  # number | time | email | phone | url | name | token
+    text: str  # as written in the reply
+    value: str  # normalised: what must appear among the sources' facts (or words, for a name)
     start: int = -1  # where it starts in the text it was found in
 
     def to_dict(self) -> dict[str, str]:
@@ -88,7 +133,7 @@ def _sentence_start(text: str, start: int) -> bool:
     i = start - 1
     while i >= 0 and text[i] in " \t":
         i -= 1
-    return i < 0 or text[i] in ".!?¡¿:;\n«\"(" or (text[i] in "-*•" and (i == 0 or text[i - 1].isspace()))
+    return i < 0 or text[i] in '.!?¡¿:;\n«"(' or (text[i] in "-*•" and (i == 0 or text[i - 1].isspace()))
 
 
 def extract_facts(text: str) -> list[Fact]:
@@ -170,8 +215,11 @@ class Evidence:
             return True
         if fact.kind == "time" and not re.search(r"[:.]\d", fact.text) and fact.value.split(":")[0] in self.hours:
             return True  # "23h" names the hour of a "23:00" (an hour-only form: minutes are not claimed)
-        return (fact.kind == "number" and fact.value in self.hours
-                and bool(re.search(r"\b(las?|sobre|hasta|desde|antes de|despu[eé]s de)\s*$", fold(context))))
+        return (
+            fact.kind == "number"
+            and fact.value in self.hours
+            and bool(re.search(r"\b(las?|sobre|hasta|desde|antes de|despu[eé]s de)\s*$", fold(context)))
+        )
 
 
 def unsupported_facts(reply: str, sources: Sequence[str], *, strict: bool = False) -> list[Fact]:
@@ -179,14 +227,23 @@ def unsupported_facts(reply: str, sources: Sequence[str], *, strict: bool = Fals
     ``strict`` (the evaluation's independent oracle): capitalised words that open a sentence count as names
     too ("Alhambra y ..."), unless the sources use the word."""
     evidence = Evidence(sources)
-    found = [fact for fact in extract_facts(reply)
-             if not evidence.supports(fact, reply[max(0, fact.start - 12):max(fact.start, 0)])]
+    found = [
+        fact
+        for fact in extract_facts(reply)
+        if not evidence.supports(fact, reply[max(0, fact.start - 12) : max(fact.start, 0)])
+    ]
     if strict:
         for m in WORD.finditer(reply):
             word, folded = m.group(), fold(m.group())
-            if word[0].isupper() and len(word) > 1 and folded not in NOT_NAMES and folded not in NUMBER_WORDS \
-                    and _sentence_start(reply, m.start()) and folded not in evidence.words \
-                    and folded not in COMMON_OPENERS:
+            if (
+                word[0].isupper()
+                and len(word) > 1
+                and folded not in NOT_NAMES
+                and folded not in NUMBER_WORDS
+                and _sentence_start(reply, m.start())
+                and folded not in evidence.words
+                and folded not in COMMON_OPENERS
+            ):
                 found.append(Fact("name", word, folded, m.start()))
     return sorted(found, key=lambda f: f.start)
 

@@ -48,7 +48,7 @@ POLICY_FILE = "policy.json"
 EVAL_FILE = "eval.jsonl"
 RANKER_FORMAT = "hotelbot-replies/1"
 HOW_CHUNKS = 10  # chunks searched for an action's how-to sentence (computed once per intent)
-HOW_TOP = 3      # of its best ranked sentences, the first with a contact is the how-to
+HOW_TOP = 3  # of its best ranked sentences, the first with a contact is the how-to
 DIRECT_CONTACT = re.compile(r"@|\bmarque\b|\bmarcando\b|\+?\d[\d ]{6,}\d", re.IGNORECASE)
 
 
@@ -56,12 +56,12 @@ DIRECT_CONTACT = re.compile(r"@|\bmarque\b|\bmarcando\b|\+?\d[\d ]{6,}\d", re.IG
 class ReplySettings:
     """How answers are built (stored with the ranker; ``replies_config``-free defaults that training may tune)."""
 
-    candidate_chunks: int = 4        # chunks whose sentences compete: the dense retrieval's best ...
-    lexical_chunks: int = 2          # ... plus BM25's best that dense retrieval missed (0 in replies trained before it)
+    candidate_chunks: int = 4  # chunks whose sentences compete: the dense retrieval's best ...
+    lexical_chunks: int = 2  # ... plus BM25's best that dense retrieval missed (0 in replies trained before it)
     second_sentence_ratio: float = 0.5  # add a runner-up sentence when its probability is this close to the best's
-    max_sentences: int = 2           # training chooses both on its pairs (:func:`training.tune_selection`)
-    max_chars: int = 320             # a runner-up is added only while the reply stays this short (a chat message)
-    use_generator: bool = False      # phrase informational answers with the version's generator (fact-checked)
+    max_sentences: int = 2  # training chooses both on its pairs (:func:`training.tune_selection`)
+    max_chars: int = 320  # a runner-up is added only while the reply stays this short (a chat message)
+    use_generator: bool = False  # phrase informational answers with the version's generator (fact-checked)
     # A message the classifier sends to out_of_scope is answered from the documents anyway when its best chunk
     # scores at least this (training sets it: the 95th percentile of the out-of-scope training messages' best
     # scores, so that 1 in 20 of those would be answered); None: never.
@@ -72,19 +72,30 @@ class ReplySettings:
     min_grounding_score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"candidate_chunks": self.candidate_chunks, "lexical_chunks": self.lexical_chunks,
-                "second_sentence_ratio": self.second_sentence_ratio,
-                "max_sentences": self.max_sentences, "max_chars": self.max_chars, "use_generator": self.use_generator,
-                "out_of_scope_grounding": self.out_of_scope_grounding, "min_grounding_score": self.min_grounding_score}
+        return {
+            "candidate_chunks": self.candidate_chunks,
+            "lexical_chunks": self.lexical_chunks,
+            "second_sentence_ratio": self.second_sentence_ratio,
+            "max_sentences": self.max_sentences,
+            "max_chars": self.max_chars,
+            "use_generator": self.use_generator,
+            "out_of_scope_grounding": self.out_of_scope_grounding,
+            "min_grounding_score": self.min_grounding_score,
+        }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ReplySettings":
+    def from_dict(cls, data: Mapping[str, Any]) -> ReplySettings:
         threshold, floor = data.get("out_of_scope_grounding"), data.get("min_grounding_score")
-        return cls(int(data.get("candidate_chunks", 4)), int(data.get("lexical_chunks", 0)),
-                   float(data.get("second_sentence_ratio", 0.5)),
-                   int(data.get("max_sentences", 2)), int(data.get("max_chars", 320)),
-                   bool(data.get("use_generator", False)), None if threshold is None else float(threshold),
-                   None if floor is None else float(floor))
+        return cls(
+            int(data.get("candidate_chunks", 4)),
+            int(data.get("lexical_chunks", 0)),
+            float(data.get("second_sentence_ratio", 0.5)),
+            int(data.get("max_sentences", 2)),
+            int(data.get("max_chars", 320)),
+            bool(data.get("use_generator", False)),
+            None if threshold is None else float(threshold),
+            None if floor is None else float(floor),
+        )
 
 
 @dataclass
@@ -101,37 +112,58 @@ class ReplyModel:
 
     def save(self, target: Path, extra: Mapping[str, Any] | None = None) -> None:
         target.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(target / RANKER_FILE, {"format": RANKER_FORMAT, "ranker": self.ranker.to_dict(),
-                                                 "features": self.features.to_dict(),
-                                                 "settings": self.settings.to_dict(),
-                                                 "knowledge_fingerprint": self.knowledge_fingerprint,
-                                                 **(extra or {})})
-        (target / SENTENCES_FILE).write_text("".join(json.dumps(s.to_dict(), ensure_ascii=False) + "\n"
-                                                     for s in self.sentences), "utf-8")
+        atomic_write_json(
+            target / RANKER_FILE,
+            {
+                "format": RANKER_FORMAT,
+                "ranker": self.ranker.to_dict(),
+                "features": self.features.to_dict(),
+                "settings": self.settings.to_dict(),
+                "knowledge_fingerprint": self.knowledge_fingerprint,
+                **(extra or {}),
+            },
+        )
+        (target / SENTENCES_FILE).write_text(
+            "".join(json.dumps(s.to_dict(), ensure_ascii=False) + "\n" for s in self.sentences), "utf-8"
+        )
         with open(target / VECTORS_FILE, "wb") as handle:
             np.save(handle, self.vectors.astype(np.float32), allow_pickle=False)
         atomic_write_json(target / POLICY_FILE, self.policy.raw)
 
     @classmethod
-    def load(cls, directory: Path) -> "ReplyModel":
+    def load(cls, directory: Path) -> ReplyModel:
         try:
             record = json.loads((directory / RANKER_FILE).read_text("utf-8"))
             if record.get("format") != RANKER_FORMAT:
-                raise ModelError(f"{directory / RANKER_FILE} is not a {RANKER_FORMAT} file",
-                                 hint="retrain it: hotelbot train --model-type replies")
-            sentences = [Sentence.from_dict(json.loads(line)) for line in
-                         (directory / SENTENCES_FILE).read_text("utf-8").splitlines() if line.strip()]
+                raise ModelError(
+                    f"{directory / RANKER_FILE} is not a {RANKER_FORMAT} file",
+                    hint="retrain it: hotelbot train --model-type replies",
+                )
+            sentences = [
+                Sentence.from_dict(json.loads(line))
+                for line in (directory / SENTENCES_FILE).read_text("utf-8").splitlines()
+                if line.strip()
+            ]
             vectors = np.load(directory / VECTORS_FILE, allow_pickle=False)
             ranker = SentenceRanker.from_dict(record["ranker"])
             features = FeatureBuilder.from_dict(record["features"])
             settings = ReplySettings.from_dict(record.get("settings") or {})
         except (OSError, KeyError, TypeError, ValueError, AttributeError, json.JSONDecodeError) as exc:
-            raise ModelError(f"cannot read the reply model in {directory}: {exc}",
-                             hint="retrain it: hotelbot train --model-type replies") from None
+            raise ModelError(
+                f"cannot read the reply model in {directory}: {exc}",
+                hint="retrain it: hotelbot train --model-type replies",
+            ) from None
         if len(vectors) != len(sentences):
             raise ModelError(f"{directory}: {len(sentences)} sentences but {len(vectors)} vectors")
-        return cls(ranker, features, sentences, vectors, Policy.load(directory / POLICY_FILE), settings,
-                   str(record.get("knowledge_fingerprint") or ""))
+        return cls(
+            ranker,
+            features,
+            sentences,
+            vectors,
+            Policy.load(directory / POLICY_FILE),
+            settings,
+            str(record.get("knowledge_fingerprint") or ""),
+        )
 
 
 def knowledge_fingerprint(index: Mapping[str, Any]) -> str:
@@ -140,9 +172,12 @@ def knowledge_fingerprint(index: Mapping[str, Any]) -> str:
     return f"{index.get('fingerprint')}:{(index.get('embedding_model') or {}).get('fingerprint')}"
 
 
-def embed_sentences(kb: "KnowledgeBase", sentences: Sequence[Sentence]) -> np.ndarray:
-    return kb.embedder.embed([s.passage() for s in sentences], kind="passage") if sentences else \
-        np.zeros((0, kb.model.dim), dtype=np.float32)
+def embed_sentences(kb: KnowledgeBase, sentences: Sequence[Sentence]) -> np.ndarray:
+    return (
+        kb.embedder.embed([s.passage() for s in sentences], kind="passage")
+        if sentences
+        else np.zeros((0, kb.model.dim), dtype=np.float32)
+    )
 
 
 def intent_ranking(row: Mapping[str, Any]) -> list[tuple[str, float]]:
@@ -154,17 +189,18 @@ def intent_ranking(row: Mapping[str, Any]) -> list[tuple[str, float]]:
 class Candidates:
     """One message's competing sentences with their features."""
 
-    hits: list["SearchHit"]
+    hits: list[SearchHit]
     sentences: list[Sentence]
     features: np.ndarray
-    chunk_of: dict[str, "SearchHit"]
+    chunk_of: dict[str, SearchHit]
 
 
 class ReplyPipeline:
     """A version's reply path: analyzer (may be None), knowledge base, reply model, generator (optional)."""
 
-    def __init__(self, version: str, knowledge: "KnowledgeBase", model: ReplyModel, analyzer: Any = None,
-                 responder: Any = None) -> None:
+    def __init__(
+        self, version: str, knowledge: KnowledgeBase, model: ReplyModel, analyzer: Any = None, responder: Any = None
+    ) -> None:
         self.version = version
         self.knowledge = knowledge
         self.model = model
@@ -175,21 +211,30 @@ class ReplyPipeline:
             self._by_chunk.setdefault(s.chunk_id, []).append(i)
         if model.knowledge_fingerprint != knowledge_fingerprint(knowledge.manifest):
             # The knowledge base was rebuilt after the ranker was trained: rank its current sentences.
-            log.warning("version %s: the knowledge base changed since the replies were trained; its sentences are "
-                        "embedded again (retrain: hotelbot train --model-type replies)", version)
+            log.warning(
+                "version %s: the knowledge base changed since the replies were trained; its sentences are "
+                "embedded again (retrain: hotelbot train --model-type replies)",
+                version,
+            )
             sentences = sentences_of(knowledge.chunk_list)
             model.sentences, model.vectors = sentences, embed_sentences(knowledge, sentences)
             self._by_chunk = {}
             for i, s in enumerate(sentences):
                 self._by_chunk.setdefault(s.chunk_id, []).append(i)
-        self._how_cache: dict[str, tuple[list["SearchHit"], list[Sentence]]] = {}
+        self._how_cache: dict[str, tuple[list[SearchHit], list[Sentence]]] = {}
         self._lexical = BM25([stems(c.passage()) for c in knowledge.chunk_list])
         self._chunk_index = {c.id: i for i, c in enumerate(knowledge.chunk_list)}
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_version(cls, info: "VersionInfo", settings: "Settings | None" = None,
-                     loaded: Mapping[str, Any] | None = None, *, analyzer: bool = True) -> "ReplyPipeline":
+    def from_version(
+        cls,
+        info: VersionInfo,
+        settings: Settings | None = None,
+        loaded: Mapping[str, Any] | None = None,
+        *,
+        analyzer: bool = True,
+    ) -> ReplyPipeline:
         """``loaded``: the version's components already loaded (serve's knowledge base, analyzer parts).
         ``analyzer`` False: route without intents (every message grounded), e.g. deploy's smoke test of the
         reply model's own files, the analyzing components being smoke-tested on their own."""
@@ -198,23 +243,29 @@ class ReplyPipeline:
 
         directory = info.path / REPLIES_DIR
         if not (directory / RANKER_FILE).is_file():
-            raise RegistryError(f"version {info.name} has no reply model",
-                                hint="train one: hotelbot train --model-type replies")
+            raise RegistryError(
+                f"version {info.name} has no reply model", hint="train one: hotelbot train --model-type replies"
+            )
         loaded = dict(loaded or {})
         models_dir = settings.paths.models_dir if settings is not None else None
         knowledge = loaded.get("knowledge")
         if knowledge is None:
             if not (info.path / KNOWLEDGE_DIR / INDEX_FILE).is_file():
-                raise RegistryError(f"version {info.name} has replies but no knowledge base",
-                                    hint="hotelbot train --model-type embeddings, then --model-type replies")
+                raise RegistryError(
+                    f"version {info.name} has replies but no knowledge base",
+                    hint="hotelbot train --model-type embeddings, then --model-type replies",
+                )
             knowledge = KnowledgeBase.from_version(info, models_dir)
         model = ReplyModel.load(directory)
         analyzing = {n: loaded[n] for n in Analyzer.analyzing_components(info) if n in loaded}
         names = Analyzer.analyzing_components(info) if analyzer else []
         routing = None
         if names:
-            routing = (Analyzer(info.name, analyzing) if set(analyzing) == set(names)
-                       else Analyzer.from_version(info, settings, preloaded=analyzing))
+            routing = (
+                Analyzer(info.name, analyzing)
+                if set(analyzing) == set(names)
+                else Analyzer.from_version(info, settings, preloaded=analyzing)
+            )
         responder = loaded.get("generator")
         if responder is None and model.settings.use_generator and (info.path / "generator").is_dir():
             from ..generator.responder import Responder  # heavy: torch, only when the replies use it
@@ -223,7 +274,7 @@ class ReplyPipeline:
         return cls(info.name, knowledge, model, routing, responder)
 
     # ------------------------------------------------------------------ ranking
-    def candidates(self, message: str, intent: "Intents", vector: np.ndarray, chunks: int | None = None) -> Candidates:
+    def candidates(self, message: str, intent: Intents, vector: np.ndarray, chunks: int | None = None) -> Candidates:
         """The sentences of the top chunks for ``message`` (its query ``vector``), with their features: the
         dense retrieval's best ``chunks`` (default the settings' candidate_chunks), then the settings'
         lexical_chunks best by BM25 over stems that dense retrieval ranked lower (a guest's exact word, e.g.
@@ -244,16 +295,21 @@ class ReplyPipeline:
             taken = {h.chunk.id for h in hits}
             by_id = {h.chunk.id: h for h in every}
             extra = [chunk_list[i].id for i in order if matched[i] and chunk_list[i].id not in taken]
-            hits = hits + [by_id[c] for c in extra[:settings.lexical_chunks]]
+            hits = hits + [by_id[c] for c in extra[: settings.lexical_chunks]]
         rows = [i for h in hits for i in self._by_chunk.get(h.chunk.id, [])]
         sentences = [self.model.sentences[i] for i in rows]
         chunk_of = {h.chunk.id: h for h in hits}
         cosines = self.model.vectors[rows] @ vector if rows else np.zeros(0)
-        features = self.model.features.features(message, intent, sentences, cosines,
-                                                [chunk_of[s.chunk_id].score for s in sentences],
-                                                [chunk_of[s.chunk_id].rank for s in sentences],
-                                                [int(lexical_rank[self._chunk_index[s.chunk_id]]) for s in sentences],
-                                                [float(lexical_score[self._chunk_index[s.chunk_id]]) for s in sentences])
+        features = self.model.features.features(
+            message,
+            intent,
+            sentences,
+            cosines,
+            [chunk_of[s.chunk_id].score for s in sentences],
+            [chunk_of[s.chunk_id].rank for s in sentences],
+            [int(lexical_rank[self._chunk_index[s.chunk_id]]) for s in sentences],
+            [float(lexical_score[self._chunk_index[s.chunk_id]]) for s in sentences],
+        )
         return Candidates(hits, sentences, features, chunk_of)
 
     def rank(self, found: Candidates) -> list[tuple[Sentence, float]]:
@@ -275,7 +331,7 @@ class ReplyPipeline:
             return []
         best, p_best = ranked[0]
         chosen, length = [best], len(best.text)
-        for s, p in ranked[1:settings.max_sentences]:
+        for s, p in ranked[1 : settings.max_sentences]:
             if p >= settings.second_sentence_ratio * p_best and length + 1 + len(s.text) <= settings.max_chars:
                 chosen.append(s)
                 length += 1 + len(s.text)
@@ -283,16 +339,24 @@ class ReplyPipeline:
         return sorted(chosen, key=lambda s: (chunks.index(s.chunk_id), s.index))
 
     # ------------------------------------------------------------------ answers
-    def _sources(self, sentences: Sequence[Sentence], chunk_of: Mapping[str, "SearchHit"]) -> list[dict[str, Any]]:
+    def _sources(self, sentences: Sequence[Sentence], chunk_of: Mapping[str, SearchHit]) -> list[dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         for s in sentences:
             hit = chunk_of[s.chunk_id]
-            entry = out.setdefault(s.chunk_id, {"doc": s.doc, "heading": s.heading, "chunk_id": s.chunk_id,
-                                                "score": round(float(hit.score), 6), "sentences": []})
+            entry = out.setdefault(
+                s.chunk_id,
+                {
+                    "doc": s.doc,
+                    "heading": s.heading,
+                    "chunk_id": s.chunk_id,
+                    "score": round(float(hit.score), 6),
+                    "sentences": [],
+                },
+            )
             entry["sentences"].append(s.text)
         return list(out.values())
 
-    def _how(self, intent: str, query: str) -> tuple[list[Sentence], dict[str, "SearchHit"]]:
+    def _how(self, intent: str, query: str) -> tuple[list[Sentence], dict[str, SearchHit]]:
         """The document sentence that says how to do ``intent`` (its policy's ``how`` query, over the top
         :data:`HOW_CHUNKS` chunks): of the :data:`HOW_TOP` best ranked, the first that gives a way to reach
         someone (an e-mail or phone, "marque"/"marcando"), else the first naming one (recepción, "llame"),
@@ -333,7 +397,7 @@ class ReplyPipeline:
                 kind = "grounded"
         slots = entity_slots(message, entities)
         sentences: list[Sentence] = []
-        chunk_of: dict[str, "SearchHit"] = {}
+        chunk_of: dict[str, SearchHit] = {}
         found = None
         if kind == "social":
             text = render(rule.reply, slots)
@@ -352,19 +416,26 @@ class ReplyPipeline:
             text = " ".join(s.text for s in sentences)
             if not text:  # the documents do not cover it: say so rather than quote the nearest sentence
                 kind, text = "no_answer", policy.no_answer
-        answer = {"message": message, "reply": text, "kind": kind, "intent": intent,
-                  "confidence": row.get("confidence"), "entities": entities,
-                  "sources": self._sources(sentences, chunk_of)}
+        answer = {
+            "message": message,
+            "reply": text,
+            "kind": kind,
+            "intent": intent,
+            "confidence": row.get("confidence"),
+            "entities": entities,
+            "sources": self._sources(sentences, chunk_of),
+        }
         # the generator reads the embedding search's passages, as it was trained (not the lexical extras)
-        answer["_hits"] = found.hits[:self.model.settings.candidate_chunks] if found is not None else []
+        answer["_hits"] = found.hits[: self.model.settings.candidate_chunks] if found is not None else []
         self._check(answer, cleaned, [chunk_of[c].chunk.passage() for c in {s.chunk_id for s in sentences}])
         return answer
 
     def _check(self, answer: dict[str, Any], message: str, passages: Sequence[str]) -> None:
         bad = unsupported_facts(answer["reply"], [*passages, message])
         if bad:  # never sent: say so and answer with the safe reply instead
-            answer["rejected"] = [{"reply": answer["reply"], "kind": answer["kind"],
-                                   "unsupported": [f.to_dict() for f in bad]}]
+            answer["rejected"] = [
+                {"reply": answer["reply"], "kind": answer["kind"], "unsupported": [f.to_dict() for f in bad]}
+            ]
             answer.update(reply=self.model.policy.no_answer, kind="no_answer", sources=[])
         answer["check"] = {"passed": True, "unsupported": []}
 
@@ -373,22 +444,42 @@ class ReplyPipeline:
         of the generated reply is in the passages it was given (or the message)."""
         todo = [i for i, a in enumerate(answers) if a["kind"] == "grounded" and a["_hits"]]
         if self.responder is not None and todo:
-            generated = self.responder.reply([answers[i]["message"] for i in todo],
-                                             hits=[answers[i]["_hits"] for i in todo])
+            generated = self.responder.reply(
+                [answers[i]["message"] for i in todo], hits=[answers[i]["_hits"] for i in todo]
+            )
             for i, g in zip(todo, generated):
                 a = answers[i]
                 passages = [h.chunk.passage() for h in a["_hits"]]
                 bad = unsupported_facts(g["reply"], [*passages, cleaned[i]])
                 if not g["reply"].strip() or bad:
-                    a.setdefault("rejected", []).append({"reply": g["reply"], "kind": "generated",
-                                                         "unsupported": [f.to_dict() for f in bad]})
+                    a.setdefault("rejected", []).append(
+                        {"reply": g["reply"], "kind": "generated", "unsupported": [f.to_dict() for f in bad]}
+                    )
                     continue
-                a.update(reply=g["reply"], kind="generated",
-                         sources=[{"doc": h.chunk.doc, "heading": h.chunk.heading, "chunk_id": h.chunk.id,
-                                   "score": round(float(h.score), 6), "sentences": []} for h in a["_hits"]])
+                a.update(
+                    reply=g["reply"],
+                    kind="generated",
+                    sources=[
+                        {
+                            "doc": h.chunk.doc,
+                            "heading": h.chunk.heading,
+                            "chunk_id": h.chunk.id,
+                            "score": round(float(h.score), 6),
+                            "sentences": [],
+                        }
+                        for h in a["_hits"]
+                    ],
+                )
         for a in answers:
             a.pop("_hits", None)
 
 
-__all__ = ["REPLIES_DIR", "ReplyModel", "ReplyPipeline", "ReplySettings", "embed_sentences", "intent_ranking",
-           "knowledge_fingerprint"]
+__all__ = [
+    "REPLIES_DIR",
+    "ReplyModel",
+    "ReplyPipeline",
+    "ReplySettings",
+    "embed_sentences",
+    "intent_ranking",
+    "knowledge_fingerprint",
+]

@@ -39,10 +39,14 @@ KINDS = ("social", "fallback", "action", "grounded")
 SLOT = re.compile(r"\{([A-Z_]+)\}")
 OPTIONAL = re.compile(r"\[([^\[\]]*)\]")
 LEAD_WORDS = frozenset({"del", "el", "de", "desde", "para", "entre", "los", "las", "dia", "dias", "la", "a", "al"})
-QUESTION_START = re.compile(r"^\W*(que|cuanto|cuanta|cuantos|cuantas|cuando|como|donde|cual|cuales|hasta cuando|"
-                            r"a que|se puede|puedo|podemos|hay|tienen|tiene|es posible|me cobran|cobran|cuesta)\b")
-REQUEST = re.compile(r"\b(quiero|quisiera|queremos|quisieramos|necesito|necesitamos|deseo|deseamos|me gustaria|"
-                     r"nos gustaria|porfa|por favor|hagan|haganme|mandenme|manden|envien|traiganme|traigan)\b")
+QUESTION_START = re.compile(
+    r"^\W*(que|cuanto|cuanta|cuantos|cuantas|cuando|como|donde|cual|cuales|hasta cuando|"
+    r"a que|se puede|puedo|podemos|hay|tienen|tiene|es posible|me cobran|cobran|cuesta)\b"
+)
+REQUEST = re.compile(
+    r"\b(quiero|quisiera|queremos|quisieramos|necesito|necesitamos|deseo|deseamos|me gustaria|"
+    r"nos gustaria|porfa|por favor|hagan|haganme|mandenme|manden|envien|traiganme|traigan)\b"
+)
 ACCENTED_QUESTION = re.compile(r"\b(qué|cómo|cuánto|cuánta|cuántos|cuántas|cuándo|dónde|cuál|cuáles)\b")
 POLITE = re.compile(r"\b(por favor|porfa|porfavor)\b")
 
@@ -53,7 +57,7 @@ class IntentPolicy:
     reply: str = ""
     needs: tuple[str, ...] = ()
     how: str = ""
-    questions: str = ""   # "grounded": questions get a grounded answer (action intents)
+    questions: str = ""  # "grounded": questions get a grounded answer (action intents)
 
 
 @dataclass
@@ -65,33 +69,40 @@ class Policy:
     raw: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "the reply policy") -> "Policy":
+    def from_dict(cls, data: Mapping[str, Any], where: str = "the reply policy") -> Policy:
         if not isinstance(data, Mapping) or data.get("format") != POLICY_FORMAT:
-            raise DataError(f"{where} is not a reply policy (\"format\": \"{POLICY_FORMAT}\" expected)")
+            raise DataError(f'{where} is not a reply policy ("format": "{POLICY_FORMAT}" expected)')
         intents: dict[str, IntentPolicy] = {}
         for name, spec in (data.get("intents") or {}).items():
             if not isinstance(spec, Mapping) or spec.get("kind") not in KINDS:
-                raise DataError(f"{where}: intent {name!r} needs a \"kind\" among {', '.join(KINDS)}")
-            policy = IntentPolicy(spec["kind"], str(spec.get("reply") or ""), tuple(spec.get("needs") or ()),
-                                  str(spec.get("how") or ""), str(spec.get("questions") or ""))
+                raise DataError(f'{where}: intent {name!r} needs a "kind" among {", ".join(KINDS)}')
+            policy = IntentPolicy(
+                spec["kind"],
+                str(spec.get("reply") or ""),
+                tuple(spec.get("needs") or ()),
+                str(spec.get("how") or ""),
+                str(spec.get("questions") or ""),
+            )
             if policy.kind == "social" and not policy.reply:
-                raise DataError(f"{where}: the social intent {name!r} needs a \"reply\"")
+                raise DataError(f'{where}: the social intent {name!r} needs a "reply"')
             if policy.kind == "action" and not (policy.reply and policy.how):
-                raise DataError(f"{where}: the action intent {name!r} needs a \"reply\" and a \"how\" query")
+                raise DataError(f'{where}: the action intent {name!r} needs a "reply" and a "how" query')
             stated = [f.text for f in extract_facts(SLOT.sub("", policy.reply))]
             if stated:
-                raise DataError(f"{where}: the reply of {name!r} states {', '.join(stated)}: templates must not "
-                                "state facts (put them in the documents; the action's \"how\" sentence cites them)")
+                raise DataError(
+                    f"{where}: the reply of {name!r} states {', '.join(stated)}: templates must not "
+                    'state facts (put them in the documents; the action\'s "how" sentence cites them)'
+                )
             intents[str(name)] = policy
         for key in ("fallback", "no_answer"):
             if not str(data.get(key) or "").strip():
-                raise DataError(f"{where} needs a \"{key}\" reply")
+                raise DataError(f'{where} needs a "{key}" reply')
             if extract_facts(str(data[key])):
-                raise DataError(f"{where}: the \"{key}\" reply must not state facts")
+                raise DataError(f'{where}: the "{key}" reply must not state facts')
         return cls(intents, str(data["fallback"]), str(data["no_answer"]), dict(data.get("slots") or {}), dict(data))
 
     @classmethod
-    def load(cls, path: Path | None = None) -> "Policy":
+    def load(cls, path: Path | None = None) -> Policy:
         path = Path(path) if path is not None else DEFAULT_POLICY
         try:
             data = json.loads(path.read_text("utf-8"))
@@ -104,8 +115,16 @@ class Policy:
     def texts(self) -> list[str]:
         """The hotel's own wording: every template (slots removed), the fallback, no_answer and the request
         for missing entities."""
-        return [SLOT.sub("", t) for t in [*(p.reply for p in self.intents.values()), self.fallback, self.no_answer,
-                                          *self.slots.values(), ASK_MISSING]]
+        return [
+            SLOT.sub("", t)
+            for t in [
+                *(p.reply for p in self.intents.values()),
+                self.fallback,
+                self.no_answer,
+                *self.slots.values(),
+                ASK_MISSING,
+            ]
+        ]
 
     def of(self, intent: str | None) -> IntentPolicy:
         return self.intents.get(intent or "", IntentPolicy("grounded"))
@@ -146,12 +165,15 @@ def entity_slots(message: str, entities: Sequence[Mapping[str, Any]]) -> dict[st
     for e in entities:
         by_type.setdefault(str(e["type"]), []).append(e)
     # several dates make one range; of the other types the first one found (a template names one room type)
-    return {kind: _entity_text(message, found if kind == "DATE" else found[:1], kind == "DATE")
-            for kind, found in by_type.items()}
+    return {
+        kind: _entity_text(message, found if kind == "DATE" else found[:1], kind == "DATE")
+        for kind, found in by_type.items()
+    }
 
 
 def render(template: str, slots: Mapping[str, str]) -> str:
     """Fill ``{SLOT}``s; drop each ``[...]`` group with an empty slot (see the module docstring)."""
+
     def group(m: re.Match[str]) -> str:
         names = SLOT.findall(m.group(1))
         return SLOT.sub(lambda s: slots[s.group(1)], m.group(1)) if all(slots.get(n) for n in names) else ""

@@ -22,7 +22,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -32,23 +32,53 @@ if TYPE_CHECKING:
     from ..knowledge.kb import Chunk
 
 # What the doc prior reads: one intent, or the classifier's ranking [(intent, confidence), ...] (None: no intent)
-Intents = Union[str, Sequence[Tuple[str, float]], None]
+Intents = str | Sequence[tuple[str, float]] | None
 
-FEATURES = ("cosine", "chunk_score", "chunk_rank", "overlap", "idf_overlap", "heading_overlap",
-            "time_answer", "price_answer", "number_answer", "contact_answer", "first_in_chunk",
-            "log_length", "doc_prior", "has_fact", "cosine_gap", "chunk_best_cosine_gap", "cosine_rank_in_chunk",
-            "chunk_bm25", "chunk_idf_overlap", "lexical_rank", "lexical_score")
-STOPWORDS = frozenset(fold(w) for w in """
+FEATURES = (
+    "cosine",
+    "chunk_score",
+    "chunk_rank",
+    "overlap",
+    "idf_overlap",
+    "heading_overlap",
+    "time_answer",
+    "price_answer",
+    "number_answer",
+    "contact_answer",
+    "first_in_chunk",
+    "log_length",
+    "doc_prior",
+    "has_fact",
+    "cosine_gap",
+    "chunk_best_cosine_gap",
+    "cosine_rank_in_chunk",
+    "chunk_bm25",
+    "chunk_idf_overlap",
+    "lexical_rank",
+    "lexical_score",
+)
+STOPWORDS = frozenset(
+    fold(w)
+    for w in """
 a al algo algun alguna alguno ante antes aqui asi como con cual cuales cuando de del desde donde el ella ellos
 en entre era es esa ese eso esta este esto estan estoy fue ha hay la las le les lo los mas me mi mis muy nada
 ni no nos o os otra otro para pero poco por porque puede pueden puedo que quiero se sea ser si sin sobre son
 su sus tambien te tengo tiene tienen todo todos tu un una uno unos unas usted ustedes vez y ya hola buenas
 buenos dias tardes noches gracias favor porfa quisiera queria necesito hotel
-""".split())
-ASKS_TIME = re.compile(r"\b(hora|horas|horario|cuando|abre|abren|cierra|cierran|hasta que|a partir de|temprano|tarde)\b")
-ASKS_PRICE = re.compile(r"\b(cuanto|cuesta|cuestan|precio|precios|cobran|cobra|tarifa|pagar|pago|gratis|gratuito|suplemento|vale)\b")
-ASKS_NUMBER = re.compile(r"\b(cuantos|cuantas|cuanto|numero|planta|piso|edad|anos|minutos|kilometros|km|metros|dias|noches)\b")
-ASKS_CONTACT = re.compile(r"\b(llamar|llamo|contactar|contacto|telefono|correo|email|mail|escribir|escribo|hablar|reservar|reserva|cancelar|pedir|solicitar|avisar)\b")
+""".split()
+)
+ASKS_TIME = re.compile(
+    r"\b(hora|horas|horario|cuando|abre|abren|cierra|cierran|hasta que|a partir de|temprano|tarde)\b"
+)
+ASKS_PRICE = re.compile(
+    r"\b(cuanto|cuesta|cuestan|precio|precios|cobran|cobra|tarifa|pagar|pago|gratis|gratuito|suplemento|vale)\b"
+)
+ASKS_NUMBER = re.compile(
+    r"\b(cuantos|cuantas|cuanto|numero|planta|piso|edad|anos|minutos|kilometros|km|metros|dias|noches)\b"
+)
+ASKS_CONTACT = re.compile(
+    r"\b(llamar|llamo|contactar|contacto|telefono|correo|email|mail|escribir|escribo|hablar|reservar|reserva|cancelar|pedir|solicitar|avisar)\b"
+)
 MONEY = re.compile(r"\d\s*(€|euros?\b|eur\b)|\bgratu|\bgratis\b|\bsin coste\b|%", re.IGNORECASE)
 CONTACT = re.compile(r"@|\bmarque|\bmarcando|\bextensi|\brecepci|\bllam", re.IGNORECASE)
 SENTENCE_END = re.compile(r"(?<=[.!?…])\s+(?=[¿¡«\"(]?[A-ZÁÉÍÓÚÑÜ0-9])")
@@ -59,11 +89,11 @@ BULLET = re.compile(r"\s+(?=(?:[-*•]|\d+\.)\s)")
 
 @dataclass(frozen=True)
 class Sentence:
-    id: str          # "<chunk id>#<index>"
+    id: str  # "<chunk id>#<index>"
     chunk_id: str
     doc: str
     heading: str
-    index: int       # position in its chunk
+    index: int  # position in its chunk
     text: str
 
     def passage(self) -> str:
@@ -71,13 +101,25 @@ class Sentence:
         return f"{self.heading}\n{self.text}" if self.heading else self.text
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "chunk_id": self.chunk_id, "doc": self.doc, "heading": self.heading,
-                "index": self.index, "text": self.text}
+        return {
+            "id": self.id,
+            "chunk_id": self.chunk_id,
+            "doc": self.doc,
+            "heading": self.heading,
+            "index": self.index,
+            "text": self.text,
+        }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Sentence":
-        return cls(str(data["id"]), str(data["chunk_id"]), str(data["doc"]), str(data["heading"]),
-                   int(data["index"]), str(data["text"]))
+    def from_dict(cls, data: Mapping[str, Any]) -> Sentence:
+        return cls(
+            str(data["id"]),
+            str(data["chunk_id"]),
+            str(data["doc"]),
+            str(data["heading"]),
+            int(data["index"]),
+            str(data["text"]),
+        )
 
 
 def split_sentences(text: str) -> list[str]:
@@ -108,9 +150,12 @@ def split_sentences(text: str) -> list[str]:
     return out
 
 
-def sentences_of(chunks: Sequence["Chunk"]) -> list[Sentence]:
-    return [Sentence(f"{c.id}#{i}", c.id, c.doc, c.heading, i, s)
-            for c in chunks for i, s in enumerate(split_sentences(c.text))]
+def sentences_of(chunks: Sequence[Chunk]) -> list[Sentence]:
+    return [
+        Sentence(f"{c.id}#{i}", c.id, c.doc, c.heading, i, s)
+        for c in chunks
+        for i, s in enumerate(split_sentences(c.text))
+    ]
 
 
 def stems(text: str) -> list[str]:
@@ -156,8 +201,13 @@ class FeatureBuilder:
     """Turns (question, intent, candidates) into the feature matrix. Holds the statistics it needs: stem
     IDF over every sentence, the doc prior per intent (counts from the training pairs, add-one smoothed)."""
 
-    def __init__(self, idf: Mapping[str, float], doc_prior: Mapping[str, Mapping[str, float]], docs: Sequence[str],
-                 mean_chunk_stems: float = 40.0) -> None:
+    def __init__(
+        self,
+        idf: Mapping[str, float],
+        doc_prior: Mapping[str, Mapping[str, float]],
+        docs: Sequence[str],
+        mean_chunk_stems: float = 40.0,
+    ) -> None:
         self.idf = dict(idf)
         self.doc_prior = {k: dict(v) for k, v in doc_prior.items()}
         self.docs = list(docs)
@@ -165,7 +215,7 @@ class FeatureBuilder:
         self._default_idf = max(self.idf.values(), default=1.0)
 
     @classmethod
-    def fit(cls, sentences: Sequence[Sentence], pairs: Sequence[tuple[str | None, str | None]]) -> "FeatureBuilder":
+    def fit(cls, sentences: Sequence[Sentence], pairs: Sequence[tuple[str | None, str | None]]) -> FeatureBuilder:
         """``pairs``: (intent, source document) of the training questions."""
         df: Counter[str] = Counter()
         for s in sentences:
@@ -185,14 +235,20 @@ class FeatureBuilder:
         return cls(idf, prior, docs, mean)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"idf": self.idf, "doc_prior": self.doc_prior, "docs": self.docs, "mean_chunk_stems": self.mean_chunk_stems}
+        return {
+            "idf": self.idf,
+            "doc_prior": self.doc_prior,
+            "docs": self.docs,
+            "mean_chunk_stems": self.mean_chunk_stems,
+        }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "FeatureBuilder":
+    def from_dict(cls, data: Mapping[str, Any]) -> FeatureBuilder:
         return cls(data["idf"], data["doc_prior"], data["docs"], data.get("mean_chunk_stems", 40.0))
 
-    def _chunk_features(self, q_stems: set[str], q_weight: float, candidates: Sequence[Sentence],
-                        cosines: np.ndarray) -> dict[str, tuple[float, float, float]]:
+    def _chunk_features(
+        self, q_stems: set[str], q_weight: float, candidates: Sequence[Sentence], cosines: np.ndarray
+    ) -> dict[str, tuple[float, float, float]]:
         """Per chunk: (BM25 of the question over the chunk's heading + sentences, relative to the best candidate
         chunk's; IDF-weighted share of the question's stems the chunk holds; the chunk's best sentence cosine)."""
         bags: dict[str, Counter[str]] = {}
@@ -207,13 +263,25 @@ class FeatureBuilder:
         bm25 = {}
         for chunk, bag in bags.items():
             length = sum(bag.values()) or 1
-            bm25[chunk] = sum(self.idf.get(w, self._default_idf) * bag[w] * (k1 + 1)
-                              / (bag[w] + k1 * (1 - b + b * length / self.mean_chunk_stems)) for w in q_stems if bag[w])
+            bm25[chunk] = sum(
+                self.idf.get(w, self._default_idf)
+                * bag[w]
+                * (k1 + 1)
+                / (bag[w] + k1 * (1 - b + b * length / self.mean_chunk_stems))
+                for w in q_stems
+                if bag[w]
+            )
         top = max(bm25.values(), default=0.0) or 1.0
-        return {c: (bm25[c] / top, sum(self.idf.get(w, self._default_idf) for w in q_stems if bags[c][w]) / q_weight,
-                    best[c]) for c in bags}
+        return {
+            c: (
+                bm25[c] / top,
+                sum(self.idf.get(w, self._default_idf) for w in q_stems if bags[c][w]) / q_weight,
+                best[c],
+            )
+            for c in bags
+        }
 
-    def prior(self, intents: "Intents", doc: str) -> float:
+    def prior(self, intents: Intents, doc: str) -> float:
         """log P(doc | the message's intents) - log P(doc) (uniform): ``intents`` is one intent (certain) or the
         classifier's ranking [(intent, confidence), ...], whose unassigned mass goes to the uniform prior."""
         uniform = 1.0 / max(len(self.docs), 1)
@@ -223,16 +291,28 @@ class FeatureBuilder:
         p = sum(c * self.doc_prior[i].get(doc, uniform) for i, c in known) + (1.0 - mass) * uniform
         return math.log(max(p, 1e-12)) - math.log(uniform)
 
-    def features(self, question: str, intent: "Intents", candidates: Sequence[Sentence], cosines: np.ndarray,
-                 chunk_scores: Sequence[float], chunk_ranks: Sequence[int], lexical_ranks: Sequence[int] | None = None,
-                 lexical_scores: Sequence[float] | None = None) -> np.ndarray:
+    def features(
+        self,
+        question: str,
+        intent: Intents,
+        candidates: Sequence[Sentence],
+        cosines: np.ndarray,
+        chunk_scores: Sequence[float],
+        chunk_ranks: Sequence[int],
+        lexical_ranks: Sequence[int] | None = None,
+        lexical_scores: Sequence[float] | None = None,
+    ) -> np.ndarray:
         """One row of :data:`FEATURES` per candidate. ``lexical_ranks``/``lexical_scores``: its chunk's rank and
         score (over the best chunk's) by BM25 over every chunk (absent: rank 0 and score 0, as if unranked)."""
         q = fold(question)
         q_stems = set(stems(question))
         q_weight = sum(self.idf.get(w, self._default_idf) for w in q_stems) or 1.0
-        asks = (bool(ASKS_TIME.search(q)), bool(ASKS_PRICE.search(q)), bool(ASKS_NUMBER.search(q)),
-                bool(ASKS_CONTACT.search(q)))
+        asks = (
+            bool(ASKS_TIME.search(q)),
+            bool(ASKS_PRICE.search(q)),
+            bool(ASKS_NUMBER.search(q)),
+            bool(ASKS_CONTACT.search(q)),
+        )
         chunk = self._chunk_features(q_stems, q_weight, candidates, cosines)
         top_cos = float(np.max(cosines)) if len(candidates) else 0.0
         rank_in_chunk: dict[str, int] = {}
@@ -251,23 +331,31 @@ class FeatureBuilder:
             facts = extract_facts(s.text)
             kinds = {f.kind for f in facts}
             common = q_stems & s_stems
-            rows.append([
-                float(cos), float(score), 1.0 / rank,
-                len(common) / max(len(q_stems), 1),
-                sum(self.idf.get(w, self._default_idf) for w in common) / q_weight,
-                len(q_stems & h_stems) / max(len(q_stems), 1),
-                float(asks[0] and "time" in kinds),
-                float(asks[1] and bool(MONEY.search(s.text))),
-                float(asks[2] and bool(kinds & {"number", "time"})),
-                float(asks[3] and bool(CONTACT.search(s.text) or kinds & {"email", "phone"})),
-                float(s.index == 0),
-                math.log1p(len(s.text)) / 6.0,
-                self.prior(intent, s.doc),
-                float(bool(kinds - {"name"})),
-                float(cos) - top_cos, chunk_best - top_cos, 1.0 / order_in_chunk[i],
-                bm25, chunk_overlap,
-                1.0 / lexical_ranks[i] if lexical_ranks[i] else 0.0, float(lexical_scores[i]),
-            ])
+            rows.append(
+                [
+                    float(cos),
+                    float(score),
+                    1.0 / rank,
+                    len(common) / max(len(q_stems), 1),
+                    sum(self.idf.get(w, self._default_idf) for w in common) / q_weight,
+                    len(q_stems & h_stems) / max(len(q_stems), 1),
+                    float(asks[0] and "time" in kinds),
+                    float(asks[1] and bool(MONEY.search(s.text))),
+                    float(asks[2] and bool(kinds & {"number", "time"})),
+                    float(asks[3] and bool(CONTACT.search(s.text) or kinds & {"email", "phone"})),
+                    float(s.index == 0),
+                    math.log1p(len(s.text)) / 6.0,
+                    self.prior(intent, s.doc),
+                    float(bool(kinds - {"name"})),
+                    float(cos) - top_cos,
+                    chunk_best - top_cos,
+                    1.0 / order_in_chunk[i],
+                    bm25,
+                    chunk_overlap,
+                    1.0 / lexical_ranks[i] if lexical_ranks[i] else 0.0,
+                    float(lexical_scores[i]),
+                ]
+            )
         return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(FEATURES))
 
 
@@ -286,25 +374,43 @@ class SentenceRanker:
         return ((x - self.bias_mean) / self.scale) @ self.weights
 
     def to_dict(self) -> dict[str, Any]:
-        return {"features": list(self.names), "weights": self.weights.tolist(), "mean": self.bias_mean.tolist(),
-                "scale": self.scale.tolist()}
+        return {
+            "features": list(self.names),
+            "weights": self.weights.tolist(),
+            "mean": self.bias_mean.tolist(),
+            "scale": self.scale.tolist(),
+        }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "SentenceRanker":
+    def from_dict(cls, data: Mapping[str, Any]) -> SentenceRanker:
         names = tuple(data.get("features") or [])
         unknown = [n for n in names if n not in FEATURES]
         if not names or unknown:
-            raise ValueError(f"the ranker reads features this hotelbot does not compute ({', '.join(unknown) or 'none listed'}): "
-                             "retrain it (hotelbot train --model-type replies)")
+            raise ValueError(
+                f"the ranker reads features this hotelbot does not compute ({', '.join(unknown) or 'none listed'}): "
+                "retrain it (hotelbot train --model-type replies)"
+            )
         if not len(data["weights"]) == len(data["mean"]) == len(data["scale"]) == len(names):
-            raise ValueError(f"the ranker's weights, means and scales do not match its {len(names)} features: "
-                             "retrain it (hotelbot train --model-type replies)")
-        return cls(np.asarray(data["weights"], dtype=np.float64), np.asarray(data["mean"], dtype=np.float64),
-                   np.asarray(data["scale"], dtype=np.float64), names)
+            raise ValueError(
+                f"the ranker's weights, means and scales do not match its {len(names)} features: "
+                "retrain it (hotelbot train --model-type replies)"
+            )
+        return cls(
+            np.asarray(data["weights"], dtype=np.float64),
+            np.asarray(data["mean"], dtype=np.float64),
+            np.asarray(data["scale"], dtype=np.float64),
+            names,
+        )
 
     @classmethod
-    def fit(cls, groups: Sequence[tuple[np.ndarray, int | Sequence[int]]], *, l2: float = 1e-2, steps: int = 600,
-            learning_rate: float = 0.5) -> "SentenceRanker":
+    def fit(
+        cls,
+        groups: Sequence[tuple[np.ndarray, int | Sequence[int]]],
+        *,
+        l2: float = 1e-2,
+        steps: int = 600,
+        learning_rate: float = 0.5,
+    ) -> SentenceRanker:
         """Listwise training on ``groups``: (candidate features, index or indexes of the answering candidates;
         several share the target probability equally)."""
         if not groups:
@@ -317,8 +423,8 @@ class SentenceRanker:
         mask = np.zeros((len(groups), width), dtype=bool)
         target = np.zeros((len(groups), width))
         for i, (features, y) in enumerate(groups):
-            x[i, :len(features)] = (features - mean) / scale
-            mask[i, :len(features)] = True
+            x[i, : len(features)] = (features - mean) / scale
+            mask[i, : len(features)] = True
             answers = [y] if isinstance(y, (int, np.integer)) else list(y)
             target[i, answers] = 1.0 / len(answers)
         w = np.zeros(len(FEATURES))
@@ -330,5 +436,14 @@ class SentenceRanker:
         return cls(w, mean, scale)
 
 
-__all__ = ["FEATURES", "FeatureBuilder", "Sentence", "SentenceRanker", "answer_label", "answer_labels", "sentences_of",
-           "split_sentences", "stems"]
+__all__ = [
+    "FEATURES",
+    "FeatureBuilder",
+    "Sentence",
+    "SentenceRanker",
+    "answer_label",
+    "answer_labels",
+    "sentences_of",
+    "split_sentences",
+    "stems",
+]

@@ -45,8 +45,16 @@ from ..generator.data import ReplyPair, load_reply_data, read_prepared_replies, 
 from ..generator.metrics import corpus_rouge_l
 from . import DEFAULT_EVAL
 from .facts import contains_fact, fact_keys, unsupported_facts
-from .pipeline import (EVAL_FILE, REPLIES_DIR, ReplyModel, ReplyPipeline, ReplySettings, embed_sentences,
-                       intent_ranking, knowledge_fingerprint)
+from .pipeline import (
+    EVAL_FILE,
+    REPLIES_DIR,
+    ReplyModel,
+    ReplyPipeline,
+    ReplySettings,
+    embed_sentences,
+    intent_ranking,
+    knowledge_fingerprint,
+)
 from .policy import DEFAULT_POLICY, Policy
 from .ranking import FEATURES, FeatureBuilder, SentenceRanker, answer_labels, sentences_of
 
@@ -80,26 +88,32 @@ def read_eval_file(path: Path) -> list[EvalQuestion]:
     for number, record in iter_jsonl(path, text):
         record = record if isinstance(record, dict) else {}
         question, facts = record.get("question"), record.get("facts")
-        if not isinstance(question, str) or not question.strip() or not isinstance(facts, list) or not facts \
-                or not all(isinstance(f, str) and f.strip() for f in facts):
-            raise DataError(f"{path}: line {number}: expected {{\"question\": text, \"facts\": [text, ...]}}")
+        if (
+            not isinstance(question, str)
+            or not question.strip()
+            or not isinstance(facts, list)
+            or not facts
+            or not all(isinstance(f, str) and f.strip() for f in facts)
+        ):
+            raise DataError(f'{path}: line {number}: expected {{"question": text, "facts": [text, ...]}}')
         rows.append(EvalQuestion(question, tuple(facts), record.get("doc"), record.get("intent")))
     if not rows:
         raise DataError(f"{path} holds no question")
     return rows
 
 
-def analyzer_fingerprint(info: "VersionInfo") -> str:
+def analyzer_fingerprint(info: VersionInfo) -> str:
     """What the replies' routing depends on besides the knowledge base: the checksums of the version's
     analyzing components' files (intent classifier, entities, sentiment), "" without any."""
     from ...pipeline.analyze import Analyzer  # loads the component table
 
-    files = sorted((rel, sha) for name in Analyzer.analyzing_components(info)
-                   for rel, sha in recorded_files(info, name).items())
+    files = sorted(
+        (rel, sha) for name in Analyzer.analyzing_components(info) for rel, sha in recorded_files(info, name).items()
+    )
     return hashlib.sha256(json.dumps(files).encode()).hexdigest() if files else ""
 
 
-def recorded_knowledge_fingerprint(info: "VersionInfo") -> str:
+def recorded_knowledge_fingerprint(info: VersionInfo) -> str:
     """:func:`~.pipeline.knowledge_fingerprint` of the version's knowledge base, from its index.json."""
     try:
         return knowledge_fingerprint(json.loads((info.path / "knowledge" / "index.json").read_text("utf-8")))
@@ -115,10 +129,14 @@ def message_intents(pipeline: ReplyPipeline, pairs: Sequence[ReplyPair]) -> list
     one (its confidence, not the pair's label, so training sees the classifier's mistakes), else the label."""
     if pipeline.analyzer is None or not pairs:
         return [p.intent for p in pairs]
-    return [intent_ranking(row) or p.intent for p, row in zip(pairs, pipeline.analyzer.analyze([p.message for p in pairs]))]
+    return [
+        intent_ranking(row) or p.intent for p, row in zip(pairs, pipeline.analyzer.analyze([p.message for p in pairs]))
+    ]
 
 
-def ranking_groups(pipeline: ReplyPipeline, pairs: Sequence[ReplyPair]) -> tuple[list[tuple[np.ndarray, list[int]]], list[Any]]:
+def ranking_groups(
+    pipeline: ReplyPipeline, pairs: Sequence[ReplyPair]
+) -> tuple[list[tuple[np.ndarray, list[int]]], list[Any]]:
     """(features, answering indexes, best first) per pair whose answer is among its candidates, and those Candidates."""
     usable = [p for p in pairs if p.source]
     vectors = pipeline.knowledge.embed_queries([p.message for p in usable]) if usable else []
@@ -133,8 +151,9 @@ def ranking_groups(pipeline: ReplyPipeline, pairs: Sequence[ReplyPair]) -> tuple
     return groups, found_all
 
 
-def ranker_metrics(ranker: SentenceRanker, groups: Sequence[tuple[np.ndarray, list[int]]],
-                   found: Sequence[Any]) -> dict[str, Any]:
+def ranker_metrics(
+    ranker: SentenceRanker, groups: Sequence[tuple[np.ndarray, list[int]]], found: Sequence[Any]
+) -> dict[str, Any]:
     """Top-1 accuracy and MRR of the best answering sentence, beside cosine-only and first-sentence ranking."""
     if not groups:
         return {"questions": 0}
@@ -146,12 +165,20 @@ def ranker_metrics(ranker: SentenceRanker, groups: Sequence[tuple[np.ndarray, li
         top1 += order[0] == y
         mrr += 1.0 / (order.index(y) + 1)
         top1_cos += int(np.argmax(x[:, cos])) == y
-        first = next(i for i, s in enumerate(f.sentences) if s.chunk_id == f.hits[0].chunk.id) \
-            if any(s.chunk_id == f.hits[0].chunk.id for s in f.sentences) else -1
+        first = (
+            next(i for i, s in enumerate(f.sentences) if s.chunk_id == f.hits[0].chunk.id)
+            if any(s.chunk_id == f.hits[0].chunk.id for s in f.sentences)
+            else -1
+        )
         top1_first += first == y
     n = len(groups)
-    return {"questions": n, "top1_accuracy": round(top1 / n, 6), "mrr": round(mrr / n, 6),
-            "baseline_cosine_top1": round(top1_cos / n, 6), "baseline_first_sentence_top1": round(top1_first / n, 6)}
+    return {
+        "questions": n,
+        "top1_accuracy": round(top1 / n, 6),
+        "mrr": round(mrr / n, 6),
+        "baseline_cosine_top1": round(top1_cos / n, 6),
+        "baseline_first_sentence_top1": round(top1_first / n, 6),
+    }
 
 
 SELECTION_GRID = [(ratio, most) for most in (1, 2, 3) for ratio in (0.0, 0.15, 0.3, 0.5, 0.7)]
@@ -176,21 +203,29 @@ def tune_selection(pipeline: ReplyPipeline, pairs: Sequence[ReplyPair]) -> tuple
     if not usable:
         return settings, {"pairs": 0}
     vectors = pipeline.knowledge.embed_queries([p.message for p in usable])
-    ranked = [pipeline.rank(pipeline.candidates(p.message, i, v))
-              for p, v, i in zip(usable, vectors, message_intents(pipeline, usable))]
+    ranked = [
+        pipeline.rank(pipeline.candidates(p.message, i, v))
+        for p, v, i in zip(usable, vectors, message_intents(pipeline, usable))
+    ]
     results = {}
     for ratio, most in SELECTION_GRID:
         trial = replace(settings, second_sentence_ratio=ratio, max_sentences=most)
         replies = [" ".join(s.text for s in pipeline.select(r, trial)) for r in ranked]
         recalls = [x for x in (_fact_recall(reply, p.reply) for reply, p in zip(replies, usable)) if x is not None]
-        results[(ratio, most)] = (float(np.mean(recalls)) if recalls else 0.0, float(np.mean([len(r) for r in replies])))
+        results[(ratio, most)] = (
+            float(np.mean(recalls)) if recalls else 0.0,
+            float(np.mean([len(r) for r in replies])),
+        )
     allowed = [k for k in SELECTION_GRID if results[k][1] <= SHORT_REPLY_CHARS] or [(0.7, 1)]
     ratio, most = max(allowed, key=lambda k: (round(results[k][0], 6), -results[k][1]))
     return replace(settings, second_sentence_ratio=ratio, max_sentences=most), {
-        "pairs": len(usable), "chosen": {"second_sentence_ratio": ratio, "max_sentences": most},
+        "pairs": len(usable),
+        "chosen": {"second_sentence_ratio": ratio, "max_sentences": most},
         "short_reply_chars": SHORT_REPLY_CHARS,
-        "grid": {f"{r}/{m}": {"fact_recall": round(v[0], 6), "mean_chars": round(v[1], 1)}
-                 for (r, m), v in results.items()}}
+        "grid": {
+            f"{r}/{m}": {"fact_recall": round(v[0], 6), "mean_chars": round(v[1], 1)} for (r, m), v in results.items()
+        },
+    }
 
 
 def min_grounding_score(kb: Any, train: Sequence[ReplyPair], quantile: float = 0.05) -> float | None:
@@ -221,8 +256,12 @@ def _cited_passages(pipeline: ReplyPipeline, answer: dict[str, Any]) -> list[str
     return [chunks[s["chunk_id"]].passage() for s in answer.get("sources", []) if s.get("chunk_id") in chunks]
 
 
-def _fact_block(replies: Sequence[str], questions: Sequence[EvalQuestion], sources: Sequence[Sequence[str]],
-                wording: Sequence[str] = ()) -> dict[str, Any]:
+def _fact_block(
+    replies: Sequence[str],
+    questions: Sequence[EvalQuestion],
+    sources: Sequence[Sequence[str]],
+    wording: Sequence[str] = (),
+) -> dict[str, Any]:
     """Fact accuracy, recall and the unsupported-fact rate (strict oracle) of ``replies`` to ``questions``, each
     reply judged against its ``sources`` (+ the question, + ``wording``: the policy's own texts, which the
     policy check already keeps free of facts, so that their words do not count as names)."""
@@ -234,8 +273,11 @@ def _fact_block(replies: Sequence[str], questions: Sequence[EvalQuestion], sourc
         total += len(stated)
         unsupported += bool(unsupported_facts(reply, [*passages, q.question, *wording], strict=True))
     n = max(len(questions), 1)
-    return {"fact_accuracy": round(complete / n, 6), "fact_recall": round(recall / max(total, 1), 6),
-            "unsupported_fact_rate": round(unsupported / n, 6)}
+    return {
+        "fact_accuracy": round(complete / n, 6),
+        "fact_recall": round(recall / max(total, 1), 6),
+        "unsupported_fact_rate": round(unsupported / n, 6),
+    }
 
 
 class NearestReply:
@@ -255,8 +297,12 @@ class NearestReply:
         return self.for_vectors(self.knowledge.embed_queries(list(messages)))
 
 
-def evaluate_pipeline(pipeline: ReplyPipeline, questions: Sequence[EvalQuestion], train: Sequence[ReplyPair],
-                      validation: Sequence[ReplyPair]) -> dict[str, Any]:
+def evaluate_pipeline(
+    pipeline: ReplyPipeline,
+    questions: Sequence[EvalQuestion],
+    train: Sequence[ReplyPair],
+    validation: Sequence[ReplyPair],
+) -> dict[str, Any]:
     """See the module docstring. ``overall_score`` is ``fact_accuracy``."""
     texts = [q.question for q in questions]
     start = time.monotonic()
@@ -265,14 +311,20 @@ def evaluate_pipeline(pipeline: ReplyPipeline, questions: Sequence[EvalQuestion]
     cited = [_cited_passages(pipeline, a) for a in answers]
     ours = _fact_block([a["reply"] for a in answers], questions, cited, pipeline.model.policy.texts())
     grounded = [(a, q) for a, q in zip(answers, questions) if a["kind"] in ("grounded", "generated") and q.doc]
-    ours.update({
-        "doc_accuracy": round(sum(any(s["doc"] == q.doc for s in a["sources"]) for a, q in grounded)
-                              / max(len(grounded), 1), 6),
-        "rejected_rate": round(sum(bool(a.get("rejected")) for a in answers) / max(len(answers), 1), 6),
-        "kinds": {k: sum(a["kind"] == k for a in answers) for k in sorted({a["kind"] for a in answers})},
-        "seconds_per_reply": round(seconds, 4)})
-    retrieved = [[h.chunk.passage() for h in hs] for hs in pipeline.knowledge.search_many(
-        texts, pipeline.model.settings.candidate_chunks)]
+    ours.update(
+        {
+            "doc_accuracy": round(
+                sum(any(s["doc"] == q.doc for s in a["sources"]) for a, q in grounded) / max(len(grounded), 1), 6
+            ),
+            "rejected_rate": round(sum(bool(a.get("rejected")) for a in answers) / max(len(answers), 1), 6),
+            "kinds": {k: sum(a["kind"] == k for a in answers) for k in sorted({a["kind"] for a in answers})},
+            "seconds_per_reply": round(seconds, 4),
+        }
+    )
+    retrieved = [
+        [h.chunk.passage() for h in hs]
+        for hs in pipeline.knowledge.search_many(texts, pipeline.model.settings.candidate_chunks)
+    ]
     nearest = NearestReply(pipeline.knowledge, train)
     base = _fact_block(nearest(texts), questions, retrieved)
 
@@ -284,19 +336,34 @@ def evaluate_pipeline(pipeline: ReplyPipeline, questions: Sequence[EvalQuestion]
         base_val = nearest(messages)
         encode = pipeline.knowledge.embed_queries
         ref = encode(references)
-        relevance = {"pairs": len(validation),
-                     "relevance": round(float(np.mean(np.sum(encode(ours_val) * ref, axis=1))), 6),
-                     "rouge_l": round(corpus_rouge_l(ours_val, references), 6),
-                     "baseline_relevance": round(float(np.mean(np.sum(encode(base_val) * ref, axis=1))), 6),
-                     "baseline_rouge_l": round(corpus_rouge_l(base_val, references), 6)}
-    return {"metric": "fact_accuracy", "overall_score": ours["fact_accuracy"], **ours,
-            "num_questions": len(questions), "baseline": base, "validation_pairs": relevance,
-            "generator_used": pipeline.responder is not None,
-            "samples": [{"message": a["message"], "reply": a["reply"], "kind": a["kind"], "intent": a["intent"],
-                         "expected_facts": list(q.facts),
-                         "missing_facts": [f for f in q.facts if not contains_fact(a["reply"], f)],
-                         "sources": [f"{s['doc']} > {s['heading']}" for s in a["sources"]]}
-                        for a, q in list(zip(answers, questions))[:MAX_SAMPLES]]}
+        relevance = {
+            "pairs": len(validation),
+            "relevance": round(float(np.mean(np.sum(encode(ours_val) * ref, axis=1))), 6),
+            "rouge_l": round(corpus_rouge_l(ours_val, references), 6),
+            "baseline_relevance": round(float(np.mean(np.sum(encode(base_val) * ref, axis=1))), 6),
+            "baseline_rouge_l": round(corpus_rouge_l(base_val, references), 6),
+        }
+    return {
+        "metric": "fact_accuracy",
+        "overall_score": ours["fact_accuracy"],
+        **ours,
+        "num_questions": len(questions),
+        "baseline": base,
+        "validation_pairs": relevance,
+        "generator_used": pipeline.responder is not None,
+        "samples": [
+            {
+                "message": a["message"],
+                "reply": a["reply"],
+                "kind": a["kind"],
+                "intent": a["intent"],
+                "expected_facts": list(q.facts),
+                "missing_facts": [f for f in q.facts if not contains_fact(a["reply"], f)],
+                "sources": [f"{s['doc']} > {s['heading']}" for s in a["sources"]],
+            }
+            for a, q in list(zip(answers, questions))[:MAX_SAMPLES]
+        ],
+    }
 
 
 # ---------------------------------------------------------------------------- training
@@ -311,9 +378,18 @@ class _Prepared:
     fingerprint: str
 
 
-def train_replies(settings: "Settings", data: Path, registry: "ModelRegistry", *, listener: "Listener | None" = None,
-                  force: bool = False, source: str | None = None, eval_file: Path | None = None,
-                  policy_file: Path | None = None, use_generator: bool = False) -> ComponentResult:
+def train_replies(
+    settings: Settings,
+    data: Path,
+    registry: ModelRegistry,
+    *,
+    listener: Listener | None = None,
+    force: bool = False,
+    source: str | None = None,
+    eval_file: Path | None = None,
+    policy_file: Path | None = None,
+    use_generator: bool = False,
+) -> ComponentResult:
     from ...pipeline.analyze import Analyzer  # loads the component table
     from ..knowledge.kb import KnowledgeBase  # imports the encoders
 
@@ -321,37 +397,65 @@ def train_replies(settings: "Settings", data: Path, registry: "ModelRegistry", *
     start = time.monotonic()
     source_info = source_version(registry, source)
     if source_info is None or not has_component(source_info, "knowledge"):
-        raise DataError(f"the replies answer from a knowledge base, and {source_info.name if source_info else 'the registry'} "
-                        "has none", hint="hotelbot prepare --documents DIR && hotelbot train --model-type embeddings")
+        raise DataError(
+            f"the replies answer from a knowledge base, and {source_info.name if source_info else 'the registry'} "
+            "has none",
+            hint="hotelbot prepare --documents DIR && hotelbot train --model-type embeddings",
+        )
     if use_generator and not has_component(source_info, "generator"):
-        raise DataError(f"--use-generator: {source_info.name} has no response generator",
-                        hint="hotelbot train --model-type generator first")
+        raise DataError(
+            f"--use-generator: {source_info.name} has no response generator",
+            hint="hotelbot train --model-type generator first",
+        )
     eval_file = Path(eval_file) if eval_file is not None else (DEFAULT_EVAL if DEFAULT_EVAL.is_file() else None)
     if eval_file is None:
-        raise DataError(f"no reply evaluation set: {DEFAULT_EVAL} is missing",
-                        hint="give one with --eval FILE (JSONL: {\"question\", \"facts\": [...]})")
+        raise DataError(
+            f"no reply evaluation set: {DEFAULT_EVAL} is missing",
+            hint='give one with --eval FILE (JSONL: {"question", "facts": [...]})',
+        )
     questions = read_eval_file(eval_file)
     policy_path = Path(policy_file) if policy_file is not None else DEFAULT_POLICY
     policy = Policy.load(policy_path)
     prepared = load_reply_data(Path(data), settings.data)
     kb = KnowledgeBase.from_version(source_info, settings.paths.models_dir)
     reply_settings = ReplySettings(use_generator=use_generator)
-    fingerprint = hashlib.sha256("|".join([prepared.fingerprint, sha256_file(eval_file), sha256_file(policy_path),
-                                           knowledge_fingerprint(kb.manifest), analyzer_fingerprint(source_info),
-                                           json.dumps(reply_settings.to_dict())]).encode()).hexdigest()
+    fingerprint = hashlib.sha256(
+        "|".join(
+            [
+                prepared.fingerprint,
+                sha256_file(eval_file),
+                sha256_file(policy_path),
+                knowledge_fingerprint(kb.manifest),
+                analyzer_fingerprint(source_info),
+                json.dumps(reply_settings.to_dict()),
+            ]
+        ).encode()
+    ).hexdigest()
     config = {"features": list(FEATURES), **reply_settings.to_dict()}
     frame = _Prepared(prepared.train, prepared.validation, fingerprint)
-    with training_run(settings, registry, COMPONENT, EXPERIMENT, frame, config,
-                      {"knowledge_version": source_info.name, "eval_questions": len(questions), **config},
-                      force=force) as (tracker, monitor):
+    with training_run(
+        settings,
+        registry,
+        COMPONENT,
+        EXPERIMENT,
+        frame,
+        config,
+        {"knowledge_version": source_info.name, "eval_questions": len(questions), **config},
+        force=force,
+    ) as (tracker, monitor):
         emit(TrainingEvent("status", message=f"cutting {len(kb.chunk_list)} chunks into sentences and embedding them"))
         sentences = sentences_of(kb.chunk_list)
         vectors = embed_sentences(kb, sentences)
         builder = FeatureBuilder.fit(sentences, [(p.intent, p.source) for p in prepared.train])
-        reply_settings = replace(reply_settings, out_of_scope_grounding=out_of_scope_grounding(kb, prepared.train),
-                                 min_grounding_score=min_grounding_score(kb, prepared.train))
+        reply_settings = replace(
+            reply_settings,
+            out_of_scope_grounding=out_of_scope_grounding(kb, prepared.train),
+            min_grounding_score=min_grounding_score(kb, prepared.train),
+        )
         zero = SentenceRanker(np.zeros(len(FEATURES)), np.zeros(len(FEATURES)), np.ones(len(FEATURES)))
-        model = ReplyModel(zero, builder, sentences, vectors, policy, reply_settings, knowledge_fingerprint(kb.manifest))
+        model = ReplyModel(
+            zero, builder, sentences, vectors, policy, reply_settings, knowledge_fingerprint(kb.manifest)
+        )
         names = Analyzer.analyzing_components(source_info)
         analyzer = Analyzer.from_version(source_info, settings) if names else None
         responder = None
@@ -364,8 +468,10 @@ def train_replies(settings: "Settings", data: Path, registry: "ModelRegistry", *
         train_groups, _ = ranking_groups(pipeline, prepared.train)
         val_groups, val_found = ranking_groups(pipeline, prepared.validation)
         if not train_groups:
-            raise DataError("no training question's answer is among its retrieved sentences",
-                            hint="the reply pairs need a \"source\" document that the knowledge base holds")
+            raise DataError(
+                "no training question's answer is among its retrieved sentences",
+                hint='the reply pairs need a "source" document that the knowledge base holds',
+            )
         emit(TrainingEvent("status", message=f"fitting the sentence ranker on {len(train_groups)} questions"))
         model.ranker = SentenceRanker.fit(train_groups)
         ranking = ranker_metrics(model.ranker, val_groups, val_found)
@@ -375,45 +481,94 @@ def train_replies(settings: "Settings", data: Path, registry: "ModelRegistry", *
         metrics = evaluate_pipeline(pipeline, questions, prepared.train, prepared.validation)
         metrics["ranker"] = {**ranking, "train_questions": len(train_groups)}
         duration = time.monotonic() - start
-        tracker.log_metrics({k: v for k, v in {
-            "fact_accuracy": metrics["fact_accuracy"], "fact_recall": metrics["fact_recall"],
+        tracker.log_metrics(
+            {
+                k: v
+                for k, v in {
+                    "fact_accuracy": metrics["fact_accuracy"],
+                    "fact_recall": metrics["fact_recall"],
+                    "unsupported_fact_rate": metrics["unsupported_fact_rate"],
+                    "baseline_fact_accuracy": metrics["baseline"]["fact_accuracy"],
+                    "ranker_top1": ranking.get("top1_accuracy"),
+                    "ranker_mrr": ranking.get("mrr"),
+                    "relevance": metrics["validation_pairs"].get("relevance"),
+                }.items()
+                if v is not None
+            },
+            step=0,
+        )
+        summary = {
+            "dataset_fingerprint": fingerprint,
+            "config": config,
+            "knowledge_version": source_info.name,
+            "knowledge_fingerprint": knowledge_fingerprint(kb.manifest),
+            "sentences": len(sentences),
+            "analyzer_fingerprint": analyzer_fingerprint(source_info),
+            "eval_file": str(eval_file),
+            "eval_sha256": sha256_file(eval_file),
+            "policy": str(policy_path),
+            "train_questions": len(train_groups),
+            "fact_accuracy": metrics["fact_accuracy"],
             "unsupported_fact_rate": metrics["unsupported_fact_rate"],
-            "baseline_fact_accuracy": metrics["baseline"]["fact_accuracy"],
-            "ranker_top1": ranking.get("top1_accuracy"), "ranker_mrr": ranking.get("mrr"),
-            "relevance": metrics["validation_pairs"].get("relevance")}.items() if v is not None}, step=0)
-        summary = {"dataset_fingerprint": fingerprint, "config": config, "knowledge_version": source_info.name,
-                   "knowledge_fingerprint": knowledge_fingerprint(kb.manifest), "sentences": len(sentences),
-                   "analyzer_fingerprint": analyzer_fingerprint(source_info),
-                   "eval_file": str(eval_file), "eval_sha256": sha256_file(eval_file), "policy": str(policy_path),
-                   "train_questions": len(train_groups), "fact_accuracy": metrics["fact_accuracy"],
-                   "unsupported_fact_rate": metrics["unsupported_fact_rate"], "mlflow_run_id": tracker.run_id,
-                   "training_seconds": round(duration, 3)}
+            "mlflow_run_id": tracker.run_id,
+            "training_seconds": round(duration, 3),
+        }
 
         def write(target: Path) -> None:
             model.save(target, {"trained_on": source_info.name})
             shutil.copyfile(eval_file, target / EVAL_FILE)
             write_prepared_replies(prepared, target / DATA_DIR)  # validate re-scores on the same pairs
 
-        info, carried = publish_component(registry, COMPONENT, "replies", source=source_info.name, write=write,
-                                          metrics=metrics, history={"ranker": ranking}, summary=summary,
-                                          monitor=monitor, tracker=tracker, listener=listener)
+        info, carried = publish_component(
+            registry,
+            COMPONENT,
+            "replies",
+            source=source_info.name,
+            write=write,
+            metrics=metrics,
+            history={"ranker": ranking},
+            summary=summary,
+            monitor=monitor,
+            tracker=tracker,
+            listener=listener,
+        )
     base = metrics["baseline"]
-    line = (f"trained replies {info.name} in {duration:.1f}s: fact accuracy {metrics['fact_accuracy']:.3f} "
-            f"(nearest training reply {base['fact_accuracy']:.3f}), unsupported-fact rate "
-            f"{metrics['unsupported_fact_rate']:.3f} ({base['unsupported_fact_rate']:.3f}); ranker top-1 "
-            f"{ranking.get('top1_accuracy', 0):.3f} (cosine only {ranking.get('baseline_cosine_top1', 0):.3f})")
-    document = {"component": COMPONENT, "version": info.name, "skipped": False, "duration_seconds": round(duration, 2),
-                "mlflow_run_id": tracker.run_id, "metric": "fact_accuracy", "overall_score": metrics["fact_accuracy"],
-                "metrics": {k: v for k, v in metrics.items() if k != "samples"},
-                "components": info.metadata.get("components"), "carried_from": carried.get("from"),
-                "carried_components": carried.get("components")}
-    return ComponentResult(COMPONENT, info, metrics, duration, tracker.run_id, [ranking], document, [line],
-                           notes=[f"saved to {info.path}; MLflow run {tracker.run_id}"],
-                           score=("replies_fact_accuracy", float(metrics["fact_accuracy"])),
-                           carried_from=carried.get("from"), carried_components=list(carried.get("components") or []))
+    line = (
+        f"trained replies {info.name} in {duration:.1f}s: fact accuracy {metrics['fact_accuracy']:.3f} "
+        f"(nearest training reply {base['fact_accuracy']:.3f}), unsupported-fact rate "
+        f"{metrics['unsupported_fact_rate']:.3f} ({base['unsupported_fact_rate']:.3f}); ranker top-1 "
+        f"{ranking.get('top1_accuracy', 0):.3f} (cosine only {ranking.get('baseline_cosine_top1', 0):.3f})"
+    )
+    document = {
+        "component": COMPONENT,
+        "version": info.name,
+        "skipped": False,
+        "duration_seconds": round(duration, 2),
+        "mlflow_run_id": tracker.run_id,
+        "metric": "fact_accuracy",
+        "overall_score": metrics["fact_accuracy"],
+        "metrics": {k: v for k, v in metrics.items() if k != "samples"},
+        "components": info.metadata.get("components"),
+        "carried_from": carried.get("from"),
+        "carried_components": carried.get("components"),
+    }
+    return ComponentResult(
+        COMPONENT,
+        info,
+        metrics,
+        duration,
+        tracker.run_id,
+        [ranking],
+        document,
+        [line],
+        notes=[f"saved to {info.path}; MLflow run {tracker.run_id}"],
+        score=("replies_fact_accuracy", float(metrics["fact_accuracy"])),
+        carried_from=carried.get("from"),
+        carried_components=list(carried.get("components") or []),
+    )
 
 
-def evaluate_version(info: "VersionInfo", settings: "Settings", eval_file: Path | None = None) -> dict[str, Any]:
+def evaluate_version(info: VersionInfo, settings: Settings, eval_file: Path | None = None) -> dict[str, Any]:
     """Re-score a version's replies on the evaluation set and the reply pairs it was trained with (stored in
     ``replies/``), or on ``eval_file``."""
     pipeline = ReplyPipeline.from_version(info, settings)
@@ -422,5 +577,13 @@ def evaluate_version(info: "VersionInfo", settings: "Settings", eval_file: Path 
     return evaluate_pipeline(pipeline, questions, pairs.train, pairs.validation)
 
 
-__all__ = ["COMPONENT", "DEFAULT_EVAL", "EvalQuestion", "NearestReply", "evaluate_pipeline", "evaluate_version", "read_eval_file",
-           "train_replies"]
+__all__ = [
+    "COMPONENT",
+    "DEFAULT_EVAL",
+    "EvalQuestion",
+    "NearestReply",
+    "evaluate_pipeline",
+    "evaluate_version",
+    "read_eval_file",
+    "train_replies",
+]

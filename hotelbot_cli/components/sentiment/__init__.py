@@ -10,8 +10,17 @@ from ...errors import HotelbotError
 from ..base import ComponentResult, SplitComponent, TrainRequest, labels_report_section, usable_confidence
 from ..exporting import sentence_classifier_hf
 from ..nlu import JointHead
-from .classifier import (DATA_SUBDIR, EXPERIMENT, SENTIMENT_DIR, SentimentClassifier, evaluate_sentiment,
-                         prepare_sentiment, read_prepared_sentiment, train_sentiment, write_prepared_sentiment)
+from .classifier import (
+    DATA_SUBDIR,
+    EXPERIMENT,
+    SENTIMENT_DIR,
+    SentimentClassifier,
+    evaluate_sentiment,
+    prepare_sentiment,
+    read_prepared_sentiment,
+    train_sentiment,
+    write_prepared_sentiment,
+)
 
 if TYPE_CHECKING:
     from ...config import Settings
@@ -40,20 +49,28 @@ class SentimentComponent(JointHead, SplitComponent):
         write_prepared_sentiment(prepared, target)
 
     def fit_and_publish(self, request: TrainRequest, data: Path) -> ComponentResult:
-        return train_sentiment(request.settings, data, request.registry, listener=request.listener,
-                               force=request.force, source=request.source)
+        return train_sentiment(
+            request.settings,
+            data,
+            request.registry,
+            listener=request.listener,
+            force=request.force,
+            source=request.source,
+        )
 
-    def score(self, info: "VersionInfo", settings: "Settings") -> dict[str, Any]:
+    def score(self, info: VersionInfo, settings: Settings) -> dict[str, Any]:
         return evaluate_sentiment(info, settings.validation.metric, model=self.load(info, settings))
 
     def score_view(self, metrics: dict[str, Any], gate: str) -> dict[str, Any]:
         m = metrics
-        return {"line": f"sentiment on {m['num_examples']} texts ({m['data_source']}): accuracy {m['accuracy']:.4f}  "
-                        f"macro-F1 {m['macro_f1']:.4f}  overall_score ({m['metric']}) {m['overall_score']:.4f}  "
-                        f"{gate}  per label: " + ", ".join(f"{k} {v['f1']:.3f}" for k, v in m["per_intent"].items()),
-                "table": None}
+        return {
+            "line": f"sentiment on {m['num_examples']} texts ({m['data_source']}): accuracy {m['accuracy']:.4f}  "
+            f"macro-F1 {m['macro_f1']:.4f}  overall_score ({m['metric']}) {m['overall_score']:.4f}  "
+            f"{gate}  per label: " + ", ".join(f"{k} {v['f1']:.3f}" for k, v in m["per_intent"].items()),
+            "table": None,
+        }
 
-    def smoke(self, info: "VersionInfo", settings: "Settings", texts_count: int) -> dict[str, Any]:
+    def smoke(self, info: VersionInfo, settings: Settings, texts_count: int) -> dict[str, Any]:
         examples = read_prepared_sentiment(info.path / SENTIMENT_DIR / DATA_SUBDIR).validation[:texts_count]
         texts = [e.text for e in examples] or ["hola"]
         model = self.load(info, settings)
@@ -63,7 +80,7 @@ class SentimentComponent(JointHead, SplitComponent):
                 raise HotelbotError(f"{info.name} returned an unusable sentiment for {text!r}: {answer}")
         return {"texts": len(texts), "correct": sum(a["label"] == e.intent for a, e in zip(answers, examples))}
 
-    def load_own(self, info: "VersionInfo") -> Any:
+    def load_own(self, info: VersionInfo) -> Any:
         return SentimentClassifier.from_version(info)
 
     def joint_view(self, runner: Any) -> Any:
@@ -71,7 +88,7 @@ class SentimentComponent(JointHead, SplitComponent):
 
         return JointSentiment(runner)
 
-    def export(self, info: "VersionInfo", fmt: str, target: Path, settings: "Settings") -> dict[str, Any]:
+    def export(self, info: VersionInfo, fmt: str, target: Path, settings: Settings) -> dict[str, Any]:
         self.refuse_joint_export(info, fmt)
         predictor = SentimentClassifier.from_version(info).predictor
         return sentence_classifier_hf(predictor.model, predictor.tokenizer, target, "sentiment classifier", info.name)
@@ -83,8 +100,9 @@ class SentimentComponent(JointHead, SplitComponent):
         s = row["sentiment"]
         return "" if s is None else f"\tsentiment={s['label']} {s['confidence']:.2f}"
 
-    def analyze(self, loaded: Any, texts: Sequence[str], rows: list[dict[str, Any]], *, top_k: int,
-                batch_size: int) -> None:
+    def analyze(
+        self, loaded: Any, texts: Sequence[str], rows: list[dict[str, Any]], *, top_k: int, batch_size: int
+    ) -> None:
         for row, answer in zip(rows, loaded.predict(texts, batch_size=batch_size)):
             row["sentiment"] = answer
 

@@ -20,8 +20,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from ...data import (TRAIN_FILE, VALIDATION_FILE, Example, check_split_fingerprint, clean_text, fingerprint,
-                     load_split, read_data_text, read_manifest, stratified_split, write_split)
+from ...data import (
+    TRAIN_FILE,
+    VALIDATION_FILE,
+    Example,
+    check_split_fingerprint,
+    clean_text,
+    fingerprint,
+    load_split,
+    read_data_text,
+    read_manifest,
+    stratified_split,
+    write_split,
+)
 from ...errors import DataError, RegistryError
 from ...evaluation import classification_metrics
 from ...runtime.reference import TorchPredictor
@@ -60,12 +71,18 @@ class PreparedSentiment:
     warnings: list[dict[str, str]] = field(default_factory=list)
 
     def to_summary(self) -> dict[str, Any]:
-        return {"format": DATA_FORMAT, "fingerprint": self.fingerprint, "labels": self.labels, **self.summary,
-                "warnings": self.warnings}
+        return {
+            "format": DATA_FORMAT,
+            "fingerprint": self.fingerprint,
+            "labels": self.labels,
+            **self.summary,
+            "warnings": self.warnings,
+        }
 
 
-def read_sentiment_file(path: Path, labels: Sequence[str] = SENTIMENT_LABELS, *,
-                        require_labels: bool = True) -> tuple[list[Example], list[dict[str, str]]]:
+def read_sentiment_file(
+    path: Path, labels: Sequence[str] = SENTIMENT_LABELS, *, require_labels: bool = True
+) -> tuple[list[Example], list[dict[str, str]]]:
     """Read, validate and clean a ``{"text", "label"}`` JSONL file. DataError names the file and line."""
     path = Path(path)
     raw = read_data_text(path, 'a .jsonl file of {"text", "label"} lines')
@@ -92,7 +109,9 @@ def read_sentiment_file(path: Path, labels: Sequence[str] = SENTIMENT_LABELS, *,
             raise DataError(f"{where}: unknown label {label!r}; use one of {', '.join(labels)}")
         if text in seen:
             if seen[text][0] != label:
-                raise DataError(f"{where}: text {text!r} is {label!r} here and {seen[text][0]!r} at line {seen[text][1]}")
+                raise DataError(
+                    f"{where}: text {text!r} is {label!r} here and {seen[text][0]!r} at line {seen[text][1]}"
+                )
             duplicates += 1
             continue
         seen[text] = (label, number)
@@ -116,29 +135,43 @@ def prepare_sentiment(path: Path, validation_split: float = 0.2, seed: int = 42)
     if missing:
         warnings.append({"code": "missing_labels", "message": f"no examples of {', '.join(missing)}"})
     if max(counts.values()) / min(counts.values()) > 3:
-        warnings.append({"code": "class_imbalance", "message": "class imbalance above 3:1: "
-                         + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))})
-    summary = {"source": str(path), "examples": len(examples), "train_size": len(train),
-               "validation_size": len(validation), "examples_per_label": {k: counts[k] for k in labels},
-               "validation_split": validation_split, "seed": seed}
+        warnings.append(
+            {
+                "code": "class_imbalance",
+                "message": "class imbalance above 3:1: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+            }
+        )
+    summary = {
+        "source": str(path),
+        "examples": len(examples),
+        "train_size": len(train),
+        "validation_size": len(validation),
+        "examples_per_label": {k: counts[k] for k in labels},
+        "validation_split": validation_split,
+        "seed": seed,
+    }
     return PreparedSentiment(train, validation, labels, fingerprint(train, validation), summary, warnings)
 
 
 def write_prepared_sentiment(prepared: PreparedSentiment, out_dir: Path) -> Path:
     """train.jsonl, validation.jsonl, then dataset.json (the completion marker), each atomically."""
+
     def records(examples: Sequence[Example]) -> Iterator[dict[str, str]]:
         return ({"text": e.text, "label": e.intent} for e in examples)
+
     return write_split(out_dir, records(prepared.train), records(prepared.validation), prepared.to_summary())
 
 
 def read_prepared_sentiment(directory: Path) -> PreparedSentiment:
     directory = Path(directory)
-    summary = read_manifest(directory, DATA_FORMAT, "sentiment",
-                            "run `hotelbot prepare --sentiment datasets/sentimiento_es.jsonl`")
+    summary = read_manifest(
+        directory, DATA_FORMAT, "sentiment", "run `hotelbot prepare --sentiment datasets/sentimiento_es.jsonl`"
+    )
     train, _ = read_sentiment_file(directory / TRAIN_FILE, require_labels=False)
     validation, _ = read_sentiment_file(directory / VALIDATION_FILE, require_labels=False)
-    check_split_fingerprint(fingerprint(train, validation), summary, directory, "sentiment",
-                            "run `hotelbot prepare --sentiment` again")
+    check_split_fingerprint(
+        fingerprint(train, validation), summary, directory, "sentiment", "run `hotelbot prepare --sentiment` again"
+    )
     labels = list(summary.pop("labels"))
     fp = summary.pop("fingerprint")
     warnings = summary.pop("warnings", [])
@@ -146,13 +179,20 @@ def read_prepared_sentiment(directory: Path) -> PreparedSentiment:
     return PreparedSentiment(train, validation, labels, fp, summary, warnings)
 
 
-def load_sentiment_data(source: Path, data: "DataConfig | None" = None) -> PreparedSentiment:
+def load_sentiment_data(source: Path, data: DataConfig | None = None) -> PreparedSentiment:
     """A prepared directory (has dataset.json) is read; a .jsonl file is validated and split now."""
     return load_split(source, data, read_prepared_sentiment, prepare_sentiment)
 
 
-def train_sentiment(settings: "Settings", data: Path, registry: "ModelRegistry", listener: "Listener | None" = None,
-                    *, force: bool = False, source: str | None = None) -> ComponentResult:
+def train_sentiment(
+    settings: Settings,
+    data: Path,
+    registry: ModelRegistry,
+    listener: Listener | None = None,
+    *,
+    force: bool = False,
+    source: str | None = None,
+) -> ComponentResult:
     """Fine-tune the sentiment classifier on ``data`` (a .jsonl file or a prepared directory) and publish a
     new version carrying over the other components of ``source`` (default: deployed, else newest).
 
@@ -165,34 +205,81 @@ def train_sentiment(settings: "Settings", data: Path, registry: "ModelRegistry",
     cfg = replace(settings.training, calibrate_oos_threshold=False)
     metric = settings.validation.metric
     config_record = {"training_config": cfg.to_dict(), "metric": metric, "labels": prepared.labels}
-    with training_run(settings, registry, COMPONENT, EXPERIMENT, prepared, config_record,
-                      {**cfg.to_dict(), "labels": ",".join(prepared.labels)}, force=force,
-                      source=Path(data)) as (tracker, monitor):
-        fit = fit_classifier(cfg, metric, prepared.train, prepared.validation, prepared.labels,
-                             settings.paths.models_dir, listener=listener, tracker=tracker, monitor=monitor)
+    with training_run(
+        settings,
+        registry,
+        COMPONENT,
+        EXPERIMENT,
+        prepared,
+        config_record,
+        {**cfg.to_dict(), "labels": ",".join(prepared.labels)},
+        force=force,
+        source=Path(data),
+    ) as (tracker, monitor):
+        fit = fit_classifier(
+            cfg,
+            metric,
+            prepared.train,
+            prepared.validation,
+            prepared.labels,
+            settings.paths.models_dir,
+            listener=listener,
+            tracker=tracker,
+            monitor=monitor,
+        )
         metrics = fit.metrics
         tracker.log_metrics({f"final_{k}": metrics[k] for k in SCALARS}, step=fit.steps)
         summary = {
-            "metrics": {**{k: metrics[k] for k in SCALARS}, "overall_score": metrics["overall_score"],
-                        "metric": metrics["metric"], "best_epoch": fit.best_epoch,
-                        "per_label_f1": {k: v["f1"] for k, v in metrics["per_intent"].items()}},
-            "labels": fit.labels, "base_model": fit.resolved, "max_length": cfg.max_length,
+            "metrics": {
+                **{k: metrics[k] for k in SCALARS},
+                "overall_score": metrics["overall_score"],
+                "metric": metrics["metric"],
+                "best_epoch": fit.best_epoch,
+                "per_label_f1": {k: v["f1"] for k, v in metrics["per_intent"].items()},
+            },
+            "labels": fit.labels,
+            "base_model": fit.resolved,
+            "max_length": cfg.max_length,
             "dataset_fingerprint": prepared.fingerprint,
-            "dataset": {"source": prepared.summary.get("source"), "train_size": len(prepared.train),
-                        "validation_size": len(prepared.validation)},
-            "config": config_record, "training": training_summary(fit), "mlflow_run_id": tracker.run_id,
+            "dataset": {
+                "source": prepared.summary.get("source"),
+                "train_size": len(prepared.train),
+                "validation_size": len(prepared.validation),
+            },
+            "config": config_record,
+            "training": training_summary(fit),
+            "mlflow_run_id": tracker.run_id,
         }
 
         def write(target: Path) -> None:
             save_classifier(fit.model, fit.tokenizer, target)
             write_prepared_sentiment(prepared, target / DATA_SUBDIR)
 
-        info, carried = publish_component(registry, COMPONENT, "sentiment-classifier", source=source, write=write,
-                                          metrics=metrics, history={"epochs": fit.history, "log": fit.log_history},
-                                          summary=summary, monitor=monitor, tracker=tracker, listener=listener)
+        info, carried = publish_component(
+            registry,
+            COMPONENT,
+            "sentiment-classifier",
+            source=source,
+            write=write,
+            metrics=metrics,
+            history={"epochs": fit.history, "log": fit.log_history},
+            summary=summary,
+            monitor=monitor,
+            tracker=tracker,
+            listener=listener,
+        )
     log.info("trained sentiment %s: %s %.4f in %.1fs", info.name, metric, metrics["overall_score"], fit.duration)
-    emit(TrainingEvent("end", fit.steps, fit.steps, fit.epochs_run, cfg.epochs,
-                       metrics={k: metrics[k] for k in SCALARS}, message=info.name))
+    emit(
+        TrainingEvent(
+            "end",
+            fit.steps,
+            fit.steps,
+            fit.epochs_run,
+            cfg.epochs,
+            metrics={k: metrics[k] for k in SCALARS},
+            message=info.name,
+        )
+    )
     return scored_result(COMPONENT, info, metrics, fit.duration, tracker.run_id, fit.history, carried)
 
 
@@ -205,14 +292,15 @@ class SentimentClassifier:
         self.version = predictor.version
 
     @classmethod
-    def from_version(cls, info: "VersionInfo") -> "SentimentClassifier":
+    def from_version(cls, info: VersionInfo) -> SentimentClassifier:
         """The version's own sentiment model (a joint NLU version's head: the component's ``load``)."""
         from ...modeling import CLASSIFIER_FILE, load_classifier  # imports torch
 
         path = info.path / SENTIMENT_DIR
         if not (path / CLASSIFIER_FILE).is_file():
-            raise RegistryError(f"version {info.name} has no sentiment model",
-                                hint="train one: hotelbot train --model-type sentiment")
+            raise RegistryError(
+                f"version {info.name} has no sentiment model", hint="train one: hotelbot train --model-type sentiment"
+            )
         model, tokenizer = load_classifier(path)
         return cls(TorchPredictor(model, tokenizer, info.name))
 
@@ -220,15 +308,18 @@ class SentimentClassifier:
         """Per text: {"label", "confidence"} (texts are cleaned like the training data)."""
         probs = self.predictor.probabilities(texts, batch_size)
         confidence, best = probs.max(dim=-1)
-        return [{"label": self.labels[i], "confidence": round(float(c), 6)}
-                for c, i in zip(confidence.tolist(), best.tolist())]
+        return [
+            {"label": self.labels[i], "confidence": round(float(c), 6)}
+            for c, i in zip(confidence.tolist(), best.tolist())
+        ]
 
     def predict_labels(self, texts: Sequence[str], batch_size: int = 32) -> list[str]:
         return [p["label"] for p in self.predict(texts, batch_size)]
 
 
-def evaluate_sentiment(info: "VersionInfo", metric: str = "macro_f1", data: Path | None = None,
-                       model: Any = None) -> dict[str, Any]:
+def evaluate_sentiment(
+    info: VersionInfo, metric: str = "macro_f1", data: Path | None = None, model: Any = None
+) -> dict[str, Any]:
     """classification_metrics of a version's saved sentiment model on its own validation split (or ``data``:
     a prepared directory's validation split, or all of a .jsonl file)."""
     if data is None:
@@ -239,12 +330,22 @@ def evaluate_sentiment(info: "VersionInfo", metric: str = "macro_f1", data: Path
     else:
         examples, source = read_sentiment_file(Path(data))[0], str(data)
     model = model if model is not None else SentimentClassifier.from_version(info)
-    metrics = classification_metrics([e.intent for e in examples], model.predict_labels([e.text for e in examples]),
-                                     model.labels, metric)
+    metrics = classification_metrics(
+        [e.intent for e in examples], model.predict_labels([e.text for e in examples]), model.labels, metric
+    )
     metrics["data_source"] = source
     return metrics
 
 
-__all__ = ["SENTIMENT_LABELS", "PreparedSentiment", "SentimentClassifier", "evaluate_sentiment", "load_sentiment_data",
-           "prepare_sentiment", "read_prepared_sentiment", "read_sentiment_file", "train_sentiment",
-           "write_prepared_sentiment"]
+__all__ = [
+    "SENTIMENT_LABELS",
+    "PreparedSentiment",
+    "SentimentClassifier",
+    "evaluate_sentiment",
+    "load_sentiment_data",
+    "prepare_sentiment",
+    "read_prepared_sentiment",
+    "read_sentiment_file",
+    "train_sentiment",
+    "write_prepared_sentiment",
+]
