@@ -79,7 +79,7 @@ def hashing_once() -> Iterator[None]:
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file, read in 1 MiB blocks (once per :func:`hashing_once` block)."""
     memo = _HASHED.get()
-    key = None
+    key: tuple[int, ...] = ()
     if memo is not None:
         st = os.stat(path)
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

@@ -20,7 +20,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Self
 
 from .errors import ConfigError
 
@@ -50,7 +50,7 @@ class _Section:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def merged(self, overrides: Mapping[str, Any], *, source: str) -> _Section:
+    def merged(self, overrides: Mapping[str, Any], *, source: str) -> Self:
         known = {f.name: f for f in fields(self)}
         unknown = sorted(set(overrides) - set(known))
         if unknown:

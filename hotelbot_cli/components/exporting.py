@@ -493,7 +493,8 @@ def copy_onnx_graph(source: Path, target_dir: Path) -> list[str]:
         model = onnx.load(str(source), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError and others for a bad file
         raise ModelError(f"cannot read the ONNX graph {source}: {exc}") from None
-    written, renamed = [], {}
+    written: list[Any] = []
+    renamed: dict[str, str] = {}
     for entry in external_entries(model):
         location = entry.value
         origin = Path(location) if Path(location).is_absolute() else source.parent / location

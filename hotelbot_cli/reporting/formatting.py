@@ -19,7 +19,7 @@ def _pct(value: Any) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def _bytes(n: int | None) -> str:
+def _bytes(n: float | None) -> str:
     if not n:
         return "-"
     for unit in ("B", "KB", "MB", "GB"):

@@ -57,7 +57,8 @@ class BackgroundCheck:
     """:func:`verify_files` in a thread; :meth:`require` waits for it and raises on a problem."""
 
     def __init__(self, info: VersionInfo, rels: Sequence[str]) -> None:
-        self._info, self._problems, self._error = info, [], None
+        self._info, self._error = info, None
+        self._problems: list[str] = []
 
         def run() -> None:
             try:

@@ -43,7 +43,9 @@ class Predictor(Protocol):
     config: Any  # modeling.ClassifierConfig or onnx.RuntimeClassifierConfig
     runtime: str  # layout.TORCH, ONNX_FP32 or ONNX_INT8
 
-    detector: Any  # detector.OutOfScopeDetector: the softmax threshold or the kNN detector the version chose
+    @property
+    def detector(self) -> Any:  # detector.OutOfScopeDetector: the softmax threshold or the kNN detector chosen
+        ...
 
     @property
     def threshold(self) -> float | None:

@@ -19,7 +19,7 @@ class SystemMonitor:
         self._process = psutil.Process()
         self._process.cpu_percent(None)
         psutil.cpu_percent(None)
-        self._nvml = None
+        self._nvml: Any = None  # the pynvml module when a GPU was found
         self._gpus: list[Any] = []
         try:
             import pynvml
