@@ -25,13 +25,14 @@ def models_cmd(json_out: JsonOpt = False) -> None:
 
         hotelbot models --json
     """
+    # imports numpy
     from ..packaged import (
         PACKAGED_MODELS,
         PACKAGED_SCHEME,
         cached_size_bytes,
         is_cached,
         source_size_bytes,
-    )  # imports numpy
+    )
 
     cache = settings_from().paths.models_dir
     rows = []

@@ -206,13 +206,16 @@ def _usage(problem: str) -> None:
 def _prepare_documents(
     directory: Path, output: Path | None, chunk_size: int, chunk_overlap: int, dry_run: bool, json_out: bool
 ) -> None:
+    # loads the component table: kept off `hotelbot --help`'s path
     from ..components.knowledge import (
         DEFAULT_DOCUMENTS_OUTPUT,
-    )  # loads the component table: kept off `hotelbot --help`'s path
+    )
+
+    # loads the component table: kept off `hotelbot --help`'s path
     from ..components.knowledge.kb import (
         prepare_documents,
         write_prepared_documents,
-    )  # loads the component table: kept off `hotelbot --help`'s path
+    )
 
     prepared = prepare_documents(directory, max_chars=chunk_size, overlap_chars=chunk_overlap)
     target = None if dry_run else (output or DEFAULT_DOCUMENTS_OUTPUT)
@@ -281,10 +284,11 @@ def _prepare_replies(
     config: Path | None,
     profile: str | None,
 ) -> None:
+    # loads the component table: kept off `hotelbot --help`'s path
     from ..components.generator.data import (
         prepare_replies,
         write_prepared_replies,
-    )  # loads the component table: kept off `hotelbot --help`'s path
+    )
 
     settings = settings_from(
         config, profile, overrides={"data_config": {"validation_split": validation_split, "seed": seed}}

@@ -55,9 +55,10 @@ def reply_cmd(
 
         cat messages.txt | hotelbot reply - --json | jq -r '.replies[].reply'
     """
+    # loads the component table: kept off `hotelbot --help`'s path
     from ..components.replies.pipeline import (
         ReplyPipeline,
-    )  # loads the component table: kept off `hotelbot --help`'s path
+    )
 
     if "-" in messages:
         messages = [m for m in messages if m != "-"] + [line.rstrip("\n") for line in sys.stdin if line.strip()]

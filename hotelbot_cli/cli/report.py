@@ -77,11 +77,12 @@ def report_cmd(
 
         hotelbot report --format json | jq '.recommendations'
     """
+    # loads the component table: kept off `hotelbot --help`'s path
     from ..reporting import (
         build_report,
         training_report_dir,
         write_report,
-    )  # loads the component table: kept off `hotelbot --help`'s path
+    )
 
     settings = settings_from(registry=registry)
     store = ModelRegistry(settings.paths.registry)

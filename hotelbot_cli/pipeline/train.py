@@ -30,7 +30,7 @@ from ..components import Component, TrainRequest, by_model_type, registered
 from ..components.compose import adopt_component, orphaned, refuse_orphans, source_version
 from ..errors import AlreadyTrainedError
 from ..reporting import build_report_from_dir, write_report_files, write_training_report
-from ..training.distributed import SecondaryProcess, is_distributed, is_main_process, share_from_main
+from ..training.distributed import SecondaryProcess, is_main_process, share_from_main
 from ..training.loop import check_precision
 from ..training.tracking import MlflowTracker
 
@@ -222,8 +222,8 @@ def _train_all(
                     outcome = _run_step(
                         component, TrainRequest(settings, registry, data[component.name], last, force, listener, own)
                     )
-            if is_distributed():  # every process starts the next step from the main process's version
-                outcome.version = share_from_main(outcome.version)
+            # under torchrun/accelerate every process starts the next step from the main process's version
+            outcome.version = share_from_main(outcome.version)
             last = outcome.version
             result.steps.append(outcome)
             tracker.set_tags(

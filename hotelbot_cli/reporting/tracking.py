@@ -3,9 +3,9 @@ report files (logged as artifacts). mlflow is imported only when a run is actual
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
+from ..training.mlflow_hub import import_mlflow
 from .report import SYSTEM_SERIES, Report
 
 
@@ -16,15 +16,10 @@ def _sqlite_path(uri: str) -> Path | None:
     return None
 
 
-def _quiet_mlflow_logs() -> None:
-    for name in ("mlflow", "alembic", "sqlalchemy"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
 def _system_series(uri: str, run_id: str) -> dict[str, list[tuple[float, float]]]:
     """The system metrics (CPU, RAM, GPU) of MLflow run ``run_id``: (timestamp in seconds, value) per key,
     oldest first; keys without points are left out. Raises whatever mlflow raises."""
-    _quiet_mlflow_logs()
+    import_mlflow()
     from mlflow.tracking import MlflowClient  # heavy: only when a run is read
 
     client = MlflowClient(uri)
@@ -49,7 +44,7 @@ def log_report_artifacts(report: Report, paths: dict[str, Path], artifact_path: 
     if db is not None and not db.is_file():
         return f"the MLflow store {db} does not exist; the report was not logged as an artifact"
     try:
-        _quiet_mlflow_logs()
+        import_mlflow()
         from mlflow.tracking import MlflowClient  # heavy: only when a run is written to
 
         client = MlflowClient(uri)

@@ -68,43 +68,36 @@ Text = Annotated[
 ]
 
 
+# The optional key of a guest's conversation, the same in every request body that takes one.
+ConversationId = Annotated[
+    str | None,
+    Field(
+        max_length=200,
+        description="Keeps one guest's conversation on one model version while a canary runs (also the "
+        "X-Conversation-Id header; random when absent).",
+    ),
+]
+
+
 class ClassifyRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"text": "¿a qué hora es el desayuno?"}]})
 
     text: Text = Field(description="The guest's message (non-empty; at most max_text_length characters).")
-    conversation_id: str | None = Field(
-        None,
-        max_length=200,
-        description="Keeps one guest's conversation on one "
-        "model version while a canary runs (also the X-Conversation-Id header; "
-        "random when absent).",
-    )
+    conversation_id: ConversationId = None
 
 
 class BatchClassifyRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"texts": ["hola", "¿cuál es la clave del wifi?"]}]})
 
     texts: list[Text] = Field(min_length=1, description="1 to max_batch_size non-empty messages.")
-    conversation_id: str | None = Field(
-        None,
-        max_length=200,
-        description="Keeps one guest's conversation on one "
-        "model version while a canary runs (also the X-Conversation-Id header; "
-        "random when absent).",
-    )
+    conversation_id: ConversationId = None
 
 
 class ReplyRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"text": "¿a qué hora cierra la piscina?"}]})
 
     text: Text = Field(description="The guest's message (non-empty; at most max_text_length characters).")
-    conversation_id: str | None = Field(
-        None,
-        max_length=200,
-        description="Keeps one guest's conversation on one "
-        "model version while a canary runs (also the X-Conversation-Id header; "
-        "random when absent).",
-    )
+    conversation_id: ConversationId = None
 
 
 class SearchRequest(BaseModel):
@@ -112,13 +105,7 @@ class SearchRequest(BaseModel):
 
     query: Text = Field(description="The guest's question (non-empty; at most max_text_length characters).")
     top_k: int = Field(5, ge=1, le=50, description="How many ranked chunks to return.")
-    conversation_id: str | None = Field(
-        None,
-        max_length=200,
-        description="Keeps one guest's conversation on one "
-        "model version while a canary runs (also the X-Conversation-Id header; "
-        "random when absent).",
-    )
+    conversation_id: ConversationId = None
 
 
 class SearchHitModel(BaseModel):
@@ -143,13 +130,7 @@ class AnalyzeRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"texts": ["Soy Ana, de la 305: llegamos el 15/08"]}]})
 
     texts: list[Text] = Field(min_length=1, description="1 to max_batch_size non-empty messages.")
-    conversation_id: str | None = Field(
-        None,
-        max_length=200,
-        description="Keeps one guest's conversation on one "
-        "model version while a canary runs (also the X-Conversation-Id header; "
-        "random when absent).",
-    )
+    conversation_id: ConversationId = None
 
 
 class Entity(BaseModel):

@@ -70,13 +70,22 @@ def bounded_requests(timeout_seconds: int = 10) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _quiet() -> Any:
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stdout is for results (--json)
+def import_mlflow() -> Any:
+    """The mlflow module, imported the one way the project uses it: no "🏃 View run ... at: URL" line on stdout
+    when a run on a server ends (stdout is for results, --json), and no INFO chatter from mlflow, alembic
+    ("Creating initial MLflow database tables") or sqlalchemy."""
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     import mlflow
 
     for name in ("mlflow", "alembic", "sqlalchemy"):
         logging.getLogger(name).setLevel(logging.WARNING)
     return mlflow
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one line (its first), or its type's name when it has no message."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def reference(registry: ModelRegistry, info: VersionInfo) -> dict[str, Any]:
@@ -94,7 +103,7 @@ def log_version_model(registry: ModelRegistry, info: VersionInfo) -> dict[str, A
     returns {"name", "version", "uri"}. Raises whatever mlflow raises."""
     from .. import __version__  # the package root: only when a model is logged
 
-    mlflow = _quiet()
+    mlflow = import_mlflow()
     with tempfile.TemporaryDirectory(prefix="hotelbot-mlflow-") as tmp:
         ref = Path(tmp) / "hotelbot.json"
         ref.write_text(json.dumps(reference(registry, info), indent=2), "utf-8")
@@ -126,7 +135,7 @@ def log_dataset(
 ) -> None:
     """(Inside an active MLflow run.) ``mlflow.log_input`` of the data set: its name, source path and
     fingerprint (the digest), the split sizes as tags. Raises whatever mlflow raises."""
-    mlflow = _quiet()
+    mlflow = import_mlflow()
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
@@ -162,7 +171,7 @@ def _model_version(client: Any, registry: ModelRegistry, version: str, tracking_
     ]
     if found:
         return str(max(int(v.version) for v in found))
-    mlflow = _quiet()
+    mlflow = import_mlflow()
     mlflow.set_tracking_uri(tracking_uri)
     experiment = client.get_experiment_by_name(REGISTRATION_EXPERIMENT)
     experiment_id = (
@@ -202,7 +211,7 @@ def sync_aliases(registry: ModelRegistry, tracking_uri: str) -> list[str]:
         return []
     try:
         with bounded_requests():
-            _quiet()
+            import_mlflow()
             from mlflow.exceptions import MlflowException
             from mlflow.tracking import MlflowClient
 
@@ -221,7 +230,7 @@ def sync_aliases(registry: ModelRegistry, tracking_uri: str) -> list[str]:
             else ["MLflow is not installed here: the Model Registry aliases were not updated"]
         )
     except Exception as exc:  # noqa: BLE001 - mlflow and its HTTP client raise many types
-        line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        line = first_line(exc)
         return [redact_url(f"MLflow aliases not updated ({tracking_uri}): {line[:300]}")]
     return []
 
@@ -235,6 +244,8 @@ __all__ = [
     "bounded_requests",
     "desired_aliases",
     "enabled",
+    "first_line",
+    "import_mlflow",
     "log_dataset",
     "log_version_model",
     "model_name",

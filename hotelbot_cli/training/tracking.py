@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,12 +33,7 @@ class MlflowTracker:
         if not is_main_process():  # torchrun/accelerate: one run per training, the main process's
             yield self
             return
-        # stdout is for results (--json): no "🏃 View run ... at: URL" line when a run on a server ends
-        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-        import mlflow
-
-        logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "Creating initial MLflow database tables"
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+        mlflow = mlflow_hub.import_mlflow()
         if self.tracking_uri.startswith("sqlite:///"):
             Path(self.tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -108,7 +102,6 @@ class MlflowTracker:
             with mlflow_hub.bounded_requests():
                 return mlflow_hub.log_version_model(registry, info)
         except Exception as exc:  # noqa: BLE001 - mlflow raises many types; the version is published already
-            line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            line = redact_url(line)
+            line = redact_url(mlflow_hub.first_line(exc))
             log.warning("MLflow model not logged for %s: %s", getattr(info, "name", info), line)
             return {"error": line[:300]}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ import urllib.request
 
 import pytest
 from typer.testing import CliRunner
+
+from conftest import free_port
 
 from hotelbot_cli.cli.app import app
 from hotelbot_cli.training import mlflow_hub
@@ -29,12 +30,6 @@ def cli(*args):
 def doc(result):
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def aliases(uri, name):
