@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check install clean constraints
+.PHONY: run test check docs install clean constraints
 
 # Every role (train + serve + dev) at the exact versions of constraints.txt.
 $(STAMP): pyproject.toml constraints.txt
@@ -29,14 +29,19 @@ run: $(STAMP)
 	$(BIN)/hotelbot validate
 	$(BIN)/hotelbot predict "quiero ver las noticias" "¿a qué hora es el desayuno?"
 
-# The contributor checks (CONTRIBUTING.md): lint and format of the library package, as configured in
-# pyproject.toml. `make test` runs them first, so CI fails on them too.
+# The contributor checks (CONTRIBUTING.md): lint, format and types of the library package, as configured in
+# pyproject.toml. `make test` runs them first, so CI fails on them too. (The docs site's strict build is a test.)
 check: $(STAMP)
 	$(BIN)/ruff check
 	$(BIN)/ruff format --check
+	$(BIN)/mypy
+
+# The documentation site (docs/, mkdocs.yml) on http://127.0.0.1:8000, rebuilt on every change.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 test: $(STAMP) check
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache build site *.egg-info

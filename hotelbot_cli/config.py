@@ -40,7 +40,7 @@ class _Section:
     """Shared to_dict/from_dict for the config sections."""
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> _Section:
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> Self:
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(data) - set(known))
         if unknown:

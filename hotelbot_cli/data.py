@@ -16,7 +16,7 @@ import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Sequence, TypeVar, cast
 
 from ._io import atomic_write_bytes, atomic_write_json, iter_jsonl
 from .errors import DataError
@@ -31,6 +31,16 @@ SUPPORTED_SUFFIXES = (".json", ".jsonl", ".csv")
 LABEL_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 OUT_OF_SCOPE = "out_of_scope"
 T = TypeVar("T")
+
+
+class _HasText(Protocol):
+    """What ``stratified_split`` needs of an item: a ``text`` (its stable pre-shuffle order)."""
+
+    @property
+    def text(self) -> str: ...
+
+
+_TextT = TypeVar("_TextT", bound=_HasText)
 
 
 @dataclass(frozen=True)
@@ -277,19 +287,22 @@ def validate_and_clean(path: Path, records: list[tuple[str, Example]]) -> tuple[
 
 
 def stratified_split(
-    examples: Sequence[T], validation_split: float, seed: int, key: Callable[[T], str] = lambda e: e.intent
-) -> tuple[list[T], list[T]]:
+    examples: Sequence[_TextT],
+    validation_split: float,
+    seed: int,
+    key: Callable[[_TextT], str] = lambda e: cast(Example, e).intent,  # the default is for Examples
+) -> tuple[list[_TextT], list[_TextT]]:
     """Per-stratum shuffle with a seeded RNG; each stratum with >= 2 examples gives >= 1 to validation.
 
     Strata are intents by default; ``key`` chooses another (entities use each sentence's rarest type).
     Items need a ``text`` attribute, which fixes the order before shuffling.
     """
-    by_key: dict[str, list[T]] = defaultdict(list)
+    by_key: dict[str, list[_TextT]] = defaultdict(list)
     for example in examples:
         by_key[key(example)].append(example)
     rng = random.Random(seed)
-    train: list[T] = []
-    validation: list[T] = []
+    train: list[_TextT] = []
+    validation: list[_TextT] = []
     for label in sorted(by_key):
         items = sorted(by_key[label], key=lambda e: e.text)
         rng.shuffle(items)

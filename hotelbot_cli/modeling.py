@@ -20,7 +20,7 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, ContextManager, Iterator, TypeVar, cast
 
 import torch
 from torch import nn
@@ -39,6 +39,7 @@ PT_FILE = "intent_classifier.pt"
 PT_FORMAT = "hotelbot-intent-classifier/1"
 LARGE_VOCAB = 100_000
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+_ModuleT = TypeVar("_ModuleT", bound=nn.Module)
 
 
 @dataclass(frozen=True)
@@ -158,9 +159,9 @@ def _mapped_encoder(location: str, config: Any) -> nn.Module | None:
     # As from_pretrained marks what it loaded: a model built around this encoder (the generator's
     # EncoderDecoderModel) must not "initialise" these weights again in its post_init.
     for module in encoder.modules():
-        module._is_hf_initialized = True
+        cast(Any, module)._is_hf_initialized = True
         for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
-            tensor._is_hf_initialized = True
+            cast(Any, tensor)._is_hf_initialized = True
     return encoder
 
 
@@ -176,7 +177,7 @@ def load_base_encoder(resolved: ResolvedBaseModel, *, frozen: bool = False, toke
     try:
         with quiet_transformers():
             config = AutoConfig.from_pretrained(resolved.location)
-            tokenizer = AutoTokenizer.from_pretrained(resolved.location) if tokenizer else None
+            hf_tokenizer = AutoTokenizer.from_pretrained(resolved.location) if tokenizer else None
             encoder = _mapped_encoder(resolved.location, config) if frozen else None
             if encoder is None:
                 encoder = AutoModel.from_pretrained(resolved.location, config=config, **_no_pooler_kwargs(config))
@@ -186,7 +187,7 @@ def load_base_encoder(resolved: ResolvedBaseModel, *, frozen: bool = False, toke
             f"cannot load base model {resolved.spec!r}: {first}",
             hint="offline, use a local directory or packaged:multilingual-e5-small (see `hotelbot models`)",
         ) from None
-    return tokenizer, encoder
+    return hf_tokenizer, encoder
 
 
 @dataclass
@@ -232,12 +233,14 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
 class SentenceClassifier(nn.Module):
     """A pretrained encoder, mean (or CLS) pooling, dropout and a linear head over the intents."""
 
+    class_weights: torch.Tensor | None  # the buffer registered in __init__
+
     def __init__(self, encoder: nn.Module, config: ClassifierConfig) -> None:
         super().__init__()
-        self.encoder = encoder
+        self.encoder: Any = encoder  # a transformers model: its config and methods are not nn.Module's
         self.classifier_config = config
         self.dropout = nn.Dropout(config.dropout)
-        self.head = nn.Linear(encoder.config.hidden_size, len(config.labels))
+        self.head = nn.Linear(cast(Any, encoder).config.hidden_size, len(config.labels))
         # A buffer, so model.to(device) moves it with the weights (a plain attribute stayed on the CPU and
         # broke the loss on CUDA); not persistent: saved weights and their checksums stay what they were.
         self.register_buffer("class_weights", None, persistent=False)
@@ -303,13 +306,14 @@ class MultiTaskClassifier(SentenceClassifier):
             raise ModelError(
                 "a joint model's classifier.json needs tasks.sentiment.labels and tasks.entities.tags"
             ) from None
-        hidden = encoder.config.hidden_size
+        hidden = cast(Any, encoder).config.hidden_size
         self.sentiment_head = nn.Linear(hidden, len(sentiment_labels))
         self.entity_head = nn.Linear(hidden, len(entity_tags))
         weights = tasks.get("task_weights") or {}
         self.task_weights = [float(weights.get(name, 1.0)) for name in TASK_NAMES]
 
-    def forward(
+    # task_ids, token_labels and row_ids come before return_embedding (which callers pass by keyword)
+    def forward(  # type: ignore[override]
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
@@ -383,7 +387,7 @@ def should_freeze(setting: str, encoder: nn.Module) -> bool:
         return True
     if setting == "no":
         return False
-    return encoder.get_input_embeddings().weight.shape[0] >= LARGE_VOCAB
+    return cast(Any, encoder).get_input_embeddings().weight.shape[0] >= LARGE_VOCAB
 
 
 # ------------------------------------------------------------------ save / load
@@ -403,7 +407,7 @@ def save_encoder_model(
     save_file(state, str(out_dir / WEIGHTS_FILE), metadata={"format": fmt})
     if embeddings:
         save_file(embeddings, str(out_dir / EMBEDDINGS_FILE), metadata={"format": EMBEDDINGS_FORMAT})
-    (out_dir / ENCODER_CONFIG_FILE).write_text(model.encoder.config.to_json_string(), encoding="utf-8")
+    (out_dir / ENCODER_CONFIG_FILE).write_text(cast(Any, model).encoder.config.to_json_string(), encoding="utf-8")
     atomic_write_json(out_dir / config_file, config)
     tokenizer.save_pretrained(str(out_dir))
 
@@ -414,7 +418,7 @@ def split_word_embeddings(model: nn.Module, state: dict[str, torch.Tensor]) -> d
     It is saved in its own file, ``embeddings.safetensors``, with a fixed header: a model that did not
     train it (frozen by default: 384 MB of e5-small's 470) writes the same bytes as every other model
     built on the same base, so the registry's content-addressed store keeps ONE copy for all of them."""
-    weight = model.encoder.get_input_embeddings().weight
+    weight = cast(Any, model).encoder.get_input_embeddings().weight
     key = next((name for name, param in model.named_parameters() if param is weight), None)
     return {} if key is None or key not in state else {key: state.pop(key)}
 
@@ -452,6 +456,7 @@ def _weights_not_initialised() -> Iterator[None]:
     """Build a model whose weights are about to be replaced without drawing random ones: transformers'
     ``no_init_weights`` where this version has it (the parameters are allocated, never written, so they
     take no memory until :func:`load_weights` drops them), else an ordinary random init."""
+    no_init_weights: Callable[[], ContextManager[Any]]
     try:
         from transformers.initialization import no_init_weights
     except ImportError:  # another transformers release: correct, only slower and heavier
@@ -475,7 +480,7 @@ def encoder_from_config(encoder_config: dict[str, Any]) -> nn.Module:
         return AutoModel.from_config(hf_config, **_no_pooler_kwargs(hf_config))
 
 
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> nn.Module:
+def load_weights(model: _ModuleT, state: dict[str, torch.Tensor], what: str) -> _ModuleT:
     """Strictly load ``state`` into ``model`` and put it in eval mode; a ModelError on any mismatch.
 
     The model takes the tensors of ``state`` themselves (``assign``), not copies: tensors read with

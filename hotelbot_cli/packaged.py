@@ -654,7 +654,8 @@ def _write_tensor(f: BinaryIO, img: _E5Image, src: str | None, shape: tuple[int,
     for r0 in range(0, rows, chunk_rows):
         r1 = min(rows, r0 + chunk_rows)
         w = _dequant_q4(blocks[r0 * per_row : r1 * per_row], r1 - r0, cols)
-        f.write(memoryview(np.ascontiguousarray(w, dtype="<f4")).cast("B"))
+        # ndarray is a buffer; numpy's stubs declare its __buffer__ only for Python >= 3.12
+        f.write(memoryview(np.ascontiguousarray(w, dtype="<f4")).cast("B"))  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------- tokenizer build
@@ -773,7 +774,7 @@ def _build_tokenizer(img: _E5Image) -> Any:
     # combining mark after U+00A0. e5.c maps codepoint by codepoint, so we first insert a
     # control character after every mapped codepoint: controls always end a cluster and
     # the table deletes this one, so the result is exactly the per-codepoint mapping.
-    steps = []
+    steps: list[normalizers.Normalizer] = []
     breaker = _grapheme_breaker(img.norm)
     if breaker is not None:
         steps.append(normalizers.Replace(Regex(f"(?<={_char_class(set(img.norm))})"), breaker))
@@ -833,7 +834,8 @@ def _write_tokenizer(img: _E5Image, out_dir: Path) -> None:
 def _write_config(img: _E5Image, out_dir: Path) -> None:
     from transformers import BertConfig  # noqa: PLC0415
 
-    config = BertConfig(
+    # transformers 5 types only BertConfig's declared fields; position_embedding_type is kept as an extra
+    config = BertConfig(  # type: ignore[call-arg]
         vocab_size=img.vocab_rows,
         hidden_size=img.hidden,
         num_hidden_layers=img.layers,

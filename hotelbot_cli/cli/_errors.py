@@ -46,7 +46,7 @@ def handle_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, SystemExit, *CLICK_ERRORS):
+        except (typer.Exit, typer.Abort, SystemExit) + CLICK_ERRORS:  # (same tuple as a *-splat; mypy reads this)
             raise  # Click's own usage errors (BadParameter...) keep their exit code 2 and message
         except KeyboardInterrupt:
             error_line("interrupted")

@@ -21,7 +21,7 @@ class ExportFormat(str, Enum):
     onnx = "onnx"
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:  # a byte count (int), divided down as it goes
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

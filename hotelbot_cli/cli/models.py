@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..config import DEFAULT_BASE_MODEL
 from ._errors import handle_errors
 from ._options import JsonOpt, settings_from
@@ -35,7 +37,7 @@ def models_cmd(json_out: JsonOpt = False) -> None:
     )
 
     cache = settings_from().paths.models_dir
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, info in PACKAGED_MODELS.items():
         spec = PACKAGED_SCHEME + name
         rows.append(

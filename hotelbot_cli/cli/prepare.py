@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Optional, cast
 
 import typer
 from typing_extensions import Annotated
@@ -153,7 +153,7 @@ def prepare_cmd(
     if entities is not None or sentiment is not None:
         _prepare_component(
             "entities" if entities is not None else "sentiment",
-            entities or sentiment,
+            cast(Path, entities or sentiment),  # one of them is given (checked above)
             output,
             validation_split,
             seed,
@@ -173,7 +173,7 @@ def prepare_cmd(
         config, profile, data=output, overrides={"data_config": {"validation_split": validation_split, "seed": seed}}
     )
     target = None if dry_run else settings.paths.data
-    prepared = prepare_dataset(data, target, settings.data, test_set)
+    prepared = prepare_dataset(cast(Path, data), target, settings.data, test_set)  # DATA: the one left
     summary = prepared.to_summary()
     summary["output"] = None if target is None else str(target)
     if json_out:
@@ -248,12 +248,12 @@ def _prepare_component(
     profile: str | None,
 ) -> None:
     from ..components import get  # loads the component table: kept off `hotelbot --help`'s path
-    from ..components.base import default_data_dir  # (the same)
+    from ..components.base import SplitComponent, default_data_dir  # (the same)
 
     settings = settings_from(
         config, profile, overrides={"data_config": {"validation_split": validation_split, "seed": seed}}
     )
-    split_component = get(component)  # entities or sentiment: a SplitComponent
+    split_component = cast(SplitComponent, get(component))  # entities or sentiment: a SplitComponent
     prepared = split_component.prepare_split(path, settings.data.validation_split, settings.data.seed)
     target = None if dry_run else (output or default_data_dir(settings, component))
     if target is not None:

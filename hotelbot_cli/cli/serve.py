@@ -95,6 +95,6 @@ def serve_cmd(
         limits,
         host=host,
         port=port,
-        workers=workers,  # type: ignore[arg-type]
+        workers=workers,
         access_log=access_log,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, cast
 
 import typer
 from typing_extensions import Annotated
@@ -429,7 +429,8 @@ def train_cmd(
         )
         return
     deployable = result.final_version and (model_type == ALL or result.trained)
-    deployed = _auto_deploy(settings, store, result.final_version) if deployable else None
+    # deployable: final_version is set
+    deployed = _auto_deploy(settings, store, cast(str, result.final_version)) if deployable else None
     if model_type == ALL:
         if json_out:
             print_json({**result.to_dict(), "version": result.final_version, "deployed": deployed})

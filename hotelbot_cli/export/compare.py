@@ -101,8 +101,8 @@ def compare_runtimes(
                 "accuracy_without": _accuracy(labels["int8-alone"], truth),
             }
     if include_torch:
-        predictor = TorchPredictor.from_version(info)
-        labels[TORCH] = predictor.predict_labels(texts) if texts else []
+        torch_predictor = TorchPredictor.from_version(info)
+        labels[TORCH] = torch_predictor.predict_labels(texts) if texts else []
         result["accuracy"][TORCH] = _accuracy(labels[TORCH], truth)
     fp32, int8 = result["accuracy"].get(ONNX_FP32), result["accuracy"].get(ONNX_INT8)
     if fp32 is not None and int8 is not None:

@@ -15,12 +15,15 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, cast
 
 from ..data import clean_text
 from ..runtime.detector import EMBEDDING_OUTPUT, KNN
 from ..runtime.layout import EMBEDDINGS_DATA_SUFFIX, EMBEDDINGS_FILE
 from ..runtime.onnx import open_session
+
+if TYPE_CHECKING:
+    from torch.onnx import ONNXProgram
 
 log = logging.getLogger("hotelbot.onnx")
 
@@ -132,16 +135,19 @@ def _export_raw(model: Any, tokenizer: Any, path: Path, opset: int) -> str:
         batch = torch.export.Dim("batch", min=1, max=4096)
         seq = torch.export.Dim("sequence", min=1, max=max(2, int(cfg.max_length)))
         with contextlib.redirect_stdout(io.StringIO()):
-            program = torch.onnx.export(
-                wrapped,
-                args,
-                None,
-                input_names=["input_ids", "attention_mask"],
-                output_names=list(outputs),
-                dynamo=True,
-                verbose=False,
-                opset_version=18,
-                dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+            program = cast(  # dynamo=True: always a program (None is the TorchScript exporter's return)
+                "ONNXProgram",
+                torch.onnx.export(
+                    wrapped,
+                    args,
+                    None,
+                    input_names=["input_ids", "attention_mask"],
+                    output_names=list(outputs),
+                    dynamo=True,
+                    verbose=False,
+                    opset_version=18,
+                    dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+                ),
             )
             program.save(str(path), external_data=False)
     import onnx  # heavy: imported on use (module docstring)

@@ -226,7 +226,7 @@ def _fig_resources(report: Report, series: dict[str, list[tuple[float, float]]])
     if not series:
         return None
     plt = _plt()
-    groups = [
+    groups: list[tuple[str, list[str]]] = [
         ("CPU (%)", [k for k in ("system/cpu_percent",) if k in series]),
         ("memory (MB)", [k for k in ("system/ram_used_mb", "system/process_rss_mb") if k in series]),
         ("GPU utilisation (%)", sorted(k for k in series if k.endswith("_utilization_percent"))),

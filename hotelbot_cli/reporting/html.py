@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
-from typing import Any, Iterable, Sequence
+from typing import Any, Collection, Iterable, Sequence
 
 from .advice import FEW_EXAMPLES, LOW_RECALL
 from .formatting import _bytes, _delta, _errors_phrase, _f, _ms, _num, _pairs, _pct, _secs, _summary_lines
@@ -82,7 +82,7 @@ class _Html:
         self,
         header: Sequence[str],
         rows: Iterable[Sequence[Any]],
-        numeric: Sequence[int] = (),
+        numeric: Collection[int] = (),
         row_ids: Sequence[str | None] | None = None,
         cls: str = "",
     ) -> None:

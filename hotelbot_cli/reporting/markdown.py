@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Collection, Iterable, Sequence
 
 from .formatting import (
     _bytes,
@@ -26,7 +26,7 @@ def _md(value: Any) -> str:
     return str("-" if value is None else value).replace("|", "\\|").replace("\n", " ")
 
 
-def _md_table(header: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Sequence[int] = ()) -> list[str]:
+def _md_table(header: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Collection[int] = ()) -> list[str]:
     numeric = set(numeric)
     lines = [
         "| " + " | ".join(_md(h) for h in header) + " |",

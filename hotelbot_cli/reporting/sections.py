@@ -185,7 +185,7 @@ def confusion_order(labels: Sequence[str], matrix: Sequence[Sequence[int]]) -> l
 def _confusion_section(metrics: dict[str, Any]) -> dict[str, Any]:
     labels, matrix = _matrix(metrics)
     order = confusion_order(labels, matrix) if labels else []
-    pairs = []
+    pairs: list[dict[str, Any]] = []
     for i, true in enumerate(labels):
         total = sum(matrix[i]) if i < len(matrix) else 0
         for j, pred in enumerate(labels):
@@ -222,6 +222,8 @@ def _per_intent_section(
     rows = []
     for label, stats in (metrics.get("per_intent") or {}).items():
         i = index.get(label)
+        confused_with: list[dict[str, Any]]
+        mistaken_for_it: list[dict[str, Any]]
         confused_with, mistaken_for_it = [], []
         if i is not None:
             confused_with = sorted(
@@ -357,7 +359,7 @@ def _performance_section(path: Path, metadata: dict[str, Any], run: dict[str, An
     training = metadata.get("training") or {}
     duration, epochs_run = training.get("duration_seconds"), training.get("epochs_run")
     timings = run.get("latency_ms")
-    latency = {"measured": timings is not None}
+    latency: dict[str, Any] = {"measured": timings is not None}
     if timings:
         latency.update(
             {

@@ -10,12 +10,16 @@ import logging
 import threading
 from bisect import bisect_left
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .._io import atomic_write_bytes
 from ..errors import ModelError
 from .layout import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, TOKENIZER_INDEX_FILE
 
+if TYPE_CHECKING:
+    from types import ModuleType
+
+orjson: ModuleType | None  # None where it is not installed
 try:
     import orjson
 except ImportError:  # pragma: no cover - orjson is a dependency

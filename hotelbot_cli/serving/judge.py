@@ -74,7 +74,7 @@ def since(now: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> dict[st
     """A version's figures counted since ``baseline`` (an earlier snapshot entry of it): the counters and the
     cumulative buckets minus the baseline's, so that a canary is judged on what happened while it ran."""
     base = baseline or {}
-    out = {
+    out: dict[str, Any] = {
         k: float(now.get(k, 0.0)) - float(base.get(k, 0.0))
         for k in ("requests", "errors", "answers", "fallbacks", "confidence_sum")
     }

@@ -181,7 +181,7 @@ class VersionMetrics:
         self._failed = False
         self.registry = CollectorRegistry()
         labels = ("model_version",)
-        common = {"registry": None if self.multiprocess else self.registry}
+        common: dict[str, Any] = {"registry": None if self.multiprocess else self.registry}
         self.requests = Counter(
             "hotelbot_version_requests",
             "Requests answered by a model version, by endpoint and status.",

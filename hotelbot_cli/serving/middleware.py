@@ -5,7 +5,7 @@ refuses an oversized body (413) before it is read."""
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, MutableMapping
 
 from .errors import error_response
 from .metrics import Metrics
@@ -27,7 +27,7 @@ class MetricsMiddleware:
         start = time.perf_counter()
         status = 500
 
-        async def send_status(message: dict) -> None:
+        async def send_status(message: MutableMapping[str, Any]) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]

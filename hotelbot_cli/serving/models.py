@@ -24,7 +24,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, cast
 
 from .._io import atomic_write_json
 from ..components import registered
@@ -210,7 +210,7 @@ class ModelHolder:
             if changed:
                 logger.info(
                     "canary %s ended; every conversation on %s",
-                    self.canary.version,
+                    cast(LoadedModel, self.canary).version,  # changed: there is one
                     self.model.version if self.model else None,
                 )
             self.canary, self.canary_weight, self._canary_failed, self.canary_error = None, 0, None, None
@@ -311,7 +311,12 @@ class ModelHolder:
         alerted = []
         for model in (self.model, self.canary):
             reference = self.metrics.references.get(model.version) if model is not None else None
-            if reference is None or model.version in self._drift_alerted or model.version not in snapshot:
+            if (
+                model is None
+                or reference is None
+                or model.version in self._drift_alerted
+                or model.version not in snapshot
+            ):
                 continue
             figures = drift_figures(snapshot[model.version], reference)
             reasons = is_drifting(figures, settings.deployment)
@@ -400,7 +405,8 @@ async def watch_registry(holder: ModelHolder, interval: float) -> None:
         except Exception:  # noqa: BLE001 - the watcher must outlive a bad poll
             logger.exception("model watcher: polling the registry failed")
         try:
-            if holder.canary is not None and await asyncio.to_thread(holder.judge_canary):
+            # (mypy types the right operand of `and` in the context of the left one, bool)
+            if holder.canary is not None and await asyncio.to_thread(holder.judge_canary):  # type: ignore[arg-type]
                 await asyncio.to_thread(holder.refresh)  # follow the abort/promote at once
         except Exception:  # noqa: BLE001 - a failed judgement must not stop the watcher
             logger.exception("model watcher: judging the canary failed")

@@ -57,7 +57,7 @@ class ServeSettings(_Section):
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServeSettings:
         env = os.environ if env is None else env
         values = {key: env[name] for name, key in ENV_SERVE.items() if env.get(name)}
-        return cls.from_dict(values, source="environment (HOTELBOT_SERVE_*)")  # type: ignore[return-value]
+        return cls.from_dict(values, source="environment (HOTELBOT_SERVE_*)")
 
     def to_env(self) -> dict[str, str]:
         return {name: str(getattr(self, key)) for name, key in ENV_SERVE.items()}

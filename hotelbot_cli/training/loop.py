@@ -13,7 +13,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence, cast
 
 from ..errors import ConfigError
 from .distributed import COLLECTIVE_TIMEOUT_SECONDS, leave_if_secondary, training_on_cpu
@@ -205,7 +205,7 @@ def _make_trainer_class(learning_rate_of: LearningRateOf, batch_loss: BatchLoss 
         loss_is_scaled_for_ga = False
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            loss = batch_loss(model, inputs)
+            loss = cast(BatchLoss, batch_loss)(model, inputs)  # not None: checked above (mypy loses it here)
             return (loss, {"loss": loss}) if return_outputs else loss
 
     return OwnLossTrainer

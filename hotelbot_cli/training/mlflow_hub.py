@@ -142,7 +142,8 @@ def log_dataset(
     with warnings.catch_warnings():  # "can be interpreted in multiple ways": a local path, either way
         warnings.simplefilter("ignore", UserWarning)
         located = resolve_dataset_source(str(Path(source).resolve()))
-    dataset = MetaDataset(located, name=name, digest=fingerprint[:32])
+    # mlflow marks Dataset.profile @abstractmethod without ABCMeta, and MetaDataset leaves it out
+    dataset = MetaDataset(located, name=name, digest=fingerprint[:32])  # type: ignore[abstract]
     tags = {"fingerprint": fingerprint, **{k: str(v) for k, v in (sizes or {}).items()}}
     for attempt in range(3):
         try:

@@ -143,7 +143,7 @@ def choose_detector(
     import numpy as np  # with torch loaded anyway
 
     softmax_record = {"threshold": softmax_threshold, **_summary(softmax_metrics, metric)}
-    base = {"mode": mode, "metric": metric, "validation": {SOFTMAX: softmax_record}}
+    base: dict[str, Any] = {"mode": mode, "metric": metric, "validation": {SOFTMAX: softmax_record}}
     has_oos = OUT_OF_SCOPE in labels and any(e.intent == OUT_OF_SCOPE for e in validation)
     if mode == SOFTMAX or joint or not has_oos or not calibrate:
         reason = (

@@ -40,7 +40,7 @@ import logging
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence, cast
 
 from ...runtime.device import place
 from ..._io import iter_jsonl
@@ -479,8 +479,8 @@ def entity_metrics(
     fp: Counter = Counter()
     fn: Counter = Counter()
     exact_sentences = 0
-    for g, p in zip(gold, predicted):
-        g, p = set(map(tuple, g)), set(map(tuple, p))
+    for gold_spans, predicted_spans in zip(gold, predicted):
+        g, p = set(map(tuple, gold_spans)), set(map(tuple, predicted_spans))
         exact_sentences += g == p
         for label, *_ in g & p:
             tp[label] += 1
@@ -491,13 +491,13 @@ def entity_metrics(
     seen = set(tp) | set(fp) | set(fn)
     order = list(labels) if labels is not None else []
     order += sorted(seen - set(order))
-    per_type = {}
+    per_type: dict[str, dict[str, float]] = {}
     for label in order:
-        p, r, f = _prf(tp[label], fp[label], fn[label])
+        precision, recall, f1 = _prf(tp[label], fp[label], fn[label])
         per_type[label] = {
-            "precision": p,
-            "recall": r,
-            "f1": f,
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
             "support": tp[label] + fn[label],
             "predicted": tp[label] + fp[label],
         }
@@ -562,10 +562,11 @@ def _torch_module():
 
         def __init__(self, encoder: nn.Module, config: EntityConfig) -> None:
             super().__init__()
-            self.encoder = encoder
+            self.encoder: Any = encoder  # a transformers model: its config and methods are not nn.Module's
             self.entity_config = config
             self.dropout = nn.Dropout(config.dropout)
-            self.head = nn.Linear(encoder.config.hidden_size, len(config.tags))  # "head.": its own learning rate
+            # "head.": its own learning rate
+            self.head = nn.Linear(cast(Any, encoder).config.hidden_size, len(config.tags))
 
         def forward(
             self,
@@ -695,6 +696,7 @@ def fit_entity_tagger(
     validation entity micro-F1, with the classifier's callbacks (progress, best epoch, early stopping,
     system metrics) and two learning rates (encoder, head)."""
     import numpy as np
+
     from datasets import Dataset
     from datasets.utils.logging import disable_progress_bar
     from transformers import DataCollatorForTokenClassification, set_seed

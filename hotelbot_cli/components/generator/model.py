@@ -47,7 +47,7 @@ import contextlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence, cast
 
 from ..._io import atomic_write_bytes, atomic_write_json
 from ...config import TrainingConfig, load_settings
@@ -56,6 +56,8 @@ from ...runtime.tokenizers import LightTextTokenizer
 from ..exporting import CLEAN_SNIPPET, MODEL_CARD, TEXT_CLEANING, card
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedConfig, PreTrainedTokenizerBase
+
     from ...config import Settings
 
 GENERATOR_DIR = "generator"
@@ -444,7 +446,7 @@ def _new_encoder_decoder(cfg: GeneratorConfig, tokenizer: Any, encoder: Any, voc
         eos_token_id=eos,
         type_vocab_size=1,
     )
-    decoder = BertLMHeadModel(dec_config)
+    decoder: Any = BertLMHeadModel(dec_config)  # typed Any: nn.Module's __getattr__ types .weight Tensor | Module
     source = encoder.get_input_embeddings().weight
     with torch.no_grad():
         # The decoder's (tied) embeddings start as the encoder's rows of its vocabulary; for a smaller decoder,
@@ -494,7 +496,9 @@ def standardize_projection(model: Any, states: Sequence[Any], seed: int = 0) -> 
     return True
 
 
-def _set_generation_ids(model: Any, *, bos: int, eos: int, pad: int, vocab_size: int | None = None) -> None:
+def _set_generation_ids(
+    model: Any, *, bos: int | None, eos: int | None, pad: int | None, vocab_size: int | None = None
+) -> None:
     model.config.decoder_start_token_id = bos
     model.config.pad_token_id = pad
     model.config.eos_token_id = eos
@@ -712,7 +716,7 @@ def _load_encoder_decoder(gen_dir: Path, spec: GeneratorSpec, models_dir: Path |
         bos=config.decoder_start_token_id,
         eos=config.eos_token_id,
         pad=config.pad_token_id,
-        vocab_size=config.decoder.vocab_size,
+        vocab_size=cast("PreTrainedConfig", config.decoder).vocab_size,  # from_dict made it a config
     )
     return model.eval()
 
@@ -754,7 +758,9 @@ def load_generator(
         vocab = (
             VocabMap.from_dict(json.loads((gen_dir / VOCAB_FILE).read_text("utf-8"))) if spec.restricted_vocab else None
         )
-        tokenizer = LightTextTokenizer.load(gen_dir / MODEL_SUBDIR) if light_tokenizer else None
+        tokenizer: LightTextTokenizer | PreTrainedTokenizerBase | None = (
+            LightTextTokenizer.load(gen_dir / MODEL_SUBDIR) if light_tokenizer else None
+        )
         if tokenizer is None:
             with quiet_transformers():
                 tokenizer = AutoTokenizer.from_pretrained(str(gen_dir / MODEL_SUBDIR))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence, cast
 
 from ...runtime.device import place
 from ...config import load_settings
@@ -272,7 +272,7 @@ def relevance_embedder(
             return Embedder(model, tokenizer, frozen_encoder)
         target = record.get("location") if Path(record.get("location", "")).is_dir() else record.get("spec")
         with quiet_transformers():
-            return Embedder.load(target, models_dir)
+            return Embedder.load(cast(str, target), models_dir)  # the record's location or spec
     with quiet_transformers():
         return Embedder.load(DEFAULT_RELEVANCE_MODEL, models_dir)
 

@@ -12,7 +12,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, cast
 
 from ...errors import IntegrityError
 from ...training.events import TrainingEvent, emitter
@@ -121,21 +121,26 @@ def fit_generator(
     grounded = knowledge is not None and cfg.grounding_passages > 0
     train_hits: list[list[Any]] = [[] for _ in train]
     val_hits: list[list[Any]] = [[] for _ in validation]
+    # (the casts below are for mypy only: grounded means knowledge is not None)
     if grounded:
         emit(
             TrainingEvent(
                 "status",
                 message=f"retrieving {cfg.grounding_passages} passage(s) per message from the "
-                f"knowledge base of {knowledge.version}",
+                f"knowledge base of {cast('KnowledgeBase', knowledge).version}",
             )
         )
-        train_hits = knowledge.search_many([p.message for p in train], top_k=cfg.grounding_passages)
-        val_hits = knowledge.search_many([p.message for p in validation], top_k=cfg.grounding_passages)
+        train_hits = cast("KnowledgeBase", knowledge).search_many(
+            [p.message for p in train], top_k=cfg.grounding_passages
+        )
+        val_hits = cast("KnowledgeBase", knowledge).search_many(
+            [p.message for p in validation], top_k=cfg.grounding_passages
+        )
 
     def vocab_texts(tokenizer: Any) -> list[list[int]]:
         texts = [p.reply for p in train]
         if grounded:
-            texts += [c.text for c in knowledge.chunk_list]
+            texts += [c.text for c in cast("KnowledgeBase", knowledge).chunk_list]
         return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
     emit(TrainingEvent("status", message=f"loading the base model {cfg.base_model}"))
@@ -146,7 +151,7 @@ def fit_generator(
     architecture = spec.architecture
     freeze = should_freeze_encoder(cfg.freeze_encoder) and architecture != "causal"
     frozen = freeze_encoder(model, architecture) if freeze else 0
-    encoder = encoder_of(model, architecture)
+    encoder: Any = encoder_of(model, architecture)  # None only for "causal"; read below for "encoder-decoder"
     if architecture == "encoder-decoder" and not freeze:
         from ...modeling import should_freeze  # modeling imports torch
 
@@ -384,7 +389,8 @@ def train_generator(
             "encoder_saved": fit.spec.encoder.get("saved", True),
             "decoder_vocab_size": len(fit.vocab) if fit.vocab is not None else None,
             "grounded": fit.spec.grounded,
-            "knowledge_version": knowledge.version if fit.spec.grounded else None,
+            # grounded only with a knowledge base
+            "knowledge_version": cast("KnowledgeBase", knowledge).version if fit.spec.grounded else None,
             "metrics": {
                 **{k: g[k] for k in ("bleu", "rouge_l", "perplexity", "relevance", "exact_match")},
                 "best_epoch": fit.best_epoch,

@@ -44,7 +44,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator, Sequence, cast
 
 import numpy as np
 
@@ -962,7 +962,11 @@ def train_knowledge_base(
             else f"{source_info.name} has no usable knowledge base to reuse"
         )
     elif incremental and previous is not None and not model.same_vectors_as(previous.model):
-        fallback = f"the embedding model differs from the one of {source_info.name} ({previous.model.spec})"
+        # previous is read from source_info, so it is not None here
+        fallback = (
+            f"the embedding model differs from the one of {cast('VersionInfo', source_info).name} "
+            f"({previous.model.spec})"
+        )
     elif incremental and previous is not None:
         old_docs = previous.manifest.get("documents") or {}
         unchanged = {d.doc for d in prepared.documents if (old_docs.get(d.doc) or {}).get("sha256") == d.sha256}
@@ -1097,7 +1101,7 @@ def train_knowledge_base(
             listener=listener,
             status=None,
         )
-    build_seconds, total = timing["seconds"], timing["steps"]
+    build_seconds, total = timing["seconds"], cast(int, timing["steps"])  # steps: the int build() set
     log.info(
         "knowledge base %s: %d documents, %d chunks (%d embedded) in %.1fs",
         info.name,
@@ -1363,10 +1367,17 @@ def ranking_metrics(rankings: Sequence[Sequence[Chunk]], questions: Sequence[Eva
     section_ranks, doc_ranks = [], []
     for ranked, q in zip(rankings, questions):
         target = _norm_heading(q.section)
+        # (the casts only type the lambdas: mypy cannot infer a lambda with default arguments)
         section_ranks.append(
-            first(ranked, lambda c, q=q, target=target: c.doc == q.doc and _norm_heading(c.heading) == target)
+            first(
+                ranked,
+                cast(
+                    "Callable[[Chunk], bool]",
+                    lambda c, q=q, target=target: c.doc == q.doc and _norm_heading(c.heading) == target,
+                ),
+            )
         )
-        doc_ranks.append(first(ranked, lambda c, q=q: c.doc == q.doc))
+        doc_ranks.append(first(ranked, cast("Callable[[Chunk], bool]", lambda c, q=q: c.doc == q.doc)))
     n = max(len(questions), 1)
 
     def block(ranks: list[int | None], prefix: str) -> dict[str, float]:

@@ -11,7 +11,7 @@ Modules: fit.py (the multi-task Trainer fit), train.py (publishing), runtime.py 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ...errors import ExportUnavailable
 from ..base import Component, ComponentResult, TrainRequest, find
@@ -109,7 +109,7 @@ class JointHead:
     a view of the classifier's :class:`~.runtime.JointRunner` (:meth:`joint_view`) and is exported whole with
     the classifier; otherwise :meth:`load_own` and the component's own export."""
 
-    name: str
+    name: ClassVar[str]  # the component's (see base.Component)
 
     def runs_on(self, info: VersionInfo) -> str | None:
         return "classifier" if joint_head(info, self.name) is not None else None

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence, cast
 
 from ...data import Example, clean_text_with_offsets
 from ...errors import DataError
@@ -202,11 +202,13 @@ def _initial_joint_model(
 
         parent, _ = load_classifier(parent_dir)
         old = parent.classifier_config.tasks or {}
+        # (casts for mypy only: config was built with tasks; a parent with those heads is a joint model)
+        tasks, joint_parent = cast("dict[str, Any]", config.tasks), cast(MultiTaskClassifier, parent)
         with torch.no_grad():
-            if (old.get("sentiment") or {}).get("labels") == config.tasks["sentiment"]["labels"]:
-                model.sentiment_head.load_state_dict(parent.sentiment_head.state_dict())
-            if (old.get("entities") or {}).get("tags") == config.tasks["entities"]["tags"]:
-                model.entity_head.load_state_dict(parent.entity_head.state_dict())
+            if (old.get("sentiment") or {}).get("labels") == tasks["sentiment"]["labels"]:
+                model.sentiment_head.load_state_dict(joint_parent.sentiment_head.state_dict())
+            if (old.get("entities") or {}).get("tags") == tasks["entities"]["tags"]:
+                model.entity_head.load_state_dict(joint_parent.entity_head.state_dict())
     return model, tokenizer, resolved
 
 
@@ -225,6 +227,7 @@ def fit_joint(
     """Fine-tune the joint model (see the module docstring) and measure every task on its validation split
     with the best epoch's weights; the intents' out-of-scope threshold is calibrated as the classifier's."""
     import numpy as np
+
     from datasets import Dataset
     from datasets.utils.logging import disable_progress_bar
     from transformers import set_seed
@@ -255,6 +258,8 @@ def fit_joint(
             len(data.intents_train) / (len(intent_labels) * np.maximum(counts, 1.0)), dtype=torch.float32
         )
     prefix, max_length = config.query_prefix, cfg.max_length
+    cleaned_train: list[EntityExample]
+    cleaned_val: list[EntityExample]
     cleaned_train, cleaned_val, dropped = [], [], 0
     for source, target in ((data.entities_train, cleaned_train), (data.entities_validation, cleaned_val)):
         for example in source:

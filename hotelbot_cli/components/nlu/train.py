@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 from ..._io import atomic_write_json
 from ...data import read_prepared
@@ -30,7 +30,7 @@ from ...training.loop import training_summary
 from ...training.monitor import SystemMonitor
 from ...training.oos_detector import check_mode, choose_detector
 from ...training.tracking import MlflowTracker
-from ..base import ComponentResult, TrainRequest, default_data_dir, refuse_repeat
+from ..base import ComponentResult, SplitComponent, TrainRequest, default_data_dir, refuse_repeat
 from ..base import get as get_component
 from ..compose import COMPONENT_HISTORY_FILE, COMPONENT_METRICS_FILE, publish_version
 from ..entities.tagger import (
@@ -63,7 +63,7 @@ JOINT_FORMAT = "hotelbot-joint-head/1"
 
 def _load_task(settings: Any, name: str, loader: Any) -> Any:
     """The head ``name``'s prepared split, found where that component's own training finds it."""
-    component = get_component(name)
+    component = cast(SplitComponent, get_component(name))  # entities or sentiment
     path = component.prepared_data(settings)
     if path is None:
         raise DataError(

@@ -139,7 +139,9 @@ def ranking_groups(
 ) -> tuple[list[tuple[np.ndarray, list[int]]], list[Any]]:
     """(features, answering indexes, best first) per pair whose answer is among its candidates, and those Candidates."""
     usable = [p for p in pairs if p.source]
-    vectors = pipeline.knowledge.embed_queries([p.message for p in usable]) if usable else []
+    vectors: np.ndarray | list[np.ndarray] = (
+        pipeline.knowledge.embed_queries([p.message for p in usable]) if usable else []
+    )
     intents = message_intents(pipeline, usable)
     groups, found_all = [], []
     for pair, vector, intent in zip(usable, vectors, intents):
