@@ -248,8 +248,11 @@ def near_duplicate_key(text: str) -> str:
     return _SPACE_RE.sub(" ", letters).strip()
 
 
-def validate_and_clean(path: Path, records: list[tuple[str, Example]]) -> tuple[list[Example], list[Warning_]]:
-    """Clean every text, reject empty texts, bad labels and conflicting labels, drop exact duplicates."""
+def validate_and_clean(
+    path: Path, records: list[tuple[str, Example]], min_intents: int = 2
+) -> tuple[list[Example], list[Warning_]]:
+    """Clean every text, reject empty texts, bad labels and conflicting labels, drop exact duplicates.
+    ``min_intents``: fewer distinct intents is refused (a training file needs 2; labeled additions, 1)."""
     warnings: list[Warning_] = []
     seen: dict[str, tuple[str, str]] = {}  # cleaned text -> (intent, where)
     out: list[Example] = []
@@ -276,8 +279,10 @@ def validate_and_clean(path: Path, records: list[tuple[str, Example]]) -> tuple[
         seen[text] = (intent, where)
         out.append(Example(text=text, intent=intent))
     labels = sorted({e.intent for e in out})
-    if len(labels) < 2:
-        raise DataError(f"{path}: found {len(labels)} intent(s) ({', '.join(labels)}); at least 2 are needed")
+    if len(labels) < min_intents:
+        raise DataError(
+            f"{path}: found {len(labels)} intent(s) ({', '.join(labels)}); at least {min_intents} are needed"
+        )
     if duplicates:
         warnings.append(Warning_("duplicates_removed", f"{duplicates} exact duplicate text(s) removed"))
     return out, warnings
@@ -560,3 +565,86 @@ def prepare_dataset(path: Path, out_dir: Path | None, config: DataConfig, test_s
     if out_dir is not None:
         write_prepared(prepared, out_dir)
     return prepared
+
+
+# ---------------------------------------------------------------- adding labeled messages (prepare --add)
+
+
+def add_examples(
+    data_dir: Path,
+    labeled: Path,
+    test_set: Path | None = None,
+    min_examples: int = 10,
+    imbalance_ratio: float = 3.0,
+) -> tuple[PreparedData, dict[str, Any]]:
+    """Merge labeled messages (any format :func:`load_examples` reads; `hotelbot inbox` writes
+    ``labeled.jsonl``) into the prepared split in ``data_dir``: they join the training split, the validation
+    split stays as it is so scores stay comparable. Refused (DataError, nothing written): a message whose text
+    the prepared data holds under another intent (case, accents and punctuation ignored), one the independent
+    test set holds, an invalid intent name. Skipped: messages the prepared data already holds with the same
+    intent. Returns the new prepared data (not written: see :func:`write_prepared`) and what changed."""
+    data_dir, labeled = Path(data_dir), Path(labeled)
+    prepared = read_prepared(data_dir)
+    new, warnings = validate_and_clean(labeled, load_examples(labeled), min_intents=1)
+    recorded = (prepared.summary.get("test_set") or {}).get("path")
+    test_path = Path(test_set) if test_set is not None else (Path(recorded) if recorded else None)
+    if test_path is not None:
+        if not test_path.is_file():
+            raise DataError(
+                f"the test set {test_path} recorded with the prepared data is missing",
+                hint="pass --test-set FILE, or prepare the training data again",
+            )
+        check_test_overlap(labeled, new, read_test_set(test_path))
+    held = {near_duplicate_key(e.text): e for e in prepared.train + prepared.validation}
+    conflicts = [
+        (e, held[near_duplicate_key(e.text)])
+        for e in new
+        if near_duplicate_key(e.text) in held and held[near_duplicate_key(e.text)].intent != e.intent
+    ]
+    if conflicts:
+        sample = "; ".join(
+            f"{e.text!r} is {e.intent!r} here, {old.intent!r} in the training data" for e, old in conflicts[:3]
+        )
+        raise DataError(
+            f"{labeled}: {len(conflicts)} message(s) contradict the prepared data: {sample}",
+            hint="relabel them (hotelbot inbox label) or fix the training file and prepare it again",
+        )
+    added: list[Example] = []
+    seen = set(held)
+    for e in new:
+        key = near_duplicate_key(e.text)
+        if key not in seen:
+            seen.add(key)
+            added.append(e)
+    skipped = len(new) - len(added)
+    train = prepared.train + added
+    examples = train + prepared.validation
+    labels = sorted({e.intent for e in examples})
+    counts = Counter(e.intent for e in examples)
+    per_intent = Counter(e.intent for e in added)
+    change = {
+        "source": str(labeled),
+        "sha256": hashlib.sha256(labeled.read_bytes()).hexdigest(),
+        "messages": len(new),
+        "added": len(added),
+        "skipped_duplicates": skipped,
+        "added_per_intent": dict(sorted(per_intent.items())),
+        "new_intents": sorted(set(labels) - set(prepared.labels)),
+        "train_size_before": len(prepared.train),
+        "train_size_after": len(train),
+        "fingerprint_before": prepared.fingerprint,
+    }
+    summary = {
+        **prepared.summary,
+        "examples": len(examples),
+        "train_size": len(train),
+        "num_labels": len(labels),
+        "examples_per_intent": dict(sorted(counts.items())),
+        "additions": [*prepared.summary.get("additions", []), {k: change[k] for k in ("source", "sha256", "added")}],
+    }
+    warnings += quality_warnings(train, prepared.validation, min_examples, imbalance_ratio)
+    result = PreparedData(
+        train, prepared.validation, labels, fingerprint(train, prepared.validation), summary, warnings
+    )
+    change["fingerprint_after"] = result.fingerprint
+    return result, change

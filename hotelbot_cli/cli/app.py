@@ -13,6 +13,7 @@ from . import _options
 from .config_cmd import config_cmd
 from .deploy import canary_app, deploy_cmd, history_cmd, rollback_cmd, verify_cmd
 from .export import export_cmd
+from .inbox import inbox_app
 from .maintenance import gc_cmd, migrate_cmd
 from .models import models_cmd
 from .predict import predict_cmd
@@ -98,6 +99,7 @@ app.command("gc")(gc_cmd)
 app.command("migrate")(migrate_cmd)
 app.command("models")(models_cmd)
 app.command("config")(config_cmd)
+app.add_typer(inbox_app, name="inbox")
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from typing import Optional, cast
 import typer
 from typing_extensions import Annotated
 
-from ..data import prepare_dataset
+from ..data import add_examples, prepare_dataset, write_prepared
 from ._errors import error_line, handle_errors
 from ._options import ConfigOpt, JsonOpt, ProfileOpt, settings_from
 from ._render import message, out, print_json, warn
@@ -60,6 +60,15 @@ def prepare_cmd(
             help="Generator data (.jsonl of {message, "
             "reply, intent?, source?}) to validate and split, instead of "
             "DATA [default output: data/generator].",
+            show_default=False,
+        ),
+    ] = None,
+    add: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--add",
+            help="Labeled messages (from `hotelbot inbox`: CAPTURE/labeled.jsonl, or any intent file) to add "
+            "to the prepared intent data's training split, instead of DATA.",
             show_default=False,
         ),
     ] = None,
@@ -118,6 +127,11 @@ def prepare_cmd(
     original text; writes chunks.jsonl and documents.json (sha256 per file). Any other file type, an
     empty file or an empty folder exits 1 naming it. Hidden files are skipped.
 
+    With --add FILE: labeled messages (what `hotelbot inbox` writes) join the training split of the
+    prepared intent data; the validation split stays as it is. A message the data holds under another
+    intent, or that the test set holds, exits 1 and nothing changes; one it already holds is skipped.
+    Then `hotelbot train --incremental` trains from the deployed version.
+
     Intent data is checked against its independent test set (DATA's <name>_test.jsonl, or --test-set):
     a training text equal to a test text (case, accents, punctuation ignored) exits 1; the prepared data
     records the test set, which `hotelbot validate --test` scores.
@@ -139,14 +153,21 @@ def prepare_cmd(
         hotelbot prepare --sentiment datasets/sentimiento_es.jsonl --json
 
         hotelbot prepare --replies datasets/respuestas_es.jsonl
+
+        hotelbot prepare --add capture/labeled.jsonl    # labeled in `hotelbot inbox label`
     """
-    if sum(x is not None for x in (data, documents, entities, sentiment, replies)) != 1:
+    if sum(x is not None for x in (data, documents, entities, sentiment, replies, add)) != 1:
         _usage(
-            "give exactly one of DATA (intent data), --documents DIR, --entities FILE, --sentiment FILE "
-            "or --replies FILE"
+            "give exactly one of DATA (intent data), --documents DIR, --entities FILE, --sentiment FILE, "
+            "--replies FILE or --add FILE"
         )
-    if test_set is not None and data is None:
-        _usage("--test-set applies to intent data (DATA)")
+    if test_set is not None and data is None and add is None:
+        _usage("--test-set applies to intent data (DATA or --add)")
+    if add is not None:
+        if validation_split is not None or seed is not None:
+            _usage("--validation-split and --seed do not apply to --add: the validation split stays as it is")
+        _prepare_add(add, output, test_set, dry_run, json_out, config, profile)
+        return
     if replies is not None:
         _prepare_replies(replies, output, validation_split, seed, dry_run, json_out, config, profile)
         return
@@ -195,6 +216,49 @@ def prepare_cmd(
     out.print(f"fingerprint {prepared.fingerprint}")
     if target is not None:
         message(f"wrote {target}/ (train.jsonl, validation.jsonl, dataset.json)")
+
+
+def _prepare_add(
+    labeled: Path,
+    output: Path | None,
+    test_set: Path | None,
+    dry_run: bool,
+    json_out: bool,
+    config: Path | None,
+    profile: str | None,
+) -> None:
+    settings = settings_from(config, profile, data=output)
+    target = settings.paths.data
+    prepared, change = add_examples(
+        target,
+        labeled,
+        test_set,
+        settings.data.min_examples_per_intent,
+        settings.data.imbalance_ratio_warning,
+    )
+    if not dry_run and change["added"]:
+        write_prepared(prepared, target)
+    change.update({"output": str(target), "written": bool(not dry_run and change["added"]), "dry_run": dry_run})
+    if json_out:
+        print_json(change)
+        return
+    for w in prepared.warnings:
+        warn(w.message)
+    per_intent = ", ".join(f"{k} +{v}" for k, v in change["added_per_intent"].items()) or "none"
+    out.print(
+        f"{change['messages']} labeled message(s): {change['added']} added ({per_intent}), "
+        f"{change['skipped_duplicates']} already in the data"
+    )
+    if change["new_intents"]:
+        out.print(f"new intent(s): {', '.join(change['new_intents'])}")
+    out.print(
+        f"train split {change['train_size_before']} -> {change['train_size_after']} texts; "
+        f"fingerprint {change['fingerprint_after']}"
+    )
+    if change["written"]:
+        message(f"wrote {target}/; next: hotelbot train --incremental")
+    elif not change["added"]:
+        message("nothing new: the prepared data is unchanged")
 
 
 def _usage(problem: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -62,14 +63,54 @@ def serve_cmd(
             "[env: HOTELBOT_SERVE_BATCH_WAIT_MS; default: 5].",
         ),
     ] = None,
+    capture: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--capture",
+            show_default=False,
+            help="Keep what the model got wrong for review (`hotelbot inbox`): fallbacks, answers below "
+            "--capture-below and requests flagged with POST /feedback, personal data masked, in this directory "
+            "(created owner-only) [env: HOTELBOT_SERVE_CAPTURE_DIR; default: off].",
+        ),
+    ] = None,
+    capture_below: Annotated[
+        Optional[float],
+        typer.Option(
+            "--capture-below",
+            min=0,
+            max=1,
+            show_default=False,
+            help="Capture answers less confident than this [env: HOTELBOT_SERVE_CAPTURE_BELOW; default: 0.6].",
+        ),
+    ] = None,
+    capture_retention_days: Annotated[
+        Optional[int],
+        typer.Option(
+            "--capture-retention-days",
+            min=1,
+            show_default=False,
+            help="Delete captured days older than this [env: HOTELBOT_SERVE_CAPTURE_RETENTION_DAYS; default: 30].",
+        ),
+    ] = None,
+    capture_max_mb: Annotated[
+        Optional[float],
+        typer.Option(
+            "--capture-max-mb",
+            min=0.01,
+            show_default=False,
+            help="Most megabytes of captured messages; the oldest days go first "
+            "[env: HOTELBOT_SERVE_CAPTURE_MAX_MB; default: 100].",
+        ),
+    ] = None,
     access_log: Annotated[
         bool, typer.Option("--access-log", help="Log every request on stderr (off by default: /metrics counts them).")
     ] = False,
 ) -> None:
     """Serve the deployed model over HTTP (FastAPI + uvicorn) until Ctrl+C.
 
-    Endpoints: POST /classify {"text": ...}, POST /classify/batch {"texts": [...]}, GET /health,
-    GET /ready, GET /metrics (Prometheus), GET /docs (OpenAPI). The server follows `hotelbot deploy`
+    Endpoints: POST /classify {"text": ...}, POST /classify/batch {"texts": [...]}, POST /analyze,
+    POST /search, POST /reply, POST /feedback (with --capture), GET /health, GET /ready, GET /metrics
+    (Prometheus), GET /docs (OpenAPI). The server follows `hotelbot deploy`
     and rollbacks without a restart. With nothing deployed it still starts: /ready and /classify
     answer 503 until a version is deployed.
 
@@ -79,13 +120,23 @@ def serve_cmd(
 
         hotelbot serve --port 9000 --workers 2
 
+        hotelbot serve --capture capture/    # then: hotelbot inbox --capture capture/
+
         curl -s localhost:8000/classify -H 'content-type: application/json' -d '{"text": "hola"}'
     """
     from ..serving import ServeSettings, serve  # fastapi + pydantic: only `serve` pays for them
 
     settings = settings_from(registry=registry)
     limits = ServeSettings.from_env().merged(
-        {"max_text_length": max_text_length, "max_batch_size": max_batch_size, "batch_wait_ms": batch_wait_ms},
+        {
+            "max_text_length": max_text_length,
+            "max_batch_size": max_batch_size,
+            "batch_wait_ms": batch_wait_ms,
+            "capture_dir": str(capture.resolve()) if capture is not None else None,
+            "capture_below": capture_below,
+            "capture_retention_days": capture_retention_days,
+            "capture_max_mb": capture_max_mb,
+        },
         source="flag",
     )
     if host not in LOOPBACK_HOSTS:

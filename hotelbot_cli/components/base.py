@@ -225,6 +225,11 @@ class Component:
         """The keys :meth:`analyze` fills, with their value when the component is absent."""
         return {}
 
+    def person_spans(self, loaded: Any, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
+        """Per text, the (start, end) spans of person names this component finds (what `serve --capture`
+        masks besides its patterns); none by default."""
+        return [[] for _ in texts]
+
     def analysis_text(self, row: dict[str, Any]) -> str:
         """How `hotelbot predict` shows this component's answer in ``row``: tab-prefixed fields ("" for none)."""
         return ""

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from .. import __version__
 from ..registry import ModelRegistry
 from .batching import MicroBatcher
+from .capture import capture_store
 from .docs import add_docs
 from .errors import add_error_handlers
 from .metrics import Metrics
@@ -36,6 +37,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             "no version is deployed in %s: serving without a model (%s)", app.state.registry.root, TRAIN_AND_DEPLOY
         )
     batcher.start()
+    if app.state.capture is not None:
+        policy = app.state.capture.policy
+        logger.info(
+            "capturing fallbacks, answers below %.2f confidence and flagged requests in %s (masked; kept %d days)",
+            policy.below_confidence,
+            app.state.capture.root,
+            policy.retention_days,
+        )
     watcher = (
         asyncio.get_running_loop().create_task(watch_registry(holder, interval), name="hotelbot-model-watcher")
         if interval > 0
@@ -49,6 +58,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         await batcher.stop()
+        if app.state.capture is not None:
+            app.state.capture.close()
 
 
 def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -> FastAPI:
@@ -68,6 +79,7 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.models = ModelHolder(registry, settings, metrics)
+    app.state.capture = capture_store(settings)  # None unless `serve --capture DIR`
     app.state.batcher = MicroBatcher(
         max_batch=settings.max_micro_batch,
         wait_s=settings.batch_wait_ms / 1000.0,

@@ -17,9 +17,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from ..errors import ServeError
+from .capture import capture_answers, record_feedback
 from .models import LoadedModel, ModelHolder
 from .schemas import (
     ERROR_RESPONSES,
+    FEEDBACK_RESPONSES,
     AnalyzeRequest,
     BatchAnalysis,
     BatchClassification,
@@ -27,6 +29,8 @@ from .schemas import (
     Classification,
     ClassifyRequest,
     ErrorBody,
+    FeedbackAnswer,
+    FeedbackRequest,
     Readiness,
     ReplyAnswer,
     ReplyRequest,
@@ -58,7 +62,7 @@ def add_routes(app: FastAPI) -> None:
 
 # The POST routes: the metrics middleware labels a request answered before routing (413) by its path when
 # it is one of these, else "unmatched".
-POST_PATHS = frozenset({"/classify", "/classify/batch", "/search", "/analyze", "/reply"})
+POST_PATHS = frozenset({"/classify", "/classify/batch", "/search", "/analyze", "/reply", "/feedback"})
 
 # What each endpoint needs from the loaded version, and the 503 it answers when the part is missing
 # ("{version}" is filled in).
@@ -199,6 +203,7 @@ async def classify(body: ClassifyRequest, request: Request) -> Any:
     model, (answer,) = await with_failover(
         request, model, "/classify", lambda m: state.batcher.classify(m, [body.text])
     )
+    await capture_answers(request, model, "/classify", [body.text], [answer])
     return json_response(answer)
 
 
@@ -217,6 +222,7 @@ async def classify_batch(body: BatchClassifyRequest, request: Request) -> Any:
     model, answers = await with_failover(
         request, model, "/classify/batch", lambda m: state.batcher.classify(m, body.texts)
     )
+    await capture_answers(request, model, "/classify/batch", body.texts, answers)
     return json_response({"model_version": model.version, "predictions": answers})
 
 
@@ -239,6 +245,8 @@ async def analyze(body: AnalyzeRequest, request: Request) -> Any:
         state.metrics.versions.observe_answer(
             model.version, row.get("intent"), row.get("confidence"), bool(row.get("fallback"))
         )
+    if any(row.get("intent") is not None for row in answers):  # a version with an intent classifier
+        await capture_answers(request, model, "/analyze", body.texts, answers)
     return json_response({"model_version": model.version, "predictions": answers})
 
 
@@ -274,7 +282,22 @@ async def reply(body: ReplyRequest, request: Request) -> Any:
         request, model, "/reply", lambda m: asyncio.to_thread(m.replies.reply, [body.text])
     )
     answer.pop("message", None)
-    return json_response({**answer, "model_version": model.version})
+    answer = {**answer, "model_version": model.version}
+    if answer.get("intent") is not None:  # what the classifier answered decides what is captured
+        await capture_answers(request, model, "/reply", [body.text], [answer])
+    return json_response(answer)
+
+
+@route(
+    "POST",
+    "/feedback",
+    tags=["feedback"],
+    response_model=FeedbackAnswer,
+    responses=FEEDBACK_RESPONSES,
+    summary="Flag an answer as wrong (or give the right intent): the request is captured for review",
+)
+async def feedback(body: FeedbackRequest, request: Request) -> Any:
+    return json_response(await record_feedback(request, body.request_id, body.intent, body.wrong_answer))
 
 
 @route("GET", "/metrics", tags=["probes"], response_class=PlainTextResponse, summary="Prometheus metrics")

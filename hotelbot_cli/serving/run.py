@@ -15,6 +15,7 @@ from ..config import load_settings
 from ..errors import ConfigError
 from ..registry import ModelRegistry
 from .app import create_app
+from .capture import capture_store
 from .metrics import MULTIPROCESS_ENV, prepare_multiprocess_dir
 from .settings import DEFAULT_HOST, DEFAULT_PORT, ServeSettings
 
@@ -50,6 +51,9 @@ def serve(
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
     root = Path(registry_root).resolve()
+    store = capture_store(settings)  # the capture directory is created (owner-only) before any worker starts
+    if store is not None:
+        store.close()
     # uvicorn's own log format, plus this package's messages (model loads, swaps, failed loads).
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"][PACKAGE] = {"handlers": ["default"], "level": log_level.upper(), "propagate": False}

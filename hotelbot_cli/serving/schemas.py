@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, model_validator
 from pydantic_core import PydanticCustomError
 
 from ..data import OUT_OF_SCOPE, clean_text
@@ -77,6 +77,14 @@ ConversationId = Annotated[
         "X-Conversation-Id header; random when absent).",
     ),
 ]
+
+
+# The id of one answered message: what POST /feedback names (only with `serve --capture`).
+RequestId = Annotated[
+    str | None,
+    Field(description="With `hotelbot serve --capture DIR`: this answer's id, for POST /feedback; absent otherwise."),
+]
+REQUEST_ID_PATTERN = "^[0-9a-f]{32}$"
 
 
 class ClassifyRequest(BaseModel):
@@ -168,6 +176,7 @@ class Classification(BaseModel):
         "k-th nearest in-scope training message (below its threshold: "
         "out of scope).",
     )
+    request_id: RequestId = None
 
 
 class BatchClassification(BaseModel):
@@ -184,6 +193,7 @@ class Analysis(BaseModel):
     out_of_scope_similarity: float | None = Field(None, description="As /classify (kNN detector only).")
     entities: list[Entity] = Field(description="[] when the version has no entity model.")
     sentiment: Sentiment | None = Field(description="null when the version has no sentiment model.")
+    request_id: RequestId = None
 
 
 class BatchAnalysis(BaseModel):
@@ -232,6 +242,7 @@ class ReplyAnswer(BaseModel):
         [], description="Candidate replies not sent because they stated an unsupported fact."
     )
     model_version: str
+    request_id: RequestId = None
 
 
 class Readiness(BaseModel):
@@ -247,6 +258,43 @@ class Readiness(BaseModel):
     last_load_error: str | None = Field(None, description="Why the newest deploy is not served (old model kept).")
 
 
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"request_id": "3f2b6c1e9a8d4f7b8c2a1d0e9f8a7b6c", "intent": "late_checkout"},
+                {"request_id": "3f2b6c1e9a8d4f7b8c2a1d0e9f8a7b6c", "wrong_answer": True},
+            ],
+            # what _says_something checks, stated in the schema: an intent, or wrong_answer true
+            "anyOf": [
+                {"required": ["intent"], "properties": {"intent": {"type": "string"}}},
+                {"required": ["wrong_answer"], "properties": {"wrong_answer": {"const": True}}},
+            ],
+        }
+    )
+
+    request_id: StrictStr = Field(
+        pattern=REQUEST_ID_PATTERN, description="The request_id of an answer this server gave (32 hex digits)."
+    )
+    intent: StrictStr | None = Field(
+        None, pattern="^[a-z][a-z0-9_]{0,63}$", description="The intent the message really had, when known."
+    )
+    wrong_answer: bool = Field(False, description="The answer was wrong (the right intent unknown).")
+
+    @model_validator(mode="after")
+    def _says_something(self) -> FeedbackRequest:
+        if self.intent is None and not self.wrong_answer:
+            raise PydanticCustomError("no_feedback", "give the right intent, or wrong_answer: true")
+        return self
+
+
+class FeedbackAnswer(BaseModel):
+    captured: bool
+    request_id: str
+    reason: str = Field(description="Always feedback.")
+    model_version: str = Field(description="The version that answered the flagged request.")
+
+
 class ErrorBody(BaseModel):
     error: str
     detail: Any = None
@@ -259,4 +307,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (422, "Missing, empty or non-string text; a value outside its range; body is not JSON (or not UTF-8)"),
         (503, "No model is loaded: train and deploy one"),
     )
+}
+
+FEEDBACK_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "No request with this id was answered here in the feedback window"},
+    422: {"model": ErrorBody, "description": "A malformed request id or intent, or neither intent nor wrong_answer"},
+    503: {"model": ErrorBody, "description": "Capture is off: start the server with --capture DIR"},
 }

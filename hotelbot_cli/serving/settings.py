@@ -22,6 +22,11 @@ ENV_SERVE = {
     "HOTELBOT_SERVE_WATCH_INTERVAL_S": "watch_interval_s",
     "HOTELBOT_SERVE_TOP_K": "top_k",
     "HOTELBOT_SERVE_TORCH_THREADS": "torch_threads",
+    "HOTELBOT_SERVE_CAPTURE_DIR": "capture_dir",
+    "HOTELBOT_SERVE_CAPTURE_BELOW": "capture_below",
+    "HOTELBOT_SERVE_CAPTURE_RETENTION_DAYS": "capture_retention_days",
+    "HOTELBOT_SERVE_CAPTURE_MAX_MB": "capture_max_mb",
+    "HOTELBOT_SERVE_CAPTURE_FEEDBACK_HOURS": "capture_feedback_hours",
 }
 
 
@@ -36,6 +41,13 @@ class ServeSettings(_Section):
     watch_interval_s: float = 1.0  # how often the `current` symlink is polled; 0 turns hot swap off
     top_k: int = 3  # ranked intents in each answer
     torch_threads: int = 0  # torch intra-op threads per process; 0 leaves torch's default
+    # `serve --capture DIR` (off when empty): fallbacks, answers below capture_below and flagged requests are
+    # kept, masked, in DIR (hotelbot_cli.feedback.capture)
+    capture_dir: str = ""
+    capture_below: float = 0.6
+    capture_retention_days: int = 30
+    capture_max_mb: float = 100.0
+    capture_feedback_hours: float = 24.0
 
     def __post_init__(self) -> None:
         for name in ("max_text_length", "max_batch_size", "max_micro_batch", "top_k"):
@@ -47,6 +59,13 @@ class ServeSettings(_Section):
             raise ConfigError(f"watch_interval_s must be between 0 (off) and 3600, got {self.watch_interval_s!r}")
         if self.torch_threads < 0:
             raise ConfigError(f"torch_threads must be >= 0 (0: torch's default), got {self.torch_threads!r}")
+        if not 0 <= self.capture_below <= 1:
+            raise ConfigError(f"capture_below must be between 0 and 1, got {self.capture_below!r}")
+        if self.capture_retention_days < 1 or self.capture_max_mb <= 0 or self.capture_feedback_hours <= 0:
+            raise ConfigError(
+                "capture_retention_days must be >= 1, capture_max_mb and capture_feedback_hours above 0; got "
+                f"{self.capture_retention_days!r}, {self.capture_max_mb!r}, {self.capture_feedback_hours!r}"
+            )
 
     @property
     def max_body_bytes(self) -> int:

@@ -19,6 +19,7 @@ turns models and aliases off (metrics are still tracked).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ REGISTRATION_EXPERIMENT = "hotelbot-registry"  # runs that register a version no
 ALIASES = ("production", "previous", "canary")
 REFERENCE_ARTIFACT = "hotelbot"  # the pyfunc model's one artifact: hotelbot.json
 CLASSIFIER_KEY = "model/classifier.json"  # whose recorded checksum identifies the version
+PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 MODEL_FILE = Path(__file__).resolve().parent.parent / "mlflow_model.py"
 
 
@@ -98,6 +100,23 @@ def reference(registry: ModelRegistry, info: VersionInfo) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def quiet_mlflow() -> Iterator[None]:
+    """MLflow's own progress bars ("Downloading artifacts") and notices ("Created version '3' of model ...") off
+    the terminal while it logs and registers a model: the command reports what happened in its own words."""
+    before = os.environ.get(PROGRESS_BAR_ENV)
+    os.environ[PROGRESS_BAR_ENV] = "false"
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        if before is None:
+            os.environ.pop(PROGRESS_BAR_ENV, None)
+        else:
+            os.environ[PROGRESS_BAR_ENV] = before
+
+
 def log_version_model(registry: ModelRegistry, info: VersionInfo) -> dict[str, Any]:
     """(Inside an active MLflow run.) Log ``info`` as this run's pyfunc model "model" and register it;
     returns {"name", "version", "uri"}. Raises whatever mlflow raises."""
@@ -107,8 +126,7 @@ def log_version_model(registry: ModelRegistry, info: VersionInfo) -> dict[str, A
     with tempfile.TemporaryDirectory(prefix="hotelbot-mlflow-") as tmp:
         ref = Path(tmp) / "hotelbot.json"
         ref.write_text(json.dumps(reference(registry, info), indent=2), "utf-8")
-        with warnings.catch_warnings():  # "add type hints", "no input example": the signature below types it
-            warnings.simplefilter("ignore", UserWarning)
+        with quiet_mlflow():  # and "add type hints", "no input example": the signature below types it
             logged = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(MODEL_FILE),
@@ -117,12 +135,13 @@ def log_version_model(registry: ModelRegistry, info: VersionInfo) -> dict[str, A
                 signature=mlflow.models.infer_signature(model_input=["hola"], params={"top_k": 3}),
                 tags={VERSION_TAG: info.name},
             )
-    registered = mlflow.register_model(
-        logged.model_uri,
-        model_name(),
-        await_registration_for=0,
-        tags={VERSION_TAG: info.name, CLASSIFIER_TAG: _classifier_sha(info)},
-    )
+    with quiet_mlflow():
+        registered = mlflow.register_model(
+            logged.model_uri,
+            model_name(),
+            await_registration_for=0,
+            tags={VERSION_TAG: info.name, CLASSIFIER_TAG: _classifier_sha(info)},
+        )
     return {
         "name": registered.name,
         "version": str(registered.version),

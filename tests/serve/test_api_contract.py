@@ -22,14 +22,15 @@ QUIET_JUDGE = {"HOTELBOT_CANARY_MIN_REQUESTS": "1000000000", "HOTELBOT_DRIFT_MIN
 @pytest.fixture
 def server(registry_copy, tmp_path, serve_process):
     """`hotelbot serve` on a free loopback port, v0001 deployed, with small limits (so the schema's numbers are
-    the server's, not the defaults)."""
+    the server's, not the defaults) and capture on (so POST /feedback answers for real)."""
     from typer.testing import CliRunner
 
     from hotelbot_cli.cli.app import app
 
     assert CliRunner().invoke(app, ["deploy", "v0001"]).exit_code == 0
     env = {**os.environ, "HOTELBOT_REGISTRY": str(registry_copy.root), "HOTELBOT_SERVE_MAX_TEXT_LENGTH": "300",
-           "HOTELBOT_SERVE_MAX_BATCH_SIZE": "8", **QUIET_JUDGE}
+           "HOTELBOT_SERVE_MAX_BATCH_SIZE": "8", "HOTELBOT_SERVE_CAPTURE_DIR": str(tmp_path / "capture"),
+           **QUIET_JUDGE}
     with serve_process([sys.executable, "-m", "hotelbot_cli"], env, tmp_path) as base:
         yield base
 
@@ -45,6 +46,7 @@ def test_the_schema_states_the_servers_limits_and_every_status(server):
     assert (top_k["minimum"], top_k["maximum"]) == (1, 50)
     for path in ("/classify", "/classify/batch", "/analyze", "/search", "/reply"):
         assert {"200", "413", "422", "503"} <= set(schema["paths"][path]["post"]["responses"]), path
+    assert {"200", "404", "422", "503"} <= set(schema["paths"]["/feedback"]["post"]["responses"])
     assert schema["paths"]["/reply"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
     # what the schema says is what the server does
     assert httpx.post(f"{server}/classify", json={"text": "x" * 301}).status_code == 413

@@ -1,6 +1,7 @@
-"""The package's structure stays as the README's Layout describes it: no import cycles among its modules
-(function-local imports counted), and every function-local import of the package's own modules says why it
-is not at the top (it keeps a heavy library, or the component table, off a fast path)."""
+"""The package's structure stays as docs/architecture.md describes it: no import cycles among its modules
+(function-local imports counted), every function-local import of the package's own modules says why it
+is not at the top (it keeps a heavy library, or the component table, off a fast path), components are named in
+one place, and only the CLI prints or exits."""
 
 from __future__ import annotations
 
@@ -129,3 +130,25 @@ def test_components_are_named_in_one_place():
                 if any(isinstance(o, ast.Constant) and o.value in names for o in operands):
                     branches.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert branches == []
+
+
+def test_the_library_never_prints_or_exits():
+    """Only hotelbot_cli/cli/ prints, exits or imports a terminal library (typer, rich, click): the library
+    raises a HotelbotError and the CLI renders it."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.relative_to(PACKAGE).parts[0] == "cli":
+            continue
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            where = f"{path.relative_to(REPO)}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.Call):
+                fn = node.func
+                if isinstance(fn, ast.Name) and fn.id in {"print", "exit", "quit"}:
+                    found.append(f"{where} {fn.id}()")
+                elif (isinstance(fn, ast.Attribute) and fn.attr in {"exit", "_exit"} and isinstance(fn.value, ast.Name)
+                      and fn.value.id in {"sys", "os"}):
+                    found.append(f"{where} {fn.value.id}.{fn.attr}()")
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                found += [f"{where} import {m}" for m in modules if m.split(".")[0] in {"typer", "rich", "click"}]
+    assert found == []

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from ...config import Settings
     from ...registry import VersionInfo
 
+PERSON = "PERSON"  # the entity type of person names: `serve --capture` masks them
+
 
 class EntityExtractorComponent(JointHead, SplitComponent):
     name = "entities"
@@ -139,6 +141,9 @@ class EntityExtractorComponent(JointHead, SplitComponent):
     ) -> None:
         for row, found in zip(rows, loaded.extract(texts, batch_size=batch_size)):
             row["entities"] = found
+
+    def person_spans(self, loaded: Any, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
+        return [[(e["start"], e["end"]) for e in found if e["type"] == PERSON] for found in loaded.extract(texts)]
 
     def report_section(self, path: Path, metadata: dict[str, Any]) -> dict[str, Any] | None:
         return labels_report_section(path, metadata.get(self.name), self.name, "per_type")
