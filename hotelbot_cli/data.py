@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Sequence, T
 
 from ._io import atomic_write_bytes, atomic_write_json, iter_jsonl
 from .errors import DataError
+from .feedback.pii import with_surrogates
 
 if TYPE_CHECKING:
     from .config import DataConfig
@@ -582,10 +583,18 @@ def add_examples(
     split stays as it is so scores stay comparable. Refused (DataError, nothing written): a message whose text
     the prepared data holds under another intent (case, accents and punctuation ignored), one the independent
     test set holds, an invalid intent name. Skipped: messages the prepared data already holds with the same
-    intent. Returns the new prepared data (not written: see :func:`write_prepared`) and what changed."""
+    intent. The placeholders of masked personal data become made-up values (:data:`.feedback.pii.SURROGATES`).
+    Returns the new prepared data (not written: see :func:`write_prepared`) and what changed."""
     data_dir, labeled = Path(data_dir), Path(labeled)
     prepared = read_prepared(data_dir)
-    new, warnings = validate_and_clean(labeled, load_examples(labeled), min_intents=1)
+    records = load_examples(labeled)
+    surrogates = 0
+    for i, (where, example) in enumerate(records):  # masked data (<PERSON>, <PHONE>, ...) -> made-up values
+        text, n = with_surrogates(example.text)
+        if n:
+            records[i] = (where, Example(text=text, intent=example.intent))
+            surrogates += n
+    new, warnings = validate_and_clean(labeled, records, min_intents=1)
     recorded = (prepared.summary.get("test_set") or {}).get("path")
     test_path = Path(test_set) if test_set is not None else (Path(recorded) if recorded else None)
     if test_path is not None:
@@ -628,6 +637,7 @@ def add_examples(
         "messages": len(new),
         "added": len(added),
         "skipped_duplicates": skipped,
+        "placeholders_replaced": surrogates,
         "added_per_intent": dict(sorted(per_intent.items())),
         "new_intents": sorted(set(labels) - set(prepared.labels)),
         "train_size_before": len(prepared.train),

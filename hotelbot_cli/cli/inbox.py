@@ -37,14 +37,15 @@ CaptureOpt = Annotated[
 inbox_app = typer.Typer(invoke_without_command=True)
 
 
-def _root(capture: Path | None) -> Path:
-    return capture or Path(os.environ.get(CAPTURE_ENV) or "capture")
+def _root(capture: Path | None, ctx: typer.Context | None = None) -> Path:
+    given = capture or ((ctx.obj or {}).get("capture") if ctx is not None else None)
+    return given or Path(os.environ.get(CAPTURE_ENV) or "capture")
 
 
-def _open(capture: Path | None) -> Inbox:
+def _open(capture: Path | None, ctx: typer.Context | None = None) -> Inbox:
     from ..feedback.inbox import Inbox  # the feedback package: kept off `hotelbot --help`'s path
 
-    return Inbox(_root(capture))
+    return Inbox(_root(capture, ctx))
 
 
 def _next_steps(root: Path) -> str:
@@ -73,6 +74,7 @@ def inbox_cmd(
         hotelbot inbox --json | jq '.groups[] | select(.label == null) | .texts[0]'
     """
     if ctx.invoked_subcommand is not None:
+        ctx.obj = {"capture": capture}  # `hotelbot inbox --capture DIR label` means DIR for label too
         return
     from ..feedback.inbox import summary  # (as _open)
 
@@ -109,6 +111,7 @@ def inbox_cmd(
 @inbox_app.command("label")
 @handle_errors
 def label_cmd(
+    ctx: typer.Context,
     capture: CaptureOpt = None,
     all_groups: Annotated[bool, typer.Option("--all", help="Also go through groups already labeled.")] = False,
 ) -> None:
@@ -122,7 +125,7 @@ def label_cmd(
 
         hotelbot inbox label --capture capture/
     """
-    inbox = _open(capture)
+    inbox = _open(capture, ctx)
     todo = [g for g in inbox.groups if all_groups or g.unlabeled]
     if not todo:
         out.print("nothing to label" + ("" if all_groups else " (--all goes through labeled groups again)"))
@@ -178,6 +181,7 @@ def label_cmd(
 @inbox_app.command("export")
 @handle_errors
 def export_cmd(
+    ctx: typer.Context,
     path: Annotated[str, typer.Argument(help="CSV file to write ('-': stdout).", metavar="CSV")],
     capture: CaptureOpt = None,
 ) -> None:
@@ -188,18 +192,19 @@ def export_cmd(
 
         hotelbot inbox export inbox.csv --capture capture/
     """
-    inbox = _open(capture)
+    inbox = _open(capture, ctx)
     text = inbox.to_csv()
     if path == "-":
         sys.stdout.write(text)
         return
-    atomic_write_bytes(Path(path), text.encode("utf-8"))
+    atomic_write_bytes(Path(path), text.encode("utf-8-sig"))  # the byte-order mark: spreadsheets read it as UTF-8
     message(f"wrote {path}: {len(inbox.groups)} group(s); fill in the label column, then: hotelbot inbox import {path}")
 
 
 @inbox_app.command("import")
 @handle_errors
 def import_cmd(
+    ctx: typer.Context,
     path: Annotated[
         Path, typer.Argument(help="A CSV written by `hotelbot inbox export`, labels filled in.", metavar="CSV")
     ],
@@ -213,9 +218,9 @@ def import_cmd(
 
         hotelbot inbox import inbox.csv --capture capture/
     """
-    inbox = _open(capture)
+    inbox = _open(capture, ctx)
     try:
-        text = path.read_text("utf-8-sig")
+        text = path.read_bytes().decode("utf-8-sig")  # bytes: a line break inside a quoted cell stays as it is
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
     result = inbox.import_csv(text, str(path))

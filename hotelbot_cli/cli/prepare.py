@@ -249,6 +249,10 @@ def _prepare_add(
         f"{change['messages']} labeled message(s): {change['added']} added ({per_intent}), "
         f"{change['skipped_duplicates']} already in the data"
     )
+    if change["placeholders_replaced"]:
+        out.print(
+            f"{change['placeholders_replaced']} masked value(s) (<PERSON>, <PHONE>, ...) replaced by made-up ones"
+        )
     if change["new_intents"]:
         out.print(f"new intent(s): {', '.join(change['new_intents'])}")
     out.print(

@@ -102,6 +102,16 @@ def serve_cmd(
             "[env: HOTELBOT_SERVE_CAPTURE_MAX_MB; default: 100].",
         ),
     ] = None,
+    capture_feedback_hours: Annotated[
+        Optional[float],
+        typer.Option(
+            "--capture-feedback-hours",
+            min=0.01,
+            show_default=False,
+            help="How long after its answer POST /feedback can flag a request (its masked text is kept that "
+            "long) [env: HOTELBOT_SERVE_CAPTURE_FEEDBACK_HOURS; default: 24].",
+        ),
+    ] = None,
     access_log: Annotated[
         bool, typer.Option("--access-log", help="Log every request on stderr (off by default: /metrics counts them).")
     ] = False,
@@ -136,6 +146,7 @@ def serve_cmd(
             "capture_below": capture_below,
             "capture_retention_days": capture_retention_days,
             "capture_max_mb": capture_max_mb,
+            "capture_feedback_hours": capture_feedback_hours,
         },
         source="flag",
     )

@@ -24,11 +24,14 @@ stops capturing (counted in ``dropped``) until the next day.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import json
 import os
 import re
 import sqlite3
+import stat
 import threading
 import time
 import uuid
@@ -43,6 +46,8 @@ from .pii import mask
 SCHEMA = 1
 DAY_FILE = re.compile(r"^captured-(\d{4}-\d{2}-\d{2})\.jsonl$")
 RECENT_DB = "recent.sqlite3"
+LOCK_FILE = ".lock"
+PRUNE_EVERY_S = 60.0
 REASONS = ("fallback", "no_answer", "low_confidence", "feedback")
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 PersonFinder = Callable[[str], list[tuple[int, int]]]  # a text -> the (start, end) spans of person names in it
@@ -76,10 +81,21 @@ def utc_now() -> dt.datetime:
 
 
 def make_private_dir(path: Path) -> Path:
-    """``path`` created owner-only (0700); an existing directory is tightened to 0700."""
+    """``path`` as a capture directory: created owner-only (0700); an existing empty one is tightened to 0700;
+    an existing one that others can read and that holds files is refused (ConfigError), never chmod-ed."""
     try:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(path, 0o700)
+        if path.is_dir():
+            mode = stat.S_IMODE(path.stat().st_mode)
+            if mode & 0o077 and any(path.iterdir()):
+                raise ConfigError(
+                    f"{path} is readable by other users ({mode:o}) and not empty: give serve --capture a new "
+                    f"directory (created owner-only), or `chmod 700 {path}` first"
+                )
+            if mode & 0o077:
+                os.chmod(path, 0o700)
+            return path
+        path.mkdir(parents=True, exist_ok=False, mode=0o700)
+        os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
     except FileExistsError:
         raise ConfigError(f"capture directory {path} is a file, not a directory") from None
     except OSError as exc:
@@ -97,7 +113,8 @@ class CaptureStore:
         self.dropped = 0
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
-        self._inserts = 0
+        self._pruned_at = 0.0
+        self._warned_on: dt.date | None = None
         self.enforce_limits()
 
     # -- writing ------------------------------------------------------------------------------------------
@@ -153,10 +170,14 @@ class CaptureStore:
         self, request_id: str, intent: str | None, wrong_answer: bool, find_persons: PersonFinder | None = None
     ) -> dict[str, Any] | None:
         """Capture a request a client flags: None when the id is unknown (never served here, or older than the
-        feedback window)."""
-        record = self._recall(request_id)
-        if record is None:
+        feedback window). A request is captured for feedback once: flagging it again returns the first record
+        and writes nothing."""
+        recalled = self._recall(request_id)
+        if recalled is None:
             return None
+        record, flagged = recalled
+        if flagged is not None:
+            return flagged
         if find_persons is not None:
             remasked = mask(record["text"], find_persons(record["text"]))
             record["text"] = remasked.text
@@ -165,52 +186,94 @@ class CaptureStore:
         record["reason"] = "feedback"
         record["at"] = utc_now().strftime("%Y-%m-%dT%H:%M:%SZ")
         record["feedback"] = {"intent": intent} if intent else {"wrong_answer": bool(wrong_answer)}
-        return record if self.append(record) else None
+        if not self.append(record):
+            return None
+        with self._lock:
+            self._connection().execute("UPDATE recent SET flagged = ? WHERE id = ?", (json.dumps(record), request_id))
+        return record
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """This thread and every other process writing to the directory (``serve --workers N``) kept out."""
+        with self._lock:
+            fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # releases the lock
 
     def append(self, record: dict[str, Any]) -> bool:
-        """Write one record as one line (O_APPEND + fsync). False when the size limit dropped it."""
+        """Write one record as one line (O_APPEND, every byte, fsync). False when the size limit dropped it.
+        A line a crash tore is closed with a newline first, so only that line is lost."""
         line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
-        with self._lock:
-            if not self._room_for(len(line)):
+        with self._exclusive():
+            if not self._room_for(len(line) + 1):
                 self.dropped += 1
                 return False
             path = self.root / f"captured-{utc_now().date().isoformat()}.jsonl"
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             try:
-                os.write(fd, line)
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    line = b"\n" + line
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(fd, view) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)
         return True
 
+    def dropped_warning(self) -> str | None:
+        """Once a day while records are being dropped for the size limit: the line to log (else None)."""
+        today = utc_now().date()
+        if not self.dropped or self._warned_on == today:
+            return None
+        self._warned_on = today
+        return (
+            f"capture directory {self.root} is full ({self.policy.max_bytes / 1e6:.0f} MB with today's records): "
+            f"{self.dropped} record(s) dropped; raise --capture-max-mb or review and clear it"
+        )
+
     # -- limits -------------------------------------------------------------------------------------------
-    def day_files(self) -> list[tuple[dt.date, Path]]:
+    def day_files(self) -> list[tuple[dt.date, Path, int]]:
+        """(day, path, size) of every day file, oldest first; a file another process just removed is left out."""
         out = []
         for path in self.root.iterdir():
             m = DAY_FILE.match(path.name)
             if m:
-                out.append((dt.date.fromisoformat(m.group(1)), path))
+                try:
+                    out.append((dt.date.fromisoformat(m.group(1)), path, path.stat().st_size))
+                except (FileNotFoundError, ValueError):
+                    continue
         return sorted(out)
 
     def enforce_limits(self) -> list[Path]:
-        """Delete day files past the retention; returns them."""
+        """Delete day files past the retention (never one dated after today); returns them."""
         cutoff = utc_now().date() - dt.timedelta(days=self.policy.retention_days)
         removed = []
-        for day, path in self.day_files():
+        for day, path, _ in self.day_files():
             if day < cutoff:
                 path.unlink(missing_ok=True)
                 removed.append(path)
         return removed
 
     def _room_for(self, size: int) -> bool:
+        """Whether ``size`` more bytes fit under max_bytes, deleting the oldest earlier days when that makes
+        room; when even deleting them would not, nothing is deleted and the record is dropped."""
         self.enforce_limits()
-        files = self.day_files()
-        total = sum(p.stat().st_size for _, p in files)
         today = utc_now().date()
-        while total + size > self.policy.max_bytes and files and files[0][0] < today:
-            _, oldest = files.pop(0)
-            total -= oldest.stat().st_size
-            oldest.unlink(missing_ok=True)
+        files = self.day_files()
+        total = sum(n for _, _, n in files)
+        older = [(path, n) for day, path, n in files if day < today]
+        if total + size - sum(n for _, n in older) > self.policy.max_bytes:
+            return False
+        for path, n in older:
+            if total + size <= self.policy.max_bytes:
+                break
+            path.unlink(missing_ok=True)
+            total -= n
         return total + size <= self.policy.max_bytes
 
     # -- recent requests (for POST /feedback) -------------------------------------------------------------
@@ -222,36 +285,47 @@ class CaptureStore:
             db = sqlite3.connect(path, timeout=10, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA secure_delete=ON")  # a pruned message's bytes are overwritten, not left in free pages
             db.execute(
-                "CREATE TABLE IF NOT EXISTS recent (id TEXT PRIMARY KEY, at REAL NOT NULL, record TEXT NOT NULL)"
+                "CREATE TABLE IF NOT EXISTS recent (id TEXT PRIMARY KEY, at REAL NOT NULL, record TEXT NOT NULL, "
+                "flagged TEXT)"
             )
             db.execute("CREATE INDEX IF NOT EXISTS recent_at ON recent (at)")
             self._db = db
+            self._prune(db)
         return self._db
+
+    def _prune(self, db: sqlite3.Connection) -> None:
+        """Forget the requests older than the feedback window (at start, then at most once a minute)."""
+        self._pruned_at = time.monotonic()
+        db.execute("DELETE FROM recent WHERE at < ?", (time.time() - self.policy.feedback_hours * 3600,))
 
     def _remember(self, record: dict[str, Any]) -> None:
         with self._lock:
             db = self._connection()
             db.execute(
-                "INSERT OR REPLACE INTO recent VALUES (?, ?, ?)", (record["id"], time.time(), json.dumps(record))
+                "INSERT OR REPLACE INTO recent (id, at, record) VALUES (?, ?, ?)",
+                (record["id"], time.time(), json.dumps(record)),
             )
-            self._inserts += 1
-            if self._inserts % 500 == 1:
-                db.execute("DELETE FROM recent WHERE at < ?", (time.time() - self.policy.feedback_hours * 3600,))
+            if time.monotonic() - self._pruned_at > PRUNE_EVERY_S:
+                self._prune(db)
 
-    def _recall(self, request_id: str) -> dict[str, Any] | None:
+    def _recall(self, request_id: str) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+        """(the remembered record, the record its feedback captured or None), or None when unknown."""
         if not REQUEST_ID.match(request_id):
             return None
         with self._lock:
             row = (
                 self._connection()
                 .execute(
-                    "SELECT record FROM recent WHERE id = ? AND at >= ?",
+                    "SELECT record, flagged FROM recent WHERE id = ? AND at >= ?",
                     (request_id, time.time() - self.policy.feedback_hours * 3600),
                 )
                 .fetchone()
             )
-        return json.loads(row[0]) if row else None
+        if row is None:
+            return None
+        return json.loads(row[0]), (json.loads(row[1]) if row[1] else None)
 
     def close(self) -> None:
         with self._lock:
@@ -266,13 +340,21 @@ def read_captured(root: Path) -> Iterator[dict[str, Any]]:
     if not root.is_dir():
         raise ConfigError(f"no capture directory at {root}: start the server with `hotelbot serve --capture {root}`")
     for path in sorted(p for p in root.iterdir() if DAY_FILE.match(p.name)):
-        with path.open("rb") as f:
+        try:
+            f = path.open("rb")
+        except FileNotFoundError:  # removed by the server's retention meanwhile
+            continue
+        with f:
             for raw in f:
                 try:
                     record = json.loads(raw)
                 except ValueError:
                     continue  # the line a crash tore
-                if isinstance(record, dict) and record.get("schema") == SCHEMA and record.get("text"):
+                if (
+                    isinstance(record, dict)
+                    and record.get("schema") == SCHEMA
+                    and all(isinstance(record.get(k), str) and record[k] for k in ("id", "reason", "text"))
+                ):
                     yield record
 
 

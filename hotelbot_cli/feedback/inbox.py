@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import fcntl
 import io
 import json
+import os
 import re
 import unicodedata
 from collections import Counter
@@ -29,6 +31,8 @@ from .capture import read_captured
 SIMILARITY = 0.75  # word sets this alike (Jaccard) are near-duplicates: 'la clave del wifi' + 'por favor'
 LABELS_FILE = "labels.json"
 LABELED_FILE = "labeled.jsonl"
+LOCK_FILE = ".lock"  # the capture store's lock: labels are saved under it too
+FORMULA_START = ("=", "+", "-", "@")
 CSV_COLUMNS = ("group", "count", "answered_intent", "reasons", "suggestions", "text", "label")
 
 
@@ -105,16 +109,19 @@ def group(records: Iterable[dict[str, Any]], labels: dict[str, str] | None = Non
             continue
         by_id[record["id"]] = dict(record)
     groups: list[Group] = []
+    exact: dict[tuple[str | None, str], Group] = {}  # (answered intent, normalized text) -> its group
+    by_intent: dict[str | None, list[Group]] = {}
     for record in by_id.values():
-        key = normalized(record["text"])
-        words = set(key.split())
-        target = next(
-            (g for g in groups if g.intent == record.get("intent") and (g.key == key or _similar(g._words, words))),
-            None,
+        intent, text_key = record.get("intent"), normalized(record["text"])
+        words = set(text_key.split())
+        target = exact.get((intent, text_key)) or next(
+            (g for g in by_intent.get(intent, []) if _similar(g._words, words)), None
         )
-        if target is None:
-            target = Group(key=key or record["id"], intent=record.get("intent"), _words=words)
+        if target is None:  # the key says the answered intent too: the same text answered two ways is two groups
+            target = Group(key=f"{intent or '-'}|{text_key or record['id']}", intent=intent, _words=words)
             groups.append(target)
+            by_intent.setdefault(intent, []).append(target)
+        exact[(intent, text_key)] = target
         target.ids.append(record["id"])
         target._counts[record["text"]] += 1
         for reason in record.get("_reasons", {record["reason"]}):
@@ -144,6 +151,7 @@ class Inbox:
         self.labels: dict[str, str] = self._read_labels()
         self.groups = group(records, self.labels)
         self.history: list[tuple[str, dict[str, str | None]]] = []  # (group key, previous labels): for undo
+        self._changed: set[str] = set()  # normalized texts this session labeled or unlabeled
 
     def _read_labels(self) -> dict[str, str]:
         path = self.root / LABELS_FILE
@@ -162,6 +170,7 @@ class Inbox:
         return target
 
     def _apply(self, target: Group, labels: dict[str, str | None]) -> None:
+        self._changed.update(normalized(t) for t in labels)
         for text, intent in labels.items():
             if intent is None:
                 target.labels.pop(text, None)
@@ -193,58 +202,83 @@ class Inbox:
         return [{"text": t, "intent": g.labels[t]} for g in self.groups for t in g.texts if t in g.labels]
 
     def save(self) -> None:
+        """Write this session's label changes, merged into what is on disk (another session may have labeled
+        other messages meanwhile), under the directory's lock."""
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        document = {"schema": 1, "labels": {k: {"intent": v, "at": now} for k, v in sorted(self.labels.items())}}
-        atomic_write_bytes(
-            self.root / LABELS_FILE, (json.dumps(document, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
-        )
-        lines = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in self.labeled_examples())
-        atomic_write_bytes(self.root / LABELED_FILE, lines.encode("utf-8"))
+        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            on_disk = self._read_labels()
+            for key in self._changed:
+                if key in self.labels:
+                    on_disk[key] = self.labels[key]
+                else:
+                    on_disk.pop(key, None)
+            self.labels = on_disk
+            for g in self.groups:
+                g.labels = {t: on_disk[normalized(t)] for t in g.texts if normalized(t) in on_disk}
+            document = {"schema": 1, "labels": {k: {"intent": v, "at": now} for k, v in sorted(on_disk.items())}}
+            atomic_write_bytes(
+                self.root / LABELS_FILE, (json.dumps(document, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
+            )
+            lines = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in self.labeled_examples())
+            atomic_write_bytes(self.root / LABELED_FILE, lines.encode("utf-8"))
+        finally:
+            os.close(fd)
 
     # -- CSV ----------------------------------------------------------------------------------------------
     def to_csv(self) -> str:
+        """One row per message. A cell a spreadsheet would run as a formula (= + - @ first) is written with a
+        leading apostrophe, which :meth:`import_csv` removes."""
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow(CSV_COLUMNS)
         for g in self.groups:
             for text in g.texts:
-                writer.writerow(
-                    [
-                        g.key,
-                        g.count,
-                        g.intent or "",
-                        ";".join(sorted(g.reasons)),
-                        ";".join(g.ranked_suggestions()),
-                        text,
-                        g.labels.get(text, ""),
-                    ]
-                )
+                row = [
+                    g.key,
+                    g.count,
+                    g.intent or "",
+                    ";".join(sorted(g.reasons)),
+                    ";".join(g.ranked_suggestions()),
+                    text,
+                    g.labels.get(text, ""),
+                ]
+                writer.writerow([_cell(str(value)) for value in row])
         return out.getvalue()
 
     def import_csv(self, text: str, source: str) -> dict[str, int]:
-        """Labels from a CSV written by :meth:`to_csv`, its ``label`` column filled in (per message; a group whose
-        rows carry one label gives it to its blank rows too). All or nothing."""
-        rows = list(csv.DictReader(io.StringIO(text)))
-        missing = {"group", "text", "label"} - set(rows[0] if rows else {})
+        """Labels from a CSV written by :meth:`to_csv` (also as a spreadsheet saves it again: a byte-order mark,
+        ";" or tabs between cells, extra columns), its ``label`` column filled in per message; a group whose rows
+        carry one label gives it to its blank rows. All or nothing."""
+        text = text.lstrip("\ufeff")
+        try:
+            dialect: Any = csv.Sniffer().sniff(text.split("\n", 1)[0], delimiters=",;\t")
+        except csv.Error:
+            dialect = csv.excel
+        reader = csv.DictReader(io.StringIO(text), dialect=dialect)
+        missing = {"group", "text", "label"} - set(reader.fieldnames or ())
         if missing:
             raise DataError(f"{source}: not an inbox CSV (missing column(s): {', '.join(sorted(missing))})")
+        rows = list(reader)
         groups = {g.key: g for g in self.groups}
         given: dict[str, dict[str, str | None]] = {}
         for line, row in enumerate(rows, start=2):
-            key, label = row["group"], (row["label"] or "").strip() or None
+            key, label = _uncell(row["group"] or ""), _uncell(row["label"] or "").strip() or None
             if key not in groups:
                 raise DataError(f"{source}:{line}: unknown group {key!r} (export the CSV again)")
-            if row["text"] not in groups[key].texts:
+            by_key = {normalized(t): t for t in groups[key].texts}
+            message = by_key.get(normalized(_uncell(row["text"] or "")))
+            if message is None:
                 raise DataError(f"{source}:{line}: this text is not in group {key!r} (export the CSV again)")
             if label is not None:
                 check_intent_name(label, f"{source}:{line}: ")
-            given.setdefault(key, {})[row["text"]] = label
+            given.setdefault(key, {})[message] = label
         changes: dict[str, dict[str, str | None]] = {}
         for key, texts in given.items():
             named = {label for label in texts.values() if label is not None}
             fill = named.pop() if len(named) == 1 else None  # one label for the group: its blank rows too
-            chosen = {t: (label or fill) for t, label in texts.items()}
-            changes[key] = {t: label for t, label in chosen.items() if label is not None}
+            changes[key] = {t: (label or fill) for t, label in texts.items() if (label or fill) is not None}
         changed = 0
         for key, labels in changes.items():
             target = groups[key]
@@ -257,6 +291,14 @@ class Inbox:
             "labeled_groups": sum(1 for labels in changes.values() if labels),
             "changed": changed,
         }
+
+
+def _cell(value: str) -> str:
+    return "'" + value if value[:1] in FORMULA_START else value
+
+
+def _uncell(value: str) -> str:
+    return value[1:] if value[:1] == "'" and value[1:2] in FORMULA_START else value
 
 
 def check_intent_name(name: str, where: str = "") -> None:

@@ -55,6 +55,9 @@ def _observe(store: CaptureStore, model: Any, endpoint: str, texts: Sequence[str
             store.observe(answer["request_id"], endpoint, model.version, text, answer, find)
         except Exception:  # noqa: BLE001 - a capture failure never fails the guest's request
             logger.warning("capture failed for a request to %s", endpoint, exc_info=True)
+    notice = store.dropped_warning()
+    if notice is not None:
+        logger.warning(notice)
 
 
 async def capture_answers(

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import stat
 
 import pytest
 
-from hotelbot_cli.errors import DataError
+from hotelbot_cli.errors import ConfigError, DataError
 from hotelbot_cli.feedback.capture import CapturePolicy, CaptureStore, new_request_id, read_captured
 from hotelbot_cli.feedback.inbox import Inbox
 from hotelbot_cli.feedback.pii import mask
@@ -26,12 +27,21 @@ MASKED = [
      "Mi DNI es <ID> y el NIE <ID>; pasaporte <ID>"),
     ("Reserva a nombre de Luis Pérez del 3 al 5 de marzo para 2 adultos, 120 € la noche",
      "Reserva a nombre de <PERSON> del 3 al 5 de marzo para 2 adultos, 120 € la noche"),
-    ("me llamo maría josé y llego tarde", "me llamo maría josé y llego tarde"),  # lower case: not a name cue
+    ("me llamo maría josé y llego tarde", "me llamo <PERSON> y llego tarde"),  # an explicit cue: any case
+    ("mi móvil es 612.345.678, soy Ana", "mi móvil es <PHONE>, soy <PERSON>"),
+    ("llamen al 55 1234 5678 (México)", "llamen al <PHONE> (México)"),
+    ("DNI 12.345.678-Z y pasaporte: AB1234567", "DNI <ID> y pasaporte: <ID>"),
+    ("cuenta 0049 1500 05 1234567892, CLABE 012180015678912345", "cuenta <ACCOUNT>, CLABE <ACCOUNT>"),
+    ("a nombre de juan pérez del 3 al 5", "a nombre de <PERSON> del 3 al 5"),
+    ("iban es91 2100 0418 4502 0005 1332", "iban <IBAN>"),
     ("IBAN ES91 2100 0418 4502 0005 1332 para la devolución", "IBAN <IBAN> para la devolución"),
     ("tel. 0034 965 123 456, whatsapp", "tel. <PHONE>, whatsapp"),
 ]
 KEPT = [  # not personal data: what a reviewer needs to label the message
     "¿El restaurante abre el 15/08/2026 a las 14:15?",
+    "estamos en las habitaciones 1204 1205 1206",
+    "del 12-08-2026 al 15-08-2026, reserva 12345678 a nombre de la empresa",
+    "soy alérgico al gluten",
     "Somos 2 adultos y 1 niño, del 3 al 10 de agosto, habitación 1204",
     "el precio es 1.200 € por 7 noches",
     "¿la wifi del piso 3 es la 'Faro2024'?",
@@ -72,9 +82,20 @@ def test_only_fallbacks_and_low_confidence_answers_are_captured(tmp_path):
                                "intent", "confidence", "top_k", "feedback"}
 
 
+def test_an_open_directory_holding_files_is_refused_not_chmod_ed(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    os.chmod(shared, 0o755)
+    (shared / "notes.txt").write_text("x")
+    with pytest.raises(ConfigError, match="readable by other users"):
+        CaptureStore(shared)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755
+
+
 def test_the_capture_directory_and_files_are_owner_only(tmp_path):
     root = tmp_path / "capture"
     root.mkdir(mode=0o755)
+    os.chmod(root, 0o755)  # an empty directory is tightened
     store = CaptureStore(root)
     store.observe(new_request_id(), "/classify", "v0001", "hola", answer(confidence=0.1))
     assert stat.S_IMODE(root.stat().st_mode) == 0o700
@@ -103,7 +124,24 @@ def test_feedback_captures_a_served_request_and_refuses_unknown_ids(tmp_path):
     assert store.feedback(new_request_id(), None, True) is None  # never served here
     assert store.feedback("../../etc/passwd", None, True) is None
     other = CaptureStore(tmp_path / "capture")  # another worker process sharing the directory
-    assert other.feedback(rid, None, True)["feedback"] == {"wrong_answer": True}
+    assert other.feedback(rid, None, True)["feedback"] == {"intent": "late_checkout"}  # flagged once: the first
+    assert len([r for r in read_captured(tmp_path / "capture") if r["reason"] == "feedback"]) == 1
+
+
+def test_a_flagged_request_is_captured_once_and_never_wipes_history(tmp_path):
+    root = tmp_path / "capture"
+    store = CaptureStore(root, CapturePolicy(max_bytes=2048))
+    yesterday = root / f"captured-{(dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)).isoformat()}.jsonl"
+    yesterday.write_text('{"schema": 1}\n')
+    rid = new_request_id()
+    store.observe(rid, "/classify", "v0001", "hola", answer(confidence=0.9))
+    for _ in range(50):  # a client flagging the same answer again and again
+        store.feedback(rid, None, True)
+    assert len(list(read_captured(root))) == 1 and yesterday.exists()
+    huge = "hola " * 1000  # one record over the whole limit: dropped, and nothing older deleted for it
+    assert store.observe(new_request_id(), "/classify", "v0001", huge, answer(confidence=0.1)) is None
+    assert yesterday.exists() and store.dropped == 1 and "is full" in store.dropped_warning()
+    assert store.dropped_warning() is None  # once a day
 
 
 def test_a_torn_last_line_is_skipped(tmp_path):
@@ -113,9 +151,8 @@ def test_a_torn_last_line_is_skipped(tmp_path):
     with day_file.open("ab") as f:
         f.write(b'{"schema": 1, "id": "abc", "te')  # a crash in the middle of a write
     store.observe(new_request_id(), "/classify", "v0001", "dos", answer(confidence=0.1))
-    assert [r["text"] for r in read_captured(tmp_path / "capture")] == ["uno"]  # "dos" went after the torn line
-    lines = day_file.read_bytes().split(b"\n")
-    assert json.loads(lines[0])["text"] == "uno"
+    assert [r["text"] for r in read_captured(tmp_path / "capture")] == ["uno", "dos"]  # only the torn line lost
+    assert day_file.read_bytes().split(b"\n")[1] == b'{"schema": 1, "id": "abc", "te'
 
 
 def test_retention_and_size_limits(tmp_path):

@@ -150,3 +150,42 @@ def test_prepare_add_usage_errors(prepared, isolated_env):
     assert both.exit_code == 2 and "exactly one of" in both.stderr
     seeded = invoke("prepare", "--add", str(labeled), "--seed", "3")
     assert seeded.exit_code == 2
+
+
+def test_a_spreadsheet_saved_csv_round_trips(capture, isolated_env):
+    """Excel in Spanish saves with ";", a byte-order mark and CRLF; a guest's text may look like a formula."""
+    store = CaptureStore(capture)
+    store.observe(new_request_id(), "/classify", "v0001", "=HYPERLINK(\"http://x\")", answer("greeting", 0.2))
+    store.close()
+    csv_path = isolated_env / "inbox.csv"
+    assert invoke("inbox", "export", str(csv_path), "--capture", str(capture)).exit_code == 0
+    raw = csv_path.read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf") and b"'=HYPERLINK" in raw  # never a live formula in a spreadsheet
+    assert b",=HYPERLINK" not in raw and b',"=HYPERLINK' not in raw
+    rows = raw.decode("utf-8-sig").splitlines()
+    semicolon = [";".join(f'"{c}"' for c in next(__import__("csv").reader([row]))) for row in rows]
+    semicolon = [semicolon[0]] + [r[:-2] + '"out_of_scope"' if "HYPERLINK" in r else r for r in semicolon[1:]]
+    saved = isolated_env / "saved.csv"
+    saved.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(semicolon).encode("utf-8") + b"\r\n")
+    result = invoke("inbox", "--capture", str(capture), "import", str(saved), "--json")  # --capture before too
+    assert result.exit_code == 0, result.output
+    labeled = [json.loads(line) for line in (capture / "labeled.jsonl").read_text().splitlines()]
+    assert labeled == [{"text": '=HYPERLINK("http://x")', "intent": "out_of_scope"}]
+
+
+def test_the_same_text_answered_two_ways_is_two_groups(isolated_env):
+    store = CaptureStore(isolated_env / "capture")
+    store.observe(new_request_id(), "/classify", "v0001", "la tele no va", answer("complaint", 0.4))
+    store.observe(new_request_id(), "/classify", "v0002", "la tele no va", answer("housekeeping", 0.4))
+    store.close()
+    doc = json.loads(invoke("inbox", "--capture", str(isolated_env / "capture"), "--json").stdout)
+    assert sorted(g["group"] for g in doc["groups"]) == ["complaint|la tele no va", "housekeeping|la tele no va"]
+
+
+def test_prepare_add_replaces_masked_data_with_made_up_values(prepared, isolated_env):
+    labeled = write_labeled(isolated_env / "labeled.jsonl", [("soy <PERSON>, ¿a qué hora es el desayuno?",
+                                                              "breakfast_info")])
+    change = json.loads(invoke("prepare", "--add", str(labeled), "--json").stdout)
+    assert change["placeholders_replaced"] == 1
+    train = (prepared / "train.jsonl").read_text("utf-8")
+    assert "soy Laura Gómez, ¿a qué hora es el desayuno?" in train and "<PERSON>" not in train
