@@ -33,17 +33,26 @@ def warn(text: str) -> None:
 
 @contextmanager
 def log_to(path: Path) -> Iterator[None]:
-    """Send the library's log records (logger 'hotelbot') to ``path`` for the duration of a command."""
+    """Send the library's log records (logger 'hotelbot') to ``path`` for the duration of a command, and its
+    warnings to stderr as bare lines (as Python shows them when nothing is configured). They do not propagate
+    to the root logger: a library that configures it (onnxruntime's quantizer logs through it) would otherwise
+    repeat every INFO record on the terminal ("INFO:hotelbot.training:...")."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    to_stderr = logging.StreamHandler(sys.stderr)
+    to_stderr.setLevel(logging.WARNING)
     logger = logging.getLogger("hotelbot")
     logger.setLevel(logging.INFO)
     logger.addHandler(handler)
+    logger.addHandler(to_stderr)
+    propagate, logger.propagate = logger.propagate, False
     try:
         yield
     finally:
+        logger.propagate = propagate
         logger.removeHandler(handler)
+        logger.removeHandler(to_stderr)
         handler.close()
 
 
