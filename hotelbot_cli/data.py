@@ -605,11 +605,8 @@ def add_examples(
             )
         check_test_overlap(labeled, new, read_test_set(test_path))
     held = {near_duplicate_key(e.text): e for e in prepared.train + prepared.validation}
-    conflicts = [
-        (e, held[near_duplicate_key(e.text)])
-        for e in new
-        if near_duplicate_key(e.text) in held and held[near_duplicate_key(e.text)].intent != e.intent
-    ]
+    keys = [near_duplicate_key(e.text) for e in new]
+    conflicts = [(e, held[k]) for e, k in zip(new, keys) if k in held and held[k].intent != e.intent]
     if conflicts:
         sample = "; ".join(
             f"{e.text!r} is {e.intent!r} here, {old.intent!r} in the training data" for e, old in conflicts[:3]
@@ -620,8 +617,7 @@ def add_examples(
         )
     added: list[Example] = []
     seen = set(held)
-    for e in new:
-        key = near_duplicate_key(e.text)
+    for e, key in zip(new, keys):
         if key not in seen:
             seen.add(key)
             added.append(e)

@@ -103,6 +103,18 @@ def make_private_dir(path: Path) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def directory_lock(root: Path) -> Iterator[None]:
+    """The capture directory's lock (an OS lock on DIR/.lock, released by the kernel if the holder dies): the
+    server's workers append under it, and `hotelbot inbox` saves labels under it."""
+    fd = os.open(Path(root) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 class CaptureStore:
     """Append-only capture files plus the recent-requests table of one capture directory (one per process;
     several processes may share a directory)."""
@@ -195,13 +207,8 @@ class CaptureStore:
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
         """This thread and every other process writing to the directory (``serve --workers N``) kept out."""
-        with self._lock:
-            fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                os.close(fd)  # releases the lock
+        with self._lock, directory_lock(self.root):
+            yield
 
     def append(self, record: dict[str, Any]) -> bool:
         """Write one record as one line (O_APPEND, every byte, fsync). False when the size limit dropped it.
@@ -358,4 +365,12 @@ def read_captured(root: Path) -> Iterator[dict[str, Any]]:
                     yield record
 
 
-__all__ = ["CapturePolicy", "CaptureStore", "REASONS", "new_request_id", "read_captured", "make_private_dir"]
+__all__ = [
+    "CapturePolicy",
+    "CaptureStore",
+    "REASONS",
+    "directory_lock",
+    "new_request_id",
+    "read_captured",
+    "make_private_dir",
+]

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import fcntl
 import io
 import json
-import os
 import re
-import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,23 +21,21 @@ from pathlib import Path
 from typing import Any
 
 from .._io import atomic_write_bytes
-from ..data import LABEL_RE, OUT_OF_SCOPE
+from ..data import LABEL_RE, OUT_OF_SCOPE, near_duplicate_key
 from ..errors import DataError
-from .capture import read_captured
+from .capture import directory_lock, read_captured
 
 SIMILARITY = 0.75  # word sets this alike (Jaccard) are near-duplicates: 'la clave del wifi' + 'por favor'
 LABELS_FILE = "labels.json"
 LABELED_FILE = "labeled.jsonl"
-LOCK_FILE = ".lock"  # the capture store's lock: labels are saved under it too
+PLACEHOLDER = re.compile(r"<[A-Z]+>")  # masked data (<PERSON>, <PHONE>, ...): not what a message says
 FORMULA_START = ("=", "+", "-", "@")
 CSV_COLUMNS = ("group", "count", "answered_intent", "reasons", "suggestions", "text", "label")
 
 
 def normalized(text: str) -> str:
-    text = unicodedata.normalize("NFKD", text.lower())
-    text = "".join(c for c in text if not unicodedata.combining(c))
-    text = re.sub(r"<[a-z]+>", " ", text)
-    return " ".join(re.findall(r"\w+", text))
+    """prepare's near-duplicate key (case, accents, punctuation and spacing ignored), masked data left out."""
+    return near_duplicate_key(PLACEHOLDER.sub(" ", text))
 
 
 @dataclass
@@ -205,9 +200,7 @@ class Inbox:
         """Write this session's label changes, merged into what is on disk (another session may have labeled
         other messages meanwhile), under the directory's lock."""
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with directory_lock(self.root):
             on_disk = self._read_labels()
             for key in self._changed:
                 if key in self.labels:
@@ -216,15 +209,14 @@ class Inbox:
                     on_disk.pop(key, None)
             self.labels = on_disk
             for g in self.groups:
-                g.labels = {t: on_disk[normalized(t)] for t in g.texts if normalized(t) in on_disk}
+                keyed = {t: normalized(t) for t in g.texts}
+                g.labels = {t: on_disk[k] for t, k in keyed.items() if k in on_disk}
             document = {"schema": 1, "labels": {k: {"intent": v, "at": now} for k, v in sorted(on_disk.items())}}
             atomic_write_bytes(
                 self.root / LABELS_FILE, (json.dumps(document, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
             )
             lines = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in self.labeled_examples())
             atomic_write_bytes(self.root / LABELED_FILE, lines.encode("utf-8"))
-        finally:
-            os.close(fd)
 
     # -- CSV ----------------------------------------------------------------------------------------------
     def to_csv(self) -> str:
