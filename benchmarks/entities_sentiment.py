@@ -103,7 +103,9 @@ def main() -> int:
     from transformers import AutoTokenizer
 
     from hotelbot_cli.config import load_settings
-    from hotelbot_cli.components.entities.tagger import ENTITY_TYPES, EntityExtractor, alignment_report, entity_metrics, prepare_entities, train_entities
+    from hotelbot_cli.components.entities.onnx import load_version_extractor
+    from hotelbot_cli.components.entities.tagger import ENTITY_TYPES, alignment_report, entity_metrics, prepare_entities
+    from hotelbot_cli.components.entities.train import train_entities
     from hotelbot_cli.modeling import resolve_base_model
     from hotelbot_cli.registry import ModelRegistry
     from hotelbot_cli.components.sentiment.classifier import evaluate_sentiment, prepare_sentiment, train_sentiment
@@ -131,7 +133,7 @@ def main() -> int:
     start = time.monotonic()
     ent = train_entities(settings, REPO / "datasets" / "entidades_es.jsonl", registry, force=True)
     ent_seconds = time.monotonic() - start
-    extractor = EntityExtractor.from_version(ent.version)  # the published files, loaded as predict/serve do
+    extractor = load_version_extractor(ent.version)  # the published files, loaded as predict/serve do
     predicted = [{(k, s, e) for k, s, e, _ in spans}
                  for spans in extractor.extract_spans([e.text for e in prepared.validation])]
     gold = [e.gold() for e in prepared.validation]

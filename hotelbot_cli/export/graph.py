@@ -75,11 +75,26 @@ def _eager_attention(model: Any) -> Iterator[str]:
                 encoder.set_attn_implementation(before)
 
 
-def _export_raw(model: Any, tokenizer: Any, path: Path, opset: int) -> str:
-    """Write encoder + pooling + head as one ONNX graph; returns the exporter used."""
+def _export_raw(
+    model: Any,
+    tokenizer: Any,
+    path: Path,
+    opset: int,
+    *,
+    prefix: str | None = None,
+    max_length: int | None = None,
+    per_token: bool = False,
+) -> str:
+    """Write encoder + pooling + head as one ONNX graph; returns the exporter used.
+
+    A classifier's prefix and length come from its ``classifier_config``; a model without one (the entity
+    tagger) passes ``prefix`` and ``max_length``, and ``per_token`` when its ``logits`` are per token
+    (batch, sequence, tags)."""
     import torch  # heavy: imported on use (module docstring)
 
-    outputs = output_names(model)
+    outputs = ("logits",) if per_token else output_names(model)
+    if prefix is None or max_length is None:
+        prefix, max_length = model.classifier_config.query_prefix, model.classifier_config.max_length
 
     class LogitsOnly(torch.nn.Module):
         def __init__(self, inner: Any) -> None:
@@ -95,20 +110,19 @@ def _export_raw(model: Any, tokenizer: Any, path: Path, opset: int) -> str:
             return tuple(out[name] for name in outputs) if len(outputs) > 1 else out["logits"]
 
     wrapped = LogitsOnly(model).eval()
-    cfg = model.classifier_config
     # Two texts of different lengths: the traced graph sees padding, so nothing is specialised to it.
     enc = tokenizer(
-        [cfg.query_prefix + t for t in PROBE_TEXTS[2:]],
+        [prefix + t for t in PROBE_TEXTS[2:]],
         padding=True,
         truncation=True,
-        max_length=cfg.max_length,
+        max_length=max_length,
         return_tensors="pt",
     )
     args = (enc["input_ids"], enc["attention_mask"])
     axes = {
         "input_ids": {0: "batch", 1: "sequence"},
         "attention_mask": {0: "batch", 1: "sequence"},
-        "logits": {0: "batch"},
+        "logits": {0: "batch", 1: "sequence"} if per_token else {0: "batch"},
         "sentiment_logits": {0: "batch"},
         "token_logits": {0: "batch", 1: "sequence"},
         EMBEDDING_OUTPUT: {0: "batch"},
@@ -133,7 +147,7 @@ def _export_raw(model: Any, tokenizer: Any, path: Path, opset: int) -> str:
         except Exception as exc:  # noqa: BLE001 - fall back to the dynamo exporter (a torch without the old one)
             log.warning("TorchScript ONNX export failed (%s); trying the dynamo exporter", exc)
         batch = torch.export.Dim("batch", min=1, max=4096)
-        seq = torch.export.Dim("sequence", min=1, max=max(2, int(cfg.max_length)))
+        seq = torch.export.Dim("sequence", min=1, max=max(2, int(max_length)))
         with contextlib.redirect_stdout(io.StringIO()):
             program = cast(  # dynamo=True: always a program (None is the TorchScript exporter's return)
                 "ONNXProgram",

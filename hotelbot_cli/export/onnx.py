@@ -62,7 +62,7 @@ from .graph import (
     graph_files,
     output_names,
 )
-from .quantize import OUTLIER_RATIO, _keep_fp32, _outlier_inputs, _quantize
+from .quantize import OUTLIER_RATIO, _keep_fp32, _outlier_inputs, _quantize, embedding_nodes
 
 log = logging.getLogger("hotelbot.onnx")
 
@@ -88,6 +88,23 @@ def drop_export(model_dir: Path) -> list[str]:
             (model_dir / name).unlink()
             removed.append(name)
     return removed
+
+
+def _drop_unchosen(
+    model_dir: Path, read_files: dict[str, list[str]], chosen: str, recheck: dict[str, Any] | None
+) -> dict[str, list[str]]:
+    """Delete the export's own files of each ONNX graph that will not serve (not ``chosen``, not the fp32
+    graph of int8's ``recheck``); returns ``read_files`` without them. Files a graph shares with the PyTorch
+    weights (embeddings.safetensors) are never its own and stay."""
+    needed = {chosen, *([ONNX_FP32] if recheck and chosen == ONNX_INT8 else [])}
+    kept = {}
+    for name, file in ONNX_FILES.items():
+        if name in needed:
+            kept[name] = read_files[name]
+            continue
+        for own in onnx_graph_files(file):
+            (Path(model_dir) / own).unlink(missing_ok=True)
+    return kept
 
 
 def _check_tokenizers(model_dir: Path, hf_tokenizer: Any, cfg: Any, texts: Sequence[str]) -> tuple[str, bool]:
@@ -139,6 +156,8 @@ def export_on_cpu(
     opset: int = OPSET,
     recheck_margin: float = DEFAULT_RECHECK_MARGIN,
     task_checks: Callable[[Any], dict[str, float]] | None = None,
+    quantize_embeddings: bool = True,
+    keep_unchosen: bool = True,
 ) -> dict[str, Any]:
     """Export a trained classifier to ONNX (fp32 and dynamic int8) into ``model_dir`` and choose a runtime.
 
@@ -155,6 +174,11 @@ def export_on_cpu(
     ``task_checks(predictor)`` (a joint NLU model): the scores of its other tasks ({"sentiment_macro_f1": ..,
     "entities_micro_f1": ..}) with that predictor; an ONNX runtime more than ``tolerance_points`` below
     torch on any of them is not usable (recorded under ``tasks`` of each runtime).
+
+    ``quantize_embeddings=False`` keeps the word embeddings fp32 in the int8 graph (shared with the PyTorch
+    weights' file: :func:`~.quantize.embedding_nodes`); ``keep_unchosen=False`` deletes the graph files of
+    the ONNX runtime not chosen (their measurements stay in runtime.json): a component's model that only
+    ever serves with its chosen runtime stores nothing else.
     """
     import numpy as np  # heavy: imported on use (module docstring)
     import onnx
@@ -179,7 +203,7 @@ def export_on_cpu(
         stats_texts = [e.text for e in validation_examples[:64]] + list(PROBE_TEXTS)
         ratios = _outlier_inputs(fp32_path, [_probe_feed(tokenizer, cfg, [t]) for t in stats_texts])
         kept_fp32 = _keep_fp32(ratios)
-        _quantize(fp32_path, int8_path, kept_fp32)
+        _quantize(fp32_path, int8_path, kept_fp32 + ([] if quantize_embeddings else embedding_nodes(fp32_path)))
         _externalize(int8_path)
     except Exception as exc:  # noqa: BLE001 - surface one clear line; the torch weights are still saved
         for path in (fp32_path, int8_path):
@@ -270,6 +294,8 @@ def export_on_cpu(
         for name, latency in _latencies_ms(predictors, probe, latency_runs).items():
             measurements[name].update(latency)
     chosen = choose_runtime(measurements, tolerance_points)
+    if not keep_unchosen:
+        read_files = _drop_unchosen(model_dir, read_files, chosen, recheck)
     result = {
         "format": RUNTIME_FORMAT,
         "runtime": chosen,
@@ -286,7 +312,8 @@ def export_on_cpu(
         "opset": opset,
         "attention": attention,
         "fused_operators": fused,
-        "quantization": "dynamic int8, per-channel QInt8 weights (onnxruntime.quantization.quantize_dynamic)",
+        "quantization": "dynamic int8, per-channel QInt8 weights (onnxruntime.quantization.quantize_dynamic)"
+        + ("" if quantize_embeddings else "; word embeddings kept fp32 (shared with the PyTorch weights)"),
         "kept_fp32": {name: ratios[name] for name in kept_fp32},
         "outlier_ratio_cutoff": OUTLIER_RATIO,
         "recheck": recheck,

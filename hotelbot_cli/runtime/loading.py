@@ -5,6 +5,7 @@ ONNX one only when its file exists and onnxruntime is installed, else the PyTorc
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from ..registry import ModelRegistry, VersionInfo
 from .files import require_files_intact
@@ -27,16 +28,22 @@ def _plan(info: VersionInfo, runtime: str | None) -> tuple[str, bool]:
 
 
 def _onnx_usable(info: VersionInfo, runtime: str, explicit: bool) -> bool:
+    return graph_usable(info.path / MODEL_SUBDIR, info.name, runtime, explicit)
+
+
+def graph_usable(model_dir: Path, what: str, runtime: str, explicit: bool) -> bool:
+    """Whether ``runtime`` can serve the model in ``model_dir`` (``what`` names it in the warnings): an ONNX
+    runtime whose graph is there, with onnxruntime installed."""
     if runtime == TORCH:
         return False
-    if not (info.path / MODEL_SUBDIR / ONNX_FILES[runtime]).is_file():
+    if not (Path(model_dir) / ONNX_FILES[runtime]).is_file():
         if explicit:
-            log.warning("%s has no %s model; using torch", info.name, runtime)
+            log.warning("%s has no %s model; using torch", what, runtime)
         return False
     try:
         import onnxruntime  # noqa: F401 - only whether it is installed; the session imports it anyway
     except ImportError:
-        log.warning("onnxruntime is not installed; %s runs on torch", info.name)
+        log.warning("onnxruntime is not installed; %s runs on torch", what)
         return False
     return True
 
@@ -72,3 +79,18 @@ def predictor_from_registry(
     if verify:
         info = registry.require_intact(info.name)
     return TorchPredictor.from_version(info)
+
+
+def load_dir_predictor(model_dir: Path, version: str, what: str, runtime: str | None = None) -> Predictor:
+    """A sentence classifier saved in a directory of its own (the sentiment model: ``save_classifier`` plus
+    its export): the ONNX runtime its ``runtime.json`` names (or ``runtime`` / ``HOTELBOT_RUNTIME`` asks
+    for) when that graph is there, else PyTorch. ``what`` names it in warnings ("v0004's sentiment model")."""
+    asked = requested_runtime(runtime)
+    spec = read_runtime_spec(model_dir)
+    chosen = asked or (spec["runtime"] if spec else TORCH)
+    if graph_usable(model_dir, what, chosen, asked is not None):
+        return OnnxPredictor.from_model_dir(model_dir, chosen, version)
+    from ..modeling import load_classifier  # imports torch: only for a model that runs on it
+
+    model, tokenizer = load_classifier(model_dir)
+    return TorchPredictor(model, tokenizer, version, model_dir)

@@ -21,11 +21,13 @@ from hotelbot_cli.components import get as get_component, names as component_nam
 from hotelbot_cli.pipeline.deploy import smoke_check
 from hotelbot_cli.components.compose import carry_over, components_of
 from hotelbot_cli.config import load_settings
-from hotelbot_cli.components.entities.tagger import Span, alignment_report, decode_tags, entity_metrics, evaluate_entities, prepare_entities, read_prepared_entities, spans_to_tags, token_char_spans, train_entities, write_prepared_entities
+from hotelbot_cli.components.entities.tagger import Span, alignment_report, decode_tags, entity_metrics, evaluate_entities, prepare_entities, read_prepared_entities, spans_to_tags, token_char_spans, write_prepared_entities
+from hotelbot_cli.components.entities.train import train_entities
 from hotelbot_cli.errors import DataError, IntegrityError
 from hotelbot_cli.registry import ModelRegistry
 from hotelbot_cli.components.sentiment.classifier import SENTIMENT_LABELS, evaluate_sentiment, prepare_sentiment, train_sentiment
 from hotelbot_cli.errors import AlreadyTrainedError
+from hotelbot_cli.runtime import choose_runtime
 
 SHIPPED_ENTITIES = REPO / "datasets" / "entidades_es.jsonl"
 SHIPPED_SENTIMENT = REPO / "datasets" / "sentimiento_es.jsonl"
@@ -548,3 +550,26 @@ def test_component_run_refuses_a_repeat_and_closes_the_monitor_when_training_fai
             assert tracker.run_id and isinstance(monitor, SystemMonitor)
             raise RuntimeError("boom")
     assert closed == [True]
+
+
+# ---------------------------------------------------------------------------------------- ONNX runtimes
+
+
+@pytest.mark.parametrize("component", ["entities", "sentiment"])
+def test_the_model_serves_on_the_runtime_its_export_chose_and_stores_only_that_graph(built, component):
+    from hotelbot_cli.components.entities.onnx import load_version_extractor
+    from hotelbot_cli.components.sentiment.classifier import SentimentClassifier
+
+    info = ModelRegistry(built["root"]).get(built[component].version.name)
+    folder = info.path / component
+    spec = json.loads((folder / "runtime.json").read_text("utf-8"))
+    chosen = spec["runtime"]
+    assert chosen == choose_runtime(spec["runtimes"], spec["tolerance_points"])
+    for runtime, graph in (("onnx-fp32", "model.onnx"), ("onnx-int8", "model.int8.onnx")):
+        assert (folder / graph).is_file() == (runtime == chosen)
+        assert not (folder / f"{graph}.embeddings.data").exists()  # the embeddings are the weights' own file
+    assert set(spec["files"]) == ({chosen} - {"torch"})
+    loaded = (
+        load_version_extractor(info) if component == "entities" else SentimentClassifier.from_version(info).predictor
+    )
+    assert loaded.runtime == chosen

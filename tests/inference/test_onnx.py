@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import REPO, clone_version, flip_byte
+from conftest import clone_version, flip_byte
 from hotelbot_cli.errors import ConfigError, DataError, IntegrityError
 from hotelbot_cli.export import compare_runtimes
 from hotelbot_cli.export.graph import graph_files

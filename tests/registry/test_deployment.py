@@ -3,7 +3,6 @@
 import json
 import sys
 
-import pytest
 from typer.testing import CliRunner
 
 from conftest import clone_version, flip_byte

@@ -79,7 +79,7 @@ def built(trained_template, tiny_model, mlflow_uri, tmp_path_factory):
 
 
 def _build(root, trained_template, tiny_model, mlflow_uri):
-    from hotelbot_cli.components.entities.tagger import train_entities
+    from hotelbot_cli.components.entities.train import train_entities
     from hotelbot_cli.components.generator.model import GeneratorConfig, load_generator, save_generator
     from hotelbot_cli.components.generator.training import train_generator
     from hotelbot_cli.components.knowledge.kb import train_knowledge_base
@@ -274,7 +274,7 @@ def test_hf_sentiment_card_reproduces_the_version(built, hf_all, monkeypatch):
     AutoModel.from_pretrained(hf_all["dir"] / "sentiment")
     AutoTokenizer.from_pretrained(hf_all["dir"] / "sentiment")
     ns = run_card(hf_all["dir"], "sentiment", monkeypatch)
-    reference = SentimentClassifier.from_version(built["registry"].get("v0006"))
+    reference = SentimentClassifier.from_version(built["registry"].get("v0006"), "torch")  # the weights exported
     assert torch.allclose(ns["probs"], reference.predictor.probabilities(ns["texts"]), atol=1e-5)
     assert json.loads((hf_all["dir"] / "sentiment" / "head.json").read_text("utf-8"))["out_of_scope_threshold"] is None
 
@@ -288,7 +288,7 @@ def test_hf_entities_card_reproduces_the_tag_probabilities(built, hf_all, monkey
     AutoModel.from_pretrained(hf_all["dir"] / "entities")
     assert AutoTokenizer.from_pretrained(hf_all["dir"] / "entities").is_fast
     ns = run_card(hf_all["dir"], "entities", monkeypatch)
-    extractor = EntityExtractor.from_version(built["registry"].get("v0006"))
+    extractor = EntityExtractor.from_version(built["registry"].get("v0006"))  # the weights exported
     enc = extractor.tokenizer(ns["text"], truncation=True, max_length=extractor.config.max_length, return_tensors="pt")
     with torch.no_grad():
         probs = torch.softmax(extractor.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])

@@ -10,6 +10,7 @@ from ...errors import HotelbotError
 from ..base import ComponentResult, SplitComponent, TrainRequest, labels_report_section, usable_confidence
 from ..exporting import save_encoder_with_head, token_classifier_card
 from ..nlu import JointHead
+from .onnx import load_version_extractor
 from .tagger import (
     DATA_SUBDIR,
     ENTITIES_DIR,
@@ -19,7 +20,6 @@ from .tagger import (
     evaluate_entities,
     prepare_entities,
     read_prepared_entities,
-    train_entities,
     write_prepared_entities,
 )
 
@@ -52,6 +52,8 @@ class EntityExtractorComponent(JointHead, SplitComponent):
         write_prepared_entities(prepared, target)
 
     def fit_and_publish(self, request: TrainRequest, data: Path) -> ComponentResult:
+        from .train import train_entities  # (the same package) the fit and the export: on use
+
         return train_entities(
             request.settings,
             data,
@@ -99,7 +101,7 @@ class EntityExtractorComponent(JointHead, SplitComponent):
         return {"texts": len(texts), "found": sum(map(len, found)), "gold": gold, "correct": hits}
 
     def load_own(self, info: VersionInfo) -> Any:
-        return EntityExtractor.from_version(info)
+        return load_version_extractor(info)
 
     def joint_view(self, runner: Any) -> Any:
         from ..nlu.runtime import JointEntities  # on use: a joint version only (it imports the entity tagger)
@@ -108,7 +110,7 @@ class EntityExtractorComponent(JointHead, SplitComponent):
 
     def export(self, info: VersionInfo, fmt: str, target: Path, settings: Settings) -> dict[str, Any]:
         self.refuse_joint_export(info, fmt)
-        extractor = EntityExtractor.from_version(info)
+        extractor = EntityExtractor.from_version(info)  # the weights, whatever serves
         model, config = extractor.model, extractor.config
         head = {
             "task": "token-classification",

@@ -84,8 +84,10 @@ def export_inference(
     recheck_margin: float | None = None,
     *,
     task_checks: Any = None,
+    **options: Any,
 ) -> dict[str, Any]:
-    """ONNX fp32 + int8 export of the staged model and the runtime choice (export.export_onnx).
+    """ONNX fp32 + int8 export of the staged model and the runtime choice (export.export_onnx; ``options``
+    go to it: quantize_embeddings, keep_unchosen).
 
     The PyTorch weights stay the source of truth: an export failure is logged and the version runs on torch.
     """
@@ -99,6 +101,7 @@ def export_inference(
             tolerance_points,
             recheck_margin=margin,
             task_checks=task_checks,
+            **options,
         )
     except (HotelbotError, ImportError) as exc:
         log.warning("ONNX export failed (%s); the version runs on torch", exc)

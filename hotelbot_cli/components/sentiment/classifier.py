@@ -35,12 +35,15 @@ from ...data import (
 )
 from ...errors import DataError, RegistryError
 from ...evaluation import classification_metrics
-from ...runtime.reference import TorchPredictor
+from ...runtime.layout import CLASSIFIER_FILE
+from ...runtime.loading import load_dir_predictor
+from ...runtime.selection import describe_choice
 from ...training.classify import fit_classifier
 from ...training.events import TrainingEvent, emitter
 from ...training.loop import training_summary
 from ..base import ComponentResult, scored_result, training_run
 from ..compose import publish_component
+from ..intents.train import export_inference
 
 if TYPE_CHECKING:
     from ...config import DataConfig, Settings
@@ -253,6 +256,19 @@ def train_sentiment(
 
         def write(target: Path) -> None:
             save_classifier(fit.model, fit.tokenizer, target)
+            # ONNX beside the weights: serving and deploy then never import torch for it. Only the chosen
+            # graph is kept, its word embeddings read from the weights' own file (stored once).
+            summary["inference"] = export_inference(
+                fit,
+                target,
+                prepared.validation,
+                settings.validation.runtime_tolerance_points,
+                recheck_margin=0.0,
+                quantize_embeddings=False,
+                keep_unchosen=False,
+            )
+            if "runtimes" in summary["inference"]:
+                emit(TrainingEvent("status", message=describe_choice(summary["inference"])))
             write_prepared_sentiment(prepared, target / DATA_SUBDIR)
 
         info, carried = publish_component(
@@ -292,26 +308,27 @@ class SentimentClassifier:
         self.version = predictor.version
 
     @classmethod
-    def from_version(cls, info: VersionInfo) -> SentimentClassifier:
-        """The version's own sentiment model (a joint NLU version's head: the component's ``load``)."""
-        from ...modeling import CLASSIFIER_FILE, load_classifier  # imports torch
-
+    def from_version(cls, info: VersionInfo, runtime: str | None = None) -> SentimentClassifier:
+        """The version's own sentiment model (a joint NLU version's head: the component's ``load``), on the
+        runtime its ``sentiment/runtime.json`` chose (``runtime`` or HOTELBOT_RUNTIME: another one; a version
+        trained before the sentiment model had an ONNX export runs on torch)."""
         path = info.path / SENTIMENT_DIR
         if not (path / CLASSIFIER_FILE).is_file():
             raise RegistryError(
                 f"version {info.name} has no sentiment model", hint="train one: hotelbot train --model-type sentiment"
             )
-        model, tokenizer = load_classifier(path)
-        return cls(TorchPredictor(model, tokenizer, info.name))
+        return cls(load_dir_predictor(path, info.name, f"{info.name}'s sentiment model", runtime))
 
     def predict(self, texts: Sequence[str], batch_size: int = 32) -> list[dict[str, Any]]:
         """Per text: {"label", "confidence"} (texts are cleaned like the training data)."""
-        probs = self.predictor.probabilities(texts, batch_size)
-        confidence, best = probs.max(dim=-1)
-        return [
-            {"label": self.labels[i], "confidence": round(float(c), 6)}
-            for c, i in zip(confidence.tolist(), best.tolist())
-        ]
+        import numpy as np  # on use: importing the component stays light
+
+        probs = np.asarray(self.predictor.probabilities(texts, batch_size), dtype=np.float32)
+        if not len(probs):
+            return []
+        best = probs.argmax(axis=-1)
+        confidence = probs[np.arange(len(probs)), best]
+        return [{"label": self.labels[int(i)], "confidence": round(float(c), 6)} for c, i in zip(confidence, best)]
 
     def predict_labels(self, texts: Sequence[str], batch_size: int = 32) -> list[str]:
         return [p["label"] for p in self.predict(texts, batch_size)]
