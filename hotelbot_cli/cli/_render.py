@@ -56,5 +56,10 @@ def log_to(path: Path) -> Iterator[None]:
         handler.close()
 
 
+def megabytes(n: int) -> str:
+    """Bytes as decimal megabytes, the unit of every registry size hotelbot prints: "1,117.2 MB"."""
+    return f"{n / 1e6:,.1f} MB"
+
+
 def pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"

@@ -14,7 +14,7 @@ from .config_cmd import config_cmd
 from .deploy import canary_app, deploy_cmd, history_cmd, rollback_cmd, verify_cmd
 from .export import export_cmd
 from .inbox import inbox_app
-from .maintenance import gc_cmd, migrate_cmd
+from .maintenance import gc_cmd, migrate_cmd, prune_cmd
 from .models import models_cmd
 from .predict import predict_cmd
 from .prepare import prepare_cmd
@@ -96,6 +96,7 @@ app.command("verify")(verify_cmd)
 app.command("history")(history_cmd)
 app.command("export")(export_cmd)
 app.command("gc")(gc_cmd)
+app.command("prune")(prune_cmd)
 app.command("migrate")(migrate_cmd)
 app.command("models")(models_cmd)
 app.command("config")(config_cmd)

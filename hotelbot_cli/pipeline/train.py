@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager
 from ..components import Component, TrainRequest, by_model_type, registered
 from ..components.compose import adopt_component, orphaned, refuse_orphans, source_version
 from ..errors import AlreadyTrainedError
+from ..registry.blobs import IngestStats, disk_usage
 from ..reporting import build_report_from_dir, write_report_files, write_training_report
 from ..training.distributed import SecondaryProcess, is_main_process, share_from_main
 from ..training.loop import check_precision
@@ -82,6 +83,7 @@ class PipelineResult:
     steps: list[StepOutcome] = field(default_factory=list)
     final_version: str | None = None
     mlflow_run_id: str | None = None  # the parent run of `all`
+    storage: dict[str, Any] | None = None  # what the versions published by this run stored (storage_summary)
 
     def step(self, component: str) -> StepOutcome | None:
         return next((s for s in self.steps if s.component == component), None)
@@ -100,7 +102,21 @@ class PipelineResult:
             "final_version": self.final_version,
             "mlflow_run_id": self.mlflow_run_id,
             "steps": [s.to_dict() for s in self.steps],
+            "storage": self.storage,
         }
+
+
+def storage_summary(registry: ModelRegistry, before: set[str]) -> dict[str, Any]:
+    """What the versions published since ``before`` (the version names at the start) added to the registry:
+    bytes and files stored anew, bytes and files shared with what it held already (each version's
+    ``metadata["storage"]``, written by publish), and the registry's size on disk now."""
+    total = IngestStats()
+    published = [v for v in registry.list_versions() if v.name not in before]
+    for info in published:
+        recorded = info.metadata.get("storage")
+        if isinstance(recorded, dict):
+            total.add(IngestStats(**{k: int(recorded.get(k, 0)) for k in total.to_dict()}))
+    return {"versions": [v.name for v in published], **total.to_dict(), "registry_bytes": disk_usage(registry.root)}
 
 
 class TrainingReporter:
@@ -156,6 +172,25 @@ def train(
     versions published before a failing step stay in the registry (each is a complete version) and the
     parent run is marked FAILED."""
     check_precision(settings.training)  # --fp16 without CUDA: refused before anything is trained or logged
+    before = {v.name for v in registry.list_versions()}
+    result = _train(settings, registry, model_type, data, documents, source, force, options, progress, on_step)
+    if is_main_process():
+        result.storage = storage_summary(registry, before)
+    return result
+
+
+def _train(
+    settings: Settings,
+    registry: ModelRegistry,
+    model_type: str,
+    data: Path | None,
+    documents: Path | None,
+    source: str | None,
+    force: bool,
+    options: dict[str, Any] | None,
+    progress: ProgressFactory | None,
+    on_step: Callable[[StepOutcome], None] | None,
+) -> PipelineResult:
     progress = progress or (lambda component: contextlib.nullcontext(None))
     notify = on_step or (lambda outcome: None)
     options = {"reporter": TrainingReporter(settings), **(options or {})}

@@ -1,26 +1,31 @@
-"""Registry housekeeping: ``hotelbot gc`` (delete blobs nothing refers to) and ``hotelbot migrate`` (move a
-registry written before the blob store into it).
+"""Registry housekeeping: ``hotelbot gc`` (delete blobs nothing refers to), ``hotelbot prune`` (delete old
+versions) and ``hotelbot migrate`` (move a registry written before the blob store into it).
 
-Both take the registry lock, so they never interleave with a publish, a deploy or each other, and both are
-safe to kill at any moment: gc deletes one unreferenced blob at a time; migrate replaces one file at a time
-by a link to the blob with the same bytes (an atomic rename) and converts a legacy backup archive by
-writing its pinned record before deleting the archive.
+All take the registry lock, so they never interleave with a publish, a deploy or each other, and all are
+safe to kill at any moment: gc deletes one unreferenced blob at a time; prune records a version as deleted,
+then moves it out of ``versions/`` with one rename (readers see it whole or not at all) and removes it;
+migrate replaces one file at a time by a link to the blob with the same bytes (an atomic rename) and
+converts a legacy backup archive by writing its pinned record before deleting the archive.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tarfile
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
-from .._io import atomic_write_json, sha256_file
+from .._io import atomic_write_json, fsync_dir, sha256_file
+from ..errors import ConfigError, RegistryError, VersionNotFoundError
 from .backups import BACKUP_FORMAT, is_pinned, list_backups, record_name
 from .blobs import disk_usage, same_file
 from .checksums import METADATA_FILE, checksum_tree
-from .hooks import crashpoint
+from .hooks import crashpoint, utc_now
+from .store import STAGING_DIR, VALIDATIONS_DIR, check_version_name
 
 if TYPE_CHECKING:
     from .store import ModelRegistry
@@ -215,4 +220,141 @@ def _ingest_archive(
     return metadata
 
 
-__all__ = ["GcResult", "MigrateResult", "collect_garbage", "migrate", "referenced_blobs"]
+# ------------------------------------------------------------------ prune
+
+
+@dataclass
+class PruneResult:
+    dry_run: bool
+    deleted: list[str] = field(default_factory=list)  # (with dry_run: would be)
+    kept: list[str] = field(default_factory=list)  # the versions left
+    protected: dict[str, str] = field(default_factory=dict)  # version -> why it is never deleted
+    pinned_by_backups: dict[str, list[str]] = field(default_factory=dict)  # deleted version -> its backup records
+    freed_bytes: int = 0  # what gc removed afterwards (dry_run: the blobs only the deleted versions use)
+    gc_skipped: bool = False
+    repaired: list[str] = field(default_factory=list)
+    registry_bytes_before: int = 0
+    registry_bytes_after: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def protected_versions(registry: ModelRegistry) -> dict[str, str]:
+    """The versions ``prune`` never deletes, with the reason: the deployed one, a running canary, and the one
+    ``hotelbot rollback`` would return to."""
+    state = registry.current_state()
+    out: dict[str, str] = {}
+    if state.get("version"):
+        out[state["version"]] = "deployed"
+    canary = state.get("canary")
+    if canary:
+        out.setdefault(canary["version"], "the running canary")
+    earlier = [v for v in reversed(state.get("previous") or []) if v and v != state.get("version")]
+    if earlier:
+        out.setdefault(earlier[0], "the rollback target (what `hotelbot rollback` returns to)")
+    return out
+
+
+def prune_versions(
+    registry: ModelRegistry,
+    names: Sequence[str] = (),
+    keep: int | None = None,
+    *,
+    reason: str = "",
+    dry_run: bool = False,
+    collect: bool = True,
+    timeout: float | None = None,
+) -> PruneResult:
+    """Delete the versions ``names`` and/or all but the newest ``keep``, never a protected one
+    (:func:`protected_versions`), then (``collect``) run gc to free the blobs nothing else refers to.
+
+    Naming a protected or unknown version raises before anything is deleted. A deleted version's number is
+    never given again (``deleted.jsonl``), and a backup record that pins it keeps its blobs (and can rebuild
+    it: ``hotelbot rollback --to``) until the backup rotates out."""
+    if not names and keep is None:
+        raise RegistryError("nothing to prune", hint="name the versions (hotelbot prune v0003 v0004) or --keep N")
+    if keep is not None and keep < 0:
+        raise ConfigError(f"--keep must be 0 or more, got {keep}")
+    result = PruneResult(dry_run=dry_run, registry_bytes_before=disk_usage(registry.root))
+    with registry.lock(timeout=timeout):
+        if not dry_run:
+            result.repaired = registry.repair()
+        versions = registry.list_versions()
+        known = [v.name for v in versions]
+        result.protected = protected_versions(registry)
+        targets: list[str] = []
+        for name in names:
+            check_version_name(name)
+            if name not in known:
+                raise VersionNotFoundError(
+                    f"version {name} not found in {registry.root} (versions: {', '.join(known) or 'none'})"
+                )
+            if name in result.protected:
+                raise RegistryError(
+                    f"{name} is {result.protected[name]}: it is never pruned",
+                    hint="deploy or roll back to another version first",
+                )
+            if name not in targets:
+                targets.append(name)
+        if keep is not None:
+            newest = set(known[len(known) - keep :]) if keep else set()
+            targets += [n for n in known if n not in newest and n not in result.protected and n not in targets]
+        targets.sort(key=known.index)
+        result.deleted = targets
+        result.kept = [n for n in known if n not in targets]
+        for record in list_backups(registry):
+            if record["version"] in targets and is_pinned(record):
+                result.pinned_by_backups.setdefault(record["version"], []).append(record["record"])
+        if dry_run:
+            result.freed_bytes = _only_theirs(registry, versions, targets)
+        else:
+            for name in targets:
+                _delete_version(registry, name, reason)
+    if collect and not dry_run and targets:
+        result.freed_bytes = collect_garbage(registry, timeout=timeout).removed_bytes
+    result.gc_skipped = not collect
+    result.registry_bytes_after = disk_usage(registry.root)
+    return result
+
+
+def _only_theirs(registry: ModelRegistry, versions: list[Any], targets: list[str]) -> int:
+    """Bytes of the blobs that gc would remove once ``targets`` are gone (nothing else refers to them)."""
+    left: set[str] = set()
+    for info in versions:
+        if info.name not in targets:
+            left.update(info.manifest.files.values())
+    for record in list_backups(registry):
+        if is_pinned(record):
+            left.update(record.get("files", {}).values())
+    theirs = {sha for info in versions if info.name in targets for sha in info.manifest.files.values()}
+    return sum(blob.size for blob in registry.blobs if blob.sha256 in theirs - left)
+
+
+def _delete_version(registry: ModelRegistry, name: str, reason: str) -> None:
+    """Record ``name`` as deleted (its number is never reused), move it out of versions/ with one rename,
+    then remove it and its validation result. Lock held. A kill after the rename leaves a directory in
+    .staging/ that the next writer's repair removes."""
+    info = registry.get(name)
+    registry.record_deleted({"version": name, "at": utc_now(), "reason": reason, "files": len(info.manifest.files)})
+    crashpoint("mid-prune")
+    trash = registry.root / STAGING_DIR / f"deleted-{name}-{uuid.uuid4().hex[:8]}"
+    trash.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(info.path, trash)
+    fsync_dir(registry.versions_dir)
+    crashpoint("after-prune-rename")
+    (registry.root / VALIDATIONS_DIR / f"{name}.json").unlink(missing_ok=True)
+    registry.append_history({"event": "delete", "from": name, "to": None, "reason": reason})
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+__all__ = [
+    "GcResult",
+    "MigrateResult",
+    "PruneResult",
+    "collect_garbage",
+    "migrate",
+    "protected_versions",
+    "prune_versions",
+    "referenced_blobs",
+]

@@ -13,7 +13,8 @@ Layout under ``root`` (names are the constants below)::
     backup/                pinned backup records (bNNNNN-vNNNN.json: the version's file list, metadata and
                            validation; its blobs are kept by them) and legacy .tar.gz archives
     validations/v0001.json latest ``hotelbot validate`` result per version (versions stay immutable)
-    history.jsonl          append-only audit of deploys, rollbacks and failed gates
+    history.jsonl          append-only audit of deploys, rollbacks, failed gates and pruned versions
+    deleted.jsonl          the versions ``hotelbot prune`` deleted (their numbers are never given again)
     .staging/              versions being built; a crash leaves only garbage here, never a half version
     .lock                  OS file lock serialising writers
 
@@ -50,6 +51,7 @@ CURRENT_STATE = "current.json"
 BACKUP_DIR = "backup"
 VALIDATIONS_DIR = "validations"
 HISTORY_FILE = "history.jsonl"
+DELETED_FILE = "deleted.jsonl"  # versions `hotelbot prune` deleted: their numbers are never reused
 STAGING_DIR = ".staging"
 OWNER_SUFFIX = ".owner"
 LOCK_FILE = ".lock"
@@ -236,6 +238,9 @@ class ModelRegistry:
                     continue  # an owner file, or a build another process is still writing
                 shutil.rmtree(build, ignore_errors=True) if build.is_dir() else build.unlink(missing_ok=True)
                 fixed.append(f"removed staging {build.name}")
+                pruned = re.match(r"^deleted-(v\d{4,6})-", build.name)  # a version `hotelbot prune` was removing
+                if pruned:
+                    (self.root / VALIDATIONS_DIR / f"{pruned.group(1)}.json").unlink(missing_ok=True)
             for owner in staging.glob("*" + OWNER_SUFFIX):
                 if not (staging / owner.name[: -len(OWNER_SUFFIX)]).exists() and not _owner_alive(owner):
                     owner.unlink(missing_ok=True)
@@ -306,9 +311,11 @@ class ModelRegistry:
         metadata["files"] = checksum_tree(staged)
         with self.lock():
             self.last_ingest = self.blobs.ingest_tree(staged, metadata["files"])
+            metadata["storage"] = self.last_ingest.to_dict()  # what this version added to the registry
             crashpoint("before-publish")
             self.versions_dir.mkdir(parents=True, exist_ok=True)
             numbers = [int(m.group(1)) for p in self.versions_dir.iterdir() if (m := VERSION_RE.match(p.name))]
+            numbers += self.deleted_numbers()  # a pruned version's number is never given again
             name = f"v{(max(numbers) + 1 if numbers else 1):04d}"
             metadata["version"] = name
             metadata.setdefault("created_at", utc_now())
@@ -339,12 +346,35 @@ class ModelRegistry:
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
+    # ------------------------------------------------------------ pruned versions
+    def record_deleted(self, record: dict[str, Any]) -> None:
+        """Append a pruned version's record to ``deleted.jsonl`` (before it is removed; lock held)."""
+        self._append_line(DELETED_FILE, record)
+
+    def deleted_numbers(self) -> list[int]:
+        """The numbers of the versions ``hotelbot prune`` deleted (never reused by :meth:`publish`)."""
+        try:
+            lines = (self.root / DELETED_FILE).read_text("utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        numbers = []
+        for line in lines:
+            try:
+                match = VERSION_RE.match(str(json.loads(line).get("version")))
+            except (ValueError, AttributeError):
+                continue  # a line torn by a crash
+            if match:
+                numbers.append(int(match.group(1)))
+        return numbers
+
     # ------------------------------------------------------------ history
     def append_history(self, event: dict[str, Any]) -> None:
+        self._append_line(HISTORY_FILE, {"at": utc_now(), "user": os.environ.get("USER", "unknown"), **event})
+
+    def _append_line(self, name: str, record: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"at": utc_now(), "user": os.environ.get("USER", "unknown"), **event}, ensure_ascii=False)
-        with open(self.root / HISTORY_FILE, "a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
+        with open(self.root / name, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
 

@@ -112,6 +112,18 @@ def test_frozen_word_embeddings_are_one_blob_for_every_version(tiny_data, isolat
     assert not (a.parent / "intent_classifier.pt").exists()  # outside formats: `hotelbot export`
     predicted = doc(run("predict", "hola", "--version", second["version"], "--json"))
     assert predicted["model_version"] == second["version"]
+    # train --json says what each training stored and shared: the second shares the frozen embeddings
+    sizes = {rel: (b / rel).stat().st_size for rel in ("embeddings.safetensors", "model.safetensors")}
+    assert first["storage"]["versions"] == [first["version"]] and first["storage"]["shared_bytes"] < sizes[
+        "embeddings.safetensors"]
+    storage = second["storage"]
+    assert storage["versions"] == [second["version"]]
+    assert storage["shared_bytes"] >= sizes["embeddings.safetensors"] and storage["stored_bytes"] >= sizes["model.safetensors"]
+    stored = sum(p.stat().st_size for p in (isolated_env / "registry" / "blobs").rglob("*") if p.is_file())
+    assert first["storage"]["stored_bytes"] + storage["stored_bytes"] == stored  # every blob counted once
+    assert storage["registry_bytes"] >= stored
+    meta = json.loads((root / second["version"] / "metadata.json").read_text())
+    assert meta["storage"]["stored_bytes"] == storage["stored_bytes"]  # also recorded with the version
 
 
 # ------------------------------------------------------------------ backups by reference
@@ -307,3 +319,76 @@ def test_migrate_leaves_a_corrupt_file_alone_and_says_so(registry_copy, tmp_path
     problems = doc(result)["problems"]
     assert problems == ["v0002/model/classifier.json: fails its recorded checksum; left as it is"]
     assert registry_copy.verify("v0001") == []
+
+
+# ------------------------------------------------------------------ prune
+
+
+def test_prune_deletes_old_versions_frees_only_their_files_and_never_reuses_a_number(registry_copy):
+    v3 = clone_version(registry_copy, "v0001", change_a_file)
+    v4 = clone_version(registry_copy, "v0001", change_a_file)
+    mine = only_in(registry_copy, v3.name) | only_in(registry_copy, v4.name)
+    assert run("deploy", "v0002").exit_code == 0
+    dry = doc(run("prune", "--keep", "1", "--dry-run", "--json"))
+    assert dry["deleted"] == ["v0001", "v0003"] and dry["kept"] == ["v0002", "v0004"]  # the deployed one stays
+    assert dry["protected"] == {"v0002": "deployed"} and dry["freed_bytes"] > 0
+    assert [v.name for v in registry_copy.list_versions()] == ["v0001", "v0002", "v0003", "v0004"]  # unchanged
+    done = doc(run("prune", "v0003", "v0004", "--reason", "superseded", "--json"))
+    assert done["deleted"] == ["v0003", "v0004"] and done["freed_bytes"] > 0 and not done["dry_run"]
+    assert [v.name for v in registry_copy.list_versions()] == ["v0001", "v0002"]
+    assert not any(registry_copy.blobs.has(sha) for sha in mine)  # their own files are gone
+    assert run("verify").exit_code == 0  # the others are whole
+    assert doc(run("predict", "hola", "--json"))["model_version"] == "v0002"
+    events = doc(run("history", "--json"))["events"]
+    assert [(e["event"], e["from"], e["reason"]) for e in events[-2:]] == [
+        ("delete", "v0003", "superseded"), ("delete", "v0004", "superseded")]
+    assert clone_version(registry_copy, "v0001").name == "v0005"  # v0004's number is never given again
+
+
+@pytest.mark.parametrize("args, message", [
+    (["v0002"], "v0002 is deployed: it is never pruned"),
+    (["v0001", "v0009"], "version v0009 not found"),
+    (["../v0001"], "invalid version name"),
+    ([], "nothing to prune"),
+])
+def test_prune_refuses_protected_unknown_or_no_versions_and_deletes_nothing(registry_copy, args, message):
+    assert run("deploy", "v0002").exit_code == 0
+    before = sorted(p.name for p in registry_copy.root.rglob("*"))
+    result = run("prune", *args)
+    assert result.exit_code != 0 and message in result.output
+    assert len(result.output.strip().splitlines()) <= 2  # one line (and its hint)
+    assert sorted(p.name for p in registry_copy.root.rglob("*")) == before
+
+
+def test_prune_keeps_the_rollback_target_and_a_backup_still_rebuilds_a_pruned_version(registry_copy):
+    clone_version(registry_copy, "v0001", change_a_file)
+    for version in ("v0002", "v0001", "v0003"):  # each deploy backs up the one before: v0002, then v0001
+        assert run("deploy", version, "--tolerance", "1").exit_code == 0
+    done = doc(run("prune", "--keep", "0", "--json"))
+    assert done["deleted"] == ["v0002"]
+    assert done["protected"] == {"v0003": "deployed", "v0001": "the rollback target (what `hotelbot rollback` returns to)"}
+    assert list(done["pinned_by_backups"]) == ["v0002"]  # its files stay while that backup pins them
+    assert [v.name for v in registry_copy.list_versions()] == ["v0001", "v0003"]
+    assert run("rollback", "--to", "v0002").exit_code == 0  # rebuilt from its backup
+    assert doc(run("predict", "hola", "--json"))["model_version"] == "v0002"
+    assert run("verify").exit_code == 0
+
+
+@pytest.mark.parametrize("crash_at, left", [("mid-prune", ["v0001", "v0002", "v0003"]),
+                                            ("after-prune-rename", ["v0001", "v0002"])])
+def test_prune_killed_midway_leaves_a_registry_the_next_prune_finishes(registry_copy, crash_at, left):
+    v3 = clone_version(registry_copy, "v0001", change_a_file)
+    (unique,) = only_in(registry_copy, v3.name)
+    env = {**os.environ, "HOTELBOT_TEST_CRASH_AT": crash_at}
+    proc = subprocess.run([sys.executable, "-m", "hotelbot_cli", "prune", "v0003"], env=env, capture_output=True,
+                          timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert [v.name for v in registry_copy.list_versions()] == left  # v0003 whole, or gone: never half
+    assert run("verify").exit_code == 0
+    if "v0003" in left:
+        assert doc(run("prune", "v0003", "--json"))["deleted"] == ["v0003"]
+    else:
+        assert any("deleted-v0003" in note for note in doc(run("gc", "--json"))["repaired"])
+    assert not registry_copy.blobs.has(unique)
+    assert not list((registry_copy.root / ".staging").iterdir())
+    assert clone_version(registry_copy, "v0001").name == "v0004"
