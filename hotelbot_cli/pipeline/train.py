@@ -106,17 +106,16 @@ class PipelineResult:
         }
 
 
-def storage_summary(registry: ModelRegistry, before: set[str]) -> dict[str, Any]:
-    """What the versions published since ``before`` (the version names at the start) added to the registry:
-    bytes and files stored anew, bytes and files shared with what it held already (each version's
-    ``metadata["storage"]``, written by publish), and the registry's size on disk now."""
+def storage_summary(registry: ModelRegistry, published: list[str]) -> dict[str, Any]:
+    """What the versions ``published`` (by this run) added to the registry: bytes and files stored anew,
+    bytes and files shared with what it held already (each version's ``metadata["storage"]``, written by
+    publish), and the registry's size on disk now."""
     total = IngestStats()
-    published = [v for v in registry.list_versions() if v.name not in before]
-    for info in published:
-        recorded = info.metadata.get("storage")
+    for name in published:
+        recorded = registry.get(name).metadata.get("storage")
         if isinstance(recorded, dict):
             total.add(IngestStats(**{k: int(recorded.get(k, 0)) for k in total.to_dict()}))
-    return {"versions": [v.name for v in published], **total.to_dict(), "registry_bytes": disk_usage(registry.root)}
+    return {"versions": published, **total.to_dict(), "registry_bytes": disk_usage(registry.root)}
 
 
 class TrainingReporter:
@@ -175,7 +174,8 @@ def train(
     before = {v.name for v in registry.list_versions()}
     result = _train(settings, registry, model_type, data, documents, source, force, options, progress, on_step)
     if is_main_process():
-        result.storage = storage_summary(registry, before)
+        published = [s.version for s in result.steps if s.version and s.version not in before]
+        result.storage = storage_summary(registry, list(dict.fromkeys(published)))
     return result
 
 

@@ -24,11 +24,11 @@ from ..errors import ConfigError, RegistryError, VersionNotFoundError
 from .backups import BACKUP_FORMAT, is_pinned, list_backups, record_name
 from .blobs import disk_usage, same_file
 from .checksums import METADATA_FILE, checksum_tree
-from .hooks import crashpoint, utc_now
-from .store import STAGING_DIR, VALIDATIONS_DIR, check_version_name
+from .hooks import crashpoint
+from .store import DELETED_PREFIX, STAGING_DIR, check_version_name
 
 if TYPE_CHECKING:
-    from .store import ModelRegistry
+    from .store import ModelRegistry, VersionInfo
 
 
 def referenced_blobs(registry: ModelRegistry) -> set[str]:
@@ -298,7 +298,7 @@ def prune_versions(
             if name not in targets:
                 targets.append(name)
         if keep is not None:
-            newest = set(known[len(known) - keep :]) if keep else set()
+            newest = set(known[max(0, len(known) - keep) :]) if keep else set()
             targets += [n for n in known if n not in newest and n not in result.protected and n not in targets]
         targets.sort(key=known.index)
         result.deleted = targets
@@ -309,8 +309,9 @@ def prune_versions(
         if dry_run:
             result.freed_bytes = _only_theirs(registry, versions, targets)
         else:
+            by_name = {v.name: v for v in versions}
             for name in targets:
-                _delete_version(registry, name, reason)
+                _delete_version(registry, by_name[name], reason)
     if collect and not dry_run and targets:
         result.freed_bytes = collect_garbage(registry, timeout=timeout).removed_bytes
     result.gc_skipped = not collect
@@ -319,7 +320,8 @@ def prune_versions(
 
 
 def _only_theirs(registry: ModelRegistry, versions: list[Any], targets: list[str]) -> int:
-    """Bytes of the blobs that gc would remove once ``targets`` are gone (nothing else refers to them)."""
+    """Bytes gc would remove once ``targets`` are gone: the blobs nothing else refers to, whether only the
+    targets held them or nothing did already (a blob a live build links is kept, as gc keeps it)."""
     left: set[str] = set()
     for info in versions:
         if info.name not in targets:
@@ -327,25 +329,28 @@ def _only_theirs(registry: ModelRegistry, versions: list[Any], targets: list[str
     for record in list_backups(registry):
         if is_pinned(record):
             left.update(record.get("files", {}).values())
-    theirs = {sha for info in versions if info.name in targets for sha in info.manifest.files.values()}
-    return sum(blob.size for blob in registry.blobs if blob.sha256 in theirs - left)
+    links: dict[str, int] = {}  # the targets' own hard links to each blob
+    for info in versions:
+        if info.name in targets:
+            for sha in info.manifest.files.values():
+                links[sha] = links.get(sha, 0) + 1
+    return sum(b.size for b in registry.blobs if b.sha256 not in left and b.links - links.get(b.sha256, 0) <= 1)
 
 
-def _delete_version(registry: ModelRegistry, name: str, reason: str) -> None:
-    """Record ``name`` as deleted (its number is never reused), move it out of versions/ with one rename,
-    then remove it and its validation result. Lock held. A kill after the rename leaves a directory in
-    .staging/ that the next writer's repair removes."""
-    info = registry.get(name)
-    registry.record_deleted({"version": name, "at": utc_now(), "reason": reason, "files": len(info.manifest.files)})
-    crashpoint("mid-prune")
-    trash = registry.root / STAGING_DIR / f"deleted-{name}-{uuid.uuid4().hex[:8]}"
+def _delete_version(registry: ModelRegistry, info: VersionInfo, reason: str) -> None:
+    """Move ``info`` out of versions/ with one rename (the deletion itself: readers see the version whole or
+    gone), record it (``deleted.jsonl``: its number is never given again; ``history.jsonl``), then remove it
+    and its validation result. Lock held. A kill after the rename leaves ``.staging/deleted-vNNNN-*``:
+    publish counts its number as taken, and the next writer's repair records it and removes it. ``info`` may
+    be a version whose metadata.json is unreadable (prune is how one gets rid of it)."""
+    name = info.name
+    trash = registry.root / STAGING_DIR / f"{DELETED_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
     trash.parent.mkdir(parents=True, exist_ok=True)
+    crashpoint("mid-prune")
     os.rename(info.path, trash)
     fsync_dir(registry.versions_dir)
     crashpoint("after-prune-rename")
-    (registry.root / VALIDATIONS_DIR / f"{name}.json").unlink(missing_ok=True)
-    registry.append_history({"event": "delete", "from": name, "to": None, "reason": reason})
-    shutil.rmtree(trash, ignore_errors=True)
+    registry.finish_deletion(name, trash, reason)
 
 
 __all__ = [

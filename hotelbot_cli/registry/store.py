@@ -52,6 +52,7 @@ BACKUP_DIR = "backup"
 VALIDATIONS_DIR = "validations"
 HISTORY_FILE = "history.jsonl"
 DELETED_FILE = "deleted.jsonl"  # versions `hotelbot prune` deleted: their numbers are never reused
+DELETED_PREFIX = "deleted-"  # .staging/deleted-vNNNN-<random>: a version prune moved out, being removed
 STAGING_DIR = ".staging"
 OWNER_SUFFIX = ".owner"
 LOCK_FILE = ".lock"
@@ -234,13 +235,16 @@ class ModelRegistry:
         staging = self.root / STAGING_DIR
         if staging.is_dir():
             for build in sorted(staging.iterdir()):
+                pruned = _deleting(build)
+                if pruned:  # a version `hotelbot prune` had moved out when it was killed: finish the deletion
+                    self.finish_deletion(pruned.group(1), build, "an interrupted `hotelbot prune`, completed")
+                    fixed.append(f"finished deleting {pruned.group(1)}")
+                    continue
                 if build.name.endswith(OWNER_SUFFIX) or _owner_alive(staging / (build.name + OWNER_SUFFIX)):
                     continue  # an owner file, or a build another process is still writing
                 shutil.rmtree(build, ignore_errors=True) if build.is_dir() else build.unlink(missing_ok=True)
                 fixed.append(f"removed staging {build.name}")
-                pruned = re.match(r"^deleted-(v\d{4,6})-", build.name)  # a version `hotelbot prune` was removing
-                if pruned:
-                    (self.root / VALIDATIONS_DIR / f"{pruned.group(1)}.json").unlink(missing_ok=True)
+
             for owner in staging.glob("*" + OWNER_SUFFIX):
                 if not (staging / owner.name[: -len(OWNER_SUFFIX)]).exists() and not _owner_alive(owner):
                     owner.unlink(missing_ok=True)
@@ -347,17 +351,32 @@ class ModelRegistry:
             return None
 
     # ------------------------------------------------------------ pruned versions
+    def _staged(self) -> list[Path]:
+        staging = self.root / STAGING_DIR
+        return sorted(staging.iterdir()) if staging.is_dir() else []
+
     def record_deleted(self, record: dict[str, Any]) -> None:
         """Append a pruned version's record to ``deleted.jsonl`` (before it is removed; lock held)."""
         self._append_line(DELETED_FILE, record)
 
+    def finish_deletion(self, name: str, moved: Path, reason: str) -> None:
+        """The end of ``hotelbot prune`` for a version already moved out of versions/ to ``moved``: record it
+        (deleted.jsonl, history.jsonl), remove its validation result, then the directory. Lock held."""
+        self.record_deleted({"version": name, "at": utc_now(), "reason": reason})
+        self.append_history({"event": "delete", "from": name, "to": None, "reason": reason})
+        (self.root / VALIDATIONS_DIR / f"{name}.json").unlink(missing_ok=True)
+        garbage = moved.with_name(f"removed-{moved.name}")  # recorded: a leftover is now plain garbage for repair
+        os.rename(moved, garbage)
+        shutil.rmtree(garbage, ignore_errors=True)
+
     def deleted_numbers(self) -> list[int]:
-        """The numbers of the versions ``hotelbot prune`` deleted (never reused by :meth:`publish`)."""
+        """The numbers of the versions ``hotelbot prune`` deleted, or is deleting (never reused by
+        :meth:`publish`)."""
+        numbers = [int(m.group(1)[1:]) for m in map(_deleting, self._staged()) if m]
         try:
             lines = (self.root / DELETED_FILE).read_text("utf-8").splitlines()
         except FileNotFoundError:
-            return []
-        numbers = []
+            return numbers
         for line in lines:
             try:
                 match = VERSION_RE.match(str(json.loads(line).get("version")))
@@ -382,6 +401,11 @@ class ModelRegistry:
     @property
     def backup_dir(self) -> Path:
         return self.root / BACKUP_DIR
+
+
+def _deleting(path: Path) -> re.Match[str] | None:
+    """``.staging/deleted-vNNNN-<random>``: group 1 is the version prune was deleting."""
+    return re.match(r"^" + DELETED_PREFIX + r"(v\d{4,6})-[0-9a-f]+$", path.name) if path.is_dir() else None
 
 
 def _owner_alive(owner: Path) -> bool:

@@ -81,14 +81,27 @@ def predictor_from_registry(
     return TorchPredictor.from_version(info)
 
 
+def dir_runtime(model_dir: Path, what: str, runtime: str | None = None) -> str:
+    """The runtime to load a model saved in a directory of its own (the entity and sentiment models) with:
+    ``runtime`` / HOTELBOT_RUNTIME when asked and its graph is there, else the one its ``runtime.json``
+    chose (their export keeps only that graph), else torch. ``what`` names the model in warnings."""
+    asked = requested_runtime(runtime)
+    if asked == TORCH:
+        return TORCH  # runtime.json is not even read: a broken one cannot stand in the way
+    spec = read_runtime_spec(model_dir)
+    chosen = spec["runtime"] if spec else TORCH
+    if asked is not None and asked != chosen:
+        if graph_usable(model_dir, what, asked, False):
+            return asked
+        log.warning("%s has no %s model; using the %s it was exported for", what, asked, chosen)
+    return chosen if graph_usable(model_dir, what, chosen, False) else TORCH
+
+
 def load_dir_predictor(model_dir: Path, version: str, what: str, runtime: str | None = None) -> Predictor:
     """A sentence classifier saved in a directory of its own (the sentiment model: ``save_classifier`` plus
-    its export): the ONNX runtime its ``runtime.json`` names (or ``runtime`` / ``HOTELBOT_RUNTIME`` asks
-    for) when that graph is there, else PyTorch. ``what`` names it in warnings ("v0004's sentiment model")."""
-    asked = requested_runtime(runtime)
-    spec = read_runtime_spec(model_dir)
-    chosen = asked or (spec["runtime"] if spec else TORCH)
-    if graph_usable(model_dir, what, chosen, asked is not None):
+    its export) on :func:`dir_runtime`'s runtime. ``what`` names it in warnings ("v0004's sentiment model")."""
+    chosen = dir_runtime(model_dir, what, runtime)
+    if chosen != TORCH:
         return OnnxPredictor.from_model_dir(model_dir, chosen, version)
     from ..modeling import load_classifier  # imports torch: only for a model that runs on it
 

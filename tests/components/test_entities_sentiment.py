@@ -27,7 +27,6 @@ from hotelbot_cli.errors import DataError, IntegrityError
 from hotelbot_cli.registry import ModelRegistry
 from hotelbot_cli.components.sentiment.classifier import SENTIMENT_LABELS, evaluate_sentiment, prepare_sentiment, train_sentiment
 from hotelbot_cli.errors import AlreadyTrainedError
-from hotelbot_cli.runtime import choose_runtime
 
 SHIPPED_ENTITIES = REPO / "datasets" / "entidades_es.jsonl"
 SHIPPED_SENTIMENT = REPO / "datasets" / "sentimiento_es.jsonl"
@@ -564,7 +563,7 @@ def test_the_model_serves_on_the_runtime_its_export_chose_and_stores_only_that_g
     folder = info.path / component
     spec = json.loads((folder / "runtime.json").read_text("utf-8"))
     chosen = spec["runtime"]
-    assert chosen == choose_runtime(spec["runtimes"], spec["tolerance_points"])
+    assert set(spec["runtimes"]) == {"torch", "onnx-fp32", "onnx-int8"}  # all three measured, one kept
     for runtime, graph in (("onnx-fp32", "model.onnx"), ("onnx-int8", "model.int8.onnx")):
         assert (folder / graph).is_file() == (runtime == chosen)
         assert not (folder / f"{graph}.embeddings.data").exists()  # the embeddings are the weights' own file
@@ -573,3 +572,95 @@ def test_the_model_serves_on_the_runtime_its_export_chose_and_stores_only_that_g
         load_version_extractor(info) if component == "entities" else SentimentClassifier.from_version(info).predictor
     )
     assert loaded.runtime == chosen
+
+
+@pytest.fixture(scope="module")
+def forced_exports(built, tmp_path_factory):
+    """The tagger of the built entities version exported again, once with fp32 chosen, once with int8 (the
+    choice forced, so the graphs these tests read are there whatever the timings)."""
+    from hotelbot_cli.components.entities import onnx as entity_onnx
+    from hotelbot_cli.components.entities.tagger import EntityExtractor, save_entity_model
+
+    info = ModelRegistry(built["root"]).get(built["entities"].version.name)
+    reference = EntityExtractor.from_version(info)
+    examples = read_prepared_entities(info.path / "entities" / "data").validation
+    exports = {}
+    with pytest.MonkeyPatch.context() as mp:
+        for runtime in ("onnx-fp32", "onnx-int8"):
+            mp.setattr(entity_onnx, "choose_runtime", lambda measured, tolerance, chosen=runtime: chosen)
+            folder = tmp_path_factory.mktemp(runtime)
+            save_entity_model(reference.model, reference.tokenizer, folder)
+            spec = entity_onnx.export_entity_onnx(reference.model, reference.tokenizer, folder, examples, 0.5, 2)
+            exports[runtime] = (folder, spec)
+    return reference, exports
+
+
+TRICKY = [
+    "Soy Ana de la habitación 305",
+    "hola",
+    "Quiero reservar   dos noches para 4 adultos, llegamos el 15/08/2026 a las 10 <s> gracias",
+    "una suite por 120 euros? " * 30,  # past max_length: truncated alike
+    "soy pedro de la 1204, llegamos el lunes a las nueve y media",
+]
+
+
+def test_onnx_fp32_finds_torchs_entities_and_only_the_chosen_graph_is_kept(forced_exports):
+    from hotelbot_cli.components.entities.onnx import OnnxEntityExtractor
+
+    reference, exports = forced_exports
+    folder, spec = exports["onnx-fp32"]
+    assert spec["runtime"] == "onnx-fp32" and (folder / "model.onnx").is_file()
+    assert not (folder / "model.int8.onnx").exists() and set(spec["files"]) == {"onnx-fp32"}
+    onnx_x = OnnxEntityExtractor.from_dir(folder, "onnx-fp32")
+    want, got = reference.extract_spans(TRICKY), onnx_x.extract_spans(TRICKY)
+    assert [[x[:3] for x in t] for t in got] == [[x[:3] for x in t] for t in want]
+    assert any(want) and all(abs(a[3] - b[3]) < 1e-3 for t, u in zip(got, want) for a, b in zip(t, u))
+    assert spec["runtimes"]["onnx-fp32"]["same_entities_as_torch"] == 1.0
+
+
+def test_onnx_int8_reads_the_shared_embeddings_and_answers_each_text_alone(forced_exports):
+    from hotelbot_cli.components.entities.onnx import OnnxEntityExtractor
+
+    _, exports = forced_exports
+    folder, spec = exports["onnx-int8"]
+    assert (folder / "model.int8.onnx").is_file() and not (folder / "model.onnx").exists()
+    assert "embeddings.safetensors" in spec["files"]["onnx-int8"]  # the fp32 matrix, not a quantized copy
+    assert not (folder / "model.int8.onnx.embeddings.data").exists()
+    onnx_x = OnnxEntityExtractor.from_dir(folder, "onnx-int8")
+    assert onnx_x.extract_spans(TRICKY) == [onnx_x.extract_spans([t])[0] for t in TRICKY]  # batch-independent
+
+
+def test_hotelbot_runtime_for_the_entity_model(forced_exports, monkeypatch, caplog):
+    from hotelbot_cli.components.entities.onnx import load_entity_extractor
+
+    _, exports = forced_exports
+    folder, _ = exports["onnx-int8"]
+    assert load_entity_extractor(folder, "v0003").runtime == "onnx-int8"  # what runtime.json chose
+    monkeypatch.setenv("HOTELBOT_RUNTIME", "onnx-fp32")  # asked for, but not kept: the chosen one, not torch
+    assert load_entity_extractor(folder, "v0003").runtime == "onnx-int8"
+    assert "has no onnx-fp32 model; using the onnx-int8 it was exported for" in caplog.text
+    monkeypatch.setenv("HOTELBOT_RUNTIME", "torch")
+    assert load_entity_extractor(folder, "v0003").runtime == "torch"
+    broken = folder.parent / "broken"
+    shutil.copytree(folder, broken)
+    (broken / "runtime.json").write_text("{not json")
+    assert load_entity_extractor(broken, "v0003").runtime == "torch"  # torch asked: runtime.json not even read
+
+
+def test_a_failed_export_leaves_no_graph_behind(built, tmp_path, monkeypatch):
+    from hotelbot_cli.components.entities import onnx as entity_onnx
+    from hotelbot_cli.components.entities.tagger import EntityExtractor, save_entity_model
+    from hotelbot_cli.errors import ModelError
+
+    info = ModelRegistry(built["root"]).get(built["entities"].version.name)
+    reference = EntityExtractor.from_version(info)
+    save_entity_model(reference.model, reference.tokenizer, tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("tokenizer check exploded")
+
+    monkeypatch.setattr(entity_onnx, "_check_tokenizer", broken)  # after the graphs were written
+    with pytest.raises(ModelError, match="ONNX export failed: tokenizer check exploded"):
+        entity_onnx.export_entity_onnx(reference.model, reference.tokenizer, tmp_path, [], 0.5, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -376,19 +376,34 @@ def test_prune_keeps_the_rollback_target_and_a_backup_still_rebuilds_a_pruned_ve
 
 @pytest.mark.parametrize("crash_at, left", [("mid-prune", ["v0001", "v0002", "v0003"]),
                                             ("after-prune-rename", ["v0001", "v0002"])])
-def test_prune_killed_midway_leaves_a_registry_the_next_prune_finishes(registry_copy, crash_at, left):
+def test_prune_killed_midway_leaves_a_registry_the_next_writer_finishes(registry_copy, crash_at, left):
     v3 = clone_version(registry_copy, "v0001", change_a_file)
     (unique,) = only_in(registry_copy, v3.name)
     env = {**os.environ, "HOTELBOT_TEST_CRASH_AT": crash_at}
-    proc = subprocess.run([sys.executable, "-m", "hotelbot_cli", "prune", "v0003"], env=env, capture_output=True,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "hotelbot_cli", "prune", "v0003", "-r", "old"], env=env,
+                          capture_output=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL
     assert [v.name for v in registry_copy.list_versions()] == left  # v0003 whole, or gone: never half
     assert run("verify").exit_code == 0
+    # a train publishing before any repair never takes the number of a version being deleted
+    assert clone_version(registry_copy, "v0001").name == "v0004"
     if "v0003" in left:
         assert doc(run("prune", "v0003", "--json"))["deleted"] == ["v0003"]
     else:
-        assert any("deleted-v0003" in note for note in doc(run("gc", "--json"))["repaired"])
+        assert "finished deleting v0003" in doc(run("gc", "--json"))["repaired"]
+    events = [e for e in doc(run("history", "--json"))["events"] if e["event"] == "delete"]
+    assert [e["from"] for e in events] == ["v0003"]  # recorded once, either way
     assert not registry_copy.blobs.has(unique)
     assert not list((registry_copy.root / ".staging").iterdir())
-    assert clone_version(registry_copy, "v0001").name == "v0004"
+    assert clone_version(registry_copy, "v0001").name == "v0005"
+
+
+def test_prune_keep_more_than_there_are_deletes_nothing_and_a_corrupt_version_can_be_pruned(registry_copy):
+    clone_version(registry_copy, "v0001", change_a_file)
+    for keep in ("3", "4", "50"):
+        assert doc(run("prune", "--keep", keep, "--json"))["deleted"] == []
+    assert [v.name for v in registry_copy.list_versions()] == ["v0001", "v0002", "v0003"]
+    (registry_copy.get("v0002").path / "metadata.json").unlink()  # a broken version: prune gets rid of it
+    assert doc(run("prune", "v0002", "--json"))["deleted"] == ["v0002"]
+    assert [v.name for v in registry_copy.list_versions()] == ["v0001", "v0003"]
+    assert run("verify").exit_code == 0

@@ -8,7 +8,7 @@ At train time, beside the PyTorch weights in the staged ``entities/``::
                              (export.graph); its word embeddings are read in place from
                              embeddings.safetensors (the weights' own file, stored once in the registry)
     model.int8.onnx(.data)   the same graph, dynamic int8, the word embeddings kept fp32 (the same shared
-                             file): ~22 MB of its own for e5-small
+                             file): ~31 MB of its own for e5-small
     tokenizer.unigram.bin    the fast Unigram tokenizer's index (runtime.tokenizers)
     runtime.json             what was measured on the validation split (entity micro-F1 of torch, fp32 and
                              int8; single-text latency) and the runtime chosen: the fastest within
@@ -32,11 +32,12 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ..._io import atomic_write_json
-from ...errors import ModelError
+from ...errors import HotelbotError, ModelError
 from ...runtime.layout import (
     ONNX_FILES,
     ONNX_FP32,
     ONNX_FP32_FILE,
+    ONNX_INT8,
     ONNX_INT8_FILE,
     RUNTIME_FILE,
     TOKENIZER_INDEX_FILE,
@@ -55,9 +56,9 @@ from ...export.graph import (
     graph_files,
 )
 from ...export.quantize import _keep_fp32, _outlier_inputs, _quantize, embedding_nodes
-from ...runtime.loading import graph_usable
+from ...runtime.loading import dir_runtime
 from ...runtime.onnx import open_session
-from ...runtime.selection import RUNTIME_FORMAT, SPEED_TIE, choose_runtime, read_runtime_spec, requested_runtime
+from ...runtime.selection import RUNTIME_FORMAT, SPEED_TIE, choose_runtime, read_runtime_spec
 from ...runtime.tokenizers import TOKENIZER_FULL, load_text_encoder, write_unigram_index
 from .tagger import (
     CONFIG_FILE,
@@ -99,9 +100,15 @@ class OnnxEntityExtractor(Extracts):
         return cls(open_session(path / ONNX_FILES[runtime]), encoder, config, version, runtime)
 
     def extract_spans(self, texts: Sequence[str], batch_size: int = 32) -> list[list[tuple[str, int, int, float]]]:
-        """Per text: (type, start, end, confidence) with offsets into the text as given (not cleaned)."""
+        """Per text: (type, start, end, confidence) with offsets into the text as given (not cleaned).
+
+        int8 runs one text per call: dynamic quantization scales each activation by its whole range, padding
+        included, so in a padded batch a text's entities would depend on the other texts (the classifier's
+        int8 predictor does the same, runtime.onnx). fp32 runs in batches (the same answers, to 1e-6)."""
         import numpy as np
 
+        if self.runtime == ONNX_INT8:
+            batch_size = 1
         prefix = self.config.prefix
         out: list[list[tuple[str, int, int, float]]] = []
         for first in range(0, len(texts), batch_size):
@@ -142,11 +149,9 @@ def load_version_extractor(info: VersionInfo, runtime: str | None = None) -> Any
 
 def load_entity_extractor(path: Path, version: str, runtime: str | None = None) -> Any:
     """The tagger saved in ``path`` on the runtime its runtime.json chose (``runtime`` / HOTELBOT_RUNTIME:
-    another one, when its graph is there), else on torch."""
-    asked = requested_runtime(runtime)
-    spec = read_runtime_spec(path)
-    chosen = asked or (spec["runtime"] if spec else TORCH)
-    if graph_usable(path, f"{version}'s entity model", chosen, asked is not None):
+    another one, when its graph is there), else on torch (runtime.loading.dir_runtime)."""
+    chosen = dir_runtime(path, f"{version}'s entity model", runtime)
+    if chosen != TORCH:
         return OnnxEntityExtractor.from_dir(path, chosen, version)
     return EntityExtractor.from_dir(path, version)
 
@@ -166,8 +171,19 @@ def export_entity_onnx(
     the module docstring. ``examples``: the validation split (EntityExample). Returns runtime.json's dict."""
     from ...runtime.device import on_cpu  # with the export: torch's device switch
 
+    model_dir = Path(model_dir)
     with on_cpu():
-        return _export(model, tokenizer, Path(model_dir), list(examples), tolerance_points, latency_runs)
+        try:
+            return _export(model, tokenizer, model_dir, list(examples), tolerance_points, latency_runs)
+        except Exception as exc:
+            # nothing unmeasured stays in the version: the graphs, the tokenizer index, runtime.json
+            _remove_graphs(model_dir, ONNX_FILES)
+            for name in (TOKENIZER_INDEX_FILE, RUNTIME_FILE):
+                (model_dir / name).unlink(missing_ok=True)
+            if isinstance(exc, HotelbotError):
+                raise
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ModelError(f"ONNX export failed: {first}") from exc
 
 
 def _export(
@@ -184,20 +200,16 @@ def _export(
     probe = texts[:64] + list(PROBE_TEXTS)
     feed_cfg = SimpleNamespace(query_prefix=cfg.prefix, max_length=cfg.max_length)
     start = time.monotonic()
-    try:
-        with _eager_attention(model) as attention:
-            exporter = _export_raw(
-                model, tokenizer, fp32_path, OPSET, prefix=cfg.prefix, max_length=cfg.max_length, per_token=True
-            )
-        fused = _fuse(fp32_path, model.encoder.config, _probe_feed(tokenizer, feed_cfg))
-        _externalize(fp32_path)
-        ratios = _outlier_inputs(fp32_path, [_probe_feed(tokenizer, feed_cfg, [t]) for t in probe])
-        kept_fp32 = _keep_fp32(ratios)
-        _quantize(fp32_path, int8_path, kept_fp32 + embedding_nodes(fp32_path))
-        _externalize(int8_path)
-    except Exception as exc:  # noqa: BLE001 - one clear line; the torch weights are still saved
-        _remove_graphs(model_dir, ONNX_FILES)
-        raise ModelError(f"ONNX export failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+    with _eager_attention(model) as attention:
+        exporter = _export_raw(
+            model, tokenizer, fp32_path, OPSET, prefix=cfg.prefix, max_length=cfg.max_length, per_token=True
+        )
+    fused = _fuse(fp32_path, model.encoder.config, _probe_feed(tokenizer, feed_cfg))
+    _externalize(fp32_path)
+    ratios = _outlier_inputs(fp32_path, [_probe_feed(tokenizer, feed_cfg, [t]) for t in probe])
+    kept_fp32 = _keep_fp32(ratios)
+    _quantize(fp32_path, int8_path, kept_fp32 + embedding_nodes(fp32_path))
+    _externalize(int8_path)
     export_seconds = time.monotonic() - start
 
     write_unigram_index(model_dir)

@@ -25,7 +25,7 @@ from ...data import (
 )
 from ...data import fingerprint as fingerprint_examples
 from ...errors import ConfigError, DataError, HotelbotError
-from ...export import DEFAULT_RECHECK_MARGIN, export_onnx
+from ...export import DEFAULT_RECHECK_MARGIN, drop_export, export_onnx
 from ...registry import ModelRegistry, VersionInfo
 from ...runtime import describe_choice
 from ...runtime.detector import KNN, MEMORY_FILE, SOFTMAX
@@ -105,6 +105,7 @@ def export_inference(
         )
     except (HotelbotError, ImportError) as exc:
         log.warning("ONNX export failed (%s); the version runs on torch", exc)
+        drop_export(model_dir)  # graphs written before the failure were never measured: none stays
         return {"runtime": "torch", "error": str(exc)}
 
 
