@@ -441,7 +441,8 @@ def train_cmd(
             + f"; MLflow parent run {result.mlflow_run_id}"
         )
     elif json_out:
-        print_json({**_step_document(result.steps[0], deployed), "storage": result.storage})
+        published = result.storage and result.storage["versions"]  # a skipped train keeps its document as it was
+        print_json({**_step_document(result.steps[0], deployed), **({"storage": result.storage} if published else {})})
         return
     if result.storage and result.storage["versions"]:
         message(_storage_line(result.storage))
