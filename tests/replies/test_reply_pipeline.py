@@ -391,3 +391,40 @@ def test_recorded_figures_do_not_count_once_the_analyzer_changed(registry):
         path.write_text(text + "\n", "utf-8")
 
     assert component.recorded_score(clone_version(registry, "v0003", retrained_classifier)) is None
+
+
+@pytest.mark.parametrize("message, parts", [
+    ("¿La red es gratis? ¿Y dónde está la clave?", ["¿La red es gratis?", "¿Y dónde está la clave?"]),
+    ("Soy fumador. ¿Dónde puedo fumar tranquilo? ¿Y qué pasa si fumo en el cuarto?",
+     ["¿Dónde puedo fumar tranquilo?", "¿Y qué pasa si fumo en el cuarto?"]),
+    ("Llego en coche, por qué calle se entra? Y si lo saco me cobran otra vez?",
+     ["Llego en coche, por qué calle se entra?", "Y si lo saco me cobran otra vez?"]),
+    ("¿a qué hora es el desayuno?", []),  # one question
+    ("¿sí? ¿y la clave del wifi?", []),  # "¿sí?" is no question of its own
+    ("Quiero reservar. Somos dos.", []),
+])
+def test_question_parts_are_the_questions_of_a_message_that_asks_several(message, parts):
+    from hotelbot_cli.components.replies.pipeline import question_parts
+
+    assert question_parts(message) == parts
+
+
+def test_a_message_asking_two_things_gets_a_sentence_for_each_within_the_length(registry, monkeypatch):
+    from types import SimpleNamespace
+
+    from hotelbot_cli.components.replies import pipeline as module
+
+    pipeline = ReplyPipeline.from_version(registry.get("v0003"), load_settings())
+    a, b, c = pipeline.model.sentences[:3]
+    message = "Hola. ¿La red es gratis en todo el hotel? ¿Y dónde está la clave del wifi?"
+    whole = [(a, 0.6), (c, 0.3), (b, 0.1)]  # the whole message: a first, b last
+    own = {"¿La red es gratis en todo el hotel?": [(a, 0.9), (b, 0.05), (c, 0.05)],
+           "¿Y dónde está la clave del wifi?": [(b, 0.8), (a, 0.1), (c, 0.1)]}
+    monkeypatch.setattr(pipeline, "candidates", lambda part, intent, vector, chunks=None, hits=None: part)
+    monkeypatch.setattr(pipeline, "rank", lambda part: own[part])
+    found = SimpleNamespace(hits=[])
+    # the first question is answered by a already; the second gets its own sentence though the message ranked it last
+    assert set(pipeline._each_question(message, "wifi_info", found, whole, [a])) == {a, b}
+    assert pipeline._each_question("¿La red es gratis en todo el hotel?", "wifi_info", found, whole, [a]) == [a]
+    monkeypatch.setattr(module, "QUESTIONS_MAX_CHARS", len(a.text) + 1)  # no room left: the reply stays as it was
+    assert pipeline._each_question(message, "wifi_info", found, whole, [a]) == [a]

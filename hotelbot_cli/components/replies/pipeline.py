@@ -52,6 +52,20 @@ HOW_TOP = 3  # of its best ranked sentences, the first with a contact is the how
 DIRECT_CONTACT = re.compile(r"@|\bmarque\b|\bmarcando\b|\+?\d[\d ]{6,}\d", re.IGNORECASE)
 
 
+# A message asking several questions may get one more sentence per question, up to this many characters.
+QUESTIONS_MAX_CHARS = 480
+QUESTION_WEIGHT = 0.75  # a question's own ranking against the whole message's, when picking its sentence
+QUESTION_END = re.compile(r"(?<=[?.!])\s+")
+
+
+def question_parts(text: str) -> list[str]:
+    """The questions of a message that asks several: its pieces ending in "?" with at least three words
+    ("¿Se puede sin pagar nada?", "¿Y si las nuevas fechas son más caras?"); [] when it asks one or none."""
+    pieces = [p.strip() for p in QUESTION_END.split(text) if p.strip()]
+    asked = [p for p in pieces if p.endswith("?") and len(p.split()) >= 3]
+    return asked if len(asked) >= 2 else []
+
+
 @dataclass(frozen=True)
 class ReplySettings:
     """How answers are built (stored with the ranker; ``replies_config``-free defaults that training may tune)."""
@@ -274,16 +288,29 @@ class ReplyPipeline:
         return cls(info.name, knowledge, model, routing, responder)
 
     # ------------------------------------------------------------------ ranking
-    def candidates(self, message: str, intent: Intents, vector: np.ndarray, chunks: int | None = None) -> Candidates:
+    def candidates(
+        self,
+        message: str,
+        intent: Intents,
+        vector: np.ndarray,
+        chunks: int | None = None,
+        hits: Sequence[SearchHit] | None = None,
+    ) -> Candidates:
         """The sentences of the top chunks for ``message`` (its query ``vector``), with their features: the
         dense retrieval's best ``chunks`` (default the settings' candidate_chunks), then the settings'
         lexical_chunks best by BM25 over stems that dense retrieval ranked lower (a guest's exact word, e.g.
-        "consigna", that the embedding misses). ``intent``: the intent or the classifier's ranking
-        [(intent, confidence), ...], for the document prior."""
+        "consigna", that the embedding misses); or the chunks ``hits`` as given (one question of a message that
+        asks several, ranked among the whole message's chunks). ``intent``: the intent or the classifier's
+        ranking [(intent, confidence), ...], for the document prior."""
         settings = self.model.settings
         chunk_list, k = self.knowledge.chunk_list, chunks or settings.candidate_chunks
-        every = self.knowledge.search_vectors(vector[None, :], len(chunk_list) if settings.lexical_chunks else k)[0]
-        hits = every[:k]
+        given = hits is not None
+        every = (
+            []
+            if hits is not None
+            else self.knowledge.search_vectors(vector[None, :], len(chunk_list) if settings.lexical_chunks else k)[0]
+        )
+        hits = list(hits) if hits is not None else every[:k]
         lexical = self._lexical.scores(stems(message))
         matched = lexical > 0  # a chunk sharing no stem with the message is unranked (0), not ranked by KB order
         order = np.argsort(-lexical, kind="stable")
@@ -291,7 +318,7 @@ class ReplyPipeline:
         lexical_rank[order] = np.arange(1, len(chunk_list) + 1)
         lexical_rank[~matched] = 0
         lexical_score = lexical / lexical.max() if matched.any() else np.zeros(len(chunk_list))
-        if settings.lexical_chunks and matched.any():
+        if settings.lexical_chunks and matched.any() and not given:
             taken = {h.chunk.id for h in hits}
             by_id = {h.chunk.id: h for h in every}
             extra = [chunk_list[i].id for i in order if matched[i] and chunk_list[i].id not in taken]
@@ -335,6 +362,40 @@ class ReplyPipeline:
             if p >= settings.second_sentence_ratio * p_best and length + 1 + len(s.text) <= settings.max_chars:
                 chosen.append(s)
                 length += 1 + len(s.text)
+        chunks = list(dict.fromkeys(s.chunk_id for s in chosen))
+        return sorted(chosen, key=lambda s: (chunks.index(s.chunk_id), s.index))
+
+    def _each_question(
+        self,
+        message: str,
+        intent: Intents,
+        found: Candidates,
+        ranked: Sequence[tuple[Sentence, float]],
+        chosen: list[Sentence],
+    ) -> list[Sentence]:
+        """For a message that asks several things (:func:`question_parts`), add each question's own best
+        sentence when the reply does not hold it yet, while the reply stays within :data:`QUESTIONS_MAX_CHARS`
+        ("¿Se puede sin pagar nada? ¿Y si las nuevas fechas son más caras?" gets the free-change sentence and
+        the price-difference one). A question's best sentence is ranked among the whole message's candidates
+        by a weighted geometric mean of the ranker's probability for the question (weight
+        :data:`QUESTION_WEIGHT`) and for the whole message (the question alone lacks the message's context:
+        "¿y si son más caras?"); when that sentence is in the reply already, the question is answered."""
+        parts = question_parts(message)
+        if not parts:
+            return chosen
+        whole = {s.id: p for s, p in ranked}
+        picks: list[tuple[float, Sentence]] = []  # (the question's own probability, its sentence)
+        for part, vector in zip(parts, self.knowledge.embed_queries(parts)):
+            own = self.rank(self.candidates(part, intent, vector, hits=found.hits))
+            if own:
+                weight = {s.id: p**QUESTION_WEIGHT * whole.get(s.id, 0.0) ** (1.0 - QUESTION_WEIGHT) for s, p in own}
+                picks.append(max(((p, s) for s, p in own), key=lambda x: weight[x[1].id]))
+        # what the whole message chose, then each question's sentence, the most confident first, within the length
+        chosen, length = list(chosen), sum(len(s.text) + 1 for s in chosen) - 1
+        for _, best in sorted(picks, key=lambda x: -x[0]):
+            if best not in chosen and length + 1 + len(best.text) <= QUESTIONS_MAX_CHARS:
+                chosen.append(best)
+                length += 1 + len(best.text)
         chunks = list(dict.fromkeys(s.chunk_id for s in chosen))
         return sorted(chosen, key=lambda s: (chunks.index(s.chunk_id), s.index))
 
@@ -411,7 +472,10 @@ class ReplyPipeline:
             found = self.candidates(cleaned, intent_ranking(row) or intent, vector)
             floor = self.model.settings.min_grounding_score
             covered = bool(found.hits) and (floor is None or found.hits[0].score >= floor)
-            sentences = self.select(self.rank(found)) if covered else []
+            ranked = self.rank(found) if covered else []
+            sentences = self.select(ranked)
+            if sentences:
+                sentences = self._each_question(cleaned, intent_ranking(row) or intent, found, ranked, sentences)
             chunk_of = found.chunk_of
             text = " ".join(s.text for s in sentences)
             if not text:  # the documents do not cover it: say so rather than quote the nearest sentence
