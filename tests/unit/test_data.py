@@ -230,3 +230,46 @@ def test_the_shipped_intent_data_and_its_independent_test_set():
     holdout = json.loads((REPO / "datasets/hotel_intents_es_holdout.json").read_text("utf-8"))
     keys = {near_duplicate_key(t) for t in texts}
     assert [h["text"] for h in holdout if near_duplicate_key(h["text"]) in keys] == []
+
+
+# ---------------------------------------------------------------- metrics without scikit-learn
+
+
+def _sklearn_metrics(y_true, y_pred, labels):
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+    all_labels = list(labels) + sorted(set(y_pred) - set(labels))
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    macro = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="macro", zero_division=0)
+    weighted = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="weighted", zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)), "macro_precision": float(macro[0]),
+        "macro_recall": float(macro[1]), "macro_f1": float(macro[2]), "weighted_f1": float(weighted[2]),
+        "per_intent": {label: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                               "support": int(s[i])} for i, label in enumerate(labels)},
+        "matrix": confusion_matrix(y_true, y_pred, labels=all_labels).tolist(),
+    }
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_classification_metrics_are_scikit_learns_to_the_last_bit(seed):
+    """What validate, deploy's gate and training report must not change: every figure equals scikit-learn's
+    exactly (==, not approx), also with labels never true, never predicted, or predicted outside the list."""
+    import numpy as np
+
+    from hotelbot_cli.evaluation import classification_metrics
+
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(2, 15))
+    labels = [f"intent_{i}" for i in range(k)]
+    n = int(rng.integers(1, 400))
+    y = rng.integers(0, max(1, k - int(rng.integers(0, 3))), n)  # sometimes the last labels are never true
+    noise = rng.integers(0, k + int(rng.integers(0, 3)), n)  # sometimes a label outside the list is predicted
+    pred = np.where(rng.random(n) < rng.random(), y, noise)
+    names = labels + ["older_intent", "out_of_scope"]
+    y_true, y_pred = [names[i] for i in y], [names[i] for i in pred]
+    got = classification_metrics(y_true, y_pred, labels)
+    want = _sklearn_metrics(y_true, y_pred, labels)
+    for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1", "per_intent"):
+        assert got[key] == want[key], key
+    assert got["confusion_matrix"]["matrix"] == want["matrix"]
