@@ -21,7 +21,8 @@ from hotelbot_cli.config import load_settings
 from hotelbot_cli.errors import ConfigError, DataError, ModelError, RegistryError
 from hotelbot_cli.components.generator.data import ReplyPair, load_reply_data, prepare_replies, read_reply_file, split_pairs
 from hotelbot_cli.components.generator.metrics import corpus_bleu, corpus_rouge_l, perplexity, rouge_l, rouge_tokens
-from hotelbot_cli.components.generator.model import (GENERATOR_DIR, GenerationSettings, GeneratorConfig, VocabMap, detect_architecture,
+from hotelbot_cli.components.generator.data import GENERATOR_DIR
+from hotelbot_cli.components.generator.model import (GenerationSettings, GeneratorConfig, VocabMap, detect_architecture,
                                                   load_generator, save_generator)
 from hotelbot_cli.components.generator.responder import Responder
 from hotelbot_cli.components.generator.training import fit_generator, train_generator

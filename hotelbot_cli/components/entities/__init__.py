@@ -8,9 +8,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from ...errors import HotelbotError
 from ..base import ComponentResult, SplitComponent, TrainRequest, labels_report_section, usable_confidence
-from ..exporting import save_encoder_with_head, token_classifier_card
 from ..nlu import JointHead
-from .onnx import load_version_extractor
 from .tagger import (
     DATA_SUBDIR,
     ENTITIES_DIR,
@@ -101,6 +99,8 @@ class EntityExtractorComponent(JointHead, SplitComponent):
         return {"texts": len(texts), "found": sum(map(len, found)), "gold": gold, "correct": hits}
 
     def load_own(self, info: VersionInfo) -> Any:
+        from .onnx import load_version_extractor  # (the same package) its runtime: on use
+
         return load_version_extractor(info)
 
     def joint_view(self, runner: Any) -> Any:
@@ -110,6 +110,8 @@ class EntityExtractorComponent(JointHead, SplitComponent):
 
     def export(self, info: VersionInfo, fmt: str, target: Path, settings: Settings) -> dict[str, Any]:
         self.refuse_joint_export(info, fmt)
+        from ..exporting import save_encoder_with_head, token_classifier_card  # the export's machinery: on use
+
         extractor = EntityExtractor.from_version(info)  # the weights, whatever serves
         model, config = extractor.model, extractor.config
         head = {

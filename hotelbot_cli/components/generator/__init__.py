@@ -14,10 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import HotelbotError, ModelError
 from ..base import Component, ComponentResult, TrainRequest, report_common
-from .data import COMPONENT, default_data_path
-from .model import GENERATOR_DIR, export_generator
-from .responder import Responder, evaluate_version
-from .training import EXPERIMENT, train_generator
+from .data import COMPONENT, EXPERIMENT, GENERATOR_DIR, default_data_path
 
 if TYPE_CHECKING:
     from ...config import Settings
@@ -51,6 +48,8 @@ class GeneratorComponent(Component):
         return path if path.is_dir() else None  # the shipped file is not "prepared"
 
     def train(self, request: TrainRequest) -> ComponentResult:
+        from .training import train_generator  # (the same package) torch and the Trainer: on use
+
         data = Path(request.data) if request.data else default_data_path(request.settings)
         return train_generator(
             request.settings,
@@ -66,6 +65,8 @@ class GeneratorComponent(Component):
     ) -> tuple[dict[str, Any] | None, list[str]]:
         """BLEU, ROUGE-L, perplexity and relevance beside the retrieval-only baseline (re-generates the
         validation replies; reported, not gated)."""
+        from .responder import evaluate_version  # (the same package) on use
+
         return evaluate_version(info, models_dir=settings.paths.models_dir), []
 
     def evaluation_lines(self, result: dict[str, Any]) -> dict[str, list[str]]:
@@ -87,6 +88,8 @@ class GeneratorComponent(Component):
         return {"reply_chars": len(answer["reply"])}
 
     def load(self, info: VersionInfo, settings: Settings | None = None, loaded: dict[str, Any] | None = None) -> Any:
+        from .responder import Responder  # (the same package) torch: on use
+
         return Responder.from_version(
             info, settings.paths.models_dir if settings is not None else None, knowledge=(loaded or {}).get("knowledge")
         )
@@ -108,6 +111,8 @@ class GeneratorComponent(Component):
             raise ModelError(f"version {version}'s response generator returned an empty reply")
 
     def export(self, info: VersionInfo, fmt: str, target: Path, settings: Settings) -> dict[str, Any]:
+        from .model import export_generator  # (the same package) on use
+
         return export_generator(info.path / GENERATOR_DIR, settings.paths.models_dir, target, info.name)
 
     def report_section(self, path: Path, metadata: dict[str, Any]) -> dict[str, Any] | None:

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from ...config import DataConfig, Settings
 
 COMPONENT = "generator"
+GENERATOR_DIR = "generator"  # its directory in a version
+EXPERIMENT = "hotelbot-generator"  # its MLflow experiment
 DATA_FORMAT = "hotelbot-replies/1"
 DEFAULT_DATA = Path("datasets/respuestas_es.jsonl")
 

@@ -60,7 +60,6 @@ if TYPE_CHECKING:
 
     from ...config import Settings
 
-GENERATOR_DIR = "generator"
 MODEL_SUBDIR = "model"
 DATA_SUBDIR = "data"
 GENERATOR_FILE = "generator.json"

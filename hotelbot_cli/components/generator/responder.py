@@ -19,9 +19,9 @@ from ...errors import DataError, ModelError, RegistryError
 from .data import ReplyPair, read_pairs_jsonl, read_prepared_replies, read_reply_file
 from .inputs import Collator, Features, passages_text, token_nll
 from .metrics import bleu_signature, corpus_bleu, corpus_rouge_l, perplexity
+from .data import GENERATOR_DIR
 from .model import (
     DATA_SUBDIR,
-    GENERATOR_DIR,
     GENERATOR_FILE,
     GenerationSettings,
     GeneratorSpec,

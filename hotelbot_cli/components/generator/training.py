@@ -20,7 +20,7 @@ from ...training.loop import FitStats, train_best_epoch, training_summary
 from ...training.monitor import SystemMonitor
 from ..base import ComponentResult, training_run
 from ..compose import publish_component, source_version
-from .data import COMPONENT, ReplyPair, load_reply_data, write_prepared_replies
+from .data import COMPONENT, EXPERIMENT, ReplyPair, load_reply_data, write_prepared_replies
 from .inputs import Collator, Features, passages_text, token_nll
 from .model import (
     DATA_SUBDIR,
@@ -43,8 +43,6 @@ if TYPE_CHECKING:
     from ..knowledge.kb import KnowledgeBase, SearchHit
 
 log = logging.getLogger("hotelbot.generation")
-
-EXPERIMENT = "hotelbot-generator"
 
 
 @dataclass

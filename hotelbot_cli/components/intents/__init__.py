@@ -25,8 +25,6 @@ from ...runtime.layout import (
     TOKENIZER_INDEX_FILE,
 )
 from ..base import Component, ComponentResult, TrainRequest
-from ..exporting import copy_onnx_runtime, onnx_classifier_card, sentence_classifier_hf
-from .train import train
 
 if TYPE_CHECKING:
     from ...config import Settings
@@ -73,6 +71,8 @@ class IntentClassifier(Component):
         return Path(settings.paths.data)
 
     def train(self, request: TrainRequest) -> ComponentResult:
+        from .train import train  # (the same package) the fit and the export: on use
+
         return train(request)
 
     def smoke(self, info: VersionInfo, settings: Settings, texts_count: int) -> dict[str, Any]:
@@ -93,6 +93,9 @@ class IntentClassifier(Component):
         return load_predictor(info)
 
     def export(self, info: VersionInfo, fmt: str, target: Path, settings: Settings) -> dict[str, Any]:
+        # the export's machinery: on use (predict and serve import this module)
+        from ..exporting import copy_onnx_runtime, onnx_classifier_card, sentence_classifier_hf
+
         if fmt == "onnx":
             graphs = list(ONNX_FILES.values())
             written = copy_onnx_runtime(

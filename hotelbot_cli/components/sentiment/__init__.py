@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any, Sequence
 from ...errors import HotelbotError
 from ...runtime.layout import TORCH
 from ..base import ComponentResult, SplitComponent, TrainRequest, labels_report_section, usable_confidence
-from ..exporting import sentence_classifier_hf
 from ..nlu import JointHead
 from .classifier import (
     DATA_SUBDIR,
@@ -91,6 +90,8 @@ class SentimentComponent(JointHead, SplitComponent):
 
     def export(self, info: VersionInfo, fmt: str, target: Path, settings: Settings) -> dict[str, Any]:
         self.refuse_joint_export(info, fmt)
+        from ..exporting import sentence_classifier_hf  # the export's machinery: on use
+
         predictor = SentimentClassifier.from_version(info, TORCH).predictor  # the weights, whatever serves
         return sentence_classifier_hf(predictor.model, predictor.tokenizer, target, "sentiment classifier", info.name)
 

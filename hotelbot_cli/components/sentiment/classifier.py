@@ -43,7 +43,6 @@ from ...training.events import TrainingEvent, emitter
 from ...training.loop import training_summary
 from ..base import ComponentResult, scored_result, training_run
 from ..compose import publish_component
-from ..intents.train import export_inference
 
 if TYPE_CHECKING:
     from ...config import DataConfig, Settings
@@ -258,6 +257,8 @@ def train_sentiment(
             save_classifier(fit.model, fit.tokenizer, target)
             # ONNX beside the weights: serving and deploy then never import torch for it. Only the chosen
             # graph is kept, its word embeddings read from the weights' own file (stored once).
+            from ..intents.train import export_inference  # the ONNX export (the classifier's): on use
+
             summary["inference"] = export_inference(
                 fit,
                 target,
