@@ -30,7 +30,7 @@ from hotelbot_cli.data import OUT_OF_SCOPE  # noqa: E402
 
 def macro_f1(y: np.ndarray, pred: np.ndarray, n: int) -> float:
     """Macro-F1 over all n labels, a label never true nor predicted scoring 0: hotelbot's
-    classification_metrics (scikit-learn, zero_division=0) vectorised for a threshold sweep."""
+    classification_metrics (scikit-learn's definitions, zero_division=0) vectorised for a threshold sweep."""
     tp = np.bincount(y[pred == y], minlength=n)
     support = np.bincount(pred, minlength=n) + np.bincount(y, minlength=n)
     return float(np.mean(2 * tp / np.maximum(support, 1)))

@@ -25,6 +25,15 @@ def classification_metrics(
     import numpy as np  # on use: the CLI imports this module
 
     labels = list(labels)
+    # scikit-learn's refusals, kept: figures over nothing, or over mismatched lists, would be made up
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"{len(y_true)} true labels but {len(y_pred)} predictions")
+    if not len(y_true):
+        raise ValueError("no examples to score")
+    if len(set(labels)) != len(labels):
+        raise ValueError("labels must not repeat")
+    if not set(labels) & set(y_true):
+        raise ValueError("at least one of the labels must be in the true labels")
     extra = sorted(set(y_pred) - set(labels))
     all_labels = labels + extra
     index = {label: i for i, label in enumerate(all_labels)}

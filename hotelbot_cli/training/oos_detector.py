@@ -70,9 +70,9 @@ def fast_best_threshold(
     scores: Any, argmax: list[str], y_true: list[str], labels: list[str], metric: str, base_score: float
 ) -> float | None:
     """:func:`~.calibration.best_threshold` for macro_f1 and accuracy, vectorised (numpy bincounts instead of one
-    scikit-learn call per candidate: ~12 s -> well under 1 s for 4 values of k on the shipped split); the same
+    classification_metrics call per candidate: ~12 s -> well under 1 s for 4 values of k on the shipped split); the same
     candidates, tie rule and F1 definition (a label never true nor predicted scores 0, zero_division=0).
-    Other metrics: the scikit-learn loop."""
+    Other metrics: the classification_metrics loop."""
     import numpy as np  # with torch loaded anyway
 
     if metric not in ("macro_f1", "accuracy") or OUT_OF_SCOPE not in labels:

@@ -399,7 +399,11 @@ def test_recorded_figures_do_not_count_once_the_analyzer_changed(registry):
      ["¿Dónde puedo fumar tranquilo?", "¿Y qué pasa si fumo en el cuarto?"]),
     ("Llego en coche, por qué calle se entra? Y si lo saco me cobran otra vez?",
      ["Llego en coche, por qué calle se entra?", "Y si lo saco me cobran otra vez?"]),
+    ("¿Tienen parking?¿Cuánto cuesta por día?", ["¿Tienen parking?", "¿Cuánto cuesta por día?"]),  # no space
+    ("¿Hay cuna? 😊 ¿Y trona para el niño?!", ["¿Hay cuna?", "¿Y trona para el niño?!"]),
+    ("Sr. López: ¿hay cuna disponible? ¿y cuánto cuesta?", ["¿hay cuna disponible?", "¿y cuánto cuesta?"]),
     ("¿a qué hora es el desayuno?", []),  # one question
+    ("¿Qué es eso? ¿Qué es eso? ¿Qué es eso?", []),  # one question, asked three times
     ("¿sí? ¿y la clave del wifi?", []),  # "¿sí?" is no question of its own
     ("Quiero reservar. Somos dos.", []),
 ])
@@ -407,6 +411,13 @@ def test_question_parts_are_the_questions_of_a_message_that_asks_several(message
     from hotelbot_cli.components.replies.pipeline import question_parts
 
     assert question_parts(message) == parts
+
+
+def test_a_message_with_many_questions_costs_at_most_four_rankings():
+    from hotelbot_cli.components.replies.pipeline import MAX_QUESTIONS, question_parts
+
+    message = " ".join(f"¿Tienen servicio número {i}?" for i in range(40))
+    assert question_parts(message) == [f"¿Tienen servicio número {i}?" for i in range(MAX_QUESTIONS)]
 
 
 def test_a_message_asking_two_things_gets_a_sentence_for_each_within_the_length(registry, monkeypatch):

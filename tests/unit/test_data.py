@@ -273,3 +273,16 @@ def test_classification_metrics_are_scikit_learns_to_the_last_bit(seed):
     for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1", "per_intent"):
         assert got[key] == want[key], key
     assert got["confusion_matrix"]["matrix"] == want["matrix"]
+
+
+@pytest.mark.parametrize("y_true, y_pred, labels, message", [
+    (["a", "b"], ["a"], ["a", "b"], "2 true labels but 1 predictions"),
+    ([], [], ["a", "b"], "no examples"),
+    (["a", "b"], ["a", "b"], ["a", "b", "a"], "must not repeat"),
+    (["x", "x"], ["a", "b"], ["a", "b"], "at least one of the labels"),
+])
+def test_classification_metrics_refuse_what_scikit_learn_refused(y_true, y_pred, labels, message):
+    from hotelbot_cli.evaluation import classification_metrics
+
+    with pytest.raises(ValueError, match=message):
+        classification_metrics(y_true, y_pred, labels)

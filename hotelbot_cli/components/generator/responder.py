@@ -16,10 +16,9 @@ from ...runtime.device import place
 from ...config import load_settings
 from ...data import TRAIN_FILE, VALIDATION_FILE, clean_messages, clean_text
 from ...errors import DataError, ModelError, RegistryError
-from .data import ReplyPair, read_pairs_jsonl, read_prepared_replies, read_reply_file
+from .data import GENERATOR_DIR, ReplyPair, read_pairs_jsonl, read_prepared_replies, read_reply_file
 from .inputs import Collator, Features, passages_text, token_nll
 from .metrics import bleu_signature, corpus_bleu, corpus_rouge_l, perplexity
-from .data import GENERATOR_DIR
 from .model import (
     DATA_SUBDIR,
     GENERATOR_FILE,

@@ -55,14 +55,18 @@ DIRECT_CONTACT = re.compile(r"@|\bmarque\b|\bmarcando\b|\+?\d[\d ]{6,}\d", re.IG
 # A message asking several questions may get one more sentence per question, up to this many characters.
 QUESTIONS_MAX_CHARS = 480
 QUESTION_WEIGHT = 0.75  # a question's own ranking against the whole message's, when picking its sentence
-QUESTION_END = re.compile(r"(?<=[?.!])\s+")
+MAX_QUESTIONS = 4  # the first questions of a message that asks more (each costs a query embedding)
+# pieces of a message: after a sentence's end (with what may follow it: "?!", ")", an emoji), or before "¿"
+QUESTION_END = re.compile(r"(?<=[?.!])[^\w¿]*\s+|(?=¿)")
 
 
 def question_parts(text: str) -> list[str]:
-    """The questions of a message that asks several: its pieces ending in "?" with at least three words
-    ("¿Se puede sin pagar nada?", "¿Y si las nuevas fechas son más caras?"); [] when it asks one or none."""
-    pieces = [p.strip() for p in QUESTION_END.split(text) if p.strip()]
-    asked = [p for p in pieces if p.endswith("?") and len(p.split()) >= 3]
+    """The questions of a message that asks several: its pieces holding a "?" with at least three words, or
+    two when it opens with "¿" ("¿Tienen parking?", "¿Y si las nuevas fechas son más caras?"), each once, the
+    first :data:`MAX_QUESTIONS`; [] when it asks one or none."""
+    pieces = [p.strip() for p in QUESTION_END.split(text) if p and p.strip()]
+    asked = [p for p in pieces if "?" in p and len(p.split()) >= (2 if p.startswith("¿") else 3)]
+    asked = list(dict.fromkeys(asked))[:MAX_QUESTIONS]
     return asked if len(asked) >= 2 else []
 
 
