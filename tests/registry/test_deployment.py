@@ -269,3 +269,24 @@ def test_facade_runs_the_seed_quick_start(registry_copy, tiny_data, fast_train_e
     assert trainer.backup_current_models()["version"] == trained["version"]
     rolled = trainer.rollback_to_previous_version(reason="test", to="v0001")
     assert rolled["version"] == "v0001"
+
+
+def test_the_gate_does_not_run_the_deployed_classifier_again_when_the_files_are_the_same(registry_copy, monkeypatch):
+    """v0002 is a clone of v0001 (a component-only training carries the classifier over like this): the gate's
+    comparison with the deployed v0001 reuses the new version's answers (all deltas 0) instead of loading and
+    running the same model again; a version with another classifier is still run against it."""
+    from hotelbot_cli.config import load_settings
+    from hotelbot_cli.pipeline import validate as module
+
+    assert run("deploy", "v0001").exit_code == 0
+    loaded = []
+    real = module.load_predictor
+    monkeypatch.setattr(module, "load_predictor", lambda info, *a, **k: loaded.append(info.name) or real(info, *a, **k))
+    result = module.validate_version(registry_copy, "v0002", load_settings(), gate=True)
+    assert loaded == ["v0002"]  # the deployed v0001 was not loaded
+    assert result.comparison.reference_version == "v0001"
+    assert set(result.comparison.per_intent_f1_deltas.values()) == {0.0}
+    other = clone_version(registry_copy, "v0001", break_head)  # another classifier: compared for real
+    loaded.clear()
+    module.validate_version(registry_copy, other.name, load_settings(), gate=True)
+    assert loaded == [other.name, "v0001"]
