@@ -31,11 +31,12 @@ if TYPE_CHECKING:
     from .store import ModelRegistry, VersionInfo
 
 
-def referenced_blobs(registry: ModelRegistry) -> set[str]:
-    """Every sha256 a version's manifest or a pinned backup record refers to."""
+def referenced_blobs(registry: ModelRegistry, excluding: Sequence[str] = ()) -> set[str]:
+    """Every sha256 a version's manifest (but the ``excluding`` versions') or a pinned backup record refers to."""
     shas: set[str] = set()
     for info in registry.list_versions():
-        shas.update(info.manifest.files.values())
+        if info.name not in excluding:
+            shas.update(info.manifest.files.values())
     for record in list_backups(registry):
         if is_pinned(record):
             shas.update(record.get("files", {}).values())
@@ -322,13 +323,7 @@ def prune_versions(
 def _only_theirs(registry: ModelRegistry, versions: list[Any], targets: list[str]) -> int:
     """Bytes gc would remove once ``targets`` are gone: the blobs nothing else refers to, whether only the
     targets held them or nothing did already (a blob a live build links is kept, as gc keeps it)."""
-    left: set[str] = set()
-    for info in versions:
-        if info.name not in targets:
-            left.update(info.manifest.files.values())
-    for record in list_backups(registry):
-        if is_pinned(record):
-            left.update(record.get("files", {}).values())
+    left = referenced_blobs(registry, excluding=targets)
     links: dict[str, int] = {}  # the targets' own hard links to each blob
     for info in versions:
         if info.name in targets:

@@ -42,9 +42,9 @@ from ...runtime.layout import (
     RUNTIME_FILE,
     TOKENIZER_INDEX_FILE,
     TORCH,
-    onnx_graph_files,
 )
 from ...export.compare import _latencies_ms
+from ...export.onnx import _drop_unchosen, drop_export
 from ...export.graph import (
     OPSET,
     PROBE_TEXTS,
@@ -176,10 +176,7 @@ def export_entity_onnx(
         try:
             return _export(model, tokenizer, model_dir, list(examples), tolerance_points, latency_runs)
         except Exception as exc:
-            # nothing unmeasured stays in the version: the graphs, the tokenizer index, runtime.json
-            _remove_graphs(model_dir, ONNX_FILES)
-            for name in (TOKENIZER_INDEX_FILE, RUNTIME_FILE):
-                (model_dir / name).unlink(missing_ok=True)
+            drop_export(model_dir)  # nothing unmeasured stays in the version: graphs, tokenizer index, runtime.json
             if isinstance(exc, HotelbotError):
                 raise
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -247,7 +244,7 @@ def _export(
         for name, latency in _latencies_ms(timed, probe, latency_runs).items():
             measurements[name].update(latency)
     chosen = choose_runtime(measurements, tolerance_points)
-    _remove_graphs(model_dir, {n: f for n, f in ONNX_FILES.items() if n != chosen})
+    kept = _drop_unchosen(model_dir, read_files, chosen, None)
     result = {
         "format": RUNTIME_FORMAT,
         "runtime": chosen,
@@ -257,7 +254,7 @@ def _export(
             f"micro-F1; latencies within {SPEED_TIE:.0%} of the fastest are ties, won by the smaller model; "
             "the graph not chosen is not kept"
         ),
-        "files": {chosen: read_files[chosen]} if chosen in read_files else {},
+        "files": kept,
         "inputs": ["input_ids", "attention_mask"],
         "output": "logits",
         "outputs": ["logits"],
@@ -307,12 +304,6 @@ def _confidence_diff(found: list[Any], reference: list[Any]) -> float:
             continue  # different entities: counted by the agreement
         worst = max([worst, *(abs(float(x[3]) - float(y[3])) for x, y in zip(a, b))])
     return round(worst, 7)
-
-
-def _remove_graphs(model_dir: Path, graphs: dict[str, str]) -> None:
-    for file in graphs.values():
-        for own in onnx_graph_files(file):
-            (model_dir / own).unlink(missing_ok=True)
 
 
 def _check_tokenizer(model_dir: Path, hf_tokenizer: Any, cfg: EntityConfig, texts: Sequence[str]) -> tuple[str, bool]:
