@@ -192,6 +192,7 @@ def gate_version(registry: ModelRegistry, settings: Settings, name: str) -> dict
             "regressions": {},
             "compared_with": None,
             "skipped": "no classifier component",
+            "reused_from": None,
             "components": scored["components"],
         }
     result = validate_version(registry, name, settings, gate=True)
@@ -215,6 +216,7 @@ def gate_version(registry: ModelRegistry, settings: Settings, name: str) -> dict
         "regressions": regressions,
         "compared_with": result.comparison.reference_version if result.comparison else None,
         "not_compared": result.not_compared,
+        "reused_from": result.reused_from,
         "components": {
             k: {"metric": m["metric"], "overall_score": m["overall_score"]} for k, m in result.components.items()
         },

@@ -10,9 +10,13 @@ headline ``metrics``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import platform
 from dataclasses import dataclass, field
+from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -179,6 +183,10 @@ class ValidationResult:
     components: dict[str, dict[str, Any]] = field(default_factory=dict)
     not_compared: str | None = None  # why the deployed version could not be compared with
     validation: Any = None  # the ValidationConfig whose limits the components' gates apply (default: min_score only)
+    # what the classifier's answers depend on (:func:`evaluation_key`), and the validation whose answers a
+    # deploy's gate reused instead of running the classifier again (None: evaluated now)
+    evaluation_key: str | None = None
+    reused_from: str | None = None
 
     @property
     def overall_score(self) -> float:
@@ -219,6 +227,8 @@ class ValidationResult:
             "metrics": self.metrics,
             "comparison": self.comparison.to_dict() if self.comparison else None,
             "not_compared": self.not_compared,
+            "evaluation_key": self.evaluation_key,
+            "reused_from": self.reused_from,
             "components": {
                 name: {
                     "metric": m["metric"],
@@ -270,7 +280,63 @@ def validate_version(
         source = f"{info.name}/data/validation.jsonl"
     texts = [e.text for e in examples]
     truth = [e.intent for e in examples]
-    predictor = load_predictor(info)  # the runtime predict/serve use (model/runtime.json, HOTELBOT_RUNTIME)
+    primary = primary_component(info)
+    data_sha = None if data_dir is not None else info.manifest.files.get(f"data/{VALIDATION_FILE}")
+    key = evaluation_key(info, primary.name, data_sha, settings.validation.metric)
+    reused = _recorded_answers(registry, key) if gate else None
+    if reused is not None:  # the same classifier files judged on the same texts by the same code: same answers
+        reused_from, metrics = reused
+    else:
+        reused_from, metrics = None, _evaluate(info, examples, settings, gate)
+    comparison, not_compared = None, None
+    current = registry.current_name()
+    if current and current != info.name and primary_component(registry.get(current)) is not None:
+        try:
+            deployed = registry.require_intact(current)
+        except IntegrityError as exc:  # a corrupt deployed model must not block deploying a good one
+            not_compared = f"the deployed {current} fails its checksums ({exc}); not compared"
+        else:
+            own = recorded_files(info, primary.name)
+            if own and recorded_files(deployed, primary.name) == own:
+                # the same classifier files (carried over by a component-only training): the same answers on
+                # the same texts, so the deployed one need not be loaded and run again (~2 s of a deploy)
+                ref_metrics = metrics
+            else:
+                deployed_key = evaluation_key(deployed, primary.name, data_sha, settings.validation.metric)
+                recorded = _recorded_answers(registry, deployed_key) if gate else None
+                ref_metrics = (
+                    recorded[1]
+                    if recorded is not None
+                    else classification_metrics(
+                        truth,
+                        load_predictor(deployed).predict_labels(texts),
+                        list(metrics["per_intent"]),
+                        settings.validation.metric,
+                    )
+                )
+            comparison = compare(metrics, ref_metrics, current)
+    result = ValidationResult(
+        info.name,
+        metrics,
+        settings.validation.min_validation_score,
+        source,
+        comparison,
+        utc_now(),
+        components,
+        not_compared,
+        settings.validation,
+        key,
+        reused_from,
+    )
+    return _record(registry, settings, result)
+
+
+def _evaluate(info: VersionInfo, examples: list[Any], settings: Any, gate: bool) -> dict[str, Any]:
+    """The classifier's metrics on ``examples`` with the runtime predict/serve use (model/runtime.json,
+    HOTELBOT_RUNTIME); outside the gate also int8 against fp32 and the answers without the threshold."""
+    texts = [e.text for e in examples]
+    truth = [e.intent for e in examples]
+    predictor = load_predictor(info)
     metrics = classification_metrics(
         truth, predictor.predict_labels(texts), predictor.labels, settings.validation.metric
     )
@@ -288,37 +354,61 @@ def validate_version(
             truth, predictor.predict_labels(texts, apply_threshold=False), predictor.labels, settings.validation.metric
         )
         metrics["argmax"] = {k: argmax[k] for k in CV_METRICS if k in argmax}
-    comparison, not_compared = None, None
-    current = registry.current_name()
-    primary = primary_component(info)
-    if current and current != info.name and primary_component(registry.get(current)) is not None:
+    return metrics
+
+
+# What else decides a classifier's answers besides its files and the texts: the runtime's settings ...
+ANSWER_ENV = ("HOTELBOT_RUNTIME", "HOTELBOT_DEVICE", "HOTELBOT_ONNX_THREADS", "HOTELBOT_RUNTIME_RECHECK_MARGIN")
+# ... and the libraries that compute them.
+ANSWER_PACKAGES = ("onnxruntime", "numpy", "tokenizers", "torch", "transformers")
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _code_digest() -> str:
+    """sha256 over this package's source files: another hotelbot build may answer differently."""
+    digest = hashlib.sha256()
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        digest.update(str(path.relative_to(PACKAGE_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def evaluation_key(info: VersionInfo, component: str, data_sha: str | None, metric: str) -> str | None:
+    """A digest of everything the classifier's answers on a validation split depend on: its files' recorded
+    checksums, the split's checksum, the metric, the runtime's environment settings, the versions of the
+    libraries that compute the answers, the machine's architecture and hotelbot's own source. Two evaluations
+    with the same key give the same metrics. None when it cannot be known (a split from outside the version,
+    a version without recorded files)."""
+    files = recorded_files(info, component)
+    if data_sha is None or not files:
+        return None
+    packages: dict[str, str | None] = {}
+    for name in ANSWER_PACKAGES:
         try:
-            deployed = registry.require_intact(current)
-        except IntegrityError as exc:  # a corrupt deployed model must not block deploying a good one
-            not_compared = f"the deployed {current} fails its checksums ({exc}); not compared"
-        else:
-            own = recorded_files(info, primary.name)
-            if own and recorded_files(deployed, primary.name) == own:
-                # the same classifier files (carried over by a component-only training): the same answers on
-                # the same texts, so the deployed one need not be loaded and run again (~2 s of a deploy)
-                ref_metrics = metrics
-            else:
-                ref_metrics = classification_metrics(
-                    truth, load_predictor(deployed).predict_labels(texts), predictor.labels, settings.validation.metric
-                )
-            comparison = compare(metrics, ref_metrics, current)
-    result = ValidationResult(
-        info.name,
-        metrics,
-        settings.validation.min_validation_score,
-        source,
-        comparison,
-        utc_now(),
-        components,
-        not_compared,
-        settings.validation,
-    )
-    return _record(registry, settings, result)
+            packages[name] = package_metadata.version(name)
+        except package_metadata.PackageNotFoundError:
+            packages[name] = None
+    parts = {
+        "files": dict(sorted(files.items())),
+        "data": data_sha,
+        "metric": metric,
+        "env": {name: os.environ.get(name, "") for name in ANSWER_ENV},
+        "packages": packages,
+        "machine": platform.machine(),
+        "code": _code_digest(),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _recorded_answers(registry: Any, key: str | None) -> tuple[str, dict[str, Any]] | None:
+    """(the version that was evaluated, its classifier metrics) of a recorded validation with evaluation
+    ``key``, or None."""
+    if key is None:
+        return None
+    for record in registry.validation_records():
+        metrics = record.get("metrics")
+        if record.get("evaluation_key") == key and isinstance(metrics, dict) and metrics.get("per_intent"):
+            return str(record.get("reused_from") or record.get("version")), metrics  # where it was measured
+    return None
 
 
 @dataclass

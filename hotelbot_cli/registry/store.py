@@ -350,6 +350,17 @@ class ModelRegistry:
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
+    def validation_records(self) -> Iterator[dict[str, Any]]:
+        """Every recorded validation result (unreadable ones skipped), newest version first."""
+        directory = self.root / VALIDATIONS_DIR
+        for path in sorted(directory.glob("v*.json") if directory.is_dir() else [], reverse=True):
+            try:
+                record = json.loads(path.read_text("utf-8"))
+            except (OSError, json.JSONDecodeError):
+                continue
+            if isinstance(record, dict):
+                yield record
+
     # ------------------------------------------------------------ pruned versions
     def _staged(self) -> list[Path]:
         staging = self.root / STAGING_DIR

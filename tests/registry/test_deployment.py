@@ -282,11 +282,66 @@ def test_the_gate_does_not_run_the_deployed_classifier_again_when_the_files_are_
     loaded = []
     real = module.load_predictor
     monkeypatch.setattr(module, "load_predictor", lambda info, *a, **k: loaded.append(info.name) or real(info, *a, **k))
+    forget_validations(registry_copy)  # no recorded answers to reuse (see the test below)
     result = module.validate_version(registry_copy, "v0002", load_settings(), gate=True)
     assert loaded == ["v0002"]  # the deployed v0001 was not loaded
     assert result.comparison.reference_version == "v0001"
     assert set(result.comparison.per_intent_f1_deltas.values()) == {0.0}
     other = clone_version(registry_copy, "v0001", break_head)  # another classifier: compared for real
     loaded.clear()
+    forget_validations(registry_copy)
     module.validate_version(registry_copy, other.name, load_settings(), gate=True)
     assert loaded == [other.name, "v0001"]
+
+
+def forget_validations(registry):
+    for path in (registry.root / "validations").glob("*.json"):
+        path.unlink()
+
+
+def test_the_gate_reuses_recorded_answers_of_the_same_classifier_on_the_same_texts(registry_copy, monkeypatch):
+    """Deploying v0001 records its gate's answers with an evaluation key (its classifier files' checksums, the
+    split's, the runtime settings, the libraries, the code). The gate of v0002 (the same files and split: a
+    component-only training) reuses them without loading a model, and says so; `hotelbot validate` still
+    evaluates; another key (a runtime setting, another classifier) is evaluated for real, and a version with
+    another classifier reuses the deployed one's recorded answers on the same split."""
+    from hotelbot_cli.config import load_settings
+    from hotelbot_cli.pipeline import validate as module
+
+    deployed = doc(run("deploy", "v0001", "--json"))
+    assert deployed["gate"]["reused_from"] is None  # nothing recorded yet: evaluated
+    recorded = registry_copy.validation_of("v0001")
+    assert recorded["evaluation_key"] and recorded["reused_from"] is None
+    loaded = []
+    real = module.load_predictor
+    monkeypatch.setattr(module, "load_predictor", lambda info, *a, **k: loaded.append(info.name) or real(info, *a, **k))
+
+    result = module.validate_version(registry_copy, "v0002", load_settings(), gate=True)
+    assert loaded == [] and result.reused_from == "v0001"
+    assert result.evaluation_key == recorded["evaluation_key"]
+    assert result.metrics == recorded["metrics"] and result.passed
+    gate = module_gate(registry_copy, "v0002")
+    assert gate["reused_from"] == "v0001" and gate["passed"]
+
+    module.validate_version(registry_copy, "v0002", load_settings())  # `hotelbot validate`: always measured
+    assert loaded[0] == "v0002"
+
+    loaded.clear()
+    monkeypatch.setenv("HOTELBOT_ONNX_THREADS", "1")  # a runtime setting changes the key: evaluated again
+    again = module.validate_version(registry_copy, "v0002", load_settings(), gate=True)
+    assert loaded == ["v0002"] and again.reused_from is None and again.evaluation_key != recorded["evaluation_key"]
+    assert again.metrics["per_intent"] == recorded["metrics"]["per_intent"]  # and the same answers
+    monkeypatch.delenv("HOTELBOT_ONNX_THREADS")
+
+    other = clone_version(registry_copy, "v0001", break_head)  # another classifier on the same split
+    loaded.clear()
+    worse = module.validate_version(registry_copy, other.name, load_settings(), gate=True)
+    assert loaded == [other.name]  # evaluated; the deployed v0001's answers come from its record
+    assert worse.comparison.reference_version == "v0001" and worse.comparison.regressions(0.05)
+
+
+def module_gate(registry, name):
+    from hotelbot_cli.config import load_settings
+    from hotelbot_cli.pipeline.deploy import gate_version
+
+    return gate_version(registry, load_settings(), name)
