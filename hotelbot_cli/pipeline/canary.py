@@ -230,7 +230,7 @@ WORSE_FILE = "canary_worse.json"  # canaries found worse while ENABLE_AUTO_ROLLB
 def report_worse(registry: ModelRegistry, settings: Settings, running: dict[str, Any], details: dict[str, Any]) -> bool:
     """A canary found worse but not aborted (auto-rollback off): a ``canary_worse`` event recorded and notified
     once per canary (across workers: under the registry lock, ``canary_worse.json``). True when reported now."""
-    with exclusive(registry, settings) as (_, state):
+    with exclusive(registry, settings, moves_aliases=False) as (_, state):  # the deployed state stays
         now = running_canary(state)
         if now is None or now.get("event_id") != running.get("event_id"):
             return False

@@ -34,7 +34,7 @@ from ..errors import (
 from ..registry import ModelRegistry, VersionInfo
 from ..registry.backups import backup_problems, create_backup, list_backups, record_name, restore_from_backup
 from ..registry.store import ALIASES, check_version_name, crashpoint, utc_now
-from ..training.mlflow_hub import sync_aliases
+from ..training.mlflow_hub import AliasSync, sync_aliases
 from .validate import gate_components, primary_component, validate_version
 
 log = logging.getLogger("hotelbot.deployment")
@@ -245,13 +245,16 @@ _ALIAS_SYNC: ContextVar[list[tuple[ModelRegistry, str, list[str]]] | None] = Con
 
 
 @contextlib.contextmanager
-def exclusive(registry: ModelRegistry, settings: Settings) -> Iterator[tuple[list[str], dict[str, Any]]]:
+def exclusive(
+    registry: ModelRegistry, settings: Settings, moves_aliases: bool = True
+) -> Iterator[tuple[list[str], dict[str, Any]]]:
     """Hold the registry lock; first repair what a killed writer left; yield (repairs, deployed state).
     Each file is hashed once in the block (checked, gated, smoke-tested: one read, see ``hashing_once``).
     A change of the deployed state moves the MLflow aliases after the lock is released (MLflow calls never
     hold other deploys or the servers' judgements waiting)."""
     pending: list[tuple[ModelRegistry, str, list[str]]] = []
     token = _ALIAS_SYNC.set(pending)
+    aliases = AliasSync(settings.paths.tracking_uri) if moves_aliases else None  # MLflow loads meanwhile
     try:
         with registry.lock(timeout=settings.deployment.lock_timeout_seconds), hashing_once():
             repaired = registry.repair()
@@ -260,11 +263,13 @@ def exclusive(registry: ModelRegistry, settings: Settings) -> Iterator[tuple[lis
         _ALIAS_SYNC.reset(token)
         if pending:  # the state as it is now: one sync for the block, its warnings on the last event's list
             target, uri, problems = pending[-1]
-            problems += sync_aliases(target, uri)
+            problems += aliases.sync(target, uri) if aliases is not None else sync_aliases(target, uri)
+        elif aliases is not None:
+            aliases.close()
 
 
 def backup_current(registry: ModelRegistry, settings: Settings, reason: str = "manual backup") -> dict[str, Any]:
-    with exclusive(registry, settings) as (_, state):
+    with exclusive(registry, settings, moves_aliases=False) as (_, state):
         current = state.get("version")
         if current is None:
             raise RegistryError("nothing is deployed, so there is nothing to back up")

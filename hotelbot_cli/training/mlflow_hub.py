@@ -23,6 +23,8 @@ import io
 import json
 import logging
 import os
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -255,8 +257,101 @@ def sync_aliases(registry: ModelRegistry, tracking_uri: str) -> list[str]:
     return []
 
 
+HELPER_MODULE = "hotelbot_cli.cli._alias_helper"
+HELPER_TIMEOUT_SECONDS = 120  # a helper that has not answered by then: the aliases are reported not moved
+
+
+class AliasSync:
+    """Moves the aliases once a registry operation (deploy, rollback, canary) has changed the deployed state.
+
+    Importing MLflow and opening its store cost a fresh process ~2.5 s, most of a deploy that reuses its gate's
+    answers. So, where this process has not imported MLflow yet (a CLI command), a helper process
+    (:mod:`hotelbot_cli.cli._alias_helper`) starts importing it when the operation starts, on another core,
+    and moves the aliases when :meth:`sync` asks: the operation still returns only once they are moved, with
+    the same warnings. Where MLflow is loaded already (a server, the tests) or off, or the helper cannot start or
+    dies, the aliases are moved in this process as before."""
+
+    def __init__(self, tracking_uri: str, spawn: bool | None = None) -> None:
+        """``spawn``: start the helper (None: when MLflow is on and not imported by this process yet)."""
+        self.tracking_uri = tracking_uri
+        self.moved_by: str | None = None  # after sync(): "helper" or "this process"
+        self._helper: subprocess.Popen[str] | None = None
+        if not enabled() or (spawn is None and "mlflow" in sys.modules) or spawn is False:
+            return
+        package_parent = str(Path(__file__).resolve().parents[2])  # the child imports this very package
+        env = dict(os.environ)
+        env["PYTHONPATH"] = package_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        with contextlib.suppress(OSError):
+            self._helper = subprocess.Popen(
+                [sys.executable, "-m", HELPER_MODULE, tracking_uri],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                env=env,
+                text=True,
+            )
+
+    def sync(self, registry: ModelRegistry, tracking_uri: str) -> list[str]:
+        """:func:`sync_aliases`, by the helper when one runs for this tracking URI; never raises."""
+        helper, self._helper = self._helper, None
+        if helper is not None and tracking_uri == self.tracking_uri:
+            try:
+                out, _ = helper.communicate(
+                    json.dumps({"registry": str(Path(registry.root).resolve())}) + "\n", timeout=HELPER_TIMEOUT_SECONDS
+                )
+                if helper.returncode == 0:
+                    warnings_ = [str(w) for w in json.loads(out.strip().splitlines()[-1])["warnings"]]
+                    self.moved_by = "helper"
+                    return warnings_
+            except subprocess.TimeoutExpired:
+                helper.kill()
+                helper.wait()
+                return [
+                    redact_url(f"MLflow aliases not updated ({tracking_uri}): no answer in {HELPER_TIMEOUT_SECONDS} s")
+                ]
+            except (OSError, ValueError, KeyError, TypeError, IndexError):
+                helper.kill()
+                helper.wait()
+        elif helper is not None:
+            self._stop(helper)
+        self.moved_by = "this process"  # no helper, or it died or answered wrongly
+        return sync_aliases(registry, tracking_uri)
+
+    def close(self) -> None:
+        """Stop the helper of an operation that changed nothing (its aliases need no move)."""
+        helper, self._helper = self._helper, None
+        if helper is not None:
+            self._stop(helper)
+
+    @staticmethod
+    def _stop(helper: subprocess.Popen[str]) -> None:
+        helper.kill()
+        helper.communicate()
+
+
+def serve_alias_helper(tracking_uri: str, request: str) -> list[str]:
+    """The helper's work (:mod:`hotelbot_cli.cli._alias_helper`) once asked: ``request`` is the JSON line
+    {"registry": root}; returns :func:`sync_aliases`' warnings."""
+    from ..registry import ModelRegistry  # only the helper process needs it (at run time; typing above)
+
+    return sync_aliases(ModelRegistry(Path(json.loads(request)["registry"])), tracking_uri)
+
+
+def preload(tracking_uri: str) -> None:
+    """Import MLflow and open its store for ``tracking_uri`` (what the helper does while it waits); never raises:
+    a failure shows again, as a warning, when the aliases are moved."""
+    try:
+        import_mlflow()
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(tracking_uri=tracking_uri)
+    except Exception:  # noqa: BLE001, S110 - best effort: sync_aliases reports the same failure
+        pass
+
+
 __all__ = [
     "ALIASES",
+    "AliasSync",
     "DEFAULT_MODEL_NAME",
     "MODEL_NAME_ENV",
     "SWITCH_ENV",
@@ -269,6 +364,8 @@ __all__ = [
     "log_dataset",
     "log_version_model",
     "model_name",
+    "preload",
     "reference",
+    "serve_alias_helper",
     "sync_aliases",
 ]

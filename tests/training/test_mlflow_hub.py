@@ -92,6 +92,32 @@ def test_deploy_rollback_and_canary_move_the_aliases(hub, registry_copy):
     assert aliases(hub, name) == {"production": "v0002", "previous": "v0001"}
 
 
+def test_a_helper_process_moves_the_aliases_while_the_operation_works(hub, registry_copy):
+    """A CLI deploy has not imported MLflow: AliasSync starts a helper process that imports it meanwhile and
+    moves the aliases when asked (here forced with spawn=True: this test process has MLflow loaded). A helper
+    that died leaves the move to this process; an operation that changed nothing stops its helper."""
+    from hotelbot_cli.registry.store import utc_now
+
+    name = "hotelbot-intent-test"
+    registry_copy.write_current_state({"version": "v0002", "previous": ["v0001"], "deployed_at": utc_now()})
+    sync = mlflow_hub.AliasSync(hub, spawn=True)
+    assert sync.sync(registry_copy, hub) == [] and sync.moved_by == "helper"
+    assert aliases(hub, name) == {"production": "v0002", "previous": "v0001"}
+
+    registry_copy.write_current_state({"version": "v0001", "previous": [], "deployed_at": utc_now()})
+    dead = mlflow_hub.AliasSync(hub, spawn=True)
+    helper = dead._helper
+    helper.kill()
+    helper.wait()
+    assert dead.sync(registry_copy, hub) == [] and dead.moved_by == "this process"
+    assert aliases(hub, name) == {"production": "v0001"}
+
+    idle = mlflow_hub.AliasSync(hub, spawn=True)
+    helper = idle._helper
+    idle.close()
+    assert helper.poll() is not None and idle.moved_by is None
+
+
 def test_mlflow_down_warns_and_never_blocks_a_deploy(registry_copy, monkeypatch):
     monkeypatch.setenv(mlflow_hub.SWITCH_ENV, "on")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nothing listens there
