@@ -23,9 +23,16 @@ from typing import Any, Sequence
 
 from .._io import atomic_write_json
 from ..data import OUT_OF_SCOPE
-from ..errors import ModelError
+from ..errors import ExportUnavailable, ModelError
 from ..export.graph import external_entries
-from ..runtime.layout import CLASSIFIER_FILE
+from ..runtime.layout import (
+    CLASSIFIER_FILE,
+    ONNX_FILES,
+    RUNTIME_FILE,
+    TOKENIZER_CONFIG_FILE,
+    TOKENIZER_FILE,
+    TOKENIZER_INDEX_FILE,
+)
 from ..runtime.onnx import RuntimeClassifierConfig
 from ..runtime.selection import read_runtime_spec
 
@@ -261,9 +268,11 @@ def sentence_classifier_hf(model: Any, tokenizer: Any, target: Path, what: str, 
     )
 
 
-def onnx_classifier_card(target: Path, graphs: Sequence[str], version: str) -> dict[str, Any]:
-    """The model card of an exported classifier's ONNX runtime files (already copied into ``target``), and
-    the record's facts."""
+def onnx_classifier_card(
+    target: Path, graphs: Sequence[str], version: str, what: str = "intent classifier"
+) -> dict[str, Any]:
+    """The model card of an exported sentence classifier's ONNX runtime files (already copied into ``target``):
+    the intent classifier or the sentiment model; and the record's facts."""
     config = RuntimeClassifierConfig.from_file(target / CLASSIFIER_FILE)
     chosen = (read_runtime_spec(target) or {}).get("runtime")
     graph = graphs[0]
@@ -331,46 +340,173 @@ print(list(zip(texts, answers, probs.max(axis=-1).tolist())))
         f"of a padded batch). `runtime.json` records what hotelbot measured and the runtime it serves with "
         f"({chosen or 'torch'})."
     ]
-    (target / MODEL_CARD).write_text(
-        card(
-            f"hotelbot intent classifier, ONNX ({version})",
-            "text-classification",
-            f"The intent classifier of hotelbot version {version} as the ONNX files it serves with.",
-            steps,
-            snippet,
-            notes,
-        ),
-        encoding="utf-8",
+    summary = f"The {what} of hotelbot version {version} as the ONNX files it serves with."
+    return _onnx_card(
+        target,
+        (f"hotelbot {what}, ONNX ({version})", "text-classification", summary),
+        steps,
+        snippet,
+        notes,
+        graphs,
+        "runtime.OnnxPredictor.from_model_dir",
     )
+
+
+def _onnx_card(
+    target: Path,
+    head: tuple[str, str, str],
+    steps: Sequence[str],
+    snippet: str,
+    notes: Sequence[str],
+    graphs: Sequence[str],
+    loader: str,
+) -> dict[str, Any]:
+    """Write an ONNX export's model card (``head``: title, task, summary); the record's facts."""
+    (target / MODEL_CARD).write_text(card(*head, list(steps), snippet, list(notes)), encoding="utf-8")
     return {
-        "loads_with": f"onnxruntime.InferenceSession('{graph}') + tokenizer.json ({MODEL_CARD} shows how; "
-        "in hotelbot: runtime.OnnxPredictor.from_model_dir)",
+        "loads_with": f"onnxruntime.InferenceSession('{graphs[0]}') + tokenizer.json ({MODEL_CARD} shows how; "
+        f"in hotelbot: {loader})",
         "graphs": list(graphs),
-        "runtime": chosen,
+        "runtime": (read_runtime_spec(target) or {}).get("runtime"),
     }
+
+
+# What an ONNX export copies beside the graphs (those a model directory has).
+ONNX_RUNTIME_FILES = (
+    RUNTIME_FILE,
+    TOKENIZER_FILE,
+    TOKENIZER_CONFIG_FILE,
+    TOKENIZER_INDEX_FILE,
+    "special_tokens_map.json",
+)
+
+
+def onnx_runtime_export(model_dir: Path, target: Path, files: Sequence[str], what: str, version: str) -> list[str]:
+    """Copy the ONNX graphs ``model_dir`` serves with (each with its external data), :data:`ONNX_RUNTIME_FILES`
+    and ``files`` into ``target``; the graphs written. ExportUnavailable when there is none (a model trained
+    before its ONNX export runs on torch)."""
+    graphs = list(ONNX_FILES.values())
+    written = copy_onnx_runtime(model_dir, target, graphs, [*ONNX_RUNTIME_FILES, *files])
+    exported = [g for g in graphs if g in written]
+    if not exported:
+        raise ExportUnavailable(f"the {what} of {version} has no ONNX export (it runs on torch)")
+    return exported
+
+
+def onnx_tagger_card(
+    target: Path, graphs: Sequence[str], config: dict[str, Any], config_file: str, version: str
+) -> dict[str, Any]:
+    """The model card of the entity tagger's ONNX runtime files (already copied into ``target``; ``config`` is
+    its ``config_file``): the steps of its hf card (:func:`token_classifier_card`), one graph in place of
+    encoder and head."""
+    chosen = (read_runtime_spec(target) or {}).get("runtime")
+    graph = graphs[0]
+    steps = [
+        _tagger_tokenize_step(config),
+        "Run the graph: int64 `input_ids` and `attention_mask` (1 x tokens) in, per-token `logits` "
+        f"(1 x tokens x tags) out, one logit per BIO tag in the order of `tags` in `{config_file}`; "
+        "softmax; each token's tag is the most probable.",
+        *TAGGER_DECODE_STEPS,
+    ]
+    snippet = (
+        f"""import json
+
+import numpy as np
+import onnxruntime
+from transformers import AutoTokenizer
+
+path = "{target.name}"
+head = json.load(open(f"{{path}}/{config_file}", encoding="utf-8"))
+tokenizer = AutoTokenizer.from_pretrained(path)
+session = onnxruntime.InferenceSession(f"{{path}}/{graph}", providers=["CPUExecutionProvider"])
+
+text = "Soy Ana, de la habitación 305"
+enc = tokenizer(head["prefix"] + text, truncation=True, max_length=head["max_length"], return_tensors="np",
+                return_offsets_mapping=True, return_special_tokens_mask=True)
+offsets, special = enc.pop("offset_mapping")[0].tolist(), enc.pop("special_tokens_mask")[0].tolist()
+(logits,) = session.run(["logits"], {{"input_ids": enc["input_ids"].astype(np.int64),
+                                      "attention_mask": enc["attention_mask"].astype(np.int64)}})
+probs = np.exp(logits[0] - logits[0].max(axis=-1, keepdims=True))
+probs /= probs.sum(axis=-1, keepdims=True)
+best, confidence = probs.argmax(axis=-1).tolist(), probs.max(axis=-1).tolist()
+"""
+        + TAGGER_DECODE_SNIPPET
+    )
+    notes = [
+        "The snippet leaves out the last step (whole words, merging); `hotelbot predict` applies it.",
+        f"Graphs: {', '.join(f'`{g}`' for g in graphs)} (`model.int8.onnx`, when present: dynamic int8, the same "
+        "inputs and output; run it one text at a time, as hotelbot does: in a padded batch a text's tags "
+        f"depend on the other texts). `runtime.json` records what hotelbot measured and the runtime it serves "
+        f"with ({chosen or 'torch'}).",
+    ]
+    summary = (
+        f"The entity extractor of hotelbot version {version} as the ONNX files it serves with: encoder and "
+        f"per-token head over {len(config['tags'])} BIO tags of {len(config['labels'])} entity types in one graph."
+    )
+    return _onnx_card(
+        target,
+        (f"hotelbot entity extractor, ONNX ({version})", "token-classification", summary),
+        steps,
+        snippet,
+        notes,
+        graphs,
+        "components.entities.onnx.OnnxEntityExtractor.from_dir",
+    )
+
+
+def _tagger_tokenize_step(head: dict[str, Any]) -> str:
+    prefix = head["prefix"]
+    return (
+        "Tokenize the RAW text (no cleaning"
+        + (f", prefix {prefix!r}" if prefix else ", no prefix")
+        + f") with truncation at `max_length` = {head['max_length']}, asking for `offset_mapping`: "
+        "entity offsets index the text exactly as given."
+    )
+
+
+# From per-token tags to entities: the steps (both entity cards) and the code (after `best`, `confidence`:
+# each token's tag index and probability, `offsets`, `special`, `text` and `head` are set).
+TAGGER_DECODE_STEPS = (
+    "Special tokens and whitespace-only tokens get no tag. Reading the tags left to right: `B-X` opens an "
+    "entity of type X, `I-X` extends an open entity of type X (an `I-X` after anything else opens one), "
+    "`O` closes it. An entity's span runs from its first token's start to its last token's end offset; "
+    "its confidence is the mean of its tokens' probabilities.",
+    "A span that starts or ends inside a word is widened to the whole word; spans that then overlap "
+    "are merged into the first.",
+)
+TAGGER_DECODE_SNIPPET = """skip, entities, current = len(head["prefix"]), [], None
+for (start, end), is_special, tag, score in zip(offsets, special, best, confidence):
+    start, end = max(start - skip, 0), end - skip
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    if is_special or end <= start:
+        continue
+    tag = head["tags"][tag]
+    if tag.startswith("I-") and current and current[0] == tag[2:]:
+        current[2], current[3] = end, current[3] + [score]
+        continue
+    if current:
+        entities.append(current)
+    current = [tag[2:], start, end, [score]] if tag != "O" else None
+if current:
+    entities.append(current)
+print([(kind, text[s:e], s, e, sum(p) / len(p)) for kind, s, e, p in entities])
+"""
 
 
 def token_classifier_card(what: str, directory: str, head: dict[str, Any], model_type: str, version: str) -> str:
     """How to reproduce the entity tagger's per-token tags and its entities from the export."""
-    prefix = head["prefix"]
     steps = [
-        (
-            "Tokenize the RAW text (no cleaning"
-            + (f", prefix {prefix!r}" if prefix else ", no prefix")
-            + f") with truncation at `max_length` = {head['max_length']}, asking for `offset_mapping`: "
-            "entity offsets index the text exactly as given."
-        ),
+        _tagger_tokenize_step(head),
         "Run the encoder; no pooling: every token keeps its vector of `last_hidden_state`.",
         f"Linear head on each token: `logits = hidden @ weight.T + bias` (`{HEAD_WEIGHTS}`), one logit per "
         f"BIO tag in the order of `tags` in `{HEAD_CONFIG}`; softmax; each token's tag is the most probable.",
-        "Special tokens and whitespace-only tokens get no tag. Reading the tags left to right: `B-X` opens an "
-        "entity of type X, `I-X` extends an open entity of type X (an `I-X` after anything else opens one), "
-        "`O` closes it. An entity's span runs from its first token's start to its last token's end offset; "
-        "its confidence is the mean of its tokens' probabilities.",
-        "A span that starts or ends inside a word is widened to the whole word; spans that then overlap "
-        "are merged into the first.",
+        *TAGGER_DECODE_STEPS,
     ]
-    snippet = f'''import json
+    snippet = (
+        f'''import json
 
 import torch
 from safetensors.torch import load_file
@@ -390,26 +526,10 @@ with torch.no_grad():
     hidden = encoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state[0]
     probs = torch.softmax(hidden @ weights["weight"].T + weights["bias"], dim=-1)
 confidence, best = probs.max(dim=-1)
-skip, entities, current = len(head["prefix"]), [], None
-for (start, end), is_special, tag, score in zip(offsets, special, best.tolist(), confidence.tolist()):
-    start, end = max(start - skip, 0), end - skip
-    while start < end and text[start].isspace():
-        start += 1
-    while end > start and text[end - 1].isspace():
-        end -= 1
-    if is_special or end <= start:
-        continue
-    tag = head["tags"][tag]
-    if tag.startswith("I-") and current and current[0] == tag[2:]:
-        current[2], current[3] = end, current[3] + [score]
-        continue
-    if current:
-        entities.append(current)
-    current = [tag[2:], start, end, [score]] if tag != "O" else None
-if current:
-    entities.append(current)
-print([(kind, text[s:e], s, e, sum(p) / len(p)) for kind, s, e, p in entities])
+best, confidence = best.tolist(), confidence.tolist()
 '''
+        + TAGGER_DECODE_SNIPPET
+    )
     return card(
         f"hotelbot {what} ({version})",
         "token-classification",
@@ -531,6 +651,9 @@ def copy_onnx_runtime(model_dir: Path, target: Path, graphs: Sequence[str], file
 
 __all__ = [
     "CLEAN_SNIPPET",
+    "ONNX_RUNTIME_FILES",
+    "onnx_runtime_export",
+    "onnx_tagger_card",
     "HEAD_CONFIG",
     "HEAD_WEIGHTS",
     "MODEL_CARD",

@@ -121,12 +121,17 @@ def _build(root, trained_template, tiny_model, mlflow_uri):
     return {"registry": registry, "settings": settings}
 
 
+def export_all(built, tmp_path_factory, fmt):
+    """``hotelbot export v0006 --format FMT`` of every component that has one."""
+    out = tmp_path_factory.mktemp(f"{fmt}-export") / f"v0006-{fmt}"
+    result = run("export", "v0006", "--format", fmt, out, "--registry", built["registry"].root, "--json")
+    return {"dir": out, "doc": doc(result)}
+
+
 @pytest.fixture(scope="module")
 def hf_all(built, tmp_path_factory):
-    """``hotelbot export v0006 --format hf`` (every component), once per module."""
-    out = tmp_path_factory.mktemp("hf-export") / "v0006-hf"
-    result = run("export", "v0006", "--format", "hf", out, "--registry", built["registry"].root, "--json")
-    return {"dir": out, "doc": doc(result)}
+    """The hf export of every component, once per module."""
+    return export_all(built, tmp_path_factory, "hf")
 
 
 def card_snippet(directory):
@@ -137,11 +142,16 @@ def card_snippet(directory):
     return blocks[0]
 
 
-def run_card(export_root, component, monkeypatch):
-    """Run the model card's snippet from the export root (as the card says) and return its variables."""
+def run_card(export_root, component, monkeypatch, **values):
+    """Run the model card's snippet from the export root (as the card says) and return its variables; each of
+    ``values`` replaces the snippet's example input of that name (``texts = [...]``, ``text = "..."``)."""
+    snippet = card_snippet(export_root / component)
+    for name, value in values.items():
+        snippet, count = re.subn(rf"^{name} = .*$", lambda _: f"{name} = {value!r}", snippet, flags=re.M)
+        assert count == 1, name
     monkeypatch.chdir(export_root)
     namespace = {}
-    exec(compile(card_snippet(export_root / component), f"{component}/README.md", "exec"), namespace)
+    exec(compile(snippet, f"{component}/README.md", "exec"), namespace)
     return namespace
 
 
@@ -175,7 +185,7 @@ def test_pt_of_a_version_with_more_components_skips_them_with_the_reason(built, 
     assert [c["component"] for c in d["components"]] == ["classifier"]
     skipped = {s["component"]: s["reason"] for s in d["skipped"]}
     assert set(skipped) == {"knowledge", "entities", "sentiment", "generator"}
-    assert "no pt export (it exports as hf)" in skipped["sentiment"]
+    assert "no pt export (it exports as hf, onnx)" in skipped["sentiment"]
 
 
 # ---------------------------------------------------------------------------------------------- hf
@@ -364,9 +374,9 @@ def test_onnx_export_runs_with_onnxruntime(built, tmp_path, monkeypatch):
     from hotelbot_cli.runtime.onnx import OnnxPredictor
 
     registry = built["registry"]
-    d = doc(run("export", "v0006", "--format", "onnx", tmp_path / "onnx", "--registry", registry.root, "--json"))
+    d = doc(run("export", "v0006", "--format", "onnx", tmp_path / "onnx", "--registry", registry.root, "--json",
+                "--component", "classifier"))
     assert [c["component"] for c in d["components"]] == ["classifier"]
-    assert {s["component"] for s in d["skipped"]} == {"knowledge", "entities", "sentiment", "generator"}
     path = tmp_path / "onnx" / "classifier"
     files = set(d["components"][0]["files"])
     assert {"classifier/runtime.json", "classifier/classifier.json", "classifier/tokenizer.json"} <= files
@@ -379,6 +389,71 @@ def test_onnx_export_runs_with_onnxruntime(built, tmp_path, monkeypatch):
     assert np.allclose(ns["probs"], reference.probabilities(ns["texts"]).numpy(), atol=1e-4)
     predictor = OnnxPredictor.from_model_dir(path, "onnx-fp32")
     assert [p.intent for p in predictor.predict(ns["texts"])] == [p.intent for p in reference.predict(ns["texts"])]
+
+
+@pytest.fixture(scope="module")
+def onnx_all(built, tmp_path_factory):
+    """The onnx export of every component that has one, once per module."""
+    return export_all(built, tmp_path_factory, "onnx")
+
+
+def test_onnx_exports_the_entity_and_sentiment_runtimes_too(onnx_all):
+    """The entity and sentiment models serve on ONNX inside hotelbot: the export carries the graph each one
+    serves with, every external data file it references and what its card needs; the knowledge base and the
+    generator have no ONNX export and are listed as skipped."""
+    import onnx
+
+    d, root = onnx_all["doc"], onnx_all["dir"]
+    assert [c["component"] for c in d["components"]] == ["classifier", "entities", "sentiment"]
+    skipped = {s["component"]: s["reason"] for s in d["skipped"]}
+    assert set(skipped) == {"knowledge", "generator"} and "no onnx export (it exports as hf)" in skipped["knowledge"]
+    for component in d["components"]:
+        name = component["component"]
+        files = set(component["files"])
+        assert {f"{name}/runtime.json", f"{name}/tokenizer.json", f"{name}/README.md"} <= files
+        assert component["graphs"] and component["runtime"] in ("onnx-fp32", "onnx-int8")
+        for graph in component["graphs"]:
+            model = onnx.load(str(root / name / graph), load_external_data=False)
+            locations = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+            assert all((root / name / loc).is_file() for loc in locations)
+    assert "entities/entities.json" in {f for c in d["components"] for f in c["files"]}
+    assert "sentiment/classifier.json" in {f for c in d["components"] for f in c["files"]}
+
+
+def test_onnx_sentiment_card_reproduces_the_version(built, onnx_all, monkeypatch):
+    """The card's snippet (a batch of texts on the exported graph) against hotelbot's own runtime on the same
+    graph, one text at a time (int8 answers depend on a padded batch's other texts: compared per text)."""
+    import numpy as np
+
+    from hotelbot_cli.components.sentiment.classifier import SentimentClassifier
+
+    ns = run_card(onnx_all["dir"], "sentiment", monkeypatch)
+    [record] = [c for c in onnx_all["doc"]["components"] if c["component"] == "sentiment"]
+    reference = SentimentClassifier.from_version(built["registry"].get("v0006"), record["runtime"])
+    assert reference.predictor.runtime == record["runtime"]
+    for text in ns["texts"]:
+        one = run_card(onnx_all["dir"], "sentiment", monkeypatch, texts=[text])
+        assert np.allclose(one["probs"], reference.predictor.probabilities([text]), atol=1e-5)
+
+
+def test_onnx_entities_card_reproduces_the_tag_probabilities(built, onnx_all, monkeypatch):
+    """The card's snippet (the standard tokenizer, the exported graph) gives each token the probabilities that
+    hotelbot's own runtime (its tokenizer, the version's graph) gives it, and decodes them into entities."""
+    import numpy as np
+
+    from hotelbot_cli.components.entities.onnx import load_version_extractor
+
+    [record] = [c for c in onnx_all["doc"]["components"] if c["component"] == "entities"]
+    extractor = load_version_extractor(built["registry"].get("v0006"))
+    assert extractor.runtime == record["runtime"]
+    for text in ["Soy Ana, de la habitación 305", "Quiero reservar 3 noches en una suite doble"]:
+        ns = run_card(onnx_all["dir"], "entities", monkeypatch, text=text)
+        ids, mask, _, _ = extractor.encoder.encode_with_offsets([extractor.config.prefix + text])
+        (logits,) = extractor.session.run(["logits"], {"input_ids": ids, "attention_mask": mask})
+        probs = np.exp(logits[0] - logits[0].max(axis=-1, keepdims=True))
+        probs /= probs.sum(axis=-1, keepdims=True)
+        assert np.allclose(ns["probs"], probs[mask[0].astype(bool)], atol=1e-5), text
+        assert all(kind in extractor.config.labels for kind, *_ in ns["entities"])
 
 
 def test_onnx_data_split_in_several_files_or_outside_the_graphs_directory_is_copied(tmp_path):

@@ -3,6 +3,7 @@ the guest's raw text. Its files live in ``entities/`` of a version, its summary 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -10,11 +11,13 @@ from ...errors import HotelbotError
 from ..base import ComponentResult, SplitComponent, TrainRequest, labels_report_section, usable_confidence
 from ..nlu import JointHead
 from .tagger import (
+    CONFIG_FILE,
     DATA_SUBDIR,
     ENTITIES_DIR,
     EXPERIMENT,
     METRIC,
     EntityExtractor,
+    entity_model_dir,
     evaluate_entities,
     prepare_entities,
     read_prepared_entities,
@@ -41,7 +44,7 @@ class EntityExtractorComponent(JointHead, SplitComponent):
     metric = METRIC
     gated = True
     analyzes = True
-    export_formats = ("hf",)
+    export_formats = ("hf", "onnx")
 
     def prepare_split(self, path: Path, validation_split: float, seed: int) -> Any:
         return prepare_entities(path, validation_split, seed)
@@ -110,8 +113,14 @@ class EntityExtractorComponent(JointHead, SplitComponent):
 
     def export(self, info: VersionInfo, fmt: str, target: Path, settings: Settings) -> dict[str, Any]:
         self.refuse_joint_export(info, fmt)
-        from ..exporting import save_encoder_with_head, token_classifier_card  # the export's machinery: on use
+        # the export's machinery: on use
+        from ..exporting import onnx_runtime_export, onnx_tagger_card, save_encoder_with_head, token_classifier_card
 
+        if fmt == "onnx":
+            model_dir = entity_model_dir(info)
+            graphs = onnx_runtime_export(model_dir, target, [CONFIG_FILE], "entity extractor", info.name)
+            config = json.loads((target / CONFIG_FILE).read_text("utf-8"))
+            return onnx_tagger_card(target, graphs, config, CONFIG_FILE, info.name)
         extractor = EntityExtractor.from_version(info)  # the weights, whatever serves
         model, config = extractor.model, extractor.config
         head = {

@@ -12,18 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ...data import VALIDATION_FILE, read_jsonl_examples
-from ...errors import ExportUnavailable, HotelbotError
+from ...errors import HotelbotError
 from ...runtime import TorchPredictor, load_predictor
 from ...runtime.detector import MEMORY_FILE
-from ...runtime.layout import (
-    CLASSIFIER_FILE,
-    MODEL_SUBDIR,
-    ONNX_FILES,
-    RUNTIME_FILE,
-    TOKENIZER_CONFIG_FILE,
-    TOKENIZER_FILE,
-    TOKENIZER_INDEX_FILE,
-)
+from ...runtime.layout import CLASSIFIER_FILE, MODEL_SUBDIR
 from ..base import Component, ComponentResult, TrainRequest
 
 if TYPE_CHECKING:
@@ -94,28 +86,14 @@ class IntentClassifier(Component):
 
     def export(self, info: VersionInfo, fmt: str, target: Path, settings: Settings) -> dict[str, Any]:
         # the export's machinery: on use (predict and serve import this module)
-        from ..exporting import copy_onnx_runtime, onnx_classifier_card, sentence_classifier_hf
+        from ..exporting import onnx_classifier_card, onnx_runtime_export, sentence_classifier_hf
 
         if fmt == "onnx":
-            graphs = list(ONNX_FILES.values())
-            written = copy_onnx_runtime(
-                info.path / MODEL_SUBDIR,
-                target,
-                graphs,
-                [
-                    RUNTIME_FILE,
-                    CLASSIFIER_FILE,
-                    TOKENIZER_FILE,
-                    TOKENIZER_CONFIG_FILE,
-                    TOKENIZER_INDEX_FILE,
-                    "special_tokens_map.json",
-                    MEMORY_FILE,
-                ],
+            what = "intent classifier"
+            graphs = onnx_runtime_export(
+                info.path / MODEL_SUBDIR, target, [CLASSIFIER_FILE, MEMORY_FILE], what, info.name
             )
-            exported = [g for g in graphs if g in written]
-            if not exported:
-                raise ExportUnavailable(f"the intent classifier of {info.name} has no ONNX export (it runs on torch)")
-            return onnx_classifier_card(target, exported, info.name)
+            return onnx_classifier_card(target, graphs, info.name, what)
         predictor = TorchPredictor.from_version(info)  # modeling.load_classifier of the version's model
         if fmt == "pt":
             from ...modeling import PT_FILE, save_torch_file  # modeling imports torch

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ...errors import HotelbotError
-from ...runtime.layout import TORCH
+from ...runtime.layout import CLASSIFIER_FILE, TORCH
 from ..base import ComponentResult, SplitComponent, TrainRequest, labels_report_section, usable_confidence
 from ..nlu import JointHead
 from .classifier import (
@@ -40,7 +40,7 @@ class SentimentComponent(JointHead, SplitComponent):
     metric = "macro_f1"  # settings.validation.metric
     gated = True
     analyzes = True
-    export_formats = ("hf",)
+    export_formats = ("hf", "onnx")
 
     def prepare_split(self, path: Path, validation_split: float, seed: int) -> Any:
         return prepare_sentiment(path, validation_split, seed)
@@ -90,8 +90,13 @@ class SentimentComponent(JointHead, SplitComponent):
 
     def export(self, info: VersionInfo, fmt: str, target: Path, settings: Settings) -> dict[str, Any]:
         self.refuse_joint_export(info, fmt)
-        from ..exporting import sentence_classifier_hf  # the export's machinery: on use
+        # the export's machinery: on use
+        from ..exporting import onnx_classifier_card, onnx_runtime_export, sentence_classifier_hf
 
+        if fmt == "onnx":
+            what = "sentiment classifier"
+            graphs = onnx_runtime_export(info.path / SENTIMENT_DIR, target, [CLASSIFIER_FILE], what, info.name)
+            return onnx_classifier_card(target, graphs, info.name, what)
         predictor = SentimentClassifier.from_version(info, TORCH).predictor  # the weights, whatever serves
         return sentence_classifier_hf(predictor.model, predictor.tokenizer, target, "sentiment classifier", info.name)
 
