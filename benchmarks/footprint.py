@@ -4,6 +4,7 @@ before the content-addressed registry) beside this working tree, in ONE run, on 
     python benchmarks/footprint.py                         # both sides, ~35 min on 2 cores
     python benchmarks/footprint.py --baseline HEAD~3 --json out.json --keep /tmp/fp
     python benchmarks/footprint.py --skip-baseline         # only this tree (no before/after)
+    python benchmarks/footprint.py --keep /tmp/fp --json out.json --predicts-only   # cold predicts again, kept run
 
 Each side runs in its own scratch directory with its own registry, MLflow store and processed data; both
 use the same venv (the baseline's source is extracted with `git archive` and put first on PYTHONPATH) and
@@ -15,11 +16,12 @@ the same base-model cache (HOTELBOT_MODEL_CACHE), so only the registry code diff
 3. `train --model-type all`: registry size in total (target <= 1.0 GB);
 4. `deploy` the make-run version, then `deploy` the all version (timed, max RSS of the process: target
    <= 10 s and <= 600 MB; the second deploy backs up the first);
-5. `predict` cold start of the make-run version and of the deployed all version: best of 3 fresh processes
-   after one untimed warm-up, with hotelbot's bytecode compiled (as a pip install, and `make install` for
-   the editable one, leave it: target, make-run version no slower than the baseline), then the make-run
-   version again with none (the source compiled in memory on every start: PYTHONDONTWRITEBYTECODE=1, which
-   every step runs with, and an editable install made without `make`);
+5. (after step 6, once both sides are built) `predict` cold start of the make-run version and of the deployed
+   all version, best and median of 7 fresh processes per side after one untimed warm-up, the two sides
+   alternating run by run (a drift of the shared machine's speed hits both alike): with no hotelbot bytecode
+   (PYTHONDONTWRITEBYTECODE=1, which every step runs with, and the package compiled in memory at each start),
+   then compiled as a pip install, and `make install` for the editable one, leave it (target: the make-run
+   version no slower than the baseline);
 6. a classifier-only retrain with another seed (`train --seed 43`; it carries over the deployed version's
    other components): what it adds to the registry (target <= 250 MB).
 
@@ -131,7 +133,7 @@ def bytecode(src: Path, compiled: bool) -> None:
         subprocess.run([sys.executable, "-m", "compileall", "-q", str(package)], check=True)
 
 
-def measure(side: Side, predict_runs: int) -> dict[str, object]:
+def measure(side: Side) -> dict[str, object]:
     data = side.src / "datasets"
     f = side.figures
     say(f"[{side.name}] preparing data ...")
@@ -162,23 +164,44 @@ def measure(side: Side, predict_runs: int) -> dict[str, object]:
     f["deploy_seconds"], f["deploy_max_rss_bytes"] = seconds, rss
     say(f"  [{side.name}] deploy {last}: {seconds:.1f}s, max RSS {rss / MB:.0f} MB")
 
-    def cold_predict(version: str) -> float:
-        side.run("predict", TEXT, "--version", version)  # warm-up: the page cache
-        return min(side.run("predict", TEXT, "--version", version)[1] for _ in range(predict_runs))
-
-    bytecode(side.src, compiled=False)
-    f["predict_classifier_source_seconds"] = cold_predict(first)
-    bytecode(side.src, compiled=True)
-    f["predict_classifier_seconds"], f["predict_all_seconds"] = cold_predict(first), cold_predict(last)
-    say(f"  [{side.name}] cold predict: {f['predict_classifier_seconds']:.2f}s (make-run version), "
-        f"{f['predict_all_seconds']:.2f}s (all version), {f['predict_classifier_source_seconds']:.2f}s "
-        "(make-run version, no bytecode)")
-
+    f["make_run_version"], f["all_version"] = first, last
     before = tree_bytes(side.registry)
     side.train("--model-type", "classifier", "--seed", "43")
     f["retrain_added_bytes"] = tree_bytes(side.registry) - before
     f["registry_bytes_end"] = tree_bytes(side.registry)
     return f
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def cold_predicts(sides: list[Side], runs: int) -> None:
+    """Cold `predict` of each side's make-run and all versions: first with no hotelbot bytecode anywhere
+    (every start compiles the package in memory), then compiled (as an install leaves it). In each round every
+    side runs once, alternating, so a drift of this shared machine's speed hits both sides alike; one untimed
+    warm-up per command (the page cache). Best and median of ``runs`` per side."""
+    plans = [("predict_classifier_source", "make_run_version", False), ("predict_classifier", "make_run_version", True),
+             ("predict_all", "all_version", True)]
+    for prefix, which, compiled in plans:
+        for side in sides:
+            bytecode(side.src, compiled=compiled)
+            side.run("predict", TEXT, "--version", side.figures[which])
+        times: dict[str, list[float]] = {side.name: [] for side in sides}
+        for _ in range(runs):
+            for side in sides:
+                times[side.name].append(side.run("predict", TEXT, "--version", side.figures[which])[1])
+        for side in sides:
+            side.figures[f"{prefix}_seconds"] = min(times[side.name])
+            side.figures[f"{prefix}_median_seconds"] = median(times[side.name])
+    for side in sides:
+        f = side.figures
+        say(f"  [{side.name}] cold predict (best / median of {runs}): make-run version "
+            f"{f['predict_classifier_seconds']:.2f} / {f['predict_classifier_median_seconds']:.2f}s, all version "
+            f"{f['predict_all_seconds']:.2f} / {f['predict_all_median_seconds']:.2f}s; no bytecode "
+            f"{f['predict_classifier_source_seconds']:.2f} / {f['predict_classifier_source_median_seconds']:.2f}s")
 
 
 ROWS = [
@@ -190,14 +213,17 @@ ROWS = [
     ("deploy_seconds", "deploy of the all version", "seconds", "deploy_seconds"),
     ("deploy_max_rss_bytes", "  its max RSS", "bytes", "deploy_max_rss_bytes"),
     ("predict_classifier_seconds", "cold predict, make-run version (best of N)", "seconds", None),
+    ("predict_classifier_median_seconds", "  median of N", "seconds", None),
     ("predict_all_seconds", "cold predict, all version (best of N)", "seconds", None),
-    ("predict_classifier_source_seconds", "cold predict, make-run version, no bytecode", "seconds", None),
+    ("predict_classifier_source_seconds", "cold predict, make-run version, no bytecode (best of N)", "seconds", None),
+    ("predict_classifier_source_median_seconds", "  median of N", "seconds", None),
     ("retrain_added_bytes", "classifier retrain (--seed 43) adds", "bytes", "retrain_added_bytes"),
     ("registry_bytes_end", "registry at the end", "bytes", None),
 ]
 
 
-PREDICT_ROWS = ("predict_classifier_seconds", "predict_classifier_source_seconds")  # compared with the baseline
+PREDICT_ROWS = ("predict_classifier_seconds", "predict_classifier_median_seconds", "predict_classifier_source_seconds",
+                "predict_classifier_source_median_seconds")  # compared with the baseline
 
 
 def fmt(value: object, unit: str) -> str:
@@ -236,23 +262,46 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", default=DEFAULT_BASELINE, help="git ref of today's code (default %(default)s)")
     parser.add_argument("--skip-baseline", action="store_true", help="measure only this working tree")
-    parser.add_argument("--predict-runs", type=int, default=3)
+    parser.add_argument("--predict-runs", type=int, default=7, help="cold predicts per side and version "
+                        "(default %(default)s)")
     parser.add_argument("--keep", type=Path, help="scratch directory to use and keep (default: a temporary one)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--predicts-only", action="store_true",
+                        help="with --keep and --json of an earlier run: measure the cold predicts again on its kept "
+                        "registries (nothing is trained) and update the figures in that JSON")
     args = parser.parse_args(argv)
+
+    if args.predicts_only:
+        if not (args.keep and args.json and args.json.is_file()):
+            parser.error("--predicts-only needs --keep DIR and --json FILE of an earlier run")
+        results = json.loads(args.json.read_text())
+        ref = results.get("baseline_ref")
+        sides = ([Side(f"baseline {ref}", args.keep / "baseline-src", args.keep / "baseline")] if ref else []) + [
+            Side("this tree", REPO, args.keep / "current")]
+        for side, key in zip(sides, ["baseline", "current"] if ref else ["current"]):
+            side.figures = results[key]
+            side.figures.setdefault("make_run_version", "v0001")  # runs before these keys were recorded
+            side.figures.setdefault("all_version", json.loads((side.registry / "current.json").read_text())["version"])
+        cold_predicts(sides, args.predict_runs)
+        print(table(results["current"], results.get("baseline"), ref or ""))
+        args.json.write_text(json.dumps(results, indent=2))
+        return 0
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="hotelbot-footprint-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        results: dict[str, dict] = {}
+        sides = []
         if not args.skip_baseline:
             src = baseline_source(args.baseline, work / "baseline-src")
-            results["baseline"] = measure(Side(f"baseline {args.baseline}", src, work / "baseline"),
-                                          args.predict_runs)
-        results["current"] = measure(Side("this tree", REPO, work / "current"), args.predict_runs)
+            sides.append(Side(f"baseline {args.baseline}", src, work / "baseline"))
+        sides.append(Side("this tree", REPO, work / "current"))
+        for side in sides:
+            measure(side)
+        cold_predicts(sides, args.predict_runs)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
+    results = {("current" if side.src == REPO else "baseline"): side.figures for side in sides}
     print(table(results["current"], results.get("baseline"), args.baseline))
     if args.json:
         args.json.write_text(json.dumps({"baseline_ref": None if args.skip_baseline else args.baseline,
