@@ -1,5 +1,6 @@
 """The helper process that moves the MLflow Model Registry aliases for a registry operation (see
-``training.mlflow_hub.AliasSync``): ``python -m hotelbot_cli.cli._alias_helper TRACKING_URI``.
+``training.mlflow_hub.AliasSync``): ``HOTELBOT_ALIAS_HELPER_URI=URI python -P -m hotelbot_cli.cli._alias_helper``
+(the URI in the environment, not on the command line, where other users could read its credentials).
 
 It imports MLflow and opens the store at once, then waits for one JSON line on stdin ({"registry": ROOT}: the
 operation changed the deployed state), moves the aliases and writes {"warnings": [...]} as its last stdout
@@ -8,22 +9,24 @@ line. End of input without a line (the operation changed nothing, or its process
 from __future__ import annotations
 
 import json
+import os
 import sys
 
-from ..training.mlflow_hub import preload, serve_alias_helper
+from ..training.mlflow_hub import HELPER_URI_ENV, preload, serve_alias_helper
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m hotelbot_cli.cli._alias_helper TRACKING_URI", file=sys.stderr)
+    uri = os.environ.get(HELPER_URI_ENV, "")
+    if argv or not uri:
+        print(f"usage: {HELPER_URI_ENV}=TRACKING_URI python -P -m hotelbot_cli.cli._alias_helper", file=sys.stderr)
         return 2
     result = sys.stdout
     sys.stdout = sys.stderr  # whatever MLflow prints stays off the answer line
-    preload(argv[0])
+    preload(uri)
     request = sys.stdin.readline()
     if not request.strip():
         return 0
-    warnings = serve_alias_helper(argv[0], request)
+    warnings = serve_alias_helper(uri, request)
     print(json.dumps({"warnings": warnings}), file=result, flush=True)
     return 0
 

@@ -252,9 +252,9 @@ def exclusive(
     Each file is hashed once in the block (checked, gated, smoke-tested: one read, see ``hashing_once``).
     A change of the deployed state moves the MLflow aliases after the lock is released (MLflow calls never
     hold other deploys or the servers' judgements waiting)."""
+    aliases = AliasSync(settings.paths.tracking_uri) if moves_aliases else None  # MLflow loads meanwhile
     pending: list[tuple[ModelRegistry, str, list[str]]] = []
     token = _ALIAS_SYNC.set(pending)
-    aliases = AliasSync(settings.paths.tracking_uri) if moves_aliases else None  # MLflow loads meanwhile
     try:
         with registry.lock(timeout=settings.deployment.lock_timeout_seconds), hashing_once():
             repaired = registry.repair()

@@ -10,6 +10,8 @@ headline ``metrics``.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -34,7 +36,7 @@ from ..data import (
     read_test_set,
     shared_texts,
 )
-from ..errors import DataError, IntegrityError, RegistryError
+from ..errors import DataError, HotelbotError, IntegrityError, RegistryError
 from ..evaluation import METRIC_KEYS, Comparison, classification_metrics, compare
 from ..export import compare_runtimes
 from ..registry.store import utc_now
@@ -283,7 +285,7 @@ def validate_version(
     primary = primary_component(info)
     data_sha = None if data_dir is not None else info.manifest.files.get(f"data/{VALIDATION_FILE}")
     key = evaluation_key(info, primary.name, data_sha, settings.validation.metric)
-    reused = _recorded_answers(registry, key) if gate else None
+    reused = _recorded_answers(registry, key, primary.name, settings.validation.metric) if gate else None
     if reused is not None:  # the same classifier files judged on the same texts by the same code: same answers
         reused_from, metrics = reused
     else:
@@ -303,7 +305,11 @@ def validate_version(
                 ref_metrics = metrics
             else:
                 deployed_key = evaluation_key(deployed, primary.name, data_sha, settings.validation.metric)
-                recorded = _recorded_answers(registry, deployed_key) if gate else None
+                recorded = (
+                    _recorded_answers(registry, deployed_key, primary.name, settings.validation.metric)
+                    if gate
+                    else None
+                )
                 ref_metrics = (
                     recorded[1]
                     if recorded is not None
@@ -364,6 +370,7 @@ ANSWER_PACKAGES = ("onnxruntime", "numpy", "tokenizers", "torch", "transformers"
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 
+@functools.lru_cache(maxsize=1)
 def _code_digest() -> str:
     """sha256 over this package's source files: another hotelbot build may answer differently."""
     digest = hashlib.sha256()
@@ -372,11 +379,28 @@ def _code_digest() -> str:
     return digest.hexdigest()
 
 
+@functools.lru_cache(maxsize=1)
+def _machine() -> dict[str, Any]:
+    """What of this machine may change the numbers: the architecture, the CPU's instruction-set flags (int8
+    kernels differ with them), the core count (the default thread count)."""
+    flags = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text("utf-8", errors="replace").splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = " ".join(sorted(line.split(":", 1)[-1].split()))
+                break
+    return {
+        "arch": platform.machine(),
+        "cpu_flags": hashlib.sha256(flags.encode()).hexdigest(),
+        "cores": os.cpu_count(),
+    }
+
+
 def evaluation_key(info: VersionInfo, component: str, data_sha: str | None, metric: str) -> str | None:
     """A digest of everything the classifier's answers on a validation split depend on: its files' recorded
     checksums, the split's checksum, the metric, the runtime's environment settings, the versions of the
-    libraries that compute the answers, the machine's architecture and hotelbot's own source. Two evaluations
-    with the same key give the same metrics. None when it cannot be known (a split from outside the version,
+    libraries that compute the answers, the machine (:func:`_machine`) and hotelbot's own source. Two
+    evaluations with the same key give the same metrics. None when it cannot be known (a split from outside the version,
     a version without recorded files)."""
     files = recorded_files(info, component)
     if data_sha is None or not files:
@@ -393,21 +417,31 @@ def evaluation_key(info: VersionInfo, component: str, data_sha: str | None, metr
         "metric": metric,
         "env": {name: os.environ.get(name, "") for name in ANSWER_ENV},
         "packages": packages,
-        "machine": platform.machine(),
+        "machine": _machine(),
         "code": _code_digest(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def _recorded_answers(registry: Any, key: str | None) -> tuple[str, dict[str, Any]] | None:
+def _recorded_answers(registry: Any, key: str | None, component: str, metric: str) -> tuple[str, dict[str, Any]] | None:
     """(the version that was evaluated, its classifier metrics) of a recorded validation with evaluation
-    ``key``, or None."""
+    ``key``, or None. A record counts only when its version is still in the registry and the key computed
+    again from that version's recorded checksums is the same (a record left over from a rebuilt or restored
+    version, or edited, is not believed)."""
     if key is None:
         return None
     for record in registry.validation_records():
         metrics = record.get("metrics")
-        if record.get("evaluation_key") == key and isinstance(metrics, dict) and metrics.get("per_intent"):
-            return str(record.get("reused_from") or record.get("version")), metrics  # where it was measured
+        if record.get("evaluation_key") != key or not isinstance(metrics, dict) or not metrics.get("per_intent"):
+            continue
+        try:
+            source = registry.get(str(record.get("version")))
+        except HotelbotError:  # pruned, or a malformed name
+            continue
+        own_data = source.manifest.files.get(f"data/{VALIDATION_FILE}")
+        if source.manifest.corrupt or evaluation_key(source, component, own_data, metric) != key:
+            continue
+        return str(record.get("reused_from") or source.name), metrics  # where it was measured
     return None
 
 

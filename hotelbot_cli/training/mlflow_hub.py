@@ -258,6 +258,7 @@ def sync_aliases(registry: ModelRegistry, tracking_uri: str) -> list[str]:
 
 
 HELPER_MODULE = "hotelbot_cli.cli._alias_helper"
+HELPER_URI_ENV = "HOTELBOT_ALIAS_HELPER_URI"  # the tracking URI, for the helper
 HELPER_TIMEOUT_SECONDS = 120  # a helper that has not answered by then: the aliases are reported not moved
 
 
@@ -265,10 +266,11 @@ class AliasSync:
     """Moves the aliases once a registry operation (deploy, rollback, canary) has changed the deployed state.
 
     Importing MLflow and opening its store cost a fresh process ~2.5 s, most of a deploy that reuses its gate's
-    answers. So, where this process has not imported MLflow yet (a CLI command), a helper process
-    (:mod:`hotelbot_cli.cli._alias_helper`) starts importing it when the operation starts, on another core,
-    and moves the aliases when :meth:`sync` asks: the operation still returns only once they are moved, with
-    the same warnings. Where MLflow is loaded already (a server, the tests) or off, or the helper cannot start or
+    answers. So, where this process has not imported MLflow yet (a CLI command, a server worker deciding a
+    canary), a helper process (:mod:`hotelbot_cli.cli._alias_helper`) starts importing it when the operation
+    starts, on another core, and moves the aliases when :meth:`sync` asks: the operation still returns only
+    once they are moved, with the same warnings, and a server worker never holds MLflow in its own memory.
+    Where MLflow is loaded already (a process that trained, the tests) or off, or the helper cannot start or
     dies, the aliases are moved in this process as before."""
 
     def __init__(self, tracking_uri: str, spawn: bool | None = None) -> None:
@@ -281,9 +283,11 @@ class AliasSync:
         package_parent = str(Path(__file__).resolve().parents[2])  # the child imports this very package
         env = dict(os.environ)
         env["PYTHONPATH"] = package_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        with contextlib.suppress(OSError):
+        env[HELPER_URI_ENV] = tracking_uri  # not on the command line: `ps` shows that to every local user
+        with contextlib.suppress(OSError, ValueError):
             self._helper = subprocess.Popen(
-                [sys.executable, "-m", HELPER_MODULE, tracking_uri],
+                # -P: nothing from the working directory shadows the package or its libraries
+                [sys.executable, "-P", "-m", HELPER_MODULE],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
@@ -304,14 +308,12 @@ class AliasSync:
                     self.moved_by = "helper"
                     return warnings_
             except subprocess.TimeoutExpired:
-                helper.kill()
-                helper.wait()
+                self._stop(helper)
                 return [
                     redact_url(f"MLflow aliases not updated ({tracking_uri}): no answer in {HELPER_TIMEOUT_SECONDS} s")
                 ]
             except (OSError, ValueError, KeyError, TypeError, IndexError):
-                helper.kill()
-                helper.wait()
+                self._stop(helper)
         elif helper is not None:
             self._stop(helper)
         self.moved_by = "this process"  # no helper, or it died or answered wrongly
@@ -326,7 +328,8 @@ class AliasSync:
     @staticmethod
     def _stop(helper: subprocess.Popen[str]) -> None:
         helper.kill()
-        helper.communicate()
+        with contextlib.suppress(OSError, ValueError):  # pipes already closed by an interrupted communicate()
+            helper.communicate()
 
 
 def serve_alias_helper(tracking_uri: str, request: str) -> list[str]:

@@ -339,6 +339,14 @@ def test_the_gate_reuses_recorded_answers_of_the_same_classifier_on_the_same_tex
     assert loaded == [other.name]  # evaluated; the deployed v0001's answers come from its record
     assert worse.comparison.reference_version == "v0001" and worse.comparison.regressions(0.05)
 
+    # a record whose version's files do not give its key (left from a rebuilt version, restored, or edited)
+    # is not believed: v0001's key and answers filed under the other classifier's version
+    forget_validations(registry_copy)
+    registry_copy.record_validation(other.name, {**recorded, "version": other.name})
+    loaded.clear()
+    fresh = module.validate_version(registry_copy, "v0002", load_settings(), gate=True)
+    assert loaded[0] == "v0002" and fresh.reused_from is None
+
 
 def module_gate(registry, name):
     from hotelbot_cli.config import load_settings

@@ -118,6 +118,23 @@ def test_a_helper_process_moves_the_aliases_while_the_operation_works(hub, regis
     assert helper.poll() is not None and idle.moved_by is None
 
 
+def test_a_cli_deploy_moves_the_aliases_through_its_helper(hub, registry_copy, monkeypatch):
+    """The path a `hotelbot deploy` process takes (no MLflow loaded: a helper per command), forced here."""
+    from hotelbot_cli.pipeline import deploy as deploy_module
+
+    made = []
+
+    def helper_always(uri):
+        made.append(mlflow_hub.AliasSync(uri, spawn=True))
+        return made[-1]
+
+    monkeypatch.setattr(deploy_module, "AliasSync", helper_always)
+    assert doc(cli("deploy", "v0001", "--json"))["notifications"] == []
+    doc(cli("deploy", "v0002", "--json"))
+    assert aliases(hub, "hotelbot-intent-test") == {"production": "v0002", "previous": "v0001"}
+    assert [m.moved_by for m in made] == ["helper", "helper"]
+
+
 def test_mlflow_down_warns_and_never_blocks_a_deploy(registry_copy, monkeypatch):
     monkeypatch.setenv(mlflow_hub.SWITCH_ENV, "on")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nothing listens there
