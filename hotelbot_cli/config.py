@@ -115,6 +115,8 @@ class TrainingConfig(_Section):
     pooling: str = ""  # "" = what the base model needs (mean for the packaged models)
     freeze_embeddings: str = "auto"  # auto (freeze for large vocabularies) | yes | no
     class_weights: bool = False  # weight the loss by inverse class frequency
+    # the intents' cross-entropy against targets smoothed by this much (Szegedy et al. 2016); 0: off
+    label_smoothing: float = 0.0
     calibrate_oos_threshold: bool = True  # choose the out-of-scope confidence threshold on validation
     # The out-of-scope detector (runtime.detector): auto (the better of the softmax threshold and nearest
     # neighbours on validation) | softmax | knn; oos_knn_k: the kNN detector's k (0: chosen on validation)
@@ -137,6 +139,7 @@ class TrainingConfig(_Section):
         _check_range("weight_decay", self.weight_decay, 0.0, 1.0)
         _check_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
         _check_range("dropout", self.dropout, 0.0, 0.9)
+        _check_range("label_smoothing", self.label_smoothing, 0.0, 0.5)
         if not 8 <= self.max_length <= 512:
             raise ConfigError(f"max_length must be between 8 and 512, got {self.max_length}")
         if self.early_stopping_patience < 0:
@@ -338,6 +341,7 @@ ENV_TRAINING = {
     "TRAINING_OOS_DETECTOR": "oos_detector",
     "TRAINING_OOS_KNN_K": "oos_knn_k",
     "TRAINING_PRECISION": "precision",
+    "TRAINING_LABEL_SMOOTHING": "label_smoothing",
     "HOTELBOT_BASE_MODEL": "base_model",
 }
 ENV_DATA = {"TRAINING_VALIDATION_SPLIT": "validation_split"}

@@ -234,6 +234,7 @@ class SentenceClassifier(nn.Module):
     """A pretrained encoder, mean (or CLS) pooling, dropout and a linear head over the intents."""
 
     class_weights: torch.Tensor | None  # the buffer registered in __init__
+    label_smoothing: float = 0.0  # of the intents' loss (training_config.label_smoothing; training sets it)
 
     def __init__(self, encoder: nn.Module, config: ClassifierConfig) -> None:
         super().__init__()
@@ -259,7 +260,9 @@ class SentenceClassifier(nn.Module):
         logits = self.head(self.dropout(pooled))
         out = {"logits": logits, **({"embedding": pooled} if return_embedding else {})}
         if labels is not None:
-            out["loss"] = nn.functional.cross_entropy(logits, labels, weight=self.class_weights)
+            out["loss"] = nn.functional.cross_entropy(
+                logits, labels, weight=self.class_weights, label_smoothing=self.label_smoothing
+            )
         return out
 
     def embed(
@@ -354,7 +357,9 @@ class MultiTaskClassifier(SentenceClassifier):
             weight = self.class_weights
             losses.append(
                 self.task_weights[TASK_INTENT]
-                * nn.functional.cross_entropy(out["logits"][intent_rows], labels[intent_rows], weight=weight)
+                * nn.functional.cross_entropy(
+                    out["logits"][intent_rows], labels[intent_rows], weight=weight, label_smoothing=self.label_smoothing
+                )
             )
         if sentiment_rows.any():
             losses.append(

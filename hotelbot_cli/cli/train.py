@@ -241,6 +241,18 @@ def train_cmd(
             show_default=False,
         ),
     ] = None,
+    label_smoothing: Annotated[
+        Optional[float],
+        typer.Option(
+            "--label-smoothing",
+            min=0.0,
+            max=0.5,
+            metavar="X",
+            help="Classifier: smooth the intents' training targets by X (0-0.5; 0.1 is usual) "
+            "[env: TRAINING_LABEL_SMOOTHING; default 0: off].",
+            show_default=False,
+        ),
+    ] = None,
     oos_detector: Annotated[
         Optional[str],
         typer.Option(
@@ -380,6 +392,7 @@ def train_cmd(
                 "early_stopping_patience": patience,
                 "freeze_embeddings": freeze,
                 "class_weights": class_weights,
+                "label_smoothing": label_smoothing,
                 "oos_detector": oos_detector,
                 "precision": "bf16" if bf16 else ("fp16" if fp16 else None),
             }

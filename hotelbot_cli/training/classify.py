@@ -146,6 +146,7 @@ def fit_classifier(
     label_to_id = {label: i for i, label in enumerate(labels)}
     frozen = model.freeze_word_embeddings() if should_freeze(cfg.freeze_embeddings, model.encoder) else 0
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    model.label_smoothing = cfg.label_smoothing
     if cfg.class_weights:
         counts = np.bincount([label_to_id[e.intent] for e in train], minlength=len(labels)).astype("float64")
         weights = len(train) / (len(labels) * np.maximum(counts, 1.0))

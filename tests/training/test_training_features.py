@@ -195,6 +195,41 @@ def test_class_weights_follow_inverse_frequency(tmp_path, tiny_model):
     assert weights == pytest.approx([16 / (2 * 4), 16 / (2 * 12)])
 
 
+def test_label_smoothing_reaches_the_intents_loss(tmp_path, tiny_model):
+    """training_config.label_smoothing (train --label-smoothing, TRAINING_LABEL_SMOOTHING) is the smoothing of
+    the classifier's cross-entropy: the trained model carries it, and its loss is PyTorch's smoothed one."""
+    import torch
+
+    from hotelbot_cli.config import TrainingConfig, load_settings
+    from hotelbot_cli.data import Example
+    from hotelbot_cli.training.classify import fit_classifier
+
+    assert load_settings(env={"TRAINING_LABEL_SMOOTHING": "0.1"}).training.label_smoothing == 0.1
+    assert TrainingConfig().label_smoothing == 0.0  # off unless asked: make run's figures stay the same
+    train = [Example(t, "greeting") for t in TINY_INTENTS["greeting"]] + \
+        [Example(t, "get_news") for t in TINY_INTENTS["get_news"]]
+    validation = [Example("hola amigo", "greeting"), Example("noticias ya", "get_news")]
+    cfg = TrainingConfig(base_model=str(tiny_model), epochs=1, batch_size=8, label_smoothing=0.2)
+    model = fit_classifier(cfg, "macro_f1", train, validation, ["get_news", "greeting"], tmp_path).model.eval()
+    assert model.label_smoothing == 0.2
+    enc = {"input_ids": torch.tensor([[2, 5, 7, 3]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    with torch.no_grad():
+        out = model(**enc, labels=torch.tensor([1]))
+        smoothed = torch.nn.functional.cross_entropy(out["logits"], torch.tensor([1]), label_smoothing=0.2)
+        plain = torch.nn.functional.cross_entropy(out["logits"], torch.tensor([1]))
+    assert torch.isclose(out["loss"], smoothed) and not torch.isclose(out["loss"], plain)
+
+
+def test_a_version_recorded_before_label_smoothing_is_the_same_training_as_one_with_it_off():
+    """`train` skips a repeat: a config recorded before the key existed equals one with label_smoothing 0."""
+    from hotelbot_cli.components.base import _comparable
+
+    old = {"training_config": {"epochs": 4, "precision": "fp32"}}
+    assert _comparable({"training_config": {"epochs": 4, "precision": "fp32", "label_smoothing": 0.0}}) == \
+        _comparable(old)
+    assert _comparable({"training_config": {"epochs": 4, "label_smoothing": 0.1}}) != _comparable(old)
+
+
 def test_extra_callbacks_see_every_epoch_evaluation_with_the_model(tmp_path, tiny_model):
     """benchmarks/clinc150.py --dump snapshots each epoch's weights through this hook."""
     from transformers import TrainerCallback

@@ -61,6 +61,8 @@ def test_config_file_from_env_and_paths(tmp_path):
     ({"MIN_VALIDATION_SCORE": "1.5"}, "min_validation_score"),
     ({"HOTELBOT_RUNTIME_RECHECK_MARGIN": "-0.1"}, "runtime_recheck_margin"),
     ({"HOTELBOT_RUNTIME_RECHECK_MARGIN": "2"}, "runtime_recheck_margin"),
+    ({"TRAINING_LABEL_SMOOTHING": "0.6"}, "label_smoothing"),
+    ({"TRAINING_LABEL_SMOOTHING": "-0.1"}, "label_smoothing"),
 ])
 def test_bad_values_are_config_errors(env, fragment):
     with pytest.raises(ConfigError, match=fragment):

@@ -248,6 +248,7 @@ def fit_joint(
     tag_ids = {t: i for i, t in enumerate(tags)}
     frozen = model.freeze_word_embeddings() if should_freeze(cfg.freeze_embeddings, model.encoder) else 0
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    model.label_smoothing = cfg.label_smoothing  # the intents' loss, as the separate classifier's
     if cfg.class_weights:
         import torch
 
