@@ -348,6 +348,7 @@ print(list(zip(texts, answers, probs.max(axis=-1).tolist())))
         snippet,
         notes,
         graphs,
+        chosen,
         "runtime.OnnxPredictor.from_model_dir",
     )
 
@@ -359,15 +360,17 @@ def _onnx_card(
     snippet: str,
     notes: Sequence[str],
     graphs: Sequence[str],
+    chosen: str | None,
     loader: str,
 ) -> dict[str, Any]:
-    """Write an ONNX export's model card (``head``: title, task, summary); the record's facts."""
+    """Write an ONNX export's model card (``head``: title, task, summary); the record's facts (``chosen``: the
+    runtime its runtime.json names)."""
     (target / MODEL_CARD).write_text(card(*head, list(steps), snippet, list(notes)), encoding="utf-8")
     return {
         "loads_with": f"onnxruntime.InferenceSession('{graphs[0]}') + tokenizer.json ({MODEL_CARD} shows how; "
         f"in hotelbot: {loader})",
         "graphs": list(graphs),
-        "runtime": (read_runtime_spec(target) or {}).get("runtime"),
+        "runtime": chosen,
     }
 
 
@@ -450,6 +453,7 @@ best, confidence = probs.argmax(axis=-1).tolist(), probs.max(axis=-1).tolist()
         snippet,
         notes,
         graphs,
+        chosen,
         "components.entities.onnx.OnnxEntityExtractor.from_dir",
     )
 

@@ -252,7 +252,8 @@ def exclusive(
     Each file is hashed once in the block (checked, gated, smoke-tested: one read, see ``hashing_once``).
     A change of the deployed state moves the MLflow aliases after the lock is released (MLflow calls never
     hold other deploys or the servers' judgements waiting)."""
-    aliases = AliasSync(settings.paths.tracking_uri) if moves_aliases else None  # MLflow loads meanwhile
+    # a helper loads MLflow meanwhile (moves_aliases False: an operation that keeps the deployed state)
+    aliases = AliasSync(settings.paths.tracking_uri, spawn=None if moves_aliases else False)
     pending: list[tuple[ModelRegistry, str, list[str]]] = []
     token = _ALIAS_SYNC.set(pending)
     try:
@@ -263,8 +264,8 @@ def exclusive(
         _ALIAS_SYNC.reset(token)
         if pending:  # the state as it is now: one sync for the block, its warnings on the last event's list
             target, uri, problems = pending[-1]
-            problems += aliases.sync(target, uri) if aliases is not None else sync_aliases(target, uri)
-        elif aliases is not None:
+            problems += aliases.sync(target, uri)
+        else:
             aliases.close()
 
 

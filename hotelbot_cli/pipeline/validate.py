@@ -396,6 +396,18 @@ def _machine() -> dict[str, Any]:
     }
 
 
+@functools.lru_cache(maxsize=1)
+def _libraries() -> dict[str, str | None]:
+    """The installed versions of :data:`ANSWER_PACKAGES` (None: not installed)."""
+    packages: dict[str, str | None] = {}
+    for name in ANSWER_PACKAGES:
+        try:
+            packages[name] = package_metadata.version(name)
+        except package_metadata.PackageNotFoundError:
+            packages[name] = None
+    return packages
+
+
 def evaluation_key(info: VersionInfo, component: str, data_sha: str | None, metric: str) -> str | None:
     """A digest of everything the classifier's answers on a validation split depend on: its files' recorded
     checksums, the split's checksum, the metric, the runtime's environment settings, the versions of the
@@ -405,18 +417,12 @@ def evaluation_key(info: VersionInfo, component: str, data_sha: str | None, metr
     files = recorded_files(info, component)
     if data_sha is None or not files:
         return None
-    packages: dict[str, str | None] = {}
-    for name in ANSWER_PACKAGES:
-        try:
-            packages[name] = package_metadata.version(name)
-        except package_metadata.PackageNotFoundError:
-            packages[name] = None
     parts = {
         "files": dict(sorted(files.items())),
         "data": data_sha,
         "metric": metric,
         "env": {name: os.environ.get(name, "") for name in ANSWER_ENV},
-        "packages": packages,
+        "packages": _libraries(),
         "machine": _machine(),
         "code": _code_digest(),
     }

@@ -353,8 +353,8 @@ class ModelRegistry:
     def validation_records(self) -> Iterator[dict[str, Any]]:
         """Every recorded validation result (unreadable ones skipped), newest version first."""
         directory = self.root / VALIDATIONS_DIR
-        paths = directory.glob("v*.json") if directory.is_dir() else []
-        for path in sorted(paths, key=lambda p: (len(p.stem), p.stem), reverse=True):  # v10000 after v9999
+        paths = [p for p in directory.glob("v*.json") if VERSION_RE.match(p.stem)] if directory.is_dir() else []
+        for path in sorted(paths, key=lambda p: int(p.stem[1:]), reverse=True):
             try:
                 record = json.loads(path.read_text("utf-8"))
             except (OSError, json.JSONDecodeError):

@@ -124,8 +124,8 @@ def test_a_cli_deploy_moves_the_aliases_through_its_helper(hub, registry_copy, m
 
     made = []
 
-    def helper_always(uri):
-        made.append(mlflow_hub.AliasSync(uri, spawn=True))
+    def helper_always(uri, spawn=None):  # where exclusive() lets a helper start, start one
+        made.append(mlflow_hub.AliasSync(uri, spawn=True if spawn is None else spawn))
         return made[-1]
 
     monkeypatch.setattr(deploy_module, "AliasSync", helper_always)
