@@ -63,6 +63,17 @@ def prepare_cmd(
             show_default=False,
         ),
     ] = None,
+    reply_eval: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--reply-eval",
+            help="With --replies: the reply evaluation set "
+            "(.jsonl of {question, facts: [...]}) to check and store with the pairs; `train` then scores "
+            "with it from any directory [default: none stored; training falls back to "
+            "datasets/reply_eval_es.jsonl of the working directory].",
+            show_default=False,
+        ),
+    ] = None,
     add: Annotated[
         Optional[Path],
         typer.Option(
@@ -127,6 +138,9 @@ def prepare_cmd(
     original text; writes chunks.jsonl and documents.json (sha256 per file). Any other file type, an
     empty file or an empty folder exits 1 naming it. Hidden files are skipped.
 
+    With --replies FILE --reply-eval EVAL: the evaluation set is checked and stored beside the prepared
+    pairs, so that `train --model-type replies` (and `all`) scores with it from any working directory.
+
     With --add FILE: labeled messages (what `hotelbot inbox` writes) join the training split of the
     prepared intent data; the validation split stays as it is. A message the data holds under another
     intent, or that the test set holds, exits 1 and nothing changes; one it already holds is skipped.
@@ -152,7 +166,7 @@ def prepare_cmd(
 
         hotelbot prepare --sentiment datasets/sentimiento_es.jsonl --json
 
-        hotelbot prepare --replies datasets/respuestas_es.jsonl
+        hotelbot prepare --replies datasets/respuestas_es.jsonl --reply-eval datasets/reply_eval_es.jsonl
 
         hotelbot prepare --add capture/labeled.jsonl    # labeled in `hotelbot inbox label`
     """
@@ -163,13 +177,15 @@ def prepare_cmd(
         )
     if test_set is not None and data is None and add is None:
         _usage("--test-set applies to intent data (DATA or --add)")
+    if reply_eval is not None and replies is None:
+        _usage("--reply-eval applies to --replies FILE")
     if add is not None:
         if validation_split is not None or seed is not None:
             _usage("--validation-split and --seed do not apply to --add: the validation split stays as it is")
         _prepare_add(add, output, test_set, dry_run, json_out, config, profile)
         return
     if replies is not None:
-        _prepare_replies(replies, output, validation_split, seed, dry_run, json_out, config, profile)
+        _prepare_replies(replies, reply_eval, output, validation_split, seed, dry_run, json_out, config, profile)
         return
     if entities is not None or sentiment is not None:
         _prepare_component(
@@ -344,6 +360,7 @@ def _prepare_component(
 
 def _prepare_replies(
     path: Path,
+    reply_eval: Path | None,
     output: Path | None,
     validation_split: float | None,
     seed: int | None,
@@ -357,15 +374,24 @@ def _prepare_replies(
         prepare_replies,
         write_prepared_replies,
     )
+    from ..components.replies.evalset import StoredEvaluation, forget_stored_evaluation  # with the line above
 
     settings = settings_from(
         config, profile, overrides={"data_config": {"validation_split": validation_split, "seed": seed}}
     )
     prepared = prepare_replies(path, settings.data.validation_split, settings.data.seed)
+    evaluation = StoredEvaluation(reply_eval) if reply_eval is not None else None  # checked before any write
+    if evaluation is not None:
+        prepared.summary["reply_eval"] = evaluation.summary()
     target = None if dry_run else (output or Path(settings.paths.data).parent / "generator")
     if target is not None:
+        if evaluation is not None:
+            evaluation.write(target)  # before dataset.json, the split's completion marker
+        else:
+            forget_stored_evaluation(target)
         write_prepared_replies(prepared, target)
     summary = {
+        "reply_eval": None,
         **prepared.summary,
         "component": "generator",
         "fingerprint": prepared.fingerprint,
@@ -383,5 +409,9 @@ def _prepare_replies(
         f"{len(prepared.train) + len(prepared.validation)} reply pairs: {len(prepared.train)} train, "
         f"{len(prepared.validation)} validation; fingerprint {prepared.fingerprint}"
     )
+    if evaluation is not None:
+        out.print(
+            f"reply evaluation set {evaluation.path}: {len(evaluation.questions)} questions, stored with the pairs"
+        )
     if target is not None:
         message(f"wrote {target}/")

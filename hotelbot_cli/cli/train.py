@@ -292,7 +292,8 @@ def train_cmd(
         typer.Option(
             "--reply-eval",
             help="Replies: the evaluation set (JSONL "
-            'with "question" and "facts") [default: datasets/reply_eval_es.jsonl].',
+            'with "question" and "facts") [default: the one `prepare --replies --reply-eval` stored with the '
+            "pairs, else datasets/reply_eval_es.jsonl of the working directory].",
             show_default=False,
         ),
     ] = None,

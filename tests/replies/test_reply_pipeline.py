@@ -118,6 +118,57 @@ def test_training_publishes_a_version_with_the_replies_and_their_scores(replies_
                       eval_file=replies_template["eval"])
 
 
+def test_the_evaluation_set_prepared_with_the_pairs_is_used_from_any_working_directory(replies_template, registry,
+                                                                                        isolated_env, tmp_path):
+    """`prepare --replies FILE --reply-eval EVAL` checks EVAL and stores it beside the pairs; training finds it
+    there when the working directory has no datasets/reply_eval_es.jsonl (a CI script, another checkout)."""
+    from hotelbot_cli.components.replies.evalset import DEFAULT_EVAL, PREPARED_EVAL, evaluation_set
+
+    pairs_file = tmp_path / "pairs.jsonl"
+    pairs_file.write_text("".join(json.dumps({"message": m, "reply": r, "intent": i, "source": s},
+                                             ensure_ascii=False) + "\n" for m, r, i, s in PAIRS + VAL_PAIRS * 3),
+                          "utf-8")
+    out = tmp_path / "generator"  # where `prepare --replies` writes for this data path:
+    settings = load_settings(path_overrides={"data": tmp_path / "processed"})
+    assert not (isolated_env / DEFAULT_EVAL).exists()
+    # a bad evaluation set: one line, exit 1, nothing written
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "hola", "facts": []}\n', "utf-8")
+    result = runner.invoke(app, ["prepare", "--replies", str(pairs_file), "--reply-eval", str(bad), "-o", str(out)])
+    assert result.exit_code == 1 and "line 1" in result.stderr and not out.exists()
+    result = runner.invoke(app, ["prepare", "--reply-eval", str(bad), "--sentiment", str(pairs_file)])
+    assert result.exit_code == 2 and "--reply-eval applies to --replies FILE" in result.output and not out.exists()
+    # stored, and recorded in dataset.json
+    result = runner.invoke(app, ["prepare", "--replies", str(pairs_file), "--reply-eval",
+                                 str(replies_template["eval"]), "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    stored = out / PREPARED_EVAL
+    assert stored.read_bytes() == replies_template["eval"].read_bytes()
+    recorded = json.loads((out / "dataset.json").read_text("utf-8"))["reply_eval"]
+    assert recorded["questions"] == len(EVAL) and json.loads(result.stdout)["reply_eval"] == recorded
+    # which set training reads: --reply-eval, else the stored copy, else the working directory's default
+    assert evaluation_set(out, bad) == bad and evaluation_set(out) == stored
+    assert evaluation_set(tmp_path) is None
+    assert RepliesComponent().prepared_data(settings, documents=tmp_path) == out  # so `train --model-type all` trains it
+    # training with the prepared pairs and no --reply-eval scores with the stored copy: the same pairs and the same
+    # evaluation set as the template's replies, so it is the same training (without the copy: no evaluation set)
+    prepared = tmp_path / "same-pairs"
+    shutil.copytree(replies_template["pairs"], prepared)
+    with pytest.raises(DataError, match="no reply evaluation set"):
+        train_replies(replies_template["settings"], prepared, registry)
+    shutil.copy(stored, prepared / PREPARED_EVAL)
+    with pytest.raises(AlreadyTrainedError):
+        train_replies(replies_template["settings"], prepared, registry)
+    # prepared again without --reply-eval: the old copy goes, the shipped default applies again
+    result = runner.invoke(app, ["prepare", "--replies", str(pairs_file), "-o", str(out)])
+    assert result.exit_code == 0 and not stored.exists()
+    assert "reply_eval" not in json.loads((out / "dataset.json").read_text("utf-8"))
+    assert RepliesComponent().prepared_data(settings, documents=tmp_path) is None
+    (isolated_env / DEFAULT_EVAL).parent.mkdir(parents=True)
+    (isolated_env / DEFAULT_EVAL).write_bytes(replies_template["eval"].read_bytes())
+    assert evaluation_set(out) == DEFAULT_EVAL and RepliesComponent().prepared_data(settings, documents=tmp_path) == out
+
+
 def test_replies_are_grounded_routed_by_intent_and_never_state_unsupported_facts(registry):
     pipeline = ReplyPipeline.from_version(registry.get("v0003"), load_settings())
     messages = ["¿a qué hora es el desayuno?", "hola buenas", "ponme las noticias", "wifi no funciona"]

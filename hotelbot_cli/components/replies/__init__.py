@@ -5,9 +5,9 @@ and scores the pipeline on the reply evaluation set; its files live in ``replies
 ``validation_config.max_unsupported_fact_rate`` (default 0) or whose fact accuracy is below
 ``validation_config.min_fact_accuracy`` (default 0.6).
 
-Modules: facts.py (facts and the check), ranking.py (sentences, features, the ranker), policy.py (what kind
-of reply each intent gets; templates), pipeline.py (:class:`ReplyPipeline`), training.py (fit, evaluate,
-publish)."""
+Modules: evalset.py (the evaluation set: reading it, which one training uses), facts.py (facts and the
+check), ranking.py (sentences, features, the ranker), policy.py (what kind of reply each intent gets;
+templates), pipeline.py (:class:`ReplyPipeline`), training.py (fit, evaluate, publish)."""
 
 from __future__ import annotations
 
@@ -19,13 +19,13 @@ from ...errors import HotelbotError, ModelError
 from ..base import Component, ComponentResult, TrainRequest, recorded_metrics, report_common
 from ..generator.data import default_data_path  # the replies train on the generator's prepared reply pairs
 from ..knowledge import KnowledgeBaseComponent
+from .evalset import DEFAULT_EVAL, evaluation_set
 
 if TYPE_CHECKING:
     from ...config import Settings
     from ...registry import VersionInfo
 
 SMOKE_MESSAGE = "¿a qué hora es el desayuno?"
-DEFAULT_EVAL = Path("datasets/reply_eval_es.jsonl")  # the reply evaluation set `train` scores with by default
 REPORT_METRICS = (
     ("fact_accuracy", "fact accuracy"),
     ("fact_recall", "fact recall"),
@@ -40,7 +40,10 @@ class RepliesComponent(Component):
     experiment = "hotelbot-replies"
     description = "grounded replies (intent-aware, sentence ranker over the knowledge base, fact-checked)"
     paths = ("replies",)
-    prepare_hint = f"hotelbot prepare --replies FILE (and --documents DIR), and the evaluation set {DEFAULT_EVAL}"
+    prepare_hint = (
+        "hotelbot prepare --replies FILE --reply-eval EVAL (and --documents DIR); without --reply-eval, "
+        f"{DEFAULT_EVAL} of the working directory is the evaluation set"
+    )
     metric = "fact_accuracy"
     gated = True
     evaluation_key = "replies"
@@ -49,7 +52,7 @@ class RepliesComponent(Component):
     def prepared_data(self, settings: Settings, documents: Path | None = None) -> Path | None:
         path = default_data_path(settings)
         has_documents = KnowledgeBaseComponent().prepared_data(settings, documents) is not None
-        return path if path.is_dir() and has_documents and DEFAULT_EVAL.is_file() else None
+        return path if path.is_dir() and has_documents and evaluation_set(path) is not None else None
 
     def train(self, request: TrainRequest) -> ComponentResult:
         from .training import train_replies  # numpy, the encoders: on use

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from ..._io import iter_jsonl, sha256_file
+from ..._io import sha256_file
 from ...data import OUT_OF_SCOPE
 from ...errors import DataError
 from ...training.events import TrainingEvent, emitter
@@ -43,7 +43,7 @@ from ..base import ComponentResult, training_run
 from ..compose import has_component, publish_component, recorded_files, source_version
 from ..generator.data import ReplyPair, load_reply_data, read_prepared_replies, write_prepared_replies
 from ..generator.metrics import corpus_rouge_l
-from . import DEFAULT_EVAL
+from .evalset import DEFAULT_EVAL, EvalQuestion, evaluation_set, read_eval_file
 from .facts import contains_fact, fact_keys, unsupported_facts
 from .pipeline import (
     EVAL_FILE,
@@ -67,39 +67,6 @@ COMPONENT = "replies"
 EXPERIMENT = "hotelbot-replies"
 DATA_DIR = "data"  # the reply pairs the ranker was trained and scored on, inside replies/
 MAX_SAMPLES = 12
-
-
-@dataclass(frozen=True)
-class EvalQuestion:
-    question: str
-    facts: tuple[str, ...]
-    doc: str | None = None
-    intent: str | None = None
-
-
-def read_eval_file(path: Path) -> list[EvalQuestion]:
-    """The reply evaluation set: one JSON object per line with "question" and "facts" (non-empty strings)."""
-    path = Path(path)
-    rows: list[EvalQuestion] = []
-    try:
-        text = path.read_text("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read the reply evaluation set {path}: {exc}") from None
-    for number, record in iter_jsonl(path, text):
-        record = record if isinstance(record, dict) else {}
-        question, facts = record.get("question"), record.get("facts")
-        if (
-            not isinstance(question, str)
-            or not question.strip()
-            or not isinstance(facts, list)
-            or not facts
-            or not all(isinstance(f, str) and f.strip() for f in facts)
-        ):
-            raise DataError(f'{path}: line {number}: expected {{"question": text, "facts": [text, ...]}}')
-        rows.append(EvalQuestion(question, tuple(facts), record.get("doc"), record.get("intent")))
-    if not rows:
-        raise DataError(f"{path} holds no question")
-    return rows
 
 
 def analyzer_fingerprint(info: VersionInfo) -> str:
@@ -409,11 +376,12 @@ def train_replies(
             f"--use-generator: {source_info.name} has no response generator",
             hint="hotelbot train --model-type generator first",
         )
-    eval_file = Path(eval_file) if eval_file is not None else (DEFAULT_EVAL if DEFAULT_EVAL.is_file() else None)
+    eval_file = evaluation_set(Path(data), eval_file)
     if eval_file is None:
         raise DataError(
-            f"no reply evaluation set: {DEFAULT_EVAL} is missing",
-            hint='give one with --eval FILE (JSONL: {"question", "facts": [...]})',
+            f"no reply evaluation set: none was prepared with the reply pairs, and {DEFAULT_EVAL} is missing",
+            hint='give one with --reply-eval FILE (JSONL: {"question", "facts": [...]}), or store it with the '
+            "pairs: hotelbot prepare --replies FILE --reply-eval EVAL",
         )
     questions = read_eval_file(eval_file)
     policy_path = Path(policy_file) if policy_file is not None else DEFAULT_POLICY
