@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hotelbot_cli.config import load_settings  # noqa: E402
-from hotelbot_cli.components.knowledge.kb import DEFAULT_OVERLAP_CHARS, evaluate_retrieval, prepare_documents, train_knowledge_base, write_prepared_documents
+from hotelbot_cli.components.knowledge.documents import DEFAULT_OVERLAP_CHARS  # noqa: E402
+from hotelbot_cli.components.knowledge.kb import evaluate_retrieval, prepare_documents, train_knowledge_base, write_prepared_documents
 from hotelbot_cli.registry import ModelRegistry  # noqa: E402
 
 DOCUMENTS = REPO / "datasets" / "documentos"

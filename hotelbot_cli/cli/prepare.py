@@ -296,10 +296,7 @@ def _prepare_documents(
     )
 
     # loads the component table: kept off `hotelbot --help`'s path
-    from ..components.knowledge.kb import (
-        prepare_documents,
-        write_prepared_documents,
-    )
+    from ..components.knowledge.documents import prepare_documents, write_prepared_documents
 
     prepared = prepare_documents(directory, max_chars=chunk_size, overlap_chars=chunk_overlap)
     target = None if dry_run else (output or DEFAULT_DOCUMENTS_OUTPUT)

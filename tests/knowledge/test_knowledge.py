@@ -19,7 +19,9 @@ from hotelbot_cli.cli.prepare import prepare_cmd
 from hotelbot_cli.cli.search import search_cmd
 from hotelbot_cli.config import load_settings
 from hotelbot_cli.errors import DataError, IntegrityError, ModelError, RegistryError
-from hotelbot_cli.components.knowledge.kb import BM25, Chunk, EvalQuestion, ExactIndex, KnowledgeBase, bm25_tokens, chunk_document, clean_chunk_text, evaluate_retrieval, prepare_documents, ranking_metrics, read_prepared_documents, train_knowledge_base
+from hotelbot_cli.components.knowledge.documents import clean_chunk_text
+from hotelbot_cli.components.knowledge.kb import BM25, Chunk, ExactIndex, KnowledgeBase, bm25_tokens, chunk_document, evaluate_retrieval, prepare_documents, read_prepared_documents, train_knowledge_base
+from hotelbot_cli.components.knowledge.retrieval import EvalQuestion, ranking_metrics
 from hotelbot_cli.registry import ModelRegistry
 
 SHIPPED_DOCS = REPO / "datasets" / "documentos"

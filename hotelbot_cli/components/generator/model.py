@@ -367,7 +367,7 @@ def _special_ids(tokenizer: Any) -> dict[str, int]:
 
 def _encoder_input_conventions(resolved: Any) -> tuple[str, str]:
     """(query prefix, passage prefix): e5 wants "query: " / "passage: "."""
-    from ..knowledge.kb import PASSAGE_PREFIXES, _input_conventions  # kb imports numpy
+    from ..knowledge.embedding import PASSAGE_PREFIXES, _input_conventions  # imports numpy
 
     query_prefix, _ = _input_conventions(resolved)
     return query_prefix, PASSAGE_PREFIXES.get(query_prefix, query_prefix)
@@ -576,7 +576,7 @@ def build_new_model(
                 full_vocab_size=int(encoder.config.vocab_size),
             )
         model = _new_encoder_decoder(cfg, tokenizer, encoder, vocab)
-        from ..knowledge.kb import model_fingerprint  # kb imports numpy
+        from ..knowledge.embedding import model_fingerprint  # imports numpy
 
         encoder_record = {
             "spec": cfg.base_model,
@@ -723,7 +723,7 @@ def _load_encoder_decoder(gen_dir: Path, spec: GeneratorSpec, models_dir: Path |
 def load_referenced_encoder(spec: GeneratorSpec, models_dir: Path | None) -> Any:
     """The frozen packaged encoder a generator was trained on, re-materialised and fingerprint-checked."""
     from ...modeling import load_base_encoder, resolve_base_model  # modeling imports torch
-    from ..knowledge.kb import model_fingerprint  # kb imports numpy
+    from ..knowledge.embedding import model_fingerprint  # imports numpy
 
     record = spec.encoder
     location = record.get("location", "")

@@ -250,7 +250,7 @@ def relevance_embedder(
     one, the generator's base encoder (mean-pooled) for the encoder-decoder architecture (the packaged e5 by
     default), else the packaged multilingual-e5-small. ``frozen_encoder`` (+ its ``tokenizer``): an
     already loaded, UNCHANGED copy of that base encoder to reuse instead of loading it again."""
-    from ..knowledge.kb import MAX_EMBED_TOKENS, Embedder, EmbeddingModel  # kb imports numpy
+    from ..knowledge.embedding import MAX_EMBED_TOKENS, Embedder, EmbeddingModel  # imports numpy
 
     if knowledge is not None:
         return knowledge.embedder

@@ -29,7 +29,7 @@ import numpy as np
 from .facts import WORD, extract_facts, fact_keys, fold
 
 if TYPE_CHECKING:
-    from ..knowledge.kb import Chunk
+    from ..knowledge.documents import Chunk
 
 # What the doc prior reads: one intent, or the classifier's ranking [(intent, confidence), ...] (None: no intent)
 Intents = str | Sequence[tuple[str, float]] | None
