@@ -9,10 +9,13 @@ the way ``hotelbot train`` chooses it (macro-F1 over the 150 intents + out_of_sc
   neighbors", ICML 2022): cosine similarity to the k-th nearest in-scope training query below a
   threshold -> out_of_scope, the intent still from the classifier;
 
-then reports test + oos_test once for each. ``--fusion`` and ``--average`` print val figures only
-(argmax in-scope accuracy) for kNN-probability fusion and for averaging the last epochs' weights.
+then reports test + oos_test once for each. ``--combined K ...`` adds the two together (both below their own
+threshold; a weighted sum of their standardized scores below one), chosen on val the same way, test reported.
+``--fusion`` and ``--average`` print val figures only (argmax in-scope accuracy) for kNN-probability fusion
+and for averaging the last epochs' weights. Any directory with the same ``dump.npz`` works (the hotel data's
+splits, for instance).
 
-    .venv/bin/python benchmarks/clinc150_oos.py DIR [--fusion] [--average 4]
+    .venv/bin/python benchmarks/clinc150_oos.py DIR [--combined 1 5 10] [--fusion] [--average 4]
 """
 
 from __future__ import annotations
@@ -103,6 +106,50 @@ def detectors(d: Dump) -> None:
         print(f"{title:<28} {t:>9.3f} {f1:>12.4f} {val_in:>6.2f}/{val_oos:<5.1f} {test_in:>13.2f} {test_oos:>10.1f}")
 
 
+def standardized(d: Dump, confidence_of, names=("val", "test", "oos_test")) -> dict[str, np.ndarray]:
+    """A detector's scores on each split, centred and scaled by its val in-scope scores (so that two detectors'
+    scores add up on one scale)."""
+    conf = {name: confidence_of(d, name) for name in names}
+    inside = conf["val"][d.split["val"]["y"] != d.oos]
+    return {name: (c - inside.mean()) / (inside.std() or 1.0) for name, c in conf.items()}
+
+
+def combined(d: Dump, k: int = 5) -> None:
+    """Softmax confidence and kNN similarity together, everything chosen on val macro-F1 as above:
+    "and": out_of_scope when both are below their own threshold (a 2-D grid of their val quantiles);
+    "mix a": out_of_scope when a * kNN + (1 - a) * softmax (each standardized on val in-scope) is below one."""
+    soft = standardized(d, softmax_confidence)
+    near = standardized(d, lambda d, n: knn_similarity(d, n, k))
+    y = d.split["val"]["y"]
+
+    def report(title: str, t: str, f1: float, pred: dict[str, np.ndarray]) -> None:
+        val_in, val_oos = d.scores("val", pred["val"])
+        test_in, _ = d.scores("test", pred["test"])
+        _, test_oos = d.scores("oos_test", pred["oos_test"])
+        print(f"{title:<28} {t:>9} {f1:>12.4f} {val_in:>6.2f}/{val_oos:<5.1f} {test_in:>13.2f} {test_oos:>10.1f}")
+
+    qs, qk = np.quantile(soft["val"], np.linspace(0, 0.4, 61)), np.quantile(near["val"], np.linspace(0, 0.4, 61))
+    best = (macro_f1(y, d.split["val"]["logits"].argmax(axis=1), len(d.labels)), -np.inf, -np.inf)
+    for ts in qs:
+        for tk in qk:
+            f1 = macro_f1(y, np.where((soft["val"] < ts) & (near["val"] < tk), d.oos,
+                                      d.split["val"]["logits"].argmax(axis=1)), len(d.labels))
+            if f1 > best[0] + 1e-12:
+                best = (f1, ts, tk)
+    f1, ts, tk = best
+    report(f"softmax AND kNN k={k}", f"{ts:.2f}/{tk:.2f}", f1,
+           {n: np.where((soft[n] < ts) & (near[n] < tk), d.oos, d.split[n]["logits"].argmax(axis=1))
+            for n in ("val", "test", "oos_test")})
+    for a in (0.25, 0.5, 0.75):
+        mix = {n: a * near[n] + (1 - a) * soft[n] for n in soft}
+        best_t, best_f1 = -np.inf, macro_f1(y, d.split["val"]["logits"].argmax(axis=1), len(d.labels))
+        for t in np.unique(np.round(np.quantile(mix["val"], np.linspace(0, 0.4, 401)), 3)):
+            score = macro_f1(y, gate(d, "val", mix["val"], t), len(d.labels))
+            if score > best_f1 + 1e-12:
+                best_t, best_f1 = float(t), score
+        report(f"mix a={a} kNN k={k}", f"{best_t:.3f}", best_f1, {n: gate(d, n, mix[n], best_t) for n in mix})
+
+
 def fusion(d: Dump) -> None:
     """Val argmax in-scope accuracy of (1-a) * softmax + a * (kNN vote, weights exp(sim / T))."""
     train = d.split["train"]
@@ -150,12 +197,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dump", type=Path, help="a directory written by benchmarks/clinc150.py --dump")
     parser.add_argument("--fusion", action="store_true", help="also: kNN-probability fusion (val only)")
+    parser.add_argument("--combined", type=int, nargs="*", default=[], metavar="K",
+                        help="also: softmax and kNN (k=K) detectors combined, chosen on val, test reported")
     parser.add_argument("--average", type=int, default=0, metavar="N",
                         help="also: average the last 1..N epochs' weights (val only; re-encodes val)")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "benchmarks"))
     d = Dump(args.dump)
     detectors(d)
+    for k in args.combined:
+        combined(d, k)
     if args.fusion:
         fusion(d)
     if args.average:
