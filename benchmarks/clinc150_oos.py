@@ -80,16 +80,24 @@ def gate(d: Dump, name: str, confidence: np.ndarray, threshold: float) -> np.nda
     return np.where(confidence < threshold, d.oos, d.split[name]["logits"].argmax(axis=1))
 
 
-def choose_threshold(d: Dump, confidence: np.ndarray) -> tuple[float, float]:
+def choose_threshold(d: Dump, confidence: np.ndarray, candidates: np.ndarray | None = None) -> tuple[float, float]:
     """(threshold, val macro-F1): as hotelbot's calibrate_threshold, every val confidence rounded to 3
-    decimals is a candidate and ties go to the lowest."""
+    decimals is a candidate (or ``candidates``) and ties go to the lowest."""
     y = d.split["val"]["y"]
     best_t, best = -np.inf, macro_f1(y, gate(d, "val", confidence, -np.inf), len(d.labels))
-    for t in np.unique(np.round(confidence, 3)):
+    for t in np.unique(np.round(confidence, 3)) if candidates is None else candidates:
         score = macro_f1(y, gate(d, "val", confidence, t), len(d.labels))
         if score > best + 1e-12:
             best_t, best = float(t), score
     return best_t, best
+
+
+def report(d: Dump, title: str, threshold: str, f1: float, confidence: dict[str, np.ndarray], t: float) -> None:
+    """One row: the detector gating ``confidence`` at ``t`` on val, test and oos_test."""
+    val_in, val_oos = d.scores("val", gate(d, "val", confidence["val"], t))
+    test_in, _ = d.scores("test", gate(d, "test", confidence["test"], t))
+    _, test_oos = d.scores("oos_test", gate(d, "oos_test", confidence["oos_test"], t))
+    print(f"{title:<28} {threshold:>9} {f1:>12.4f} {val_in:>6.2f}/{val_oos:<5.1f} {test_in:>13.2f} {test_oos:>10.1f}")
 
 
 def detectors(d: Dump) -> None:
@@ -100,10 +108,7 @@ def detectors(d: Dump) -> None:
     for title, confidence_of in rows:
         conf = {name: confidence_of(d, name) for name in ("val", "test", "oos_test")}
         t, f1 = choose_threshold(d, conf["val"])
-        val_in, val_oos = d.scores("val", gate(d, "val", conf["val"], t))
-        test_in, _ = d.scores("test", gate(d, "test", conf["test"], t))
-        _, test_oos = d.scores("oos_test", gate(d, "oos_test", conf["oos_test"], t))
-        print(f"{title:<28} {t:>9.3f} {f1:>12.4f} {val_in:>6.2f}/{val_oos:<5.1f} {test_in:>13.2f} {test_oos:>10.1f}")
+        report(d, title, f"{t:.3f}", f1, conf, t)
 
 
 def standardized(d: Dump, confidence_of, names=("val", "test", "oos_test")) -> dict[str, np.ndarray]:
@@ -122,32 +127,23 @@ def combined(d: Dump, k: int = 5) -> None:
     near = standardized(d, lambda d, n: knn_similarity(d, n, k))
     y = d.split["val"]["y"]
 
-    def report(title: str, t: str, f1: float, pred: dict[str, np.ndarray]) -> None:
-        val_in, val_oos = d.scores("val", pred["val"])
-        test_in, _ = d.scores("test", pred["test"])
-        _, test_oos = d.scores("oos_test", pred["oos_test"])
-        print(f"{title:<28} {t:>9} {f1:>12.4f} {val_in:>6.2f}/{val_oos:<5.1f} {test_in:>13.2f} {test_oos:>10.1f}")
+    def both(ts: float, tk: float, names=tuple(soft)) -> dict[str, np.ndarray]:
+        """Both below their own threshold <=> the larger of the two margins below 0."""
+        return {n: np.maximum(soft[n] - ts, near[n] - tk) for n in names}
 
     qs, qk = np.quantile(soft["val"], np.linspace(0, 0.4, 61)), np.quantile(near["val"], np.linspace(0, 0.4, 61))
-    best = (macro_f1(y, d.split["val"]["logits"].argmax(axis=1), len(d.labels)), -np.inf, -np.inf)
+    best = (macro_f1(y, gate(d, "val", soft["val"], -np.inf), len(d.labels)), -np.inf, -np.inf)
     for ts in qs:
         for tk in qk:
-            f1 = macro_f1(y, np.where((soft["val"] < ts) & (near["val"] < tk), d.oos,
-                                      d.split["val"]["logits"].argmax(axis=1)), len(d.labels))
+            f1 = macro_f1(y, gate(d, "val", both(ts, tk, ("val",))["val"], 0.0), len(d.labels))
             if f1 > best[0] + 1e-12:
                 best = (f1, ts, tk)
     f1, ts, tk = best
-    report(f"softmax AND kNN k={k}", f"{ts:.2f}/{tk:.2f}", f1,
-           {n: np.where((soft[n] < ts) & (near[n] < tk), d.oos, d.split[n]["logits"].argmax(axis=1))
-            for n in ("val", "test", "oos_test")})
+    report(d, f"softmax AND kNN k={k}", f"{ts:.2f}/{tk:.2f}", f1, both(ts, tk), 0.0)
     for a in (0.25, 0.5, 0.75):
         mix = {n: a * near[n] + (1 - a) * soft[n] for n in soft}
-        best_t, best_f1 = -np.inf, macro_f1(y, d.split["val"]["logits"].argmax(axis=1), len(d.labels))
-        for t in np.unique(np.round(np.quantile(mix["val"], np.linspace(0, 0.4, 401)), 3)):
-            score = macro_f1(y, gate(d, "val", mix["val"], t), len(d.labels))
-            if score > best_f1 + 1e-12:
-                best_t, best_f1 = float(t), score
-        report(f"mix a={a} kNN k={k}", f"{best_t:.3f}", best_f1, {n: gate(d, n, mix[n], best_t) for n in mix})
+        t, f1 = choose_threshold(d, mix["val"], np.unique(np.round(np.quantile(mix["val"], np.linspace(0, 0.4, 401)), 3)))
+        report(d, f"mix a={a} kNN k={k}", f"{t:.3f}", f1, mix, t)
 
 
 def fusion(d: Dump) -> None:

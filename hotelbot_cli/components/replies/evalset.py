@@ -48,19 +48,19 @@ def _parse(path: Path, text: str) -> list[EvalQuestion]:
     return rows
 
 
-def _read_text(path: Path) -> bytes:
+def _read(path: Path) -> tuple[bytes, str]:
+    """The file's bytes and their UTF-8 text."""
     try:
         data = path.read_bytes()
-        data.decode("utf-8")
+        return data, data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read the reply evaluation set {path}: {exc}") from None
-    return data
 
 
 def read_eval_file(path: Path) -> list[EvalQuestion]:
     """The reply evaluation set: one JSON object per line with "question" and "facts" (non-empty strings)."""
     path = Path(path)
-    return _parse(path, _read_text(path).decode("utf-8"))
+    return _parse(path, _read(path)[1])
 
 
 def evaluation_set(data: Path | None, explicit: Path | None = None) -> Path | None:
@@ -79,8 +79,8 @@ class StoredEvaluation:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.data = _read_text(self.path)
-        self.questions = _parse(self.path, self.data.decode("utf-8"))
+        self.data, text = _read(self.path)
+        self.questions = _parse(self.path, text)
 
     def summary(self) -> dict[str, Any]:
         """What the prepared data's dataset.json records about it."""
