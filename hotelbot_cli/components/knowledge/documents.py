@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-
 from ..._io import atomic_write_bytes, atomic_write_json, iter_jsonl
 from ...data import clean_text
 from ...errors import DataError
@@ -26,8 +25,6 @@ DOCUMENTS_FORMAT = "hotelbot-documents/1"
 SUPPORTED_DOCUMENT_SUFFIXES = (".md", ".txt")
 DEFAULT_MAX_CHARS = 800
 DEFAULT_OVERLAP_CHARS = 150
-
-# ============================================================================ documents and chunks
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,6 @@ MAX_EMBED_TOKENS = 512
 # Passage-side prefix for models that want one on the query side (e5: "query: " / "passage: ").
 PASSAGE_PREFIXES = {"query: ": "passage: "}
 
-# ============================================================================ embeddings
-
 
 def model_fingerprint(location: str) -> str:
     """Identifies the embedding model's weights and tokenizer without hashing hundreds of MB:

@@ -17,9 +17,6 @@ from ..._io import atomic_write_json
 from ...errors import ModelError
 
 
-# ============================================================================ vector index
-
-
 class VectorIndex(abc.ABC):
     """Vectors keyed by id; cosine similarity search. Subclasses register in :data:`INDEX_TYPES`."""
 

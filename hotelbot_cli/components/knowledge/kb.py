@@ -572,6 +572,9 @@ def export_knowledge(kb: KnowledgeBase, target: Path) -> dict[str, Any]:
     }
 
 
+# ============================================================================ retrieval evaluation
+
+
 def evaluate_retrieval(
     version_info: VersionInfo, eval_path: Path, k: int = 5, *, models_dir: Path | None = None
 ) -> dict[str, Any]:

@@ -8,17 +8,11 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence, cast
-
+from typing import Callable, Sequence, cast
 
 from ..._io import iter_jsonl
 from ...errors import DataError
 from .documents import Chunk
-
-if TYPE_CHECKING:
-    pass
-
-# ============================================================================ BM25 and retrieval metrics
 
 
 def norm_heading(text: str) -> str:
