@@ -260,3 +260,8 @@ def _cross_validate(settings, version, folds: int, json_out: bool) -> None:
         out.print(
             f"  {key:<22} {stats['mean']:.4f} ± {stats['std']:.4f}   (min {stats['min']:.4f}, max {stats['max']:.4f})"
         )
+    chosen = result["out_of_scope_detector"]["chosen"]
+    out.print(
+        f"  out-of-scope detector (oos_detector {result['out_of_scope_detector']['mode']}): "
+        + ", ".join(f"{method} in {count} fold{'s' if count != 1 else ''}" for method, count in chosen.items() if count)
+    )

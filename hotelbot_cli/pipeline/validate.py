@@ -41,8 +41,10 @@ from ..evaluation import METRIC_KEYS, Comparison, classification_metrics, compar
 from ..export import compare_runtimes
 from ..registry.store import utc_now
 from ..runtime import load_predictor
+from ..runtime.detector import KNN, SOFTMAX
 from ..training.classify import fit_classifier
 from ..training.events import TrainingEvent, emitter
+from ..training.oos_detector import choose_for_fit
 from ..training.tracking import MlflowTracker
 
 if TYPE_CHECKING:
@@ -519,8 +521,12 @@ def cross_validate(
 ) -> dict[str, Any]:
     """Stratified K-fold CV with the version's training config over its full data (train + validation).
 
-    Each fold fine-tunes a fresh model from the base model (nothing is published). Returns the mean and
-    standard deviation of every metric, per-fold scores, and the confusion matrix summed over folds.
+    Each fold fine-tunes a fresh model from the base model (nothing is published) and chooses its out-of-scope
+    detector on the fold's held-out part as ``train`` does (``training_config.oos_detector``: the softmax
+    threshold, or the kNN detector over the fold's training texts), so that the figures are those of the
+    procedure that trained the version. Returns the mean and standard deviation of every metric, per-fold
+    scores (with the detector each fold chose), how often each detector was chosen, and the confusion matrix
+    summed over folds.
     """
     import numpy as np  # numpy and scikit-learn only for a cross-validation
     from sklearn.model_selection import StratifiedKFold
@@ -553,14 +559,19 @@ def cross_validate(
             fit = fit_classifier(
                 cfg, settings.validation.metric, train, validation, labels, settings.paths.models_dir, listener=listener
             )
-            cm = fit.metrics["confusion_matrix"]
+            detector = choose_for_fit(fit, cfg, train, validation, settings.validation.metric)
+            fold_metrics = detector.metrics
+            cm = fold_metrics["confusion_matrix"]
             index = {label: i for i, label in enumerate(cm["labels"])}
             for a, true in enumerate(labels):
                 for b, pred in enumerate(labels):
                     if true in index and pred in index:
                         matrix[a, b] += cm["matrix"][index[true]][index[pred]]
-            row = {k: fit.metrics.get(k) for k in CV_METRICS + ("overall_score",)}
-            row["out_of_scope_threshold"] = fit.threshold
+            row = {k: fold_metrics.get(k) for k in CV_METRICS + ("overall_score",)}
+            row["out_of_scope_detector"] = detector.method
+            row["out_of_scope_threshold"] = detector.record.get("threshold")
+            if detector.record.get("k") is not None:
+                row["out_of_scope_knn_k"] = detector.record["k"]
             per_fold.append(row)
             tracker.log_metrics({f"fold_{k}": v for k, v in row.items() if isinstance(v, float)}, step=fold)
         summary = {}
@@ -581,6 +592,10 @@ def cross_validate(
         "metric": settings.validation.metric,
         "summary": summary,
         "per_fold": per_fold,
+        "out_of_scope_detector": {
+            "mode": cfg.oos_detector,
+            "chosen": {m: sum(r["out_of_scope_detector"] == m for r in per_fold) for m in (SOFTMAX, KNN)},
+        },
         "confusion_matrix": {"labels": labels, "matrix": matrix.tolist()},
         "mlflow_run_id": tracker.run_id,
     }

@@ -12,7 +12,7 @@ validation metric, and ``training_config.oos_detector`` decides: ``auto`` keeps 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..data import OUT_OF_SCOPE, Example
 from ..errors import DataError
@@ -21,6 +21,10 @@ from ..runtime.device import on_cpu
 from ..runtime.detector import KNN, MEMORY_FILE, SOFTMAX, kth_similarity, unit_rows
 from ..runtime.prediction import apply_fallback_labels
 from .calibration import best_threshold
+
+if TYPE_CHECKING:
+    from ..config import TrainingConfig
+    from .classify import FitResult
 
 K_CHOICES = (1, 5, 10, 20)
 MODES = ("auto", SOFTMAX, KNN)
@@ -217,4 +221,32 @@ def choose_detector(
     )
 
 
-__all__ = ["DetectorChoice", "K_CHOICES", "MODES", "check_mode", "choose_detector", "embed_examples"]
+def choose_for_fit(
+    fit: FitResult,
+    cfg: TrainingConfig,
+    train: Sequence[Example],
+    validation: Sequence[Example],
+    metric: str,
+    *,
+    joint: bool = False,
+) -> DetectorChoice:
+    """:func:`choose_detector` for a classifier :func:`~.classify.fit_classifier` trained with ``cfg`` (its
+    ``oos_detector``, ``oos_knn_k`` and ``calibrate_oos_threshold``): what ``train`` and ``validate --cv`` run.
+    ``joint``: the joint NLU model's fit (the softmax threshold, always)."""
+    return choose_detector(
+        fit.model,
+        fit.tokenizer,
+        train,
+        validation,
+        fit.labels,
+        metric,
+        fit.threshold,
+        fit.metrics,
+        cfg.oos_detector,
+        cfg.oos_knn_k,
+        joint=joint,
+        calibrate=cfg.calibrate_oos_threshold,
+    )
+
+
+__all__ = ["DetectorChoice", "K_CHOICES", "MODES", "check_mode", "choose_detector", "choose_for_fit", "embed_examples"]

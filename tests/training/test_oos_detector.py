@@ -311,3 +311,15 @@ def test_the_fast_threshold_search_agrees_with_scikit_learns():
             base = classification_metrics(y_true, argmax, labels, metric)[metric]
             assert fast_best_threshold(scores, argmax, y_true, labels, metric, base) == \
                 best_threshold(scores, argmax, y_true, labels, metric, base), (trial, metric)
+
+
+def test_cross_validation_chooses_each_folds_detector_as_the_version_was_trained(knn_version):
+    # v0001 was trained with oos_detector knn: every fold calibrates a kNN detector over its own training texts
+    result = doc(run("validate", "v0001", "--cv", "2", "--json"))
+    assert result["out_of_scope_detector"] == {"mode": KNN, "chosen": {SOFTMAX: 0, KNN: 2}}
+    for fold in result["per_fold"]:
+        assert fold["out_of_scope_detector"] == KNN and fold["out_of_scope_knn_k"] in (1, 5, 10, 20)
+        threshold = fold["out_of_scope_threshold"]  # a similarity (None: on this tiny split none beats argmax)
+        assert threshold is None or -1.0 <= threshold <= 1.0
+        assert 0.0 <= fold["out_of_scope_recall"] <= 1.0
+    assert np.sum(result["confusion_matrix"]["matrix"]) == result["examples"]

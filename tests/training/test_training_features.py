@@ -175,6 +175,9 @@ def test_cross_validation_reports_mean_spread_and_summed_confusion(tiny_data, is
         assert stats["min"] <= stats["mean"] <= stats["max"] and stats["std"] >= 0
         assert stats["mean"] == pytest.approx(np.mean([f[key] for f in result["per_fold"]]))
     assert np.sum(result["confusion_matrix"]["matrix"]) == result["examples"] == 48
+    # no out_of_scope texts: every fold keeps the softmax threshold, as train would
+    assert result["out_of_scope_detector"]["chosen"] == {"softmax": 3, "knn": 0}
+    assert all(f["out_of_scope_detector"] == "softmax" for f in result["per_fold"])
     too_many = run("validate", "--cv", "13")
     assert too_many.exit_code == 1 and "at most 12 folds" in too_many.stderr
 

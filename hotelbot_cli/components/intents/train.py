@@ -35,7 +35,7 @@ from ...training.distributed import is_distributed
 from ...training.loop import check_precision
 from ...training.events import Listener, TrainingEvent, emitter
 from ...training.hpo import HpoRequest, run_hpo, study_name
-from ...training.oos_detector import DetectorChoice, check_mode, choose_detector
+from ...training.oos_detector import DetectorChoice, check_mode, choose_for_fit
 from ...training.monitor import SystemMonitor, hardware, library_versions
 from ...training.tracking import MlflowTracker
 from ..base import ComponentResult, TrainRequest, refuse_repeat
@@ -398,19 +398,7 @@ def train_classifier(
                 parent_dir=parent_dir,
             )
         emit(TrainingEvent("status", message="choosing the out-of-scope detector on the validation split"))
-        detector = choose_detector(
-            fit.model,
-            fit.tokenizer,
-            train,
-            validation,
-            fit.labels,
-            metric,
-            fit.threshold,
-            fit.metrics,
-            cfg.oos_detector,
-            cfg.oos_knn_k,
-            calibrate=cfg.calibrate_oos_threshold,
-        )
+        detector = choose_for_fit(fit, cfg, train, validation, metric)
         if detector.spec is not None:  # kNN: classifier.json names it; the softmax threshold is not applied
             fit.model.classifier_config.oos_detector = detector.spec
             fit.model.classifier_config.oos_threshold = None

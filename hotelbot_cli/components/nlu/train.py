@@ -28,7 +28,7 @@ from ...evaluation import classification_metrics
 from ...training.events import TrainingEvent, emitter
 from ...training.loop import training_summary
 from ...training.monitor import SystemMonitor
-from ...training.oos_detector import check_mode, choose_detector
+from ...training.oos_detector import check_mode, choose_for_fit
 from ...training.tracking import MlflowTracker
 from ..base import ComponentResult, SplitComponent, TrainRequest, default_data_dir, refuse_repeat
 from ..base import get as get_component
@@ -277,18 +277,7 @@ def train_nlu(request: TrainRequest) -> ComponentResult:
                         kind=KIND,
                         task_checks=task_checks(entities.validation, sentiment.validation, entities.labels, metric),
                         extra_metadata=extra,
-                        detector=choose_detector(
-                            fit.model,
-                            fit.tokenizer,
-                            train,
-                            validation,
-                            fit.labels,
-                            metric,
-                            fit.threshold,
-                            fit.metrics,
-                            cfg.oos_detector,
-                            joint=True,
-                        ),
+                        detector=choose_for_fit(fit, cfg, train, validation, metric, joint=True),
                     ),
                     registry,
                     reporter,
