@@ -20,6 +20,9 @@ Rows:
 
 * ``shipped``: the version's pipeline, its ranker refitted in this run (the same procedure as train);
 * ``tuned top-N``: the tuned message encoder, one row per ``--seeds`` entry;
+* ``stacked top-layer copy`` (``--stacked``): instead, the frozen encoder plus a copy of its top layer
+  applied once more to its last hidden state, the copy fine-tuned (a runtime would need only the
+  ``last_hidden_state`` the ONNX query encoder already returns);
 * ``tuned top-N, delta rank R`` (``--rank R``): the same encoder with each weight matrix's change from
   the base model cut to rank R (truncated SVD). That is what a version could store: the base model
   is already in the model cache, so a version would keep only the low-rank change, its size printed.
@@ -28,8 +31,8 @@ Figures per row: fact accuracy and unsupported-fact rate on the version's reply 
 ranker's top-1 on the validation questions; cosine-only top-1 with the row's encoder; the chosen
 selection. The version is read, never changed.
 
-    .venv/bin/python benchmarks/replies_question_layer.py --version v0004 [--layers 1] [--seeds 0,10,20]
-        [--rank 32] [--epochs 6] [--lr 2e-4] [--folds 2] [--json out.json]
+    .venv/bin/python benchmarks/replies_question_layer.py --version v0004 [--layers 1 | --stacked]
+        [--seeds 0,10,20] [--rank 32] [--epochs 6] [--lr 2e-4] [--folds 2] [--json out.json]
 
 A benchmark, not a test: it never fails a build on a number.
 """
@@ -64,21 +67,36 @@ def say(text: str) -> None:
 
 
 class QuestionEncoder:
-    """The knowledge base's torch encoder with its top ``layers`` layers trainable (a deep copy)."""
+    """The knowledge base's torch encoder with its top ``layers`` layers trainable (a deep copy), or, with
+    ``stacked``, the frozen encoder plus a trainable copy of its top layer applied to its last hidden state."""
 
-    def __init__(self, embedder: Any, layers: int) -> None:
+    def __init__(self, embedder: Any, layers: int, stacked: bool = False) -> None:
         self.embedder = embedder
-        self.model = copy.deepcopy(embedder.encoder)
-        blocks = self.model.encoder.layer
-        self.top = list(range(len(blocks) - layers, len(blocks)))
-        for p in self.model.parameters():
-            p.requires_grad = False
-        for i in self.top:
-            for p in blocks[i].parameters():
-                p.requires_grad = True
+        self.stacked = stacked
+        if stacked:
+            self.model = embedder.encoder.eval()  # frozen, shared, no dropout; only the extra layer trains
+            self.extra = copy.deepcopy(embedder.encoder.encoder.layer[-1])
+            self.trained: torch.nn.Module = self.extra
+            self.base_of = dict(embedder.encoder.encoder.layer[-1].named_parameters())
+        else:
+            self.model = copy.deepcopy(embedder.encoder)
+            blocks = self.model.encoder.layer
+            for p in self.model.parameters():
+                p.requires_grad = False
+            for i in range(len(blocks) - layers, len(blocks)):
+                for p in blocks[i].parameters():
+                    p.requires_grad = True
+            self.trained = self.model
+            self.base_of = dict(embedder.encoder.named_parameters())
+        for p in self.trained.parameters() if stacked else ():
+            p.requires_grad = True
 
     def params(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
+        return [p for p in self.trained.parameters() if p.requires_grad]
+
+    def train(self, on: bool) -> None:
+        """Dropout in what trains (the frozen encoder of ``stacked`` stays in eval mode)."""
+        self.trained.train(on)
 
     def encode(self, texts: list[str], grad: bool = False) -> torch.Tensor:
         e = self.embedder
@@ -90,37 +108,45 @@ class QuestionEncoder:
             return_tensors="pt",
         )
         batch.pop("token_type_ids", None)
-        with torch.set_grad_enabled(grad):
+        mask = batch["attention_mask"]
+        with torch.set_grad_enabled(grad and not self.stacked):
             hidden = self.model(**batch).last_hidden_state
-            return torch.nn.functional.normalize(pool(hidden, batch["attention_mask"], e.model.pooling), dim=-1)
+        with torch.set_grad_enabled(grad):
+            if self.stacked:
+                additive = (1.0 - mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+                out = self.extra(hidden, attention_mask=additive)
+                hidden = out[0] if isinstance(out, tuple) else out
+            return torch.nn.functional.normalize(pool(hidden, mask, e.model.pooling), dim=-1)
 
     def vectors(self, texts: list[str]) -> np.ndarray:
-        self.model.eval()
-        return np.concatenate([self.encode(texts[i : i + 64]).numpy() for i in range(0, len(texts), 64)])
+        self.train(False)
+        with torch.no_grad():
+            return np.concatenate([self.encode(texts[i : i + 64]).numpy() for i in range(0, len(texts), 64)])
 
     def compress(self, rank: int) -> int:
-        """Cut each tuned weight matrix's change from the base to ``rank`` (truncated SVD); returns the
-        parameters a version would store (the factors, plus the full change of the vectors: biases, norms)."""
-        base = dict(self.embedder.encoder.named_parameters())
+        """Cut each tuned weight matrix's change from the base (for ``stacked``: from the top layer it copied)
+        to ``rank`` (truncated SVD); returns the parameters a version would store (the factors, plus the full
+        change of the vectors: biases, norms)."""
         stored = 0
         with torch.no_grad():
-            for name, p in self.model.named_parameters():
+            for name, p in self.trained.named_parameters():
                 if not p.requires_grad:
                     continue
-                delta = p - base[name]
+                base = self.base_of[name]
+                delta = p - base
                 if delta.dim() == 2 and rank < min(delta.shape):
                     u, s, vh = torch.linalg.svd(delta, full_matrices=False)
-                    p.copy_(base[name] + (u[:, :rank] * s[:rank]) @ vh[:rank])
+                    p.copy_(base + (u[:, :rank] * s[:rank]) @ vh[:rank])
                     stored += rank * sum(delta.shape)
                 else:
                     stored += delta.numel()
         return stored
 
 
-def fine_tune(embedder, layers, examples, vectors, *, epochs, lr, temperature, seed) -> QuestionEncoder:
+def fine_tune(embedder, layers, examples, vectors, *, epochs, lr, temperature, seed, stacked=False) -> QuestionEncoder:
     torch.manual_seed(seed)
-    enc = QuestionEncoder(embedder, layers)
-    enc.model.train()  # dropout on, as fine-tuning does
+    enc = QuestionEncoder(embedder, layers, stacked)
+    enc.train(True)  # dropout on, as fine-tuning does
     optimizer = torch.optim.AdamW(enc.params(), lr=lr, weight_decay=0.01)
     steps = epochs * ((len(examples) + BATCH - 1) // BATCH)
     warmup = max(1, steps // 10)
@@ -141,7 +167,7 @@ def fine_tune(embedder, layers, examples, vectors, *, epochs, lr, temperature, s
             loss.backward()
             optimizer.step()
             schedule.step()
-    enc.model.eval()
+    enc.train(False)
     return enc
 
 
@@ -209,6 +235,9 @@ def main() -> int:
     parser.add_argument("--version", required=True, help="a version with the reply model")
     parser.add_argument("--layers", type=int, default=1, help="top layers fine-tuned")
     parser.add_argument("--seeds", default="0", help="comma-separated fine-tuning seeds, one row each")
+    parser.add_argument(
+        "--stacked", action="store_true", help="train a copy of the top layer on the frozen output instead"
+    )
     parser.add_argument("--rank", type=int, default=0, help="also score each change cut to this rank (0: no)")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--lr", type=float, default=2e-4)
@@ -248,7 +277,7 @@ def main() -> int:
 
     for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
         start = time.monotonic()
-        options = dict(epochs=args.epochs, lr=args.lr, temperature=args.temperature)
+        options = dict(epochs=args.epochs, lr=args.lr, temperature=args.temperature, stacked=args.stacked)
         full = fine_tune(embedder, args.layers, examples, vectors, seed=seed, **options)
         folds = []
         order = np.random.default_rng(1 + seed).permutation(len(examples))
@@ -274,7 +303,8 @@ def main() -> int:
 
             with TunedCosines(pipeline, vector_of):
                 result = score(pipeline, pairs, questions, shipped_settings)
-            row = {"row": f"tuned top-{args.layers}{label}", "seed": seed, "fine_tune_seconds": round(seconds, 1)}
+            name = "stacked top-layer copy" if args.stacked else f"tuned top-{args.layers}"
+            row = {"row": f"{name}{label}", "seed": seed, "fine_tune_seconds": round(seconds, 1)}
             if stored is not None:
                 row["stored_parameters"] = stored
                 row["stored_mb_fp16"] = round(stored * 2 / 1e6, 2)
