@@ -78,6 +78,8 @@ class QuestionEncoder:
             self.extra = copy.deepcopy(embedder.encoder.encoder.layer[-1])
             self.trained: torch.nn.Module = self.extra
             self.base_of = dict(embedder.encoder.encoder.layer[-1].named_parameters())
+            for p in self.extra.parameters():
+                p.requires_grad = True
         else:
             self.model = copy.deepcopy(embedder.encoder)
             blocks = self.model.encoder.layer
@@ -88,8 +90,6 @@ class QuestionEncoder:
                     p.requires_grad = True
             self.trained = self.model
             self.base_of = dict(embedder.encoder.named_parameters())
-        for p in self.trained.parameters() if stacked else ():
-            p.requires_grad = True
 
     def params(self) -> list[torch.nn.Parameter]:
         return [p for p in self.trained.parameters() if p.requires_grad]
@@ -214,11 +214,7 @@ class _Product:
 def score(pipeline, pairs, questions, settings) -> dict[str, Any]:
     """Refit the ranker and the selection as train does, then score as train scores."""
     pipeline.model.settings = settings
-    train_groups, _ = T.ranking_groups(pipeline, pairs.train)
-    val_groups, val_found = T.ranking_groups(pipeline, pairs.validation)
-    pipeline.model.ranker = R.SentenceRanker.fit(train_groups)
-    ranking = T.ranker_metrics(pipeline.model.ranker, val_groups, val_found)
-    pipeline.model.settings, selection = T.tune_selection(pipeline, pairs.train)
+    ranking, _ = T.fit_ranking(pipeline, pairs.train, pairs.validation)
     metrics = T.evaluate_pipeline(pipeline, questions, pairs.train, [])
     return {
         "fact_accuracy": metrics["fact_accuracy"],
@@ -226,7 +222,7 @@ def score(pipeline, pairs, questions, settings) -> dict[str, Any]:
         "unsupported_fact_rate": metrics["unsupported_fact_rate"],
         "ranker_top1": ranking["top1_accuracy"],
         "cosine_top1": ranking["baseline_cosine_top1"],
-        "selection": selection["chosen"],
+        "selection": ranking["selection"]["chosen"],
     }
 
 

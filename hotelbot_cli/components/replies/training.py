@@ -197,6 +197,32 @@ def tune_selection(pipeline: ReplyPipeline, pairs: Sequence[ReplyPair]) -> tuple
     }
 
 
+def fit_ranking(
+    pipeline: ReplyPipeline,
+    train: Sequence[ReplyPair],
+    validation: Sequence[ReplyPair],
+    listener: Listener | None = None,
+) -> tuple[dict[str, Any], int]:
+    """What training fits: the pipeline's sentence ranker on the ``train`` pairs' answering sentences, then the
+    selection tuned on them (``validation`` stays unseen). Sets ``pipeline.model``'s ranker and settings; returns
+    the ranker's validation metrics (:func:`ranker_metrics`, with the selection) and the training questions used."""
+    emit = emitter(listener)
+    emit(TrainingEvent("status", message="labelling the answering sentence of each training question"))
+    train_groups, _ = ranking_groups(pipeline, train)
+    val_groups, val_found = ranking_groups(pipeline, validation)
+    if not train_groups:
+        raise DataError(
+            "no training question's answer is among its retrieved sentences",
+            hint='the reply pairs need a "source" document that the knowledge base holds',
+        )
+    emit(TrainingEvent("status", message=f"fitting the sentence ranker on {len(train_groups)} questions"))
+    pipeline.model.ranker = SentenceRanker.fit(train_groups)
+    ranking = ranker_metrics(pipeline.model.ranker, val_groups, val_found)
+    pipeline.model.settings, selection = tune_selection(pipeline, train)
+    ranking["selection"] = selection
+    return ranking, len(train_groups)
+
+
 def min_grounding_score(kb: Any, train: Sequence[ReplyPair], quantile: float = 0.05) -> float | None:
     """The best-chunk score below which a grounded answer is not given: the ``quantile`` of the best scores of
     the training messages the documents answer (those with a source); None with fewer than 20 of them."""
@@ -434,22 +460,10 @@ def train_replies(
 
             responder = Responder.from_version(source_info, settings.paths.models_dir, knowledge=kb)
         pipeline = ReplyPipeline(source_info.name, kb, model, analyzer, responder)
-        emit(TrainingEvent("status", message="labelling the answering sentence of each training question"))
-        train_groups, _ = ranking_groups(pipeline, prepared.train)
-        val_groups, val_found = ranking_groups(pipeline, prepared.validation)
-        if not train_groups:
-            raise DataError(
-                "no training question's answer is among its retrieved sentences",
-                hint='the reply pairs need a "source" document that the knowledge base holds',
-            )
-        emit(TrainingEvent("status", message=f"fitting the sentence ranker on {len(train_groups)} questions"))
-        model.ranker = SentenceRanker.fit(train_groups)
-        ranking = ranker_metrics(model.ranker, val_groups, val_found)
-        model.settings, selection = tune_selection(pipeline, prepared.train)  # validation stays unseen
-        ranking["selection"] = selection
+        ranking, train_questions = fit_ranking(pipeline, prepared.train, prepared.validation, listener)
         emit(TrainingEvent("status", message=f"scoring the replies on {len(questions)} evaluation questions"))
         metrics = evaluate_pipeline(pipeline, questions, prepared.train, prepared.validation)
-        metrics["ranker"] = {**ranking, "train_questions": len(train_groups)}
+        metrics["ranker"] = {**ranking, "train_questions": train_questions}
         duration = time.monotonic() - start
         tracker.log_metrics(
             {
@@ -477,7 +491,7 @@ def train_replies(
             "eval_file": str(eval_file),
             "eval_sha256": sha256_file(eval_file),
             "policy": str(policy_path),
-            "train_questions": len(train_groups),
+            "train_questions": train_questions,
             "fact_accuracy": metrics["fact_accuracy"],
             "unsupported_fact_rate": metrics["unsupported_fact_rate"],
             "mlflow_run_id": tracker.run_id,
@@ -554,6 +568,7 @@ __all__ = [
     "NearestReply",
     "evaluate_pipeline",
     "evaluate_version",
+    "fit_ranking",
     "read_eval_file",
     "train_replies",
 ]
