@@ -51,7 +51,6 @@ import numpy as np
 import torch
 
 from hotelbot_cli.components.generator.data import read_prepared_replies
-from hotelbot_cli.components.replies import ranking as R
 from hotelbot_cli.components.replies import training as T
 from hotelbot_cli.components.replies.pipeline import EVAL_FILE, REPLIES_DIR, ReplyPipeline
 from hotelbot_cli.config import load_settings
@@ -257,16 +256,12 @@ def main() -> int:
 
     # the training messages with their answering sentences (rows of the version's sentence vectors)
     row_of = {s.id: i for i, s in enumerate(pipeline.model.sentences)}
-    usable = [p for p in pairs.train if p.source]
     pipeline.model.settings = shipped_settings
-    examples = []
-    for p, v, intent in zip(
-        usable, pipeline.knowledge.embed_queries([p.message for p in usable]), T.message_intents(pipeline, usable)
-    ):
-        found = pipeline.candidates(p.message, intent, v)
-        labels = R.answer_labels(p.reply, found.sentences, p.source)
-        if labels:
-            examples.append((p.message, [row_of[found.sentences[i].id] for i in labels]))
+    groups, found, answered = T.ranking_groups(pipeline, pairs.train)
+    examples = [
+        (pair.message, [row_of[f.sentences[i].id] for i in labels])
+        for (_, labels), f, pair in zip(groups, found, answered)
+    ]
     vectors = torch.tensor(np.asarray(pipeline.model.vectors), dtype=torch.float32)
     embedder = pipeline.knowledge.embedder
     say(f"  {len(examples)} training messages with an answering sentence; {len(vectors)} sentences compete")

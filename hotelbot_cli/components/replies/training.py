@@ -103,21 +103,23 @@ def message_intents(pipeline: ReplyPipeline, pairs: Sequence[ReplyPair]) -> list
 
 def ranking_groups(
     pipeline: ReplyPipeline, pairs: Sequence[ReplyPair]
-) -> tuple[list[tuple[np.ndarray, list[int]]], list[Any]]:
-    """(features, answering indexes, best first) per pair whose answer is among its candidates, and those Candidates."""
+) -> tuple[list[tuple[np.ndarray, list[int]]], list[Any], list[ReplyPair]]:
+    """(features, answering indexes, best first) per pair whose answer is among its candidates, those Candidates,
+    and those pairs."""
     usable = [p for p in pairs if p.source]
     vectors: np.ndarray | list[np.ndarray] = (
         pipeline.knowledge.embed_queries([p.message for p in usable]) if usable else []
     )
     intents = message_intents(pipeline, usable)
-    groups, found_all = [], []
+    groups, found_all, answered = [], [], []
     for pair, vector, intent in zip(usable, vectors, intents):
         found = pipeline.candidates(pair.message, intent, vector)
         labels = answer_labels(pair.reply, found.sentences, pair.source)
         if labels:
             groups.append((found.features, labels))
             found_all.append(found)
-    return groups, found_all
+            answered.append(pair)
+    return groups, found_all, answered
 
 
 def ranker_metrics(
@@ -208,8 +210,8 @@ def fit_ranking(
     the ranker's validation metrics (:func:`ranker_metrics`, with the selection) and the training questions used."""
     emit = emitter(listener)
     emit(TrainingEvent("status", message="labelling the answering sentence of each training question"))
-    train_groups, _ = ranking_groups(pipeline, train)
-    val_groups, val_found = ranking_groups(pipeline, validation)
+    train_groups, _, _ = ranking_groups(pipeline, train)
+    val_groups, val_found, _ = ranking_groups(pipeline, validation)
     if not train_groups:
         raise DataError(
             "no training question's answer is among its retrieved sentences",
