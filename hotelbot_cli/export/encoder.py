@@ -5,8 +5,11 @@ shares one copy per machine:
 
     <models_dir>/onnx/<name>-<sha256(fingerprint)[:16]>/
         encoder.onnx (+ .data, .embeddings.data)   (input_ids, attention_mask) -> embedding (pooled,
-                                                   L2-normalised) and last_hidden_state; fused like the
-                                                   classifier's graph
+                                                   L2-normalised), last_hidden_state and
+                                                   upper_hidden_state (the states entering the top
+                                                   UPPER_LAYERS layers); fused like the classifier's graph
+        upper_layers.safetensors                   those top layers' weights (a reply model's tuned
+                                                   question layers are a change from them)
         tokenizer.json, tokenizer_config.json, ... the base model's tokenizer (+ tokenizer.unigram.bin)
         encoder.json                               fingerprint, pooling, max length, dimension, and the
                                                    check against PyTorch (max |difference| of the vectors)
@@ -31,8 +34,13 @@ from ..runtime.encoder import (
     ENCODER_FORMAT,
     ENCODER_GRAPH,
     ENCODER_INT8_GRAPH,
+    UPPER_LAYERS,
+    UPPER_OUTPUT,
+    UPPER_WEIGHTS,
     OnnxSentenceEncoder,
     encoder_cache_dir,
+    upper_blocks,
+    upper_parameters,
 )
 from ..runtime.tokenizers import write_unigram_index
 from .graph import OPSET, PROBE_TEXTS, _eager_attention, _externalize, _fuse, _quiet_export, graph_files
@@ -76,10 +84,13 @@ def export_sentence_encoder(
                 self.encoder = inner
 
             def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-                hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-                pooled = pool(hidden, attention_mask, pooling)
-                return torch.nn.functional.normalize(pooled, dim=-1), hidden
+                out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=upper)
+                hidden = out.last_hidden_state
+                pooled = torch.nn.functional.normalize(pool(hidden, attention_mask, pooling), dim=-1)
+                return (pooled, hidden, out.hidden_states[-1 - UPPER_LAYERS]) if upper else (pooled, hidden)
 
+        upper = bool(upper_blocks(encoder))  # a BERT-like layer list: a reply model may tune its top layers
+        outputs = ["embedding", "last_hidden_state"] + ([UPPER_OUTPUT] if upper else [])
         wrapped = Sentence(encoder).eval()
         texts = [query_prefix + t for t in PROBE_TEXTS[2:]]
         device = next(encoder.parameters()).device  # the encoder may run on a GPU (runtime.device)
@@ -95,6 +106,7 @@ def export_sentence_encoder(
             "attention_mask": {0: "batch", 1: "sequence"},
             "embedding": {0: "batch"},
             "last_hidden_state": {0: "batch", 1: "sequence"},
+            UPPER_OUTPUT: {0: "batch", 1: "sequence"},
         }
         with _eager_attention(wrapped) as attention, _quiet_export(), torch.inference_mode(False), torch.no_grad():
             torch.onnx.export(
@@ -102,8 +114,8 @@ def export_sentence_encoder(
                 (enc["input_ids"], enc["attention_mask"]),
                 str(path),
                 input_names=["input_ids", "attention_mask"],
-                output_names=["embedding", "last_hidden_state"],
-                dynamic_axes=axes,
+                output_names=outputs,
+                dynamic_axes={k: v for k, v in axes.items() if k in outputs or k in ("input_ids", "attention_mask")},
                 opset_version=OPSET,
                 do_constant_folding=True,
                 dynamo=False,
@@ -132,6 +144,10 @@ def export_sentence_encoder(
             log.warning("int8 quantization of the query encoder failed (%s); fp32 only", exc)
         tokenizer.save_pretrained(str(scratch))
         write_unigram_index(scratch)
+        if upper:
+            from safetensors.numpy import save_file
+
+            save_file(upper_parameters(encoder), str(scratch / UPPER_WEIGHTS))
         with torch.inference_mode():
             want = (
                 wrapped(
@@ -154,7 +170,8 @@ def export_sentence_encoder(
             "attention": attention,
             "fused_operators": fused,
             "files": graph_files(path),
-            "outputs": ["embedding", "last_hidden_state"],
+            "outputs": outputs,
+            "upper_layers": UPPER_LAYERS if upper else 0,
             "int8": int8 or None,
             "quantization": "dynamic int8, per-channel weights, outlier-fed MatMuls in fp32" if int8 else None,
         }
@@ -174,12 +191,23 @@ def export_sentence_encoder(
         except OSError:  # another process wrote it meanwhile: keep theirs
             if not (target / ENCODER_FILE).is_file():
                 raise
+        _remove_older_formats(target)
         return target
     except Exception as exc:  # noqa: BLE001 - an optimisation: the torch encoder still answers
         log.warning("ONNX export of the query encoder failed (%s); the knowledge base stays on torch", exc)
         return None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _remove_older_formats(target: Path) -> None:
+    """Delete the exports of the same encoder in an older cache format (``<name>-<digest>-v<N>``, ~600 MB for
+    e5-small): nothing of this version reads them any more."""
+    stem, _, _ = target.name.rpartition("-v")
+    for old in target.parent.glob(f"{stem}-v*"):
+        if old != target and old.name[len(stem) + 2 :].isdigit() and (old / ENCODER_FILE).is_file():
+            log.info("removing %s: an older format of %s", old, target.name)
+            shutil.rmtree(old, ignore_errors=True)
 
 
 __all__ = ["MAX_VECTOR_DIFF", "export_sentence_encoder"]

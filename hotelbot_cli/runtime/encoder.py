@@ -20,8 +20,13 @@ ENCODER_FILE = "encoder.json"
 ENCODER_GRAPH = "encoder.onnx"
 ENCODER_INT8_GRAPH = "encoder.int8.onnx"
 GRAPHS = {"onnx-fp32": ENCODER_GRAPH, "onnx-int8": ENCODER_INT8_GRAPH}
-ENCODER_FORMAT = "hotelbot-sentence-encoder/2"  # /2: with the int8 graph
+ENCODER_FORMAT = "hotelbot-sentence-encoder/3"  # /2: with the int8 graph; /3: with the upper states and weights
 CACHE_SUBDIR = "onnx"
+# A reply model may fine-tune the encoder's top UPPER_LAYERS layers for its questions (replies.question): the graph
+# also returns the hidden states entering them (UPPER_OUTPUT), and UPPER_WEIGHTS holds their base weights.
+UPPER_LAYERS = 2
+UPPER_OUTPUT = "upper_hidden_state"
+UPPER_WEIGHTS = "upper_layers.safetensors"
 
 
 def encoder_cache_dir(models_dir: Path, name: str, fingerprint: str) -> Path:
@@ -30,6 +35,22 @@ def encoder_cache_dir(models_dir: Path, name: str, fingerprint: str) -> Path:
     digest = hashlib.sha256(fingerprint.encode("utf-8")).hexdigest()[:16]
     version = ENCODER_FORMAT.rsplit("/", 1)[-1]  # a new format is a new directory: old exports are never misread
     return Path(models_dir) / CACHE_SUBDIR / f"{safe}-{digest}-v{version}"
+
+
+def upper_blocks(encoder: Any) -> list[Any]:
+    """The top :data:`UPPER_LAYERS` transformer layers of a torch encoder (a BERT-like ``encoder.layer`` list),
+    the lower first; [] for an architecture without one."""
+    blocks = getattr(getattr(encoder, "encoder", None), "layer", None)
+    return list(blocks)[-UPPER_LAYERS:] if blocks is not None and len(blocks) >= UPPER_LAYERS else []
+
+
+def upper_parameters(encoder: Any) -> dict[str, Any]:
+    """{"<j>.<parameter>": float32 array} of :func:`upper_blocks` (e.g. "0.attention.self.query.weight")."""
+    return {
+        f"{j}.{name}": p.detach().float().cpu().numpy().copy()
+        for j, block in enumerate(upper_blocks(encoder))
+        for name, p in block.named_parameters()
+    }
 
 
 class OnnxSentenceEncoder:
@@ -102,6 +123,32 @@ class OnnxSentenceEncoder:
         }
         return self.session.run(["last_hidden_state"], {k: v for k, v in feed.items() if k in self._inputs})[0]
 
+    def embed_with_states(self, texts: Sequence[str], *, kind: str) -> tuple[Any, list[Any]]:
+        """(:meth:`embed`'s vectors, per text its hidden states entering the top :data:`UPPER_LAYERS` layers,
+        (tokens, dim) float32); one text per run, so no state is padding. ModelError for an export without them."""
+        import numpy as np
+
+        if UPPER_OUTPUT not in self.record.get("outputs", []):
+            raise ModelError(f"{self.directory} does not return the upper hidden states")
+        vectors, states = [], []
+        for text in texts:
+            embedding, upper, _ = self._run([text], kind, ["embedding", UPPER_OUTPUT])
+            vectors.append(embedding[0])
+            states.append(np.asarray(upper[0], dtype=np.float32))
+        dim = int(self.record["dim"])
+        return (np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, dim), np.float32)), states
+
+    def upper_weights(self) -> dict[str, Any]:
+        """The base weights of the top :data:`UPPER_LAYERS` layers, {"<j>.<parameter>": array} (j from 0, the
+        lower first), as :func:`upper_parameters` names them."""
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        try:
+            return dict(load_file(str(self.directory / UPPER_WEIGHTS)))
+        except (OSError, ValueError, SafetensorError) as exc:
+            raise ModelError(f"cannot read {self.directory / UPPER_WEIGHTS}: {exc}") from None
+
     def hidden(self, texts: Sequence[str], kind: str = "query") -> tuple[Any, Any]:
         """(last_hidden_state (n, tokens, dim), attention_mask (n, tokens)) for ``texts`` with ``kind``'s prefix."""
         hidden, mask = self._run(list(texts), kind, ["last_hidden_state"])
@@ -116,5 +163,10 @@ __all__ = [
     "ENCODER_INT8_GRAPH",
     "GRAPHS",
     "OnnxSentenceEncoder",
+    "UPPER_LAYERS",
+    "UPPER_OUTPUT",
+    "UPPER_WEIGHTS",
     "encoder_cache_dir",
+    "upper_blocks",
+    "upper_parameters",
 ]

@@ -164,6 +164,15 @@ class Embedder:
         embedder.model = replace(recorded, location=embedder.model.location)
         return embedder
 
+    def _tokenize(self, texts: Sequence[str]) -> dict[str, Any]:
+        """The padded, truncated torch batch of ``texts`` (prefixed already) on the encoder's device."""
+        encoded = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.model.max_length, return_tensors="pt"
+        )
+        if "token_type_ids" in encoded and "token_type_ids" not in self._accepts:
+            del encoded["token_type_ids"]
+        return {k: v.to(self.device) for k, v in encoded.items()}
+
     def embed(
         self,
         texts: Sequence[str],
@@ -183,22 +192,45 @@ class Embedder:
         batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         with torch.inference_mode():
             for n, batch in enumerate(batches, 1):
-                encoded = self.tokenizer(
-                    [prefix + texts[i] for i in batch],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.model.max_length,
-                    return_tensors="pt",
-                )
-                if "token_type_ids" in encoded and "token_type_ids" not in self._accepts:
-                    del encoded["token_type_ids"]
-                encoded = {k: v.to(self.device) for k, v in encoded.items()}
+                encoded = self._tokenize([prefix + texts[i] for i in batch])
                 hidden = self.encoder(**encoded).last_hidden_state
                 pooled = pool(hidden, encoded["attention_mask"], self.model.pooling)
                 out[batch] = pooled.float().cpu().numpy()
                 if on_batch is not None:
                     on_batch(n, len(batches))
         return normalize_rows(out) if len(texts) else out
+
+    def embed_with_states(self, texts: Sequence[str], *, kind: str) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(:meth:`embed`'s vectors, per text the hidden states entering the top ``UPPER_LAYERS`` layers, (tokens,
+        dim) float32 without padding), as the ONNX export's ``embed_with_states``. ModelError for an encoder
+        without a BERT-like layer list."""
+        import torch
+
+        from ...modeling import pool  # modeling imports torch
+        from ...runtime.encoder import UPPER_LAYERS, upper_blocks  # torch-free constants and helpers
+
+        if not upper_blocks(self.encoder):
+            raise ModelError(f"{self.model.spec}: no transformer layer list to take the upper states from")
+        prefix = self.model.query_prefix if kind == "query" else self.model.passage_prefix
+        vectors = np.zeros((len(texts), self.model.dim), dtype=np.float32)
+        states: list[np.ndarray] = [np.zeros((0, self.model.dim), np.float32)] * len(texts)
+        with torch.inference_mode():
+            for i in range(0, len(texts), 32):
+                encoded = self._tokenize([prefix + t for t in texts[i : i + 32]])
+                out = self.encoder(**encoded, output_hidden_states=True)
+                mask = encoded["attention_mask"]
+                pooled = pool(out.last_hidden_state, mask, self.model.pooling)
+                vectors[i : i + len(pooled)] = pooled.float().cpu().numpy()
+                upper = out.hidden_states[-1 - UPPER_LAYERS].float().cpu().numpy()
+                for j, row in enumerate(mask.cpu().numpy()):
+                    states[i + j] = upper[j][row.astype(bool)].copy()  # padding on the right or left: the real tokens
+        return (normalize_rows(vectors) if len(texts) else vectors), states
+
+    def upper_weights(self) -> dict[str, np.ndarray]:
+        """The base weights of the top ``UPPER_LAYERS`` layers, named as the ONNX export stores them."""
+        from ...runtime.encoder import upper_parameters  # torch-free helper
+
+        return upper_parameters(self.encoder)
 
 
 def choose_query_runtime(

@@ -403,6 +403,13 @@ class SearchHit:
         }
 
 
+def _cleaned_queries(queries: Sequence[str]) -> list[str]:
+    cleaned = [clean_text(q) for q in queries]
+    if any(not c for c in cleaned):
+        raise DataError("empty search query", hint='give a question, e.g. "¿aceptan perros?"')
+    return cleaned
+
+
 class KnowledgeBase:
     """A version's loaded knowledge base: the vector index, its chunks and the query encoder (loaded lazily)."""
 
@@ -506,11 +513,16 @@ class KnowledgeBase:
 
     def embed_queries(self, queries: Sequence[str]) -> np.ndarray:
         """The normalized query vectors search uses (DataError for an empty query)."""
-        cleaned = [clean_text(q) for q in queries]
-        empty = next((q for q, c in zip(queries, cleaned) if not c), None)
-        if empty is not None:
-            raise DataError("empty search query", hint='give a question, e.g. "¿aceptan perros?"')
-        return self.query_encoder.embed(cleaned, kind="query")
+        return self.query_encoder.embed(_cleaned_queries(queries), kind="query")
+
+    def embed_queries_with_states(self, queries: Sequence[str]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """:meth:`embed_queries`'s vectors and, per query, the encoder's hidden states entering its top layers
+        (a reply model's tuned question layers run on them; ModelError for an encoder without them)."""
+        return self.query_encoder.embed_with_states(_cleaned_queries(queries), kind="query")
+
+    def upper_weights(self) -> dict[str, np.ndarray]:
+        """The base weights of the query encoder's top layers (what tuned question layers change)."""
+        return self.query_encoder.upper_weights()
 
     def search_vectors(self, vectors: np.ndarray, top_k: int = 5) -> list[list[SearchHit]]:
         """The top ``top_k`` chunks for each row of :meth:`embed_queries`'s vectors."""
