@@ -353,6 +353,9 @@ def test_train_replies_refuses_a_version_without_a_knowledge_base(registry, tiny
     assert [v.name for v in registry.list_versions()] == before
     result = runner.invoke(app, ["train", "--model-type", "classifier", "--use-generator"])
     assert result.exit_code == 2 and "--use-generator applies to --model-type replies" in result.output
+    result = runner.invoke(app, ["train", "--model-type", "embeddings", "--frozen-questions"])
+    assert result.exit_code == 2 and "--frozen-questions applies to --model-type replies" in result.output
+    assert [v.name for v in registry.list_versions()] == before
 
 
 def test_serve_reply_answers_with_the_pipeline(registry):
@@ -482,7 +485,7 @@ def test_a_message_asking_two_things_gets_a_sentence_for_each_within_the_length(
     whole = [(a, 0.6), (c, 0.3), (b, 0.1)]  # the whole message: a first, b last
     own = {"¿La red es gratis en todo el hotel?": [(a, 0.9), (b, 0.05), (c, 0.05)],
            "¿Y dónde está la clave del wifi?": [(b, 0.8), (a, 0.1), (c, 0.1)]}
-    monkeypatch.setattr(pipeline, "candidates", lambda part, intent, vector, chunks=None, hits=None: part)
+    monkeypatch.setattr(pipeline, "candidates", lambda part, intent, vector, chunks=None, hits=None, cosine_vector=None: part)
     monkeypatch.setattr(pipeline, "rank", lambda part: own[part])
     found = SimpleNamespace(hits=[])
     # the first question is answered by a already; the second gets its own sentence though the message ranked it last
@@ -490,3 +493,49 @@ def test_a_message_asking_two_things_gets_a_sentence_for_each_within_the_length(
     assert pipeline._each_question("¿La red es gratis en todo el hotel?", "wifi_info", found, whole, [a]) == [a]
     monkeypatch.setattr(module, "QUESTIONS_MAX_CHARS", len(a.text) + 1)  # no room left: the reply stays as it was
     assert pipeline._each_question(message, "wifi_info", found, whole, [a]) == [a]
+
+
+def test_training_tunes_the_question_layers_and_the_pipeline_uses_them(replies_template, registry):
+    """The replies keep the tuned top layers' change (question_layers.safetensors); the pipeline's sentence cosines
+    use their vector, the chunk search the knowledge base's; `--frozen-questions` trains without them."""
+    import numpy as np
+
+    from hotelbot_cli.components.replies.question import QUESTION_FILE
+
+    tuned = replies_template["result"].metrics["question_layers"]
+    assert tuned["tuned"] is True and tuned["layers"] == 2 and tuned["folds"] == 2 and tuned["rank"] == 32
+    assert tuned["examples"] >= 6 and tuned["stored_bytes"] > 0
+    info = registry.get("v0003")
+    assert (info.path / "replies" / QUESTION_FILE).is_file()
+    assert json.loads((info.path / "replies" / "ranker.json").read_text("utf-8"))["question_layers"]["layers"] == 2
+    pipeline = ReplyPipeline.from_version(info, load_settings())
+    assert pipeline.question is not None
+    search, cosine = pipeline.message_vectors(["¿a qué hora es el desayuno?", "clave del wifi"])
+    assert np.allclose(search, pipeline.knowledge.embed_queries(["¿a qué hora es el desayuno?", "clave del wifi"]))
+    assert np.allclose(np.linalg.norm(cosine, axis=1), 1.0) and not np.allclose(search, cosine, atol=1e-3)
+    # the same data with frozen questions is another training (not "already trained"), without the file
+    result = train_replies(replies_template["settings"], replies_template["pairs"], registry,
+                           eval_file=replies_template["eval"], source="v0003", tune_questions=False)
+    assert result.metrics["question_layers"] == {"tuned": False, "reason": "--frozen-questions"}
+    assert not (result.version.path / "replies" / QUESTION_FILE).exists()
+    frozen = ReplyPipeline.from_version(result.version, load_settings())
+    assert frozen.question is None
+    search, cosine = frozen.message_vectors(["clave del wifi"])
+    assert cosine is search
+
+
+def test_question_layers_tuned_on_another_encoder_are_set_aside_with_a_warning(registry, monkeypatch, caplog):
+    """A knowledge base whose encoder is no longer the one the layers were tuned on (other top-layer weights):
+    the replies still answer, their cosines from the search vector, and the log says to retrain."""
+    import numpy as np
+
+    from hotelbot_cli.components.knowledge.kb import KnowledgeBase
+
+    real = KnowledgeBase.upper_weights
+    monkeypatch.setattr(KnowledgeBase, "upper_weights",
+                        lambda self: {k: v + np.float32(0.5) for k, v in real(self).items()})
+    with caplog.at_level("WARNING", logger="hotelbot.replies"):
+        pipeline = ReplyPipeline.from_version(registry.get("v0003"), load_settings())
+    assert pipeline.question is None and "other base weights" in caplog.text and "retrain" in caplog.text
+    (answer,) = pipeline.reply(["¿a qué hora es el desayuno?"])
+    assert answer["check"]["passed"] and answer["reply"]

@@ -47,7 +47,7 @@ class RepliesComponent(Component):
     metric = "fact_accuracy"
     gated = True
     evaluation_key = "replies"
-    train_options = ("use_generator", "reply_eval")
+    train_options = ("use_generator", "reply_eval", "frozen_questions")
 
     def prepared_data(self, settings: Settings, documents: Path | None = None) -> Path | None:
         path = default_data_path(settings)
@@ -67,6 +67,7 @@ class RepliesComponent(Component):
             source=request.source,
             eval_file=request.options.get("reply_eval"),
             use_generator=bool(request.options.get("use_generator")),
+            tune_questions=not request.options.get("frozen_questions"),
         )
 
     def gate_failures(self, metrics: dict[str, Any], validation: Any) -> list[str]:

@@ -10,8 +10,9 @@ fails is replaced by the extractive answer; anything else that fails is replaced
 
 Files of the ``replies/`` directory of a version: ``ranker.json`` (weights, feature statistics, settings,
 the knowledge base's fingerprint), ``sentences.jsonl`` + ``sentence_vectors.npy`` (the knowledge base's
-sentences and their embeddings), ``policy.json``, ``eval.jsonl`` (the reply evaluation set it was scored
-on), ``metrics.json``, ``training_history.json``.
+sentences and their embeddings), ``question_layers.safetensors`` (the tuned question layers, :mod:`.question`;
+absent in replies trained without them, whose cosines use the search vector), ``policy.json``, ``eval.jsonl``
+(the reply evaluation set it was scored on), ``metrics.json``, ``training_history.json``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ...data import OUT_OF_SCOPE, clean_messages
 from ...errors import ModelError, RegistryError
 from .facts import unsupported_facts
 from .policy import Policy, ask_for, entity_slots, is_question, render
+from .question import QUESTION_FILE, QuestionChange, QuestionLayers
 from ..knowledge.lexical import BM25
 from .ranking import CONTACT, FeatureBuilder, Intents, Sentence, SentenceRanker, sentences_of, stems
 
@@ -127,6 +129,7 @@ class ReplyModel:
     policy: Policy
     settings: ReplySettings
     knowledge_fingerprint: str
+    question: QuestionChange | None = None  # the tuned question layers' change, None: frozen cosines
 
     def save(self, target: Path, extra: Mapping[str, Any] | None = None) -> None:
         target.mkdir(parents=True, exist_ok=True)
@@ -138,6 +141,7 @@ class ReplyModel:
                 "features": self.features.to_dict(),
                 "settings": self.settings.to_dict(),
                 "knowledge_fingerprint": self.knowledge_fingerprint,
+                "question_layers": self.question.record if self.question is not None else None,
                 **(extra or {}),
             },
         )
@@ -147,6 +151,8 @@ class ReplyModel:
         with open(target / VECTORS_FILE, "wb") as handle:
             np.save(handle, self.vectors.astype(np.float32), allow_pickle=False)
         atomic_write_json(target / POLICY_FILE, self.policy.raw)
+        if self.question is not None:
+            self.question.save(target / QUESTION_FILE)
 
     @classmethod
     def load(cls, directory: Path) -> ReplyModel:
@@ -173,6 +179,7 @@ class ReplyModel:
             ) from None
         if len(vectors) != len(sentences):
             raise ModelError(f"{directory}: {len(sentences)} sentences but {len(vectors)} vectors")
+        question = QuestionChange.load(directory / QUESTION_FILE) if (directory / QUESTION_FILE).is_file() else None
         return cls(
             ranker,
             features,
@@ -181,6 +188,7 @@ class ReplyModel:
             Policy.load(directory / POLICY_FILE),
             settings,
             str(record.get("knowledge_fingerprint") or ""),
+            question,
         )
 
 
@@ -239,9 +247,42 @@ class ReplyPipeline:
             self._by_chunk = {}
             for i, s in enumerate(sentences):
                 self._by_chunk.setdefault(s.chunk_id, []).append(i)
+        self.question = self._question_layers(version)
         self._how_cache: dict[str, tuple[list[SearchHit], list[Sentence]]] = {}
         self._lexical = BM25([stems(c.passage()) for c in knowledge.chunk_list])
         self._chunk_index = {c.id: i for i, c in enumerate(knowledge.chunk_list)}
+
+    def _question_layers(self, version: str) -> QuestionLayers | None:
+        """The model's tuned question layers on the query encoder's base weights; None without them, or (with a
+        warning) when the knowledge base's encoder is no longer the one they were tuned on."""
+        if self.model.question is None:
+            return None
+        try:
+            return self.model.question.apply(self.knowledge.upper_weights())
+        except ModelError as exc:
+            log.warning(
+                "version %s: %s; its sentence cosines use the search vector (retrain: hotelbot train "
+                "--model-type replies)",
+                version,
+                exc,
+            )
+            return None
+
+    def message_vectors(
+        self, texts: Sequence[str], cross_fitted: Mapping[str, np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(search vectors, sentence-cosine vectors) of ``texts``: the knowledge base's query vectors, and the
+        tuned question layers' vectors (the same vectors without them). ``cross_fitted``: a text's cosine vector
+        given instead (training: from layers that did not see that text)."""
+        if self.question is None:
+            vectors = self.knowledge.embed_queries(texts)
+            return vectors, vectors
+        vectors, states = self.knowledge.embed_queries_with_states(texts)
+        cosines = self.question.encode(states)
+        for i, text in enumerate(texts):
+            if cross_fitted is not None and text in cross_fitted:
+                cosines[i] = cross_fitted[text]
+        return vectors, cosines
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -299,13 +340,15 @@ class ReplyPipeline:
         vector: np.ndarray,
         chunks: int | None = None,
         hits: Sequence[SearchHit] | None = None,
+        cosine_vector: np.ndarray | None = None,
     ) -> Candidates:
         """The sentences of the top chunks for ``message`` (its query ``vector``), with their features: the
         dense retrieval's best ``chunks`` (default the settings' candidate_chunks), then the settings'
         lexical_chunks best by BM25 over stems that dense retrieval ranked lower (a guest's exact word, e.g.
         "consigna", that the embedding misses); or the chunks ``hits`` as given (one question of a message that
         asks several, ranked among the whole message's chunks). ``intent``: the intent or the classifier's
-        ranking [(intent, confidence), ...], for the document prior."""
+        ranking [(intent, confidence), ...], for the document prior. ``cosine_vector``: the message's vector for
+        the sentence cosines (:meth:`message_vectors`), default ``vector``."""
         settings = self.model.settings
         chunk_list, k = self.knowledge.chunk_list, chunks or settings.candidate_chunks
         given = hits is not None
@@ -330,7 +373,9 @@ class ReplyPipeline:
         rows = [i for h in hits for i in self._by_chunk.get(h.chunk.id, [])]
         sentences = [self.model.sentences[i] for i in rows]
         chunk_of = {h.chunk.id: h for h in hits}
-        cosines = self.model.vectors[rows] @ vector if rows else np.zeros(0)
+        cosines = (
+            self.model.vectors[rows] @ (vector if cosine_vector is None else cosine_vector) if rows else np.zeros(0)
+        )
         features = self.model.features.features(
             message,
             intent,
@@ -389,8 +434,8 @@ class ReplyPipeline:
             return chosen
         whole = {s.id: p for s, p in ranked}
         picks: list[tuple[float, Sentence]] = []  # (the question's own probability, its sentence)
-        for part, vector in zip(parts, self.knowledge.embed_queries(parts)):
-            own = self.rank(self.candidates(part, intent, vector, hits=found.hits))
+        for part, vector, cosine in zip(parts, *self.message_vectors(parts)):
+            own = self.rank(self.candidates(part, intent, vector, hits=found.hits, cosine_vector=cosine))
             if own:
                 weight = {s.id: p**QUESTION_WEIGHT * whole.get(s.id, 0.0) ** (1.0 - QUESTION_WEIGHT) for s, p in own}
                 picks.append(max(((p, s) for s, p in own), key=lambda x: weight[x[1].id]))
@@ -425,7 +470,9 @@ class ReplyPipeline:
         """The document sentence that says how to do ``intent`` (its policy's ``how`` query, over the top
         :data:`HOW_CHUNKS` chunks): of the :data:`HOW_TOP` best ranked, the first that gives a way to reach
         someone (an e-mail or phone, "marque"/"marcando"), else the first naming one (recepción, "llame"),
-        else the best; once per intent."""
+        else the best; once per intent. The query is the policy's own wording, not a guest's message: its
+        cosines use the search vector, not the question layers (tuned on guests' messages, they sent
+        book_room's "cómo hacer una reserva de habitación" to the cancellation sentence)."""
         if intent not in self._how_cache:
             vector = self.knowledge.embed_queries([query])[0]
             found = self.candidates(query, intent, vector, HOW_CHUNKS)
@@ -441,12 +488,17 @@ class ReplyPipeline:
         "check": {"passed", "unsupported"}} (+ "rejected" when a generated reply failed the check)."""
         cleaned = clean_messages(messages)
         rows = self.analyzer.analyze(list(messages)) if self.analyzer is not None else [{} for _ in messages]
-        vectors = self.knowledge.embed_queries(cleaned)
-        answers = [self._answer(m, c, row, vectors[i]) for i, (m, c, row) in enumerate(zip(messages, cleaned, rows))]
+        vectors, cosines = self.message_vectors(cleaned)
+        answers = [
+            self._answer(m, c, row, vectors[i], cosines[i])
+            for i, (m, c, row) in enumerate(zip(messages, cleaned, rows))
+        ]
         self._phrase_with_generator(answers, cleaned)
         return answers
 
-    def _answer(self, message: str, cleaned: str, row: Mapping[str, Any], vector: np.ndarray) -> dict[str, Any]:
+    def _answer(
+        self, message: str, cleaned: str, row: Mapping[str, Any], vector: np.ndarray, cosine: np.ndarray
+    ) -> dict[str, Any]:
         intent = row.get("intent")
         entities = list(row.get("entities") or [])
         policy = self.model.policy
@@ -473,7 +525,7 @@ class ReplyPipeline:
             parts = [render(rule.reply, slots), " ".join(s.text for s in sentences), ask_for(policy, rule.needs, slots)]
             text = " ".join(p for p in parts if p)
         else:
-            found = self.candidates(cleaned, intent_ranking(row) or intent, vector)
+            found = self.candidates(cleaned, intent_ranking(row) or intent, vector, cosine_vector=cosine)
             floor = self.model.settings.min_grounding_score
             covered = bool(found.hits) and (floor is None or found.hits[0].score >= floor)
             ranked = self.rank(found) if covered else []

@@ -31,7 +31,7 @@ import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -57,6 +57,7 @@ from .pipeline import (
 )
 from .policy import DEFAULT_POLICY, Policy
 from .ranking import FEATURES, FeatureBuilder, SentenceRanker, answer_labels, sentences_of
+from .tuning import TuningConfig
 
 if TYPE_CHECKING:
     from ...config import Settings
@@ -101,19 +102,27 @@ def message_intents(pipeline: ReplyPipeline, pairs: Sequence[ReplyPair]) -> list
     ]
 
 
+def _usable_vectors(
+    pipeline: ReplyPipeline, pairs: Sequence[ReplyPair], cross_fitted: Mapping[str, np.ndarray] | None
+) -> tuple[list[ReplyPair], Any, Any]:
+    """The pairs with a source, their search vectors and sentence-cosine vectors (:meth:`ReplyPipeline.message_vectors`)."""
+    usable = [p for p in pairs if p.source]
+    if not usable:
+        return [], [], []
+    vectors, cosines = pipeline.message_vectors([p.message for p in usable], cross_fitted)
+    return usable, vectors, cosines
+
+
 def ranking_groups(
-    pipeline: ReplyPipeline, pairs: Sequence[ReplyPair]
+    pipeline: ReplyPipeline, pairs: Sequence[ReplyPair], cross_fitted: Mapping[str, np.ndarray] | None = None
 ) -> tuple[list[tuple[np.ndarray, list[int]]], list[Any], list[ReplyPair]]:
     """(features, answering indexes, best first) per pair whose answer is among its candidates, those Candidates,
-    and those pairs."""
-    usable = [p for p in pairs if p.source]
-    vectors: np.ndarray | list[np.ndarray] = (
-        pipeline.knowledge.embed_queries([p.message for p in usable]) if usable else []
-    )
+    and those pairs. ``cross_fitted``: cosine vectors given per message (see :func:`fit_ranking`)."""
+    usable, vectors, cosines = _usable_vectors(pipeline, pairs, cross_fitted)
     intents = message_intents(pipeline, usable)
     groups, found_all, answered = [], [], []
-    for pair, vector, intent in zip(usable, vectors, intents):
-        found = pipeline.candidates(pair.message, intent, vector)
+    for pair, vector, cosine, intent in zip(usable, vectors, cosines, intents):
+        found = pipeline.candidates(pair.message, intent, vector, cosine_vector=cosine)
         labels = answer_labels(pair.reply, found.sentences, pair.source)
         if labels:
             groups.append((found.features, labels))
@@ -165,18 +174,19 @@ def _fact_recall(reply: str, reference: str) -> float | None:
     return len(wanted & stated) / len(wanted)
 
 
-def tune_selection(pipeline: ReplyPipeline, pairs: Sequence[ReplyPair]) -> tuple[ReplySettings, dict[str, Any]]:
+def tune_selection(
+    pipeline: ReplyPipeline, pairs: Sequence[ReplyPair], cross_fitted: Mapping[str, np.ndarray] | None = None
+) -> tuple[ReplySettings, dict[str, Any]]:
     """How many sentences an answer quotes: of the (second_sentence_ratio, max_sentences) of :data:`SELECTION_GRID`
     whose replies to ``pairs`` (those with a source) average at most :data:`SHORT_REPLY_CHARS` characters, the one
     stating most of the reference replies' facts (ties: the shorter)."""
-    usable = [p for p in pairs if p.source]
+    usable, vectors, cosines = _usable_vectors(pipeline, pairs, cross_fitted)
     settings = pipeline.model.settings
     if not usable:
         return settings, {"pairs": 0}
-    vectors = pipeline.knowledge.embed_queries([p.message for p in usable])
     ranked = [
-        pipeline.rank(pipeline.candidates(p.message, i, v))
-        for p, v, i in zip(usable, vectors, message_intents(pipeline, usable))
+        pipeline.rank(pipeline.candidates(p.message, i, v, cosine_vector=c))
+        for p, v, c, i in zip(usable, vectors, cosines, message_intents(pipeline, usable))
     ]
     results = {}
     for ratio, most in SELECTION_GRID:
@@ -204,13 +214,16 @@ def fit_ranking(
     train: Sequence[ReplyPair],
     validation: Sequence[ReplyPair],
     listener: Listener | None = None,
+    cross_fitted: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, Any], int]:
     """What training fits: the pipeline's sentence ranker on the ``train`` pairs' answering sentences, then the
     selection tuned on them (``validation`` stays unseen). Sets ``pipeline.model``'s ranker and settings; returns
-    the ranker's validation metrics (:func:`ranker_metrics`, with the selection) and the training questions used."""
+    the ranker's validation metrics (:func:`ranker_metrics`, with the selection) and the training questions used.
+    ``cross_fitted``: the training messages' sentence-cosine vectors from question layers tuned without them
+    (:func:`~.tuning.tune_question_layers`), so that the ranker does not learn to trust an over-fitted cosine."""
     emit = emitter(listener)
     emit(TrainingEvent("status", message="labelling the answering sentence of each training question"))
-    train_groups, _, _ = ranking_groups(pipeline, train)
+    train_groups, _, _ = ranking_groups(pipeline, train, cross_fitted)
     val_groups, val_found, _ = ranking_groups(pipeline, validation)
     if not train_groups:
         raise DataError(
@@ -220,7 +233,7 @@ def fit_ranking(
     emit(TrainingEvent("status", message=f"fitting the sentence ranker on {len(train_groups)} questions"))
     pipeline.model.ranker = SentenceRanker.fit(train_groups)
     ranking = ranker_metrics(pipeline.model.ranker, val_groups, val_found)
-    pipeline.model.settings, selection = tune_selection(pipeline, train)
+    pipeline.model.settings, selection = tune_selection(pipeline, train, cross_fitted)
     ranking["selection"] = selection
     return ranking, len(train_groups)
 
@@ -366,6 +379,55 @@ def evaluate_pipeline(
 # ---------------------------------------------------------------------------- training
 
 
+def fit_replies(
+    pipeline: ReplyPipeline,
+    train: Sequence[ReplyPair],
+    validation: Sequence[ReplyPair],
+    tuning: TuningConfig | None,
+    listener: Listener | None = None,
+) -> tuple[dict[str, Any], int, dict[str, Any]]:
+    """Everything training fits on the pipeline: the question layers (``tuning``; None: frozen cosines), then the
+    ranker on their cross-fitted cosines and the selection (:func:`fit_ranking`). Returns the ranker's metrics,
+    its training questions, and what the metrics record of the question layers."""
+    pipeline.question = pipeline.model.question = None
+    questions = _tune_questions(pipeline, train, tuning, emitter(listener))
+    cross_fitted = questions.pop("cross_fitted", None)
+    ranking, train_questions = fit_ranking(pipeline, train, validation, listener, cross_fitted=cross_fitted)
+    return ranking, train_questions, questions
+
+
+def _tune_questions(
+    pipeline: ReplyPipeline, train: Sequence[ReplyPair], tuning: TuningConfig | None, emit: Any
+) -> dict[str, Any]:
+    """Fine-tune the question layers on ``train``'s messages with an answering sentence and put them in the
+    pipeline (and its model); returns what the metrics record, with "cross_fitted" when they were tuned."""
+    from .tuning import can_tune, tune_question_layers  # the torch part: on use
+
+    if tuning is None:
+        return {"tuned": False, "reason": "--frozen-questions"}
+    kb = pipeline.knowledge
+    if not can_tune(kb.embedder):
+        return {"tuned": False, "reason": f"{kb.model.spec} has no BERT layers to tune"}
+    groups, found, answered = ranking_groups(pipeline, train)
+    if len(groups) < 2 * tuning.folds:
+        return {"tuned": False, "reason": f"{len(groups)} training questions with an answering sentence"}
+    row_of = {s.id: i for i, s in enumerate(pipeline.model.sentences)}
+    examples = [
+        (pair.message, [row_of[f.sentences[i].id] for i in labels])
+        for (_, labels), f, pair in zip(groups, found, answered)
+    ]
+    emit(
+        TrainingEvent(
+            "status",
+            message=f"fine-tuning the question encoder's top layers on {len(examples)} questions "
+            f"(all of them, then each of {tuning.folds} folds without its questions)",
+        )
+    )
+    tuned = tune_question_layers(kb, examples, pipeline.model.vectors, tuning)
+    pipeline.question, pipeline.model.question = tuned.layers, tuned.layers.stored
+    return {"tuned": True, **tuned.summary, "cross_fitted": tuned.cross_fitted}
+
+
 @dataclass
 class _Prepared:
     """What training_run's repeat check and MLflow parameters read."""
@@ -386,7 +448,10 @@ def train_replies(
     eval_file: Path | None = None,
     policy_file: Path | None = None,
     use_generator: bool = False,
+    tune_questions: bool = True,
 ) -> ComponentResult:
+    """``tune_questions``: fine-tune the question layers (:mod:`.tuning`; skipped, with a note in the metrics, for
+    an encoder without the BERT layers they run); False: the sentence cosines use the frozen search vector."""
     from ...pipeline.analyze import Analyzer  # loads the component table
     from ..knowledge.kb import KnowledgeBase  # imports the encoders
 
@@ -417,6 +482,7 @@ def train_replies(
     prepared = load_reply_data(Path(data), settings.data)
     kb = KnowledgeBase.from_version(source_info, settings.paths.models_dir)
     reply_settings = ReplySettings(use_generator=use_generator)
+    tuning = TuningConfig() if tune_questions else None
     fingerprint = hashlib.sha256(
         "|".join(
             [
@@ -426,10 +492,15 @@ def train_replies(
                 knowledge_fingerprint(kb.manifest),
                 analyzer_fingerprint(source_info),
                 json.dumps(reply_settings.to_dict()),
+                json.dumps(tuning.to_dict() if tuning is not None else None),
             ]
         ).encode()
     ).hexdigest()
-    config = {"features": list(FEATURES), **reply_settings.to_dict()}
+    config = {
+        "features": list(FEATURES),
+        **reply_settings.to_dict(),
+        "question_layers": tuning.to_dict() if tuning is not None else None,
+    }
     frame = _Prepared(prepared.train, prepared.validation, fingerprint)
     with training_run(
         settings,
@@ -462,10 +533,13 @@ def train_replies(
 
             responder = Responder.from_version(source_info, settings.paths.models_dir, knowledge=kb)
         pipeline = ReplyPipeline(source_info.name, kb, model, analyzer, responder)
-        ranking, train_questions = fit_ranking(pipeline, prepared.train, prepared.validation, listener)
+        ranking, train_questions, questions_info = fit_replies(
+            pipeline, prepared.train, prepared.validation, tuning, listener
+        )
         emit(TrainingEvent("status", message=f"scoring the replies on {len(questions)} evaluation questions"))
         metrics = evaluate_pipeline(pipeline, questions, prepared.train, prepared.validation)
         metrics["ranker"] = {**ranking, "train_questions": train_questions}
+        metrics["question_layers"] = questions_info
         duration = time.monotonic() - start
         tracker.log_metrics(
             {
@@ -571,6 +645,7 @@ __all__ = [
     "evaluate_pipeline",
     "evaluate_version",
     "fit_ranking",
+    "fit_replies",
     "read_eval_file",
     "train_replies",
 ]
