@@ -15,9 +15,10 @@ that neither its passages nor the message hold; for the generator, the passages 
 length and in-process milliseconds per reply; on the version's validation reply pairs, relevance (cosine
 of reply and reference with the knowledge base's encoder) and ROUGE-L.
 
-With ``--serve``: p50 of ``POST /reply`` (one client, sequential) from a `hotelbot serve` of the version,
-and, with ``--baseline-code DIR --baseline-version V`` (an older checkout, e.g. ``git archive 4b8681c``), of
-that code serving V's generator on the same machine in the same run.
+With ``--serve``: p50 of ``POST /reply`` (one client, sequential) and the server's RSS once ready and after the
+requests, from a `hotelbot serve` of the version, and, with ``--baseline-version V``, of V on the same machine
+in the same run: served by ``--baseline-code DIR`` (an older checkout, e.g. ``git archive 4b8681c``), else by
+this checkout.
 
     .venv/bin/python benchmarks/replies.py --registry registry --version v0006 [--serve]
         [--baseline-code /tmp/base --baseline-version v0005] [--requests 60] [--json out.json]
@@ -41,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency import hotelbot, post_json, running_server, say  # noqa: E402 - the benchmarks directory is the script's own path
+from latency import hotelbot, post_json, process_rss_mb, running_server, say  # noqa: E402 - the benchmarks directory is the script's own path
 
 from hotelbot_cli.components.generator.metrics import corpus_rouge_l  # noqa: E402
 from hotelbot_cli.components.replies.pipeline import EVAL_FILE, REPLIES_DIR, ReplyPipeline  # noqa: E402
@@ -139,7 +140,8 @@ def serve_p50(code: Path | None, registry: Path, version: str, texts: list[str],
         if code is not None:
             env["PYTHONPATH"] = str(code)
             cmd = [sys.executable, "-m", "hotelbot_cli", "serve"]
-        with running_server(lambda port: [*cmd, "--port", str(port)], env, Path(tmp), timeout=300) as (_, base, ready):
+        with running_server(lambda port: [*cmd, "--port", str(port)], env, Path(tmp), timeout=300) as (proc, base, ready):
+            loaded = process_rss_mb(proc.pid)
             times = []
             for i in range(requests):  # a non-2xx answer raises (HTTPError): every timed request succeeded
                 t = time.perf_counter()
@@ -148,7 +150,7 @@ def serve_p50(code: Path | None, registry: Path, version: str, texts: list[str],
             measured = sorted(times[5:])
             return {"version": version, "ready_s": round(ready, 2), "p50_ms": round(statistics.median(measured), 1),
                     "p95_ms": round(measured[int(0.95 * (len(measured) - 1))], 1), "requests": len(measured),
-                    "ok": len(times)}
+                    "ok": len(times), "rss_loaded_mb": round(loaded, 1), "rss_after_mb": round(process_rss_mb(proc.pid), 1)}
 
 
 def main() -> int:
@@ -157,7 +159,8 @@ def main() -> int:
     parser.add_argument("--version", required=True, help="a version with the reply model")
     parser.add_argument("--serve", action="store_true", help="also measure POST /reply of `hotelbot serve`")
     parser.add_argument("--baseline-code", type=Path, help="an older checkout whose /reply to compare with")
-    parser.add_argument("--baseline-version", help="the version the baseline code serves (its generator)")
+    parser.add_argument("--baseline-version",
+                        help="the version the baseline code serves (without --baseline-code: this checkout serves it)")
     parser.add_argument("--requests", type=int, default=60)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -176,13 +179,14 @@ def main() -> int:
         texts = [q["question"] for q in map(json.loads, (info.path / REPLIES_DIR / EVAL_FILE).read_text("utf-8").splitlines())]
         say("serving the version ...")
         result["serve"] = {"replies": serve_p50(None, args.registry, info.name, texts, args.requests)}
-        if args.baseline_code and args.baseline_version:
-            say(f"serving {args.baseline_version} with {args.baseline_code} ...")
+        if args.baseline_version:
+            say(f"serving {args.baseline_version} with {args.baseline_code or 'this checkout'} ...")
             result["serve"]["baseline"] = serve_p50(args.baseline_code, args.registry, args.baseline_version, texts,
                                                     args.requests)
         for key, s in result["serve"].items():
             print(f"POST /reply {key:10} {s['version']}: p50 {s['p50_ms']} ms, p95 {s['p95_ms']} ms, "
-                  f"ready {s['ready_s']} s, {s['ok']}/{s['requests'] + 5} ok")
+                  f"ready {s['ready_s']} s, RSS {s['rss_loaded_mb']} MB loaded / {s['rss_after_mb']} MB after, "
+                  f"{s['ok']}/{s['requests'] + 5} ok")
     if args.json:
         args.json.write_text(json.dumps(result, ensure_ascii=False, indent=2), "utf-8")
     return 0
