@@ -20,7 +20,13 @@ requests, from a `hotelbot serve` of the version, and, with ``--baseline-version
 in the same run: served by ``--baseline-code DIR`` (an older checkout, e.g. ``git archive 4b8681c``), else by
 this checkout.
 
+With ``--train-generators scratch,encoder``: a generator is trained per decoder initialisation (today's decoder
+from scratch; one warm-started from e5's bottom layers, BERT2BERT), as `train --model-type generator` trains with
+its defaults, on the version's reply pairs, into a temporary copy of the registry; each gets the two generator
+rows in the same run.
+
     .venv/bin/python benchmarks/replies.py --registry registry --version v0006 [--serve]
+        [--train-generators scratch,encoder]
         [--baseline-code /tmp/base --baseline-version v0005] [--requests 60] [--json out.json]
 
 A benchmark, not a test: it never fails a build on a number.
@@ -76,7 +82,9 @@ def score(name, pipeline, questions, val_pairs, answer):
             "samples": [{"question": q.question, "reply": r} for q, r in list(zip(questions, replies))[:5]]}
 
 
-def quality(info, settings):
+def quality(info, settings, generators=()):
+    """The rows of ``info`` (nearest reply, extractive, its generator when it has one), plus two rows per
+    (label, version) of ``generators``."""
     pipeline = ReplyPipeline.from_version(info, settings)
     questions = read_eval_file(info.path / REPLIES_DIR / EVAL_FILE)
     pairs = read_prepared_replies(info.path / REPLIES_DIR / DATA_DIR)
@@ -97,29 +105,66 @@ def quality(info, settings):
     rows = [score("nearest training reply", pipeline, questions, pairs.validation, nearest),
             score("extractive (replies pipeline)", pipeline, questions, pairs.validation, extractive)]
     if (info.path / "generator").is_dir():
-        from hotelbot_cli.components.generator.responder import Responder
-
-        responder = Responder.from_version(info, settings.paths.models_dir, knowledge=pipeline.knowledge)
-
-        def generator(message):
-            hits = responder.retrieve([message])
-            (g,) = responder.reply([message], hits=hits)
-            return g["reply"], [h.chunk.passage() for h in hits[0]]
-
-        rows.insert(0, score("generator (before: unchecked)", pipeline, questions, pairs.validation, generator))
-        pipeline.model.settings = replace(pipeline.model.settings, use_generator=True)
-        pipeline.responder = responder
-        kept = []
-
-        def checked(message):
-            (a,) = pipeline.reply([message])
-            kept.append(a["kind"] == "generated")
-            return a["reply"], [chunks[s["chunk_id"]].passage() for s in a["sources"]]
-
-        row = score("pipeline + generator (checked)", pipeline, questions, pairs.validation, checked)
-        row["generated_share"] = round(sum(kept) / max(len(kept), 1), 4)
-        rows.append(row)
+        unchecked, checked = generator_rows(pipeline, info, settings, questions, pairs, "")
+        rows = [unchecked, *rows, checked]
+    for label, other in generators:
+        rows += generator_rows(pipeline, other, settings, questions, pairs, f" {label}")
     return rows, len(questions), len(pairs.validation)
+
+
+def generator_rows(pipeline, info, settings, questions, pairs, label):
+    """The generator of ``info`` answering alone (unchecked, as `reply` did before the reply model), and phrasing
+    the pipeline's informational answers (each generated reply fact-checked)."""
+    from hotelbot_cli.components.generator.responder import Responder
+
+    chunks = pipeline.knowledge.chunks
+    responder = Responder.from_version(info, settings.paths.models_dir, knowledge=pipeline.knowledge)
+
+    def generator(message):
+        hits = responder.retrieve([message])
+        (g,) = responder.reply([message], hits=hits)
+        return g["reply"], [h.chunk.passage() for h in hits[0]]
+
+    unchecked = score(f"generator{label} (unchecked)", pipeline, questions, pairs.validation, generator)
+    shipped = pipeline.model.settings
+    pipeline.model.settings = replace(shipped, use_generator=True)
+    pipeline.responder = responder
+    kept = []
+
+    def checked(message):
+        (a,) = pipeline.reply([message])
+        kept.append(a["kind"] == "generated")
+        return a["reply"], [chunks[s["chunk_id"]].passage() for s in a["sources"]]
+
+    try:
+        row = score(f"pipeline + generator{label} (checked)", pipeline, questions, pairs.validation, checked)
+    finally:
+        pipeline.model.settings, pipeline.responder = shipped, None
+    row["generated_share"] = round(sum(kept) / max(len(kept), 1), 4)
+    return [unchecked, row]
+
+
+def train_generators(registry: Path, version: str, inits: list[str], work: Path) -> tuple[Path, list]:
+    """Train a generator per decoder initialisation (``GeneratorConfig.decoder_init``), as `train --model-type
+    generator` does with its defaults, on ``version``'s reply pairs and knowledge base, into a hard-linked copy of
+    ``registry`` under ``work``: (the copy, [(label, version info, seconds)])."""
+    from hotelbot_cli.components.generator.model import GeneratorConfig
+    from hotelbot_cli.components.generator.training import train_generator
+
+    scratch = work / "registry"
+    subprocess.run(["cp", "-al", str(registry), str(scratch)], check=True)
+    settings = load_settings(path_overrides={"registry": scratch})
+    store = ModelRegistry(scratch)
+    data = store.get(version).path / REPLIES_DIR / DATA_DIR
+    trained = []
+    for init in inits:
+        say(f"training a generator (decoder_init {init}) on {version} ...")
+        start = time.monotonic()
+        result = train_generator(settings, data, store, source=version, force=True,
+                                 config=GeneratorConfig.from_settings(settings, decoder_init=init))
+        trained.append((f"[{init}]", result.version, round(time.monotonic() - start, 1)))
+        say(f"  {result.version.name}: trained in {trained[-1][2]:.0f}s")
+    return scratch, trained
 
 
 def settings_home() -> Path:
@@ -162,18 +207,26 @@ def main() -> int:
     parser.add_argument("--baseline-version",
                         help="the version the baseline code serves (without --baseline-code: this checkout serves it)")
     parser.add_argument("--requests", type=int, default=60)
+    parser.add_argument("--train-generators", default="",
+                        help="comma-separated decoder initialisations (scratch, encoder): train a generator each on "
+                             "the version's pairs (into a temporary copy of the registry) and score it beside the rest")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     settings = load_settings()
     info = ModelRegistry(args.registry).require_intact(args.version)
-    say(f"scoring the ways of answering on {info.name} ...")
-    rows, n_questions, n_pairs = quality(info, settings)
+    inits = [x.strip() for x in args.train_generators.split(",") if x.strip()]
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch, trained = train_generators(args.registry, info.name, inits, Path(tmp)) if inits else (None, [])
+        say(f"scoring the ways of answering on {info.name} ...")
+        rows, n_questions, n_pairs = quality(info, settings, [(label, v) for label, v, _ in trained])
     result = {"version": info.name, "eval_questions": n_questions, "validation_pairs": n_pairs, "rows": rows,
-              "cpu_count": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
+              "cpu_count": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
+              "trained_generators": [{"label": label, "seconds": seconds, "metrics": v.metadata.get("generator")}
+                                     for label, v, seconds in trained]}
     print(f"\n{info.name}: {n_questions} evaluation questions, {n_pairs} validation pairs, {os.cpu_count()} CPUs")
-    print(f"{'':34}{'fact acc':>9}{'recall':>8}{'unsupp.':>8}{'relev.':>8}{'ROUGE-L':>8}{'chars':>7}{'ms':>8}")
+    print(f"{'':44}{'fact acc':>9}{'recall':>8}{'unsupp.':>8}{'relev.':>8}{'ROUGE-L':>8}{'chars':>7}{'ms':>8}")
     for r in rows:
-        print(f"{r['name']:34}{r['fact_accuracy']:>9.3f}{r['fact_recall']:>8.3f}{r['unsupported_fact_rate']:>8.3f}"
+        print(f"{r['name']:44}{r['fact_accuracy']:>9.3f}{r['fact_recall']:>8.3f}{r['unsupported_fact_rate']:>8.3f}"
               f"{r['relevance']:>8.3f}{r['rouge_l']:>8.3f}{r['mean_chars']:>7.0f}{r['ms_per_reply']:>8.1f}")
     if args.serve:
         texts = [q["question"] for q in map(json.loads, (info.path / REPLIES_DIR / EVAL_FILE).read_text("utf-8").splitlines())]

@@ -442,6 +442,42 @@ def test_generation_reads_the_shared_onnx_encoders_states_and_replies_the_same(t
     assert shared.reply(messages) == torch_replies and calls
 
 
+def test_a_decoder_warm_started_from_the_encoder_copies_its_layers_and_trains(tiny_model, tmp_path):
+    """decoder_init "encoder" (BERT2BERT): the decoder is as wide as the encoder, its bottom layers' self-attention
+    and FFN start as the encoder's, its cross-attention reads standardised states (no projection), and it trains,
+    saves and loads like the scratch decoder. More layers than the encoder has is one clear error."""
+    import torch
+
+    from hotelbot_cli.components.generator.model import build_new_model, standardize_cross_attention
+
+    cfg = GeneratorConfig(base_model=str(tiny_model), epochs=2, batch_size=4, decoder_layers=2, decoder_init="encoder",
+                          early_stopping_patience=0, freeze_encoder="yes")
+    model, _, _, _ = build_new_model(cfg, tmp_path / "models", lambda tok: [tok(p.reply)["input_ids"]
+                                                                             for p in pair_objects()])
+    encoder_layers, decoder_layers = model.encoder.encoder.layer, model.decoder.bert.encoder.layer
+    assert getattr(model, "enc_to_dec_proj", None) is None and len(decoder_layers) == 2
+    for source, target in zip(encoder_layers, decoder_layers):
+        for name, value in source.attention.state_dict().items():
+            assert torch.equal(target.attention.state_dict()[name], value)
+        assert torch.equal(target.intermediate.dense.weight, source.intermediate.dense.weight)
+    states = [torch.randn(30, 64) * 0.1 + 2.0 for _ in range(3)]
+    key = decoder_layers[0].crossattention.self.key
+    assert standardize_cross_attention(model, states)
+    out = key(torch.cat(states)).detach()
+    assert out.mean(0).abs().max() < 1e-3  # the states' shared component no longer reaches the keys
+    fit, _ = fit_generator(cfg, pair_objects()[:8], pair_objects()[8:], tmp_path / "models")
+    assert fit.model.decoder.config.hidden_size == 64 and fit.cached_encoder
+    save_generator(fit.model, fit.tokenizer, fit.spec, cfg.generation, fit.vocab, tmp_path / "gen")
+    before = Responder(fit.model, fit.tokenizer, fit.spec, cfg.generation, fit.vocab).reply(["hola buenas"])
+    loaded, tokenizer, spec, generation, vocab = load_generator(tmp_path / "gen", tmp_path / "models")
+    assert Responder(loaded, tokenizer, spec, generation, vocab).reply(["hola buenas"]) == before
+    with pytest.raises(ConfigError, match="decoder_init encoder: the encoder has 2 BERT layers"):
+        build_new_model(GeneratorConfig(base_model=str(tiny_model), decoder_layers=3, decoder_init="encoder"),
+                        tmp_path / "models", lambda tok: [[5]])
+    with pytest.raises(ConfigError, match="decoder_init"):
+        GeneratorConfig(decoder_init="bert")
+
+
 def test_the_encoder_projection_starts_as_standardisation():
     import torch
 

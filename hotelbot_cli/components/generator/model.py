@@ -219,6 +219,10 @@ class GeneratorConfig:
     seed: int = 42
     early_stopping_patience: int = 3
     decoder_layers: int = 3
+    # "scratch": a new decoder (below); "encoder": warm-started from the encoder's bottom layers (BERT2BERT,
+    # Rothe et al. 2020): the encoder's width, heads and FFN, its self-attention and FFN weights copied
+    # (cross-attention new); measured in benchmarks/replies.py --train-generators, not the default
+    decoder_init: str = "scratch"
     decoder_hidden: int = 0  # 0: the encoder's hidden size, at most 256
     decoder_heads: int = 0  # 0: decoder hidden size / 64 (at least 1)
     decoder_ffn: int = 0  # 0: 4 x decoder hidden size
@@ -249,6 +253,8 @@ class GeneratorConfig:
             raise ConfigError(f"decoder_layers must be between 1 and 24, got {self.decoder_layers}")
         if min(self.decoder_hidden, self.decoder_heads, self.decoder_ffn, self.early_stopping_patience) < 0:
             raise ConfigError("decoder_hidden, decoder_heads, decoder_ffn and early_stopping_patience must be >= 0")
+        if self.decoder_init not in ("scratch", "encoder"):
+            raise ConfigError(f"decoder_init must be scratch or encoder, got {self.decoder_init!r}")
         if self.freeze_encoder not in ("auto", "yes", "no"):
             raise ConfigError(f"freeze_encoder must be auto, yes or no, got {self.freeze_encoder!r}")
         if not 16 <= self.max_source_length <= 1024 or not 8 <= self.max_target_length <= 512:
@@ -417,14 +423,21 @@ def _new_encoder_decoder(cfg: GeneratorConfig, tokenizer: Any, encoder: Any, voc
     from transformers import BertConfig, BertLMHeadModel, EncoderDecoderModel  # heavy: imported on use
 
     enc_hidden = int(encoder.config.hidden_size)
-    hidden = cfg.decoder_hidden or min(enc_hidden, 256)
+    warm = cfg.decoder_init == "encoder"
+    source_layers = list(getattr(getattr(encoder, "encoder", None), "layer", None) or [])
+    if warm and len(source_layers) < cfg.decoder_layers:
+        raise ConfigError(
+            f"decoder_init encoder: the encoder has {len(source_layers)} BERT layers to copy, "
+            f"decoder_layers is {cfg.decoder_layers}"
+        )
+    hidden = enc_hidden if warm else (cfg.decoder_hidden or min(enc_hidden, 256))
     specials = _special_ids(tokenizer)
     if vocab is not None:
         dec_vocab, pad, bos, eos = len(vocab), vocab.pad, vocab.bos, vocab.eos
     else:
         dec_vocab = int(encoder.config.vocab_size)
         pad, bos, eos = specials["pad"], specials["bos"], specials["eos"]
-    heads = cfg.decoder_heads or max(1, hidden // 64)
+    heads = int(encoder.config.num_attention_heads) if warm else (cfg.decoder_heads or max(1, hidden // 64))
     if hidden % heads:
         raise ConfigError(f"decoder_heads ({heads}) must divide the encoder's hidden size ({hidden})")
     positions = max(128, cfg.max_target_length + 2, cfg.generation.max_new_tokens + 2)
@@ -433,7 +446,9 @@ def _new_encoder_decoder(cfg: GeneratorConfig, tokenizer: Any, encoder: Any, voc
         hidden_size=hidden,
         num_hidden_layers=cfg.decoder_layers,
         num_attention_heads=heads,
-        intermediate_size=cfg.decoder_ffn or 4 * hidden,
+        intermediate_size=int(encoder.config.intermediate_size) if warm else (cfg.decoder_ffn or 4 * hidden),
+        hidden_act=str(getattr(encoder.config, "hidden_act", "gelu")) if warm else "gelu",
+        layer_norm_eps=float(getattr(encoder.config, "layer_norm_eps", 1e-12)) if warm else 1e-12,
         max_position_embeddings=positions,
         hidden_dropout_prob=cfg.dropout,
         attention_probs_dropout_prob=cfg.dropout,
@@ -463,6 +478,13 @@ def _new_encoder_decoder(cfg: GeneratorConfig, tokenizer: Any, encoder: Any, voc
         if positions_src is not None and positions_src.weight.shape[1] == hidden:
             n = min(positions, positions_src.weight.shape[0])
             decoder.bert.embeddings.position_embeddings.weight[:n] = positions_src.weight[:n]
+        if warm:  # BERT2BERT: the encoder's bottom layers (self-attention, FFN, norms) start the decoder's
+            for target, layer in zip(decoder.bert.encoder.layer, source_layers):
+                for part in ("attention", "intermediate", "output"):
+                    getattr(target, part).load_state_dict(getattr(layer, part).state_dict())
+            norm = getattr(getattr(encoder, "embeddings", None), "LayerNorm", None)
+            if norm is not None:
+                decoder.bert.embeddings.LayerNorm.load_state_dict(norm.state_dict())
     model = EncoderDecoderModel(encoder=encoder, decoder=decoder)  # adds enc_to_dec_proj when the sizes differ
     _set_generation_ids(model, bos=bos, eos=eos, pad=pad, vocab_size=dec_vocab)
     return model
@@ -492,6 +514,25 @@ def standardize_projection(model: Any, states: Sequence[Any], seed: int = 0) -> 
     with torch.no_grad():
         proj.weight.copy_(rotation / std[None, :])
         proj.bias.copy_(-(proj.weight @ mean))
+    return True
+
+
+def standardize_cross_attention(model: Any, states: Sequence[Any]) -> bool:
+    """For a decoder as wide as the encoder (no ``enc_to_dec_proj``): fold :func:`standardize_projection`'s
+    per-dimension standardisation of the encoder's states into each cross-attention's key and value layers
+    (W / std, b - W mean / std), for the same reason. Returns False when there is nothing to fold into."""
+    import torch  # heavy: imported on use
+
+    layers = getattr(getattr(getattr(getattr(model, "decoder", None), "bert", None), "encoder", None), "layer", None)
+    if getattr(model, "enc_to_dec_proj", None) is not None or not layers or not states:
+        return False
+    rows = torch.cat([s.reshape(-1, s.shape[-1]).float() for s in states])
+    mean, std = rows.mean(0), rows.std(0).clamp(min=1e-4)
+    with torch.no_grad():
+        for layer in layers:
+            for linear in (layer.crossattention.self.key, layer.crossattention.self.value):
+                linear.weight.div_(std[None, :])
+                linear.bias.sub_(linear.weight @ mean)
     return True
 
 

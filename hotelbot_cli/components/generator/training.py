@@ -32,6 +32,7 @@ from .model import (
     freeze_encoder,
     save_generator,
     should_freeze_encoder,
+    standardize_cross_attention,
     standardize_projection,
 )
 from .responder import Responder, evaluate_generator, relevance_embedder
@@ -183,13 +184,15 @@ def fit_generator(
                 item.pop("input_ids")
                 item["encoder_hidden"] = state
 
-    if architecture == "encoder-decoder" and getattr(model, "enc_to_dec_proj", None) is not None:
+    if architecture == "encoder-decoder" and (
+        getattr(model, "enc_to_dec_proj", None) is not None or cfg.decoder_init == "encoder"
+    ):
         sample = (
             [item["encoder_hidden"] for item in train_items]
             if cached
             else _encode_cached(model, train_src[:256], spec.special_ids["pad"], max(cfg.batch_size, 32))
         )
-        standardize_projection(model, sample, cfg.seed)
+        standardize_projection(model, sample, cfg.seed) or standardize_cross_attention(model, sample)
     ids = spec.special_ids
     decoder_start = int(model.config.decoder_start_token_id) if architecture != "causal" else ids["bos"]
     collator = Collator(architecture, ids["pad"], vocab.pad if vocab else ids["pad"], decoder_start)
