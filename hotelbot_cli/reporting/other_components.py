@@ -30,6 +30,18 @@ def component_report(path: Path, metadata: dict[str, Any]) -> dict[str, dict[str
     return out
 
 
+def _question_layers(q: dict[str, Any] | None) -> str:
+    """The reply model's tuned question layers, as its metrics record them."""
+    if not q:
+        return "- (trained before them: frozen cosines)"
+    if not q.get("tuned"):
+        return f"not tuned ({q.get('reason', '-')}): frozen cosines"
+    return (
+        f"top {q.get('layers')} layers tuned on {q.get('examples')} questions ({q.get('folds')} folds, "
+        f"rank {q.get('rank')}, {(q.get('stored_bytes') or 0) / 1e6:.2f} MB, {q.get('seconds')} s)"
+    )
+
+
 def _component_facts(c: dict[str, Any]) -> list[tuple[str, str]]:
     """Key facts of one component of the report (see component_report), for HTML and Markdown."""
     h, kind = c["headline"], c.get("kind", "labels")
@@ -66,6 +78,7 @@ def _component_facts(c: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{_f(ranker.get('baseline_cosine_top1'))}), MRR {_f(ranker.get('mrr'))} on "
                 f"{ranker.get('questions', '-')} validation questions",
             ),
+            ("question layers", _question_layers(c.get("question_layers"))),
             ("replies by kind", kinds),
             ("knowledge base", c.get("knowledge_version") or "-"),
             ("training time", f"{seconds} s" if seconds is not None else "-"),

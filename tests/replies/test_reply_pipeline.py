@@ -430,6 +430,9 @@ def test_report_shows_the_replies_beside_the_baseline(registry):
     assert "### replies" in markdown and "| metric | replies | nearest training reply |" in markdown
     assert "Sample replies (evaluation questions)" in markdown and EVAL[0]["question"] in markdown
     assert "nearest training reply" in render_html(report)
+    tuned = recorded["question_layers"]
+    assert section["question_layers"] == tuned and tuned["tuned"] is True
+    assert f"- question layers: top 2 layers tuned on {tuned['examples']} questions (2 folds, rank 32" in markdown
 
 
 def test_recorded_figures_do_not_count_once_the_analyzer_changed(registry):

@@ -165,6 +165,7 @@ class RepliesComponent(Component):
             "headline": {k: metrics.get(k) for k, _ in REPORT_METRICS},
             "rows": rows,
             "ranker": metrics.get("ranker"),
+            "question_layers": metrics.get("question_layers"),
             "kinds": metrics.get("kinds"),
             "num_questions": metrics.get("num_questions"),
             "samples": (metrics.get("samples") or [])[:5],
