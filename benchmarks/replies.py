@@ -107,8 +107,9 @@ def quality(info, settings, generators=()):
     if (info.path / "generator").is_dir():
         unchecked, checked = generator_rows(pipeline, info, settings, questions, pairs, "")
         rows = [unchecked, *rows, checked]
-    for label, other in generators:
-        rows += generator_rows(pipeline, other, settings, questions, pairs, f" {label}")
+    for label, other in generators:  # a version trained from ``info``: the same replies and knowledge base, carried over
+        rows += generator_rows(ReplyPipeline.from_version(other, settings), other, settings, questions, pairs,
+                               f" {label}")
     return rows, len(questions), len(pairs.validation)
 
 
