@@ -490,6 +490,14 @@ def _new_encoder_decoder(cfg: GeneratorConfig, tokenizer: Any, encoder: Any, voc
     return model
 
 
+def _state_statistics(states: Sequence[Any]) -> tuple[Any, Any]:
+    """Per-dimension mean and spread (at least 1e-4) of encoder states, each (..., dim)."""
+    import torch  # heavy: imported on use
+
+    rows = torch.cat([s.reshape(-1, s.shape[-1]).float() for s in states])
+    return rows.mean(0), rows.std(0).clamp(min=1e-4)
+
+
 def standardize_projection(model: Any, states: Sequence[Any], seed: int = 0) -> bool:
     """Initialise ``enc_to_dec_proj`` (present when the decoder's hidden size differs from the encoder's) as
     per-dimension standardisation of the encoder's states followed by a random orthogonal projection.
@@ -504,8 +512,7 @@ def standardize_projection(model: Any, states: Sequence[Any], seed: int = 0) -> 
     proj = getattr(model, "enc_to_dec_proj", None)
     if proj is None or not states:
         return False
-    rows = torch.cat([s.reshape(-1, s.shape[-1]).float() for s in states])
-    mean, std = rows.mean(0), rows.std(0).clamp(min=1e-4)
+    mean, std = _state_statistics(states)
     generator = torch.Generator().manual_seed(seed)
     out_dim, in_dim = proj.weight.shape
     q, _ = torch.linalg.qr(torch.randn(max(out_dim, in_dim), min(out_dim, in_dim), generator=generator))
@@ -526,8 +533,7 @@ def standardize_cross_attention(model: Any, states: Sequence[Any]) -> bool:
     layers = getattr(getattr(getattr(getattr(model, "decoder", None), "bert", None), "encoder", None), "layer", None)
     if getattr(model, "enc_to_dec_proj", None) is not None or not layers or not states:
         return False
-    rows = torch.cat([s.reshape(-1, s.shape[-1]).float() for s in states])
-    mean, std = rows.mean(0), rows.std(0).clamp(min=1e-4)
+    mean, std = _state_statistics(states)
     with torch.no_grad():
         for layer in layers:
             for linear in (layer.crossattention.self.key, layer.crossattention.self.value):

@@ -278,10 +278,14 @@ class ReplyPipeline:
             vectors = self.knowledge.embed_queries(texts)
             return vectors, vectors
         vectors, states = self.knowledge.embed_queries_with_states(texts)
-        cosines = self.question.encode(states)
+        given = cross_fitted or {}
+        cosines = vectors.copy()
+        run = [i for i, t in enumerate(texts) if t not in given]  # the layers run only where no vector is given
+        if run:
+            cosines[run] = self.question.encode([states[i] for i in run])
         for i, text in enumerate(texts):
-            if cross_fitted is not None and text in cross_fitted:
-                cosines[i] = cross_fitted[text]
+            if text in given:
+                cosines[i] = given[text]
         return vectors, cosines
 
     # ------------------------------------------------------------------ loading

@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ...errors import ModelError
+from ..knowledge.index import normalize_rows
 
 QUESTION_FILE = "question_layers.safetensors"
 QUESTION_FORMAT = "hotelbot-question-layers/1"
@@ -169,8 +170,7 @@ class QuestionLayers:
             for j in range(self.layers):
                 x = self._layer(x, j)
             out[i] = x[0] if self.pooling == "cls" else x.mean(0)
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.maximum(norms, 1e-12)
+        return normalize_rows(out) if len(states) else out
 
 
 @dataclass

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -41,15 +41,7 @@ class TuningConfig:
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "layers": UPPER_LAYERS,
-            "epochs": self.epochs,
-            "lr": self.lr,
-            "temperature": self.temperature,
-            "folds": self.folds,
-            "rank": self.rank,
-            "seed": self.seed,
-        }
+        return {"layers": UPPER_LAYERS, **asdict(self)}
 
 
 @dataclass
