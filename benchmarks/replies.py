@@ -145,10 +145,10 @@ def generator_rows(pipeline, info, settings, questions, pairs, label):
     return [unchecked, row]
 
 
-def train_generators(registry: Path, version: str, inits: list[str], work: Path) -> tuple[Path, list]:
+def train_generators(registry: Path, version: str, inits: list[str], work: Path) -> list:
     """Train a generator per decoder initialisation (``GeneratorConfig.decoder_init``), as `train --model-type
     generator` does with its defaults, on ``version``'s reply pairs and knowledge base, into a hard-linked copy of
-    ``registry`` under ``work``: (the copy, [(label, version info, seconds)])."""
+    ``registry`` under ``work``: [(label, version info, seconds)]."""
     from hotelbot_cli.components.generator.model import GeneratorConfig
     from hotelbot_cli.components.generator.training import train_generator
 
@@ -165,7 +165,7 @@ def train_generators(registry: Path, version: str, inits: list[str], work: Path)
                                  config=GeneratorConfig.from_settings(settings, decoder_init=init))
         trained.append((f"[{init}]", result.version, round(time.monotonic() - start, 1)))
         say(f"  {result.version.name}: trained in {trained[-1][2]:.0f}s")
-    return scratch, trained
+    return trained
 
 
 def settings_home() -> Path:
@@ -217,7 +217,7 @@ def main() -> int:
     info = ModelRegistry(args.registry).require_intact(args.version)
     inits = [x.strip() for x in args.train_generators.split(",") if x.strip()]
     with tempfile.TemporaryDirectory() as tmp:
-        scratch, trained = train_generators(args.registry, info.name, inits, Path(tmp)) if inits else (None, [])
+        trained = train_generators(args.registry, info.name, inits, Path(tmp)) if inits else []
         say(f"scoring the ways of answering on {info.name} ...")
         rows, n_questions, n_pairs = quality(info, settings, [(label, v) for label, v, _ in trained])
     result = {"version": info.name, "eval_questions": n_questions, "validation_pairs": n_pairs, "rows": rows,
