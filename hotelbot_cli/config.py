@@ -64,6 +64,13 @@ def _coerce(type_name: Any, value: Any, where: str) -> Any:
     kind = str(type_name).replace("Optional[", "").replace(" | None", "")
     if value is None:
         return None
+    if " | " in kind:  # a union such as "int | str": the first type the value converts to
+        for part in kind.split(" | "):
+            try:
+                return _coerce(part, value, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {kind}, got {value!r}")
     try:
         if kind.startswith("bool"):
             if isinstance(value, bool):
@@ -91,7 +98,7 @@ def _coerce(type_name: Any, value: Any, where: str) -> Any:
     return value
 
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def redact_url(text: str) -> str:
@@ -114,6 +121,9 @@ class TrainingConfig(_Section):
     dropout: float = 0.1
     pooling: str = ""  # "" = what the base model needs (mean for the packaged models)
     freeze_embeddings: str = "auto"  # auto (freeze for large vocabularies) | yes | no
+    # The bottom N transformer layers (and the embeddings) stay as pretrained: no backward pass through them.
+    # auto: the intent classifier's bottom sixth (2 of e5's 12 layers), nothing for the other components
+    freeze_layers: int | str = "auto"
     class_weights: bool = False  # weight the loss by inverse class frequency
     # the intents' cross-entropy against targets smoothed by this much (Szegedy et al. 2016); 0: off
     label_smoothing: float = 0.0
@@ -126,8 +136,9 @@ class TrainingConfig(_Section):
     # `train --model-type all`: one joint NLU model (intents + entities + sentiment on one encoder) instead of
     # three separate ones, when the entity and sentiment splits are prepared (README "The joint NLU model")
     joint_nlu: bool = False
-    # Mixed precision on the Trainer: fp32 (none) | bf16 (CUDA with bf16 support, or recent CPUs) | fp16 (CUDA)
-    precision: str = "fp32"
+    # Mixed precision on the Trainer: auto (bf16 on a CPU with native bfloat16, else fp32) | fp32 (none) |
+    # bf16 (CUDA with bf16 support, or recent CPUs) | fp16 (CUDA)
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -148,6 +159,12 @@ class TrainingConfig(_Section):
             raise ConfigError(f"pooling must be one of {', '.join(POOLING_CHOICES)}, got {self.pooling!r}")
         if self.freeze_embeddings not in ("auto", "yes", "no"):
             raise ConfigError(f"freeze_embeddings must be auto, yes or no, got {self.freeze_embeddings!r}")
+        if isinstance(self.freeze_layers, str) and self.freeze_layers.strip().isdigit():
+            self.freeze_layers = int(self.freeze_layers)
+        if self.freeze_layers != "auto" and (
+            isinstance(self.freeze_layers, bool) or not isinstance(self.freeze_layers, int) or self.freeze_layers < 0
+        ):
+            raise ConfigError(f"freeze_layers must be auto or a whole number >= 0, got {self.freeze_layers!r}")
         if not self.base_model.strip():
             raise ConfigError("base_model must not be empty")
         if self.oos_detector not in ("auto", "softmax", "knn"):
@@ -342,6 +359,7 @@ ENV_TRAINING = {
     "TRAINING_OOS_KNN_K": "oos_knn_k",
     "TRAINING_PRECISION": "precision",
     "TRAINING_LABEL_SMOOTHING": "label_smoothing",
+    "TRAINING_FREEZE_LAYERS": "freeze_layers",
     "HOTELBOT_BASE_MODEL": "base_model",
 }
 ENV_DATA = {"TRAINING_VALIDATION_SPLIT": "validation_split"}

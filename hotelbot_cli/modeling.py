@@ -27,7 +27,7 @@ from torch import nn
 
 from . import packaged
 from ._io import atomic_write_json
-from .errors import ModelError
+from .errors import ConfigError, ModelError
 from .runtime.layout import EMBEDDINGS_FILE
 from .training.distributed import main_process_first
 
@@ -385,6 +385,33 @@ class MultiTaskClassifier(SentenceClassifier):
 def new_classifier(encoder: nn.Module, config: ClassifierConfig) -> SentenceClassifier:
     """A :class:`MultiTaskClassifier` when ``config.tasks`` names other heads, else a :class:`SentenceClassifier`."""
     return MultiTaskClassifier(encoder, config) if config.tasks else SentenceClassifier(encoder, config)
+
+
+AUTO_FROZEN_SHARE = 6  # freeze_layers "auto": one layer in six (measured on the shipped data: docs/data.md)
+
+
+def freeze_bottom_layers(encoder: nn.Module, setting: int | str, auto: bool = False) -> int:
+    """Freeze ``encoder``'s embeddings and its bottom transformer layers (``freeze_layers``): nothing below the
+    first trainable layer needs a gradient, so the backward pass stops there. ``setting``: a count, or "auto":
+    the bottom sixth of the layers (2 of 12) where ``auto`` (the intent classifier), none elsewhere. Returns how
+    many parameters were frozen. Raises ConfigError for a count on an encoder without a BERT-like layer list,
+    or a count that leaves no layer to train."""
+    blocks = getattr(getattr(encoder, "encoder", None), "layer", None)
+    if setting == "auto":
+        count = len(blocks) // AUTO_FROZEN_SHARE if auto and blocks is not None else 0
+    else:
+        count = int(setting)
+    if count <= 0:
+        return 0
+    if blocks is None:
+        raise ConfigError("freeze_layers needs a BERT-like encoder (encoder.layer); this base model has none")
+    if count >= len(blocks):
+        raise ConfigError(f"freeze_layers must be less than the encoder's {len(blocks)} layers, got {count}")
+    embeddings = getattr(encoder, "embeddings", None) or cast(Any, encoder).get_input_embeddings()
+    frozen = [p for module in (embeddings, *list(blocks)[:count]) for p in module.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    return sum(p.numel() for p in frozen)
 
 
 def should_freeze(setting: str, encoder: nn.Module) -> bool:

@@ -253,6 +253,17 @@ def train_cmd(
             show_default=False,
         ),
     ] = None,
+    freeze_layers: Annotated[
+        Optional[str],
+        typer.Option(
+            "--freeze-layers",
+            metavar="auto|N",
+            help="Keep the base encoder's embeddings and bottom N transformer layers as pretrained: no backward "
+            "pass through them, so each step is faster; auto = the intent classifier's bottom sixth (2 of "
+            "e5's 12), none for the other components [env: TRAINING_FREEZE_LAYERS; default auto].",
+            show_default=False,
+        ),
+    ] = None,
     oos_detector: Annotated[
         Optional[str],
         typer.Option(
@@ -316,6 +327,14 @@ def train_cmd(
     fp16: Annotated[
         bool, typer.Option("--fp16", help="Mixed precision float16 (a CUDA GPU only) [env: TRAINING_PRECISION=fp16].")
     ] = False,
+    fp32: Annotated[
+        bool,
+        typer.Option(
+            "--fp32",
+            help="Plain float32, also on a CPU with native bfloat16, where the default (auto) trains in bf16 "
+            "[env: TRAINING_PRECISION=fp32].",
+        ),
+    ] = False,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
     registry: RegistryOpt = None,
@@ -378,8 +397,8 @@ def train_cmd(
             )
     if (hpo_worker or hpo_storage) and not hpo:
         raise typer.BadParameter("--hpo-worker and --hpo-storage go with --hpo")
-    if bf16 and fp16:
-        raise typer.BadParameter("--bf16 and --fp16 exclude each other: choose one")
+    if bf16 + fp16 + fp32 > 1:
+        raise typer.BadParameter("--bf16, --fp16 and --fp32 exclude each other: choose one")
     if reply_eval is not None and not reply_eval.is_file():
         raise typer.BadParameter(f"--reply-eval: no such file: {reply_eval}")
     if from_version and not incremental and (component is None or primary):
@@ -404,8 +423,9 @@ def train_cmd(
                 "freeze_embeddings": freeze,
                 "class_weights": class_weights,
                 "label_smoothing": label_smoothing,
+                "freeze_layers": freeze_layers,
                 "oos_detector": oos_detector,
-                "precision": "bf16" if bf16 else ("fp16" if fp16 else None),
+                "precision": "bf16" if bf16 else ("fp16" if fp16 else ("fp32" if fp32 else None)),
             }
         },
     )

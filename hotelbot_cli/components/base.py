@@ -448,7 +448,7 @@ def find_trained(
 
 # Config keys added after versions were recorded, at the value that means "as before": a record without them
 # and one with them at this value are the same training.
-LATER_DEFAULTS: dict[str, Any] = {"precision": "fp32", "label_smoothing": 0.0}
+LATER_DEFAULTS: dict[str, Any] = {"precision": "fp32", "label_smoothing": 0.0, "freeze_layers": 0}
 
 
 def _comparable(value: Any) -> Any:

@@ -3,7 +3,7 @@ classifier's training, HPO trials, cross-validation folds and the sentiment comp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,7 +13,7 @@ from ..errors import DataError
 from ..evaluation import classification_metrics
 from .calibration import apply_threshold, calibrate_threshold
 from .events import Listener
-from .loop import FitStats, train_best_epoch
+from .loop import FitStats, check_precision, train_best_epoch
 from .monitor import SystemMonitor
 from .tracking import MlflowTracker
 
@@ -137,14 +137,16 @@ def fit_classifier(
     import torch
     from transformers import DataCollatorWithPadding, set_seed
 
-    from ..modeling import should_freeze  # imports torch
+    from ..modeling import freeze_bottom_layers, should_freeze  # imports torch
 
     monitor = monitor or SystemMonitor()
+    cfg = replace(cfg, precision=check_precision(cfg, auto_bf16=True))  # auto: bf16 on a CPU with native bf16
     set_seed(cfg.seed)
     model, tokenizer, resolved = _initial_model(cfg, labels, models_dir, parent_dir)
     labels = list(model.classifier_config.labels)
     label_to_id = {label: i for i, label in enumerate(labels)}
     frozen = model.freeze_word_embeddings() if should_freeze(cfg.freeze_embeddings, model.encoder) else 0
+    frozen += freeze_bottom_layers(model.encoder, cfg.freeze_layers, auto=True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     model.label_smoothing = cfg.label_smoothing
     if cfg.class_weights:

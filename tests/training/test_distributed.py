@@ -109,14 +109,27 @@ def test_class_weights_are_a_buffer_that_follows_the_model(tiny_model):
     assert torch.isfinite(out["loss"])
 
 
-def test_mixed_precision_reaches_the_trainer_and_fp16_needs_cuda():
+def test_mixed_precision_reaches_the_trainer_and_fp16_needs_cuda(monkeypatch):
     import torch
 
+    from hotelbot_cli.training import loop
     from hotelbot_cli.training.loop import check_precision, training_arguments
 
     args = training_arguments(TrainingConfig(precision="bf16"), "/tmp/unused", 100)
     assert args.bf16 and not args.fp16
-    assert not training_arguments(TrainingConfig(), "/tmp/unused", 100).bf16
+    assert not training_arguments(TrainingConfig(precision="fp32"), "/tmp/unused", 100).bf16
+    # the default, auto: the intent classifier trains in bf16 on a CPU that computes it natively, in float32
+    # on any other CPU and on a GPU; the other components in float32
+    assert TrainingConfig().precision == "auto"
+    monkeypatch.setenv("HOTELBOT_DEVICE", "cpu")
+    for native in (True, False):
+        monkeypatch.setattr(loop, "cpu_has_bf16", lambda native=native: native)
+        assert check_precision(TrainingConfig(), auto_bf16=True) == ("bf16" if native else "fp32")
+        assert check_precision(TrainingConfig()) == "fp32"
+        assert not training_arguments(TrainingConfig(), "/tmp/unused", 100).bf16
+    if torch.cuda.is_available():
+        monkeypatch.setenv("HOTELBOT_DEVICE", "cuda")
+        assert check_precision(TrainingConfig(), auto_bf16=True) == "fp32"
     with pytest.raises(ConfigError, match="precision must be one of"):
         TrainingConfig(precision="fp8")
     if torch.cuda.is_available():
@@ -138,6 +151,8 @@ def test_train_refuses_fp16_without_cuda_before_anything_is_logged(tmp_path):
     assert result.exit_code == 1 and "--fp16 needs a CUDA GPU" in result.output
     assert not (tmp_path / "r").exists()
     result = CliRunner().invoke(app, ["train", "--fp16", "--bf16"])
+    assert result.exit_code == 2 and "exclude each other" in result.output
+    result = CliRunner().invoke(app, ["train", "--fp32", "--bf16"])
     assert result.exit_code == 2 and "exclude each other" in result.output
 
 

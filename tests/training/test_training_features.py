@@ -306,3 +306,69 @@ def test_same_data_config_and_seed_give_the_same_metrics(tiny_data, isolated_env
     assert m1["per_intent"] == m2["per_intent"]
     skipped = run("train")
     assert skipped.exit_code == 0 and second["version"] in skipped.stderr  # the newest match is named
+
+
+def test_freeze_layers_keeps_the_bottom_layers_as_pretrained(tmp_path, tiny_model):
+    """training_config.freeze_layers (train --freeze-layers, TRAINING_FREEZE_LAYERS): the embeddings and the
+    bottom N layers come out of training as the base model has them, the layers above are trained; a count
+    that leaves no layer to train is one clear error before anything is trained."""
+    from dataclasses import replace
+
+    import torch
+    from transformers import AutoModel
+
+    from hotelbot_cli.components.base import _comparable
+    from hotelbot_cli.config import TrainingConfig, load_settings
+    from hotelbot_cli.data import Example
+    from hotelbot_cli.errors import ConfigError
+    from hotelbot_cli.training.classify import fit_classifier
+    from hotelbot_cli.training.loop import cpu_has_bf16
+
+    assert load_settings(env={"TRAINING_FREEZE_LAYERS": "1"}).training.freeze_layers == 1
+    assert load_settings(env={"TRAINING_FREEZE_LAYERS": "auto"}).training.freeze_layers == "auto"
+    assert TrainingConfig().freeze_layers == "auto"
+    for wrong in (-1, "some", 1.5):
+        with pytest.raises(ConfigError, match="freeze_layers must be auto or a whole number >= 0"):
+            TrainingConfig(freeze_layers=wrong)
+    assert _comparable({"training_config": {"epochs": 3, "freeze_layers": 0}}) == \
+        _comparable({"training_config": {"epochs": 3}})
+    train = [Example(t, "greeting") for t in TINY_INTENTS["greeting"]] + \
+        [Example(t, "get_news") for t in TINY_INTENTS["get_news"]]
+    validation = [Example("hola amigo", "greeting"), Example("noticias ya", "get_news")]
+    base = AutoModel.from_pretrained(tiny_model).state_dict()
+    cfg = TrainingConfig(base_model=str(tiny_model), epochs=1, batch_size=8, freeze_layers=1, freeze_embeddings="no")
+    fit = fit_classifier(cfg, "macro_f1", train, validation, ["get_news", "greeting"], tmp_path)
+    assert fit.precision == ("bf16" if cpu_has_bf16() else "fp32")  # precision auto, resolved and recorded
+    trained = fit.model.encoder.state_dict()
+    kept = [k for k in base if k.startswith(("embeddings.", "encoder.layer.0."))]
+    moved = [k for k in base if k.startswith("encoder.layer.1.") and k.endswith("weight")]
+    assert kept and moved
+    assert all(torch.equal(trained[k], base[k]) for k in kept)
+    assert all(not torch.equal(trained[k], base[k]) for k in moved)
+    with pytest.raises(ConfigError, match="less than the encoder's 2 layers"):
+        fit_classifier(replace(cfg, freeze_layers=2), "macro_f1", train, validation, ["get_news", "greeting"], tmp_path)
+
+
+def test_freeze_layers_auto_freezes_the_intent_classifiers_bottom_sixth():
+    """auto: 2 of a 12-layer encoder's layers (and its embeddings) for the intent classifier, none elsewhere;
+    a count is a count."""
+    from torch import nn
+
+    from hotelbot_cli.modeling import freeze_bottom_layers
+
+    def encoder(layers):
+        model = nn.Module()
+        model.embeddings = nn.Linear(4, 4)
+        model.encoder = nn.Module()
+        model.encoder.layer = nn.ModuleList(nn.Linear(4, 4) for _ in range(layers))
+        return model
+
+    def frozen(model):
+        return [name for name, p in model.named_parameters() if not p.requires_grad]
+
+    e5_like = encoder(12)
+    assert freeze_bottom_layers(e5_like, "auto", auto=True) == 3 * 20
+    assert frozen(e5_like) == [f"{m}.{w}" for m in ("embeddings", "encoder.layer.0", "encoder.layer.1")
+                               for w in ("weight", "bias")]
+    assert freeze_bottom_layers(encoder(12), "auto") == 0 and freeze_bottom_layers(encoder(2), "auto", auto=True) == 0
+    assert freeze_bottom_layers(encoder(6), 3) == 4 * 20

@@ -102,7 +102,7 @@ def fit_entity_tagger(
     from datasets.utils.logging import disable_progress_bar
     from transformers import DataCollatorForTokenClassification, set_seed
 
-    from ...modeling import load_base_encoder, resolve_base_model, should_freeze  # imports torch
+    from ...modeling import freeze_bottom_layers, load_base_encoder, resolve_base_model, should_freeze  # imports torch
 
     emit = emitter(listener)
     monitor = monitor or SystemMonitor()
@@ -117,6 +117,7 @@ def fit_entity_tagger(
     tag_to_id = {t: i for i, t in enumerate(tags)}
     model = new_token_classifier(encoder, config)
     frozen = model.freeze_word_embeddings() if should_freeze(cfg.freeze_embeddings, model.encoder) else 0
+    frozen += freeze_bottom_layers(model.encoder, cfg.freeze_layers)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     disable_progress_bar()

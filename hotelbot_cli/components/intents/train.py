@@ -32,7 +32,7 @@ from ...runtime.detector import KNN, MEMORY_FILE, SOFTMAX
 from ...runtime.detector import describe as describe_detector
 from ...training.classify import SCALAR_METRICS, FitResult, fit_classifier
 from ...training.distributed import is_distributed
-from ...training.loop import check_precision
+from ...training.loop import check_precision, training_summary
 from ...training.events import Listener, TrainingEvent, emitter
 from ...training.hpo import HpoRequest, run_hpo, study_name
 from ...training.oos_detector import DetectorChoice, check_mode, choose_for_fit
@@ -217,15 +217,7 @@ def write_classifier(
             "best_epoch": fit.best_epoch,
             **{k: metrics[k] for k in ("in_scope_accuracy", "out_of_scope_recall") if k in metrics},
         },
-        "training": {
-            "duration_seconds": round(fit.duration, 2),
-            "epochs_run": fit.epochs_run,
-            "steps": fit.steps,
-            "frozen_parameters": fit.frozen,
-            "trainable_parameters": fit.trainable,
-            "class_weights": cfg.class_weights,
-            "hpo": b.hpo_summary,
-        },
+        "training": training_summary(fit, class_weights=cfg.class_weights, hpo=b.hpo_summary),
         "inference": inference,
         "mlflow_run_id": b.tracker.run_id,
         "mlflow_tracking_uri": settings.paths.tracking_uri,

@@ -232,7 +232,7 @@ def fit_joint(
     from datasets.utils.logging import disable_progress_bar
     from transformers import set_seed
 
-    from ...modeling import TASK_INTENT, TASK_SENTIMENT, should_freeze  # imports torch
+    from ...modeling import TASK_INTENT, TASK_SENTIMENT, freeze_bottom_layers, should_freeze  # imports torch
 
     if not (data.intents_train and data.sentiment_train and data.entities_train):
         raise DataError("the joint NLU model needs training data for intents, sentiment and entities")
@@ -247,6 +247,7 @@ def fit_joint(
     tags = config.tasks["entities"]["tags"]
     tag_ids = {t: i for i, t in enumerate(tags)}
     frozen = model.freeze_word_embeddings() if should_freeze(cfg.freeze_embeddings, model.encoder) else 0
+    frozen += freeze_bottom_layers(model.encoder, cfg.freeze_layers)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     model.label_smoothing = cfg.label_smoothing  # the intents' loss, as the separate classifier's
     if cfg.class_weights:
