@@ -5,23 +5,30 @@ and chooses its out-of-scope threshold and best epoch on the same validation spl
 does; then it is scored once on ``datasets/hotel_intents_es_test.jsonl`` (never used for any choice):
 
 * ``tfidf``: TF-IDF (char 2-5 + word 1-2) + LinearSVC, the floor;
-* ``data55``: e5 trained on the training texts that were in the 55-per-intent data (the first 55 of each
-  intent in the file), to measure what the data growth bought;
+* ``data55`` / ``data105``: e5 trained on the training texts that were in the 55- or the 105-per-intent data
+  (the first 55, or 105 (out_of_scope 135), of each intent in the file), to measure what the data growth
+  bought;
 * ``default``: e5 on the whole training split, the shipped settings (what ``make run`` trains);
 * ``augment``: ``default`` + one noised copy of each training text (accents stripped, one random typo:
   a dropped, doubled or swapped letter), seeded;
 * ``class_weights``: ``default`` with the loss weighted by inverse class frequency (``class_weights``);
-* ``epochs6``: ``default`` with 6 epochs instead of 4 (early stopping, patience 2);
+* ``epochs4`` / ``epochs6``: ``default`` with 4 or 6 epochs (early stopping, patience 2);
+* ``freeze0`` / ``freeze2`` / ``freeze4``: ``default`` with that many bottom encoder layers frozen
+  (``freeze_layers``; the default, auto, is 2 of e5's 12);
 * ``label_smoothing``: ``default`` with the intents' targets smoothed by 0.1 (``train --label-smoothing 0.1``);
 * ``knn``: ``default``'s model with the nearest-neighbour out-of-scope detector instead of the softmax
   threshold (cosine to the k-th nearest in-scope training text, k in 1/5/10 and its threshold chosen by
-  validation macro-F1, the intent still from the classifier; Sun et al., ICML 2022), from the same run.
+  validation macro-F1, the intent still from the classifier; Sun et al., ICML 2022), from the same run;
+* ``ensemble``: ``default``'s softmax averaged with the ``tfidf`` floor's (weight, temperature and
+  out-of-scope threshold chosen on validation), from the same run: not in the product.
 
-    .venv/bin/python benchmarks/intent_ablation.py [--rows tfidf,data55,default,augment,class_weights,epochs6,
-        label_smoothing,knn]
-        [--json out.json] [--seed 42]
+    .venv/bin/python benchmarks/intent_ablation.py [--rows tfidf,data55,data105,default,augment,class_weights,
+        epochs4,epochs6,label_smoothing,freeze0,freeze2,freeze4,knn,ensemble] [--json out.json] [--seed 42]
 
-A benchmark, not a test: it trains several models (about 4-8 minutes each on 2 CPUs) and never fails a build
+The shipped settings come from the usual layers (defaults < config file < environment): e.g.
+``TRAINING_PRECISION=fp32`` or ``TRAINING_EPOCHS=3`` measure every e5 row with that setting.
+
+A benchmark, not a test: it trains several models (about 2-8 minutes each on 2 CPUs) and never fails a build
 on a number. CLINC150 is measured by benchmarks/clinc150.py (about 30 minutes per model on 2 CPUs).
 """
 
@@ -51,8 +58,10 @@ from hotelbot_cli.evaluation import classification_metrics  # noqa: E402
 
 DATA = REPO / "datasets" / "hotel_intents_es.json"
 TEST = REPO / "datasets" / "hotel_intents_es_test.jsonl"
-ROWS = ("tfidf", "data55", "default", "augment", "class_weights", "epochs6", "label_smoothing", "knn")
-ORIGINAL_PER_INTENT = 55
+ROWS = ("tfidf", "data55", "data105", "default", "augment", "class_weights", "epochs4", "epochs6", "label_smoothing",
+        "freeze0", "freeze2", "freeze4", "knn", "ensemble")
+# The earlier batches of the data: (examples per intent, out_of_scope examples), the first ones in the file
+BATCHES = {"data55": (55, 55), "data105": (105, 135)}
 
 
 def strip_accents(text: str) -> str:
@@ -138,6 +147,44 @@ def knn_row(fit, train, validation, test, labels):
             "train_texts": len(train), "seconds": 0.0}
 
 
+def ensemble_row(fit, train, validation, test, labels):
+    """``fit``'s softmax averaged with the TF-IDF + SVM floor's (its decision scores through a softmax at
+    temperature T): the weight, T and the out-of-scope threshold on the averaged confidence all chosen by
+    validation macro-F1, then test scored once."""
+    from hotelbot_cli.runtime import TorchPredictor
+
+    svm = tfidf_svm_model()
+    svm.fit([e.text for e in train], [e.intent for e in train])
+    order = [list(svm.classes_).index(label) for label in labels]
+    predictor = TorchPredictor(fit.model, fit.tokenizer, "ablation")
+
+    def inputs(examples):
+        texts = [e.text for e in examples]
+        return predictor.probabilities(texts).numpy(), svm.decision_function(texts)[:, order]
+
+    def combined(probs, scores, weight, temperature):
+        z = np.exp((scores - scores.max(axis=1, keepdims=True)) / temperature)
+        return (1 - weight) * probs + weight * z / z.sum(axis=1, keepdims=True)
+
+    def labelled(p, threshold):
+        return [OUT_OF_SCOPE if c < threshold else labels[i] for i, c in zip(p.argmax(axis=1), p.max(axis=1))]
+
+    (val_p, val_s), (test_p, test_s) = inputs(validation), inputs(test)
+    val_truth = [e.intent for e in validation]
+    best = None
+    for temperature in (0.05, 0.1, 0.2, 0.5):
+        for weight in np.round(np.arange(0.0, 1.01, 0.1), 1):
+            p = combined(val_p, val_s, weight, temperature)
+            for threshold in np.round(np.arange(0.0, 0.8, 0.025), 3):
+                f1 = classification_metrics(val_truth, labelled(p, threshold), labels, "macro_f1")["macro_f1"]
+                if best is None or f1 > best[0] + 1e-12:
+                    best = (f1, float(weight), temperature, float(threshold))
+    f1, weight, temperature, threshold = best
+    predicted = labelled(combined(test_p, test_s, weight, temperature), threshold)
+    return {"val_macro_f1": f1, **scores([e.intent for e in test], predicted, labels), "weight": weight,
+            "temperature": temperature, "threshold": threshold, "train_texts": len(train), "seconds": 0.0}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {', '.join(ROWS)}")
@@ -154,8 +201,10 @@ def main() -> None:
     prepared = prepare(DATA)
     train, validation, labels = prepared.train, prepared.validation, prepared.labels
     test = read_test_set(TEST).examples
-    original = {near_duplicate_key(t) for texts in json.loads(DATA.read_text("utf-8"))["intents"].values()
-                for t in texts[:ORIGINAL_PER_INTENT]}
+    intents = json.loads(DATA.read_text("utf-8"))["intents"]
+    batches = {name: {near_duplicate_key(t) for label, texts in intents.items()
+                      for t in texts[: (oos if label == OUT_OF_SCOPE else per_intent)]}
+               for name, (per_intent, oos) in BATCHES.items()}
     settings = load_settings()
     cfg = replace(settings.training) if args.seed is None else replace(settings.training, seed=args.seed)
     results, fits = {}, {}
@@ -174,12 +223,14 @@ def main() -> None:
         print(f"row {name} ...", file=sys.stderr, flush=True)
         if name == "tfidf":
             results[name] = tfidf_row(train, validation, test, labels)
-        elif name == "data55":
-            results[name], _ = e5(cfg, [e for e in train if near_duplicate_key(e.text) in original])
+        elif name in BATCHES:
+            results[name], _ = e5(cfg, [e for e in train if near_duplicate_key(e.text) in batches[name]])
         elif name == "default":
             default_fit()
         elif name == "knn":
             results[name] = knn_row(default_fit(), train, validation, test, labels)
+        elif name == "ensemble":
+            results[name] = ensemble_row(default_fit(), train, validation, test, labels)
         elif name == "augment":
             rng = random.Random(42)
             extra = [Example(noised(e.text, rng), e.intent) for e in train]
@@ -190,8 +241,10 @@ def main() -> None:
             results[name], _ = e5(replace(cfg, class_weights=True), train)
         elif name == "label_smoothing":
             results[name], _ = e5(replace(cfg, label_smoothing=0.1), train)
-        elif name == "epochs6":
-            results[name], _ = e5(replace(cfg, epochs=6), train)
+        elif name in ("epochs4", "epochs6"):
+            results[name], _ = e5(replace(cfg, epochs=int(name[-1])), train)
+        elif name.startswith("freeze"):
+            results[name], _ = e5(replace(cfg, freeze_layers=int(name[len("freeze"):])), train)
         print(json.dumps({name: results.get(name)}), file=sys.stderr, flush=True)
 
     print(f"\n{'row':<16}{'train':>7}{'val F1':>9}{'test acc':>10}{'in-scope':>10}{'oos rec':>9}{'seconds':>9}")
