@@ -156,11 +156,19 @@ TOKENIZER_PER_INTENT = 55  # the tiny tokenizer's vocabulary: the first 55 shipp
                            # as it was when the tests' training figures were set), so adding data changes no test
 
 
+# Two first-batch texts removed from the data on 2026-12-08 (a larger vocabulary brought them within 0.8 of a
+# test message) still build the tiny tokenizer's vocabulary, at their old places, for the same reason
+FIRST_BATCH_REMOVED = {"pet_policy": (8, "¿Aceptan perros grandes?"),
+                       "airport_transfer": (14, "¿Cuánto tarda llegar al aeropuerto?")}
+
+
 def shipped_sentences() -> list[str]:
     texts = [t for texts in TINY_INTENTS.values() for t in texts]
     if SHIPPED.exists():
-        texts += [t for ts in json.loads(SHIPPED.read_text("utf-8"))["intents"].values()
-                  for t in ts[:TOKENIZER_PER_INTENT]]
+        for intent, ts in json.loads(SHIPPED.read_text("utf-8"))["intents"].items():
+            if intent in FIRST_BATCH_REMOVED and FIRST_BATCH_REMOVED[intent][1] not in ts:
+                ts.insert(*FIRST_BATCH_REMOVED[intent])
+            texts += ts[:TOKENIZER_PER_INTENT]
     if HOLDOUT.exists():
         texts += [r["text"] for r in json.loads(HOLDOUT.read_text("utf-8"))]
     return texts
