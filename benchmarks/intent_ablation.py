@@ -55,6 +55,7 @@ from clinc150 import encode_split  # noqa: E402 - the benchmarks directory
 from hotelbot_cli.config import load_settings  # noqa: E402
 from hotelbot_cli.data import OUT_OF_SCOPE, Example, near_duplicate_key, prepare, read_test_set  # noqa: E402
 from hotelbot_cli.evaluation import classification_metrics  # noqa: E402
+from hotelbot_cli.training.calibration import apply_threshold  # noqa: E402
 
 DATA = REPO / "datasets" / "hotel_intents_es.json"
 TEST = REPO / "datasets" / "hotel_intents_es_test.jsonl"
@@ -166,9 +167,6 @@ def ensemble_row(fit, train, validation, test, labels):
         z = np.exp((scores - scores.max(axis=1, keepdims=True)) / temperature)
         return (1 - weight) * probs + weight * z / z.sum(axis=1, keepdims=True)
 
-    def labelled(p, threshold):
-        return [OUT_OF_SCOPE if c < threshold else labels[i] for i, c in zip(p.argmax(axis=1), p.max(axis=1))]
-
     (val_p, val_s), (test_p, test_s) = inputs(validation), inputs(test)
     val_truth = [e.intent for e in validation]
     best = None
@@ -176,11 +174,12 @@ def ensemble_row(fit, train, validation, test, labels):
         for weight in np.round(np.arange(0.0, 1.01, 0.1), 1):
             p = combined(val_p, val_s, weight, temperature)
             for threshold in np.round(np.arange(0.0, 0.8, 0.025), 3):
-                f1 = classification_metrics(val_truth, labelled(p, threshold), labels, "macro_f1")["macro_f1"]
+                f1 = classification_metrics(val_truth, apply_threshold(p, labels, threshold), labels,
+                                            "macro_f1")["macro_f1"]
                 if best is None or f1 > best[0] + 1e-12:
                     best = (f1, float(weight), temperature, float(threshold))
     f1, weight, temperature, threshold = best
-    predicted = labelled(combined(test_p, test_s, weight, temperature), threshold)
+    predicted = apply_threshold(combined(test_p, test_s, weight, temperature), labels, threshold)
     return {"val_macro_f1": f1, **scores([e.intent for e in test], predicted, labels), "weight": weight,
             "temperature": temperature, "threshold": threshold, "train_texts": len(train), "seconds": 0.0}
 

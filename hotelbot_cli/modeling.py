@@ -28,6 +28,7 @@ from torch import nn
 from . import packaged
 from ._io import atomic_write_json
 from .errors import ConfigError, ModelError
+from .runtime.encoder import transformer_layers
 from .runtime.layout import EMBEDDINGS_FILE
 from .training.distributed import main_process_first
 
@@ -396,7 +397,7 @@ def freeze_bottom_layers(encoder: nn.Module, setting: int | str, auto: bool = Fa
     the bottom sixth of the layers (2 of 12) where ``auto`` (the intent classifier), none elsewhere. Returns how
     many parameters were frozen. Raises ConfigError for a count on an encoder without a BERT-like layer list,
     or a count that leaves no layer to train."""
-    blocks = getattr(getattr(encoder, "encoder", None), "layer", None)
+    blocks = transformer_layers(encoder)
     if setting == "auto":
         count = len(blocks) // AUTO_FROZEN_SHARE if auto and blocks is not None else 0
     else:

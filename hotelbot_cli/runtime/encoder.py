@@ -37,10 +37,16 @@ def encoder_cache_dir(models_dir: Path, name: str, fingerprint: str) -> Path:
     return Path(models_dir) / CACHE_SUBDIR / f"{safe}-{digest}-v{version}"
 
 
+def transformer_layers(encoder: Any) -> Any:
+    """A torch encoder's transformer layers, bottom first (a BERT-like ``encoder.layer`` list); None for an
+    architecture without one."""
+    return getattr(getattr(encoder, "encoder", None), "layer", None)
+
+
 def upper_blocks(encoder: Any) -> list[Any]:
-    """The top :data:`UPPER_LAYERS` transformer layers of a torch encoder (a BERT-like ``encoder.layer`` list),
-    the lower first; [] for an architecture without one."""
-    blocks = getattr(getattr(encoder, "encoder", None), "layer", None)
+    """The top :data:`UPPER_LAYERS` transformer layers of a torch encoder (:func:`transformer_layers`), the
+    lower first; [] for an architecture without one."""
+    blocks = transformer_layers(encoder)
     return list(blocks)[-UPPER_LAYERS:] if blocks is not None and len(blocks) >= UPPER_LAYERS else []
 
 

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Se
 from ..._io import atomic_write_bytes, atomic_write_json
 from ...config import TrainingConfig, load_settings
 from ...errors import ConfigError, ModelError
+from ...runtime.encoder import transformer_layers
 from ...runtime.tokenizers import LightTextTokenizer
 from ..exporting import CLEAN_SNIPPET, MODEL_CARD, TEXT_CLEANING, card
 
@@ -424,7 +425,7 @@ def _new_encoder_decoder(cfg: GeneratorConfig, tokenizer: Any, encoder: Any, voc
 
     enc_hidden = int(encoder.config.hidden_size)
     warm = cfg.decoder_init == "encoder"
-    source_layers = list(getattr(getattr(encoder, "encoder", None), "layer", None) or [])
+    source_layers = list(transformer_layers(encoder) or [])
     if warm and len(source_layers) < cfg.decoder_layers:
         raise ConfigError(
             f"decoder_init encoder: the encoder has {len(source_layers)} BERT layers to copy, "
